@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Install what `make demo` and `make test` need on a fresh Debian machine, and nothing twice:
+# the FUSE runtime and headers (pyfuse3 compiles against libfuse3), PostgreSQL for the server
+# suite, a virtualenv in .venv and the package with its test extras.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+for pkg in fuse3 libfuse3-dev pkg-config postgresql; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
+done
+if ((${#need[@]})); then
+    echo "setup: installing Debian packages: ${need[*]}"
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+    echo "setup: creating .venv"
+    "$PY" -m venv .venv
+fi
+# Re-install only when pyproject.toml changed since the last install.
+stamp=.venv/.vhw-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+    echo "setup: installing vhw and its dependencies into .venv"
+    .venv/bin/python -m pip install -q --upgrade pip
+    .venv/bin/python -m pip install -q -e '.[test]'
+    touch "$stamp"
+fi

@@ -1,0 +1,107 @@
+"""The ``vhw`` command: one click group per role's tools, and the one place errors meet people.
+
+Every :class:`~vhw.errors.VhwError` ends the command with one line on stderr and its exit code
+(listed in ``vhw --help``); the patent's refusals print their exact text and nothing else.
+Anything else that escapes is a bug: it is reported in one line as well, with its traceback only
+when ``VHW_DEBUG=1``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import click
+
+from ..errors import EXIT_CODES, Refusal, VhwError
+
+EXIT_HELP = "\b\nExit codes:\n" + "\n".join(f"  {code:>2}  {text}" for code, text in EXIT_CODES)
+
+
+@dataclass
+class App:
+    """What every command shares: where vhw keeps its state (``$VHW_HOME``, default ~/.vhw)."""
+
+    home: Path = field(default_factory=lambda: Path(os.environ.get("VHW_HOME", "~/.vhw")).expanduser())
+
+    @property
+    def keystore_dir(self) -> Path:
+        return self.home / "publisher"
+
+
+pass_app = click.make_pass_decorator(App, ensure=True)
+
+
+def emit(data: dict, *, as_json: bool, lines: list[str] | None = None) -> None:
+    """Print ``data`` as JSON, or as the given human-readable lines."""
+    if as_json:
+        click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
+    else:
+        for line in lines if lines is not None else [f"{k}: {v}" for k, v in data.items()]:
+            click.echo(line)
+
+
+def progress_bar(length: int, label: str):
+    """A progress bar with bytes, rate and time left, on stderr (so stdout stays parseable)."""
+    return click.progressbar(
+        length=length,
+        label=label,
+        file=sys.stderr,
+        show_eta=True,
+        show_percent=True,
+        item_show_func=None,
+        width=30,
+    )
+
+
+@click.group(epilog=EXIT_HELP, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", count=True, help="Log more (twice for debug output).")
+@click.version_option(package_name="vhw")
+def vhw(verbose: int) -> None:
+    """vhw: a virtual game console whose devices are files, and its licensing service.
+
+    Publishers master and press discs, manufacturers make consoles, HDDs and memory cards, users
+    register, install titles from discs onto the HDD and play them; the licensing server makes
+    sure each disc is installed once, by its owner, and plays only on the owner's console and HDD.
+    """
+    level = [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def main() -> None:
+    """Entry point: run the command, turn every failure into one line and an exit code."""
+    try:
+        rv = vhw.main(standalone_mode=False, prog_name="vhw")
+    except click.exceptions.Abort:
+        click.echo("vhw: aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except Refusal as exc:
+        click.echo(exc.text, err=True)
+        sys.exit(exc.exit_code)
+    except VhwError as exc:
+        click.echo(f"vhw: {exc.message}" + (f" ({exc.hint})" if exc.hint else ""), err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("vhw: interrupted", err=True)
+        sys.exit(130)
+    except BrokenPipeError:
+        sys.exit(141)
+    except Exception as exc:  # a bug: say so in one line
+        if os.environ.get("VHW_DEBUG"):
+            traceback.print_exc()
+        click.echo(f"vhw: internal error: {type(exc).__name__}: {exc} (VHW_DEBUG=1 shows more)", err=True)
+        sys.exit(1)
+    sys.exit(rv if isinstance(rv, int) else 0)
+
+
+# Sub-command groups register themselves on import.
+from . import devices as _devices  # noqa: E402,F401
+from . import disc as _disc  # noqa: E402,F401

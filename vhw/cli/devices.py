@@ -1,0 +1,262 @@
+"""Manufacturer's tools and device inspection: ``vhw card``, ``vhw hdd``, ``vhw console rom``."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+
+import click
+from cryptography import x509
+
+from .. import crypto
+from ..devices import card as card_dev
+from ..devices import rom as rom_dev
+from ..devices.files import now
+from ..devices.hdd import HddImage
+from ..errors import ImageError
+from ..formats import card as card_fmt
+from ..formats import hdd as hdd_fmt
+from ..formats import rom as rom_fmt
+from ..ids import Id, IdKind
+from . import emit, progress_bar, vhw
+from .params import SIZE
+
+PATH = click.Path(path_type=Path)
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+
+
+def when(ts: int) -> str:
+    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC") if ts else "-"
+
+
+def human(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
+        n /= 1000
+    return str(n)
+
+
+# -- memory cards --------------------------------------------------------------------------------
+
+
+@vhw.group()
+def card() -> None:
+    """Memory cards: format (manufacturer) and inspect."""
+
+
+@card.command("format")
+@click.argument("out", type=PATH)
+def card_format(out: Path) -> None:
+    """Format a new memory card OUT with a fresh MC-ID and a secret MC-Key.
+
+    The MC-ID is printed (it goes on the card's label); the MC-Key is never shown.
+    """
+    c = card_fmt.Card(Id.random(IdKind.CARD), crypto.random_key(), formatted=now())
+    card_dev.create(out, c)
+    click.echo(f"MC-ID {c.mc_id}  (memory card {out})")
+
+
+def card_summary(c: card_fmt.Card) -> dict:
+    return {
+        "mc_id": str(c.mc_id),
+        "formatted": when(c.formatted),
+        "registered": c.registered,
+        "content_gen_key": bool(c.content_gen_key),
+        "sealed_ids": bool(c.sealed_ids),
+        "licenses": [
+            {"title_id": x.title_id, "acquired": when(x.acquired), "content_key_pending": bool(x.content_key)}
+            for x in c.licenses
+        ],
+        "format_version": card_fmt.VERSION,
+    }
+
+
+@card.command("info")
+@click.argument("image", type=PATH)
+@json_option
+def card_info(image: Path, as_json: bool) -> None:
+    """Show what a memory card's owner may see: MC-ID, registration, licenses. Never a key."""
+    d = card_summary(card_dev.load(image))
+    lines = [
+        f"memory card  {image}",
+        f"MC-ID        {d['mc_id']}",
+        f"formatted    {d['formatted']}",
+        f"registered   {'yes' if d['registered'] else 'no'}",
+        f"Content-Gen-Key {'stored' if d['content_gen_key'] else 'none'}; sealed IDs {'stored' if d['sealed_ids'] else 'none'}",
+        f"licenses     {len(d['licenses'])}",
+        *(
+            f"  {x['title_id']:<16} acquired {x['acquired']}"
+            + ("  (Content-Key waiting for install)" if x["content_key_pending"] else "")
+            for x in d["licenses"]
+        ),
+    ]
+    emit(d, as_json=as_json, lines=lines)
+
+
+# -- hard disks ------------------------------------------------------------------------------
+
+
+@vhw.group()
+def hdd() -> None:
+    """HDD images: format (manufacturer), inspect, list, remove titles, check."""
+
+
+@hdd.command("format")
+@click.argument("out", type=PATH)
+@click.option("--size", type=SIZE, default="40G", show_default=True,
+              help="Nominal size; the image is sparse and holds only what is written.")
+def hdd_format(out: Path, size: int) -> None:
+    """Format a new, empty HDD image OUT with a fresh HDD-ID."""
+    hdd_id = Id.random(IdKind.HDD)
+    HddImage.format(out, hdd_id=hdd_id, size=size, formatted=now())
+    click.echo(f"HDD-ID {hdd_id}  ({human(size)} HDD {out})")
+
+
+def hdd_summary(image: HddImage) -> dict:
+    vol = image.volume
+    st = os.fstat(image.fd)
+    return {
+        "hdd_id": str(vol.sb.hdd_id),
+        "nominal_size": vol.sb.nominal_size,
+        "allocated_on_host": st.st_blocks * 512,
+        "free": vol.free_bytes,
+        "generation": vol.sb.generation,
+        "formatted": when(vol.sb.formatted),
+        "titles": [
+            {
+                "title_id": t.title_id,
+                "name": t.name,
+                "kind": t.kind,
+                "state": "complete" if t.complete else f"interrupted at {100 * t.progress // max(t.sealed_size, 1)}%",
+                "size": sum(f.size for f in t.files),
+                "files": len(t.files),
+                "installed": when(t.installed),
+                "mid": str(t.mid) if t.mid else None,
+            }
+            for t in vol.catalog.titles
+        ],
+        "format_version": hdd_fmt.VERSION,
+        "notes": image.notes,
+    }
+
+
+@hdd.command("info")
+@click.argument("image", type=PATH)
+@json_option
+def hdd_info(image: Path, as_json: bool) -> None:
+    """Show an HDD image's ID, sizes and titles."""
+    with HddImage.open(image) as img:
+        d = hdd_summary(img)
+    lines = [
+        f"HDD image    {image}",
+        f"HDD-ID       {d['hdd_id']}",
+        f"size         {human(d['nominal_size'])} nominal, {human(d['allocated_on_host'])} on the host, {human(d['free'])} free",
+        f"formatted    {d['formatted']}  (generation {d['generation']})",
+        f"titles       {len(d['titles'])}",
+        *(f"  {t['title_id']:<16} {t['name']}  [{t['state']}]" for t in d["titles"]),
+        *(f"note: {n}" for n in d["notes"]),
+    ]
+    emit(d, as_json=as_json, lines=lines)
+
+
+@hdd.command("fsck")
+@click.argument("image", type=PATH)
+@click.option("--deep", is_flag=True, help="Also read every complete title and check its data.")
+@click.option("--repair", is_flag=True,
+              help="Drop only what is unreachable (never a complete title) and rewrite damaged superblocks.")
+def hdd_fsck(image: Path, deep: bool, repair: bool) -> None:
+    """Check an HDD image; exit 3 if it has problems."""
+    with HddImage.open(image, write=repair) as img:
+        total = sum(t.sealed_size for t in img.volume.catalog.titles if t.complete) if deep else 0
+        if deep and total:
+            with progress_bar(total, "checking") as bar:
+                problems = img.check(deep=True, progress=bar.update)
+        else:
+            problems = img.check(deep=deep)
+        for t in img.volume.catalog.titles:
+            if not t.complete:
+                click.echo(f"note: {t.title_id}: install interrupted at {100 * t.progress // max(t.sealed_size, 1)}%; `vhw console install` resumes it")
+        if repair:
+            for line in img.repair():
+                click.echo(f"repaired: {line}")
+            problems = img.check(deep=deep)
+    if problems:
+        for p in problems:
+            click.echo(f"problem: {p}", err=True)
+        raise ImageError(image, f"{len(problems)} problem(s) found")
+    click.echo(f"{image}: clean")
+
+
+# -- consoles ---------------------------------------------------------------------------------
+
+
+@vhw.group()
+def console() -> None:
+    """The console: burn a ROM (manufacturer), inspect it."""
+
+
+@console.command("rom")
+@click.argument("out", type=PATH)
+@click.option("--ca", "ca_path", type=click.Path(path_type=Path, dir_okay=False),
+              help="The platform CA certificate (PEM) the console will trust; from `vhw server init`.")
+@click.option("--server", "server_url", default="", help="Default licensing server URL (https://...).")
+@click.option("--model", default="VHW-1000", show_default=True, help="Model name in the ROM.")
+def console_rom(out: Path, ca_path: Path | None, server_url: str, model: str) -> None:
+    """Burn a console ROM OUT with a fresh Client ID."""
+    anchor = load_ca(ca_path) if ca_path else b""
+    rom = rom_fmt.Rom(Id.random(IdKind.CLIENT), now(), model=model, server_url=server_url, trust_anchor=anchor)
+    rom_dev.burn(out, rom)
+    click.echo(f"Client ID {rom.client_id}  (console ROM {out})")
+
+
+def load_ca(path: Path) -> bytes:
+    """A CA certificate (PEM or DER) as DER; refuses anything that is not one."""
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ImageError(path, f"cannot read CA certificate: {exc.strerror}") from None
+    try:
+        cert = x509.load_pem_x509_certificate(data) if b"-----BEGIN" in data else x509.load_der_x509_certificate(data)
+    except ValueError:
+        raise ImageError(path, "not an X.509 certificate") from None
+    return cert.public_bytes(Encoding.DER)
+
+
+def rom_summary(rom: rom_fmt.Rom) -> dict:
+    anchor = None
+    if rom.trust_anchor:
+        cert = x509.load_der_x509_certificate(rom.trust_anchor)
+        anchor = {"subject": cert.subject.rfc4514_string(),
+                  "sha256": hashlib.sha256(rom.trust_anchor).hexdigest()}
+    return {
+        "client_id": str(rom.client_id),
+        "model": rom.model,
+        "manufactured": when(rom.manufactured),
+        "server_url": rom.server_url or None,
+        "trust_anchor": anchor,
+        "hardware_ids": {k: f"{v:08X}" for k, v in rom.hardware_ids.items()},
+        "format_version": rom_fmt.VERSION,
+    }
+
+
+@console.command("info")
+@click.argument("rom_path", metavar="ROM", type=PATH)
+@json_option
+def console_info(rom_path: Path, as_json: bool) -> None:
+    """Show a console ROM: Client ID, model, trusted CA, server address."""
+    d = rom_summary(rom_dev.load(rom_path))
+    anchor = d["trust_anchor"]
+    lines = [
+        f"console ROM  {rom_path}",
+        f"Client ID    {d['client_id']}",
+        f"model        {d['model']}, made {d['manufactured']}",
+        f"server       {d['server_url'] or '(none)'}",
+        f"trusts CA    {anchor['subject'] + ' sha256 ' + anchor['sha256'][:16] if anchor else '(none yet)'}",
+        "hardware IDs " + ", ".join(f"{k} {v}" for k, v in d["hardware_ids"].items()),
+    ]
+    emit(d, as_json=as_json, lines=lines)

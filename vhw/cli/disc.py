@@ -1,0 +1,172 @@
+"""Publisher's tools: ``vhw disc master|press|info|verify|extract``."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+import click
+
+from .. import mastering
+from ..devices.disc import DiscImage
+from ..devices.files import refuse_existing
+from ..formats import disc as fmt
+from ..keystore import KeyStore
+from . import App, emit, pass_app, progress_bar, vhw
+from .devices import PATH, human, json_option, when
+from .params import TITLE_ID
+
+keystore_option = click.option(
+    "--keystore", type=click.Path(path_type=Path, file_okay=False),
+    help="The publisher's key store folder (default: $VHW_HOME/publisher).",
+)
+
+
+def open_keystore(app: App, path: Path | None) -> KeyStore:
+    return KeyStore(path or app.keystore_dir)
+
+
+@vhw.group()
+def disc() -> None:
+    """Discs: master a title, press discs, inspect and verify them."""
+
+
+@disc.command("master")
+@click.argument("src", type=click.Path(path_type=Path, file_okay=False, exists=True))
+@click.option("-o", "--out", type=PATH, required=True, help="The master image to write.")
+@click.option("--title-id", type=TITLE_ID, required=True, help="The title's ID, e.g. VHW-00001.")
+@click.option("--name", help="The title's name (default: from vhw-title.json, else the title ID).")
+@click.option("--kind", type=click.Choice(fmt.KINDS), help="What the title is (default: from vhw-title.json).")
+@click.option("--entry", help="The file that plays the title (default: from vhw-title.json).")
+@keystore_option
+@pass_app
+def disc_master(app: App, src: Path, out: Path, title_id: str, name: str | None, kind: str | None,
+                entry: str | None, keystore: Path | None) -> None:
+    """Encrypt the title files in SRC into a master image under a fresh Content-Key.
+
+    The Content-Key stays in the publisher's key store (never on the disc); the manifest is signed
+    with the publisher's key.
+    """
+    ks = open_keystore(app, keystore)
+    total = sum(f.size for f in mastering.scan(src))
+    with progress_bar(total, f"mastering {title_id}") as bar:
+        d = mastering.master(src, out, title_id=title_id, name=name, keystore=ks, kind=kind,
+                             entry=entry, progress=bar.update)
+    click.echo(f"master {out}: {d.manifest.title_id} {d.manifest.name!r}, {len(d.manifest.files)} files,"
+               f" {human(sum(f.size for f in d.manifest.files))}")
+
+
+@disc.command("press")
+@click.argument("master", type=PATH)
+@click.option("--count", type=click.IntRange(1, 100000), default=1, show_default=True)
+@click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path, file_okay=False), required=True,
+              help="Folder for the pressed disc images.")
+@click.option("--no-mid", is_flag=True, help="Press discs without a MID (installed for a fee).")
+@keystore_option
+@pass_app
+def disc_press(app: App, master: Path, count: int, out_dir: Path, no_mid: bool, keystore: Path | None) -> None:
+    """Press COUNT discs from MASTER, each with its own MID (signed by the publisher)."""
+    ks = open_keystore(app, keystore)
+    made = mastering.press(master, out_dir, count=count, keystore=ks, with_mid=not no_mid)
+    for path, mid in made:
+        click.echo(f"{path}  MID {mid}" if mid else f"{path}  (no MID)")
+
+
+def disc_summary(image: DiscImage) -> dict:
+    d, m = image.disc, image.manifest
+    return {
+        "title_id": m.title_id,
+        "name": m.name,
+        "kind": m.kind,
+        "entry": m.entry,
+        "pressing": d.pressing.name.lower().replace("_", "-"),
+        "mid": str(d.mid) if d.mid else None,
+        "files": len(m.files),
+        "size": sum(f.size for f in m.files),
+        "image_size": d.image_size,
+        "mastered": when(m.mastered),
+        "title_version": m.title_version,
+        "installer": {"name": m.installer_name, "version": m.installer_version, "required_space": m.data_length},
+        "publisher_key": hashlib.sha256(m.publisher_key).hexdigest()[:32],
+        "title_digest": d.title_digest.hex(),
+        "metadata": m.metadata,
+        "format_version": fmt.VERSION,
+    }
+
+
+@disc.command("info")
+@click.argument("image", type=PATH)
+@json_option
+@click.option("--files", "list_files", is_flag=True, help="Also list the title's files.")
+def disc_info(image: Path, as_json: bool, list_files: bool) -> None:
+    """Show a disc: title, MID, files, sizes, publisher."""
+    with DiscImage.open(image) as img:
+        d = disc_summary(img)
+        if list_files:
+            d["file_list"] = [{"path": f.path, "size": f.size} for f in img.manifest.files]
+    lines = [
+        f"disc image   {image}",
+        f"title        {d['title_id']}  {d['name']!r}  ({d['kind']}, entry {d['entry'] or '-'})",
+        f"MID          {d['mid'] or ('none: ' + d['pressing'])}",
+        f"contents     {d['files']} files, {human(d['size'])}; image {human(d['image_size'])}",
+        f"mastered     {d['mastered']}, publisher key {d['publisher_key'][:16]}",
+        f"installer    {d['installer']['name']} v{d['installer']['version']}, needs {human(d['installer']['required_space'])} on the HDD",
+        *(f"  {f['path']}  {human(f['size'])}" for f in d.get("file_list", [])),
+    ]
+    emit(d, as_json=as_json, lines=lines)
+
+
+@disc.command("verify")
+@click.argument("image", type=PATH)
+@keystore_option
+@pass_app
+def disc_verify(app: App, image: Path, keystore: Path | None) -> None:
+    """Check a disc completely: signatures, every byte against the signed manifest and, when the
+    key store holds the title's Content-Key, every chunk's authentication."""
+    ks = open_keystore(app, keystore)
+    with DiscImage.open(image) as img:
+        m = img.manifest
+        with progress_bar(m.data_length, "verifying") as bar:
+            img.verify(progress=bar.update)
+        decrypted = False
+        if ks.has_title(m.title_id):
+            key = ks.title(m.title_id).content_key
+            for f in m.files:
+                for _ in img.decrypt(f, key):
+                    pass
+            decrypted = True
+    click.echo(f"{image}: OK" + (" (decrypted with the publisher's Content-Key)" if decrypted else ""))
+
+
+@disc.command("extract")
+@click.argument("image", type=PATH)
+@click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path, file_okay=False), required=True)
+@keystore_option
+@pass_app
+def disc_extract(app: App, image: Path, out_dir: Path, keystore: Path | None) -> None:
+    """Decrypt a disc's files into OUT with the publisher's Content-Key (publisher's check)."""
+    ks = open_keystore(app, keystore)
+    refuse_existing(out_dir, "folder")
+    with DiscImage.open(image) as img:
+        key = ks.title(img.manifest.title_id).content_key
+        tmp = out_dir.parent / f".{out_dir.name}.{os.getpid()}.tmp"
+        tmp.mkdir(parents=True)
+        try:
+            with progress_bar(sum(f.size for f in img.manifest.files), "extracting") as bar:
+                for f in img.manifest.files:
+                    target = tmp / f.path
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    with open(target, "wb") as w:
+                        for _, chunk in img.decrypt(f, key):
+                            w.write(chunk)
+                            bar.update(len(chunk))
+                    if f.executable:
+                        target.chmod(0o755)
+            tmp.rename(out_dir)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    click.echo(f"extracted {len(img.manifest.files)} files into {out_dir}")
+

@@ -1,0 +1,86 @@
+"""click parameter types for what people type: IDs, sizes, title IDs, addresses."""
+
+from __future__ import annotations
+
+import re
+
+import click
+
+from ..errors import IdError
+from ..formats.common import valid_title_id
+from ..ids import Id, IdKind
+
+
+class IdType(click.ParamType):
+    """An ID label of one kind, checked by its check character before anything else happens."""
+
+    def __init__(self, kind: IdKind):
+        self.kind = kind
+        self.name = kind.title
+
+    def convert(self, value, param, ctx) -> Id:
+        if isinstance(value, Id):
+            return value
+        try:
+            return Id.parse(str(value), self.kind)
+        except IdError as exc:
+            self.fail(str(exc) + (f" ({exc.hint})" if exc.hint else ""), param, ctx)
+
+
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGT]?)(I?B?)", re.I)
+_UNITS = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
+_IUNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def parse_size(text: str) -> int:
+    """``40G`` = 40·10⁹ bytes (as disk makers count), ``64MiB`` = 64·2²⁰, ``4096`` bytes."""
+    m = _SIZE.fullmatch(text.strip())
+    if not m:
+        raise ValueError(text)
+    number, unit, binary = m.groups()
+    table = _IUNITS if binary.upper().startswith("I") else _UNITS
+    return int(float(number) * table[unit.upper()])
+
+
+class SizeType(click.ParamType):
+    name = "size"
+
+    def convert(self, value, param, ctx) -> int:
+        if isinstance(value, int):
+            return value
+        try:
+            return parse_size(str(value))
+        except ValueError:
+            self.fail(f"{value!r} is not a size (examples: 40G, 512M, 64MiB, 1048576)", param, ctx)
+
+
+class TitleIdType(click.ParamType):
+    name = "title-id"
+
+    def convert(self, value, param, ctx) -> str:
+        text = str(value).strip().upper()
+        if not valid_title_id(text):
+            self.fail(f"{value!r} is not a title ID (2-32 of A-Z 0-9 . _ -, e.g. VHW-00001)", param, ctx)
+        return text
+
+
+class ListenType(click.ParamType):
+    name = "host:port"
+
+    def convert(self, value, param, ctx) -> tuple[str, int]:
+        if isinstance(value, tuple):
+            return value
+        host, sep, port = str(value).rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+            self.fail(f"{value!r} is not host:port (e.g. 127.0.0.1:8443)", param, ctx)
+        return host.strip("[]"), int(port)
+
+
+SIZE = SizeType()
+TITLE_ID = TitleIdType()
+LISTEN = ListenType()
+CLIENT_ID = IdType(IdKind.CLIENT)
+HDD_ID = IdType(IdKind.HDD)
+CARD_ID = IdType(IdKind.CARD)
+MEDIA_ID = IdType(IdKind.MEDIA)
+USER_ID = IdType(IdKind.USER)

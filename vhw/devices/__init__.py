@@ -1,0 +1,1 @@
+"""Device files: the thin I/O shells around :mod:`vhw.formats` (file handles, locks, atomic writes)."""

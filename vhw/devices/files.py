@@ -1,0 +1,125 @@
+"""File handling every device shares: reading with clear errors, atomic writes, locks.
+
+* :func:`read_small` reads a whole small device file (ROM, card) or says in one line why it can't.
+* :func:`atomic_write` writes a file so that it is either the old or the new one after a crash:
+  a temporary file in the same folder, fsync, rename over, fsync the folder.
+* :func:`locked` takes an exclusive ``flock`` on a device file, so two processes never write one
+  device at once; the second is told who holds it, or waits when asked to. Locks die with their
+  process, so a killed command never leaves a stale lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from ..errors import ImageError, InUseError
+
+MAX_SMALL = 16 * 1024 * 1024  # no ROM or card is near this; refuses to slurp a wrong, huge file
+
+
+def describe_os_error(exc: OSError) -> str:
+    if exc.errno == errno.ENOENT:
+        return "no such file"
+    if exc.errno == errno.EISDIR:
+        return "is a folder, not a device file"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return "permission denied"
+    if exc.errno == errno.ENOSPC:
+        return "no space left on the device holding it"
+    return exc.strerror or str(exc)
+
+
+def check_regular(path: Path, what: str) -> os.stat_result:
+    try:
+        st = path.stat()
+    except OSError as exc:
+        raise ImageError(path, f"cannot open {what}: {describe_os_error(exc)}") from None
+    if not os.path.isfile(path):
+        kind = "a folder" if path.is_dir() else "not a regular file"
+        raise ImageError(path, f"is {kind}, not a {what}")
+    return st
+
+
+def read_small(path: Path, what: str) -> bytes:
+    st = check_regular(path, what)
+    if st.st_size > MAX_SMALL:
+        raise ImageError(path, f"not a {what} (far too large: {st.st_size} bytes)")
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ImageError(path, f"cannot read {what}: {describe_os_error(exc)}") from None
+
+
+def atomic_write(path: Path, data: bytes, *, mode: int = 0o644, size: int | None = None) -> None:
+    """Replace ``path`` by ``data`` all at once; ``size`` extends it sparsely."""
+    path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    tmp = parent / f".{path.name}.{os.getpid()}.tmp"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            if size is not None:
+                os.ftruncate(fd, size)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise ImageError(path, f"cannot write: {describe_os_error(exc)}") from None
+    fsync_dir(parent)
+
+
+def fsync_dir(folder: Path) -> None:
+    with contextlib.suppress(OSError):  # some filesystems cannot fsync a folder; the rename stands
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def refuse_existing(path: Path, what: str) -> None:
+    """New devices are never made over an existing file (it could be someone's HDD)."""
+    if path.exists() or path.is_symlink():
+        raise ImageError(path, f"already exists; refusing to overwrite it with a new {what}")
+
+
+@contextlib.contextmanager
+def locked(fd: int, path: Path, what: str, *, shared: bool = False, wait: bool = False,
+           on_wait=None) -> Iterator[None]:
+    """Hold a ``flock`` on ``fd`` for the block.
+
+    Without ``wait`` a lock held elsewhere raises :class:`InUseError` at once; with it, ``on_wait``
+    is called once (to tell the user) and the call blocks until the lock is free.
+    """
+    op = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
+    try:
+        fcntl.flock(fd, op | fcntl.LOCK_NB)
+    except BlockingIOError:
+        if not wait:
+            raise InUseError(
+                f"{path}: {what} is in use by another vhw process",
+                hint="wait for it to finish (or pass --wait)",
+            ) from None
+        if on_wait:
+            on_wait(f"{path}: {what} is in use by another vhw process; waiting for it")
+        fcntl.flock(fd, op)
+    try:
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+def now() -> int:
+    return int(time.time())

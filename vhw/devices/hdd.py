@@ -1,0 +1,302 @@
+"""HDD image files: format, open (choosing the current superblock), apply plans, read, check.
+
+The logic is in :mod:`vhw.volume`; this module owns the file descriptor, the lock and the executor
+that applies a plan (``pwrite`` for a Write, ``fsync`` for a Sync). Writers hold an exclusive
+``flock`` on the image for as long as they have it open; a mount holds a shared one, so titles do
+not change under it. Locks die with their process: a killed install or mount leaves none behind.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import hashlib
+import os
+from collections.abc import Callable, Generator, Iterable
+from contextlib import ExitStack
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from .. import crypto
+from ..errors import ImageError, IntegrityError
+from ..formats import hdd as fmt
+from ..formats.common import BLOCK_SIZE
+from ..ids import Id
+from ..volume import Op, Sync, Volume, Write, format_plan
+from .files import check_regular, describe_os_error, fsync_dir, locked, refuse_existing
+
+Plan = Generator[Op, None, Volume]
+
+
+@dataclass
+class Opened:
+    """What opening found: the volume, and anything odd about the superblock slots."""
+
+    volume: Volume
+    notes: list[str] = field(default_factory=list)
+
+
+def read_volume(fd: int, path: Path, file_size: int) -> Opened:
+    """Pick the current generation: the valid slot with the highest generation whose catalog checks."""
+    if file_size == 0:
+        raise ImageError(path, f"empty file, not an {fmt.WHAT}")
+    head = os.pread(fd, fmt.DATA_START, 0)
+    slots = [head[o : o + BLOCK_SIZE] for o in fmt.SLOT_OFFSETS]
+    if not any(s.startswith(fmt.SUPER_MAGIC) for s in slots):
+        raise ImageError(path, f"not an {fmt.WHAT} (unknown format)")
+    if file_size < fmt.DATA_START:
+        raise ImageError(path, f"truncated {fmt.WHAT} ({file_size} bytes)")
+    candidates, notes, errors = [], [], []
+    for i, block in enumerate(slots):
+        try:
+            candidates.append(fmt.decode_superblock(block, path=path))
+        except ImageError as exc:
+            errors.append(exc)
+            if block.strip(b"\0"):
+                notes.append(f"superblock slot {i} is damaged ({exc.problem})")
+    if not candidates:
+        raise errors[0]
+    candidates.sort(key=lambda sb: sb.generation, reverse=True)
+    first_error: ImageError | None = None
+    for sb in candidates:
+        if file_size < sb.nominal_size:
+            raise ImageError(path, f"truncated {fmt.WHAT} ({file_size} of {sb.nominal_size} bytes)")
+        if file_size > sb.nominal_size:
+            raise ImageError(path, f"{fmt.WHAT} has {file_size - sb.nominal_size} unexpected trailing bytes")
+        try:
+            data = os.pread(fd, sb.catalog_length, sb.catalog_offset)
+            catalog = fmt.decode_catalog(data, sb, path=path)
+        except ImageError as exc:
+            first_error = first_error or exc
+            notes.append(f"generation {sb.generation}: {exc.problem}")
+            continue
+        if sb is not candidates[0]:
+            notes.append(f"using the previous generation {sb.generation}: the newest one is damaged")
+        if any(c.hdd_id != sb.hdd_id for c in candidates):
+            raise ImageError(path, "corrupt HDD image (its two superblocks name different HDD-IDs)")
+        return Opened(Volume(sb, catalog), notes)
+    assert first_error is not None
+    raise first_error
+
+
+class HddImage:
+    """An open HDD image. Open with :meth:`open` (or :meth:`format`), use as a context manager."""
+
+    def __init__(self, path: Path, fd: int, opened: Opened, stack: ExitStack):
+        self.path = path
+        self._fd = fd
+        self.volume = opened.volume
+        self.notes = opened.notes
+        self._stack = stack
+
+    # -- life cycle ---------------------------------------------------------------------------
+
+    @classmethod
+    def format(cls, path: Path, *, hdd_id: Id, size: int, formatted: int) -> None:
+        """Make a new, empty, sparse image of nominal ``size`` bytes."""
+        path = Path(path)
+        refuse_existing(path, fmt.WHAT)
+        if size < fmt.MIN_SIZE:
+            raise ImageError(path, f"an HDD must be at least {fmt.MIN_SIZE} bytes")
+        sb = fmt.Superblock(hdd_id, size, formatted, generation=0)
+        ops, _ = format_plan(sb)
+        tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
+        try:
+            fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                os.ftruncate(fd, size)  # sparse: holds only what is written
+                apply_ops(fd, ops)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise ImageError(path, f"cannot write HDD image: {describe_os_error(exc)}") from None
+        fsync_dir(path.parent)
+
+    @classmethod
+    def open(cls, path: Path, *, write: bool = False, shared_lock: bool = False,
+             wait: bool = False, on_wait: Callable[[str], None] | None = None) -> HddImage:
+        """Open and check an image. ``write`` takes the exclusive lock, ``shared_lock`` a shared one."""
+        path = Path(path)
+        check_regular(path, fmt.WHAT)
+        stack = ExitStack()
+        try:
+            fd = os.open(path, os.O_RDWR if write else os.O_RDONLY)
+        except OSError as exc:
+            raise ImageError(path, f"cannot open {fmt.WHAT}: {describe_os_error(exc)}") from None
+        stack.callback(os.close, fd)
+        try:
+            if write or shared_lock:
+                stack.enter_context(locked(fd, path, fmt.WHAT, shared=not write, wait=wait, on_wait=on_wait))
+            opened = read_volume(fd, path, os.fstat(fd).st_size)
+        except BaseException:
+            stack.close()
+            raise
+        return cls(path, fd, opened, stack)
+
+    def close(self) -> None:
+        self._stack.close()
+        self._fd = -1
+
+    def __enter__(self) -> HddImage:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def hdd_id(self) -> Id:
+        return self.volume.sb.hdd_id
+
+    # -- writing ------------------------------------------------------------------------------
+
+    def apply(self, ops: Iterable[Op], volume: Volume) -> None:
+        """Apply a finished plan and adopt the volume it leads to."""
+        self._write(lambda: apply_ops(self._fd, ops))
+        self.volume = volume
+
+    def run(self, plan: Plan) -> Volume:
+        """Apply a streaming plan (a generator of ops that returns the resulting volume)."""
+
+        def go() -> Volume:
+            while True:
+                try:
+                    op = next(plan)
+                except StopIteration as stop:
+                    return stop.value
+                apply_op(self._fd, op)
+
+        self.volume = self._write(go)
+        return self.volume
+
+    def _write(self, fn):
+        try:
+            return fn()
+        except OSError as exc:
+            raise ImageError(self.path, f"cannot write HDD image: {describe_os_error(exc)}") from None
+
+    # -- reading ------------------------------------------------------------------------------
+
+    @property
+    def fd(self) -> int:
+        return self._fd
+
+    def read_sealed(self, f: fmt.HddFile, index: int) -> bytes:
+        layout = f.layout
+        n = layout.sealed_length(index)
+        data = os.pread(self._fd, n, f.locate(layout.sealed_offset(index)))
+        if len(data) != n:
+            raise ImageError(self.path, f"truncated {fmt.WHAT}")
+        return data
+
+    def iter_sealed(self, f: fmt.HddFile) -> Generator[memoryview, None, None]:
+        """Every sealed chunk of ``f`` in order, read one extent piece (≤ 1 MiB) at a time."""
+        layout = f.layout
+        index = 0
+        for ext in f.extents:
+            pos = 0
+            while pos < ext.length:
+                take = min(ext.length - pos, 16 * (crypto.CHUNK_SIZE + crypto.TAG_SIZE))
+                data = memoryview(os.pread(self._fd, take, ext.offset + pos))
+                if len(data) != take:
+                    raise ImageError(self.path, f"truncated {fmt.WHAT}")
+                off = 0
+                while off < take:
+                    n = layout.sealed_length(index)
+                    yield data[off : off + n]
+                    off += n
+                    index += 1
+                pos += take
+
+    def decrypt(self, title: fmt.Title, f: fmt.HddFile, title_key: bytes) -> Generator[bytes, None, None]:
+        """The plaintext of ``f``, chunk by chunk; a damaged chunk raises IntegrityError."""
+        cipher = crypto.ChunkCipher(title_key, f.stream_id, f.size)
+        for i, sealed in enumerate(self.iter_sealed(f)):
+            try:
+                yield cipher.open(i, sealed)
+            except crypto.Invalid:
+                raise IntegrityError(self.path, f"{title.title_id}/{f.path}: chunk {i} does not decrypt") from None
+
+    # -- checking -----------------------------------------------------------------------------
+
+    def check(self, *, deep: bool = False, progress: Callable[[int], None] | None = None) -> list[str]:
+        """fsck: every problem found, as one line each; empty when the image is clean.
+
+        ``deep`` also reads every complete title and compares it with the SHA-256 the catalog
+        recorded when its install finished (no key needed).
+        """
+        problems = list(self.notes) + [str(p) for p in self.volume.problems()]
+        if deep and not problems:
+            for t in self.volume.catalog.titles:
+                if not t.complete:
+                    continue
+                for f in t.files:
+                    h = hashlib.sha256()
+                    for sealed in self.iter_sealed(f):
+                        h.update(sealed)
+                        if progress:
+                            progress(len(sealed))
+                    if h.digest() != f.sealed_sha256:
+                        problems.append(f"title {t.title_id}, file {f.path!r}: data damaged")
+        return problems
+
+    def repair(self) -> list[str]:
+        """Drop only what nothing reaches; never touch a complete title. Returns what was done.
+
+        * incomplete installs whose records are inconsistent are dropped (complete titles stay);
+        * a new commit rewrites the older superblock slot when it is damaged;
+        * free space is handed back to the host file system (hole punching), wiping stale data.
+        """
+        done = []
+        vol = self.volume
+        broken = {p.title_id for p in vol.problems()}
+        dropped = [t for t in vol.catalog.titles if not t.complete and t.title_id in broken]
+        if dropped or self.notes:
+            titles = tuple(t for t in vol.catalog.titles if t not in dropped)
+            ops, new = vol.commit(replace(vol.catalog, titles=titles))
+            self.apply(ops, new)
+            done += [f"dropped the interrupted, inconsistent install of {t.title_id}" for t in dropped]
+            if self.notes:
+                done.append("rewrote the superblocks as a new generation")
+            self.notes = []
+        freed = 0
+        for hole in self.volume.free():
+            if punch_hole(self._fd, hole.offset, hole.length):
+                freed += hole.length
+        if freed:
+            done.append("released unused space to the host file system")
+        os.fsync(self._fd)
+        return done
+
+
+def apply_op(fd: int, op: Op) -> None:
+    if isinstance(op, Write):
+        view = memoryview(op.data)
+        offset = op.offset
+        while view:
+            n = os.pwrite(fd, view, offset)
+            view, offset = view[n:], offset + n
+    else:
+        assert isinstance(op, Sync)
+        os.fsync(fd)
+
+
+def apply_ops(fd: int, ops: Iterable[Op]) -> None:
+    for op in ops:
+        apply_op(fd, op)
+
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+_FALLOC_FL_KEEP_SIZE = 0x01
+_FALLOC_FL_PUNCH_HOLE = 0x02
+
+
+def punch_hole(fd: int, offset: int, length: int) -> bool:
+    """Deallocate a range of a sparse file (it reads as zeros afterwards). False if unsupported."""
+    rc = _libc.fallocate(
+        ctypes.c_int(fd), ctypes.c_int(_FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE),
+        ctypes.c_long(offset), ctypes.c_long(length),
+    )
+    return rc == 0
+

@@ -1,0 +1,158 @@
+"""Every error vhw reports to a person, and the exit code each one ends the command with.
+
+This module imports nothing from the package, so every layer can raise these errors and the CLI
+can turn any of them into one clear line and an exit code (pip's ``exceptions.py``, s3ql's
+``QuietError``). Anything else that reaches the CLI is a bug.
+
+    VhwError                       exit 1  base class, never raised itself
+    ├── ImageError                 exit 3  a device file is missing, foreign, truncated or tampered
+    │   └── IntegrityError         exit 3  authenticated data failed its check (tag, signature, hash)
+    ├── IdError                    exit 4  an ID is mistyped (check character) or of the wrong kind
+    ├── NetworkError               exit 5  the server cannot be reached, or TLS refused it
+    ├── ServerError                exit 6  the server refused a request (bad credential, bad input)
+    ├── InUseError                 exit 7  another process holds the device's lock
+    ├── NoSpaceError               exit 8  the HDD has no room for the title
+    ├── StateError                 exit 9  the console is not in a state to do this (no disc, ...)
+    ├── Refusal                            one of the patent's five messages, each its own code:
+    │   ├── RegistrationRefused    exit 10 USER REGISTRATION CANNOT BE COMPLETED WITH THIS MEMORY CARD
+    │   ├── UserIdInvalid          exit 11 USER ID INVALID. PLEASE COMPLETE USER REGISTRATION.
+    │   ├── MediaRefused           exit 12 CONTENT CANNOT BE COPIED FROM THIS MEDIA
+    │   ├── CopyNotPermitted       exit 13 COPY IS NOT PERMITTED
+    │   └── ReproductionNotPermitted exit 14 CONTENT REPRODUCTION IS NOT PERMITTED
+    └── PaymentDeclined            exit 15 the broker could not charge for a key
+
+Refusals carry exactly the patent's text and nothing else: like Fernet's single ``InvalidToken``,
+they never tell the caller which check failed. Other errors name the file or value at fault and,
+where it helps, say what to do next (``hint``).
+"""
+
+from __future__ import annotations
+
+
+class VhwError(Exception):
+    """Base of every error meant for a person: a message, an optional hint, an exit code."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ImageError(VhwError):
+    """A device file (ROM, card, HDD, disc, key store) cannot be used as what it claims to be."""
+
+    exit_code = 3
+
+    def __init__(self, path: object, problem: str, *, hint: str | None = None) -> None:
+        super().__init__(f"{path}: {problem}", hint=hint)
+        self.path = path
+        self.problem = problem
+
+
+class IntegrityError(ImageError):
+    """Authenticated data did not verify: a tag, a signature, a checksum or a hash."""
+
+
+class IdError(VhwError):
+    exit_code = 4
+
+
+class NetworkError(VhwError):
+    exit_code = 5
+
+
+class ServerError(VhwError):
+    exit_code = 6
+
+    def __init__(self, message: str, *, status: int = 0, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.status = status
+
+
+class InUseError(VhwError):
+    exit_code = 7
+
+
+class NoSpaceError(VhwError):
+    exit_code = 8
+
+
+class StateError(VhwError):
+    exit_code = 9
+
+
+class Refusal(VhwError):
+    """One of the patent's notices of invalidity. The text is fixed; nothing is added to it."""
+
+    text = ""
+    code = ""  # stable machine name, used on the wire
+
+    def __init__(self) -> None:
+        super().__init__(self.text)
+
+
+class RegistrationRefused(Refusal):
+    exit_code = 10
+    code = "registration-refused"
+    text = "USER REGISTRATION CANNOT BE COMPLETED WITH THIS MEMORY CARD"
+
+
+class UserIdInvalid(Refusal):
+    exit_code = 11
+    code = "user-id-invalid"
+    text = "USER ID INVALID. PLEASE COMPLETE USER REGISTRATION."
+
+
+class MediaRefused(Refusal):
+    exit_code = 12
+    code = "media-refused"
+    text = "CONTENT CANNOT BE COPIED FROM THIS MEDIA"
+
+
+class CopyNotPermitted(Refusal):
+    exit_code = 13
+    code = "copy-not-permitted"
+    text = "COPY IS NOT PERMITTED"
+
+
+class ReproductionNotPermitted(Refusal):
+    exit_code = 14
+    code = "reproduction-not-permitted"
+    text = "CONTENT REPRODUCTION IS NOT PERMITTED"
+
+
+class PaymentDeclined(VhwError):
+    exit_code = 15
+
+
+REFUSALS: dict[str, type[Refusal]] = {
+    cls.code: cls
+    for cls in (
+        RegistrationRefused,
+        UserIdInvalid,
+        MediaRefused,
+        CopyNotPermitted,
+        ReproductionNotPermitted,
+    )
+}
+
+#: Exit codes as the README and ``vhw --help`` document them.
+EXIT_CODES: list[tuple[int, str]] = [
+    (0, "success"),
+    (1, "internal error (a bug: please report it)"),
+    (2, "usage error (wrong option or argument)"),
+    (ImageError.exit_code, "a device file is missing, foreign, truncated or tampered"),
+    (IdError.exit_code, "an ID is mistyped or of the wrong kind"),
+    (NetworkError.exit_code, "the server cannot be reached or its certificate is not trusted"),
+    (ServerError.exit_code, "the server refused the request (credential, input)"),
+    (InUseError.exit_code, "a device is in use by another process"),
+    (NoSpaceError.exit_code, "not enough space on the HDD"),
+    (StateError.exit_code, "the console is not set up for this (no disc, no card, ...)"),
+    *((cls.exit_code, cls.text) for cls in REFUSALS.values()),
+    (PaymentDeclined.exit_code, "the payment for a key was declined"),
+]

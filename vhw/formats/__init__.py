@@ -1,0 +1,1 @@
+"""Binary formats of the four devices, declared with construct. Pure: bytes in, objects out."""

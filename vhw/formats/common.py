@@ -1,0 +1,167 @@
+"""Pieces every device format shares: ID fields, checksummed envelopes, parsing that fails clearly.
+
+Formats are "sans-IO for files": they turn ``bytes`` into objects and back. Device classes in
+:mod:`vhw.devices` own the files, the locks and the atomic writes.
+
+Small devices (console ROM, memory card) are one *envelope*::
+
+    magic    8 bytes   which device this is ("VHWROM\\0\\0", "VHWCARD\\0")
+    version  u16       format version; a newer one is refused by name
+    length   u32       bytes of body that follow
+    body     length    the device's record, declared per format
+    digest   32 bytes  SHA-256 of everything before it
+
+so a foreign file fails on the magic, a newer one on the version, a truncated or extended one on
+the length, and a torn or flipped one on the digest, each with its own message, before the body is
+ever parsed. (The digest catches accidents; what must resist a deliberate edit is sealed inside
+the body with AES-GCM or signed.)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import Any
+
+import construct as cs
+
+from ..errors import IdError, ImageError, IntegrityError
+from ..ids import Id, IdKind
+
+DIGEST_SIZE = 32
+
+
+class IdAdapter(cs.Adapter):
+    """An :class:`~vhw.ids.Id` of one kind, stored as its value in a fixed number of bytes."""
+
+    def __init__(self, kind: IdKind):
+        super().__init__(cs.Bytes(kind.nbytes))
+        self.kind = kind
+
+    def _decode(self, obj: bytes, context: Any, path: Any) -> Id:
+        try:
+            return Id.from_bytes(self.kind, obj)
+        except IdError as exc:
+            raise cs.ValidationError(str(exc), path=path) from None
+
+    def _encode(self, obj: Id, context: Any, path: Any) -> bytes:
+        if not isinstance(obj, Id) or obj.kind is not self.kind:
+            raise cs.ValidationError(f"expected a {self.kind.title}", path=path)
+        return obj.to_bytes()
+
+
+def IdField(kind: IdKind) -> cs.Construct:  # noqa: N802 (reads like the other construct classes)
+    return IdAdapter(kind)
+
+
+def OptionalId(kind: IdKind) -> cs.Construct:  # noqa: N802
+    """An ID or nothing: a presence byte, then the ID."""
+    return cs.Optional(cs.FocusedSeq("id", cs.Const(b"\x01"), "id" / IdField(kind)))
+
+
+def Blob(width: cs.Construct = cs.Int16ub) -> cs.Construct:  # noqa: N802
+    """Length-prefixed opaque bytes (a wrapped key, a DER certificate, ...)."""
+    return cs.Prefixed(width, cs.GreedyBytes)
+
+
+def Text(width: cs.Construct = cs.Int16ub) -> cs.Construct:  # noqa: N802
+    return cs.PascalString(width, "utf8")
+
+
+_PARSE_ERRORS = (cs.ConstructError, UnicodeError, ValueError, OverflowError, KeyError, IdError)
+
+
+def parse(schema: cs.Construct, data: bytes, *, path: object, what: str) -> Any:
+    """Parse ``data`` with ``schema``; any failure becomes one :class:`ImageError` line."""
+    try:
+        return schema.parse(data)
+    except _PARSE_ERRORS as exc:
+        raise ImageError(path, f"corrupt {what} ({_short(exc)})") from None
+
+
+def build(schema: cs.Construct, obj: Any, *, what: str) -> bytes:
+    try:
+        return schema.build(obj)
+    except _PARSE_ERRORS as exc:  # a bug or a value that does not fit, e.g. a name too long
+        raise ImageError(what, f"cannot be written: {_short(exc)}") from None
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:200]
+
+
+EnvelopeHeader = cs.Struct(
+    "magic" / cs.Bytes(8),
+    "version" / cs.Int16ub,
+    "length" / cs.Int32ub,
+)
+ENVELOPE_OVERHEAD = EnvelopeHeader.sizeof() + DIGEST_SIZE
+
+
+def seal_envelope(magic: bytes, version: int, body: bytes) -> bytes:
+    head = EnvelopeHeader.build({"magic": magic, "version": version, "length": len(body)})
+    return head + body + hashlib.sha256(head + body).digest()
+
+
+def open_envelope(data: bytes, *, magic: bytes, version: int, path: object, what: str) -> bytes:
+    """Check an envelope's magic, version, length and digest; return its body."""
+    if len(data) < EnvelopeHeader.sizeof() or data[:8] != magic:
+        if len(data) == 0:
+            raise ImageError(path, f"empty file, not a {what}")
+        if magic.startswith(data[:8]) and len(data) < 8:
+            raise ImageError(path, f"truncated {what} ({len(data)} bytes)")
+        raise ImageError(path, f"not a {what} (unknown format)")
+    head = EnvelopeHeader.parse(data)
+    if head.version != version:
+        raise ImageError(
+            path,
+            f"{what} format version {head.version} is not supported (this vhw reads {version})",
+        )
+    expected = EnvelopeHeader.sizeof() + head.length + DIGEST_SIZE
+    if len(data) < expected:
+        raise ImageError(path, f"truncated {what} ({len(data)} of {expected} bytes)")
+    if len(data) > expected:
+        raise ImageError(path, f"{what} has {len(data) - expected} unexpected trailing bytes")
+    end = EnvelopeHeader.sizeof() + head.length
+    if hashlib.sha256(data[:end]).digest() != data[end:]:
+        raise IntegrityError(path, f"{what} is damaged or was modified (checksum mismatch)")
+    return data[EnvelopeHeader.sizeof() : end]
+
+
+BLOCK_SIZE = 4096  # one device block: fixed areas (disc header, MID area, HDD superblocks) each own one
+
+
+def seal_block(body: bytes, *, size: int = BLOCK_SIZE) -> bytes:
+    """A fixed-size block: ``body`` zero-padded, then the SHA-256 of all that comes before."""
+    room = size - DIGEST_SIZE
+    if len(body) > room:
+        raise ValueError(f"block body of {len(body)} bytes does not fit in {room}")
+    padded = body + bytes(room - len(body))
+    return padded + hashlib.sha256(padded).digest()
+
+
+def open_block(block: bytes, *, path: object, what: str, size: int = BLOCK_SIZE) -> bytes:
+    """Check a block made by :func:`seal_block`; return its padded body."""
+    if len(block) < size:
+        raise ImageError(path, f"truncated {what} ({len(block)} of {size} bytes)")
+    room = size - DIGEST_SIZE
+    if hashlib.sha256(block[:room]).digest() != block[room:size]:
+        raise IntegrityError(path, f"{what} is damaged or was modified (checksum mismatch)")
+    return block[:room]
+
+
+TITLE_ID_RE = re.compile(r"[A-Z0-9][A-Z0-9._-]{1,31}")
+
+
+def valid_title_id(text: str) -> bool:
+    """Title IDs are 2-32 of A-Z 0-9 . _ - (like SLUS-20062), so they fit in paths and labels."""
+    return TITLE_ID_RE.fullmatch(text) is not None
+
+
+def valid_relpath(path: str) -> bool:
+    """A file's path inside a title: relative, '/'-separated, no '.', '..' or empty parts."""
+    if not path or len(path.encode()) > 1024 or "\0" in path or "\\" in path:
+        return False
+    parts = path.split("/")
+    return all(p not in ("", ".", "..") and len(p.encode()) <= 255 for p in parts)

@@ -1,0 +1,302 @@
+"""The HDD image (the patent's HDD 2): a sparse single-file container of installed titles.
+
+Layout::
+
+    0        superblock slot 0   ) one 4 KiB block each, checksummed; the valid one with the
+    4096     superblock slot 1   ) higher generation is current (LMDB's two meta pages)
+    8192 ... extents             title data and catalogs, allocated copy-on-write
+
+A superblock names the HDD-ID, the nominal size (40 GB by default: the file is sparse and holds
+only what is written), a generation, and where the current catalog lies with its length and
+SHA-256. The catalog lists the titles: for each its metadata, the salt of its per-title key, the
+fingerprint of the Content-Gen-Key it was installed under, its state (installing or complete), how
+many sealed bytes are durable (the resume point), and per file the stream ID, size, extents and,
+once complete, the SHA-256 of its sealed bytes. The catalog also keeps the console's "internal
+memory" for card-less consoles (``nvram``).
+
+Nothing is ever overwritten in place except a superblock slot, and only the older one: a commit
+writes the new catalog into free space, syncs, then writes the next generation into the other
+slot and syncs (see :mod:`vhw.volume`). A torn superblock write leaves the previous generation
+current, whose catalog and data are untouched.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+from dataclasses import dataclass, field
+
+import construct as cs
+
+from .. import crypto
+from ..errors import ImageError, IntegrityError
+from ..ids import Id, IdKind
+from .common import BLOCK_SIZE, Blob, IdField, OptionalId, Text, build, open_block, parse, seal_block
+
+SUPER_MAGIC = b"VHWHDD\0\0"
+CATALOG_MAGIC = b"VHWCATL\0"
+VERSION = 1
+WHAT = "HDD image"
+SLOT_OFFSETS = (0, BLOCK_SIZE)
+DATA_START = 2 * BLOCK_SIZE
+DEFAULT_SIZE = 40 * 10**9  # the patent's "for example 40 GB" hard disk
+MIN_SIZE = 1024 * 1024  # below this nothing useful fits
+OWNER_SIZE = 16
+
+
+class TitleState(enum.IntEnum):
+    INSTALLING = 1
+    COMPLETE = 2
+
+
+SuperblockBody = cs.Struct(
+    "magic" / cs.Const(SUPER_MAGIC),
+    "version" / cs.Int16ub,
+    "hdd_id" / IdField(IdKind.HDD),
+    "nominal_size" / cs.Int64ub,
+    "formatted" / cs.Int64ub,
+    "generation" / cs.Int64ub,
+    "catalog_offset" / cs.Int64ub,
+    "catalog_length" / cs.Int64ub,
+    "catalog_sha256" / cs.Bytes(32),
+)
+
+ExtentRecord = cs.Struct("offset" / cs.Int64ub, "length" / cs.Int64ub)
+
+FileRecord = cs.Struct(
+    "path" / Text(cs.Int16ub),
+    "size" / cs.Int64ub,
+    "executable" / cs.Flag,
+    "stream_id" / cs.Bytes(crypto.STREAM_ID_SIZE),
+    "sealed_sha256" / cs.Bytes(32),  # zeros until the title is complete
+    "extents" / cs.PrefixedArray(cs.Int32ub, ExtentRecord),
+)
+
+TitleRecord = cs.Struct(
+    "title_id" / Text(cs.Int8ub),
+    "name" / Text(cs.Int16ub),
+    "kind" / Text(cs.Int8ub),
+    "entry" / Text(cs.Int16ub),
+    "state" / cs.Int8ub,
+    "installed" / cs.Int64ub,
+    "mid" / OptionalId(IdKind.MEDIA),
+    "title_digest" / cs.Bytes(32),
+    "key_salt" / cs.Bytes(32),
+    "owner" / cs.Bytes(OWNER_SIZE),
+    "progress" / cs.Int64ub,
+    "metadata" / Blob(cs.Int32ub),
+    "files" / cs.PrefixedArray(cs.Int32ub, FileRecord),
+)
+
+CatalogBody = cs.Struct(
+    "magic" / cs.Const(CATALOG_MAGIC),
+    "generation" / cs.Int64ub,
+    "titles" / cs.PrefixedArray(cs.Int32ub, TitleRecord),
+    "nvram" / Blob(cs.Int32ub),
+)
+
+
+@dataclass(frozen=True, order=True)
+class Extent:
+    offset: int
+    length: int
+
+    @property
+    def end(self) -> int:
+        return self.offset + self.length
+
+
+@dataclass(frozen=True)
+class HddFile:
+    path: str
+    size: int
+    stream_id: bytes
+    extents: tuple[Extent, ...]
+    executable: bool = False
+    sealed_sha256: bytes = bytes(32)
+
+    @property
+    def layout(self) -> crypto.ChunkLayout:
+        return crypto.ChunkLayout(self.size)
+
+    def locate(self, sealed_offset: int) -> int:
+        """Image offset of byte ``sealed_offset`` of this file's sealed stream."""
+        for ext in self.extents:
+            if sealed_offset < ext.length:
+                return ext.offset + sealed_offset
+            sealed_offset -= ext.length
+        raise ValueError("offset beyond the file's extents")
+
+
+@dataclass(frozen=True)
+class Title:
+    title_id: str
+    name: str
+    kind: str
+    entry: str
+    files: tuple[HddFile, ...]
+    key_salt: bytes
+    owner: bytes  # fingerprint of the Content-Gen-Key it is encrypted under
+    state: TitleState = TitleState.INSTALLING
+    installed: int = 0
+    mid: Id | None = None
+    title_digest: bytes = bytes(32)
+    progress: int = 0  # sealed bytes durable, counted over the files in order
+    metadata: bytes = b"{}"
+
+    @property
+    def sealed_size(self) -> int:
+        return sum(f.layout.sealed_size for f in self.files)
+
+    @property
+    def complete(self) -> bool:
+        return self.state is TitleState.COMPLETE
+
+
+@dataclass(frozen=True)
+class Catalog:
+    generation: int = 0
+    titles: tuple[Title, ...] = ()
+    nvram: bytes = b""
+
+    def title(self, title_id: str) -> Title | None:
+        for t in self.titles:
+            if t.title_id == title_id:
+                return t
+        return None
+
+
+@dataclass(frozen=True)
+class Superblock:
+    hdd_id: Id
+    nominal_size: int
+    formatted: int
+    generation: int
+    catalog_offset: int = 0
+    catalog_length: int = 0
+    catalog_sha256: bytes = field(default=bytes(32), repr=False)
+
+    @property
+    def slot(self) -> int:
+        """Generations alternate between the two slots, so a commit never overwrites the current one."""
+        return SLOT_OFFSETS[self.generation % 2]
+
+    @property
+    def catalog_extent(self) -> Extent:
+        return Extent(self.catalog_offset, self.catalog_length)
+
+
+def encode_superblock(sb: Superblock) -> bytes:
+    return seal_block(
+        build(
+            SuperblockBody,
+            {
+                "version": VERSION,
+                "hdd_id": sb.hdd_id,
+                "nominal_size": sb.nominal_size,
+                "formatted": sb.formatted,
+                "generation": sb.generation,
+                "catalog_offset": sb.catalog_offset,
+                "catalog_length": sb.catalog_length,
+                "catalog_sha256": sb.catalog_sha256,
+            },
+            what="HDD superblock",
+        )
+    )
+
+
+def decode_superblock(block: bytes, *, path: object) -> Superblock:
+    body = open_block(block, path=path, what="HDD superblock")
+    rec = parse(SuperblockBody, body, path=path, what="HDD superblock")
+    if rec.version != VERSION:
+        raise ImageError(path, f"HDD format version {rec.version} is not supported (this vhw reads {VERSION})")
+    sb = Superblock(
+        rec.hdd_id, rec.nominal_size, rec.formatted, rec.generation,
+        rec.catalog_offset, rec.catalog_length, rec.catalog_sha256,
+    )
+    if (
+        sb.nominal_size < MIN_SIZE
+        or sb.catalog_offset < DATA_START
+        or sb.catalog_extent.end > sb.nominal_size
+        or sb.catalog_length == 0
+    ):
+        raise ImageError(path, "corrupt HDD superblock (catalog out of place)")
+    return sb
+
+
+def encode_catalog(cat: Catalog) -> bytes:
+    return build(
+        CatalogBody,
+        {
+            "generation": cat.generation,
+            "titles": [
+                {
+                    "title_id": t.title_id,
+                    "name": t.name,
+                    "kind": t.kind,
+                    "entry": t.entry,
+                    "state": int(t.state),
+                    "installed": t.installed,
+                    "mid": t.mid,
+                    "title_digest": t.title_digest,
+                    "key_salt": t.key_salt,
+                    "owner": t.owner,
+                    "progress": t.progress,
+                    "metadata": t.metadata,
+                    "files": [
+                        {
+                            "path": f.path,
+                            "size": f.size,
+                            "executable": f.executable,
+                            "stream_id": f.stream_id,
+                            "sealed_sha256": f.sealed_sha256,
+                            "extents": [{"offset": e.offset, "length": e.length} for e in f.extents],
+                        }
+                        for f in t.files
+                    ],
+                }
+                for t in cat.titles
+            ],
+            "nvram": cat.nvram,
+        },
+        what="HDD catalog",
+    )
+
+
+def decode_catalog(data: bytes, sb: Superblock, *, path: object) -> Catalog:
+    if hashlib.sha256(data).digest() != sb.catalog_sha256:
+        raise IntegrityError(path, "HDD catalog is damaged or was modified (checksum mismatch)")
+    rec = parse(CatalogBody, data, path=path, what="HDD catalog")
+    if rec.generation != sb.generation:
+        raise ImageError(path, "corrupt HDD catalog (generation does not match its superblock)")
+    titles = []
+    for t in rec.titles:
+        try:
+            state = TitleState(t.state)
+        except ValueError:
+            raise ImageError(path, f"corrupt HDD catalog (title {t.title_id!r} has unknown state)") from None
+        titles.append(
+            Title(
+                title_id=t.title_id,
+                name=t.name,
+                kind=t.kind,
+                entry=t.entry,
+                files=tuple(
+                    HddFile(
+                        f.path, f.size, f.stream_id,
+                        tuple(Extent(e.offset, e.length) for e in f.extents),
+                        f.executable, f.sealed_sha256,
+                    )
+                    for f in t.files
+                ),
+                key_salt=t.key_salt,
+                owner=t.owner,
+                state=state,
+                installed=t.installed,
+                mid=t.mid,
+                title_digest=t.title_digest,
+                progress=t.progress,
+                metadata=t.metadata,
+            )
+        )
+    return Catalog(rec.generation, tuple(titles), rec.nvram)

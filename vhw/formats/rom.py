@@ -1,0 +1,73 @@
+"""The console ROM (the patent's MASK-ROM 35): who this console is and whom it trusts.
+
+Burned once at the factory and never written again. It holds the Client ID printed on the
+console's label, the hardware IDs the IOP uses to recognise what is plugged in (FIG. 3), the
+platform's trust anchor (the only CA whose server certificate the console accepts) and the
+default address of the licensing server.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import construct as cs
+
+from ..ids import Id, IdKind
+from .common import Blob, IdField, Text, build, open_envelope, parse, seal_envelope
+
+MAGIC = b"VHWROM\0\0"
+VERSION = 1
+WHAT = "console ROM"
+
+#: Hardware IDs: one per kind of part, the same for every unit of a model (the patent's
+#: "Hardware ID ... one overall ID for client terminal device 1, one ID for memory card 16...").
+HARDWARE_IDS = {"console": 0x5648_5701, "controller": 0x5648_5702, "memory-card": 0x5648_5703,
+                "hdd": 0x5648_5704, "card-connector": 0x5648_5705}
+
+RomBody = cs.Struct(
+    "client_id" / IdField(IdKind.CLIENT),
+    "model" / Text(cs.Int8ub),
+    "manufactured" / cs.Int64ub,  # seconds since the epoch
+    "hardware_ids" / cs.PrefixedArray(cs.Int8ub, cs.Struct("part" / Text(cs.Int8ub), "id" / cs.Int32ub)),
+    "server_url" / Text(cs.Int16ub),
+    "trust_anchor" / Blob(cs.Int32ub),  # DER of the platform CA certificate; empty: none yet
+)
+
+
+@dataclass(frozen=True)
+class Rom:
+    client_id: Id
+    manufactured: int
+    model: str = "VHW-1000"
+    server_url: str = ""
+    trust_anchor: bytes = b""  # DER
+    hardware_ids: dict[str, int] = field(default_factory=lambda: dict(HARDWARE_IDS))
+
+
+def encode(rom: Rom) -> bytes:
+    body = build(
+        RomBody,
+        {
+            "client_id": rom.client_id,
+            "model": rom.model,
+            "manufactured": rom.manufactured,
+            "hardware_ids": [{"part": k, "id": v} for k, v in rom.hardware_ids.items()],
+            "server_url": rom.server_url,
+            "trust_anchor": rom.trust_anchor,
+        },
+        what=WHAT,
+    )
+    return seal_envelope(MAGIC, VERSION, body)
+
+
+def decode(data: bytes, *, path: object = WHAT) -> Rom:
+    body = open_envelope(data, magic=MAGIC, version=VERSION, path=path, what=WHAT)
+    rec = parse(RomBody, body, path=path, what=WHAT)
+    return Rom(
+        client_id=rec.client_id,
+        manufactured=rec.manufactured,
+        model=rec.model,
+        server_url=rec.server_url,
+        trust_anchor=rec.trust_anchor,
+        hardware_ids={h.part: h.id for h in rec.hardware_ids},
+    )

@@ -1,0 +1,229 @@
+"""Mastering and pressing (FIG. 4): the publisher's side of a disc.
+
+``master`` encrypts a folder of title files under a fresh Content-Key into a master image, streaming
+one 64 KiB chunk at a time (memory stays flat whatever the title's size), signs the manifest with
+the publisher's key and keeps the Content-Key in the publisher's key store, never on the disc.
+``press`` makes discs from a master: each a copy whose MID area holds a new MID (or none).
+
+A title folder may hold ``vhw-title.json`` with ``name``, ``kind`` (game, music, movie,
+application), ``entry`` (the file that plays it) and anything else as metadata; it describes the
+title and is not itself one of its files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from . import crypto
+from .devices import disc as disc_dev
+from .devices.files import describe_os_error, fsync_dir, now, refuse_existing
+from .errors import ImageError, StateError
+from .formats import disc as fmt
+from .formats.common import valid_relpath, valid_title_id
+from .ids import Id, IdKind
+from .keystore import KeyStore, TitleKeys
+
+TITLE_FILE = "vhw-title.json"
+WRITE_BUFFER = 1024 * 1024  # batch sealed chunks into 1 MiB writes
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    path: str  # relative, '/'-separated
+    real: Path
+    size: int
+    executable: bool
+
+
+def read_title_info(src: Path) -> dict:
+    path = src / TITLE_FILE
+    if not path.exists():
+        return {}
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ImageError(path, f"not a valid title description ({exc})") from None
+    if not isinstance(info, dict):
+        raise ImageError(path, "not a valid title description (must be a JSON object)")
+    return info
+
+
+def scan(src: Path) -> list[SourceFile]:
+    """The title's files, in a stable order; symlinks and special files are refused."""
+    src = Path(src)
+    if not src.is_dir():
+        raise ImageError(src, "is not a folder of title files")
+    out = []
+    for folder, dirs, files in os.walk(src):
+        dirs.sort()
+        for name in sorted(files):
+            real = Path(folder) / name
+            rel = real.relative_to(src).as_posix()
+            if rel == TITLE_FILE:
+                continue
+            st = real.lstat()
+            if not stat.S_ISREG(st.st_mode):
+                raise ImageError(real, "is not a regular file (symlinks and devices cannot be mastered)")
+            if not valid_relpath(rel):
+                raise ImageError(real, "has a name that cannot go on a disc")
+            out.append(SourceFile(rel, real, st.st_size, bool(st.st_mode & 0o111)))
+        for d in dirs:
+            if (Path(folder) / d).is_symlink():
+                raise ImageError(Path(folder) / d, "is a symlink (cannot be mastered)")
+    if not out:
+        raise ImageError(src, "holds no files to master")
+    return out
+
+
+def master(
+    src: Path,
+    out: Path,
+    *,
+    title_id: str,
+    name: str | None,
+    keystore: KeyStore,
+    kind: str | None = None,
+    entry: str | None = None,
+    progress: Callable[[int], None] | None = None,
+    clock: Callable[[], int] = now,
+) -> fmt.Disc:
+    """Encrypt ``src`` into the master image ``out``; return its description."""
+    src, out = Path(src), Path(out)
+    if not valid_title_id(title_id):
+        raise StateError(f"{title_id!r} is not a valid title ID (2-32 of A-Z 0-9 . _ -)")
+    refuse_existing(out, "master image")
+    if keystore.has_title(title_id):
+        raise StateError(
+            f"title {title_id} was already mastered with this key store",
+            hint="give the new master its own title ID",
+        )
+    info = read_title_info(src)
+    files = scan(src)
+    kind = kind or info.get("kind") or "application"
+    entry = entry if entry is not None else info.get("entry", "")
+    metadata = {k: v for k, v in info.items() if k not in ("name", "kind", "entry")}
+    signing_key = keystore.signing_key(create=True)
+    content_key = crypto.random_key()
+
+    disc_files = fmt.layout_files(
+        [fmt.DiscFile(f.path, f.size, os.urandom(crypto.STREAM_ID_SIZE), executable=f.executable) for f in files]
+    )
+    manifest = fmt.Manifest(
+        title_id=title_id,
+        name=name or info.get("name") or title_id,
+        kind=kind,
+        entry=entry,
+        publisher_key=crypto.public_bytes(signing_key),
+        files=disc_files,
+        mastered=clock(),
+        metadata=metadata,
+    )
+    problem = fmt.manifest_problem(manifest)
+    if problem:
+        raise StateError(f"cannot master {src}: {problem}")
+    # The hashes are fixed-size, so the manifest's length is known before the data is written.
+    region_length = len(fmt.manifest_bytes(manifest)) + crypto.SIGNATURE_SIZE
+    data_offset = fmt.data_offset_for(region_length)
+
+    tmp = out.parent / f".{out.name}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "wb", buffering=WRITE_BUFFER) as w:
+            w.seek(data_offset)
+            digests = [_seal_file(w, f, df, content_key, progress) for f, df in zip(files, disc_files)]
+            manifest = replace(
+                manifest,
+                files=tuple(replace(df, sealed_sha256=d) for df, d in zip(disc_files, digests)),
+            )
+            region = fmt.sign_manifest(manifest, signing_key.sign)
+            assert len(region) == region_length
+            disc = fmt.Disc(manifest, fmt.title_digest(region), region_length, data_offset)
+            w.seek(0)
+            w.write(fmt.encode_header(disc))
+            w.write(fmt.encode_mid_area(fmt.Pressing.MASTER, None, bytes(crypto.SIGNATURE_SIZE)))
+            w.write(region)
+            w.flush()
+            os.fsync(w.fileno())
+        keystore.save_title(TitleKeys(title_id, content_key, disc.title_digest, manifest.name))
+        os.replace(tmp, out)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise ImageError(out, f"cannot write master: {describe_os_error(exc)}") from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(out.parent)
+    return disc
+
+
+def _seal_file(w, f: SourceFile, df: fmt.DiscFile, key: bytes, progress) -> bytes:
+    cipher = crypto.ChunkCipher(key, df.stream_id, f.size)
+    layout = cipher.layout
+    digest = hashlib.sha256()
+    buf = bytearray(crypto.CHUNK_SIZE)
+    out = bytearray(crypto.CHUNK_SIZE + crypto.TAG_SIZE)
+    try:
+        with open(f.real, "rb", buffering=0) as r:
+            for i in range(layout.count):
+                want = layout.plain_length(i)
+                view = memoryview(buf)[:want]
+                got = 0
+                while got < want:
+                    n = r.readinto(view[got:])
+                    if not n:
+                        raise ImageError(f.real, "changed while it was being mastered (shorter now)")
+                    got += n
+                n = cipher.seal_into(i, view, out)
+                sealed = memoryview(out)[:n]
+                w.write(sealed)
+                digest.update(sealed)
+                if progress:
+                    progress(want)
+            if r.read(1):
+                raise ImageError(f.real, "changed while it was being mastered (longer now)")
+    except OSError as exc:
+        raise ImageError(f.real, f"cannot read: {describe_os_error(exc)}") from None
+    return digest.digest()
+
+
+def press(
+    master_path: Path,
+    out_dir: Path,
+    *,
+    count: int,
+    keystore: KeyStore,
+    with_mid: bool = True,
+    prefix: str | None = None,
+) -> list[tuple[Path, Id | None]]:
+    """Press ``count`` discs from a master into ``out_dir``; record the MIDs in the key store."""
+    with disc_dev.DiscImage.open(master_path) as image:
+        if image.disc.pressing is not fmt.Pressing.MASTER:
+            raise ImageError(master_path, "is a pressed disc, not a master image")
+        title_id = image.manifest.title_id
+        publisher_key = image.manifest.publisher_key
+    keys = keystore.title(title_id)
+    signing_key = keystore.signing_key()
+    if crypto.public_bytes(signing_key) != publisher_key:
+        raise StateError(f"{master_path} was mastered by another publisher key store")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    prefix = prefix or title_id
+    made = []
+    for _ in range(count):
+        mid = Id.random(IdKind.MEDIA) if with_mid else None
+        label = mid.body if mid else os.urandom(4).hex().upper()
+        path = out_dir / f"{prefix}-{label}.disc"
+        disc_dev.press(
+            master_path, path, pressing=fmt.Pressing.MID if mid else fmt.Pressing.NO_MID,
+            mid=mid, sign=signing_key.sign,
+        )
+        if mid:
+            keys.mids.append(str(mid))
+            keystore.save_title(keys)
+        made.append((path, mid))
+    return made

@@ -1,0 +1,310 @@
+"""The HDD container's logic without I/O: allocation, commits as plans, structural checks.
+
+Every change to an HDD image is a *plan*: an ordered list of :class:`Write` and :class:`Sync`
+operations, computed from the current :class:`Volume` (superblock + catalog) alone. The device
+layer applies a plan with a tiny executor (``pwrite`` / ``fsync``); crash tests apply every prefix
+of a plan, tear the last write, and check that the image still opens and is consistent.
+
+A commit is always::
+
+    [data writes ...]  Sync   (the data a new catalog points to is durable first)
+    Write(new catalog into free space)  Sync
+    Write(next superblock into the *older* slot)  Sync
+
+The new catalog never lands on anything the current *or* the new catalog references, so a crash
+at any point leaves the current generation whole. Space a commit frees is allocatable only in
+later commits, when the freeing commit is already durable.
+
+Data extents start on 4 KiB blocks and hold whole sealed chunks (all but a file's last extent),
+so each chunk is in one place and a read never straddles extents.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, replace
+
+from . import crypto
+from .errors import NoSpaceError
+from .formats.common import BLOCK_SIZE, valid_relpath, valid_title_id
+from .formats.hdd import (
+    DATA_START,
+    OWNER_SIZE,
+    Catalog,
+    Extent,
+    HddFile,
+    Superblock,
+    Title,
+    TitleState,
+    encode_catalog,
+    encode_superblock,
+)
+
+SEALED_CHUNK = crypto.CHUNK_SIZE + crypto.TAG_SIZE
+
+
+@dataclass(frozen=True)
+class Write:
+    offset: int
+    data: bytes
+
+    def __repr__(self) -> str:
+        return f"Write({self.offset}, {len(self.data)} bytes)"
+
+
+@dataclass(frozen=True)
+class Sync:
+    pass
+
+
+Op = Write | Sync
+SYNC = Sync()
+
+
+def _align_up(n: int) -> int:
+    return -(-n // BLOCK_SIZE) * BLOCK_SIZE
+
+
+def _merge(extents: list[Extent]) -> list[Extent]:
+    out: list[Extent] = []
+    for e in sorted(x for x in extents if x.length > 0):
+        if out and e.offset <= out[-1].end:
+            last = out[-1]
+            out[-1] = Extent(last.offset, max(last.end, e.end) - last.offset)
+        else:
+            out.append(e)
+    return out
+
+
+def holes(used: list[Extent], size: int) -> list[Extent]:
+    """The complement of ``used`` in the data area [DATA_START, size)."""
+    out, pos = [], DATA_START
+    for e in _merge(used):
+        if e.offset > pos:
+            out.append(Extent(pos, min(e.offset, size) - pos))
+        pos = max(pos, e.end)
+    if pos < size:
+        out.append(Extent(pos, size - pos))
+    return [h for h in out if h.length > 0]
+
+
+def _take(free: list[Extent], sealed_size: int) -> tuple[Extent, ...] | None:
+    """First-fit extents for one file's sealed stream; consumes them from ``free``."""
+    remaining = sealed_size
+    got: list[Extent] = []
+    i = 0
+    while remaining and i < len(free):
+        hole = free[i]
+        start = _align_up(hole.offset)
+        avail = hole.end - start
+        if remaining <= avail:
+            take = remaining
+        else:
+            take = (max(avail, 0) // SEALED_CHUNK) * SEALED_CHUNK
+        if take <= 0:
+            i += 1
+            continue
+        got.append(Extent(start, take))
+        remaining -= take
+        rest = Extent(_align_up(start + take), hole.end - _align_up(start + take))
+        if rest.length > 0:
+            free[i] = rest
+        else:
+            del free[i]
+    return tuple(got) if remaining == 0 else None
+
+
+def _take_last(free: list[Extent], length: int) -> Extent | None:
+    """Last-fit room for a catalog: from the end of the disk, away from title data."""
+    for hole in reversed(free):
+        start = (hole.end - length) // BLOCK_SIZE * BLOCK_SIZE
+        if start >= hole.offset:
+            return Extent(start, length)
+    return None
+
+
+def owner_of(content_gen_key: bytes) -> bytes:
+    """A fingerprint of a Content-Gen-Key that tells whose titles are whose, revealing nothing."""
+    return crypto.derive(content_gen_key, crypto.context("hdd-owner"), length=OWNER_SIZE)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One inconsistency fsck found; ``title_id`` names the title it belongs to, if any."""
+
+    text: str
+    title_id: str | None = None
+
+    def __str__(self) -> str:
+        return self.text
+
+
+@dataclass(frozen=True)
+class FileSpec:
+    """A file to install: what the disc's manifest says about it."""
+
+    path: str
+    size: int
+    stream_id: bytes
+    executable: bool = False
+
+
+@dataclass(frozen=True)
+class Volume:
+    """An HDD image's current state: its superblock and catalog."""
+
+    sb: Superblock
+    catalog: Catalog
+
+    # -- space --------------------------------------------------------------------------------
+
+    def used(self, *catalogs: Catalog) -> list[Extent]:
+        """Everything the current catalog (and any of ``catalogs``) references, plus itself."""
+        out = [Extent(0, DATA_START), self.sb.catalog_extent]
+        for cat in (self.catalog, *catalogs):
+            for t in cat.titles:
+                for f in t.files:
+                    out.extend(f.extents)
+        return out
+
+    def free(self) -> list[Extent]:
+        return holes(self.used(), self.sb.nominal_size)
+
+    @property
+    def free_bytes(self) -> int:
+        return sum(h.length for h in self.free())
+
+    # -- commits ------------------------------------------------------------------------------
+
+    def commit(self, catalog: Catalog) -> tuple[list[Op], Volume]:
+        """Plan making ``catalog`` the next generation."""
+        generation = self.sb.generation + 1
+        catalog = replace(catalog, generation=generation)
+        data = encode_catalog(catalog)
+        room = _take_last(holes(self.used(catalog), self.sb.nominal_size), len(data))
+        if room is None:
+            raise NoSpaceError("the HDD is full: no room left even for its catalog")
+        sb = replace(
+            self.sb,
+            generation=generation,
+            catalog_offset=room.offset,
+            catalog_length=len(data),
+            catalog_sha256=hashlib.sha256(data).digest(),
+        )
+        ops: list[Op] = [Write(room.offset, data), SYNC, Write(sb.slot, encode_superblock(sb)), SYNC]
+        return ops, Volume(sb, catalog)
+
+    def reserve(self, title: Title, files: list[FileSpec]) -> tuple[list[Op], Volume]:
+        """Plan adding ``title`` as INSTALLING with room for all of ``files``, or refuse if full."""
+        free = self.free()
+        placed = []
+        need = sum(crypto.ChunkLayout(f.size).sealed_size for f in files)
+        for spec in files:
+            extents = _take(free, crypto.ChunkLayout(spec.size).sealed_size)
+            if extents is None:
+                raise NoSpaceError(
+                    f"not enough space on the HDD for {title.title_id}: it needs {_mb(need)},"
+                    f" {_mb(self.free_bytes)} are free",
+                    hint="remove a title with `vhw hdd rm`, or use a larger HDD",
+                )
+            placed.append(HddFile(spec.path, spec.size, spec.stream_id, extents, spec.executable))
+        title = replace(title, files=tuple(placed), state=TitleState.INSTALLING, progress=0)
+        others = tuple(t for t in self.catalog.titles if t.title_id != title.title_id)
+        return self.commit(replace(self.catalog, titles=others + (title,)))
+
+    def _with_title(self, title: Title) -> Catalog:
+        return replace(
+            self.catalog,
+            titles=tuple(title if t.title_id == title.title_id else t for t in self.catalog.titles),
+        )
+
+    def checkpoint(self, title_id: str, progress: int) -> tuple[list[Op], Volume]:
+        """Plan recording that ``progress`` sealed bytes of an install are durable."""
+        title = self._require(title_id)
+        return self.commit(self._with_title(replace(title, progress=progress)))
+
+    def complete(self, title_id: str, digests: list[bytes], *, installed: int) -> tuple[list[Op], Volume]:
+        title = self._require(title_id)
+        files = tuple(replace(f, sealed_sha256=d) for f, d in zip(title.files, digests, strict=True))
+        done = replace(title, files=files, state=TitleState.COMPLETE, progress=title.sealed_size, installed=installed)
+        return self.commit(self._with_title(done))
+
+    def remove(self, title_id: str) -> tuple[list[Op], Volume]:
+        self._require(title_id)
+        titles = tuple(t for t in self.catalog.titles if t.title_id != title_id)
+        return self.commit(replace(self.catalog, titles=titles))
+
+    def with_nvram(self, nvram: bytes) -> tuple[list[Op], Volume]:
+        return self.commit(replace(self.catalog, nvram=nvram))
+
+    def _require(self, title_id: str) -> Title:
+        title = self.catalog.title(title_id)
+        if title is None:
+            raise KeyError(title_id)
+        return title
+
+    # -- checks -------------------------------------------------------------------------------
+
+    def problems(self) -> list[Problem]:
+        """Structural inconsistencies of the catalog (fsck's first pass); empty when sound."""
+        out: list[Problem] = []
+        size = self.sb.nominal_size
+        owned: list[tuple[Extent, str, str | None]] = [(self.sb.catalog_extent, "the catalog", None)]
+        seen_titles: set[str] = set()
+        for t in self.catalog.titles:
+            name = f"title {t.title_id}"
+            if not valid_title_id(t.title_id) or t.title_id in seen_titles:
+                out.append(Problem(f"{name}: invalid or duplicate title ID", t.title_id))
+            seen_titles.add(t.title_id)
+            if len(t.key_salt) != 32 or len(t.owner) != OWNER_SIZE:
+                out.append(Problem(f"{name}: key record malformed", t.title_id))
+            if not 0 <= t.progress <= t.sealed_size:
+                out.append(Problem(f"{name}: progress beyond its data", t.title_id))
+            if t.complete and t.progress != t.sealed_size:
+                out.append(Problem(f"{name}: complete but not all data written", t.title_id))
+            paths: set[str] = set()
+            for f in t.files:
+                fname = f"{name}, file {f.path!r}"
+                if not valid_relpath(f.path) or f.path in paths:
+                    out.append(Problem(f"{fname}: invalid or duplicate path", t.title_id))
+                paths.add(f.path)
+                total = sum(e.length for e in f.extents)
+                if total != f.layout.sealed_size:
+                    out.append(Problem(f"{fname}: extents hold {total} bytes, file needs {f.layout.sealed_size}", t.title_id))
+                for e in f.extents[:-1]:
+                    if e.length % SEALED_CHUNK:
+                        out.append(Problem(f"{fname}: an extent splits a chunk", t.title_id))
+                for e in f.extents:
+                    if e.offset < DATA_START or e.end > size or e.length <= 0 or e.offset % BLOCK_SIZE:
+                        out.append(Problem(f"{fname}: extent {e.offset}+{e.length} out of the data area", t.title_id))
+                    owned.append((e, fname, t.title_id))
+            if t.entry and t.entry not in paths:
+                out.append(Problem(f"{name}: entry point {t.entry!r} is not one of its files", t.title_id))
+        owned.sort(key=lambda x: x[0].offset)
+        for (a, an, _), (b, bn, bt) in zip(owned, owned[1:]):
+            if b.offset < a.end:
+                out.append(Problem(f"{bn} overlaps {an}", bt))
+        return out
+
+
+def format_plan(sb: Superblock) -> tuple[list[Op], Volume]:
+    """Plan a new, empty HDD: an empty catalog committed as generation ``sb.generation + 1``."""
+    empty = Volume(replace(sb, catalog_offset=0, catalog_length=0), Catalog())
+    return empty.commit(Catalog())
+
+
+def locate_progress(files: tuple[HddFile, ...], progress: int) -> tuple[int, int]:
+    """Where an install resumes: (file index, chunk index) of the first chunk not yet durable.
+
+    ``progress`` counts sealed bytes over the files in order; a partly written chunk starts over.
+    """
+    for i, f in enumerate(files):
+        size = f.layout.sealed_size
+        if progress < size:
+            return i, progress // SEALED_CHUNK
+        progress -= size
+    return len(files), 0
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:,.1f} MB"
