@@ -192,6 +192,20 @@ class ChunkCipher:
             raise Invalid() from None
         return n
 
+    def read(self, offset: int, length: int, fetch) -> bytes:
+        """Plaintext bytes [offset, offset + length), decrypting only the chunks they touch.
+
+        ``fetch(index)`` returns the sealed bytes of one chunk.
+        """
+        out = bytearray()
+        size = self.layout.chunk_size
+        for i in self.layout.chunks_for(offset, length):
+            plain = self.open(i, fetch(i))
+            lo = max(offset - i * size, 0)
+            hi = min(offset + length - i * size, len(plain))
+            out += plain[lo:hi]
+        return bytes(out)
+
 
 # -- signatures ---------------------------------------------------------------------------------
 

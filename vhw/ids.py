@@ -117,8 +117,8 @@ class Id:
         shown = text.strip()
         want = kind.title if kind else "ID"
         cleaned = "".join(ch for ch in shown.upper() if ch not in "- \t")
-        cleaned = "".join(_ALIASES.get(ch, ch) for ch in cleaned)
-        prefix, rest = cleaned[:2], cleaned[2:]
+        prefix = cleaned[:2]
+        rest = "".join(_ALIASES.get(ch, ch) for ch in cleaned[2:])
         found = _BY_PREFIX.get(prefix)
         if found is None:
             raise IdError(

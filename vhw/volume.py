@@ -288,9 +288,11 @@ class Volume:
 
 
 def format_plan(sb: Superblock) -> tuple[list[Op], Volume]:
-    """Plan a new, empty HDD: an empty catalog committed as generation ``sb.generation + 1``."""
+    """Plan a new, empty HDD: an empty catalog committed twice, so both slots start out valid."""
     empty = Volume(replace(sb, catalog_offset=0, catalog_length=0), Catalog())
-    return empty.commit(Catalog())
+    first, vol = empty.commit(Catalog())
+    second, vol = vol.commit(Catalog())
+    return first + second, vol
 
 
 def locate_progress(files: tuple[HddFile, ...], progress: int) -> tuple[int, int]:

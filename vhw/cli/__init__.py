@@ -46,8 +46,23 @@ def emit(data: dict, *, as_json: bool, lines: list[str] | None = None) -> None:
             click.echo(line)
 
 
+class _Silent:
+    """Stands in for a progress bar when stderr is not a terminal (logs, pipes, tests)."""
+
+    def __enter__(self) -> _Silent:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+    def update(self, n: int) -> None:
+        pass
+
+
 def progress_bar(length: int, label: str):
     """A progress bar with bytes, rate and time left, on stderr (so stdout stays parseable)."""
+    if not sys.stderr.isatty():
+        return _Silent()
     return click.progressbar(
         length=length,
         label=label,
@@ -73,35 +88,43 @@ def vhw(verbose: int) -> None:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
 
-def main() -> None:
-    """Entry point: run the command, turn every failure into one line and an exit code."""
+def run(args: list[str] | None = None) -> int:
+    """Run one command; turn every failure into one line on stderr. Returns the exit code."""
     try:
-        rv = vhw.main(standalone_mode=False, prog_name="vhw")
+        rv = vhw.main(args, standalone_mode=False, prog_name="vhw")
     except click.exceptions.Abort:
         click.echo("vhw: aborted", err=True)
-        sys.exit(130)
+        return 130
     except click.ClickException as exc:
         exc.show()
-        sys.exit(exc.exit_code)
+        return exc.exit_code
     except Refusal as exc:
         click.echo(exc.text, err=True)
-        sys.exit(exc.exit_code)
+        return exc.exit_code
     except VhwError as exc:
         click.echo(f"vhw: {exc.message}" + (f" ({exc.hint})" if exc.hint else ""), err=True)
-        sys.exit(exc.exit_code)
+        return exc.exit_code
     except KeyboardInterrupt:
         click.echo("vhw: interrupted", err=True)
-        sys.exit(130)
+        return 130
     except BrokenPipeError:
-        sys.exit(141)
+        return 141
     except Exception as exc:  # a bug: say so in one line
         if os.environ.get("VHW_DEBUG"):
             traceback.print_exc()
         click.echo(f"vhw: internal error: {type(exc).__name__}: {exc} (VHW_DEBUG=1 shows more)", err=True)
-        sys.exit(1)
-    sys.exit(rv if isinstance(rv, int) else 0)
+        return 1
+    return rv if isinstance(rv, int) else 0
+
+
+def main() -> None:
+    """Console-script entry point."""
+    sys.exit(run())
 
 
 # Sub-command groups register themselves on import.
 from . import devices as _devices  # noqa: E402,F401
 from . import disc as _disc  # noqa: E402,F401
+from ..demo import demo as _demo_command  # noqa: E402
+
+vhw.add_command(_demo_command)

@@ -185,7 +185,7 @@ def hdd_fsck(image: Path, deep: bool, repair: bool) -> None:
             problems = img.check(deep=deep)
     if problems:
         for p in problems:
-            click.echo(f"problem: {p}", err=True)
+            click.echo(f"problem: {p}")
         raise ImageError(image, f"{len(problems)} problem(s) found")
     click.echo(f"{image}: clean")
 

@@ -42,9 +42,12 @@ class DiscImage:
         try:
             head = os.pread(fd, 2 * BLOCK_SIZE, 0)
             h = fmt.decode_header(head[:BLOCK_SIZE], path=path, file_size=st.st_size)
-            region = os.pread(fd, h.manifest_length, fmt.MANIFEST_OFFSET)
-            if len(region) != h.manifest_length:
+            span = os.pread(fd, h.data_offset - fmt.MANIFEST_OFFSET, fmt.MANIFEST_OFFSET)
+            if len(span) != h.data_offset - fmt.MANIFEST_OFFSET:
                 raise ImageError(path, f"truncated {fmt.WHAT}")
+            region = span[: h.manifest_length]
+            if span[h.manifest_length :].strip(b"\0"):  # the padding is covered by nothing else
+                raise IntegrityError(path, "disc image was modified (data after the manifest)")
             manifest = fmt.decode_manifest(region, path=path)
             if manifest.data_length != h.data_length:
                 raise ImageError(path, "corrupt disc header (data length disagrees with the manifest)")

@@ -43,6 +43,8 @@ def read_volume(fd: int, path: Path, file_size: int) -> Opened:
     head = os.pread(fd, fmt.DATA_START, 0)
     slots = [head[o : o + BLOCK_SIZE] for o in fmt.SLOT_OFFSETS]
     if not any(s.startswith(fmt.SUPER_MAGIC) for s in slots):
+        if len(head) < len(fmt.SUPER_MAGIC) and fmt.SUPER_MAGIC.startswith(head):
+            raise ImageError(path, f"truncated {fmt.WHAT} ({file_size} bytes)")
         raise ImageError(path, f"not an {fmt.WHAT} (unknown format)")
     if file_size < fmt.DATA_START:
         raise ImageError(path, f"truncated {fmt.WHAT} ({file_size} bytes)")

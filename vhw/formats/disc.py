@@ -317,6 +317,8 @@ def decode_header(block: bytes, *, path: object, file_size: int):
     if file_size == 0:
         raise ImageError(path, f"empty file, not a {WHAT}")
     if block[:8] != HEADER_MAGIC:
+        if file_size < len(HEADER_MAGIC) and HEADER_MAGIC.startswith(block[:file_size]):
+            raise ImageError(path, f"truncated {WHAT} ({file_size} bytes)")
         raise ImageError(path, f"not a {WHAT} (unknown format)")
     if file_size < BLOCK_SIZE:
         raise ImageError(path, f"truncated {WHAT} ({file_size} bytes)")

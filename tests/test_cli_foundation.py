@@ -1,0 +1,120 @@
+"""The manufacturer's and publisher's commands end to end: format, burn, master, press, inspect."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from vhw.devices import card as card_dev
+from vhw.formats.common import BLOCK_SIZE
+
+from .conftest import source_files
+
+
+def test_master_press_info_extract(cli, title_src, tmp_path):
+    r = cli("disc", "master", title_src, "-o", tmp_path / "t.master", "--title-id", "vhw-00001")
+    assert r.code == 0, r
+    r = cli("disc", "press", tmp_path / "t.master", "--count", "2", "-o", tmp_path / "discs")
+    assert r.code == 0, r
+    discs = sorted((tmp_path / "discs").iterdir())
+    assert len(discs) == 2
+    infos = []
+    for d in discs:
+        r = cli("disc", "info", d, "--json")
+        assert r.code == 0, r
+        infos.append(json.loads(r.out))
+    assert {i["title_id"] for i in infos} == {"VHW-00001"}
+    assert all(i["mid"] and i["mid"].startswith("MD-") and i["pressing"] == "mid" for i in infos)
+    assert infos[0]["mid"] != infos[1]["mid"]
+    assert infos[0]["name"] == "Sample" and infos[0]["kind"] == "game"
+    text = cli("disc", "info", discs[0])
+    assert infos[0]["mid"] in text.out and "VHW-00001" in text.out
+    # two pressed discs differ only in the MID area (block 1)
+    a, b = discs[0].read_bytes(), discs[1].read_bytes()
+    assert len(a) == len(b)
+    diff = [i for i in range(len(a)) if a[i] != b[i]]
+    assert diff and BLOCK_SIZE <= diff[0] and diff[-1] < 2 * BLOCK_SIZE
+    # and they verify; the publisher's extract gives the source back byte for byte
+    assert cli("disc", "verify", discs[0]).code == 0
+    assert cli("disc", "extract", discs[1], "-o", tmp_path / "out").code == 0
+    assert source_files(tmp_path / "out") == source_files(title_src)
+
+
+def test_master_refuses_a_second_master_of_one_title(cli, title_src, tmp_path):
+    assert cli("disc", "master", title_src, "-o", tmp_path / "a", "--title-id", "T-1").code == 0
+    r = cli("disc", "master", title_src, "-o", tmp_path / "b", "--title-id", "T-1")
+    assert r.code == 9 and "already mastered" in r.err
+    assert not (tmp_path / "b").exists()
+    r = cli("disc", "master", title_src, "-o", tmp_path / "a", "--title-id", "T-2")
+    assert r.code == 3 and "already exists" in r.err
+
+
+def test_press_without_mid_and_bad_input(cli, title_src, tmp_path):
+    assert cli("disc", "master", title_src, "-o", tmp_path / "m", "--title-id", "T-3").code == 0
+    assert cli("disc", "press", tmp_path / "m", "--no-mid", "-o", tmp_path / "d").code == 0
+    [disc] = (tmp_path / "d").iterdir()
+    info = json.loads(cli("disc", "info", disc, "--json").out)
+    assert info["mid"] is None and info["pressing"] == "no-mid"
+    r = cli("disc", "press", disc, "-o", tmp_path / "d2")
+    assert r.code == 3 and "not a master" in r.err
+    r = cli("disc", "master", title_src, "-o", tmp_path / "x", "--title-id", "bad id!")
+    assert r.code == 2 and "not a title ID" in r.err
+    r = cli("disc", "press", tmp_path / "m", "-o", tmp_path / "d3", "--keystore", tmp_path / "elsewhere")
+    assert r.code == 9 and "no keys for title" in r.err
+
+
+def test_factory_commands(cli, tmp_path):
+    r = cli("card", "format", tmp_path / "c.card")
+    assert r.code == 0 and "MC-" in r.out
+    card = card_dev.load(tmp_path / "c.card")
+    assert oct((tmp_path / "c.card").stat().st_mode & 0o777) == "0o600"
+    info = cli("card", "info", tmp_path / "c.card", "--json")
+    assert info.code == 0 and json.loads(info.out)["mc_id"] == str(card.mc_id)
+    for form in (card.mc_key.hex(), card.mc_key.hex().upper()):
+        assert form not in info.out and form not in cli("card", "info", tmp_path / "c.card").out
+
+    r = cli("hdd", "format", tmp_path / "h.hdd")
+    assert r.code == 0 and "HD-" in r.out
+    st = (tmp_path / "h.hdd").stat()
+    assert st.st_size == 40 * 10**9 and st.st_blocks * 512 < 1024 * 1024  # sparse
+    info = json.loads(cli("hdd", "info", tmp_path / "h.hdd", "--json").out)
+    assert info["titles"] == [] and info["nominal_size"] == 40 * 10**9
+    assert cli("hdd", "fsck", tmp_path / "h.hdd").code == 0
+    r = cli("hdd", "format", tmp_path / "h.hdd", "--size", "1G")
+    assert r.code == 3 and "already exists" in r.err
+    r = cli("hdd", "format", tmp_path / "h2.hdd", "--size", "lots")
+    assert r.code == 2 and "not a size" in r.err
+
+    r = cli("console", "rom", tmp_path / "r.rom", "--server", "https://127.0.0.1:8443")
+    assert r.code == 0 and "CL-" in r.out
+    info = json.loads(cli("console", "info", tmp_path / "r.rom", "--json").out)
+    assert info["client_id"] in r.out and info["server_url"] == "https://127.0.0.1:8443"
+    r = cli("console", "rom", tmp_path / "r2.rom", "--ca", tmp_path / "c.card")
+    assert r.code == 3 and "not an X.509 certificate" in r.err
+
+
+def test_every_command_has_help(cli):
+    from vhw.cli import vhw
+
+    def walk(group, prefix):
+        for name, cmd in group.commands.items():
+            yield prefix + [name]
+            if hasattr(cmd, "commands"):
+                yield from walk(cmd, prefix + [name])
+
+    for path in walk(vhw, []):
+        r = cli(*path, "--help")
+        assert r.code == 0 and "Usage:" in r.out, path
+        assert len(r.out.split("\n\n")) >= 2, path  # a description, not just usage
+
+
+def test_unexpected_errors_are_one_line(cli, tmp_path, monkeypatch):
+    from vhw import mastering
+
+    def boom(*a, **k):
+        raise RuntimeError("kaboom")
+
+    monkeypatch.setattr(mastering, "scan", boom)
+    r = cli("disc", "master", tmp_path, "-o", tmp_path / "x", "--title-id", "T-9")
+    assert r.code == 1 and r.err.count("\n") == 1 and "internal error" in r.err
+    os.environ.pop("VHW_DEBUG", None)

@@ -1,0 +1,226 @@
+"""Torn, truncated, flipped and foreign device files are refused clearly; never wrong plaintext.
+
+ROM and card are small: every truncation length and every single-bit flip is tried. Disc and HDD
+images are larger: 10,000 sampled truncation lengths and 10,000 sampled bit flips each, plus every
+length and flip around the fixed areas' boundaries.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+from vhw import crypto
+from vhw.devices.disc import DiscImage
+from vhw.devices.hdd import HddImage
+from vhw.errors import ImageError, VhwError
+from vhw.formats import card as card_fmt
+from vhw.formats import rom as rom_fmt
+from vhw.ids import Id, IdKind
+from vhw.install import install_plan, read_title
+from vhw.keystore import KeyStore
+from vhw.mastering import master, press
+from vhw.pki import make_ca
+
+from .conftest import make_title, source_files
+
+SAMPLES = 10_000
+PNG = bytes.fromhex("89504e470d0a1a0a0000000d49484452000000010000000108060000001f15c489")
+
+
+@pytest.fixture(scope="module")
+def samples(tmp_path_factory):
+    d = tmp_path_factory.mktemp("samples")
+    ks = KeyStore(d / "ks")
+    src = make_title(d / "src", big=150_000)
+    master(src, d / "m.master", title_id="CORRUPT-1", name="c", keystore=ks)
+    [(disc_path, _)] = press(d / "m.master", d / "discs", count=1, keystore=ks)
+    content_key = ks.title("CORRUPT-1").content_key
+    cgk = crypto.random_key()
+    hdd = d / "h.hdd"
+    HddImage.format(hdd, hdd_id=Id.random(IdKind.HDD), size=1024 * 1024, formatted=1)
+    with HddImage.open(hdd, write=True) as img, DiscImage.open(disc_path) as disc:
+        img.run(install_plan(img.volume, disc, content_key=content_key, content_gen_key=cgk, installed=1))
+    ca_cert, _ = make_ca("vhw test platform")
+    rom = rom_fmt.encode(rom_fmt.Rom(Id.random(IdKind.CLIENT), 1, server_url="https://127.0.0.1:8443",
+                                     trust_anchor=ca_cert))
+    card = card_fmt.encode(card_fmt.Card(
+        Id.random(IdKind.CARD), os.urandom(32), 1, user_id=os.urandom(40), content_gen_key=os.urandom(60),
+        sealed_ids=os.urandom(50),
+        licenses=(card_fmt.License("CORRUPT-1", os.urandom(40), os.urandom(60), 2),),
+    ))
+    return {
+        "dir": d, "disc": disc_path, "content_key": content_key, "hdd": hdd, "cgk": cgk,
+        "rom": rom, "card": card, "files": source_files(src),
+    }
+
+
+# -- small devices: exhaustive --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["rom", "card"])
+def test_small_device_every_truncation_and_flip(samples, kind):
+    data = samples[kind]
+    decode = rom_fmt.decode if kind == "rom" else card_fmt.decode
+    good = decode(data)
+    for n in range(len(data)):
+        with pytest.raises(ImageError):
+            decode(data[:n])
+    with pytest.raises(ImageError, match="trailing"):
+        decode(data + b"\0")
+    for bit in range(len(data) * 8):
+        bad = bytearray(data)
+        bad[bit // 8] ^= 1 << (bit % 8)
+        try:
+            got = decode(bytes(bad))
+        except ImageError:
+            continue
+        pytest.fail(f"flip of bit {bit} was accepted: {got == good}")
+
+
+# -- disc ------------------------------------------------------------------------------------------
+
+
+def _positions(size: int, boundaries: list[int], rnd: random.Random) -> list[int]:
+    near = {p + d for p in boundaries for d in range(-16, 17) if 0 <= p + d < size}
+    picked = set(rnd.sample(range(size), min(size, SAMPLES)))
+    return sorted(near | picked)
+
+
+def disc_outcome(path: Path, key: bytes, expected: dict[str, bytes]) -> str:
+    try:
+        with DiscImage.open(path) as img:
+            img.verify()
+            got = {f.path: b"".join(c for _, c in img.decrypt(f, key)) for f in img.manifest.files}
+    except VhwError as exc:
+        assert str(exc) and "\n" not in str(exc)
+        return "refused"
+    assert got == expected, "wrong plaintext"
+    return "intact"
+
+
+def test_disc_truncations_and_flips(samples, tmp_path):
+    data = samples["disc"].read_bytes()
+    expected = samples["files"]
+    key = samples["content_key"]
+    path = tmp_path / "victim.disc"
+    path.write_bytes(data)
+    assert disc_outcome(path, key, expected) == "intact"
+    rnd = random.Random(7)
+    with DiscImage.open(path) as img:
+        bounds = [0, 4096, 8192, img.disc.data_offset, img.disc.data_offset + img.disc.manifest_length, len(data)]
+    fd = os.open(path, os.O_RDWR)
+    try:
+        for n in _positions(len(data), bounds, rnd):
+            os.ftruncate(fd, n)
+            assert disc_outcome(path, key, expected) == "refused", f"truncation to {n} accepted"
+            os.pwrite(fd, data[n:], n)
+        for pos in _positions(len(data), bounds, rnd):
+            bit = 1 << rnd.randrange(8)
+            os.pwrite(fd, bytes([data[pos] ^ bit]), pos)
+            assert disc_outcome(path, key, expected) == "refused", f"flip at {pos} accepted"
+            os.pwrite(fd, data[pos : pos + 1], pos)
+        os.pwrite(fd, b"\0", len(data))
+        assert disc_outcome(path, key, expected) == "refused"
+    finally:
+        os.close(fd)
+
+
+# -- HDD -------------------------------------------------------------------------------------------
+
+
+def hdd_outcome(path: Path, cgk: bytes, expected: dict[str, bytes]) -> str:
+    try:
+        with HddImage.open(path) as img:
+            if img.check(deep=True):
+                return "refused"
+            got = {}
+            for t in img.volume.catalog.titles:
+                got.update(read_title(img, t, cgk))
+    except VhwError as exc:
+        assert str(exc) and "\n" not in str(exc)
+        return "refused"
+    assert got == expected, "wrong plaintext"
+    return "intact"
+
+
+def test_hdd_truncations_and_flips(samples, tmp_path):
+    data = samples["hdd"].read_bytes()
+    expected = samples["files"]
+    cgk = samples["cgk"]
+    path = tmp_path / "victim.hdd"
+    path.write_bytes(data)
+    assert hdd_outcome(path, cgk, expected) == "intact"
+    with HddImage.open(path) as img:
+        vol = img.volume
+        used = [e for e in vol.used() if e.length]
+        free = vol.free()
+    rnd = random.Random(11)
+    fd = os.open(path, os.O_RDWR)
+    try:
+        bounds = [0, 4096, 8192] + [e.offset for e in used] + [e.end for e in used]
+        for n in _positions(len(data), bounds, rnd):
+            os.ftruncate(fd, n)
+            assert hdd_outcome(path, cgk, expected) == "refused", f"truncation to {n} accepted"
+            os.pwrite(fd, data[n:], n)
+        # every byte something refers to is protected (superblocks, catalog, title data) ...
+        in_use = [p for e in used for p in range(e.offset, e.end)]
+        for pos in sorted(set(rnd.sample(in_use, min(SAMPLES, len(in_use))))):
+            os.pwrite(fd, bytes([data[pos] ^ (1 << rnd.randrange(8))]), pos)
+            assert hdd_outcome(path, cgk, expected) == "refused", f"flip at {pos} accepted"
+            os.pwrite(fd, data[pos : pos + 1], pos)
+        # ... while a flip in free space touches nothing: no title changes, fsck stays clean
+        free_bytes = [p for h in free for p in range(h.offset, min(h.end, h.offset + 100_000))]
+        for pos in rnd.sample(free_bytes, 300):
+            os.pwrite(fd, bytes([data[pos] ^ 1]), pos)
+            assert hdd_outcome(path, cgk, expected) == "intact"
+            os.pwrite(fd, data[pos : pos + 1], pos)
+    finally:
+        os.close(fd)
+
+
+# -- through the CLI: one line, exit 3, never a traceback -----------------------------------------
+
+
+def _corrupt_variants(data: bytes, tmp: Path, name: str) -> list[Path]:
+    out = []
+    for i, mutate in enumerate([
+        lambda d: d[: len(d) // 2],
+        lambda d: d[:100],
+        lambda d: d[: min(5000, len(d) - 1)],
+        lambda d: d[:1] + bytes([d[1] ^ 4]) + d[2:],
+        lambda d: d[:3000] + bytes([d[3000] ^ 1]) + d[3001:] if len(d) > 3001 else d[:-1],
+        lambda d: d[:-100] + bytes([d[-100] ^ 1]) + d[-99:],
+        lambda d: d + b"junk",
+    ]):
+        p = tmp / f"{name}-{i}"
+        p.write_bytes(mutate(data))
+        out.append(p)
+    return out
+
+
+@pytest.mark.parametrize("group", ["disc", "card", "hdd", "console"])
+def test_cli_refuses_foreign_and_damaged_files(samples, tmp_path, cli, group):
+    source = {"disc": samples["disc"].read_bytes(), "card": samples["card"], "rom": samples["rom"],
+              "hdd": samples["hdd"].read_bytes()}["rom" if group == "console" else group]
+    png = tmp_path / "picture.png"
+    png.write_bytes(PNG)
+    empty = tmp_path / "empty"
+    empty.write_bytes(b"")
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    # each group's complete check: `info` reads only what it shows, `verify`/`fsck --deep` all of it
+    check = {"disc": ["disc", "verify"], "card": ["card", "info"], "hdd": ["hdd", "fsck", "--deep"],
+             "console": ["console", "info"]}[group]
+    variants = _corrupt_variants(source, tmp_path, group)
+    if group == "hdd":
+        variants = variants[:-2] + variants[-1:]  # its last bytes are free space: nothing to damage
+    for victim in [png, empty, folder, tmp_path / "missing", *variants]:
+        r = cli(*check, victim)
+        if group in ("disc", "hdd") and victim in variants:
+            assert cli(group, "info", victim).code in (0, 3)
+        assert r.code == 3, (victim, r)
+        assert r.err.count("\n") == 1 and str(victim) in r.err and "Traceback" not in r.err, r
