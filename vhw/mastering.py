@@ -198,9 +198,13 @@ def press(
     count: int,
     keystore: KeyStore,
     with_mid: bool = True,
-    prefix: str | None = None,
+    register: Callable[[str, list[Id]], None] | None = None,
 ) -> list[tuple[Path, Id | None]]:
-    """Press ``count`` discs from a master into ``out_dir``; record the MIDs in the key store."""
+    """Press ``count`` discs from a master into ``out_dir``.
+
+    New MIDs are recorded in the key store and handed to ``register`` (the licensing server)
+    before any disc is written: a disc never exists whose MID the server does not know.
+    """
     with disc_dev.DiscImage.open(master_path) as image:
         if image.disc.pressing is not fmt.Pressing.MASTER:
             raise ImageError(master_path, "is a pressed disc, not a master image")
@@ -210,20 +214,22 @@ def press(
     signing_key = keystore.signing_key()
     if crypto.public_bytes(signing_key) != publisher_key:
         raise StateError(f"{master_path} was mastered by another publisher key store")
+    mids = [Id.random(IdKind.MEDIA) if with_mid else None for _ in range(count)]
+    real = [m for m in mids if m]
+    if real:
+        keys.mids.extend(str(m) for m in real)
+        keystore.save_title(keys)
+        if register:
+            register(title_id, real)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    prefix = prefix or title_id
     made = []
-    for _ in range(count):
-        mid = Id.random(IdKind.MEDIA) if with_mid else None
+    for mid in mids:
         label = mid.body if mid else os.urandom(4).hex().upper()
-        path = out_dir / f"{prefix}-{label}.disc"
+        path = out_dir / f"{title_id}-{label}.disc"
         disc_dev.press(
             master_path, path, pressing=fmt.Pressing.MID if mid else fmt.Pressing.NO_MID,
             mid=mid, sign=signing_key.sign,
         )
-        if mid:
-            keys.mids.append(str(mid))
-            keystore.save_title(keys)
         made.append((path, mid))
     return made

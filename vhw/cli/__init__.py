@@ -128,3 +128,5 @@ from . import disc as _disc  # noqa: E402,F401
 from ..demo import demo as _demo_command  # noqa: E402
 
 vhw.add_command(_demo_command)
+from . import console as _console  # noqa: E402,F401
+from . import server as _server  # noqa: E402,F401

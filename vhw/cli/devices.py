@@ -9,19 +9,22 @@ from pathlib import Path
 
 import click
 from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from .. import crypto
 from ..devices import card as card_dev
 from ..devices import rom as rom_dev
-from ..devices.files import now
+from ..devices.files import now, refuse_existing
 from ..devices.hdd import HddImage
 from ..errors import ImageError
 from ..formats import card as card_fmt
 from ..formats import hdd as hdd_fmt
 from ..formats import rom as rom_fmt
 from ..ids import Id, IdKind
+from .. import protocol as proto
 from . import emit, progress_bar, vhw
 from .params import SIZE
+from .roles import credential_option, role_client, server_option
 
 PATH = click.Path(path_type=Path)
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
@@ -47,14 +50,26 @@ def card() -> None:
     """Memory cards: format (manufacturer) and inspect."""
 
 
+def register_with_server(credential: Path | None, server_url: str | None, path: str, msg) -> None:
+    """The manufacturer's registration of a new ID, done before the device file is written."""
+    if credential:
+        with role_client(credential, server_url, "manufacturer") as c:
+            c.call(path, msg, proto.Done)
+
+
 @card.command("format")
 @click.argument("out", type=PATH)
-def card_format(out: Path) -> None:
+@credential_option
+@server_option
+def card_format(out: Path, credential: Path | None, server_url: str | None) -> None:
     """Format a new memory card OUT with a fresh MC-ID and a secret MC-Key.
 
-    The MC-ID is printed (it goes on the card's label); the MC-Key is never shown.
+    The MC-ID is printed (it goes on the card's label); the MC-Key is never shown. With
+    --credential, the card's MC-ID and MC-Key are registered with the licensing server first.
     """
     c = card_fmt.Card(Id.random(IdKind.CARD), crypto.random_key(), formatted=now())
+    refuse_existing(out, card_fmt.WHAT)
+    register_with_server(credential, server_url, "/v1/manufacturer/cards", proto.RegisterCard(c.mc_id, c.mc_key))
     card_dev.create(out, c)
     click.echo(f"MC-ID {c.mc_id}  (memory card {out})")
 
@@ -108,9 +123,13 @@ def hdd() -> None:
 @click.argument("out", type=PATH)
 @click.option("--size", type=SIZE, default="40G", show_default=True,
               help="Nominal size; the image is sparse and holds only what is written.")
-def hdd_format(out: Path, size: int) -> None:
-    """Format a new, empty HDD image OUT with a fresh HDD-ID."""
+@credential_option
+@server_option
+def hdd_format(out: Path, size: int, credential: Path | None, server_url: str | None) -> None:
+    """Format a new, empty HDD image OUT with a fresh HDD-ID (registered first with --credential)."""
     hdd_id = Id.random(IdKind.HDD)
+    refuse_existing(out, hdd_fmt.WHAT)
+    register_with_server(credential, server_url, "/v1/manufacturer/hdds", proto.RegisterHdd(hdd_id))
     HddImage.format(out, hdd_id=hdd_id, size=size, formatted=now())
     click.echo(f"HDD-ID {hdd_id}  ({human(size)} HDD {out})")
 
@@ -204,18 +223,31 @@ def console() -> None:
               help="The platform CA certificate (PEM) the console will trust; from `vhw server init`.")
 @click.option("--server", "server_url", default="", help="Default licensing server URL (https://...).")
 @click.option("--model", default="VHW-1000", show_default=True, help="Model name in the ROM.")
-def console_rom(out: Path, ca_path: Path | None, server_url: str, model: str) -> None:
-    """Burn a console ROM OUT with a fresh Client ID."""
+@credential_option
+def console_rom(out: Path, ca_path: Path | None, server_url: str, model: str, credential: Path | None) -> None:
+    """Burn a console ROM OUT with a fresh Client ID.
+
+    With --credential (the manufacturer's), the Client ID is registered with the licensing server
+    first, and the ROM trusts the credential's CA and names its server unless --ca/--server say
+    otherwise.
+    """
+    from ..serverhome import Credential
+
     anchor = load_ca(ca_path) if ca_path else b""
+    if credential:
+        cred = Credential.load(credential)
+        server_url = server_url or cred.server
+        if not anchor:
+            anchor = x509.load_pem_x509_certificate(cred.ca.encode()).public_bytes(Encoding.DER)
     rom = rom_fmt.Rom(Id.random(IdKind.CLIENT), now(), model=model, server_url=server_url, trust_anchor=anchor)
+    refuse_existing(out, rom_fmt.WHAT)
+    register_with_server(credential, server_url or None, "/v1/manufacturer/consoles", proto.RegisterConsole(rom.client_id))
     rom_dev.burn(out, rom)
     click.echo(f"Client ID {rom.client_id}  (console ROM {out})")
 
 
 def load_ca(path: Path) -> bytes:
     """A CA certificate (PEM or DER) as DER; refuses anything that is not one."""
-    from cryptography.hazmat.primitives.serialization import Encoding
-
     try:
         data = path.read_bytes()
     except OSError as exc:

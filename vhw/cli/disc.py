@@ -13,10 +13,15 @@ from .. import mastering
 from ..devices.disc import DiscImage
 from ..devices.files import refuse_existing
 from ..formats import disc as fmt
+from .. import protocol as proto
+from ..ids import Id
 from ..keystore import KeyStore
 from . import App, emit, pass_app, progress_bar, vhw
 from .devices import PATH, human, json_option, when
 from .params import TITLE_ID
+from .roles import credential_option, role_client, server_option
+
+MIDS_PER_REQUEST = 1000  # the server's limit per registration request
 
 keystore_option = click.option(
     "--keystore", type=click.Path(path_type=Path, file_okay=False),
@@ -41,13 +46,16 @@ def disc() -> None:
 @click.option("--kind", type=click.Choice(fmt.KINDS), help="What the title is (default: from vhw-title.json).")
 @click.option("--entry", help="The file that plays the title (default: from vhw-title.json).")
 @keystore_option
+@credential_option
+@server_option
 @pass_app
 def disc_master(app: App, src: Path, out: Path, title_id: str, name: str | None, kind: str | None,
-                entry: str | None, keystore: Path | None) -> None:
+                entry: str | None, keystore: Path | None, credential: Path | None, server_url: str | None) -> None:
     """Encrypt the title files in SRC into a master image under a fresh Content-Key.
 
     The Content-Key stays in the publisher's key store (never on the disc); the manifest is signed
-    with the publisher's key.
+    with the publisher's key. With --credential (the publisher's), the title's Content-Key and
+    digest are registered with the licensing server (retry with `vhw disc register`).
     """
     ks = open_keystore(app, keystore)
     total = sum(f.size for f in mastering.scan(src))
@@ -56,6 +64,25 @@ def disc_master(app: App, src: Path, out: Path, title_id: str, name: str | None,
                              entry=entry, progress=bar.update)
     click.echo(f"master {out}: {d.manifest.title_id} {d.manifest.name!r}, {len(d.manifest.files)} files,"
                f" {human(sum(f.size for f in d.manifest.files))}")
+    if credential:
+        register_title(ks, title_id, credential, server_url)
+        click.echo(f"registered {title_id} with the licensing server")
+
+
+def register_title(ks: KeyStore, title_id: str, credential: Path, server_url: str | None) -> None:
+    keys = ks.title(title_id)
+    with role_client(credential, server_url, "publisher") as c:
+        c.call("/v1/publisher/titles",
+               proto.RegisterTitle(title_id, keys.name, keys.content_key, keys.title_digest), proto.Done)
+    keys.registered = True
+    ks.save_title(keys)
+
+
+def register_mids(title_id: str, mids: list[Id], credential: Path, server_url: str | None) -> None:
+    with role_client(credential, server_url, "publisher") as c:
+        for i in range(0, len(mids), MIDS_PER_REQUEST):
+            c.call("/v1/publisher/media", proto.RegisterMedia(title_id, tuple(mids[i : i + MIDS_PER_REQUEST])),
+                   proto.Done)
 
 
 @disc.command("press")
@@ -65,11 +92,19 @@ def disc_master(app: App, src: Path, out: Path, title_id: str, name: str | None,
               help="Folder for the pressed disc images.")
 @click.option("--no-mid", is_flag=True, help="Press discs without a MID (installed for a fee).")
 @keystore_option
+@credential_option
+@server_option
 @pass_app
-def disc_press(app: App, master: Path, count: int, out_dir: Path, no_mid: bool, keystore: Path | None) -> None:
-    """Press COUNT discs from MASTER, each with its own MID (signed by the publisher)."""
+def disc_press(app: App, master: Path, count: int, out_dir: Path, no_mid: bool, keystore: Path | None,
+               credential: Path | None, server_url: str | None) -> None:
+    """Press COUNT discs from MASTER, each with its own MID (signed by the publisher).
+
+    With --credential, the new MIDs are registered with the licensing server before any disc is
+    written.
+    """
     ks = open_keystore(app, keystore)
-    made = mastering.press(master, out_dir, count=count, keystore=ks, with_mid=not no_mid)
+    register = (lambda title_id, mids: register_mids(title_id, mids, credential, server_url)) if credential else None
+    made = mastering.press(master, out_dir, count=count, keystore=ks, with_mid=not no_mid, register=register)
     for path, mid in made:
         click.echo(f"{path}  MID {mid}" if mid else f"{path}  (no MID)")
 
@@ -94,6 +129,32 @@ def disc_summary(image: DiscImage) -> dict:
         "metadata": m.metadata,
         "format_version": fmt.VERSION,
     }
+
+
+@disc.command("register")
+@click.argument("title", metavar="MASTER_OR_TITLE_ID")
+@keystore_option
+@credential_option
+@server_option
+@pass_app
+def disc_register(app: App, title: str, keystore: Path | None, credential: Path | None,
+                  server_url: str | None) -> None:
+    """Register a title (Content-Key, digest) and every MID pressed of it with the licensing server.
+
+    Safe to repeat: what the server already has is left as it is.
+    """
+    if not credential:
+        raise click.UsageError("--credential (the publisher's) is required")
+    ks = open_keystore(app, keystore)
+    if Path(title).is_file():
+        with DiscImage.open(Path(title)) as img:
+            title = img.manifest.title_id
+    title = title.upper()
+    register_title(ks, title, credential, server_url)
+    mids = [Id.parse(m) for m in ks.title(title).mids]
+    if mids:
+        register_mids(title, mids, credential, server_url)
+    click.echo(f"registered {title} and {len(mids)} MIDs with the licensing server")
 
 
 @disc.command("info")

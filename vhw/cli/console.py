@@ -1,0 +1,139 @@
+"""The user's console: ``vhw console setup|insert-card|eject-card|insert-disc|eject-disc|status|
+register|acquire``, and (later issues) install, mount and play."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .. import console as cpu
+from ..devices import card as card_dev
+from ..devices.disc import DiscImage
+from ..machine import SLOTS, Machine
+from . import emit
+from .devices import PATH, console, json_option
+
+console_option = click.option(
+    "--console", "console_dir", type=click.Path(path_type=Path, file_okay=False),
+    help="The console's folder (default: $VHW_CONSOLE, else the current folder).",
+)
+slot_option = click.option("--slot", type=click.Choice(SLOTS), default="1", show_default=True,
+                           help="Memory card slot.")
+
+
+def machine(console_dir: Path | None) -> Machine:
+    m = Machine.find(console_dir)
+    m.log = lambda msg: click.echo(msg, err=True)
+    return m
+
+
+@console.command("setup")
+@click.argument("folder", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--rom", type=PATH, required=True, help="The console's ROM (vhw console rom).")
+@click.option("--hdd", type=PATH, required=True, help="The HDD attached to it (vhw hdd format).")
+@click.option("--server", help="Licensing server or broker URL, if not the one in the ROM.")
+def console_setup(folder: Path, rom: Path, hdd: Path, server: str | None) -> None:
+    """Set up a console in FOLDER: which ROM it has and which HDD is attached.
+
+    Afterwards the everyday commands need no paths: run them in FOLDER, or pass --console FOLDER,
+    or set VHW_CONSOLE=FOLDER.
+    """
+    m = Machine.setup(folder, rom=rom, hdd=hdd, server=server)
+    click.echo(f"console set up in {m.root}: Client ID {m.rom().client_id}, HDD-ID {m.hdd_id()}")
+
+
+@console.command("insert-card")
+@click.argument("card", type=PATH)
+@slot_option
+@console_option
+def console_insert_card(card: Path, slot: str, console_dir: Path | None) -> None:
+    """Put memory card CARD into a slot."""
+    c = machine(console_dir).insert_card(card, slot)
+    click.echo(f"memory card {c.mc_id} in slot {slot}")
+
+
+@console.command("eject-card")
+@slot_option
+@console_option
+def console_eject_card(slot: str, console_dir: Path | None) -> None:
+    """Take the memory card out of a slot."""
+    was = machine(console_dir).eject_card(slot)
+    click.echo(f"ejected {was} from slot {slot}" if was else f"slot {slot} was empty")
+
+
+@console.command("insert-disc")
+@click.argument("disc", type=PATH)
+@console_option
+def console_insert_disc(disc: Path, console_dir: Path | None) -> None:
+    """Put disc DISC into the tray."""
+    d = machine(console_dir).insert_disc(disc)
+    click.echo(f"disc {d.manifest.title_id} {d.manifest.name!r} in the tray")
+
+
+@console.command("eject-disc")
+@console_option
+def console_eject_disc(console_dir: Path | None) -> None:
+    """Take the disc out of the tray."""
+    was = machine(console_dir).eject_disc()
+    click.echo(f"ejected {was}" if was else "the tray was empty")
+
+
+@console.command("status")
+@console_option
+@json_option
+def console_status(console_dir: Path | None, as_json: bool) -> None:
+    """Show the console: ROM, HDD, cards in the slots, disc in the tray."""
+    m = machine(console_dir)
+    cfg = m.config()
+    rom = m.rom()
+    d: dict = {"folder": str(m.root), "client_id": str(rom.client_id), "hdd": cfg.hdd,
+               "hdd_id": str(m.hdd_id()), "server": m.server_url(rom) or None, "slots": {}, "tray": None}
+    for slot, path in cfg.slots.items():
+        if path:
+            card = card_dev.load(Path(path))
+            user = str(cpu.user_of(card)) if card.registered else None
+            d["slots"][slot] = {"path": path, "mc_id": str(card.mc_id), "user_id": user}
+        else:
+            d["slots"][slot] = None
+    if cfg.tray:
+        with DiscImage.open(Path(cfg.tray)) as disc:
+            d["tray"] = {"path": cfg.tray, "title_id": disc.manifest.title_id,
+                         "mid": str(disc.disc.mid) if disc.disc.mid else None}
+    lines = [
+        f"console      {d['folder']}",
+        f"Client ID    {d['client_id']}",
+        f"HDD          {d['hdd_id']}  ({d['hdd']})",
+        f"server       {d['server'] or '(none)'}",
+        *(
+            f"slot {s}       " + (f"{v['mc_id']}  " + (f"User ID {v['user_id']}" if v["user_id"] else "not registered")
+                                if v else "(empty)")
+            for s, v in d["slots"].items()
+        ),
+        "tray         " + (f"{d['tray']['title_id']}  MID {d['tray']['mid']}" if d["tray"] else "(empty)"),
+    ]
+    emit(d, as_json=as_json, lines=lines)
+
+
+@console.command("register")
+@slot_option
+@console_option
+def console_register(slot: str, console_dir: Path | None) -> None:
+    """Register the user of the card in SLOT with the licensing server (S1-S7).
+
+    Prints the User ID: write it down, it is what a lost card is reissued with.
+    """
+    user = machine(console_dir).register(slot)
+    click.echo(f"registered: User ID {user}  (write it down: a lost card is reissued with it)")
+
+
+@console.command("acquire")
+@slot_option
+@console_option
+def console_acquire(slot: str, console_dir: Path | None) -> None:
+    """Register the disc in the tray and acquire its keys onto the card (S11-S17).
+
+    `vhw console install` does this itself; this command is the first half alone.
+    """
+    title_id, mid = machine(console_dir).acquire(slot)
+    click.echo(f"acquired the keys of {title_id} for disc {mid}; they are on the memory card")

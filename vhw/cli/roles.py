@@ -1,0 +1,24 @@
+"""Calling the server as a role (manufacturer, publisher, operator): ``--credential FILE``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..client import Client, tls_context
+from ..errors import StateError
+from ..serverhome import Credential
+
+credential_option = click.option(
+    "--credential", type=click.Path(path_type=Path, dir_okay=False), envvar="VHW_CREDENTIAL",
+    help="Register with the licensing server using this role credential (from `vhw server init`).",
+)
+server_option = click.option("--server", "server_url", help="Server URL (default: the credential's).")
+
+
+def role_client(credential: Path, server_url: str | None, role: str) -> Client:
+    cred = Credential.load(credential)
+    if cred.role != role:
+        raise StateError(f"{credential} is a {cred.role} credential; this needs the {role}'s")
+    return Client(server_url or cred.server, tls_context(ca_pem=cred.ca), token=cred.token)

@@ -1,0 +1,299 @@
+"""The licensing server's behaviour (system server 4 with database 3), independent of HTTP.
+
+:class:`Licensing` takes decoded protocol messages and returns protocol messages, or raises one of
+the patent's refusals. The web layer (:mod:`vhw.server`) only authenticates, decodes and encodes;
+tests drive this class directly against a real database and then again over HTTPS.
+
+Once per disc under any concurrency: flagging a MID is one conditional UPDATE
+(``... WHERE flagged_by IS NULL``) inside the request's transaction; whoever's UPDATE changes the
+row owns the MID, every other request sees it flagged. The owner may fetch the keys again until it
+confirms the install (a lost response never loses a purchase); after confirm, the MID is final.
+
+Refusals never say which check failed: an unknown card, a wrong User ID and devices that do not
+match the user entry all answer ``USER ID INVALID. PLEASE COMPLETE USER REGISTRATION.``; an unknown
+MID, a MID flagged by someone else and a confirmed one all answer ``CONTENT CANNOT BE COPIED FROM
+THIS MEDIA``. Failed User ID checks are counted per card; past a limit the card is told to wait.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from . import bindings, crypto
+from . import protocol as p
+from .errors import MediaRefused, RegistrationRefused, ServerError, UserIdInvalid
+from .ids import Id, IdKind
+from .store import Store, Tx
+
+log = logging.getLogger(__name__)
+
+ID_FIELDS = ("mc_id", "client_id", "hdd_id")
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Server configuration that shapes the flows."""
+
+    # Which device IDs identify a user (the patent allows any non-empty combination).
+    identify_by: frozenset[str] = frozenset(ID_FIELDS)
+    # Failed User ID checks per card allowed within the window before it is made to wait.
+    attempt_limit: int = 10
+    attempt_window: int = 600  # seconds
+
+    def __post_init__(self) -> None:
+        if not self.identify_by or not set(self.identify_by) <= set(ID_FIELDS):
+            raise ValueError(f"identify_by must be a non-empty subset of {ID_FIELDS}")
+
+
+@dataclass
+class Licensing:
+    store: Store
+    master_key: bytes = field(repr=False)
+    policy: Policy = field(default_factory=Policy)
+    clock: Callable[[], float] = time.time
+
+    # -- keys at rest -------------------------------------------------------------------------
+
+    def _seal(self, table: str, row: object, key: bytes) -> bytes:
+        return crypto.wrap(self.master_key, key, bindings.at_rest(table, row))
+
+    def _open(self, table: str, row: object, blob: bytes) -> bytes:
+        return crypto.unwrap(self.master_key, blob, bindings.at_rest(table, row))
+
+    def _now(self) -> int:
+        return int(self.clock())
+
+    def _audit(self, tx: Tx, actor: str, action: str, subject: object, **detail: object) -> None:
+        tx.execute(
+            "INSERT INTO audit (at, actor, action, subject, detail) VALUES (?, ?, ?, ?, ?)",
+            self._now(), actor, action, str(subject), json.dumps(detail, sort_keys=True, default=str),
+        )
+
+    # -- manufacturer and publisher -------------------------------------------------------------
+
+    def register_device(self, actor: str, table: str, ident: Id) -> p.Done:
+        column = {"consoles": "client_id", "hdds": "hdd_id"}[table]
+        with self.store.transaction() as tx:
+            if tx.one(f"SELECT 1 FROM {table} WHERE {column} = ?", str(ident)):
+                return p.Done(created=False)
+            tx.execute(f"INSERT INTO {table} ({column}, registered) VALUES (?, ?)", str(ident), self._now())
+            self._audit(tx, actor, f"register-{table[:-1]}", ident)
+        return p.Done()
+
+    def register_card(self, actor: str, msg: p.RegisterCard) -> p.Done:
+        with self.store.transaction() as tx:
+            row = tx.one("SELECT mc_key FROM cards WHERE mc_id = ?", str(msg.mc_id))
+            if row:
+                if not crypto.equal(self._open("cards", msg.mc_id, row[0]), msg.mc_key):
+                    raise ServerError(f"{msg.mc_id} is already registered with another MC-Key", status=409)
+                return p.Done(created=False)
+            tx.execute(
+                "INSERT INTO cards (mc_id, mc_key, registered) VALUES (?, ?, ?)",
+                str(msg.mc_id), self._seal("cards", msg.mc_id, msg.mc_key), self._now(),
+            )
+            self._audit(tx, actor, "register-card", msg.mc_id)
+        return p.Done()
+
+    def register_title(self, actor: str, msg: p.RegisterTitle) -> p.Done:
+        with self.store.transaction() as tx:
+            row = tx.one("SELECT content_key, title_digest FROM titles WHERE title_id = ?", msg.title_id)
+            if row:
+                same = crypto.equal(self._open("titles", msg.title_id, row[0]), msg.content_key)
+                if not same or bytes(row[1]) != msg.title_digest:
+                    raise ServerError(f"title {msg.title_id} is already registered with other keys", status=409)
+                return p.Done(created=False)
+            tx.execute(
+                "INSERT INTO titles (title_id, name, content_key, title_digest, registered) VALUES (?, ?, ?, ?, ?)",
+                msg.title_id, msg.name, self._seal("titles", msg.title_id, msg.content_key),
+                msg.title_digest, self._now(),
+            )
+            self._audit(tx, actor, "register-title", msg.title_id, name=msg.name)
+        return p.Done()
+
+    def register_media(self, actor: str, msg: p.RegisterMedia) -> p.Done:
+        created = False
+        with self.store.transaction() as tx:
+            if not tx.one("SELECT 1 FROM titles WHERE title_id = ?", msg.title_id):
+                raise ServerError(f"title {msg.title_id} is not registered", status=404)
+            for mid in msg.mids:
+                row = tx.one("SELECT title_id FROM media WHERE mid = ?", str(mid))
+                if row:
+                    if row[0] != msg.title_id:
+                        raise ServerError(f"{mid} is already registered for another title", status=409)
+                    continue
+                tx.execute("INSERT INTO media (mid, title_id, registered) VALUES (?, ?, ?)",
+                           str(mid), msg.title_id, self._now())
+                self._audit(tx, actor, "register-mid", mid, title_id=msg.title_id)
+                created = True
+        return p.Done(created=created)
+
+    # -- user registration, S3-S7 -----------------------------------------------------------------
+
+    def register(self, actor: str, req: p.RegisterRequest) -> p.RegisterResponse:
+        with self.store.transaction() as tx:
+            card = tx.one("SELECT mc_key FROM cards WHERE mc_id = ? AND retired IS NULL", str(req.mc_id))
+            if card is None:  # S3: not a card the platform made
+                raise RegistrationRefused()
+            mc_key = self._open("cards", req.mc_id, card[0])
+            proof = bindings.registration_proof(mc_key, req.mc_id, req.client_id, req.hdd_id)
+            if not crypto.equal(proof, req.proof):  # whoever sent this does not hold the card
+                raise RegistrationRefused()
+            if not self._device_known(tx, req.client_id, req.hdd_id):
+                raise RegistrationRefused()
+            existing = self._entries_like(tx, req)
+            if existing:
+                # Registering again from the same devices returns the same User ID (a lost
+                # response must not lock the user out); anything else is someone else's entry.
+                same = [e for e in existing if e[1:4] == (str(req.mc_id), str(req.client_id), str(req.hdd_id))]
+                if not same:
+                    raise RegistrationRefused()
+                user = Id.parse(same[0][0], IdKind.USER)
+            else:
+                user = Id.random(IdKind.USER)  # S4: a random User ID
+                cgk = crypto.random_key()
+                tx.execute(
+                    "INSERT INTO users (user_id, mc_id, client_id, hdd_id, content_gen_key, created)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    str(user), str(req.mc_id), str(req.client_id), str(req.hdd_id),
+                    self._seal("users", user, cgk), self._now(),
+                )
+                self._audit(tx, actor, "register-user", user, mc_id=req.mc_id, client_id=req.client_id,
+                            hdd_id=req.hdd_id)
+        # S5: the User ID goes back wrapped with the card's MC-Key
+        return p.RegisterResponse(bindings.wrap_id(mc_key, user, bindings.user_id(req.mc_id)))
+
+    def _device_known(self, tx: Tx, client_id: Id, hdd_id: Id) -> bool:
+        return bool(
+            tx.one("SELECT 1 FROM consoles WHERE client_id = ? AND retired IS NULL", str(client_id))
+            and tx.one("SELECT 1 FROM hdds WHERE hdd_id = ? AND retired IS NULL", str(hdd_id))
+        )
+
+    def _entries_like(self, tx: Tx, req) -> list[tuple]:
+        """User entries the request's devices would be confused with: the same card, or the same
+        combination of identifying IDs (under the policy, that combination *is* the user)."""
+        names = sorted(self.policy.identify_by)
+        where = " AND ".join(f"{name} = ?" for name in names)
+        return tx.all(
+            f"SELECT user_id, mc_id, client_id, hdd_id FROM users WHERE ({where}) OR mc_id = ?",
+            *(str(getattr(req, name)) for name in names), str(req.mc_id),
+        )
+
+    # -- MID registration and key acquisition, S13-S17 --------------------------------------------
+
+    def _authenticate_user(self, tx: Tx, req) -> tuple[bytes, Id, tuple]:
+        """S13: the card's MC-Key, the User ID it unwraps, and the matching user entry."""
+        if self._too_many_attempts(tx, req.mc_id):
+            raise ServerError(
+                f"too many failed attempts with memory card {req.mc_id}; try again later", status=429
+            )
+        card = tx.one("SELECT mc_key FROM cards WHERE mc_id = ? AND retired IS NULL", str(req.mc_id))
+        try:
+            if card is None:
+                raise crypto.Invalid()
+            mc_key = self._open("cards", req.mc_id, card[0])
+            user = bindings.unwrap_id(mc_key, req.user_id, IdKind.USER, bindings.user_id(req.mc_id))
+        except crypto.Invalid:
+            raise UserIdInvalid() from None
+        entry = tx.one(
+            "SELECT user_id, mc_id, client_id, hdd_id, content_gen_key FROM users WHERE user_id = ?", str(user)
+        )
+        if entry is None or not self._entry_matches(entry, req) or not self._device_known(tx, req.client_id, req.hdd_id):
+            raise UserIdInvalid()
+        return mc_key, user, entry
+
+    def _entry_matches(self, entry: tuple, req) -> bool:
+        """The request's IDs in the identification policy equal the entry's; others are ignored."""
+        stored = dict(zip(("mc_id", "client_id", "hdd_id"), entry[1:4]))
+        return all(stored[name] == str(getattr(req, name)) for name in self.policy.identify_by) and (
+            stored["mc_id"] == str(req.mc_id)  # the card always: its MC-Key wraps everything
+        )
+
+    def _too_many_attempts(self, tx: Tx, mc_id: Id) -> bool:
+        since = self._now() - self.policy.attempt_window
+        row = tx.one("SELECT COUNT(*) FROM attempts WHERE subject = ? AND at > ?", str(mc_id), since)
+        return row[0] >= self.policy.attempt_limit
+
+    @contextlib.contextmanager
+    def _counting_failures(self, mc_id: Id):
+        """Count a refused User ID against the card, after the request's transaction rolled back."""
+        try:
+            yield
+        except UserIdInvalid:
+            with self.store.transaction() as tx:
+                tx.execute("INSERT INTO attempts (subject, at) VALUES (?, ?)", str(mc_id), self._now())
+                tx.execute("DELETE FROM attempts WHERE at < ?", self._now() - 10 * self.policy.attempt_window)
+            raise
+
+    def acquire(self, actor: str, req: p.AcquireRequest) -> p.AcquireResponse:
+        with self._counting_failures(req.mc_id), self.store.transaction() as tx:
+            mc_key, user, entry = self._authenticate_user(tx, req)
+            try:
+                mid = bindings.unwrap_id(mc_key, req.mid, IdKind.MEDIA, bindings.mid(req.mc_id, user))
+            except crypto.Invalid:
+                raise MediaRefused() from None
+            media = tx.one(
+                "SELECT m.title_id, t.content_key, t.title_digest FROM media m"
+                " JOIN titles t ON t.title_id = m.title_id WHERE m.mid = ?",
+                str(mid),
+            )
+            if media is None:  # not a disc any publisher pressed
+                raise MediaRefused()
+            # S14: flag the MID for this user, unless someone already did; atomic in one UPDATE.
+            flagged = tx.execute(
+                "UPDATE media SET flagged_by = ?, flagged_at = ? WHERE mid = ? AND flagged_by IS NULL",
+                str(user), self._now(), str(mid),
+            )
+            if flagged:
+                self._audit(tx, actor, "flag-mid", mid, user_id=user, title_id=media[0])
+            else:
+                owner = tx.one("SELECT flagged_by, confirmed_at FROM media WHERE mid = ?", str(mid))
+                if owner[0] != str(user) or owner[1] is not None:
+                    raise MediaRefused()  # S17: copied before (by someone else, or installed)
+                self._audit(tx, actor, "refetch-keys", mid, user_id=user, title_id=media[0])
+            self._audit(tx, actor, "issue-keys", mid, user_id=user, title_id=media[0], mc_id=req.mc_id)
+            title_id, content_key = media[0], self._open("titles", media[0], media[1])
+            cgk = self._open("users", user, entry[4])
+            client_id = Id.parse(entry[2], IdKind.CLIENT)
+            hdd_id = Id.parse(entry[3], IdKind.HDD)
+        # S15: keys wrapped with the MC-Key, device IDs sealed with the Content-Gen-Key
+        return p.AcquireResponse(
+            title_id=title_id,
+            title_digest=bytes(media[2]),
+            content_key=crypto.wrap(mc_key, content_key, bindings.content_key(req.mc_id, mid, title_id)),
+            content_gen_key=crypto.wrap(mc_key, cgk, bindings.content_gen_key(req.mc_id, user)),
+            sealed_ids=bindings.seal_device_ids(cgk, user, client_id, hdd_id),
+        )
+
+    def confirm(self, actor: str, req: p.ConfirmRequest) -> p.Done:
+        with self._counting_failures(req.mc_id), self.store.transaction() as tx:
+            mc_key, user, _ = self._authenticate_user(tx, req)
+            try:
+                mid = bindings.unwrap_id(mc_key, req.mid, IdKind.MEDIA, bindings.mid(req.mc_id, user))
+            except crypto.Invalid:
+                raise MediaRefused() from None
+            done = tx.execute(
+                "UPDATE media SET confirmed_at = ? WHERE mid = ? AND flagged_by = ? AND confirmed_at IS NULL",
+                self._now(), str(mid), str(user),
+            )
+            if done:
+                self._audit(tx, actor, "confirm-install", mid, user_id=user)
+                return p.Done()
+            row = tx.one("SELECT flagged_by, confirmed_at FROM media WHERE mid = ?", str(mid))
+            if row and row[0] == str(user) and row[1] is not None:
+                return p.Done(created=False)  # confirmed already: a retry after a lost answer
+            raise MediaRefused()
+
+    # -- operator -----------------------------------------------------------------------------------
+
+    def audit(self, query: p.AuditQuery) -> p.AuditPage:
+        with self.store.transaction() as tx:
+            rows = tx.all(
+                "SELECT seq, at, actor, action, subject, detail FROM audit WHERE seq > ? ORDER BY seq LIMIT ?",
+                query.after, query.limit,
+            )
+        return p.AuditPage(tuple(p.AuditEntry(*r) for r in rows))

@@ -1,0 +1,225 @@
+"""The emulated console: a folder that says which ROM and HDD it has, what sits in its two card
+slots and its disc tray, and the flows that run on it.
+
+    DIR/console.json   {"rom": ..., "hdd": ..., "slots": {"1": card or null, "2": ...},
+                        "tray": disc or null, "server": URL override or null}
+
+Set up once (``vhw console setup``); afterwards the everyday commands find the console by
+``--console DIR``, ``$VHW_CONSOLE`` or the current folder, and need no paths. One flow runs at a
+time on a console (a lock on ``DIR/.console.lock``, like a single CPU): a second command waits.
+
+The flows are the patent's, each a thin shell around :mod:`vhw.console` (what the CPU decides),
+:mod:`vhw.client` (the modem) and the device files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from . import console as cpu
+from . import protocol as p
+from .client import Client, tls_context
+from .devices import card as card_dev
+from .devices import rom as rom_dev
+from .devices.disc import DiscImage
+from .devices.files import atomic_write, locked, now
+from .devices.hdd import HddImage
+from .errors import ImageError, IntegrityError, StateError
+from .formats.card import Card
+from .formats.disc import Pressing
+from .formats.rom import Rom
+from .ids import Id
+
+CONFIG = "console.json"
+SLOTS = ("1", "2")
+
+
+@dataclass
+class ConsoleConfig:
+    rom: str
+    hdd: str
+    slots: dict[str, str | None] = field(default_factory=lambda: {s: None for s in SLOTS})
+    tray: str | None = None
+    server: str | None = None
+
+    @classmethod
+    def load(cls, path: Path) -> ConsoleConfig:
+        try:
+            raw = json.loads(path.read_text())
+            cfg = cls(**raw)
+            if set(cfg.slots) != set(SLOTS):
+                raise ValueError("slots")
+        except OSError as exc:
+            raise ImageError(path, f"cannot read console set-up: {exc.strerror}") from None
+        except (ValueError, TypeError):
+            raise ImageError(path, "not a console set-up (console.json)") from None
+        return cfg
+
+
+class Machine:
+    def __init__(self, root: Path):
+        self.root = Path(root).resolve()
+        self.log: Callable[[str], None] = lambda msg: None
+
+    # -- set-up -----------------------------------------------------------------------------------
+
+    @classmethod
+    def setup(cls, root: Path, *, rom: Path, hdd: Path, server: str | None = None) -> Machine:
+        root = Path(root)
+        if (root / CONFIG).exists():
+            raise StateError(f"{root}: a console is already set up here")
+        rom_dev.load(rom)  # refuse a bad ROM now, not at the first flow
+        with HddImage.open(hdd):
+            pass
+        root.mkdir(parents=True, exist_ok=True)
+        m = cls(root)
+        m.save(ConsoleConfig(rom=str(Path(rom).resolve()), hdd=str(Path(hdd).resolve()), server=server))
+        return m
+
+    @classmethod
+    def find(cls, explicit: Path | None = None) -> Machine:
+        """The console named by ``--console``, else ``$VHW_CONSOLE``, else the current folder."""
+        named = explicit or os.environ.get("VHW_CONSOLE")
+        if named:
+            if not (Path(named) / CONFIG).exists():
+                raise StateError(f"{named}: no console set up here", hint="run `vhw console setup DIR` first")
+            return cls(Path(named))
+        if (Path.cwd() / CONFIG).exists():
+            return cls(Path.cwd())
+        raise StateError("no console here", hint="pass --console DIR, set VHW_CONSOLE, or run `vhw console setup`")
+
+    def config(self) -> ConsoleConfig:
+        return ConsoleConfig.load(self.root / CONFIG)
+
+    def save(self, cfg: ConsoleConfig) -> None:
+        atomic_write(self.root / CONFIG, json.dumps(asdict(cfg), indent=1).encode())
+
+    @contextlib.contextmanager
+    def busy(self) -> Iterator[None]:
+        """One flow at a time on this console."""
+        fd = os.open(self.root / ".console.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            with locked(fd, self.root, "console", wait=True, on_wait=self.log):
+                yield
+        finally:
+            os.close(fd)
+
+    # -- slots and tray -------------------------------------------------------------------------------
+
+    def insert_card(self, path: Path, slot: str = "1") -> Card:
+        card = card_dev.load(path)
+        with self.busy():
+            cfg = self.config()
+            if cfg.slots[slot]:
+                raise StateError(f"card slot {slot} holds {cfg.slots[slot]}", hint="eject it first")
+            cfg.slots[slot] = str(Path(path).resolve())
+            self.save(cfg)
+        return card
+
+    def eject_card(self, slot: str = "1") -> str | None:
+        with self.busy():
+            cfg = self.config()
+            was, cfg.slots[slot] = cfg.slots[slot], None
+            self.save(cfg)
+        return was
+
+    def insert_disc(self, path: Path) -> DiscImage:
+        with DiscImage.open(path) as disc:
+            with self.busy():
+                cfg = self.config()
+                if cfg.tray:
+                    raise StateError(f"the tray holds {cfg.tray}", hint="eject it first")
+                cfg.tray = str(Path(path).resolve())
+                self.save(cfg)
+            return disc
+
+    def eject_disc(self) -> str | None:
+        with self.busy():
+            cfg = self.config()
+            was, cfg.tray = cfg.tray, None
+            self.save(cfg)
+        return was
+
+    # -- devices ---------------------------------------------------------------------------------------
+
+    def rom(self) -> Rom:
+        return rom_dev.load(Path(self.config().rom))
+
+    @property
+    def hdd_path(self) -> Path:
+        return Path(self.config().hdd)
+
+    def hdd_id(self) -> Id:
+        with HddImage.open(self.hdd_path) as img:
+            return img.hdd_id
+
+    def card_path(self, slot: str = "1") -> Path:
+        path = self.config().slots[slot]
+        if not path:
+            raise StateError(f"no memory card in slot {slot}", hint="vhw console insert-card CARD")
+        return Path(path)
+
+    def disc_path(self) -> Path:
+        path = self.config().tray
+        if not path:
+            raise StateError("no disc in the tray", hint="vhw console insert-disc DISC")
+        return Path(path)
+
+    def server_url(self, rom: Rom) -> str:
+        return self.config().server or rom.server_url
+
+    def client(self, rom: Rom) -> Client:
+        return Client(self.server_url(rom), tls_context(rom.trust_anchor))
+
+    # -- flows -------------------------------------------------------------------------------------------
+
+    def register(self, slot: str = "1") -> Id:
+        """User registration, S1-S7: returns the User ID (stored wrapped on the card)."""
+        with self.busy():
+            rom, hdd_id = self.rom(), self.hdd_id()
+            path = self.card_path(slot)
+            with card_dev.transaction(path) as card:
+                req = cpu.registration_request(card, rom.client_id, hdd_id)
+                with self.client(rom) as c:  # S1: connect
+                    resp = c.call("/v1/console/register", req, p.RegisterResponse)
+                card, user = cpu.accept_registration(card, resp)
+                card_dev.save(path, card)  # S6
+        return user
+
+    def acquire(self, slot: str = "1") -> tuple[str, Id]:
+        """MID registration and key acquisition, S11-S17: the keys end up on the card."""
+        with self.busy():
+            return self._acquire(slot)
+
+    def _acquire(self, slot: str) -> tuple[str, Id]:
+        rom, hdd_id = self.rom(), self.hdd_id()
+        with DiscImage.open(self.disc_path()) as disc:
+            mid = disc_mid(disc)
+            path = self.card_path(slot)
+            with card_dev.transaction(path) as card:
+                req = cpu.acquisition_request(card, rom.client_id, hdd_id, mid)
+                with self.client(rom) as c:
+                    resp = c.call("/v1/console/acquire", req, p.AcquireResponse)
+                check_disc_is_registered(disc, resp)
+                card = cpu.accept_acquisition(card, req, resp, mid, acquired=now())
+                card_dev.save(path, card)  # S16
+        return resp.title_id, mid
+
+
+def disc_mid(disc: DiscImage) -> Id:
+    if disc.disc.pressing is Pressing.MASTER:
+        raise StateError(f"{disc.path} is a master image, not a pressed disc")
+    if disc.disc.mid is None:
+        raise StateError(f"{disc.path} was pressed without a MID", hint="such discs install through the broker, for a fee")
+    return disc.disc.mid
+
+
+def check_disc_is_registered(disc: DiscImage, resp: p.AcquireResponse) -> None:
+    """The disc in the tray must be the very title the publisher registered for this MID."""
+    if resp.title_id != disc.manifest.title_id or resp.title_digest != disc.disc.title_digest:
+        raise IntegrityError(disc.path, "this disc is not the title its publisher registered for its MID")

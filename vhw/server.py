@@ -1,0 +1,295 @@
+"""The licensing server over HTTPS: a small Starlette app served by hypercorn's trio worker.
+
+The app is a table of endpoints (:data:`ENDPOINTS`): path, the role allowed to call it, the
+request and response messages, and the :class:`~vhw.licensing.Licensing` call behind it. One
+handler does the rest for all of them, in this order: authenticate the caller, read at most
+``MAX_BODY`` bytes, parse JSON, decode the message, run the call in a worker thread (database
+calls block; the trio loop never does), encode the answer. Every failure is mapped in one place
+(:func:`_error_response`) to a 4xx with ``{"error", "message"}``; only a bug gives a 500, and even
+then the server goes on serving.
+
+Roles: ``console`` endpoints need no credential (a console proves itself with its card's keys) and
+exist only in direct mode; every other endpoint needs the bearer token of exactly its role.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from importlib import resources
+from pathlib import Path
+
+import anyio
+import trio
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from . import __version__
+from . import protocol as p
+from .errors import Refusal, ServerError
+from .licensing import Licensing
+from .serverhome import ServerHome, token_hash
+
+log = logging.getLogger(__name__)
+
+CONSOLE = "console"
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    path: str
+    role: str  # "console", "public", or a credential role
+    request: type | None
+    response: type
+    call: Callable
+    summary: str
+    method: str = "POST"
+
+
+def _device(table: str, attr: str):
+    return lambda lic, actor, msg: lic.register_device(actor, table, getattr(msg, attr))
+
+
+ENDPOINTS: list[Endpoint] = [
+    Endpoint("/v1/health", "public", None, p.Health, None, "Is the server up, and in which mode", "GET"),
+    Endpoint("/v1/console/register", CONSOLE, p.RegisterRequest, p.RegisterResponse,
+             lambda lic, a, m: lic.register(a, m), "User registration (S1-S7)"),
+    Endpoint("/v1/console/acquire", CONSOLE, p.AcquireRequest, p.AcquireResponse,
+             lambda lic, a, m: lic.acquire(a, m), "MID registration and key acquisition (S11-S17)"),
+    Endpoint("/v1/console/confirm", CONSOLE, p.ConfirmRequest, p.Done,
+             lambda lic, a, m: lic.confirm(a, m), "The copy is complete: the MID's flag becomes final"),
+    Endpoint("/v1/broker/register", "broker", p.RegisterRequest, p.RegisterResponse,
+             lambda lic, a, m: lic.register(a, m), "User registration relayed by the broker"),
+    Endpoint("/v1/broker/acquire", "broker", p.AcquireRequest, p.AcquireResponse,
+             lambda lic, a, m: lic.acquire(a, m), "Key acquisition relayed by the broker (FIG. 15)"),
+    Endpoint("/v1/broker/confirm", "broker", p.ConfirmRequest, p.Done,
+             lambda lic, a, m: lic.confirm(a, m), "Install confirmation relayed by the broker"),
+    Endpoint("/v1/manufacturer/consoles", "manufacturer", p.RegisterConsole, p.Done,
+             _device("consoles", "client_id"), "Register a console's Client ID"),
+    Endpoint("/v1/manufacturer/hdds", "manufacturer", p.RegisterHdd, p.Done,
+             _device("hdds", "hdd_id"), "Register an HDD's HDD-ID"),
+    Endpoint("/v1/manufacturer/cards", "manufacturer", p.RegisterCard, p.Done,
+             lambda lic, a, m: lic.register_card(a, m), "Register a memory card's MC-ID and MC-Key"),
+    Endpoint("/v1/publisher/titles", "publisher", p.RegisterTitle, p.Done,
+             lambda lic, a, m: lic.register_title(a, m), "Register a title's Content-Key and digest"),
+    Endpoint("/v1/publisher/media", "publisher", p.RegisterMedia, p.Done,
+             lambda lic, a, m: lic.register_media(a, m), "Register the MIDs of pressed discs"),
+    Endpoint("/v1/operator/audit", "operator", p.AuditQuery, p.AuditPage,
+             lambda lic, a, m: lic.audit(m), "Read the audit log"),
+]
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+def _json(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse(p.encode(p.ErrorBody(code, message[:500])), status_code=status)
+
+
+def _error_response(exc: BaseException) -> JSONResponse:
+    """Every failure of a request, mapped to one status and one line."""
+    if isinstance(exc, Refusal):
+        return _json(403, exc.code, exc.text)
+    if isinstance(exc, ApiError):
+        return _json(exc.status, exc.code, exc.message)
+    if isinstance(exc, p.ProtocolError):
+        return _json(422, "invalid-request", str(exc))
+    if isinstance(exc, ServerError):
+        return _json(exc.status or 400, "refused", exc.message)
+    if isinstance(exc, HTTPException):
+        code = {404: "not-found", 405: "method-not-allowed"}.get(exc.status_code, "http-error")
+        return _json(exc.status_code, code, str(exc.detail))
+    log.exception("internal error while serving a request")
+    return _json(500, "internal-error", "internal server error")
+
+
+async def _read_body(request: Request) -> object:
+    length = request.headers.get("content-length")
+    if length is not None and (not length.isdigit() or int(length) > p.MAX_BODY):
+        raise ApiError(413, "too-large", f"request body over {p.MAX_BODY} bytes")
+    ctype = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+    if ctype != "application/json":
+        raise ApiError(415, "unsupported-media-type", "the body must be application/json")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > p.MAX_BODY:
+            raise ApiError(413, "too-large", f"request body over {p.MAX_BODY} bytes")
+    try:
+        return json.loads(body, parse_constant=_no_constants)
+    except (ValueError, RecursionError):
+        raise ApiError(400, "bad-json", "the body is not valid JSON") from None
+
+
+def _no_constants(name: str):
+    raise ValueError(name)
+
+
+class App:
+    """The Starlette application around one :class:`Licensing`."""
+
+    def __init__(self, lic: Licensing, *, mode: str = "direct"):
+        self.lic = lic
+        self.mode = mode
+        routes = [Route(ep.path, partial(self.handle, ep), methods=[ep.method]) for ep in ENDPOINTS]
+        routes.append(Route("/openapi.json", self.openapi, methods=["GET"]))
+        self.starlette = Starlette(
+            routes=routes,
+            exception_handlers={HTTPException: lambda req, exc: _error_response(exc)},
+        )
+
+    async def __call__(self, scope, receive, send) -> None:
+        await self.starlette(scope, receive, send)
+
+    async def openapi(self, request: Request) -> Response:
+        return Response(openapi_text(), media_type="application/json")
+
+    async def authenticate(self, request: Request, ep: Endpoint) -> str:
+        if ep.role == "public":
+            return "anyone"
+        if ep.role == CONSOLE:
+            if self.mode == "broker":
+                raise ApiError(403, "broker-only", "this server serves users only through the broker")
+            return CONSOLE
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise ApiError(401, "unauthenticated", "this endpoint needs a credential (Authorization: Bearer ...)")
+        row = await anyio.to_thread.run_sync(self._lookup, token.strip())
+        if row is None:
+            raise ApiError(401, "unauthenticated", "unknown credential")
+        role, name = row
+        if role != ep.role:
+            raise ApiError(403, "forbidden", f"a {role} credential cannot call {ep.path}")
+        return f"{role}:{name}"
+
+    def _lookup(self, token: str) -> tuple[str, str] | None:
+        # Looked up by SHA-256: the database never holds a token, and the comparison is of hashes.
+        with self.lic.store.transaction() as tx:
+            row = tx.one("SELECT role, name FROM credentials WHERE token_hash = ?", token_hash(token))
+        return (row[0], row[1]) if row else None
+
+    async def handle(self, ep: Endpoint, request: Request) -> Response:
+        try:
+            actor = await self.authenticate(request, ep)
+            if ep.request is None:
+                result = p.Health("ok", self.mode, __version__)
+            else:
+                msg = p.decode(ep.request, await _read_body(request))
+                result = await anyio.to_thread.run_sync(ep.call, self.lic, actor, msg)
+            return JSONResponse(p.encode(result))
+        except Exception as exc:  # mapped, never escaping: the server keeps serving
+            return _error_response(exc)
+
+
+def openapi_document() -> dict:
+    """The OpenAPI 3 description of every endpoint, generated from the message declarations."""
+    schemas: dict[str, dict] = {}
+
+    def ref(cls) -> dict:
+        if cls.__name__ not in schemas:
+            schemas[cls.__name__] = p.schema(cls)
+            for x in p._fields(cls):
+                codec = x.metadata["codec"]
+                inner = getattr(codec, "item", codec)
+                if isinstance(inner, p.MessageCodec):
+                    ref(inner.cls)
+        return {"$ref": f"#/components/schemas/{cls.__name__}"}
+
+    error = {"description": "error", "content": {"application/json": {"schema": ref(p.ErrorBody)}}}
+    paths = {}
+    for ep in ENDPOINTS:
+        op: dict = {"summary": ep.summary, "operationId": ep.path.strip("/").replace("/", "_"),
+                    "responses": {"200": {"description": "success",
+                                          "content": {"application/json": {"schema": ref(ep.response)}}}}}
+        if ep.request is not None:
+            op["requestBody"] = {"required": True, "content": {"application/json": {"schema": ref(ep.request)}}}
+            op["responses"].update({"400": error, "413": error, "415": error, "422": error})
+        if ep.role not in ("public", CONSOLE):
+            op["security"] = [{"bearer": []}]
+            op["responses"].update({"401": error, "403": error})
+        if ep.role == CONSOLE:
+            op["responses"]["403"] = error
+            op["responses"]["429"] = error
+        op["tags"] = [ep.role]
+        paths[ep.path] = {ep.method.lower(): op}
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "vhw licensing server", "version": __version__,
+                 "description": "Registration, key acquisition and role endpoints of the vhw licensing server."},
+        "paths": paths,
+        "components": {"schemas": schemas,
+                       "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+    }
+
+
+def openapi_text() -> str:
+    return resources.files("vhw").joinpath("openapi.json").read_text()
+
+
+# -- running ------------------------------------------------------------------------------------
+
+
+async def serve(home: ServerHome, *, listen: tuple[str, int] | None = None, database: str | None = None,
+                ready: Callable[[str], None] | None = None, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """Serve until SIGINT/SIGTERM (or cancellation); then finish open requests and stop."""
+    from hypercorn.config import Config
+    from hypercorn.trio import serve as hypercorn_serve
+
+    cfg = home.config()
+    store = await trio.to_thread.run_sync(home.store, database)
+    try:
+        await trio.to_thread.run_sync(store.migrate)
+        app = App(home.licensing(store), mode=cfg.mode)
+        host, port = listen or _split(cfg.listen)
+        config = Config()
+        config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+        config.certfile = str(home.path("server.pem"))
+        config.keyfile = str(home.path("server-key.pem"))
+        config.accesslog = None
+        config.errorlog = logging.getLogger("vhw.server.hypercorn")
+        config.h11_max_incomplete_size = 16 * 1024  # request line + headers
+        config.keep_alive_timeout = 30
+        config.read_timeout = 30  # a client that stops sending is dropped
+        config.graceful_timeout = 5
+        config.ssl_handshake_timeout = 10
+        config.backlog = 1024
+        shutdown = trio.Event()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_on_signals, shutdown)
+            binds = await nursery.start(partial(hypercorn_serve, app, config, shutdown_trigger=shutdown.wait))
+            url = binds[0]
+            if ready:
+                ready(url)
+            task_status.started(url)
+            await shutdown.wait()
+            # hypercorn returns once open requests are done; then stop watching signals
+            nursery.cancel_scope.deadline = trio.current_time() + config.graceful_timeout + 1
+    finally:
+        store.close()
+
+
+async def _on_signals(shutdown: trio.Event) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for _ in signals:
+            shutdown.set()
+            return
+
+
+def _split(listen: str) -> tuple[str, int]:
+    host, _, port = listen.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def write_openapi(path: Path) -> None:
+    path.write_text(json.dumps(openapi_document(), indent=1, sort_keys=True) + "\n")

@@ -1,0 +1,220 @@
+"""The licensing server's database: versioned schema, transactions, SQLite and PostgreSQL.
+
+SQL is written once, with ``?`` placeholders and types both engines accept (BYTEA and BIGINT are
+valid SQLite type names with the right affinities); the PostgreSQL store translates placeholders.
+Every call is blocking: the server runs them in worker threads, never on the trio loop.
+
+SQLite (the embedded default) runs in WAL mode with ``synchronous=FULL`` so that a committed flag
+survives a killed process or a power cut, and write transactions start with ``BEGIN IMMEDIATE`` so
+they queue instead of failing. PostgreSQL serves several server processes at once; a migration
+takes an advisory lock so that two processes starting together apply it once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sqlite3
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from .errors import ImageError, StateError
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+
+# Each migration is a list of statements; a statement is SQL, or {"sqlite": ..., "postgres": ...}
+# where the two engines differ. Keys (MC-Key, Content-Key, Content-Gen-Key) are stored encrypted
+# under the server's master key (vhw.bindings.at_rest): a dump of this database holds no key.
+MIGRATIONS: list[list[Any]] = [
+    [  # 1: the patent's database 3, roles, audit log, attempt counter
+        "CREATE TABLE credentials (token_hash BYTEA PRIMARY KEY, role TEXT NOT NULL, name TEXT NOT NULL,"
+        " created BIGINT NOT NULL)",
+        "CREATE TABLE consoles (client_id TEXT PRIMARY KEY, registered BIGINT NOT NULL, retired BIGINT)",
+        "CREATE TABLE hdds (hdd_id TEXT PRIMARY KEY, registered BIGINT NOT NULL, retired BIGINT)",
+        "CREATE TABLE cards (mc_id TEXT PRIMARY KEY, mc_key BYTEA NOT NULL, registered BIGINT NOT NULL,"
+        " retired BIGINT)",
+        "CREATE TABLE titles (title_id TEXT PRIMARY KEY, name TEXT NOT NULL, content_key BYTEA NOT NULL,"
+        " title_digest BYTEA NOT NULL, registered BIGINT NOT NULL)",
+        "CREATE TABLE media (mid TEXT PRIMARY KEY, title_id TEXT NOT NULL REFERENCES titles (title_id),"
+        " registered BIGINT NOT NULL, flagged_by TEXT, flagged_at BIGINT, confirmed_at BIGINT)",
+        "CREATE INDEX media_flagged_by ON media (flagged_by)",
+        "CREATE TABLE users (user_id TEXT PRIMARY KEY, mc_id TEXT NOT NULL UNIQUE, client_id TEXT NOT NULL,"
+        " hdd_id TEXT NOT NULL, content_gen_key BYTEA NOT NULL, created BIGINT NOT NULL)",
+        "CREATE INDEX users_client_id ON users (client_id)",
+        "CREATE INDEX users_hdd_id ON users (hdd_id)",
+        {
+            "sqlite": "CREATE TABLE audit (seq INTEGER PRIMARY KEY AUTOINCREMENT, at BIGINT NOT NULL,"
+            " actor TEXT NOT NULL, action TEXT NOT NULL, subject TEXT NOT NULL, detail TEXT NOT NULL)",
+            "postgres": "CREATE TABLE audit (seq BIGSERIAL PRIMARY KEY, at BIGINT NOT NULL,"
+            " actor TEXT NOT NULL, action TEXT NOT NULL, subject TEXT NOT NULL, detail TEXT NOT NULL)",
+        },
+        "CREATE TABLE attempts (subject TEXT NOT NULL, at BIGINT NOT NULL)",
+        "CREATE INDEX attempts_subject ON attempts (subject, at)",
+    ],
+]
+
+
+class Tx:
+    """One transaction: run statements, read rows (as tuples)."""
+
+    def __init__(self, cursor, translate):
+        self._cur = cursor
+        self._translate = translate
+
+    def execute(self, sql: str, *args: Any) -> int:
+        self._cur.execute(self._translate(sql), args)
+        return self._cur.rowcount
+
+    def one(self, sql: str, *args: Any) -> tuple | None:
+        self._cur.execute(self._translate(sql), args)
+        return self._cur.fetchone()
+
+    def all(self, sql: str, *args: Any) -> list[tuple]:
+        self._cur.execute(self._translate(sql), args)
+        return self._cur.fetchall()
+
+
+class Store:
+    """Common interface: ``with store.transaction() as tx: ...`` commits or rolls back."""
+
+    dialect = ""
+
+    def transaction(self) -> contextlib.AbstractContextManager[Tx]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    def migrate(self) -> int:
+        """Bring the schema to SCHEMA_VERSION; returns the version found before."""
+        with self.transaction() as tx:
+            self._lock_for_migration(tx)
+            tx.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            row = tx.one("SELECT version FROM schema_version")
+            before = row[0] if row else 0
+            if before > SCHEMA_VERSION:
+                raise StateError(f"the database has schema version {before}; this vhw knows {SCHEMA_VERSION}")
+            for version in range(before + 1, SCHEMA_VERSION + 1):
+                for stmt in MIGRATIONS[version - 1]:
+                    tx.execute(stmt[self.dialect] if isinstance(stmt, dict) else stmt)
+                log.info("database schema migrated to version %d", version)
+            if row:
+                tx.execute("UPDATE schema_version SET version = ?", SCHEMA_VERSION)
+            else:
+                tx.execute("INSERT INTO schema_version (version) VALUES (?)", SCHEMA_VERSION)
+        return before
+
+    def _lock_for_migration(self, tx: Tx) -> None:
+        pass
+
+    def version(self) -> int:
+        with self.transaction() as tx:
+            try:
+                row = tx.one("SELECT version FROM schema_version")
+            except Exception:
+                return 0
+            return row[0] if row else 0
+
+
+class SqliteStore(Store):
+    dialect = "sqlite"
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            try:
+                conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=60)
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=FULL")
+                conn.execute("PRAGMA foreign_keys=ON")
+                conn.execute("PRAGMA busy_timeout=60000")
+            except sqlite3.DatabaseError as exc:
+                raise ImageError(self.path, f"cannot open the database: {exc}") from None
+            self._local.conn = conn
+            with self._lock:
+                self._all.append(conn)
+        return conn
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Tx]:
+        conn = self._conn()
+        cur = conn.cursor()
+        cur.execute("BEGIN IMMEDIATE")
+        try:
+            yield Tx(cur, lambda sql: sql)
+        except BaseException:
+            cur.execute("ROLLBACK")
+            raise
+        else:
+            cur.execute("COMMIT")
+        finally:
+            cur.close()
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._all:
+                with contextlib.suppress(Exception):
+                    conn.close()
+            self._all.clear()
+        self._local = threading.local()
+
+
+class PostgresStore(Store):
+    dialect = "postgres"
+
+    def __init__(self, url: str, *, min_size: int = 1, max_size: int = 20):
+        from psycopg_pool import ConnectionPool
+
+        self.url = url
+        self._pool = ConnectionPool(url, min_size=min_size, max_size=max_size, open=True,
+                                    kwargs={"autocommit": False})
+        try:
+            self._pool.wait(timeout=30)
+        except Exception as exc:
+            self._pool.close()
+            raise StateError(f"cannot connect to PostgreSQL at {_redact(url)}: {exc}") from None
+
+    @staticmethod
+    def _translate(sql: str) -> str:
+        return sql.replace("%", "%%").replace("?", "%s")
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Tx]:
+        with self._pool.connection() as conn:
+            with conn.transaction():
+                with conn.cursor() as cur:
+                    yield Tx(cur, self._translate)
+
+    def _lock_for_migration(self, tx: Tx) -> None:
+        tx.execute("SELECT pg_advisory_xact_lock(?)", 0x5648_5700)
+
+    def close(self) -> None:
+        self._pool.close()
+
+
+def _redact(url: str) -> str:
+    """A database URL without its password, for messages."""
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        creds, host = rest.rsplit("@", 1)
+        return f"{scheme}://{creds.split(':')[0]}:***@{host}"
+    return url
+
+
+def open_store(url: str) -> Store:
+    """``sqlite:///path/to/file.db`` or ``postgresql://...``."""
+    if url.startswith("sqlite:///"):
+        return SqliteStore(Path(url.removeprefix("sqlite:///")))
+    if url.startswith(("postgresql://", "postgres://")):
+        return PostgresStore(url)
+    raise StateError(f"unknown database URL {_redact(url)!r} (sqlite:///FILE or postgresql://...)")
