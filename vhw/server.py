@@ -113,10 +113,23 @@ def _error_response(exc: BaseException) -> JSONResponse:
     return _json(500, "internal-error", "internal server error")
 
 
+DRAIN_LIMIT = 1024 * 1024  # an oversize body is read and dropped up to here, so the 413 arrives
+
+
+async def _too_large(request: Request, seen: int) -> ApiError:
+    """Discard the rest of an oversize body (up to DRAIN_LIMIT) so the client reads our answer
+    instead of a reset; past that the connection is simply closed."""
+    async for chunk in request.stream():
+        seen += len(chunk)
+        if seen > DRAIN_LIMIT:
+            break
+    return ApiError(413, "too-large", f"request body over {p.MAX_BODY} bytes")
+
+
 async def _read_body(request: Request) -> object:
     length = request.headers.get("content-length")
     if length is not None and (not length.isdigit() or int(length) > p.MAX_BODY):
-        raise ApiError(413, "too-large", f"request body over {p.MAX_BODY} bytes")
+        raise await _too_large(request, 0)
     ctype = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
     if ctype != "application/json":
         raise ApiError(415, "unsupported-media-type", "the body must be application/json")
@@ -124,7 +137,7 @@ async def _read_body(request: Request) -> object:
     async for chunk in request.stream():
         body += chunk
         if len(body) > p.MAX_BODY:
-            raise ApiError(413, "too-large", f"request body over {p.MAX_BODY} bytes")
+            raise await _too_large(request, len(body))
     try:
         return json.loads(body, parse_constant=_no_constants)
     except (ValueError, RecursionError):

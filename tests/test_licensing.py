@@ -1,0 +1,182 @@
+"""The licensing flows without a network: the service over a real SQLite file, the console's logic."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from vhw import bindings, crypto
+from vhw import console as cpu
+from vhw.errors import (
+    CopyNotPermitted,
+    MediaRefused,
+    RegistrationRefused,
+    ReproductionNotPermitted,
+    ServerError,
+    UserIdInvalid,
+)
+from vhw.ids import Id, IdKind
+from vhw.licensing import ID_FIELDS, Policy
+
+from .world import World
+
+
+@pytest.fixture
+def world(tmp_path) -> World:
+    return World.make(tmp_path)
+
+
+def test_register_acquire_copy_confirm(world):
+    kit = world.user()
+    assert kit.card.registered and cpu.user_of(kit.card) == kit.user
+    title, mid = world.disc()
+    kit = world.acquire(kit, mid)
+    # S21-S23: the keys open on this console and HDD, and are the title's
+    ck, cgk = cpu.copy_keys(kit.card, kit.client_id, kit.hdd_id, mid, title)
+    assert ck == world.titles[title]
+    assert cpu.reproduction_key(kit.card, kit.client_id, kit.hdd_id) == cgk
+    assert world.confirm(kit, mid).created
+    assert not world.confirm(kit, mid).created  # a retried confirm is fine
+    with pytest.raises(MediaRefused):
+        world.acquire(kit, mid)  # final after confirm
+
+
+def test_lost_answer_can_be_fetched_again_until_confirm(world):
+    kit = world.user()
+    _, mid = world.disc()
+    first = world.acquire(kit, mid)
+    again = world.acquire(kit, mid)  # the first answer "got lost": same user, same devices
+    assert cpu.copy_keys(again.card, kit.client_id, kit.hdd_id, mid, first.card.licenses[0].title_id)
+    other = world.user()
+    with pytest.raises(MediaRefused):
+        world.acquire(other, mid)  # no one else, ever
+
+
+def test_registration_refusals(world):
+    with pytest.raises(RegistrationRefused):
+        world.register(world.kit(register_devices=False))  # a card the platform never made
+    kit = world.kit()
+    forged = cpu.registration_request(kit.card, kit.client_id, kit.hdd_id)
+    with pytest.raises(RegistrationRefused):  # someone who read the label but has no MC-Key
+        world.lic.register("console", forged.__class__(forged.mc_id, forged.client_id, forged.hdd_id, bytes(32)))
+    unknown_console = kit.with_(client_id=Id.random(IdKind.CLIENT))
+    with pytest.raises(RegistrationRefused):
+        world.register(unknown_console)
+    first = world.register(kit)
+    assert world.register(kit).user == first.user  # the same devices again: the same User ID
+    other_hdd = world.kit()
+    with pytest.raises(RegistrationRefused):  # the card is someone's already, with other devices
+        world.register(kit.with_(hdd_id=other_hdd.hdd_id))
+
+
+def test_user_id_refusals(world):
+    kit = world.user()
+    _, mid = world.disc()
+    moved = world.kit()  # a registered console and HDD, but not this user's
+    for wrong in (kit.with_(client_id=moved.client_id), kit.with_(hdd_id=moved.hdd_id)):
+        with pytest.raises(UserIdInvalid):
+            world.acquire(wrong, mid)
+    # a card whose User ID was replaced by a made-up one (wrapped correctly with its MC-Key)
+    fake = bindings.wrap_id(kit.card.mc_key, Id.random(IdKind.USER), bindings.user_id(kit.card.mc_id))
+    with pytest.raises(UserIdInvalid):
+        world.acquire(kit.with_(card=kit.card.__class__(**{**kit.card.__dict__, "user_id": fake})), mid)
+    # another card's wrapped User ID sent with this card's MC-ID (the console itself would not:
+    # it does not open with this card's MC-Key)
+    other = world.user()
+    req = cpu.acquisition_request(kit.card, kit.client_id, kit.hdd_id, mid)
+    with pytest.raises(UserIdInvalid):
+        world.lic.acquire("console", req.__class__(req.mc_id, other.card.user_id, req.mid, req.client_id, req.hdd_id))
+
+
+def test_media_refusals(world):
+    kit = world.user()
+    with pytest.raises(MediaRefused):
+        world.acquire(kit, Id.random(IdKind.MEDIA))  # never pressed
+    _, mid = world.disc()
+    world.acquire(world.user(), mid)
+    with pytest.raises(MediaRefused):
+        world.acquire(kit, mid)  # the disc was lent after its owner installed it
+
+
+def test_copy_and_reproduction_refusals_on_the_console(world):
+    kit = world.user()
+    title, mid = world.disc()
+    kit = world.acquire(kit, mid)
+    other = world.kit()
+    with pytest.raises(CopyNotPermitted):
+        cpu.copy_keys(kit.card, other.client_id, kit.hdd_id, mid, title)  # card lent to another console
+    with pytest.raises(CopyNotPermitted):
+        cpu.copy_keys(kit.card, kit.client_id, other.hdd_id, mid, title)  # right card, other HDD
+    with pytest.raises(ReproductionNotPermitted):
+        cpu.reproduction_key(kit.card, other.client_id, kit.hdd_id)
+    with pytest.raises(ReproductionNotPermitted):
+        cpu.reproduction_key(None, kit.client_id, kit.hdd_id)  # no card
+
+
+def test_acquisition_answer_replayed_to_another_card_is_useless(world):
+    kit, thief = world.user(), world.user()
+    title, mid = world.disc()
+    req = cpu.acquisition_request(kit.card, kit.client_id, kit.hdd_id, mid)
+    resp = world.lic.acquire("console", req)
+    with pytest.raises(ServerError):  # it does not open with the thief's MC-Key
+        cpu.accept_acquisition(thief.card, req, resp, mid, acquired=1)
+    with pytest.raises(crypto.Invalid):
+        crypto.unwrap(thief.card.mc_key, resp.content_key, bindings.content_key(thief.card.mc_id, mid, title))
+
+
+def test_content_keys_of_two_mids_cannot_be_swapped(world):
+    kit = world.user()
+    t1, m1 = world.disc()
+    t2, m2 = world.disc()
+    kit = world.acquire(world.acquire(kit, m1), m2)
+    a, b = kit.card.licenses
+    swapped = kit.card.__class__(**{**kit.card.__dict__, "licenses": (a.__class__(a.title_id, a.mid, b.content_key),
+                                                                         b.__class__(b.title_id, b.mid, a.content_key))})
+    with pytest.raises(CopyNotPermitted):
+        cpu.copy_keys(swapped, kit.client_id, kit.hdd_id, m1, t1)
+
+
+def test_guessing_user_ids_is_rate_limited(world):
+    kit = world.user()
+    _, mid = world.disc()
+    for _ in range(world.lic.policy.attempt_limit):
+        fake = bindings.wrap_id(kit.card.mc_key, Id.random(IdKind.USER), bindings.user_id(kit.card.mc_id))
+        with pytest.raises(UserIdInvalid):
+            world.acquire(kit.with_(card=kit.card.__class__(**{**kit.card.__dict__, "user_id": fake})), mid)
+    with pytest.raises(ServerError) as err:
+        world.acquire(kit, mid)  # even the right User ID must now wait
+    assert err.value.status == 429
+
+
+def test_audit_log_records_every_change(world):
+    kit = world.user()
+    _, mid = world.disc()
+    kit = world.acquire(kit, mid)
+    world.acquire(kit, mid)
+    world.confirm(kit, mid)
+    from vhw import protocol as p
+
+    actions = [e.action for e in world.lic.audit(p.AuditQuery()).entries]
+    for action in ("register-card", "register-console-", "register-hdd", "register-title", "register-mid",
+                   "register-user", "flag-mid", "issue-keys", "refetch-keys", "confirm-install"):
+        assert any(a.startswith(action.rstrip("-")) for a in actions), action
+
+
+SUBSETS = [frozenset(c) for n in (1, 2, 3) for c in itertools.combinations(ID_FIELDS, n)]
+
+
+@pytest.mark.parametrize("subset", SUBSETS, ids=lambda s: "+".join(sorted(s)))
+def test_identification_policy(tmp_path, subset):
+    world = World.make(tmp_path, policy=Policy(identify_by=subset))
+    kit = world.user()
+    _, mid = world.disc()
+    spare = world.kit()
+    for name in ("client_id", "hdd_id"):
+        moved = kit.with_(**{name: getattr(spare, name)})
+        if name in subset:  # a mismatching ID of the subset is refused
+            with pytest.raises(UserIdInvalid):
+                world.acquire(moved, mid)
+        else:  # an ID outside the subset is ignored by the server
+            world.acquire(moved, mid)
+    world.acquire(kit, mid)
