@@ -10,7 +10,12 @@ import sys
 import time
 from pathlib import Path
 
+from vhw import console as cpu
+from vhw import crypto
+from vhw import protocol as p
 from vhw.client import Client, tls_context
+from vhw.formats.card import Card
+from vhw.ids import Id, IdKind
 from vhw.serverhome import Credential, ServerHome
 
 
@@ -69,3 +74,50 @@ class RunningServer:
     @property
     def ca_der(self) -> bytes:
         return self.home.ca_der()
+
+
+def factory(cli, srv, folder: Path, *, register_card: bool = True, hdd_size: str = "256M") -> dict[str, Path]:
+    """A console (ROM + HDD, set up in folder/console) and a card, made by the manufacturer."""
+    folder.mkdir(parents=True, exist_ok=True)
+    cred = ["--credential", srv.credential("manufacturer"), "--server", srv.url]
+    paths = {k: folder / n for k, n in (("rom", "console.rom"), ("hdd", "console.hdd"), ("card", "card.card"),
+                                        ("console", "console"))}
+    assert cli("console", "rom", paths["rom"], *cred).code == 0
+    assert cli("hdd", "format", paths["hdd"], "--size", hdd_size, *cred).code == 0
+    assert cli("card", "format", paths["card"], *(cred if register_card else [])).code == 0
+    assert cli("console", "setup", paths["console"], "--rom", paths["rom"], "--hdd", paths["hdd"]).code == 0
+    assert cli("console", "insert-card", paths["card"], "--console", paths["console"]).code == 0
+    return paths
+
+
+def publish(cli, srv, src: Path, folder: Path, title_id: str, count: int = 1) -> list[Path]:
+    pub = ["--credential", srv.credential("publisher"), "--server", srv.url]
+    assert cli("disc", "master", src, "-o", folder / f"{title_id}.master", "--title-id", title_id, *pub).code == 0
+    r = cli("disc", "press", folder / f"{title_id}.master", "--count", count, "-o", folder / "discs", *pub)
+    assert r.code == 0, r
+    return sorted((folder / "discs").glob(f"{title_id}-*.disc"))
+
+
+def make_users(srv, n: int) -> list[tuple[Card, Id, Id]]:
+    kits = []
+    with srv.role_client("manufacturer") as m, srv.console_client() as c:
+        for _ in range(n):
+            card = Card(Id.random(IdKind.CARD), crypto.random_key(), 1)
+            client_id, hdd_id = Id.random(IdKind.CLIENT), Id.random(IdKind.HDD)
+            m.call("/v1/manufacturer/cards", p.RegisterCard(card.mc_id, card.mc_key), p.Done)
+            m.call("/v1/manufacturer/consoles", p.RegisterConsole(client_id), p.Done)
+            m.call("/v1/manufacturer/hdds", p.RegisterHdd(hdd_id), p.Done)
+            resp = c.call("/v1/console/register", cpu.registration_request(card, client_id, hdd_id),
+                          p.RegisterResponse)
+            card, _ = cpu.accept_registration(card, resp)
+            kits.append((card, client_id, hdd_id))
+    return kits
+
+
+def make_disc(srv, title_id: str) -> Id:
+    mid = Id.random(IdKind.MEDIA)
+    with srv.role_client("publisher") as pub:
+        pub.call("/v1/publisher/titles", p.RegisterTitle(title_id, title_id, crypto.random_key(), os.urandom(32)),
+                 p.Done)
+        pub.call("/v1/publisher/media", p.RegisterMedia(title_id, (mid,)), p.Done)
+    return mid

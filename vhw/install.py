@@ -50,6 +50,31 @@ def resumable(title: Title, disc: DiscImage, content_gen_key: bytes) -> bool:
     )
 
 
+def _fresh_title(disc: DiscImage, content_gen_key: bytes) -> tuple[Title, list[FileSpec]]:
+    m = disc.manifest
+    title = Title(
+        title_id=m.title_id,
+        name=m.name,
+        kind=m.kind,
+        entry=m.entry,
+        files=(),
+        key_salt=os.urandom(32),
+        owner=owner_of(content_gen_key),
+        mid=disc.disc.mid,
+        title_digest=disc.disc.title_digest,
+        metadata=json.dumps(m.metadata, sort_keys=True).encode(),
+    )
+    specs = [FileSpec(f.path, f.size, os.urandom(crypto.STREAM_ID_SIZE), f.executable) for f in m.files]
+    return title, specs
+
+
+def check_space(vol: Volume, disc: DiscImage) -> None:
+    """Raise NoSpaceError if the title on ``disc`` would not fit (the reservation, computed and
+    thrown away: exact, and nothing is written)."""
+    title, specs = _fresh_title(disc, bytes(32))
+    vol.reserve(title, specs)
+
+
 def install_plan(
     vol: Volume,
     disc: DiscImage,
@@ -66,19 +91,7 @@ def install_plan(
     if existing is not None and existing.complete:
         raise StateError(f"{m.title_id} is already installed on this HDD")
     if existing is None or not resumable(existing, disc, content_gen_key):
-        fresh = Title(
-            title_id=m.title_id,
-            name=m.name,
-            kind=m.kind,
-            entry=m.entry,
-            files=(),
-            key_salt=os.urandom(32),
-            owner=owner_of(content_gen_key),
-            mid=disc.disc.mid,
-            title_digest=disc.disc.title_digest,
-            metadata=json.dumps(m.metadata, sort_keys=True).encode(),
-        )
-        specs = [FileSpec(f.path, f.size, os.urandom(crypto.STREAM_ID_SIZE), f.executable) for f in m.files]
+        fresh, specs = _fresh_title(disc, content_gen_key)
         ops, vol = vol.reserve(fresh, specs)  # refuses before anything is written if the HDD is full
         yield from ops
     title = vol.catalog.title(m.title_id)

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from . import console as cpu
+from . import install
 from . import protocol as p
 from .client import Client, tls_context
 from .devices import card as card_dev
@@ -209,6 +210,69 @@ class Machine:
                 card = cpu.accept_acquisition(card, req, resp, mid, acquired=now())
                 card_dev.save(path, card)  # S16
         return resp.title_id, mid
+
+
+    def install(self, slot: str = "1", *, wait: bool = False,
+                progress: Callable[[int, int], None] | None = None) -> tuple[str, str]:
+        """The copy, S21-S28, with its acquisition first when the card has no key for the disc.
+
+        Returns (title ID, what happened: "installed", "resumed" or "confirmed").
+        """
+        with self.busy():
+            rom = self.rom()
+            with DiscImage.open(self.disc_path()) as disc, HddImage.open(
+                self.hdd_path, write=True, wait=wait, on_wait=self.log
+            ) as hdd:
+                return self._install(slot, rom, disc, hdd, progress)
+
+    def _install(self, slot, rom: Rom, disc: DiscImage, hdd: HddImage, progress) -> tuple[str, str]:
+        mid = disc_mid(disc)
+        m = disc.manifest
+        path = self.card_path(slot)
+        card = card_dev.load(path)
+        on_hdd = hdd.volume.catalog.title(m.title_id)
+        pending = cpu.license_for(card, mid)
+        pending = pending if pending and pending.content_key else None
+        if on_hdd and on_hdd.complete and not pending:
+            raise StateError(f"{m.title_id} is already installed on this HDD")
+        if pending:
+            # S21-S23 before anything else: keys acquired elsewhere copy only where they were meant to
+            cpu.copy_keys(card, rom.client_id, hdd.hdd_id, mid, m.title_id)
+        elif on_hdd is None:
+            install.check_space(hdd.volume, disc)  # a full HDD refuses before any MID is flagged
+        # S11-S17: register the MID and fetch the keys (again: until confirmed, that is allowed,
+        # and a card rolled back to before its confirm is refused here)
+        with card_dev.transaction(path) as card:
+            req = cpu.acquisition_request(card, rom.client_id, hdd.hdd_id, mid)
+            with self.client(rom) as c:
+                resp = c.call("/v1/console/acquire", req, p.AcquireResponse)
+            check_disc_is_registered(disc, resp)
+            card = cpu.accept_acquisition(card, req, resp, mid, acquired=now())
+            card_dev.save(path, card)
+        content_key, cgk = cpu.copy_keys(card, rom.client_id, hdd.hdd_id, mid, m.title_id)  # S21-S23
+        outcome = "installed"
+        on_hdd = hdd.volume.catalog.title(m.title_id)
+        if on_hdd is not None and on_hdd.complete:
+            outcome = "confirmed"  # copied before a crash, not yet confirmed
+        else:
+            if on_hdd is not None and install.resumable(on_hdd, disc, cgk):
+                outcome = "resumed"
+            total = sum(f.size for f in m.files)
+            done = [0]
+
+            def tick(n: int) -> None:
+                done[0] += n
+                if progress:
+                    progress(done[0], total)
+
+            hdd.run(install.install_plan(hdd.volume, disc, content_key=content_key, content_gen_key=cgk,
+                                         installed=now(), progress=tick))  # S24-S26
+        # S27-S28: the copy is complete and durable: make the flag final, then drop the key
+        with card_dev.transaction(path) as card:
+            with self.client(rom) as c:
+                c.call("/v1/console/confirm", cpu.confirm_request(card, rom.client_id, hdd.hdd_id, mid), p.Done)
+            card_dev.save(path, cpu.drop_content_key(card, mid))
+        return m.title_id, outcome
 
 
 def disc_mid(disc: DiscImage) -> Id:

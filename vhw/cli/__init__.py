@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import sys
+import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,15 +64,23 @@ def progress_bar(length: int, label: str):
     """A progress bar with bytes, rate and time left, on stderr (so stdout stays parseable)."""
     if not sys.stderr.isatty():
         return _Silent()
-    return click.progressbar(
-        length=length,
-        label=label,
-        file=sys.stderr,
-        show_eta=True,
-        show_percent=True,
-        item_show_func=None,
-        width=30,
-    )
+    start = time.monotonic()
+    state = {"done": 0}
+
+    def show(_item) -> str:
+        elapsed = max(time.monotonic() - start, 1e-6)
+        return f"{state['done'] / 1e6:,.0f}/{length / 1e6:,.0f} MB  {state['done'] / elapsed / 1e6:,.0f} MB/s"
+
+    bar = click.progressbar(length=length, label=label, file=sys.stderr, show_eta=True, show_percent=True,
+                            item_show_func=show, width=24)
+    update = bar.update
+
+    def counted(n: int, current_item=None) -> None:
+        state["done"] += n
+        update(n, current_item=True)
+
+    bar.update = counted
+    return bar
 
 
 @click.group(epilog=EXIT_HELP, context_settings={"help_option_names": ["-h", "--help"]})

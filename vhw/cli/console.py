@@ -11,7 +11,7 @@ from .. import console as cpu
 from ..devices import card as card_dev
 from ..devices.disc import DiscImage
 from ..machine import SLOTS, Machine
-from . import emit
+from . import emit, progress_bar
 from .devices import PATH, console, json_option
 
 console_option = click.option(
@@ -137,3 +137,36 @@ def console_acquire(slot: str, console_dir: Path | None) -> None:
     """
     title_id, mid = machine(console_dir).acquire(slot)
     click.echo(f"acquired the keys of {title_id} for disc {mid}; they are on the memory card")
+
+
+@console.command("install")
+@slot_option
+@click.option("--wait", is_flag=True, help="If another process is writing the HDD, wait for it.")
+@console_option
+def console_install(slot: str, wait: bool, console_dir: Path | None) -> None:
+    """Install the disc in the tray onto the HDD (S21-S28).
+
+    Acquires the disc's keys first when the card has none for it (S11-S17), checks that the card's
+    keys were issued for this console and this HDD, re-encrypts the title onto the HDD, and once
+    the copy is complete and durable confirms with the server and deletes the Content-Key from
+    the card. An interrupted install is resumed by running this again.
+    """
+    m = machine(console_dir)
+    bar = None
+
+    def progress(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = progress_bar(total, "installing").__enter__()
+        bar.update(done - progress.last)
+        progress.last = done
+
+    progress.last = 0
+    try:
+        title_id, outcome = m.install(slot, wait=wait, progress=progress)
+    finally:
+        if bar is not None:
+            bar.__exit__(None, None, None)
+    said = {"installed": "installed", "resumed": "resumed and installed",
+            "confirmed": "was already copied; the install is now confirmed"}[outcome]
+    click.echo(f"{title_id} {said}; its Content-Key is deleted from the memory card")

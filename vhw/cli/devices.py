@@ -16,7 +16,7 @@ from ..devices import card as card_dev
 from ..devices import rom as rom_dev
 from ..devices.files import now, refuse_existing
 from ..devices.hdd import HddImage
-from ..errors import ImageError
+from ..errors import ImageError, StateError
 from ..formats import card as card_fmt
 from ..formats import hdd as hdd_fmt
 from ..formats import rom as rom_fmt
@@ -181,6 +181,46 @@ def hdd_info(image: Path, as_json: bool) -> None:
     emit(d, as_json=as_json, lines=lines)
 
 
+def hdd_image_path(image: Path | None, console_dir: Path | None) -> Path:
+    """An HDD image given by path, or the one attached to the console."""
+    if image:
+        return image
+    from ..machine import Machine
+
+    return Machine.find(console_dir).hdd_path
+
+
+@hdd.command("ls")
+@click.argument("image", type=PATH, required=False)
+@click.option("--console", "console_dir", type=click.Path(path_type=Path, file_okay=False),
+              help="List this console's HDD (when IMAGE is not given).")
+@json_option
+def hdd_ls(image: Path | None, console_dir: Path | None, as_json: bool) -> None:
+    """List the titles on an HDD (the console's, unless IMAGE is given)."""
+    with HddImage.open(hdd_image_path(image, console_dir)) as img:
+        d = hdd_summary(img)
+    emit({"titles": d["titles"]}, as_json=as_json,
+         lines=[f"{t['title_id']:<16} {human(t['size']):>10}  {t['kind']:<11} {t['state']:<10} {t['name']}"
+                for t in d["titles"]] or ["(no titles)"])
+
+
+@hdd.command("rm")
+@click.argument("title_id")
+@click.option("--image", type=PATH, help="The HDD image (default: the console's).")
+@click.option("--console", "console_dir", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--wait", is_flag=True, help="If another process is writing the HDD, wait for it.")
+def hdd_rm(title_id: str, image: Path | None, console_dir: Path | None, wait: bool) -> None:
+    """Remove a title from an HDD; its space is reused by later installs."""
+    path = hdd_image_path(image, console_dir)
+    with HddImage.open(path, write=True, wait=wait, on_wait=lambda m: click.echo(m, err=True)) as img:
+        title_id = title_id.upper()
+        if img.volume.catalog.title(title_id) is None:
+            raise StateError(f"{path}: no title {title_id} on this HDD")
+        ops, vol = img.volume.remove(title_id)
+        img.apply(ops, vol)
+    click.echo(f"removed {title_id} from {path}")
+
+
 @hdd.command("fsck")
 @click.argument("image", type=PATH)
 @click.option("--deep", is_flag=True, help="Also read every complete title and check its data.")
@@ -195,9 +235,12 @@ def hdd_fsck(image: Path, deep: bool, repair: bool) -> None:
                 problems = img.check(deep=True, progress=bar.update)
         else:
             problems = img.check(deep=deep)
+        for note in img.notes:
+            click.echo(f"note: {note}")
         for t in img.volume.catalog.titles:
             if not t.complete:
-                click.echo(f"note: {t.title_id}: install interrupted at {100 * t.progress // max(t.sealed_size, 1)}%; `vhw console install` resumes it")
+                click.echo(f"note: {t.title_id}: install interrupted at {100 * t.progress // max(t.sealed_size, 1)}%;"
+                           " `vhw console install` resumes it")
         if repair:
             for line in img.repair():
                 click.echo(f"repaired: {line}")

@@ -30,10 +30,12 @@ Plan = Generator[Op, None, Volume]
 
 @dataclass
 class Opened:
-    """What opening found: the volume, and anything odd about the superblock slots."""
+    """What opening found: the volume, notes (a torn superblock slot: what an interrupted commit
+    leaves) and damage (a valid superblock whose catalog does not check: never a crash's doing)."""
 
     volume: Volume
     notes: list[str] = field(default_factory=list)
+    damage: list[str] = field(default_factory=list)
 
 
 def read_volume(fd: int, path: Path, file_size: int) -> Opened:
@@ -54,12 +56,13 @@ def read_volume(fd: int, path: Path, file_size: int) -> Opened:
             candidates.append(fmt.decode_superblock(block, path=path))
         except ImageError as exc:
             errors.append(exc)
-            if block.strip(b"\0"):
-                notes.append(f"superblock slot {i} is damaged ({exc.problem})")
+            notes.append(f"superblock slot {i} is damaged: an interrupted commit, or damage;"
+                         " the other slot is in use and the next change rewrites this one")
     if not candidates:
         raise errors[0]
     candidates.sort(key=lambda sb: sb.generation, reverse=True)
     first_error: ImageError | None = None
+    damage: list[str] = []
     for sb in candidates:
         if file_size < sb.nominal_size:
             raise ImageError(path, f"truncated {fmt.WHAT} ({file_size} of {sb.nominal_size} bytes)")
@@ -70,13 +73,13 @@ def read_volume(fd: int, path: Path, file_size: int) -> Opened:
             catalog = fmt.decode_catalog(data, sb, path=path)
         except ImageError as exc:
             first_error = first_error or exc
-            notes.append(f"generation {sb.generation}: {exc.problem}")
+            damage.append(f"the catalog of generation {sb.generation} is damaged ({exc.problem})")
             continue
-        if sb is not candidates[0]:
-            notes.append(f"using the previous generation {sb.generation}: the newest one is damaged")
+        if damage:
+            damage.append(f"the previous generation {sb.generation} is in use")
         if any(c.hdd_id != sb.hdd_id for c in candidates):
             raise ImageError(path, "corrupt HDD image (its two superblocks name different HDD-IDs)")
-        return Opened(Volume(sb, catalog), notes)
+        return Opened(Volume(sb, catalog), notes, damage)
     assert first_error is not None
     raise first_error
 
@@ -89,6 +92,7 @@ class HddImage:
         self._fd = fd
         self.volume = opened.volume
         self.notes = opened.notes
+        self.damage = opened.damage
         self._stack = stack
 
     # -- life cycle ---------------------------------------------------------------------------
@@ -223,12 +227,14 @@ class HddImage:
     # -- checking -----------------------------------------------------------------------------
 
     def check(self, *, deep: bool = False, progress: Callable[[int], None] | None = None) -> list[str]:
-        """fsck: every problem found, as one line each; empty when the image is clean.
+        """fsck: every inconsistency found, as one line each; empty when the image is clean.
 
-        ``deep`` also reads every complete title and compares it with the SHA-256 the catalog
+        A damaged superblock slot is not one of them but a note (:attr:`notes`): it is what an
+        interrupted commit leaves, the previous generation is whole and in use, and the next
+        commit (or ``repair``) rewrites the slot. ``deep`` also reads every complete title and compares it with the SHA-256 the catalog
         recorded when its install finished (no key needed).
         """
-        problems = list(self.notes) + [str(p) for p in self.volume.problems()]
+        problems = self.damage + [str(p) for p in self.volume.problems()]
         if deep and not problems:
             for t in self.volume.catalog.titles:
                 if not t.complete:
@@ -254,14 +260,14 @@ class HddImage:
         vol = self.volume
         broken = {p.title_id for p in vol.problems()}
         dropped = [t for t in vol.catalog.titles if not t.complete and t.title_id in broken]
-        if dropped or self.notes:
+        if dropped or self.notes or self.damage:
             titles = tuple(t for t in vol.catalog.titles if t not in dropped)
             ops, new = vol.commit(replace(vol.catalog, titles=titles))
             self.apply(ops, new)
             done += [f"dropped the interrupted, inconsistent install of {t.title_id}" for t in dropped]
-            if self.notes:
+            if self.notes or self.damage:
                 done.append("rewrote the superblocks as a new generation")
-            self.notes = []
+            self.notes, self.damage = [], []
         freed = 0
         for hole in self.volume.free():
             if punch_hole(self._fd, hole.offset, hole.length):

@@ -1,0 +1,248 @@
+"""Install (S21-S28) end to end: a real server, the CLI, real image files, real processes."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from vhw import console as cpu
+from vhw.devices import card as card_dev
+from vhw.devices.hdd import HddImage
+from vhw.install import read_title
+
+from .conftest import make_title, source_files
+from .servers import RunningServer, factory, publish
+
+
+@pytest.fixture(scope="module")
+def srv(tmp_path_factory):
+    server = RunningServer.start(tmp_path_factory.mktemp("server") / "home")
+    yield server
+    server.stop()
+
+
+def digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def installed_files(dev: dict, title_id: str) -> dict[str, bytes]:
+    """A title's files as the HDD holds them, decrypted with the keys on the user's card."""
+    card = card_dev.load(dev["card"])
+    cgk = cpu.content_gen_key(card)
+    with HddImage.open(dev["hdd"]) as img:
+        return read_title(img, img.volume.catalog.title(title_id), cgk)
+
+
+def ready_console(cli, srv, tmp_path: Path, name: str, **kw) -> tuple[dict, list[str]]:
+    dev = factory(cli, srv, tmp_path / name, **kw)
+    con = ["--console", dev["console"]]
+    assert cli("console", "register", *con).code == 0
+    return dev, con
+
+
+def test_install_two_titles(cli, srv, tmp_path):
+    src1, src2 = make_title(tmp_path / "s1", seed=1), make_title(tmp_path / "s2", seed=2, big=700_000)
+    [d1] = publish(cli, srv, src1, tmp_path, "TWO-1")
+    [d2] = publish(cli, srv, src2, tmp_path, "TWO-2")
+    dev, con = ready_console(cli, srv, tmp_path, "alice")
+    for disc in (d1, d2):
+        assert cli("console", "insert-disc", disc, *con).code == 0
+        r = cli("console", "install", *con)
+        assert r.code == 0 and "installed" in r.out, r
+        assert cli("console", "eject-disc", *con).code == 0
+    r = cli("hdd", "ls", *con)
+    assert "TWO-1" in r.out and "TWO-2" in r.out and r.out.count("complete") == 2
+    assert installed_files(dev, "TWO-1") == source_files(src1)
+    assert installed_files(dev, "TWO-2") == source_files(src2)
+    card = card_dev.load(dev["card"])
+    assert len(card.licenses) == 2 and not any(lic.content_key for lic in card.licenses)
+    assert cli("hdd", "fsck", dev["hdd"], "--deep").code == 0
+    # installing again from the same disc: the title is there already
+    assert cli("console", "insert-disc", d1, *con).code == 0
+    r = cli("console", "install", *con)
+    assert r.code == 9 and "already installed" in r.err
+    # removed, it cannot come back from that disc: the MID is final
+    assert cli("hdd", "rm", "two-1", *con).code == 0
+    r = cli("console", "install", *con)
+    assert (r.code, r.err) == (12, "CONTENT CANNOT BE COPIED FROM THIS MEDIA\n")
+
+
+def test_lent_card_and_other_hdd_are_not_permitted(cli, srv, tmp_path):
+    src = make_title(tmp_path / "s", seed=5)
+    [disc] = publish(cli, srv, src, tmp_path, "LEND-1")
+    alice, con_a = ready_console(cli, srv, tmp_path, "alice")
+    bob, con_b = ready_console(cli, srv, tmp_path, "bob")
+    assert cli("console", "insert-disc", disc, *con_a).code == 0
+    assert cli("console", "acquire", *con_a).code == 0  # the keys are on alice's card now
+    # alice lends card and disc to bob's console
+    assert cli("console", "eject-card", *con_a).code == 0
+    assert cli("console", "insert-card", alice["card"], "--slot", "2", *con_b).code == 0
+    assert cli("console", "insert-disc", disc, *con_b).code == 0
+    before = digest(bob["hdd"])
+    r = cli("console", "install", "--slot", "2", *con_b)
+    assert (r.code, r.err) == (13, "COPY IS NOT PERMITTED\n")
+    assert digest(bob["hdd"]) == before
+    # the right card in the right console, but another HDD attached
+    other_hdd = tmp_path / "other.hdd"
+    assert cli("hdd", "format", other_hdd, "--size", "64M", "--credential", srv.credential("manufacturer"),
+               "--server", srv.url).code == 0
+    assert cli("console", "setup", tmp_path / "alice2", "--rom", alice["rom"], "--hdd", other_hdd).code == 0
+    con_a2 = ["--console", tmp_path / "alice2"]
+    assert cli("console", "insert-card", alice["card"], *con_a2).code == 0
+    assert cli("console", "insert-disc", disc, *con_a2).code == 0
+    before = digest(other_hdd)
+    r = cli("console", "install", *con_a2)
+    assert (r.code, r.err) == (13, "COPY IS NOT PERMITTED\n")
+    assert digest(other_hdd) == before
+    # and home again, it installs
+    r = cli("console", "insert-card", alice["card"], *con_a)
+    assert cli("console", "install", *con_a).code == 0
+    assert installed_files(alice, "LEND-1") == source_files(src)
+
+
+def test_full_hdd_refuses_cleanly_and_the_license_stays_usable(cli, srv, tmp_path):
+    small = make_title(tmp_path / "small", seed=7, big=600_000)
+    big = make_title(tmp_path / "big", seed=8, big=700_000)
+    [d_small] = publish(cli, srv, small, tmp_path, "FULL-1")
+    [d_big] = publish(cli, srv, big, tmp_path, "FULL-2")
+    dev = factory(cli, srv, tmp_path / "tiny", hdd_size="1200K")
+    con = ["--console", dev["console"]]
+    assert cli("console", "register", *con).code == 0
+    assert cli("console", "insert-disc", d_small, *con).code == 0
+    assert cli("console", "install", *con).code == 0
+    assert cli("console", "eject-disc", *con).code == 0
+    assert cli("console", "insert-disc", d_big, *con).code == 0
+    before = digest(dev["hdd"])
+    r = cli("console", "install", *con)
+    assert r.code == 8 and "not enough space on the HDD for FULL-2" in r.err, r
+    assert digest(dev["hdd"]) == before
+    assert cli("hdd", "fsck", dev["hdd"], "--deep").code == 0
+    # nothing was flagged: once room is made, the same disc installs
+    assert cli("hdd", "rm", "FULL-1", *con).code == 0
+    assert cli("console", "install", *con).code == 0
+    assert installed_files(dev, "FULL-2") == source_files(big)
+
+
+def run_install(env: dict, console: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "vhw", "console", "install", "--console", str(console), *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def hold_lock(hdd: Path, seconds: float) -> subprocess.Popen:
+    """Another process writing the HDD: it holds the image's write lock for a while."""
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import time; from vhw.devices.hdd import HddImage\n"
+        f"img = HddImage.open({str(hdd)!r}, write=True)\nprint('locked', flush=True)\ntime.sleep({seconds})")],
+        stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    return holder
+
+
+def test_two_installs_on_one_hdd(cli, srv, tmp_path, vhw_home):
+    """Two consoles share one HDD image: installs run one after the other, or are refused as busy."""
+    srcs = [make_title(tmp_path / f"s{i}", seed=20 + i, big=3_000_000) for i in range(4)]
+    discs = [publish(cli, srv, s, tmp_path, f"BUSY-{i}")[0] for i, s in enumerate(srcs)]
+    a = factory(cli, srv, tmp_path / "a", hdd_size="200M")
+    b = factory(cli, srv, tmp_path / "b")
+    assert cli("console", "setup", tmp_path / "b2", "--rom", b["rom"], "--hdd", a["hdd"]).code == 0
+    b["console"], b["hdd"] = tmp_path / "b2", a["hdd"]
+    assert cli("console", "insert-card", b["card"], "--console", b["console"]).code == 0
+    for dev in (a, b):
+        assert cli("console", "register", "--console", dev["console"]).code == 0
+    env = {**os.environ, "VHW_HOME": str(vhw_home)}
+    # both at once: one waits for the other, both complete
+    assert cli("console", "insert-disc", discs[0], "--console", a["console"]).code == 0
+    assert cli("console", "insert-disc", discs[1], "--console", b["console"]).code == 0
+    both = [run_install(env, a["console"], "--wait"), run_install(env, b["console"], "--wait")]
+    for proc in both:
+        assert proc.wait(120) == 0, proc.stderr.read()
+    # another writer holds the HDD: --wait says so and waits, then installs
+    for dev, disc in ((a, discs[2]), (b, discs[3])):
+        assert cli("console", "eject-disc", "--console", dev["console"]).code == 0
+        assert cli("console", "insert-disc", disc, "--console", dev["console"]).code == 0
+    holder = hold_lock(a["hdd"], 1.5)
+    waiting = run_install(env, a["console"], "--wait")
+    assert waiting.wait(60) == 0
+    assert "in use by another vhw process; waiting for it" in waiting.stderr.read()
+    holder.wait()
+    # without --wait, the second is told the HDD is busy, and nothing of it is written
+    holder = hold_lock(a["hdd"], 30)
+    try:
+        before = digest(a["hdd"])
+        r = cli("console", "install", "--console", b["console"])
+        assert r.code == 7 and "in use by another vhw process" in r.err, r
+        assert digest(a["hdd"]) == before
+    finally:
+        holder.kill()
+        holder.wait()
+    assert cli("hdd", "fsck", a["hdd"], "--deep").code == 0
+    r = cli("hdd", "ls", a["hdd"])
+    assert all(f"BUSY-{i}" in r.out for i in range(3)) and "BUSY-3" not in r.out
+    assert cli("console", "install", "--console", b["console"]).code == 0  # the license is intact
+    assert installed_files(b, "BUSY-3") == source_files(srcs[3])
+
+
+def film(folder: Path, mib: int, seed: int) -> Path:
+    folder.mkdir()
+    with open(folder / "film.bin", "wb") as f:
+        for i in range(mib):
+            f.write(hashlib.sha256(f"{seed}/{i}".encode()).digest() * (1024 * 1024 // 32))
+    return folder
+
+
+@pytest.mark.slow
+def test_sigkill_at_20_moments_of_a_256_mib_install(cli, srv, tmp_path, vhw_home):
+    early = make_title(tmp_path / "early", seed=30)
+    [d_early] = publish(cli, srv, early, tmp_path, "KILL-0")
+    [d_cal] = publish(cli, srv, film(tmp_path / "cal", 256, 1), tmp_path, "KILL-CAL")
+    movie = film(tmp_path / "movie", 256, 2)
+    [d_movie] = publish(cli, srv, movie, tmp_path, "KILL-1")
+    dev, con = ready_console(cli, srv, tmp_path, "k", hdd_size="900M")
+    assert cli("console", "insert-disc", d_early, *con).code == 0
+    assert cli("console", "install", *con).code == 0
+    env = {**os.environ, "VHW_HOME": str(vhw_home)}
+    # calibrate: how long one whole install of 256 MiB takes here, start-up included
+    assert cli("console", "eject-disc", *con).code == 0
+    assert cli("console", "insert-disc", d_cal, *con).code == 0
+    started = time.monotonic()
+    assert run_install(env, dev["console"]).wait() == 0
+    duration = time.monotonic() - started
+    assert cli("console", "eject-disc", *con).code == 0
+    assert cli("console", "insert-disc", d_movie, *con).code == 0
+    snapshot = tmp_path / "snapshot.hdd"
+    subprocess.run(["cp", "--sparse=always", dev["hdd"], snapshot], check=True)
+    # 20 kills, each of a fresh install of the movie, at moments spread over start-up, key
+    # acquisition, reservation, the copy and its progress commits (the install never reaches its
+    # confirm, so the card's Content-Key stays valid for the next attempt)
+    moments = [0.25 + (0.7 * duration - 0.25) * i / 19 for i in range(20)]
+    states = []
+    for at in moments:
+        subprocess.run(["cp", "--sparse=always", snapshot, dev["hdd"]], check=True)
+        proc = run_install(env, dev["console"])
+        time.sleep(at)
+        assert proc.poll() is None, f"install finished before {at:.2f}s (run took {duration:.2f}s)"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        with HddImage.open(dev["hdd"]) as img:
+            assert img.check() == []
+            title = img.volume.catalog.title("KILL-1")
+            states.append("absent" if title is None else f"{100 * title.progress // title.sealed_size}%")
+        assert installed_files(dev, "KILL-0") == source_files(early)
+    print("states after each kill:", states)
+    assert len(set(states)) >= 3, states  # the kills fell in different phases of the install
+    r = cli("console", "install", *con)  # running install again finishes the title
+    assert r.code == 0, r
+    assert installed_files(dev, "KILL-1")["film.bin"] == (movie / "film.bin").read_bytes()
+    assert cli("hdd", "fsck", dev["hdd"], "--deep").code == 0
+    assert not any(lic.content_key for lic in card_dev.load(dev["card"]).licenses)
