@@ -1,7 +1,8 @@
 """``vhw demo``: the whole story in one run, narrated, on embedded defaults.
 
-Every step runs the real ``vhw`` command a person would type (shown with a ``$``), in a scratch
-folder, so the demo doubles as a walkthrough of the README.
+Every step runs the real ``vhw`` command a person would type (shown after a ``$``), in a scratch
+folder: a licensing server (SQLite, TLS on 127.0.0.1) in the background, the publisher's,
+manufacturer's and user's commands in the foreground. The README walks through the same steps.
 """
 
 from __future__ import annotations
@@ -9,71 +10,167 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import click
 
 from .errors import StateError
-from .samples import build_samples
+from .samples import TITLES, build_samples
 
 
 class Story:
     def __init__(self, root: Path):
         self.root = root
         self.env = {**os.environ, "VHW_HOME": str(root / "home")}
+        self.env.pop("VHW_CONSOLE", None)
         self.step = 0
+        self.server: subprocess.Popen | None = None
 
     def say(self, text: str) -> None:
         self.step += 1
         click.secho(f"\n[{self.step}] {text}", bold=True)
 
-    def run(self, *args: object, expect: int = 0, show: bool = True) -> str:
+    def show(self, argv: list[str]) -> str:
+        return " ".join(shlex.quote(a.replace(str(self.root) + "/", "")) for a in argv)
+
+    def run(self, *args: object, expect: int = 0, quiet: bool = False) -> str:
         argv = [str(a) for a in args]
-        shown = " ".join(shlex.quote(a.replace(str(self.root) + "/", "")) for a in argv)
-        click.secho(f"$ vhw {shown}", fg="cyan")
-        proc = subprocess.run(
-            [sys.executable, "-m", "vhw", *argv], cwd=self.root, env=self.env,
-            capture_output=True, text=True,
-        )
+        click.secho(f"$ vhw {self.show(argv)}", fg="cyan")
+        proc = subprocess.run([sys.executable, "-m", "vhw", *argv], cwd=self.root, env=self.env,
+                              capture_output=True, text=True)
         out = (proc.stdout + proc.stderr).rstrip().replace(str(self.root) + "/", "")
-        if show and out:
+        if out and not quiet:
             click.echo("  " + out.replace("\n", "\n  "))
         if proc.returncode != expect:
-            raise StateError(f"demo step `vhw {shown}` exited {proc.returncode}, expected {expect}")
+            raise StateError(f"demo step `vhw {self.show(argv)}` exited {proc.returncode}, expected {expect}")
         return proc.stdout
 
+    def shell(self, *argv: object) -> None:
+        argv = [str(a) for a in argv]
+        click.secho(f"$ {self.show(argv)}", fg="cyan")
+        out = subprocess.run(argv, cwd=self.root, capture_output=True, text=True, check=True).stdout.rstrip()
+        if out:
+            click.echo("  " + out.replace(str(self.root) + "/", "").replace("\n", "\n  "))
 
-def tell(root: Path) -> None:
-    s = Story(root)
-    images = root / "images"
-    s.say("The publisher's title sources: a game, a music album and a movie.")
-    sources = build_samples(images / "src", movie_mib=4)
-    for src in sources.values():
-        click.echo(f"  {src.relative_to(root)}")
+    def start_server(self) -> str:
+        argv = ["server", "run", "--listen", "127.0.0.1:0"]
+        click.secho(f"$ vhw {' '.join(argv)} &", fg="cyan")
+        self.server = subprocess.Popen([sys.executable, "-m", "vhw", *argv], cwd=self.root, env=self.env,
+                                       stdout=subprocess.PIPE, stderr=open(self.root / "server.log", "wb"),
+                                       text=True)
+        line = self.server.stdout.readline()
+        if "listening on" not in line:
+            raise StateError(f"the demo's server did not start: {(self.root / 'server.log').read_text()[-500:]}")
+        click.echo("  " + line.strip())
+        return line.split("listening on", 1)[1].strip()
 
-    s.say("The publisher masters the game: its files are encrypted under a fresh Content-Key.")
-    s.run("disc", "master", sources["game"], "-o", images / "game.master", "--title-id", "VHW-GAME-1")
-    s.say("...and presses two discs: identical but for each disc's own MID.")
-    s.run("disc", "press", images / "game.master", "--count", "2", "-o", images / "discs")
-    discs = sorted((images / "discs").iterdir())
-    s.run("disc", "info", discs[0])
+    def stop_server(self) -> None:
+        if self.server and self.server.poll() is None:
+            self.server.send_signal(signal.SIGTERM)
+            try:
+                self.server.wait(15)
+            except subprocess.TimeoutExpired:
+                self.server.kill()
 
-    s.say("The manufacturer makes a console ROM, a 40 GB HDD (a sparse file) and a memory card.")
-    s.run("console", "rom", root / "console.rom")
-    s.run("hdd", "format", root / "console.hdd")
-    s.run("card", "format", root / "card-1.card")
-    s.run("card", "info", root / "card-1.card")
 
-    s.say("A damaged disc is refused with one line naming the file and the problem.")
-    bad = root / "damaged.disc"
-    data = bytearray(discs[1].read_bytes())
-    data[5000] ^= 1
-    bad.write_bytes(bytes(data))
-    s.run("disc", "info", bad, expect=3)
-    click.secho("\nThe story so far ran to its end.", fg="green", bold=True)
+def tell(s: Story) -> None:
+    root = s.root
+    s.say("The platform operator sets up the licensing server: CA, TLS certificate, master key, "
+          "SQLite database, one credential per role. Then it runs it on 127.0.0.1.")
+    s.run("server", "init")
+    url = s.start_server()
+    creds = root / "home" / "server" / "credentials"
+    man = ["--credential", creds / "manufacturer.json", "--server", url]
+    pub = ["--credential", creds / "publisher.json", "--server", url]
+
+    s.say("The publisher's title sources: a terminal game, a music album and a 64 MiB movie.")
+    sources = build_samples(root / "images" / "src", movie_mib=64)
+    for kind, src in sources.items():
+        click.echo(f"  {kind:<6} {src.relative_to(root)}")
+    s.say("The publisher masters each title under a fresh Content-Key (kept in its key store and "
+          "registered with the server, never put on the disc) and presses discs, each with its own MID.")
+    discs = {}
+    for kind, src in sources.items():
+        title = TITLES[kind]
+        s.run("disc", "master", src, "-o", root / f"images/{kind}.master", "--title-id", title, *pub)
+        s.run("disc", "press", root / f"images/{kind}.master", "--count", 2 if kind == "game" else 1,
+              "-o", root / "images/discs", *pub)
+        discs[kind] = sorted((root / "images/discs").glob(f"{title}-*.disc"))
+    s.run("disc", "info", discs["game"][0])
+
+    s.say("The manufacturer makes consoles, 40 GB HDDs (sparse files) and memory cards, and registers "
+          "every ID; the console ROM trusts the platform CA.")
+    for who in ("alice", "bob"):
+        (root / who).mkdir()
+        s.run("console", "rom", root / who / "console.rom", *man)
+        s.run("hdd", "format", root / who / "console.hdd", *man)
+        s.run("card", "format", root / who / "card.card", *man)
+
+    s.say("Alice sets up her console once: ROM, HDD, card in slot 1. She registers (S1-S7).")
+    s.run("console", "setup", root / "alice/console", "--rom", root / "alice/console.rom",
+          "--hdd", root / "alice/console.hdd")
+    alice = ["--console", root / "alice/console"]
+    s.run("console", "insert-card", root / "alice/card.card", *alice)
+    s.run("console", "register", *alice)
+
+    s.say("Alice installs her three discs (S11-S17 acquire the keys, S21-S28 copy and re-encrypt "
+          "onto her HDD, confirm, and delete the Content-Key from the card).")
+    for kind in ("game", "music", "movie"):
+        s.run("console", "insert-disc", discs[kind][0], *alice)
+        s.run("console", "install", *alice)
+        s.run("console", "eject-disc", *alice, quiet=True)
+    s.run("hdd", "ls", *alice)
+    s.run("card", "info", root / "alice/card.card")
+
+    s.say("She mounts her HDD (S31-S35): the card's sealed IDs match this console and this HDD, "
+          "so the titles decrypt as they are read.")
+    mnt = root / "alice/mnt"
+    mnt.mkdir()
+    s.run("console", "mount", mnt, *alice)
+    s.shell("ls", "-l", mnt, mnt / TITLES["game"])
+    s.run("console", "unmount", mnt, *alice)
+
+    s.say("She plays: the game in its scripted mode, then the album.")
+    s.run("console", "play", *alice, TITLES["game"], "--moves", "dddssdddwwddssss")
+    s.run("console", "play", *alice, TITLES["music"])
+
+    s.say("Alice lends the game disc she installed to Bob. The disc's MID is flagged: refused (S17).")
+    s.run("console", "setup", root / "bob/console", "--rom", root / "bob/console.rom",
+          "--hdd", root / "bob/console.hdd")
+    bob = ["--console", root / "bob/console"]
+    s.run("console", "insert-card", root / "bob/card.card", *bob)
+    s.run("console", "register", *bob)
+    s.run("console", "insert-disc", discs["game"][0], *bob)
+    s.run("console", "install", *bob, expect=12)
+    s.say("A new disc of the game (another MID) installs for Bob at once.")
+    s.run("console", "eject-disc", *bob, quiet=True)
+    s.run("console", "insert-disc", discs["game"][1], *bob)
+    s.run("console", "install", *bob)
+
+    s.say("Alice lends her memory card to Bob's console: her titles are not Bob's console's (S33).")
+    s.run("console", "eject-card", *alice, quiet=True)
+    s.run("console", "eject-card", *bob, quiet=True)
+    s.run("console", "insert-card", root / "alice/card.card", *bob)
+    s.run("console", "play", *bob, TITLES["game"], "--moves", "d", expect=14)
+
+    s.say("She lends card and HDD together: Bob's console is still not hers.")
+    s.run("console", "setup", root / "bob/console2", "--rom", root / "bob/console.rom",
+          "--hdd", root / "alice/console.hdd")
+    s.run("console", "insert-card", root / "alice/card.card", "--console", root / "bob/console2")
+    s.run("console", "play", "--console", root / "bob/console2", TITLES["game"], "--moves", "d", expect=14)
+
+    s.say("Back home, everything plays again; the server's audit log has every step.")
+    s.run("console", "eject-card", *bob, quiet=True)
+    s.run("console", "insert-card", root / "alice/card.card", *alice)
+    s.run("console", "play", *alice, TITLES["movie"])
+    out = s.run("server", "audit", quiet=True)
+    click.echo(f"  {len(out.splitlines())} audit entries, e.g.:\n  " + "\n  ".join(out.splitlines()[-3:]))
+    click.secho("\nThe story ran to its end.", fg="green", bold=True)
 
 
 @click.command("demo")
@@ -89,10 +186,16 @@ def demo(keep: bool, folder: Path | None) -> None:
         folder = Path(tempfile.mkdtemp(prefix="demo-", dir=base))
     folder = folder.resolve()
     folder.mkdir(parents=True, exist_ok=True)
+    story = Story(folder)
+    started = time.monotonic()
     try:
-        tell(folder)
+        tell(story)
     finally:
+        story.stop_server()
+        for mnt in folder.glob("*/mnt"):
+            subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True)
         if keep:
             click.echo(f"\nkept {folder}")
         else:
             shutil.rmtree(folder, ignore_errors=True)
+    click.echo(f"(demo took {time.monotonic() - started:.0f} s)")

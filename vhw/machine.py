@@ -17,12 +17,16 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import subprocess
+import sys
+import tempfile
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from . import console as cpu
-from . import install
+from . import install, mount
 from . import protocol as p
 from .client import Client, tls_context
 from .devices import card as card_dev
@@ -30,7 +34,7 @@ from .devices import rom as rom_dev
 from .devices.disc import DiscImage
 from .devices.files import atomic_write, locked, now
 from .devices.hdd import HddImage
-from .errors import ImageError, IntegrityError, StateError
+from .errors import ImageError, IntegrityError, ReproductionNotPermitted, StateError
 from .formats.card import Card
 from .formats.disc import Pressing
 from .formats.rom import Rom
@@ -273,6 +277,120 @@ class Machine:
                 c.call("/v1/console/confirm", cpu.confirm_request(card, rom.client_id, hdd.hdd_id, mid), p.Done)
             card_dev.save(path, cpu.drop_content_key(card, mid))
         return m.title_id, outcome
+
+
+    # -- reproduction, S31-S35 ---------------------------------------------------------------------
+
+    def reproduction_key(self, slot: str = "1") -> bytes:
+        """S31-S34: the card's Content-Gen-Key, if its sealed IDs are this console's and this HDD's."""
+        rom, hdd_id = self.rom(), self.hdd_id()
+        path = self.config().slots[slot]
+        card = card_dev.load(Path(path)) if path else None
+        return cpu.reproduction_key(card, rom.client_id, hdd_id)
+
+    def serve_mount(self, mountpoint: Path, slot: str = "1", *, ready: Callable[[], None]) -> None:
+        """Mount in this process until unmounted (``vhw console mount --foreground``)."""
+        cgk = self.reproduction_key(slot)
+        with HddImage.open(self.hdd_path, shared_lock=True, wait=True, on_wait=self.log) as img:
+            mount.serve(img, Path(mountpoint), cgk, ready=ready)
+
+    def mount(self, mountpoint: Path, slot: str = "1") -> int:
+        """Mount in a background process; returns when the titles can be read. Returns its pid."""
+        mountpoint = Path(mountpoint).resolve()
+        self.reproduction_key(slot)  # refuse here, in the user's terminal, with the patent's words
+        mount.clear_stale(mountpoint)
+        log_path = self.root / "mount.log"
+        with open(log_path, "ab") as log_file:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "vhw", "console", "mount", str(mountpoint), "--foreground",
+                 "--console", str(self.root), "--slot", slot],
+                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log_file, start_new_session=True,
+            )
+        line = proc.stdout.readline().decode()
+        proc.stdout.close()
+        if not line.startswith("mounted"):
+            proc.wait()
+            tail = log_path.read_text(errors="replace").strip().splitlines()[-1:] or ["no reason given"]
+            raise StateError(f"{mountpoint}: the mount did not start: {tail[0]}")
+        mounts = self._mounts()
+        mounts[str(mountpoint)] = proc.pid
+        self._save_mounts(mounts)
+        return proc.pid
+
+    def unmount(self, mountpoint: Path) -> None:
+        mountpoint = Path(mountpoint).resolve()
+        mount.unmount(mountpoint)
+        mounts = self._mounts()
+        pid = mounts.pop(str(mountpoint), None)
+        self._save_mounts(mounts)
+        if pid:
+            _wait_gone(pid)
+
+    def active_mount(self) -> Path | None:
+        """A mount of this console's HDD that is up, if any (``play`` reuses it)."""
+        for where, pid in self._mounts().items():
+            if _alive(pid) and os.path.ismount(where):
+                return Path(where)
+        return None
+
+    def _mounts(self) -> dict[str, int]:
+        path = self.root / "mounts.json"
+        try:
+            data = json.loads(path.read_text())
+            return {str(k): int(v) for k, v in data.items()}
+        except (OSError, ValueError, TypeError, AttributeError):
+            return {}
+
+    def _save_mounts(self, mounts: dict[str, int]) -> None:
+        live = {k: v for k, v in mounts.items() if _alive(v)}
+        atomic_write(self.root / "mounts.json", json.dumps(live).encode())
+
+    def play(self, title_id: str, args: list[str], slot: str = "1") -> int:
+        """S35: run the title's entry point from the mount (mounting it for the time being)."""
+        title_id = title_id.upper()
+        with HddImage.open(self.hdd_path) as img:
+            title = img.volume.catalog.title(title_id)
+        if title is None or not title.complete:
+            raise StateError(f"{title_id} is not installed on this console's HDD", hint="vhw hdd ls")
+        if not title.entry:
+            raise StateError(f"{title_id} has no entry point to run")
+        where = self.active_mount()
+        temporary = None
+        if where is None:
+            temporary = Path(tempfile.mkdtemp(prefix="vhw-play-"))
+            self.mount(temporary, slot)
+            where = temporary
+        try:
+            entry = where / title_id / title.entry
+            if not os.access(entry, os.R_OK):
+                raise ReproductionNotPermitted()  # another card's title on a shared HDD
+            cmd = [sys.executable, str(entry)] if entry.suffix == ".py" else [str(entry)]
+            env = {**os.environ, "VHW_TITLE_ID": title_id, "VHW_TITLE_KIND": title.kind}
+            return subprocess.call(cmd + list(args), cwd=entry.parent, env=env)
+        finally:
+            if temporary is not None:
+                self.unmount(temporary)
+                temporary.rmdir()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie is not alive
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def _wait_gone(pid: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.02)
 
 
 def disc_mid(disc: DiscImage) -> Id:

@@ -3,6 +3,8 @@ register|acquire``, and (later issues) install, mount and play."""
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 import click
@@ -170,3 +172,64 @@ def console_install(slot: str, wait: bool, console_dir: Path | None) -> None:
     said = {"installed": "installed", "resumed": "resumed and installed",
             "confirmed": "was already copied; the install is now confirmed"}[outcome]
     click.echo(f"{title_id} {said}; its Content-Key is deleted from the memory card")
+
+
+@console.command("mount")
+@click.argument("mountpoint", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--foreground", is_flag=True, help="Stay in the foreground until unmounted (Ctrl-C unmounts).")
+@slot_option
+@console_option
+def console_mount(mountpoint: Path, foreground: bool, slot: str, console_dir: Path | None) -> None:
+    """Mount the console's HDD at MOUNTPOINT, read-only, one folder per title (S31-S35).
+
+    Only when the memory card's sealed Client ID and HDD-ID are this console's and this HDD's;
+    otherwise no title can be read. Titles installed with another card are listed, not readable.
+    """
+    m = machine(console_dir)
+    if foreground:
+        def ready() -> None:
+            click.echo(f"mounted {m.hdd_path.name} at {mountpoint}")
+            sys.stdout.flush()
+            if not sys.stdout.isatty():  # a parent waiting for this line: nothing more on this pipe
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, sys.stdout.fileno())
+                os.close(devnull)
+
+        m.serve_mount(mountpoint, slot, ready=ready)
+        return
+    pid = m.mount(mountpoint, slot)
+    click.echo(f"mounted at {mountpoint} (process {pid}); `vhw console unmount {mountpoint}` ends it")
+
+
+@console.command("unmount")
+@click.argument("mountpoint", type=click.Path(path_type=Path, file_okay=False))
+@console_option
+def console_unmount(mountpoint: Path, console_dir: Path | None) -> None:
+    """Unmount a mount made by `vhw console mount`."""
+    from ..machine import Machine
+
+    try:
+        m = Machine.find(console_dir)
+    except Exception:
+        from .. import mount
+
+        mount.unmount(mountpoint)
+    else:
+        m.unmount(mountpoint)
+    click.echo(f"unmounted {mountpoint}")
+
+
+@console.command("play", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.argument("title_id")
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+@slot_option
+@console_option
+def console_play(title_id: str, args: tuple[str, ...], slot: str, console_dir: Path | None) -> None:
+    """Play TITLE_ID: run its entry point from the mount (mounting the HDD for as long as it runs).
+
+    Anything after the title ID goes to the title, so put vhw's own options before it:
+    `vhw console play --console DIR VHW-GAME-1 --moves ddss`. Ends with the title's exit code.
+    """
+    rc = machine(console_dir).play(title_id, list(args), slot)
+    if rc:
+        click.get_current_context().exit(rc)
