@@ -348,6 +348,7 @@ class Machine:
     def play(self, title_id: str, args: list[str], slot: str = "1") -> int:
         """S35: run the title's entry point from the mount (mounting it for the time being)."""
         title_id = title_id.upper()
+        self.reproduction_key(slot)  # S31-S34 first: without the right card, nothing else is told
         with HddImage.open(self.hdd_path) as img:
             title = img.volume.catalog.title(title_id)
         if title is None or not title.complete:

@@ -49,6 +49,8 @@ log = logging.getLogger(__name__)
 
 CACHE_TIMEOUT = 3600.0  # seconds the kernel may trust entries and attributes: titles never change
 BLOCK = 4096
+# What stat() says on a mount whose process died: ENOTCONN, or ECONNABORTED on newer kernels.
+DEAD_MOUNT = (errno.ENOTCONN, errno.ECONNABORTED)
 
 
 @dataclass
@@ -283,11 +285,11 @@ class TitleFS(pyfuse3.Operations):
 
 
 def clear_stale(mountpoint: Path) -> None:
-    """A mount whose process died leaves 'Transport endpoint is not connected': lift it."""
+    """A mount whose process died leaves a dead mount point behind: lift it."""
     try:
         os.stat(mountpoint)
     except OSError as exc:
-        if exc.errno == errno.ENOTCONN:
+        if exc.errno in DEAD_MOUNT:
             log.warning("%s: clearing a mount left by a process that died", mountpoint)
             subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], capture_output=True)
         else:

@@ -1,0 +1,282 @@
+"""Reproduction (S31-S35) through real FUSE mounts of real HDD images, with a real server."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from vhw.cli import run
+from vhw.devices.hdd import HddImage
+from vhw.machine import Machine
+from vhw.mount import DEAD_MOUNT
+from vhw.samples import TITLES, build_samples
+
+from .conftest import Result, source_files
+from .servers import RunningServer, factory, publish
+
+REFUSED = "CONTENT REPRODUCTION IS NOT PERMITTED\n"
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A server, three sample titles pressed, Alice's console with all three installed."""
+    d = tmp_path_factory.mktemp("mountworld")
+    srv = RunningServer.start(d / "server")
+    saved_home = os.environ.get("VHW_HOME")
+    os.environ["VHW_HOME"] = str(d / "home")
+
+    def cli(*args):  # like the `cli` fixture, usable from a module-scoped fixture
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = run([str(a) for a in args])
+        return Result(code, out.getvalue(), err.getvalue())
+
+    sources = build_samples(d / "src", movie_mib=64)
+    discs = {kind: publish(cli, srv, src, d, TITLES[kind], count=2) for kind, src in sources.items()}
+    alice = factory(cli, srv, d / "alice")
+    con = ["--console", alice["console"]]
+    assert cli("console", "register", *con).code == 0
+    for kind in ("game", "music", "movie"):
+        assert cli("console", "insert-disc", discs[kind][0], *con).code == 0
+        assert cli("console", "install", *con).code == 0, kind
+        assert cli("console", "eject-disc", *con).code == 0
+    bob = factory(cli, srv, d / "bob")
+    assert cli("console", "register", "--console", bob["console"]).code == 0
+    yield {"dir": d, "srv": srv, "sources": sources, "discs": discs, "alice": alice, "bob": bob, "cli": cli}
+    srv.stop()
+    if saved_home is None:
+        os.environ.pop("VHW_HOME", None)
+    else:
+        os.environ["VHW_HOME"] = saved_home
+
+
+@pytest.fixture
+def mounted(world, tmp_path):
+    m = Machine(world["alice"]["console"])
+    where = tmp_path / "mnt"
+    where.mkdir()
+    m.mount(where)
+    yield where
+    if os.path.ismount(where):
+        m.unmount(where)
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_every_file_of_every_title_reads_back(world, mounted):
+    for kind, src in world["sources"].items():
+        title_dir = mounted / TITLES[kind]
+        expected = source_files(src)
+        got = {p.relative_to(title_dir).as_posix(): p for p in title_dir.rglob("*") if p.is_file()}
+        assert sorted(got) == sorted(expected)
+        for rel, path in got.items():
+            assert hashlib.sha256(expected[rel]).hexdigest() == sha(path), rel
+            assert path.stat().st_size == len(expected[rel])
+    assert sorted(os.listdir(mounted)) == sorted(TITLES.values())
+
+
+def test_random_range_reads_through_the_mount(world, mounted):
+    film = mounted / TITLES["movie"] / "film.vhwm"
+    source = (world["sources"]["movie"] / "film.vhwm").read_bytes()
+    fd = os.open(film, os.O_RDONLY)
+
+    @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(st.integers(0, len(source) + 100), st.integers(0, 300_000))
+    def check(offset, length):
+        assert os.pread(fd, length, offset) == source[offset : offset + length]
+
+    try:
+        check()
+    finally:
+        os.close(fd)
+
+
+def test_the_mount_is_read_only(mounted):
+    game = mounted / TITLES["game"] / "cave.py"
+    with pytest.raises(OSError) as err:
+        open(game, "r+b")
+    assert err.value.errno in (errno.EROFS, errno.EACCES)
+    with pytest.raises(OSError):
+        (mounted / TITLES["game"] / "new").write_text("x")
+
+
+def test_play_the_game_in_scripted_mode(world):
+    cli, alice = world["cli"], world["alice"]
+    r = subprocess.run([sys.executable, "-m", "vhw", "console", "play", "--console", str(alice["console"]),
+                        TITLES["game"], "--moves", "dddssdddwwddssss"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "You pick up a rusty key." in r.stdout and "You escaped the cave in 16 moves!" in r.stdout
+    assert "result: won after 16 moves" in r.stdout
+    r = subprocess.run([sys.executable, "-m", "vhw", "console", "play", "--console", str(alice["console"]),
+                        TITLES["game"], "--moves", "ssss"], capture_output=True, text=True)
+    assert r.returncode == 1 and "result: unfinished" in r.stdout  # the game's own exit code
+    assert not Machine(alice["console"]).active_mount()  # play unmounted what it mounted
+
+
+def test_play_reuses_a_running_mount(world, mounted):
+    r = world["cli"]("console", "play", "--console", world["alice"]["console"], TITLES["music"])
+    assert r.code == 0 and os.path.ismount(mounted)
+
+
+def expect_refused(cli, console: Path, where: Path) -> None:
+    """Neither a mount nor play gives a byte: the patent's message, exit 14, nothing mounted."""
+    r = cli("console", "mount", where, "--console", console)
+    assert (r.code, r.err) == (14, REFUSED)
+    assert not os.path.ismount(where) and os.listdir(where) == []
+    r = cli("console", "play", "--console", console, TITLES["game"])
+    assert (r.code, r.err) == (14, REFUSED)
+
+
+def test_refusals(world, tmp_path):
+    cli, alice, bob = world["cli"], world["alice"], world["bob"]
+    where = tmp_path / "mnt"
+    where.mkdir()
+    # no card
+    assert cli("console", "eject-card", "--console", alice["console"]).code == 0
+    try:
+        expect_refused(cli, alice["console"], where)
+        # another user's card in this console
+        assert cli("console", "eject-card", "--console", bob["console"]).code == 0
+        assert cli("console", "insert-card", bob["card"], "--console", alice["console"]).code == 0
+        expect_refused(cli, alice["console"], where)
+        assert cli("console", "eject-card", "--console", alice["console"]).code == 0
+        # Alice's card lent to Bob's console
+        assert cli("console", "insert-card", alice["card"], "--console", bob["console"]).code == 0
+        expect_refused(cli, bob["console"], where)
+        # Alice's card and HDD lent together to Bob's console
+        lent = tmp_path / "bob-with-alices-hdd"
+        assert cli("console", "setup", lent, "--rom", bob["rom"], "--hdd", alice["hdd"]).code == 0
+        assert cli("console", "eject-card", "--console", bob["console"]).code == 0
+        assert cli("console", "insert-card", alice["card"], "--console", lent).code == 0
+        expect_refused(cli, lent, where)
+        assert cli("console", "eject-card", "--console", lent).code == 0
+    finally:
+        cli("console", "eject-card", "--console", bob["console"])
+        assert cli("console", "insert-card", bob["card"], "--console", bob["console"]).code == 0
+        assert cli("console", "insert-card", alice["card"], "--console", alice["console"]).code == 0
+
+
+def test_another_cards_titles_on_a_shared_hdd_are_listed_not_readable(world, tmp_path):
+    """Carol shares Alice's console and HDD with her own card: each reads only their own titles."""
+    cli, srv, alice = world["cli"], world["srv"], world["alice"]
+    carol = factory(cli, srv, tmp_path / "carol")
+    shared = tmp_path / "shared"
+    assert cli("console", "setup", shared, "--rom", alice["rom"], "--hdd", alice["hdd"]).code == 0
+    assert cli("console", "insert-card", carol["card"], "--console", shared).code == 0
+    assert cli("console", "register", "--console", shared).code == 0
+    src = world["sources"]["game"]
+    [disc] = publish(cli, srv, src, tmp_path, "CAROL-1")
+    assert cli("console", "insert-disc", disc, "--console", shared).code == 0
+    assert cli("console", "install", "--console", shared).code == 0
+    where = tmp_path / "mnt"
+    where.mkdir()
+    m = Machine(shared)
+    m.mount(where)
+    try:
+        assert sorted(os.listdir(where)) == sorted([*TITLES.values(), "CAROL-1"])
+        assert (where / "CAROL-1" / "cave.py").read_bytes() == (src / "cave.py").read_bytes()
+        for title, entry in zip(TITLES.values(), ("cave.py", "player.py", "play.py")):
+            with pytest.raises(PermissionError):
+                os.listdir(where / title)
+            with pytest.raises(PermissionError):
+                open(where / title / entry, "rb")
+    finally:
+        m.unmount(where)
+    with HddImage.open(alice["hdd"], write=True) as img:  # leave Alice's HDD as the others expect
+        ops, vol = img.volume.remove("CAROL-1")
+        img.apply(ops, vol)
+
+
+def test_a_damaged_chunk_gives_eio_for_that_read_only(world, tmp_path):
+    cli, alice = world["cli"], world["alice"]
+    damaged = tmp_path / "damaged.hdd"
+    subprocess.run(["cp", "--sparse=always", alice["hdd"], damaged], check=True)
+    with HddImage.open(damaged) as img:
+        film = img.volume.catalog.title(TITLES["movie"]).files[0]
+        where = film.locate(film.layout.sealed_offset(100)) + 1000  # a byte of chunk 100
+    with open(damaged, "r+b") as f:
+        f.seek(where)
+        byte = f.read(1)
+        f.seek(where)
+        f.write(bytes([byte[0] ^ 0x40]))
+    con = tmp_path / "console"
+    assert cli("console", "setup", con, "--rom", alice["rom"], "--hdd", damaged).code == 0
+    assert cli("console", "eject-card", "--console", alice["console"]).code == 0
+    try:
+        assert cli("console", "insert-card", alice["card"], "--console", con).code == 0
+        mnt = tmp_path / "mnt"
+        mnt.mkdir()
+        m = Machine(con)
+        m.mount(mnt)
+        try:
+            source = (world["sources"]["movie"] / "film.vhwm").read_bytes()
+            fd = os.open(mnt / TITLES["movie"] / "film.vhwm", os.O_RDONLY)
+            try:
+                chunk = 64 * 1024
+                with pytest.raises(OSError) as err:
+                    os.pread(fd, 4096, 100 * chunk + 10)
+                assert err.value.errno == errno.EIO
+                assert os.pread(fd, 4096, 99 * chunk) == source[99 * chunk : 99 * chunk + 4096]
+                assert os.pread(fd, 4096, 101 * chunk) == source[101 * chunk : 101 * chunk + 4096]
+            finally:
+                os.close(fd)
+            assert (mnt / TITLES["game"] / "cave.py").read_bytes() == (
+                world["sources"]["game"] / "cave.py").read_bytes()
+            assert os.path.ismount(mnt)
+        finally:
+            m.unmount(mnt)
+        log = (con / "mount.log").read_text()
+        assert f"title {TITLES['movie']}, file film.vhwm: chunk 100 failed authentication" in log
+    finally:
+        cli("console", "eject-card", "--console", con)
+        assert cli("console", "insert-card", alice["card"], "--console", alice["console"]).code == 0
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signals_unmount_cleanly(world, tmp_path, sig):
+    where = tmp_path / "mnt"
+    where.mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "vhw", "console", "mount", str(where), "--foreground",
+                             "--console", str(world["alice"]["console"])], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().startswith("mounted")
+    assert os.path.ismount(where)
+    proc.send_signal(sig)
+    assert proc.wait(15) == 0
+    assert not os.path.ismount(where)
+
+
+def test_a_killed_mount_leaves_nothing_that_blocks_the_next(world, tmp_path):
+    m = Machine(world["alice"]["console"])
+    where = tmp_path / "mnt"
+    where.mkdir()
+    pid = m.mount(where)
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.stat(where)
+        except OSError as exc:
+            assert exc.errno in DEAD_MOUNT
+            break
+        time.sleep(0.05)
+    m.mount(where)  # the stale mount is lifted, the HDD lock died with its process
+    try:
+        assert (where / TITLES["game"] / "cave.py").exists()
+    finally:
+        m.unmount(where)
+    with HddImage.open(world["alice"]["hdd"], write=True):  # and nobody holds the HDD any more
+        pass
