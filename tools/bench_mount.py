@@ -1,0 +1,132 @@
+#!/usr/bin/env python3
+"""Read a large installed title through the decrypting mount, next to plain disk and gocryptfs.
+
+    .venv/bin/python tools/bench_mount.py [--size-mib 1024] [--reads 20000] [--dir DIR]
+
+In one run: a real server, a title of the given size mastered, pressed, installed; the console's
+HDD mounted. For each of (plain file on disk, vhw mount, gocryptfs when installed) it measures
+sequential reads with `dd bs=1M` (first read after dropping the page cache, then the re-read) and
+random 4 KiB `pread`s at distinct offsets per second (cold, then warm). Prints a Markdown table.
+Needs root to drop caches (`echo 3 > /proc/sys/vm/drop_caches`); without it "cold" is not cold.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench_install import drop_caches, run  # noqa: E402
+from benchlib import MiB, random_file  # noqa: E402
+
+
+def dd(path: Path) -> float:
+    """Sequential read with dd bs=1M; GB/s."""
+    proc = subprocess.run(["dd", f"if={path}", "of=/dev/null", "bs=1M"], capture_output=True, text=True, check=True)
+    m = re.search(r"copied, ([\d.]+) s", proc.stderr)
+    return os.path.getsize(path) / float(m.group(1)) / 1e9
+
+
+def random_reads(path: Path, count: int, seed: int) -> float:
+    """``count`` 4 KiB preads at distinct random 4 KiB-aligned offsets; reads per second."""
+    blocks = os.path.getsize(path) // 4096
+    offsets = [b * 4096 for b in random.Random(seed).sample(range(blocks), min(count, blocks))]
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        start = time.perf_counter()
+        for off in offsets:
+            os.pread(fd, 4096, off)
+        return len(offsets) / (time.perf_counter() - start)
+    finally:
+        os.close(fd)
+
+
+def measure(path: Path, reads: int) -> dict[str, float]:
+    out = {}
+    drop_caches()
+    out["seq_cold"] = dd(path)
+    out["seq_warm"] = dd(path)
+    drop_caches()
+    out["rand_cold"] = random_reads(path, reads, seed=1)
+    out["rand_warm"] = random_reads(path, reads, seed=1)
+    return out
+
+
+def gocryptfs(tmp: Path, plain: Path) -> Path | None:
+    if not shutil.which("gocryptfs"):
+        return None
+    cipher, mnt, pw = tmp / "gocrypt.cipher", tmp / "gocrypt.mnt", tmp / "gocrypt.pw"
+    cipher.mkdir()
+    mnt.mkdir()
+    pw.write_text("benchmark password\n")
+    subprocess.run(["gocryptfs", "-init", "-q", "-passfile", str(pw), str(cipher)], check=True)
+    subprocess.run(["gocryptfs", "-q", "-passfile", str(pw), str(cipher), str(mnt)], check=True)
+    shutil.copyfile(plain, mnt / plain.name)
+    subprocess.run(["sync"], check=True)
+    return mnt / plain.name
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size-mib", type=int, default=1024)
+    ap.add_argument("--reads", type=int, default=20000)
+    ap.add_argument("--dir", type=Path, default=None)
+    args = ap.parse_args()
+    from tests.servers import RunningServer
+
+    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+        tmp = Path(tmp)
+        env = {**os.environ, "VHW_HOME": str(tmp / "home")}
+        srv = RunningServer.start(tmp / "server", env=env)
+        mnt = tmp / "mnt"
+        goc = None
+        try:
+            man = ["--credential", srv.credential("manufacturer"), "--server", srv.url]
+            pub = ["--credential", srv.credential("publisher"), "--server", srv.url]
+            src = tmp / "src"
+            src.mkdir()
+            plain = src / "movie.bin"
+            random_file(plain, args.size_mib * MiB)
+            run("disc", "master", src, "-o", tmp / "m.master", "--title-id", "BENCH-1", *pub, env=env)
+            run("disc", "press", tmp / "m.master", "-o", tmp / "discs", *pub, env=env)
+            [disc] = list((tmp / "discs").iterdir())
+            for cmd in (["console", "rom", tmp / "r.rom"], ["hdd", "format", tmp / "h.hdd"],
+                        ["card", "format", tmp / "c.card"]):
+                run(*cmd, *man, env=env)
+            run("console", "setup", tmp / "con", "--rom", tmp / "r.rom", "--hdd", tmp / "h.hdd", env=env)
+            con = ["--console", tmp / "con"]
+            run("console", "insert-card", tmp / "c.card", *con, env=env)
+            run("console", "insert-disc", disc, *con, env=env)
+            run("console", "register", *con, env=env)
+            run("console", "install", *con, env=env)
+            mnt.mkdir()
+            run("console", "mount", mnt, *con, env=env)
+            rows = {"plain file on ext4": measure(plain, args.reads),
+                    "vhw mount (AES-GCM, 64 KiB chunks)": measure(mnt / "BENCH-1" / "movie.bin", args.reads)}
+            goc = gocryptfs(tmp, plain)
+            if goc:
+                rows["gocryptfs 2.3"] = measure(goc, args.reads)
+        finally:
+            subprocess.run(["fusermount3", "-u", str(mnt)], capture_output=True)
+            if goc:
+                subprocess.run(["fusermount", "-u", str(goc.parent)], capture_output=True)
+            srv.stop()
+    print(f"\n{args.size_mib} MiB title, {args.reads} random 4 KiB reads at distinct offsets\n")
+    print("| what | seq first read GB/s | seq re-read GB/s | random 4 KiB cold reads/s | random 4 KiB warm reads/s |")
+    print("|---|---|---|---|---|")
+    for name, r in rows.items():
+        print(f"| {name} | {r['seq_cold']:.2f} | {r['seq_warm']:.2f} | {r['rand_cold']:,.0f} | {r['rand_warm']:,.0f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
