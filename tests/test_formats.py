@@ -185,3 +185,14 @@ def test_signed_but_inconsistent_manifest_is_refused():
                 replace(m, files=(replace(m.files[0], offset=7),))):
         with pytest.raises(ImageError, match="invalid disc manifest"):
             disc_fmt.decode_manifest(disc_fmt.sign_manifest(bad, SIGNER.sign), path="x")
+
+
+def test_absent_id_is_not_read_from_what_follows():
+    """An absent MID followed by bytes that start like a present one (found by hypothesis)."""
+    for pressing in (disc_fmt.Pressing.MASTER, disc_fmt.Pressing.NO_MID):
+        signature = b"\x01" + os.urandom(63)
+        body = disc_fmt.MidArea.build({"pressing": int(pressing), "mid": None, "signature": signature})
+        assert disc_fmt.MidArea.parse(body).mid is None
+    for bad in (b"\x02", b"\xff"):
+        with pytest.raises(Exception):
+            disc_fmt.MidArea.parse(disc_fmt.MID_MAGIC + b"\x01" + bad + bytes(80))

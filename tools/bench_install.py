@@ -24,6 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchlib import MiB, measure, random_file, vhw_command  # noqa: E402
 
+from tests.servers import RunningServer  # noqa: E402  (the same helper the tests use)
+
 LIMIT = 100 * MiB
 
 
@@ -43,37 +45,45 @@ def drop_caches() -> bool:
         return False
 
 
+def installed_console(tmp: Path, size_mib: int, *, install: bool) -> tuple[RunningServer, dict, list, Path, Path]:
+    """A server, a title of ``size_mib`` MiB mastered and pressed, a registered console with the
+    disc in its tray (installed when ``install``). Returns (server, env, --console args, disc,
+    source file)."""
+    env = {**os.environ, "VHW_HOME": str(tmp / "home")}
+    srv = RunningServer.start(tmp / "server", env=env)
+    man = ["--credential", srv.credential("manufacturer"), "--server", srv.url]
+    pub = ["--credential", srv.credential("publisher"), "--server", srv.url]
+    src = tmp / "src"
+    src.mkdir()
+    random_file(src / "movie.bin", size_mib * MiB)
+    run("disc", "master", src, "-o", tmp / "m.master", "--title-id", "BENCH-1", *pub, env=env)
+    run("disc", "press", tmp / "m.master", "-o", tmp / "discs", *pub, env=env)
+    [disc] = list((tmp / "discs").iterdir())
+    run("console", "rom", tmp / "r.rom", *man, env=env)
+    run("hdd", "format", tmp / "h.hdd", *man, env=env)
+    run("card", "format", tmp / "c.card", *man, env=env)
+    run("console", "setup", tmp / "con", "--rom", tmp / "r.rom", "--hdd", tmp / "h.hdd", env=env)
+    con = ["--console", tmp / "con"]
+    run("console", "insert-card", tmp / "c.card", *con, env=env)
+    run("console", "insert-disc", disc, *con, env=env)
+    run("console", "register", *con, env=env)
+    if install:
+        run("console", "install", *con, env=env)
+    return srv, env, con, disc, src / "movie.bin"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size-mib", type=int, default=1024)
     ap.add_argument("--dir", type=Path, default=None)
     args = ap.parse_args()
-    from tests.servers import RunningServer  # the same helper the tests use
-
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         tmp = Path(tmp)
-        env = {**os.environ, "VHW_HOME": str(tmp / "home")}
-        srv = RunningServer.start(tmp / "server", env=env)
+        srv, env, con, disc, _ = installed_console(tmp, args.size_mib, install=False)
+        size = args.size_mib * MiB
         try:
-            man = ["--credential", srv.credential("manufacturer"), "--server", srv.url]
-            pub = ["--credential", srv.credential("publisher"), "--server", srv.url]
-            src = tmp / "src"
-            src.mkdir()
-            size = args.size_mib * MiB
-            random_file(src / "movie.bin", size)
-            run("disc", "master", src, "-o", tmp / "m.master", "--title-id", "BENCH-1", *pub, env=env)
-            run("disc", "press", tmp / "m.master", "-o", tmp / "discs", *pub, env=env)
-            [disc] = list((tmp / "discs").iterdir())
-            run("console", "rom", tmp / "r.rom", *man, env=env)
-            run("hdd", "format", tmp / "h.hdd", *man, env=env)
-            run("card", "format", tmp / "c.card", *man, env=env)
-            run("console", "setup", tmp / "con", "--rom", tmp / "r.rom", "--hdd", tmp / "h.hdd", env=env)
-            con = ["--console", tmp / "con"]
-            run("console", "insert-card", tmp / "c.card", *con, env=env)
-            run("console", "insert-disc", disc, *con, env=env)
-            run("console", "register", *con, env=env)
             cold = drop_caches()
-            wall, rss, _ = measure([*vhw_command(), "console", "install", "--console", str(tmp / "con")], env=env)
+            wall, rss, _ = measure([*vhw_command(), "console", "install", *map(str, con)], env=env)
             cold = drop_caches() and cold
             start = time.perf_counter()
             subprocess.run(["cp", disc, tmp / "copy.disc"], check=True)

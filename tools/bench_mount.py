@@ -25,8 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench_install import drop_caches, run  # noqa: E402
-from benchlib import MiB, random_file  # noqa: E402
+from bench_install import drop_caches, installed_console, run  # noqa: E402
 
 
 def dd(path: Path) -> float:
@@ -81,33 +80,12 @@ def main() -> int:
     ap.add_argument("--reads", type=int, default=20000)
     ap.add_argument("--dir", type=Path, default=None)
     args = ap.parse_args()
-    from tests.servers import RunningServer
-
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         tmp = Path(tmp)
-        env = {**os.environ, "VHW_HOME": str(tmp / "home")}
-        srv = RunningServer.start(tmp / "server", env=env)
+        srv, env, con, _, plain = installed_console(tmp, args.size_mib, install=True)
         mnt = tmp / "mnt"
         goc = None
         try:
-            man = ["--credential", srv.credential("manufacturer"), "--server", srv.url]
-            pub = ["--credential", srv.credential("publisher"), "--server", srv.url]
-            src = tmp / "src"
-            src.mkdir()
-            plain = src / "movie.bin"
-            random_file(plain, args.size_mib * MiB)
-            run("disc", "master", src, "-o", tmp / "m.master", "--title-id", "BENCH-1", *pub, env=env)
-            run("disc", "press", tmp / "m.master", "-o", tmp / "discs", *pub, env=env)
-            [disc] = list((tmp / "discs").iterdir())
-            for cmd in (["console", "rom", tmp / "r.rom"], ["hdd", "format", tmp / "h.hdd"],
-                        ["card", "format", tmp / "c.card"]):
-                run(*cmd, *man, env=env)
-            run("console", "setup", tmp / "con", "--rom", tmp / "r.rom", "--hdd", tmp / "h.hdd", env=env)
-            con = ["--console", tmp / "con"]
-            run("console", "insert-card", tmp / "c.card", *con, env=env)
-            run("console", "insert-disc", disc, *con, env=env)
-            run("console", "register", *con, env=env)
-            run("console", "install", *con, env=env)
             mnt.mkdir()
             run("console", "mount", mnt, *con, env=env)
             rows = {"plain file on ext4": measure(plain, args.reads),

@@ -229,13 +229,18 @@ class Licensing:
                 tx.execute("DELETE FROM attempts WHERE at < ?", self._now() - 10 * self.policy.attempt_window)
             raise
 
+    @staticmethod
+    def _unwrap_mid(mc_key: bytes, req: p.AcquireRequest, user: Id) -> Id:
+        """The MID the console sent, wrapped for this card and user; anything else is refused."""
+        try:
+            return bindings.unwrap_id(mc_key, req.mid, IdKind.MEDIA, bindings.mid(req.mc_id, user))
+        except crypto.Invalid:
+            raise MediaRefused() from None
+
     def acquire(self, actor: str, req: p.AcquireRequest) -> p.AcquireResponse:
         with self._counting_failures(req.mc_id), self.store.transaction() as tx:
             mc_key, user, entry = self._authenticate_user(tx, req)
-            try:
-                mid = bindings.unwrap_id(mc_key, req.mid, IdKind.MEDIA, bindings.mid(req.mc_id, user))
-            except crypto.Invalid:
-                raise MediaRefused() from None
+            mid = self._unwrap_mid(mc_key, req, user)
             media = tx.one(
                 "SELECT m.title_id, t.content_key, t.title_digest FROM media m"
                 " JOIN titles t ON t.title_id = m.title_id WHERE m.mid = ?",
@@ -272,10 +277,7 @@ class Licensing:
     def confirm(self, actor: str, req: p.ConfirmRequest) -> p.Done:
         with self._counting_failures(req.mc_id), self.store.transaction() as tx:
             mc_key, user, _ = self._authenticate_user(tx, req)
-            try:
-                mid = bindings.unwrap_id(mc_key, req.mid, IdKind.MEDIA, bindings.mid(req.mc_id, user))
-            except crypto.Invalid:
-                raise MediaRefused() from None
+            mid = self._unwrap_mid(mc_key, req, user)
             done = tx.execute(
                 "UPDATE media SET confirmed_at = ? WHERE mid = ? AND flagged_by = ? AND confirmed_at IS NULL",
                 self._now(), str(mid), str(user),

@@ -227,14 +227,9 @@ class AcquireResponse:
 
 
 @dataclass(frozen=True)
-class ConfirmRequest:
-    """S28: the copy is complete; the MID's flag becomes final and its keys are never sent again."""
-
-    mc_id: Id = f(IdCodec(IdKind.CARD))
-    user_id: bytes = f(WRAPPED)
-    mid: bytes = f(WRAPPED)
-    client_id: Id = f(IdCodec(IdKind.CLIENT))
-    hdd_id: Id = f(IdCodec(IdKind.HDD))
+class ConfirmRequest(AcquireRequest):
+    """S28: the copy is complete; the MID's flag becomes final and its keys are never sent again.
+    The same fields as an acquisition."""
 
 
 @dataclass(frozen=True)

@@ -54,9 +54,22 @@ def IdField(kind: IdKind) -> cs.Construct:  # noqa: N802 (reads like the other c
     return IdAdapter(kind)
 
 
+class _OptionalAdapter(cs.Adapter):
+    def _decode(self, obj: Any, context: Any, path: Any) -> Any:
+        if obj.present not in (0, 1):
+            raise cs.ValidationError("presence byte must be 0 or 1", path=path)
+        return obj.value if obj.present else None
+
+    def _encode(self, obj: Any, context: Any, path: Any) -> dict:
+        return {"present": int(obj is not None), "value": obj}
+
+
 def OptionalId(kind: IdKind) -> cs.Construct:  # noqa: N802
-    """An ID or nothing: a presence byte, then the ID."""
-    return cs.Optional(cs.FocusedSeq("id", cs.Const(b"\x01"), "id" / IdField(kind)))
+    """An ID or nothing: a presence byte (0 or 1, nothing else), then the ID if present.
+
+    The byte is always there: without it, whatever follows an absent ID could be read as one.
+    """
+    return _OptionalAdapter(cs.Struct("present" / cs.Int8ub, "value" / cs.If(cs.this.present == 1, IdField(kind))))
 
 
 def Blob(width: cs.Construct = cs.Int16ub) -> cs.Construct:  # noqa: N802
