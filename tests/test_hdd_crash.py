@@ -180,3 +180,49 @@ def test_every_prefix_of_a_removal_and_the_reuse_of_its_space(world, tmp_path):
                     finish(target, titles, cgk, "LATER-3")
             if not may_show and late is None:
                 pytest.fail("removal visible before its superblock was written")
+
+
+def test_fsck_repair_drops_only_what_is_unreachable(world, tmp_path, cli):
+    from dataclasses import replace
+
+    from vhw.formats.hdd import Extent
+
+    d, titles, cgk, base = world
+    path = tmp_path / "r.hdd"
+    shutil.copyfile(base, path)
+    # an interrupted install of LATE-2, then its record made inconsistent (an extent out of place)
+    disc, key, _ = titles["LATE-2"]
+    with HddImage.open(path, write=True) as img, DiscImage.open(disc) as dd:
+        ops, _ = collect(install_plan(img.volume, dd, content_key=key, content_gen_key=cgk, installed=2,
+                                      checkpoint=CHECKPOINT))
+        first_commit = [i for i, o in enumerate(ops) if isinstance(o, Sync)][1] + 1
+        plan = iter(ops[:first_commit])
+        img.apply(plan, img.volume)
+    with HddImage.open(path, write=True) as img:  # re-read the durable state
+        vol = img.volume
+        late = vol.catalog.title("LATE-2")
+        bad_file = replace(late.files[0], extents=(Extent(vol.sb.nominal_size - 4096, 999_999),))
+        broken = replace(late, files=(bad_file, *late.files[1:]))
+        ops, new = vol.commit(replace(vol.catalog, titles=tuple(
+            broken if t.title_id == "LATE-2" else t for t in vol.catalog.titles)))
+        img.apply(ops, new)
+        stale = new.free()[0]  # stale bytes in free space: the old catalogs
+    # and the older superblock slot damaged
+    with open(path, "r+b") as f:
+        f.seek(new.sb.slot ^ 4096)
+        f.write(b"\xff" * 100)
+    r = cli("hdd", "fsck", path)
+    assert r.code == 3 and "LATE-2" in r.out and "note: superblock slot" in r.out, r
+    before = path.stat().st_blocks
+    r = cli("hdd", "fsck", path, "--repair", "--deep")
+    assert r.code == 0, r
+    assert "dropped the interrupted, inconsistent install of LATE-2" in r.out
+    assert "rewrote the superblocks" in r.out and "released unused space" in r.out
+    assert path.stat().st_blocks < before
+    with HddImage.open(path) as img:
+        assert img.notes == [] and img.check(deep=True) == []
+        assert [t.title_id for t in img.volume.catalog.titles] == ["EARLY-1"]
+        assert read_title(img, img.volume.catalog.title("EARLY-1"), cgk) == titles["EARLY-1"][2]
+    with open(path, "rb") as f:
+        f.seek(stale.offset)
+        assert f.read(min(stale.length, 4096)).strip(b"\0") == b""
