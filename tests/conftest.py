@@ -84,3 +84,21 @@ def source_files(folder: Path) -> dict[str, bytes]:
 @pytest.fixture
 def title_src(tmp_path) -> Path:
     return make_title(tmp_path / "title-src")
+
+
+BACKENDS = ["sqlite", "postgres"]
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL for the whole run: started when first asked for, stopped at the end."""
+    from .pg import Cluster
+
+    cluster = Cluster.start()
+    yield cluster
+    cluster.stop()
+
+
+def database_for(request, backend: str) -> str:
+    """``--db`` value for a server home on ``backend`` ("" = its SQLite file)."""
+    return request.getfixturevalue("postgres").new_database() if backend == "postgres" else ""

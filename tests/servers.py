@@ -21,6 +21,7 @@ from vhw.serverhome import Credential, ServerHome
 
 class RunningServer:
     def __init__(self, home: Path, proc: subprocess.Popen, url: str, log: Path):
+        self.workers: list[int] = []  # pids, when started with --workers
         self.home = ServerHome(home)
         self.proc = proc
         self.url = url
@@ -44,8 +45,11 @@ class RunningServer:
             ready, _, _ = select.select([proc.stdout], [], [], 0.2)
             if ready:
                 line = proc.stdout.readline()
-                if "listening on" in line:
-                    return cls(home, proc, line.split("listening on", 1)[1].strip(), log)
+                if "listening on" in line:  # "... listening on URL" or "... URL (2 processes: 11, 12)"
+                    server = cls(home, proc, line.split("listening on", 1)[1].split()[0], log)
+                    if "processes:" in line:
+                        server.workers = [int(x) for x in line.split("processes:")[1].strip(" )\n").split(", ")]
+                    return server
             if proc.poll() is not None:
                 break
         proc.kill()

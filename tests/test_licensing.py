@@ -19,12 +19,32 @@ from vhw.errors import (
 from vhw.ids import Id, IdKind
 from vhw.licensing import ID_FIELDS, Policy
 
+from vhw.store import PostgresStore, SqliteStore
+
+from .conftest import BACKENDS, database_for
 from .world import World
 
 
+@pytest.fixture(params=BACKENDS)
+def make_world(request, tmp_path):
+    """Worlds on SQLite and on PostgreSQL: the whole suite runs on both."""
+    made = []
+
+    def make(policy: Policy | None = None) -> World:
+        url = database_for(request, request.param)
+        store = PostgresStore(url) if url else SqliteStore(tmp_path / f"lic{len(made)}.db")
+        world = World.make(tmp_path, policy=policy, store=store)
+        made.append(world)
+        return world
+
+    yield make
+    for world in made:
+        world.lic.store.close()
+
+
 @pytest.fixture
-def world(tmp_path) -> World:
-    return World.make(tmp_path)
+def world(make_world) -> World:
+    return make_world()
 
 
 def test_register_acquire_copy_confirm(world):
@@ -167,8 +187,8 @@ SUBSETS = [frozenset(c) for n in (1, 2, 3) for c in itertools.combinations(ID_FI
 
 
 @pytest.mark.parametrize("subset", SUBSETS, ids=lambda s: "+".join(sorted(s)))
-def test_identification_policy(tmp_path, subset):
-    world = World.make(tmp_path, policy=Policy(identify_by=subset))
+def test_identification_policy(make_world, subset):
+    world = make_world(Policy(identify_by=subset))
     kit = world.user()
     _, mid = world.disc()
     spare = world.kit()

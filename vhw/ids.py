@@ -21,6 +21,7 @@ In device files an ID is stored as the body's integer value in a fixed number of
 from __future__ import annotations
 
 import enum
+import functools
 import secrets
 from dataclasses import dataclass
 
@@ -87,7 +88,7 @@ class Id:
     def to_bytes(self) -> bytes:
         return self.value.to_bytes(self.kind.nbytes, "big")
 
-    @property
+    @functools.cached_property
     def body(self) -> str:
         digits = []
         v = self.value
@@ -100,10 +101,15 @@ class Id:
     def check(self) -> str:
         return ALPHABET[_check(self.kind, [_VALUE[c] for c in self.body])]
 
-    def __str__(self) -> str:
+    @functools.cached_property
+    def label(self) -> str:
+        """The label as printed: kind, body in groups of four, check character (computed once)."""
         body = self.body
         groups = [body[i : i + GROUP] for i in range(0, len(body), GROUP)]
         return "-".join([self.kind.prefix, *groups, self.check])
+
+    def __str__(self) -> str:
+        return self.label
 
     def __repr__(self) -> str:
         return f"Id({str(self)!r})"

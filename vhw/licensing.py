@@ -28,7 +28,7 @@ from . import bindings, crypto
 from . import protocol as p
 from .errors import MediaRefused, RegistrationRefused, ServerError, UserIdInvalid
 from .ids import Id, IdKind
-from .store import Store, Tx
+from .store import Conflict, Store, Tx
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,20 @@ class Licensing:
     policy: Policy = field(default_factory=Policy)
     clock: Callable[[], float] = time.time
 
+    # -- transactions ---------------------------------------------------------------------------
+
+    def _retrying(self, fn, *args):
+        """Run ``fn`` (one transaction) again when it lost a race; the rerun sees the winner's
+        row (a registration that happened meanwhile) and answers as for a repeated request."""
+        for attempt in range(5):
+            try:
+                return fn(*args)
+            except Conflict:
+                if attempt == 4:
+                    raise
+                log.info("transaction conflict in %s; running it again", fn.__name__)
+        raise AssertionError("unreachable")
+
     # -- keys at rest -------------------------------------------------------------------------
 
     def _seal(self, table: str, row: object, key: bytes) -> bytes:
@@ -77,6 +91,9 @@ class Licensing:
     # -- manufacturer and publisher -------------------------------------------------------------
 
     def register_device(self, actor: str, table: str, ident: Id) -> p.Done:
+        return self._retrying(self._register_device, actor, table, ident)
+
+    def _register_device(self, actor: str, table: str, ident: Id) -> p.Done:
         column = {"consoles": "client_id", "hdds": "hdd_id"}[table]
         with self.store.transaction() as tx:
             if tx.one(f"SELECT 1 FROM {table} WHERE {column} = ?", str(ident)):
@@ -86,6 +103,9 @@ class Licensing:
         return p.Done()
 
     def register_card(self, actor: str, msg: p.RegisterCard) -> p.Done:
+        return self._retrying(self._register_card, actor, msg)
+
+    def _register_card(self, actor: str, msg: p.RegisterCard) -> p.Done:
         with self.store.transaction() as tx:
             row = tx.one("SELECT mc_key FROM cards WHERE mc_id = ?", str(msg.mc_id))
             if row:
@@ -100,6 +120,9 @@ class Licensing:
         return p.Done()
 
     def register_title(self, actor: str, msg: p.RegisterTitle) -> p.Done:
+        return self._retrying(self._register_title, actor, msg)
+
+    def _register_title(self, actor: str, msg: p.RegisterTitle) -> p.Done:
         with self.store.transaction() as tx:
             row = tx.one("SELECT content_key, title_digest FROM titles WHERE title_id = ?", msg.title_id)
             if row:
@@ -116,6 +139,9 @@ class Licensing:
         return p.Done()
 
     def register_media(self, actor: str, msg: p.RegisterMedia) -> p.Done:
+        return self._retrying(self._register_media, actor, msg)
+
+    def _register_media(self, actor: str, msg: p.RegisterMedia) -> p.Done:
         created = False
         with self.store.transaction() as tx:
             if not tx.one("SELECT 1 FROM titles WHERE title_id = ?", msg.title_id):
@@ -135,6 +161,9 @@ class Licensing:
     # -- user registration, S3-S7 -----------------------------------------------------------------
 
     def register(self, actor: str, req: p.RegisterRequest) -> p.RegisterResponse:
+        return self._retrying(self._register, actor, req)
+
+    def _register(self, actor: str, req: p.RegisterRequest) -> p.RegisterResponse:
         with self.store.transaction() as tx:
             card = tx.one("SELECT mc_key FROM cards WHERE mc_id = ? AND retired IS NULL", str(req.mc_id))
             if card is None:  # S3: not a card the platform made

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -33,13 +35,14 @@ from starlette.routing import Route
 
 from . import __version__
 from . import protocol as p
-from .errors import Refusal, ServerError
+from .errors import Refusal, ServerError, StateError
 from .licensing import Licensing
 from .serverhome import ServerHome, token_hash
 
 log = logging.getLogger(__name__)
 
 CONSOLE = "console"
+PROCESS = str(os.getpid())
 
 
 @dataclass(frozen=True)
@@ -200,9 +203,11 @@ class App:
             else:
                 msg = p.decode(ep.request, await _read_body(request))
                 result = await anyio.to_thread.run_sync(ep.call, self.lic, actor, msg)
-            return JSONResponse(p.encode(result))
+            response = JSONResponse(p.encode(result))
         except Exception as exc:  # mapped, never escaping: the server keeps serving
-            return _error_response(exc)
+            response = _error_response(exc)
+        response.headers["x-vhw-process"] = PROCESS  # which of several server processes answered
+        return response
 
 
 def openapi_document() -> dict:
@@ -254,8 +259,13 @@ def openapi_text() -> str:
 
 
 async def serve(home: ServerHome, *, listen: tuple[str, int] | None = None, database: str | None = None,
-                ready: Callable[[str], None] | None = None, task_status=trio.TASK_STATUS_IGNORED) -> None:
-    """Serve until SIGINT/SIGTERM (or cancellation); then finish open requests and stop."""
+                ready: Callable[[str], None] | None = None, reuse_port: bool = False,
+                task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """Serve until SIGINT/SIGTERM (or cancellation); then finish open requests and stop.
+
+    ``reuse_port``: bind with SO_REUSEPORT, so that several processes serve one port (the kernel
+    spreads the connections over them).
+    """
     from hypercorn.config import Config
     from hypercorn.trio import serve as hypercorn_serve
 
@@ -267,6 +277,9 @@ async def serve(home: ServerHome, *, listen: tuple[str, int] | None = None, data
         host, port = listen or _split(cfg.listen)
         config = Config()
         config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+        if reuse_port:
+            sock = _reuse_port_socket(host, port)
+            config.bind = [f"fd://{sock.fileno()}"]
         config.certfile = str(home.path("server.pem"))
         config.keyfile = str(home.path("server-key.pem"))
         config.accesslog = None
@@ -297,6 +310,71 @@ async def _on_signals(shutdown: trio.Event) -> None:
         async for _ in signals:
             shutdown.set()
             return
+
+
+def _reuse_port_socket(host: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    return sock
+
+
+def run_workers(home: ServerHome, *, workers: int, listen: tuple[str, int] | None, database: str | None,
+                ready: Callable[[str], None]) -> int:
+    """Supervise ``workers`` server processes on one port until SIGINT/SIGTERM.
+
+    Each worker is ``vhw server run --reuse-port`` on the same address (one database behind them
+    all, PostgreSQL for real load). A worker that dies is replaced; a stop signal is passed on to
+    all of them, and they finish their open requests first.
+    """
+    import subprocess
+    import sys
+    import time
+
+    host, port = listen or _split(home.config().listen)
+    holder = _reuse_port_socket(host, port)  # fixes the port (when 0 was asked) until all listen
+    port = holder.getsockname()[1]
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    argv = [sys.executable, "-m", "vhw", "server", "run", "--home", str(home.root), "--listen", address,
+            "--reuse-port", *(["--db", database] if database else [])]
+    stopping = False
+
+    def start() -> subprocess.Popen:
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+        line = proc.stdout.readline()
+        if "listening on" not in line:
+            proc.kill()
+            raise StateError(f"a server worker did not start ({line.strip() or 'no output'})")
+        return proc
+
+    def stop(signum, frame) -> None:
+        nonlocal stopping
+        stopping = True
+
+    old = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    procs = [start() for _ in range(workers)]
+    holder.close()
+    ready(f"https://{address} ({workers} processes: {', '.join(str(p.pid) for p in procs)})")
+    try:
+        while not stopping:
+            for i, proc in enumerate(procs):
+                if proc.poll() is not None and not stopping:
+                    log.warning("server process %d ended (%s); starting another", proc.pid, proc.returncode)
+                    procs[i] = start()
+            time.sleep(0.1)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+    return 0
 
 
 def _split(listen: str) -> tuple[str, int]:

@@ -58,6 +58,11 @@ MIGRATIONS: list[list[Any]] = [
 ]
 
 
+class Conflict(Exception):
+    """A transaction lost a race with another (a unique key taken meanwhile, a serialization
+    failure, a deadlock): run it again, and it will see what the other one did."""
+
+
 class Tx:
     """One transaction: run statements, read rows (as tuples)."""
 
@@ -128,6 +133,7 @@ class SqliteStore(Store):
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
+        self._writer = threading.RLock()  # re-entrant: a nested transaction fails in SQLite, not here
 
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
@@ -147,11 +153,21 @@ class SqliteStore(Store):
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Tx]:
+        # Writers queue on this lock: SQLite runs one write transaction at a time anyway, and its
+        # own busy handler waits by sleeping in growing steps (a long tail under load). Other
+        # processes sharing the file still meet at BEGIN IMMEDIATE and the busy timeout.
+        with self._writer:
+            yield from self._transaction()
+
+    def _transaction(self) -> Iterator[Tx]:
         conn = self._conn()
         cur = conn.cursor()
-        cur.execute("BEGIN IMMEDIATE")
+        cur.execute("BEGIN IMMEDIATE")  # writers queue here, so SQLite itself never sees a race
         try:
             yield Tx(cur, lambda sql: sql)
+        except sqlite3.IntegrityError as exc:
+            cur.execute("ROLLBACK")
+            raise Conflict(str(exc)) from exc
         except BaseException:
             cur.execute("ROLLBACK")
             raise
@@ -190,10 +206,15 @@ class PostgresStore(Store):
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Tx]:
-        with self._pool.connection() as conn:
-            with conn.transaction():
-                with conn.cursor() as cur:
-                    yield Tx(cur, self._translate)
+        import psycopg.errors as pg
+
+        try:
+            with self._pool.connection() as conn:
+                with conn.transaction():
+                    with conn.cursor() as cur:
+                        yield Tx(cur, self._translate)
+        except (pg.UniqueViolation, pg.SerializationFailure, pg.DeadlockDetected) as exc:
+            raise Conflict(str(exc).splitlines()[0]) from exc
 
     def _lock_for_migration(self, tx: Tx) -> None:
         tx.execute("SELECT pg_advisory_xact_lock(?)", 0x5648_5700)

@@ -63,10 +63,14 @@ def server_init(app: App, home: Path | None, listen: str, url: str | None, hosts
 @home_option
 @click.option("--listen", type=LISTEN, help="Address to serve on (default: from `server init`); port 0 picks one.")
 @click.option("--db", "database", help="Database URL (default: from `server init`).")
+@click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Serve with this many processes on one port (use PostgreSQL behind them).")
+@click.option("--reuse-port", is_flag=True, hidden=True, help="Bind with SO_REUSEPORT (one of --workers).")
 @pass_app
-def server_run(app: App, home: Path | None, listen: tuple[str, int] | None, database: str | None) -> None:
+def server_run(app: App, home: Path | None, listen: tuple[str, int] | None, database: str | None,
+               workers: int, reuse_port: bool) -> None:
     """Serve the licensing API over HTTPS until Ctrl-C or SIGTERM (then stop gracefully)."""
-    from ..server import serve
+    from ..server import run_workers, serve
 
     h = server_home(app, home)
     h.require()
@@ -76,7 +80,10 @@ def server_run(app: App, home: Path | None, listen: tuple[str, int] | None, data
         sys.stdout.flush()
 
     try:
-        trio.run(lambda: serve(h, listen=listen, database=database, ready=ready))
+        if workers > 1:
+            run_workers(h, workers=workers, listen=listen, database=database, ready=ready)
+        else:
+            trio.run(lambda: serve(h, listen=listen, database=database, ready=ready, reuse_port=reuse_port))
     except OSError as exc:
         raise StateError(f"cannot serve on {listen or h.config().listen}: {exc.strerror or exc}") from None
     click.echo("vhw licensing server stopped")

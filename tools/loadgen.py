@@ -1,0 +1,192 @@
+#!/usr/bin/env python3
+"""Load generator: registered consoles acquiring keys, next to a no-op endpoint, on one server.
+
+    .venv/bin/python tools/loadgen.py --backend sqlite   [--clients 1,16,64] [--seconds 10]
+    .venv/bin/python tools/loadgen.py --backend postgres [--workers 2] [--bulk]
+
+Starts a real licensing server (SQLite file, or a throwaway PostgreSQL cluster), registers 64
+consoles (card, console, HDD, user) and enough discs, then for each concurrency level runs that
+many clients (trio + httpx, one keep-alive TLS connection each) for the given time: first every
+client acquiring the keys of fresh discs (S11-S17: a full transaction that flags a MID), then the
+same clients calling GET /v1/health (the same TLS, HTTP and app stack, no database). Prints
+requests/s and p50/p99 latency for both.
+
+``--bulk`` first fills the database with 1,000,000 memory cards (MC-Keys encrypted at rest like
+real ones) and 10,000,000 MIDs, loaded in bulk (PostgreSQL COPY / one SQLite transaction), to see
+the same latencies with a database of a real platform's size. The client runs in this process, on
+the same machine as the server: compare the two columns, not absolute numbers with other machines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import trio
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.servers import RunningServer, make_users  # noqa: E402
+from vhw import bindings, crypto  # noqa: E402
+from vhw import console as cpu  # noqa: E402
+from vhw import protocol as p  # noqa: E402
+from vhw.client import tls_context  # noqa: E402
+from vhw.ids import Id, IdKind  # noqa: E402
+
+USERS = 64
+MAX_RATE = 2000  # acquisitions/s this machine could plausibly reach; sizes the pool of fresh discs
+
+
+def register_mids(srv, title: str, count: int) -> list[Id]:
+    mids = [Id.random(IdKind.MEDIA) for _ in range(count)]
+    with srv.role_client("publisher") as pub:
+        pub.call("/v1/publisher/titles", p.RegisterTitle(title, title, crypto.random_key(), os.urandom(32)), p.Done)
+        for i in range(0, count, 1000):
+            pub.call("/v1/publisher/media", p.RegisterMedia(title, tuple(mids[i : i + 1000])), p.Done)
+    return mids
+
+
+def bulk_fill(srv, cards: int, mids: int) -> float:
+    """Fill the database directly, as a platform's would be; returns seconds taken."""
+    from vhw.store import open_store
+
+    started = time.perf_counter()
+    master = srv.home.master_key()
+    url = srv.home.database_url()
+    now = int(time.time())
+    title = "BULK-1"
+    key_blob = crypto.wrap(master, crypto.random_key(), bindings.at_rest("titles", title))
+
+    def card_rows():
+        for _ in range(cards):
+            mc = Id.random(IdKind.CARD)
+            yield str(mc), crypto.wrap(master, os.urandom(32), bindings.at_rest("cards", mc)), now
+
+    def mid_rows():
+        for _ in range(mids):
+            yield str(Id.random(IdKind.MEDIA)), title, now
+
+    if url.startswith("postgresql://"):
+        import psycopg
+
+        with psycopg.connect(url) as conn:
+            conn.execute("INSERT INTO titles (title_id, name, content_key, title_digest, registered)"
+                         " VALUES (%s, %s, %s, %s, %s)", (title, title, key_blob, os.urandom(32), now))
+            with conn.cursor().copy("COPY cards (mc_id, mc_key, registered) FROM STDIN") as copy:
+                for row in card_rows():
+                    copy.write_row(row)
+            with conn.cursor().copy("COPY media (mid, title_id, registered) FROM STDIN") as copy:
+                for row in mid_rows():
+                    copy.write_row(row)
+            conn.execute("ANALYZE")
+    else:
+        store = open_store(url)
+        try:
+            with store.transaction() as tx:
+                cur = tx._cur
+                cur.execute("INSERT INTO titles (title_id, name, content_key, title_digest, registered)"
+                            " VALUES (?, ?, ?, ?, ?)", (title, title, key_blob, os.urandom(32), now))
+                cur.executemany("INSERT INTO cards (mc_id, mc_key, registered) VALUES (?, ?, ?)", card_rows())
+                cur.executemany("INSERT INTO media (mid, title_id, registered) VALUES (?, ?, ?)", mid_rows())
+            with store.transaction() as tx:
+                tx.execute("ANALYZE")
+        finally:
+            store.close()
+    return time.perf_counter() - started
+
+
+async def drive(srv, clients: int, seconds: float, make_request) -> tuple[float, float, float, int]:
+    """``clients`` tasks, each with its own connection, calling ``make_request`` for ``seconds``.
+    Returns (requests/s, p50 ms, p99 ms, errors)."""
+    ctx = tls_context(srv.ca_der)
+    latencies: list[float] = []
+    errors = 0
+    pool = [httpx.AsyncClient(base_url=srv.url, verify=ctx, timeout=60, limits=httpx.Limits(max_connections=1))
+            for _ in range(clients)]
+    for c in pool:
+        await c.get("/v1/health")  # connect and handshake before the clock starts
+    deadline = trio.current_time() + seconds
+    started = trio.current_time()
+
+    async def worker(i: int, client: httpx.AsyncClient) -> None:
+        nonlocal errors
+        while trio.current_time() < deadline:
+            t0 = time.perf_counter()
+            resp = await make_request(i, client)
+            latencies.append(time.perf_counter() - t0)
+            errors += resp.status_code != 200
+
+    async with trio.open_nursery() as nursery:
+        for i, c in enumerate(pool):
+            nursery.start_soon(worker, i, c)
+    elapsed = trio.current_time() - started
+    for c in pool:
+        await c.aclose()
+    q = statistics.quantiles(latencies, n=100)
+    return len(latencies) / elapsed, q[49] * 1000, q[98] * 1000, errors
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--backend", choices=["sqlite", "postgres"], default="sqlite")
+    ap.add_argument("--clients", default="1,16,64")
+    ap.add_argument("--seconds", type=float, default=10)
+    ap.add_argument("--workers", type=int, default=1, help="server processes (PostgreSQL)")
+    ap.add_argument("--bulk", action="store_true", help="first load 1,000,000 cards and 10,000,000 MIDs")
+    ap.add_argument("--cards", type=int, default=1_000_000)
+    ap.add_argument("--mids", type=int, default=10_000_000)
+    ap.add_argument("--dir", type=Path, default=None)
+    args = ap.parse_args()
+    levels = [int(x) for x in args.clients.split(",")]
+    cluster = None
+    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+        init = []
+        if args.backend == "postgres":
+            from tests.pg import Cluster
+
+            cluster = Cluster.start()
+            init = ["--db", cluster.new_database()]
+        srv = RunningServer.start(Path(tmp) / "home", init=init,
+                                  run=["--workers", str(args.workers)] if args.workers > 1 else [])
+        try:
+            note = ""
+            if args.bulk:
+                took = bulk_fill(srv, args.cards, args.mids)
+                note = f", database filled with {args.cards:,} cards and {args.mids:,} MIDs in {took:.0f} s"
+            kits = make_users(srv, USERS)
+            # every acquisition flags a fresh disc: enough of them for 2,000 acquisitions/s
+            mids = iter(register_mids(srv, "LOAD-1", int(MAX_RATE * args.seconds * len(levels))))
+
+            async def acquire(i, client):
+                kit = kits[i % USERS]
+                body = p.encode(cpu.acquisition_request(*kit, next(mids)))
+                return await client.post("/v1/console/acquire", json=body)
+
+            async def health(i, client):
+                return await client.get("/v1/health")
+
+            rows = []
+            for n in levels:
+                acq = trio.run(drive, srv, n, args.seconds, acquire)
+                noop = trio.run(drive, srv, n, args.seconds, health)
+                rows.append((n, acq, noop))
+        finally:
+            srv.stop()
+            if cluster:
+                cluster.stop()
+    print(f"\nbackend {args.backend}, {args.workers} server process(es), {args.seconds:.0f} s per level{note}\n")
+    print("| clients | acquisitions/s | p50 ms | p99 ms | no-op GET/s | p50 ms | p99 ms |")
+    print("|---|---|---|---|---|---|---|")
+    for n, (a_rate, a50, a99, a_err), (h_rate, h50, h99, _) in rows:
+        flag = f" ({a_err} errors)" if a_err else ""
+        print(f"| {n} | {a_rate:,.0f}{flag} | {a50:.1f} | {a99:.1f} | {h_rate:,.0f} | {h50:.1f} | {h99:.1f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
