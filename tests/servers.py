@@ -70,7 +70,7 @@ class RunningServer:
 
     def role_client(self, role: str) -> Client:
         cred = Credential.load(self.credential(role))
-        return Client(self.url, tls_context(ca_pem=cred.ca), token=cred.token)
+        return Client(self.url, tls_context(ca_pem=cred.ca, client_cert=cred.client_cert), token=cred.token)
 
     def console_client(self) -> Client:
         return Client(self.url, tls_context(self.home.ca_der()))

@@ -53,9 +53,9 @@ def test_register_acquire_copy_confirm(world):
     title, mid = world.disc()
     kit = world.acquire(kit, mid)
     # S21-S23: the keys open on this console and HDD, and are the title's
-    ck, cgk = cpu.copy_keys(kit.card, kit.client_id, kit.hdd_id, mid, title)
+    ck, match = cpu.copy_keys(kit.card, kit.client_id, kit.hdd_id, mid, title, **world.checks())
     assert ck == world.titles[title]
-    assert cpu.reproduction_key(kit.card, kit.client_id, kit.hdd_id) == cgk
+    assert cpu.reproduction_key(kit.card, kit.client_id, kit.hdd_id, **world.checks()) == match
     assert world.confirm(kit, mid).created
     assert not world.confirm(kit, mid).created  # a retried confirm is fine
     with pytest.raises(MediaRefused):
@@ -67,7 +67,7 @@ def test_lost_answer_can_be_fetched_again_until_confirm(world):
     _, mid = world.disc()
     first = world.acquire(kit, mid)
     again = world.acquire(kit, mid)  # the first answer "got lost": same user, same devices
-    assert cpu.copy_keys(again.card, kit.client_id, kit.hdd_id, mid, first.card.licenses[0].title_id)
+    assert cpu.copy_keys(again.card, kit.client_id, kit.hdd_id, mid, first.card.licenses[0].title_id, **world.checks())
     other = world.user()
     with pytest.raises(MediaRefused):
         world.acquire(other, mid)  # no one else, ever
@@ -125,13 +125,13 @@ def test_copy_and_reproduction_refusals_on_the_console(world):
     kit = world.acquire(kit, mid)
     other = world.kit()
     with pytest.raises(CopyNotPermitted):
-        cpu.copy_keys(kit.card, other.client_id, kit.hdd_id, mid, title)  # card lent to another console
+        cpu.copy_keys(kit.card, other.client_id, kit.hdd_id, mid, title, **world.checks())  # card lent to another console
     with pytest.raises(CopyNotPermitted):
-        cpu.copy_keys(kit.card, kit.client_id, other.hdd_id, mid, title)  # right card, other HDD
+        cpu.copy_keys(kit.card, kit.client_id, other.hdd_id, mid, title, **world.checks())  # right card, other HDD
     with pytest.raises(ReproductionNotPermitted):
-        cpu.reproduction_key(kit.card, other.client_id, kit.hdd_id)
+        cpu.reproduction_key(kit.card, other.client_id, kit.hdd_id, **world.checks())
     with pytest.raises(ReproductionNotPermitted):
-        cpu.reproduction_key(None, kit.client_id, kit.hdd_id)  # no card
+        cpu.reproduction_key(None, kit.client_id, kit.hdd_id, **world.checks())  # no card
 
 
 def test_acquisition_answer_replayed_to_another_card_is_useless(world):
@@ -140,7 +140,7 @@ def test_acquisition_answer_replayed_to_another_card_is_useless(world):
     req = cpu.acquisition_request(kit.card, kit.client_id, kit.hdd_id, mid)
     resp = world.lic.acquire("console", req)
     with pytest.raises(ServerError):  # it does not open with the thief's MC-Key
-        cpu.accept_acquisition(thief.card, req, resp, mid, acquired=1)
+        cpu.accept_acquisition(thief.card, req, resp, mid, acquired=1, anchor=world.anchor)
     with pytest.raises(crypto.Invalid):
         crypto.unwrap(thief.card.mc_key, resp.content_key, bindings.content_key(thief.card.mc_id, mid, title))
 
@@ -154,7 +154,7 @@ def test_content_keys_of_two_mids_cannot_be_swapped(world):
     swapped = kit.card.__class__(**{**kit.card.__dict__, "licenses": (a.__class__(a.title_id, a.mid, b.content_key),
                                                                          b.__class__(b.title_id, b.mid, a.content_key))})
     with pytest.raises(CopyNotPermitted):
-        cpu.copy_keys(swapped, kit.client_id, kit.hdd_id, m1, t1)
+        cpu.copy_keys(swapped, kit.client_id, kit.hdd_id, m1, t1, **world.checks())
 
 
 def test_guessing_user_ids_is_rate_limited(world):

@@ -200,8 +200,8 @@ def test_lost_answer_can_be_fetched_again_until_confirmed(srv):
     assert len(flags) == 1
     with srv.console_client() as c:
         resp = c.call("/v1/console/acquire", req, p.AcquireResponse)  # the same user fetches again
-        card = cpu.accept_acquisition(card, req, resp, mid, acquired=1)
-        assert cpu.copy_keys(card, client_id, hdd_id, mid, "LOST-1")
+        card = cpu.accept_acquisition(card, req, resp, mid, acquired=1, anchor=srv.ca_der)
+        assert cpu.copy_keys(card, client_id, hdd_id, mid, "LOST-1", anchor=srv.ca_der, epochs={})
         c.call("/v1/console/confirm", cpu.confirm_request(card, client_id, hdd_id, mid), p.Done)
         with pytest.raises(MediaRefused):
             c.call("/v1/console/acquire", req, p.AcquireResponse)
@@ -242,19 +242,26 @@ def test_database_holds_no_key(cli, srv, tmp_path, title_src, vhw_home):
 
 
 def test_role_matrix(srv):
-    [(card, client_id, hdd_id)] = make_users(srv, 1)
-    title = "ROLE-1"
-    mid = Id.random(IdKind.MEDIA)
+    [(card, client_id, hdd_id), (card2, _, _)] = make_users(srv, 2)
+    title, digest = "ROLE-1", os.urandom(32)
+    mid, bought = Id.random(IdKind.MEDIA), Id.random(IdKind.MEDIA)
     fresh = Card(Id.random(IdKind.CARD), crypto.random_key(), 1)
+    new_console = Id.random(IdKind.CLIENT)
+    acquire = cpu.acquisition_request(card, client_id, hdd_id, mid)
+    purchase = cpu.acquisition_request(card, client_id, hdd_id, bought)
     bodies = {
-        "/v1/manufacturer/consoles": p.RegisterConsole(Id.random(IdKind.CLIENT)),
+        "/v1/manufacturer/consoles": p.RegisterConsole(new_console),
         "/v1/manufacturer/hdds": p.RegisterHdd(Id.random(IdKind.HDD)),
         "/v1/manufacturer/cards": p.RegisterCard(fresh.mc_id, fresh.mc_key),
-        "/v1/publisher/titles": p.RegisterTitle(title, title, crypto.random_key(), os.urandom(32)),
+        "/v1/publisher/titles": p.RegisterTitle(title, title, crypto.random_key(), digest),
         "/v1/publisher/media": p.RegisterMedia(title, (mid,)),
         "/v1/operator/audit": p.AuditQuery(),
+        "/v1/operator/repair": p.RepairRequest(card2.mc_id, new_console),
+        "/v1/operator/reissue": p.ReissueRequest(cpu.user_of(card2), Id.random(IdKind.CARD), crypto.random_key()),
         "/v1/broker/register": cpu.registration_request(card, client_id, hdd_id),
-        "/v1/broker/acquire": cpu.acquisition_request(card, client_id, hdd_id, mid),
+        "/v1/broker/acquire": acquire,
+        "/v1/broker/refetch": acquire,
+        "/v1/broker/purchase": p.PurchaseRequest(**purchase.__dict__, title_id=title, title_digest=digest),
         "/v1/broker/confirm": cpu.confirm_request(card, client_id, hdd_id, mid),
     }
     creds = {r: Credential.load(srv.credential(r)).token for r in ROLES}

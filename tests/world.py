@@ -8,12 +8,16 @@ import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+
 from vhw import console as cpu
 from vhw import crypto
 from vhw import protocol as p
 from vhw.formats.card import Card
 from vhw.ids import Id, IdKind
 from vhw.licensing import Licensing, Policy
+from vhw.pki import make_ca
 from vhw.store import SqliteStore, Store
 
 
@@ -33,6 +37,7 @@ class Kit:
 @dataclass
 class World:
     lic: Licensing
+    anchor: bytes  # the platform CA (DER) that signs card tokens, as a ROM holds it
     titles: dict[str, bytes] = field(default_factory=dict)  # title -> content key
     counter: itertools.count = field(default_factory=itertools.count)
 
@@ -40,7 +45,13 @@ class World:
     def make(cls, path: Path, *, policy: Policy | None = None, store: Store | None = None) -> World:
         store = store or SqliteStore(path / "lic.db")
         store.migrate()
-        return cls(Licensing(store, crypto.random_key(), policy or Policy()))
+        ca_der, ca_key = make_ca("test platform CA")
+        sign = lambda data: ca_key.sign(data, ec.ECDSA(hashes.SHA256()))  # noqa: E731
+        return cls(Licensing(store, crypto.random_key(), policy or Policy(), sign=sign), ca_der)
+
+    def checks(self, epochs: dict | None = None) -> dict:
+        """What a console checks a card against: its ROM's CA, its HDD's card epochs."""
+        return {"anchor": self.anchor, "epochs": epochs or {}}
 
     def kit(self, *, register_devices: bool = True) -> Kit:
         card = Card(Id.random(IdKind.CARD), crypto.random_key(), 1)
@@ -75,7 +86,7 @@ class World:
     def acquire(self, kit: Kit, mid: Id) -> Kit:
         req = cpu.acquisition_request(kit.card, kit.client_id, kit.hdd_id, mid)
         resp = self.lic.acquire("console", req)
-        return kit.with_(card=cpu.accept_acquisition(kit.card, req, resp, mid, acquired=1))
+        return kit.with_(card=cpu.accept_acquisition(kit.card, req, resp, mid, acquired=1, anchor=self.anchor))
 
     def confirm(self, kit: Kit, mid: Id) -> p.Done:
         return self.lic.confirm("console", cpu.confirm_request(kit.card, kit.client_id, kit.hdd_id, mid))

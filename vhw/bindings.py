@@ -80,3 +80,40 @@ def registration_proof(mc_key: bytes, mc_id: Id, client_id: Id, hdd_id: Id) -> b
     the MC-Key, so the MC-Key itself never travels and a card's label alone registers nothing."""
     key = crypto.derive(mc_key, crypto.context("registration-proof-key"))
     return hmac.new(key, crypto.context("register", mc_id, client_id, hdd_id), hashlib.sha256).digest()
+
+
+# -- card tokens --------------------------------------------------------------------------------
+#
+# A card token says "for the user whose Content-Gen-Key has this fingerprint, the card with this
+# MC-ID is the current one, epoch N", signed with the platform CA's key. Reissuing a card raises
+# the epoch. A console checks the signature against the CA in its ROM, and the HDD remembers the
+# highest epoch it has seen per user: once a reissued card has been used, the old one is refused
+# offline too. The old card's holder knows the Content-Gen-Key but cannot sign.
+
+EPOCH_BYTES = 4
+
+
+def card_token_message(owner: bytes, mc_id: Id, epoch: int) -> bytes:
+    return crypto.context("card-token", owner, mc_id, epoch)
+
+
+def make_card_token(sign, owner: bytes, mc_id: Id, epoch: int) -> bytes:
+    return epoch.to_bytes(EPOCH_BYTES, "big") + sign(card_token_message(owner, mc_id, epoch))
+
+
+def open_card_token(anchor_der: bytes, token: bytes, owner: bytes, mc_id: Id) -> int:
+    """The epoch of a valid token for this owner and card, or :class:`crypto.Invalid`."""
+    from cryptography import x509
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    if len(token) <= EPOCH_BYTES or not anchor_der:
+        raise crypto.Invalid()
+    epoch = int.from_bytes(token[:EPOCH_BYTES], "big")
+    try:
+        key = x509.load_der_x509_certificate(anchor_der).public_key()
+        key.verify(token[EPOCH_BYTES:], card_token_message(owner, mc_id, epoch), ec.ECDSA(hashes.SHA256()))
+    except (InvalidSignature, ValueError, TypeError, AttributeError):
+        raise crypto.Invalid() from None
+    return epoch

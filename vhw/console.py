@@ -7,13 +7,14 @@ reads and writes the files and talks to the server; the tests call these functio
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 
 from . import bindings, crypto
 from . import protocol as p
 from .errors import CopyNotPermitted, ReproductionNotPermitted, ServerError, StateError
 from .formats.card import Card, License
 from .ids import Id, IdKind
+from .volume import owner_of
 
 
 def registration_request(card: Card, client_id: Id, hdd_id: Id) -> p.RegisterRequest:
@@ -74,17 +75,19 @@ def confirm_request(card: Card, client_id: Id, hdd_id: Id, mid: Id) -> p.Confirm
 
 
 def accept_acquisition(card: Card, req: p.AcquireRequest, resp: p.AcquireResponse, mid: Id, *,
-                       acquired: int) -> Card:
-    """S16: store the wrapped Content-Key (bound to this MID and title), the wrapped Content-Gen-Key
-    and the sealed device IDs on the card, after checking each opens as what it claims to be."""
+                       acquired: int, anchor: bytes) -> Card:
+    """S16: store the wrapped Content-Key (bound to this MID and title), the wrapped Content-Gen-Key,
+    the sealed device IDs and the card token on the card, after checking each opens as what it
+    claims to be (the token against the platform CA in the ROM, ``anchor``)."""
     user = user_of(card)
     try:
         crypto.unwrap(card.mc_key, resp.content_key, bindings.content_key(card.mc_id, mid, resp.title_id))
         cgk = crypto.unwrap(card.mc_key, resp.content_gen_key, bindings.content_gen_key(card.mc_id, user))
         bindings.open_device_ids(cgk, user, resp.sealed_ids)
+        bindings.open_card_token(anchor, resp.card_token, owner_of(cgk), card.mc_id)
     except crypto.Invalid:
         raise ServerError("the server's answer does not open with this memory card") from None
-    card = replace(card, content_gen_key=resp.content_gen_key, sealed_ids=resp.sealed_ids)
+    card = replace(card, content_gen_key=resp.content_gen_key, sealed_ids=resp.sealed_ids, card_token=resp.card_token)
     return card.with_license(License(resp.title_id, req.mid, resp.content_key, acquired))
 
 
@@ -98,40 +101,54 @@ def content_gen_key(card: Card) -> bytes | None:
         return None
 
 
-def devices_match(card: Card, client_id: Id, hdd_id: Id) -> bytes | None:
-    """S22-S23 / S32-S33: the Content-Gen-Key if the card's sealed Client ID and HDD-ID are this
-    console's and this HDD's, else None."""
+@dataclass(frozen=True)
+class Match:
+    """A card that may copy to / play from this console and HDD: its key and its epoch."""
+
+    content_gen_key: bytes = field(repr=False)
+    owner: bytes
+    epoch: int
+
+
+def devices_match(card: Card, client_id: Id, hdd_id: Id, *, anchor: bytes,
+                  epochs: dict[bytes, int]) -> Match | None:
+    """S22-S23 / S32-S33: the card's sealed Client ID and HDD-ID are this console's and this HDD's,
+    and the card is the user's current one (its token's epoch is not below what this HDD has seen)."""
     cgk = content_gen_key(card)
     if cgk is None or not card.sealed_ids:
         return None
+    owner = owner_of(cgk)
     try:
         sealed_client, sealed_hdd = bindings.open_device_ids(cgk, user_of(card), card.sealed_ids)
+        epoch = bindings.open_card_token(anchor, card.card_token, owner, card.mc_id)
     except (crypto.Invalid, StateError):
         return None
-    if sealed_client != client_id or sealed_hdd != hdd_id:
+    if sealed_client != client_id or sealed_hdd != hdd_id or epoch < epochs.get(owner, 0):
         return None
-    return cgk
+    return Match(cgk, owner, epoch)
 
 
-def copy_keys(card: Card, client_id: Id, hdd_id: Id, mid: Id, title_id: str) -> tuple[bytes, bytes]:
-    """S21-S23: (Content-Key, Content-Gen-Key) for copying, or COPY IS NOT PERMITTED."""
-    cgk = devices_match(card, client_id, hdd_id)
+def copy_keys(card: Card, client_id: Id, hdd_id: Id, mid: Id, title_id: str, *, anchor: bytes,
+              epochs: dict[bytes, int]) -> tuple[bytes, Match]:
+    """S21-S23: (Content-Key, match) for copying, or COPY IS NOT PERMITTED."""
+    match = devices_match(card, client_id, hdd_id, anchor=anchor, epochs=epochs)
     lic = license_for(card, mid)
-    if cgk is None or lic is None or not lic.content_key:
+    if match is None or lic is None or not lic.content_key:
         raise CopyNotPermitted()
     try:
         ck = crypto.unwrap(card.mc_key, lic.content_key, bindings.content_key(card.mc_id, mid, title_id))
     except crypto.Invalid:
         raise CopyNotPermitted() from None
-    return ck, cgk
+    return ck, match
 
 
-def reproduction_key(card: Card | None, client_id: Id, hdd_id: Id) -> bytes:
-    """S31-S34: the Content-Gen-Key that opens this console's titles, or the refusal."""
-    cgk = devices_match(card, client_id, hdd_id) if card is not None else None
-    if cgk is None:
+def reproduction_key(card: Card | None, client_id: Id, hdd_id: Id, *, anchor: bytes,
+                     epochs: dict[bytes, int]) -> Match:
+    """S31-S34: the match whose Content-Gen-Key opens this console's titles, or the refusal."""
+    match = devices_match(card, client_id, hdd_id, anchor=anchor, epochs=epochs) if card is not None else None
+    if match is None:
         raise ReproductionNotPermitted()
-    return cgk
+    return match
 
 
 def drop_content_key(card: Card, mid: Id) -> Card:

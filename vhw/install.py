@@ -50,7 +50,7 @@ def resumable(title: Title, disc: DiscImage, content_gen_key: bytes) -> bool:
     )
 
 
-def _fresh_title(disc: DiscImage, content_gen_key: bytes) -> tuple[Title, list[FileSpec]]:
+def _fresh_title(disc: DiscImage, content_gen_key: bytes, mid: Id | None = None) -> tuple[Title, list[FileSpec]]:
     m = disc.manifest
     title = Title(
         title_id=m.title_id,
@@ -60,7 +60,7 @@ def _fresh_title(disc: DiscImage, content_gen_key: bytes) -> tuple[Title, list[F
         files=(),
         key_salt=os.urandom(32),
         owner=owner_of(content_gen_key),
-        mid=disc.disc.mid,
+        mid=mid or disc.disc.mid,  # a bought license's MID for a disc without one
         title_digest=disc.disc.title_digest,
         metadata=json.dumps(m.metadata, sort_keys=True).encode(),
     )
@@ -84,14 +84,20 @@ def install_plan(
     installed: int,
     progress: Callable[[int], None] | None = None,
     checkpoint: int = CHECKPOINT,
+    replace: bool = False,
+    mid: Id | None = None,
 ) -> Generator[Op, None, Volume]:
-    """Install the title on ``disc`` onto ``vol`` (resuming an interrupted install of it)."""
+    """Install the title on ``disc`` onto ``vol`` (resuming an interrupted install of it).
+
+    ``replace``: a complete copy of the title under another Content-Gen-Key (installed before a
+    repair) is replaced; its space is freed by the commit that adds the new copy.
+    """
     m = disc.manifest
     existing = vol.catalog.title(m.title_id)
-    if existing is not None and existing.complete:
+    if existing is not None and existing.complete and not (replace and existing.owner != owner_of(content_gen_key)):
         raise StateError(f"{m.title_id} is already installed on this HDD")
     if existing is None or not resumable(existing, disc, content_gen_key):
-        fresh, specs = _fresh_title(disc, content_gen_key)
+        fresh, specs = _fresh_title(disc, content_gen_key, mid)
         ops, vol = vol.reserve(fresh, specs)  # refuses before anything is written if the HDD is full
         yield from ops
     title = vol.catalog.title(m.title_id)

@@ -29,6 +29,7 @@ from . import protocol as p
 from .errors import MediaRefused, RegistrationRefused, ServerError, UserIdInvalid
 from .ids import Id, IdKind
 from .store import Conflict, Store, Tx
+from .volume import owner_of
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,14 @@ class Licensing:
     master_key: bytes = field(repr=False)
     policy: Policy = field(default_factory=Policy)
     clock: Callable[[], float] = time.time
+    # Signs card tokens (vhw.bindings) with the platform CA's key: consoles check them against the
+    # CA in their ROM. Given by the server's home; tests may pass their own CA's.
+    sign: Callable[[bytes], bytes] | None = field(default=None, repr=False)
+
+    def _card_token(self, cgk: bytes, mc_id: Id, epoch: int) -> bytes:
+        if self.sign is None:
+            raise ServerError("this server cannot sign card tokens (no platform CA key)", status=500)
+        return bindings.make_card_token(self.sign, owner_of(cgk), mc_id, epoch)
 
     # -- transactions ---------------------------------------------------------------------------
 
@@ -229,7 +238,8 @@ class Licensing:
         except crypto.Invalid:
             raise UserIdInvalid() from None
         entry = tx.one(
-            "SELECT user_id, mc_id, client_id, hdd_id, content_gen_key FROM users WHERE user_id = ?", str(user)
+            "SELECT user_id, mc_id, client_id, hdd_id, content_gen_key, card_epoch FROM users WHERE user_id = ?",
+            str(user),
         )
         if entry is None or not self._entry_matches(entry, req) or not self._device_known(tx, req.client_id, req.hdd_id):
             raise UserIdInvalid()
@@ -267,18 +277,41 @@ class Licensing:
             raise MediaRefused() from None
 
     def acquire(self, actor: str, req: p.AcquireRequest) -> p.AcquireResponse:
+        return self._issue(actor, req)[0]
+
+    def broker_acquire(self, actor: str, req: p.AcquireRequest) -> p.BrokerAcquireResponse:
+        resp, first = self._issue(actor, req)
+        return p.BrokerAcquireResponse(**resp.__dict__, first_issue=first)
+
+    def refetch(self, actor: str, req: p.AcquireRequest) -> p.BrokerAcquireResponse:
+        """The keys of a MID this user flagged and has not confirmed yet, and nothing else: never
+        flags anything (the broker asks this when it cannot take a payment)."""
+        resp, _ = self._issue(actor, req, refetch_only=True)
+        return p.BrokerAcquireResponse(**resp.__dict__, first_issue=False)
+
+    def purchase(self, actor: str, req: p.PurchaseRequest) -> p.BrokerAcquireResponse:
+        """A license bought for a disc without a MID: the console's fresh MID becomes a paid one."""
+        resp, first = self._retrying(self._issue, actor, req, req)
+        return p.BrokerAcquireResponse(**resp.__dict__, first_issue=first)
+
+    def _issue(self, actor: str, req: p.AcquireRequest, purchase: p.PurchaseRequest | None = None, *,
+               refetch_only: bool = False) -> tuple[p.AcquireResponse, bool]:
+        """S13-S15: authenticate, flag the MID (or find it flagged by this user, unconfirmed), and
+        answer with the keys. Returns the answer and whether the MID was flagged just now."""
         with self._counting_failures(req.mc_id), self.store.transaction() as tx:
             mc_key, user, entry = self._authenticate_user(tx, req)
             mid = self._unwrap_mid(mc_key, req, user)
+            if purchase is not None:
+                self._register_purchase(tx, actor, purchase, mid, user)
             media = tx.one(
-                "SELECT m.title_id, t.content_key, t.title_digest FROM media m"
+                "SELECT m.title_id, t.content_key, t.title_digest, m.purchased FROM media m"
                 " JOIN titles t ON t.title_id = m.title_id WHERE m.mid = ?",
                 str(mid),
             )
-            if media is None:  # not a disc any publisher pressed
-                raise MediaRefused()
+            if media is None or (not refetch_only and bool(media[3]) != (purchase is not None)):
+                raise MediaRefused()  # not a disc any publisher pressed (or a bought MID used as a disc's)
             # S14: flag the MID for this user, unless someone already did; atomic in one UPDATE.
-            flagged = tx.execute(
+            flagged = 0 if refetch_only else tx.execute(
                 "UPDATE media SET flagged_by = ?, flagged_at = ? WHERE mid = ? AND flagged_by IS NULL",
                 str(user), self._now(), str(mid),
             )
@@ -294,14 +327,27 @@ class Licensing:
             cgk = self._open("users", user, entry[4])
             client_id = Id.parse(entry[2], IdKind.CLIENT)
             hdd_id = Id.parse(entry[3], IdKind.HDD)
+            epoch = entry[5]
         # S15: keys wrapped with the MC-Key, device IDs sealed with the Content-Gen-Key
-        return p.AcquireResponse(
+        resp = p.AcquireResponse(
             title_id=title_id,
             title_digest=bytes(media[2]),
             content_key=crypto.wrap(mc_key, content_key, bindings.content_key(req.mc_id, mid, title_id)),
             content_gen_key=crypto.wrap(mc_key, cgk, bindings.content_gen_key(req.mc_id, user)),
             sealed_ids=bindings.seal_device_ids(cgk, user, client_id, hdd_id),
+            card_token=self._card_token(cgk, req.mc_id, epoch),
         )
+        return resp, bool(flagged)
+
+    def _register_purchase(self, tx: Tx, actor: str, req: p.PurchaseRequest, mid: Id, user: Id) -> None:
+        """Make the console's fresh MID a bought license of the title (once; a retry finds it)."""
+        title = tx.one("SELECT title_digest FROM titles WHERE title_id = ?", req.title_id)
+        if title is None or bytes(title[0]) != req.title_digest:
+            raise MediaRefused()  # not a title the platform sells
+        if tx.one("SELECT 1 FROM media WHERE mid = ?", str(mid)) is None:
+            tx.execute("INSERT INTO media (mid, title_id, registered, purchased) VALUES (?, ?, ?, 1)",
+                       str(mid), req.title_id, self._now())
+            self._audit(tx, actor, "purchase", mid, user_id=user, title_id=req.title_id)
 
     def confirm(self, actor: str, req: p.ConfirmRequest) -> p.Done:
         with self._counting_failures(req.mc_id), self.store.transaction() as tx:
@@ -318,6 +364,80 @@ class Licensing:
             if row and row[0] == str(user) and row[1] is not None:
                 return p.Done(created=False)  # confirmed already: a retry after a lost answer
             raise MediaRefused()
+
+    # -- operator: repair center ------------------------------------------------------------------
+
+    def repair(self, actor: str, req: p.RepairRequest) -> p.RepairResponse:
+        return self._retrying(self._repair, actor, req)
+
+    def _repair(self, actor: str, req: p.RepairRequest) -> p.RepairResponse:
+        """FIG. 13: re-register a repaired or exchanged device with its new ID."""
+        if req.new_client_id is None and req.new_hdd_id is None:
+            raise ServerError("a repair names a new console (Client ID) or a new HDD (HDD-ID)", status=422)
+        with self.store.transaction() as tx:
+            entry = tx.one("SELECT user_id, client_id, hdd_id FROM users WHERE mc_id = ?", str(req.mc_id))
+            if entry is None:
+                raise ServerError(f"no user is registered with memory card {req.mc_id}", status=404)
+            user, old_client, old_hdd = entry
+            now = self._now()
+            for new, table, column, old in (
+                (req.new_client_id, "consoles", "client_id", old_client),
+                (req.new_hdd_id, "hdds", "hdd_id", old_hdd),
+            ):
+                if new is None:
+                    continue
+                if not tx.one(f"SELECT 1 FROM {table} WHERE {column} = ? AND retired IS NULL", str(new)):
+                    raise ServerError(f"{new} is not a registered device (or was retired)", status=422)
+                if str(new) == old:
+                    raise ServerError(f"{new} is the device's present ID; a repaired device gets a new one",
+                                      status=422)
+                tx.execute(f"UPDATE users SET {column} = ? WHERE user_id = ?", str(new), user)
+                tx.execute(f"UPDATE {table} SET retired = ? WHERE {column} = ?", now, old)
+                self._audit(tx, actor, "repair-device", user, replaced=old, by=str(new))
+            cleared = tx.execute(
+                "UPDATE media SET flagged_by = NULL, flagged_at = NULL, confirmed_at = NULL WHERE flagged_by = ?",
+                user,
+            )
+            self._audit(tx, actor, "clear-flags", user, count=cleared)
+        return p.RepairResponse(cleared)
+
+    def reissue(self, actor: str, req: p.ReissueRequest) -> p.ReissueResponse:
+        return self._retrying(self._reissue, actor, req)
+
+    def _reissue(self, actor: str, req: p.ReissueRequest) -> p.ReissueResponse:
+        """FIG. 14: a new card for a damaged or lost one; the installed titles keep playing."""
+        with self.store.transaction() as tx:
+            entry = tx.one(
+                "SELECT mc_id, client_id, hdd_id, content_gen_key, card_epoch FROM users WHERE user_id = ?",
+                str(req.user_id),
+            )
+            if entry is None:
+                raise ServerError(f"no user {req.user_id}", status=404)
+            old_mc, client_id, hdd_id, cgk_blob, epoch = entry
+            if tx.one("SELECT 1 FROM cards WHERE mc_id = ?", str(req.new_mc_id)):
+                raise ServerError(f"{req.new_mc_id} is already a registered card", status=409)
+            now = self._now()
+            tx.execute("INSERT INTO cards (mc_id, mc_key, registered) VALUES (?, ?, ?)",
+                       str(req.new_mc_id), self._seal("cards", req.new_mc_id, req.new_mc_key), now)
+            tx.execute("UPDATE cards SET retired = ? WHERE mc_id = ?", now, old_mc)
+            tx.execute("UPDATE users SET mc_id = ?, card_epoch = ? WHERE user_id = ?",
+                       str(req.new_mc_id), epoch + 1, str(req.user_id))
+            mids = tx.all("SELECT mid, title_id FROM media WHERE flagged_by = ?", str(req.user_id))
+            self._audit(tx, actor, "reissue-card", req.user_id, old_mc_id=old_mc, new_mc_id=req.new_mc_id,
+                        epoch=epoch + 1)
+        cgk = self._open("users", req.user_id, cgk_blob)
+        key, mc, user = req.new_mc_key, req.new_mc_id, req.user_id
+        return p.ReissueResponse(
+            user_id=bindings.wrap_id(key, user, bindings.user_id(mc)),
+            content_gen_key=crypto.wrap(key, cgk, bindings.content_gen_key(mc, user)),
+            sealed_ids=bindings.seal_device_ids(cgk, user, Id.parse(client_id, IdKind.CLIENT),
+                                                Id.parse(hdd_id, IdKind.HDD)),
+            card_token=self._card_token(cgk, mc, epoch + 1),
+            licenses=tuple(
+                p.LicenseItem(title, bindings.wrap_id(key, Id.parse(mid, IdKind.MEDIA), bindings.mid(mc, user)))
+                for mid, title in mids
+            ),
+        )
 
     # -- operator -----------------------------------------------------------------------------------
 

@@ -35,10 +35,11 @@ from .devices.disc import DiscImage
 from .devices.files import atomic_write, locked, now
 from .devices.hdd import HddImage
 from .errors import ImageError, IntegrityError, ReproductionNotPermitted, StateError
-from .formats.card import Card
+from .formats import card as card_fmt
+from .formats.card import Card, License
 from .formats.disc import Pressing
 from .formats.rom import Rom
-from .ids import Id
+from .ids import Id, IdKind
 
 CONFIG = "console.json"
 SLOTS = ("1", "2")
@@ -51,6 +52,7 @@ class ConsoleConfig:
     slots: dict[str, str | None] = field(default_factory=lambda: {s: None for s in SLOTS})
     tray: str | None = None
     server: str | None = None
+    memory: str | None = None  # card-less: "hdd", or the path of the console's internal memory
 
     @classmethod
     def load(cls, path: Path) -> ConsoleConfig:
@@ -66,6 +68,63 @@ class ConsoleConfig:
         return cfg
 
 
+class CardFile:
+    """The card's items in a card-format file: a memory card in a slot, or the console's internal
+    memory (card-less mode)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def load(self) -> Card:
+        return card_dev.load(self.path)
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Card]:
+        with card_dev.transaction(self.path) as card:
+            yield card
+
+    def save(self, card: Card) -> None:
+        card_dev.save(self.path, card)
+
+
+class HddMemory:
+    """The card's items in the HDD's internal memory (card-less mode): a card record in the HDD's
+    catalog, changed by an HDD commit like everything else there. Uses the HDD image already open
+    for writing when there is one (an install holds its lock)."""
+
+    def __init__(self, path: Path, image: HddImage | None = None):
+        self.path = Path(path)
+        self.image = image
+
+    def load(self) -> Card:
+        if self.image is not None:
+            return self._card(self.image)
+        with HddImage.open(self.path) as img:
+            return self._card(img)
+
+    def _card(self, img: HddImage) -> Card:
+        if not img.volume.catalog.nvram:
+            raise StateError(f"{self.path}: this HDD has no internal memory", hint="vhw hdd format --with-memory")
+        return card_fmt.decode(img.volume.catalog.nvram, path=f"{self.path} (internal memory)")
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Card]:
+        if self.image is not None:
+            yield self._card(self.image)
+            return
+        with HddImage.open(self.path, write=True, wait=True) as img:
+            self.image = img
+            try:
+                yield self._card(img)
+            finally:
+                self.image = None
+
+    def save(self, card: Card) -> None:
+        if self.image is None:
+            raise StateError("internal error: the HDD's memory is written only within a transaction")
+        self.image.apply(*self.image.volume.with_nvram(card_fmt.encode(card)))
+
+
 class Machine:
     def __init__(self, root: Path):
         self.root = Path(root).resolve()
@@ -74,16 +133,25 @@ class Machine:
     # -- set-up -----------------------------------------------------------------------------------
 
     @classmethod
-    def setup(cls, root: Path, *, rom: Path, hdd: Path, server: str | None = None) -> Machine:
+    def setup(cls, root: Path, *, rom: Path, hdd: Path, server: str | None = None,
+              memory: str | None = None) -> Machine:
+        """``memory``: card-less, the card's items kept in "hdd" or in the console's internal
+        memory (a path made by `vhw console rom --memory`)."""
         root = Path(root)
         if (root / CONFIG).exists():
             raise StateError(f"{root}: a console is already set up here")
         rom_dev.load(rom)  # refuse a bad ROM now, not at the first flow
         with HddImage.open(hdd):
             pass
+        if memory and memory != "hdd":
+            card_dev.load(Path(memory))
+            memory = str(Path(memory).resolve())
         root.mkdir(parents=True, exist_ok=True)
         m = cls(root)
-        m.save(ConsoleConfig(rom=str(Path(rom).resolve()), hdd=str(Path(hdd).resolve()), server=server))
+        m.save(ConsoleConfig(rom=str(Path(rom).resolve()), hdd=str(Path(hdd).resolve()), server=server,
+                             memory=memory))
+        if memory == "hdd":
+            m.card().load()  # refuse an HDD without internal memory now
         return m
 
     @classmethod
@@ -169,6 +237,19 @@ class Machine:
             raise StateError(f"no memory card in slot {slot}", hint="vhw console insert-card CARD")
         return Path(path)
 
+    def card(self, slot: str = "1", hdd: HddImage | None = None) -> CardFile | HddMemory:
+        """Where the card's items are: the card in ``slot``, or (card-less) the internal memory."""
+        memory = self.config().memory
+        if memory == "hdd":
+            return HddMemory(self.hdd_path, hdd)
+        if memory:
+            return CardFile(Path(memory))
+        return CardFile(self.card_path(slot))
+
+    def has_card(self, slot: str = "1") -> bool:
+        cfg = self.config()
+        return bool(cfg.memory or cfg.slots[slot])
+
     def disc_path(self) -> Path:
         path = self.config().tray
         if not path:
@@ -179,7 +260,24 @@ class Machine:
         return self.config().server or rom.server_url
 
     def client(self, rom: Rom) -> Client:
-        return Client(self.server_url(rom), tls_context(rom.trust_anchor))
+        return Client(self.server_url(rom), tls_context(rom.trust_anchor), account=self.account())
+
+    # -- a broker account (FIG. 15) -----------------------------------------------------------------
+
+    def set_account(self, name: str, password: str) -> None:
+        """The account this console gives a broker (kept beside console.json, owner only)."""
+        atomic_write(self.root / "account.json", json.dumps({"name": name, "password": password}).encode(),
+                     mode=0o600)
+
+    def account(self) -> tuple[str, str] | None:
+        path = self.root / "account.json"
+        if not path.exists():
+            return None
+        try:
+            data = json.loads(path.read_text())
+            return str(data["name"]), str(data["password"])
+        except (OSError, ValueError, KeyError, TypeError):
+            raise ImageError(path, "not a console account file") from None
 
     # -- flows -------------------------------------------------------------------------------------------
 
@@ -187,13 +285,13 @@ class Machine:
         """User registration, S1-S7: returns the User ID (stored wrapped on the card)."""
         with self.busy():
             rom, hdd_id = self.rom(), self.hdd_id()
-            path = self.card_path(slot)
-            with card_dev.transaction(path) as card:
+            mem = self.card(slot)
+            with mem.transaction() as card:
                 req = cpu.registration_request(card, rom.client_id, hdd_id)
                 with self.client(rom) as c:  # S1: connect
                     resp = c.call("/v1/console/register", req, p.RegisterResponse)
                 card, user = cpu.accept_registration(card, resp)
-                card_dev.save(path, card)  # S6
+                mem.save(card)  # S6
         return user
 
     def acquire(self, slot: str = "1") -> tuple[str, Id]:
@@ -205,14 +303,14 @@ class Machine:
         rom, hdd_id = self.rom(), self.hdd_id()
         with DiscImage.open(self.disc_path()) as disc:
             mid = disc_mid(disc)
-            path = self.card_path(slot)
-            with card_dev.transaction(path) as card:
+            mem = self.card(slot)
+            with mem.transaction() as card:
                 req = cpu.acquisition_request(card, rom.client_id, hdd_id, mid)
                 with self.client(rom) as c:
                     resp = c.call("/v1/console/acquire", req, p.AcquireResponse)
                 check_disc_is_registered(disc, resp)
-                card = cpu.accept_acquisition(card, req, resp, mid, acquired=now())
-                card_dev.save(path, card)  # S16
+                card = cpu.accept_acquisition(card, req, resp, mid, acquired=now(), anchor=rom.trust_anchor)
+                mem.save(card)  # S16
         return resp.title_id, mid
 
 
@@ -230,34 +328,51 @@ class Machine:
                 return self._install(slot, rom, disc, hdd, progress)
 
     def _install(self, slot, rom: Rom, disc: DiscImage, hdd: HddImage, progress) -> tuple[str, str]:
-        mid = disc_mid(disc)
         m = disc.manifest
-        path = self.card_path(slot)
-        card = card_dev.load(path)
+        mem = self.card(slot, hdd)
         on_hdd = hdd.volume.catalog.title(m.title_id)
+        purchase = disc.disc.pressing is Pressing.NO_MID
+        if purchase:
+            if on_hdd and on_hdd.complete:
+                raise StateError(f"{m.title_id} is already installed on this HDD")
+            mid = self._purchase_mid(mem, m.title_id)
+        else:
+            mid = disc_mid(disc)
+        card = mem.load()
+        checks = {"anchor": rom.trust_anchor, "epochs": hdd.volume.catalog.epochs()}
+        if on_hdd and on_hdd.complete:
+            if on_hdd.mid != mid:
+                raise StateError(f"{m.title_id} is already installed on this HDD (from another disc)")
+            match = cpu.devices_match(card, rom.client_id, hdd.hdd_id, **checks)
+            lic = cpu.license_for(card, mid)
+            if match and match.owner == on_hdd.owner and not (lic and lic.content_key):
+                raise StateError(f"{m.title_id} is already installed on this HDD")
         pending = cpu.license_for(card, mid)
-        pending = pending if pending and pending.content_key else None
-        if on_hdd and on_hdd.complete and not pending:
-            raise StateError(f"{m.title_id} is already installed on this HDD")
-        if pending:
+        if pending and pending.content_key:
             # S21-S23 before anything else: keys acquired elsewhere copy only where they were meant to
-            cpu.copy_keys(card, rom.client_id, hdd.hdd_id, mid, m.title_id)
+            cpu.copy_keys(card, rom.client_id, hdd.hdd_id, mid, m.title_id, **checks)
         elif on_hdd is None:
             install.check_space(hdd.volume, disc)  # a full HDD refuses before any MID is flagged
         # S11-S17: register the MID and fetch the keys (again: until confirmed, that is allowed,
         # and a card rolled back to before its confirm is refused here)
-        with card_dev.transaction(path) as card:
+        with mem.transaction() as card:
             req = cpu.acquisition_request(card, rom.client_id, hdd.hdd_id, mid)
             with self.client(rom) as c:
-                resp = c.call("/v1/console/acquire", req, p.AcquireResponse)
+                if purchase:  # FIG. 15: a disc without a MID: the license is bought (through a broker)
+                    req = p.PurchaseRequest(**req.__dict__, title_id=m.title_id, title_digest=disc.disc.title_digest)
+                    resp = c.call("/v1/console/purchase", req, p.AcquireResponse)
+                else:
+                    resp = c.call("/v1/console/acquire", req, p.AcquireResponse)
             check_disc_is_registered(disc, resp)
-            card = cpu.accept_acquisition(card, req, resp, mid, acquired=now())
-            card_dev.save(path, card)
-        content_key, cgk = cpu.copy_keys(card, rom.client_id, hdd.hdd_id, mid, m.title_id)  # S21-S23
+            card = cpu.accept_acquisition(card, req, resp, mid, acquired=now(), anchor=rom.trust_anchor)
+            mem.save(card)
+        content_key, match = cpu.copy_keys(card, rom.client_id, hdd.hdd_id, mid, m.title_id, **checks)  # S21-S23
+        self._note_epoch(hdd, match)
+        cgk = match.content_gen_key
         outcome = "installed"
         on_hdd = hdd.volume.catalog.title(m.title_id)
-        if on_hdd is not None and on_hdd.complete:
-            outcome = "confirmed"  # copied before a crash, not yet confirmed
+        if on_hdd is not None and on_hdd.complete and on_hdd.owner == match.owner:
+            outcome = "confirmed"  # copied before (a crash before the confirm, or a repaired console)
         else:
             if on_hdd is not None and install.resumable(on_hdd, disc, cgk):
                 outcome = "resumed"
@@ -270,29 +385,57 @@ class Machine:
                     progress(done[0], total)
 
             hdd.run(install.install_plan(hdd.volume, disc, content_key=content_key, content_gen_key=cgk,
-                                         installed=now(), progress=tick))  # S24-S26
+                                         installed=now(), progress=tick, replace=True, mid=mid))  # S24-S26
         # S27-S28: the copy is complete and durable: make the flag final, then drop the key
-        with card_dev.transaction(path) as card:
+        with mem.transaction() as card:
             with self.client(rom) as c:
                 c.call("/v1/console/confirm", cpu.confirm_request(card, rom.client_id, hdd.hdd_id, mid), p.Done)
-            card_dev.save(path, cpu.drop_content_key(card, mid))
+            mem.save(cpu.drop_content_key(card, mid))
         return m.title_id, outcome
 
+    @staticmethod
+    def _purchase_mid(mem: CardFile | HddMemory, title_id: str) -> Id:
+        """The MID of the license to buy for a disc without one: a purchase under way (asked, or
+        answered but not installed yet) goes on with its own; else a fresh one, kept on the card
+        *before* it is asked for, so a lost answer is fetched again, never bought twice."""
+        with mem.transaction() as card:
+            for lic in card.licenses:
+                if lic.title_id == title_id and (lic.acquired == 0 or lic.content_key):
+                    mid = cpu.license_mid(card, lic)
+                    if mid is not None:
+                        return mid
+            mid = Id.random(IdKind.MEDIA)
+            mem.save(card.with_license(License(title_id, cpu.wrapped_mid(card, mid), b"", 0)))
+            return mid
+
+    @staticmethod
+    def _note_epoch(hdd: HddImage, match: cpu.Match) -> None:
+        """A newer card of this user was used here: from now on this HDD refuses older ones."""
+        if match.epoch > hdd.volume.catalog.epochs().get(match.owner, 0):
+            hdd.apply(*hdd.volume.with_card_epoch(match.owner, match.epoch))
 
     # -- reproduction, S31-S35 ---------------------------------------------------------------------
 
-    def reproduction_key(self, slot: str = "1") -> bytes:
-        """S31-S34: the card's Content-Gen-Key, if its sealed IDs are this console's and this HDD's."""
-        rom, hdd_id = self.rom(), self.hdd_id()
-        path = self.config().slots[slot]
-        card = card_dev.load(Path(path)) if path else None
-        return cpu.reproduction_key(card, rom.client_id, hdd_id)
+    def reproduction_key(self, slot: str = "1", hdd: HddImage | None = None) -> cpu.Match:
+        """S31-S34: the card's key, if its sealed IDs are this console's and this HDD's and it is
+        the user's current card."""
+        rom = self.rom()
+        if hdd is None:
+            with HddImage.open(self.hdd_path) as img:
+                return self.reproduction_key(slot, img)
+        card = self.card(slot, hdd).load() if self.has_card(slot) else None
+        return cpu.reproduction_key(card, rom.client_id, hdd.hdd_id, anchor=rom.trust_anchor,
+                                    epochs=hdd.volume.catalog.epochs())
 
     def serve_mount(self, mountpoint: Path, slot: str = "1", *, ready: Callable[[], None]) -> None:
         """Mount in this process until unmounted (``vhw console mount --foreground``)."""
-        cgk = self.reproduction_key(slot)
+        match = self.reproduction_key(slot)
+        if match.epoch > 0:  # a reissued card: this HDD refuses the older ones from now on
+            with HddImage.open(self.hdd_path, write=True, wait=True, on_wait=self.log) as img:
+                self._note_epoch(img, self.reproduction_key(slot, img))
         with HddImage.open(self.hdd_path, shared_lock=True, wait=True, on_wait=self.log) as img:
-            mount.serve(img, Path(mountpoint), cgk, ready=ready)
+            match = self.reproduction_key(slot, img)
+            mount.serve(img, Path(mountpoint), match.content_gen_key, ready=ready)
 
     def mount(self, mountpoint: Path, slot: str = "1") -> int:
         """Mount in a background process; returns when the titles can be read. Returns its pid."""

@@ -180,6 +180,7 @@ TITLE_ID_PATTERN = r"[A-Z0-9][A-Z0-9._-]{1,31}"
 WRAPPED = BytesCodec(min_size=28, max_size=128)  # nonce + tag + a 32-byte key or an ID
 KEY = BytesCodec(min_size=32, max_size=32)
 DIGEST = BytesCodec(min_size=32, max_size=32)
+TOKEN = BytesCodec(min_size=40, max_size=160)  # epoch + ECDSA P-256 signature (DER)
 
 # -- messages ---------------------------------------------------------------------------------------
 
@@ -224,6 +225,24 @@ class AcquireResponse:
     content_key: bytes = f(WRAPPED)
     content_gen_key: bytes = f(WRAPPED)
     sealed_ids: bytes = f(WRAPPED)
+    card_token: bytes = f(TOKEN)
+
+
+@dataclass(frozen=True)
+class BrokerAcquireResponse(AcquireResponse):
+    """What the server tells the broker: the console's answer, and whether this issue flagged the
+    MID just now (the broker charges for that one only; a refetch after a lost answer is free)."""
+
+    first_issue: bool = f(BoolCodec(), True)
+
+
+@dataclass(frozen=True)
+class PurchaseRequest(AcquireRequest):
+    """FIG. 15, a disc pressed without a MID: the console picks a fresh MID for the license it buys
+    (kept on its card before asking, so that a retry after a lost answer asks for the same one)."""
+
+    title_id: str = f(TextCodec(max_len=32, pattern=TITLE_ID_PATTERN))
+    title_digest: bytes = f(DIGEST)
 
 
 @dataclass(frozen=True)
@@ -269,6 +288,50 @@ class RegisterTitle:
 class RegisterMedia:
     title_id: str = f(TextCodec(max_len=32, pattern=TITLE_ID_PATTERN))
     mids: tuple[Id, ...] = f(ListCodec(IdCodec(IdKind.MEDIA), max_items=1000))
+
+
+@dataclass(frozen=True)
+class RepairRequest:
+    """FIG. 13: a user's console or HDD was repaired or exchanged and has a new ID. The operator
+    re-registers it in the user entry (found by the card's MC-ID); the old ID is retired and the
+    MID flags of the user's copied content are cleared, so the user installs again."""
+
+    mc_id: Id = f(IdCodec(IdKind.CARD))
+    new_client_id: Id | None = f(OptionalCodec(IdCodec(IdKind.CLIENT)), None)
+    new_hdd_id: Id | None = f(OptionalCodec(IdCodec(IdKind.HDD)), None)
+
+
+@dataclass(frozen=True)
+class RepairResponse:
+    cleared: int = f(IntCodec(), doc="MID flags cleared")
+
+
+@dataclass(frozen=True)
+class ReissueRequest:
+    """FIG. 14: a damaged or lost card. The user's typed User ID finds the entry; the repair center
+    made a new card (new MC-ID, new MC-Key); the old card is retired."""
+
+    user_id: Id = f(IdCodec(IdKind.USER))
+    new_mc_id: Id = f(IdCodec(IdKind.CARD))
+    new_mc_key: bytes = f(KEY)
+
+
+@dataclass(frozen=True)
+class LicenseItem:
+    title_id: str = f(TextCodec(max_len=32, pattern=TITLE_ID_PATTERN))
+    mid: bytes = f(WRAPPED)
+
+
+@dataclass(frozen=True)
+class ReissueResponse:
+    """Everything the new card holds: the User ID and Content-Gen-Key wrapped with the new MC-Key,
+    the unchanged device IDs re-sealed, a card token of the next epoch, and the user's licenses."""
+
+    user_id: bytes = f(WRAPPED)
+    content_gen_key: bytes = f(WRAPPED)
+    sealed_ids: bytes = f(WRAPPED)
+    card_token: bytes = f(TOKEN)
+    licenses: tuple[LicenseItem, ...] = f(ListCodec(MessageCodec(LicenseItem), max_items=1000))
 
 
 @dataclass(frozen=True)

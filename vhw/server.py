@@ -19,6 +19,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -70,8 +71,12 @@ ENDPOINTS: list[Endpoint] = [
              lambda lic, a, m: lic.confirm(a, m), "The copy is complete: the MID's flag becomes final"),
     Endpoint("/v1/broker/register", "broker", p.RegisterRequest, p.RegisterResponse,
              lambda lic, a, m: lic.register(a, m), "User registration relayed by the broker"),
-    Endpoint("/v1/broker/acquire", "broker", p.AcquireRequest, p.AcquireResponse,
-             lambda lic, a, m: lic.acquire(a, m), "Key acquisition relayed by the broker (FIG. 15)"),
+    Endpoint("/v1/broker/acquire", "broker", p.AcquireRequest, p.BrokerAcquireResponse,
+             lambda lic, a, m: lic.broker_acquire(a, m), "Key acquisition relayed by the broker (FIG. 15)"),
+    Endpoint("/v1/broker/refetch", "broker", p.AcquireRequest, p.BrokerAcquireResponse,
+             lambda lic, a, m: lic.refetch(a, m), "The keys of a MID this user flagged, unconfirmed; flags nothing"),
+    Endpoint("/v1/broker/purchase", "broker", p.PurchaseRequest, p.BrokerAcquireResponse,
+             lambda lic, a, m: lic.purchase(a, m), "A license bought for a disc without a MID (FIG. 15)"),
     Endpoint("/v1/broker/confirm", "broker", p.ConfirmRequest, p.Done,
              lambda lic, a, m: lic.confirm(a, m), "Install confirmation relayed by the broker"),
     Endpoint("/v1/manufacturer/consoles", "manufacturer", p.RegisterConsole, p.Done,
@@ -86,6 +91,10 @@ ENDPOINTS: list[Endpoint] = [
              lambda lic, a, m: lic.register_media(a, m), "Register the MIDs of pressed discs"),
     Endpoint("/v1/operator/audit", "operator", p.AuditQuery, p.AuditPage,
              lambda lic, a, m: lic.audit(m), "Read the audit log"),
+    Endpoint("/v1/operator/repair", "operator", p.RepairRequest, p.RepairResponse,
+             lambda lic, a, m: lic.repair(a, m), "Re-register a repaired or exchanged device (FIG. 13)"),
+    Endpoint("/v1/operator/reissue", "operator", p.ReissueRequest, p.ReissueResponse,
+             lambda lic, a, m: lic.reissue(a, m), "Reissue a damaged or lost memory card (FIG. 14)"),
 ]
 
 
@@ -261,48 +270,65 @@ def openapi_text() -> str:
 async def serve(home: ServerHome, *, listen: tuple[str, int] | None = None, database: str | None = None,
                 ready: Callable[[str], None] | None = None, reuse_port: bool = False,
                 task_status=trio.TASK_STATUS_IGNORED) -> None:
-    """Serve until SIGINT/SIGTERM (or cancellation); then finish open requests and stop.
+    """Serve the licensing API until SIGINT/SIGTERM (or cancellation); then finish open requests.
 
     ``reuse_port``: bind with SO_REUSEPORT, so that several processes serve one port (the kernel
     spreads the connections over them).
     """
-    from hypercorn.config import Config
-    from hypercorn.trio import serve as hypercorn_serve
-
     cfg = home.config()
     store = await trio.to_thread.run_sync(home.store, database)
     try:
         await trio.to_thread.run_sync(store.migrate)
         app = App(home.licensing(store), mode=cfg.mode)
-        host, port = listen or _split(cfg.listen)
-        config = Config()
-        config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
-        if reuse_port:
-            sock = _reuse_port_socket(host, port)
-            config.bind = [f"fd://{sock.fileno()}"]
-        config.certfile = str(home.path("server.pem"))
-        config.keyfile = str(home.path("server-key.pem"))
-        config.accesslog = None
-        config.errorlog = logging.getLogger("vhw.server.hypercorn")
-        config.h11_max_incomplete_size = 16 * 1024  # request line + headers
-        config.keep_alive_timeout = 30
-        config.read_timeout = 30  # a client that stops sending is dropped
-        config.graceful_timeout = 5
-        config.ssl_handshake_timeout = 10
-        config.backlog = 1024
-        shutdown = trio.Event()
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_on_signals, shutdown)
-            binds = await nursery.start(partial(hypercorn_serve, app, config, shutdown_trigger=shutdown.wait))
-            url = binds[0]
-            if ready:
-                ready(url)
-            task_status.started(url)
-            await shutdown.wait()
-            # hypercorn returns once open requests are done; then stop watching signals
-            nursery.cancel_scope.deadline = trio.current_time() + config.graceful_timeout + 1
+        await serve_app(
+            app, listen=listen or _split(cfg.listen), certfile=home.path("server.pem"),
+            keyfile=home.path("server-key.pem"),
+            # FIG. 15: in broker mode the server is not reachable from users: only platform-issued
+            # clients (the broker, the roles' tools) complete a TLS handshake
+            client_ca=home.path("ca.pem") if cfg.mode == "broker" else None,
+            reuse_port=reuse_port, ready=ready, task_status=task_status,
+        )
     finally:
         store.close()
+
+
+async def serve_app(app, *, listen: tuple[str, int], certfile: Path, keyfile: Path, client_ca: Path | None = None,
+                    reuse_port: bool = False, ready: Callable[[str], None] | None = None,
+                    task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """Serve an ASGI app over TLS with hypercorn's trio worker until SIGINT/SIGTERM."""
+    from hypercorn.config import Config
+    from hypercorn.trio import serve as hypercorn_serve
+
+    host, port = listen
+    config = Config()
+    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    if reuse_port:
+        sock = _reuse_port_socket(host, port)
+        config.bind = [f"fd://{sock.fileno()}"]
+    config.certfile = str(certfile)
+    config.keyfile = str(keyfile)
+    if client_ca is not None:
+        config.ca_certs = str(client_ca)
+        config.verify_mode = ssl.CERT_REQUIRED
+    config.accesslog = None
+    config.errorlog = logging.getLogger("vhw.server.hypercorn")
+    config.h11_max_incomplete_size = 16 * 1024  # request line + headers
+    config.keep_alive_timeout = 30
+    config.read_timeout = 30  # a client that stops sending is dropped
+    config.graceful_timeout = 5
+    config.ssl_handshake_timeout = 10
+    config.backlog = 1024
+    shutdown = trio.Event()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_on_signals, shutdown)
+        binds = await nursery.start(partial(hypercorn_serve, app, config, shutdown_trigger=shutdown.wait))
+        url = binds[0]
+        if ready:
+            ready(url)
+        task_status.started(url)
+        await shutdown.wait()
+        # hypercorn returns once open requests are done; then stop watching signals
+        nursery.cancel_scope.deadline = trio.current_time() + config.graceful_timeout + 1
 
 
 async def _on_signals(shutdown: trio.Event) -> None:

@@ -66,6 +66,12 @@ class Credential:
     token: str = field(repr=False)
     server: str
     ca: str  # PEM of the platform CA
+    cert: str = ""  # PEM client certificate signed by the platform CA (broker mode needs it)
+    key: str = field(default="", repr=False)  # its private key (PEM)
+
+    @property
+    def client_cert(self) -> tuple[str, str] | None:
+        return (self.cert, self.key) if self.cert and self.key else None
 
     @property
     def token_hash(self) -> bytes:
@@ -143,9 +149,18 @@ class ServerHome:
             store.close()
         return home
 
+    def issue_server_cert(self, name: str, hosts: list[str], out: Path) -> None:
+        """A TLS server identity signed by the platform CA, for a broker: consoles trust it."""
+        out.mkdir(parents=True, exist_ok=True)
+        cert, key = pki.issue(self.ca_der(), self.ca_key(), name,
+                              hosts=sorted({"127.0.0.1", "::1", "localhost", *hosts}))
+        atomic_write(out / "tls.pem", pki.cert_pem(cert) + pki.cert_pem(self.ca_der()))
+        atomic_write(out / "tls-key.pem", pki.key_pem(key), mode=0o600)
+
     def add_credential(self, store: Store, role: str, name: str, out: Path | None = None) -> Credential:
+        cert, key = pki.issue(self.ca_der(), self.ca_key(), f"vhw {role} {name}", client=True)
         cred = Credential(role, name, secrets.token_urlsafe(32), self.config().url,
-                          self.path("ca.pem").read_text())
+                          self.path("ca.pem").read_text(), pki.cert_pem(cert).decode(), pki.key_pem(key).decode())
         with store.transaction() as tx:
             tx.execute("INSERT INTO credentials (token_hash, role, name, created) VALUES (?, ?, ?, ?)",
                        cred.token_hash, role, name, int(time.time()))
@@ -191,7 +206,15 @@ class ServerHome:
     def store(self, database: str | None = None) -> Store:
         return open_store(self.database_url(database))
 
+    def signer(self):
+        """Signs card tokens with the platform CA's key (ECDSA P-256, SHA-256)."""
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import ec
+
+        key = self.ca_key()
+        return lambda data: key.sign(data, ec.ECDSA(hashes.SHA256()))
+
     def licensing(self, store: Store) -> Licensing:
         cfg = self.config()
         policy = Policy(frozenset(cfg.identify_by), cfg.attempt_limit, cfg.attempt_window)
-        return Licensing(store, self.master_key(), policy)
+        return Licensing(store, self.master_key(), policy, sign=self.signer())

@@ -24,7 +24,6 @@ from .errors import ImageError, StateError
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
 
 # Each migration is a list of statements; a statement is SQL, or {"sqlite": ..., "postgres": ...}
 # where the two engines differ. Keys (MC-Key, Content-Key, Content-Gen-Key) are stored encrypted
@@ -55,7 +54,14 @@ MIGRATIONS: list[list[Any]] = [
         "CREATE TABLE attempts (subject TEXT NOT NULL, at BIGINT NOT NULL)",
         "CREATE INDEX attempts_subject ON attempts (subject, at)",
     ],
+    [  # 2: card epochs (FIG. 14: a reissued card supersedes the old one, even offline)
+        "ALTER TABLE users ADD COLUMN card_epoch BIGINT NOT NULL DEFAULT 0",
+    ],
+    [  # 3: licenses bought for discs pressed without a MID (FIG. 15)
+        "ALTER TABLE media ADD COLUMN purchased BIGINT NOT NULL DEFAULT 0",
+    ],
 ]
+SCHEMA_VERSION = len(MIGRATIONS)
 
 
 class Conflict(Exception):
@@ -94,23 +100,26 @@ class Store:
     def close(self) -> None:
         pass
 
-    def migrate(self) -> int:
-        """Bring the schema to SCHEMA_VERSION; returns the version found before."""
+    def migrate(self, migrations: list[list[Any]] | None = None) -> int:
+        """Bring the schema to the last of ``migrations`` (default: the licensing server's);
+        returns the version found before."""
+        migrations = MIGRATIONS if migrations is None else migrations
+        target = len(migrations)
         with self.transaction() as tx:
             self._lock_for_migration(tx)
             tx.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
             row = tx.one("SELECT version FROM schema_version")
             before = row[0] if row else 0
-            if before > SCHEMA_VERSION:
-                raise StateError(f"the database has schema version {before}; this vhw knows {SCHEMA_VERSION}")
-            for version in range(before + 1, SCHEMA_VERSION + 1):
-                for stmt in MIGRATIONS[version - 1]:
+            if before > target:
+                raise StateError(f"the database has schema version {before}; this vhw knows {target}")
+            for version in range(before + 1, target + 1):
+                for stmt in migrations[version - 1]:
                     tx.execute(stmt[self.dialect] if isinstance(stmt, dict) else stmt)
                 log.info("database schema migrated to version %d", version)
             if row:
-                tx.execute("UPDATE schema_version SET version = ?", SCHEMA_VERSION)
+                tx.execute("UPDATE schema_version SET version = ?", target)
             else:
-                tx.execute("INSERT INTO schema_version (version) VALUES (?)", SCHEMA_VERSION)
+                tx.execute("INSERT INTO schema_version (version) VALUES (?)", target)
         return before
 
     def _lock_for_migration(self, tx: Tx) -> None:

@@ -237,6 +237,12 @@ class Volume:
     def with_nvram(self, nvram: bytes) -> tuple[list[Op], Volume]:
         return self.commit(replace(self.catalog, nvram=nvram))
 
+    def with_card_epoch(self, owner: bytes, epoch: int) -> tuple[list[Op], Volume]:
+        """Plan remembering that ``owner``'s cards are at ``epoch`` now (older ones are refused)."""
+        epochs = self.catalog.epochs()
+        epochs[owner] = max(epoch, epochs.get(owner, 0))
+        return self.commit(replace(self.catalog, card_epochs=tuple(sorted(epochs.items()))))
+
     def _require(self, title_id: str) -> Title:
         title = self.catalog.title(title_id)
         if title is None:
@@ -287,11 +293,12 @@ class Volume:
         return out
 
 
-def format_plan(sb: Superblock) -> tuple[list[Op], Volume]:
-    """Plan a new, empty HDD: an empty catalog committed twice, so both slots start out valid."""
-    empty = Volume(replace(sb, catalog_offset=0, catalog_length=0), Catalog())
-    first, vol = empty.commit(Catalog())
-    second, vol = vol.commit(Catalog())
+def format_plan(sb: Superblock, *, nvram: bytes = b"") -> tuple[list[Op], Volume]:
+    """Plan a new, empty HDD: an empty catalog committed twice, so both slots start out valid.
+    ``nvram``: the HDD's internal memory (a card record, for card-less consoles)."""
+    empty = Volume(replace(sb, catalog_offset=0, catalog_length=0), Catalog(nvram=nvram))
+    first, vol = empty.commit(Catalog(nvram=nvram))
+    second, vol = vol.commit(Catalog(nvram=nvram))
     return first + second, vol
 
 

@@ -139,3 +139,5 @@ from ..demo import demo as _demo_command  # noqa: E402
 vhw.add_command(_demo_command)
 from . import console as _console  # noqa: E402,F401
 from . import server as _server  # noqa: E402,F401
+from . import repair as _repair  # noqa: E402,F401
+from . import broker as _broker  # noqa: E402,F401

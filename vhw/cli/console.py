@@ -35,13 +35,15 @@ def machine(console_dir: Path | None) -> Machine:
 @click.option("--rom", type=PATH, required=True, help="The console's ROM (vhw console rom).")
 @click.option("--hdd", type=PATH, required=True, help="The HDD attached to it (vhw hdd format).")
 @click.option("--server", help="Licensing server or broker URL, if not the one in the ROM.")
-def console_setup(folder: Path, rom: Path, hdd: Path, server: str | None) -> None:
+@click.option("--memory", help="Card-less: keep the card's items in the HDD's internal memory (`hdd`) or"
+              " in the console's (the file made by `vhw console rom --memory`).")
+def console_setup(folder: Path, rom: Path, hdd: Path, server: str | None, memory: str | None) -> None:
     """Set up a console in FOLDER: which ROM it has and which HDD is attached.
 
     Afterwards the everyday commands need no paths: run them in FOLDER, or pass --console FOLDER,
     or set VHW_CONSOLE=FOLDER.
     """
-    m = Machine.setup(folder, rom=rom, hdd=hdd, server=server)
+    m = Machine.setup(folder, rom=rom, hdd=hdd, server=server, memory=memory)
     click.echo(f"console set up in {m.root}: Client ID {m.rom().client_id}, HDD-ID {m.hdd_id()}")
 
 
@@ -91,6 +93,10 @@ def console_status(console_dir: Path | None, as_json: bool) -> None:
     rom = m.rom()
     d: dict = {"folder": str(m.root), "client_id": str(rom.client_id), "hdd": cfg.hdd,
                "hdd_id": str(m.hdd_id()), "server": m.server_url(rom) or None, "slots": {}, "tray": None}
+    if cfg.memory:
+        card = m.card().load()
+        d["memory"] = {"where": cfg.memory, "mc_id": str(card.mc_id),
+                       "user_id": str(cpu.user_of(card)) if card.registered else None}
     for slot, path in cfg.slots.items():
         if path:
             card = card_dev.load(Path(path))
@@ -113,6 +119,7 @@ def console_status(console_dir: Path | None, as_json: bool) -> None:
             for s, v in d["slots"].items()
         ),
         "tray         " + (f"{d['tray']['title_id']}  MID {d['tray']['mid']}" if d["tray"] else "(empty)"),
+        *([f"memory       card-less, in {d['memory']['where']}: {d['memory']['mc_id']}"] if d.get("memory") else []),
     ]
     emit(d, as_json=as_json, lines=lines)
 
@@ -233,3 +240,16 @@ def console_play(title_id: str, args: tuple[str, ...], slot: str, console_dir: P
     rc = machine(console_dir).play(title_id, list(args), slot)
     if rc:
         click.get_current_context().exit(rc)
+
+
+@console.command("account")
+@click.argument("name")
+@click.option("--password", prompt=True, hide_input=True, help="The account's password (asked when not given).")
+@console_option
+def console_account(name: str, password: str, console_dir: Path | None) -> None:
+    """Give this console the broker account NAME it pays with (FIG. 15).
+
+    Set the console up with `--server BROKER_URL`; every request then carries the account.
+    """
+    machine(console_dir).set_account(name, password)
+    click.echo(f"this console uses broker account {name}")

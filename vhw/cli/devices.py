@@ -67,9 +67,8 @@ def card_format(out: Path, credential: Path | None, server_url: str | None) -> N
     The MC-ID is printed (it goes on the card's label); the MC-Key is never shown. With
     --credential, the card's MC-ID and MC-Key are registered with the licensing server first.
     """
-    c = card_fmt.Card(Id.random(IdKind.CARD), crypto.random_key(), formatted=now())
     refuse_existing(out, card_fmt.WHAT)
-    register_with_server(credential, server_url, "/v1/manufacturer/cards", proto.RegisterCard(c.mc_id, c.mc_key))
+    c = new_card(credential, server_url)
     card_dev.create(out, c)
     click.echo(f"MC-ID {c.mc_id}  (memory card {out})")
 
@@ -123,15 +122,27 @@ def hdd() -> None:
 @click.argument("out", type=PATH)
 @click.option("--size", type=SIZE, default="40G", show_default=True,
               help="Nominal size; the image is sparse and holds only what is written.")
+@click.option("--with-memory", is_flag=True,
+              help="Give the HDD an internal memory that holds a card's items (card-less consoles).")
 @credential_option
 @server_option
-def hdd_format(out: Path, size: int, credential: Path | None, server_url: str | None) -> None:
+def hdd_format(out: Path, size: int, with_memory: bool, credential: Path | None, server_url: str | None) -> None:
     """Format a new, empty HDD image OUT with a fresh HDD-ID (registered first with --credential)."""
     hdd_id = Id.random(IdKind.HDD)
     refuse_existing(out, hdd_fmt.WHAT)
     register_with_server(credential, server_url, "/v1/manufacturer/hdds", proto.RegisterHdd(hdd_id))
-    HddImage.format(out, hdd_id=hdd_id, size=size, formatted=now())
-    click.echo(f"HDD-ID {hdd_id}  ({human(size)} HDD {out})")
+    memory = new_card(credential, server_url) if with_memory else None
+    HddImage.format(out, hdd_id=hdd_id, size=size, formatted=now(),
+                    nvram=card_fmt.encode(memory) if memory else b"")
+    click.echo(f"HDD-ID {hdd_id}  ({human(size)} HDD {out})"
+               + (f", internal memory {memory.mc_id}" if memory else ""))
+
+
+def new_card(credential: Path | None, server_url: str | None) -> card_fmt.Card:
+    """A fresh card record (MC-ID, MC-Key), registered with the server when a credential is given."""
+    c = card_fmt.Card(Id.random(IdKind.CARD), crypto.random_key(), formatted=now())
+    register_with_server(credential, server_url, "/v1/manufacturer/cards", proto.RegisterCard(c.mc_id, c.mc_key))
+    return c
 
 
 def hdd_summary(image: HddImage) -> dict:
@@ -266,8 +277,11 @@ def console() -> None:
               help="The platform CA certificate (PEM) the console will trust; from `vhw server init`.")
 @click.option("--server", "server_url", default="", help="Default licensing server URL (https://...).")
 @click.option("--model", default="VHW-1000", show_default=True, help="Model name in the ROM.")
+@click.option("--memory", "memory_path", type=PATH,
+              help="Also make the console's internal memory here (it holds a card's items: card-less).")
 @credential_option
-def console_rom(out: Path, ca_path: Path | None, server_url: str, model: str, credential: Path | None) -> None:
+def console_rom(out: Path, ca_path: Path | None, server_url: str, model: str, memory_path: Path | None,
+                credential: Path | None) -> None:
     """Burn a console ROM OUT with a fresh Client ID.
 
     With --credential (the manufacturer's), the Client ID is registered with the licensing server
@@ -284,9 +298,14 @@ def console_rom(out: Path, ca_path: Path | None, server_url: str, model: str, cr
             anchor = x509.load_pem_x509_certificate(cred.ca.encode()).public_bytes(Encoding.DER)
     rom = rom_fmt.Rom(Id.random(IdKind.CLIENT), now(), model=model, server_url=server_url, trust_anchor=anchor)
     refuse_existing(out, rom_fmt.WHAT)
+    if memory_path:
+        refuse_existing(memory_path, "console memory")
     register_with_server(credential, server_url or None, "/v1/manufacturer/consoles", proto.RegisterConsole(rom.client_id))
+    if memory_path:
+        card_dev.create(memory_path, new_card(credential, server_url or None))
     rom_dev.burn(out, rom)
-    click.echo(f"Client ID {rom.client_id}  (console ROM {out})")
+    click.echo(f"Client ID {rom.client_id}  (console ROM {out})"
+               + (f", internal memory {memory_path}" if memory_path else ""))
 
 
 def load_ca(path: Path) -> bytes:

@@ -139,3 +139,17 @@ def server_openapi(out: Path | None) -> None:
         write_openapi(out)
     else:
         click.echo(json.dumps(openapi_document(), indent=1, sort_keys=True))
+
+
+@server.command("issue-cert")
+@click.argument("name")
+@click.option("--host", "hosts", multiple=True, help="A name or address it serves on (127.0.0.1 and localhost always).")
+@click.option("-o", "--out", type=click.Path(path_type=Path, file_okay=False), required=True)
+@home_option
+@pass_app
+def server_issue_cert(app: App, name: str, hosts: tuple[str, ...], out: Path, home: Path | None) -> None:
+    """Issue a TLS identity signed by the platform CA (for a broker: consoles trust only that CA)."""
+    h = server_home(app, home)
+    h.require()
+    h.issue_server_cert(name, list(hosts), out)
+    click.echo(f"TLS identity for {name!r} in {out} (tls.pem, tls-key.pem)")

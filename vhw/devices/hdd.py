@@ -98,14 +98,14 @@ class HddImage:
     # -- life cycle ---------------------------------------------------------------------------
 
     @classmethod
-    def format(cls, path: Path, *, hdd_id: Id, size: int, formatted: int) -> None:
-        """Make a new, empty, sparse image of nominal ``size`` bytes."""
+    def format(cls, path: Path, *, hdd_id: Id, size: int, formatted: int, nvram: bytes = b"") -> None:
+        """Make a new, empty, sparse image of nominal ``size`` bytes (``nvram``: its internal memory)."""
         path = Path(path)
         refuse_existing(path, fmt.WHAT)
         if size < fmt.MIN_SIZE:
             raise ImageError(path, f"an HDD must be at least {fmt.MIN_SIZE} bytes")
         sb = fmt.Superblock(hdd_id, size, formatted, generation=0)
-        ops, _ = format_plan(sb)
+        ops, _ = format_plan(sb, nvram=nvram)
         tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
         try:
             fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)

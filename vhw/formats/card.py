@@ -7,7 +7,9 @@ never sent: the server has its own copy from the factory registration). The flow
 * ``licenses``: per disc, its MID wrapped with the MC-Key and, until the copy is complete, the
   Content-Key wrapped with the MC-Key and bound to this card, MID and title (S16, deleted at S28);
 * ``content_gen_key``: the Content-Gen-Key wrapped with the MC-Key (S16);
-* ``sealed_ids``: Client ID + HDD-ID sealed with the Content-Gen-Key (S16), checked at S23/S33.
+* ``sealed_ids``: Client ID + HDD-ID sealed with the Content-Gen-Key (S16), checked at S23/S33;
+* ``card_token``: the server's signed statement of this card's epoch (a reissued card supersedes
+  the old one; :mod:`vhw.bindings`).
 
 All wrapping is done by the server or the console (:mod:`vhw.licensing`, :mod:`vhw.console`);
 this module only lays the record out.
@@ -42,6 +44,7 @@ CardBody = cs.Struct(
     "user_id" / Blob(),
     "content_gen_key" / Blob(),
     "sealed_ids" / Blob(),
+    "card_token" / Blob(),
     "licenses" / cs.PrefixedArray(cs.Int16ub, LicenseRecord),
 )
 
@@ -62,6 +65,7 @@ class Card:
     user_id: bytes = b""
     content_gen_key: bytes = b""
     sealed_ids: bytes = b""
+    card_token: bytes = b""  # which epoch of this user's cards this one is (vhw.bindings)
     licenses: tuple[License, ...] = ()
 
     @property
@@ -94,6 +98,7 @@ def encode(card: Card) -> bytes:
             "user_id": card.user_id,
             "content_gen_key": card.content_gen_key,
             "sealed_ids": card.sealed_ids,
+            "card_token": card.card_token,
             "licenses": [
                 {"title_id": x.title_id, "mid": x.mid, "content_key": x.content_key, "acquired": x.acquired}
                 for x in card.licenses
@@ -114,6 +119,7 @@ def decode(data: bytes, *, path: object = WHAT) -> Card:
         user_id=rec.user_id,
         content_gen_key=rec.content_gen_key,
         sealed_ids=rec.sealed_ids,
+        card_token=rec.card_token,
         licenses=tuple(
             License(x.title_id, x.mid, x.content_key, x.acquired) for x in rec.licenses
         ),

@@ -92,6 +92,8 @@ CatalogBody = cs.Struct(
     "magic" / cs.Const(CATALOG_MAGIC),
     "generation" / cs.Int64ub,
     "titles" / cs.PrefixedArray(cs.Int32ub, TitleRecord),
+    # the highest card epoch seen per owner: an older (superseded) card is refused on this HDD
+    "card_epochs" / cs.PrefixedArray(cs.Int32ub, cs.Struct("owner" / cs.Bytes(OWNER_SIZE), "epoch" / cs.Int32ub)),
     "nvram" / Blob(cs.Int32ub),
 )
 
@@ -158,6 +160,10 @@ class Catalog:
     generation: int = 0
     titles: tuple[Title, ...] = ()
     nvram: bytes = b""
+    card_epochs: tuple[tuple[bytes, int], ...] = ()
+
+    def epochs(self) -> dict[bytes, int]:
+        return dict(self.card_epochs)
 
     def title(self, title_id: str) -> Title | None:
         for t in self.titles:
@@ -257,6 +263,7 @@ def encode_catalog(cat: Catalog) -> bytes:
                 }
                 for t in cat.titles
             ],
+            "card_epochs": [{"owner": o, "epoch": e} for o, e in cat.card_epochs],
             "nvram": cat.nvram,
         },
         what="HDD catalog",
@@ -299,4 +306,5 @@ def decode_catalog(data: bytes, sb: Superblock, *, path: object) -> Catalog:
                 metadata=t.metadata,
             )
         )
-    return Catalog(rec.generation, tuple(titles), rec.nvram)
+    return Catalog(rec.generation, tuple(titles), rec.nvram,
+                   tuple((e.owner, e.epoch) for e in rec.card_epochs))

@@ -1,0 +1,426 @@
+"""Service flows end to end through the CLI, with real servers on 127.0.0.1: repair (FIG. 13),
+card reissue (FIG. 14), the broker with billing (FIG. 15), discs without a MID, card-less
+consoles, and the identification policy."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from vhw.devices import card as card_dev
+from vhw.devices.disc import DiscImage
+from vhw.samples import build_samples
+
+from .conftest import make_title, source_files
+from .servers import RunningServer, factory, publish
+
+REPRODUCTION = "CONTENT REPRODUCTION IS NOT PERMITTED\n"
+USER_ID_INVALID = "USER ID INVALID. PLEASE COMPLETE USER REGISTRATION.\n"
+REGISTRATION = "USER REGISTRATION CANNOT BE COMPLETED WITH THIS MEMORY CARD\n"
+
+
+@pytest.fixture(scope="module")
+def srv(tmp_path_factory):
+    server = RunningServer.start(tmp_path_factory.mktemp("service") / "home")
+    yield server
+    server.stop()
+
+
+def audit(cli, srv) -> list[dict]:
+    r = cli("server", "audit", "--home", srv.home.root, "--json")
+    return json.loads(r.out)["entries"]
+
+
+def user_id_of(cli, console: Path) -> str:
+    return json.loads(cli("console", "status", "--json", "--console", console).out)["slots"]["1"]["user_id"]
+
+
+def play_game(cli, console: Path, title: str = "G-1"):
+    return cli("console", "play", "--console", console, title, "--moves", "d")
+
+
+def game(tmp_path: Path) -> Path:
+    src = build_samples(tmp_path / "samples", movie_mib=1)["game"]
+    (src / "vhw-title.json").write_text('{"name": "Cave", "kind": "game", "entry": "cave.py"}')
+    return src
+
+
+# -- FIG. 13: repair and exchange ---------------------------------------------------------------------
+
+
+def test_repair_of_console_and_hdd(cli, srv, tmp_path):
+    src = game(tmp_path)
+    d1, d2 = publish(cli, srv, src, tmp_path, "G-1", count=2)
+    alice = factory(cli, srv, tmp_path / "alice")
+    con = ["--console", alice["console"]]
+    assert cli("console", "register", *con).code == 0
+    assert cli("console", "insert-disc", d1, *con).code == 0
+    assert cli("console", "install", *con).code == 0
+    assert play_game(cli, alice["console"]).code == 1  # (the game's "unfinished" after one move)
+
+    # the console breaks; the repair center exchanges it: a new console with a new Client ID
+    man = ["--credential", srv.credential("manufacturer"), "--server", srv.url]
+    op = ["--credential", srv.credential("operator"), "--server", srv.url]
+    new_rom = tmp_path / "new.rom"
+    assert cli("console", "rom", new_rom, *man).code == 0
+    r = cli("repair", "device", "--card", alice["card"], "--new-rom", new_rom, *op)
+    assert r.code == 0 and "1 disc(s) may be installed again" in r.out, r
+    card = card_dev.load(alice["card"])
+    assert not card.content_gen_key and not card.sealed_ids  # wiped, as FIG. 13 says
+    # with the exchanged console the user installs again from the same disc, and plays
+    fixed = tmp_path / "fixed"
+    assert cli("console", "setup", fixed, "--rom", new_rom, "--hdd", alice["hdd"]).code == 0
+    assert cli("console", "insert-card", alice["card"], "--console", fixed).code == 0
+    assert cli("console", "insert-disc", d1, "--console", fixed).code == 0
+    r = cli("console", "install", "--console", fixed)
+    assert r.code == 0, r
+    assert play_game(cli, fixed).code == 1
+    # the old console's ID is refused from now on
+    assert cli("console", "eject-card", "--console", fixed).code == 0
+    assert cli("console", "eject-disc", *con).code == 0
+    assert cli("console", "insert-disc", d2, *con).code == 0
+    r = cli("console", "acquire", *con)  # the card, back in the old console, a new disc
+    assert (r.code, r.err) == (11, USER_ID_INVALID)
+    stranger = tmp_path / "stranger.card"
+    assert cli("card", "format", stranger, *man).code == 0
+    assert cli("console", "eject-card", *con).code == 0
+    assert cli("console", "insert-card", stranger, *con).code == 0
+    r = cli("console", "register", *con)
+    assert (r.code, r.err) == (10, REGISTRATION)
+
+    # then the HDD is exchanged too: everything is installed again onto the new one
+    new_hdd = tmp_path / "new.hdd"
+    assert cli("hdd", "format", new_hdd, "--size", "64M", *man).code == 0
+    assert cli("repair", "device", "--card", alice["card"], "--new-hdd", new_hdd, *op).code == 0
+    again = tmp_path / "again"
+    assert cli("console", "setup", again, "--rom", new_rom, "--hdd", new_hdd).code == 0
+    assert cli("console", "insert-card", alice["card"], "--console", again).code == 0
+    assert cli("console", "insert-disc", d1, "--console", again).code == 0
+    assert cli("console", "install", "--console", again).code == 0
+    assert play_game(cli, again).code == 1
+    # the old HDD's ID is refused from now on as well
+    assert cli("console", "eject-card", "--console", again).code == 0
+    assert cli("console", "insert-card", alice["card"], "--console", fixed).code == 0  # new console, old HDD
+    assert cli("console", "eject-disc", "--console", fixed).code == 0
+    assert cli("console", "insert-disc", d2, "--console", fixed).code == 0
+    r = cli("console", "acquire", "--console", fixed)
+    assert (r.code, r.err) == (11, USER_ID_INVALID)
+    actions = [e["action"] for e in audit(cli, srv)]
+    assert actions.count("repair-device") >= 2 and "clear-flags" in actions
+
+
+# -- FIG. 14: card reissue -------------------------------------------------------------------------------
+
+
+def test_card_reissue(cli, srv, tmp_path):
+    src = game(tmp_path)
+    d1, d2 = publish(cli, srv, src, tmp_path, "G-2", count=2)
+    bob = factory(cli, srv, tmp_path / "bob")
+    con = ["--console", bob["console"]]
+    assert cli("console", "register", *con).code == 0
+    user = user_id_of(cli, bob["console"])
+    assert cli("console", "insert-disc", d1, *con).code == 0
+    assert cli("console", "install", *con).code == 0
+    op = ["--credential", srv.credential("operator"), "--server", srv.url]
+    # a mistyped User ID is refused by its check character before any request
+    before = len(audit(cli, srv))
+    typo = user[:-1] + ("0" if user[-1] != "0" else "1")
+    r = cli("repair", "card", "--user-id", typo, "-o", tmp_path / "x.card", *op)
+    assert r.code == 2 and "check character" in r.err and not (tmp_path / "x.card").exists()
+    assert len(audit(cli, srv)) == before
+    # the lost card is reissued
+    new_card = tmp_path / "new.card"
+    r = cli("repair", "card", "--user-id", user, "-o", new_card, *op)
+    assert r.code == 0 and "1 license(s)" in r.out, r
+    old = bob["card"]
+    assert cli("console", "eject-card", *con).code == 0
+    assert cli("console", "insert-card", new_card, *con).code == 0
+    assert user_id_of(cli, bob["console"]) == user
+    # the installed title plays through the mount with the new card
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    assert cli("console", "mount", mnt, *con).code == 0
+    try:
+        assert (mnt / "G-2" / "cave.py").read_bytes() == (src / "cave.py").read_bytes()
+    finally:
+        assert cli("console", "unmount", mnt, *con).code == 0
+    # and the old card is refused everywhere: here, by the server, and elsewhere
+    assert cli("console", "eject-card", *con).code == 0
+    assert cli("console", "insert-card", old, *con).code == 0
+    r = cli("console", "play", *con, "G-2")
+    assert (r.code, r.err) == (14, REPRODUCTION)
+    assert cli("console", "eject-disc", *con).code == 0
+    assert cli("console", "insert-disc", d2, *con).code == 0
+    r = cli("console", "acquire", *con)
+    assert (r.code, r.err) == (11, USER_ID_INVALID)
+    r = cli("console", "register", *con)
+    assert (r.code, r.err) == (10, REGISTRATION)
+    # the new card acquires the second disc's keys
+    assert cli("console", "eject-card", *con).code == 0
+    assert cli("console", "insert-card", new_card, *con).code == 0
+    assert cli("console", "acquire", *con).code == 0
+    assert "reissue-card" in [e["action"] for e in audit(cli, srv)]
+
+
+# -- FIG. 15: the broker ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def brokered(tmp_path_factory, srv):
+    """A server in broker mode, a broker before it (price 5.00, 70% to the platform)."""
+    d = tmp_path_factory.mktemp("brokered")
+    server = RunningServer.start(d / "server", init=["--mode", "broker"])
+    subprocess.run([sys.executable, "-m", "vhw", "server", "issue-cert", "broker", "-o", str(d / "tls"),
+                    "--home", str(server.home.root)], check=True, capture_output=True)
+    home = d / "broker"
+    subprocess.run([sys.executable, "-m", "vhw", "broker", "init", "--home", str(home), "--credential",
+                    str(server.credential("broker")), "--tls", str(d / "tls"), "--server", server.url,
+                    "--price", "5.00", "--platform-share", "70"], check=True, capture_output=True)
+    proc = subprocess.Popen([sys.executable, "-m", "vhw", "broker", "run", "--home", str(home), "--listen",
+                             "127.0.0.1:0"], stdout=subprocess.PIPE, stderr=open(d / "broker.log", "wb"), text=True)
+    line = proc.stdout.readline()
+    assert "listening on" in line, (d / "broker.log").read_text()
+    server.broker_url = line.split("listening on", 1)[1].strip()
+    server.broker_home = home
+    yield server
+    proc.terminate()
+    proc.wait(15)
+    server.stop()
+
+
+@pytest.fixture
+def ledger_balances(cli, brokered):
+    yield
+    r = cli("broker", "ledger", "--home", brokered.broker_home, "--json")
+    totals = json.loads(r.out)
+    assert r.code == 0 and totals["balanced"], totals
+    assert totals["sum_of_entries"] == 0
+    assert totals["platform"] + totals["broker"] == totals["charges"]
+
+
+def brokered_console(cli, srv, folder: Path, account: str | None) -> dict:
+    dev = factory(cli, srv, folder)
+    cfg = dev["console"] / "console.json"
+    data = json.loads(cfg.read_text())
+    data["server"] = srv.broker_url  # the console talks to the broker
+    cfg.write_text(json.dumps(data))
+    if account:
+        assert cli("console", "account", account, "--password", f"{account}-secret-pw", "--console",
+                   dev["console"]).code == 0
+    return dev
+
+
+def bk(cli, srv, *args):
+    return cli("broker", *args, "--home", srv.broker_home)
+
+
+def test_broker_charges_per_key(cli, brokered, tmp_path, ledger_balances):
+    srv = brokered
+    src = game(tmp_path)
+    discs = publish(cli, srv, src, tmp_path, "G-B", count=4)
+    for name in ("alice", "bob", "carol"):
+        assert bk(cli, srv, "account", "add", name, "--password", f"{name}-secret-pw").code == 0
+    assert bk(cli, srv, "account", "card", "alice", "4242 4242 4242 4242").code == 0
+    assert bk(cli, srv, "account", "topup", "alice", "12.00").code == 0
+    assert bk(cli, srv, "account", "card", "bob", "4000 0000 0000 0002").code == 0  # always declined
+    alice = brokered_console(cli, srv, tmp_path / "alice", "alice")
+    con = ["--console", alice["console"]]
+    assert cli("console", "register", *con).code == 0
+    assert cli("console", "insert-disc", discs[0], *con).code == 0
+    assert cli("console", "install", *con).code == 0
+    st = json.loads(bk(cli, srv, "account", "statement", "alice", "--json").out)
+    assert st["balance_cents"] == 700 and [c["cents"] for c in st["charges"]] == [500]
+    assert play_game(cli, alice["console"], "G-B").code == 1  # (one move: "unfinished")
+
+    def flagged(disc: Path) -> str | None:
+        """Who the server has flagged the disc's MID for (None: nobody)."""
+        with DiscImage.open(disc) as d:
+            mid = str(d.disc.mid)
+        store = srv.home.store()
+        try:
+            with store.transaction() as tx:
+                return tx.one("SELECT flagged_by FROM media WHERE mid = ?", mid)[0]
+        finally:
+            store.close()
+
+    # a declined card: a clear message, no key, the MID not flagged
+    bob = brokered_console(cli, srv, tmp_path / "bob", "bob")
+    assert cli("console", "register", "--console", bob["console"]).code == 0
+    assert cli("console", "insert-disc", discs[1], "--console", bob["console"]).code == 0
+    r = cli("console", "install", "--console", bob["console"])
+    assert r.code == 15 and "payment declined: the card was declined" in r.err, r
+    assert flagged(discs[1]) is None
+    # an empty balance and no card: the same
+    carol = brokered_console(cli, srv, tmp_path / "carol", "carol")
+    assert cli("console", "register", "--console", carol["console"]).code == 0
+    assert cli("console", "insert-disc", discs[1], "--console", carol["console"]).code == 0
+    r = cli("console", "install", "--console", carol["console"])
+    assert r.code == 15 and "balance of carol is too low" in r.err, r
+    assert flagged(discs[1]) is None
+    # a wrong password, and no account at all
+    assert cli("console", "account", "carol", "--password", "not-her-password", "--console", carol["console"]).code == 0
+    r = cli("console", "install", "--console", carol["console"])
+    assert r.code == 6 and "wrong account name or password" in r.err
+    # once Carol pays, the disc is hers; the lost-answer refetch is not charged again
+    assert bk(cli, srv, "account", "topup", "carol", "5.00", "--card", "4242424242424242").code == 0
+    assert cli("console", "account", "carol", "--password", "carol-secret-pw", "--console", carol["console"]).code == 0
+    assert cli("console", "acquire", "--console", carol["console"]).code == 0
+    assert cli("console", "acquire", "--console", carol["console"]).code == 0  # again, as after a lost answer
+    assert cli("console", "install", "--console", carol["console"]).code == 0
+    st = json.loads(bk(cli, srv, "account", "statement", "carol", "--json").out)
+    assert st["balance_cents"] == 0 and len(st["charges"]) == 1
+    # the card on file pays when the balance does not: 12.00 - 5.00 = 7.00, 2.00, then the card
+    for disc in discs[2:]:  # (same title: the keys are bought, the title is on the HDD already)
+        assert cli("console", "eject-disc", *con).code == 0
+        assert cli("console", "insert-disc", disc, *con).code == 0
+        assert cli("console", "acquire", *con).code == 0
+    st = json.loads(bk(cli, srv, "account", "statement", "alice", "--json").out)
+    assert st["balance_cents"] == 200 and [c["method"] for c in st["charges"]] == ["prepaid", "prepaid", "card"]
+    totals = json.loads(bk(cli, srv, "ledger", "--json").out)
+    assert totals["charges"] == 4 * 500 and totals["platform"] == 4 * 350 and totals["broker"] == 4 * 150
+    entries = json.loads(bk(cli, srv, "audit", "--json").out)["entries"]
+    assert sum(e["action"] == "charge" for e in entries) == 4
+
+
+def test_broker_mode_server_is_not_reachable_by_users(cli, brokered, tmp_path, ledger_balances):
+    srv = brokered
+    direct = factory(cli, srv, tmp_path / "direct")  # pointed at the server itself
+    r = cli("console", "register", "--console", direct["console"])
+    assert r.code == 5 and "accepts only the platform's own clients" in r.err and r.err.count("\n") == 1, r
+    # the broker's credential cannot call operator endpoints
+    with srv.role_client("broker") as c:
+        from vhw import protocol as p
+        from vhw.errors import ServerError
+
+        with pytest.raises(ServerError) as err:
+            c.call("/v1/operator/audit", p.AuditQuery(), p.AuditPage)
+        assert err.value.status == 403
+
+
+def test_disc_without_mid_is_bought_once_per_install(cli, brokered, tmp_path, ledger_balances):
+    srv = brokered
+    src = make_title(tmp_path / "free", seed=40)
+    pub = ["--credential", srv.credential("publisher"), "--server", srv.url]
+    assert cli("disc", "master", src, "-o", tmp_path / "f.master", "--title-id", "FREE-1", *pub).code == 0
+    assert cli("disc", "press", tmp_path / "f.master", "--no-mid", "-o", tmp_path / "free-discs", *pub).code == 0
+    [disc] = (tmp_path / "free-discs").iterdir()
+    assert bk(cli, srv, "account", "add", "dave", "--password", "dave-secret-pw").code == 0
+    assert bk(cli, srv, "account", "card", "dave", "4242 4242 4242 4242").code == 0
+    dave = brokered_console(cli, srv, tmp_path / "dave", "dave")
+    con = ["--console", dave["console"]]
+    assert cli("console", "register", *con).code == 0
+    assert cli("console", "insert-disc", disc, *con).code == 0
+    r = cli("console", "install", *con)
+    assert r.code == 0, r
+    card = card_dev.load(dave["card"])
+    from vhw import console as cpu
+    from vhw.devices.hdd import HddImage
+    from vhw.install import read_title
+
+    with HddImage.open(dave["hdd"]) as img:
+        title = img.volume.catalog.title("FREE-1")
+        assert read_title(img, title, cpu.content_gen_key(card)) == source_files(src)
+        paid_mid = title.mid
+    assert cli("console", "install", *con).code == 9  # installed: nothing is bought twice
+    # each paid key installs once: after removing the title, installing again is a new purchase
+    assert cli("hdd", "rm", "FREE-1", *con).code == 0
+    assert cli("console", "install", *con).code == 0
+    with HddImage.open(dave["hdd"]) as img:
+        assert img.volume.catalog.title("FREE-1").mid != paid_mid
+    st = json.loads(bk(cli, srv, "account", "statement", "dave", "--json").out)
+    assert [c["method"] for c in st["charges"]] == ["card", "card"]
+    # the first license is final: its MID cannot be fetched again by anyone
+    store = srv.home.store()
+    try:
+        with store.transaction() as tx:
+            rows = tx.all("SELECT confirmed_at FROM media WHERE purchased = 1 AND flagged_by IS NOT NULL")
+    finally:
+        store.close()
+    assert len(rows) == 2 and all(r[0] for r in rows)
+
+
+def test_direct_server_refuses_discs_without_mid(cli, srv, tmp_path):
+    src = make_title(tmp_path / "free", seed=41)
+    pub = ["--credential", srv.credential("publisher"), "--server", srv.url]
+    assert cli("disc", "master", src, "-o", tmp_path / "f.master", "--title-id", "FREE-2", *pub).code == 0
+    assert cli("disc", "press", tmp_path / "f.master", "--no-mid", "-o", tmp_path / "d", *pub).code == 0
+    [disc] = (tmp_path / "d").iterdir()
+    dev = factory(cli, srv, tmp_path / "eve")
+    con = ["--console", dev["console"]]
+    assert cli("console", "register", *con).code == 0
+    assert cli("console", "insert-disc", disc, *con).code == 0
+    r = cli("console", "install", *con)
+    assert r.code == 6 and "404" in r.err, r  # this server sells nothing; a broker does
+
+
+# -- card-less consoles ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("memory", ["console", "hdd"])
+def test_card_less_console(cli, srv, tmp_path, memory):
+    src = game(tmp_path)
+    [disc] = publish(cli, srv, src, tmp_path, "G-3" if memory == "console" else "G-4")
+    title = disc.name.split("-")[0] + "-" + disc.name.split("-")[1]
+    man = ["--credential", srv.credential("manufacturer"), "--server", srv.url]
+    rom, hdd, nvram = tmp_path / "c.rom", tmp_path / "c.hdd", tmp_path / "c.nvram"
+    assert cli("console", "rom", rom, *man, *(["--memory", nvram] if memory == "console" else [])).code == 0
+    assert cli("hdd", "format", hdd, "--size", "64M", *man, *(["--with-memory"] if memory == "hdd" else [])).code == 0
+    con = tmp_path / "console"
+    assert cli("console", "setup", con, "--rom", rom, "--hdd", hdd, "--memory",
+               "hdd" if memory == "hdd" else nvram).code == 0
+    c = ["--console", con]
+    assert cli("console", "register", *c).code == 0
+    assert cli("console", "insert-disc", disc, *c).code == 0
+    assert cli("console", "install", *c).code == 0
+    r = cli("console", "play", *c, title, "--moves", "dddssdddwwddssss")
+    assert r.code == 0, r
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    assert cli("console", "mount", mnt, *c).code == 0
+    try:
+        assert hashlib.sha256((mnt / title / "cave.py").read_bytes()).digest() == hashlib.sha256(
+            (src / "cave.py").read_bytes()).digest()
+    finally:
+        assert cli("console", "unmount", mnt, *c).code == 0
+    assert cli("hdd", "fsck", hdd, "--deep").code == 0
+    # the same disc again: already installed; the HDD (and, for hdd memory, its items) elsewhere: refused
+    other_rom = tmp_path / "other.rom"
+    assert cli("console", "rom", other_rom, *man, *(["--memory", tmp_path / "o.nvram"] if memory == "console" else [])).code == 0
+    elsewhere = tmp_path / "elsewhere"
+    assert cli("console", "setup", elsewhere, "--rom", other_rom, "--hdd", hdd, "--memory",
+               "hdd" if memory == "hdd" else tmp_path / "o.nvram").code == 0
+    r = cli("console", "play", "--console", elsewhere, title)
+    assert (r.code, r.err) == (14, REPRODUCTION)
+
+
+# -- the identification policy, end to end -------------------------------------------------------------------
+
+
+def test_identification_policy_end_to_end(cli, tmp_path):
+    server = RunningServer.start(tmp_path / "policy", init=["--identify-by", "mc_id,client_id"])
+    try:
+        src = make_title(tmp_path / "s", seed=50)
+        [disc] = publish(cli, server, src, tmp_path, "POL-1")
+        dev = factory(cli, server, tmp_path / "u")
+        assert cli("console", "register", "--console", dev["console"]).code == 0
+        other = factory(cli, server, tmp_path / "v")
+        # the HDD-ID is outside the policy: another registered HDD does not change who the user is
+        swapped = tmp_path / "swapped"
+        assert cli("console", "setup", swapped, "--rom", dev["rom"], "--hdd", other["hdd"]).code == 0
+        assert cli("console", "insert-card", dev["card"], "--console", swapped).code == 0
+        assert cli("console", "insert-disc", disc, "--console", swapped).code == 0
+        assert cli("console", "acquire", "--console", swapped).code == 0
+        # the Client ID is in it: another console is refused
+        moved = tmp_path / "moved"
+        assert cli("console", "setup", moved, "--rom", other["rom"], "--hdd", dev["hdd"]).code == 0
+        assert cli("console", "insert-card", dev["card"], "--console", moved).code == 0
+        assert cli("console", "insert-disc", disc, "--console", moved).code == 0
+        r = cli("console", "acquire", "--console", moved)
+        assert (r.code, r.err) == (11, USER_ID_INVALID)
+    finally:
+        server.stop()

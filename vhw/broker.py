@@ -1,0 +1,472 @@
+"""The broker (the patent's third party management server device 50, FIG. 15).
+
+Users reach the licensing server only through the broker. A console points at the broker instead
+of the server (the same ``/v1/console/...`` requests) and adds its account's name and password
+(HTTP Basic). The broker checks the account, passes the console's MC-ID and wrapped items through
+to the server over mutual TLS with its own credential (it never sees an unwrapped key), and
+charges a set price per key, split between platform and broker in set percentages.
+
+A charge is made in two steps around the server's answer, so that nothing is paid for that was
+not issued and nothing is issued that could not be paid for:
+
+    hold      prepaid balance reserved, or the card on file authorised; a decline stops here,
+              before the server is asked (no key, no MID flagged)
+    relay     the server flags the MID and issues the keys, or refuses
+    capture   only when the server says the MID was flagged just now (a refetch after a lost
+              answer is free), else the hold is released
+
+Every capture writes a balanced double-entry transaction to the ledger (amounts in cents, debits
+positive, each transaction summing to zero):
+
+    prepaid:  user:NAME +price, revenue:platform -share, revenue:broker -rest
+    card:     processor:receivable +price, revenue:platform -share, revenue:broker -rest
+    top-up:   processor:receivable +amount, user:NAME -amount
+
+so a user's prepaid balance is minus the sum of ``user:NAME``, and the platform's and broker's
+revenue are minus the sums of their accounts. Every charge, top-up and relayed key is also in
+the broker's audit log.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+
+from . import crypto
+from . import protocol as p
+from .devices.files import atomic_write
+from .errors import ImageError, NetworkError, PaymentDeclined, Refusal, ServerError, StateError
+from .payments import Processor, TestProcessor
+from .serverhome import Credential
+from .store import SqliteStore, Store
+
+log = logging.getLogger(__name__)
+
+SCHEMA: list[list[str]] = [
+    [
+        "CREATE TABLE accounts (name TEXT PRIMARY KEY, password_hash BYTEA NOT NULL, salt BYTEA NOT NULL,"
+        " card_token TEXT, card_last4 TEXT, created BIGINT NOT NULL)",
+        "CREATE TABLE ledger (id INTEGER PRIMARY KEY AUTOINCREMENT, txn TEXT NOT NULL, account TEXT NOT NULL,"
+        " cents BIGINT NOT NULL, memo TEXT NOT NULL, at BIGINT NOT NULL)",
+        "CREATE INDEX ledger_account ON ledger (account)",
+        "CREATE TABLE holds (hold TEXT PRIMARY KEY, account TEXT NOT NULL, cents BIGINT NOT NULL,"
+        " method TEXT NOT NULL, auth TEXT, state TEXT NOT NULL, at BIGINT NOT NULL)",
+        "CREATE TABLE charges (txn TEXT PRIMARY KEY, account TEXT NOT NULL, cents BIGINT NOT NULL,"
+        " platform BIGINT NOT NULL, broker BIGINT NOT NULL, what TEXT NOT NULL, method TEXT NOT NULL,"
+        " at BIGINT NOT NULL)",
+        "CREATE TABLE processor_cards (token TEXT PRIMARY KEY, declines BIGINT NOT NULL)",
+        "CREATE TABLE processor_auths (auth TEXT PRIMARY KEY, token TEXT NOT NULL, cents BIGINT NOT NULL,"
+        " state TEXT NOT NULL)",
+        "CREATE TABLE audit (seq INTEGER PRIMARY KEY AUTOINCREMENT, at BIGINT NOT NULL, actor TEXT NOT NULL,"
+        " action TEXT NOT NULL, subject TEXT NOT NULL, detail TEXT NOT NULL)",
+    ],
+]
+
+SCRYPT = {"n": 2**14, "r": 8, "p": 1}  # memory-hard: 16 MiB per guess
+
+
+def hash_password(password: str, salt: bytes) -> bytes:
+    return Scrypt(salt=salt, length=32, **SCRYPT).derive(password.encode())
+
+
+@dataclass
+class BrokerConfig:
+    server: str
+    listen: str = "127.0.0.1:9443"
+    price_cents: int = 499
+    platform_share: int = 70  # percent of each charge that goes to the platform
+
+    @classmethod
+    def load(cls, path: Path) -> BrokerConfig:
+        try:
+            cfg = cls(**json.loads(path.read_text()))
+            if not 0 <= cfg.platform_share <= 100 or cfg.price_cents < 0:
+                raise ValueError("share or price out of range")
+        except OSError as exc:
+            raise ImageError(path, f"cannot read broker configuration: {exc.strerror}") from None
+        except (ValueError, TypeError) as exc:
+            raise ImageError(path, f"invalid broker configuration: {exc}") from None
+        return cfg
+
+
+@dataclass(frozen=True)
+class Hold:
+    hold: str
+    account: str
+    cents: int
+    method: str  # "prepaid" or "card"
+    auth: str | None = None
+
+
+class Broker:
+    """Accounts, charges and the relay; the web app (:class:`BrokerApp`) only decodes and maps."""
+
+    def __init__(self, store: Store, processor: Processor, config: BrokerConfig,
+                 relay: Callable[[str, object, type], object], clock: Callable[[], float] = time.time):
+        self.store = store
+        self.processor = processor
+        self.config = config
+        self.relay = relay
+        self.clock = clock
+
+    def _now(self) -> int:
+        return int(self.clock())
+
+    def _audit(self, tx, actor: str, action: str, subject: str, **detail) -> None:
+        tx.execute("INSERT INTO audit (at, actor, action, subject, detail) VALUES (?, ?, ?, ?, ?)",
+                   self._now(), actor, action, subject, json.dumps(detail, sort_keys=True, default=str))
+
+    # -- accounts -----------------------------------------------------------------------------
+
+    def add_account(self, name: str, password: str) -> None:
+        if not name or len(name) > 64 or not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
+            raise StateError(f"{name!r} is not an account name (letters, digits, - _ .)")
+        if len(password) < 8:
+            raise StateError("a password has at least 8 characters")
+        salt = secrets.token_bytes(16)
+        with self.store.transaction() as tx:
+            if tx.one("SELECT 1 FROM accounts WHERE name = ?", name):
+                raise StateError(f"account {name} exists already")
+            tx.execute("INSERT INTO accounts (name, password_hash, salt, created) VALUES (?, ?, ?, ?)",
+                       name, hash_password(password, salt), salt, self._now())
+            self._audit(tx, "broker", "add-account", name)
+
+    def check_password(self, name: str, password: str) -> bool:
+        with self.store.transaction() as tx:
+            row = tx.one("SELECT password_hash, salt FROM accounts WHERE name = ?", name)
+        # the same work whether or not the account exists: no way to tell which names exist
+        salt = bytes(row[1]) if row else b"\0" * 16
+        candidate = hash_password(password, salt)
+        return row is not None and crypto.equal(candidate, bytes(row[0]))
+
+    def _require(self, tx, name: str) -> tuple:
+        row = tx.one("SELECT card_token, card_last4 FROM accounts WHERE name = ?", name)
+        if row is None:
+            raise StateError(f"no account {name}")
+        return row
+
+    def set_card(self, name: str, number: str) -> str:
+        token, last4 = self.processor.tokenize(number)
+        with self.store.transaction() as tx:
+            self._require(tx, name)
+            tx.execute("UPDATE accounts SET card_token = ?, card_last4 = ? WHERE name = ?", token, last4, name)
+            self._audit(tx, "broker", "card-on-file", name, last4=last4)
+        return last4
+
+    def topup(self, name: str, cents: int, number: str | None = None) -> int:
+        """Pay ``cents`` into the prepaid balance with the card on file (or ``number``)."""
+        if cents <= 0:
+            raise StateError("a top-up is a positive amount")
+        with self.store.transaction() as tx:
+            token, _ = self._require(tx, name)
+        if number:
+            token, _ = self.processor.tokenize(number)
+        if not token:
+            raise PaymentDeclined(f"account {name} has no card on file to pay the top-up with")
+        auth = self.processor.authorize(token, cents)
+        self.processor.capture(auth)
+        txn = "txn_" + secrets.token_hex(8)
+        with self.store.transaction() as tx:
+            self._post(tx, txn, [("processor:receivable", cents), (f"user:{name}", -cents)], f"top-up {auth}")
+            self._audit(tx, "broker", "top-up", name, cents=cents, txn=txn)
+        return self.balance(name)
+
+    def balance(self, name: str) -> int:
+        with self.store.transaction() as tx:
+            row = tx.one("SELECT COALESCE(SUM(cents), 0) FROM ledger WHERE account = ?", f"user:{name}")
+        return -row[0]
+
+    def statement(self, name: str) -> dict:
+        with self.store.transaction() as tx:
+            token, last4 = self._require(tx, name)
+            entries = tx.all("SELECT at, txn, cents, memo FROM ledger WHERE account = ? ORDER BY id", f"user:{name}")
+            charges = tx.all("SELECT at, txn, cents, what, method FROM charges WHERE account = ? ORDER BY at", name)
+        return {
+            "account": name,
+            "balance_cents": -sum(e[2] for e in entries),
+            "card_on_file": f"**** {last4}" if last4 else None,
+            "prepaid_entries": [{"at": a, "txn": t, "cents": -c, "memo": m} for a, t, c, m in entries],
+            "charges": [{"at": a, "txn": t, "cents": c, "what": w, "method": m} for a, t, c, w, m in charges],
+        }
+
+    def ledger_totals(self) -> dict:
+        with self.store.transaction() as tx:
+            total = tx.one("SELECT COALESCE(SUM(cents), 0) FROM ledger")[0]
+            by_account = dict(tx.all("SELECT account, SUM(cents) FROM ledger GROUP BY account"))
+            charged = tx.one("SELECT COALESCE(SUM(cents), 0), COALESCE(SUM(platform), 0), COALESCE(SUM(broker), 0)"
+                             " FROM charges")
+            unbalanced = tx.all("SELECT txn FROM ledger GROUP BY txn HAVING SUM(cents) <> 0")
+        return {
+            "sum_of_entries": total,
+            "unbalanced_transactions": [r[0] for r in unbalanced],
+            "charges": charged[0],
+            "platform": -by_account.get("revenue:platform", 0),
+            "broker": -by_account.get("revenue:broker", 0),
+            "platform_in_charges": charged[1],
+            "broker_in_charges": charged[2],
+            "accounts": {k: v for k, v in sorted(by_account.items())},
+        }
+
+    def _post(self, tx, txn: str, entries: list[tuple[str, int]], memo: str) -> None:
+        assert sum(c for _, c in entries) == 0, "a ledger transaction must balance"
+        for account, cents in entries:
+            tx.execute("INSERT INTO ledger (txn, account, cents, memo, at) VALUES (?, ?, ?, ?, ?)",
+                       txn, account, cents, memo, self._now())
+
+    # -- charging -------------------------------------------------------------------------------
+
+    def hold(self, name: str) -> Hold:
+        """Reserve the price of a key: from the prepaid balance, else on the card on file."""
+        cents = self.config.price_cents
+        hold_id = "hold_" + secrets.token_hex(8)
+        with self.store.transaction() as tx:
+            token, _ = self._require(tx, name)
+            balance = -tx.one("SELECT COALESCE(SUM(cents), 0) FROM ledger WHERE account = ?", f"user:{name}")[0]
+            held = tx.one("SELECT COALESCE(SUM(cents), 0) FROM holds WHERE account = ? AND method = 'prepaid'"
+                          " AND state = 'held'", name)[0]
+            if balance - held >= cents:
+                tx.execute("INSERT INTO holds (hold, account, cents, method, state, at) VALUES (?, ?, ?, 'prepaid', 'held', ?)",
+                           hold_id, name, cents, self._now())
+                return Hold(hold_id, name, cents, "prepaid")
+        if not token:
+            raise PaymentDeclined(
+                f"the prepaid balance of {name} is too low ({_money(balance - held)}) and no card is on file"
+            )
+        auth = self.processor.authorize(token, cents)  # PaymentDeclined: the server is never asked
+        with self.store.transaction() as tx:
+            tx.execute("INSERT INTO holds (hold, account, cents, method, auth, state, at) VALUES (?, ?, ?, 'card', ?, 'held', ?)",
+                       hold_id, name, cents, auth, self._now())
+        return Hold(hold_id, name, cents, "card", auth)
+
+    def capture(self, h: Hold, what: str) -> None:
+        platform = h.cents * self.config.platform_share // 100
+        broker = h.cents - platform
+        if h.method == "card":
+            self.processor.capture(h.auth)
+        payer = f"user:{h.account}" if h.method == "prepaid" else "processor:receivable"
+        with self.store.transaction() as tx:
+            if not tx.execute("UPDATE holds SET state = 'captured' WHERE hold = ? AND state = 'held'", h.hold):
+                return  # captured already
+            txn = "txn_" + secrets.token_hex(8)
+            self._post(tx, txn, [(payer, h.cents), ("revenue:platform", -platform), ("revenue:broker", -broker)],
+                       f"key for {what}")
+            tx.execute("INSERT INTO charges (txn, account, cents, platform, broker, what, method, at)"
+                       " VALUES (?, ?, ?, ?, ?, ?, ?, ?)", txn, h.account, h.cents, platform, broker, what, h.method,
+                       self._now())
+            self._audit(tx, f"account:{h.account}", "charge", what, cents=h.cents, method=h.method, txn=txn,
+                        platform=platform, broker=broker)
+
+    def release(self, h: Hold) -> None:
+        if h.method == "card":
+            self.processor.void(h.auth)
+        with self.store.transaction() as tx:
+            tx.execute("UPDATE holds SET state = 'released' WHERE hold = ? AND state = 'held'", h.hold)
+
+    # -- the relayed flows ------------------------------------------------------------------------
+
+    def register(self, account: str, req: p.RegisterRequest) -> p.RegisterResponse:
+        return self._relay("/v1/broker/register", req, p.RegisterResponse, account)
+
+    def confirm(self, account: str, req: p.ConfirmRequest) -> p.Done:
+        return self._relay("/v1/broker/confirm", req, p.Done, account)
+
+    def acquire(self, account: str, req: p.AcquireRequest) -> p.AcquireResponse:
+        return self._charged("/v1/broker/acquire", req, account)
+
+    def purchase(self, account: str, req: p.PurchaseRequest) -> p.AcquireResponse:
+        return self._charged("/v1/broker/purchase", req, account)
+
+    def _relay(self, path: str, req, answer: type, account: str):
+        with self.store.transaction() as tx:
+            self._audit(tx, f"account:{account}", "relay", path, mc_id=req.mc_id)
+        return self.relay(path, req, answer)
+
+    def _charged(self, path: str, req, account: str) -> p.AcquireResponse:
+        try:
+            h = self.hold(account)
+        except PaymentDeclined as declined:
+            # No money for a new key; but the keys of one already paid for (a lost answer) are free.
+            fields = {k: getattr(req, k) for k in p.AcquireRequest.__dataclass_fields__}
+            try:
+                resp = self.relay("/v1/broker/refetch", p.AcquireRequest(**fields), p.BrokerAcquireResponse)
+            except Refusal:
+                raise declined from None
+            return p.AcquireResponse(**{k: v for k, v in resp.__dict__.items() if k != "first_issue"})
+        try:
+            resp = self.relay(path, req, p.BrokerAcquireResponse)
+        except BaseException:
+            self.release(h)  # refused, unreachable, or anything else: nothing issued, nothing paid
+            raise
+        if resp.first_issue:
+            self.capture(h, f"{resp.title_id} ({path.rsplit('/', 1)[1]}, card {req.mc_id})")
+        else:
+            self.release(h)  # the keys of a MID this user has paid for already
+        fields = {k: v for k, v in resp.__dict__.items() if k != "first_issue"}
+        return p.AcquireResponse(**fields)
+
+
+def _money(cents: int) -> str:
+    return f"{cents / 100:.2f}"
+
+
+# -- the broker's home ---------------------------------------------------------------------------
+
+
+class BrokerHome:
+    """config.json, credential.json (the broker's platform credential), tls.pem + tls-key.pem (its
+    TLS identity, signed by the platform CA), broker.db (accounts, holds, ledger, audit)."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def path(self, name: str) -> Path:
+        return self.root / name
+
+    @classmethod
+    def init(cls, root: Path, *, credential: Path, tls: Path, server: str | None, listen: str,
+             price_cents: int, platform_share: int) -> BrokerHome:
+        home = cls(root)
+        if home.path("config.json").exists():
+            raise StateError(f"{root}: a broker is set up here already")
+        cred = Credential.load(credential)
+        if cred.role != "broker":
+            raise StateError(f"{credential} is a {cred.role} credential, not a broker's")
+        for name in ("tls.pem", "tls-key.pem"):
+            if not (tls / name).exists():
+                raise StateError(f"{tls}: no {name}", hint="vhw server issue-cert broker --host HOST -o DIR")
+        home.root.mkdir(parents=True, exist_ok=True)
+        home.root.chmod(0o700)
+        atomic_write(home.path("credential.json"), cred.to_json(), mode=0o600)
+        atomic_write(home.path("tls.pem"), (tls / "tls.pem").read_bytes())
+        atomic_write(home.path("tls-key.pem"), (tls / "tls-key.pem").read_bytes(), mode=0o600)
+        cfg = BrokerConfig(server=server or cred.server, listen=listen, price_cents=price_cents,
+                           platform_share=platform_share)
+        BrokerConfig(**asdict(cfg))
+        atomic_write(home.path("config.json"), json.dumps(asdict(cfg), indent=1).encode())
+        store = home.store()
+        try:
+            store.migrate(SCHEMA)
+        finally:
+            store.close()
+        return home
+
+    def require(self) -> None:
+        if not self.path("config.json").exists():
+            raise StateError(f"{self.root}: no broker here", hint="vhw broker init")
+
+    def config(self) -> BrokerConfig:
+        self.require()
+        return BrokerConfig.load(self.path("config.json"))
+
+    def store(self) -> Store:
+        return SqliteStore(self.path("broker.db"))
+
+    @contextlib.contextmanager
+    def broker(self):
+        """A Broker over this home's database, relaying to the server with its credential."""
+        from .client import Client, tls_context
+
+        cfg = self.config()
+        cred = Credential.load(self.path("credential.json"))
+        store = self.store()
+        store.migrate(SCHEMA)
+        client = Client(cfg.server, tls_context(ca_pem=cred.ca, client_cert=cred.client_cert), token=cred.token)
+        try:
+            yield Broker(store, TestProcessor(store), cfg, client.call)
+        finally:
+            client.close()
+            store.close()
+
+
+# -- the web app ---------------------------------------------------------------------------------
+
+
+class BrokerApp:
+    """The consoles' side of the broker: the server's console endpoints, plus an account."""
+
+    def __init__(self, broker: Broker):
+        from starlette.applications import Starlette
+        from starlette.exceptions import HTTPException
+        from starlette.routing import Route
+
+        from .server import _error_response
+
+        self.broker = broker
+        routes = [
+            Route("/v1/health", self.health, methods=["GET"]),
+            Route("/v1/console/register", self._endpoint(p.RegisterRequest, broker.register), methods=["POST"]),
+            Route("/v1/console/acquire", self._endpoint(p.AcquireRequest, broker.acquire), methods=["POST"]),
+            Route("/v1/console/purchase", self._endpoint(p.PurchaseRequest, broker.purchase), methods=["POST"]),
+            Route("/v1/console/confirm", self._endpoint(p.ConfirmRequest, broker.confirm), methods=["POST"]),
+        ]
+        self.app = Starlette(routes=routes,
+                             exception_handlers={HTTPException: lambda req, exc: _error_response(exc)})
+
+    async def __call__(self, scope, receive, send) -> None:
+        await self.app(scope, receive, send)
+
+    async def health(self, request):
+        from starlette.responses import JSONResponse
+
+        from . import __version__
+
+        return JSONResponse(p.encode(p.Health("ok", "broker", __version__)))
+
+    def _endpoint(self, request_cls, call):
+        import anyio
+        from starlette.responses import JSONResponse
+
+        from .server import ApiError, _error_response, _json, _read_body
+
+        async def handle(request):
+            try:
+                account = await anyio.to_thread.run_sync(self._account, request.headers.get("authorization", ""))
+                msg = p.decode(request_cls, await _read_body(request))
+                result = await anyio.to_thread.run_sync(call, account, msg)
+                return JSONResponse(p.encode(result))
+            except PaymentDeclined as exc:
+                return _json(402, "payment-declined", exc.message)
+            except NetworkError as exc:
+                return _json(502, "server-unreachable", f"the licensing server cannot be reached ({exc.message})")
+            except ServerError as exc:
+                if exc.status and 400 <= exc.status < 500:
+                    return _json(exc.status, "refused", exc.message)
+                return _json(502, "server-error", exc.message)
+            except (Refusal, ApiError, p.ProtocolError, Exception) as exc:
+                return _error_response(exc)
+
+        return handle
+
+    def _account(self, header: str) -> str:
+        import base64
+        import binascii
+
+        from .server import ApiError
+
+        scheme, _, value = header.partition(" ")
+        if scheme.lower() != "basic":
+            raise ApiError(401, "unauthenticated", "the broker needs your account name and password")
+        try:
+            name, _, password = base64.b64decode(value, validate=True).decode().partition(":")
+        except (binascii.Error, UnicodeDecodeError, ValueError):
+            raise ApiError(401, "unauthenticated", "malformed account credentials") from None
+        if not self.broker.check_password(name, password):
+            raise ApiError(401, "unauthenticated", "wrong account name or password")
+        return name
+
+
+async def serve(home: BrokerHome, *, listen: tuple[str, int] | None = None, ready=None) -> None:
+    from .server import _split, serve_app
+
+    cfg = home.config()
+    with home.broker() as broker:
+        await serve_app(BrokerApp(broker), listen=listen or _split(cfg.listen), certfile=home.path("tls.pem"),
+                        keyfile=home.path("tls-key.pem"), ready=ready)

@@ -1,0 +1,176 @@
+"""The broker's operator (FIG. 15): ``vhw broker init|run|audit|ledger`` and ``vhw broker account ...``."""
+
+from __future__ import annotations
+
+import sys
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+
+import click
+import trio
+
+from ..broker import BrokerHome, serve
+from ..errors import StateError
+from . import App, emit, pass_app, vhw
+from .params import LISTEN
+
+home_option = click.option("--home", type=click.Path(path_type=Path, file_okay=False),
+                           help="The broker's folder (default: $VHW_HOME/broker).")
+
+
+def broker_home(app: App, home: Path | None) -> BrokerHome:
+    return BrokerHome(home or app.home / "broker")
+
+
+def cents(text: str) -> int:
+    try:
+        value = Decimal(text)
+    except InvalidOperation:
+        raise click.BadParameter(f"{text!r} is not an amount (like 4.99)") from None
+    if value < 0 or value != value.quantize(Decimal("0.01")):
+        raise click.BadParameter(f"{text!r} is not an amount in cents (like 4.99)")
+    return int(value * 100)
+
+
+def money(c: int) -> str:
+    return f"{c / 100:,.2f}"
+
+
+@vhw.group()
+def broker() -> None:
+    """The broker between users and the licensing server: accounts, charges, ledger (FIG. 15)."""
+
+
+@broker.command("init")
+@home_option
+@click.option("--credential", type=click.Path(path_type=Path, dir_okay=False), required=True,
+              help="The broker's platform credential (from `vhw server init`).")
+@click.option("--tls", type=click.Path(path_type=Path, file_okay=False), required=True,
+              help="The broker's TLS identity, signed by the platform CA (`vhw server issue-cert`).")
+@click.option("--server", help="The licensing server's URL (default: the credential's).")
+@click.option("--listen", default="127.0.0.1:9443", show_default=True)
+@click.option("--price", default="4.99", show_default=True, help="Price of one key.")
+@click.option("--platform-share", type=click.IntRange(0, 100), default=70, show_default=True,
+              help="Percent of each charge that goes to the platform; the rest is the broker's.")
+@pass_app
+def broker_init(app: App, home: Path | None, credential: Path, tls: Path, server: str | None, listen: str,
+                price: str, platform_share: int) -> None:
+    """Set up a broker: its credential, TLS identity, prices and database."""
+    h = BrokerHome.init(broker_home(app, home).root, credential=credential, tls=tls, server=server, listen=listen,
+                        price_cents=cents(price), platform_share=platform_share)
+    cfg = h.config()
+    click.echo(f"broker {h.root}: price {money(cfg.price_cents)} per key, platform {cfg.platform_share}%,"
+               f" server {cfg.server}")
+
+
+@broker.command("run")
+@home_option
+@click.option("--listen", type=LISTEN, help="Address to serve consoles on (default: from init); port 0 picks one.")
+@pass_app
+def broker_run(app: App, home: Path | None, listen: tuple[str, int] | None) -> None:
+    """Serve consoles over HTTPS until Ctrl-C or SIGTERM."""
+    h = broker_home(app, home)
+    h.require()
+
+    def ready(url: str) -> None:
+        click.echo(f"vhw broker listening on {url}")
+        sys.stdout.flush()
+
+    trio.run(lambda: serve(h, listen=listen, ready=ready))
+    click.echo("vhw broker stopped")
+
+
+@broker.group("account")
+def account() -> None:
+    """User accounts: add, card on file, top up, statement."""
+
+
+@account.command("add")
+@click.argument("name")
+@click.option("--password", prompt=True, hide_input=True, confirmation_prompt=True,
+              help="The account's password (asked when not given).")
+@home_option
+@pass_app
+def account_add(app: App, name: str, password: str, home: Path | None) -> None:
+    """Open an account NAME (its password is kept only as a scrypt hash)."""
+    with broker_home(app, home).broker() as b:
+        b.add_account(name, password)
+    click.echo(f"account {name} opened")
+
+
+@account.command("card")
+@click.argument("name")
+@click.argument("number")
+@home_option
+@pass_app
+def account_card(app: App, name: str, number: str, home: Path | None) -> None:
+    """Put a payment card on file for NAME (the processor keeps the number; the broker a token)."""
+    with broker_home(app, home).broker() as b:
+        last4 = b.set_card(name, number)
+    click.echo(f"card **** {last4} on file for {name}")
+
+
+@account.command("topup")
+@click.argument("name")
+@click.argument("amount")
+@click.option("--card", "number", help="Pay with this card instead of the one on file.")
+@home_option
+@pass_app
+def account_topup(app: App, name: str, amount: str, number: str | None, home: Path | None) -> None:
+    """Pay AMOUNT into NAME's prepaid balance."""
+    with broker_home(app, home).broker() as b:
+        balance = b.topup(name, cents(amount), number)
+    click.echo(f"{name}: balance {money(balance)}")
+
+
+@account.command("statement")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True)
+@home_option
+@pass_app
+def account_statement(app: App, name: str, as_json: bool, home: Path | None) -> None:
+    """Show NAME's balance, card on file and charges."""
+    with broker_home(app, home).broker() as b:
+        d = b.statement(name)
+    lines = [f"account {name}: balance {money(d['balance_cents'])}, card {d['card_on_file'] or 'none'}",
+             *(f"  charge {money(c['cents'])} ({c['method']}) for {c['what']}" for c in d["charges"])]
+    emit(d, as_json=as_json, lines=lines)
+
+
+@broker.command("ledger")
+@click.option("--json", "as_json", is_flag=True)
+@home_option
+@pass_app
+def broker_ledger(app: App, as_json: bool, home: Path | None) -> None:
+    """Check the ledger: every transaction balanced, the shares adding up to the charges."""
+    with broker_home(app, home).broker() as b:
+        t = b.ledger_totals()
+    ok = (t["sum_of_entries"] == 0 and not t["unbalanced_transactions"]
+          and t["platform"] + t["broker"] == t["charges"]
+          and (t["platform"], t["broker"]) == (t["platform_in_charges"], t["broker_in_charges"]))
+    emit({**t, "balanced": ok}, as_json=as_json, lines=[
+        f"charges {money(t['charges'])} = platform {money(t['platform'])} + broker {money(t['broker'])}",
+        f"sum of all entries {money(t['sum_of_entries'])}; " + ("balanced" if ok else "NOT BALANCED"),
+    ])
+    if not ok:
+        raise StateError("the ledger does not balance")
+
+
+@broker.command("audit")
+@home_option
+@click.option("--json", "as_json", is_flag=True)
+@pass_app
+def broker_audit(app: App, home: Path | None, as_json: bool) -> None:
+    """Print the broker's audit log: accounts, cards on file, top-ups, relayed requests, charges."""
+    h = broker_home(app, home)
+    h.require()
+    store = h.store()
+    try:
+        with store.transaction() as tx:
+            rows = tx.all("SELECT seq, at, actor, action, subject, detail FROM audit ORDER BY seq")
+    finally:
+        store.close()
+    entries = [dict(zip(("seq", "at", "actor", "action", "subject", "detail"), r)) for r in rows]
+    emit({"entries": entries}, as_json=as_json,
+         lines=[f"{e['seq']:>6} {e['at']} {e['actor']:<20} {e['action']:<12} {e['subject']}  {e['detail']}"
+                for e in entries])

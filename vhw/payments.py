@@ -1,0 +1,84 @@
+"""Payment processors for the broker: an interface, and a built-in test processor.
+
+The broker never keeps a card number: it asks the processor to tokenise it and keeps the token and
+the last four digits. A charge is an authorization (money held), then a capture (taken) or a void
+(released), so that a declined card stops a purchase before the licensing server is ever asked,
+and a key the server refuses is never paid for.
+
+:class:`TestProcessor` behaves like a payment network's test mode, with the usual test numbers:
+``4242 4242 4242 4242`` is approved, ``4000 0000 0000 0002`` always declined, and any number
+failing the Luhn check is refused as invalid. Its state lives in the broker's database.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from typing import Protocol
+
+from .errors import PaymentDeclined
+
+DECLINING = "4000000000000002"
+
+
+class Processor(Protocol):
+    def tokenize(self, number: str) -> tuple[str, str]:
+        """(token, last four digits) for a card number, or PaymentDeclined if it is not valid."""
+
+    def authorize(self, token: str, cents: int) -> str:
+        """Hold ``cents`` on the card; an authorization ID, or PaymentDeclined."""
+
+    def capture(self, auth: str) -> None: ...
+
+    def void(self, auth: str) -> None: ...
+
+
+def luhn_ok(number: str) -> bool:
+    digits = [int(c) for c in number]
+    odd = digits[-1::-2]
+    even = [sum(divmod(2 * d, 10)) for d in digits[-2::-2]]
+    return (sum(odd) + sum(even)) % 10 == 0
+
+
+def clean_number(number: str) -> str:
+    digits = "".join(c for c in number if not c.isspace() and c != "-")
+    if not digits.isdigit() or not 12 <= len(digits) <= 19 or not luhn_ok(digits):
+        raise PaymentDeclined("not a valid card number")
+    return digits
+
+
+class TestProcessor:
+    """A processor in test mode, keeping its tokens and authorizations in the broker's store."""
+
+    def __init__(self, store):
+        self.store = store
+
+    def tokenize(self, number: str) -> tuple[str, str]:
+        digits = clean_number(number)
+        token = "tok_" + hashlib.sha256(b"vhw-test-processor" + digits.encode()).hexdigest()[:24]
+        with self.store.transaction() as tx:
+            if not tx.one("SELECT 1 FROM processor_cards WHERE token = ?", token):
+                tx.execute("INSERT INTO processor_cards (token, declines) VALUES (?, ?)", token, int(digits == DECLINING))
+        return token, digits[-4:]
+
+    def authorize(self, token: str, cents: int) -> str:
+        with self.store.transaction() as tx:
+            row = tx.one("SELECT declines FROM processor_cards WHERE token = ?", token)
+            if row is None:
+                raise PaymentDeclined("the card on file is unknown to the payment processor")
+            if row[0]:
+                raise PaymentDeclined("the card was declined")
+            auth = "auth_" + secrets.token_hex(12)
+            tx.execute("INSERT INTO processor_auths (auth, token, cents, state) VALUES (?, ?, ?, 'held')",
+                       auth, token, cents)
+        return auth
+
+    def capture(self, auth: str) -> None:
+        self._finish(auth, "captured")
+
+    def void(self, auth: str) -> None:
+        self._finish(auth, "voided")
+
+    def _finish(self, auth: str, state: str) -> None:
+        with self.store.transaction() as tx:
+            tx.execute("UPDATE processor_auths SET state = ? WHERE auth = ? AND state = 'held'", state, auth)
