@@ -424,9 +424,15 @@ class BrokerApp:
         import anyio
         from starlette.responses import JSONResponse
 
-        from .server import ApiError, _error_response, _json, _read_body
+        from .server import ApiError, _error_response, _json, _read_body, drain
 
         async def handle(request):
+            response = await respond(request)
+            if response.status_code != 200:
+                await drain(request)
+            return response
+
+        async def respond(request):
             try:
                 account = await anyio.to_thread.run_sync(self._account, request.headers.get("authorization", ""))
                 msg = p.decode(request_cls, await _read_body(request))

@@ -138,6 +138,19 @@ async def _too_large(request: Request, seen: int) -> ApiError:
     return ApiError(413, "too-large", f"request body over {p.MAX_BODY} bytes")
 
 
+async def drain(request: Request) -> None:
+    """Read what is left of a request's body (up to DRAIN_LIMIT) before answering early (401,
+    403, ...): a body left unread makes the connection unusable for the client's next request."""
+    try:
+        seen = 0
+        async for chunk in request.stream():
+            seen += len(chunk)
+            if seen > DRAIN_LIMIT:
+                break
+    except Exception:  # consumed already, or the client is gone: nothing to drain
+        pass
+
+
 async def _read_body(request: Request) -> object:
     length = request.headers.get("content-length")
     if length is not None and (not length.isdigit() or int(length) > p.MAX_BODY):
@@ -214,6 +227,7 @@ class App:
                 result = await anyio.to_thread.run_sync(ep.call, self.lic, actor, msg)
             response = JSONResponse(p.encode(result))
         except Exception as exc:  # mapped, never escaping: the server keeps serving
+            await drain(request)
             response = _error_response(exc)
         response.headers["x-vhw-process"] = PROCESS  # which of several server processes answered
         return response

@@ -15,7 +15,6 @@ from pathlib import Path
 from .. import crypto
 from ..errors import ImageError, IntegrityError
 from ..formats import disc as fmt
-from ..formats.common import BLOCK_SIZE
 from ..ids import Id
 from .files import check_regular, describe_os_error, fsync_dir, refuse_existing
 
@@ -40,22 +39,7 @@ class DiscImage:
         except OSError as exc:
             raise ImageError(path, f"cannot open {fmt.WHAT}: {describe_os_error(exc)}") from None
         try:
-            head = os.pread(fd, 2 * BLOCK_SIZE, 0)
-            h = fmt.decode_header(head[:BLOCK_SIZE], path=path, file_size=st.st_size)
-            span = os.pread(fd, h.data_offset - fmt.MANIFEST_OFFSET, fmt.MANIFEST_OFFSET)
-            if len(span) != h.data_offset - fmt.MANIFEST_OFFSET:
-                raise ImageError(path, f"truncated {fmt.WHAT}")
-            region = span[: h.manifest_length]
-            if span[h.manifest_length :].strip(b"\0"):  # the padding is covered by nothing else
-                raise IntegrityError(path, "disc image was modified (data after the manifest)")
-            manifest = fmt.decode_manifest(region, path=path)
-            if manifest.data_length != h.data_length:
-                raise ImageError(path, "corrupt disc header (data length disagrees with the manifest)")
-            digest = fmt.title_digest(region)
-            pressing, mid, signature = fmt.decode_mid_area(
-                head[BLOCK_SIZE:], path=path, manifest=manifest, title_digest=digest
-            )
-            disc = fmt.Disc(manifest, digest, h.manifest_length, h.data_offset, pressing, mid, signature)
+            disc, region = fmt.decode(lambda n, off: os.pread(fd, n, off), size=st.st_size, path=path)
             return cls(path, fd, disc, region)
         except BaseException:
             os.close(fd)

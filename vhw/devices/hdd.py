@@ -38,11 +38,12 @@ class Opened:
     damage: list[str] = field(default_factory=list)
 
 
-def read_volume(fd: int, path: Path, file_size: int) -> Opened:
-    """Pick the current generation: the valid slot with the highest generation whose catalog checks."""
+def read_volume(read: Callable[[int, int], bytes], path: object, file_size: int) -> Opened:
+    """Pick the current generation: the valid slot with the highest generation whose catalog
+    checks. ``read(length, offset)`` reads the image (a file, or bytes in memory)."""
     if file_size == 0:
         raise ImageError(path, f"empty file, not an {fmt.WHAT}")
-    head = os.pread(fd, fmt.DATA_START, 0)
+    head = read(fmt.DATA_START, 0)
     slots = [head[o : o + BLOCK_SIZE] for o in fmt.SLOT_OFFSETS]
     if not any(s.startswith(fmt.SUPER_MAGIC) for s in slots):
         if len(head) < len(fmt.SUPER_MAGIC) and fmt.SUPER_MAGIC.startswith(head):
@@ -69,7 +70,7 @@ def read_volume(fd: int, path: Path, file_size: int) -> Opened:
         if file_size > sb.nominal_size:
             raise ImageError(path, f"{fmt.WHAT} has {file_size - sb.nominal_size} unexpected trailing bytes")
         try:
-            data = os.pread(fd, sb.catalog_length, sb.catalog_offset)
+            data = read(sb.catalog_length, sb.catalog_offset)
             catalog = fmt.decode_catalog(data, sb, path=path)
         except ImageError as exc:
             first_error = first_error or exc
@@ -135,7 +136,7 @@ class HddImage:
         try:
             if write or shared_lock:
                 stack.enter_context(locked(fd, path, fmt.WHAT, shared=not write, wait=wait, on_wait=on_wait))
-            opened = read_volume(fd, path, os.fstat(fd).st_size)
+            opened = read_volume(lambda n, off: os.pread(fd, n, off), path, os.fstat(fd).st_size)
         except BaseException:
             stack.close()
             raise

@@ -235,6 +235,11 @@ def decode_manifest(region: bytes, *, path: object) -> Manifest:
         crypto.verify(rec.publisher_key, signature, manifest_signed_message(body))
     except crypto.Invalid:
         raise IntegrityError(path, "disc manifest signature does not verify (modified disc)") from None
+    return manifest_from_record(rec, path=path)
+
+
+def manifest_from_record(rec, *, path: object) -> Manifest:
+    """A parsed manifest body as a Manifest, refused when it is not consistent."""
     try:
         metadata = json.loads(rec.metadata) if rec.metadata else {}
     except ValueError:
@@ -366,3 +371,22 @@ def decode_mid_area(block: bytes, *, path: object, manifest: Manifest, title_dig
 
 def title_digest(manifest_region: bytes) -> bytes:
     return hashlib.sha256(manifest_region).digest()
+
+
+def decode(read, *, size: int, path: object) -> tuple[Disc, bytes]:
+    """A whole disc image's header, MID area and manifest, read through ``read(length, offset)``
+    (a file, or bytes in memory); returns the disc and its signed manifest region."""
+    head = read(2 * BLOCK_SIZE, 0)
+    h = decode_header(head[:BLOCK_SIZE], path=path, file_size=size)
+    span = read(h.data_offset - MANIFEST_OFFSET, MANIFEST_OFFSET)
+    if len(span) != h.data_offset - MANIFEST_OFFSET:
+        raise ImageError(path, f"truncated {WHAT}")
+    region = span[: h.manifest_length]
+    if span[h.manifest_length :].strip(b"\0"):  # the padding is covered by nothing else
+        raise IntegrityError(path, "disc image was modified (data after the manifest)")
+    manifest = decode_manifest(region, path=path)
+    if manifest.data_length != h.data_length:
+        raise ImageError(path, "corrupt disc header (data length disagrees with the manifest)")
+    digest = title_digest(region)
+    pressing, mid, signature = decode_mid_area(head[BLOCK_SIZE:], path=path, manifest=manifest, title_digest=digest)
+    return Disc(manifest, digest, h.manifest_length, h.data_offset, pressing, mid, signature), region

@@ -1,0 +1,248 @@
+"""Fuzz targets: each takes arbitrary bytes and must end either normally or with one of the
+project's own clear errors. Anything else escaping is a bug.
+
+Used by the hypothesis tests of the suite (tests/test_fuzz.py) and by the coverage-guided atheris
+runner (tools/fuzz/fuzz.py). Two kinds per device format:
+
+* ``*_raw``: the bytes are a whole device file, as found on disk;
+* ``*_body``: the bytes are what lies inside the integrity protection (the checksummed body, the
+  catalog), re-sealed before parsing, so mutations reach the structure parsers instead of stopping
+  at a checksum.
+
+API targets run a request body as the server does: JSON, then the message declaration, then the
+licensing service on a real SQLite database.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+from functools import cache
+from pathlib import Path
+
+from vhw import console as cpu
+from vhw import crypto
+from vhw import protocol as p
+from vhw.devices.hdd import read_volume
+from vhw.errors import VhwError
+from vhw.formats import card as card_fmt
+from vhw.formats import disc as disc_fmt
+from vhw.formats import hdd as hdd_fmt
+from vhw.formats import rom as rom_fmt
+from vhw.formats.common import parse, seal_envelope
+from vhw.ids import Id, IdKind
+from vhw.install import title_key
+from vhw.volume import Volume
+
+ALLOWED = (VhwError, p.ProtocolError)
+KEY = bytes(range(32))
+CLIENT, HDD = Id(IdKind.CLIENT, 1), Id(IdKind.HDD, 2)
+
+
+def _reader(data: bytes):
+    return lambda n, off: data[off : off + n]
+
+
+def rom_raw(data: bytes) -> None:
+    rom_fmt.decode(data)
+
+
+def rom_body(data: bytes) -> None:
+    rom_fmt.decode(seal_envelope(rom_fmt.MAGIC, rom_fmt.VERSION, data))
+
+
+def _use_card(card: card_fmt.Card) -> None:
+    """What a console does with a card it reads: every check must fail cleanly on nonsense."""
+    cpu.content_gen_key(card)
+    cpu.devices_match(card, CLIENT, HDD, anchor=b"", epochs={})
+    for lic in card.licenses:
+        cpu.license_mid(card, lic)
+    if card.registered:
+        try:
+            cpu.user_of(card)
+        except VhwError:
+            pass
+
+
+def card_raw(data: bytes) -> None:
+    _use_card(card_fmt.decode(data))
+
+
+def card_body(data: bytes) -> None:
+    _use_card(card_fmt.decode(seal_envelope(card_fmt.MAGIC, card_fmt.VERSION, data)))
+
+
+def disc_raw(data: bytes) -> None:
+    disc, _ = disc_fmt.decode(_reader(data), size=len(data), path="fuzz")
+    for f in disc.manifest.files[:4]:  # and what an install would read: chunks under some key
+        cipher = crypto.ChunkCipher(KEY, f.stream_id, f.size)
+        start = disc.data_offset + f.offset
+        for i in range(min(cipher.layout.count, 2)):
+            sealed = data[start + cipher.layout.sealed_offset(i):][: cipher.layout.sealed_length(i)]
+            try:
+                cipher.open(i, sealed)
+            except crypto.Invalid:
+                pass
+
+
+def disc_manifest(data: bytes) -> None:
+    """The manifest's structure checks, past its signature."""
+    rec = parse(disc_fmt.ManifestBody, data, path="fuzz", what="disc manifest")
+    disc_fmt.manifest_from_record(rec, path="fuzz")
+
+
+def disc_mid_area(data: bytes) -> None:
+    manifest = disc_fmt.Manifest("T1", "n", "game", "", bytes(32), ())
+    disc_fmt.decode_mid_area(data, path="fuzz", manifest=manifest, title_digest=bytes(32))
+
+
+def hdd_raw(data: bytes) -> None:
+    opened = read_volume(_reader(data), "fuzz", len(data))
+    _use_volume(opened.volume, data)
+
+
+def hdd_catalog(data: bytes) -> None:
+    """A catalog past its checksum: parsed, checked, and its titles read the way the mount would."""
+    sb = hdd_fmt.Superblock(HDD, 2**30, 0, 7, hdd_fmt.DATA_START, len(data) or 1, hashlib.sha256(data).digest())
+    try:
+        catalog = hdd_fmt.decode_catalog(data, sb, path="fuzz")
+    except VhwError:
+        return
+    catalog = catalog.__class__(7, catalog.titles, catalog.nvram, catalog.card_epochs)
+    _use_volume(Volume(sb, catalog), b"")
+
+
+def _use_volume(vol: Volume, data: bytes) -> None:
+    if vol.problems():
+        return  # fsck refuses it: nothing below runs on a volume with problems
+    vol.free()
+    for t in vol.catalog.titles[:4]:
+        key = title_key(KEY, vol.sb.hdd_id, t.title_id, t.key_salt)
+        for f in t.files[:4]:
+            cipher = crypto.ChunkCipher(key, f.stream_id, f.size)
+            for i in range(min(cipher.layout.count, 2)):
+                at = f.locate(cipher.layout.sealed_offset(i))
+                try:
+                    cipher.open(i, data[at : at + cipher.layout.sealed_length(i)])
+                except crypto.Invalid:
+                    pass
+    if vol.catalog.nvram:
+        try:
+            _use_card(card_fmt.decode(vol.catalog.nvram))
+        except VhwError:
+            pass
+
+
+# -- API messages ------------------------------------------------------------------------------
+
+
+@cache
+def _world():
+    from .world import World
+
+    return World.make(Path(tempfile.mkdtemp(prefix="vhw-fuzz-")))
+
+
+def _api(cls, call):
+    def target(data: bytes) -> None:
+        try:
+            body = json.loads(data, parse_constant=_reject)
+        except (ValueError, RecursionError, UnicodeDecodeError):
+            return  # the server answers 400: the body is not JSON
+        msg = p.decode(cls, body)
+        call(_world().lic, msg)
+
+    target.__name__ = f"api_{cls.__name__}"
+    return target
+
+
+def _reject(name):
+    raise ValueError(name)
+
+
+API = {
+    "api_register": _api(p.RegisterRequest, lambda lic, m: lic.register("fuzz", m)),
+    "api_acquire": _api(p.AcquireRequest, lambda lic, m: lic.acquire("fuzz", m)),
+    "api_confirm": _api(p.ConfirmRequest, lambda lic, m: lic.confirm("fuzz", m)),
+    "api_purchase": _api(p.PurchaseRequest, lambda lic, m: lic.purchase("fuzz", m)),
+    "api_register_card": _api(p.RegisterCard, lambda lic, m: lic.register_card("fuzz", m)),
+    "api_register_title": _api(p.RegisterTitle, lambda lic, m: lic.register_title("fuzz", m)),
+    "api_register_media": _api(p.RegisterMedia, lambda lic, m: lic.register_media("fuzz", m)),
+    "api_repair": _api(p.RepairRequest, lambda lic, m: lic.repair("fuzz", m)),
+    "api_reissue": _api(p.ReissueRequest, lambda lic, m: lic.reissue("fuzz", m)),
+    "api_audit": _api(p.AuditQuery, lambda lic, m: lic.audit(m)),
+}
+
+IMAGES = {f.__name__: f for f in (rom_raw, rom_body, card_raw, card_body, disc_raw, disc_manifest, disc_mid_area,
+                                  hdd_raw, hdd_catalog)}
+TARGETS = {**IMAGES, **API}
+
+
+def run(target, data: bytes) -> bool:
+    """True if ``data`` ended well (normally or with a clear error); False is a bug."""
+    try:
+        target(data)
+    except ALLOWED:
+        pass
+    return True
+
+
+def seeds(folder: Path) -> dict[str, list[bytes]]:
+    """Valid inputs for every target, to start the fuzzers from deep inside the formats."""
+    from .world import World
+
+    from vhw.keystore import KeyStore
+    from vhw.mastering import master, press
+
+    folder.mkdir(parents=True, exist_ok=True)
+    src = folder / "src"
+    if not src.exists():
+        src.mkdir()
+        (src / "a.bin").write_bytes(bytes(range(256)) * 300)
+        (src / "b.txt").write_text("hello\n")
+    ks = KeyStore(folder / "ks")
+    m = folder / "m.master"
+    if not m.exists():
+        master(src, m, title_id="FUZZ-1", name="fuzz", keystore=ks)
+        press(m, folder / "discs", count=1, keystore=ks)
+    disc = next((folder / "discs").iterdir()).read_bytes()
+    d, region = disc_fmt.decode(_reader(disc), size=len(disc), path="seed")
+    rom = rom_fmt.encode(rom_fmt.Rom(CLIENT, 5, server_url="https://127.0.0.1:8443", trust_anchor=b"\x30" * 40))
+    card = card_fmt.encode(card_fmt.Card(Id(IdKind.CARD, 3), KEY, 1, user_id=b"u" * 40, content_gen_key=b"g" * 60,
+                                         sealed_ids=b"s" * 50,
+                                         licenses=(card_fmt.License("FUZZ-1", b"m" * 40, b"k" * 60, 2),)))
+    w = World.make(Path(tempfile.mkdtemp(prefix="vhw-seed-")))
+    kit = w.user()
+    mid = Id.random(IdKind.MEDIA)
+    acquire = cpu.acquisition_request(kit.card, kit.client_id, kit.hdd_id, mid)
+    bodies = {
+        "api_register": p.encode(cpu.registration_request(kit.card, kit.client_id, kit.hdd_id)),
+        "api_acquire": p.encode(acquire),
+        "api_confirm": p.encode(acquire),
+        "api_purchase": {**p.encode(acquire), "title_id": "FUZZ-1", "title_digest": p.encode(
+            p.RegisterTitle("T1", "t", KEY, bytes(32)))["title_digest"]},
+        "api_register_card": p.encode(p.RegisterCard(Id(IdKind.CARD, 9), KEY)),
+        "api_register_title": p.encode(p.RegisterTitle("FUZZ-1", "fuzz", KEY, bytes(32))),
+        "api_register_media": p.encode(p.RegisterMedia("FUZZ-1", (mid,))),
+        "api_repair": p.encode(p.RepairRequest(kit.card.mc_id, Id(IdKind.CLIENT, 4), None)),
+        "api_reissue": p.encode(p.ReissueRequest(kit.user, Id(IdKind.CARD, 5), KEY)),
+        "api_audit": p.encode(p.AuditQuery(0, 10)),
+    }
+    body = region[: -crypto.SIGNATURE_SIZE]
+    return {
+        "rom_raw": [rom], "rom_body": [rom[14:-32]],
+        "card_raw": [card], "card_body": [card[14:-32]],
+        "disc_raw": [disc], "disc_manifest": [body], "disc_mid_area": [disc[4096:8192]],
+        "hdd_raw": [_small_hdd(folder)], "hdd_catalog": [hdd_fmt.encode_catalog(hdd_fmt.Catalog(7))],
+        **{k: [json.dumps(v).encode()] for k, v in bodies.items()},
+    }
+
+
+def _small_hdd(folder: Path) -> bytes:
+    from vhw.devices.hdd import HddImage
+
+    path = folder / "seed.hdd"
+    if not path.exists():
+        HddImage.format(path, hdd_id=HDD, size=hdd_fmt.MIN_SIZE, formatted=1)
+    return path.read_bytes()
