@@ -14,6 +14,7 @@ exist only in direct mode; every other endpoint needs the bearer token of exactl
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -104,8 +105,8 @@ class ApiError(Exception):
         self.status, self.code, self.message = status, code, message
 
 
-def _json(status: int, code: str, message: str) -> JSONResponse:
-    return JSONResponse(p.encode(p.ErrorBody(code, message[:500])), status_code=status)
+def _json(status: int, code: str, message: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse(p.encode(p.ErrorBody(code, message[:500])), status_code=status, headers=headers)
 
 
 def _error_response(exc: BaseException) -> JSONResponse:
@@ -120,7 +121,7 @@ def _error_response(exc: BaseException) -> JSONResponse:
         return _json(exc.status or 400, "refused", exc.message)
     if isinstance(exc, HTTPException):
         code = {404: "not-found", 405: "method-not-allowed"}.get(exc.status_code, "http-error")
-        return _json(exc.status_code, code, str(exc.detail))
+        return _json(exc.status_code, code, str(exc.detail), exc.headers)  # e.g. 405's Allow
     log.exception("internal error while serving a request")
     return _json(500, "internal-error", "internal server error")
 
@@ -255,13 +256,12 @@ def openapi_document() -> dict:
                                           "content": {"application/json": {"schema": ref(ep.response)}}}}}
         if ep.request is not None:
             op["requestBody"] = {"required": True, "content": {"application/json": {"schema": ref(ep.request)}}}
-            op["responses"].update({"400": error, "413": error, "415": error, "422": error})
+            # 403: a refusal (one of the patent's messages) or a role's limit; 404/409: an ID the
+            # server does not know, or knows otherwise; 429: too many failed User IDs for a card
+            op["responses"].update({code: error for code in ("400", "403", "404", "409", "413", "415", "422", "429")})
         if ep.role not in ("public", CONSOLE):
             op["security"] = [{"bearer": []}]
-            op["responses"].update({"401": error, "403": error})
-        if ep.role == CONSOLE:
-            op["responses"]["403"] = error
-            op["responses"]["429"] = error
+            op["responses"]["401"] = error
         op["tags"] = [ep.role]
         paths[ep.path] = {ep.method.lower(): op}
     return {
@@ -306,12 +306,27 @@ async def serve(home: ServerHome, *, listen: tuple[str, int] | None = None, data
         store.close()
 
 
+def raise_file_limit() -> None:
+    """Every connection is a file descriptor: allow as many as the system lets this process have
+    (Debian's default soft limit, 1024, would cap a busy server)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = 1 << 20
+    if soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 async def serve_app(app, *, listen: tuple[str, int], certfile: Path, keyfile: Path, client_ca: Path | None = None,
                     reuse_port: bool = False, ready: Callable[[str], None] | None = None,
                     task_status=trio.TASK_STATUS_IGNORED) -> None:
     """Serve an ASGI app over TLS with hypercorn's trio worker until SIGINT/SIGTERM."""
     from hypercorn.config import Config
     from hypercorn.trio import serve as hypercorn_serve
+
+    raise_file_limit()
 
     host, port = listen
     config = Config()
