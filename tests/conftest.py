@@ -73,6 +73,17 @@ def make_title(folder: Path, *, seed: int = 1, big: int = 300_000, kind: str = "
     return folder
 
 
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a (possibly large, sparse) file, read in 1 MiB blocks."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
 def source_files(folder: Path) -> dict[str, bytes]:
     return {
         p.relative_to(folder).as_posix(): p.read_bytes()

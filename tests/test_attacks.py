@@ -4,7 +4,6 @@ server's licenses)."""
 
 from __future__ import annotations
 
-import hashlib
 import http.server
 import os
 import ssl
@@ -26,7 +25,7 @@ from vhw.formats.card import Card
 from vhw.ids import Id, IdKind
 from vhw.pki import cert_pem, issue, key_pem, make_ca
 
-from .conftest import make_title
+from .conftest import file_sha256, make_title
 from .servers import RunningServer, factory, publish
 
 MEDIA = "CONTENT CANNOT BE COPIED FROM THIS MEDIA\n"
@@ -42,13 +41,6 @@ def srv(tmp_path_factory):
     yield server
     server.stop()
 
-
-def sha(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
 
 
 class Unchanged:
@@ -66,12 +58,12 @@ class Unchanged:
             store.close()
 
     def __enter__(self):
-        self.before = ([sha(p) for p in self.paths], self.licenses())
+        self.before = ([file_sha256(p) for p in self.paths], self.licenses())
         return self
 
     def __exit__(self, *exc):
         if exc[0] is None:
-            assert ([sha(p) for p in self.paths], self.licenses()) == self.before, "the attack changed something"
+            assert ([file_sha256(p) for p in self.paths], self.licenses()) == self.before, "the attack changed something"
 
 
 @pytest.fixture

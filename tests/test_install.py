@@ -17,7 +17,7 @@ from vhw.devices import card as card_dev
 from vhw.devices.hdd import HddImage
 from vhw.install import read_title
 
-from .conftest import make_title, source_files
+from .conftest import file_sha256, make_title, source_files
 from .servers import RunningServer, factory, publish
 
 
@@ -27,13 +27,6 @@ def srv(tmp_path_factory):
     yield server
     server.stop()
 
-
-def digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
 
 
 def installed_files(dev: dict, title_id: str) -> dict[str, bytes]:
@@ -89,10 +82,10 @@ def test_lent_card_and_other_hdd_are_not_permitted(cli, srv, tmp_path):
     assert cli("console", "eject-card", *con_a).code == 0
     assert cli("console", "insert-card", alice["card"], "--slot", "2", *con_b).code == 0
     assert cli("console", "insert-disc", disc, *con_b).code == 0
-    before = digest(bob["hdd"])
+    before = file_sha256(bob["hdd"])
     r = cli("console", "install", "--slot", "2", *con_b)
     assert (r.code, r.err) == (13, "COPY IS NOT PERMITTED\n")
-    assert digest(bob["hdd"]) == before
+    assert file_sha256(bob["hdd"]) == before
     # the right card in the right console, but another HDD attached
     other_hdd = tmp_path / "other.hdd"
     assert cli("hdd", "format", other_hdd, "--size", "64M", "--credential", srv.credential("manufacturer"),
@@ -101,10 +94,10 @@ def test_lent_card_and_other_hdd_are_not_permitted(cli, srv, tmp_path):
     con_a2 = ["--console", tmp_path / "alice2"]
     assert cli("console", "insert-card", alice["card"], *con_a2).code == 0
     assert cli("console", "insert-disc", disc, *con_a2).code == 0
-    before = digest(other_hdd)
+    before = file_sha256(other_hdd)
     r = cli("console", "install", *con_a2)
     assert (r.code, r.err) == (13, "COPY IS NOT PERMITTED\n")
-    assert digest(other_hdd) == before
+    assert file_sha256(other_hdd) == before
     # and home again, it installs
     r = cli("console", "insert-card", alice["card"], *con_a)
     assert cli("console", "install", *con_a).code == 0
@@ -123,10 +116,10 @@ def test_full_hdd_refuses_cleanly_and_the_license_stays_usable(cli, srv, tmp_pat
     assert cli("console", "install", *con).code == 0
     assert cli("console", "eject-disc", *con).code == 0
     assert cli("console", "insert-disc", d_big, *con).code == 0
-    before = digest(dev["hdd"])
+    before = file_sha256(dev["hdd"])
     r = cli("console", "install", *con)
     assert r.code == 8 and "not enough space on the HDD for FULL-2" in r.err, r
-    assert digest(dev["hdd"]) == before
+    assert file_sha256(dev["hdd"]) == before
     assert cli("hdd", "fsck", dev["hdd"], "--deep").code == 0
     # nothing was flagged: once room is made, the same disc installs
     assert cli("hdd", "rm", "FULL-1", *con).code == 0
@@ -179,10 +172,10 @@ def test_two_installs_on_one_hdd(cli, srv, tmp_path, vhw_home):
     # without --wait, the second is told the HDD is busy, and nothing of it is written
     holder = hold_lock(a["hdd"], 30)
     try:
-        before = digest(a["hdd"])
+        before = file_sha256(a["hdd"])
         r = cli("console", "install", "--console", b["console"])
         assert r.code == 7 and "in use by another vhw process" in r.err, r
-        assert digest(a["hdd"]) == before
+        assert file_sha256(a["hdd"]) == before
     finally:
         holder.kill()
         holder.wait()

@@ -47,6 +47,20 @@ def emit(data: dict, *, as_json: bool, lines: list[str] | None = None) -> None:
             click.echo(line)
 
 
+def show_audit(store, *, after: int = 0, as_json: bool = False) -> None:
+    """Print an audit log (the server's or the broker's: the same table)."""
+    try:
+        with store.transaction() as tx:
+            rows = tx.all("SELECT seq, at, actor, action, subject, detail FROM audit WHERE seq > ? ORDER BY seq",
+                          after)
+    finally:
+        store.close()
+    entries = [dict(zip(("seq", "at", "actor", "action", "subject", "detail"), r)) for r in rows]
+    emit({"entries": entries}, as_json=as_json,
+         lines=[f"{e['seq']:>6} {e['at']} {e['actor']:<22} {e['action']:<16} {e['subject']}  {e['detail']}"
+                for e in entries])
+
+
 class _Silent:
     """Stands in for a progress bar when stderr is not a terminal (logs, pipes, tests)."""
 

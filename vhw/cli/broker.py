@@ -11,7 +11,7 @@ import trio
 
 from ..broker import BrokerHome, serve
 from ..errors import StateError
-from . import App, emit, pass_app, vhw
+from . import App, emit, pass_app, show_audit, vhw
 from .params import LISTEN
 
 home_option = click.option("--home", type=click.Path(path_type=Path, file_okay=False),
@@ -164,13 +164,4 @@ def broker_audit(app: App, home: Path | None, as_json: bool) -> None:
     """Print the broker's audit log: accounts, cards on file, top-ups, relayed requests, charges."""
     h = broker_home(app, home)
     h.require()
-    store = h.store()
-    try:
-        with store.transaction() as tx:
-            rows = tx.all("SELECT seq, at, actor, action, subject, detail FROM audit ORDER BY seq")
-    finally:
-        store.close()
-    entries = [dict(zip(("seq", "at", "actor", "action", "subject", "detail"), r)) for r in rows]
-    emit({"entries": entries}, as_json=as_json,
-         lines=[f"{e['seq']:>6} {e['at']} {e['actor']:<20} {e['action']:<12} {e['subject']}  {e['detail']}"
-                for e in entries])
+    show_audit(h.store(), as_json=as_json)

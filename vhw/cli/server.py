@@ -12,7 +12,7 @@ import trio
 from ..errors import StateError
 from ..licensing import ID_FIELDS
 from ..serverhome import ROLES, ServerHome
-from . import App, emit, pass_app, vhw
+from . import App, pass_app, show_audit, vhw
 from .params import LISTEN
 
 home_option = click.option(
@@ -116,17 +116,7 @@ def server_audit(app: App, home: Path | None, after: int, as_json: bool) -> None
     """Print the audit log: every registration, key issue, flag, confirm, repair and reissue."""
     h = server_home(app, home)
     h.require()
-    store = h.store()
-    try:
-        with store.transaction() as tx:
-            rows = tx.all("SELECT seq, at, actor, action, subject, detail FROM audit WHERE seq > ? ORDER BY seq",
-                          after)
-    finally:
-        store.close()
-    entries = [dict(zip(("seq", "at", "actor", "action", "subject", "detail"), r)) for r in rows]
-    emit({"entries": entries}, as_json=as_json,
-         lines=[f"{e['seq']:>6} {e['at']} {e['actor']:<22} {e['action']:<16} {e['subject']}  {e['detail']}"
-                for e in entries])
+    show_audit(h.store(), after=after, as_json=as_json)
 
 
 @server.command("openapi")
