@@ -115,7 +115,7 @@ def test_the_mount_is_read_only(mounted):
 
 
 def test_play_the_game_in_scripted_mode(world):
-    cli, alice = world["cli"], world["alice"]
+    alice = world["alice"]
     r = subprocess.run([sys.executable, "-m", "vhw", "console", "play", "--console", str(alice["console"]),
                         TITLES["game"], "--moves", "dddssdddwwddssss"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import atexit
 import hashlib
-import os
 import subprocess
 import sys
 import tempfile
