@@ -13,6 +13,15 @@ import pytest
 from vhw.cli import run
 
 
+# The patent's notices, as the SPEC words them, with the newline the CLI ends them with. Written out
+# here rather than taken from vhw.errors, so the tests pin the exact text.
+REGISTER = "USER REGISTRATION CANNOT BE COMPLETED WITH THIS MEMORY CARD\n"
+USER = "USER ID INVALID. PLEASE COMPLETE USER REGISTRATION.\n"
+MEDIA = "CONTENT CANNOT BE COPIED FROM THIS MEDIA\n"
+COPY = "COPY IS NOT PERMITTED\n"
+PLAY = "CONTENT REPRODUCTION IS NOT PERMITTED\n"
+
+
 @dataclass
 class Result:
     code: int

@@ -25,14 +25,9 @@ from vhw.formats.card import Card
 from vhw.ids import Id, IdKind
 from vhw.pki import cert_pem, issue, key_pem, make_ca
 
-from .conftest import file_sha256, make_title
+from .conftest import COPY, MEDIA, PLAY, REGISTER, USER, file_sha256, make_title
 from .servers import RunningServer, factory, publish
 
-MEDIA = "CONTENT CANNOT BE COPIED FROM THIS MEDIA\n"
-COPY = "COPY IS NOT PERMITTED\n"
-PLAY = "CONTENT REPRODUCTION IS NOT PERMITTED\n"
-USER = "USER ID INVALID. PLEASE COMPLETE USER REGISTRATION.\n"
-REGISTER = "USER REGISTRATION CANNOT BE COMPLETED WITH THIS MEMORY CARD\n"
 
 
 @pytest.fixture(scope="module")

@@ -107,12 +107,19 @@ def finish(path: Path, titles, cgk, name: str) -> None:
         assert read_title(img, img.volume.catalog.title(name), cgk) == titles[name][2]
 
 
-def test_every_prefix_of_an_install(world, tmp_path):
+def late_install_ops(world) -> list:
+    """The plan that installs LATE-2 onto the base image (EARLY-1 already on it)."""
     d, titles, cgk, base = world
     disc, key, _ = titles["LATE-2"]
     with HddImage.open(base) as img, DiscImage.open(disc) as dd:
         ops, _ = collect(install_plan(img.volume, dd, content_key=key, content_gen_key=cgk, installed=2,
                                       checkpoint=CHECKPOINT))
+    return ops
+
+
+def test_every_prefix_of_an_install(world, tmp_path):
+    d, titles, cgk, base = world
+    ops = late_install_ops(world)
     assert sum(isinstance(o, Sync) for o in ops) >= 8  # reserve, several checkpoints, complete
     seen = set()
     target = tmp_path / "t.hdd"
@@ -131,10 +138,7 @@ def test_every_prefix_of_an_install(world, tmp_path):
 def test_lost_unsynced_writes(world, tmp_path):
     """A crash may drop any of the writes issued since the last sync, not just the last one."""
     d, titles, cgk, base = world
-    disc, key, _ = titles["LATE-2"]
-    with HddImage.open(base) as img, DiscImage.open(disc) as dd:
-        ops, _ = collect(install_plan(img.volume, dd, content_key=key, content_gen_key=cgk, installed=2,
-                                      checkpoint=CHECKPOINT))
+    ops = late_install_ops(world)
     rnd = random.Random(3)
     target = tmp_path / "t.hdd"
     syncs = [i for i, o in enumerate(ops) if isinstance(o, Sync)]

@@ -23,10 +23,9 @@ from vhw.machine import Machine
 from vhw.mount import DEAD_MOUNT
 from vhw.samples import TITLES, build_samples
 
-from .conftest import Result, source_files
+from .conftest import PLAY, Result, source_files
 from .servers import RunningServer, factory, publish
 
-REFUSED = "CONTENT REPRODUCTION IS NOT PERMITTED\n"
 
 
 @pytest.fixture(scope="module")
@@ -135,10 +134,10 @@ def test_play_reuses_a_running_mount(world, mounted):
 def expect_refused(cli, console: Path, where: Path) -> None:
     """Neither a mount nor play gives a byte: the patent's message, exit 14, nothing mounted."""
     r = cli("console", "mount", where, "--console", console)
-    assert (r.code, r.err) == (14, REFUSED)
+    assert (r.code, r.err) == (14, PLAY)
     assert not os.path.ismount(where) and os.listdir(where) == []
     r = cli("console", "play", "--console", console, TITLES["game"])
-    assert (r.code, r.err) == (14, REFUSED)
+    assert (r.code, r.err) == (14, PLAY)
 
 
 def test_refusals(world, tmp_path):

@@ -17,9 +17,10 @@ from vhw import protocol as p
 from vhw.client import tls_context
 from vhw.ids import Id, IdKind
 
+from .conftest import MEDIA
 from .servers import RunningServer, make_users
 
-MEDIA_REFUSED = "CONTENT CANNOT BE COPIED FROM THIS MEDIA"
+MEDIA_REFUSED = MEDIA.rstrip("\n")  # as the API says it, without the CLI's newline
 
 
 @pytest.fixture(scope="module")

@@ -31,7 +31,7 @@ from vhw.pki import make_ca
 from vhw.server import ENDPOINTS
 from vhw.serverhome import ROLES, Credential
 
-from .conftest import BACKENDS, database_for
+from .conftest import BACKENDS, MEDIA, REGISTER, USER, database_for
 from .servers import RunningServer, factory, make_disc, make_users, publish
 
 
@@ -83,7 +83,7 @@ def test_refusals_through_the_cli(cli, srv, tmp_path, title_src):
     # a memory card the platform never registered
     stranger = factory(cli, srv, tmp_path / "stranger", register_card=False)
     r = cli("console", "register", "--console", stranger["console"])
-    assert (r.code, r.err) == (10, "USER REGISTRATION CANNOT BE COMPLETED WITH THIS MEMORY CARD\n")
+    assert (r.code, r.err) == (10, REGISTER)
     # acquiring with a registered card in a console it was not registered with
     alice = factory(cli, srv, tmp_path / "alice")
     bob = factory(cli, srv, tmp_path / "bob")
@@ -93,14 +93,14 @@ def test_refusals_through_the_cli(cli, srv, tmp_path, title_src):
     assert cli("console", "insert-card", alice["card"], "--slot", "2", "--console", bob["console"]).code == 0
     assert cli("console", "insert-disc", disc, "--console", bob["console"]).code == 0
     r = cli("console", "acquire", "--slot", "2", "--console", bob["console"])
-    assert (r.code, r.err) == (11, "USER ID INVALID. PLEASE COMPLETE USER REGISTRATION.\n")
+    assert (r.code, r.err) == (11, USER)
     # the disc lent to a second user after its owner acquired it
     assert cli("console", "acquire", "--console", bob["console"]).code == 0
     assert cli("console", "eject-card", "--slot", "2", "--console", bob["console"]).code == 0
     assert cli("console", "insert-card", alice["card"], "--console", alice["console"]).code == 0
     assert cli("console", "insert-disc", disc, "--console", alice["console"]).code == 0
     r = cli("console", "acquire", "--console", alice["console"])
-    assert (r.code, r.err) == (12, "CONTENT CANNOT BE COPIED FROM THIS MEDIA\n")
+    assert (r.code, r.err) == (12, MEDIA)
 
 
 # -- 3. once per disc under concurrency ----------------------------------------------------------
@@ -126,7 +126,7 @@ async def test_100_concurrent_acquisitions_of_one_mid(srv):
         await trio.sleep(0.5)
         start.set()
     assert outcomes.count("ok") == 1
-    assert outcomes.count("CONTENT CANNOT BE COPIED FROM THIS MEDIA") == 99
+    assert outcomes.count(MEDIA.rstrip("\n")) == 99
 
 
 # -- 4. a lost answer -------------------------------------------------------------------------------

@@ -16,12 +16,9 @@ from vhw.devices import card as card_dev
 from vhw.devices.disc import DiscImage
 from vhw.samples import build_samples
 
-from .conftest import make_title, source_files
+from .conftest import PLAY, REGISTER, USER, make_title, source_files
 from .servers import RunningServer, factory, publish
 
-REPRODUCTION = "CONTENT REPRODUCTION IS NOT PERMITTED\n"
-USER_ID_INVALID = "USER ID INVALID. PLEASE COMPLETE USER REGISTRATION.\n"
-REGISTRATION = "USER REGISTRATION CANNOT BE COMPLETED WITH THIS MEMORY CARD\n"
 
 
 @pytest.fixture(scope="module")
@@ -85,13 +82,13 @@ def test_repair_of_console_and_hdd(cli, srv, tmp_path):
     assert cli("console", "eject-disc", *con).code == 0
     assert cli("console", "insert-disc", d2, *con).code == 0
     r = cli("console", "acquire", *con)  # the card, back in the old console, a new disc
-    assert (r.code, r.err) == (11, USER_ID_INVALID)
+    assert (r.code, r.err) == (11, USER)
     stranger = tmp_path / "stranger.card"
     assert cli("card", "format", stranger, *man).code == 0
     assert cli("console", "eject-card", *con).code == 0
     assert cli("console", "insert-card", stranger, *con).code == 0
     r = cli("console", "register", *con)
-    assert (r.code, r.err) == (10, REGISTRATION)
+    assert (r.code, r.err) == (10, REGISTER)
 
     # then the HDD is exchanged too: everything is installed again onto the new one
     new_hdd = tmp_path / "new.hdd"
@@ -109,7 +106,7 @@ def test_repair_of_console_and_hdd(cli, srv, tmp_path):
     assert cli("console", "eject-disc", "--console", fixed).code == 0
     assert cli("console", "insert-disc", d2, "--console", fixed).code == 0
     r = cli("console", "acquire", "--console", fixed)
-    assert (r.code, r.err) == (11, USER_ID_INVALID)
+    assert (r.code, r.err) == (11, USER)
     actions = [e["action"] for e in audit(cli, srv)]
     assert actions.count("repair-device") >= 2 and "clear-flags" in actions
 
@@ -153,13 +150,13 @@ def test_card_reissue(cli, srv, tmp_path):
     assert cli("console", "eject-card", *con).code == 0
     assert cli("console", "insert-card", old, *con).code == 0
     r = cli("console", "play", *con, "G-2")
-    assert (r.code, r.err) == (14, REPRODUCTION)
+    assert (r.code, r.err) == (14, PLAY)
     assert cli("console", "eject-disc", *con).code == 0
     assert cli("console", "insert-disc", d2, *con).code == 0
     r = cli("console", "acquire", *con)
-    assert (r.code, r.err) == (11, USER_ID_INVALID)
+    assert (r.code, r.err) == (11, USER)
     r = cli("console", "register", *con)
-    assert (r.code, r.err) == (10, REGISTRATION)
+    assert (r.code, r.err) == (10, REGISTER)
     # the new card acquires the second disc's keys
     assert cli("console", "eject-card", *con).code == 0
     assert cli("console", "insert-card", new_card, *con).code == 0
@@ -395,7 +392,7 @@ def test_card_less_console(cli, srv, tmp_path, memory):
     assert cli("console", "setup", elsewhere, "--rom", other_rom, "--hdd", hdd, "--memory",
                "hdd" if memory == "hdd" else tmp_path / "o.nvram").code == 0
     r = cli("console", "play", "--console", elsewhere, title)
-    assert (r.code, r.err) == (14, REPRODUCTION)
+    assert (r.code, r.err) == (14, PLAY)
 
 
 # -- the identification policy, end to end -------------------------------------------------------------------
@@ -421,6 +418,6 @@ def test_identification_policy_end_to_end(cli, tmp_path):
         assert cli("console", "insert-card", dev["card"], "--console", moved).code == 0
         assert cli("console", "insert-disc", disc, "--console", moved).code == 0
         r = cli("console", "acquire", "--console", moved)
-        assert (r.code, r.err) == (11, USER_ID_INVALID)
+        assert (r.code, r.err) == (11, USER)
     finally:
         server.stop()
