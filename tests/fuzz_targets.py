@@ -21,9 +21,10 @@ import tempfile
 from functools import cache
 from pathlib import Path
 
+from vhw import bindings, crypto
 from vhw import console as cpu
-from vhw import crypto
 from vhw import protocol as p
+from vhw.bindings import DeviceSecrets, TitleBinding
 from vhw.devices.hdd import read_volume
 from vhw.errors import VhwError
 from vhw.formats import card as card_fmt
@@ -32,12 +33,13 @@ from vhw.formats import hdd as hdd_fmt
 from vhw.formats import rom as rom_fmt
 from vhw.formats.common import parse, seal_envelope
 from vhw.ids import Id, IdKind
-from vhw.install import title_key
 from vhw.volume import Volume
 
 ALLOWED = (VhwError, p.ProtocolError)
 KEY = bytes(range(32))
 CLIENT, HDD = Id(IdKind.CLIENT, 1), Id(IdKind.HDD, 2)
+DEVICES = DeviceSecrets(CLIENT, HDD, bytes(range(1, 33)), bytes(range(2, 34)))
+HARDWARE = cpu.Hardware(DEVICES)
 
 
 def _reader(data: bytes):
@@ -54,13 +56,17 @@ def rom_body(data: bytes) -> None:
 
 def _use_card(card: card_fmt.Card) -> None:
     """What a console does with a card it reads: every check must fail cleanly on nonsense."""
-    cpu.content_gen_key(card)
-    cpu.devices_match(card, CLIENT, HDD, anchor=b"", epochs={})
-    for lic in card.licenses:
-        cpu.license_mid(card, lic)
+    view = cpu.CardView.open(card)
+    cpu.devices_match(view, HARDWARE)
+    for lic, mid in view.licenses():
+        if mid is not None:
+            try:
+                cpu.copy_keys(view, HARDWARE, mid, lic.title_id)
+            except VhwError:
+                pass
     if card.registered:
         try:
-            cpu.user_of(card)
+            view.require_user()
         except VhwError:
             pass
 
@@ -104,7 +110,7 @@ def hdd_raw(data: bytes) -> None:
 
 def hdd_catalog(data: bytes) -> None:
     """A catalog past its checksum: parsed, checked, and its titles read the way the mount would."""
-    sb = hdd_fmt.Superblock(HDD, 2**30, 0, 7, hdd_fmt.DATA_START, len(data) or 1, hashlib.sha256(data).digest())
+    sb = hdd_fmt.Superblock(HDD, KEY, 2**30, 0, 7, hdd_fmt.DATA_START, len(data) or 1, hashlib.sha256(data).digest())
     try:
         catalog = hdd_fmt.decode_catalog(data, sb, path="fuzz")
     except VhwError:
@@ -118,7 +124,7 @@ def _use_volume(vol: Volume, data: bytes) -> None:
         return  # fsck refuses it: nothing below runs on a volume with problems
     vol.free()
     for t in vol.catalog.titles[:4]:
-        key = title_key(KEY, vol.sb.hdd_id, t.title_id, t.key_salt)
+        key = TitleBinding(KEY).title_key(t.title_id, t.key_salt)
         for f in t.files[:4]:
             cipher = crypto.ChunkCipher(key, f.stream_id, f.size)
             for i in range(min(cipher.layout.count, 2)):
@@ -132,6 +138,20 @@ def _use_volume(vol: Volume, data: bytes) -> None:
             _use_card(card_fmt.decode(vol.catalog.nvram))
         except VhwError:
             pass
+
+
+def device_sealed(data: bytes) -> None:
+    """A key the server sealed to a console and an HDD (the card's Content-Key and Content-Gen-Key
+    fields), as a console opens it: anything but the real thing is one clean Invalid."""
+    for purpose in (bindings.CONTENT_KEY, bindings.CONTENT_GEN_KEY):
+        try:
+            bindings.open_on_devices(DEVICES, purpose, data, b"ad")
+        except crypto.Invalid:
+            pass
+    try:
+        bindings.open_content_gen_key(DEVICES, KEY, Id(IdKind.CARD, 3), Id(IdKind.USER, 4), data)
+    except crypto.Invalid:
+        pass
 
 
 # -- API messages ------------------------------------------------------------------------------
@@ -167,6 +187,10 @@ API = {
     "api_confirm": _api(p.ConfirmRequest, lambda lic, m: lic.confirm("fuzz", m)),
     "api_purchase": _api(p.PurchaseRequest, lambda lic, m: lic.purchase("fuzz", m)),
     "api_register_card": _api(p.RegisterCard, lambda lic, m: lic.register_card("fuzz", m)),
+    "api_register_console": _api(p.RegisterConsole,
+                                 lambda lic, m: lic.register_device("fuzz", "consoles", m.client_id, m.public_key)),
+    "api_register_hdd": _api(p.RegisterHdd,
+                             lambda lic, m: lic.register_device("fuzz", "hdds", m.hdd_id, m.public_key)),
     "api_register_title": _api(p.RegisterTitle, lambda lic, m: lic.register_title("fuzz", m)),
     "api_register_media": _api(p.RegisterMedia, lambda lic, m: lic.register_media("fuzz", m)),
     "api_repair": _api(p.RepairRequest, lambda lic, m: lic.repair("fuzz", m)),
@@ -175,7 +199,7 @@ API = {
 }
 
 IMAGES = {f.__name__: f for f in (rom_raw, rom_body, card_raw, card_body, disc_raw, disc_manifest, disc_mid_area,
-                                  hdd_raw, hdd_catalog)}
+                                  hdd_raw, hdd_catalog, device_sealed)}
 TARGETS = {**IMAGES, **API}
 
 
@@ -208,14 +232,16 @@ def seeds(folder: Path) -> dict[str, list[bytes]]:
         press(m, folder / "discs", count=1, keystore=ks)
     disc = next((folder / "discs").iterdir()).read_bytes()
     d, region = disc_fmt.decode(_reader(disc), size=len(disc), path="seed")
-    rom = rom_fmt.encode(rom_fmt.Rom(CLIENT, 5, server_url="https://127.0.0.1:8443", trust_anchor=b"\x30" * 40))
+    rom = rom_fmt.encode(rom_fmt.Rom(CLIENT, 5, DEVICES.console, server_url="https://127.0.0.1:8443",
+                                     trust_anchor=b"\x30" * 40))
     card = card_fmt.encode(card_fmt.Card(Id(IdKind.CARD, 3), KEY, 1, user_id=b"u" * 40, content_gen_key=b"g" * 60,
                                          sealed_ids=b"s" * 50,
                                          licenses=(card_fmt.License("FUZZ-1", b"m" * 40, b"k" * 60, 2),)))
     w = World.make(Path(tempfile.mkdtemp(prefix="vhw-seed-")))
     kit = w.user()
     mid = Id.random(IdKind.MEDIA)
-    acquire = cpu.acquisition_request(kit.card, kit.client_id, kit.hdd_id, mid)
+    acquire = cpu.acquisition_request(kit.view, w.hw(kit), mid)
+    sealed = bindings.issue_content_gen_key(DEVICES.public(), KEY, Id(IdKind.CARD, 3), Id(IdKind.USER, 4), KEY)
     bodies = {
         "api_register": p.encode(cpu.registration_request(kit.card, kit.client_id, kit.hdd_id)),
         "api_acquire": p.encode(acquire),
@@ -223,6 +249,8 @@ def seeds(folder: Path) -> dict[str, list[bytes]]:
         "api_purchase": {**p.encode(acquire), "title_id": "FUZZ-1", "title_digest": p.encode(
             p.RegisterTitle("T1", "t", KEY, bytes(32)))["title_digest"]},
         "api_register_card": p.encode(p.RegisterCard(Id(IdKind.CARD, 9), KEY)),
+        "api_register_console": p.encode(p.RegisterConsole(Id(IdKind.CLIENT, 9), DEVICES.public().console)),
+        "api_register_hdd": p.encode(p.RegisterHdd(Id(IdKind.HDD, 9), DEVICES.public().hdd)),
         "api_register_title": p.encode(p.RegisterTitle("FUZZ-1", "fuzz", KEY, bytes(32))),
         "api_register_media": p.encode(p.RegisterMedia("FUZZ-1", (mid,))),
         "api_repair": p.encode(p.RepairRequest(kit.card.mc_id, Id(IdKind.CLIENT, 4), None)),
@@ -235,6 +263,7 @@ def seeds(folder: Path) -> dict[str, list[bytes]]:
         "card_raw": [card], "card_body": [card[14:-32]],
         "disc_raw": [disc], "disc_manifest": [body], "disc_mid_area": [disc[4096:8192]],
         "hdd_raw": [_small_hdd(folder)], "hdd_catalog": [hdd_fmt.encode_catalog(hdd_fmt.Catalog(7))],
+        "device_sealed": [sealed],
         **{k: [json.dumps(v).encode()] for k, v in bodies.items()},
     }
 
@@ -244,5 +273,5 @@ def _small_hdd(folder: Path) -> bytes:
 
     path = folder / "seed.hdd"
     if not path.exists():
-        HddImage.format(path, hdd_id=HDD, size=hdd_fmt.MIN_SIZE, formatted=1)
+        HddImage.format(path, hdd_id=HDD, secret=DEVICES.hdd, size=hdd_fmt.MIN_SIZE, formatted=1)
     return path.read_bytes()

@@ -13,6 +13,7 @@ from pathlib import Path
 from vhw import console as cpu
 from vhw import crypto
 from vhw import protocol as p
+from vhw.bindings import DeviceSecrets
 from vhw.client import Client, tls_context
 from vhw.formats.card import Card
 from vhw.ids import Id, IdKind
@@ -102,19 +103,22 @@ def publish(cli, srv, src: Path, folder: Path, title_id: str, count: int = 1) ->
     return sorted((folder / "discs").glob(f"{title_id}-*.disc"))
 
 
-def make_users(srv, n: int) -> list[tuple[Card, Id, Id]]:
+def make_users(srv, n: int) -> list[tuple[cpu.CardView, cpu.Hardware]]:
+    """``n`` registered users, each as (card view, hardware): ready for ``acquisition_request``."""
     kits = []
     with srv.role_client("manufacturer") as m, srv.console_client() as c:
         for _ in range(n):
             card = Card(Id.random(IdKind.CARD), crypto.random_key(), 1)
-            client_id, hdd_id = Id.random(IdKind.CLIENT), Id.random(IdKind.HDD)
+            devices = DeviceSecrets(Id.random(IdKind.CLIENT), Id.random(IdKind.HDD), crypto.device_secret(),
+                                    crypto.device_secret())
+            public = devices.public()
             m.call("/v1/manufacturer/cards", p.RegisterCard(card.mc_id, card.mc_key), p.Done)
-            m.call("/v1/manufacturer/consoles", p.RegisterConsole(client_id), p.Done)
-            m.call("/v1/manufacturer/hdds", p.RegisterHdd(hdd_id), p.Done)
-            resp = c.call("/v1/console/register", cpu.registration_request(card, client_id, hdd_id),
+            m.call("/v1/manufacturer/consoles", p.RegisterConsole(devices.client_id, public.console), p.Done)
+            m.call("/v1/manufacturer/hdds", p.RegisterHdd(devices.hdd_id, public.hdd), p.Done)
+            resp = c.call("/v1/console/register", cpu.registration_request(card, devices.client_id, devices.hdd_id),
                           p.RegisterResponse)
             card, _ = cpu.accept_registration(card, resp)
-            kits.append((card, client_id, hdd_id))
+            kits.append((cpu.CardView.open(card), cpu.Hardware(devices, srv.ca_der)))
     return kits
 
 
@@ -125,3 +129,22 @@ def make_disc(srv, title_id: str) -> Id:
                  p.Done)
         pub.call("/v1/publisher/media", p.RegisterMedia(title_id, (mid,)), p.Done)
     return mid
+
+
+def hardware_of(rom_path: Path, hdd_path: Path, *, epochs: bool = True) -> cpu.Hardware:
+    """A console made of these ROM and HDD files, as its CPU sees it."""
+    from vhw.devices import rom as rom_dev
+    from vhw.devices.hdd import HddImage
+
+    rom = rom_dev.load(rom_path)
+    with HddImage.open(hdd_path) as img:
+        return cpu.Hardware(DeviceSecrets(rom.client_id, img.hdd_id, rom.secret, img.secret), rom.trust_anchor,
+                            img.volume.catalog.epochs() if epochs else {})
+
+
+def match_of(dev: dict, card_path: Path | None = None) -> cpu.Match:
+    """What the console of ``dev`` (its ROM and HDD) opens with the card: its keys and binding."""
+    from vhw.devices import card as card_dev
+
+    view = cpu.CardView.open(card_dev.load(card_path or dev["card"]))
+    return cpu.reproduction_key(view, hardware_of(dev["rom"], dev["hdd"]))

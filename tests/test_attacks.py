@@ -26,7 +26,7 @@ from vhw.ids import Id, IdKind
 from vhw.pki import cert_pem, issue, key_pem, make_ca
 
 from .conftest import COPY, MEDIA, PLAY, REGISTER, USER, file_sha256, make_title
-from .servers import RunningServer, factory, publish
+from .servers import RunningServer, factory, hardware_of, match_of, publish
 
 
 
@@ -138,12 +138,17 @@ def test_copy_the_hdd_image_onto_an_hdd_with_another_hdd_id(cli, srv, world, tmp
     with Unchanged(srv, alice["card"], copy):
         r = cli("console", "play", "--console", forged, world["title"])
         assert (r.code, r.err) == (14, PLAY)
-    # and even with the card's check out of the way, the titles' keys depend on the HDD-ID
-    card = card_dev.load(alice["card"])
+    # and even with the card's check out of the way (the real Content-Gen-Key in hand), the titles'
+    # keys depend on the HDD-ID
+    from vhw.bindings import TitleBinding
     from vhw.install import read_title
 
+    real = match_of(alice)
+    devices = hardware_of(alice["rom"], copy).devices
+    assert devices.hdd_id == other_id
+    binding = TitleBinding.derive(real.content_gen_key, real.user, devices)
     with HddImage.open(copy) as img, pytest.raises(Exception, match="does not decrypt"):
-        read_title(img, img.volume.catalog.title(world["title"]), cpu.content_gen_key(card))
+        read_title(img, img.volume.catalog.title(world["title"]), binding)
 
 
 def test_forge_a_card_with_a_random_mc_id(cli, srv, world, tmp_path):
@@ -180,7 +185,7 @@ def test_replay_a_captured_acquisition_response_to_another_card(cli, srv, world)
 
     with DiscImage.open(world["discs"][1]) as d:
         mid = d.disc.mid
-    forged = replace(captured, mid=cpu.wrapped_mid(victim, mid))
+    forged = replace(captured, mid=cpu.CardView.open(victim).wrapped_mid(mid))
     card_dev.save(bob["card"], victim.with_license(forged))
     assert cli("console", "eject-disc", *con(bob)).code == 0
     assert cli("console", "insert-disc", world["discs"][1], *con(bob)).code == 0
@@ -292,3 +297,48 @@ def test_a_wrong_server_certificate(cli, srv, world, tmp_path):
         assert r.code == 5 and "not signed by the trusted platform CA" in r.err
     finally:
         httpd.shutdown()
+
+
+def test_a_rogue_publisher_cannot_mint_licenses_for_anothers_title(cli, srv, world, tmp_path):
+    """A second publisher, with a credential of its own, tries to make discs of Alice's title that
+    the server would license: MIDs registered for the title, the title registered again, a disc of
+    it pressed with a MID area it signed itself. Every one is refused."""
+    import json
+    import subprocess
+    import sys
+
+    from vhw import protocol as p
+    from vhw.client import Client
+    from vhw.devices.disc import DiscImage
+    from vhw.errors import ServerError
+    from vhw.formats import disc as disc_fmt
+    from vhw.serverhome import Credential
+
+    rogue_path = tmp_path / "rogue.json"
+    subprocess.run([sys.executable, "-m", "vhw", "server", "credential", "publisher", "rogue", "-o", str(rogue_path),
+                    "--home", str(srv.home.root)], check=True, capture_output=True)
+    rogue = Credential.load(rogue_path)
+    title = world["title"]
+    with Client(srv.url, tls_context(ca_pem=rogue.ca), token=rogue.token) as c:
+        with pytest.raises(ServerError, match="registered by another publisher") as err:
+            c.call("/v1/publisher/media", p.RegisterMedia(title, (Id.random(IdKind.MEDIA),)), p.Done)
+        assert err.value.status == 403
+        with pytest.raises(ServerError, match="already registered with other keys"):
+            c.call("/v1/publisher/titles", p.RegisterTitle(title, "mine", crypto.random_key(), os.urandom(32)), p.Done)
+    # a disc of the title with a MID of the rogue's own, its MID area signed with the rogue's key
+    forged = tmp_path / "forged.disc"
+    forged.write_bytes(world["discs"][1].read_bytes())
+    with DiscImage.open(forged) as d:
+        digest = d.disc.title_digest
+    key = crypto.signing_key()
+    mid = Id.random(IdKind.MEDIA)
+    block = disc_fmt.encode_mid_area(disc_fmt.Pressing.MID, mid,
+                                     key.sign(disc_fmt.mid_signed_message(digest, disc_fmt.Pressing.MID, mid)))
+    with open(forged, "r+b") as f:
+        f.seek(disc_fmt.MID_AREA_OFFSET)
+        f.write(block)
+    bob = world["bob"]
+    r = cli("console", "insert-disc", forged, *con(bob))
+    assert r.code == 3 and "not signed by the title's publisher" in r.err
+    audit = json.loads(cli("server", "audit", "--home", srv.home.root, "--json").out)["entries"]
+    assert not [e for e in audit if e["action"] == "register-mid" and e["actor"] == "publisher:rogue"]

@@ -20,6 +20,7 @@ from vhw.errors import ImageError, VhwError
 from vhw.formats import card as card_fmt
 from vhw.formats import rom as rom_fmt
 from vhw.ids import Id, IdKind
+from vhw.bindings import TitleBinding
 from vhw.install import install_plan, read_title
 from vhw.keystore import KeyStore
 from vhw.mastering import master, press
@@ -39,14 +40,14 @@ def samples(tmp_path_factory):
     master(src, d / "m.master", title_id="CORRUPT-1", name="c", keystore=ks)
     [(disc_path, _)] = press(d / "m.master", d / "discs", count=1, keystore=ks)
     content_key = ks.title("CORRUPT-1").content_key
-    cgk = crypto.random_key()
+    cgk = TitleBinding(crypto.random_key())  # (what the user's card, console and HDD derive)
     hdd = d / "h.hdd"
-    HddImage.format(hdd, hdd_id=Id.random(IdKind.HDD), size=1024 * 1024, formatted=1)
+    HddImage.format(hdd, hdd_id=Id.random(IdKind.HDD), secret=crypto.device_secret(), size=1024 * 1024, formatted=1)
     with HddImage.open(hdd, write=True) as img, DiscImage.open(disc_path) as disc:
-        img.run(install_plan(img.volume, disc, content_key=content_key, content_gen_key=cgk, installed=1))
+        img.run(install_plan(img.volume, disc, content_key=content_key, owner=bytes(16), binding=cgk, installed=1))
     ca_cert, _ = make_ca("vhw test platform")
-    rom = rom_fmt.encode(rom_fmt.Rom(Id.random(IdKind.CLIENT), 1, server_url="https://127.0.0.1:8443",
-                                     trust_anchor=ca_cert))
+    rom = rom_fmt.encode(rom_fmt.Rom(Id.random(IdKind.CLIENT), 1, crypto.device_secret(),
+                                     server_url="https://127.0.0.1:8443", trust_anchor=ca_cert))
     card = card_fmt.encode(card_fmt.Card(
         Id.random(IdKind.CARD), os.urandom(32), 1, user_id=os.urandom(40), content_gen_key=os.urandom(60),
         sealed_ids=os.urandom(50),
@@ -132,7 +133,7 @@ def test_disc_truncations_and_flips(samples, tmp_path):
 # -- HDD -------------------------------------------------------------------------------------------
 
 
-def hdd_outcome(path: Path, cgk: bytes, expected: dict[str, bytes]) -> str:
+def hdd_outcome(path: Path, cgk: TitleBinding, expected: dict[str, bytes]) -> str:
     """refused (open or fsck fails), noted (fsck notes a damaged superblock slot: the previous
     generation is in use), or intact. Whatever a title reads is never wrong plaintext."""
     noted = False

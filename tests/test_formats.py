@@ -35,6 +35,7 @@ roms = st.builds(
     rom_fmt.Rom,
     client_id=ids(IdKind.CLIENT),
     manufactured=u64,
+    secret=key,
     model=short_text,
     server_url=text,
     trust_anchor=blob,
@@ -48,6 +49,7 @@ def test_rom_round_trip(rom):
     back = rom_fmt.decode(data)
     assert back == rom
     assert rom_fmt.encode(back) == data
+    assert rom.secret.hex() not in repr(rom)  # never in a repr
 
 
 licenses = st.builds(card_fmt.License, title_id=title_ids, mid=blob, content_key=blob, acquired=u64)
@@ -137,6 +139,7 @@ titles = st.builds(
     hdd_fmt.Title, title_id=title_ids, name=text, kind=short_text, entry=text,
     files=st.lists(hdd_files, max_size=3).map(tuple),
     key_salt=st.binary(min_size=32, max_size=32), owner=st.binary(min_size=16, max_size=16),
+    bound_to=st.binary(min_size=16, max_size=16),
     state=st.sampled_from(list(hdd_fmt.TitleState)), installed=u64,
     mid=st.none() | ids(IdKind.MEDIA), title_digest=st.binary(min_size=32, max_size=32),
     progress=u64, metadata=blob,
@@ -145,16 +148,17 @@ catalogs = st.builds(hdd_fmt.Catalog, generation=u64, titles=st.lists(titles, ma
 
 
 @settings(max_examples=50, deadline=None)
-@given(catalogs, ids(IdKind.HDD))
-def test_hdd_round_trip(cat, hdd_id):
+@given(catalogs, ids(IdKind.HDD), key)
+def test_hdd_round_trip(cat, hdd_id, secret):
     import hashlib
 
     data = hdd_fmt.encode_catalog(cat)
-    sb = hdd_fmt.Superblock(hdd_id, 10**9, 5, cat.generation, 8192, len(data), hashlib.sha256(data).digest())
+    sb = hdd_fmt.Superblock(hdd_id, secret, 10**9, 5, cat.generation, 8192, len(data), hashlib.sha256(data).digest())
     block = hdd_fmt.encode_superblock(sb)
     assert len(block) == BLOCK_SIZE
     assert hdd_fmt.decode_superblock(block, path="x") == sb
     assert hdd_fmt.encode_superblock(sb) == block
+    assert secret.hex() not in repr(sb)
     back = hdd_fmt.decode_catalog(data, sb, path="x")
     assert back == cat
     assert hdd_fmt.encode_catalog(back) == data
@@ -162,7 +166,7 @@ def test_hdd_round_trip(cat, hdd_id):
 
 def test_fixed_sizes():
     assert disc_fmt.Header.sizeof() == 8 + 2 + 8 + 4 + 8 + 8
-    assert hdd_fmt.SuperblockBody.sizeof() == 8 + 2 + IdKind.HDD.nbytes + 8 * 5 + 32
+    assert hdd_fmt.SuperblockBody.sizeof() == 8 + 2 + IdKind.HDD.nbytes + 32 + 8 * 5 + 32
     assert hdd_fmt.ExtentRecord.sizeof() == 16
 
 
@@ -170,7 +174,7 @@ def test_catalog_generation_must_match_superblock():
     import hashlib
 
     data = hdd_fmt.encode_catalog(hdd_fmt.Catalog(generation=3))
-    sb = hdd_fmt.Superblock(Id.random(IdKind.HDD), 10**9, 0, 4, 8192, len(data), hashlib.sha256(data).digest())
+    sb = hdd_fmt.Superblock(Id.random(IdKind.HDD), bytes(32), 10**9, 0, 4, 8192, len(data), hashlib.sha256(data).digest())
     with pytest.raises(ImageError, match="generation"):
         hdd_fmt.decode_catalog(data, sb, path="x")
 
@@ -196,3 +200,32 @@ def test_absent_id_is_not_read_from_what_follows():
     for bad in (b"\x02", b"\xff"):
         with pytest.raises(Exception):
             disc_fmt.MidArea.parse(disc_fmt.MID_MAGIC + b"\x01" + bad + bytes(80))
+
+
+def test_devices_of_the_old_format_are_refused_in_one_line(tmp_path):
+    """Version 1 ROMs, cards and HDD images (before device secrets): one line that says to make
+    the device again, through the library and through `info`."""
+    import contextlib
+    import io
+
+    from vhw.cli import run
+    from vhw.formats.common import seal_block, seal_envelope
+
+    old_rom = seal_envelope(rom_fmt.MAGIC, 1, b"\0" * 60)
+    old_card = seal_envelope(card_fmt.MAGIC, 1, b"\0" * 60)
+    for data, fmt in ((old_rom, rom_fmt), (old_card, card_fmt)):
+        with pytest.raises(ImageError, match="format version 1 is no longer supported.*again"):
+            fmt.decode(data)
+    sb = hdd_fmt.SuperblockHead.build({"version": 1}) + bytes(200)
+    with pytest.raises(ImageError, match="HDD image format version 1 is no longer supported.*again"):
+        hdd_fmt.decode_superblock(seal_block(sb), path="x")
+    (tmp_path / "old.rom").write_bytes(old_rom)
+    (tmp_path / "old.card").write_bytes(old_card)
+    image = bytearray(2 * 1024 * 1024)
+    image[0:4096] = image[4096:8192] = seal_block(sb)
+    (tmp_path / "old.hdd").write_bytes(bytes(image))
+    for command, path in (("console", "old.rom"), ("card", "old.card"), ("hdd", "old.hdd")):
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            code = run([command, "info", str(tmp_path / path)])
+        assert code == 3 and err.getvalue().count("\n") == 1 and "again" in err.getvalue(), err.getvalue()

@@ -20,6 +20,7 @@ from vhw import crypto
 from vhw.devices.disc import DiscImage
 from vhw.devices.hdd import HddImage, apply_op
 from vhw.ids import Id, IdKind
+from vhw.bindings import TitleBinding
 from vhw.install import install_plan, read_title
 from vhw.keystore import KeyStore
 from vhw.mastering import master, press
@@ -27,6 +28,7 @@ from vhw.volume import Sync, Write
 
 from .conftest import make_title, source_files
 
+OWNER = bytes(range(16))  # the user's fingerprint (bindings.owner_of)
 CHECKPOINT = 40_000  # small, so that a small title's plan holds several progress commits
 
 
@@ -49,9 +51,10 @@ def world(tmp_path_factory):
         master(src, d / f"{name}.master", title_id=name, name=name, keystore=ks)
         [(disc, _)] = press(d / f"{name}.master", d / "discs", count=1, keystore=ks)
         titles[name] = (disc, ks.title(name).content_key, source_files(src))
-    cgk = crypto.random_key()
+    cgk = TitleBinding(crypto.random_key())  # (what the user's card, console and HDD derive)
     base = d / "base.hdd"
-    HddImage.format(base, hdd_id=Id.random(IdKind.HDD), size=2 * 1024 * 1024, formatted=1)
+    HddImage.format(base, hdd_id=Id.random(IdKind.HDD), secret=crypto.device_secret(), size=2 * 1024 * 1024,
+                    formatted=1)
     install(base, titles["EARLY-1"], cgk)
     return d, titles, cgk, base
 
@@ -59,7 +62,7 @@ def world(tmp_path_factory):
 def install(path: Path, title, cgk, *, checkpoint: int = CHECKPOINT):
     disc, key, _ = title
     with HddImage.open(path, write=True) as img, DiscImage.open(disc) as d:
-        img.run(install_plan(img.volume, d, content_key=key, content_gen_key=cgk, installed=2,
+        img.run(install_plan(img.volume, d, content_key=key, owner=OWNER, binding=cgk, installed=2,
                              checkpoint=checkpoint))
 
 
@@ -112,7 +115,7 @@ def late_install_ops(world) -> list:
     d, titles, cgk, base = world
     disc, key, _ = titles["LATE-2"]
     with HddImage.open(base) as img, DiscImage.open(disc) as dd:
-        ops, _ = collect(install_plan(img.volume, dd, content_key=key, content_gen_key=cgk, installed=2,
+        ops, _ = collect(install_plan(img.volume, dd, content_key=key, owner=OWNER, binding=cgk, installed=2,
                                       checkpoint=CHECKPOINT))
     return ops
 
@@ -160,7 +163,7 @@ def test_every_prefix_of_a_removal_and_the_reuse_of_its_space(world, tmp_path):
     with HddImage.open(both) as img, DiscImage.open(titles["LATER-3"][0]) as dd:
         remove_ops, vol = img.volume.remove("LATE-2")
         # the space LATE-2 frees is reused by LATER-3, in the very next commits
-        install_ops, _ = collect(install_plan(vol, dd, content_key=titles["LATER-3"][1], content_gen_key=cgk,
+        install_ops, _ = collect(install_plan(vol, dd, content_key=titles["LATER-3"][1], owner=OWNER, binding=cgk,
                                               installed=3, checkpoint=CHECKPOINT))
         freed = {e for f in img.volume.catalog.title("LATE-2").files for e in f.extents}
     reused = [o for o in install_ops if isinstance(o, Write) and any(e.offset <= o.offset < e.end for e in freed)]
@@ -197,7 +200,7 @@ def test_fsck_repair_drops_only_what_is_unreachable(world, tmp_path, cli):
     # an interrupted install of LATE-2, then its record made inconsistent (an extent out of place)
     disc, key, _ = titles["LATE-2"]
     with HddImage.open(path, write=True) as img, DiscImage.open(disc) as dd:
-        ops, _ = collect(install_plan(img.volume, dd, content_key=key, content_gen_key=cgk, installed=2,
+        ops, _ = collect(install_plan(img.volume, dd, content_key=key, owner=OWNER, binding=cgk, installed=2,
                                       checkpoint=CHECKPOINT))
         first_commit = [i for i, o in enumerate(ops) if isinstance(o, Sync)][1] + 1
         plan = iter(ops[:first_commit])

@@ -12,13 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from vhw import console as cpu
 from vhw.devices import card as card_dev
 from vhw.devices.hdd import HddImage
 from vhw.install import read_title
 
 from .conftest import file_sha256, make_title, source_files
-from .servers import RunningServer, factory, publish
+from .servers import RunningServer, factory, match_of, publish
 
 
 @pytest.fixture(scope="module")
@@ -31,10 +30,9 @@ def srv(tmp_path_factory):
 
 def installed_files(dev: dict, title_id: str) -> dict[str, bytes]:
     """A title's files as the HDD holds them, decrypted with the keys on the user's card."""
-    card = card_dev.load(dev["card"])
-    cgk = cpu.content_gen_key(card)
+    binding = match_of(dev).binding
     with HddImage.open(dev["hdd"]) as img:
-        return read_title(img, img.volume.catalog.title(title_id), cgk)
+        return read_title(img, img.volume.catalog.title(title_id), binding)
 
 
 def ready_console(cli, srv, tmp_path: Path, name: str, **kw) -> tuple[dict, list[str]]:

@@ -49,13 +49,13 @@ def world(make_world) -> World:
 
 def test_register_acquire_copy_confirm(world):
     kit = world.user()
-    assert kit.card.registered and cpu.user_of(kit.card) == kit.user
+    assert kit.card.registered and kit.view.user == kit.user
     title, mid = world.disc()
     kit = world.acquire(kit, mid)
     # S21-S23: the keys open on this console and HDD, and are the title's
-    ck, match = cpu.copy_keys(kit.card, kit.client_id, kit.hdd_id, mid, title, **world.checks())
+    ck, match = cpu.copy_keys(kit.view, world.hw(kit), mid, title)
     assert ck == world.titles[title]
-    assert cpu.reproduction_key(kit.card, kit.client_id, kit.hdd_id, **world.checks()) == match
+    assert cpu.reproduction_key(kit.view, world.hw(kit)) == match
     assert world.confirm(kit, mid).created
     assert not world.confirm(kit, mid).created  # a retried confirm is fine
     with pytest.raises(MediaRefused):
@@ -67,7 +67,7 @@ def test_lost_answer_can_be_fetched_again_until_confirm(world):
     _, mid = world.disc()
     first = world.acquire(kit, mid)
     again = world.acquire(kit, mid)  # the first answer "got lost": same user, same devices
-    assert cpu.copy_keys(again.card, kit.client_id, kit.hdd_id, mid, first.card.licenses[0].title_id, **world.checks())
+    assert cpu.copy_keys(again.view, world.hw(kit), mid, first.card.licenses[0].title_id)
     other = world.user()
     with pytest.raises(MediaRefused):
         world.acquire(other, mid)  # no one else, ever
@@ -80,21 +80,21 @@ def test_registration_refusals(world):
     forged = cpu.registration_request(kit.card, kit.client_id, kit.hdd_id)
     with pytest.raises(RegistrationRefused):  # someone who read the label but has no MC-Key
         world.lic.register("console", forged.__class__(forged.mc_id, forged.client_id, forged.hdd_id, bytes(32)))
-    unknown_console = kit.with_(client_id=Id.random(IdKind.CLIENT))
+    unknown_console = kit.on(console=world.kit(register_devices=False))
     with pytest.raises(RegistrationRefused):
         world.register(unknown_console)
     first = world.register(kit)
     assert world.register(kit).user == first.user  # the same devices again: the same User ID
     other_hdd = world.kit()
     with pytest.raises(RegistrationRefused):  # the card is someone's already, with other devices
-        world.register(kit.with_(hdd_id=other_hdd.hdd_id))
+        world.register(kit.on(hdd=other_hdd))
 
 
 def test_user_id_refusals(world):
     kit = world.user()
     _, mid = world.disc()
     moved = world.kit()  # a registered console and HDD, but not this user's
-    for wrong in (kit.with_(client_id=moved.client_id), kit.with_(hdd_id=moved.hdd_id)):
+    for wrong in (kit.on(console=moved), kit.on(hdd=moved)):
         with pytest.raises(UserIdInvalid):
             world.acquire(wrong, mid)
     # a card whose User ID was replaced by a made-up one (wrapped correctly with its MC-Key)
@@ -104,7 +104,7 @@ def test_user_id_refusals(world):
     # another card's wrapped User ID sent with this card's MC-ID (the console itself would not:
     # it does not open with this card's MC-Key)
     other = world.user()
-    req = cpu.acquisition_request(kit.card, kit.client_id, kit.hdd_id, mid)
+    req = cpu.acquisition_request(kit.view, world.hw(kit), mid)
     with pytest.raises(UserIdInvalid):
         world.lic.acquire("console", req.__class__(req.mc_id, other.card.user_id, req.mid, req.client_id, req.hdd_id))
 
@@ -124,25 +124,33 @@ def test_copy_and_reproduction_refusals_on_the_console(world):
     title, mid = world.disc()
     kit = world.acquire(kit, mid)
     other = world.kit()
-    with pytest.raises(CopyNotPermitted):
-        cpu.copy_keys(kit.card, other.client_id, kit.hdd_id, mid, title, **world.checks())  # card lent to another console
-    with pytest.raises(CopyNotPermitted):
-        cpu.copy_keys(kit.card, kit.client_id, other.hdd_id, mid, title, **world.checks())  # right card, other HDD
+    for lent in (kit.on(console=other), kit.on(hdd=other), kit.on(console=other, hdd=other)):
+        with pytest.raises(CopyNotPermitted):  # card lent to another console, right card other HDD, ...
+            cpu.copy_keys(lent.view, world.hw(lent), mid, title)
+        with pytest.raises(ReproductionNotPermitted):
+            cpu.reproduction_key(lent.view, world.hw(lent))
     with pytest.raises(ReproductionNotPermitted):
-        cpu.reproduction_key(kit.card, other.client_id, kit.hdd_id, **world.checks())
-    with pytest.raises(ReproductionNotPermitted):
-        cpu.reproduction_key(None, kit.client_id, kit.hdd_id, **world.checks())  # no card
+        cpu.reproduction_key(None, world.hw(kit))  # no card
 
 
 def test_acquisition_answer_replayed_to_another_card_is_useless(world):
     kit, thief = world.user(), world.user()
     title, mid = world.disc()
-    req = cpu.acquisition_request(kit.card, kit.client_id, kit.hdd_id, mid)
+    req = cpu.acquisition_request(kit.view, world.hw(kit), mid)
     resp = world.lic.acquire("console", req)
-    with pytest.raises(ServerError):  # it does not open with the thief's MC-Key
-        cpu.accept_acquisition(thief.card, req, resp, mid, acquired=1, anchor=world.anchor)
+    # stored on the thief's card it is useless: nothing opens on the thief's devices
+    stolen = cpu.accept_acquisition(thief.view, req, resp, mid, world.hw(thief), acquired=1)
+    with pytest.raises(CopyNotPermitted):
+        cpu.copy_keys(stolen, world.hw(thief), mid, title)
     with pytest.raises(crypto.Invalid):
-        crypto.unwrap(thief.card.mc_key, resp.content_key, bindings.content_key(thief.card.mc_id, mid, title))
+        bindings.open_content_key(thief.devices, thief.card.mc_key, thief.card.mc_id, mid, title, resp.content_key)
+    # and the thief's card in the victim's console does not open it either (the MC-Key differs)
+    with pytest.raises(crypto.Invalid):
+        bindings.open_content_key(kit.devices, thief.card.mc_key, thief.card.mc_id, mid, title, resp.content_key)
+    in_victims = thief.on(console=kit, hdd=kit)  # the thief's card in the victim's console
+    stolen = cpu.accept_acquisition(in_victims.view, req, resp, mid, world.hw(in_victims), acquired=1)
+    with pytest.raises(CopyNotPermitted):
+        cpu.copy_keys(stolen, world.hw(in_victims), mid, title)
 
 
 def test_content_keys_of_two_mids_cannot_be_swapped(world):
@@ -154,7 +162,7 @@ def test_content_keys_of_two_mids_cannot_be_swapped(world):
     swapped = kit.card.__class__(**{**kit.card.__dict__, "licenses": (a.__class__(a.title_id, a.mid, b.content_key),
                                                                          b.__class__(b.title_id, b.mid, a.content_key))})
     with pytest.raises(CopyNotPermitted):
-        cpu.copy_keys(swapped, kit.client_id, kit.hdd_id, m1, t1, **world.checks())
+        cpu.copy_keys(cpu.CardView.open(swapped), world.hw(kit), m1, t1)
 
 
 def test_guessing_user_ids_is_rate_limited(world):
@@ -193,7 +201,7 @@ def test_identification_policy(make_world, subset):
     _, mid = world.disc()
     spare = world.kit()
     for name in ("client_id", "hdd_id"):
-        moved = kit.with_(**{name: getattr(spare, name)})
+        moved = kit.on(console=spare) if name == "client_id" else kit.on(hdd=spare)
         if name in subset:  # a mismatching ID of the subset is refused
             with pytest.raises(UserIdInvalid):
                 world.acquire(moved, mid)

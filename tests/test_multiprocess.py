@@ -93,7 +93,7 @@ async def test_killing_a_process_mid_request_loses_no_flag_and_issues_no_second_
                 failed.append((kit, mid))
                 return
             if resp.status_code == 200:
-                got_keys[str(mid)].add(str(cpu.user_of(kit[0])))
+                got_keys[str(mid)].add(str(kit[0].user))
             else:
                 assert resp.json()["message"] == MEDIA_REFUSED
 
@@ -115,7 +115,7 @@ async def test_killing_a_process_mid_request_loses_no_flag_and_issues_no_second_
                     except httpx.HTTPError:
                         await trio.sleep(0.1)
                 if resp.status_code == 200:
-                    got_keys[str(mid)].add(str(cpu.user_of(kit[0])))
+                    got_keys[str(mid)].add(str(kit[0].user))
         with psycopg.connect(two.db) as db:
             flags = dict(db.execute("SELECT mid, flagged_by FROM media WHERE title_id = %s",
                                     (f"KILL-PROC-{round_}",)).fetchall())

@@ -19,9 +19,11 @@ import trio
 from vhw import bindings, crypto
 from vhw import console as cpu
 from vhw import protocol as p
+from vhw.bindings import DeviceSecrets
 from vhw.client import Client, tls_context
 from vhw.devices import card as card_dev
 from vhw.devices import rom as rom_dev
+from vhw.devices.disc import DiscImage
 from vhw.devices.hdd import HddImage
 from vhw.errors import REFUSALS, MediaRefused, NetworkError
 from vhw.formats.card import Card
@@ -58,19 +60,23 @@ def test_register_and_acquire_end_to_end(cli, srv, tmp_path, title_src, vhw_home
     r = cli("console", "acquire", *con)
     assert r.code == 0 and "E2E-1" in r.out, r
     # the card now holds all the patent says, each opening with its MC-Key as exactly what it is
+    # (the two keys also sealed to this console and HDD: their secrets open that layer)
     card = card_dev.load(dev["card"])
-    user = cpu.user_of(card)
+    view = cpu.CardView.open(card)
+    user = view.user
     assert user == printed_user
-    [lic] = card.licenses
-    mid = cpu.license_mid(card, lic)
-    assert str(mid) in disc.name.replace("E2E-1-", "MD-") or mid is not None
-    content_key = crypto.unwrap(card.mc_key, lic.content_key, bindings.content_key(card.mc_id, mid, "E2E-1"))
-    assert content_key == KeyStore(vhw_home / "publisher").title("E2E-1").content_key
-    cgk = crypto.unwrap(card.mc_key, card.content_gen_key, bindings.content_gen_key(card.mc_id, user))
-    client_id, hdd_id = bindings.open_device_ids(cgk, user, card.sealed_ids)
-    assert client_id == rom_dev.load(dev["rom"]).client_id
+    [(lic, mid)] = view.licenses()
+    with DiscImage.open(disc) as d:
+        assert mid == d.disc.mid
+    rom = rom_dev.load(dev["rom"])
     with HddImage.open(dev["hdd"]) as img:
-        assert hdd_id == img.hdd_id
+        devices = DeviceSecrets(rom.client_id, img.hdd_id, rom.secret, img.secret)
+    content_key = bindings.open_content_key(devices, card.mc_key, card.mc_id, mid, "E2E-1", lic.content_key)
+    assert content_key == KeyStore(vhw_home / "publisher").title("E2E-1").content_key
+    cgk = bindings.open_content_gen_key(devices, card.mc_key, card.mc_id, user, card.content_gen_key)
+    assert bindings.open_device_ids(cgk, user, card.sealed_ids) == (devices.client_id, devices.hdd_id)
+    with pytest.raises(crypto.Invalid):  # the MC-Key alone opens neither
+        crypto.unwrap(card.mc_key, card.content_gen_key, bindings.content_gen_key(card.mc_id, user))
     status = json.loads(cli("console", "status", "--json", *con).out)
     assert status["slots"]["1"]["user_id"] == str(user) and status["tray"]["title_id"] == "E2E-1"
 
@@ -113,8 +119,8 @@ async def test_100_concurrent_acquisitions_of_one_mid(srv):
     outcomes: list[str] = []
     start = trio.Event()
 
-    async def one(card, client_id, hdd_id):
-        body = p.encode(cpu.acquisition_request(card, client_id, hdd_id, mid))
+    async def one(view, hw):
+        body = p.encode(cpu.acquisition_request(view, hw, mid))
         async with httpx.AsyncClient(verify=ctx, timeout=60) as http:
             await start.wait()
             resp = await http.post(srv.url + "/v1/console/acquire", json=body)
@@ -186,9 +192,9 @@ class DroppingProxy:
 
 
 def test_lost_answer_can_be_fetched_again_until_confirmed(srv):
-    [(card, client_id, hdd_id)] = make_users(srv, 1)
+    [(view, hw)] = make_users(srv, 1)
     mid = make_disc(srv, "LOST-1")
-    req = cpu.acquisition_request(card, client_id, hdd_id, mid)
+    req = cpu.acquisition_request(view, hw, mid)
     proxy = DroppingProxy(srv.url)
     with httpx.Client(verify=tls_context(srv.ca_der), headers={"connection": "close"}, timeout=30) as http:
         with pytest.raises(httpx.RemoteProtocolError):
@@ -200,9 +206,9 @@ def test_lost_answer_can_be_fetched_again_until_confirmed(srv):
     assert len(flags) == 1
     with srv.console_client() as c:
         resp = c.call("/v1/console/acquire", req, p.AcquireResponse)  # the same user fetches again
-        card = cpu.accept_acquisition(card, req, resp, mid, acquired=1, anchor=srv.ca_der)
-        assert cpu.copy_keys(card, client_id, hdd_id, mid, "LOST-1", anchor=srv.ca_der, epochs={})
-        c.call("/v1/console/confirm", cpu.confirm_request(card, client_id, hdd_id, mid), p.Done)
+        view = cpu.accept_acquisition(view, req, resp, mid, hw, acquired=1)
+        assert cpu.copy_keys(view, hw, mid, "LOST-1")
+        c.call("/v1/console/confirm", cpu.confirm_request(view, hw, mid), p.Done)
         with pytest.raises(MediaRefused):
             c.call("/v1/console/acquire", req, p.AcquireResponse)
     with srv.role_client("operator") as op:
@@ -221,8 +227,12 @@ def test_database_holds_no_key(cli, srv, tmp_path, title_src, vhw_home):
     assert cli("console", "register", *con).code == 0
     assert cli("console", "acquire", *con).code == 0
     card = card_dev.load(dev["card"])
+    rom = rom_dev.load(dev["rom"])
+    with HddImage.open(dev["hdd"]) as img:
+        hw = cpu.Hardware(DeviceSecrets(rom.client_id, img.hdd_id, rom.secret, img.secret), rom.trust_anchor)
+    match = cpu.devices_match(cpu.CardView.open(card), hw)
     secrets = [card.mc_key, KeyStore(vhw_home / "publisher").title("REST-1").content_key,
-               cpu.content_gen_key(card), srv.home.master_key()]
+               match.content_gen_key, match.binding.key, rom.secret, hw.devices.hdd, srv.home.master_key()]
     secrets += [Credential.load(srv.credential(r)).token.encode() for r in ROLES]
     url = srv.home.database_url()
     if url.startswith("postgresql://"):
@@ -242,27 +252,28 @@ def test_database_holds_no_key(cli, srv, tmp_path, title_src, vhw_home):
 
 
 def test_role_matrix(srv):
-    [(card, client_id, hdd_id), (card2, _, _)] = make_users(srv, 2)
+    [(view, hw), (view2, _)] = make_users(srv, 2)
     title, digest = "ROLE-1", os.urandom(32)
     mid, bought = Id.random(IdKind.MEDIA), Id.random(IdKind.MEDIA)
     fresh = Card(Id.random(IdKind.CARD), crypto.random_key(), 1)
     new_console = Id.random(IdKind.CLIENT)
-    acquire = cpu.acquisition_request(card, client_id, hdd_id, mid)
-    purchase = cpu.acquisition_request(card, client_id, hdd_id, bought)
+    acquire = cpu.acquisition_request(view, hw, mid)
+    purchase = cpu.acquisition_request(view, hw, bought)
+    key = crypto.device_public(crypto.device_secret())
     bodies = {
-        "/v1/manufacturer/consoles": p.RegisterConsole(new_console),
-        "/v1/manufacturer/hdds": p.RegisterHdd(Id.random(IdKind.HDD)),
+        "/v1/manufacturer/consoles": p.RegisterConsole(new_console, key),
+        "/v1/manufacturer/hdds": p.RegisterHdd(Id.random(IdKind.HDD), key),
         "/v1/manufacturer/cards": p.RegisterCard(fresh.mc_id, fresh.mc_key),
         "/v1/publisher/titles": p.RegisterTitle(title, title, crypto.random_key(), digest),
         "/v1/publisher/media": p.RegisterMedia(title, (mid,)),
         "/v1/operator/audit": p.AuditQuery(),
-        "/v1/operator/repair": p.RepairRequest(card2.mc_id, new_console),
-        "/v1/operator/reissue": p.ReissueRequest(cpu.user_of(card2), Id.random(IdKind.CARD), crypto.random_key()),
-        "/v1/broker/register": cpu.registration_request(card, client_id, hdd_id),
+        "/v1/operator/repair": p.RepairRequest(view2.card.mc_id, new_console),
+        "/v1/operator/reissue": p.ReissueRequest(view2.user, Id.random(IdKind.CARD), crypto.random_key()),
+        "/v1/broker/register": cpu.registration_request(view.card, hw.client_id, hw.hdd_id),
         "/v1/broker/acquire": acquire,
         "/v1/broker/refetch": acquire,
         "/v1/broker/purchase": p.PurchaseRequest(**purchase.__dict__, title_id=title, title_digest=digest),
-        "/v1/broker/confirm": cpu.confirm_request(card, client_id, hdd_id, mid),
+        "/v1/broker/confirm": cpu.confirm_request(view, hw, mid),
     }
     creds = {r: Credential.load(srv.credential(r)).token for r in ROLES}
     ctx = tls_context(srv.ca_der)
@@ -287,8 +298,8 @@ def test_role_matrix(srv):
 
 
 def test_malformed_requests_get_a_4xx_and_the_server_goes_on(srv):
-    [(card, client_id, hdd_id)] = make_users(srv, 1)
-    good = p.encode(cpu.acquisition_request(card, client_id, hdd_id, Id.random(IdKind.MEDIA)))
+    [kit] = make_users(srv, 1)
+    good = p.encode(cpu.acquisition_request(*kit, Id.random(IdKind.MEDIA)))
     pub = {"authorization": f"Bearer {Credential.load(srv.credential('publisher')).token}"}
     big = "A" * (70 * 1024)
 

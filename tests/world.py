@@ -1,5 +1,6 @@
 """A licensing world without a network: a real SQLite database, the service, and consoles made of
-plain objects (card, Client ID, HDD-ID) that use the console's real decision functions."""
+plain objects (card, Client ID and ROM secret, HDD-ID and HDD secret) that use the console's real
+decision functions."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from vhw import console as cpu
 from vhw import crypto
 from vhw import protocol as p
+from vhw.bindings import DeviceSecrets
 from vhw.formats.card import Card
 from vhw.ids import Id, IdKind
 from vhw.licensing import Licensing, Policy
@@ -23,15 +25,31 @@ from vhw.store import SqliteStore, Store
 
 @dataclass
 class Kit:
-    """One user's devices: a card, a console's Client ID, an HDD's HDD-ID."""
+    """One user's devices: a card, a console (Client ID + ROM secret), an HDD (HDD-ID + secret)."""
 
     card: Card
-    client_id: Id
-    hdd_id: Id
+    devices: DeviceSecrets
     user: Id | None = None
+
+    @property
+    def client_id(self) -> Id:
+        return self.devices.client_id
+
+    @property
+    def hdd_id(self) -> Id:
+        return self.devices.hdd_id
+
+    @property
+    def view(self) -> cpu.CardView:
+        return cpu.CardView.open(self.card)
 
     def with_(self, **kw) -> Kit:
         return replace(self, **kw)
+
+    def on(self, *, console: Kit | None = None, hdd: Kit | None = None) -> Kit:
+        """This kit's card in another kit's console and/or with another kit's HDD."""
+        c, h = console or self, hdd or self
+        return replace(self, devices=DeviceSecrets(c.client_id, h.hdd_id, c.devices.console, h.devices.hdd))
 
 
 @dataclass
@@ -49,17 +67,20 @@ class World:
         sign = lambda data: ca_key.sign(data, ec.ECDSA(hashes.SHA256()))  # noqa: E731
         return cls(Licensing(store, crypto.random_key(), policy or Policy(), sign=sign), ca_der)
 
-    def checks(self, epochs: dict | None = None) -> dict:
-        """What a console checks a card against: its ROM's CA, its HDD's card epochs."""
-        return {"anchor": self.anchor, "epochs": epochs or {}}
+    def hw(self, kit: Kit, epochs: dict | None = None) -> cpu.Hardware:
+        """The console a kit's card is in, as its CPU sees it: devices, the ROM's CA, the HDD's epochs."""
+        return cpu.Hardware(kit.devices, self.anchor, epochs or {})
 
     def kit(self, *, register_devices: bool = True) -> Kit:
         card = Card(Id.random(IdKind.CARD), crypto.random_key(), 1)
-        kit = Kit(card, Id.random(IdKind.CLIENT), Id.random(IdKind.HDD))
+        devices = DeviceSecrets(Id.random(IdKind.CLIENT), Id.random(IdKind.HDD), crypto.device_secret(),
+                                crypto.device_secret())
+        kit = Kit(card, devices)
         if register_devices:
+            public = devices.public()
             self.lic.register_card("m", p.RegisterCard(card.mc_id, card.mc_key))
-            self.lic.register_device("m", "consoles", kit.client_id)
-            self.lic.register_device("m", "hdds", kit.hdd_id)
+            self.lic.register_device("m", "consoles", kit.client_id, public.console)
+            self.lic.register_device("m", "hdds", kit.hdd_id, public.hdd)
         return kit
 
     def user(self) -> Kit:
@@ -84,9 +105,10 @@ class World:
         return title_id, mid
 
     def acquire(self, kit: Kit, mid: Id) -> Kit:
-        req = cpu.acquisition_request(kit.card, kit.client_id, kit.hdd_id, mid)
+        view, hw = kit.view, self.hw(kit)
+        req = cpu.acquisition_request(view, hw, mid)
         resp = self.lic.acquire("console", req)
-        return kit.with_(card=cpu.accept_acquisition(kit.card, req, resp, mid, acquired=1, anchor=self.anchor))
+        return kit.with_(card=cpu.accept_acquisition(view, req, resp, mid, hw, acquired=1).card)
 
     def confirm(self, kit: Kit, mid: Id) -> p.Done:
-        return self.lic.confirm("console", cpu.confirm_request(kit.card, kit.client_id, kit.hdd_id, mid))
+        return self.lic.confirm("console", cpu.confirm_request(kit.view, self.hw(kit), mid))

@@ -1,26 +1,41 @@
-"""What every wrapped item is bound to: the associated data of each key and ID the flows wrap.
+"""What every wrapped item is bound to, and the key ladder that ties titles to the devices.
 
 The console and the server both derive these from the same IDs, so an item wrapped for one card,
 user, MID or title opens only as exactly that item. A Content-Key captured from one card's
 acquisition does not unwrap on another card, nor as another MID's key on the same card; sealed
 device IDs open only for the user whose Content-Gen-Key sealed them.
 
-    item                      wrapped with       bound to
-    User ID                   MC-Key             MC-ID
-    MID (sent and stored)     MC-Key             MC-ID, User ID
-    Content-Key               MC-Key             MC-ID, MID, title ID
-    Content-Gen-Key           MC-Key             MC-ID, User ID
-    Client ID + HDD-ID        Content-Gen-Key    User ID
-    any key at rest (server)  master key         table, row ID
+    item                      wrapped with                     bound to
+    User ID                   MC-Key                           MC-ID
+    MID (sent and stored)     MC-Key                           MC-ID, User ID
+    Content-Key               MC-Key, then sealed to the       MC-ID, MID, title ID;
+                              console and to the HDD           + Client ID, HDD-ID
+    Content-Gen-Key           MC-Key, then sealed to the       MC-ID, User ID;
+                              console and to the HDD           + Client ID, HDD-ID
+    Client ID + HDD-ID        Content-Gen-Key                  User ID
+    an installed title        TitleBinding (Content-Gen-Key    User ID, Client ID, HDD-ID,
+                              + console secret + HDD secret)   title ID, salt
+    any key at rest (server)  master key                       table, row ID
+
+Why two layers for the issued keys: every device is a file its holder can read byte for byte, and
+the card file holds its MC-Key. If the MC-Key alone opened the Content-Gen-Key, a lent card would
+hand over everything. So the server also seals what it issues (HPKE, :func:`vhw.crypto.seal_to`)
+to the public keys registered for the user entry's console and HDD: only those two devices'
+secrets, together with the card's MC-Key, open it. And the key a title is re-encrypted under on
+the HDD is derived from the Content-Gen-Key *and* both device secrets (:class:`TitleBinding`):
+any two of card, console ROM and HDD decrypt nothing.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+from dataclasses import dataclass, field
 
 from . import crypto
 from .ids import Id, IdKind
+
+OWNER_SIZE = 16  # bytes of the fingerprints that tell whose a title is
 
 
 def user_id(mc_id: Id) -> bytes:
@@ -45,6 +60,15 @@ def sealed_ids(user: Id) -> bytes:
 
 def at_rest(table: str, row: object) -> bytes:
     return crypto.context("at-rest", table, row)
+
+
+def owner_of(content_gen_key: bytes) -> bytes:
+    """A fingerprint of a Content-Gen-Key that tells one user from another, revealing nothing:
+    card tokens name it, and the HDD keeps the highest card epoch it has seen per owner."""
+    return crypto.derive(content_gen_key, crypto.context("hdd-owner"), length=OWNER_SIZE)
+
+
+# -- device IDs sealed with the Content-Gen-Key (S16, checked at S23/S33) -----------------------
 
 
 def seal_device_ids(content_gen_key: bytes, user: Id, client_id: Id, hdd_id: Id) -> bytes:
@@ -75,6 +99,109 @@ def unwrap_id(kek: bytes, blob: bytes, kind: IdKind, ad: bytes) -> Id:
         raise crypto.Invalid() from None
 
 
+# -- keys issued for one console and one HDD (S15) --------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DevicePublic:
+    """The public keys the manufacturer registered for a user entry's console and HDD."""
+
+    client_id: Id
+    hdd_id: Id
+    console: bytes
+    hdd: bytes
+
+
+@dataclass(frozen=True)
+class DeviceSecrets:
+    """What a console knows of its own hardware: its Client ID and the secret in its ROM, the
+    attached HDD's HDD-ID and the secret in its superblock."""
+
+    client_id: Id
+    hdd_id: Id
+    console: bytes = field(repr=False)
+    hdd: bytes = field(repr=False)
+
+    def public(self) -> DevicePublic:
+        return DevicePublic(self.client_id, self.hdd_id, crypto.device_public(self.console),
+                            crypto.device_public(self.hdd))
+
+
+def _device_info(purpose: str, client_id: Id, hdd_id: Id, ad: bytes) -> bytes:
+    return crypto.context("device-sealed", purpose, client_id, hdd_id, ad)
+
+
+def seal_for_devices(devices: DevicePublic, purpose: str, wrapped: bytes, ad: bytes) -> bytes:
+    """Seal an MC-Key-wrapped item to the HDD, then the result to the console (server side).
+
+    ``ad`` is the item's own binding (e.g. :func:`content_key`); the seals add the devices'
+    IDs, so an item sealed for one console and HDD names them as well as its card and MID."""
+    info = _device_info(purpose, devices.client_id, devices.hdd_id, ad)
+    return crypto.seal_to(devices.console, crypto.seal_to(devices.hdd, wrapped, info), info)
+
+
+def open_on_devices(devices: DeviceSecrets, purpose: str, blob: bytes, ad: bytes) -> bytes:
+    """The MC-Key-wrapped item inside :func:`seal_for_devices`, or :class:`crypto.Invalid`."""
+    info = _device_info(purpose, devices.client_id, devices.hdd_id, ad)
+    return crypto.open_sealed(devices.hdd, crypto.open_sealed(devices.console, blob, info), info)
+
+
+CONTENT_KEY = "content-key"
+CONTENT_GEN_KEY = "content-gen-key"
+
+
+def issue_content_key(devices: DevicePublic, mc_key: bytes, mc_id: Id, media: Id, title_id: str,
+                      key: bytes) -> bytes:
+    ad = content_key(mc_id, media, title_id)
+    return seal_for_devices(devices, CONTENT_KEY, crypto.wrap(mc_key, key, ad), ad)
+
+
+def open_content_key(devices: DeviceSecrets, mc_key: bytes, mc_id: Id, media: Id, title_id: str,
+                     blob: bytes) -> bytes:
+    ad = content_key(mc_id, media, title_id)
+    return crypto.unwrap(mc_key, open_on_devices(devices, CONTENT_KEY, blob, ad), ad)
+
+
+def issue_content_gen_key(devices: DevicePublic, mc_key: bytes, mc_id: Id, user: Id, key: bytes) -> bytes:
+    ad = content_gen_key(mc_id, user)
+    return seal_for_devices(devices, CONTENT_GEN_KEY, crypto.wrap(mc_key, key, ad), ad)
+
+
+def open_content_gen_key(devices: DeviceSecrets, mc_key: bytes, mc_id: Id, user: Id, blob: bytes) -> bytes:
+    ad = content_gen_key(mc_id, user)
+    return crypto.unwrap(mc_key, open_on_devices(devices, CONTENT_GEN_KEY, blob, ad), ad)
+
+
+# -- installed titles (S24-S26, S34) ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TitleBinding:
+    """The key every title a user installs on one HDD from one console is re-encrypted under.
+
+    HKDF over the Content-Gen-Key and both device secrets, bound to the User ID, Client ID and
+    HDD-ID: it takes the card (through the Content-Gen-Key it opens on these devices), this
+    console's ROM and this HDD to compute. Each title's key is derived from it with the title ID
+    and a random salt kept in the HDD catalog; :attr:`owner` is the fingerprint the catalog keeps
+    to tell which titles a binding opens, revealing nothing of it.
+    """
+
+    key: bytes = field(repr=False)
+
+    @classmethod
+    def derive(cls, content_gen_key: bytes, user: Id, devices: DeviceSecrets) -> TitleBinding:
+        ikm = content_gen_key + devices.console + devices.hdd
+        return cls(crypto.derive(ikm, crypto.context("title-binding", user, devices.client_id, devices.hdd_id)))
+
+    @property
+    def owner(self) -> bytes:
+        return crypto.derive(self.key, crypto.context("title-binding-owner"), length=OWNER_SIZE)
+
+    def title_key(self, title_id: str, salt: bytes) -> bytes:
+        """The key one title is re-encrypted under on this HDD (S25)."""
+        return crypto.derive(self.key, crypto.context("hdd-title-key", title_id), salt=salt)
+
+
 def registration_proof(mc_key: bytes, mc_id: Id, client_id: Id, hdd_id: Id) -> bytes:
     """Proof that the registering console holds the card (S2): an HMAC under a key derived from
     the MC-Key, so the MC-Key itself never travels and a card's label alone registers nothing."""
@@ -88,7 +215,7 @@ def registration_proof(mc_key: bytes, mc_id: Id, client_id: Id, hdd_id: Id) -> b
 # MC-ID is the current one, epoch N", signed with the platform CA's key. Reissuing a card raises
 # the epoch. A console checks the signature against the CA in its ROM, and the HDD remembers the
 # highest epoch it has seen per user: once a reissued card has been used, the old one is refused
-# offline too. The old card's holder knows the Content-Gen-Key but cannot sign.
+# offline too. The old card's holder cannot sign.
 
 EPOCH_BYTES = 4
 

@@ -1,20 +1,128 @@
 """What the console's CPU does in each flow, without I/O: build requests, check and store answers.
 
-Functions take the memory card (:class:`~vhw.formats.card.Card`), the console's IDs and the
-server's responses, and return requests or a new card. The emulated machine (:mod:`vhw.machine`)
-reads and writes the files and talks to the server; the tests call these functions directly too.
+A flow opens the memory card once into a :class:`CardView` (the User ID and every license's MID
+unwrapped with the MC-Key, once), asks it what it needs, and writes back the card the view holds
+at the flow's commit points. What the console knows of its own hardware, the Client ID and HDD-ID
+with the secrets of its ROM and its HDD, the platform CA and the card epochs the HDD has seen, is
+a :class:`Hardware`. Functions take these and the server's responses and return requests or a new
+view. The emulated machine (:mod:`vhw.machine`) reads and writes the files and talks to the
+server; the tests call these functions directly too.
+
+Every check that refuses rests on a key the holder of a lent file lacks (:mod:`vhw.bindings`): the
+Content-Gen-Key and Content-Keys on a card open only with this console's and this HDD's secrets,
+and the card token only verifies with the platform's signature. The comparisons of the patent's
+S22-S23 and S32-S33 are still made, and still refuse with the patent's words.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 from . import bindings, crypto
 from . import protocol as p
+from .bindings import DeviceSecrets, TitleBinding, owner_of
 from .errors import CopyNotPermitted, ReproductionNotPermitted, ServerError, StateError
 from .formats.card import Card, License
 from .ids import Id, IdKind
-from .volume import owner_of
+
+
+@dataclass(frozen=True)
+class Hardware:
+    """The console as one flow sees it: its devices' IDs and secrets, the platform CA from its
+    ROM (``anchor``), and the highest card epoch per user that its HDD has seen."""
+
+    devices: DeviceSecrets
+    anchor: bytes = b""
+    epochs: Mapping[bytes, int] = field(default_factory=dict)
+
+    @property
+    def client_id(self) -> Id:
+        return self.devices.client_id
+
+    @property
+    def hdd_id(self) -> Id:
+        return self.devices.hdd_id
+
+
+@dataclass(frozen=True)
+class CardView:
+    """A memory card opened once: the User ID and each license's MID, unwrapped with the MC-Key.
+
+    Views are immutable like the card: each change returns a new view of the changed card, and
+    the flow writes ``view.card`` back when it commits.
+    """
+
+    card: Card
+    user: Id | None = None
+    mids: tuple[Id | None, ...] = ()  # the MID of each of card.licenses (None: does not open)
+    damaged: bool = False  # the card holds a User ID that does not open with its MC-Key
+
+    @classmethod
+    def open(cls, card: Card) -> CardView:
+        user, damaged = None, False
+        if card.user_id:
+            try:
+                user = bindings.unwrap_id(card.mc_key, card.user_id, IdKind.USER, bindings.user_id(card.mc_id))
+            except crypto.Invalid:
+                damaged = True
+        return cls(card, user, tuple(_open_mid(card, user, lic) for lic in card.licenses), damaged)
+
+    def require_user(self) -> Id:
+        """The User ID, or the reason the card has none for this console to use."""
+        if self.damaged:
+            raise StateError(f"memory card {self.card.mc_id}: its User ID does not open (damaged card)")
+        if self.user is None:
+            raise StateError(f"memory card {self.card.mc_id} is not registered",
+                             hint="run `vhw console register` first")
+        return self.user
+
+    def license_for(self, mid: Id) -> License | None:
+        for lic, found in zip(self.card.licenses, self.mids):
+            if found == mid:
+                return lic
+        return None
+
+    def licenses(self) -> list[tuple[License, Id | None]]:
+        return list(zip(self.card.licenses, self.mids))
+
+    def wrapped_mid(self, mid: Id) -> bytes:
+        """The MID wrapped with the MC-Key (S12), reusing the card's copy when it has one."""
+        lic = self.license_for(mid)
+        if lic is not None:
+            return lic.mid
+        return bindings.wrap_id(self.card.mc_key, mid, bindings.mid(self.card.mc_id, self.require_user()))
+
+    # -- changes ------------------------------------------------------------------------------
+
+    def _with(self, pairs: list[tuple[License, Id | None]], **card_changes) -> CardView:
+        card = replace(self.card, licenses=tuple(lic for lic, _ in pairs), **card_changes)
+        return replace(self, card=card, mids=tuple(mid for _, mid in pairs))
+
+    def with_license(self, lic: License, mid: Id, **card_changes) -> CardView:
+        """Add a license for ``mid``, replacing one for the same wrapped MID."""
+        kept = [(x, m) for x, m in self.licenses() if x.mid != lic.mid]
+        return self._with(kept + [(lic, mid)], **card_changes)
+
+    def without_content_key(self, mid: Id) -> CardView:
+        return self._with([(replace(x, content_key=b"") if m == mid else x, m) for x, m in self.licenses()])
+
+    def wiped(self) -> CardView:
+        """FIG. 13: the Content-Gen-Key, sealed IDs, card token and pending keys leave the card."""
+        return self._with([(replace(x, content_key=b""), m) for x, m in self.licenses()],
+                          content_gen_key=b"", sealed_ids=b"", card_token=b"")
+
+
+def _open_mid(card: Card, user: Id | None, lic: License) -> Id | None:
+    if user is None:
+        return None
+    try:
+        return bindings.unwrap_id(card.mc_key, lic.mid, IdKind.MEDIA, bindings.mid(card.mc_id, user))
+    except crypto.Invalid:
+        return None
+
+
+# -- registration, S1-S7 ------------------------------------------------------------------------
 
 
 def registration_request(card: Card, client_id: Id, hdd_id: Id) -> p.RegisterRequest:
@@ -32,126 +140,106 @@ def accept_registration(card: Card, resp: p.RegisterResponse) -> tuple[Card, Id]
     return replace(card, user_id=resp.user_id), user
 
 
-def user_of(card: Card) -> Id:
-    """The User ID stored on the card (for its owner to see and write down)."""
-    if not card.user_id:
-        raise StateError(f"memory card {card.mc_id} is not registered", hint="run `vhw console register` first")
-    try:
-        return bindings.unwrap_id(card.mc_key, card.user_id, IdKind.USER, bindings.user_id(card.mc_id))
-    except crypto.Invalid:
-        raise StateError(f"memory card {card.mc_id}: its User ID does not open (damaged card)") from None
+# -- acquisition, S11-S17 -------------------------------------------------------------------------
 
 
-def wrapped_mid(card: Card, mid: Id) -> bytes:
-    """The MID wrapped with the MC-Key (S12), reusing the card's copy when it has one."""
-    for lic in card.licenses:
-        if license_mid(card, lic) == mid:
-            return lic.mid
-    return bindings.wrap_id(card.mc_key, mid, bindings.mid(card.mc_id, user_of(card)))
-
-
-def license_mid(card: Card, lic: License) -> Id | None:
-    try:
-        return bindings.unwrap_id(card.mc_key, lic.mid, IdKind.MEDIA, bindings.mid(card.mc_id, user_of(card)))
-    except (crypto.Invalid, StateError):
-        return None
-
-
-def license_for(card: Card, mid: Id) -> License | None:
-    for lic in card.licenses:
-        if license_mid(card, lic) == mid:
-            return lic
-    return None
-
-
-def acquisition_request(card: Card, client_id: Id, hdd_id: Id, mid: Id) -> p.AcquireRequest:
+def acquisition_request(view: CardView, hw: Hardware, mid: Id) -> p.AcquireRequest:
     """S12: MC-ID, wrapped User ID, wrapped MID, Client ID, HDD-ID."""
-    user_of(card)  # refuses an unregistered card before anything is sent
-    return p.AcquireRequest(card.mc_id, card.user_id, wrapped_mid(card, mid), client_id, hdd_id)
+    view.require_user()  # refuses an unregistered card before anything is sent
+    return p.AcquireRequest(view.card.mc_id, view.card.user_id, view.wrapped_mid(mid), hw.client_id, hw.hdd_id)
 
 
-def confirm_request(card: Card, client_id: Id, hdd_id: Id, mid: Id) -> p.ConfirmRequest:
-    return p.ConfirmRequest(card.mc_id, card.user_id, wrapped_mid(card, mid), client_id, hdd_id)
+def confirm_request(view: CardView, hw: Hardware, mid: Id) -> p.ConfirmRequest:
+    view.require_user()
+    return p.ConfirmRequest(view.card.mc_id, view.card.user_id, view.wrapped_mid(mid), hw.client_id, hw.hdd_id)
 
 
-def accept_acquisition(card: Card, req: p.AcquireRequest, resp: p.AcquireResponse, mid: Id, *,
-                       acquired: int, anchor: bytes) -> Card:
-    """S16: store the wrapped Content-Key (bound to this MID and title), the wrapped Content-Gen-Key,
-    the sealed device IDs and the card token on the card, after checking each opens as what it
-    claims to be (the token against the platform CA in the ROM, ``anchor``)."""
-    user = user_of(card)
+def accept_acquisition(view: CardView, req: p.AcquireRequest, resp: p.AcquireResponse, mid: Id,
+                       hw: Hardware, *, acquired: int) -> CardView:
+    """S16: store the Content-Key and Content-Gen-Key (sealed to the user's console and HDD), the
+    sealed device IDs and the card token on the card.
+
+    When the keys were issued for this console and HDD, everything is checked to open as what it
+    claims to be (the token against the platform CA in the ROM). Keys issued for the user entry's
+    other devices (a policy that does not identify users by this console or HDD) are stored as
+    they came: the copy check, S21-S23, refuses them.
+    """
+    user = view.require_user()
+    card = view.card
+    ad = bindings.content_gen_key(card.mc_id, user)
     try:
-        crypto.unwrap(card.mc_key, resp.content_key, bindings.content_key(card.mc_id, mid, resp.title_id))
-        cgk = crypto.unwrap(card.mc_key, resp.content_gen_key, bindings.content_gen_key(card.mc_id, user))
-        bindings.open_device_ids(cgk, user, resp.sealed_ids)
-        bindings.open_card_token(anchor, resp.card_token, owner_of(cgk), card.mc_id)
+        wrapped = bindings.open_on_devices(hw.devices, bindings.CONTENT_GEN_KEY, resp.content_gen_key, ad)
     except crypto.Invalid:
-        raise ServerError("the server's answer does not open with this memory card") from None
-    card = replace(card, content_gen_key=resp.content_gen_key, sealed_ids=resp.sealed_ids, card_token=resp.card_token)
-    return card.with_license(License(resp.title_id, req.mid, resp.content_key, acquired))
+        wrapped = None  # not for this console and HDD
+    if wrapped is not None:
+        try:
+            cgk = crypto.unwrap(card.mc_key, wrapped, ad)
+            bindings.open_content_key(hw.devices, card.mc_key, card.mc_id, mid, resp.title_id, resp.content_key)
+            bindings.open_device_ids(cgk, user, resp.sealed_ids)
+            bindings.open_card_token(hw.anchor, resp.card_token, owner_of(cgk), card.mc_id)
+        except crypto.Invalid:
+            raise ServerError("the server's answer does not open with this memory card and console") from None
+    return view.with_license(License(resp.title_id, req.mid, resp.content_key, acquired), mid,
+                             content_gen_key=resp.content_gen_key, sealed_ids=resp.sealed_ids,
+                             card_token=resp.card_token)
 
 
-def content_gen_key(card: Card) -> bytes | None:
-    """The Content-Gen-Key, unwrapped with the MC-Key; None when the card holds none (or it is bad)."""
-    if not card.content_gen_key or not card.user_id:
-        return None
-    try:
-        return crypto.unwrap(card.mc_key, card.content_gen_key, bindings.content_gen_key(card.mc_id, user_of(card)))
-    except (crypto.Invalid, StateError):
-        return None
+# -- copy, S21-S28, and reproduction, S31-S35 -----------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class Match:
-    """A card that may copy to / play from this console and HDD: its key and its epoch."""
+    """A card that may copy to / play from this console and HDD: the user, the Content-Gen-Key
+    it opened here, whose it is (``owner``), the card's epoch, and the key titles are bound under."""
 
+    user: Id
     content_gen_key: bytes = field(repr=False)
     owner: bytes
     epoch: int
+    binding: TitleBinding = field(repr=False)
 
 
-def devices_match(card: Card, client_id: Id, hdd_id: Id, *, anchor: bytes,
-                  epochs: dict[bytes, int]) -> Match | None:
-    """S22-S23 / S32-S33: the card's sealed Client ID and HDD-ID are this console's and this HDD's,
-    and the card is the user's current one (its token's epoch is not below what this HDD has seen)."""
-    cgk = content_gen_key(card)
-    if cgk is None or not card.sealed_ids:
+def devices_match(view: CardView, hw: Hardware) -> Match | None:
+    """S22-S23 / S32-S33: the card's Content-Gen-Key opens on this console and HDD, its sealed
+    Client ID and HDD-ID are theirs, and the card is the user's current one (its token's epoch is
+    not below what this HDD has seen)."""
+    card, user = view.card, view.user
+    if user is None or not card.content_gen_key or not card.sealed_ids:
         return None
-    owner = owner_of(cgk)
     try:
-        sealed_client, sealed_hdd = bindings.open_device_ids(cgk, user_of(card), card.sealed_ids)
-        epoch = bindings.open_card_token(anchor, card.card_token, owner, card.mc_id)
-    except (crypto.Invalid, StateError):
+        cgk = bindings.open_content_gen_key(hw.devices, card.mc_key, card.mc_id, user, card.content_gen_key)
+        owner = owner_of(cgk)
+        sealed_client, sealed_hdd = bindings.open_device_ids(cgk, user, card.sealed_ids)
+        epoch = bindings.open_card_token(hw.anchor, card.card_token, owner, card.mc_id)
+    except crypto.Invalid:
         return None
-    if sealed_client != client_id or sealed_hdd != hdd_id or epoch < epochs.get(owner, 0):
+    if sealed_client != hw.client_id or sealed_hdd != hw.hdd_id or epoch < hw.epochs.get(owner, 0):
         return None
-    return Match(cgk, owner, epoch)
+    return Match(user, cgk, owner, epoch, TitleBinding.derive(cgk, user, hw.devices))
 
 
-def copy_keys(card: Card, client_id: Id, hdd_id: Id, mid: Id, title_id: str, *, anchor: bytes,
-              epochs: dict[bytes, int]) -> tuple[bytes, Match]:
+def copy_keys(view: CardView, hw: Hardware, mid: Id, title_id: str) -> tuple[bytes, Match]:
     """S21-S23: (Content-Key, match) for copying, or COPY IS NOT PERMITTED."""
-    match = devices_match(card, client_id, hdd_id, anchor=anchor, epochs=epochs)
-    lic = license_for(card, mid)
+    match = devices_match(view, hw)
+    lic = view.license_for(mid)
     if match is None or lic is None or not lic.content_key:
         raise CopyNotPermitted()
+    card = view.card
     try:
-        ck = crypto.unwrap(card.mc_key, lic.content_key, bindings.content_key(card.mc_id, mid, title_id))
+        ck = bindings.open_content_key(hw.devices, card.mc_key, card.mc_id, mid, title_id, lic.content_key)
     except crypto.Invalid:
         raise CopyNotPermitted() from None
     return ck, match
 
 
-def reproduction_key(card: Card | None, client_id: Id, hdd_id: Id, *, anchor: bytes,
-                     epochs: dict[bytes, int]) -> Match:
-    """S31-S34: the match whose Content-Gen-Key opens this console's titles, or the refusal."""
-    match = devices_match(card, client_id, hdd_id, anchor=anchor, epochs=epochs) if card is not None else None
+def reproduction_key(view: CardView | None, hw: Hardware) -> Match:
+    """S31-S34: the match whose binding opens this console's titles, or the refusal."""
+    match = devices_match(view, hw) if view is not None else None
     if match is None:
         raise ReproductionNotPermitted()
     return match
 
 
-def drop_content_key(card: Card, mid: Id) -> Card:
+def drop_content_key(view: CardView, mid: Id) -> CardView:
     """S28: the copy is complete; the Content-Key leaves the card."""
-    lic = license_for(card, mid)
-    return card.without_content_key(lic.mid) if lic else card
+    return view.without_content_key(mid)

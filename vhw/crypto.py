@@ -14,6 +14,10 @@ Three tools, each binding what it protects to what it is for:
   empty stream still has one (empty) chunk, so even its size is authenticated.
 * **Derivation** (:func:`derive`): HKDF-SHA256 with an ``info`` that names the purpose, e.g. the
   per-title HDD key from the Content-Gen-Key.
+* **Sealing to a device** (:func:`seal_to`, :func:`open_sealed`): HPKE (RFC 9180; DHKEM X25519,
+  HKDF-SHA256, AES-256-GCM) to the X25519 public key a console or HDD was made with, with an
+  ``info`` that names what the sealed value is for. Only the holder of that device's secret opens
+  it; a fresh ephemeral key per seal.
 
 Deterministic nonces are safe here because every stream key is used for exactly one plaintext:
 stream IDs are random per mastering or per install, and rewriting a chunk after a crash writes the
@@ -29,10 +33,12 @@ from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hpke
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 
 from .errors import VhwError
 
@@ -227,3 +233,61 @@ def verify(public_key: bytes, signature: bytes, message: bytes) -> None:
         Ed25519PublicKey.from_public_bytes(public_key).verify(signature, message)
     except (InvalidSignature, ValueError):
         raise Invalid() from None
+
+
+# -- device keys ----------------------------------------------------------------------------------
+#
+# Each console ROM and HDD image holds an X25519 private key made at manufacture (its *secret*),
+# never shown and never sent; the manufacturer registers its public key with the server, which
+# seals the keys it issues to it. The secret also goes into the key that installed titles are
+# bound under (vhw.bindings.TitleBinding), so that no title decrypts without the device.
+
+DEVICE_SECRET_SIZE = 32
+DEVICE_PUBLIC_SIZE = 32
+_HPKE = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM)
+SEAL_OVERHEAD = DEVICE_PUBLIC_SIZE + TAG_SIZE  # HPKE's encapsulated key, then the AEAD tag
+
+
+def device_secret() -> bytes:
+    """A fresh device secret: the raw bytes of an X25519 private key."""
+    return X25519PrivateKey.generate().private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
+
+
+def device_public(secret: bytes) -> bytes:
+    """The public key (raw, 32 bytes) of a device secret."""
+    try:
+        key = X25519PrivateKey.from_private_bytes(secret)
+    except ValueError:
+        raise Invalid() from None
+    return key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+
+def fingerprint(public_key: bytes) -> str:
+    """What ``info`` shows of a device's key: the first 16 bytes of its SHA-256, in groups of 4."""
+    digest = hashes.Hash(hashes.SHA256())
+    digest.update(public_key)
+    text = digest.finalize()[:16].hex()
+    return ":".join(text[i : i + 4] for i in range(0, len(text), 4))
+
+
+def seal_to(public_key: bytes, plaintext: bytes, info: bytes) -> bytes:
+    """HPKE-seal ``plaintext`` to a device's public key, bound to ``info``."""
+    try:
+        return _HPKE.encrypt(plaintext, X25519PublicKey.from_public_bytes(public_key), info=info)
+    except ValueError:  # not 32 bytes, or a low-order point no real device has
+        raise Invalid("not a device public key") from None
+
+
+def open_sealed(secret: bytes, blob: bytes, info: bytes) -> bytes:
+    """Open what :func:`seal_to` sealed to the device whose secret this is, or raise :class:`Invalid`."""
+    if len(blob) < SEAL_OVERHEAD:
+        raise Invalid()
+    try:
+        key = X25519PrivateKey.from_private_bytes(secret)
+        return _HPKE.decrypt(blob, key, info=info)
+    except (InvalidTag, ValueError):
+        raise Invalid() from None
+
+
+def sealed_size(plain_size: int) -> int:
+    return SEAL_OVERHEAD + plain_size

@@ -11,8 +11,9 @@ The plan is::
               every CHECKPOINT bytes: Sync, commit(progress)   <- where a killed install resumes
     finish    Sync, commit(COMPLETE with the SHA-256 of each file's sealed bytes)
 
-Each title gets its own key, derived from the Content-Gen-Key, the HDD-ID, the title ID and a
-random salt kept in the catalog; a fresh stream ID per file. Sealing is deterministic for a given
+Each title gets its own key, derived from the user's :class:`~vhw.bindings.TitleBinding` (the
+Content-Gen-Key with this console's and this HDD's secrets), the title ID and a random salt kept
+in the catalog; a fresh stream ID per file. Sealing is deterministic for a given
 key, stream and chunk, so resuming rewrites chunks identically and recomputes the digests of what
 was written before the interruption without reading the HDD.
 """
@@ -25,32 +26,29 @@ import os
 from collections.abc import Callable, Generator
 
 from . import crypto
+from .bindings import TitleBinding
 from .devices.disc import DiscImage
 from .errors import IntegrityError, StateError
 from .formats.hdd import Title, TitleState
 from .ids import Id
-from .volume import SEALED_CHUNK, SYNC, FileSpec, Op, Volume, Write, owner_of
+from .volume import SEALED_CHUNK, SYNC, FileSpec, Op, Volume, Write
 
 CHECKPOINT = 64 * 1024 * 1024  # sealed bytes between progress commits: at most this is redone
 WRITE_BATCH = 1024 * 1024  # bytes per write: few syscalls, bounded memory
 
 
-def title_key(content_gen_key: bytes, hdd_id: Id, title_id: str, salt: bytes) -> bytes:
-    """The key a title is re-encrypted under on one HDD (S25)."""
-    return crypto.derive(content_gen_key, crypto.context("hdd-title-key", hdd_id, title_id), salt=salt)
-
-
-def resumable(title: Title, disc: DiscImage, content_gen_key: bytes) -> bool:
-    """Whether an interrupted install of ``title`` can continue from this disc and key."""
+def resumable(title: Title, disc: DiscImage, binding: TitleBinding) -> bool:
+    """Whether an interrupted install of ``title`` can continue from this disc and binding."""
     return (
         not title.complete
-        and title.owner == owner_of(content_gen_key)
+        and crypto.equal(title.bound_to, binding.owner)
         and title.title_digest == disc.disc.title_digest
         and [(f.path, f.size) for f in title.files] == [(f.path, f.size) for f in disc.manifest.files]
     )
 
 
-def _fresh_title(disc: DiscImage, content_gen_key: bytes, mid: Id | None = None) -> tuple[Title, list[FileSpec]]:
+def _fresh_title(disc: DiscImage, owner: bytes, binding: TitleBinding | None,
+                 mid: Id | None = None) -> tuple[Title, list[FileSpec]]:
     m = disc.manifest
     title = Title(
         title_id=m.title_id,
@@ -59,7 +57,8 @@ def _fresh_title(disc: DiscImage, content_gen_key: bytes, mid: Id | None = None)
         entry=m.entry,
         files=(),
         key_salt=os.urandom(32),
-        owner=owner_of(content_gen_key),
+        owner=owner,
+        bound_to=binding.owner if binding else bytes(16),
         mid=mid or disc.disc.mid,  # a bought license's MID for a disc without one
         title_digest=disc.disc.title_digest,
         metadata=json.dumps(m.metadata, sort_keys=True).encode(),
@@ -71,7 +70,7 @@ def _fresh_title(disc: DiscImage, content_gen_key: bytes, mid: Id | None = None)
 def check_space(vol: Volume, disc: DiscImage) -> None:
     """Raise NoSpaceError if the title on ``disc`` would not fit (the reservation, computed and
     thrown away: exact, and nothing is written)."""
-    title, specs = _fresh_title(disc, bytes(32))
+    title, specs = _fresh_title(disc, bytes(16), None)
     vol.reserve(title, specs)
 
 
@@ -80,29 +79,35 @@ def install_plan(
     disc: DiscImage,
     *,
     content_key: bytes,
-    content_gen_key: bytes,
+    owner: bytes,
+    binding: TitleBinding,
     installed: int,
     progress: Callable[[int], None] | None = None,
     checkpoint: int = CHECKPOINT,
-    replace: bool = False,
     mid: Id | None = None,
 ) -> Generator[Op, None, Volume]:
-    """Install the title on ``disc`` onto ``vol`` (resuming an interrupted install of it).
+    """Install the title on ``disc`` onto ``vol`` for the user ``owner`` (``bindings.owner_of``),
+    bound under ``binding``, resuming an interrupted install of it.
 
-    ``replace``: a complete copy of the title under another Content-Gen-Key (installed before a
-    repair) is replaced; its space is freed by the commit that adds the new copy.
+    A complete copy of the title that the same user installed under another binding (before a
+    repair exchanged the console or the HDD's key changed with it) no longer decrypts: it is
+    replaced, its space freed by the commit that adds the new copy. Another user's copy is not.
     """
     m = disc.manifest
     existing = vol.catalog.title(m.title_id)
-    if existing is not None and existing.complete and not (replace and existing.owner != owner_of(content_gen_key)):
-        raise StateError(f"{m.title_id} is already installed on this HDD")
-    if existing is None or not resumable(existing, disc, content_gen_key):
-        fresh, specs = _fresh_title(disc, content_gen_key, mid)
+    if existing is not None and existing.complete:
+        if not crypto.equal(existing.owner, owner):
+            raise StateError(f"{m.title_id} is installed on this HDD by another user",
+                             hint="an HDD holds one copy of a title; that user may remove it with `vhw hdd rm`")
+        if crypto.equal(existing.bound_to, binding.owner):
+            raise StateError(f"{m.title_id} is already installed on this HDD")
+    if existing is None or not resumable(existing, disc, binding):
+        fresh, specs = _fresh_title(disc, owner, binding, mid)
         ops, vol = vol.reserve(fresh, specs)  # refuses before anything is written if the HDD is full
         yield from ops
     title = vol.catalog.title(m.title_id)
     assert title is not None and title.state is TitleState.INSTALLING
-    key = title_key(content_gen_key, vol.sb.hdd_id, title.title_id, title.key_salt)
+    key = binding.title_key(title.title_id, title.key_salt)
 
     plain = bytearray(crypto.CHUNK_SIZE)
     sealed = bytearray(SEALED_CHUNK)
@@ -152,7 +157,7 @@ def install_plan(
     return vol
 
 
-def read_title(image, title: Title, content_gen_key: bytes) -> dict[str, bytes]:
+def read_title(image, title: Title, binding: TitleBinding) -> dict[str, bytes]:
     """Every file of an installed title, decrypted (for tests and small titles)."""
-    key = title_key(content_gen_key, image.hdd_id, title.title_id, title.key_salt)
+    key = binding.title_key(title.title_id, title.key_salt)
     return {f.path: b"".join(image.decrypt(title, f, key)) for f in title.files}

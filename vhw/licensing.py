@@ -26,10 +26,10 @@ from dataclasses import dataclass, field
 
 from . import bindings, crypto
 from . import protocol as p
+from .bindings import DevicePublic, owner_of
 from .errors import MediaRefused, RegistrationRefused, ServerError, UserIdInvalid
 from .ids import Id, IdKind
 from .store import Conflict, Store, Tx
-from .volume import owner_of
 
 log = logging.getLogger(__name__)
 
@@ -99,17 +99,31 @@ class Licensing:
 
     # -- manufacturer and publisher -------------------------------------------------------------
 
-    def register_device(self, actor: str, table: str, ident: Id) -> p.Done:
-        return self._retrying(self._register_device, actor, table, ident)
+    def register_device(self, actor: str, table: str, ident: Id, public_key: bytes) -> p.Done:
+        return self._retrying(self._register_device, actor, table, ident, public_key)
 
-    def _register_device(self, actor: str, table: str, ident: Id) -> p.Done:
+    def _register_device(self, actor: str, table: str, ident: Id, public_key: bytes) -> p.Done:
+        """A console's or HDD's ID with the public key of its secret (keys are sealed to it)."""
         column = {"consoles": "client_id", "hdds": "hdd_id"}[table]
         with self.store.transaction() as tx:
-            if tx.one(f"SELECT 1 FROM {table} WHERE {column} = ?", str(ident)):
+            row = tx.one(f"SELECT public_key FROM {table} WHERE {column} = ?", str(ident))
+            if row:
+                if row[0] is None or bytes(row[0]) != public_key:
+                    raise ServerError(f"{ident} is already registered with another public key", status=409)
                 return p.Done(created=False)
-            tx.execute(f"INSERT INTO {table} ({column}, registered) VALUES (?, ?)", str(ident), self._now())
-            self._audit(tx, actor, f"register-{table[:-1]}", ident)
+            tx.execute(f"INSERT INTO {table} ({column}, registered, public_key) VALUES (?, ?, ?)",
+                       str(ident), self._now(), public_key)
+            self._audit(tx, actor, f"register-{table[:-1]}", ident, key=crypto.fingerprint(public_key))
         return p.Done()
+
+    def _device_keys(self, tx: Tx, client_id: Id, hdd_id: Id) -> DevicePublic:
+        """The registered public keys of a user entry's console and HDD."""
+        console = tx.one("SELECT public_key FROM consoles WHERE client_id = ?", str(client_id))
+        hdd = tx.one("SELECT public_key FROM hdds WHERE hdd_id = ?", str(hdd_id))
+        if not console or console[0] is None or not hdd or hdd[0] is None:
+            raise ServerError(f"{client_id} or {hdd_id} was registered without a device key (an older"
+                              " device format): the manufacturer makes the device again", status=409)
+        return DevicePublic(client_id, hdd_id, bytes(console[0]), bytes(hdd[0]))
 
     def register_card(self, actor: str, msg: p.RegisterCard) -> p.Done:
         return self._retrying(self._register_card, actor, msg)
@@ -140,9 +154,10 @@ class Licensing:
                     raise ServerError(f"title {msg.title_id} is already registered with other keys", status=409)
                 return p.Done(created=False)
             tx.execute(
-                "INSERT INTO titles (title_id, name, content_key, title_digest, registered) VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO titles (title_id, name, content_key, title_digest, registered, publisher)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
                 msg.title_id, msg.name, self._seal("titles", msg.title_id, msg.content_key),
-                msg.title_digest, self._now(),
+                msg.title_digest, self._now(), actor,
             )
             self._audit(tx, actor, "register-title", msg.title_id, name=msg.name)
         return p.Done()
@@ -153,8 +168,12 @@ class Licensing:
     def _register_media(self, actor: str, msg: p.RegisterMedia) -> p.Done:
         created = False
         with self.store.transaction() as tx:
-            if not tx.one("SELECT 1 FROM titles WHERE title_id = ?", msg.title_id):
+            title = tx.one("SELECT publisher FROM titles WHERE title_id = ?", msg.title_id)
+            if not title:
                 raise ServerError(f"title {msg.title_id} is not registered", status=404)
+            if title[0] is not None and title[0] != actor:
+                # another publisher's MIDs for this title would be licenses to its Content-Key
+                raise ServerError(f"title {msg.title_id} was registered by another publisher", status=403)
             for mid in msg.mids:
                 row = tx.one("SELECT title_id FROM media WHERE mid = ?", str(mid))
                 if row:
@@ -325,16 +344,16 @@ class Licensing:
             self._audit(tx, actor, "issue-keys", mid, user_id=user, title_id=media[0], mc_id=req.mc_id)
             title_id, content_key = media[0], self._open("titles", media[0], media[1])
             cgk = self._open("users", user, entry[4])
-            client_id = Id.parse(entry[2], IdKind.CLIENT)
-            hdd_id = Id.parse(entry[3], IdKind.HDD)
+            devices = self._device_keys(tx, Id.parse(entry[2], IdKind.CLIENT), Id.parse(entry[3], IdKind.HDD))
             epoch = entry[5]
-        # S15: keys wrapped with the MC-Key, device IDs sealed with the Content-Gen-Key
+        # S15: keys wrapped with the MC-Key and sealed to the user entry's HDD and console, device
+        # IDs sealed with the Content-Gen-Key
         resp = p.AcquireResponse(
             title_id=title_id,
             title_digest=bytes(media[2]),
-            content_key=crypto.wrap(mc_key, content_key, bindings.content_key(req.mc_id, mid, title_id)),
-            content_gen_key=crypto.wrap(mc_key, cgk, bindings.content_gen_key(req.mc_id, user)),
-            sealed_ids=bindings.seal_device_ids(cgk, user, client_id, hdd_id),
+            content_key=bindings.issue_content_key(devices, mc_key, req.mc_id, mid, title_id, content_key),
+            content_gen_key=bindings.issue_content_gen_key(devices, mc_key, req.mc_id, user, cgk),
+            sealed_ids=bindings.seal_device_ids(cgk, user, devices.client_id, devices.hdd_id),
             card_token=self._card_token(cgk, req.mc_id, epoch),
         )
         return resp, bool(flagged)
@@ -423,15 +442,15 @@ class Licensing:
             tx.execute("UPDATE users SET mc_id = ?, card_epoch = ? WHERE user_id = ?",
                        str(req.new_mc_id), epoch + 1, str(req.user_id))
             mids = tx.all("SELECT mid, title_id FROM media WHERE flagged_by = ?", str(req.user_id))
+            devices = self._device_keys(tx, Id.parse(client_id, IdKind.CLIENT), Id.parse(hdd_id, IdKind.HDD))
             self._audit(tx, actor, "reissue-card", req.user_id, old_mc_id=old_mc, new_mc_id=req.new_mc_id,
                         epoch=epoch + 1)
         cgk = self._open("users", req.user_id, cgk_blob)
         key, mc, user = req.new_mc_key, req.new_mc_id, req.user_id
         return p.ReissueResponse(
             user_id=bindings.wrap_id(key, user, bindings.user_id(mc)),
-            content_gen_key=crypto.wrap(key, cgk, bindings.content_gen_key(mc, user)),
-            sealed_ids=bindings.seal_device_ids(cgk, user, Id.parse(client_id, IdKind.CLIENT),
-                                                Id.parse(hdd_id, IdKind.HDD)),
+            content_gen_key=bindings.issue_content_gen_key(devices, key, mc, user, cgk),
+            sealed_ids=bindings.seal_device_ids(cgk, user, devices.client_id, devices.hdd_id),
             card_token=self._card_token(cgk, mc, epoch + 1),
             licenses=tuple(
                 p.LicenseItem(title, bindings.wrap_id(key, Id.parse(mid, IdKind.MEDIA), bindings.mid(mc, user)))

@@ -26,7 +26,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from . import console as cpu
-from . import install, mount
+from . import crypto, install, mount
+from .bindings import DeviceSecrets
 from . import protocol as p
 from .client import Client, tls_context
 from .devices import card as card_dev
@@ -297,22 +298,20 @@ class Machine:
     def acquire(self, slot: str = "1") -> tuple[str, Id]:
         """MID registration and key acquisition, S11-S17: the keys end up on the card."""
         with self.busy():
-            return self._acquire(slot)
-
-    def _acquire(self, slot: str) -> tuple[str, Id]:
-        rom, hdd_id = self.rom(), self.hdd_id()
-        with DiscImage.open(self.disc_path()) as disc:
-            mid = disc_mid(disc)
-            mem = self.card(slot)
-            with mem.transaction() as card:
-                req = cpu.acquisition_request(card, rom.client_id, hdd_id, mid)
-                with self.client(rom) as c:
-                    resp = c.call("/v1/console/acquire", req, p.AcquireResponse)
-                check_disc_is_registered(disc, resp)
-                card = cpu.accept_acquisition(card, req, resp, mid, acquired=now(), anchor=rom.trust_anchor)
-                mem.save(card)  # S16
+            rom = self.rom()
+            with HddImage.open(self.hdd_path) as img:
+                hw = hardware(rom, img)
+            with DiscImage.open(self.disc_path()) as disc:
+                mid = disc_mid(disc)
+                mem = self.card(slot)
+                with mem.transaction() as card:
+                    view = cpu.CardView.open(card)
+                    req = cpu.acquisition_request(view, hw, mid)
+                    with self.client(rom) as c:
+                        resp = c.call("/v1/console/acquire", req, p.AcquireResponse)
+                    check_disc_is_registered(disc, resp)
+                    mem.save(cpu.accept_acquisition(view, req, resp, mid, hw, acquired=now()).card)  # S16
         return resp.title_id, mid
-
 
     def install(self, slot: str = "1", *, wait: bool = False,
                 progress: Callable[[int, int], None] | None = None) -> tuple[str, str]:
@@ -325,56 +324,56 @@ class Machine:
             with DiscImage.open(self.disc_path()) as disc, HddImage.open(
                 self.hdd_path, write=True, wait=wait, on_wait=self.log
             ) as hdd:
-                return self._install(slot, rom, disc, hdd, progress)
+                mem = self.card(slot, hdd)
+                with mem.transaction() as card:  # the card is opened once, written at S16 and S28
+                    return self._install(mem, cpu.CardView.open(card), rom, disc, hdd, progress)
 
-    def _install(self, slot, rom: Rom, disc: DiscImage, hdd: HddImage, progress) -> tuple[str, str]:
+    def _install(self, mem: CardFile | HddMemory, view: cpu.CardView, rom: Rom, disc: DiscImage,
+                 hdd: HddImage, progress) -> tuple[str, str]:
         m = disc.manifest
-        mem = self.card(slot, hdd)
+        hw = hardware(rom, hdd)
         on_hdd = hdd.volume.catalog.title(m.title_id)
         purchase = disc.disc.pressing is Pressing.NO_MID
         if purchase:
             if on_hdd and on_hdd.complete:
                 raise StateError(f"{m.title_id} is already installed on this HDD")
-            mid = self._purchase_mid(mem, m.title_id)
+            view, mid = self._purchase_mid(view, m.title_id)
+            mem.save(view.card)  # the fresh MID is on the card before it is asked for
         else:
             mid = disc_mid(disc)
-        card = mem.load()
-        checks = {"anchor": rom.trust_anchor, "epochs": hdd.volume.catalog.epochs()}
         if on_hdd and on_hdd.complete:
             if on_hdd.mid != mid:
                 raise StateError(f"{m.title_id} is already installed on this HDD (from another disc)")
-            match = cpu.devices_match(card, rom.client_id, hdd.hdd_id, **checks)
-            lic = cpu.license_for(card, mid)
-            if match and match.owner == on_hdd.owner and not (lic and lic.content_key):
+            match = cpu.devices_match(view, hw)
+            lic = view.license_for(mid)
+            if match and crypto.equal(on_hdd.bound_to, match.binding.owner) and not (lic and lic.content_key):
                 raise StateError(f"{m.title_id} is already installed on this HDD")
-        pending = cpu.license_for(card, mid)
+        pending = view.license_for(mid)
         if pending and pending.content_key:
             # S21-S23 before anything else: keys acquired elsewhere copy only where they were meant to
-            cpu.copy_keys(card, rom.client_id, hdd.hdd_id, mid, m.title_id, **checks)
+            cpu.copy_keys(view, hw, mid, m.title_id)
         elif on_hdd is None:
             install.check_space(hdd.volume, disc)  # a full HDD refuses before any MID is flagged
         # S11-S17: register the MID and fetch the keys (again: until confirmed, that is allowed,
         # and a card rolled back to before its confirm is refused here)
-        with mem.transaction() as card:
-            req = cpu.acquisition_request(card, rom.client_id, hdd.hdd_id, mid)
-            with self.client(rom) as c:
-                if purchase:  # FIG. 15: a disc without a MID: the license is bought (through a broker)
-                    req = p.PurchaseRequest(**req.__dict__, title_id=m.title_id, title_digest=disc.disc.title_digest)
-                    resp = c.call("/v1/console/purchase", req, p.AcquireResponse)
-                else:
-                    resp = c.call("/v1/console/acquire", req, p.AcquireResponse)
-            check_disc_is_registered(disc, resp)
-            card = cpu.accept_acquisition(card, req, resp, mid, acquired=now(), anchor=rom.trust_anchor)
-            mem.save(card)
-        content_key, match = cpu.copy_keys(card, rom.client_id, hdd.hdd_id, mid, m.title_id, **checks)  # S21-S23
+        req = cpu.acquisition_request(view, hw, mid)
+        with self.client(rom) as c:
+            if purchase:  # FIG. 15: a disc without a MID: the license is bought (through a broker)
+                req = p.PurchaseRequest(**req.__dict__, title_id=m.title_id, title_digest=disc.disc.title_digest)
+                resp = c.call("/v1/console/purchase", req, p.AcquireResponse)
+            else:
+                resp = c.call("/v1/console/acquire", req, p.AcquireResponse)
+        check_disc_is_registered(disc, resp)
+        view = cpu.accept_acquisition(view, req, resp, mid, hw, acquired=now())
+        mem.save(view.card)  # S16
+        content_key, match = cpu.copy_keys(view, hw, mid, m.title_id)  # S21-S23
         self._note_epoch(hdd, match)
-        cgk = match.content_gen_key
         outcome = "installed"
         on_hdd = hdd.volume.catalog.title(m.title_id)
-        if on_hdd is not None and on_hdd.complete and on_hdd.owner == match.owner:
-            outcome = "confirmed"  # copied before (a crash before the confirm, or a repaired console)
+        if on_hdd is not None and on_hdd.complete and crypto.equal(on_hdd.bound_to, match.binding.owner):
+            outcome = "confirmed"  # copied before (a crash before the confirm)
         else:
-            if on_hdd is not None and install.resumable(on_hdd, disc, cgk):
+            if on_hdd is not None and install.resumable(on_hdd, disc, match.binding):
                 outcome = "resumed"
             total = sum(f.size for f in m.files)
             done = [0]
@@ -384,29 +383,27 @@ class Machine:
                 if progress:
                     progress(done[0], total)
 
-            hdd.run(install.install_plan(hdd.volume, disc, content_key=content_key, content_gen_key=cgk,
-                                         installed=now(), progress=tick, replace=True, mid=mid))  # S24-S26
+            hdd.run(install.install_plan(hdd.volume, disc, content_key=content_key, owner=match.owner,
+                                         binding=match.binding, installed=now(), progress=tick,
+                                         mid=mid))  # S24-S26
         # S27-S28: the copy is complete and durable: make the flag final, then drop the key
-        with mem.transaction() as card:
-            with self.client(rom) as c:
-                c.call("/v1/console/confirm", cpu.confirm_request(card, rom.client_id, hdd.hdd_id, mid), p.Done)
-            mem.save(cpu.drop_content_key(card, mid))
+        with self.client(rom) as c:
+            c.call("/v1/console/confirm", cpu.confirm_request(view, hw, mid), p.Done)
+        mem.save(cpu.drop_content_key(view, mid).card)
         return m.title_id, outcome
 
     @staticmethod
-    def _purchase_mid(mem: CardFile | HddMemory, title_id: str) -> Id:
+    def _purchase_mid(view: cpu.CardView, title_id: str) -> tuple[cpu.CardView, Id]:
         """The MID of the license to buy for a disc without one: a purchase under way (asked, or
-        answered but not installed yet) goes on with its own; else a fresh one, kept on the card
-        *before* it is asked for, so a lost answer is fetched again, never bought twice."""
-        with mem.transaction() as card:
-            for lic in card.licenses:
-                if lic.title_id == title_id and (lic.acquired == 0 or lic.content_key):
-                    mid = cpu.license_mid(card, lic)
-                    if mid is not None:
-                        return mid
-            mid = Id.random(IdKind.MEDIA)
-            mem.save(card.with_license(License(title_id, cpu.wrapped_mid(card, mid), b"", 0)))
-            return mid
+        answered but not installed yet) goes on with its own; else a fresh one, which the caller
+        keeps on the card *before* it is asked for, so a lost answer is fetched again, never
+        bought twice."""
+        view.require_user()
+        for lic, mid in view.licenses():
+            if lic.title_id == title_id and (lic.acquired == 0 or lic.content_key) and mid is not None:
+                return view, mid
+        mid = Id.random(IdKind.MEDIA)
+        return view.with_license(License(title_id, view.wrapped_mid(mid), b"", 0), mid), mid
 
     @staticmethod
     def _note_epoch(hdd: HddImage, match: cpu.Match) -> None:
@@ -416,31 +413,38 @@ class Machine:
 
     # -- reproduction, S31-S35 ---------------------------------------------------------------------
 
-    def reproduction_key(self, slot: str = "1", hdd: HddImage | None = None) -> cpu.Match:
-        """S31-S34: the card's key, if its sealed IDs are this console's and this HDD's and it is
-        the user's current card."""
+    def card_view(self, slot: str = "1", hdd: HddImage | None = None) -> cpu.CardView | None:
+        """The card's items opened once (None: no card), for a flow that only reads them."""
+        return cpu.CardView.open(self.card(slot, hdd).load()) if self.has_card(slot) else None
+
+    def reproduction_key(self, slot: str = "1", hdd: HddImage | None = None, *,
+                         view: cpu.CardView | None = None) -> cpu.Match:
+        """S31-S34: the card's keys, if they open on this console and this HDD, its sealed IDs are
+        theirs and it is the user's current card. ``view``: the card as the flow opened it."""
         rom = self.rom()
         if hdd is None:
             with HddImage.open(self.hdd_path) as img:
-                return self.reproduction_key(slot, img)
-        card = self.card(slot, hdd).load() if self.has_card(slot) else None
-        return cpu.reproduction_key(card, rom.client_id, hdd.hdd_id, anchor=rom.trust_anchor,
-                                    epochs=hdd.volume.catalog.epochs())
+                return self.reproduction_key(slot, img, view=view)
+        return cpu.reproduction_key(view or self.card_view(slot, hdd), hardware(rom, hdd))
 
     def serve_mount(self, mountpoint: Path, slot: str = "1", *, ready: Callable[[], None]) -> None:
         """Mount in this process until unmounted (``vhw console mount --foreground``)."""
-        match = self.reproduction_key(slot)
+        with HddImage.open(self.hdd_path) as img:
+            view = self.card_view(slot, img)  # opened once for the whole mount
+            match = self.reproduction_key(slot, img, view=view)
         if match.epoch > 0:  # a reissued card: this HDD refuses the older ones from now on
             with HddImage.open(self.hdd_path, write=True, wait=True, on_wait=self.log) as img:
-                self._note_epoch(img, self.reproduction_key(slot, img))
+                self._note_epoch(img, self.reproduction_key(slot, img, view=view))
         with HddImage.open(self.hdd_path, shared_lock=True, wait=True, on_wait=self.log) as img:
-            match = self.reproduction_key(slot, img)
-            mount.serve(img, Path(mountpoint), match.content_gen_key, ready=ready)
+            match = self.reproduction_key(slot, img, view=view)  # checked again under the lock
+            mount.serve(img, Path(mountpoint), match.binding, ready=ready)
 
-    def mount(self, mountpoint: Path, slot: str = "1") -> int:
-        """Mount in a background process; returns when the titles can be read. Returns its pid."""
+    def mount(self, mountpoint: Path, slot: str = "1", *, checked: bool = False) -> int:
+        """Mount in a background process; returns when the titles can be read. Returns its pid.
+        ``checked``: the caller has just made the reproduction check itself."""
         mountpoint = Path(mountpoint).resolve()
-        self.reproduction_key(slot)  # refuse here, in the user's terminal, with the patent's words
+        if not checked:
+            self.reproduction_key(slot)  # refuse here, in the user's terminal, with the patent's words
         mount.clear_stale(mountpoint)
         log_path = self.root / "mount.log"
         with open(log_path, "ab") as log_file:
@@ -502,7 +506,7 @@ class Machine:
         temporary = None
         if where is None:
             temporary = Path(tempfile.mkdtemp(prefix="vhw-play-"))
-            self.mount(temporary, slot)
+            self.mount(temporary, slot, checked=True)
             where = temporary
         try:
             entry = where / title_id / title.entry
@@ -535,6 +539,13 @@ def _wait_gone(pid: int, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while _alive(pid) and time.monotonic() < deadline:
         time.sleep(0.02)
+
+
+def hardware(rom: Rom, hdd: HddImage) -> cpu.Hardware:
+    """This console as a flow sees it: the ROM's and the attached HDD's IDs and secrets, the
+    platform CA it trusts, the card epochs the HDD has seen."""
+    return cpu.Hardware(DeviceSecrets(rom.client_id, hdd.hdd_id, rom.secret, hdd.secret), rom.trust_anchor,
+                        hdd.volume.catalog.epochs())
 
 
 def disc_mid(disc: DiscImage) -> Id:

@@ -1,9 +1,10 @@
 """The decrypting, read-only FUSE mount of a console's HDD (S31-S35): pyfuse3 + trio.
 
 Layout of the mount: one folder per installed title (named by its title ID) holding the title's
-original files and folders. The caller has already done S31-S34 (the card's sealed Client ID and
-HDD-ID match this console and this HDD) and hands over the Content-Gen-Key; titles installed under
-another card's key are listed, but opening them fails with EACCES.
+original files and folders. The caller has already done S31-S34 (the card's Content-Gen-Key opens
+on this console and HDD and its sealed Client ID and HDD-ID are theirs) and hands over the
+:class:`~vhw.bindings.TitleBinding` the user's titles are encrypted under; titles bound otherwise
+(another user's, or installed before a repair) are listed, but opening them fails with EACCES.
 
 How it is arranged (after s3ql's ``fs.py``):
 
@@ -39,11 +40,10 @@ import pyfuse3
 import trio
 
 from . import crypto
+from .bindings import TitleBinding
 from .devices.hdd import HddImage
 from .errors import StateError
 from .formats.hdd import Catalog, HddFile, Title
-from .install import title_key
-from .volume import owner_of
 
 log = logging.getLogger(__name__)
 
@@ -67,13 +67,13 @@ class Node:
 class Tree:
     """The mount's directory tree, built from the catalog: plain data, no I/O."""
 
-    def __init__(self, catalog: Catalog, owner: bytes):
+    def __init__(self, catalog: Catalog, bound_to: bytes):
         self.nodes: dict[int, Node] = {pyfuse3.ROOT_INODE: Node(pyfuse3.ROOT_INODE, pyfuse3.ROOT_INODE, b"")}
         self._next = pyfuse3.ROOT_INODE + 1
         for title in sorted(catalog.titles, key=lambda t: t.title_id):
             if not title.complete:
                 continue  # an interrupted install is not a title yet
-            mine = crypto.equal(title.owner, owner)
+            mine = crypto.equal(title.bound_to, bound_to)
             top = self._add(pyfuse3.ROOT_INODE, title.title_id.encode(), title, None, mine)
             for f in title.files:
                 parent = top
@@ -181,18 +181,18 @@ def fuse_errors(handler):
 class TitleFS(pyfuse3.Operations):
     """The FUSE request handlers: thin wrappers over :class:`Tree` and :class:`OpenFile`."""
 
-    def __init__(self, image: HddImage, content_gen_key: bytes):
+    def __init__(self, image: HddImage, binding: TitleBinding):
         super().__init__()
         self.image = image
-        self._cgk = content_gen_key
-        self.tree = Tree(image.volume.catalog, owner_of(content_gen_key))
+        self._binding = binding
+        self.tree = Tree(image.volume.catalog, binding.owner)
         self._keys: dict[str, bytes] = {}
         self._open: dict[int, OpenFile] = {}
         self._next_fh = 1
 
     def _key(self, title: Title) -> bytes:
         if title.title_id not in self._keys:
-            self._keys[title.title_id] = title_key(self._cgk, self.image.hdd_id, title.title_id, title.key_salt)
+            self._keys[title.title_id] = self._binding.title_key(title.title_id, title.key_salt)
         return self._keys[title.title_id]
 
     @fuse_errors
@@ -306,10 +306,10 @@ def unmount(mountpoint: Path) -> None:
         raise StateError(f"{mountpoint}: cannot unmount ({proc.stderr.strip() or 'not mounted'})")
 
 
-def serve(image: HddImage, mountpoint: Path, content_gen_key: bytes, *, ready: Callable[[], None]) -> None:
+def serve(image: HddImage, mountpoint: Path, binding: TitleBinding, *, ready: Callable[[], None]) -> None:
     """Mount and serve until unmounted, SIGINT or SIGTERM; always unmounts on the way out."""
     clear_stale(mountpoint)
-    fs = TitleFS(image, content_gen_key)
+    fs = TitleFS(image, binding)
     options = set(pyfuse3.default_options) | {"fsname=vhw", "subtype=vhw", "ro"}
     try:
         pyfuse3.init(fs, str(mountpoint), options)

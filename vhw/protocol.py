@@ -178,7 +178,10 @@ def f(codec: Codec, default: Any = dataclasses.MISSING, doc: str = "") -> Any:
 
 TITLE_ID_PATTERN = r"[A-Z0-9][A-Z0-9._-]{1,31}"
 WRAPPED = BytesCodec(min_size=28, max_size=128)  # nonce + tag + a 32-byte key or an ID
+# a wrapped key sealed to an HDD and then to a console: two HPKE layers (encapsulated key + tag)
+DEVICE_SEALED = BytesCodec(min_size=28 + 2 * 48, max_size=256)
 KEY = BytesCodec(min_size=32, max_size=32)
+PUBLIC_KEY = BytesCodec(min_size=32, max_size=32)  # a device's X25519 public key
 DIGEST = BytesCodec(min_size=32, max_size=32)
 TOKEN = BytesCodec(min_size=40, max_size=160)  # epoch + ECDSA P-256 signature (DER)
 
@@ -216,14 +219,15 @@ class AcquireRequest:
 
 @dataclass(frozen=True)
 class AcquireResponse:
-    """S15: the Content-Key and Content-Gen-Key wrapped with the MC-Key, and the Client ID and
-    HDD-ID of the user entry sealed with the Content-Gen-Key. ``title_digest`` lets the console
+    """S15: the Content-Key and Content-Gen-Key wrapped with the MC-Key and sealed to the user
+    entry's HDD and console (their registered public keys), and the Client ID and HDD-ID of the
+    user entry sealed with the Content-Gen-Key. ``title_digest`` lets the console
     check that the disc it installs from is the one the publisher registered."""
 
     title_id: str = f(TextCodec(max_len=32, pattern=TITLE_ID_PATTERN))
     title_digest: bytes = f(DIGEST)
-    content_key: bytes = f(WRAPPED)
-    content_gen_key: bytes = f(WRAPPED)
+    content_key: bytes = f(DEVICE_SEALED)
+    content_gen_key: bytes = f(DEVICE_SEALED)
     sealed_ids: bytes = f(WRAPPED)
     card_token: bytes = f(TOKEN)
 
@@ -260,12 +264,18 @@ class Done:
 
 @dataclass(frozen=True)
 class RegisterConsole:
+    """A console's Client ID and the public key of the secret in its ROM."""
+
     client_id: Id = f(IdCodec(IdKind.CLIENT))
+    public_key: bytes = f(PUBLIC_KEY)
 
 
 @dataclass(frozen=True)
 class RegisterHdd:
+    """An HDD's HDD-ID and the public key of the secret in its superblock."""
+
     hdd_id: Id = f(IdCodec(IdKind.HDD))
+    public_key: bytes = f(PUBLIC_KEY)
 
 
 @dataclass(frozen=True)
@@ -324,11 +334,12 @@ class LicenseItem:
 
 @dataclass(frozen=True)
 class ReissueResponse:
-    """Everything the new card holds: the User ID and Content-Gen-Key wrapped with the new MC-Key,
+    """Everything the new card holds: the User ID and Content-Gen-Key wrapped with the new MC-Key
+    (the Content-Gen-Key sealed to the user's console and HDD as well),
     the unchanged device IDs re-sealed, a card token of the next epoch, and the user's licenses."""
 
     user_id: bytes = f(WRAPPED)
-    content_gen_key: bytes = f(WRAPPED)
+    content_gen_key: bytes = f(DEVICE_SEALED)
     sealed_ids: bytes = f(WRAPPED)
     card_token: bytes = f(TOKEN)
     licenses: tuple[LicenseItem, ...] = f(ListCodec(MessageCodec(LicenseItem), max_items=1000))

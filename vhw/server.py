@@ -59,7 +59,7 @@ class Endpoint:
 
 
 def _device(table: str, attr: str):
-    return lambda lic, actor, msg: lic.register_device(actor, table, getattr(msg, attr))
+    return lambda lic, actor, msg: lic.register_device(actor, table, getattr(msg, attr), msg.public_key)
 
 
 ENDPOINTS: list[Endpoint] = [
@@ -81,9 +81,9 @@ ENDPOINTS: list[Endpoint] = [
     Endpoint("/v1/broker/confirm", "broker", p.ConfirmRequest, p.Done,
              lambda lic, a, m: lic.confirm(a, m), "Install confirmation relayed by the broker"),
     Endpoint("/v1/manufacturer/consoles", "manufacturer", p.RegisterConsole, p.Done,
-             _device("consoles", "client_id"), "Register a console's Client ID"),
+             _device("consoles", "client_id"), "Register a console's Client ID and public key"),
     Endpoint("/v1/manufacturer/hdds", "manufacturer", p.RegisterHdd, p.Done,
-             _device("hdds", "hdd_id"), "Register an HDD's HDD-ID"),
+             _device("hdds", "hdd_id"), "Register an HDD's HDD-ID and public key"),
     Endpoint("/v1/manufacturer/cards", "manufacturer", p.RegisterCard, p.Done,
              lambda lic, a, m: lic.register_card(a, m), "Register a memory card's MC-ID and MC-Key"),
     Endpoint("/v1/publisher/titles", "publisher", p.RegisterTitle, p.Done,

@@ -60,6 +60,12 @@ MIGRATIONS: list[list[Any]] = [
     [  # 3: licenses bought for discs pressed without a MID (FIG. 15)
         "ALTER TABLE media ADD COLUMN purchased BIGINT NOT NULL DEFAULT 0",
     ],
+    [  # 4: each console's and HDD's public key: issued keys are sealed to the user's devices;
+        # which publisher registered a title: only it registers the title's MIDs
+        "ALTER TABLE consoles ADD COLUMN public_key BYTEA",
+        "ALTER TABLE hdds ADD COLUMN public_key BYTEA",
+        "ALTER TABLE titles ADD COLUMN publisher TEXT",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

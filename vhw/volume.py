@@ -123,11 +123,6 @@ def _take_last(free: list[Extent], length: int) -> Extent | None:
     return None
 
 
-def owner_of(content_gen_key: bytes) -> bytes:
-    """A fingerprint of a Content-Gen-Key that tells whose titles are whose, revealing nothing."""
-    return crypto.derive(content_gen_key, crypto.context("hdd-owner"), length=OWNER_SIZE)
-
-
 @dataclass(frozen=True)
 class Problem:
     """One inconsistency fsck found; ``title_id`` names the title it belongs to, if any."""
@@ -262,7 +257,7 @@ class Volume:
             if not valid_title_id(t.title_id) or t.title_id in seen_titles:
                 out.append(Problem(f"{name}: invalid or duplicate title ID", t.title_id))
             seen_titles.add(t.title_id)
-            if len(t.key_salt) != 32 or len(t.owner) != OWNER_SIZE:
+            if len(t.key_salt) != 32 or len(t.owner) != OWNER_SIZE or len(t.bound_to) != OWNER_SIZE:
                 out.append(Problem(f"{name}: key record malformed", t.title_id))
             if not 0 <= t.progress <= t.sealed_size:
                 out.append(Problem(f"{name}: progress beyond its data", t.title_id))

@@ -94,14 +94,14 @@ def console_status(console_dir: Path | None, as_json: bool) -> None:
     d: dict = {"folder": str(m.root), "client_id": str(rom.client_id), "hdd": cfg.hdd,
                "hdd_id": str(m.hdd_id()), "server": m.server_url(rom) or None, "slots": {}, "tray": None}
     if cfg.memory:
-        card = m.card().load()
-        d["memory"] = {"where": cfg.memory, "mc_id": str(card.mc_id),
-                       "user_id": str(cpu.user_of(card)) if card.registered else None}
+        view = cpu.CardView.open(m.card().load())
+        d["memory"] = {"where": cfg.memory, "mc_id": str(view.card.mc_id),
+                       "user_id": str(view.require_user()) if view.card.registered else None}
     for slot, path in cfg.slots.items():
         if path:
-            card = card_dev.load(Path(path))
-            user = str(cpu.user_of(card)) if card.registered else None
-            d["slots"][slot] = {"path": path, "mc_id": str(card.mc_id), "user_id": user}
+            view = cpu.CardView.open(card_dev.load(Path(path)))
+            user = str(view.require_user()) if view.card.registered else None
+            d["slots"][slot] = {"path": path, "mc_id": str(view.card.mc_id), "user_id": user}
         else:
             d["slots"][slot] = None
     if cfg.tray:

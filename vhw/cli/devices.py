@@ -127,14 +127,19 @@ def hdd() -> None:
 @credential_option
 @server_option
 def hdd_format(out: Path, size: int, with_memory: bool, credential: Path | None, server_url: str | None) -> None:
-    """Format a new, empty HDD image OUT with a fresh HDD-ID (registered first with --credential)."""
-    hdd_id = Id.random(IdKind.HDD)
+    """Format a new, empty HDD image OUT with a fresh HDD-ID and a secret key.
+
+    The secret is never shown; with --credential the HDD-ID and the secret's public key are
+    registered with the licensing server first (keys it issues are sealed to it).
+    """
+    hdd_id, secret = Id.random(IdKind.HDD), crypto.device_secret()
     refuse_existing(out, hdd_fmt.WHAT)
-    register_with_server(credential, server_url, "/v1/manufacturer/hdds", proto.RegisterHdd(hdd_id))
+    public = crypto.device_public(secret)
+    register_with_server(credential, server_url, "/v1/manufacturer/hdds", proto.RegisterHdd(hdd_id, public))
     memory = new_card(credential, server_url) if with_memory else None
-    HddImage.format(out, hdd_id=hdd_id, size=size, formatted=now(),
+    HddImage.format(out, hdd_id=hdd_id, secret=secret, size=size, formatted=now(),
                     nvram=card_fmt.encode(memory) if memory else b"")
-    click.echo(f"HDD-ID {hdd_id}  ({human(size)} HDD {out})"
+    click.echo(f"HDD-ID {hdd_id}  ({human(size)} HDD {out}, key {crypto.fingerprint(public)})"
                + (f", internal memory {memory.mc_id}" if memory else ""))
 
 
@@ -150,6 +155,7 @@ def hdd_summary(image: HddImage) -> dict:
     st = os.fstat(image.fd)
     return {
         "hdd_id": str(vol.sb.hdd_id),
+        "key_fingerprint": crypto.fingerprint(image.public_key),
         "nominal_size": vol.sb.nominal_size,
         "allocated_on_host": st.st_blocks * 512,
         "free": vol.free_bytes,
@@ -183,6 +189,7 @@ def hdd_info(image: Path, as_json: bool) -> None:
     lines = [
         f"HDD image    {image}",
         f"HDD-ID       {d['hdd_id']}",
+        f"device key   {d['key_fingerprint']}  (fingerprint of its public key; the secret is never shown)",
         f"size         {human(d['nominal_size'])} nominal, {human(d['allocated_on_host'])} on the host, {human(d['free'])} free",
         f"formatted    {d['formatted']}  (generation {d['generation']})",
         f"titles       {len(d['titles'])}",
@@ -282,11 +289,11 @@ def console() -> None:
 @credential_option
 def console_rom(out: Path, ca_path: Path | None, server_url: str, model: str, memory_path: Path | None,
                 credential: Path | None) -> None:
-    """Burn a console ROM OUT with a fresh Client ID.
+    """Burn a console ROM OUT with a fresh Client ID and a secret key.
 
-    With --credential (the manufacturer's), the Client ID is registered with the licensing server
-    first, and the ROM trusts the credential's CA and names its server unless --ca/--server say
-    otherwise.
+    The secret is never shown. With --credential (the manufacturer's), the Client ID and the
+    secret's public key are registered with the licensing server first, and the ROM trusts the
+    credential's CA and names its server unless --ca/--server say otherwise.
     """
     from ..serverhome import Credential
 
@@ -296,15 +303,17 @@ def console_rom(out: Path, ca_path: Path | None, server_url: str, model: str, me
         server_url = server_url or cred.server
         if not anchor:
             anchor = x509.load_pem_x509_certificate(cred.ca.encode()).public_bytes(Encoding.DER)
-    rom = rom_fmt.Rom(Id.random(IdKind.CLIENT), now(), model=model, server_url=server_url, trust_anchor=anchor)
+    rom = rom_fmt.Rom(Id.random(IdKind.CLIENT), now(), crypto.device_secret(), model=model, server_url=server_url,
+                      trust_anchor=anchor)
     refuse_existing(out, rom_fmt.WHAT)
     if memory_path:
         refuse_existing(memory_path, "console memory")
-    register_with_server(credential, server_url or None, "/v1/manufacturer/consoles", proto.RegisterConsole(rom.client_id))
+    register_with_server(credential, server_url or None, "/v1/manufacturer/consoles",
+                         proto.RegisterConsole(rom.client_id, rom.public_key))
     if memory_path:
         card_dev.create(memory_path, new_card(credential, server_url or None))
     rom_dev.burn(out, rom)
-    click.echo(f"Client ID {rom.client_id}  (console ROM {out})"
+    click.echo(f"Client ID {rom.client_id}  (console ROM {out}, key {crypto.fingerprint(rom.public_key)})"
                + (f", internal memory {memory_path}" if memory_path else ""))
 
 
@@ -329,6 +338,7 @@ def rom_summary(rom: rom_fmt.Rom) -> dict:
                   "sha256": hashlib.sha256(rom.trust_anchor).hexdigest()}
     return {
         "client_id": str(rom.client_id),
+        "key_fingerprint": crypto.fingerprint(rom.public_key),
         "model": rom.model,
         "manufactured": when(rom.manufactured),
         "server_url": rom.server_url or None,
@@ -348,6 +358,7 @@ def console_info(rom_path: Path, as_json: bool) -> None:
     lines = [
         f"console ROM  {rom_path}",
         f"Client ID    {d['client_id']}",
+        f"device key   {d['key_fingerprint']}  (fingerprint of its public key; the secret is never shown)",
         f"model        {d['model']}, made {d['manufactured']}",
         f"server       {d['server_url'] or '(none)'}",
         f"trusts CA    {anchor['subject'] + ' sha256 ' + anchor['sha256'][:16] if anchor else '(none yet)'}",

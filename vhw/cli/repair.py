@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -56,9 +55,7 @@ def repair_device(card_path: Path, new_rom: Path | None, new_hdd: Path | None, c
     with role_client(credential, server_url, "operator") as c:
         resp = c.call("/v1/operator/repair", proto.RepairRequest(card.mc_id, client_id, hdd_id), proto.RepairResponse)
     with card_dev.transaction(card_path) as card:
-        wiped = replace(card, content_gen_key=b"", sealed_ids=b"", card_token=b"",
-                        licenses=tuple(replace(x, content_key=b"") for x in card.licenses))
-        card_dev.save(card_path, wiped)
+        card_dev.save(card_path, cpu.CardView.open(card).wiped().card)
     new = ", ".join(str(x) for x in (client_id, hdd_id) if x)
     click.echo(f"re-registered {new} for memory card {card.mc_id}; {resp.cleared} disc(s) may be installed again;"
                " the card's Content-Gen-Key and sealed IDs are wiped")
@@ -87,7 +84,7 @@ def repair_card(user_id: Id, out: Path, credential: Path | None, server_url: str
     card = Card(mc_id, mc_key, stamp, user_id=resp.user_id, content_gen_key=resp.content_gen_key,
                 sealed_ids=resp.sealed_ids, card_token=resp.card_token,
                 licenses=tuple(License(x.title_id, x.mid, b"", stamp) for x in resp.licenses))
-    if cpu.user_of(card) != user_id:  # the answer opens with the new card's key, as what it should be
+    if cpu.CardView.open(card).user != user_id:  # the answer opens with the new card's key, as it should
         raise ServerError("the server's answer does not fit the new card")
     card_dev.create(out, card)
     click.echo(f"new memory card {out}: MC-ID {mc_id} for User ID {user_id}, {len(card.licenses)} license(s);"

@@ -99,13 +99,14 @@ class HddImage:
     # -- life cycle ---------------------------------------------------------------------------
 
     @classmethod
-    def format(cls, path: Path, *, hdd_id: Id, size: int, formatted: int, nvram: bytes = b"") -> None:
-        """Make a new, empty, sparse image of nominal ``size`` bytes (``nvram``: its internal memory)."""
+    def format(cls, path: Path, *, hdd_id: Id, secret: bytes, size: int, formatted: int, nvram: bytes = b"") -> None:
+        """Make a new, empty, sparse image of nominal ``size`` bytes with the HDD's ``secret``
+        (``nvram``: its internal memory)."""
         path = Path(path)
         refuse_existing(path, fmt.WHAT)
         if size < fmt.MIN_SIZE:
             raise ImageError(path, f"an HDD must be at least {fmt.MIN_SIZE} bytes")
-        sb = fmt.Superblock(hdd_id, size, formatted, generation=0)
+        sb = fmt.Superblock(hdd_id, secret, size, formatted, generation=0)
         ops, _ = format_plan(sb, nvram=nvram)
         tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
         try:
@@ -155,6 +156,15 @@ class HddImage:
     @property
     def hdd_id(self) -> Id:
         return self.volume.sb.hdd_id
+
+    @property
+    def secret(self) -> bytes:
+        """The HDD's secret (its X25519 private key): for the console's key ladder, never shown."""
+        return self.volume.sb.secret
+
+    @property
+    def public_key(self) -> bytes:
+        return crypto.device_public(self.volume.sb.secret)
 
     # -- writing ------------------------------------------------------------------------------
 

@@ -5,14 +5,17 @@ never sent: the server has its own copy from the factory registration). The flow
 
 * ``user_id``: the User ID wrapped with the MC-Key (S6);
 * ``licenses``: per disc, its MID wrapped with the MC-Key and, until the copy is complete, the
-  Content-Key wrapped with the MC-Key and bound to this card, MID and title (S16, deleted at S28);
-* ``content_gen_key``: the Content-Gen-Key wrapped with the MC-Key (S16);
+  Content-Key wrapped with the MC-Key, bound to this card, MID and title, and sealed to the user's
+  console and HDD (S16, deleted at S28);
+* ``content_gen_key``: the Content-Gen-Key wrapped with the MC-Key and sealed to the user's
+  console and HDD (S16): the card alone opens neither key (:mod:`vhw.bindings`);
 * ``sealed_ids``: Client ID + HDD-ID sealed with the Content-Gen-Key (S16), checked at S23/S33;
 * ``card_token``: the server's signed statement of this card's epoch (a reissued card supersedes
   the old one; :mod:`vhw.bindings`).
 
 All wrapping is done by the server or the console (:mod:`vhw.licensing`, :mod:`vhw.console`);
-this module only lays the record out.
+this module only lays the record out. Version 2: the issued keys are sealed to the devices; a
+version 1 card is refused with a line that says to make it again.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from ..ids import Id, IdKind
 from .common import Blob, IdField, Text, build, open_envelope, parse, seal_envelope
 
 MAGIC = b"VHWCARD\0"
-VERSION = 1
+VERSION = 2
 WHAT = "memory card"
 MAX_LICENSES = 1024  # a card's capacity in discs; far above what one user installs at once
 

@@ -127,10 +127,7 @@ def open_envelope(data: bytes, *, magic: bytes, version: int, path: object, what
         raise ImageError(path, f"not a {what} (unknown format)")
     head = EnvelopeHeader.parse(data)
     if head.version != version:
-        raise ImageError(
-            path,
-            f"{what} format version {head.version} is not supported (this vhw reads {version})",
-        )
+        raise version_error(path, what, head.version, version)
     expected = EnvelopeHeader.sizeof() + head.length + DIGEST_SIZE
     if len(data) < expected:
         raise ImageError(path, f"truncated {what} ({len(data)} of {expected} bytes)")
@@ -140,6 +137,15 @@ def open_envelope(data: bytes, *, magic: bytes, version: int, path: object, what
     if hashlib.sha256(data[:end]).digest() != data[end:]:
         raise IntegrityError(path, f"{what} is damaged or was modified (checksum mismatch)")
     return data[EnvelopeHeader.sizeof() : end]
+
+
+def version_error(path: object, what: str, found: int, supported: int) -> ImageError:
+    """A device file of another format version: an older one is made again, a newer one needs a
+    newer vhw. One line either way."""
+    if found < supported:
+        return ImageError(path, f"{what} format version {found} is no longer supported (this vhw reads"
+                                f" {supported}): make the {what} again")
+    return ImageError(path, f"{what} format version {found} is not supported (this vhw reads {supported})")
 
 
 BLOCK_SIZE = 4096  # one device block: fixed areas (disc header, MID area, HDD superblocks) each own one

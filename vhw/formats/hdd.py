@@ -6,13 +6,19 @@ Layout::
     4096     superblock slot 1   ) higher generation is current (LMDB's two meta pages)
     8192 ... extents             title data and catalogs, allocated copy-on-write
 
-A superblock names the HDD-ID, the nominal size (40 GB by default: the file is sparse and holds
-only what is written), a generation, and where the current catalog lies with its length and
-SHA-256. The catalog lists the titles: for each its metadata, the salt of its per-title key, the
-fingerprint of the Content-Gen-Key it was installed under, its state (installing or complete), how
-many sealed bytes are durable (the resume point), and per file the stream ID, size, extents and,
-once complete, the SHA-256 of its sealed bytes. The catalog also keeps the console's "internal
-memory" for card-less consoles (``nvram``).
+A superblock names the HDD-ID, the HDD's secret (an X25519 private key made at manufacture,
+never shown and never sent; its public key is registered with the server), the nominal size
+(40 GB by default: the file is sparse and holds only what is written), a generation, and where the
+current catalog lies with its length and SHA-256. The catalog lists the titles: for each its
+metadata, the salt of its per-title key, whose it is (``owner``: the fingerprint of the user's
+Content-Gen-Key) and what it is bound to (``bound_to``: the fingerprint of the
+:class:`~vhw.bindings.TitleBinding` of that user, console and HDD), its state (installing or
+complete), how many sealed bytes are durable (the resume point), and per file the stream ID, size,
+extents and, once complete, the SHA-256 of its sealed bytes. The catalog also keeps the console's
+"internal memory" for card-less consoles (``nvram``).
+
+Version 2 added the HDD's secret and ``bound_to``; a version 1 image is refused with a line that
+says to format it again.
 
 Nothing is ever overwritten in place except a superblock slot, and only the older one: a commit
 writes the new catalog into free space, syncs, then writes the next generation into the other
@@ -31,11 +37,11 @@ import construct as cs
 from .. import crypto
 from ..errors import ImageError, IntegrityError
 from ..ids import Id, IdKind
-from .common import BLOCK_SIZE, Blob, IdField, OptionalId, Text, build, open_block, parse, seal_block
+from .common import BLOCK_SIZE, Blob, IdField, OptionalId, Text, build, open_block, parse, seal_block, version_error
 
 SUPER_MAGIC = b"VHWHDD\0\0"
 CATALOG_MAGIC = b"VHWCATL\0"
-VERSION = 1
+VERSION = 2
 WHAT = "HDD image"
 SLOT_OFFSETS = (0, BLOCK_SIZE)
 DATA_START = 2 * BLOCK_SIZE
@@ -49,10 +55,13 @@ class TitleState(enum.IntEnum):
     COMPLETE = 2
 
 
+SuperblockHead = cs.Struct("magic" / cs.Const(SUPER_MAGIC), "version" / cs.Int16ub)
+
 SuperblockBody = cs.Struct(
     "magic" / cs.Const(SUPER_MAGIC),
     "version" / cs.Int16ub,
     "hdd_id" / IdField(IdKind.HDD),
+    "secret" / cs.Bytes(crypto.DEVICE_SECRET_SIZE),  # X25519 private key: never shown, never sent
     "nominal_size" / cs.Int64ub,
     "formatted" / cs.Int64ub,
     "generation" / cs.Int64ub,
@@ -83,6 +92,7 @@ TitleRecord = cs.Struct(
     "title_digest" / cs.Bytes(32),
     "key_salt" / cs.Bytes(32),
     "owner" / cs.Bytes(OWNER_SIZE),
+    "bound_to" / cs.Bytes(OWNER_SIZE),
     "progress" / cs.Int64ub,
     "metadata" / Blob(cs.Int32ub),
     "files" / cs.PrefixedArray(cs.Int32ub, FileRecord),
@@ -138,7 +148,8 @@ class Title:
     entry: str
     files: tuple[HddFile, ...]
     key_salt: bytes
-    owner: bytes  # fingerprint of the Content-Gen-Key it is encrypted under
+    owner: bytes  # whose: the fingerprint of the user's Content-Gen-Key (bindings.owner_of)
+    bound_to: bytes  # the fingerprint of the TitleBinding it is encrypted under (user + console + HDD)
     state: TitleState = TitleState.INSTALLING
     installed: int = 0
     mid: Id | None = None
@@ -175,9 +186,10 @@ class Catalog:
 @dataclass(frozen=True)
 class Superblock:
     hdd_id: Id
-    nominal_size: int
-    formatted: int
-    generation: int
+    secret: bytes = field(repr=False)
+    nominal_size: int = 0
+    formatted: int = 0
+    generation: int = 0
     catalog_offset: int = 0
     catalog_length: int = 0
     catalog_sha256: bytes = field(default=bytes(32), repr=False)
@@ -199,6 +211,7 @@ def encode_superblock(sb: Superblock) -> bytes:
             {
                 "version": VERSION,
                 "hdd_id": sb.hdd_id,
+                "secret": sb.secret,
                 "nominal_size": sb.nominal_size,
                 "formatted": sb.formatted,
                 "generation": sb.generation,
@@ -213,11 +226,12 @@ def encode_superblock(sb: Superblock) -> bytes:
 
 def decode_superblock(block: bytes, *, path: object) -> Superblock:
     body = open_block(block, path=path, what="HDD superblock")
+    head = parse(SuperblockHead, body, path=path, what="HDD superblock")
+    if head.version != VERSION:  # before the body: another version lays it out otherwise
+        raise version_error(path, WHAT, head.version, VERSION)
     rec = parse(SuperblockBody, body, path=path, what="HDD superblock")
-    if rec.version != VERSION:
-        raise ImageError(path, f"HDD format version {rec.version} is not supported (this vhw reads {VERSION})")
     sb = Superblock(
-        rec.hdd_id, rec.nominal_size, rec.formatted, rec.generation,
+        rec.hdd_id, rec.secret, rec.nominal_size, rec.formatted, rec.generation,
         rec.catalog_offset, rec.catalog_length, rec.catalog_sha256,
     )
     if (
@@ -247,6 +261,7 @@ def encode_catalog(cat: Catalog) -> bytes:
                     "title_digest": t.title_digest,
                     "key_salt": t.key_salt,
                     "owner": t.owner,
+                    "bound_to": t.bound_to,
                     "progress": t.progress,
                     "metadata": t.metadata,
                     "files": [
@@ -298,6 +313,7 @@ def decode_catalog(data: bytes, sb: Superblock, *, path: object) -> Catalog:
                 ),
                 key_salt=t.key_salt,
                 owner=t.owner,
+                bound_to=t.bound_to,
                 state=state,
                 installed=t.installed,
                 mid=t.mid,

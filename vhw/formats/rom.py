@@ -2,8 +2,13 @@
 
 Burned once at the factory and never written again. It holds the Client ID printed on the
 console's label, the hardware IDs the IOP uses to recognise what is plugged in (FIG. 3), the
-platform's trust anchor (the only CA whose server certificate the console accepts) and the
-default address of the licensing server.
+platform's trust anchor (the only CA whose server certificate the console accepts), the
+default address of the licensing server, and the console's secret: an X25519 private key made at
+manufacture, never shown and never sent, whose public key the manufacturer registers with the
+server. Keys the server issues are sealed to it, and installed titles are bound to it
+(:mod:`vhw.bindings`).
+
+Version 2 added the secret; a version 1 ROM is refused with a line that says to make it again.
 """
 
 from __future__ import annotations
@@ -12,11 +17,12 @@ from dataclasses import dataclass, field
 
 import construct as cs
 
+from .. import crypto
 from ..ids import Id, IdKind
 from .common import Blob, IdField, Text, build, open_envelope, parse, seal_envelope
 
 MAGIC = b"VHWROM\0\0"
-VERSION = 1
+VERSION = 2
 WHAT = "console ROM"
 
 #: Hardware IDs: one per kind of part, the same for every unit of a model (the patent's
@@ -26,6 +32,7 @@ HARDWARE_IDS = {"console": 0x5648_5701, "controller": 0x5648_5702, "memory-card"
 
 RomBody = cs.Struct(
     "client_id" / IdField(IdKind.CLIENT),
+    "secret" / cs.Bytes(crypto.DEVICE_SECRET_SIZE),  # X25519 private key: never shown, never sent
     "model" / Text(cs.Int8ub),
     "manufactured" / cs.Int64ub,  # seconds since the epoch
     "hardware_ids" / cs.PrefixedArray(cs.Int8ub, cs.Struct("part" / Text(cs.Int8ub), "id" / cs.Int32ub)),
@@ -38,10 +45,15 @@ RomBody = cs.Struct(
 class Rom:
     client_id: Id
     manufactured: int
+    secret: bytes = field(repr=False)  # never in a repr, a log line or an `info`
     model: str = "VHW-1000"
     server_url: str = ""
     trust_anchor: bytes = b""  # DER
     hardware_ids: dict[str, int] = field(default_factory=lambda: dict(HARDWARE_IDS))
+
+    @property
+    def public_key(self) -> bytes:
+        return crypto.device_public(self.secret)
 
 
 def encode(rom: Rom) -> bytes:
@@ -49,6 +61,7 @@ def encode(rom: Rom) -> bytes:
         RomBody,
         {
             "client_id": rom.client_id,
+            "secret": rom.secret,
             "model": rom.model,
             "manufactured": rom.manufactured,
             "hardware_ids": [{"part": k, "id": v} for k, v in rom.hardware_ids.items()],
@@ -66,6 +79,7 @@ def decode(data: bytes, *, path: object = WHAT) -> Rom:
     return Rom(
         client_id=rec.client_id,
         manufactured=rec.manufactured,
+        secret=rec.secret,
         model=rec.model,
         server_url=rec.server_url,
         trust_anchor=rec.trust_anchor,
