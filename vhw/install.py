@@ -31,7 +31,8 @@ from .devices.disc import DiscImage
 from .errors import IntegrityError, StateError
 from .formats.hdd import Title, TitleState
 from .ids import Id
-from .volume import SEALED_CHUNK, SYNC, FileSpec, Op, Volume, Write
+from .plans import SYNC, Op, Write
+from .volume import SEALED_CHUNK, FileSpec, Volume
 
 CHECKPOINT = 64 * 1024 * 1024  # sealed bytes between progress commits: at most this is redone
 WRITE_BATCH = 1024 * 1024  # bytes per write: few syscalls, bounded memory

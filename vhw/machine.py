@@ -26,17 +26,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from . import console as cpu
-from . import crypto, install, mount
+from . import crypto, install, mount, savefs
 from .bindings import DeviceSecrets
 from . import protocol as p
 from .client import Client, tls_context
 from .devices import card as card_dev
+from .devices.card import CardImage
+from .savefs import SaveFolder
 from .devices import rom as rom_dev
 from .devices.disc import DiscImage
 from .devices.files import atomic_write, locked, now
 from .devices.hdd import HddImage
 from .errors import ImageError, IntegrityError, ReproductionNotPermitted, StateError
-from .formats import card as card_fmt
 from .formats.card import Card, License
 from .formats.disc import Pressing
 from .formats.rom import Rom
@@ -69,61 +70,34 @@ class ConsoleConfig:
         return cfg
 
 
-class CardFile:
-    """The card's items in a card-format file: a memory card in a slot, or the console's internal
-    memory (card-less mode)."""
+class CardMemory:
+    """Where the card's items and saves are: the memory card in a slot, or (card-less) the
+    console's or the HDD's internal memory. Each of them is a card image (:mod:`vhw.devices.card`):
+    a file, or a region of the HDD image."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, *, in_hdd: bool = False):
         self.path = Path(path)
+        self.in_hdd = in_hdd
 
-    def load(self) -> Card:
-        return card_dev.load(self.path)
-
-    @contextlib.contextmanager
-    def transaction(self) -> Iterator[Card]:
-        with card_dev.transaction(self.path) as card:
-            yield card
-
-    def save(self, card: Card) -> None:
-        card_dev.save(self.path, card)
-
-
-class HddMemory:
-    """The card's items in the HDD's internal memory (card-less mode): a card record in the HDD's
-    catalog, changed by an HDD commit like everything else there. Uses the HDD image already open
-    for writing when there is one (an install holds its lock)."""
-
-    def __init__(self, path: Path, image: HddImage | None = None):
-        self.path = Path(path)
-        self.image = image
-
-    def load(self) -> Card:
-        if self.image is not None:
-            return self._card(self.image)
-        with HddImage.open(self.path) as img:
-            return self._card(img)
-
-    def _card(self, img: HddImage) -> Card:
-        if not img.volume.catalog.nvram:
+    def open(self, *, write: bool = False) -> CardImage:
+        if not self.in_hdd:
+            return CardImage.open(self.path, write=write)
+        with HddImage.open(self.path) as img:  # the region is in its superblock
+            region = img.volume.sb.memory
+        if region is None:
             raise StateError(f"{self.path}: this HDD has no internal memory", hint="vhw hdd format --with-memory")
-        return card_fmt.decode(img.volume.catalog.nvram, path=f"{self.path} (internal memory)")
+        return CardImage.open_region(self.path, region.offset, region.length, what=f"{self.path} (internal memory)",
+                                     write=write)
+
+    def load(self) -> Card:
+        with self.open() as img:
+            return img.card
 
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[Card]:
-        if self.image is not None:
-            yield self._card(self.image)
-            return
-        with HddImage.open(self.path, write=True, wait=True) as img:
-            self.image = img
-            try:
-                yield self._card(img)
-            finally:
-                self.image = None
-
-    def save(self, card: Card) -> None:
-        if self.image is None:
-            raise StateError("internal error: the HDD's memory is written only within a transaction")
-        self.image.apply(*self.image.volume.with_nvram(card_fmt.encode(card)))
+    def transaction(self) -> Iterator[CardImage]:
+        """The card locked and open for writing: ``img.save_card(card)`` commits a change."""
+        with self.open(write=True) as img:
+            yield img
 
 
 class Machine:
@@ -238,14 +212,14 @@ class Machine:
             raise StateError(f"no memory card in slot {slot}", hint="vhw console insert-card CARD")
         return Path(path)
 
-    def card(self, slot: str = "1", hdd: HddImage | None = None) -> CardFile | HddMemory:
+    def card(self, slot: str = "1") -> CardMemory:
         """Where the card's items are: the card in ``slot``, or (card-less) the internal memory."""
         memory = self.config().memory
         if memory == "hdd":
-            return HddMemory(self.hdd_path, hdd)
+            return CardMemory(self.hdd_path, in_hdd=True)
         if memory:
-            return CardFile(Path(memory))
-        return CardFile(self.card_path(slot))
+            return CardMemory(Path(memory))
+        return CardMemory(self.card_path(slot))
 
     def has_card(self, slot: str = "1") -> bool:
         cfg = self.config()
@@ -286,13 +260,12 @@ class Machine:
         """User registration, S1-S7: returns the User ID (stored wrapped on the card)."""
         with self.busy():
             rom, hdd_id = self.rom(), self.hdd_id()
-            mem = self.card(slot)
-            with mem.transaction() as card:
-                req = cpu.registration_request(card, rom.client_id, hdd_id)
+            with self.card(slot).transaction() as img:
+                req = cpu.registration_request(img.card, rom.client_id, hdd_id)
                 with self.client(rom) as c:  # S1: connect
                     resp = c.call("/v1/console/register", req, p.RegisterResponse)
-                card, user = cpu.accept_registration(card, resp)
-                mem.save(card)  # S6
+                card, user = cpu.accept_registration(img.card, resp)
+                img.save_card(card)  # S6
         return user
 
     def acquire(self, slot: str = "1") -> tuple[str, Id]:
@@ -303,14 +276,13 @@ class Machine:
                 hw = hardware(rom, img)
             with DiscImage.open(self.disc_path()) as disc:
                 mid = disc_mid(disc)
-                mem = self.card(slot)
-                with mem.transaction() as card:
-                    view = cpu.CardView.open(card)
+                with self.card(slot).transaction() as img:
+                    view = cpu.CardView.open(img.card)
                     req = cpu.acquisition_request(view, hw, mid)
                     with self.client(rom) as c:
                         resp = c.call("/v1/console/acquire", req, p.AcquireResponse)
                     check_disc_is_registered(disc, resp)
-                    mem.save(cpu.accept_acquisition(view, req, resp, mid, hw, acquired=now()).card)  # S16
+                    img.save_card(cpu.accept_acquisition(view, req, resp, mid, hw, acquired=now()).card)  # S16
         return resp.title_id, mid
 
     def install(self, slot: str = "1", *, wait: bool = False,
@@ -324,11 +296,10 @@ class Machine:
             with DiscImage.open(self.disc_path()) as disc, HddImage.open(
                 self.hdd_path, write=True, wait=wait, on_wait=self.log
             ) as hdd:
-                mem = self.card(slot, hdd)
-                with mem.transaction() as card:  # the card is opened once, written at S16 and S28
-                    return self._install(mem, cpu.CardView.open(card), rom, disc, hdd, progress)
+                with self.card(slot).transaction() as mem:  # opened once, written at S16 and S28
+                    return self._install(mem, cpu.CardView.open(mem.card), rom, disc, hdd, progress)
 
-    def _install(self, mem: CardFile | HddMemory, view: cpu.CardView, rom: Rom, disc: DiscImage,
+    def _install(self, mem: CardImage, view: cpu.CardView, rom: Rom, disc: DiscImage,
                  hdd: HddImage, progress) -> tuple[str, str]:
         m = disc.manifest
         hw = hardware(rom, hdd)
@@ -338,7 +309,7 @@ class Machine:
             if on_hdd and on_hdd.complete:
                 raise StateError(f"{m.title_id} is already installed on this HDD")
             view, mid = self._purchase_mid(view, m.title_id)
-            mem.save(view.card)  # the fresh MID is on the card before it is asked for
+            mem.save_card(view.card)  # the fresh MID is on the card before it is asked for
         else:
             mid = disc_mid(disc)
         if on_hdd and on_hdd.complete:
@@ -365,7 +336,7 @@ class Machine:
                 resp = c.call("/v1/console/acquire", req, p.AcquireResponse)
         check_disc_is_registered(disc, resp)
         view = cpu.accept_acquisition(view, req, resp, mid, hw, acquired=now())
-        mem.save(view.card)  # S16
+        mem.save_card(view.card)  # S16
         content_key, match = cpu.copy_keys(view, hw, mid, m.title_id)  # S21-S23
         self._note_epoch(hdd, match)
         outcome = "installed"
@@ -389,7 +360,7 @@ class Machine:
         # S27-S28: the copy is complete and durable: make the flag final, then drop the key
         with self.client(rom) as c:
             c.call("/v1/console/confirm", cpu.confirm_request(view, hw, mid), p.Done)
-        mem.save(cpu.drop_content_key(view, mid).card)
+        mem.save_card(cpu.drop_content_key(view, mid).card)
         return m.title_id, outcome
 
     @staticmethod
@@ -413,9 +384,9 @@ class Machine:
 
     # -- reproduction, S31-S35 ---------------------------------------------------------------------
 
-    def card_view(self, slot: str = "1", hdd: HddImage | None = None) -> cpu.CardView | None:
+    def card_view(self, slot: str = "1") -> cpu.CardView | None:
         """The card's items opened once (None: no card), for a flow that only reads them."""
-        return cpu.CardView.open(self.card(slot, hdd).load()) if self.has_card(slot) else None
+        return cpu.CardView.open(self.card(slot).load()) if self.has_card(slot) else None
 
     def reproduction_key(self, slot: str = "1", hdd: HddImage | None = None, *,
                          view: cpu.CardView | None = None) -> cpu.Match:
@@ -425,12 +396,12 @@ class Machine:
         if hdd is None:
             with HddImage.open(self.hdd_path) as img:
                 return self.reproduction_key(slot, img, view=view)
-        return cpu.reproduction_key(view or self.card_view(slot, hdd), hardware(rom, hdd))
+        return cpu.reproduction_key(view or self.card_view(slot), hardware(rom, hdd))
 
     def serve_mount(self, mountpoint: Path, slot: str = "1", *, ready: Callable[[], None]) -> None:
         """Mount in this process until unmounted (``vhw console mount --foreground``)."""
+        view = self.card_view(slot)  # opened once for the whole mount
         with HddImage.open(self.hdd_path) as img:
-            view = self.card_view(slot, img)  # opened once for the whole mount
             match = self.reproduction_key(slot, img, view=view)
         if match.epoch > 0:  # a reissued card: this HDD refuses the older ones from now on
             with HddImage.open(self.hdd_path, write=True, wait=True, on_wait=self.log) as img:
@@ -446,11 +417,18 @@ class Machine:
         if not checked:
             self.reproduction_key(slot)  # refuse here, in the user's terminal, with the patent's words
         mount.clear_stale(mountpoint)
-        log_path = self.root / "mount.log"
+        proc = self._spawn_mount(["console", "mount", str(mountpoint), "--foreground", "--slot", slot],
+                                 mountpoint, self.root / "mount.log")
+        mounts = self._mounts()
+        mounts[str(mountpoint)] = proc.pid
+        self._save_mounts(mounts)
+        return proc.pid
+
+    def _spawn_mount(self, args: list[str], mountpoint: Path, log_path: Path) -> subprocess.Popen:
+        """Start ``vhw ARGS --console ROOT`` (a mount in the foreground) and wait for its "mounted" line."""
         with open(log_path, "ab") as log_file:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "vhw", "console", "mount", str(mountpoint), "--foreground",
-                 "--console", str(self.root), "--slot", slot],
+                [sys.executable, "-m", "vhw", *args, "--console", str(self.root)],
                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log_file, start_new_session=True,
             )
         line = proc.stdout.readline().decode()
@@ -459,10 +437,44 @@ class Machine:
             proc.wait()
             tail = log_path.read_text(errors="replace").strip().splitlines()[-1:] or ["no reason given"]
             raise StateError(f"{mountpoint}: the mount did not start: {tail[0]}")
-        mounts = self._mounts()
-        mounts[str(mountpoint)] = proc.pid
-        self._save_mounts(mounts)
-        return proc.pid
+        return proc
+
+    # -- the running title's save folder --------------------------------------------------------
+
+    def serve_saves(self, mountpoint: Path, title_id: str, slot: str = "1", *, ready: Callable[[], None]) -> None:
+        """The save folder of ``title_id`` on the card in ``slot`` (or the internal memory), served
+        in this process until unmounted (``vhw console saves-mount``)."""
+        memory = self.card(slot)
+        folder = SaveFolder(lambda write=False: memory.open(write=write), title_id)
+        savefs.serve(folder, Path(mountpoint), ready=ready)
+
+    @contextlib.contextmanager
+    def save_folder(self, title_id: str, slot: str) -> Iterator[Path | None]:
+        """The running title's save folder for as long as the block runs (None: no card to save
+        on, which the user is told). Afterwards the user is told of every save that failed."""
+        if not self.has_card(slot):
+            self.log(f"no memory card in slot {slot}: {title_id} runs, but cannot save its progress")
+            yield None
+            return
+        where = Path(tempfile.mkdtemp(prefix="vhw-saves-"))
+        log_path = where.with_name(where.name + ".log")
+        try:
+            proc = self._spawn_mount(["console", "saves-mount", str(where), "--title", title_id, "--slot", slot],
+                                     where, log_path)
+        except BaseException:
+            where.rmdir()
+            log_path.unlink(missing_ok=True)
+            raise
+        try:
+            yield where
+        finally:
+            mount.unmount(where)
+            proc.wait(30)
+            where.rmdir()
+            for line in log_path.read_text(errors="replace").splitlines():
+                if line.startswith(("WARNING", "ERROR")):  # a save that did not fit, or a damaged one
+                    self.log("vhw: " + line.split(": ", 1)[-1])
+            log_path.unlink(missing_ok=True)
 
     def unmount(self, mountpoint: Path) -> None:
         mountpoint = Path(mountpoint).resolve()
@@ -492,8 +504,9 @@ class Machine:
         live = {k: v for k, v in mounts.items() if _alive(v)}
         atomic_write(self.root / "mounts.json", json.dumps(live).encode())
 
-    def play(self, title_id: str, args: list[str], slot: str = "1") -> int:
-        """S35: run the title's entry point from the mount (mounting it for the time being)."""
+    def play(self, title_id: str, args: list[str], slot: str = "1", *, save_slot: str | None = None) -> int:
+        """S35: run the title's entry point from the mount (mounting it for the time being), with
+        a save folder on the card in ``save_slot`` (default: the same slot) in ``VHW_SAVE_DIR``."""
         title_id = title_id.upper()
         self.reproduction_key(slot)  # S31-S34 first: without the right card, nothing else is told
         with HddImage.open(self.hdd_path) as img:
@@ -514,7 +527,11 @@ class Machine:
                 raise ReproductionNotPermitted()  # another card's title on a shared HDD
             cmd = [sys.executable, str(entry)] if entry.suffix == ".py" else [str(entry)]
             env = {**os.environ, "VHW_TITLE_ID": title_id, "VHW_TITLE_KIND": title.kind}
-            return subprocess.call(cmd + list(args), cwd=entry.parent, env=env)
+            env.pop("VHW_SAVE_DIR", None)
+            with self.save_folder(title_id, save_slot or slot) as saves:
+                if saves is not None:
+                    env["VHW_SAVE_DIR"] = str(saves)
+                return subprocess.call(cmd + list(args), cwd=entry.parent, env=env)
         finally:
             if temporary is not None:
                 self.unmount(temporary)

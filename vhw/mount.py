@@ -307,12 +307,17 @@ def unmount(mountpoint: Path) -> None:
 
 
 def serve(image: HddImage, mountpoint: Path, binding: TitleBinding, *, ready: Callable[[], None]) -> None:
-    """Mount and serve until unmounted, SIGINT or SIGTERM; always unmounts on the way out."""
+    """Mount the titles and serve until unmounted, SIGINT or SIGTERM; always unmounts on the way out."""
+    serve_operations(TitleFS(image, binding), mountpoint, {"fsname=vhw", "subtype=vhw", "ro"}, ready=ready)
+
+
+def serve_operations(fs: pyfuse3.Operations, mountpoint: Path, options: set[str], *,
+                     ready: Callable[[], None]) -> None:
+    """Mount ``fs`` at ``mountpoint`` and serve it until unmounted, SIGINT, SIGTERM or SIGHUP;
+    always unmounts on the way out (the title mount and the save folder both run this way)."""
     clear_stale(mountpoint)
-    fs = TitleFS(image, binding)
-    options = set(pyfuse3.default_options) | {"fsname=vhw", "subtype=vhw", "ro"}
     try:
-        pyfuse3.init(fs, str(mountpoint), options)
+        pyfuse3.init(fs, str(mountpoint), set(pyfuse3.default_options) | options)
     except RuntimeError as exc:
         raise StateError(f"{mountpoint}: cannot mount ({exc})") from None
     try:

@@ -26,6 +26,7 @@ from dataclasses import dataclass, replace
 
 from . import crypto
 from .errors import NoSpaceError
+from .plans import SYNC, Op, Write
 from .formats.common import BLOCK_SIZE, valid_relpath, valid_title_id
 from .formats.hdd import (
     DATA_START,
@@ -41,24 +42,6 @@ from .formats.hdd import (
 )
 
 SEALED_CHUNK = crypto.CHUNK_SIZE + crypto.TAG_SIZE
-
-
-@dataclass(frozen=True)
-class Write:
-    offset: int
-    data: bytes
-
-    def __repr__(self) -> str:
-        return f"Write({self.offset}, {len(self.data)} bytes)"
-
-
-@dataclass(frozen=True)
-class Sync:
-    pass
-
-
-Op = Write | Sync
-SYNC = Sync()
 
 
 def _align_up(n: int) -> int:
@@ -154,8 +137,11 @@ class Volume:
     # -- space --------------------------------------------------------------------------------
 
     def used(self, *catalogs: Catalog) -> list[Extent]:
-        """Everything the current catalog (and any of ``catalogs``) references, plus itself."""
+        """Everything the current catalog (and any of ``catalogs``) references, plus itself and
+        the internal memory."""
         out = [Extent(0, DATA_START), self.sb.catalog_extent]
+        if self.sb.memory:
+            out.append(self.sb.memory)
         for cat in (self.catalog, *catalogs):
             for t in cat.titles:
                 for f in t.files:
@@ -229,9 +215,6 @@ class Volume:
         titles = tuple(t for t in self.catalog.titles if t.title_id != title_id)
         return self.commit(replace(self.catalog, titles=titles))
 
-    def with_nvram(self, nvram: bytes) -> tuple[list[Op], Volume]:
-        return self.commit(replace(self.catalog, nvram=nvram))
-
     def with_card_epoch(self, owner: bytes, epoch: int) -> tuple[list[Op], Volume]:
         """Plan remembering that ``owner``'s cards are at ``epoch`` now (older ones are refused)."""
         epochs = self.catalog.epochs()
@@ -251,6 +234,8 @@ class Volume:
         out: list[Problem] = []
         size = self.sb.nominal_size
         owned: list[tuple[Extent, str, str | None]] = [(self.sb.catalog_extent, "the catalog", None)]
+        if self.sb.memory:
+            owned.append((self.sb.memory, "the internal memory", None))
         seen_titles: set[str] = set()
         for t in self.catalog.titles:
             name = f"title {t.title_id}"
@@ -288,12 +273,12 @@ class Volume:
         return out
 
 
-def format_plan(sb: Superblock, *, nvram: bytes = b"") -> tuple[list[Op], Volume]:
+def format_plan(sb: Superblock) -> tuple[list[Op], Volume]:
     """Plan a new, empty HDD: an empty catalog committed twice, so both slots start out valid.
-    ``nvram``: the HDD's internal memory (a card record, for card-less consoles)."""
-    empty = Volume(replace(sb, catalog_offset=0, catalog_length=0), Catalog(nvram=nvram))
-    first, vol = empty.commit(Catalog(nvram=nvram))
-    second, vol = vol.commit(Catalog(nvram=nvram))
+    (The internal memory's region, when ``sb`` names one, is formatted as a card of its own.)"""
+    empty = Volume(replace(sb, catalog_offset=0, catalog_length=0), Catalog())
+    first, vol = empty.commit(Catalog())
+    second, vol = vol.commit(Catalog())
     return first + second, vol
 
 

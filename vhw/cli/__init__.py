@@ -147,6 +147,7 @@ def main() -> None:
 
 # Sub-command groups register themselves on import.
 from . import devices as _devices  # noqa: E402,F401
+from . import saves as _saves  # noqa: E402,F401
 from . import disc as _disc  # noqa: E402,F401
 from ..demo import demo as _demo_command  # noqa: E402
 

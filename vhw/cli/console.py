@@ -230,16 +230,40 @@ def console_unmount(mountpoint: Path, console_dir: Path | None) -> None:
 @click.argument("title_id")
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 @slot_option
+@click.option("--save-slot", type=click.Choice(SLOTS), help="Keep the title's saves on the card in this slot"
+              " (default: the --slot card).")
 @console_option
-def console_play(title_id: str, args: tuple[str, ...], slot: str, console_dir: Path | None) -> None:
+def console_play(title_id: str, args: tuple[str, ...], slot: str, save_slot: str | None,
+                 console_dir: Path | None) -> None:
     """Play TITLE_ID: run its entry point from the mount (mounting the HDD for as long as it runs).
 
-    Anything after the title ID goes to the title, so put vhw's own options before it:
-    `vhw console play --console DIR VHW-GAME-1 --moves ddss`. Ends with the title's exit code.
+    The title gets a writable save folder on the memory card (VHW_SAVE_DIR); with no card in the
+    save slot it runs, but cannot save. Anything after the title ID goes to the title, so put vhw's
+    own options before it: `vhw console play --console DIR VHW-GAME-1 --moves ddss`. Ends with the
+    title's exit code.
     """
-    rc = machine(console_dir).play(title_id, list(args), slot)
+    rc = machine(console_dir).play(title_id, list(args), slot, save_slot=save_slot)
     if rc:
         click.get_current_context().exit(rc)
+
+
+@console.command("saves-mount", hidden=True)
+@click.argument("mountpoint", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--title", "title_id", required=True)
+@slot_option
+@console_option
+def console_saves_mount(mountpoint: Path, title_id: str, slot: str, console_dir: Path | None) -> None:
+    """Serve the save folder of TITLE on the card in SLOT at MOUNTPOINT until unmounted (play runs this)."""
+    m = machine(console_dir)
+
+    def ready() -> None:
+        click.echo(f"mounted the save folder of {title_id} at {mountpoint}")
+        sys.stdout.flush()
+        devnull = os.open(os.devnull, os.O_WRONLY)  # the parent reads one line: nothing more on this pipe
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+
+    m.serve_saves(mountpoint, title_id.upper(), slot, ready=ready)
 
 
 @console.command("account")

@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from .. import crypto
 from ..devices import card as card_dev
+from ..devices.card import CardImage
 from ..devices import rom as rom_dev
 from ..devices.files import now, refuse_existing
 from ..devices.hdd import HddImage
@@ -42,6 +43,15 @@ def human(n: int) -> str:
     return str(n)
 
 
+def human_binary(n: int) -> str:
+    """Sizes of memory cards, in the binary units their capacity is given in (8 MiB)."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
 # -- memory cards --------------------------------------------------------------------------------
 
 
@@ -57,24 +67,42 @@ def register_with_server(credential: Path | None, server_url: str | None, path: 
             c.call(path, msg, proto.Done)
 
 
+save_size_option = click.option(
+    "--size", "capacity", type=SIZE, default="8MiB", show_default=True,
+    help="Capacity of the save area (the file is sparse and holds only what is written).")
+
+
 @card.command("format")
 @click.argument("out", type=PATH)
+@save_size_option
 @credential_option
 @server_option
-def card_format(out: Path, credential: Path | None, server_url: str | None) -> None:
-    """Format a new memory card OUT with a fresh MC-ID and a secret MC-Key.
+def card_format(out: Path, capacity: int, credential: Path | None, server_url: str | None) -> None:
+    """Format a new memory card OUT with a fresh MC-ID, a secret MC-Key and an empty save area.
 
     The MC-ID is printed (it goes on the card's label); the MC-Key is never shown. With
     --credential, the card's MC-ID and MC-Key are registered with the licensing server first.
     """
     refuse_existing(out, card_fmt.WHAT)
+    check_capacity(capacity)
     c = new_card(credential, server_url)
-    card_dev.create(out, c)
-    click.echo(f"MC-ID {c.mc_id}  (memory card {out})")
+    card_dev.create(out, c, capacity=capacity)
+    click.echo(f"MC-ID {c.mc_id}  (memory card {out}, {human_binary(capacity)} for saves)")
 
 
-def card_summary(c: card_fmt.Card) -> dict:
+def check_capacity(capacity: int) -> None:
+    if not 0 <= capacity <= card_fmt.MAX_CAPACITY:
+        raise click.BadParameter(f"a save area holds 0 to {card_fmt.MAX_CAPACITY // 2**20} MiB", param_hint="--size")
+
+
+def card_summary(img) -> dict:
+    """What `card info` shows of an open card image."""
+    c, state = img.card, img.state
     return {
+        "capacity": state.sb.capacity,
+        "used": state.used_bytes,
+        "free": state.free_bytes,
+        "saves": len(state.saves),
         "mc_id": str(c.mc_id),
         "formatted": when(c.formatted),
         "registered": c.registered,
@@ -92,13 +120,16 @@ def card_summary(c: card_fmt.Card) -> dict:
 @click.argument("image", type=PATH)
 @json_option
 def card_info(image: Path, as_json: bool) -> None:
-    """Show what a memory card's owner may see: MC-ID, registration, licenses. Never a key."""
-    d = card_summary(card_dev.load(image))
+    """Show what a memory card's owner may see: MC-ID, registration, licenses, space. Never a key."""
+    with CardImage.open(image) as img:
+        d = card_summary(img)
     lines = [
         f"memory card  {image}",
         f"MC-ID        {d['mc_id']}",
         f"formatted    {d['formatted']}",
         f"registered   {'yes' if d['registered'] else 'no'}",
+        f"saves        {d['saves']}; {human_binary(d['used'])} used, {human_binary(d['free'])} free"
+        f" of {human_binary(d['capacity'])}",
         f"Content-Gen-Key {'stored' if d['content_gen_key'] else 'none'}; sealed IDs {'stored' if d['sealed_ids'] else 'none'}",
         f"licenses     {len(d['licenses'])}",
         *(
@@ -123,10 +154,13 @@ def hdd() -> None:
 @click.option("--size", type=SIZE, default="40G", show_default=True,
               help="Nominal size; the image is sparse and holds only what is written.")
 @click.option("--with-memory", is_flag=True,
-              help="Give the HDD an internal memory that holds a card's items (card-less consoles).")
+              help="Give the HDD an internal memory that holds a card's items and saves (card-less consoles).")
+@click.option("--memory-size", "capacity", type=SIZE, default="8MiB", show_default=True,
+              help="With --with-memory: the capacity of its save area.")
 @credential_option
 @server_option
-def hdd_format(out: Path, size: int, with_memory: bool, credential: Path | None, server_url: str | None) -> None:
+def hdd_format(out: Path, size: int, with_memory: bool, capacity: int, credential: Path | None,
+               server_url: str | None) -> None:
     """Format a new, empty HDD image OUT with a fresh HDD-ID and a secret key.
 
     The secret is never shown; with --credential the HDD-ID and the secret's public key are
@@ -136,9 +170,10 @@ def hdd_format(out: Path, size: int, with_memory: bool, credential: Path | None,
     refuse_existing(out, hdd_fmt.WHAT)
     public = crypto.device_public(secret)
     register_with_server(credential, server_url, "/v1/manufacturer/hdds", proto.RegisterHdd(hdd_id, public))
+    check_capacity(capacity)
     memory = new_card(credential, server_url) if with_memory else None
-    HddImage.format(out, hdd_id=hdd_id, secret=secret, size=size, formatted=now(),
-                    nvram=card_fmt.encode(memory) if memory else b"")
+    HddImage.format(out, hdd_id=hdd_id, secret=secret, size=size, formatted=now(), memory=memory,
+                    memory_capacity=capacity)
     click.echo(f"HDD-ID {hdd_id}  ({human(size)} HDD {out}, key {crypto.fingerprint(public)})"
                + (f", internal memory {memory.mc_id}" if memory else ""))
 
@@ -285,10 +320,12 @@ def console() -> None:
 @click.option("--server", "server_url", default="", help="Default licensing server URL (https://...).")
 @click.option("--model", default="VHW-1000", show_default=True, help="Model name in the ROM.")
 @click.option("--memory", "memory_path", type=PATH,
-              help="Also make the console's internal memory here (it holds a card's items: card-less).")
+              help="Also make the console's internal memory here (it holds a card's items and saves: card-less).")
+@click.option("--memory-size", "capacity", type=SIZE, default="8MiB", show_default=True,
+              help="With --memory: the capacity of its save area.")
 @credential_option
 def console_rom(out: Path, ca_path: Path | None, server_url: str, model: str, memory_path: Path | None,
-                credential: Path | None) -> None:
+                capacity: int, credential: Path | None) -> None:
     """Burn a console ROM OUT with a fresh Client ID and a secret key.
 
     The secret is never shown. With --credential (the manufacturer's), the Client ID and the
@@ -308,10 +345,11 @@ def console_rom(out: Path, ca_path: Path | None, server_url: str, model: str, me
     refuse_existing(out, rom_fmt.WHAT)
     if memory_path:
         refuse_existing(memory_path, "console memory")
+        check_capacity(capacity)
     register_with_server(credential, server_url or None, "/v1/manufacturer/consoles",
                          proto.RegisterConsole(rom.client_id, rom.public_key))
     if memory_path:
-        card_dev.create(memory_path, new_card(credential, server_url or None))
+        card_dev.create(memory_path, new_card(credential, server_url or None), capacity=capacity)
     rom_dev.burn(out, rom)
     click.echo(f"Client ID {rom.client_id}  (console ROM {out}, key {crypto.fingerprint(rom.public_key)})"
                + (f", internal memory {memory_path}" if memory_path else ""))

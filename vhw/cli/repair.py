@@ -54,8 +54,8 @@ def repair_device(card_path: Path, new_rom: Path | None, new_hdd: Path | None, c
             hdd_id = img.hdd_id
     with role_client(credential, server_url, "operator") as c:
         resp = c.call("/v1/operator/repair", proto.RepairRequest(card.mc_id, client_id, hdd_id), proto.RepairResponse)
-    with card_dev.transaction(card_path) as card:
-        card_dev.save(card_path, cpu.CardView.open(card).wiped().card)
+    with card_dev.transaction(card_path) as img:  # its saves stay
+        img.save_card(cpu.CardView.open(img.card).wiped().card)
     new = ", ".join(str(x) for x in (client_id, hdd_id) if x)
     click.echo(f"re-registered {new} for memory card {card.mc_id}; {resp.cleared} disc(s) may be installed again;"
                " the card's Content-Gen-Key and sealed IDs are wiped")

@@ -1,45 +1,286 @@
-"""Memory card files: formatted once, then rewritten whole and atomically by each flow.
+"""Memory card images: format, open (choosing the current superblock), apply plans, read saves.
 
-A card is small, so every change writes a new file and renames it over the old one: after a crash
-the card is either as before or as after. Changes are read-modify-write under a lock on a sidecar
-file (the card's own inode is replaced by each write, so it cannot carry the lock itself).
+The logic is in :mod:`vhw.cardstate`; this module owns the file descriptor, the lock and the
+executor. A card image is a sparse file of its own, or a region of an HDD image (an HDD's internal
+memory, :meth:`CardImage.open_region`): the same bytes either way, at another base offset.
+
+Writers hold an exclusive ``flock`` on a sidecar lock file for as long as they have the card open
+for writing (``.NAME.lock`` beside a card, ``.NAME.memory.lock`` beside an HDD image), so two
+processes never commit to one card at once and each commit starts from the state the last one
+left. Locks die with their process.
+
+:func:`load`, :func:`save`, :func:`transaction` and :func:`create` are the short forms the flows
+use for the licensing items.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..cardstate import CardState, format_plan
+from .. import saves
+from ..errors import ImageError, StateError
 from ..formats import card as fmt
-from .files import atomic_write, check_regular, locked, read_small, refuse_existing
+from ..formats.common import BLOCK_SIZE, version_error
+from ..plans import Op, shifted
+from .files import apply_ops, check_regular, describe_os_error, fsync_dir, locked, refuse_existing
 
 
-def create(path: Path, card: fmt.Card) -> None:
-    path = Path(path)
-    refuse_existing(path, fmt.WHAT)
-    atomic_write(path, fmt.encode(card), mode=0o600)  # it holds the MC-Key: owner only
+@dataclass
+class Opened:
+    state: CardState
+    notes: list[str] = field(default_factory=list)
+
+
+def read_state(read: Callable[[int, int], bytes], path: object, size: int) -> Opened:
+    """Pick the current generation of a card image of ``size`` bytes: the valid slot with the
+    highest generation whose catalog checks. ``read(length, offset)`` reads the image."""
+    if size == 0:
+        raise ImageError(path, f"empty file, not a {fmt.WHAT}")
+    head = read(2 * BLOCK_SIZE, 0)
+    if not any(head[o : o + 8] == fmt.MAGIC for o in fmt.SLOT_OFFSETS):
+        if len(head) < len(fmt.MAGIC) and fmt.MAGIC.startswith(head):
+            raise ImageError(path, f"truncated {fmt.WHAT} ({size} bytes)")
+        raise ImageError(path, f"not a {fmt.WHAT} (unknown format)")
+    old = int.from_bytes(head[8:10], "big")  # where every card format kept its version
+    if old < fmt.VERSION and size < fmt.SAVE_START:
+        raise version_error(path, fmt.WHAT, old, fmt.VERSION)
+    candidates, notes, errors = [], [], []
+    for i, o in enumerate(fmt.SLOT_OFFSETS):
+        try:
+            candidates.append(fmt.decode_superblock(head[o : o + BLOCK_SIZE], path=path))
+        except ImageError as exc:
+            errors.append(exc)
+            notes.append(f"superblock slot {i} is damaged: an interrupted commit, or damage;"
+                         " the other slot is in use")
+    if not candidates:
+        raise errors[0]
+    first_error: ImageError | None = None
+    for sb in sorted(candidates, key=lambda sb: sb.generation, reverse=True):
+        if size < sb.size:
+            raise ImageError(path, f"truncated {fmt.WHAT} ({size} of {sb.size} bytes)")
+        if size > sb.size:
+            raise ImageError(path, f"{fmt.WHAT} has {size - sb.size} unexpected trailing bytes")
+        try:
+            catalog = fmt.decode_catalog(read(sb.catalog_length, sb.catalog_offset), sb, path=path)
+        except ImageError as exc:
+            first_error = first_error or exc
+            continue
+        if any(c.mc_id != sb.mc_id or c.mc_key != sb.mc_key for c in candidates):
+            raise ImageError(path, f"corrupt {fmt.WHAT} (its two superblocks name different cards)")
+        return Opened(CardState(sb, catalog), notes)
+    assert first_error is not None
+    raise first_error
+
+
+class CardImage:
+    """An open card image. Open with :meth:`open` or :meth:`open_region`; use as a context manager."""
+
+    def __init__(self, path: Path, fd: int, base: int, opened: Opened, stack: ExitStack, shown: object = None):
+        self.path = path
+        self.shown = path if shown is None else shown  # how messages name it
+        self._fd = fd
+        self._base = base
+        self.state = opened.state
+        self.notes = opened.notes
+        self._stack = stack
+
+    # -- life cycle ---------------------------------------------------------------------------
+
+    @staticmethod
+    def format_ops(card: fmt.Card, capacity: int) -> list[Op]:
+        if capacity < 0 or capacity > fmt.MAX_CAPACITY:
+            raise ImageError(fmt.WHAT, f"a card's save area holds 0 to {fmt.MAX_CAPACITY // 2**20} MiB")
+        capacity = -(-capacity // BLOCK_SIZE) * BLOCK_SIZE
+        ops, _ = format_plan(fmt.Superblock(card.mc_id, card.mc_key, card.formatted, capacity), card)
+        return ops
+
+    @classmethod
+    def create(cls, path: Path, card: fmt.Card, *, capacity: int = fmt.DEFAULT_CAPACITY) -> None:
+        """Make a new card image file (sparse), never over an existing file."""
+        path = Path(path)
+        refuse_existing(path, fmt.WHAT)
+        ops = cls.format_ops(card, capacity)
+        size = fmt.image_size(-(-capacity // BLOCK_SIZE) * BLOCK_SIZE)
+        tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
+        try:
+            fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)  # it holds the MC-Key
+            try:
+                os.ftruncate(fd, size)
+                apply_ops(fd, ops)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise ImageError(path, f"cannot write {fmt.WHAT}: {describe_os_error(exc)}") from None
+        fsync_dir(path.parent)
+
+    @classmethod
+    def open(cls, path: Path, *, write: bool = False, wait: bool = True) -> CardImage:
+        """Open and check a card image file; ``write`` takes the card's lock."""
+        path = Path(path)
+        check_regular(path, fmt.WHAT)
+        return cls._open(path, path, 0, None, lock=path.parent / f".{path.name}.lock", write=write, wait=wait)
+
+    @classmethod
+    def open_region(cls, path: Path, offset: int, length: int, *, what: str, write: bool = False,
+                    wait: bool = True) -> CardImage:
+        """Open the card image in ``length`` bytes at ``offset`` of the file ``path`` (an HDD's
+        internal memory); ``what`` names it in messages."""
+        path = Path(path)
+        lock = path.parent / f".{path.name}.memory.lock"
+        return cls._open(path, what, offset, length, lock=lock, write=write, wait=wait)
+
+    @classmethod
+    def _open(cls, path: Path, shown: object, base: int, length: int | None, *, lock: Path, write: bool,
+              wait: bool) -> CardImage:
+        stack = ExitStack()
+        try:
+            if write:
+                try:
+                    lock_fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+                except OSError as exc:
+                    raise ImageError(path, f"cannot lock {fmt.WHAT}: {describe_os_error(exc)}") from None
+                stack.callback(os.close, lock_fd)
+                stack.enter_context(locked(lock_fd, path, fmt.WHAT, wait=wait))
+            try:
+                fd = os.open(path, os.O_RDWR if write else os.O_RDONLY)
+            except OSError as exc:
+                raise ImageError(path, f"cannot open {fmt.WHAT}: {describe_os_error(exc)}") from None
+            stack.callback(os.close, fd)
+            size = os.fstat(fd).st_size - base if length is None else length
+            opened = read_state(lambda n, off: os.pread(fd, n, base + off), shown, size)
+        except BaseException:
+            stack.close()
+            raise
+        return cls(path, fd, base, opened, stack, shown)
+
+    def close(self) -> None:
+        self._stack.close()
+        self._fd = -1
+
+    def __enter__(self) -> CardImage:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- reading ------------------------------------------------------------------------------
+
+    @property
+    def card(self) -> fmt.Card:
+        return self.state.card
+
+    @property
+    def saves(self) -> tuple[fmt.Save, ...]:
+        return self.state.saves
+
+    def read_sealed(self, save: fmt.Save) -> bytes:
+        out = bytearray()
+        for e in save.extents:
+            data = os.pread(self._fd, e.length, self._base + e.offset)
+            if len(data) != e.length:
+                raise ImageError(self.shown, f"truncated {fmt.WHAT}")
+            out += data
+        return bytes(out)
+
+    def check(self) -> list[str]:
+        return self.state.problems()
+
+    # -- writing ------------------------------------------------------------------------------
+
+    def apply(self, ops: Iterable[Op], state: CardState) -> None:
+        """Apply a plan made from this image's state, and adopt the state it leads to."""
+        try:
+            apply_ops(self._fd, shifted(ops, self._base))
+        except OSError as exc:
+            raise ImageError(self.shown, f"cannot write {fmt.WHAT}: {describe_os_error(exc)}") from None
+        self.state = state
+
+    def save_card(self, card: fmt.Card) -> None:
+        """Commit new licensing items."""
+        self.apply(*self.state.with_card(card))
+
+    # -- saves ----------------------------------------------------------------------------------
+
+    def save_key(self) -> bytes:
+        """This card's save key (:mod:`vhw.saves`); a card keeps saves once it is registered."""
+        from ..console import CardView
+
+        try:
+            user = CardView.open(self.card).require_user()
+        except StateError as exc:
+            raise StateError(f"{exc.message}: a card keeps saves once its user is registered",
+                             hint=exc.hint) from None
+        return saves.save_key(self.card.mc_key, self.card.mc_id, user)
+
+    def find(self, title_id: str, name: str) -> fmt.Save:
+        found = self.state.catalog.save(title_id, name)
+        if found is None:
+            raise StateError(f"{self.shown}: no save {title_id}/{name} on this card")
+        return found
+
+    def read_save(self, entry: fmt.Save, key: bytes | None = None) -> bytes:
+        """A save's plaintext, or SaveInvalid in one line (edited, or copied from another card)."""
+        return saves.open_save(key or self.save_key(), entry, self.read_sealed(entry), where=self.shown)
+
+    def write_save(self, title_id: str, name: str, data: bytes, *, modified: int, meta: bytes = b"",
+                   key: bytes | None = None) -> fmt.Save:
+        """Seal and commit one save (a new one, or the next version of one); CardFull if it does not fit."""
+        self.write_saves([(title_id, name, data, modified, meta)], key=key)
+        return self.state.catalog.save(title_id, name)
+
+    def write_saves(self, items: list[tuple[str, str, bytes, int, bytes]], *, key: bytes | None = None) -> None:
+        """Seal and commit several saves (title ID, name, data, modified, meta), one commit each.
+        All of them are planned before anything is written: if one does not fit, none is written."""
+        key = key or self.save_key()
+        ops, state = [], self.state
+        for title_id, name, data, modified, meta in items:
+            sealed = saves.seal(key, title_id, name, data, modified=modified, meta=meta)
+            more, state = state.put(sealed.entry, sealed.data)
+            ops += more
+        self.apply(ops, state)
+
+    def rename_save(self, entry: fmt.Save, name: str, *, modified: int, key: bytes | None = None) -> fmt.Save:
+        key = key or self.save_key()
+        if not saves.verify_entry(key, entry):
+            raise saves.SaveInvalid(self.shown, f"save {entry.title_id}/{entry.name} does not verify")
+        new = saves.retagged(key, entry, name=name, modified=modified)
+        self.apply(*self.state.replace_entry(entry, new))
+        return self.state.catalog.save(entry.title_id, name)
+
+    def remove_saves(self, title_id: str, name: str | None = None) -> list[fmt.Save]:
+        ops, state, gone = self.state.remove(title_id, name)
+        if gone:
+            self.apply(ops, state)
+        return gone
+
+
+# -- the short forms the flows use ---------------------------------------------------------------------
+
+
+def create(path: Path, card: fmt.Card, *, capacity: int = fmt.DEFAULT_CAPACITY) -> None:
+    CardImage.create(path, card, capacity=capacity)
 
 
 def load(path: Path) -> fmt.Card:
-    path = Path(path)
-    return fmt.decode(read_small(path, fmt.WHAT), path=path)
+    with CardImage.open(path) as img:
+        return img.card
 
 
 def save(path: Path, card: fmt.Card) -> None:
-    atomic_write(Path(path), fmt.encode(card), mode=0o600)
+    with CardImage.open(path, write=True) as img:
+        img.save_card(card)
 
 
 @contextlib.contextmanager
-def transaction(path: Path, *, wait: bool = True) -> Iterator[fmt.Card]:
-    """Lock the card and yield it; callers write their change with :func:`save` inside the block."""
-    path = Path(path)
-    check_regular(path, fmt.WHAT)
-    lock = path.parent / f".{path.name}.lock"
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        with locked(fd, path, fmt.WHAT, wait=wait):
-            yield load(path)
-    finally:
-        os.close(fd)
+def transaction(path: Path, *, wait: bool = True) -> Iterator[CardImage]:
+    """Lock the card and yield it open for writing; ``img.save_card(card)`` commits a change."""
+    with CardImage.open(path, write=True, wait=wait) as img:
+        yield img

@@ -3,6 +3,8 @@
 * :func:`read_small` reads a whole small device file (ROM, card) or says in one line why it can't.
 * :func:`atomic_write` writes a file so that it is either the old or the new one after a crash:
   a temporary file in the same folder, fsync, rename over, fsync the folder.
+* :func:`apply_ops` is the executor of plans (:mod:`vhw.plans`): ``pwrite`` each Write, ``fsync``
+  at each Sync.
 * :func:`locked` takes an exclusive ``flock`` on a device file, so two processes never write one
   device at once; the second is told who holds it, or waits when asked to. Locks die with their
   process, so a killed command never leaves a stale lock.
@@ -15,10 +17,11 @@ import errno
 import fcntl
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from ..errors import ImageError, InUseError
+from ..plans import Op, Sync, Write
 
 MAX_SMALL = 16 * 1024 * 1024  # no ROM or card is near this; refuses to slurp a wrong, huge file
 
@@ -46,9 +49,9 @@ def check_regular(path: Path, what: str) -> os.stat_result:
     return st
 
 
-def read_small(path: Path, what: str) -> bytes:
+def read_small(path: Path, what: str, *, limit: int = MAX_SMALL) -> bytes:
     st = check_regular(path, what)
-    if st.st_size > MAX_SMALL:
+    if st.st_size > limit:
         raise ImageError(path, f"not a {what} (far too large: {st.st_size} bytes)")
     try:
         return path.read_bytes()
@@ -123,3 +126,20 @@ def locked(fd: int, path: Path, what: str, *, shared: bool = False, wait: bool =
 
 def now() -> int:
     return int(time.time())
+
+
+def apply_op(fd: int, op: Op) -> None:
+    if isinstance(op, Write):
+        view = memoryview(op.data)
+        offset = op.offset
+        while view:
+            n = os.pwrite(fd, view, offset)
+            view, offset = view[n:], offset + n
+    else:
+        assert isinstance(op, Sync)
+        os.fsync(fd)
+
+
+def apply_ops(fd: int, ops: Iterable[Op]) -> None:
+    for op in ops:
+        apply_op(fd, op)

@@ -22,8 +22,11 @@ from ..errors import ImageError, IntegrityError
 from ..formats import hdd as fmt
 from ..formats.common import BLOCK_SIZE
 from ..ids import Id
-from ..volume import Op, Sync, Volume, Write, format_plan
-from .files import check_regular, describe_os_error, fsync_dir, locked, refuse_existing
+from ..formats import card as card_fmt
+from ..formats.card import Card
+from ..plans import Op, shifted
+from ..volume import Volume, format_plan
+from .files import apply_op, apply_ops, check_regular, describe_os_error, fsync_dir, locked, refuse_existing
 
 Plan = Generator[Op, None, Volume]
 
@@ -99,21 +102,33 @@ class HddImage:
     # -- life cycle ---------------------------------------------------------------------------
 
     @classmethod
-    def format(cls, path: Path, *, hdd_id: Id, secret: bytes, size: int, formatted: int, nvram: bytes = b"") -> None:
-        """Make a new, empty, sparse image of nominal ``size`` bytes with the HDD's ``secret``
-        (``nvram``: its internal memory)."""
+    def format(cls, path: Path, *, hdd_id: Id, secret: bytes, size: int, formatted: int,
+               memory: Card | None = None, memory_capacity: int = card_fmt.DEFAULT_CAPACITY) -> None:
+        """Make a new, empty, sparse image of nominal ``size`` bytes with the HDD's ``secret``.
+        ``memory``: give it an internal memory, a card image with these items and a save area of
+        ``memory_capacity`` bytes, at the start of the data area."""
+        from .card import CardImage
+
         path = Path(path)
         refuse_existing(path, fmt.WHAT)
         if size < fmt.MIN_SIZE:
             raise ImageError(path, f"an HDD must be at least {fmt.MIN_SIZE} bytes")
         sb = fmt.Superblock(hdd_id, secret, size, formatted, generation=0)
-        ops, _ = format_plan(sb, nvram=nvram)
+        memory_ops: list[Op] = []
+        if memory is not None:
+            memory_ops = CardImage.format_ops(memory, memory_capacity)
+            length = card_fmt.image_size(-(-memory_capacity // BLOCK_SIZE) * BLOCK_SIZE)
+            if fmt.DATA_START + length + 2 * BLOCK_SIZE > size:
+                raise ImageError(path, "the HDD is too small for its internal memory")
+            sb = replace(sb, memory_offset=fmt.DATA_START, memory_length=length)
+            memory_ops = shifted(memory_ops, fmt.DATA_START)
+        ops, _ = format_plan(sb)
         tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
         try:
             fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
             try:
                 os.ftruncate(fd, size)  # sparse: holds only what is written
-                apply_ops(fd, ops)
+                apply_ops(fd, memory_ops + ops)
             finally:
                 os.close(fd)
             os.replace(tmp, path)
@@ -287,23 +302,6 @@ class HddImage:
             done.append("released unused space to the host file system")
         os.fsync(self._fd)
         return done
-
-
-def apply_op(fd: int, op: Op) -> None:
-    if isinstance(op, Write):
-        view = memoryview(op.data)
-        offset = op.offset
-        while view:
-            n = os.pwrite(fd, view, offset)
-            view, offset = view[n:], offset + n
-    else:
-        assert isinstance(op, Sync)
-        os.fsync(fd)
-
-
-def apply_ops(fd: int, ops: Iterable[Op]) -> None:
-    for op in ops:
-        apply_op(fd, op)
 
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)

@@ -1,7 +1,10 @@
-"""The memory card (the patent's memory card 16): MC-ID, the secret MC-Key, and what flows store.
+"""The memory card (the patent's memory card 16): MC-ID, the secret MC-Key, what the flows store,
+and a save area of fixed capacity for game saves ("Memory cards for saving, which perform saving
+(storing) and readout of game data", FIG. 2).
 
-The manufacturer formats a card with a fresh MC-ID (printed on its label) and MC-Key (never shown,
-never sent: the server has its own copy from the factory registration). The flows then store:
+The manufacturer formats a card with a fresh MC-ID (printed on its label), MC-Key (never shown,
+never sent: the server has its own copy from the factory registration) and a save capacity
+(8 MiB by default, like a real card). The flows then store the licensing items:
 
 * ``user_id``: the User ID wrapped with the MC-Key (S6);
 * ``licenses``: per disc, its MID wrapped with the MC-Key and, until the copy is complete, the
@@ -13,42 +16,114 @@ never sent: the server has its own copy from the factory registration). The flow
 * ``card_token``: the server's signed statement of this card's epoch (a reissued card supersedes
   the old one; :mod:`vhw.bindings`).
 
-All wrapping is done by the server or the console (:mod:`vhw.licensing`, :mod:`vhw.console`);
-this module only lays the record out. Version 2: the issued keys are sealed to the devices; a
-version 1 card is refused with a line that says to make it again.
+and the running titles store their saves (:mod:`vhw.saves` seals them). Layout of a card image,
+which is a sparse file of its own, or a region of an HDD image (an HDD's internal memory)::
+
+    0          superblock slot 0   ) one 4 KiB block each, checksummed; the valid one with the
+    4096       superblock slot 1   ) higher generation is current (as the HDD's two slots)
+    8192       catalog half 0      ) CATALOG_ROOM each: generation g's catalog is in half g % 2,
+    8192 + R   catalog half 1      ) so a commit never writes over the current one
+    8192 + 2R  save area           ``capacity`` bytes of save data in 4 KiB blocks, copy-on-write
+
+A superblock names the MC-ID, the MC-Key, the capacity, the generation, and the length and
+SHA-256 of that generation's catalog. The catalog holds the licensing items and the save
+directory: per save its title ID, name, size, modified time, a few bytes of the title's own
+metadata ("level 3"), its stream ID, the extents of its sealed data, their SHA-256, and a tag that
+authenticates the whole entry under the card's save key. A commit writes new save data into free
+blocks, syncs, writes the next catalog into the other half, syncs, writes the next superblock into
+the other slot, syncs (:mod:`vhw.cardstate`): a crash at any moment leaves the old state or the
+new one, every other save and every licensing item intact.
+
+Version 3 added the save area and this layout; older cards are refused with a line that says to
+make them again.
 """
 
 from __future__ import annotations
 
+import hashlib
+import re
 from dataclasses import dataclass, field, replace
 
 import construct as cs
 
-from ..crypto import KEY_SIZE
+from .. import crypto
+from ..errors import ImageError, IntegrityError
 from ..ids import Id, IdKind
-from .common import Blob, IdField, Text, build, open_envelope, parse, seal_envelope
+from .common import (BLOCK_SIZE, Blob, Extent, IdField, Text, build, open_block, parse, seal_block,
+                     version_error)
 
 MAGIC = b"VHWCARD\0"
-VERSION = 2
+CATALOG_MAGIC = b"VHWCCAT\0"
+VERSION = 3
 WHAT = "memory card"
 MAX_LICENSES = 1024  # a card's capacity in discs; far above what one user installs at once
+MAX_SAVES = 256  # directory entries (a PS2 card holds 15 blocks' worth of small saves per MB)
+META_SIZE = 64  # bytes of a title's own metadata per save ("level 3, 2 h 10 min")
+SLOT_OFFSETS = (0, BLOCK_SIZE)
+#: 512 KiB per catalog half: 1,024 licenses with pending keys (~250 bytes each) and 256 saves fit
+CATALOG_ROOM = 512 * 1024
+CATALOG_OFFSETS = (2 * BLOCK_SIZE, 2 * BLOCK_SIZE + CATALOG_ROOM)
+SAVE_START = 2 * BLOCK_SIZE + 2 * CATALOG_ROOM
+DEFAULT_CAPACITY = 8 * 1024 * 1024  # a PS2 memory card's 8 MB
+MAX_CAPACITY = 1024 * 1024 * 1024
+SAVE_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,63}")
+
+
+def valid_save_name(name: str) -> bool:
+    """Save names are file names in the running title's save folder: 1-64 of A-Z a-z 0-9 . _ -,
+    not starting with a dot."""
+    return SAVE_NAME_RE.fullmatch(name) is not None
+
+
+def image_size(capacity: int) -> int:
+    """Bytes a card image of this save capacity takes (nominal: the file is sparse)."""
+    return SAVE_START + capacity
+
+
+SuperblockHead = cs.Struct("magic" / cs.Const(MAGIC), "version" / cs.Int16ub)
+
+SuperblockBody = cs.Struct(
+    "magic" / cs.Const(MAGIC),
+    "version" / cs.Int16ub,
+    "mc_id" / IdField(IdKind.CARD),
+    "mc_key" / cs.Bytes(crypto.KEY_SIZE),
+    "formatted" / cs.Int64ub,
+    "capacity" / cs.Int64ub,
+    "generation" / cs.Int64ub,
+    "catalog_length" / cs.Int32ub,
+    "catalog_sha256" / cs.Bytes(32),
+)
 
 LicenseRecord = cs.Struct(
     "title_id" / Text(cs.Int8ub),
     "mid" / Blob(),  # wrapped MID
-    "content_key" / Blob(),  # wrapped Content-Key, empty once the copy is complete
+    "content_key" / Blob(),  # wrapped and sealed Content-Key, empty once the copy is complete
     "acquired" / cs.Int64ub,
 )
 
-CardBody = cs.Struct(
-    "mc_id" / IdField(IdKind.CARD),
-    "mc_key" / cs.Bytes(KEY_SIZE),
-    "formatted" / cs.Int64ub,
+ExtentRecord = cs.Struct("offset" / cs.Int64ub, "length" / cs.Int64ub)
+
+SaveRecord = cs.Struct(
+    "title_id" / Text(cs.Int8ub),
+    "name" / Text(cs.Int8ub),
+    "size" / cs.Int64ub,
+    "modified" / cs.Int64ub,  # nanoseconds since the epoch
+    "meta" / Blob(cs.Int8ub),
+    "stream_id" / cs.Bytes(crypto.STREAM_ID_SIZE),
+    "sealed_sha256" / cs.Bytes(32),
+    "tag" / cs.Bytes(32),  # HMAC of the entry under the card's save key (vhw.saves)
+    "extents" / cs.PrefixedArray(cs.Int16ub, ExtentRecord),
+)
+
+CatalogBody = cs.Struct(
+    "magic" / cs.Const(CATALOG_MAGIC),
+    "generation" / cs.Int64ub,
     "user_id" / Blob(),
     "content_gen_key" / Blob(),
     "sealed_ids" / Blob(),
     "card_token" / Blob(),
     "licenses" / cs.PrefixedArray(cs.Int16ub, LicenseRecord),
+    "saves" / cs.PrefixedArray(cs.Int16ub, SaveRecord),
 )
 
 
@@ -56,12 +131,14 @@ CardBody = cs.Struct(
 class License:
     title_id: str
     mid: bytes  # wrapped
-    content_key: bytes = b""  # wrapped; b"" once installed
+    content_key: bytes = b""  # wrapped and sealed; b"" once installed
     acquired: int = 0
 
 
 @dataclass(frozen=True)
 class Card:
+    """The card's identity and licensing items (what the flows read and change)."""
+
     mc_id: Id
     mc_key: bytes = field(repr=False)  # secret: never in a repr, a log line or an `info`
     formatted: int = 0
@@ -80,50 +157,122 @@ class Card:
         kept = tuple(x for x in self.licenses if x.mid != lic.mid)
         return replace(self, licenses=kept + (lic,))
 
-    def without_content_key(self, mid: bytes) -> Card:
-        return replace(
-            self,
-            licenses=tuple(
-                replace(x, content_key=b"") if x.mid == mid else x for x in self.licenses
-            ),
-        )
+
+@dataclass(frozen=True)
+class Save:
+    """One save in the directory. ``tag`` authenticates every other field (vhw.saves)."""
+
+    title_id: str
+    name: str
+    size: int
+    modified: int
+    meta: bytes
+    stream_id: bytes
+    sealed_sha256: bytes
+    tag: bytes
+    extents: tuple[Extent, ...] = ()
+
+    @property
+    def layout(self) -> crypto.ChunkLayout:
+        return crypto.ChunkLayout(self.size)
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.title_id, self.name)
 
 
-def encode(card: Card) -> bytes:
-    if len(card.licenses) > MAX_LICENSES:
-        raise ValueError("memory card is full")
-    body = build(
-        CardBody,
-        {
-            "mc_id": card.mc_id,
-            "mc_key": card.mc_key,
-            "formatted": card.formatted,
-            "user_id": card.user_id,
-            "content_gen_key": card.content_gen_key,
-            "sealed_ids": card.sealed_ids,
-            "card_token": card.card_token,
-            "licenses": [
-                {"title_id": x.title_id, "mid": x.mid, "content_key": x.content_key, "acquired": x.acquired}
-                for x in card.licenses
-            ],
-        },
-        what=WHAT,
+@dataclass(frozen=True)
+class Superblock:
+    mc_id: Id
+    mc_key: bytes = field(repr=False)
+    formatted: int = 0
+    capacity: int = DEFAULT_CAPACITY
+    generation: int = 0
+    catalog_length: int = 0
+    catalog_sha256: bytes = field(default=bytes(32), repr=False)
+
+    @property
+    def slot(self) -> int:
+        """Generations alternate between the two slots, so a commit never overwrites the current one."""
+        return SLOT_OFFSETS[self.generation % 2]
+
+    @property
+    def catalog_offset(self) -> int:
+        return CATALOG_OFFSETS[self.generation % 2]
+
+    @property
+    def size(self) -> int:
+        return image_size(self.capacity)
+
+
+@dataclass(frozen=True)
+class Catalog:
+    generation: int
+    card: Card
+    saves: tuple[Save, ...] = ()
+
+    def save(self, title_id: str, name: str) -> Save | None:
+        for s in self.saves:
+            if s.title_id == title_id and s.name == name:
+                return s
+        return None
+
+
+def encode_superblock(sb: Superblock) -> bytes:
+    return seal_block(build(SuperblockBody, {
+        "version": VERSION, "mc_id": sb.mc_id, "mc_key": sb.mc_key, "formatted": sb.formatted,
+        "capacity": sb.capacity, "generation": sb.generation, "catalog_length": sb.catalog_length,
+        "catalog_sha256": sb.catalog_sha256,
+    }, what="memory card superblock"))
+
+
+def decode_superblock(block: bytes, *, path: object) -> Superblock:
+    body = open_block(block, path=path, what="memory card superblock")
+    head = parse(SuperblockHead, body, path=path, what="memory card superblock")
+    if head.version != VERSION:  # before the body: another version lays it out otherwise
+        raise version_error(path, WHAT, head.version, VERSION)
+    rec = parse(SuperblockBody, body, path=path, what="memory card superblock")
+    sb = Superblock(rec.mc_id, rec.mc_key, rec.formatted, rec.capacity, rec.generation, rec.catalog_length,
+                    rec.catalog_sha256)
+    if sb.capacity > MAX_CAPACITY or sb.capacity % BLOCK_SIZE or not 0 < sb.catalog_length <= CATALOG_ROOM:
+        raise ImageError(path, "corrupt memory card superblock (sizes out of range)")
+    return sb
+
+
+def encode_catalog(cat: Catalog) -> bytes:
+    c = cat.card
+    if len(c.licenses) > MAX_LICENSES:
+        raise ImageError(WHAT, f"cannot be written: a memory card holds at most {MAX_LICENSES} licenses")
+    data = build(CatalogBody, {
+        "generation": cat.generation,
+        "user_id": c.user_id, "content_gen_key": c.content_gen_key, "sealed_ids": c.sealed_ids,
+        "card_token": c.card_token,
+        "licenses": [{"title_id": x.title_id, "mid": x.mid, "content_key": x.content_key, "acquired": x.acquired}
+                     for x in c.licenses],
+        "saves": [{"title_id": s.title_id, "name": s.name, "size": s.size, "modified": s.modified, "meta": s.meta,
+                   "stream_id": s.stream_id, "sealed_sha256": s.sealed_sha256, "tag": s.tag,
+                   "extents": [{"offset": e.offset, "length": e.length} for e in s.extents]}
+                  for s in cat.saves],
+    }, what="memory card catalog")
+    if len(data) > CATALOG_ROOM:
+        raise ImageError(WHAT, "cannot be written: its directory is full")
+    return data
+
+
+def decode_catalog(data: bytes, sb: Superblock, *, path: object) -> Catalog:
+    if hashlib.sha256(data).digest() != sb.catalog_sha256:
+        raise IntegrityError(path, "memory card catalog is damaged or was modified (checksum mismatch)")
+    rec = parse(CatalogBody, data, path=path, what="memory card catalog")
+    if rec.generation != sb.generation:
+        raise ImageError(path, "corrupt memory card catalog (generation does not match its superblock)")
+    card = Card(
+        mc_id=sb.mc_id, mc_key=sb.mc_key, formatted=sb.formatted, user_id=rec.user_id,
+        content_gen_key=rec.content_gen_key, sealed_ids=rec.sealed_ids, card_token=rec.card_token,
+        licenses=tuple(License(x.title_id, x.mid, x.content_key, x.acquired) for x in rec.licenses),
     )
-    return seal_envelope(MAGIC, VERSION, body)
-
-
-def decode(data: bytes, *, path: object = WHAT) -> Card:
-    body = open_envelope(data, magic=MAGIC, version=VERSION, path=path, what=WHAT)
-    rec = parse(CardBody, body, path=path, what=WHAT)
-    return Card(
-        mc_id=rec.mc_id,
-        mc_key=rec.mc_key,
-        formatted=rec.formatted,
-        user_id=rec.user_id,
-        content_gen_key=rec.content_gen_key,
-        sealed_ids=rec.sealed_ids,
-        card_token=rec.card_token,
-        licenses=tuple(
-            License(x.title_id, x.mid, x.content_key, x.acquired) for x in rec.licenses
-        ),
+    saves = tuple(
+        Save(s.title_id, s.name, s.size, s.modified, s.meta, s.stream_id, s.sealed_sha256, s.tag,
+             tuple(Extent(e.offset, e.length) for e in s.extents))
+        for s in rec.saves
     )
+    return Catalog(rec.generation, card, saves)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from dataclasses import dataclass
 from typing import Any
 
 import construct as cs
@@ -146,6 +147,18 @@ def version_error(path: object, what: str, found: int, supported: int) -> ImageE
         return ImageError(path, f"{what} format version {found} is no longer supported (this vhw reads"
                                 f" {supported}): make the {what} again")
     return ImageError(path, f"{what} format version {found} is not supported (this vhw reads {supported})")
+
+
+@dataclass(frozen=True, order=True)
+class Extent:
+    """A run of bytes in a device image: where, and how long."""
+
+    offset: int
+    length: int
+
+    @property
+    def end(self) -> int:
+        return self.offset + self.length
 
 
 BLOCK_SIZE = 4096  # one device block: fixed areas (disc header, MID area, HDD superblocks) each own one

@@ -14,11 +14,15 @@ metadata, the salt of its per-title key, whose it is (``owner``: the fingerprint
 Content-Gen-Key) and what it is bound to (``bound_to``: the fingerprint of the
 :class:`~vhw.bindings.TitleBinding` of that user, console and HDD), its state (installing or
 complete), how many sealed bytes are durable (the resume point), and per file the stream ID, size,
-extents and, once complete, the SHA-256 of its sealed bytes. The catalog also keeps the console's
-"internal memory" for card-less consoles (``nvram``).
+extents and, once complete, the SHA-256 of its sealed bytes.
 
-Version 2 added the HDD's secret and ``bound_to``; a version 1 image is refused with a line that
-says to format it again.
+An HDD made ``--with-memory`` has an internal memory for card-less consoles: a whole memory card
+image (:mod:`vhw.formats.card`, with its own superblocks, catalog and save area) in a fixed region
+of the image that the superblock names (``memory_offset``, ``memory_length``). It is written with
+the card's own crash-safe commits and never touched by the HDD's.
+
+Version 2 added the HDD's secret, ``bound_to`` and the memory region; a version 1 image is refused
+with a line that says to format it again.
 
 Nothing is ever overwritten in place except a superblock slot, and only the older one: a commit
 writes the new catalog into free space, syncs, then writes the next generation into the other
@@ -37,7 +41,8 @@ import construct as cs
 from .. import crypto
 from ..errors import ImageError, IntegrityError
 from ..ids import Id, IdKind
-from .common import BLOCK_SIZE, Blob, IdField, OptionalId, Text, build, open_block, parse, seal_block, version_error
+from .common import (BLOCK_SIZE, Blob, Extent, IdField, OptionalId, Text, build, open_block, parse, seal_block,
+                     version_error)
 
 SUPER_MAGIC = b"VHWHDD\0\0"
 CATALOG_MAGIC = b"VHWCATL\0"
@@ -68,6 +73,8 @@ SuperblockBody = cs.Struct(
     "catalog_offset" / cs.Int64ub,
     "catalog_length" / cs.Int64ub,
     "catalog_sha256" / cs.Bytes(32),
+    "memory_offset" / cs.Int64ub,  # the internal memory (a card image), or 0
+    "memory_length" / cs.Int64ub,
 )
 
 ExtentRecord = cs.Struct("offset" / cs.Int64ub, "length" / cs.Int64ub)
@@ -104,18 +111,7 @@ CatalogBody = cs.Struct(
     "titles" / cs.PrefixedArray(cs.Int32ub, TitleRecord),
     # the highest card epoch seen per owner: an older (superseded) card is refused on this HDD
     "card_epochs" / cs.PrefixedArray(cs.Int32ub, cs.Struct("owner" / cs.Bytes(OWNER_SIZE), "epoch" / cs.Int32ub)),
-    "nvram" / Blob(cs.Int32ub),
 )
-
-
-@dataclass(frozen=True, order=True)
-class Extent:
-    offset: int
-    length: int
-
-    @property
-    def end(self) -> int:
-        return self.offset + self.length
 
 
 @dataclass(frozen=True)
@@ -170,7 +166,6 @@ class Title:
 class Catalog:
     generation: int = 0
     titles: tuple[Title, ...] = ()
-    nvram: bytes = b""
     card_epochs: tuple[tuple[bytes, int], ...] = ()
 
     def epochs(self) -> dict[bytes, int]:
@@ -193,6 +188,13 @@ class Superblock:
     catalog_offset: int = 0
     catalog_length: int = 0
     catalog_sha256: bytes = field(default=bytes(32), repr=False)
+    memory_offset: int = 0
+    memory_length: int = 0
+
+    @property
+    def memory(self) -> Extent | None:
+        """Where the internal memory (a card image) lies, if this HDD has one."""
+        return Extent(self.memory_offset, self.memory_length) if self.memory_length else None
 
     @property
     def slot(self) -> int:
@@ -218,6 +220,8 @@ def encode_superblock(sb: Superblock) -> bytes:
                 "catalog_offset": sb.catalog_offset,
                 "catalog_length": sb.catalog_length,
                 "catalog_sha256": sb.catalog_sha256,
+                "memory_offset": sb.memory_offset,
+                "memory_length": sb.memory_length,
             },
             what="HDD superblock",
         )
@@ -232,13 +236,14 @@ def decode_superblock(block: bytes, *, path: object) -> Superblock:
     rec = parse(SuperblockBody, body, path=path, what="HDD superblock")
     sb = Superblock(
         rec.hdd_id, rec.secret, rec.nominal_size, rec.formatted, rec.generation,
-        rec.catalog_offset, rec.catalog_length, rec.catalog_sha256,
+        rec.catalog_offset, rec.catalog_length, rec.catalog_sha256, rec.memory_offset, rec.memory_length,
     )
     if (
         sb.nominal_size < MIN_SIZE
         or sb.catalog_offset < DATA_START
         or sb.catalog_extent.end > sb.nominal_size
         or sb.catalog_length == 0
+        or (sb.memory_length and (sb.memory_offset < DATA_START or sb.memory.end > sb.nominal_size))
     ):
         raise ImageError(path, "corrupt HDD superblock (catalog out of place)")
     return sb
@@ -279,7 +284,6 @@ def encode_catalog(cat: Catalog) -> bytes:
                 for t in cat.titles
             ],
             "card_epochs": [{"owner": o, "epoch": e} for o, e in cat.card_epochs],
-            "nvram": cat.nvram,
         },
         what="HDD catalog",
     )
@@ -322,5 +326,4 @@ def decode_catalog(data: bytes, sb: Superblock, *, path: object) -> Catalog:
                 metadata=t.metadata,
             )
         )
-    return Catalog(rec.generation, tuple(titles), rec.nvram,
-                   tuple((e.owner, e.epoch) for e in rec.card_epochs))
+    return Catalog(rec.generation, tuple(titles), tuple((e.owner, e.epoch) for e in rec.card_epochs))
