@@ -16,6 +16,7 @@ licensing service on a real SQLite database.
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 import json
 import tempfile
 from functools import cache
@@ -24,7 +25,10 @@ from pathlib import Path
 from vhw import bindings, crypto
 from vhw import console as cpu
 from vhw import protocol as p
+from vhw import saves
 from vhw.bindings import DeviceSecrets, TitleBinding
+from vhw.cardstate import CardState
+from vhw.devices.card import read_state as read_card_state
 from vhw.devices.hdd import read_volume
 from vhw.errors import VhwError
 from vhw.formats import card as card_fmt
@@ -71,12 +75,47 @@ def _use_card(card: card_fmt.Card) -> None:
             pass
 
 
+def _use_card_image(state) -> None:
+    """A card image's items as a console uses them, and its saves as the save folder reads them."""
+    _use_card(state.card)
+    state.problems()
+    state.free()
+    key = saves.save_key(state.card.mc_key, state.card.mc_id, Id(IdKind.USER, 4))
+    for s in state.saves[:4]:
+        try:
+            saves.open_save(key, s, b"\0" * min(s.layout.sealed_size, 1 << 16))
+        except VhwError:
+            pass
+
+
 def card_raw(data: bytes) -> None:
-    _use_card(card_fmt.decode(data))
+    """A whole card image, as found on disk."""
+    _use_card_image(read_card_state(_reader(data), "fuzz", len(data)).state)
 
 
-def card_body(data: bytes) -> None:
-    _use_card(card_fmt.decode(seal_envelope(card_fmt.MAGIC, card_fmt.VERSION, data)))
+def card_catalog(data: bytes) -> None:
+    """A card catalog past its checksum: the licensing items and the save directory."""
+    sb = card_fmt.Superblock(Id(IdKind.CARD, 3), KEY, 1, 16 * 4096, 7, len(data) or 1, hashlib.sha256(data).digest())
+    catalog = card_fmt.decode_catalog(data, sb, path="fuzz")
+    _use_card_image(CardState(sb, catalog))
+
+
+def save_area(data: bytes) -> None:
+    """Bytes standing for a save's sealed data under a valid entry: a save edited by hand."""
+    key = saves.save_key(KEY, Id(IdKind.CARD, 3), Id(IdKind.USER, 4))
+    entry = _seed_save().entry
+    saves.open_save(key, entry, data)
+    saves.open_save(key, replace(entry, size=len(data) // 2), data)
+
+
+def save_export(data: bytes) -> None:
+    saves.decode_export(data, path="fuzz")
+
+
+@cache
+def _seed_save():
+    key = saves.save_key(KEY, Id(IdKind.CARD, 3), Id(IdKind.USER, 4))
+    return saves.seal(key, "FUZZ-1", "slot1.sav", bytes(range(256)) * 300, modified=1, meta=b"level 3")
 
 
 def disc_raw(data: bytes) -> None:
@@ -115,7 +154,7 @@ def hdd_catalog(data: bytes) -> None:
         catalog = hdd_fmt.decode_catalog(data, sb, path="fuzz")
     except VhwError:
         return
-    catalog = catalog.__class__(7, catalog.titles, catalog.nvram, catalog.card_epochs)
+    catalog = catalog.__class__(7, catalog.titles, catalog.card_epochs)
     _use_volume(Volume(sb, catalog), b"")
 
 
@@ -133,9 +172,10 @@ def _use_volume(vol: Volume, data: bytes) -> None:
                     cipher.open(i, data[at : at + cipher.layout.sealed_length(i)])
                 except crypto.Invalid:
                     pass
-    if vol.catalog.nvram:
+    if vol.sb.memory and data:
+        region = data[vol.sb.memory.offset : vol.sb.memory.end]
         try:
-            _use_card(card_fmt.decode(vol.catalog.nvram))
+            _use_card_image(read_card_state(_reader(region), "fuzz", len(region)).state)
         except VhwError:
             pass
 
@@ -198,8 +238,8 @@ API = {
     "api_audit": _api(p.AuditQuery, lambda lic, m: lic.audit(m)),
 }
 
-IMAGES = {f.__name__: f for f in (rom_raw, rom_body, card_raw, card_body, disc_raw, disc_manifest, disc_mid_area,
-                                  hdd_raw, hdd_catalog, device_sealed)}
+IMAGES = {f.__name__: f for f in (rom_raw, rom_body, card_raw, card_catalog, save_area, save_export, disc_raw,
+                                  disc_manifest, disc_mid_area, hdd_raw, hdd_catalog, device_sealed)}
 TARGETS = {**IMAGES, **API}
 
 
@@ -234,9 +274,8 @@ def seeds(folder: Path) -> dict[str, list[bytes]]:
     d, region = disc_fmt.decode(_reader(disc), size=len(disc), path="seed")
     rom = rom_fmt.encode(rom_fmt.Rom(CLIENT, 5, DEVICES.console, server_url="https://127.0.0.1:8443",
                                      trust_anchor=b"\x30" * 40))
-    card = card_fmt.encode(card_fmt.Card(Id(IdKind.CARD, 3), KEY, 1, user_id=b"u" * 40, content_gen_key=b"g" * 60,
-                                         sealed_ids=b"s" * 50,
-                                         licenses=(card_fmt.License("FUZZ-1", b"m" * 40, b"k" * 60, 2),)))
+    card = _seed_card(folder)
+    catalog = card_fmt.encode_catalog(read_card_state(_reader(card), "seed", len(card)).state.catalog)
     w = World.make(Path(tempfile.mkdtemp(prefix="vhw-seed-")))
     kit = w.user()
     mid = Id.random(IdKind.MEDIA)
@@ -260,12 +299,31 @@ def seeds(folder: Path) -> dict[str, list[bytes]]:
     body = region[: -crypto.SIGNATURE_SIZE]
     return {
         "rom_raw": [rom], "rom_body": [rom[14:-32]],
-        "card_raw": [card], "card_body": [card[14:-32]],
+        "card_raw": [card], "card_catalog": [catalog],
+        "save_area": [_seed_save().data],
+        "save_export": [saves.encode_export(saves.Exported(Id(IdKind.USER, 4), "FUZZ-1", "slot1.sav", 1, b"l3",
+                                                          b"progress"))],
         "disc_raw": [disc], "disc_manifest": [body], "disc_mid_area": [disc[4096:8192]],
         "hdd_raw": [_small_hdd(folder)], "hdd_catalog": [hdd_fmt.encode_catalog(hdd_fmt.Catalog(7))],
         "device_sealed": [sealed],
         **{k: [json.dumps(v).encode()] for k, v in bodies.items()},
     }
+
+
+def _seed_card(folder: Path) -> bytes:
+    """A registered-looking card image with one save, 16 blocks of save area."""
+    from vhw.devices.card import CardImage
+
+    path = folder / "seed.card"
+    if not path.exists():
+        user = bindings.wrap_id(KEY, Id(IdKind.USER, 4), bindings.user_id(Id(IdKind.CARD, 3)))
+        CardImage.create(path, card_fmt.Card(Id(IdKind.CARD, 3), KEY, 1, user_id=user, content_gen_key=b"g" * 160,
+                                             sealed_ids=b"s" * 50,
+                                             licenses=(card_fmt.License("FUZZ-1", b"m" * 40, b"k" * 160, 2),)),
+                         capacity=16 * 4096)
+        with CardImage.open(path, write=True) as img:
+            img.write_save("FUZZ-1", "slot1.sav", b"progress " * 100, modified=2, meta=b"level 3")
+    return path.read_bytes()
 
 
 def _small_hdd(folder: Path) -> bytes:

@@ -20,7 +20,10 @@ from vhw.errors import ImageError, VhwError
 from vhw.formats import card as card_fmt
 from vhw.formats import rom as rom_fmt
 from vhw.ids import Id, IdKind
+from vhw import bindings
 from vhw.bindings import TitleBinding
+from vhw.devices.card import CardImage
+from vhw.formats.common import Extent
 from vhw.install import install_plan, read_title
 from vhw.keystore import KeyStore
 from vhw.mastering import master, press
@@ -48,38 +51,103 @@ def samples(tmp_path_factory):
     ca_cert, _ = make_ca("vhw test platform")
     rom = rom_fmt.encode(rom_fmt.Rom(Id.random(IdKind.CLIENT), 1, crypto.device_secret(),
                                      server_url="https://127.0.0.1:8443", trust_anchor=ca_cert))
-    card = card_fmt.encode(card_fmt.Card(
-        Id.random(IdKind.CARD), os.urandom(32), 1, user_id=os.urandom(40), content_gen_key=os.urandom(60),
-        sealed_ids=os.urandom(50),
-        licenses=(card_fmt.License("CORRUPT-1", os.urandom(40), os.urandom(60), 2),),
-    ))
+    mc_id, mc_key, user = Id.random(IdKind.CARD), os.urandom(32), Id.random(IdKind.USER)
+    items = card_fmt.Card(
+        mc_id, mc_key, 1, user_id=bindings.wrap_id(mc_key, user, bindings.user_id(mc_id)),
+        content_gen_key=os.urandom(160), sealed_ids=os.urandom(50),
+        licenses=(card_fmt.License("CORRUPT-1", os.urandom(40), os.urandom(160), 2),),
+    )
+    card_path = d / "c.card"
+    CardImage.create(card_path, items, capacity=32 * 4096)
+    card_saves = {("CORRUPT-1", "a.sav"): os.urandom(9000), ("CORRUPT-1", "b.sav"): os.urandom(70_000)}
+    with CardImage.open(card_path, write=True) as img:
+        for (title, name), data in card_saves.items():
+            img.write_save(title, name, data, modified=5, meta=b"level 3")
+        img.save_card(items)  # one more generation: both catalog halves and slots in use
+    card = card_path.read_bytes()
     return {
         "dir": d, "disc": disc_path, "content_key": content_key, "hdd": hdd, "cgk": cgk,
-        "rom": rom, "card": card, "files": source_files(src),
+        "rom": rom, "card": card, "card_items": items, "card_saves": card_saves, "files": source_files(src),
     }
 
 
 # -- small devices: exhaustive --------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", ["rom", "card"])
-def test_small_device_every_truncation_and_flip(samples, kind):
-    data = samples[kind]
-    decode = rom_fmt.decode if kind == "rom" else card_fmt.decode
-    good = decode(data)
+def test_rom_every_truncation_and_flip(samples):
+    data = samples["rom"]
+    good = rom_fmt.decode(data)
     for n in range(len(data)):
         with pytest.raises(ImageError):
-            decode(data[:n])
+            rom_fmt.decode(data[:n])
     with pytest.raises(ImageError, match="trailing"):
-        decode(data + b"\0")
+        rom_fmt.decode(data + b"\0")
     for bit in range(len(data) * 8):
         bad = bytearray(data)
         bad[bit // 8] ^= 1 << (bit % 8)
         try:
-            got = decode(bytes(bad))
+            got = rom_fmt.decode(bytes(bad))
         except ImageError:
             continue
         pytest.fail(f"flip of bit {bit} was accepted: {got == good}")
+
+
+# -- memory card: sampled, like the HDD (a card image is its save capacity plus 1 MiB) -------------
+
+
+def card_outcome(path: Path, items, expected: dict) -> str:
+    """refused (open or check fails, or a save does not verify), noted (a damaged superblock slot:
+    the other generation is in use), or intact. Never wrong licensing items or a wrong save."""
+    try:
+        with CardImage.open(path) as img:
+            if img.check():
+                return "refused"
+            got = {s.key: img.read_save(s) for s in img.saves}
+            noted = bool(img.notes)
+            card = img.card
+    except VhwError as exc:
+        assert str(exc) and "\n" not in str(exc)
+        return "refused"
+    assert card == items and got == expected, "wrong licensing items or saves"
+    return "noted" if noted else "intact"
+
+
+def test_card_truncations_and_flips(samples, tmp_path):
+    data, items, expected = samples["card"], samples["card_items"], samples["card_saves"]
+    path = tmp_path / "victim.card"
+    path.write_bytes(data)
+    assert card_outcome(path, items, expected) == "intact"
+    with CardImage.open(path) as img:
+        state = img.state
+    sb = state.sb
+    current = [Extent(sb.slot, 4096), Extent(sb.catalog_offset, sb.catalog_length), *state.used()]
+    rnd = random.Random(12)
+    fd = os.open(path, os.O_RDWR)
+    try:
+        bounds = [0, 4096, 8192, card_fmt.SAVE_START] + [e.offset for e in current] + [e.end for e in current]
+        for n in _positions(len(data), bounds, rnd)[:3000]:
+            os.ftruncate(fd, n)
+            assert card_outcome(path, items, expected) == "refused", f"truncation to {n} accepted"
+            os.pwrite(fd, data[n:], n)
+        # every byte the current generation uses is protected: a flip in its superblock falls back
+        # to the previous generation (noted), one in its catalog is damage, one in save data fails
+        in_use = [p for e in current for p in range(e.offset, e.end)]
+        outcomes = {"refused": 0, "noted": 0}
+        for pos in sorted(set(rnd.sample(in_use, min(4000, len(in_use))))):
+            os.pwrite(fd, bytes([data[pos] ^ (1 << rnd.randrange(8))]), pos)
+            got = card_outcome(path, items, expected)
+            assert got == "refused" or (got == "noted" and pos < 8192), f"flip at {pos}: {got}"
+            outcomes[got] += 1
+            os.pwrite(fd, data[pos : pos + 1], pos)
+        assert outcomes["refused"] > 0.5 * sum(outcomes.values())
+        # ... while a flip in free save space touches nothing
+        free = [p for h in state.free() for p in range(h.offset, h.end)]
+        for pos in rnd.sample(free, min(300, len(free))):
+            os.pwrite(fd, bytes([data[pos] ^ 1]), pos)
+            assert card_outcome(path, items, expected) == "intact"
+            os.pwrite(fd, data[pos : pos + 1], pos)
+    finally:
+        os.close(fd)
 
 
 # -- disc ------------------------------------------------------------------------------------------
@@ -226,7 +294,7 @@ def test_cli_refuses_foreign_and_damaged_files(samples, tmp_path, cli, group):
     check = {"disc": ["disc", "verify"], "card": ["card", "info"], "hdd": ["hdd", "fsck", "--deep"],
              "console": ["console", "info"]}[group]
     variants = _corrupt_variants(source, tmp_path, group)
-    if group == "hdd":
+    if group in ("hdd", "card"):
         for noted in (variants[3], variants[4]):  # flips in superblock slot 0: noted, slot 1 in use
             r = cli(*check, noted)
             assert r.code == 0 and "note: superblock slot 0 is damaged" in r.out, r

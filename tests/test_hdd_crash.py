@@ -18,13 +18,14 @@ import pytest
 
 from vhw import crypto
 from vhw.devices.disc import DiscImage
-from vhw.devices.hdd import HddImage, apply_op
+from vhw.devices.files import apply_op
+from vhw.devices.hdd import HddImage
 from vhw.ids import Id, IdKind
 from vhw.bindings import TitleBinding
 from vhw.install import install_plan, read_title
 from vhw.keystore import KeyStore
 from vhw.mastering import master, press
-from vhw.volume import Sync, Write
+from vhw.plans import Sync, Write
 
 from .conftest import make_title, source_files
 

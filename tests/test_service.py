@@ -69,6 +69,7 @@ def test_repair_of_console_and_hdd(cli, srv, tmp_path):
     assert r.code == 0 and "1 disc(s) may be installed again" in r.out, r
     card = card_dev.load(alice["card"])
     assert not card.content_gen_key and not card.sealed_ids  # wiped, as FIG. 13 says
+    assert "G-1" in cli("card", "saves", "ls", alice["card"]).out  # and the game's save is kept
     # with the exchanged console the user installs again from the same disc, and plays
     fixed = tmp_path / "fixed"
     assert cli("console", "setup", fixed, "--rom", new_rom, "--hdd", alice["hdd"]).code == 0
@@ -131,9 +132,13 @@ def test_card_reissue(cli, srv, tmp_path):
     assert r.code == 2 and "check character" in r.err and not (tmp_path / "x.card").exists()
     assert len(audit(cli, srv)) == before
     # the lost card is reissued
+    assert play_game(cli, bob["console"], "G-2").code == 1  # (a save of the game on the old card)
     new_card = tmp_path / "new.card"
     r = cli("repair", "card", "--user-id", user, "-o", new_card, *op)
     assert r.code == 0 and "1 license(s)" in r.out, r
+    # the saves move from the old card to the new one (the same user's), and go nowhere else
+    assert cli("card", "saves", "copy", bob["card"], new_card).code == 0
+    assert "cave.sav" in cli("card", "saves", "ls", new_card).out
     old = bob["card"]
     assert cli("console", "eject-card", *con).code == 0
     assert cli("console", "insert-card", new_card, *con).code == 0
@@ -375,6 +380,9 @@ def test_card_less_console(cli, srv, tmp_path, memory):
     assert cli("console", "install", *c).code == 0
     r = cli("console", "play", *c, title, "--moves", "dddssdddwwddssss")
     assert r.code == 0, r
+    # the game's save is in the internal memory
+    r = cli("card", "saves", "ls", hdd if memory == "hdd" else nvram)
+    assert r.code == 0 and "cave.sav" in r.out and "won, 16 moves" in r.out, r
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     assert cli("console", "mount", mnt, *c).code == 0

@@ -468,12 +468,16 @@ class Machine:
         try:
             yield where
         finally:
-            mount.unmount(where)
+            try:
+                mount.unmount(where)
+            except StateError:  # its process died (it was killed): lift what it left behind
+                subprocess.run(["fusermount3", "-u", "-z", str(where)], capture_output=True)
             proc.wait(30)
             where.rmdir()
-            for line in log_path.read_text(errors="replace").splitlines():
-                if line.startswith(("WARNING", "ERROR")):  # a save that did not fit, or a damaged one
-                    self.log("vhw: " + line.split(": ", 1)[-1])
+            told = [line.split(": ", 1)[-1] for line in log_path.read_text(errors="replace").splitlines()
+                    if line.startswith(("WARNING", "ERROR"))]  # a save that did not fit, or a damaged one
+            for line in dict.fromkeys(told):
+                self.log("vhw: " + line)
             log_path.unlink(missing_ok=True)
 
     def unmount(self, mountpoint: Path) -> None:

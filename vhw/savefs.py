@@ -60,6 +60,7 @@ class Handle:
     data: bytearray | None = None  # loaded on first use
     dirty: bool = False
     meta: bytes | None = None  # set while open: committed with the data
+    failed: int = 0  # the errno of a write that failed: this version never lands on the card
 
 
 class SaveFolder:
@@ -144,7 +145,7 @@ def fuse_errors(handler):
         except pyfuse3.FUSEError:
             raise
         except SaveError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EIO):
+            if exc.errno in (errno.ENOSPC, errno.EIO) and not getattr(exc, "told", False):
                 log.warning("%s", exc)
             raise pyfuse3.FUSEError(exc.errno) from None
         except VhwError as exc:
@@ -225,6 +226,10 @@ class SaveFS(pyfuse3.Operations):
         return h.data
 
     def _commit(self, h: Handle) -> None:
+        if h.failed:
+            error = SaveError(h.failed, f"the save {h.name!r} was not written: a write to it failed")
+            error.told = True  # the failed write was told already
+            raise error
         if h.dirty:
             self.folder.commit(h.name, bytes(self._data(h)), h.meta)
             h.dirty, h.meta = False, None
@@ -318,6 +323,7 @@ class SaveFS(pyfuse3.Operations):
         data = self._data(h)
         end = off + len(buf)
         if end > len(data) and not self.folder.room_for(h.name, end):
+            h.failed = errno.ENOSPC
             raise SaveError(errno.ENOSPC, f"the memory card is full: the save {h.name!r} does not fit")
         if off > len(data):
             data.extend(bytes(off - len(data)))
@@ -336,7 +342,7 @@ class SaveFS(pyfuse3.Operations):
     @fuse_errors
     async def release(self, fh):
         h = self._handles.pop(fh, None)
-        if h is not None and h.dirty:
+        if h is not None and h.dirty and not h.failed:
             try:
                 self._commit(h)
             except SaveError as exc:  # nobody to tell but the log: flush already failed the same way

@@ -113,6 +113,8 @@ def card_summary(img) -> dict:
             for x in c.licenses
         ],
         "format_version": card_fmt.VERSION,
+        "notes": img.notes,
+        "problems": img.check(),
     }
 
 
@@ -137,8 +139,12 @@ def card_info(image: Path, as_json: bool) -> None:
             + ("  (Content-Key waiting for install)" if x["content_key_pending"] else "")
             for x in d["licenses"]
         ),
+        *(f"note: {n}" for n in d["notes"]),
+        *(f"problem: {p}" for p in d["problems"]),
     ]
     emit(d, as_json=as_json, lines=lines)
+    if d["problems"]:
+        raise ImageError(image, f"{len(d['problems'])} problem(s) found")
 
 
 # -- hard disks ------------------------------------------------------------------------------

@@ -21,6 +21,19 @@ from .params import TITLE_ID
 MAX_EXPORT = 1024 * 1024 * 1024 + 4096  # the largest save a card holds, and its envelope
 
 
+def open_card(path: Path, *, write: bool = False) -> CardImage:
+    """A memory card image, or the internal memory of an HDD image (card-less consoles)."""
+    from ..formats import hdd as hdd_fmt
+    from ..machine import CardMemory
+
+    try:
+        with open(path, "rb") as f:
+            is_hdd = f.read(len(hdd_fmt.SUPER_MAGIC)) == hdd_fmt.SUPER_MAGIC
+    except OSError:
+        is_hdd = False
+    return CardMemory(path, in_hdd=is_hdd).open(write=write)
+
+
 def modified(ns: int) -> str:
     return datetime.fromtimestamp(ns / 1e9, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC") if ns else "-"
 
@@ -31,7 +44,9 @@ def meta_text(meta: bytes) -> str:
 
 @card.group("saves")
 def saves_group() -> None:
-    """Game saves on a memory card: list, export, import, remove, copy between a user's cards."""
+    """Game saves on a memory card: list, export, import, remove, copy between a user's cards.
+
+    CARD may also be an HDD image with an internal memory (the saves of a card-less console)."""
 
 
 def entry_dict(s: Save, ok: bool) -> dict:
@@ -45,7 +60,7 @@ def entry_dict(s: Save, ok: bool) -> dict:
 def saves_ls(image: Path, as_json: bool) -> None:
     """List the saves on CARD, with the space used and free. A save that does not verify (edited,
     or copied from another card) is marked."""
-    with CardImage.open(image) as img:
+    with open_card(image) as img:
         state = img.state
         key = img.save_key() if img.card.registered else None
         rows = [entry_dict(s, key is not None and sv.verify_entry(key, s)) for s in img.saves]
@@ -78,7 +93,7 @@ def saves_export(image: Path, title_id: str, name: str | None, out: Path) -> Non
     """Write one save of TITLE_ID from CARD to a file: the owner's copy, for a backup or another
     card of theirs (`import`). NAME may be left out when the title has one save."""
     refuse_existing(out, sv.EXPORT_WHAT)
-    with CardImage.open(image) as img:
+    with open_card(image) as img:
         entry = pick(img, title_id, name)
         data = img.read_save(entry)
         user = cpu.CardView.open(img.card).require_user()
@@ -94,7 +109,7 @@ def saves_import(image: Path, file: Path) -> None:
     """Put a save exported by `export` onto CARD (a card of the same user), replacing the save of
     that title and name if there is one."""
     exported = sv.decode_export(read_small(file, sv.EXPORT_WHAT, limit=MAX_EXPORT), path=file)
-    with CardImage.open(image, write=True) as img:
+    with open_card(image, write=True) as img:
         user = cpu.CardView.open(img.card).require_user()
         if exported.user != user:
             raise ImageError(file, "is a save of another user; a card takes only its own user's saves")
@@ -109,7 +124,7 @@ def saves_import(image: Path, file: Path) -> None:
 @click.argument("name", required=False)
 def saves_rm(image: Path, title_id: str, name: str | None) -> None:
     """Remove save NAME of TITLE_ID from CARD, or all of the title's saves."""
-    with CardImage.open(image, write=True) as img:
+    with open_card(image, write=True) as img:
         gone = img.remove_saves(title_id, name)
         if not gone:
             raise StateError(f"{image}: no save {title_id}{'/' + name if name else ''} on this card")
@@ -125,13 +140,13 @@ def saves_copy(src: Path, dst: Path, title_id: str | None) -> None:
     opened with SRC's key and sealed anew with DST's. Saves of the same name on DST are replaced."""
     if src.resolve() == dst.resolve():
         raise StateError("SRC and DST are the same card")
-    with CardImage.open(src) as a:
+    with open_card(src) as a:
         user = cpu.CardView.open(a.card).require_user()
         chosen = [s for s in a.saves if title_id is None or s.title_id == title_id]
         if not chosen:
             raise StateError(f"{src}: no saves{' of ' + title_id if title_id else ''} to copy")
         plain = [(s, a.read_save(s)) for s in chosen]  # every one verified before anything is written
-    with CardImage.open(dst, write=True) as b:
+    with open_card(dst, write=True) as b:
         if cpu.CardView.open(b.card).require_user() != user:
             raise StateError(f"{dst} is another user's card: saves go only to cards of their own user")
         b.write_saves([(s.title_id, s.name, data, s.modified, s.meta) for s, data in plain])  # all fit, or none

@@ -33,8 +33,12 @@ from .files import apply_ops, check_regular, describe_os_error, fsync_dir, locke
 
 @dataclass
 class Opened:
+    """What opening found: the state, notes (a torn superblock slot: what an interrupted commit
+    leaves) and damage (a valid superblock whose catalog does not check: never a crash's doing)."""
+
     state: CardState
     notes: list[str] = field(default_factory=list)
+    damage: list[str] = field(default_factory=list)
 
 
 def read_state(read: Callable[[int, int], bytes], path: object, size: int) -> Opened:
@@ -61,6 +65,7 @@ def read_state(read: Callable[[int, int], bytes], path: object, size: int) -> Op
     if not candidates:
         raise errors[0]
     first_error: ImageError | None = None
+    damage: list[str] = []
     for sb in sorted(candidates, key=lambda sb: sb.generation, reverse=True):
         if size < sb.size:
             raise ImageError(path, f"truncated {fmt.WHAT} ({size} of {sb.size} bytes)")
@@ -70,10 +75,13 @@ def read_state(read: Callable[[int, int], bytes], path: object, size: int) -> Op
             catalog = fmt.decode_catalog(read(sb.catalog_length, sb.catalog_offset), sb, path=path)
         except ImageError as exc:
             first_error = first_error or exc
+            damage.append(f"the catalog of generation {sb.generation} is damaged ({exc.problem})")
             continue
+        if damage:
+            damage.append(f"the previous generation {sb.generation} is in use")
         if any(c.mc_id != sb.mc_id or c.mc_key != sb.mc_key for c in candidates):
             raise ImageError(path, f"corrupt {fmt.WHAT} (its two superblocks name different cards)")
-        return Opened(CardState(sb, catalog), notes)
+        return Opened(CardState(sb, catalog), notes, damage)
     assert first_error is not None
     raise first_error
 
@@ -88,6 +96,7 @@ class CardImage:
         self._base = base
         self.state = opened.state
         self.notes = opened.notes
+        self.damage = opened.damage
         self._stack = stack
 
     # -- life cycle ---------------------------------------------------------------------------
@@ -191,7 +200,8 @@ class CardImage:
         return bytes(out)
 
     def check(self) -> list[str]:
-        return self.state.problems()
+        """fsck: every inconsistency, one line each (a damaged superblock slot is a note)."""
+        return self.damage + self.state.problems()
 
     # -- writing ------------------------------------------------------------------------------
 
