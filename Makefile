@@ -1,5 +1,5 @@
 # The two commands of the README. Both install what is missing first (tools/setup.sh).
-.PHONY: demo test setup clean
+.PHONY: demo test bench setup clean
 
 VENV := .venv
 
@@ -11,6 +11,12 @@ demo: setup
 
 test: setup
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+# Every data-path comparison in one sitting (as root: it drops the page cache); writes
+# bench/results.json and bench/results.md, the README's performance table.
+bench:
+	@bash tools/setup.sh --bench
+	VHW_BENCH_MAKE=1 $(VENV)/bin/python tools/bench.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) images/out .pytest_cache .hypothesis

@@ -139,7 +139,7 @@ extents = st.builds(hdd_fmt.Extent, offset=u64, length=u64)
 hdd_files = st.builds(
     hdd_fmt.HddFile, path=paths, size=u64, stream_id=st.binary(min_size=16, max_size=16),
     extents=st.lists(extents, max_size=3).map(tuple), executable=st.booleans(),
-    sealed_sha256=st.binary(min_size=32, max_size=32),
+    sealed_digest=st.binary(min_size=32, max_size=32),
 )
 titles = st.builds(
     hdd_fmt.Title, title_id=title_ids, name=text, kind=short_text, entry=text,

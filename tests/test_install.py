@@ -193,17 +193,17 @@ def film(folder: Path, mib: int, seed: int) -> Path:
 
 
 @pytest.mark.slow
-def test_sigkill_at_20_moments_of_a_256_mib_install(cli, srv, tmp_path, vhw_home, capsys):
+def test_sigkill_at_20_moments_of_a_512_mib_install(cli, srv, tmp_path, vhw_home, capsys):
     early = make_title(tmp_path / "early", seed=30)
     [d_early] = publish(cli, srv, early, tmp_path, "KILL-0")
-    [d_cal] = publish(cli, srv, film(tmp_path / "cal", 256, 1), tmp_path, "KILL-CAL")
-    movie = film(tmp_path / "movie", 256, 2)
+    [d_cal] = publish(cli, srv, film(tmp_path / "cal", 512, 1), tmp_path, "KILL-CAL")
+    movie = film(tmp_path / "movie", 512, 2)
     [d_movie] = publish(cli, srv, movie, tmp_path, "KILL-1")
-    dev, con = ready_console(cli, srv, tmp_path, "k", hdd_size="900M")
+    dev, con = ready_console(cli, srv, tmp_path, "k", hdd_size="1600M")
     assert cli("console", "insert-disc", d_early, *con).code == 0
     assert cli("console", "install", *con).code == 0
     env = {**os.environ, "VHW_HOME": str(vhw_home)}
-    # calibrate: how long one whole install of 256 MiB takes here, start-up included
+    # calibrate: how long one whole install of 512 MiB takes here, start-up included
     assert cli("console", "eject-disc", *con).code == 0
     assert cli("console", "insert-disc", d_cal, *con).code == 0
     started = time.monotonic()
@@ -214,10 +214,10 @@ def test_sigkill_at_20_moments_of_a_256_mib_install(cli, srv, tmp_path, vhw_home
     snapshot = tmp_path / "snapshot.hdd"
     subprocess.run(["cp", "--sparse=always", dev["hdd"], snapshot], check=True)
     # 20 kills, each of a fresh install of the movie, at moments spread over start-up, key
-    # acquisition, reservation, the copy and its progress commits. They stay within the first 55%
+    # acquisition, reservation, the copy and its progress commits. They stay within the first 60%
     # of a (cold) run, well before the confirm, so the card's Content-Key stays valid for the next
     # attempt; later runs are faster, their caches warm.
-    moments = [0.25 + (0.55 * duration - 0.25) * i / 19 for i in range(20)]
+    moments = [0.25 + (0.6 * duration - 0.25) * i / 19 for i in range(20)]
     states = []
     for at in moments:
         subprocess.run(["cp", "--sparse=always", snapshot, dev["hdd"]], check=True)

@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# Install what `make demo` and `make test` need on a fresh Debian machine, and nothing twice:
+# Install what `make demo`, `make test` and `make bench` need on a fresh Debian machine, and nothing twice:
 # the FUSE runtime and headers (pyfuse3 compiles against libfuse3), PostgreSQL for the server
 # suite, a virtualenv in .venv and the package with its test extras.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+packages=(fuse3 libfuse3-dev pkg-config postgresql)
+# `make bench` (setup.sh --bench) also needs the peers and tools it compares with
+[ "${1:-}" = "--bench" ] && packages+=(gocryptfs fio time)
 need=()
-for pkg in fuse3 libfuse3-dev pkg-config postgresql; do
+for pkg in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 if ((${#need[@]})); then

@@ -20,22 +20,26 @@ was written before the interruption without reading the HDD.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-from collections.abc import Callable, Generator
+import threading
+from collections import deque
+from collections.abc import Callable, Generator, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 
 from . import crypto
 from .bindings import TitleBinding
 from .devices.disc import DiscImage
 from .errors import IntegrityError, StateError
-from .formats.hdd import Title, TitleState
+from .formats.hdd import HddFile, Title, TitleState
 from .ids import Id
 from .plans import SYNC, Op, Write
-from .volume import SEALED_CHUNK, FileSpec, Volume
+from .volume import PIECE, SEALED_CHUNK, FileSpec, Volume, piece_checksum, piece_digest
 
 CHECKPOINT = 64 * 1024 * 1024  # sealed bytes between progress commits: at most this is redone
-WRITE_BATCH = 1024 * 1024  # bytes per write: few syscalls, bounded memory
+DEPTH = 6  # pieces in flight ahead of the writer: bounded memory (16 MiB of buffers)
+WORKERS = 2  # threads sealing pieces (the machine has two cores; the writer shares them)
 
 
 def resumable(title: Title, disc: DiscImage, binding: TitleBinding) -> bool:
@@ -86,6 +90,7 @@ def install_plan(
     progress: Callable[[int], None] | None = None,
     checkpoint: int = CHECKPOINT,
     mid: Id | None = None,
+    reuse: bool = False,
 ) -> Generator[Op, None, Volume]:
     """Install the title on ``disc`` onto ``vol`` for the user ``owner`` (``bindings.owner_of``),
     bound under ``binding``, resuming an interrupted install of it.
@@ -93,6 +98,9 @@ def install_plan(
     A complete copy of the title that the same user installed under another binding (before a
     repair exchanged the console or the HDD's key changed with it) no longer decrypts: it is
     replaced, its space freed by the commit that adds the new copy. Another user's copy is not.
+
+    ``reuse``: the caller applies each write before asking for the next op, so its buffer may be
+    filled again (``HddImage.run``); a plan that is collected first must not say so.
     """
     m = disc.manifest
     existing = vol.catalog.title(m.title_id)
@@ -110,52 +118,134 @@ def install_plan(
     assert title is not None and title.state is TitleState.INSTALLING
     key = binding.title_key(title.title_id, title.key_salt)
 
-    plain = bytearray(crypto.CHUNK_SIZE)
-    sealed = bytearray(SEALED_CHUNK)
+    sealer = _Sealer(disc, content_key, key, reuse=reuse)
     digests: list[bytes] = []
-    done = 0  # sealed bytes of this title durable or about to be
+    done = 0  # sealed bytes of this title written (or durable before) so far
     last_checkpoint = title.progress
-    batch = bytearray()
-    batch_at = -1
-
-    for disc_file, hdd_file in zip(m.files, title.files, strict=True):
-        reader = crypto.ChunkCipher(content_key, disc_file.stream_id, disc_file.size)
-        writer = crypto.ChunkCipher(key, hdd_file.stream_id, hdd_file.size)
-        layout = hdd_file.layout
-        digest = hashlib.sha256()
-        for i, chunk in disc.iter_sealed(disc_file):
-            try:
-                n = reader.open_into(i, chunk, plain)
-            except crypto.Invalid:
-                raise IntegrityError(disc.path, f"{disc_file.path}: chunk {i} does not decrypt (damaged disc)") from None
-            s = writer.seal_into(i, memoryview(plain)[:n], sealed)
-            digest.update(memoryview(sealed)[:s])
-            where = hdd_file.locate(layout.sealed_offset(i))
-            if done >= title.progress:  # not yet durable: write it
-                if batch and (where != batch_at + len(batch) or len(batch) + s > WRITE_BATCH):
-                    yield Write(batch_at, bytes(batch))
-                    batch.clear()
-                if not batch:
-                    batch_at = where
-                batch += memoryview(sealed)[:s]
-            done += s
-            if progress:
-                progress(n)
-            if done - last_checkpoint >= checkpoint and done > title.progress:
-                if batch:
-                    yield Write(batch_at, bytes(batch))
-                    batch.clear()
-                yield SYNC
-                ops, vol = vol.checkpoint(title.title_id, done)
-                yield from ops
-                last_checkpoint = done
-        digests.append(digest.digest())
-    if batch:
-        yield Write(batch_at, bytes(batch))
+    try:
+        for disc_file, hdd_file in zip(m.files, title.files, strict=True):
+            pieces = []
+            for piece in sealer.pieces(disc_file, hdd_file):  # in order, sealed ahead by the workers
+                pieces.append(piece.digest)
+                end = done + len(piece.data)
+                if end > title.progress:  # not all durable yet: write it (a durable chunk again: the same bytes)
+                    yield from piece.writes()
+                done = end
+                if progress:
+                    progress(piece.plain_size)
+                if done - last_checkpoint >= checkpoint and done > title.progress:
+                    yield SYNC
+                    ops, vol = vol.checkpoint(title.title_id, done)
+                    yield from ops
+                    last_checkpoint = done
+                sealer.recycle(piece)
+            digests.append(piece_digest(pieces))
+    finally:
+        sealer.close()
     yield SYNC
     ops, vol = vol.complete(title.title_id, digests, installed=installed)
     yield from ops
     return vol
+
+
+@dataclass
+class Piece:
+    """Up to PIECE chunks of one file, re-sealed: the bytes to write and where they go."""
+
+    hdd_file: HddFile
+    first: int  # chunk index
+    data: memoryview
+    digest: bytes  # its checksum (volume.piece_checksum)
+    plain_size: int
+    buffer: bytearray | None = None  # to give back to the sealer once written
+
+    def writes(self) -> Iterator[Write]:
+        """Writes of the sealed bytes, one per extent they fall in."""
+        layout = self.hdd_file.layout
+        at, pos = layout.sealed_offset(self.first), 0
+        while pos < len(self.data):
+            where = self.hdd_file.locate(at + pos)
+            # the rest of this extent from there
+            room = next(e.end for e in self.hdd_file.extents if e.offset <= where < e.end) - where
+            n = min(room, len(self.data) - pos)
+            yield Write(where, self.data[pos : pos + n])
+            pos += n
+
+
+class _Sealer:
+    """Decrypts a disc's chunks and re-seals them for the HDD, PIECE chunks at a time, in worker
+    threads (pread, AES-GCM and SHA-256 release the GIL), keeping DEPTH pieces ahead of the writer.
+
+    Memory stays bounded whatever the title's size: DEPTH pieces in flight, each in a buffer of
+    its own. With ``reuse`` (the plan is applied as it is made, as ``HddImage.run`` does), written
+    buffers come back to be filled again, so no page of a new buffer is faulted in per piece;
+    without it (tests collecting a plan) every piece gets a fresh buffer.
+    """
+
+    def __init__(self, disc: DiscImage, content_key: bytes, title_key: bytes, *, reuse: bool):
+        self.disc = disc
+        self.content_key = content_key
+        self.title_key = title_key
+        self.reuse = reuse
+        self._free: list[bytearray] = []
+        self._pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="vhw-seal")
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def recycle(self, piece: Piece) -> None:
+        if self.reuse and piece.buffer is not None:
+            self._free.append(piece.buffer)
+
+    def pieces(self, disc_file, hdd_file: HddFile) -> Iterator[Piece]:
+        reader = crypto.ChunkCipher(self.content_key, disc_file.stream_id, disc_file.size)
+        writer = crypto.ChunkCipher(self.title_key, hdd_file.stream_id, hdd_file.size)
+        starts = iter(range(0, reader.layout.count, PIECE))
+        pending: deque[Future] = deque()
+        for first in starts:
+            pending.append(self._submit(disc_file, hdd_file, reader, writer, first))
+            if len(pending) >= DEPTH:
+                break
+        while pending:
+            piece = pending.popleft().result()  # in order; a damaged disc raises here
+            nxt = next(starts, None)
+            if nxt is not None:
+                pending.append(self._submit(disc_file, hdd_file, reader, writer, nxt))
+            yield piece
+
+    def _submit(self, disc_file, hdd_file, reader, writer, first: int) -> Future:
+        buffer = self._free.pop() if self._free else bytearray(PIECE * SEALED_CHUNK)
+        return self._pool.submit(self._seal, disc_file, hdd_file, reader, writer, first, buffer)
+
+    def _seal(self, disc_file, hdd_file, reader, writer, first: int, buffer: bytearray) -> Piece:
+        layout = reader.layout
+        last = min(first + PIECE, layout.count)
+        sealed_in, plain = _scratch()
+        n_in = self.disc.read_sealed_into(disc_file, first, last - first, sealed_in)
+        out = memoryview(buffer)
+        at = pos = plain_size = 0
+        for i in range(first, last):
+            length = layout.sealed_length(i)
+            try:
+                n = reader.open_into(i, sealed_in[at : at + length], plain)
+            except crypto.Invalid:
+                raise IntegrityError(self.disc.path, f"{disc_file.path}: chunk {i} does not decrypt (damaged disc)") from None
+            pos += writer.seal_into(i, plain[:n], out[pos:])
+            at += length
+            plain_size += n
+        assert at == n_in
+        data = out[:pos]
+        return Piece(hdd_file, first, data, piece_checksum(data), plain_size, buffer)
+
+
+_local = threading.local()
+
+
+def _scratch() -> tuple[memoryview, memoryview]:
+    """This worker's buffers for a piece read from the disc and one chunk of plaintext."""
+    if not hasattr(_local, "buffers"):
+        _local.buffers = (memoryview(bytearray(PIECE * SEALED_CHUNK)), memoryview(bytearray(crypto.CHUNK_SIZE)))
+    return _local.buffers
 
 
 def read_title(image, title: Title, binding: TitleBinding) -> dict[str, bytes]:

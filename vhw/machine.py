@@ -356,7 +356,7 @@ class Machine:
 
             hdd.run(install.install_plan(hdd.volume, disc, content_key=content_key, owner=match.owner,
                                          binding=match.binding, installed=now(), progress=tick,
-                                         mid=mid))  # S24-S26
+                                         mid=mid, reuse=True))  # S24-S26
         # S27-S28: the copy is complete and durable: make the flag final, then drop the key
         with self.client(rom) as c:
             c.call("/v1/console/confirm", cpu.confirm_request(view, hw, mid), p.Done)

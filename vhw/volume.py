@@ -22,6 +22,7 @@ so each chunk is in one place and a read never straddles extents.
 from __future__ import annotations
 
 import hashlib
+import zlib
 from dataclasses import dataclass, replace
 
 from . import crypto
@@ -42,6 +43,22 @@ from .formats.hdd import (
 )
 
 SEALED_CHUNK = crypto.CHUNK_SIZE + crypto.TAG_SIZE
+PIECE = 16  # chunks an install re-seals, hashes and writes together: 1 MiB
+
+
+def piece_checksum(sealed: bytes | memoryview) -> bytes:
+    """The checksum of one piece of a file's sealed bytes: CRC-32. It is there for `fsck --deep`
+    to find damage without a key; what resists a deliberate change is each chunk's GCM tag. (It
+    was SHA-256: at 1.2 GiB/s on this machine it cost the install more CPU than both AES-GCM
+    passes together; zlib's CRC-32 runs at 2.3 GiB/s.)"""
+    return zlib.crc32(sealed).to_bytes(4, "big")
+
+
+def piece_digest(piece_checksums: list[bytes]) -> bytes:
+    """The digest the catalog keeps of a file's sealed bytes: the SHA-256 of the checksums of its
+    pieces of PIECE sealed chunks, in order. Pieces are checked apart, so an install computes them
+    in parallel."""
+    return hashlib.sha256(b"".join(piece_checksums)).digest()
 
 
 def _align_up(n: int) -> int:
@@ -206,7 +223,7 @@ class Volume:
 
     def complete(self, title_id: str, digests: list[bytes], *, installed: int) -> tuple[list[Op], Volume]:
         title = self._require(title_id)
-        files = tuple(replace(f, sealed_sha256=d) for f, d in zip(title.files, digests, strict=True))
+        files = tuple(replace(f, sealed_digest=d) for f, d in zip(title.files, digests, strict=True))
         done = replace(title, files=files, state=TitleState.COMPLETE, progress=title.sealed_size, installed=installed)
         return self.commit(self._with_title(done))
 

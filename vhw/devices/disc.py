@@ -73,6 +73,18 @@ class DiscImage:
             raise ImageError(self.path, f"truncated {fmt.WHAT}")
         return data
 
+    def read_sealed_into(self, f: fmt.DiscFile, first: int, count: int, buffer) -> int:
+        """Read the sealed bytes of chunks ``first .. first + count - 1`` of ``f`` into ``buffer``
+        (a reused one: no new allocation per read); returns how many bytes that is. Safe to call
+        from several threads at once."""
+        layout = f.layout
+        last = min(first + count, layout.count) - 1
+        start = layout.sealed_offset(first)
+        n = layout.sealed_offset(last) + layout.sealed_length(last) - start
+        if os.preadv(self._fd, [memoryview(buffer)[:n]], self.disc.data_offset + f.offset + start) != n:
+            raise ImageError(self.path, f"truncated {fmt.WHAT}")
+        return n
+
     def iter_sealed(self, f: fmt.DiscFile, *, start: int = 0) -> Iterator[tuple[int, memoryview]]:
         """(index, sealed chunk) for every chunk of ``f`` from ``start``, read in batches."""
         layout = f.layout

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import hashlib
 import os
 from collections.abc import Callable, Generator, Iterable
 from contextlib import ExitStack
@@ -24,11 +23,12 @@ from ..formats.common import BLOCK_SIZE
 from ..ids import Id
 from ..formats import card as card_fmt
 from ..formats.card import Card
-from ..plans import Op, shifted
-from ..volume import Volume, format_plan
+from ..plans import Op, Write, shifted
+from ..volume import PIECE, Volume, format_plan, piece_checksum, piece_digest
 from .files import apply_op, apply_ops, check_regular, describe_os_error, fsync_dir, locked, refuse_existing
 
 Plan = Generator[Op, None, Volume]
+WRITEBACK_HINT = 1024 * 1024  # bytes: a write this large of a streaming plan starts its writeback
 
 
 @dataclass
@@ -198,6 +198,10 @@ class HddImage:
                 except StopIteration as stop:
                     return stop.value
                 apply_op(self._fd, op)
+                if isinstance(op, Write) and len(op.data) >= WRITEBACK_HINT:
+                    # start writing these pages back now, so that the plan's next Sync waits for
+                    # little (the kernel would otherwise hold them until it, or for 30 s)
+                    os.posix_fadvise(self._fd, op.offset, len(op.data), os.POSIX_FADV_DONTNEED)
 
         self.volume = self._write(go)
         return self.volume
@@ -266,12 +270,17 @@ class HddImage:
                 if not t.complete:
                     continue
                 for f in t.files:
-                    h = hashlib.sha256()
-                    for sealed in self.iter_sealed(f):
-                        h.update(sealed)
+                    pieces, piece = [], bytearray()
+                    for i, sealed in enumerate(self.iter_sealed(f)):
+                        piece += sealed
+                        if i % PIECE == PIECE - 1:
+                            pieces.append(piece_checksum(piece))
+                            piece.clear()
                         if progress:
                             progress(len(sealed))
-                    if h.digest() != f.sealed_sha256:
+                    if f.layout.count % PIECE:
+                        pieces.append(piece_checksum(piece))
+                    if piece_digest(pieces) != f.sealed_digest:
                         problems.append(f"title {t.title_id}, file {f.path!r}: data damaged")
         return problems
 

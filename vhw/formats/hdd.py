@@ -14,7 +14,7 @@ metadata, the salt of its per-title key, whose it is (``owner``: the fingerprint
 Content-Gen-Key) and what it is bound to (``bound_to``: the fingerprint of the
 :class:`~vhw.bindings.TitleBinding` of that user, console and HDD), its state (installing or
 complete), how many sealed bytes are durable (the resume point), and per file the stream ID, size,
-extents and, once complete, the SHA-256 of its sealed bytes.
+extents and, once complete, a digest of its sealed bytes (:func:`vhw.volume.piece_digest`).
 
 An HDD made ``--with-memory`` has an internal memory for card-less consoles: a whole memory card
 image (:mod:`vhw.formats.card`, with its own superblocks, catalog and save area) in a fixed region
@@ -84,7 +84,7 @@ FileRecord = cs.Struct(
     "size" / cs.Int64ub,
     "executable" / cs.Flag,
     "stream_id" / cs.Bytes(crypto.STREAM_ID_SIZE),
-    "sealed_sha256" / cs.Bytes(32),  # zeros until the title is complete
+    "sealed_digest" / cs.Bytes(32),  # of its sealed bytes (volume.piece_digest); zeros until complete
     "extents" / cs.PrefixedArray(cs.Int32ub, ExtentRecord),
 )
 
@@ -121,7 +121,7 @@ class HddFile:
     stream_id: bytes
     extents: tuple[Extent, ...]
     executable: bool = False
-    sealed_sha256: bytes = bytes(32)
+    sealed_digest: bytes = bytes(32)
 
     @property
     def layout(self) -> crypto.ChunkLayout:
@@ -275,7 +275,7 @@ def encode_catalog(cat: Catalog) -> bytes:
                             "size": f.size,
                             "executable": f.executable,
                             "stream_id": f.stream_id,
-                            "sealed_sha256": f.sealed_sha256,
+                            "sealed_digest": f.sealed_digest,
                             "extents": [{"offset": e.offset, "length": e.length} for e in f.extents],
                         }
                         for f in t.files
@@ -311,7 +311,7 @@ def decode_catalog(data: bytes, sb: Superblock, *, path: object) -> Catalog:
                     HddFile(
                         f.path, f.size, f.stream_id,
                         tuple(Extent(e.offset, e.length) for e in f.extents),
-                        f.executable, f.sealed_sha256,
+                        f.executable, f.sealed_digest,
                     )
                     for f in t.files
                 ),

@@ -1,0 +1,381 @@
+#!/usr/bin/env python3
+"""Every data-path comparison in one run: the mount against gocryptfs and the plain file, install
+against `cp` + `sync`, mastering's memory. `make bench` runs this.
+
+    .venv/bin/python tools/bench.py [--size-mib 1024] [--runs 3] [--install-sizes 1024,4096]
+                                    [--out bench] [--dir DIR] [--quick]
+
+One sitting, so the ratios compare like with like (the machine is shared and noisy: a figure from
+another day is not a comparison). Set-up: a real licensing server on 127.0.0.1, a title of
+``--size-mib`` MiB (one large file, and eight files of an eighth of it each for the concurrent
+readers) mastered, pressed, installed on a console whose HDD is mounted; the same files plain on
+ext4 and in a gocryptfs (Debian's) mount. Then, ``--runs`` times, for each of the three in turn:
+
+* seq first read: `dd bs=1M` after dropping the page cache; seq re-read: `dd` again;
+* random 4 KiB, cold and warm: 20,000 `pread`s at distinct 4 KiB offsets after dropping caches, then
+  the same offsets again;
+* fio as an independent reader: sequential 1 MiB reads (cold), `randread` 4 KiB with 1 job and
+  with 8 jobs (8 s each, time based, after dropping caches);
+* eight processes reading eight files sequentially at once (cold): aggregate GB/s.
+
+Install: for each of ``--install-sizes``, ``--runs`` installs of a fresh disc onto a fresh HDD under
+GNU time (wall time, peak RSS), each beside `cp` + `sync` of the same disc image. Mastering: the
+peak RSS of mastering the largest title.
+
+Writes OUT/results.json (every run, medians, min/max, ratios to the peer, date, CPU, kernel) and
+OUT/results.md (the table the README shows). Needs root to drop the page cache.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import random
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchlib import MiB, measure, random_file, vhw_command  # noqa: E402
+
+from tests.servers import RunningServer  # noqa: E402  (the same helper the tests use)
+
+READS = 20_000
+FIO_SECONDS = 8
+PARTS = 8
+TITLE = "BENCH-1"
+
+
+# -- running things ---------------------------------------------------------------------------------
+
+
+def vhw(*args: object, env: dict) -> str:
+    proc = subprocess.run([*vhw_command(), *map(str, args)], capture_output=True, text=True, env=env)
+    if proc.returncode:
+        raise SystemExit(f"vhw {' '.join(map(str, args))} failed: {proc.stderr.strip()}")
+    return proc.stdout
+
+
+def drop_caches() -> None:
+    subprocess.run(["sync"], check=True)
+    try:
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+    except OSError as exc:
+        raise SystemExit(f"cannot drop the page cache ({exc.strerror}): run as root") from None
+
+
+def dd(path: Path) -> float:
+    """Sequential read with dd bs=1M; GB/s."""
+    proc = subprocess.run(["dd", f"if={path}", "of=/dev/null", "bs=1M"], capture_output=True, text=True, check=True)
+    m = re.search(r"copied, ([\d.]+) s", proc.stderr)
+    return os.path.getsize(path) / float(m.group(1)) / 1e9
+
+
+def random_reads(path: Path, seed: int) -> float:
+    """READS 4 KiB preads at distinct random 4 KiB-aligned offsets; reads per second."""
+    blocks = os.path.getsize(path) // 4096
+    offsets = [b * 4096 for b in random.Random(seed).sample(range(blocks), min(READS, blocks))]
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        start = time.perf_counter()
+        for off in offsets:
+            os.pread(fd, 4096, off)
+        return len(offsets) / (time.perf_counter() - start)
+    finally:
+        os.close(fd)
+
+
+def fio(path: Path, *, rw: str, bs: str, jobs: int = 1, seconds: int | None = None) -> float:
+    """fio's figure: GB/s for sequential reads, IOPS for random ones."""
+    cmd = ["fio", "--name=bench", f"--filename={path}", f"--rw={rw}", f"--bs={bs}", f"--numjobs={jobs}",
+           "--ioengine=psync", "--readonly", "--invalidate=0", "--group_reporting", "--output-format=json"]
+    if seconds:
+        cmd += ["--time_based", f"--runtime={seconds}"]
+    out = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
+    read = out["jobs"][0]["read"]
+    return read["bw_bytes"] / 1e9 if rw == "read" else read["iops"]
+
+
+def concurrent_dd(paths: list[Path]) -> float:
+    """Read every path with its own dd at once; aggregate GB/s over the wall time."""
+    start = time.perf_counter()
+    procs = [subprocess.Popen(["dd", f"if={p}", "of=/dev/null", "bs=1M"], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL) for p in paths]
+    for p in procs:
+        if p.wait():
+            raise SystemExit("a concurrent dd failed")
+    return sum(os.path.getsize(p) for p in paths) / (time.perf_counter() - start) / 1e9
+
+
+READERS = {
+    "seq_cold": ("seq first read", "GB/s"),
+    "seq_warm": ("seq re-read", "GB/s"),
+    "rand_cold": ("random 4 KiB, cold", "reads/s"),
+    "rand_warm": ("random 4 KiB, warm", "reads/s"),
+    "fio_seq": ("fio seq 1 MiB, cold", "GB/s"),
+    "fio_rand_1": ("fio randread 4 KiB, 1 job", "IOPS"),
+    "fio_rand_8": ("fio randread 4 KiB, 8 jobs", "IOPS"),
+    "concurrent_seq": ("8 sequential readers at once, cold", "GB/s"),
+}
+
+
+def read_figures(folder: Path, seed: int) -> dict[str, float]:
+    big = folder / "movie.bin"
+    parts = [folder / f"part-{i}.bin" for i in range(PARTS)]
+    out = {}
+    drop_caches()
+    out["seq_cold"] = dd(big)
+    out["seq_warm"] = dd(big)
+    drop_caches()
+    out["rand_cold"] = random_reads(big, seed)
+    out["rand_warm"] = random_reads(big, seed)
+    drop_caches()
+    out["fio_seq"] = fio(big, rw="read", bs="1M")
+    drop_caches()
+    out["fio_rand_1"] = fio(big, rw="randread", bs="4k", seconds=FIO_SECONDS)
+    drop_caches()
+    out["fio_rand_8"] = fio(big, rw="randread", bs="4k", jobs=8, seconds=FIO_SECONDS)
+    drop_caches()
+    out["concurrent_seq"] = concurrent_dd(parts)
+    return out
+
+
+# -- set-up ---------------------------------------------------------------------------------------------
+
+
+class Bench:
+    def __init__(self, tmp: Path):
+        self.tmp = tmp
+        self.env = {**os.environ, "VHW_HOME": str(tmp / "home")}
+        self.srv = RunningServer.start(tmp / "server", env=self.env)
+        self.man = ["--credential", self.srv.credential("manufacturer"), "--server", self.srv.url]
+        self.pub = ["--credential", self.srv.credential("publisher"), "--server", self.srv.url]
+        self.consoles = 0
+
+    def title(self, name: str, size_mib: int, *, parts: bool) -> Path:
+        """Source files of a title: movie.bin of ``size_mib`` MiB (and PARTS parts of 1/PARTS each)."""
+        src = self.tmp / f"src-{name}"
+        src.mkdir()
+        random_file(src / "movie.bin", size_mib * MiB)
+        if parts:
+            for i in range(PARTS):
+                random_file(src / f"part-{i}.bin", size_mib * MiB // PARTS)
+        (src / "vhw-title.json").write_text('{"name": "Bench", "kind": "movie", "entry": "movie.bin"}')
+        return src
+
+    def master(self, src: Path, title_id: str, discs: int) -> tuple[list[Path], int]:
+        """Master and press; returns the discs and mastering's peak RSS."""
+        _, rss, _ = measure([*vhw_command(), "disc", "master", str(src), "-o", str(self.tmp / f"{title_id}.master"),
+                             "--title-id", title_id, *map(str, self.pub)], env=self.env)
+        out = self.tmp / f"discs-{title_id}"
+        vhw("disc", "press", self.tmp / f"{title_id}.master", "--count", discs, "-o", out, *self.pub, env=self.env)
+        (self.tmp / f"{title_id}.master").unlink()
+        return sorted(out.iterdir()), rss
+
+    def console(self, disc: Path, hdd_size: str = "40G") -> list:
+        self.consoles += 1
+        d = self.tmp / f"console-{self.consoles}"
+        d.mkdir()
+        vhw("console", "rom", d / "r.rom", *self.man, env=self.env)
+        vhw("hdd", "format", d / "h.hdd", "--size", hdd_size, *self.man, env=self.env)
+        vhw("card", "format", d / "c.card", *self.man, env=self.env)
+        vhw("console", "setup", d / "con", "--rom", d / "r.rom", "--hdd", d / "h.hdd", env=self.env)
+        con = ["--console", d / "con"]
+        vhw("console", "insert-card", d / "c.card", *con, env=self.env)
+        vhw("console", "insert-disc", disc, *con, env=self.env)
+        vhw("console", "register", *con, env=self.env)
+        return con
+
+    def install(self, con: list) -> tuple[float, int]:
+        wall, rss, _ = measure([*vhw_command(), "console", "install", *map(str, con)], env=self.env)
+        return wall, rss
+
+    def forget_hdd(self, con: list) -> None:
+        """Free the space of an HDD image that is no longer needed (a 4 GiB title, three times)."""
+        hdd = Path(con[1]).parent / "h.hdd"
+        hdd.unlink()
+
+
+def gocryptfs_copy(tmp: Path, src: Path) -> Path:
+    cipher, mnt, pw = tmp / "gocrypt.cipher", tmp / "gocrypt.mnt", tmp / "gocrypt.pw"
+    cipher.mkdir()
+    mnt.mkdir()
+    pw.write_text("benchmark password\n")
+    subprocess.run(["gocryptfs", "-init", "-q", "-passfile", str(pw), str(cipher)], check=True)
+    subprocess.run(["gocryptfs", "-q", "-passfile", str(pw), str(cipher), str(mnt)], check=True)
+    for f in src.glob("*.bin"):
+        shutil.copyfile(f, mnt / f.name)
+    subprocess.run(["sync"], check=True)
+    return mnt
+
+
+def cp_sync(disc: Path, dst: Path) -> float:
+    drop_caches()
+    start = time.perf_counter()
+    subprocess.run(["cp", disc, dst], check=True)
+    subprocess.run(["sync"], check=True)
+    wall = time.perf_counter() - start
+    dst.unlink()
+    return wall
+
+
+# -- statistics ---------------------------------------------------------------------------------------
+
+
+def summary(values: list[float]) -> dict:
+    return {"runs": values, "median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def machine() -> dict:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return {"cpu": cpu, "cores": os.cpu_count(), "kernel": platform.release(), "memory_gib": round(mem / 2**30, 1),
+            "python": platform.python_version(), "gocryptfs": _version(["gocryptfs", "-version"]),
+            "fio": _version(["fio", "--version"])}
+
+
+def _version(cmd: list[str]) -> str:
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True).stdout.strip().splitlines()[0]
+    except (OSError, IndexError):
+        return "not installed"
+
+
+def fmt(value: float, unit: str) -> str:
+    return f"{value:.2f}" if unit == "GB/s" else f"{value:,.0f}"
+
+
+def spread(s: dict, unit: str) -> str:
+    return f"{fmt(s['median'], unit)} ({fmt(s['min'], unit)}–{fmt(s['max'], unit)})"
+
+
+def table(results: dict) -> str:
+    m, r = results["machine"], results
+    lines = [
+        f"Measured by `{r['command']}` on {r['date']}: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB,"
+        f" kernel {m['kernel']}, Python {m['python']}; {m['gocryptfs']}; {m['fio']}.",
+        f"Medians of {r['runs']} runs (min–max); the ratio is vhw's median over the peer's, in the same run.",
+        "",
+        f"Reading a {r['size_mib']} MiB installed title (and {PARTS} files of {r['size_mib'] // PARTS} MiB for the"
+        " concurrent readers):",
+        "",
+        "| what | vhw mount | gocryptfs | plain ext4 | vhw / gocryptfs |",
+        "|---|---|---|---|---|",
+    ]
+    for key, (label, unit) in READERS.items():
+        row = r["read"][key]
+        lines.append(f"| {label} ({unit}) | {spread(row['vhw'], unit)} | {spread(row['gocryptfs'], unit)} |"
+                     f" {spread(row['plain'], unit)} | {row['ratio']:.2f}× |")
+    lines += ["", "Install (fresh disc onto a fresh HDD, fsync at every commit) against `cp` + `sync` of the disc"
+              " image, cold cache:", "",
+              "| title | vhw install MB/s | cp + sync MB/s | ratio | install peak RSS MiB |", "|---|---|---|---|---|"]
+    for size, row in r["install"].items():
+        lines.append(f"| {size} MiB | {spread(row['install_mbs'], 'MB/s')} | {spread(row['cp_mbs'], 'MB/s')} |"
+                     f" {row['ratio']:.2f}× | {row['rss_mib']['max']:.1f} (max) |")
+    lines += ["", f"Mastering the {r['master']['size_mib']} MiB title: peak RSS {r['master']['rss_mib']:.1f} MiB."]
+    return "\n".join(lines) + "\n"
+
+
+# -- main ----------------------------------------------------------------------------------------------
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size-mib", type=int, default=1024, help="the title read through the mount")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--install-sizes", default="1024,4096", help="MiB, comma-separated")
+    ap.add_argument("--out", type=Path, default=Path("bench"))
+    ap.add_argument("--dir", type=Path, default=None, help="work folder (default: a temporary one)")
+    ap.add_argument("--quick", action="store_true", help="one run, a 256 MiB title, no 4 GiB install (a smoke test)")
+    args = ap.parse_args()
+    if args.quick:
+        args.size_mib, args.runs, args.install_sizes = 256, 1, "256"
+    if os.geteuid() != 0:
+        raise SystemExit("tools/bench.py drops the page cache: run it as root (`make bench` does)")
+    for tool in ("gocryptfs", "fio", "dd"):
+        if not shutil.which(tool):
+            raise SystemExit(f"{tool} is not installed (`make bench` installs it)")
+    sizes = [int(x) for x in args.install_sizes.split(",") if x]
+    results: dict = {"command": "make bench" if os.environ.get("VHW_BENCH_MAKE") else " ".join(sys.argv),
+                     "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+                     "machine": machine(), "runs": args.runs, "size_mib": args.size_mib}
+    with tempfile.TemporaryDirectory(dir=args.dir, prefix="vhw-bench-") as tmp:
+        tmp = Path(tmp)
+        b = Bench(tmp)
+        mnt = goc = None
+        try:
+            print(f"setting up a {args.size_mib} MiB title ...", flush=True)
+            src = b.title("read", args.size_mib, parts=True)
+            [disc], master_rss = b.master(src, TITLE, 1)
+            results["master"] = {"size_mib": args.size_mib * 2, "rss_mib": master_rss / MiB}
+            con = b.console(disc)
+            b.install(con)
+            mnt = tmp / "mnt"
+            mnt.mkdir()
+            vhw("console", "mount", mnt, *con, env=b.env)
+            goc = gocryptfs_copy(tmp, src)
+            where = {"vhw": mnt / TITLE, "gocryptfs": goc, "plain": src}
+            runs: dict = {k: {t: [] for t in where} for k in READERS}
+            for i in range(args.runs):
+                for target, folder in where.items():
+                    print(f"run {i + 1}/{args.runs}: reading {target} ...", flush=True)
+                    for k, v in read_figures(folder, seed=i).items():
+                        runs[k][target].append(v)
+            results["read"] = {k: {**{t: summary(v) for t, v in row.items()},
+                                   "ratio": statistics.median(row["vhw"]) / statistics.median(row["gocryptfs"])}
+                               for k, row in runs.items()}
+        finally:
+            if mnt:
+                subprocess.run(["fusermount3", "-u", str(mnt)], capture_output=True)
+            if goc:
+                subprocess.run(["fusermount", "-u", str(goc)], capture_output=True)
+        shutil.rmtree(tmp / "src-read", ignore_errors=True)
+        results["install"] = {}
+        for size in sizes:
+            print(f"install: a {size} MiB title, {args.runs} times ...", flush=True)
+            src = b.title(f"install-{size}", size, parts=False)
+            discs, rss = b.master(src, f"INST-{size}", args.runs)
+            shutil.rmtree(src)
+            results["master"] = max(results["master"], {"size_mib": size, "rss_mib": rss / MiB},
+                                    key=lambda m: m["size_mib"])
+            walls, rsses, cps = [], [], []
+            for disc in discs:
+                con = b.console(disc)
+                drop_caches()
+                wall, rss = b.install(con)
+                walls.append(wall)
+                rsses.append(rss)
+                cps.append(cp_sync(disc, tmp / "copy.disc"))
+                b.forget_hdd(con)
+                disc.unlink()
+            mbs = [size * MiB / w / 1e6 for w in walls]
+            cp_mbs = [size * MiB / w / 1e6 for w in cps]
+            results["install"][str(size)] = {
+                "install_mbs": summary(mbs), "cp_mbs": summary(cp_mbs), "rss_mib": summary([r / MiB for r in rsses]),
+                "ratio": statistics.median(mbs) / statistics.median(cp_mbs)}
+        b.srv.stop()
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    (args.out / "results.md").write_text(table(results))
+    print(table(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
