@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from vhw.cli import run
 from vhw.devices.hdd import HddImage
 from vhw.machine import Machine
-from vhw.mount import DEAD_MOUNT
+from vhw.mountpoints import DEAD_MOUNT
 from vhw.samples import TITLES, build_samples
 
 from .conftest import PLAY, Result, source_files

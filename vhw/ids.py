@@ -58,6 +58,9 @@ class IdKind(enum.Enum):
 
 _BY_PREFIX = {kind.prefix: kind for kind in IdKind}
 
+#: The device IDs a server may identify users by (any non-empty combination: its policy).
+ID_FIELDS = ("mc_id", "client_id", "hdd_id")
+
 
 def _check(kind: IdKind, values: list[int]) -> int:
     return (kind.offset + sum((i + 1) * v for i, v in enumerate(values))) % BASE

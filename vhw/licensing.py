@@ -28,12 +28,11 @@ from . import bindings, crypto
 from . import protocol as p
 from .bindings import DevicePublic, owner_of
 from .errors import MediaRefused, RegistrationRefused, ServerError, UserIdInvalid
-from .ids import Id, IdKind
+from .ids import ID_FIELDS, Id, IdKind
 from .store import Conflict, Store, Tx
 
 log = logging.getLogger(__name__)
 
-ID_FIELDS = ("mc_id", "client_id", "hdd_id")
 
 
 @dataclass(frozen=True)

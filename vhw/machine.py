@@ -26,13 +26,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from . import console as cpu
-from . import crypto, install, mount, savefs
+from . import crypto, install
+from .mountpoints import clear_stale, unmount
 from .bindings import DeviceSecrets
 from . import protocol as p
-from .client import Client, tls_context
 from .devices import card as card_dev
 from .devices.card import CardImage
-from .savefs import SaveFolder
 from .devices import rom as rom_dev
 from .devices.disc import DiscImage
 from .devices.files import atomic_write, locked, now
@@ -234,7 +233,9 @@ class Machine:
     def server_url(self, rom: Rom) -> str:
         return self.config().server or rom.server_url
 
-    def client(self, rom: Rom) -> Client:
+    def client(self, rom: Rom):
+        from .client import Client, tls_context  # (httpx: only the flows that talk to the server)
+
         return Client(self.server_url(rom), tls_context(rom.trust_anchor), account=self.account())
 
     # -- a broker account (FIG. 15) -----------------------------------------------------------------
@@ -408,6 +409,8 @@ class Machine:
                 self._note_epoch(img, self.reproduction_key(slot, img, view=view))
         with HddImage.open(self.hdd_path, shared_lock=True, wait=True, on_wait=self.log) as img:
             match = self.reproduction_key(slot, img, view=view)  # checked again under the lock
+            from . import mount  # (pyfuse3 and trio: only the mounts need them)
+
             mount.serve(img, Path(mountpoint), match.binding, ready=ready)
 
     def mount(self, mountpoint: Path, slot: str = "1", *, checked: bool = False) -> int:
@@ -416,7 +419,7 @@ class Machine:
         mountpoint = Path(mountpoint).resolve()
         if not checked:
             self.reproduction_key(slot)  # refuse here, in the user's terminal, with the patent's words
-        mount.clear_stale(mountpoint)
+        clear_stale(mountpoint)
         proc = self._spawn_mount(["console", "mount", str(mountpoint), "--foreground", "--slot", slot],
                                  mountpoint, self.root / "mount.log")
         mounts = self._mounts()
@@ -444,8 +447,10 @@ class Machine:
     def serve_saves(self, mountpoint: Path, title_id: str, slot: str = "1", *, ready: Callable[[], None]) -> None:
         """The save folder of ``title_id`` on the card in ``slot`` (or the internal memory), served
         in this process until unmounted (``vhw console saves-mount``)."""
+        from . import savefs  # (pyfuse3 and trio: only the mounts need them)
+
         memory = self.card(slot)
-        folder = SaveFolder(lambda write=False: memory.open(write=write), title_id)
+        folder = savefs.SaveFolder(lambda write=False: memory.open(write=write), title_id)
         savefs.serve(folder, Path(mountpoint), ready=ready)
 
     @contextlib.contextmanager
@@ -469,7 +474,7 @@ class Machine:
             yield where
         finally:
             try:
-                mount.unmount(where)
+                unmount(where)
             except StateError:  # its process died (it was killed): lift what it left behind
                 subprocess.run(["fusermount3", "-u", "-z", str(where)], capture_output=True)
             proc.wait(30)
@@ -482,7 +487,7 @@ class Machine:
 
     def unmount(self, mountpoint: Path) -> None:
         mountpoint = Path(mountpoint).resolve()
-        mount.unmount(mountpoint)
+        unmount(mountpoint)
         mounts = self._mounts()
         pid = mounts.pop(str(mountpoint), None)
         self._save_mounts(mounts)

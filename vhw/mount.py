@@ -44,7 +44,6 @@ import queue
 import signal
 import threading
 import stat
-import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,13 +56,12 @@ from .bindings import TitleBinding
 from .devices.hdd import HddImage
 from .errors import StateError
 from .formats.hdd import Catalog, HddFile, Title
+from .mountpoints import clear_stale
 
 log = logging.getLogger(__name__)
 
 CACHE_TIMEOUT = 3600.0  # seconds the kernel may trust entries and attributes: titles never change
 BLOCK = 4096
-# What statfs() says on a mount whose process died: ENOTCONN, or ECONNABORTED on newer kernels.
-DEAD_MOUNT = (errno.ENOTCONN, errno.ECONNABORTED)
 
 
 @dataclass
@@ -395,31 +393,6 @@ class TitleFS(pyfuse3.Operations):
 
 
 # -- running a mount ------------------------------------------------------------------------------
-
-
-def clear_stale(mountpoint: Path) -> None:
-    """A mount whose process died leaves a dead mount point behind: lift it.
-
-    Asked with statfs, which the kernel never answers from its cache (a stat of the mount's root
-    would be, for as long as the root's attributes are cached)."""
-    try:
-        os.statvfs(mountpoint)
-    except OSError as exc:
-        if exc.errno in DEAD_MOUNT:
-            log.warning("%s: clearing a mount left by a process that died", mountpoint)
-            subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], capture_output=True)
-        else:
-            raise StateError(f"{mountpoint}: cannot use as a mount point ({exc.strerror})") from None
-    if os.path.ismount(mountpoint):
-        raise StateError(f"{mountpoint} is already a mount point", hint="vhw console unmount it first")
-    if not mountpoint.is_dir():
-        raise StateError(f"{mountpoint} is not a folder")
-
-
-def unmount(mountpoint: Path) -> None:
-    proc = subprocess.run(["fusermount3", "-u", str(mountpoint)], capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise StateError(f"{mountpoint}: cannot unmount ({proc.stderr.strip() or 'not mounted'})")
 
 
 def serve(image: HddImage, mountpoint: Path, binding: TitleBinding, *, ready: Callable[[], None]) -> None:

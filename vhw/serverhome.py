@@ -30,9 +30,8 @@ from . import pki
 from .devices.files import atomic_write, describe_os_error
 from .errors import ImageError, StateError
 from .licensing import ID_FIELDS, Licensing, Policy
+from .roles import ROLES
 from .store import Store, open_store
-
-ROLES = ("manufacturer", "publisher", "operator", "broker")
 WHAT = "server home"
 
 

@@ -7,9 +7,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 import click
-import trio
 
-from ..broker import BrokerHome, serve
 from ..errors import StateError
 from . import App, emit, pass_app, show_audit, vhw
 from .params import LISTEN
@@ -18,7 +16,9 @@ home_option = click.option("--home", type=click.Path(path_type=Path, file_okay=F
                            help="The broker's folder (default: $VHW_HOME/broker).")
 
 
-def broker_home(app: App, home: Path | None) -> BrokerHome:
+def broker_home(app: App, home: Path | None):
+    from ..broker import BrokerHome  # (the broker's web stack loads only for broker commands)
+
     return BrokerHome(home or app.home / "broker")
 
 
@@ -56,6 +56,8 @@ def broker() -> None:
 def broker_init(app: App, home: Path | None, credential: Path, tls: Path, server: str | None, listen: str,
                 price: str, platform_share: int) -> None:
     """Set up a broker: its credential, TLS identity, prices and database."""
+    from ..broker import BrokerHome
+
     h = BrokerHome.init(broker_home(app, home).root, credential=credential, tls=tls, server=server, listen=listen,
                         price_cents=cents(price), platform_share=platform_share)
     cfg = h.config()
@@ -75,6 +77,10 @@ def broker_run(app: App, home: Path | None, listen: tuple[str, int] | None) -> N
     def ready(url: str) -> None:
         click.echo(f"vhw broker listening on {url}")
         sys.stdout.flush()
+
+    import trio
+
+    from ..broker import serve
 
     trio.run(lambda: serve(h, listen=listen, ready=ready))
     click.echo("vhw broker stopped")

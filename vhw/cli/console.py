@@ -218,9 +218,9 @@ def console_unmount(mountpoint: Path, console_dir: Path | None) -> None:
     try:
         m = Machine.find(console_dir)
     except Exception:
-        from .. import mount
+        from ..mountpoints import unmount
 
-        mount.unmount(mountpoint)
+        unmount(mountpoint)
     else:
         m.unmount(mountpoint)
     click.echo(f"unmounted {mountpoint}")

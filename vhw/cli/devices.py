@@ -8,8 +8,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import click
-from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding
 
 from .. import crypto
 from ..devices import card as card_dev
@@ -338,6 +336,9 @@ def console_rom(out: Path, ca_path: Path | None, server_url: str, model: str, me
     secret's public key are registered with the licensing server first, and the ROM trusts the
     credential's CA and names its server unless --ca/--server say otherwise.
     """
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
     from ..serverhome import Credential
 
     anchor = load_ca(ca_path) if ca_path else b""
@@ -363,6 +364,9 @@ def console_rom(out: Path, ca_path: Path | None, server_url: str, model: str, me
 
 def load_ca(path: Path) -> bytes:
     """A CA certificate (PEM or DER) as DER; refuses anything that is not one."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -375,6 +379,8 @@ def load_ca(path: Path) -> bytes:
 
 
 def rom_summary(rom: rom_fmt.Rom) -> dict:
+    from cryptography import x509
+
     anchor = None
     if rom.trust_anchor:
         cert = x509.load_der_x509_certificate(rom.trust_anchor)

@@ -6,9 +6,7 @@ from pathlib import Path
 
 import click
 
-from ..client import Client, tls_context
 from ..errors import StateError
-from ..serverhome import Credential
 
 credential_option = click.option(
     "--credential", type=click.Path(path_type=Path, dir_okay=False), envvar="VHW_CREDENTIAL",
@@ -17,7 +15,10 @@ credential_option = click.option(
 server_option = click.option("--server", "server_url", help="Server URL (default: the credential's).")
 
 
-def role_client(credential: Path, server_url: str | None, role: str) -> Client:
+def role_client(credential: Path, server_url: str | None, role: str):
+    from ..client import Client, tls_context  # (httpx and the server's modules: only when calling it)
+    from ..serverhome import Credential
+
     cred = Credential.load(credential)
     if cred.role != role:
         raise StateError(f"{credential} is a {cred.role} credential; this needs the {role}'s")

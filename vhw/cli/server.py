@@ -7,21 +7,24 @@ import sys
 from pathlib import Path
 
 import click
-import trio
 
 from ..errors import StateError
-from ..licensing import ID_FIELDS
-from ..serverhome import ROLES, ServerHome
 from . import App, pass_app, show_audit, vhw
 from .params import LISTEN
+from ..ids import ID_FIELDS
+from ..roles import ROLES
 
+# (the server's modules themselves, trio, hypercorn, starlette and the stores, load only when a
+# server command runs)
 home_option = click.option(
     "--home", type=click.Path(path_type=Path, file_okay=False),
     help="The server's folder (default: $VHW_HOME/server).",
 )
 
 
-def server_home(app: App, home: Path | None) -> ServerHome:
+def server_home(app: App, home: Path | None):
+    from ..serverhome import ServerHome
+
     return ServerHome(home or app.home / "server")
 
 
@@ -51,6 +54,8 @@ def server() -> None:
 def server_init(app: App, home: Path | None, listen: str, url: str | None, hosts: tuple[str, ...],
                 database: str, identify_by: str, mode: str) -> None:
     """Create the platform's state: CA, TLS certificate, master key, database, role credentials."""
+    from ..serverhome import ServerHome
+
     h = ServerHome.init(server_home(app, home).root, listen=listen, url=url, hosts=list(hosts),
                         database=database, identify_by=parse_policy(identify_by), mode=mode)
     click.echo(f"server home {h.root}")
@@ -83,6 +88,8 @@ def server_run(app: App, home: Path | None, listen: tuple[str, int] | None, data
         if workers > 1:
             run_workers(h, workers=workers, listen=listen, database=database, ready=ready)
         else:
+            import trio
+
             trio.run(lambda: serve(h, listen=listen, database=database, ready=ready, reuse_port=reuse_port))
     except OSError as exc:
         raise StateError(f"cannot serve on {listen or h.config().listen}: {exc.strerror or exc}") from None

@@ -1,0 +1,42 @@
+"""Mount points, without FUSE: lift what a dead mount left behind, unmount. (Kept apart from
+:mod:`vhw.mount` so that commands that only unmount do not import pyfuse3 and trio.)"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import subprocess
+from pathlib import Path
+
+from .errors import StateError
+
+log = logging.getLogger(__name__)
+
+# What statfs() says on a mount whose process died: ENOTCONN, or ECONNABORTED on newer kernels.
+DEAD_MOUNT = (errno.ENOTCONN, errno.ECONNABORTED)
+
+
+def clear_stale(mountpoint: Path) -> None:
+    """A mount whose process died leaves a dead mount point behind: lift it.
+
+    Asked with statfs, which the kernel never answers from its cache (a stat of the mount's root
+    would be, for as long as the root's attributes are cached)."""
+    try:
+        os.statvfs(mountpoint)
+    except OSError as exc:
+        if exc.errno in DEAD_MOUNT:
+            log.warning("%s: clearing a mount left by a process that died", mountpoint)
+            subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], capture_output=True)
+        else:
+            raise StateError(f"{mountpoint}: cannot use as a mount point ({exc.strerror})") from None
+    if os.path.ismount(mountpoint):
+        raise StateError(f"{mountpoint} is already a mount point", hint="vhw console unmount it first")
+    if not mountpoint.is_dir():
+        raise StateError(f"{mountpoint} is not a folder")
+
+
+def unmount(mountpoint: Path) -> None:
+    proc = subprocess.run(["fusermount3", "-u", str(mountpoint)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise StateError(f"{mountpoint}: cannot unmount ({proc.stderr.strip() or 'not mounted'})")
