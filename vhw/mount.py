@@ -25,7 +25,7 @@ Performance by design (measured on this kind of machine, see README's table and
   it saved: the thread hand-off per 128 KiB request doubled the CPU per byte);
 * decryption reuses per-thread buffers: a fresh buffer per read cost a page fault per 4 KiB, more
   than the decryption itself;
-* sequential readers get 1 MiB requests: the mount raises its readahead to 4 MiB
+* sequential readers get 1 MiB requests: the mount raises its readahead to 1 MiB
   (:func:`raise_readahead`, root only), so a gigabyte costs ~1,000 requests instead of ~8,000;
 * after a read that decrypted more than it was asked for (a random 4 KiB read decrypts a whole
   64 KiB chunk), a worker thread stores the rest of the chunk in the kernel's page cache
@@ -243,12 +243,14 @@ class Pusher:
                 log.debug("page cache push skipped: %s", exc)
 
 
-def raise_readahead(mountpoint: Path, kib: int = 4096) -> None:
+def raise_readahead(mountpoint: Path, kib: int = 1024) -> None:
     """Let the kernel read ahead ``kib`` KiB of a sequentially read file, in requests of up to
     1 MiB (FUSE's max_pages): with the default 128 KiB, a sequential reader costs the mount a
-    request per 128 KiB, and the mount is CPU-bound (measured: cold 1 GiB at 0.7-1.1 GB/s with
-    128 KiB, 1.0-1.2 GB/s with 4 MiB, against 1.5 GB/s for the plain file). The knob is the
-    mount's backing device info in sysfs, which only root may change; others keep the default."""
+    request per 128 KiB, and the mount is CPU-bound. Measured cold over 1 GiB: 0.6-1.1 GB/s with
+    128 KiB, 1.0-1.3 GB/s with 1 MiB (fio, which asks for sequential readahead and so doubles the
+    window: 1.3-1.4), and less again with 2 and 4 MiB (0.7-1.0 with fio), against 1.0-1.6 GB/s
+    for the plain file. The knob is the mount's backing device info in sysfs, which only root
+    may change; others keep the default."""
     # Run beside the loop: the stat is answered by the loop once it serves, which completes
     # FUSE's INIT (that caps readahead at 128 KiB); only then does the new value hold.
     try:
