@@ -17,10 +17,13 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import signal
 import socket
 import ssl
+import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -35,13 +38,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from . import __version__
+from . import __version__, metrics
 from . import protocol as p
 from .errors import Refusal, ServerError, StateError
 from .licensing import Licensing
 from .serverhome import ServerHome, token_hash
+from .store import Conflict, PostgresStore
 
 log = logging.getLogger(__name__)
+access = logging.getLogger("vhw.server.access")  # one line per request (--log-format)
 
 CONSOLE = "console"
 PROCESS = str(os.getpid())
@@ -175,23 +180,70 @@ def _no_constants(name: str):
 
 
 class App:
-    """The Starlette application around one :class:`Licensing`."""
+    """The Starlette application around one :class:`Licensing`: the endpoints, ``/openapi.json``
+    and ``/metrics``, an access log line and the metrics of every request."""
 
     def __init__(self, lic: Licensing, *, mode: str = "direct"):
         self.lic = lic
         self.mode = mode
+        self.batcher = Batcher(lic)
         routes = [Route(ep.path, partial(self.handle, ep), methods=[ep.method]) for ep in ENDPOINTS]
         routes.append(Route("/openapi.json", self.openapi, methods=["GET"]))
+        routes.append(Route("/metrics", self.metrics, methods=["GET"]))
+        self._paths = {r.path for r in routes}
         self.starlette = Starlette(
             routes=routes,
             exception_handlers={HTTPException: lambda req, exc: _error_response(exc)},
         )
 
     async def __call__(self, scope, receive, send) -> None:
-        await self.starlette(scope, receive, send)
+        if scope["type"] != "http":
+            await self.starlette(scope, receive, send)
+            return
+        if scope.get("scheme") == "http" and scope["path"] != "/metrics":
+            # the plain-HTTP address of --metrics-listen serves the metrics and nothing else
+            await JSONResponse(p.encode(p.ErrorBody("not-found", "this address serves /metrics only")),
+                               status_code=404)(scope, receive, send)
+            return
+        started = time.perf_counter()
+        state = scope.setdefault("state", {})
+        rid = _request_id(scope)
+        state["request_id"], state["role"] = rid, "-"
+        status = [500]
+
+        async def sending(message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], (b"x-request-id", rid.encode()),
+                                      (b"x-vhw-process", PROCESS.encode())]
+            await send(message)
+
+        try:
+            await self.starlette(scope, receive, sending)
+        finally:
+            elapsed = time.perf_counter() - started
+            endpoint = scope["path"] if scope["path"] in self._paths else "other"
+            metrics.REQUESTS.labels(endpoint, scope["method"], str(status[0])).inc()
+            metrics.LATENCY.labels(endpoint).observe(elapsed)
+            access.info("%s %s %d %.1fms role=%s id=%s", scope["method"], scope["path"][:200], status[0],
+                        elapsed * 1000, state["role"], rid,
+                        extra={"method": scope["method"], "path": scope["path"][:200], "status": status[0],
+                               "duration_ms": round(elapsed * 1000, 2), "role": state["role"],
+                               "request_id": rid})
 
     async def openapi(self, request: Request) -> Response:
         return Response(openapi_text(), media_type="application/json")
+
+    async def metrics(self, request: Request) -> Response:
+        if request.scope.get("scheme") != "http":  # over TLS: the operator's credential
+            try:
+                request.scope["state"]["role"] = await self._credential(request, "operator", "/metrics")
+            except ApiError as exc:
+                return _error_response(exc)
+        if isinstance(self.lic.store, PostgresStore):
+            metrics.pool_stats(self.lic.store.pool_stats())
+        return Response(await anyio.to_thread.run_sync(metrics.generate), media_type=metrics.CONTENT_TYPE)
 
     async def authenticate(self, request: Request, ep: Endpoint) -> str:
         if ep.role == "public":
@@ -200,6 +252,9 @@ class App:
             if self.mode == "broker":
                 raise ApiError(403, "broker-only", "this server serves users only through the broker")
             return CONSOLE
+        return await self._credential(request, ep.role, ep.path)
+
+    async def _credential(self, request: Request, role: str, path: str) -> str:
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
@@ -207,10 +262,10 @@ class App:
         row = await anyio.to_thread.run_sync(self._lookup, token.strip())
         if row is None:
             raise ApiError(401, "unauthenticated", "unknown credential")
-        role, name = row
-        if role != ep.role:
-            raise ApiError(403, "forbidden", f"a {role} credential cannot call {ep.path}")
-        return f"{role}:{name}"
+        found, name = row
+        if found != role:
+            raise ApiError(403, "forbidden", f"a {found} credential cannot call {path}")
+        return f"{found}:{name}"
 
     def _lookup(self, token: str) -> tuple[str, str] | None:
         # Looked up by SHA-256: the database never holds a token, and the comparison is of hashes.
@@ -221,17 +276,116 @@ class App:
     async def handle(self, ep: Endpoint, request: Request) -> Response:
         try:
             actor = await self.authenticate(request, ep)
+            request.scope["state"]["role"] = actor.split(":", 1)[0]
             if ep.request is None:
                 result = p.Health("ok", self.mode, __version__)
             else:
                 msg = p.decode(ep.request, await _read_body(request))
-                result = await anyio.to_thread.run_sync(ep.call, self.lic, actor, msg)
+                if ep.path in BATCHED and self.batcher.running:
+                    result = await self.batcher.call(ep.call, actor, msg)
+                else:
+                    result = await anyio.to_thread.run_sync(ep.call, self.lic, actor, msg)
+                _count(ep, result)
             response = JSONResponse(p.encode(result))
         except Exception as exc:  # mapped, never escaping: the server keeps serving
             await drain(request)
+            _count_failure(exc)
             response = _error_response(exc)
-        response.headers["x-vhw-process"] = PROCESS  # which of several server processes answered
         return response
+
+
+#: The consoles' and the broker's calls: many at once under load, each a short transaction.
+BATCHED = {ep.path for ep in ENDPOINTS if ep.role in (CONSOLE, "broker")}
+
+
+class Batcher:
+    """Runs the calls that arrive together as one batch, in one worker thread, inside one store
+    group (:meth:`vhw.store.Store.group`): with SQLite, one commit (one fsync) for all of them.
+
+    A batch takes what is waiting when the thread is free (up to MAX), so a lone request is not
+    delayed and a crowd shares its commits. Each call still succeeds or fails alone (a savepoint
+    each); every answer waits for its batch's commit. One thread instead of one per request also
+    spares the interpreter's lock the switching between dozens of threads.
+    """
+
+    MAX = 64
+
+    def __init__(self, lic: Licensing):
+        self.lic = lic
+        self.running = False
+        self._send, self._receive = trio.open_memory_channel(math.inf)
+
+    async def call(self, fn, actor: str, msg):
+        done = trio.Event()
+        box: list = []
+        await self._send.send((fn, actor, msg, done, box))
+        await done.wait()
+        ok, value = box[0]
+        if not ok:
+            raise value
+        return value
+
+    async def run(self) -> None:
+        self.running = True
+        try:
+            while True:
+                items = [await self._receive.receive()]
+                while len(items) < self.MAX:
+                    try:
+                        items.append(self._receive.receive_nowait())
+                    except trio.WouldBlock:
+                        break
+                try:
+                    results = await trio.to_thread.run_sync(self._run_batch, items)
+                except Exception as exc:  # the commit failed: every call of the batch did
+                    results = [(False, exc)] * len(items)
+                for (_, _, _, done, box), result in zip(items, results):
+                    box.append(result)
+                    done.set()
+        finally:
+            self.running = False
+
+    def _run_batch(self, items) -> list:
+        results = []
+        with self.lic.store.group():
+            for fn, actor, msg, _, _ in items:
+                try:
+                    results.append((True, fn(self.lic, actor, msg)))
+                except Exception as exc:
+                    results.append((False, exc))
+        return results
+
+
+def _request_id(scope) -> str:
+    """The client's X-Request-ID when it is a short token, else a fresh one: it is in the access
+    log line and the answer's headers, to match one with the other."""
+    for name, value in scope.get("headers", ()):
+        if name == b"x-request-id":
+            text = value.decode("latin-1")
+            if 0 < len(text) <= 64 and all(c.isalnum() or c in "-_." for c in text):
+                return text
+            break
+    return uuid.uuid4().hex[:16]
+
+
+_ACQUIRING = {"/v1/console/acquire", "/v1/broker/acquire", "/v1/broker/refetch", "/v1/broker/purchase"}
+
+
+def _count(ep: Endpoint, result) -> None:
+    if ep.path in _ACQUIRING:
+        metrics.KEYS_ISSUED.inc()
+        first = getattr(result, "first_issue", None)
+        kind = "purchased" if ep.path.endswith("purchase") else "refetched" if first is False else "flagged"
+        metrics.ACQUISITIONS.labels(kind).inc()
+
+
+def _count_failure(exc: BaseException) -> None:
+    if isinstance(exc, Refusal):
+        metrics.REFUSALS.labels(exc.code).inc()
+    elif isinstance(exc, Conflict):
+        metrics.STORE_ERRORS.labels("conflict").inc()
+    elif not isinstance(exc, (ApiError, p.ProtocolError, ServerError, HTTPException)):
+        metrics.STORE_ERRORS.labels("error").inc()
 
 
 def openapi_document() -> dict:
@@ -281,29 +435,50 @@ def openapi_text() -> str:
 # -- running ------------------------------------------------------------------------------------
 
 
+CHAIN_EVERY = 2.0  # seconds between runs of the audit chainer (entries wait this long unchained)
+
+
 async def serve(home: ServerHome, *, listen: tuple[str, int] | None = None, database: str | None = None,
                 ready: Callable[[str], None] | None = None, reuse_port: bool = False,
-                task_status=trio.TASK_STATUS_IGNORED) -> None:
+                metrics_listen: tuple[str, int] | None = None, task_status=trio.TASK_STATUS_IGNORED) -> None:
     """Serve the licensing API until SIGINT/SIGTERM (or cancellation); then finish open requests.
 
     ``reuse_port``: bind with SO_REUSEPORT, so that several processes serve one port (the kernel
-    spreads the connections over them).
+    spreads the connections over them). ``metrics_listen``: also serve ``/metrics`` (only) over
+    plain HTTP there, without a credential. The audit chainer runs beside the server, and once
+    more when it stops.
     """
     cfg = home.config()
     store = await trio.to_thread.run_sync(home.store, database)
     try:
         await trio.to_thread.run_sync(store.migrate)
+        await trio.to_thread.run_sync(home.check_master_key, store)
         app = App(home.licensing(store), mode=cfg.mode)
-        await serve_app(
-            app, listen=listen or _split(cfg.listen), certfile=home.path("server.pem"),
-            keyfile=home.path("server-key.pem"),
-            # FIG. 15: in broker mode the server is not reachable from users: only platform-issued
-            # clients (the broker, the roles' tools) complete a TLS handshake
-            client_ca=home.path("ca.pem") if cfg.mode == "broker" else None,
-            reuse_port=reuse_port, ready=ready, task_status=task_status,
-        )
+        chainer = home.chainer(store)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_chain_audit, chainer)
+            nursery.start_soon(app.batcher.run)
+            await serve_app(
+                app, listen=listen or _split(cfg.listen), certfile=home.path("server.pem"),
+                keyfile=home.path("server-key.pem"),
+                # FIG. 15: in broker mode the server is not reachable from users: only platform-issued
+                # clients (the broker, the roles' tools) complete a TLS handshake
+                client_ca=home.path("ca.pem") if cfg.mode == "broker" else None,
+                reuse_port=reuse_port, ready=ready, insecure=metrics_listen, task_status=task_status,
+            )
+            nursery.cancel_scope.cancel()
+        await trio.to_thread.run_sync(chainer.run)  # what the last requests wrote
     finally:
         store.close()
+
+
+async def _chain_audit(chainer) -> None:
+    while True:
+        await trio.sleep(CHAIN_EVERY)
+        try:
+            await trio.to_thread.run_sync(chainer.run)
+        except Exception:  # the next run tries again; the server goes on serving
+            log.exception("chaining the audit log failed")
 
 
 def raise_file_limit() -> None:
@@ -321,8 +496,9 @@ def raise_file_limit() -> None:
 
 async def serve_app(app, *, listen: tuple[str, int], certfile: Path, keyfile: Path, client_ca: Path | None = None,
                     reuse_port: bool = False, ready: Callable[[str], None] | None = None,
-                    task_status=trio.TASK_STATUS_IGNORED) -> None:
-    """Serve an ASGI app over TLS with hypercorn's trio worker until SIGINT/SIGTERM."""
+                    insecure: tuple[str, int] | None = None, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """Serve an ASGI app over TLS with hypercorn's trio worker until SIGINT/SIGTERM (and over
+    plain HTTP at ``insecure``, where the app answers only what it allows there)."""
     from hypercorn.config import Config
     from hypercorn.trio import serve as hypercorn_serve
 
@@ -334,6 +510,8 @@ async def serve_app(app, *, listen: tuple[str, int], certfile: Path, keyfile: Pa
     if reuse_port:
         sock = _reuse_port_socket(host, port)
         config.bind = [f"fd://{sock.fileno()}"]
+    if insecure is not None:
+        config.insecure_bind = [f"[{insecure[0]}]:{insecure[1]}" if ":" in insecure[0] else f"{insecure[0]}:{insecure[1]}"]
     config.certfile = str(certfile)
     config.keyfile = str(keyfile)
     if client_ca is not None:
@@ -351,7 +529,7 @@ async def serve_app(app, *, listen: tuple[str, int], certfile: Path, keyfile: Pa
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_on_signals, shutdown)
         binds = await nursery.start(partial(hypercorn_serve, app, config, shutdown_trigger=shutdown.wait))
-        url = binds[0]
+        url = next((b for b in binds if b.startswith("https")), binds[0])
         if ready:
             ready(url)
         task_status.started(url)
@@ -376,13 +554,17 @@ def _reuse_port_socket(host: str, port: int) -> socket.socket:
 
 
 def run_workers(home: ServerHome, *, workers: int, listen: tuple[str, int] | None, database: str | None,
-                ready: Callable[[str], None]) -> int:
+                ready: Callable[[str], None], log_format: str = "text",
+                metrics_listen: tuple[str, int] | None = None) -> int:
     """Supervise ``workers`` server processes on one port until SIGINT/SIGTERM.
 
     Each worker is ``vhw server run --reuse-port`` on the same address (one database behind them
     all, PostgreSQL for real load). A worker that dies is replaced; a stop signal is passed on to
-    all of them, and they finish their open requests first.
+    all of them, and they finish their open requests first. They count their metrics into one
+    multiprocess folder (``metrics/`` in the home, wiped at each start), so that any of them
+    answers /metrics for all; the first one also serves ``metrics_listen``.
     """
+    import shutil
     import subprocess
     import sys
     import time
@@ -392,11 +574,16 @@ def run_workers(home: ServerHome, *, workers: int, listen: tuple[str, int] | Non
     port = holder.getsockname()[1]
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     argv = [sys.executable, "-m", "vhw", "server", "run", "--home", str(home.root), "--listen", address,
-            "--reuse-port", *(["--db", database] if database else [])]
+            "--reuse-port", "--log-format", log_format, *(["--db", database] if database else [])]
+    multiproc = home.path("metrics")
+    shutil.rmtree(multiproc, ignore_errors=True)
+    multiproc.mkdir(mode=0o700)
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(multiproc)}
+    scrape = ["--metrics-listen", f"{metrics_listen[0]}:{metrics_listen[1]}"] if metrics_listen else []
     stopping = False
 
-    def start() -> subprocess.Popen:
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+    def start(first: bool = False) -> subprocess.Popen:
+        proc = subprocess.Popen(argv + (scrape if first else []), stdout=subprocess.PIPE, text=True, env=env)
         line = proc.stdout.readline()
         if "listening on" not in line:
             proc.kill()
@@ -408,7 +595,7 @@ def run_workers(home: ServerHome, *, workers: int, listen: tuple[str, int] | Non
         stopping = True
 
     old = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-    procs = [start() for _ in range(workers)]
+    procs = [start(first=i == 0) for i in range(workers)]
     holder.close()
     ready(f"https://{address} ({workers} processes: {', '.join(str(p.pid) for p in procs)})")
     try:
@@ -416,7 +603,8 @@ def run_workers(home: ServerHome, *, workers: int, listen: tuple[str, int] | Non
             for i, proc in enumerate(procs):
                 if proc.poll() is not None and not stopping:
                     log.warning("server process %d ended (%s); starting another", proc.pid, proc.returncode)
-                    procs[i] = start()
+                    metrics.mark_dead(proc.pid, str(multiproc))
+                    procs[i] = start(first=i == 0)
             time.sleep(0.1)
     finally:
         for proc in procs:

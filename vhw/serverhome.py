@@ -16,23 +16,29 @@ real deployment: the dump alone reveals no key.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
+import logging
 import os
 import secrets
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 
-from . import pki
-from .devices.files import atomic_write, describe_os_error
+from . import bindings, crypto, pki
+from .crypto import equal as crypto_equal
+from .devices.files import atomic_write, describe_os_error, fsync_dir
 from .errors import ImageError, StateError
 from .licensing import ID_FIELDS, Licensing, Policy
 from .roles import ROLES
 from .store import Store, open_store
 WHAT = "server home"
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -217,3 +223,242 @@ class ServerHome:
         cfg = self.config()
         policy = Policy(frozenset(cfg.identify_by), cfg.attempt_limit, cfg.attempt_window)
         return Licensing(store, self.master_key(), policy, sign=self.signer())
+
+    # -- running, and the operator's maintenance -----------------------------------------------
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[None]:
+        """Held (shared) by every server process for as long as it serves: maintenance that must
+        not meet a live server (rotation, restore) takes it exclusively, or refuses."""
+        fd = os.open(self.path("run.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            yield
+        finally:
+            os.close(fd)
+
+    @contextlib.contextmanager
+    def stopped(self, doing: str) -> Iterator[None]:
+        """No server serves from this home for as long as the block runs, or StateError."""
+        fd = os.open(self.path("run.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise StateError(f"{self.root}: a server is running from this home; stop it before {doing}") from None
+            yield
+        finally:
+            os.close(fd)
+
+    def chainer(self, store: Store):
+        from .auditlog import Chainer
+
+        return Chainer(store, self.signer(), self.path("audit-heads.jsonl"))
+
+    def check_signature(self, message: bytes, signature: bytes) -> bool:
+        """Whether ``signature`` is the platform CA's over ``message`` (signed audit heads)."""
+        from cryptography import x509
+        from cryptography.exceptions import InvalidSignature
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import ec
+
+        key = x509.load_der_x509_certificate(self.ca_der()).public_key()
+        try:
+            key.verify(signature, message, ec.ECDSA(hashes.SHA256()))
+        except (InvalidSignature, ValueError):
+            return False
+        return True
+
+    # -- the master key ---------------------------------------------------------------------------
+
+    def check_master_key(self, store: Store) -> None:
+        """At start: the keys at rest are under ``master.key``. Finishes a rotation that committed
+        before it was killed (``master.key.new`` is the database's key), drops one that did not."""
+        pending = self.path("master.key.new")
+        with store.transaction() as tx:
+            row = tx.one("SELECT fingerprint FROM master_key")
+            if row is None:  # a new database, or one from before rotations: it is this key's
+                tx.execute("INSERT INTO master_key (fingerprint) VALUES (?)", key_fingerprint(self.master_key()))
+                row = (key_fingerprint(self.master_key()),)
+        recorded = bytes(row[0])
+        if pending.exists():
+            new = _read_key(pending)
+            if new and crypto_equal(key_fingerprint(new), recorded):
+                os.replace(pending, self.path("master.key"))  # the rotation committed: finish it
+                fsync_dir(self.root)
+                log.warning("finished a master key rotation that was interrupted after its commit")
+            else:
+                pending.unlink()
+                log.warning("dropped a master key rotation that was interrupted before its commit")
+        if not crypto_equal(key_fingerprint(self.master_key()), recorded):
+            raise StateError(f"{self.path('master.key')} is not the key the database's keys are encrypted under",
+                             hint="restore the master.key that belongs to this database")
+
+    def rotate_master_key(self, store: Store) -> int:
+        """Re-encrypt every key at rest under a new master key in one transaction; the old key is
+        then gone. Returns how many keys were re-encrypted. See :meth:`check_master_key` for a
+        rotation killed half way."""
+        self.check_master_key(store)
+        old = self.master_key()
+        new = secrets.token_bytes(32)
+        pending = self.path("master.key.new")
+        atomic_write(pending, new.hex().encode() + b"\n", mode=0o600)  # 1: the new key, durably
+        count = 0
+        with store.transaction() as tx:  # 2: every key and the fingerprint, or nothing
+            for table, column, ident in AT_REST:
+                rows = tx.all(f"SELECT {ident}, {column} FROM {table}")
+                updates = []
+                for row_id, blob in rows:
+                    ad = bindings.at_rest(table, row_id)
+                    updates.append((crypto.wrap(new, crypto.unwrap(old, bytes(blob), ad), ad), row_id))
+                tx.executemany(f"UPDATE {table} SET {column} = ? WHERE {ident} = ?", updates)
+                count += len(updates)
+            tx.execute("UPDATE master_key SET fingerprint = ?", key_fingerprint(new))
+        os.replace(pending, self.path("master.key"))  # 3: the old key is gone
+        fsync_dir(self.root)
+        return count
+
+
+# Every key the database keeps, encrypted under the master key: (table, column, row ID column)
+AT_REST = (("cards", "mc_key", "mc_id"), ("titles", "content_key", "title_id"), ("users", "content_gen_key", "user_id"))
+
+
+def key_fingerprint(key: bytes) -> bytes:
+    """What the database records of its master key: a fingerprint that reveals nothing of it."""
+    return crypto.derive(key, crypto.context("master-key-fingerprint"), length=16)
+
+
+def _read_key(path: Path) -> bytes | None:
+    try:
+        key = bytes.fromhex(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return key if len(key) == 32 else None
+
+
+# -- backups -------------------------------------------------------------------------------------------
+
+SQLITE_MAGIC = b"SQLite format 3\0"
+PGDUMP_MAGIC = b"PGDMP"
+
+
+def _pg_tool(name: str) -> str:
+    import glob
+    import shutil
+
+    for candidate in sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), reverse=True):
+        return candidate
+    found = shutil.which(name)
+    if not found:
+        raise StateError(f"{name} is not installed (Debian: postgresql-client)")
+    return found
+
+
+def backup(home: ServerHome, out: Path, database: str | None = None) -> str:
+    """An online, consistent copy of the database while the server serves: SQLite's backup API
+    (a snapshot of one transaction), or pg_dump (one repeatable-read transaction). Written to a
+    new file ``out``, atomically; keys stay encrypted under the master key, which is not in it."""
+    import sqlite3
+    import subprocess
+
+    from .devices.files import refuse_existing
+
+    url = home.database_url(database)
+    out = Path(out)
+    refuse_existing(out, "backup")
+    tmp = out.parent / f".{out.name}.{os.getpid()}.tmp"
+    try:
+        if url.startswith("sqlite:///"):
+            src = sqlite3.connect(url.removeprefix("sqlite:///"), timeout=60)
+            dst = sqlite3.connect(tmp)
+            try:
+                src.backup(dst)
+            finally:
+                dst.close()
+                src.close()
+            kind = "SQLite"
+        else:
+            proc = subprocess.run([_pg_tool("pg_dump"), "--format=custom", "--file", str(tmp), url],
+                                  capture_output=True, text=True)
+            if proc.returncode:
+                raise StateError(f"pg_dump failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}")
+            kind = "PostgreSQL"
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, out)
+        fsync_dir(out.parent)
+    except OSError as exc:
+        raise ImageError(out, f"cannot write the backup: {describe_os_error(exc)}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    return kind
+
+
+def restore(home: ServerHome, source: Path, database: str | None = None) -> int:
+    """Put a backup in place of this home's database, which must be new: never over a live one
+    (a server running from the home, or a database that holds a schema already). Afterwards the
+    audit heads file keeps only the heads the restored chain reaches. Returns the restored chain's
+    length."""
+    import sqlite3
+    import subprocess
+
+    source = Path(source)
+    url = home.database_url(database)
+    try:
+        with open(source, "rb") as f:
+            magic = f.read(16)
+    except OSError as exc:
+        raise ImageError(source, f"cannot read the backup: {describe_os_error(exc)}") from None
+    with home.stopped("restoring its database"):
+        if url.startswith("sqlite:///"):
+            if not magic.startswith(SQLITE_MAGIC):
+                raise ImageError(source, "not a backup of a SQLite database (`vhw server backup` of one)")
+            target = Path(url.removeprefix("sqlite:///"))
+            if target.exists() and target.stat().st_size > 0:
+                raise StateError(f"{target} exists: restore refuses to overwrite a database",
+                                 hint="restore into a new home, or move the old database away first")
+            check = sqlite3.connect(source)
+            try:
+                if check.execute("PRAGMA integrity_check").fetchone()[0] != "ok":
+                    raise ImageError(source, "the backup is damaged (integrity check failed)")
+            except sqlite3.DatabaseError as exc:
+                raise ImageError(source, f"the backup is damaged ({exc})") from None
+            finally:
+                check.close()
+            atomic_write(target, source.read_bytes(), mode=0o600)
+        else:
+            if not magic.startswith(PGDUMP_MAGIC):
+                raise ImageError(source, "not a backup of a PostgreSQL database (`vhw server backup` of one)")
+            store = open_store(url)
+            try:
+                if store.version() > 0:
+                    raise StateError("the PostgreSQL database holds a schema already: restore refuses to overwrite it",
+                                     hint="create an empty database for the restore")
+            finally:
+                store.close()
+            proc = subprocess.run([_pg_tool("pg_restore"), "--no-owner", "--exit-on-error", "--dbname", url,
+                                   str(source)], capture_output=True, text=True)
+            if proc.returncode:
+                raise StateError(f"pg_restore failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}")
+        store = home.store(database)
+        try:
+            store.migrate()
+            home.check_master_key(store)
+            with store.transaction() as tx:
+                row = tx.one("SELECT MAX(position) FROM audit")
+                reached = row[0] or 0
+                # the restore itself is part of the history (chained when the server next runs)
+                tx.execute("INSERT INTO audit (at, actor, action, subject, detail) VALUES (?, ?, ?, ?, ?)",
+                           int(time.time()), "operator:restore", "restore-database", source.name,
+                           json.dumps({"chain_position": reached}))
+        finally:
+            store.close()
+        from .auditlog import read_heads
+
+        heads_path = home.path("audit-heads.jsonl")
+        kept = [h for h in read_heads(heads_path) if h.position <= reached]
+        atomic_write(heads_path, "".join(h.to_line() for h in kept).encode(), mode=0o600)
+        return reached

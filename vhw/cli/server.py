@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from ..errors import StateError
+from ..errors import ImageError, StateError
 from . import App, pass_app, show_audit, vhw
 from .params import LISTEN
 from ..ids import ID_FIELDS
@@ -64,19 +64,74 @@ def server_init(app: App, home: Path | None, listen: str, url: str | None, hosts
         click.echo(f"  {role:<13} credential {h.credential_path(role)}")
 
 
+RUN_KEYS = {"home", "listen", "db", "workers", "log_format", "metrics_listen"}
+
+
+def load_config(ctx: click.Context, param, path: Path | None) -> Path | None:
+    """``--config FILE``: TOML whose keys are `server run`'s options (snake_case), read before the
+    other options, so that a flag and then ``VHW_SERVER_...`` override it (click's default_map)."""
+    if path is None:
+        return None
+    import tomllib
+
+    try:
+        values = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise ImageError(path, f"cannot read the configuration: {exc.strerror}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ImageError(path, f"not a TOML configuration ({str(exc).splitlines()[0]})") from None
+    section = values.get("server", values) if isinstance(values.get("server"), dict) else values
+    unknown = sorted(set(section) - RUN_KEYS)
+    if unknown:
+        raise ImageError(path, f"unknown key {unknown[0]!r} (the keys are {', '.join(sorted(RUN_KEYS))})")
+    converted = {}
+    for key, value in section.items():
+        if key == "db":
+            key = "database"
+        if key in ("listen", "metrics_listen") and isinstance(value, str):
+            try:
+                value = LISTEN.convert(value, None, ctx)
+            except click.BadParameter as exc:
+                raise ImageError(path, f"{key}: {exc.message}") from None
+        if key == "workers" and (isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 64):
+            raise ImageError(path, "workers: must be a whole number from 1 to 64")
+        if key == "log_format" and value not in ("text", "json"):
+            raise ImageError(path, "log_format: must be \"text\" or \"json\"")
+        if key == "home":
+            value = (path.parent / value) if not Path(value).is_absolute() else Path(value)
+        converted[key] = value
+    ctx.default_map = {**(ctx.default_map or {}), **converted}
+    return path
+
+
 @server.command("run")
-@home_option
-@click.option("--listen", type=LISTEN, help="Address to serve on (default: from `server init`); port 0 picks one.")
-@click.option("--db", "database", help="Database URL (default: from `server init`).")
-@click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
+@click.option("--config", type=click.Path(path_type=Path, dir_okay=False), is_eager=True, expose_value=False,
+              callback=load_config, help="Read the options from this TOML file (flags and VHW_SERVER_* win).")
+@click.option("--home", type=click.Path(path_type=Path, file_okay=False), envvar="VHW_SERVER_HOME",
+              help="The server's folder (default: $VHW_HOME/server).")
+@click.option("--listen", type=LISTEN, envvar="VHW_SERVER_LISTEN",
+              help="Address to serve on (default: from `server init`); port 0 picks one.")
+@click.option("--db", "database", envvar="VHW_SERVER_DB", help="Database URL (default: from `server init`).")
+@click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True, envvar="VHW_SERVER_WORKERS",
               help="Serve with this many processes on one port (use PostgreSQL behind them).")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              envvar="VHW_SERVER_LOG_FORMAT", help="One line per request and event on stderr, as text or JSON.")
+@click.option("--metrics-listen", type=LISTEN, envvar="VHW_SERVER_METRICS_LISTEN",
+              help="Also serve /metrics over plain HTTP here, without a credential (for a local scraper).")
 @click.option("--reuse-port", is_flag=True, hidden=True, help="Bind with SO_REUSEPORT (one of --workers).")
 @pass_app
 def server_run(app: App, home: Path | None, listen: tuple[str, int] | None, database: str | None,
-               workers: int, reuse_port: bool) -> None:
-    """Serve the licensing API over HTTPS until Ctrl-C or SIGTERM (then stop gracefully)."""
+               workers: int, log_format: str, metrics_listen: tuple[str, int] | None, reuse_port: bool) -> None:
+    """Serve the licensing API over HTTPS until Ctrl-C or SIGTERM (then stop gracefully).
+
+    Every option may come from --config FILE (TOML, keys as the options: home, listen, db, workers,
+    log_format, metrics_listen), from VHW_SERVER_<OPTION> in the environment, or from the flag;
+    the flag wins over the environment, which wins over the file.
+    """
+    from ..logs import configure
     from ..server import run_workers, serve
 
+    configure(log_format)
     h = server_home(app, home)
     h.require()
 
@@ -85,12 +140,15 @@ def server_run(app: App, home: Path | None, listen: tuple[str, int] | None, data
         sys.stdout.flush()
 
     try:
-        if workers > 1:
-            run_workers(h, workers=workers, listen=listen, database=database, ready=ready)
-        else:
-            import trio
+        with h.running():
+            if workers > 1:
+                run_workers(h, workers=workers, listen=listen, database=database, ready=ready,
+                            log_format=log_format, metrics_listen=metrics_listen)
+            else:
+                import trio
 
-            trio.run(lambda: serve(h, listen=listen, database=database, ready=ready, reuse_port=reuse_port))
+                trio.run(lambda: serve(h, listen=listen, database=database, ready=ready, reuse_port=reuse_port,
+                                       metrics_listen=metrics_listen))
     except OSError as exc:
         raise StateError(f"cannot serve on {listen or h.config().listen}: {exc.strerror or exc}") from None
     click.echo("vhw licensing server stopped")
@@ -118,12 +176,87 @@ def server_credential(app: App, role: str, name: str, out: Path, home: Path | No
 @home_option
 @click.option("--after", type=int, default=0, help="Only entries after this sequence number.")
 @click.option("--json", "as_json", is_flag=True)
+@click.option("--verify", is_flag=True, help="Check the hash chain and the signed heads instead of printing;"
+              " exit 3 naming the first entry that breaks them.")
+@click.option("--db", "database", help="Database URL (default: from `server init`).")
 @pass_app
-def server_audit(app: App, home: Path | None, after: int, as_json: bool) -> None:
-    """Print the audit log: every registration, key issue, flag, confirm, repair and reissue."""
+def server_audit(app: App, home: Path | None, after: int, as_json: bool, verify: bool, database: str | None) -> None:
+    """Print the audit log: every registration, key issue, flag, confirm, repair and reissue.
+
+    The entries are linked in a hash chain whose head the server signs with the platform key into
+    audit-heads.jsonl (outside the database): --verify finds an edited, deleted or reordered entry.
+    """
     h = server_home(app, home)
     h.require()
-    show_audit(h.store(), after=after, as_json=as_json)
+    if not verify:
+        show_audit(h.store(database), after=after, as_json=as_json)
+        return
+    from ..auditlog import verify as verify_chain
+
+    store = h.store(database)
+    try:
+        verdict = verify_chain(store, h.path("audit-heads.jsonl"), h.check_signature)
+    finally:
+        store.close()
+    if not verdict.ok:
+        raise ImageError(h.path("audit-heads.jsonl").parent, str(verdict))
+    click.echo(str(verdict))
+
+
+@server.command("backup")
+@click.argument("out", type=click.Path(path_type=Path, dir_okay=False))
+@home_option
+@click.option("--db", "database", help="Database URL (default: from `server init`).")
+@pass_app
+def server_backup(app: App, out: Path, home: Path | None, database: str | None) -> None:
+    """Write an online, consistent copy of the database to OUT while the server serves.
+
+    SQLite: its backup API; PostgreSQL: pg_dump. The keys in it stay encrypted under the master
+    key, which is not in it: keep master.key (and ca-key.pem) apart from the backups.
+    """
+    from ..serverhome import backup
+
+    h = server_home(app, home)
+    h.require()
+    kind = backup(h, out, database)
+    click.echo(f"backed up the {kind} database to {out}")
+
+
+@server.command("restore")
+@click.argument("source", metavar="IN", type=click.Path(path_type=Path, dir_okay=False))
+@home_option
+@click.option("--db", "database", help="Database URL (default: from `server init`).")
+@pass_app
+def server_restore(app: App, source: Path, home: Path | None, database: str | None) -> None:
+    """Restore the backup IN as this home's database: a new one only, never over a live one.
+
+    The home must hold the master key the backup's keys are encrypted under.
+    """
+    from ..serverhome import restore
+
+    h = server_home(app, home)
+    h.require()
+    reached = restore(h, source, database)
+    click.echo(f"restored {source}: the audit chain reaches position {reached}")
+
+
+@server.command("rotate-master-key")
+@home_option
+@click.option("--db", "database", help="Database URL (default: from `server init`).")
+@pass_app
+def server_rotate(app: App, home: Path | None, database: str | None) -> None:
+    """Re-encrypt every key at rest under a new master key, in one transaction; the old key is
+    then gone. Stop the server first. A rotation killed half way is finished, or undone, when the
+    server next starts: every key stays readable under exactly one of the two keys."""
+    h = server_home(app, home)
+    h.require()
+    with h.stopped("rotating its master key"):
+        store = h.store(database)
+        try:
+            count = h.rotate_master_key(store)
+        finally:
+            store.close()
+    click.echo(f"re-encrypted {count} keys under a new master key; the old one is gone")
 
 
 @server.command("openapi")

@@ -1,0 +1,101 @@
+"""The audit chain on a store: the chainer the server runs, the signed heads file, the verifier.
+
+The logic is :mod:`vhw.audit`'s; this module reads and writes the database and the heads file
+(``audit-heads.jsonl`` in the server home, one signed head per line, appended under a lock).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from . import audit
+from .store import Store
+
+log = logging.getLogger(__name__)
+
+CHAIN_BATCH = 5000  # entries linked per transaction
+LOCK_ID = 0x5648_5701  # PostgreSQL advisory lock: one chainer at a time across processes
+
+
+def _head(tx) -> tuple[int, bytes]:
+    row = tx.one("SELECT position, hash FROM audit WHERE position IS NOT NULL ORDER BY position DESC LIMIT 1")
+    return (row[0], bytes(row[1])) if row else (0, audit.GENESIS)
+
+
+def chain_pending(store: Store) -> tuple[int, bytes, int]:
+    """Link the entries not chained yet; returns the head (position, hash) and how many were linked.
+    Another process chaining at the same moment makes this one return at once, linking nothing."""
+    linked = 0
+    with store.transaction() as tx:
+        if store.dialect == "postgres":
+            if not tx.one("SELECT pg_try_advisory_xact_lock(?)", LOCK_ID)[0]:
+                return (*_head(tx), 0)
+        head = _head(tx)
+        while True:
+            rows = tx.all("SELECT seq, at, actor, action, subject, detail FROM audit WHERE position IS NULL"
+                          " ORDER BY seq LIMIT ?", CHAIN_BATCH)
+            if not rows:
+                break
+            entries = audit.chain(head, [audit.Entry(*r) for r in rows])
+            tx.executemany("UPDATE audit SET position = ?, prev_hash = ?, hash = ? WHERE seq = ?",
+                           [(e.position, e.prev_hash, e.hash, e.seq) for e in entries])
+            head = (entries[-1].position, entries[-1].hash)
+            linked += len(entries)
+    return (*head, linked)
+
+
+def append_head(path: Path, head: audit.SignedHead) -> None:
+    """Add a signed head to the heads file (kept outside the database), durably."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.write(fd, head.to_line().encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_heads(path: Path) -> list[audit.SignedHead]:
+    try:
+        lines = path.read_text().splitlines()
+    except FileNotFoundError:
+        return []
+    out = []
+    for n, line in enumerate(lines, 1):
+        try:
+            out.append(audit.SignedHead.from_line(line))
+        except (ValueError, KeyError, TypeError):
+            raise ValueError(f"{path}: line {n} is not a signed head") from None
+    return out
+
+
+class Chainer:
+    """Links new entries and signs the head: the server runs :meth:`run` every few seconds and
+    once more when it stops."""
+
+    def __init__(self, store: Store, sign: Callable[[bytes], bytes], heads: Path, *,
+                 clock: Callable[[], float] = time.time):
+        self.store, self.sign, self.heads, self.clock = store, sign, heads, clock
+
+    def run(self) -> int:
+        position, digest, linked = chain_pending(self.store)
+        if linked:
+            append_head(self.heads, audit.sign_head(self.sign, position, digest, int(self.clock())))
+        return linked
+
+
+def verify(store: Store, heads: Path, check_signature: Callable[[bytes, bytes], bool]) -> audit.Verdict:
+    with store.transaction() as tx:
+        rows = tx.all("SELECT seq, at, actor, action, subject, detail, position, prev_hash, hash FROM audit")
+    entries = [audit.Entry(r[0], r[1], r[2], r[3], r[4], r[5], r[6],
+                           bytes(r[7]) if r[7] is not None else None, bytes(r[8]) if r[8] is not None else None)
+               for r in rows]
+    with contextlib.suppress(ValueError):
+        return audit.verify(entries, read_heads(heads), check_signature)
+    return audit.Verdict(False, 0, 0, 0, f"{heads} is damaged: a line is not a signed head")
