@@ -30,14 +30,17 @@ class RunningServer:
 
     @classmethod
     def start(cls, home: Path, *, init: list[str] = (), run: list[str] = (), env: dict | None = None,
-              timeout: float = 30) -> RunningServer:
+              timeout: float = 30, listen: str | None = "127.0.0.1:0", top: list[str] = ()) -> RunningServer:
+        """``listen=None``: no --listen flag (the address comes from --config, VHW_SERVER_LISTEN or
+        the home's config)."""
         env = {**os.environ, **(env or {})}
         if not (home / "config.json").exists():
             subprocess.run([sys.executable, "-m", "vhw", "server", "init", "--home", str(home), *init],
                            check=True, capture_output=True, env=env)
         log = home / "server.log"
         proc = subprocess.Popen(
-            [sys.executable, "-m", "vhw", "server", "run", "--home", str(home), "--listen", "127.0.0.1:0", *run],
+            [sys.executable, "-m", "vhw", *top, "server", "run", "--home", str(home),
+             *(["--listen", listen] if listen else []), *run],
             stdout=subprocess.PIPE, stderr=open(log, "ab"), env=env, text=True,
         )
         deadline = time.monotonic() + timeout
