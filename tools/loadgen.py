@@ -144,6 +144,8 @@ def main() -> int:
     args = ap.parse_args()
     levels = [int(x) for x in args.clients.split(",")]
     cluster = None
+    if args.dir:
+        os.makedirs(args.dir, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         init = []
         if args.backend == "postgres":

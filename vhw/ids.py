@@ -66,6 +66,21 @@ def _check(kind: IdKind, values: list[int]) -> int:
     return (kind.offset + sum((i + 1) * v for i, v in enumerate(values))) % BASE
 
 
+def _body(kind: IdKind, value: int) -> str:
+    digits = []
+    for _ in range(kind.length):
+        value, d = divmod(value, BASE)
+        digits.append(ALPHABET[d])
+    return "".join(reversed(digits))
+
+
+@functools.lru_cache(maxsize=1 << 16)  # a server names the same cards, consoles and users again and again
+def _label(kind: IdKind, value: int) -> str:
+    body = _body(kind, value)
+    groups = [body[i : i + GROUP] for i in range(0, len(body), GROUP)]
+    return "-".join([kind.prefix, *groups, ALPHABET[_check(kind, [_VALUE[c] for c in body])]])
+
+
 @dataclass(frozen=True, order=True)
 class Id:
     """One ID of one kind. ``str(id)`` is its label; ``Id.parse`` reads a label back."""
@@ -93,12 +108,7 @@ class Id:
 
     @functools.cached_property
     def body(self) -> str:
-        digits = []
-        v = self.value
-        for _ in range(self.kind.length):
-            v, d = divmod(v, BASE)
-            digits.append(ALPHABET[d])
-        return "".join(reversed(digits))
+        return _body(self.kind, self.value)
 
     @property
     def check(self) -> str:
@@ -106,10 +116,8 @@ class Id:
 
     @functools.cached_property
     def label(self) -> str:
-        """The label as printed: kind, body in groups of four, check character (computed once)."""
-        body = self.body
-        groups = [body[i : i + GROUP] for i in range(0, len(body), GROUP)]
-        return "-".join([self.kind.prefix, *groups, self.check])
+        """The label as printed: kind, body in groups of four, check character."""
+        return _label(self.kind, self.value)
 
     def __str__(self) -> str:
         return self.label

@@ -18,6 +18,7 @@ THIS MEDIA``. Failed User ID checks are counted per card; past a limit the card 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import time
@@ -60,10 +61,20 @@ class Licensing:
     # CA in their ROM. Given by the server's home; tests may pass their own CA's.
     sign: Callable[[bytes], bytes] | None = field(default=None, repr=False)
 
+    def __post_init__(self) -> None:
+        # What a user's every acquisition carries the same of, as long as the card and the devices
+        # stay the same: the Content-Gen-Key sealed to them, and the card token. Both are functions
+        # of their arguments (any fresh sealing or signature of them is as good as another), so a
+        # server hands out the one it made last time instead of paying an HPKE sealing and a
+        # signature per disc; a repaired device, a reissued card or a new epoch are other arguments.
+        self._sealed_cgk = functools.lru_cache(maxsize=4096)(bindings.issue_content_gen_key)
+        self._signed_token = functools.lru_cache(maxsize=4096)(
+            lambda owner, mc_id, epoch: bindings.make_card_token(self.sign, owner, mc_id, epoch))
+
     def _card_token(self, cgk: bytes, mc_id: Id, epoch: int) -> bytes:
         if self.sign is None:
             raise ServerError("this server cannot sign card tokens (no platform CA key)", status=500)
-        return bindings.make_card_token(self.sign, owner_of(cgk), mc_id, epoch)
+        return self._signed_token(owner_of(cgk), mc_id, epoch)
 
     # -- transactions ---------------------------------------------------------------------------
 
@@ -119,10 +130,7 @@ class Licensing:
         """The registered public keys of a user entry's console and HDD."""
         console = tx.one("SELECT public_key FROM consoles WHERE client_id = ?", str(client_id))
         hdd = tx.one("SELECT public_key FROM hdds WHERE hdd_id = ?", str(hdd_id))
-        if not console or console[0] is None or not hdd or hdd[0] is None:
-            raise ServerError(f"{client_id} or {hdd_id} was registered without a device key (an older"
-                              " device format): the manufacturer makes the device again", status=409)
-        return DevicePublic(client_id, hdd_id, bytes(console[0]), bytes(hdd[0]))
+        return _device_public(client_id, hdd_id, console and console[0], hdd and hdd[0])
 
     def register_card(self, actor: str, msg: p.RegisterCard) -> p.Done:
         return self._retrying(self._register_card, actor, msg)
@@ -242,24 +250,33 @@ class Licensing:
     # -- MID registration and key acquisition, S13-S17 --------------------------------------------
 
     def _authenticate_user(self, tx: Tx, req) -> tuple[bytes, Id, tuple]:
-        """S13: the card's MC-Key, the User ID it unwraps, and the matching user entry."""
-        if self._too_many_attempts(tx, req.mc_id):
+        """S13: the card's MC-Key, the User ID it unwraps, and the matching user entry (with the
+        public keys of its console and HDD). One query: on PostgreSQL each round trip counts."""
+        row = tx.one(
+            "SELECT (SELECT COUNT(*) FROM attempts WHERE subject = q.mc_id AND at > ?), c.mc_key,"
+            " u.user_id, u.mc_id, u.client_id, u.hdd_id, u.content_gen_key, u.card_epoch,"
+            " (SELECT 1 FROM consoles WHERE client_id = ? AND retired IS NULL),"
+            " (SELECT 1 FROM hdds WHERE hdd_id = ? AND retired IS NULL),"
+            " (SELECT public_key FROM consoles WHERE client_id = u.client_id),"
+            " (SELECT public_key FROM hdds WHERE hdd_id = u.hdd_id)"
+            " FROM (SELECT CAST(? AS TEXT) AS mc_id) q"
+            " LEFT JOIN cards c ON c.mc_id = q.mc_id AND c.retired IS NULL"
+            " LEFT JOIN users u ON u.mc_id = q.mc_id",
+            self._now() - self.policy.attempt_window, str(req.client_id), str(req.hdd_id), str(req.mc_id),
+        )
+        if row[0] >= self.policy.attempt_limit:
             raise ServerError(
                 f"too many failed attempts with memory card {req.mc_id}; try again later", status=429
             )
-        card = tx.one("SELECT mc_key FROM cards WHERE mc_id = ? AND retired IS NULL", str(req.mc_id))
         try:
-            if card is None:
+            if row[1] is None:
                 raise crypto.Invalid()
-            mc_key = self._open("cards", req.mc_id, card[0])
+            mc_key = self._open("cards", req.mc_id, row[1])
             user = bindings.unwrap_id(mc_key, req.user_id, IdKind.USER, bindings.user_id(req.mc_id))
         except crypto.Invalid:
             raise UserIdInvalid() from None
-        entry = tx.one(
-            "SELECT user_id, mc_id, client_id, hdd_id, content_gen_key, card_epoch FROM users WHERE user_id = ?",
-            str(user),
-        )
-        if entry is None or not self._entry_matches(entry, req) or not self._device_known(tx, req.client_id, req.hdd_id):
+        entry = row[2:8] + row[10:12]
+        if row[2] != str(user) or not self._entry_matches(entry, req) or not (row[8] and row[9]):
             raise UserIdInvalid()
         return mc_key, user, entry
 
@@ -269,11 +286,6 @@ class Licensing:
         return all(stored[name] == str(getattr(req, name)) for name in self.policy.identify_by) and (
             stored["mc_id"] == str(req.mc_id)  # the card always: its MC-Key wraps everything
         )
-
-    def _too_many_attempts(self, tx: Tx, mc_id: Id) -> bool:
-        since = self._now() - self.policy.attempt_window
-        row = tx.one("SELECT COUNT(*) FROM attempts WHERE subject = ? AND at > ?", str(mc_id), since)
-        return row[0] >= self.policy.attempt_limit
 
     @contextlib.contextmanager
     def _counting_failures(self, mc_id: Id):
@@ -343,7 +355,8 @@ class Licensing:
             self._audit(tx, actor, "issue-keys", mid, user_id=user, title_id=media[0], mc_id=req.mc_id)
             title_id, content_key = media[0], self._open("titles", media[0], media[1])
             cgk = self._open("users", user, entry[4])
-            devices = self._device_keys(tx, Id.parse(entry[2], IdKind.CLIENT), Id.parse(entry[3], IdKind.HDD))
+            devices = _device_public(Id.parse(entry[2], IdKind.CLIENT), Id.parse(entry[3], IdKind.HDD),
+                                     entry[6], entry[7])
             epoch = entry[5]
         # S15: keys wrapped with the MC-Key and sealed to the user entry's HDD and console, device
         # IDs sealed with the Content-Gen-Key
@@ -351,7 +364,7 @@ class Licensing:
             title_id=title_id,
             title_digest=bytes(media[2]),
             content_key=bindings.issue_content_key(devices, mc_key, req.mc_id, mid, title_id, content_key),
-            content_gen_key=bindings.issue_content_gen_key(devices, mc_key, req.mc_id, user, cgk),
+            content_gen_key=self._sealed_cgk(devices, mc_key, req.mc_id, user, cgk),
             sealed_ids=bindings.seal_device_ids(cgk, user, devices.client_id, devices.hdd_id),
             card_token=self._card_token(cgk, req.mc_id, epoch),
         )
@@ -466,3 +479,10 @@ class Licensing:
                 query.after, query.limit,
             )
         return p.AuditPage(tuple(p.AuditEntry(*r) for r in rows))
+
+
+def _device_public(client_id: Id, hdd_id: Id, console_key: bytes | None, hdd_key: bytes | None) -> DevicePublic:
+    if console_key is None or hdd_key is None:
+        raise ServerError(f"{client_id} or {hdd_id} was registered without a device key (an older"
+                          " device format): the manufacturer makes the device again", status=409)
+    return DevicePublic(client_id, hdd_id, bytes(console_key), bytes(hdd_key))

@@ -132,6 +132,7 @@ def _error_response(exc: BaseException) -> JSONResponse:
     return _json(500, "internal-error", "internal server error")
 
 
+STORE_THREADS = 4  # for the requests not batched: a few threads contend less for the GIL than dozens
 DRAIN_LIMIT = 1024 * 1024  # an oversize body is read and dropped up to here, so the 413 arrives
 
 
@@ -188,6 +189,7 @@ class App:
         self.lic = lic
         self.mode = mode
         self.batcher = Batcher(lic)
+        self.limiter = anyio.CapacityLimiter(STORE_THREADS)
         routes = [Route(ep.path, partial(self.handle, ep), methods=[ep.method]) for ep in ENDPOINTS]
         routes.append(Route("/openapi.json", self.openapi, methods=["GET"]))
         routes.append(Route("/metrics", self.metrics, methods=["GET"]))
@@ -285,7 +287,7 @@ class App:
                 if ep.path in BATCHED and self.batcher.running:
                     result = await self.batcher.call(ep.call, actor, msg)
                 else:
-                    result = await anyio.to_thread.run_sync(ep.call, self.lic, actor, msg)
+                    result = await anyio.to_thread.run_sync(ep.call, self.lic, actor, msg, limiter=self.limiter)
                 _count(ep, result)
                 if type(result) is not ep.response:  # a console's acquisition, counted as a broker's
                     result = ep.response(**{f.name: getattr(result, f.name) for f in dataclasses.fields(ep.response)})
