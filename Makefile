@@ -9,7 +9,8 @@ setup:
 demo: setup
 	$(VENV)/bin/vhw demo
 
-test: setup
+test:
+	@bash tools/setup.sh --test
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 # Every data-path comparison in one sitting (as root: it drops the page cache); writes

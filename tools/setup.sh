@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Install what `make demo`, `make test` and `make bench` need on a fresh Debian machine, and nothing twice:
 # the FUSE runtime and headers (pyfuse3 compiles against libfuse3), PostgreSQL for the server
-# suite, a virtualenv in .venv and the package with its test extras.
+# suite, Chromium for the browser tests, a virtualenv in .venv and the package with its test extras.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(fuse3 libfuse3-dev pkg-config postgresql)
 # `make bench` (setup.sh --bench) also needs the peers and tools it compares with
 [ "${1:-}" = "--bench" ] && packages+=(gocryptfs fio time)
+# `make test` (setup.sh --test) also needs a browser for the web consoles' tests: Debian's Chromium,
+# driven by Playwright's Python package (which then downloads no browser of its own)
+[ "${1:-}" = "--test" ] && packages+=(chromium)
 need=()
 for pkg in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")

@@ -68,6 +68,10 @@ SCHEMA: list[list[str]] = [
         "CREATE TABLE audit (seq INTEGER PRIMARY KEY AUTOINCREMENT, at BIGINT NOT NULL, actor TEXT NOT NULL,"
         " action TEXT NOT NULL, subject TEXT NOT NULL, detail TEXT NOT NULL)",
     ],
+    [  # 2: the broker's staff, who sign in to its web console (passwords as scrypt hashes)
+        "CREATE TABLE staff (name TEXT PRIMARY KEY, password_hash BYTEA NOT NULL, salt BYTEA NOT NULL,"
+        " created BIGINT NOT NULL)",
+    ],
 ]
 
 SCRYPT = {"n": 2**14, "r": 8, "p": 1}  # memory-hard: 16 MiB per guess
@@ -127,25 +131,66 @@ class Broker:
     # -- accounts -----------------------------------------------------------------------------
 
     def add_account(self, name: str, password: str) -> None:
+        self._add_login("accounts", "account", name, password)
+
+    def add_staff(self, name: str, password: str) -> None:
+        """A member of the broker's staff, who signs in to the web console."""
+        self._add_login("staff", "staff account", name, password)
+
+    def _add_login(self, table: str, what: str, name: str, password: str) -> None:
         if not name or len(name) > 64 or not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
             raise StateError(f"{name!r} is not an account name (letters, digits, - _ .)")
         if len(password) < 8:
             raise StateError("a password has at least 8 characters")
         salt = secrets.token_bytes(16)
         with self.store.transaction() as tx:
-            if tx.one("SELECT 1 FROM accounts WHERE name = ?", name):
-                raise StateError(f"account {name} exists already")
-            tx.execute("INSERT INTO accounts (name, password_hash, salt, created) VALUES (?, ?, ?, ?)",
+            if tx.one(f"SELECT 1 FROM {table} WHERE name = ?", name):
+                raise StateError(f"{what} {name} exists already")
+            tx.execute(f"INSERT INTO {table} (name, password_hash, salt, created) VALUES (?, ?, ?, ?)",
                        name, hash_password(password, salt), salt, self._now())
-            self._audit(tx, "broker", "add-account", name)
+            self._audit(tx, "broker", f"add-{table.rstrip('s')}", name)
 
     def check_password(self, name: str, password: str) -> bool:
+        return self._check_login("accounts", name, password)
+
+    def check_staff(self, name: str, password: str) -> bool:
+        return self._check_login("staff", name, password)
+
+    def staff_exists(self, name: str) -> bool:
         with self.store.transaction() as tx:
-            row = tx.one("SELECT password_hash, salt FROM accounts WHERE name = ?", name)
+            return tx.one("SELECT 1 FROM staff WHERE name = ?", name) is not None
+
+    def _check_login(self, table: str, name: str, password: str) -> bool:
+        with self.store.transaction() as tx:
+            row = tx.one(f"SELECT password_hash, salt FROM {table} WHERE name = ?", name)
         # the same work whether or not the account exists: no way to tell which names exist
         salt = bytes(row[1]) if row else b"\0" * 16
         candidate = hash_password(password, salt)
         return row is not None and crypto.equal(candidate, bytes(row[0]))
+
+    def accounts(self) -> list[dict]:
+        """Every account with its balance and card on file (the staff's list)."""
+        with self.store.transaction() as tx:
+            rows = tx.all("SELECT a.name, a.card_last4, a.created, COALESCE(SUM(l.cents), 0) FROM accounts a"
+                          " LEFT JOIN ledger l ON l.account = 'user:' || a.name GROUP BY a.name, a.card_last4, a.created"
+                          " ORDER BY a.name")
+        return [{"name": n, "card_on_file": f"**** {c}" if c else None, "created": t, "balance_cents": -b}
+                for n, c, t, b in rows]
+
+    def revenue(self) -> dict:
+        """Charges, with the platform's and the broker's shares, per title and per day (UTC)."""
+        with self.store.transaction() as tx:
+            rows = tx.all("SELECT what, at, cents, platform, broker FROM charges ORDER BY at")
+        by_title: dict[str, list[int]] = {}
+        by_day: dict[str, list[int]] = {}
+        for what, at, c, plat, brok in rows:
+            for table, key in ((by_title, what.split(" ", 1)[0]), (by_day, time.strftime("%Y-%m-%d", time.gmtime(at)))):
+                row = table.setdefault(key, [0, 0, 0, 0])
+                row[0] += 1
+                row[1] += c
+                row[2] += plat
+                row[3] += brok
+        return {"by_title": sorted(by_title.items()), "by_day": sorted(by_day.items())}
 
     def _require(self, tx, name: str) -> tuple:
         row = tx.one("SELECT card_token, card_last4 FROM accounts WHERE name = ?", name)
@@ -204,7 +249,11 @@ class Broker:
             charged = tx.one("SELECT COALESCE(SUM(cents), 0), COALESCE(SUM(platform), 0), COALESCE(SUM(broker), 0)"
                              " FROM charges")
             unbalanced = tx.all("SELECT txn FROM ledger GROUP BY txn HAVING SUM(cents) <> 0")
+        platform, broker = -by_account.get("revenue:platform", 0), -by_account.get("revenue:broker", 0)
+        balanced = (total == 0 and not unbalanced and platform + broker == charged[0]
+                    and (platform, broker) == (charged[1], charged[2]))
         return {
+            "balanced": balanced,
             "sum_of_entries": total,
             "unbalanced_transactions": [r[0] for r in unbalanced],
             "charges": charged[0],
@@ -392,10 +441,10 @@ class BrokerHome:
 class BrokerApp:
     """The consoles' side of the broker: the server's console endpoints, plus an account."""
 
-    def __init__(self, broker: Broker):
+    def __init__(self, broker: Broker, console_key: bytes | None = None, token: str = ""):
         from starlette.applications import Starlette
         from starlette.exceptions import HTTPException
-        from starlette.routing import Route
+        from starlette.routing import Mount, Route
 
         from .server import _error_response
 
@@ -407,6 +456,10 @@ class BrokerApp:
             Route("/v1/console/purchase", self._endpoint(p.PurchaseRequest, broker.purchase), methods=["POST"]),
             Route("/v1/console/confirm", self._endpoint(p.ConfirmRequest, broker.confirm), methods=["POST"]),
         ]
+        if console_key is not None:  # the staff's web console (vhw.webconsole.desk)
+            from .webconsole.desk import DeskConsole
+
+            routes.append(Mount("/console", app=DeskConsole(broker, console_key, token).app()))
         self.app = Starlette(routes=routes,
                              exception_handlers={HTTPException: lambda req, exc: _error_response(exc)})
 
@@ -472,7 +525,11 @@ class BrokerApp:
 async def serve(home: BrokerHome, *, listen: tuple[str, int] | None = None, ready=None) -> None:
     from .server import _split, serve_app
 
+    from .webconsole.web import session_key
+
     cfg = home.config()
+    key = session_key(home.path("console-session.key"))
+    token = Credential.load(home.path("credential.json")).token
     with home.broker() as broker:
-        await serve_app(BrokerApp(broker), listen=listen or _split(cfg.listen), certfile=home.path("tls.pem"),
+        await serve_app(BrokerApp(broker, key, token), listen=listen or _split(cfg.listen), certfile=home.path("tls.pem"),
                         keyfile=home.path("tls-key.pem"), ready=ready)

@@ -243,3 +243,17 @@ def reproduction_key(view: CardView | None, hw: Hardware) -> Match:
 def drop_content_key(view: CardView, mid: Id) -> CardView:
     """S28: the copy is complete; the Content-Key leaves the card."""
     return view.without_content_key(mid)
+
+
+# -- the repair center, FIG. 14 ---------------------------------------------------------------------
+
+
+def reissued_card(user_id: Id, mc_id: Id, mc_key: bytes, resp: p.ReissueResponse, stamp: int) -> Card:
+    """The new card of a reissue: the server's answer, which must open with the new MC-Key as the
+    User ID asked for (the CLI and the web console both write this)."""
+    card = Card(mc_id, mc_key, stamp, user_id=resp.user_id, content_gen_key=resp.content_gen_key,
+                sealed_ids=resp.sealed_ids, card_token=resp.card_token,
+                licenses=tuple(License(x.title_id, x.mid, b"", stamp) for x in resp.licenses))
+    if CardView.open(card).user != user_id:
+        raise ServerError("the server's answer does not fit the new card")
+    return card

@@ -185,7 +185,7 @@ class App:
     """The Starlette application around one :class:`Licensing`: the endpoints, ``/openapi.json``
     and ``/metrics``, an access log line and the metrics of every request."""
 
-    def __init__(self, lic: Licensing, *, mode: str = "direct"):
+    def __init__(self, lic: Licensing, *, mode: str = "direct", console_key: bytes | None = None):
         self.lic = lic
         self.mode = mode
         self.batcher = Batcher(lic)
@@ -194,6 +194,12 @@ class App:
         routes.append(Route("/openapi.json", self.openapi, methods=["GET"]))
         routes.append(Route("/metrics", self.metrics, methods=["GET"]))
         self._paths = {r.path for r in routes}
+        if console_key is not None:  # the repair center's web console (vhw.webconsole.repair)
+            from starlette.routing import Mount
+
+            from .webconsole.repair import RepairConsole
+
+            routes.append(Mount("/console", app=RepairConsole(lic, console_key).app()))
         self.starlette = Starlette(
             routes=routes,
             exception_handlers={HTTPException: lambda req, exc: _error_response(exc)},
@@ -226,7 +232,8 @@ class App:
             await self.starlette(scope, receive, sending)
         finally:
             elapsed = time.perf_counter() - started
-            endpoint = scope["path"] if scope["path"] in self._paths else "other"
+            path = scope["path"]
+            endpoint = path if path in self._paths else "/console" if path.startswith("/console/") else "other"
             metrics.REQUESTS.labels(endpoint, scope["method"], str(status[0])).inc()
             metrics.LATENCY.labels(endpoint).observe(elapsed)
             access.info("%s %s %d %.1fms role=%s id=%s", scope["method"], scope["path"][:200], status[0],
@@ -458,7 +465,9 @@ async def serve(home: ServerHome, *, listen: tuple[str, int] | None = None, data
     try:
         await trio.to_thread.run_sync(store.migrate)
         await trio.to_thread.run_sync(home.check_master_key, store)
-        app = App(home.licensing(store), mode=cfg.mode)
+        from .webconsole.web import session_key
+
+        app = App(home.licensing(store), mode=cfg.mode, console_key=session_key(home.path("console-session.key")))
         chainer = home.chainer(store)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_chain_audit, chainer)

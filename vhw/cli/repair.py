@@ -13,9 +13,7 @@ from ..devices import card as card_dev
 from ..devices import rom as rom_dev
 from ..devices.files import now, refuse_existing
 from ..devices.hdd import HddImage
-from ..formats.card import Card, License
 from ..formats.card import WHAT as CARD
-from ..errors import ServerError
 from ..ids import Id, IdKind
 from . import vhw
 from .devices import PATH
@@ -80,12 +78,7 @@ def repair_card(user_id: Id, out: Path, credential: Path | None, server_url: str
     mc_id, mc_key = Id.random(IdKind.CARD), crypto.random_key()
     with role_client(credential, server_url, "operator") as c:
         resp = c.call("/v1/operator/reissue", proto.ReissueRequest(user_id, mc_id, mc_key), proto.ReissueResponse)
-    stamp = now()
-    card = Card(mc_id, mc_key, stamp, user_id=resp.user_id, content_gen_key=resp.content_gen_key,
-                sealed_ids=resp.sealed_ids, card_token=resp.card_token,
-                licenses=tuple(License(x.title_id, x.mid, b"", stamp) for x in resp.licenses))
-    if cpu.CardView.open(card).user != user_id:  # the answer opens with the new card's key, as it should
-        raise ServerError("the server's answer does not fit the new card")
+    card = cpu.reissued_card(user_id, mc_id, mc_key, resp, now())
     card_dev.create(out, card)
     click.echo(f"new memory card {out}: MC-ID {mc_id} for User ID {user_id}, {len(card.licenses)} license(s);"
                " the old card is retired")

@@ -1,0 +1,465 @@
+"""The web consoles in a real browser (Debian's Chromium, driven by Playwright) against real
+servers on 127.0.0.1 over TLS, and their security properties over HTTP.
+
+The browser story: sign in, find a user from a typed label (a mistyped check character caught on
+the page), repair the HDD and install again with `vhw`, reissue the card and play with the new one
+(the old one refused), search the audit log, read the dashboard; and at the broker: accounts, a
+top-up, the ledger balanced, revenue. Screenshots of the main pages go to docs/screens/.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from vhw.devices import card as card_dev
+from vhw.devices.hdd import HddImage
+from vhw.samples import build_samples
+from vhw.serverhome import Credential
+
+from .conftest import PLAY, USER
+from .servers import RunningServer, factory, publish
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+SCREENS = Path(__file__).resolve().parent.parent / "docs" / "screens"
+EVIL = "Cave <script>window.pwned=1</script>"
+
+playwright_api = pytest.importorskip("playwright.sync_api")
+if not os.path.exists(CHROMIUM):
+    pytest.skip("Debian's chromium is not installed (make test installs it)", allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def srv(tmp_path_factory):
+    server = RunningServer.start(tmp_path_factory.mktemp("web") / "home")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with playwright_api.sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path=CHROMIUM, headless=True)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser):
+    # The platform CA is not in Chromium's store: the test accepts the server's certificate, the
+    # connection is TLS all the same.
+    context = browser.new_context(ignore_https_errors=True, viewport={"width": 1200, "height": 900},
+                                  accept_downloads=True)
+    pg = context.new_page()
+    yield pg
+    context.close()
+
+
+def shot(page, name: str) -> None:
+    SCREENS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENS / f"{name}.png"), full_page=True)
+
+
+def token(srv, role: str) -> str:
+    return Credential.load(srv.credential(role)).token
+
+
+def every_input_labelled(page) -> list[str]:
+    """The visible form fields of the page that no <label> names (should be none)."""
+    return page.evaluate("""() => [...document.querySelectorAll('input:not([type=hidden]), select, textarea')]
+        .filter(e => !e.labels || e.labels.length === 0).map(e => e.name || e.id)""")
+
+
+def game(tmp_path: Path, name: str = EVIL) -> Path:
+    src = build_samples(tmp_path / "samples", movie_mib=1)["game"]
+    (src / "vhw-title.json").write_text(json.dumps({"name": name, "kind": "game", "entry": "cave.py"}))
+    return src
+
+
+def play(cli, console: Path, title: str):
+    return cli("console", "play", "--console", console, title, "--moves", "d")
+
+
+def sign_in_by_keyboard(page, base: str, secret: str) -> None:
+    page.goto(base + "/console/")
+    assert page.url.startswith(base + "/console/login")
+    page.keyboard.type(secret)  # the field has the focus (autofocus)
+    page.keyboard.press("Enter")
+    page.wait_for_url(re.compile(r".*/console/lookup$"))
+
+
+# -- the repair center ----------------------------------------------------------------------------
+
+
+def test_repair_center_story_in_a_browser(cli, srv, tmp_path, page):
+    src = game(tmp_path)
+    disc, disc2, *_ = publish(cli, srv, src, tmp_path, "WEB-1", count=12)  # (audit entries for 2 pages)
+    alice = factory(cli, srv, tmp_path / "alice")
+    con = ["--console", alice["console"]]
+    assert cli("console", "register", *con).code == 0
+    assert cli("console", "insert-disc", disc, *con).code == 0
+    assert cli("console", "install", *con).code == 0
+    mc_id = str(card_dev.load(alice["card"]).mc_id)
+
+    # sign in, by keyboard alone
+    page.goto(srv.url + "/console/lookup")
+    assert "/console/login" in page.url
+    assert every_input_labelled(page) == []
+    shot(page, "login")
+    sign_in_by_keyboard(page, srv.url, token(srv, "operator"))
+
+    # a label with a mistyped check character is caught on the page
+    typo = mc_id[:-1] + ("0" if mc_id[-1] != "0" else "1")
+    page.get_by_label("MC-ID, User ID, Client ID, HDD-ID or MID").fill(typo)
+    page.keyboard.press("Enter")
+    assert "check character" in page.get_by_role("alert").inner_text()
+    page.get_by_label("MC-ID, User ID, Client ID, HDD-ID or MID").fill(mc_id.lower().replace("-", " "))
+    page.get_by_role("button", name="Look up").click()
+    link = page.locator("td.id a").first
+    user_id = link.inner_text()
+    assert user_id.startswith("US-")
+    shot(page, "lookup")
+    link.click()
+    # the user's page: devices, the title (its name escaped, shown as text), confirmed
+    assert page.get_by_role("heading", level=1).inner_text() == f"User {user_id}"
+    assert EVIL in page.locator("table", has_text="Titles").inner_text()
+    assert page.evaluate("window.pwned === undefined")
+    assert "confirmed" in page.locator("table", has_text="Titles").inner_text()
+    assert "issue-keys" in page.locator("table", has_text="audit entries").inner_text()
+    shot(page, "user")
+
+    # repair: the HDD is exchanged (FIG. 13)
+    new_hdd = tmp_path / "new.hdd"
+    man = ["--credential", srv.credential("manufacturer"), "--server", srv.url]
+    assert cli("hdd", "format", new_hdd, "--size", "256M", *man).code == 0
+    with HddImage.open(new_hdd) as img:
+        new_hdd_id = str(img.hdd_id)
+    with HddImage.open(alice["hdd"]) as img:
+        old_hdd_id = str(img.hdd_id)
+    page.get_by_role("link", name="Repair a console or HDD…").click()
+    assert every_input_labelled(page) == []
+    page.get_by_label("New HDD-ID").fill(new_hdd_id)
+    page.get_by_role("button", name="Show what will change").click()
+    preview = page.locator("section.confirm").inner_text()
+    assert old_hdd_id in preview and new_hdd_id in preview and "1 MID flag(s)" in preview
+    shot(page, "repair-confirm")
+    page.get_by_role("button", name="Confirm the repair").click()
+    changed = page.locator("ul.changed").inner_text()
+    assert f"{old_hdd_id} → {new_hdd_id}" in changed and "1 MID flag(s) cleared" in changed
+    shot(page, "repaired")
+    # ... and with `vhw` the user installs again onto the new HDD, and plays
+    fixed = tmp_path / "fixed"
+    assert cli("console", "setup", fixed, "--rom", alice["rom"], "--hdd", new_hdd).code == 0
+    assert cli("console", "insert-card", alice["card"], "--console", fixed).code == 0
+    assert cli("console", "insert-disc", disc, "--console", fixed).code == 0
+    r = cli("console", "install", "--console", fixed)
+    assert r.code == 0, r
+    assert play(cli, fixed, "WEB-1").code == 1  # (the game's "unfinished" after one move)
+
+    # reissue the card (FIG. 14): confirm with the typed User ID, download the new card
+    page.goto(f"{srv.url}/console/user/{user_id}")
+    page.get_by_role("link", name="Reissue the memory card…").click()
+    assert "epoch 0 → 1" in page.locator("section.confirm").inner_text()
+    page.get_by_label("The User ID as the user wrote it down").fill(user_id)
+    shot(page, "reissue-confirm")
+    page.get_by_role("button", name="Confirm and make the new card").click()
+    assert "New memory card" in page.get_by_role("status").inner_text()
+    with page.expect_download() as got:
+        page.get_by_role("link", name="Download the new card file").click()
+    new_card = tmp_path / "new.card"
+    got.value.save_as(new_card)
+    shot(page, "reissued")
+    assert card_dev.load(new_card).mc_id != card_dev.load(alice["card"]).mc_id
+    # ... titles play with the new card, and the old card is refused there after it
+    assert cli("console", "eject-card", "--console", fixed).code == 0
+    assert cli("console", "insert-card", new_card, "--console", fixed).code == 0
+    assert play(cli, fixed, "WEB-1").code == 1
+    assert cli("console", "eject-card", "--console", fixed).code == 0
+    assert cli("console", "insert-card", alice["card"], "--console", fixed).code == 0
+    r = play(cli, fixed, "WEB-1")
+    assert (r.code, r.err) == (14, PLAY)
+    assert cli("console", "eject-disc", "--console", fixed).code == 0
+    assert cli("console", "insert-disc", disc2, "--console", fixed).code == 0
+    r = cli("console", "acquire", "--console", fixed)  # and by the server (a refusal on the dashboard)
+    assert (r.code, r.err) == (11, USER)
+
+    # the audit log: by ID and kind, paged
+    page.get_by_role("link", name="Audit log").click()
+    page.get_by_label("ID (any label)").fill(user_id)
+    page.get_by_label("Kind").select_option("reissue-card")
+    page.get_by_role("button", name="Search").click()
+    rows = page.locator("tbody tr")
+    assert rows.count() == 1 and "reissue-card" in rows.first.inner_text()
+    shot(page, "audit")
+    page.get_by_label("ID (any label)").fill("")
+    page.get_by_label("Kind").select_option("")
+    page.get_by_role("button", name="Search").click()
+    assert page.locator("tbody tr").count() == 25
+    first_page = page.locator("tbody tr").first.inner_text()
+    page.get_by_role("link", name="Older →").click()
+    assert "page=2" in page.url and page.locator("tbody tr").first.inner_text() != first_page
+    page.get_by_label("From (UTC, YYYY-MM-DD[THH:MM])").fill("next week")
+    page.get_by_role("button", name="Search").click()
+    assert "is not a time" in page.get_by_role("alert").first.inner_text()
+
+    # the dashboard: three SVG charts, drawn by the server
+    page.get_by_role("link", name="Dashboard").click()
+    assert page.locator("figure.chart svg").count() == 3
+    assert "Keys issued per hour" in page.content()
+    assert "User ID 1" in page.locator("figure.chart", has_text="Refusals").locator("svg > title").text_content()
+    shot(page, "dashboard")
+    # at phone width the pages still fit
+    page.set_viewport_size({"width": 390, "height": 800})
+    for path in ("/console/lookup", f"/console/user/{user_id}", "/console/dashboard"):
+        page.goto(srv.url + path)
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390 + 1, path
+    page.goto(f"{srv.url}/console/user/{user_id}")
+    shot(page, "user-phone")
+    # sign out: the session's pages are gone
+    page.get_by_role("button", name="Sign out").click()
+    page.goto(f"{srv.url}/console/user/{user_id}")
+    assert "/console/login" in page.url
+
+
+# -- security over HTTP -----------------------------------------------------------------------------
+
+
+def client(url: str) -> httpx.Client:
+    return httpx.Client(base_url=url, verify=False, follow_redirects=False, timeout=30)
+
+
+@contextlib.contextmanager
+def signed_in(url: str, form: dict):
+    with client(url) as c:
+        r = c.get("/console/login")
+        csrf = re.search(r'name="csrf" value="([^"]+)"', r.text).group(1)
+        r = c.post("/console/login", data={**form, "csrf": csrf})
+        assert r.status_code == 303, r.text
+        yield c
+
+
+def csrf_of(c: httpx.Client, path: str) -> str:
+    return re.search(r'name="csrf" value="([^"]+)"', c.get(path).text).group(1)
+
+
+REPAIR_GETS = ["/console/", "/console/lookup", "/console/lookup?id=MC-0000-0000-0000-0", "/console/audit",
+               "/console/dashboard", "/console/user/US-0000-0000-0000-0000-0", "/console/repair/US-0000-0000-0000-0000-0",
+               "/console/reissue/US-0000-0000-0000-0000-0", "/console/card/whatever"]
+REPAIR_POSTS = ["/console/logout", "/console/repair/US-0000-0000-0000-0000-0",
+                "/console/reissue/US-0000-0000-0000-0000-0"]
+
+
+def test_no_page_or_action_without_a_session(srv):
+    with client(srv.url) as c:
+        for path in REPAIR_GETS:
+            r = c.get(path)
+            assert r.status_code == 303 and r.headers["location"].startswith("/console/login?next="), path
+        for path in REPAIR_POSTS:
+            r = c.post(path, data={"csrf": "x", "confirm": "yes", "new_hdd_id": "HD-0000-0000-0000-0"})
+            assert r.status_code == 403 and "Sign in first" in r.text, path
+        # a cookie made up, or signed by another key, is no session
+        c.cookies.set("vhw_console", "e30.AAAA", domain="127.0.0.1", path="/console")
+        assert c.get("/console/lookup").status_code == 303
+
+
+def test_only_the_operator_credential_signs_in(srv):
+    for role in ("broker", "publisher", "manufacturer"):
+        with client(srv.url) as c:
+            r = c.get("/console/login")
+            csrf = re.search(r'name="csrf" value="([^"]+)"', r.text).group(1)
+            r = c.post("/console/login", data={"token": token(srv, role), "csrf": csrf})
+            assert r.status_code == 401 and "vhw_console" not in r.headers.get("set-cookie", ""), role
+    with client(srv.url) as c:  # a sign-in form without its token (a login CSRF) is refused
+        c.get("/console/login")
+        r = c.post("/console/login", data={"token": token(srv, "operator")})
+        assert r.status_code == 403 and "vhw_console" not in r.headers.get("set-cookie", "")
+
+
+def test_session_cookie_flags(srv):
+    with client(srv.url) as c:
+        r = c.get("/console/login")
+        csrf = re.search(r'name="csrf" value="([^"]+)"', r.text).group(1)
+        r = c.post("/console/login", data={"token": token(srv, "operator"), "csrf": csrf})
+        cookie = [v for k, v in r.headers.multi_items() if k == "set-cookie" and v.startswith("vhw_console=")][0]
+        flags = {part.strip().split("=")[0].lower(): part.strip() for part in cookie.split(";")[1:]}
+        assert "secure" in flags and "httponly" in flags
+        assert flags["samesite"].lower() == "samesite=strict"
+        assert flags["path"] == "Path=/console"
+        page = c.get("/console/lookup")
+        assert page.status_code == 200
+        assert "default-src 'none'" in page.headers["content-security-policy"]
+        assert page.headers["x-frame-options"] == "DENY" and page.headers["cache-control"] == "no-store"
+
+
+def users_row(srv, user_id: str):
+    store = srv.home.store()
+    try:
+        with store.transaction() as tx:
+            return tx.one("SELECT mc_id, client_id, hdd_id, card_epoch FROM users WHERE user_id = ?", user_id)
+    finally:
+        store.close()
+
+
+def test_posts_without_the_right_csrf_token_change_nothing(cli, srv, tmp_path):
+    dev = factory(cli, srv, tmp_path / "bob")
+    assert cli("console", "register", "--console", dev["console"]).code == 0
+    user_id = json.loads(cli("console", "status", "--json", "--console", dev["console"]).out)["slots"]["1"]["user_id"]
+    new_hdd = tmp_path / "new.hdd"
+    assert cli("hdd", "format", new_hdd, "--size", "64M", "--credential", srv.credential("manufacturer"),
+               "--server", srv.url).code == 0
+    with HddImage.open(new_hdd) as img:
+        new_hdd_id = str(img.hdd_id)
+    before = users_row(srv, user_id)
+    with signed_in(srv.url, {"token": token(srv, "operator")}) as c, \
+            signed_in(srv.url, {"token": token(srv, "operator")}) as other:
+        wrong = csrf_of(other, "/console/lookup")  # a real token, of another session
+        for csrf in (None, "", "x" * 43, wrong):
+            data = {"confirm": "yes", "new_hdd_id": new_hdd_id} | ({} if csrf is None else {"csrf": csrf})
+            r = c.post(f"/console/repair/{user_id}", data=data)
+            assert r.status_code == 403 and "nothing was changed" in r.text, csrf
+            r = c.post(f"/console/reissue/{user_id}", data={"user_id": user_id} | ({} if csrf is None else {"csrf": csrf}))
+            assert r.status_code == 403, csrf
+        assert users_row(srv, user_id) == before
+        # with the session's own token it goes through (so the refusals above were the token's)
+        r = c.post(f"/console/repair/{user_id}", data={"confirm": "yes", "new_hdd_id": new_hdd_id,
+                                                      "csrf": csrf_of(c, f"/console/repair/{user_id}")})
+        assert r.status_code == 200 and "What changed" in r.text
+        assert users_row(srv, user_id)[2] == new_hdd_id
+        # the new card file is fetched once, by the session that made it
+        r = c.post(f"/console/reissue/{user_id}", data={"user_id": user_id, "csrf": csrf_of(c, "/console/lookup")})
+        link = re.search(r'href="(/console/card/[^"]+)"', r.text).group(1)
+        assert other.get(link).status_code == 404
+        assert c.get(link).status_code == 200 and c.get(link).status_code == 404
+
+
+def test_output_is_escaped(cli, srv, tmp_path):
+    src = game(tmp_path)
+    [disc] = publish(cli, srv, src, tmp_path, "WEB-2")
+    dev = factory(cli, srv, tmp_path / "carol")
+    con = ["--console", dev["console"]]
+    assert cli("console", "register", *con).code == 0
+    assert cli("console", "insert-disc", disc, *con).code == 0
+    assert cli("console", "acquire", *con).code == 0
+    user_id = json.loads(cli("console", "status", "--json", *con).out)["slots"]["1"]["user_id"]
+    with signed_in(srv.url, {"token": token(srv, "operator")}) as c:
+        html = c.get(f"/console/user/{user_id}").text
+        assert "Cave &lt;script&gt;window.pwned=1&lt;/script&gt;" in html and "<script>" not in html
+        html = c.get("/console/lookup", params={"id": "<script>alert(1)</script>"}).text
+        assert "<script>alert" not in html and "&lt;script&gt;" in html
+        html = c.get("/console/audit", params={"since": "<b>x</b>"}).text
+        assert "<b>x</b>" not in html and "&lt;b&gt;x&lt;/b&gt;" in html
+
+
+# -- the broker's desk ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def brokered(tmp_path_factory):
+    """A server in broker mode, a broker before it (price 5.00, 70% to the platform), a staff account."""
+    d = tmp_path_factory.mktemp("webbroker")
+    server = RunningServer.start(d / "server", init=["--mode", "broker"])
+    run = [sys.executable, "-m", "vhw"]
+    subprocess.run([*run, "server", "issue-cert", "broker", "-o", str(d / "tls"), "--home", str(server.home.root)],
+                   check=True, capture_output=True)
+    home = d / "broker"
+    subprocess.run([*run, "broker", "init", "--home", str(home), "--credential", str(server.credential("broker")),
+                    "--tls", str(d / "tls"), "--server", server.url, "--price", "5.00", "--platform-share", "70"],
+                   check=True, capture_output=True)
+    subprocess.run([*run, "broker", "staff", "add", "sam", "--password", "sam-secret-pw", "--home", str(home)],
+                   check=True, capture_output=True)
+    proc = subprocess.Popen([*run, "broker", "run", "--home", str(home), "--listen", "127.0.0.1:0"],
+                            stdout=subprocess.PIPE, stderr=open(d / "broker.log", "wb"), text=True)
+    line = proc.stdout.readline()
+    assert "listening on" in line, (d / "broker.log").read_text()
+    server.broker_url = line.split("listening on", 1)[1].strip()
+    server.broker_home = home
+    yield server
+    proc.terminate()
+    proc.wait(15)
+    server.stop()
+
+
+def bk(cli, srv, *args):
+    return cli("broker", *args, "--home", srv.broker_home)
+
+
+def test_broker_desk_in_a_browser(cli, brokered, tmp_path, page):
+    srv = brokered
+    [disc] = publish(cli, srv, game(tmp_path, "Cave"), tmp_path, "WEB-B")
+    assert bk(cli, srv, "account", "add", "alice", "--password", "alice-secret-pw").code == 0
+    assert bk(cli, srv, "account", "card", "alice", "4242 4242 4242 4242").code == 0
+    dev = factory(cli, srv, tmp_path / "alice")
+    cfg = dev["console"] / "console.json"
+    cfg.write_text(json.dumps({**json.loads(cfg.read_text()), "server": srv.broker_url}))
+    con = ["--console", dev["console"]]
+    assert cli("console", "account", "alice", "--password", "alice-secret-pw", *con).code == 0
+    assert cli("console", "register", *con).code == 0
+    assert cli("console", "insert-disc", disc, *con).code == 0
+    assert cli("console", "install", *con).code == 0  # one key charged to the card on file
+
+    base = srv.broker_url
+    page.goto(base + "/console/")
+    assert "/console/login" in page.url and every_input_labelled(page) == []
+    page.get_by_label("Staff account").fill("sam")
+    page.get_by_label("Password").fill("wrong password")
+    page.get_by_role("button", name="Sign in").click()
+    assert "Wrong credential" in page.get_by_role("alert").inner_text()
+    page.get_by_label("Staff account").fill("sam")
+    page.get_by_label("Password").fill("sam-secret-pw")
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url(re.compile(r".*/console/accounts$"))
+    assert "alice" in page.locator("table").inner_text()
+    shot(page, "broker-accounts")
+    page.get_by_role("link", name="alice").click()
+    assert page.locator("#balance").inner_text() == "0.00"
+    assert "WEB-B" in page.locator("table", has_text="Charges").inner_text()
+    page.get_by_label("Top up from the card on file").fill("20.00")
+    page.get_by_role("button", name="Top up").click()
+    assert page.locator("#balance").inner_text() == "20.00"
+    page.get_by_label("Top up from the card on file").fill("twenty")
+    page.get_by_role("button", name="Top up").click()
+    assert "Type an amount" in page.get_by_role("alert").inner_text()
+    assert page.locator("#balance").inner_text() == "20.00"
+    shot(page, "broker-account")
+    page.get_by_role("link", name="Ledger").click()
+    state = page.locator("#ledger-state").inner_text()
+    assert state.startswith("Balanced") and "charges 5.00 = platform 3.50 + broker 1.50" in state
+    shot(page, "broker-ledger")
+    page.get_by_role("link", name="Revenue").click()
+    assert "WEB-B" in page.locator("table", has_text="Per title").inner_text()
+    assert page.locator("figure.chart svg").count() == 1
+    shot(page, "broker-revenue")
+    r = bk(cli, srv, "ledger", "--json")
+    assert r.code == 0 and json.loads(r.out)["balanced"]
+    assert json.loads(bk(cli, srv, "account", "statement", "alice", "--json").out)["balance_cents"] == 2000
+
+
+def test_broker_sessions_reach_no_repair_page(brokered, srv):
+    broker_token = Credential.load(brokered.credential("broker")).token
+    with signed_in(brokered.broker_url, {"password": broker_token}) as desk, \
+            signed_in(brokered.broker_url, {"name": "sam", "password": "sam-secret-pw"}) as staff:
+        assert desk.get("/console/ledger").status_code == 200
+        assert staff.get("/console/ledger").status_code == 200
+        for c in (desk, staff):
+            cookie = c.cookies.get("vhw_console")
+            with client(srv.url) as repair:  # the broker's cookie at the repair center
+                repair.cookies.set("vhw_console", cookie, domain="127.0.0.1", path="/console")
+                for path in REPAIR_GETS:
+                    assert repair.get(path).status_code == 303, path
+            # and the repair pages are not on the broker at all
+            assert c.get("/console/lookup").status_code == 404
+            assert c.post("/console/repair/US-0000-0000-0000-0000-0", data={}).status_code in (404, 405)
+    with client(brokered.broker_url) as c:  # and nothing of the desk without a session
+        for path in ("/console/accounts", "/console/account/alice", "/console/ledger", "/console/revenue"):
+            assert c.get(path).status_code == 303, path
+        r = c.post("/console/account/alice/topup", data={"amount": "1000.00"})
+        assert r.status_code == 403

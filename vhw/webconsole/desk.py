@@ -1,0 +1,113 @@
+"""The broker staff's web console (FIG. 15), served by the broker.
+
+Staff sign in with a staff account (``vhw broker staff add``) or with the broker's own platform
+credential token. They see the accounts with balances and statements, top an account up with its
+card on file (the same :meth:`~vhw.broker.Broker.topup` as ``vhw broker account topup``), the
+ledger with its balance check, and revenue per title and per day.
+"""
+
+from __future__ import annotations
+
+import anyio
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import Route
+
+from .. import crypto
+from ..broker import Broker
+from ..errors import PaymentDeclined, StateError
+from ..serverhome import token_hash
+from . import charts
+from .sessions import Session
+from .web import HEADERS, PREFIX, Console, Identity
+
+STAFF = ("staff", "broker")
+
+
+def parse_cents(text: str) -> int | None:
+    from decimal import Decimal, InvalidOperation
+
+    try:
+        value = Decimal(text.strip())
+    except InvalidOperation:
+        return None
+    if not value.is_finite() or value <= 0 or value > 10_000 or value != value.quantize(Decimal("0.01")):
+        return None
+    return int(value * 100)
+
+
+class DeskConsole(Console):
+    def __init__(self, broker: Broker, key: bytes, broker_token: str):
+        self.broker = broker
+        self._token_hash = token_hash(broker_token)
+        super().__init__(
+            title="vhw broker desk", key=key, sign_in=self._check, still_valid=self._valid, home="/accounts",
+            sign_in_fields=[
+                {"name": "name", "label": "Staff account", "type": "text", "autocomplete": "username"},
+                {"name": "password", "label": "Password (or, with no account name, the broker's credential token)",
+                 "type": "password", "autocomplete": "current-password"},
+            ],
+            nav=[("/accounts", "Accounts", STAFF), ("/ledger", "Ledger", STAFF), ("/revenue", "Revenue", STAFF)],
+        )
+        page = self.page
+        self.routes += [
+            Route("/accounts", page(self.accounts, roles=STAFF), methods=["GET"]),
+            Route("/account/{name}", page(self.account, roles=STAFF), methods=["GET"]),
+            Route("/account/{name}/topup", page(self.topup, roles=STAFF), methods=["POST"]),
+            Route("/ledger", page(self.ledger, roles=STAFF), methods=["GET"]),
+            Route("/revenue", page(self.revenue, roles=STAFF), methods=["GET"]),
+        ]
+
+    def _check(self, form: dict) -> Identity | None:
+        name, password = form.get("name", "").strip(), form.get("password", "")
+        if not password or len(password) > 200 or len(name) > 64:
+            return None
+        if not name:  # the broker's own credential
+            if crypto.equal(token_hash(password.strip()), self._token_hash):
+                return Identity("broker", "broker", self._token_hash.hex())
+            return None
+        if self.broker.check_staff(name, password):
+            return Identity("staff", name, "staff")
+        return None
+
+    def _valid(self, session: Session) -> bool:
+        if session.role == "broker":
+            return crypto.equal(bytes.fromhex(session.check), self._token_hash)
+        return session.role == "staff" and self.broker.staff_exists(session.name)
+
+    async def accounts(self, request: Request, session: Session) -> Response:
+        rows = await anyio.to_thread.run_sync(self.broker.accounts)
+        return self.render(request, "accounts.html", accounts=rows)
+
+    async def account(self, request: Request, session: Session, message: str = "", error: str = "",
+                      status: int = 200) -> Response:
+        name = request.path_params["name"]
+        try:
+            statement = await anyio.to_thread.run_sync(self.broker.statement, name)
+        except StateError as exc:
+            return self.error(request, 404, exc.message)
+        return self.render(request, "account.html", status=status, s=statement, message=message, error=error)
+
+    async def topup(self, request: Request, session: Session, form: dict) -> Response:
+        name = request.path_params["name"]
+        cents = parse_cents(form.get("amount", ""))
+        if cents is None:
+            return await self.account(request, session, error="Type an amount like 20.00 (at most 10,000.00).",
+                                      status=422)
+        try:
+            await anyio.to_thread.run_sync(self.broker.topup, name, cents)
+        except PaymentDeclined as exc:
+            return await self.account(request, session, error=exc.message, status=402)
+        except StateError as exc:
+            return await self.account(request, session, error=exc.message, status=422)
+        # after a POST, a GET: a reload does not pay twice
+        return RedirectResponse(f"{PREFIX}/account/{name}?topped={cents}", status_code=303, headers=HEADERS)
+
+    async def ledger(self, request: Request, session: Session) -> Response:
+        totals = await anyio.to_thread.run_sync(self.broker.ledger_totals)
+        return self.render(request, "ledger.html", t=totals)
+
+    async def revenue(self, request: Request, session: Session) -> Response:
+        r = await anyio.to_thread.run_sync(self.broker.revenue)
+        chart = charts.bars("Charges per day (cents)", [(day, v[1]) for day, v in r["by_day"][-30:]])
+        return self.render(request, "revenue.html", r=r, chart=chart)

@@ -1,0 +1,385 @@
+"""The repair center's web console (FIG. 13, FIG. 14), served by the licensing server.
+
+Operators sign in with the operator credential's token. They look people up by any ID typed from a
+label (its check character is checked first), see a user's devices, titles and audit entries,
+repair a console or HDD, reissue a card, search the audit log and read a dashboard. Repair and
+reissue show what will change, ask for confirmation, and then call the same
+:class:`~vhw.licensing.Licensing` methods as ``vhw repair`` does through the API.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+from starlette.requests import Request
+from starlette.responses import Response
+
+from .. import console as cpu
+from .. import crypto, metrics
+from .. import protocol as p
+from ..errors import IdError, ServerError, VhwError
+from ..ids import Id, IdKind
+from ..licensing import Licensing
+from ..serverhome import token_hash
+from . import charts
+from .sessions import Session
+from .web import Console, Identity, parse_time
+
+OPERATOR = ("operator",)
+PAGE_SIZE = 25
+REFUSAL_KINDS = (("registration-refused", "registration"), ("user-id-invalid", "User ID"),
+                 ("media-refused", "media"), ("copy-not-permitted", "copy"),
+                 ("reproduction-not-permitted", "reproduction"))  # the five messages, labelled short
+
+
+@dataclass(frozen=True)
+class Download:
+    sid: str  # only the session that made it may fetch it, once
+    name: str
+    data: bytes
+    expires: float
+
+
+class RepairConsole(Console):
+    def __init__(self, lic: Licensing, key: bytes):
+        self.lic = lic
+        self.downloads: dict[str, Download] = {}
+        super().__init__(
+            title="vhw repair center", key=key, sign_in=self._check_token, still_valid=self._valid, home="/lookup",
+            sign_in_fields=[{"name": "token", "label": "Operator token (the token in credentials/operator.json)",
+                             "type": "password", "autocomplete": "off"}],
+            nav=[("/lookup", "Look up", OPERATOR), ("/audit", "Audit log", OPERATOR),
+                 ("/dashboard", "Dashboard", OPERATOR)],
+        )
+        page = self.page
+        self.routes += [
+            self.route("/lookup", page(self.lookup, roles=OPERATOR)),
+            self.route("/user/{user_id}", page(self.user, roles=OPERATOR)),
+            self.route("/repair/{user_id}", page(self.repair_form, roles=OPERATOR)),
+            self.route("/repair/{user_id}", page(self.repair_post, roles=OPERATOR), "POST"),
+            self.route("/reissue/{user_id}", page(self.reissue_form, roles=OPERATOR)),
+            self.route("/reissue/{user_id}", page(self.reissue_post, roles=OPERATOR), "POST"),
+            self.route("/card/{token}", page(self.card_file, roles=OPERATOR)),
+            self.route("/audit", page(self.audit, roles=OPERATOR)),
+            self.route("/dashboard", page(self.dashboard, roles=OPERATOR)),
+        ]
+
+    @staticmethod
+    def route(path: str, endpoint, method: str = "GET"):
+        from starlette.routing import Route
+
+        return Route(path, endpoint, methods=[method])
+
+    # -- who may sign in ------------------------------------------------------------------------
+
+    def _check_token(self, form: dict) -> Identity | None:
+        token = form.get("token", "").strip()
+        if not token or len(token) > 200:
+            return None
+        digest = token_hash(token)  # looked up by hash: the database holds no token
+        with self.lic.store.transaction() as tx:
+            row = tx.one("SELECT role, name FROM credentials WHERE token_hash = ?", digest)
+        if row is None or row[0] != "operator":
+            return None  # another role's credential (a broker's, say) opens no repair page
+        return Identity("operator", row[1], digest.hex())
+
+    def _valid(self, session: Session) -> bool:
+        if session.role != "operator":
+            return False
+        with self.lic.store.transaction() as tx:
+            row = tx.one("SELECT role FROM credentials WHERE token_hash = ?", bytes.fromhex(session.check))
+        return row is not None and row[0] == "operator"
+
+    async def db(self, fn, *args):
+        return await anyio.to_thread.run_sync(fn, *args)
+
+    # -- look-up --------------------------------------------------------------------------------
+
+    async def lookup(self, request: Request, session: Session) -> Response:
+        text = request.query_params.get("id", "").strip()
+        if not text:
+            return self.render(request, "lookup.html", query="", error="", users=[], media=None, hint="")
+        try:
+            ident = Id.parse(text)
+        except IdError as exc:
+            return self.render(request, "lookup.html", status=422, query=text, error=exc.message, users=[],
+                               media=None, hint="")
+        users, media, hint = await self.db(self._find, ident)
+        return self.render(request, "lookup.html", query=str(ident), error="", users=users, media=media, hint=hint)
+
+    def _find(self, ident: Id) -> tuple[list[tuple], tuple | None, str]:
+        column = {IdKind.USER: "user_id", IdKind.CARD: "mc_id", IdKind.CLIENT: "client_id",
+                  IdKind.HDD: "hdd_id"}.get(ident.kind)
+        with self.lic.store.transaction() as tx:
+            if column:
+                users = tx.all(f"SELECT user_id, mc_id, client_id, hdd_id, created FROM users WHERE {column} = ?"
+                               " ORDER BY created", str(ident))
+                hint = ""
+                if not users:
+                    hint = self._retired_hint(tx, ident)
+                return users, None, hint
+            row = tx.one("SELECT m.mid, m.title_id, t.name, m.flagged_by, m.flagged_at, m.confirmed_at, m.purchased"
+                         " FROM media m JOIN titles t ON t.title_id = m.title_id WHERE m.mid = ?", str(ident))
+            users = []
+            if row and row[3]:
+                users = tx.all("SELECT user_id, mc_id, client_id, hdd_id, created FROM users WHERE user_id = ?", row[3])
+            return users, row, "" if row else f"No disc with {ident} was pressed."
+
+    @staticmethod
+    def _retired_hint(tx, ident: Id) -> str:
+        table, column = {IdKind.CARD: ("cards", "mc_id"), IdKind.CLIENT: ("consoles", "client_id"),
+                         IdKind.HDD: ("hdds", "hdd_id")}.get(ident.kind, (None, None))
+        if table:
+            row = tx.one(f"SELECT registered, retired FROM {table} WHERE {column} = ?", str(ident))
+            if row and row[1] is not None:
+                return f"{ident} was retired (replaced by a repair or reissue); its audit entries tell by what."
+            if row:
+                return f"{ident} is registered, but no user entry holds it yet."
+        return f"No user entry holds {ident}."
+
+    # -- a user's page --------------------------------------------------------------------------
+
+    async def user(self, request: Request, session: Session) -> Response:
+        user = self._user_id(request)
+        if user is None:
+            return self.error(request, 404, "That is not a User ID.")
+        info = await self.db(self._user_info, user)
+        if info is None:
+            return self.error(request, 404, f"No user {user}.")
+        return self.render(request, "user.html", **info)
+
+    @staticmethod
+    def _user_id(request: Request) -> Id | None:
+        try:
+            return Id.parse(request.path_params["user_id"], IdKind.USER)
+        except IdError:
+            return None
+
+    def _user_info(self, user: Id) -> dict | None:
+        with self.lic.store.transaction() as tx:
+            entry = tx.one("SELECT user_id, mc_id, client_id, hdd_id, created, card_epoch FROM users WHERE user_id = ?",
+                           str(user))
+            if entry is None:
+                return None
+            _, mc_id, client_id, hdd_id, created, epoch = entry
+            console = tx.one("SELECT registered, retired, public_key FROM consoles WHERE client_id = ?", client_id)
+            hdd = tx.one("SELECT registered, retired, public_key FROM hdds WHERE hdd_id = ?", hdd_id)
+            card = tx.one("SELECT registered, retired FROM cards WHERE mc_id = ?", mc_id)
+            titles = tx.all("SELECT m.mid, m.title_id, t.name, m.flagged_at, m.confirmed_at, m.purchased FROM media m"
+                            " JOIN titles t ON t.title_id = m.title_id WHERE m.flagged_by = ? ORDER BY m.flagged_at",
+                            str(user))
+            cards = tx.all("SELECT at, detail FROM audit WHERE action = 'reissue-card' AND subject = ? ORDER BY seq",
+                           str(user))
+            entries = self._audit_rows(tx, str(user), None, None, None, 0, 50)
+        epochs = [{"epoch": 0, "mc_id": json.loads(cards[0][1])["old_mc_id"] if cards else mc_id, "at": created}]
+        for at, detail in cards:
+            d = json.loads(detail)
+            epochs.append({"epoch": d.get("epoch"), "mc_id": d.get("new_mc_id"), "at": at})
+        return {
+            "user": entry, "epoch": epoch, "epochs": epochs,
+            "devices": [
+                ("MC-ID (memory card)", mc_id, card and card[0], card and card[1], None),
+                ("Client ID (console)", client_id, console and console[0], console and console[1],
+                 console and console[2] and crypto.fingerprint(bytes(console[2]))),
+                ("HDD-ID", hdd_id, hdd and hdd[0], hdd and hdd[1], hdd and hdd[2] and crypto.fingerprint(bytes(hdd[2]))),
+            ],
+            "titles": titles, "entries": entries,
+        }
+
+    # -- audit ----------------------------------------------------------------------------------
+
+    @staticmethod
+    def _audit_rows(tx, ident: str | None, action: str | None, since: int | None, until: int | None,
+                    offset: int, limit: int) -> list[tuple]:
+        where, args = [], []
+        if ident:
+            where.append("(subject = ? OR detail LIKE ?)")
+            args += [ident, f'%"{ident}"%']
+        if action:
+            where.append("action = ?")
+            args.append(action)
+        if since is not None:
+            where.append("at >= ?")
+            args.append(since)
+        if until is not None:
+            where.append("at < ?")
+            args.append(until)
+        sql = "SELECT seq, at, actor, action, subject, detail FROM audit"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        return tx.all(sql + " ORDER BY seq DESC LIMIT ? OFFSET ?", *args, limit, offset)
+
+    async def audit(self, request: Request, session: Session) -> Response:
+        q = request.query_params
+        errors = []
+        ident = q.get("id", "").strip()
+        if ident:
+            try:
+                ident = str(Id.parse(ident))
+            except IdError as exc:
+                errors.append(exc.message)
+        since = parse_time(q["since"]) if q.get("since") else None
+        until = parse_time(q["until"]) if q.get("until") else None
+        if q.get("since") and since is None:
+            errors.append(f"'{q['since']}' is not a time (YYYY-MM-DD or YYYY-MM-DDTHH:MM, UTC)")
+        if q.get("until") and until is None:
+            errors.append(f"'{q['until']}' is not a time (YYYY-MM-DD or YYYY-MM-DDTHH:MM, UTC)")
+        try:
+            page_no = max(1, int(q.get("page", "1")))
+        except ValueError:
+            page_no = 1
+        action = q.get("kind", "").strip() or None
+
+        def load():
+            with self.lic.store.transaction() as tx:
+                kinds = [r[0] for r in tx.all("SELECT DISTINCT action FROM audit ORDER BY action")]
+                rows = [] if errors else self._audit_rows(tx, ident or None, action, since, until,
+                                                          (page_no - 1) * PAGE_SIZE, PAGE_SIZE + 1)
+            return kinds, rows
+
+        kinds, rows = await self.db(load)
+        more = len(rows) > PAGE_SIZE
+        params = {k: v for k, v in (("id", ident), ("kind", action or ""), ("since", q.get("since", "")),
+                                    ("until", q.get("until", ""))) if v}
+        return self.render(request, "audit.html", status=422 if errors else 200, errors=errors, rows=rows[:PAGE_SIZE],
+                           kinds=kinds, form={"id": ident, "kind": action or "", "since": q.get("since", ""),
+                                              "until": q.get("until", "")},
+                           page_no=page_no, more=more, params=params)
+
+    # -- dashboard ------------------------------------------------------------------------------
+
+    async def dashboard(self, request: Request, session: Session) -> Response:
+        now = int(time.time())
+        start = (now // 3600 - 23) * 3600
+
+        def load():
+            with self.lic.store.transaction() as tx:
+                per_hour = dict(tx.all("SELECT at / 3600, COUNT(*) FROM audit WHERE action = 'issue-keys' AND at >= ?"
+                                       " GROUP BY at / 3600", start))
+                installs = tx.one("SELECT COALESCE(SUM(CASE WHEN confirmed_at IS NULL THEN 0 ELSE 1 END), 0),"
+                                  " COALESCE(SUM(CASE WHEN confirmed_at IS NULL THEN 1 ELSE 0 END), 0)"
+                                  " FROM media WHERE flagged_by IS NOT NULL")
+            return per_hour, installs, metrics.refusals_by_kind()
+
+        per_hour, installs, refusals = await self.db(load)
+        hours = [(time.strftime("%H:00", time.gmtime(h * 3600)), int(per_hour.get(h, 0)))
+                 for h in range(start // 3600, now // 3600 + 1)]
+        return self.render(
+            request, "dashboard.html",
+            acquisitions=charts.bars("Keys issued per hour, last 24 hours (UTC)", hours),
+            refusals=charts.bars("Refusals by kind, since the server started",
+                                 [(label, refusals.get(k, 0)) for k, label in REFUSAL_KINDS], max_labels=5),
+            installs=charts.bars("Installs: confirmed and pending", [("confirmed", int(installs[0])),
+                                                                      ("pending", int(installs[1]))]),
+        )
+
+    # -- repair, FIG. 13 ------------------------------------------------------------------------
+
+    async def repair_form(self, request: Request, session: Session) -> Response:
+        return await self._repair_page(request, {}, "")
+
+    async def _repair_page(self, request: Request, form: dict, error: str, preview: dict | None = None,
+                           status: int = 200) -> Response:
+        user = self._user_id(request)
+        info = user and await self.db(self._user_info, user)
+        if not info:
+            return self.error(request, 404, "No such user.")
+        return self.render(request, "repair.html", status=status, info=info, form=form, error=error, preview=preview)
+
+    async def repair_post(self, request: Request, session: Session, form: dict) -> Response:
+        user = self._user_id(request)
+        info = user and await self.db(self._user_info, user)
+        if not info:
+            return self.error(request, 404, "No such user.")
+        new = {}
+        for field, kind in (("new_client_id", IdKind.CLIENT), ("new_hdd_id", IdKind.HDD)):
+            text = form.get(field, "").strip()
+            if text:
+                try:
+                    new[field] = Id.parse(text, kind)
+                except IdError as exc:
+                    return await self._repair_page(request, form, exc.message, status=422)
+        if not new:
+            return await self._repair_page(request, form, "Type the new Client ID or the new HDD-ID (or both).",
+                                           status=422)
+        mc_id = Id.parse(info["user"][1], IdKind.CARD)
+        if form.get("confirm") != "yes":
+            preview = {"changes": [(label, old, str(new[f]))
+                                   for f, label, old in (("new_client_id", "Client ID", info["user"][2]),
+                                                         ("new_hdd_id", "HDD-ID", info["user"][3])) if f in new],
+                       "cleared": len(info["titles"]), "new": {k: str(v) for k, v in new.items()}}
+            return await self._repair_page(request, form, "", preview)
+        req = p.RepairRequest(mc_id, new.get("new_client_id"), new.get("new_hdd_id"))
+        try:
+            resp = await self.db(self.lic.repair, f"operator:{session.name}", req)
+        except (ServerError, VhwError) as exc:
+            return await self._repair_page(request, form, exc.message, status=422)
+        after = await self.db(self._user_info, user)
+        return self.render(request, "repaired.html", before=info, after=after, cleared=resp.cleared,
+                           changed=[(label, old, str(new[f]))
+                                    for f, label, old in (("new_client_id", "Client ID", info["user"][2]),
+                                                          ("new_hdd_id", "HDD-ID", info["user"][3])) if f in new])
+
+    # -- reissue, FIG. 14 -----------------------------------------------------------------------
+
+    async def reissue_form(self, request: Request, session: Session) -> Response:
+        user = self._user_id(request)
+        info = user and await self.db(self._user_info, user)
+        if not info:
+            return self.error(request, 404, "No such user.")
+        return self.render(request, "reissue.html", info=info, error="")
+
+    async def reissue_post(self, request: Request, session: Session, form: dict) -> Response:
+        user = self._user_id(request)
+        info = user and await self.db(self._user_info, user)
+        if not info:
+            return self.error(request, 404, "No such user.")
+        typed = form.get("user_id", "").strip()
+        try:
+            if Id.parse(typed, IdKind.USER) != user:
+                raise IdError("the User ID typed is not this user's")
+        except IdError as exc:  # the operator types the User ID from the user's memo, as the CLI asks
+            return self.render(request, "reissue.html", status=422, info=info, error=exc.message)
+        mc_id, mc_key = Id.random(IdKind.CARD), crypto.random_key()
+        try:
+            resp = await self.db(self.lic.reissue, f"operator:{session.name}", p.ReissueRequest(user, mc_id, mc_key))
+            data = await self.db(_card_bytes, cpu.reissued_card(user, mc_id, mc_key, resp, int(time.time())))
+        except (ServerError, VhwError) as exc:
+            return self.render(request, "reissue.html", status=422, info=info, error=exc.message)
+        token = secrets.token_urlsafe(24)
+        self._forget_old()
+        self.downloads[token] = Download(session.sid, f"{mc_id}.card", data, time.monotonic() + 900)
+        after = await self.db(self._user_info, user)
+        return self.render(request, "reissued.html", before=info, after=after, mc_id=str(mc_id), token=token,
+                           licenses=len(resp.licenses))
+
+    def _forget_old(self) -> None:
+        now = time.monotonic()
+        for token in [t for t, d in self.downloads.items() if d.expires < now]:
+            del self.downloads[token]
+
+    async def card_file(self, request: Request, session: Session) -> Response:
+        """The new card's file, once, to the session that made it (it holds the new MC-Key)."""
+        self._forget_old()
+        found = self.downloads.get(request.path_params["token"])
+        if found is None or not secrets.compare_digest(found.sid, session.sid):
+            return self.error(request, 404, "This card file was fetched already, or has expired.")
+        del self.downloads[request.path_params["token"]]
+        return Response(found.data, media_type="application/octet-stream",
+                        headers={"content-disposition": f'attachment; filename="{found.name}"',
+                                 "cache-control": "no-store", "x-content-type-options": "nosniff"})
+
+
+def _card_bytes(card) -> bytes:
+    from ..devices import card as card_dev
+
+    with tempfile.TemporaryDirectory(prefix="vhw-card-") as tmp:
+        path = Path(tmp) / "new.card"
+        card_dev.create(path, card)
+        return path.read_bytes()

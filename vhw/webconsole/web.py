@@ -1,0 +1,213 @@
+"""What both web consoles share: templates, sign-in and out, the session guard, the headers.
+
+A :class:`Console` is a Starlette app mounted at ``/console``. Each page is declared with
+:meth:`Console.page`, naming the roles that may see it; the guard gives a visitor without a valid
+session the sign-in page (a POST without one, or without its CSRF token, gets 403 and changes
+nothing). Store work runs in a worker thread, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+import anyio
+import jinja2
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.routing import Route
+
+from .sessions import COOKIE, LIFETIME, Session, Sessions
+
+PREFIX = "/console"
+HERE = Path(__file__).parent
+HEADERS = {
+    # nothing but this origin: no script, style or image from anywhere else, no framing
+    "content-security-policy": "default-src 'none'; style-src 'self'; img-src 'self' data:; "
+                               "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "no-referrer",
+    "cache-control": "no-store",
+    "x-frame-options": "DENY",
+}
+
+_env = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(HERE / "templates"),
+    autoescape=jinja2.select_autoescape(["html", "svg", "j2"], default=True),
+    undefined=jinja2.StrictUndefined,
+)
+_env.filters["when"] = lambda t: "" if t is None else time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t))
+_env.filters["money"] = lambda cents: f"{cents / 100:,.2f}"
+
+
+def session_key(path: Path) -> bytes:
+    """The console's session key: made once (race-free, mode 0600), then read by every process."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        for _ in range(50):  # another process may be writing it this very moment
+            key = path.read_bytes()
+            if len(key) == 32:
+                return key
+            time.sleep(0.01)
+        raise ValueError(f"{path} is not a session key (32 bytes): remove it and start again") from None
+    key = secrets.token_bytes(32)
+    tmp = path.with_suffix(".tmp")
+    try:
+        tmp.write_bytes(key)
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)  # the O_EXCL file is replaced by the full key in one step
+    finally:
+        os.close(fd)
+    return key
+
+
+@dataclass(frozen=True)
+class Identity:
+    role: str
+    name: str
+    check: str  # what ties a session to the credential: it must still hold for each request
+
+
+class Console:
+    """The ``/console`` app of one service.
+
+    ``sign_in(form) -> Identity | None`` checks what was typed on the sign-in page;
+    ``still_valid(session) -> bool`` is asked on every request (a revoked credential ends its
+    sessions). Both run in a worker thread.
+    """
+
+    def __init__(self, *, title: str, key: bytes, sign_in: Callable[[dict], Identity | None],
+                 still_valid: Callable[[Session], bool], home: str, sign_in_fields: list[dict],
+                 nav: list[tuple[str, str, tuple[str, ...]]]):
+        self.title, self.home = title, home
+        self.sessions = Sessions(key)
+        self._sign_in, self._still_valid = sign_in, still_valid
+        self.sign_in_fields, self.nav = sign_in_fields, nav
+        self.routes: list[Route] = [
+            Route("/login", self.login_page, methods=["GET"]),
+            Route("/login", self.login, methods=["POST"]),
+            Route("/logout", self.page(self.logout, roles=None), methods=["POST"]),
+            Route("/static/console.css", self.stylesheet, methods=["GET"]),
+            Route("/", self.page(self.index, roles=None), methods=["GET"]),
+        ]
+
+    def app(self) -> Starlette:
+        return Starlette(routes=self.routes)
+
+    # -- rendering ------------------------------------------------------------------------------
+
+    def render(self, request: Request, template: str, status: int = 200, **context) -> HTMLResponse:
+        session: Session | None = request.scope.get("console_session")
+        html = _env.get_template(template).render(
+            console=self, session=session, prefix=PREFIX, request_path=request.url.path,
+            csrf=self.sessions.csrf_token(session) if session else "",
+            nav=[(href, label) for href, label, roles in self.nav if session and session.role in roles],
+            **context,
+        )
+        return HTMLResponse(html, status_code=status, headers=HEADERS)
+
+    def error(self, request: Request, status: int, message: str) -> HTMLResponse:
+        return self.render(request, "error.html", status=status, message=message)
+
+    async def stylesheet(self, request: Request) -> Response:
+        return Response((HERE / "static" / "console.css").read_bytes(), media_type="text/css",
+                        headers={"cache-control": "max-age=3600", "x-content-type-options": "nosniff"})
+
+    # -- the guard ------------------------------------------------------------------------------
+
+    def page(self, handler: Callable[..., Awaitable[Response]], *, roles: tuple[str, ...] | None):
+        """Wrap ``handler(request, session[, form])``: a valid session of one of ``roles`` (any
+        role if None), and for a POST a form with the session's CSRF token."""
+
+        async def guarded(request: Request) -> Response:
+            session = self.sessions.open(request.cookies.get(COOKIE), int(time.time()))
+            if session is not None and not await anyio.to_thread.run_sync(self._still_valid, session):
+                session = None
+            if session is None:
+                if request.method == "GET":
+                    target = quote(request.url.path + (f"?{request.url.query}" if request.url.query else ""))
+                    return RedirectResponse(f"{PREFIX}/login?next={target}", status_code=303, headers=HEADERS)
+                return self.error(request, 403, "Sign in first: this action needs a session.")
+            request.scope["console_session"] = session
+            if roles is not None and session.role not in roles:
+                return self.error(request, 403, f"A {session.role} session cannot open this page.")
+            if request.method == "POST":
+                form = await _form(request)
+                if not self.sessions.csrf_ok(session, form.get("csrf")):
+                    return self.error(request, 403, "This form has expired or did not come from this console:"
+                                                    " nothing was changed. Open the page again.")
+                return await handler(request, session, form)
+            return await handler(request, session)
+
+        return guarded
+
+    # -- sign-in and out ------------------------------------------------------------------------
+
+    async def login_page(self, request: Request, message: str = "", status: int = 200) -> Response:
+        nonce = secrets.token_urlsafe(16)
+        response = self.render(request, "login.html", status=status, message=message, fields=self.sign_in_fields,
+                               token=self._login_token(nonce), next=_local(request.query_params.get("next", "")))
+        response.set_cookie("vhw_login", nonce, max_age=900, path=PREFIX + "/login", secure=True, httponly=True,
+                            samesite="strict")
+        return response
+
+    def _login_token(self, nonce: str) -> str:
+        return self.sessions.csrf_token(Session("", "", "login:" + nonce, "", 0))
+
+    async def login(self, request: Request) -> Response:
+        form = await _form(request)
+        nonce = request.cookies.get("vhw_login", "")
+        if not nonce or not self.sessions.csrf_ok(Session("", "", "login:" + nonce, "", 0), form.get("csrf")):
+            return await self.login_page(request, "The sign-in form had expired; please sign in again.", 403)
+        who = await anyio.to_thread.run_sync(self._sign_in, form)
+        if who is None:
+            return await self.login_page(request, "Wrong credential, account or password.", 401)
+        cookie, _ = self.sessions.issue(who.role, who.name, who.check, int(time.time()))
+        response = RedirectResponse(_local(form.get("next", "")) or PREFIX + self.home, status_code=303,
+                                    headers=HEADERS)
+        response.set_cookie(COOKIE, cookie, max_age=LIFETIME, path=PREFIX, secure=True, httponly=True,
+                            samesite="strict")
+        response.delete_cookie("vhw_login", path=PREFIX + "/login", secure=True, httponly=True, samesite="strict")
+        return response
+
+    async def logout(self, request: Request, session: Session, form: dict) -> Response:
+        response = RedirectResponse(PREFIX + "/login", status_code=303, headers=HEADERS)
+        response.delete_cookie(COOKIE, path=PREFIX, secure=True, httponly=True, samesite="strict")
+        return response
+
+    async def index(self, request: Request, session: Session) -> Response:
+        return RedirectResponse(PREFIX + self.home, status_code=303, headers=HEADERS)
+
+
+async def _form(request: Request) -> dict:
+    """The posted form's fields as text (a form that cannot be read is an empty one)."""
+    try:
+        form = await request.form(max_files=0, max_fields=50)
+    except Exception:  # malformed bodies: the guard then finds no CSRF token
+        return {}
+    return {k: v for k, v in form.items() if isinstance(v, str)}
+
+
+def _local(target: str) -> str:
+    """A redirect target inside this console, or nothing (never another site)."""
+    return target if target.startswith(PREFIX + "/") and not target.startswith("//") and "\\" not in target else ""
+
+
+def parse_time(text: str) -> int | None:
+    """A time typed in a form (``YYYY-MM-DD`` or ``YYYY-MM-DDTHH:MM``, UTC) as seconds, or None."""
+    import calendar
+
+    text = text.strip()
+    for fmt in ("%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M", "%Y-%m-%d"):
+        try:
+            return calendar.timegm(time.strptime(text, fmt))
+        except ValueError:
+            continue
+    return None
