@@ -84,6 +84,39 @@ class RunningServer:
         return self.home.ca_der()
 
 
+def start_brokered(d: Path, *, staff: tuple[str, str] | None = None):
+    """A server in broker mode with a broker before it (price 5.00, 70% to the platform), in
+    folder ``d``; ``staff``: a staff account (name, password) for the broker's web console. Returns
+    (server, broker process); the server has ``broker_url`` and ``broker_home``."""
+    server = RunningServer.start(d / "server", init=["--mode", "broker"])
+    run = [sys.executable, "-m", "vhw"]
+    subprocess.run([*run, "server", "issue-cert", "broker", "-o", str(d / "tls"), "--home", str(server.home.root)],
+                   check=True, capture_output=True)
+    home = d / "broker"
+    subprocess.run([*run, "broker", "init", "--home", str(home), "--credential", str(server.credential("broker")),
+                    "--tls", str(d / "tls"), "--server", server.url, "--price", "5.00", "--platform-share", "70"],
+                   check=True, capture_output=True)
+    if staff:
+        subprocess.run([*run, "broker", "staff", "add", staff[0], "--password", staff[1], "--home", str(home)],
+                       check=True, capture_output=True)
+    proc = subprocess.Popen([*run, "broker", "run", "--home", str(home), "--listen", "127.0.0.1:0"],
+                            stdout=subprocess.PIPE, stderr=open(d / "broker.log", "wb"), text=True)
+    line = proc.stdout.readline()
+    if "listening on" not in line:
+        proc.kill()
+        server.stop()
+        raise RuntimeError(f"broker did not start: {(d / 'broker.log').read_text()[-2000:]}")
+    server.broker_url = line.split("listening on", 1)[1].strip()
+    server.broker_home = home
+    return server, proc
+
+
+def stop_brokered(server: RunningServer, proc: subprocess.Popen) -> None:
+    proc.terminate()
+    proc.wait(15)
+    server.stop()
+
+
 def factory(cli, srv, folder: Path, *, register_card: bool = True, hdd_size: str = "256M") -> dict[str, Path]:
     """A console (ROM + HDD, set up in folder/console) and a card, made by the manufacturer."""
     folder.mkdir(parents=True, exist_ok=True)

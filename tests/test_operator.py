@@ -29,11 +29,9 @@ from vhw.client import tls_context
 from vhw.devices import card as card_dev
 from vhw.devices import rom as rom_dev
 from vhw.devices.hdd import HddImage
-from vhw.errors import MediaRefused
 from vhw.formats.card import Card
 from vhw.ids import Id, IdKind
 from vhw.serverhome import AT_REST, Credential, ServerHome
-from vhw.store import open_store
 
 from .conftest import BACKENDS, MEDIA, REGISTER, database_for
 from .servers import RunningServer, factory, make_users, publish

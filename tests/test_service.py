@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,7 +15,7 @@ from vhw.devices.disc import DiscImage
 from vhw.samples import build_samples
 
 from .conftest import PLAY, REGISTER, USER, make_title, source_files
-from .servers import RunningServer, factory, match_of, publish
+from .servers import RunningServer, factory, match_of, publish, start_brokered, stop_brokered
 
 
 
@@ -175,24 +173,9 @@ def test_card_reissue(cli, srv, tmp_path):
 @pytest.fixture(scope="module")
 def brokered(tmp_path_factory, srv):
     """A server in broker mode, a broker before it (price 5.00, 70% to the platform)."""
-    d = tmp_path_factory.mktemp("brokered")
-    server = RunningServer.start(d / "server", init=["--mode", "broker"])
-    subprocess.run([sys.executable, "-m", "vhw", "server", "issue-cert", "broker", "-o", str(d / "tls"),
-                    "--home", str(server.home.root)], check=True, capture_output=True)
-    home = d / "broker"
-    subprocess.run([sys.executable, "-m", "vhw", "broker", "init", "--home", str(home), "--credential",
-                    str(server.credential("broker")), "--tls", str(d / "tls"), "--server", server.url,
-                    "--price", "5.00", "--platform-share", "70"], check=True, capture_output=True)
-    proc = subprocess.Popen([sys.executable, "-m", "vhw", "broker", "run", "--home", str(home), "--listen",
-                             "127.0.0.1:0"], stdout=subprocess.PIPE, stderr=open(d / "broker.log", "wb"), text=True)
-    line = proc.stdout.readline()
-    assert "listening on" in line, (d / "broker.log").read_text()
-    server.broker_url = line.split("listening on", 1)[1].strip()
-    server.broker_home = home
+    server, proc = start_brokered(tmp_path_factory.mktemp("brokered"))
     yield server
-    proc.terminate()
-    proc.wait(15)
-    server.stop()
+    stop_brokered(server, proc)
 
 
 @pytest.fixture

@@ -14,8 +14,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
@@ -27,7 +25,7 @@ from vhw.samples import build_samples
 from vhw.serverhome import Credential
 
 from .conftest import PLAY, USER
-from .servers import RunningServer, factory, publish
+from .servers import RunningServer, factory, publish, start_brokered, stop_brokered
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SCREENS = Path(__file__).resolve().parent.parent / "docs" / "screens"
@@ -365,27 +363,9 @@ def test_output_is_escaped(cli, srv, tmp_path):
 @pytest.fixture(scope="module")
 def brokered(tmp_path_factory):
     """A server in broker mode, a broker before it (price 5.00, 70% to the platform), a staff account."""
-    d = tmp_path_factory.mktemp("webbroker")
-    server = RunningServer.start(d / "server", init=["--mode", "broker"])
-    run = [sys.executable, "-m", "vhw"]
-    subprocess.run([*run, "server", "issue-cert", "broker", "-o", str(d / "tls"), "--home", str(server.home.root)],
-                   check=True, capture_output=True)
-    home = d / "broker"
-    subprocess.run([*run, "broker", "init", "--home", str(home), "--credential", str(server.credential("broker")),
-                    "--tls", str(d / "tls"), "--server", server.url, "--price", "5.00", "--platform-share", "70"],
-                   check=True, capture_output=True)
-    subprocess.run([*run, "broker", "staff", "add", "sam", "--password", "sam-secret-pw", "--home", str(home)],
-                   check=True, capture_output=True)
-    proc = subprocess.Popen([*run, "broker", "run", "--home", str(home), "--listen", "127.0.0.1:0"],
-                            stdout=subprocess.PIPE, stderr=open(d / "broker.log", "wb"), text=True)
-    line = proc.stdout.readline()
-    assert "listening on" in line, (d / "broker.log").read_text()
-    server.broker_url = line.split("listening on", 1)[1].strip()
-    server.broker_home = home
+    server, proc = start_brokered(tmp_path_factory.mktemp("webbroker"), staff=("sam", "sam-secret-pw"))
     yield server
-    proc.terminate()
-    proc.wait(15)
-    server.stop()
+    stop_brokered(server, proc)
 
 
 def bk(cli, srv, *args):

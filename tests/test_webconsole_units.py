@@ -77,7 +77,7 @@ def test_bars_fit_the_chart(values):
         assert charts.LEFT <= bar.x and bar.x + bar.width <= c.width
         assert abs(bar.y + bar.height - c.baseline) < 1e-6
     assert sum(b.show_label for b in c.bars) <= 12
-    assert [v for _, v in c.ticks] == sorted(set(v for _, v in c.ticks))  # whole, distinct, rising
+    assert [v for _, v in c.ticks] == sorted({v for _, v in c.ticks})  # whole, distinct, rising
     assert c.ticks[-1][1] == top
 
 

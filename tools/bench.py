@@ -33,8 +33,6 @@ import datetime
 import json
 import os
 import platform
-import random
-import re
 import shutil
 import statistics
 import subprocess
@@ -45,7 +43,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchlib import MiB, measure, random_file, vhw_command  # noqa: E402
+from benchlib import MiB, dd, measure, random_file, random_reads, vhw, vhw_command  # noqa: E402
 
 from tests.servers import RunningServer  # noqa: E402  (the same helper the tests use)
 
@@ -58,11 +56,6 @@ TITLE = "BENCH-1"
 # -- running things ---------------------------------------------------------------------------------
 
 
-def vhw(*args: object, env: dict) -> str:
-    proc = subprocess.run([*vhw_command(), *map(str, args)], capture_output=True, text=True, env=env)
-    if proc.returncode:
-        raise SystemExit(f"vhw {' '.join(map(str, args))} failed: {proc.stderr.strip()}")
-    return proc.stdout
 
 
 def drop_caches() -> None:
@@ -73,25 +66,8 @@ def drop_caches() -> None:
         raise SystemExit(f"cannot drop the page cache ({exc.strerror}): run as root") from None
 
 
-def dd(path: Path) -> float:
-    """Sequential read with dd bs=1M; GB/s."""
-    proc = subprocess.run(["dd", f"if={path}", "of=/dev/null", "bs=1M"], capture_output=True, text=True, check=True)
-    m = re.search(r"copied, ([\d.]+) s", proc.stderr)
-    return os.path.getsize(path) / float(m.group(1)) / 1e9
 
 
-def random_reads(path: Path, seed: int) -> float:
-    """READS 4 KiB preads at distinct random 4 KiB-aligned offsets; reads per second."""
-    blocks = os.path.getsize(path) // 4096
-    offsets = [b * 4096 for b in random.Random(seed).sample(range(blocks), min(READS, blocks))]
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        start = time.perf_counter()
-        for off in offsets:
-            os.pread(fd, 4096, off)
-        return len(offsets) / (time.perf_counter() - start)
-    finally:
-        os.close(fd)
 
 
 def fio(path: Path, *, rw: str, bs: str, jobs: int = 1, seconds: int | None = None) -> float:
@@ -136,8 +112,8 @@ def read_figures(folder: Path, seed: int) -> dict[str, float]:
     out["seq_cold"] = dd(big)
     out["seq_warm"] = dd(big)
     drop_caches()
-    out["rand_cold"] = random_reads(big, seed)
-    out["rand_warm"] = random_reads(big, seed)
+    out["rand_cold"] = random_reads(big, READS, seed)
+    out["rand_warm"] = random_reads(big, READS, seed)
     drop_caches()
     out["fio_seq"] = fio(big, rw="read", bs="1M")
     drop_caches()

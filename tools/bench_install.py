@@ -23,17 +23,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchlib import MiB, measure, random_file, vhw_command  # noqa: E402
+from benchlib import vhw as run  # noqa: E402
 
 from tests.servers import RunningServer  # noqa: E402  (the same helper the tests use)
 
 LIMIT = 100 * MiB
 
 
-def run(*args: object, env: dict) -> str:
-    proc = subprocess.run([*vhw_command(), *map(str, args)], capture_output=True, text=True, env=env)
-    if proc.returncode:
-        raise SystemExit(f"vhw {' '.join(map(str, args))} failed: {proc.stderr.strip()}")
-    return proc.stdout
 
 
 def drop_caches() -> bool:

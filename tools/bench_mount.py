@@ -13,40 +13,20 @@ Needs root to drop caches (`echo 3 > /proc/sys/vm/drop_caches`); without it "col
 from __future__ import annotations
 
 import argparse
-import os
-import random
-import re
 import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench_install import drop_caches, installed_console, run  # noqa: E402
+from benchlib import dd, random_reads  # noqa: E402
 
 
-def dd(path: Path) -> float:
-    """Sequential read with dd bs=1M; GB/s."""
-    proc = subprocess.run(["dd", f"if={path}", "of=/dev/null", "bs=1M"], capture_output=True, text=True, check=True)
-    m = re.search(r"copied, ([\d.]+) s", proc.stderr)
-    return os.path.getsize(path) / float(m.group(1)) / 1e9
 
 
-def random_reads(path: Path, count: int, seed: int) -> float:
-    """``count`` 4 KiB preads at distinct random 4 KiB-aligned offsets; reads per second."""
-    blocks = os.path.getsize(path) // 4096
-    offsets = [b * 4096 for b in random.Random(seed).sample(range(blocks), min(count, blocks))]
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        start = time.perf_counter()
-        for off in offsets:
-            os.pread(fd, 4096, off)
-        return len(offsets) / (time.perf_counter() - start)
-    finally:
-        os.close(fd)
 
 
 def measure(path: Path, reads: int) -> dict[str, float]:

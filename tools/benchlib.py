@@ -1,9 +1,11 @@
-"""Helpers the benchmark scripts share: big random files, peak RSS of a command, sha256 of a file."""
+"""Helpers the benchmark scripts share: big random files, peak RSS of a command, sha256 of a file,
+`vhw` as a child process, and the two readers (dd, random preads)."""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import random
 import re
 import resource
 import shutil
@@ -57,3 +59,32 @@ def measure(cmd: list[str], *, env: dict | None = None) -> tuple[float, int, sub
     else:
         rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
     return wall, rss, proc
+
+
+def vhw(*args: object, env: dict) -> str:
+    """Run `vhw ARGS`; its output, or exit naming the command that failed."""
+    proc = subprocess.run([*vhw_command(), *map(str, args)], capture_output=True, text=True, env=env)
+    if proc.returncode:
+        raise SystemExit(f"vhw {' '.join(map(str, args))} failed: {proc.stderr.strip()}")
+    return proc.stdout
+
+
+def dd(path: Path) -> float:
+    """Sequential read with dd bs=1M; GB/s."""
+    proc = subprocess.run(["dd", f"if={path}", "of=/dev/null", "bs=1M"], capture_output=True, text=True, check=True)
+    m = re.search(r"copied, ([\d.]+) s", proc.stderr)
+    return os.path.getsize(path) / float(m.group(1)) / 1e9
+
+
+def random_reads(path: Path, count: int, seed: int) -> float:
+    """``count`` 4 KiB preads at distinct random 4 KiB-aligned offsets; reads per second."""
+    blocks = os.path.getsize(path) // 4096
+    offsets = [b * 4096 for b in random.Random(seed).sample(range(blocks), min(count, blocks))]
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        start = time.perf_counter()
+        for off in offsets:
+            os.pread(fd, 4096, off)
+        return len(offsets) / (time.perf_counter() - start)
+    finally:
+        os.close(fd)

@@ -70,7 +70,7 @@ def broker_init(app: App, home: Path | None, credential: Path, tls: Path, server
 @click.option("--listen", type=LISTEN, help="Address to serve consoles on (default: from init); port 0 picks one.")
 @pass_app
 def broker_run(app: App, home: Path | None, listen: tuple[str, int] | None) -> None:
-    """Serve consoles over HTTPS until Ctrl-C or SIGTERM."""
+    """Serve consoles over HTTPS until Ctrl-C or SIGTERM; the staff's web console is at /console/."""
     h = broker_home(app, home)
     h.require()
 

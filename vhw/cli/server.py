@@ -124,6 +124,8 @@ def server_run(app: App, home: Path | None, listen: tuple[str, int] | None, data
                workers: int, log_format: str, metrics_listen: tuple[str, int] | None, reuse_port: bool) -> None:
     """Serve the licensing API over HTTPS until Ctrl-C or SIGTERM (then stop gracefully).
 
+    The repair center's web console is at /console/ (sign in with the operator credential's token).
+
     Every option may come from --config FILE (TOML, keys as the options: home, listen, db, workers,
     log_format, metrics_listen), from VHW_SERVER_<OPTION> in the environment, or from the flag;
     the flag wins over the environment, which wins over the file.

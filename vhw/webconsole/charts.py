@@ -55,6 +55,6 @@ def bars(title: str, series: list[tuple[str, int]], *, width: int = WIDTH, heigh
         h = plot_h * value / top
         out.append(Bar(LEFT + i * slot + slot * 0.1, TOP + plot_h - h, slot * 0.8, h, label, value,
                        i % every == 0))
-    steps = top if top <= 5 else 5  # tops are 1, 2, 5 x 10^k: every tick is a whole number
+    steps = min(top, 5)  # tops are 1, 2, 5 x 10^k: every tick is a whole number
     ticks = tuple((TOP + plot_h - plot_h * k / steps, top * k // steps) for k in range(steps + 1))
     return Chart(title, width, height, tuple(out), ticks, TOP + plot_h, sum(v for _, v in series))

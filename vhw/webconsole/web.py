@@ -19,6 +19,8 @@ from urllib.parse import quote
 import anyio
 import jinja2
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
@@ -190,8 +192,8 @@ async def _form(request: Request) -> dict:
     """The posted form's fields as text (a form that cannot be read is an empty one)."""
     try:
         form = await request.form(max_files=0, max_fields=50)
-    except Exception:  # malformed bodies: the guard then finds no CSRF token
-        return {}
+    except (HTTPException, MultiPartException, ValueError, UnicodeDecodeError):
+        return {}  # a malformed body: the guard then finds no CSRF token
     return {k: v for k, v in form.items() if isinstance(v, str)}
 
 
