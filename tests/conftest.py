@@ -12,7 +12,6 @@ import pytest
 
 from vhw.cli import run
 
-
 # The patent's notices, as the SPEC words them, with the newline the CLI ends them with. Written out
 # here rather than taken from vhw.errors, so the tests pin the exact text.
 REGISTER = "USER REGISTRATION CANNOT BE COMPLETED WITH THIS MEMORY CARD\n"

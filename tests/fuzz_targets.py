@@ -16,18 +16,17 @@ licensing service on a real SQLite database.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import replace
 import json
 import tempfile
+from dataclasses import replace
 from functools import cache
 from pathlib import Path
 
-from vhw import bindings, crypto
-from vhw import console as cpu
+from vhw import bindings, crypto, saves
 from vhw import protocol as p
-from vhw import saves
 from vhw.bindings import DeviceSecrets, TitleBinding
 from vhw.cardstate import CardState
+from vhw.console import cpu
 from vhw.devices.card import read_state as read_card_state
 from vhw.devices.hdd import read_volume
 from vhw.errors import VhwError
@@ -254,10 +253,10 @@ def run(target, data: bytes) -> bool:
 
 def seeds(folder: Path) -> dict[str, list[bytes]]:
     """Valid inputs for every target, to start the fuzzers from deep inside the formats."""
-    from .world import World
+    from vhw.publisher.keystore import KeyStore
+    from vhw.publisher.mastering import master, press
 
-    from vhw.keystore import KeyStore
-    from vhw.mastering import master, press
+    from .world import World
 
     folder.mkdir(parents=True, exist_ok=True)
     src = folder / "src"

@@ -10,14 +10,14 @@ import sys
 import time
 from pathlib import Path
 
-from vhw import console as cpu
 from vhw import crypto
 from vhw import protocol as p
 from vhw.bindings import DeviceSecrets
 from vhw.client import Client, tls_context
+from vhw.console import cpu
 from vhw.formats.card import Card
 from vhw.ids import Id, IdKind
-from vhw.serverhome import Credential, ServerHome
+from vhw.server.home import Credential, ServerHome
 
 
 class RunningServer:

@@ -15,9 +15,9 @@ import httpx
 import pytest
 
 from vhw import bindings, crypto
-from vhw import console as cpu
 from vhw import protocol as p
 from vhw.client import tls_context
+from vhw.console import cpu
 from vhw.devices import card as card_dev
 from vhw.devices.hdd import HddImage
 from vhw.formats import hdd as hdd_fmt
@@ -27,7 +27,6 @@ from vhw.pki import cert_pem, issue, key_pem, make_ca
 
 from .conftest import COPY, MEDIA, PLAY, REGISTER, USER, file_sha256, make_title
 from .servers import RunningServer, factory, hardware_of, match_of, publish
-
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +140,7 @@ def test_copy_the_hdd_image_onto_an_hdd_with_another_hdd_id(cli, srv, world, tmp
     # and even with the card's check out of the way (the real Content-Gen-Key in hand), the titles'
     # keys depend on the HDD-ID
     from vhw.bindings import TitleBinding
-    from vhw.install import read_title
+    from vhw.console.install import read_title
 
     real = match_of(alice)
     devices = hardware_of(alice["rom"], copy).devices
@@ -312,7 +311,7 @@ def test_a_rogue_publisher_cannot_mint_licenses_for_anothers_title(cli, srv, wor
     from vhw.devices.disc import DiscImage
     from vhw.errors import ServerError
     from vhw.formats import disc as disc_fmt
-    from vhw.serverhome import Credential
+    from vhw.server.home import Credential
 
     rogue_path = tmp_path / "rogue.json"
     subprocess.run([sys.executable, "-m", "vhw", "server", "credential", "publisher", "rogue", "-o", str(rogue_path),

@@ -21,16 +21,16 @@ from pathlib import Path
 import pytest
 
 from vhw import bindings, crypto
-from vhw import console as cpu
 from vhw.bindings import DeviceSecrets, TitleBinding, owner_of
+from vhw.console import cpu
+from vhw.console.install import read_title
+from vhw.console.mount import TitleFS
 from vhw.devices import card as card_dev
 from vhw.devices import rom as rom_dev
 from vhw.devices.disc import DiscImage
 from vhw.devices.hdd import HddImage
 from vhw.formats.card import Card
 from vhw.ids import Id
-from vhw.install import read_title
-from vhw.mount import TitleFS
 
 from .conftest import COPY, PLAY, file_sha256, make_title
 from .servers import RunningServer, factory, hardware_of, match_of, publish

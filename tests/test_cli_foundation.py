@@ -109,7 +109,7 @@ def test_every_command_has_help(cli):
 
 
 def test_unexpected_errors_are_one_line(cli, tmp_path, monkeypatch):
-    from vhw import mastering
+    from vhw.publisher import mastering
 
     def boom(*a, **k):
         raise RuntimeError("kaboom")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from vhw.serverhome import Credential
+from vhw.server.home import Credential
 
 from .servers import RunningServer
 

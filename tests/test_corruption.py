@@ -13,21 +13,20 @@ from pathlib import Path
 
 import pytest
 
-from vhw import crypto
+from vhw import bindings, crypto
+from vhw.bindings import TitleBinding
+from vhw.console.install import install_plan, read_title
+from vhw.devices.card import CardImage
 from vhw.devices.disc import DiscImage
 from vhw.devices.hdd import HddImage
 from vhw.errors import ImageError, VhwError
 from vhw.formats import card as card_fmt
 from vhw.formats import rom as rom_fmt
-from vhw.ids import Id, IdKind
-from vhw import bindings
-from vhw.bindings import TitleBinding
-from vhw.devices.card import CardImage
 from vhw.formats.common import Extent
-from vhw.install import install_plan, read_title
-from vhw.keystore import KeyStore
-from vhw.mastering import master, press
+from vhw.ids import Id, IdKind
 from vhw.pki import make_ca
+from vhw.publisher.keystore import KeyStore
+from vhw.publisher.mastering import master, press
 
 from .conftest import make_title, source_files
 

@@ -217,9 +217,8 @@ def test_devices_of_the_old_format_are_refused_in_one_line(tmp_path):
     import io
 
     from vhw.cli import run
-    from vhw.formats.common import seal_block, seal_envelope
-
     from vhw.devices.card import read_state
+    from vhw.formats.common import seal_block, seal_envelope
 
     old_rom = seal_envelope(rom_fmt.MAGIC, 1, b"\0" * 60)
     old_card = seal_envelope(card_fmt.MAGIC, 2, b"\0" * 60)  # version 2: before the save area

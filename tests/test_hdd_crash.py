@@ -17,15 +17,15 @@ from pathlib import Path
 import pytest
 
 from vhw import crypto
+from vhw.bindings import TitleBinding
+from vhw.console.install import install_plan, read_title
 from vhw.devices.disc import DiscImage
 from vhw.devices.files import apply_op
 from vhw.devices.hdd import HddImage
 from vhw.ids import Id, IdKind
-from vhw.bindings import TitleBinding
-from vhw.install import install_plan, read_title
-from vhw.keystore import KeyStore
-from vhw.mastering import master, press
 from vhw.plans import Sync, Write
+from vhw.publisher.keystore import KeyStore
+from vhw.publisher.mastering import master, press
 
 from .conftest import make_title, source_files
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from vhw.console.install import read_title
 from vhw.devices import card as card_dev
 from vhw.devices.hdd import HddImage
-from vhw.install import read_title
 
 from .conftest import file_sha256, make_title, source_files
 from .servers import RunningServer, factory, match_of, publish

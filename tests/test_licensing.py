@@ -7,7 +7,7 @@ import itertools
 import pytest
 
 from vhw import bindings, crypto
-from vhw import console as cpu
+from vhw.console import cpu
 from vhw.errors import (
     CopyNotPermitted,
     MediaRefused,
@@ -17,9 +17,8 @@ from vhw.errors import (
     UserIdInvalid,
 )
 from vhw.ids import Id, IdKind
-from vhw.licensing import ID_FIELDS, Policy
-
-from vhw.store import PostgresStore, SqliteStore
+from vhw.server.licensing import ID_FIELDS, Policy
+from vhw.server.store import PostgresStore, SqliteStore
 
 from .conftest import BACKENDS, database_for
 from .world import World

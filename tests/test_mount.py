@@ -18,14 +18,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from vhw.cli import run
+from vhw.console.machine import Machine
+from vhw.console.mountpoints import DEAD_MOUNT
 from vhw.devices.hdd import HddImage
-from vhw.machine import Machine
-from vhw.mountpoints import DEAD_MOUNT
 from vhw.samples import TITLES, build_samples
 
 from .conftest import PLAY, Result, source_files
 from .servers import RunningServer, factory, publish
-
 
 
 @pytest.fixture(scope="module")

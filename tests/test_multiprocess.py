@@ -11,10 +11,10 @@ import psycopg
 import pytest
 import trio
 
-from vhw import console as cpu
 from vhw import crypto
 from vhw import protocol as p
 from vhw.client import tls_context
+from vhw.console import cpu
 from vhw.ids import Id, IdKind
 
 from .conftest import MEDIA

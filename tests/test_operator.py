@@ -23,15 +23,15 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from vhw import bindings, crypto
-from vhw import console as cpu
 from vhw import protocol as p
 from vhw.client import tls_context
+from vhw.console import cpu
 from vhw.devices import card as card_dev
 from vhw.devices import rom as rom_dev
 from vhw.devices.hdd import HddImage
 from vhw.formats.card import Card
 from vhw.ids import Id, IdKind
-from vhw.serverhome import AT_REST, Credential, ServerHome
+from vhw.server.home import AT_REST, Credential, ServerHome
 
 from .conftest import BACKENDS, MEDIA, REGISTER, database_for
 from .servers import RunningServer, factory, make_users, publish
@@ -584,7 +584,7 @@ def test_rotation_committed_but_killed_before_the_key_moved_is_finished_at_start
             raise KeyboardInterrupt("killed")
         real_replace(src, dst)
 
-    monkeypatch.setattr("vhw.serverhome.os.replace", killed)
+    monkeypatch.setattr("vhw.server.home.os.replace", killed)
     store = home.store()
     with pytest.raises(KeyboardInterrupt):
         home.rotate_master_key(store)
@@ -708,7 +708,7 @@ def test_audit_chain_shows_edited_deleted_and_reordered_rows(request, tmp_path, 
              " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", *last)
 
     # the whole chain rewritten consistently, with hashes recomputed: only the signed heads show it
-    from vhw import audit
+    from vhw.server import audit
 
     chain = rows.sql("SELECT seq, at, actor, action, subject, detail FROM audit ORDER BY position")
     forged = list(chain)
@@ -772,7 +772,8 @@ def test_unit_file_verifies(tmp_path):
     problems = [line for line in (r.stdout + r.stderr).splitlines() if "vhw-server.service" in line]
     assert r.returncode == 0 and not problems, r.stdout + r.stderr
     # and the config it names is one `server run` accepts
-    from vhw.cli.server import RUN_KEYS
     import tomllib
+
+    from vhw.cli.server import RUN_KEYS
 
     assert set(tomllib.loads((unit.parent / "server.toml").read_text())) <= RUN_KEYS

@@ -10,11 +10,11 @@ import httpx
 import pytest
 import trio
 
-from vhw import console as cpu
 from vhw import protocol as p
 from vhw.client import tls_context
+from vhw.console import cpu
 from vhw.ids import Id, IdKind
-from vhw.server import raise_file_limit
+from vhw.server.app import raise_file_limit
 
 from .servers import RunningServer, make_users
 

@@ -17,10 +17,10 @@ import pytest
 import trio
 
 from vhw import bindings, crypto
-from vhw import console as cpu
 from vhw import protocol as p
 from vhw.bindings import DeviceSecrets
 from vhw.client import Client, tls_context
+from vhw.console import cpu
 from vhw.devices import card as card_dev
 from vhw.devices import rom as rom_dev
 from vhw.devices.disc import DiscImage
@@ -28,10 +28,10 @@ from vhw.devices.hdd import HddImage
 from vhw.errors import REFUSALS, MediaRefused, NetworkError
 from vhw.formats.card import Card
 from vhw.ids import Id, IdKind
-from vhw.keystore import KeyStore
 from vhw.pki import make_ca
-from vhw.server import ENDPOINTS
-from vhw.serverhome import ROLES, Credential
+from vhw.publisher.keystore import KeyStore
+from vhw.server.app import ENDPOINTS
+from vhw.server.home import ROLES, Credential
 
 from .conftest import BACKENDS, MEDIA, REGISTER, USER, database_for
 from .servers import RunningServer, factory, make_disc, make_users, publish
@@ -392,7 +392,7 @@ def test_health_and_openapi(srv):
 
 
 def test_openapi_in_repo_is_current():
-    from vhw.server import openapi_document
+    from vhw.server.app import openapi_document
 
     committed = json.loads((Path(__file__).parent.parent / "vhw" / "openapi.json").read_text())
     assert committed == json.loads(json.dumps(openapi_document())), "run `vhw server openapi -o vhw/openapi.json`"

@@ -15,8 +15,14 @@ from vhw.devices.disc import DiscImage
 from vhw.samples import build_samples
 
 from .conftest import PLAY, REGISTER, USER, make_title, source_files
-from .servers import RunningServer, factory, match_of, publish, start_brokered, stop_brokered
-
+from .servers import (
+    RunningServer,
+    factory,
+    match_of,
+    publish,
+    start_brokered,
+    stop_brokered,
+)
 
 
 @pytest.fixture(scope="module")
@@ -302,8 +308,8 @@ def test_disc_without_mid_is_bought_once_per_install(cli, brokered, tmp_path, le
     assert cli("console", "insert-disc", disc, *con).code == 0
     r = cli("console", "install", *con)
     assert r.code == 0, r
+    from vhw.console.install import read_title
     from vhw.devices.hdd import HddImage
-    from vhw.install import read_title
 
     binding = match_of(dave).binding
     with HddImage.open(dave["hdd"]) as img:

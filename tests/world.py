@@ -12,15 +12,15 @@ from pathlib import Path
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from vhw import console as cpu
 from vhw import crypto
 from vhw import protocol as p
 from vhw.bindings import DeviceSecrets
+from vhw.console import cpu
 from vhw.formats.card import Card
 from vhw.ids import Id, IdKind
-from vhw.licensing import Licensing, Policy
 from vhw.pki import make_ca
-from vhw.store import SqliteStore, Store
+from vhw.server.licensing import Licensing, Policy
+from vhw.server.store import SqliteStore, Store
 
 
 @dataclass

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchlib import MiB, measure, random_file, sha256_file, vhw_command  # noqa: E402
 
 from vhw.devices.disc import DiscImage  # noqa: E402
-from vhw.keystore import KeyStore  # noqa: E402
+from vhw.publisher.keystore import KeyStore  # noqa: E402
 
 LIMIT = 100 * MiB
 

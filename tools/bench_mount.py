@@ -25,10 +25,6 @@ from bench_install import drop_caches, installed_console, run  # noqa: E402
 from benchlib import dd, random_reads  # noqa: E402
 
 
-
-
-
-
 def measure(path: Path, reads: int) -> dict[str, float]:
     out = {}
     drop_caches()

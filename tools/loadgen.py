@@ -33,9 +33,9 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.servers import RunningServer, make_users  # noqa: E402
 from vhw import bindings, crypto  # noqa: E402
-from vhw import console as cpu  # noqa: E402
 from vhw import protocol as p  # noqa: E402
 from vhw.client import tls_context  # noqa: E402
+from vhw.console import cpu  # noqa: E402
 from vhw.ids import Id, IdKind  # noqa: E402
 
 USERS = 64
@@ -53,7 +53,7 @@ def register_mids(srv, title: str, count: int) -> list[Id]:
 
 def bulk_fill(srv, cards: int, mids: int) -> float:
     """Fill the database directly, as a platform's would be; returns seconds taken."""
-    from vhw.store import open_store
+    from vhw.server.store import open_store
 
     started = time.perf_counter()
     master = srv.home.master_key()

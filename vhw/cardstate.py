@@ -20,8 +20,17 @@ import hashlib
 from dataclasses import dataclass, replace
 
 from .errors import NoSpaceError
-from .formats.card import (MAX_SAVES, SAVE_START, Card, Catalog, Save, Superblock, encode_catalog,
-                           encode_superblock, valid_save_name)
+from .formats.card import (
+    MAX_SAVES,
+    SAVE_START,
+    Card,
+    Catalog,
+    Save,
+    Superblock,
+    encode_catalog,
+    encode_superblock,
+    valid_save_name,
+)
 from .formats.common import BLOCK_SIZE, Extent, valid_title_id
 from .plans import SYNC, Op, Write
 

@@ -27,7 +27,6 @@ from dataclasses import dataclass, replace
 
 from . import crypto
 from .errors import NoSpaceError
-from .plans import SYNC, Op, Write
 from .formats.common import BLOCK_SIZE, valid_relpath, valid_title_id
 from .formats.hdd import (
     DATA_START,
@@ -41,6 +40,7 @@ from .formats.hdd import (
     encode_catalog,
     encode_superblock,
 )
+from .plans import SYNC, Op, Write
 
 SEALED_CHUNK = crypto.CHUNK_SIZE + crypto.TAG_SIZE
 PIECE = 16  # chunks an install re-seals, hashes and writes together: 1 MiB

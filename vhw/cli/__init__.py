@@ -146,13 +146,13 @@ def main() -> None:
 
 
 # Sub-command groups register themselves on import.
-from . import devices as _devices  # noqa: E402,F401
-from . import saves as _saves  # noqa: E402,F401
-from . import disc as _disc  # noqa: E402,F401
 from ..demo import demo as _demo_command  # noqa: E402
+from . import devices as _devices  # noqa: E402,F401
+from . import disc as _disc  # noqa: E402,F401
+from . import saves as _saves  # noqa: E402,F401
 
 vhw.add_command(_demo_command)
-from . import console as _console  # noqa: E402,F401
-from . import server as _server  # noqa: E402,F401
-from . import repair as _repair  # noqa: E402,F401
 from . import broker as _broker  # noqa: E402,F401
+from . import console as _console  # noqa: E402,F401
+from . import repair as _repair  # noqa: E402,F401
+from . import server as _server  # noqa: E402,F401

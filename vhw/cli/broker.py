@@ -17,7 +17,9 @@ home_option = click.option("--home", type=click.Path(path_type=Path, file_okay=F
 
 
 def broker_home(app: App, home: Path | None):
-    from ..broker import BrokerHome  # (the broker's web stack loads only for broker commands)
+    from ..broker.home import (
+        BrokerHome,  # (the broker's web stack loads only for broker commands)
+    )
 
     return BrokerHome(home or app.home / "broker")
 
@@ -56,7 +58,7 @@ def broker() -> None:
 def broker_init(app: App, home: Path | None, credential: Path, tls: Path, server: str | None, listen: str,
                 price: str, platform_share: int) -> None:
     """Set up a broker: its credential, TLS identity, prices and database."""
-    from ..broker import BrokerHome
+    from ..broker.home import BrokerHome
 
     h = BrokerHome.init(broker_home(app, home).root, credential=credential, tls=tls, server=server, listen=listen,
                         price_cents=cents(price), platform_share=platform_share)
@@ -80,7 +82,7 @@ def broker_run(app: App, home: Path | None, listen: tuple[str, int] | None) -> N
 
     import trio
 
-    from ..broker import serve
+    from ..broker.app import serve
 
     trio.run(lambda: serve(h, listen=listen, ready=ready))
     click.echo("vhw broker stopped")

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import click
 
-from .. import console as cpu
+from ..console import cpu
+from ..console.machine import SLOTS, Machine
 from ..devices import card as card_dev
 from ..devices.disc import DiscImage
-from ..machine import SLOTS, Machine
 from . import emit, progress_bar
 from .devices import PATH, console, json_option
 
@@ -213,12 +213,12 @@ def console_mount(mountpoint: Path, foreground: bool, slot: str, console_dir: Pa
 @console_option
 def console_unmount(mountpoint: Path, console_dir: Path | None) -> None:
     """Unmount a mount made by `vhw console mount`."""
-    from ..machine import Machine
+    from ..console.machine import Machine
 
     try:
         m = Machine.find(console_dir)
     except Exception:
-        from ..mountpoints import unmount
+        from ..console.mountpoints import unmount
 
         unmount(mountpoint)
     else:

@@ -10,9 +10,10 @@ from pathlib import Path
 import click
 
 from .. import crypto
+from .. import protocol as proto
 from ..devices import card as card_dev
-from ..devices.card import CardImage
 from ..devices import rom as rom_dev
+from ..devices.card import CardImage
 from ..devices.files import now, refuse_existing
 from ..devices.hdd import HddImage
 from ..errors import ImageError, StateError
@@ -20,7 +21,6 @@ from ..formats import card as card_fmt
 from ..formats import hdd as hdd_fmt
 from ..formats import rom as rom_fmt
 from ..ids import Id, IdKind
-from .. import protocol as proto
 from . import emit, progress_bar, vhw
 from .params import SIZE
 from .roles import credential_option, role_client, server_option
@@ -242,7 +242,7 @@ def hdd_image_path(image: Path | None, console_dir: Path | None) -> Path:
     """An HDD image given by path, or the one attached to the console."""
     if image:
         return image
-    from ..machine import Machine
+    from ..console.machine import Machine
 
     return Machine.find(console_dir).hdd_path
 
@@ -339,7 +339,7 @@ def console_rom(out: Path, ca_path: Path | None, server_url: str, model: str, me
     from cryptography import x509
     from cryptography.hazmat.primitives.serialization import Encoding
 
-    from ..serverhome import Credential
+    from ..server.home import Credential
 
     anchor = load_ca(ca_path) if ca_path else b""
     if credential:

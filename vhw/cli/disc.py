@@ -9,13 +9,13 @@ from pathlib import Path
 
 import click
 
-from .. import mastering
+from .. import protocol as proto
 from ..devices.disc import DiscImage
 from ..devices.files import refuse_existing
 from ..formats import disc as fmt
-from .. import protocol as proto
 from ..ids import Id
-from ..keystore import KeyStore
+from ..publisher import mastering
+from ..publisher.keystore import KeyStore
 from . import App, emit, pass_app, progress_bar, vhw
 from .devices import PATH, human, json_option, when
 from .params import TITLE_ID

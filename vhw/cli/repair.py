@@ -6,9 +6,9 @@ from pathlib import Path
 
 import click
 
-from .. import console as cpu
 from .. import crypto
 from .. import protocol as proto
+from ..console import cpu
 from ..devices import card as card_dev
 from ..devices import rom as rom_dev
 from ..devices.files import now, refuse_existing

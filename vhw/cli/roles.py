@@ -16,8 +16,11 @@ server_option = click.option("--server", "server_url", help="Server URL (default
 
 
 def role_client(credential: Path, server_url: str | None, role: str):
-    from ..client import Client, tls_context  # (httpx and the server's modules: only when calling it)
-    from ..serverhome import Credential
+    from ..client import (  # (httpx and the server's modules: only when calling it)
+        Client,
+        tls_context,
+    )
+    from ..server.home import Credential
 
     cred = Credential.load(credential)
     if cred.role != role:

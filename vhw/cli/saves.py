@@ -7,8 +7,8 @@ from pathlib import Path
 
 import click
 
-from .. import console as cpu
 from .. import saves as sv
+from ..console import cpu
 from ..devices.card import CardImage
 from ..devices.files import atomic_write, read_small, refuse_existing
 from ..errors import ImageError, StateError
@@ -23,8 +23,8 @@ MAX_EXPORT = 1024 * 1024 * 1024 + 4096  # the largest save a card holds, and its
 
 def open_card(path: Path, *, write: bool = False) -> CardImage:
     """A memory card image, or the internal memory of an HDD image (card-less consoles)."""
+    from ..console.machine import CardMemory
     from ..formats import hdd as hdd_fmt
-    from ..machine import CardMemory
 
     try:
         with open(path, "rb") as f:

@@ -9,10 +9,10 @@ from pathlib import Path
 import click
 
 from ..errors import ImageError, StateError
-from . import App, pass_app, show_audit, vhw
-from .params import LISTEN
 from ..ids import ID_FIELDS
 from ..roles import ROLES
+from . import App, pass_app, show_audit, vhw
+from .params import LISTEN
 
 # (the server's modules themselves, trio, hypercorn, starlette and the stores, load only when a
 # server command runs)
@@ -23,7 +23,7 @@ home_option = click.option(
 
 
 def server_home(app: App, home: Path | None):
-    from ..serverhome import ServerHome
+    from ..server.home import ServerHome
 
     return ServerHome(home or app.home / "server")
 
@@ -54,7 +54,7 @@ def server() -> None:
 def server_init(app: App, home: Path | None, listen: str, url: str | None, hosts: tuple[str, ...],
                 database: str, identify_by: str, mode: str) -> None:
     """Create the platform's state: CA, TLS certificate, master key, database, role credentials."""
-    from ..serverhome import ServerHome
+    from ..server.home import ServerHome
 
     h = ServerHome.init(server_home(app, home).root, listen=listen, url=url, hosts=list(hosts),
                         database=database, identify_by=parse_policy(identify_by), mode=mode)
@@ -130,8 +130,8 @@ def server_run(app: App, home: Path | None, listen: tuple[str, int] | None, data
     log_format, metrics_listen), from VHW_SERVER_<OPTION> in the environment, or from the flag;
     the flag wins over the environment, which wins over the file.
     """
-    from ..logs import configure
-    from ..server import run_workers, serve
+    from ..server.app import run_workers, serve
+    from ..server.logs import configure
 
     configure(log_format)
     h = server_home(app, home)
@@ -193,7 +193,7 @@ def server_audit(app: App, home: Path | None, after: int, as_json: bool, verify:
     if not verify:
         show_audit(h.store(database), after=after, as_json=as_json)
         return
-    from ..auditlog import verify as verify_chain
+    from ..server.auditlog import verify as verify_chain
 
     store = h.store(database)
     try:
@@ -216,7 +216,7 @@ def server_backup(app: App, out: Path, home: Path | None, database: str | None) 
     SQLite: its backup API; PostgreSQL: pg_dump. The keys in it stay encrypted under the master
     key, which is not in it: keep master.key (and ca-key.pem) apart from the backups.
     """
-    from ..serverhome import backup
+    from ..server.home import backup
 
     h = server_home(app, home)
     h.require()
@@ -234,7 +234,7 @@ def server_restore(app: App, source: Path, home: Path | None, database: str | No
 
     The home must hold the master key the backup's keys are encrypted under.
     """
-    from ..serverhome import restore
+    from ..server.home import restore
 
     h = server_home(app, home)
     h.require()
@@ -265,7 +265,7 @@ def server_rotate(app: App, home: Path | None, database: str | None) -> None:
 @click.option("-o", "--out", type=click.Path(path_type=Path, dir_okay=False), help="Write here, not to stdout.")
 def server_openapi(out: Path | None) -> None:
     """Print the OpenAPI document of the licensing API."""
-    from ..server import openapi_document, write_openapi
+    from ..server.app import openapi_document, write_openapi
 
     if out:
         write_openapi(out)

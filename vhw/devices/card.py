@@ -22,13 +22,20 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..cardstate import CardState, format_plan
 from .. import saves
+from ..cardstate import CardState, format_plan
 from ..errors import ImageError, StateError
 from ..formats import card as fmt
 from ..formats.common import BLOCK_SIZE, version_error
 from ..plans import Op, shifted
-from .files import apply_ops, check_regular, describe_os_error, fsync_dir, locked, refuse_existing
+from .files import (
+    apply_ops,
+    check_regular,
+    describe_os_error,
+    fsync_dir,
+    locked,
+    refuse_existing,
+)
 
 
 @dataclass
@@ -221,7 +228,7 @@ class CardImage:
 
     def save_key(self) -> bytes:
         """This card's save key (:mod:`vhw.saves`); a card keeps saves once it is registered."""
-        from ..console import CardView
+        from ..console.cpu import CardView
 
         try:
             user = CardView.open(self.card).require_user()

@@ -18,14 +18,22 @@ from pathlib import Path
 
 from .. import crypto
 from ..errors import ImageError, IntegrityError
+from ..formats import card as card_fmt
 from ..formats import hdd as fmt
+from ..formats.card import Card
 from ..formats.common import BLOCK_SIZE
 from ..ids import Id
-from ..formats import card as card_fmt
-from ..formats.card import Card
 from ..plans import Op, Write, shifted
 from ..volume import PIECE, Volume, format_plan, piece_checksum, piece_digest
-from .files import apply_op, apply_ops, check_regular, describe_os_error, fsync_dir, locked, refuse_existing
+from .files import (
+    apply_op,
+    apply_ops,
+    check_regular,
+    describe_os_error,
+    fsync_dir,
+    locked,
+    refuse_existing,
+)
 
 Plan = Generator[Op, None, Volume]
 WRITEBACK_HINT = 1024 * 1024  # bytes: a write this large of a streaming plan starts its writeback

@@ -49,8 +49,18 @@ import construct as cs
 from .. import crypto
 from ..errors import ImageError, IntegrityError
 from ..ids import Id, IdKind
-from .common import (BLOCK_SIZE, Blob, Extent, IdField, Text, build, open_block, parse, seal_block,
-                     version_error)
+from .common import (
+    BLOCK_SIZE,
+    Blob,
+    Extent,
+    IdField,
+    Text,
+    build,
+    open_block,
+    parse,
+    seal_block,
+    version_error,
+)
 
 MAGIC = b"VHWCARD\0"
 CATALOG_MAGIC = b"VHWCCAT\0"

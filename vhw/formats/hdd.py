@@ -41,8 +41,19 @@ import construct as cs
 from .. import crypto
 from ..errors import ImageError, IntegrityError
 from ..ids import Id, IdKind
-from .common import (BLOCK_SIZE, Blob, Extent, IdField, OptionalId, Text, build, open_block, parse, seal_block,
-                     version_error)
+from .common import (
+    BLOCK_SIZE,
+    Blob,
+    Extent,
+    IdField,
+    OptionalId,
+    Text,
+    build,
+    open_block,
+    parse,
+    seal_block,
+    version_error,
+)
 
 SUPER_MAGIC = b"VHWHDD\0\0"
 CATALOG_MAGIC = b"VHWCATL\0"

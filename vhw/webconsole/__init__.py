@@ -10,6 +10,6 @@ the session. The actions are the service calls the CLI makes (``Licensing.repair
 - :mod:`.sessions`: session cookies and CSRF tokens (pure);
 - :mod:`.charts`: bar charts as SVG geometry (pure);
 - :mod:`.web`: what both consoles share: sign-in, the session guard, templates, headers;
-- :mod:`.repair`: the repair center's pages over a :class:`~vhw.licensing.Licensing`;
-- :mod:`.desk`: the broker staff's pages over a :class:`~vhw.broker.Broker`.
+- :mod:`.repair`: the repair center's pages over a :class:`~vhw.server.licensing.Licensing`;
+- :mod:`.desk`: the broker staff's pages over a :class:`~vhw.broker.service.Broker`.
 """

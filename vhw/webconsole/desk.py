@@ -2,7 +2,7 @@
 
 Staff sign in with a staff account (``vhw broker staff add``) or with the broker's own platform
 credential token. They see the accounts with balances and statements, top an account up with its
-card on file (the same :meth:`~vhw.broker.Broker.topup` as ``vhw broker account topup``), the
+card on file (the same :meth:`~vhw.broker.service.Broker.topup` as ``vhw broker account topup``), the
 ledger with its balance check, and revenue per title and per day.
 """
 
@@ -14,9 +14,9 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 from .. import crypto
-from ..broker import Broker
+from ..broker.service import Broker
 from ..errors import PaymentDeclined, StateError
-from ..serverhome import token_hash
+from ..server.home import token_hash
 from . import charts
 from .sessions import Session
 from .web import HEADERS, PREFIX, Console, Identity

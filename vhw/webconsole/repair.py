@@ -4,7 +4,7 @@ Operators sign in with the operator credential's token. They look people up by a
 label (its check character is checked first), see a user's devices, titles and audit entries,
 repair a console or HDD, reissue a card, search the audit log and read a dashboard. Repair and
 reissue show what will change, ask for confirmation, and then call the same
-:class:`~vhw.licensing.Licensing` methods as ``vhw repair`` does through the API.
+:class:`~vhw.server.licensing.Licensing` methods as ``vhw repair`` does through the API.
 """
 
 from __future__ import annotations
@@ -20,13 +20,14 @@ import anyio
 from starlette.requests import Request
 from starlette.responses import Response
 
-from .. import console as cpu
-from .. import crypto, metrics
+from .. import crypto
 from .. import protocol as p
+from ..console import cpu
 from ..errors import IdError, ServerError, VhwError
 from ..ids import Id, IdKind
-from ..licensing import Licensing
-from ..serverhome import token_hash
+from ..server import metrics
+from ..server.home import token_hash
+from ..server.licensing import Licensing
 from . import charts
 from .sessions import Session
 from .web import Console, Identity, parse_time

@@ -16,7 +16,7 @@ import hashlib
 import secrets
 from typing import Protocol
 
-from .errors import PaymentDeclined
+from ..errors import PaymentDeclined
 
 DECLINING = "4000000000000002"
 

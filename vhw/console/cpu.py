@@ -5,7 +5,7 @@ unwrapped with the MC-Key, once), asks it what it needs, and writes back the car
 at the flow's commit points. What the console knows of its own hardware, the Client ID and HDD-ID
 with the secrets of its ROM and its HDD, the platform CA and the card epochs the HDD has seen, is
 a :class:`Hardware`. Functions take these and the server's responses and return requests or a new
-view. The emulated machine (:mod:`vhw.machine`) reads and writes the files and talks to the
+view. The emulated machine (:mod:`vhw.console.machine`) reads and writes the files and talks to the
 server; the tests call these functions directly too.
 
 Every check that refuses rests on a key the holder of a lent file lacks (:mod:`vhw.bindings`): the
@@ -19,12 +19,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
-from . import bindings, crypto
-from . import protocol as p
-from .bindings import DeviceSecrets, TitleBinding, owner_of
-from .errors import CopyNotPermitted, ReproductionNotPermitted, ServerError, StateError
-from .formats.card import Card, License
-from .ids import Id, IdKind
+from .. import bindings, crypto
+from .. import protocol as p
+from ..bindings import DeviceSecrets, TitleBinding, owner_of
+from ..errors import CopyNotPermitted, ReproductionNotPermitted, ServerError, StateError
+from ..formats.card import Card, License
+from ..ids import Id, IdKind
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
 """Mount points, without FUSE: lift what a dead mount left behind, unmount. (Kept apart from
-:mod:`vhw.mount` so that commands that only unmount do not import pyfuse3 and trio.)"""
+:mod:`vhw.console.mount` so that commands that only unmount do not import pyfuse3 and trio.)"""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from .errors import StateError
+from ..errors import StateError
 
 log = logging.getLogger(__name__)
 

@@ -20,13 +20,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from . import crypto
-from .devices import disc as disc_dev
-from .devices.files import describe_os_error, fsync_dir, now, refuse_existing
-from .errors import ImageError, StateError
-from .formats import disc as fmt
-from .formats.common import valid_relpath, valid_title_id
-from .ids import Id, IdKind
+from .. import crypto
+from ..devices import disc as disc_dev
+from ..devices.files import describe_os_error, fsync_dir, now, refuse_existing
+from ..errors import ImageError, StateError
+from ..formats import disc as fmt
+from ..formats.common import valid_relpath, valid_title_id
+from ..ids import Id, IdKind
 from .keystore import KeyStore, TitleKeys
 
 TITLE_FILE = "vhw-title.json"

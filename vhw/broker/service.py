@@ -29,24 +29,21 @@ the broker's audit log.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
-from . import crypto
-from . import protocol as p
-from .devices.files import atomic_write
-from .errors import ImageError, NetworkError, PaymentDeclined, Refusal, ServerError, StateError
-from .payments import Processor, TestProcessor
-from .serverhome import Credential
-from .store import SqliteStore, Store
+from .. import crypto
+from .. import protocol as p
+from ..errors import ImageError, PaymentDeclined, Refusal, StateError
+from ..server.store import Store
+from .payments import Processor
 
 log = logging.getLogger(__name__)
 
@@ -364,172 +361,3 @@ class Broker:
 
 def _money(cents: int) -> str:
     return f"{cents / 100:.2f}"
-
-
-# -- the broker's home ---------------------------------------------------------------------------
-
-
-class BrokerHome:
-    """config.json, credential.json (the broker's platform credential), tls.pem + tls-key.pem (its
-    TLS identity, signed by the platform CA), broker.db (accounts, holds, ledger, audit)."""
-
-    def __init__(self, root: Path):
-        self.root = Path(root)
-
-    def path(self, name: str) -> Path:
-        return self.root / name
-
-    @classmethod
-    def init(cls, root: Path, *, credential: Path, tls: Path, server: str | None, listen: str,
-             price_cents: int, platform_share: int) -> BrokerHome:
-        home = cls(root)
-        if home.path("config.json").exists():
-            raise StateError(f"{root}: a broker is set up here already")
-        cred = Credential.load(credential)
-        if cred.role != "broker":
-            raise StateError(f"{credential} is a {cred.role} credential, not a broker's")
-        for name in ("tls.pem", "tls-key.pem"):
-            if not (tls / name).exists():
-                raise StateError(f"{tls}: no {name}", hint="vhw server issue-cert broker --host HOST -o DIR")
-        home.root.mkdir(parents=True, exist_ok=True)
-        home.root.chmod(0o700)
-        atomic_write(home.path("credential.json"), cred.to_json(), mode=0o600)
-        atomic_write(home.path("tls.pem"), (tls / "tls.pem").read_bytes())
-        atomic_write(home.path("tls-key.pem"), (tls / "tls-key.pem").read_bytes(), mode=0o600)
-        cfg = BrokerConfig(server=server or cred.server, listen=listen, price_cents=price_cents,
-                           platform_share=platform_share)
-        BrokerConfig(**asdict(cfg))
-        atomic_write(home.path("config.json"), json.dumps(asdict(cfg), indent=1).encode())
-        store = home.store()
-        try:
-            store.migrate(SCHEMA)
-        finally:
-            store.close()
-        return home
-
-    def require(self) -> None:
-        if not self.path("config.json").exists():
-            raise StateError(f"{self.root}: no broker here", hint="vhw broker init")
-
-    def config(self) -> BrokerConfig:
-        self.require()
-        return BrokerConfig.load(self.path("config.json"))
-
-    def store(self) -> Store:
-        return SqliteStore(self.path("broker.db"))
-
-    @contextlib.contextmanager
-    def broker(self):
-        """A Broker over this home's database, relaying to the server with its credential."""
-        from .client import Client, tls_context
-
-        cfg = self.config()
-        cred = Credential.load(self.path("credential.json"))
-        store = self.store()
-        store.migrate(SCHEMA)
-        client = Client(cfg.server, tls_context(ca_pem=cred.ca, client_cert=cred.client_cert), token=cred.token)
-        try:
-            yield Broker(store, TestProcessor(store), cfg, client.call)
-        finally:
-            client.close()
-            store.close()
-
-
-# -- the web app ---------------------------------------------------------------------------------
-
-
-class BrokerApp:
-    """The consoles' side of the broker: the server's console endpoints, plus an account."""
-
-    def __init__(self, broker: Broker, console_key: bytes | None = None, token: str = ""):
-        from starlette.applications import Starlette
-        from starlette.exceptions import HTTPException
-        from starlette.routing import Mount, Route
-
-        from .server import _error_response
-
-        self.broker = broker
-        routes = [
-            Route("/v1/health", self.health, methods=["GET"]),
-            Route("/v1/console/register", self._endpoint(p.RegisterRequest, broker.register), methods=["POST"]),
-            Route("/v1/console/acquire", self._endpoint(p.AcquireRequest, broker.acquire), methods=["POST"]),
-            Route("/v1/console/purchase", self._endpoint(p.PurchaseRequest, broker.purchase), methods=["POST"]),
-            Route("/v1/console/confirm", self._endpoint(p.ConfirmRequest, broker.confirm), methods=["POST"]),
-        ]
-        if console_key is not None:  # the staff's web console (vhw.webconsole.desk)
-            from .webconsole.desk import DeskConsole
-
-            routes.append(Mount("/console", app=DeskConsole(broker, console_key, token).app()))
-        self.app = Starlette(routes=routes,
-                             exception_handlers={HTTPException: lambda req, exc: _error_response(exc)})
-
-    async def __call__(self, scope, receive, send) -> None:
-        await self.app(scope, receive, send)
-
-    async def health(self, request):
-        from starlette.responses import JSONResponse
-
-        from . import __version__
-
-        return JSONResponse(p.encode(p.Health("ok", "broker", __version__)))
-
-    def _endpoint(self, request_cls, call):
-        import anyio
-        from starlette.responses import JSONResponse
-
-        from .server import ApiError, _error_response, _json, _read_body, drain
-
-        async def handle(request):
-            response = await respond(request)
-            if response.status_code != 200:
-                await drain(request)
-            return response
-
-        async def respond(request):
-            try:
-                account = await anyio.to_thread.run_sync(self._account, request.headers.get("authorization", ""))
-                msg = p.decode(request_cls, await _read_body(request))
-                result = await anyio.to_thread.run_sync(call, account, msg)
-                return JSONResponse(p.encode(result))
-            except PaymentDeclined as exc:
-                return _json(402, "payment-declined", exc.message)
-            except NetworkError as exc:
-                return _json(502, "server-unreachable", f"the licensing server cannot be reached ({exc.message})")
-            except ServerError as exc:
-                if exc.status and 400 <= exc.status < 500:
-                    return _json(exc.status, "refused", exc.message)
-                return _json(502, "server-error", exc.message)
-            except (Refusal, ApiError, p.ProtocolError, Exception) as exc:
-                return _error_response(exc)
-
-        return handle
-
-    def _account(self, header: str) -> str:
-        import base64
-        import binascii
-
-        from .server import ApiError
-
-        scheme, _, value = header.partition(" ")
-        if scheme.lower() != "basic":
-            raise ApiError(401, "unauthenticated", "the broker needs your account name and password")
-        try:
-            name, _, password = base64.b64decode(value, validate=True).decode().partition(":")
-        except (binascii.Error, UnicodeDecodeError, ValueError):
-            raise ApiError(401, "unauthenticated", "malformed account credentials") from None
-        if not self.broker.check_password(name, password):
-            raise ApiError(401, "unauthenticated", "wrong account name or password")
-        return name
-
-
-async def serve(home: BrokerHome, *, listen: tuple[str, int] | None = None, ready=None) -> None:
-    from .server import _split, serve_app
-
-    from .webconsole.web import session_key
-
-    cfg = home.config()
-    key = session_key(home.path("console-session.key"))
-    token = Credential.load(home.path("credential.json")).token
-    with home.broker() as broker:
-        await serve_app(BrokerApp(broker, key, token), listen=listen or _split(cfg.listen), certfile=home.path("tls.pem"),
-                        keyfile=home.path("tls-key.pem"), ready=ready)

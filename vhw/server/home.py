@@ -30,13 +30,14 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 
-from . import bindings, crypto, pki
-from .crypto import equal as crypto_equal
-from .devices.files import atomic_write, describe_os_error, fsync_dir
-from .errors import ImageError, StateError
+from .. import bindings, crypto, pki
+from ..crypto import equal as crypto_equal
+from ..devices.files import atomic_write, describe_os_error, fsync_dir
+from ..errors import ImageError, StateError
+from ..roles import ROLES
 from .licensing import ID_FIELDS, Licensing, Policy
-from .roles import ROLES
 from .store import Store, open_store
+
 WHAT = "server home"
 log = logging.getLogger(__name__)
 
@@ -361,7 +362,7 @@ def backup(home: ServerHome, out: Path, database: str | None = None) -> str:
     import sqlite3
     import subprocess
 
-    from .devices.files import refuse_existing
+    from ..devices.files import refuse_existing
 
     url = home.database_url(database)
     out = Path(out)

@@ -31,12 +31,12 @@ from pathlib import Path
 
 import pyfuse3
 
-from .cardstate import CardFull
-from .devices.card import CardImage
-from .errors import VhwError
-from .formats.card import META_SIZE, valid_save_name
+from ..cardstate import CardFull
+from ..devices.card import CardImage
+from ..errors import VhwError
+from ..formats.card import META_SIZE, valid_save_name
+from ..saves import SaveInvalid
 from .mount import serve_operations
-from .saves import SaveInvalid
 
 log = logging.getLogger(__name__)
 

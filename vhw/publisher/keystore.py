@@ -19,10 +19,10 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from . import crypto
-from .devices.files import atomic_write, describe_os_error
-from .errors import ImageError, StateError
-from .formats.common import valid_title_id
+from .. import crypto
+from ..devices.files import atomic_write, describe_os_error
+from ..errors import ImageError, StateError
+from ..formats.common import valid_title_id
 
 WHAT = "publisher key store"
 

@@ -42,8 +42,8 @@ import logging
 import os
 import queue
 import signal
-import threading
 import stat
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,11 +51,11 @@ from pathlib import Path
 import pyfuse3
 import trio
 
-from . import crypto
-from .bindings import TitleBinding
-from .devices.hdd import HddImage
-from .errors import StateError
-from .formats.hdd import Catalog, HddFile, Title
+from .. import crypto
+from ..bindings import TitleBinding
+from ..devices.hdd import HddImage
+from ..errors import StateError
+from ..formats.hdd import Catalog, HddFile, Title
 from .mountpoints import clear_stale
 
 log = logging.getLogger(__name__)

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .errors import ImageError, StateError
+from ..errors import ImageError, StateError
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ MIGRATIONS: list[list[Any]] = [
         "ALTER TABLE hdds ADD COLUMN public_key BYTEA",
         "ALTER TABLE titles ADD COLUMN publisher TEXT",
     ],
-    [  # 5: the audit log's hash chain (vhw.audit): each entry's place in it, and its links
+    [  # 5: the audit log's hash chain (vhw.server.audit): each entry's place in it, and its links
         "ALTER TABLE audit ADD COLUMN position BIGINT",
         "ALTER TABLE audit ADD COLUMN prev_hash BYTEA",
         "ALTER TABLE audit ADD COLUMN hash BYTEA",

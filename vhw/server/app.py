@@ -1,7 +1,7 @@
 """The licensing server over HTTPS: a small Starlette app served by hypercorn's trio worker.
 
 The app is a table of endpoints (:data:`ENDPOINTS`): path, the role allowed to call it, the
-request and response messages, and the :class:`~vhw.licensing.Licensing` call behind it. One
+request and response messages, and the :class:`~vhw.server.licensing.Licensing` call behind it. One
 handler does the rest for all of them, in this order: authenticate the caller, read at most
 ``MAX_BODY`` bytes, parse JSON, decode the message, run the call in a worker thread (database
 calls block; the trio loop never does), encode the answer. Every failure is mapped in one place
@@ -39,11 +39,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from . import __version__, metrics
-from . import protocol as p
-from .errors import Refusal, ServerError, StateError
+from .. import __version__
+from .. import protocol as p
+from ..errors import Refusal, ServerError, StateError
+from . import metrics
+from .home import ServerHome, token_hash
 from .licensing import Licensing
-from .serverhome import ServerHome, token_hash
 from .store import Conflict, PostgresStore
 
 log = logging.getLogger(__name__)
@@ -197,7 +198,7 @@ class App:
         if console_key is not None:  # the repair center's web console (vhw.webconsole.repair)
             from starlette.routing import Mount
 
-            from .webconsole.repair import RepairConsole
+            from ..webconsole.repair import RepairConsole
 
             routes.append(Mount("/console", app=RepairConsole(lic, console_key).app()))
         self.starlette = Starlette(
@@ -312,7 +313,7 @@ BATCHED = {ep.path for ep in ENDPOINTS if ep.role in (CONSOLE, "broker")}
 
 class Batcher:
     """Runs the calls that arrive together as one batch, in one worker thread, inside one store
-    group (:meth:`vhw.store.Store.group`): with SQLite, one commit (one fsync) for all of them.
+    group (:meth:`vhw.server.store.Store.group`): with SQLite, one commit (one fsync) for all of them.
 
     A batch takes what is waiting when the thread is free (up to MAX), so a lone request is not
     delayed and a crowd shares its commits. Each call still succeeds or fails alone (a savepoint
@@ -465,7 +466,7 @@ async def serve(home: ServerHome, *, listen: tuple[str, int] | None = None, data
     try:
         await trio.to_thread.run_sync(store.migrate)
         await trio.to_thread.run_sync(home.check_master_key, store)
-        from .webconsole.web import session_key
+        from ..webconsole.web import session_key
 
         app = App(home.licensing(store), mode=cfg.mode, console_key=session_key(home.path("console-session.key")))
         chainer = home.chainer(store)

@@ -26,7 +26,7 @@ import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from . import crypto
+from .. import crypto
 
 GENESIS = bytes(32)  # the previous hash of the first entry
 

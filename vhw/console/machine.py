@@ -8,7 +8,7 @@ Set up once (``vhw console setup``); afterwards the everyday commands find the c
 ``--console DIR``, ``$VHW_CONSOLE`` or the current folder, and need no paths. One flow runs at a
 time on a console (a lock on ``DIR/.console.lock``, like a single CPU): a second command waits.
 
-The flows are the patent's, each a thin shell around :mod:`vhw.console` (what the CPU decides),
+The flows are the patent's, each a thin shell around :mod:`vhw.console.cpu` (what the CPU decides),
 :mod:`vhw.client` (the modem) and the device files.
 """
 
@@ -25,22 +25,22 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import console as cpu
-from . import crypto, install
+from .. import crypto
+from .. import protocol as p
+from ..bindings import DeviceSecrets
+from ..devices import card as card_dev
+from ..devices import rom as rom_dev
+from ..devices.card import CardImage
+from ..devices.disc import DiscImage
+from ..devices.files import atomic_write, locked, now
+from ..devices.hdd import HddImage
+from ..errors import ImageError, IntegrityError, ReproductionNotPermitted, StateError
+from ..formats.card import Card, License
+from ..formats.disc import Pressing
+from ..formats.rom import Rom
+from ..ids import Id, IdKind
+from . import cpu, install
 from .mountpoints import clear_stale, unmount
-from .bindings import DeviceSecrets
-from . import protocol as p
-from .devices import card as card_dev
-from .devices.card import CardImage
-from .devices import rom as rom_dev
-from .devices.disc import DiscImage
-from .devices.files import atomic_write, locked, now
-from .devices.hdd import HddImage
-from .errors import ImageError, IntegrityError, ReproductionNotPermitted, StateError
-from .formats.card import Card, License
-from .formats.disc import Pressing
-from .formats.rom import Rom
-from .ids import Id, IdKind
 
 CONFIG = "console.json"
 SLOTS = ("1", "2")
@@ -234,7 +234,10 @@ class Machine:
         return self.config().server or rom.server_url
 
     def client(self, rom: Rom):
-        from .client import Client, tls_context  # (httpx: only the flows that talk to the server)
+        from ..client import (  # (httpx: only the flows that talk to the server)
+            Client,
+            tls_context,
+        )
 
         return Client(self.server_url(rom), tls_context(rom.trust_anchor), account=self.account())
 

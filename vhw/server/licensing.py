@@ -1,7 +1,7 @@
 """The licensing server's behaviour (system server 4 with database 3), independent of HTTP.
 
 :class:`Licensing` takes decoded protocol messages and returns protocol messages, or raises one of
-the patent's refusals. The web layer (:mod:`vhw.server`) only authenticates, decodes and encodes;
+the patent's refusals. The web layer (:mod:`vhw.server.app`) only authenticates, decodes and encodes;
 tests drive this class directly against a real database and then again over HTTPS.
 
 Once per disc under any concurrency: flagging a MID is one conditional UPDATE
@@ -25,11 +25,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from . import bindings, crypto
-from . import protocol as p
-from .bindings import DevicePublic, owner_of
-from .errors import MediaRefused, RegistrationRefused, ServerError, UserIdInvalid
-from .ids import ID_FIELDS, Id, IdKind
+from .. import bindings, crypto
+from .. import protocol as p
+from ..bindings import DevicePublic, owner_of
+from ..errors import MediaRefused, RegistrationRefused, ServerError, UserIdInvalid
+from ..ids import ID_FIELDS, Id, IdKind
 from .store import Conflict, Store, Tx
 
 log = logging.getLogger(__name__)

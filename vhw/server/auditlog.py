@@ -1,6 +1,6 @@
 """The audit chain on a store: the chainer the server runs, the signed heads file, the verifier.
 
-The logic is :mod:`vhw.audit`'s; this module reads and writes the database and the heads file
+The logic is :mod:`vhw.server.audit`'s; this module reads and writes the database and the heads file
 (``audit-heads.jsonl`` in the server home, one signed head per line, appended under a lock).
 """
 

@@ -28,14 +28,14 @@ from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
-from . import crypto
-from .bindings import TitleBinding
-from .devices.disc import DiscImage
-from .errors import IntegrityError, StateError
-from .formats.hdd import HddFile, Title, TitleState
-from .ids import Id
-from .plans import SYNC, Op, Write
-from .volume import PIECE, SEALED_CHUNK, FileSpec, Volume, piece_checksum, piece_digest
+from .. import crypto
+from ..bindings import TitleBinding
+from ..devices.disc import DiscImage
+from ..errors import IntegrityError, StateError
+from ..formats.hdd import HddFile, Title, TitleState
+from ..ids import Id
+from ..plans import SYNC, Op, Write
+from ..volume import PIECE, SEALED_CHUNK, FileSpec, Volume, piece_checksum, piece_digest
 
 CHECKPOINT = 64 * 1024 * 1024  # sealed bytes between progress commits: at most this is redone
 DEPTH = 6  # pieces in flight ahead of the writer: bounded memory (16 MiB of buffers)

@@ -1,0 +1,83 @@
+"""The broker's folder: config.json, credential.json (its platform credential), tls.pem and
+tls-key.pem (its TLS identity, signed by the platform CA) and broker.db (accounts, holds, ledger,
+staff, audit)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+from ..devices.files import atomic_write
+from ..errors import StateError
+from ..server.home import Credential
+from ..server.store import SqliteStore, Store
+from .payments import TestProcessor
+from .service import SCHEMA, Broker, BrokerConfig
+
+
+class BrokerHome:
+    """config.json, credential.json (the broker's platform credential), tls.pem + tls-key.pem (its
+    TLS identity, signed by the platform CA), broker.db (accounts, holds, ledger, audit)."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def path(self, name: str) -> Path:
+        return self.root / name
+
+    @classmethod
+    def init(cls, root: Path, *, credential: Path, tls: Path, server: str | None, listen: str,
+             price_cents: int, platform_share: int) -> BrokerHome:
+        home = cls(root)
+        if home.path("config.json").exists():
+            raise StateError(f"{root}: a broker is set up here already")
+        cred = Credential.load(credential)
+        if cred.role != "broker":
+            raise StateError(f"{credential} is a {cred.role} credential, not a broker's")
+        for name in ("tls.pem", "tls-key.pem"):
+            if not (tls / name).exists():
+                raise StateError(f"{tls}: no {name}", hint="vhw server issue-cert broker --host HOST -o DIR")
+        home.root.mkdir(parents=True, exist_ok=True)
+        home.root.chmod(0o700)
+        atomic_write(home.path("credential.json"), cred.to_json(), mode=0o600)
+        atomic_write(home.path("tls.pem"), (tls / "tls.pem").read_bytes())
+        atomic_write(home.path("tls-key.pem"), (tls / "tls-key.pem").read_bytes(), mode=0o600)
+        cfg = BrokerConfig(server=server or cred.server, listen=listen, price_cents=price_cents,
+                           platform_share=platform_share)
+        BrokerConfig(**asdict(cfg))
+        atomic_write(home.path("config.json"), json.dumps(asdict(cfg), indent=1).encode())
+        store = home.store()
+        try:
+            store.migrate(SCHEMA)
+        finally:
+            store.close()
+        return home
+
+    def require(self) -> None:
+        if not self.path("config.json").exists():
+            raise StateError(f"{self.root}: no broker here", hint="vhw broker init")
+
+    def config(self) -> BrokerConfig:
+        self.require()
+        return BrokerConfig.load(self.path("config.json"))
+
+    def store(self) -> Store:
+        return SqliteStore(self.path("broker.db"))
+
+    @contextlib.contextmanager
+    def broker(self):
+        """A Broker over this home's database, relaying to the server with its credential."""
+        from ..client import Client, tls_context
+
+        cfg = self.config()
+        cred = Credential.load(self.path("credential.json"))
+        store = self.store()
+        store.migrate(SCHEMA)
+        client = Client(cfg.server, tls_context(ca_pem=cred.ca, client_cert=cred.client_cert), token=cred.token)
+        try:
+            yield Broker(store, TestProcessor(store), cfg, client.call)
+        finally:
+            client.close()
+            store.close()

@@ -1,0 +1,2 @@
+"""The publisher's side: :mod:`.mastering` (master a title into an encrypted disc image, press
+discs with their MIDs) and :mod:`.keystore` (the publisher's Content-Keys)."""
