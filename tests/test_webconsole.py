@@ -443,3 +443,17 @@ def test_broker_sessions_reach_no_repair_page(brokered, srv):
             assert c.get(path).status_code == 303, path
         r = c.post("/console/account/alice/topup", data={"amount": "1000.00"})
         assert r.status_code == 403
+
+
+def test_staff_passwords_cannot_be_guessed_online(cli, brokered):
+    assert bk(cli, brokered, "staff", "add", "ria", "--password", "ria-secret-pw").code == 0
+
+    def attempt(password: str) -> int:
+        with client(brokered.broker_url) as c:
+            csrf = re.search(r'name="csrf" value="([^"]+)"', c.get("/console/login").text).group(1)
+            return c.post("/console/login", data={"name": "ria", "password": password, "csrf": csrf}).status_code
+
+    assert [attempt(f"guess-{i}") for i in range(10)] == [401] * 10
+    assert attempt("ria-secret-pw") == 401  # locked for a while, even with the right password
+    with signed_in(brokered.broker_url, {"name": "sam", "password": "sam-secret-pw"}) as c:  # others are not
+        assert c.get("/console/accounts").status_code == 200

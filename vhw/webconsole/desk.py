@@ -8,6 +8,8 @@ ledger with its balance check, and revenue per title and per day.
 
 from __future__ import annotations
 
+import time
+
 import anyio
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
@@ -22,6 +24,7 @@ from .sessions import Session
 from .web import HEADERS, PREFIX, Console, Identity
 
 STAFF = ("staff", "broker")
+FAILURE_LIMIT, FAILURE_WINDOW = 10, 600.0  # failed sign-ins of one staff name, per 10 minutes
 
 
 def parse_cents(text: str) -> int | None:
@@ -40,6 +43,7 @@ class DeskConsole(Console):
     def __init__(self, broker: Broker, key: bytes, broker_token: str):
         self.broker = broker
         self._token_hash = token_hash(broker_token)
+        self._failures: dict[str, list[float]] = {}  # staff name -> times of failed sign-ins
         super().__init__(
             title="vhw broker desk", key=key, sign_in=self._check, still_valid=self._valid, home="/accounts",
             sign_in_fields=[
@@ -66,8 +70,15 @@ class DeskConsole(Console):
             if crypto.equal(token_hash(password.strip()), self._token_hash):
                 return Identity("broker", "broker", self._token_hash.hex())
             return None
+        now = time.monotonic()
+        recent = [t for t in self._failures.get(name, []) if now - t < FAILURE_WINDOW]
+        if len(recent) >= FAILURE_LIMIT:  # (checked before scrypt: a guesser gets no answer at all)
+            self._failures[name] = recent
+            return None
         if self.broker.check_staff(name, password):
+            self._failures.pop(name, None)
             return Identity("staff", name, "staff")
+        self._failures[name] = [*recent, now]
         return None
 
     def _valid(self, session: Session) -> bool:
