@@ -32,6 +32,7 @@ SCREENS = Path(__file__).resolve().parent.parent / "docs" / "screens"
 EVIL = "Cave <script>window.pwned=1</script>"
 
 playwright_api = pytest.importorskip("playwright.sync_api")
+expect = playwright_api.expect
 if not os.path.exists(CHROMIUM):
     pytest.skip("Debian's chromium is not installed (make test installs it)", allow_module_level=True)
 
@@ -90,7 +91,9 @@ def play(cli, console: Path, title: str):
 def sign_in_by_keyboard(page, base: str, secret: str) -> None:
     page.goto(base + "/console/")
     assert page.url.startswith(base + "/console/login")
-    page.keyboard.type(secret)  # the field has the focus (autofocus)
+    # the field takes the focus by itself (autofocus); then only keys
+    page.wait_for_function("document.activeElement && document.activeElement.name === 'token'")
+    page.keyboard.type(secret)
     page.keyboard.press("Enter")
     page.wait_for_url(re.compile(r".*/console/lookup$"))
 
@@ -144,6 +147,7 @@ def test_repair_center_story_in_a_browser(cli, srv, tmp_path, page):
     with HddImage.open(alice["hdd"]) as img:
         old_hdd_id = str(img.hdd_id)
     page.get_by_role("link", name="Repair a console or HDD…").click()
+    page.wait_for_url(re.compile(r".*/console/repair/US-"))
     assert every_input_labelled(page) == []
     page.get_by_label("New HDD-ID").fill(new_hdd_id)
     page.get_by_role("button", name="Show what will change").click()
@@ -195,23 +199,26 @@ def test_repair_center_story_in_a_browser(cli, srv, tmp_path, page):
     page.get_by_label("ID (any label)").fill(user_id)
     page.get_by_label("Kind").select_option("reissue-card")
     page.get_by_role("button", name="Search").click()
+    page.wait_for_url(re.compile(r".*kind=reissue-card"))
     rows = page.locator("tbody tr")
-    assert rows.count() == 1 and "reissue-card" in rows.first.inner_text()
+    expect(rows).to_have_count(1)
+    assert "reissue-card" in rows.first.inner_text()
     shot(page, "audit")
     page.get_by_label("ID (any label)").fill("")
     page.get_by_label("Kind").select_option("")
     page.get_by_role("button", name="Search").click()
-    assert page.locator("tbody tr").count() == 25
+    expect(page.locator("tbody tr")).to_have_count(25)
     first_page = page.locator("tbody tr").first.inner_text()
     page.get_by_role("link", name="Older →").click()
-    assert "page=2" in page.url and page.locator("tbody tr").first.inner_text() != first_page
+    page.wait_for_url(re.compile(r".*page=2"))
+    assert page.locator("tbody tr").first.inner_text() != first_page
     page.get_by_label("From (UTC, YYYY-MM-DD[THH:MM])").fill("next week")
     page.get_by_role("button", name="Search").click()
     assert "is not a time" in page.get_by_role("alert").first.inner_text()
 
     # the dashboard: three SVG charts, drawn by the server
     page.get_by_role("link", name="Dashboard").click()
-    assert page.locator("figure.chart svg").count() == 3
+    expect(page.locator("figure.chart svg")).to_have_count(3)
     assert "Keys issued per hour" in page.content()
     assert "User ID 1" in page.locator("figure.chart", has_text="Refusals").locator("svg > title").text_content()
     shot(page, "dashboard")
@@ -404,7 +411,7 @@ def test_broker_desk_in_a_browser(cli, brokered, tmp_path, page):
     assert "WEB-B" in page.locator("table", has_text="Charges").inner_text()
     page.get_by_label("Top up from the card on file").fill("20.00")
     page.get_by_role("button", name="Top up").click()
-    assert page.locator("#balance").inner_text() == "20.00"
+    expect(page.locator("#balance")).to_have_text("20.00")
     page.get_by_label("Top up from the card on file").fill("twenty")
     page.get_by_role("button", name="Top up").click()
     assert "Type an amount" in page.get_by_role("alert").inner_text()
@@ -416,7 +423,7 @@ def test_broker_desk_in_a_browser(cli, brokered, tmp_path, page):
     shot(page, "broker-ledger")
     page.get_by_role("link", name="Revenue").click()
     assert "WEB-B" in page.locator("table", has_text="Per title").inner_text()
-    assert page.locator("figure.chart svg").count() == 1
+    expect(page.locator("figure.chart svg")).to_have_count(1)
     shot(page, "broker-revenue")
     r = bk(cli, srv, "ledger", "--json")
     assert r.code == 0 and json.loads(r.out)["balanced"]
