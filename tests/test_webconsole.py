@@ -111,6 +111,8 @@ def test_repair_center_story_in_a_browser(cli, srv, tmp_path, page):
     assert cli("console", "install", *con).code == 0
     mc_id = str(card_dev.load(alice["card"]).mc_id)
 
+    fetched = []  # every URL the browser asks for: nothing but this server
+    page.on("request", lambda request: fetched.append(request.url))
     # sign in, by keyboard alone
     page.goto(srv.url + "/console/lookup")
     assert "/console/login" in page.url
@@ -233,6 +235,7 @@ def test_repair_center_story_in_a_browser(cli, srv, tmp_path, page):
     page.get_by_role("button", name="Sign out").click()
     page.goto(f"{srv.url}/console/user/{user_id}")
     assert "/console/login" in page.url
+    assert fetched and all(url.startswith(srv.url + "/console/") for url in fetched), set(fetched)
 
 
 # -- security over HTTP -----------------------------------------------------------------------------

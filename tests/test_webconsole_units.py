@@ -103,3 +103,24 @@ def test_times_typed_in_forms():
     assert parse_time("1970-01-02") == 86400
     assert parse_time("1970-01-01T01:00") == 3600
     assert parse_time("yesterday") is None
+
+
+def test_a_download_is_taken_once_by_its_session(tmp_path, monkeypatch):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from vhw.webconsole import downloads as dl
+
+    store = dl.Downloads(tmp_path / "files")
+    assert oct((tmp_path / "files").stat().st_mode & 0o777) == "0o700"
+    token = store.put("sid-1", "new.card", b"card bytes")
+    assert store.take(token, "sid-2") is None  # another session: refused, and nothing taken
+    assert store.take("not-a-token", "sid-1") is None
+    with ThreadPoolExecutor(8) as pool:  # eight takers at once (as from several workers): one wins
+        got = list(pool.map(lambda _: store.take(token, "sid-1"), range(8)))
+    assert [g for g in got if g] == [("new.card", b"card bytes")]
+    assert list((tmp_path / "files").iterdir()) == []
+    old = store.put("sid-1", "old.card", b"x")
+    monkeypatch.setattr(dl.time, "time", lambda: 10**12)  # long after
+    assert store.take(old, "sid-1") is None
+    store.sweep()
+    assert list((tmp_path / "files").iterdir()) == []

@@ -186,7 +186,8 @@ class App:
     """The Starlette application around one :class:`Licensing`: the endpoints, ``/openapi.json``
     and ``/metrics``, an access log line and the metrics of every request."""
 
-    def __init__(self, lic: Licensing, *, mode: str = "direct", console_key: bytes | None = None):
+    def __init__(self, lic: Licensing, *, mode: str = "direct", console_key: bytes | None = None,
+                 console_files: Path | None = None):
         self.lic = lic
         self.mode = mode
         self.batcher = Batcher(lic)
@@ -195,12 +196,12 @@ class App:
         routes.append(Route("/openapi.json", self.openapi, methods=["GET"]))
         routes.append(Route("/metrics", self.metrics, methods=["GET"]))
         self._paths = {r.path for r in routes}
-        if console_key is not None:  # the repair center's web console (vhw.webconsole.repair)
+        if console_key is not None and console_files is not None:  # the repair center's web console
             from starlette.routing import Mount
 
             from ..webconsole.repair import RepairConsole
 
-            routes.append(Mount("/console", app=RepairConsole(lic, console_key).app()))
+            routes.append(Mount("/console", app=RepairConsole(lic, console_key, console_files).app()))
         self.starlette = Starlette(
             routes=routes,
             exception_handlers={HTTPException: lambda req, exc: _error_response(exc)},
@@ -468,7 +469,8 @@ async def serve(home: ServerHome, *, listen: tuple[str, int] | None = None, data
         await trio.to_thread.run_sync(home.check_master_key, store)
         from ..webconsole.web import session_key
 
-        app = App(home.licensing(store), mode=cfg.mode, console_key=session_key(home.path("console-session.key")))
+        app = App(home.licensing(store), mode=cfg.mode, console_key=session_key(home.path("console-session.key")),
+                  console_files=home.path("console-files"))
         chainer = home.chainer(store)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_chain_audit, chainer)

@@ -10,10 +10,8 @@ reissue show what will change, ask for confirmation, and then call the same
 from __future__ import annotations
 
 import json
-import secrets
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
@@ -29,6 +27,7 @@ from ..server import metrics
 from ..server.home import token_hash
 from ..server.licensing import Licensing
 from . import charts
+from .downloads import Downloads
 from .sessions import Session
 from .web import Console, Identity, parse_time
 
@@ -39,18 +38,10 @@ REFUSAL_KINDS = (("registration-refused", "registration"), ("user-id-invalid", "
                  ("reproduction-not-permitted", "reproduction"))  # the five messages, labelled short
 
 
-@dataclass(frozen=True)
-class Download:
-    sid: str  # only the session that made it may fetch it, once
-    name: str
-    data: bytes
-    expires: float
-
-
 class RepairConsole(Console):
-    def __init__(self, lic: Licensing, key: bytes):
+    def __init__(self, lic: Licensing, key: bytes, downloads: Path):
         self.lic = lic
-        self.downloads: dict[str, Download] = {}
+        self.downloads = Downloads(downloads)
         super().__init__(
             title="vhw repair center", key=key, sign_in=self._check_token, still_valid=self._valid, home="/lookup",
             sign_in_fields=[{"name": "token", "label": "Operator token (the token in credentials/operator.json)",
@@ -353,27 +344,19 @@ class RepairConsole(Console):
             data = await self.db(_card_bytes, cpu.reissued_card(user, mc_id, mc_key, resp, int(time.time())))
         except (ServerError, VhwError) as exc:
             return self.render(request, "reissue.html", status=422, info=info, error=exc.message)
-        token = secrets.token_urlsafe(24)
-        self._forget_old()
-        self.downloads[token] = Download(session.sid, f"{mc_id}.card", data, time.monotonic() + 900)
+        token = await self.db(self.downloads.put, session.sid, f"{mc_id}.card", data)
         after = await self.db(self._user_info, user)
         return self.render(request, "reissued.html", before=info, after=after, mc_id=str(mc_id), token=token,
                            licenses=len(resp.licenses))
 
-    def _forget_old(self) -> None:
-        now = time.monotonic()
-        for token in [t for t, d in self.downloads.items() if d.expires < now]:
-            del self.downloads[token]
-
     async def card_file(self, request: Request, session: Session) -> Response:
         """The new card's file, once, to the session that made it (it holds the new MC-Key)."""
-        self._forget_old()
-        found = self.downloads.get(request.path_params["token"])
-        if found is None or not secrets.compare_digest(found.sid, session.sid):
+        found = await self.db(self.downloads.take, request.path_params["token"], session.sid)
+        if found is None:
             return self.error(request, 404, "This card file was fetched already, or has expired.")
-        del self.downloads[request.path_params["token"]]
-        return Response(found.data, media_type="application/octet-stream",
-                        headers={"content-disposition": f'attachment; filename="{found.name}"',
+        name, data = found
+        return Response(data, media_type="application/octet-stream",
+                        headers={"content-disposition": f'attachment; filename="{name}"',
                                  "cache-control": "no-store", "x-content-type-options": "nosniff"})
 
 
