@@ -467,3 +467,27 @@ def test_staff_passwords_cannot_be_guessed_online(cli, brokered):
     assert attempt("ria-secret-pw") == 401  # locked for a while, even with the right password
     with signed_in(brokered.broker_url, {"name": "sam", "password": "sam-secret-pw"}) as c:  # others are not
         assert c.get("/console/accounts").status_code == 200
+
+
+def test_repair_forms_refuse_wrong_ids_and_change_nothing(cli, srv, tmp_path):
+    from vhw.ids import Id, IdKind
+
+    dev = factory(cli, srv, tmp_path / "dan")
+    assert cli("console", "register", "--console", dev["console"]).code == 0
+    user_id = json.loads(cli("console", "status", "--json", "--console", dev["console"]).out)["slots"]["1"]["user_id"]
+    before = users_row(srv, user_id)
+    unknown = str(Id.random(IdKind.HDD))
+    typo = unknown[:-1] + ("0" if unknown[-1] != "0" else "1")
+    with signed_in(srv.url, {"token": token(srv, "operator")}) as c:
+        csrf = csrf_of(c, f"/console/repair/{user_id}")
+        for data, says in (({"new_hdd_id": typo}, "check character"),
+                           ({"new_hdd_id": before[1]}, "HDD-ID"),  # a Client ID where an HDD-ID goes
+                           ({}, "Type the new Client ID or the new HDD-ID"),
+                           ({"new_hdd_id": unknown, "confirm": "yes"}, "not a registered device"),
+                           ({"new_hdd_id": before[2], "confirm": "yes"}, "present ID")):
+            r = c.post(f"/console/repair/{user_id}", data={**data, "csrf": csrf})
+            assert r.status_code == 422 and says in r.text, (data, r.text[-500:])
+        for typed in ("", user_id[:-1] + ("0" if user_id[-1] != "0" else "1"), str(Id.random(IdKind.USER))):
+            r = c.post(f"/console/reissue/{user_id}", data={"user_id": typed, "csrf": csrf})
+            assert r.status_code == 422 and "/console/card/" not in r.text, typed
+    assert users_row(srv, user_id) == before

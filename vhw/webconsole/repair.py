@@ -17,6 +17,7 @@ from pathlib import Path
 import anyio
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Route
 
 from .. import crypto
 from .. import protocol as p
@@ -51,22 +52,16 @@ class RepairConsole(Console):
         )
         page = self.page
         self.routes += [
-            self.route("/lookup", page(self.lookup, roles=OPERATOR)),
-            self.route("/user/{user_id}", page(self.user, roles=OPERATOR)),
-            self.route("/repair/{user_id}", page(self.repair_form, roles=OPERATOR)),
-            self.route("/repair/{user_id}", page(self.repair_post, roles=OPERATOR), "POST"),
-            self.route("/reissue/{user_id}", page(self.reissue_form, roles=OPERATOR)),
-            self.route("/reissue/{user_id}", page(self.reissue_post, roles=OPERATOR), "POST"),
-            self.route("/card/{token}", page(self.card_file, roles=OPERATOR)),
-            self.route("/audit", page(self.audit, roles=OPERATOR)),
-            self.route("/dashboard", page(self.dashboard, roles=OPERATOR)),
+            Route("/lookup", page(self.lookup, roles=OPERATOR), methods=["GET"]),
+            Route("/user/{user_id}", page(self.user, roles=OPERATOR), methods=["GET"]),
+            Route("/repair/{user_id}", page(self.repair_form, roles=OPERATOR), methods=["GET"]),
+            Route("/repair/{user_id}", page(self.repair_post, roles=OPERATOR), methods=["POST"]),
+            Route("/reissue/{user_id}", page(self.reissue_form, roles=OPERATOR), methods=["GET"]),
+            Route("/reissue/{user_id}", page(self.reissue_post, roles=OPERATOR), methods=["POST"]),
+            Route("/card/{token}", page(self.card_file, roles=OPERATOR), methods=["GET"]),
+            Route("/audit", page(self.audit, roles=OPERATOR), methods=["GET"]),
+            Route("/dashboard", page(self.dashboard, roles=OPERATOR), methods=["GET"]),
         ]
-
-    @staticmethod
-    def route(path: str, endpoint, method: str = "GET"):
-        from starlette.routing import Route
-
-        return Route(path, endpoint, methods=[method])
 
     # -- who may sign in ------------------------------------------------------------------------
 
@@ -301,11 +296,11 @@ class RepairConsole(Console):
             return await self._repair_page(request, form, "Type the new Client ID or the new HDD-ID (or both).",
                                            status=422)
         mc_id = Id.parse(info["user"][1], IdKind.CARD)
+        changes = [(label, old, str(new[field])) for field, label, old in
+                   (("new_client_id", "Client ID", info["user"][2]), ("new_hdd_id", "HDD-ID", info["user"][3]))
+                   if field in new]
         if form.get("confirm") != "yes":
-            preview = {"changes": [(label, old, str(new[f]))
-                                   for f, label, old in (("new_client_id", "Client ID", info["user"][2]),
-                                                         ("new_hdd_id", "HDD-ID", info["user"][3])) if f in new],
-                       "cleared": len(info["titles"]), "new": {k: str(v) for k, v in new.items()}}
+            preview = {"changes": changes, "cleared": len(info["titles"]), "new": {k: str(v) for k, v in new.items()}}
             return await self._repair_page(request, form, "", preview)
         req = p.RepairRequest(mc_id, new.get("new_client_id"), new.get("new_hdd_id"))
         try:
@@ -313,10 +308,7 @@ class RepairConsole(Console):
         except (ServerError, VhwError) as exc:
             return await self._repair_page(request, form, exc.message, status=422)
         after = await self.db(self._user_info, user)
-        return self.render(request, "repaired.html", before=info, after=after, cleared=resp.cleared,
-                           changed=[(label, old, str(new[f]))
-                                    for f, label, old in (("new_client_id", "Client ID", info["user"][2]),
-                                                          ("new_hdd_id", "HDD-ID", info["user"][3])) if f in new])
+        return self.render(request, "repaired.html", before=info, after=after, cleared=resp.cleared, changed=changes)
 
     # -- reissue, FIG. 14 -----------------------------------------------------------------------
 
