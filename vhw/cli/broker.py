@@ -93,10 +93,14 @@ def account() -> None:
     """User accounts: add, card on file, top up, statement."""
 
 
+def password_option(whose: str):
+    return click.option("--password", prompt=True, hide_input=True, confirmation_prompt=True,
+                        help=f"{whose} password (asked when not given; kept only as a scrypt hash).")
+
+
 @account.command("add")
 @click.argument("name")
-@click.option("--password", prompt=True, hide_input=True, confirmation_prompt=True,
-              help="The account's password (asked when not given).")
+@password_option("The account's")
 @home_option
 @pass_app
 def account_add(app: App, name: str, password: str, home: Path | None) -> None:
@@ -152,8 +156,7 @@ def staff() -> None:
 
 @staff.command("add")
 @click.argument("name")
-@click.option("--password", prompt=True, hide_input=True, confirmation_prompt=True,
-              help="The staff member's password (asked when not given).")
+@password_option("The staff member's")
 @home_option
 @pass_app
 def staff_add(app: App, name: str, password: str, home: Path | None) -> None:

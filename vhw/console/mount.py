@@ -264,26 +264,41 @@ def raise_readahead(mountpoint: Path, kib: int = 1024) -> None:
         log.debug("%s: readahead left at the default (%s)", mountpoint, exc.strerror)
 
 
-def fuse_errors(handler):
-    """The one place where exceptions become errnos. Nothing else may escape a handler."""
+def errno_guard(translate: Callable[[Exception], int | None], logger: logging.Logger):
+    """A decorator for FUSE handlers, the one place where exceptions become errnos: ``translate``
+    gives the errno of the exceptions a file system knows (None: not one of them), an OSError keeps
+    its own, anything else is logged as an internal error and becomes EIO. Nothing else escapes."""
 
-    @functools.wraps(handler)
-    async def wrapper(*args, **kwargs):
-        try:
-            return await handler(*args, **kwargs)
-        except pyfuse3.FUSEError:
-            raise
-        except KeyError:
-            raise pyfuse3.FUSEError(errno.ENOENT) from None
-        except crypto.Invalid:
-            raise pyfuse3.FUSEError(errno.EIO) from None
-        except OSError as exc:
-            raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
-        except Exception:
-            log.exception("internal error in %s", handler.__name__)
-            raise pyfuse3.FUSEError(errno.EIO) from None
+    def decorate(handler):
+        @functools.wraps(handler)
+        async def wrapper(*args, **kwargs):
+            try:
+                return await handler(*args, **kwargs)
+            except pyfuse3.FUSEError:
+                raise
+            except Exception as exc:
+                code = translate(exc)
+                if code is None and isinstance(exc, OSError):
+                    code = exc.errno or errno.EIO
+                if code is None:
+                    logger.exception("internal error in %s", handler.__name__)
+                    code = errno.EIO
+                raise pyfuse3.FUSEError(code) from None
 
-    return wrapper
+        return wrapper
+
+    return decorate
+
+
+def _title_errno(exc: Exception) -> int | None:
+    if isinstance(exc, KeyError):
+        return errno.ENOENT
+    if isinstance(exc, crypto.Invalid):
+        return errno.EIO
+    return None
+
+
+fuse_errors = errno_guard(_title_errno, log)
 
 
 class TitleFS(pyfuse3.Operations):

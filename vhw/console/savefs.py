@@ -20,7 +20,6 @@ place (:func:`fuse_errors`), as the title mount does.
 from __future__ import annotations
 
 import errno
-import functools
 import logging
 import os
 import stat
@@ -36,7 +35,7 @@ from ..devices.card import CardImage
 from ..errors import VhwError
 from ..formats.card import META_SIZE, valid_save_name
 from ..saves import SaveInvalid
-from .mount import serve_operations
+from .mount import errno_guard, serve_operations
 
 log = logging.getLogger(__name__)
 
@@ -135,29 +134,18 @@ class SaveFolder:
         return size + 16 * (size // (64 * 1024) + 1) <= self.free
 
 
-def fuse_errors(handler):
-    """The one place where exceptions become errnos. Nothing else may escape a handler."""
+def _save_errno(exc: Exception) -> int | None:
+    if isinstance(exc, SaveError):
+        if exc.errno in (errno.ENOSPC, errno.EIO) and not getattr(exc, "told", False):
+            log.warning("%s", exc)
+        return exc.errno
+    if isinstance(exc, VhwError):
+        log.error("%s", exc)
+        return errno.EIO
+    return None
 
-    @functools.wraps(handler)
-    async def wrapper(*args, **kwargs):
-        try:
-            return await handler(*args, **kwargs)
-        except pyfuse3.FUSEError:
-            raise
-        except SaveError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EIO) and not getattr(exc, "told", False):
-                log.warning("%s", exc)
-            raise pyfuse3.FUSEError(exc.errno) from None
-        except VhwError as exc:
-            log.error("%s", exc)
-            raise pyfuse3.FUSEError(errno.EIO) from None
-        except OSError as exc:
-            raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
-        except Exception:
-            log.exception("internal error in %s", handler.__name__)
-            raise pyfuse3.FUSEError(errno.EIO) from None
 
-    return wrapper
+fuse_errors = errno_guard(_save_errno, log)
 
 
 class SaveFS(pyfuse3.Operations):
