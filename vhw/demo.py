@@ -184,6 +184,8 @@ def tell(s: Story) -> None:
     s.run("console", "eject-card", *alice, quiet=True)
     s.run("console", "insert-card", root / "alice/new.card", *alice)
     s.run("console", "play", *alice, TITLES["game"], "--continue", "--moves", "d", expect=1)
+    s.say("The repair center can do the same in a browser, in the web console the server serves at "
+          f"{url}/console/ while it runs (signed in with the token in credentials/operator.json).")
     s.say("The server's audit log has every step.")
     out = s.run("server", "audit", quiet=True)
     click.echo(f"  {len(out.splitlines())} audit entries, e.g.:\n  " + "\n  ".join(out.splitlines()[-3:]))
