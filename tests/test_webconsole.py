@@ -347,6 +347,10 @@ def test_posts_without_the_right_csrf_token_change_nothing(cli, srv, tmp_path):
         link = re.search(r'href="(/console/card/[^"]+)"', r.text).group(1)
         assert other.get(link).status_code == 404
         assert c.get(link).status_code == 200 and c.get(link).status_code == 404
+    # the server's log shows the requests, and neither the download's token nor the operator's
+    log = srv.log.read_text()
+    assert "/console/card/(token)" in log and link.rsplit("/", 1)[1] not in log
+    assert token(srv, "operator") not in log
 
 
 def test_output_is_escaped(cli, srv, tmp_path):

@@ -238,9 +238,10 @@ class App:
             endpoint = path if path in self._paths else "/console" if path.startswith("/console/") else "other"
             metrics.REQUESTS.labels(endpoint, scope["method"], str(status[0])).inc()
             metrics.LATENCY.labels(endpoint).observe(elapsed)
-            access.info("%s %s %d %.1fms role=%s id=%s", scope["method"], scope["path"][:200], status[0],
+            shown = _loggable(scope["path"])
+            access.info("%s %s %d %.1fms role=%s id=%s", scope["method"], shown, status[0],
                         elapsed * 1000, state["role"], rid,
-                        extra={"method": scope["method"], "path": scope["path"][:200], "status": status[0],
+                        extra={"method": scope["method"], "path": shown, "status": status[0],
                                "duration_ms": round(elapsed * 1000, 2), "role": state["role"],
                                "request_id": rid})
 
@@ -368,6 +369,14 @@ class Batcher:
                 except Exception as exc:
                     results.append((False, exc))
         return results
+
+
+def _loggable(path: str) -> str:
+    """The path as the access log shows it: at most 200 characters, and never a download's token
+    (the link of a reissued card's file)."""
+    if path.startswith("/console/card/"):
+        return "/console/card/(token)"
+    return path[:200]
 
 
 def _request_id(scope) -> str:
