@@ -131,6 +131,12 @@ class Id:
 
         Raises :class:`IdError` with one line that says what is wrong.
         """
+        if len(text) <= 64:  # a label's length: remembered (an Id is immutable, and the server
+            return _parse(text, kind)  # parses the same few again and again)
+        return cls._parse(text, kind)
+
+    @classmethod
+    def _parse(cls, text: str, kind: IdKind | None) -> Id:
         shown = text.strip()
         want = kind.title if kind else "ID"
         cleaned = "".join(ch for ch in shown.upper() if ch not in "- \t")
@@ -183,3 +189,8 @@ def media_id(text: str) -> Id:
 
 def user_id(text: str) -> Id:
     return Id.parse(text, IdKind.USER)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse(text: str, kind: IdKind | None) -> Id:
+    return Id._parse(text, kind)

@@ -102,10 +102,15 @@ class Licensing:
         return int(self.clock())
 
     def _audit(self, tx: Tx, actor: str, action: str, subject: object, **detail: object) -> None:
-        tx.execute(
-            "INSERT INTO audit (at, actor, action, subject, detail) VALUES (?, ?, ?, ?, ?)",
-            self._now(), actor, action, str(subject), json.dumps(detail, sort_keys=True, default=str),
-        )
+        self._audit_all(tx, actor, [(action, subject, detail)])
+
+    def _audit_all(self, tx: Tx, actor: str, entries: list[tuple[str, object, dict]]) -> None:
+        """Several audit entries, in this order, in one statement (one round trip on PostgreSQL)."""
+        now = self._now()
+        values = [x for action, subject, detail in entries
+                  for x in (now, actor, action, str(subject), json.dumps(detail, sort_keys=True, default=str))]
+        tx.execute("INSERT INTO audit (at, actor, action, subject, detail) VALUES "
+                   + ", ".join(["(?, ?, ?, ?, ?)"] * len(entries)), *values)
 
     # -- manufacturer and publisher -------------------------------------------------------------
 
@@ -345,14 +350,14 @@ class Licensing:
                 "UPDATE media SET flagged_by = ?, flagged_at = ? WHERE mid = ? AND flagged_by IS NULL",
                 str(user), self._now(), str(mid),
             )
-            if flagged:
-                self._audit(tx, actor, "flag-mid", mid, user_id=user, title_id=media[0])
-            else:
+            if not flagged:
                 owner = tx.one("SELECT flagged_by, confirmed_at FROM media WHERE mid = ?", str(mid))
                 if owner[0] != str(user) or owner[1] is not None:
                     raise MediaRefused()  # S17: copied before (by someone else, or installed)
-                self._audit(tx, actor, "refetch-keys", mid, user_id=user, title_id=media[0])
-            self._audit(tx, actor, "issue-keys", mid, user_id=user, title_id=media[0], mc_id=req.mc_id)
+            self._audit_all(tx, actor, [
+                ("flag-mid" if flagged else "refetch-keys", mid, {"user_id": user, "title_id": media[0]}),
+                ("issue-keys", mid, {"user_id": user, "title_id": media[0], "mc_id": req.mc_id}),
+            ])
             title_id, content_key = media[0], self._open("titles", media[0], media[1])
             cgk = self._open("users", user, entry[4])
             devices = _device_public(Id.parse(entry[2], IdKind.CLIENT), Id.parse(entry[3], IdKind.HDD),
