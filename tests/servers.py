@@ -158,13 +158,18 @@ def make_users(srv, n: int) -> list[tuple[cpu.CardView, cpu.Hardware]]:
     return kits
 
 
-def make_disc(srv, title_id: str) -> Id:
-    mid = Id.random(IdKind.MEDIA)
+def press(srv, title_id: str, n: int) -> list[Id]:
+    """A title registered by the publisher, and ``n`` MIDs of it (discs without image files)."""
+    mids = [Id.random(IdKind.MEDIA) for _ in range(n)]
     with srv.role_client("publisher") as pub:
         pub.call("/v1/publisher/titles", p.RegisterTitle(title_id, title_id, crypto.random_key(), os.urandom(32)),
                  p.Done)
-        pub.call("/v1/publisher/media", p.RegisterMedia(title_id, (mid,)), p.Done)
-    return mid
+        pub.call("/v1/publisher/media", p.RegisterMedia(title_id, tuple(mids)), p.Done)
+    return mids
+
+
+def make_disc(srv, title_id: str) -> Id:
+    return press(srv, title_id, 1)[0]
 
 
 def hardware_of(rom_path: Path, hdd_path: Path, *, epochs: bool = True) -> cpu.Hardware:

@@ -11,14 +11,12 @@ import psycopg
 import pytest
 import trio
 
-from vhw import crypto
 from vhw import protocol as p
 from vhw.client import tls_context
 from vhw.console import cpu
-from vhw.ids import Id, IdKind
 
 from .conftest import MEDIA
-from .servers import RunningServer, make_users
+from .servers import RunningServer, make_users, press
 
 MEDIA_REFUSED = MEDIA.rstrip("\n")  # as the API says it, without the CLI's newline
 
@@ -31,14 +29,6 @@ def two(postgres, tmp_path_factory):
     server.db = url
     yield server
     assert server.stop() == 0
-
-
-def press(srv, title: str, n: int) -> list[Id]:
-    mids = [Id.random(IdKind.MEDIA) for _ in range(n)]
-    with srv.role_client("publisher") as pub:
-        pub.call("/v1/publisher/titles", p.RegisterTitle(title, title, crypto.random_key(), os.urandom(32)), p.Done)
-        pub.call("/v1/publisher/media", p.RegisterMedia(title, tuple(mids)), p.Done)
-    return mids
 
 
 async def test_200_concurrent_acquisitions_across_two_processes_50_times(two):

@@ -34,7 +34,7 @@ from vhw.ids import Id, IdKind
 from vhw.server.home import AT_REST, Credential, ServerHome
 
 from .conftest import BACKENDS, MEDIA, REGISTER, database_for
-from .servers import RunningServer, factory, make_users, publish
+from .servers import RunningServer, factory, make_users, press, publish
 
 MEDIA_REFUSED = MEDIA.rstrip("\n")
 
@@ -48,14 +48,6 @@ def free_port() -> int:
 def vhw_cmd(*args: object, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "vhw", *map(str, args)], capture_output=True, text=True,
                           env={**os.environ, **(env or {})}, timeout=timeout)
-
-
-def press(srv, title: str, n: int) -> list[Id]:
-    mids = [Id.random(IdKind.MEDIA) for _ in range(n)]
-    with srv.role_client("publisher") as pub:
-        pub.call("/v1/publisher/titles", p.RegisterTitle(title, title, crypto.random_key(), os.urandom(32)), p.Done)
-        pub.call("/v1/publisher/media", p.RegisterMedia(title, tuple(mids)), p.Done)
-    return mids
 
 
 def acquire(http: httpx.Client, kit, mid: Id) -> str:
@@ -488,10 +480,16 @@ def add_cards(home: ServerHome, n: int) -> None:
 @pytest.fixture
 def populated(tmp_path):
     """A stopped server home with users, titles and one flagged (unconfirmed) disc per user."""
-    srv = RunningServer.start(tmp_path / "home")
+    return served_four_acquisitions(tmp_path / "home", "ROTATE-1")
+
+
+def served_four_acquisitions(home: Path, title: str, init: list[str] = ()):
+    """A server that registered four users and gave each the keys of one disc, then stopped
+    (its last act: chain what is left of the audit log and sign the head)."""
+    srv = RunningServer.start(home, init=init)
     try:
         kits = make_users(srv, 4)
-        mids = press(srv, "ROTATE-1", 4)
+        mids = press(srv, title, 4)
         with console_http(srv) as http:
             assert [acquire(http, k, m) for k, m in zip(kits, mids)] == ["ok"] * 4
     finally:
@@ -640,14 +638,7 @@ class Rows:
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_audit_chain_shows_edited_deleted_and_reordered_rows(request, tmp_path, backend):
     db = database_for(request, backend)
-    srv = RunningServer.start(tmp_path / "home", init=["--db", db] if db else [])
-    try:
-        kits = make_users(srv, 4)
-        mids = press(srv, "AUDIT-1", 4)
-        with console_http(srv) as http:
-            assert [acquire(http, k, m) for k, m in zip(kits, mids)] == ["ok"] * 4
-    finally:
-        assert srv.stop() == 0  # (its last act: chain what is left and sign the head)
+    srv, kits, mids = served_four_acquisitions(tmp_path / "home", "AUDIT-1", ["--db", db] if db else [])
     rows = Rows(srv.home, srv.home.database_url())
     r = rows.verify()
     assert r.returncode == 0 and "intact" in r.stdout and "0 entries waiting" in r.stdout, r

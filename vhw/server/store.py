@@ -166,6 +166,22 @@ class _Group:
         self.error: BaseException | None = None
 
 
+@contextlib.contextmanager
+def _savepoint(cur, name: str) -> Iterator[Tx]:
+    """One transaction of a group, as a savepoint: on failure only its own work is undone (and
+    a unique key taken meanwhile is a :class:`Conflict`)."""
+    cur.execute(f"SAVEPOINT {name}")
+    try:
+        yield Tx(cur, lambda sql: sql)
+    except BaseException as exc:
+        cur.execute(f"ROLLBACK TO {name}")
+        cur.execute(f"RELEASE {name}")
+        if isinstance(exc, sqlite3.IntegrityError):
+            raise Conflict(str(exc)) from exc
+        raise
+    cur.execute(f"RELEASE {name}")
+
+
 class SqliteStore(Store):
     """SQLite with group commit: one connection, on which the transactions of all threads run one
     after another, each inside a savepoint of a shared transaction that commits once nobody is
@@ -219,17 +235,9 @@ class SqliteStore(Store):
         me = threading.get_ident()
         if self._grouped == me:  # inside this thread's group: a savepoint of it
             cur = self._conn.cursor()
-            cur.execute("SAVEPOINT inner")
             try:
-                yield Tx(cur, lambda sql: sql)
-            except BaseException as exc:
-                cur.execute("ROLLBACK TO inner")
-                cur.execute("RELEASE inner")
-                if isinstance(exc, sqlite3.IntegrityError):
-                    raise Conflict(str(exc)) from exc
-                raise
-            else:
-                cur.execute("RELEASE inner")
+                with _savepoint(cur, "inner") as tx:
+                    yield tx
             finally:
                 cur.close()
             return
@@ -249,17 +257,9 @@ class SqliteStore(Store):
                 cur.execute("BEGIN IMMEDIATE")  # writers queue here, so SQLite itself never sees a race
                 self._group = _Group()
             group = self._group
-            cur.execute("SAVEPOINT tx")
             try:
-                yield Tx(cur, lambda sql: sql)
-            except BaseException as exc:
-                cur.execute("ROLLBACK TO tx")
-                cur.execute("RELEASE tx")
-                if isinstance(exc, sqlite3.IntegrityError):
-                    raise Conflict(str(exc)) from exc
-                raise
-            else:
-                cur.execute("RELEASE tx")
+                with _savepoint(cur, "tx") as tx:
+                    yield tx
                 group.members += 1
             finally:
                 cur.close()

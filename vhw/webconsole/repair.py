@@ -268,22 +268,27 @@ class RepairConsole(Console):
 
     # -- repair, FIG. 13 ------------------------------------------------------------------------
 
-    async def repair_form(self, request: Request, session: Session) -> Response:
-        return await self._repair_page(request, {}, "")
-
-    async def _repair_page(self, request: Request, form: dict, error: str, preview: dict | None = None,
-                           status: int = 200) -> Response:
+    async def _target(self, request: Request) -> tuple[Id, dict] | None:
+        """The user the page is about (from its path) and what the pages show of them."""
         user = self._user_id(request)
         info = user and await self.db(self._user_info, user)
-        if not info:
+        return (user, info) if info else None
+
+    async def repair_form(self, request: Request, session: Session) -> Response:
+        found = await self._target(request)
+        if found is None:
             return self.error(request, 404, "No such user.")
+        return self._repair_page(request, found[1], {}, "")
+
+    def _repair_page(self, request: Request, info: dict, form: dict, error: str, preview: dict | None = None,
+                     status: int = 200) -> Response:
         return self.render(request, "repair.html", status=status, info=info, form=form, error=error, preview=preview)
 
     async def repair_post(self, request: Request, session: Session, form: dict) -> Response:
-        user = self._user_id(request)
-        info = user and await self.db(self._user_info, user)
-        if not info:
+        found = await self._target(request)
+        if found is None:
             return self.error(request, 404, "No such user.")
+        user, info = found
         new = {}
         for field, kind in (("new_client_id", IdKind.CLIENT), ("new_hdd_id", IdKind.HDD)):
             text = form.get(field, "").strip()
@@ -291,39 +296,38 @@ class RepairConsole(Console):
                 try:
                     new[field] = Id.parse(text, kind)
                 except IdError as exc:
-                    return await self._repair_page(request, form, exc.message, status=422)
+                    return self._repair_page(request, info, form, exc.message, status=422)
         if not new:
-            return await self._repair_page(request, form, "Type the new Client ID or the new HDD-ID (or both).",
-                                           status=422)
+            return self._repair_page(request, info, form, "Type the new Client ID or the new HDD-ID (or both).",
+                                     status=422)
         mc_id = Id.parse(info["user"][1], IdKind.CARD)
         changes = [(label, old, str(new[field])) for field, label, old in
                    (("new_client_id", "Client ID", info["user"][2]), ("new_hdd_id", "HDD-ID", info["user"][3]))
                    if field in new]
         if form.get("confirm") != "yes":
             preview = {"changes": changes, "cleared": len(info["titles"]), "new": {k: str(v) for k, v in new.items()}}
-            return await self._repair_page(request, form, "", preview)
+            return self._repair_page(request, info, form, "", preview)
         req = p.RepairRequest(mc_id, new.get("new_client_id"), new.get("new_hdd_id"))
         try:
             resp = await self.db(self.lic.repair, f"operator:{session.name}", req)
-        except (ServerError, VhwError) as exc:
-            return await self._repair_page(request, form, exc.message, status=422)
+        except (ServerError, VhwError) as exc:  # refused: nothing changed, so the page as it was
+            return self._repair_page(request, info, form, exc.message, status=422)
         after = await self.db(self._user_info, user)
         return self.render(request, "repaired.html", before=info, after=after, cleared=resp.cleared, changed=changes)
 
     # -- reissue, FIG. 14 -----------------------------------------------------------------------
 
     async def reissue_form(self, request: Request, session: Session) -> Response:
-        user = self._user_id(request)
-        info = user and await self.db(self._user_info, user)
-        if not info:
+        found = await self._target(request)
+        if found is None:
             return self.error(request, 404, "No such user.")
-        return self.render(request, "reissue.html", info=info, error="")
+        return self.render(request, "reissue.html", info=found[1], error="")
 
     async def reissue_post(self, request: Request, session: Session, form: dict) -> Response:
-        user = self._user_id(request)
-        info = user and await self.db(self._user_info, user)
-        if not info:
+        found = await self._target(request)
+        if found is None:
             return self.error(request, 404, "No such user.")
+        user, info = found
         typed = form.get("user_id", "").strip()
         try:
             if Id.parse(typed, IdKind.USER) != user:
