@@ -408,8 +408,10 @@ def decode(cls, obj: Any):
     return cls(**values)
 
 
-def encode(msg) -> dict:
-    return {x.name: x.metadata["codec"].encode(getattr(msg, x.name)) for x in _fields(type(msg))}
+def encode(msg, as_type: type | None = None) -> dict:
+    """The JSON of a message; ``as_type``: only the fields of that message type (an answer with
+    more than an endpoint declares sends what it declares)."""
+    return {x.name: x.metadata["codec"].encode(getattr(msg, x.name)) for x in _fields(as_type or type(msg))}
 
 
 def schema(cls) -> dict:

@@ -15,7 +15,6 @@ exist only in direct mode; every other endpoint needs the bearer token of exactl
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import logging
 import math
@@ -299,9 +298,7 @@ class App:
                 else:
                     result = await anyio.to_thread.run_sync(ep.call, self.lic, actor, msg, limiter=self.limiter)
                 _count(ep, result)
-                if type(result) is not ep.response:  # a console's acquisition, counted as a broker's
-                    result = ep.response(**{f.name: getattr(result, f.name) for f in dataclasses.fields(ep.response)})
-            response = JSONResponse(p.encode(result))
+            response = JSONResponse(p.encode(result, ep.response))  # (a console's acquisition: without first_issue)
         except Exception as exc:  # mapped, never escaping: the server keeps serving
             await drain(request)
             _count_failure(exc)
