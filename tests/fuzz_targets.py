@@ -198,7 +198,7 @@ def device_sealed(data: bytes) -> None:
 
 @cache
 def _world():
-    from .world import World
+    from .world import World, new_disc, pressed
 
     return World.make(Path(tempfile.mkdtemp(prefix="vhw-fuzz-")))
 
@@ -256,7 +256,7 @@ def seeds(folder: Path) -> dict[str, list[bytes]]:
     from vhw.publisher.keystore import KeyStore
     from vhw.publisher.mastering import master, press
 
-    from .world import World
+    from .world import World, new_disc, pressed
 
     folder.mkdir(parents=True, exist_ok=True)
     src = folder / "src"
@@ -277,20 +277,19 @@ def seeds(folder: Path) -> dict[str, list[bytes]]:
     catalog = card_fmt.encode_catalog(read_card_state(_reader(card), "seed", len(card)).state.catalog)
     w = World.make(Path(tempfile.mkdtemp(prefix="vhw-seed-")))
     kit = w.user()
-    mid = Id.random(IdKind.MEDIA)
-    acquire = cpu.acquisition_request(kit.view, w.hw(kit), mid)
+    medium = new_disc(bytes(32))
+    acquire = cpu.acquisition_request(kit.view, w.hw(kit), medium)
     sealed = bindings.issue_content_gen_key(DEVICES.public(), KEY, Id(IdKind.CARD, 3), Id(IdKind.USER, 4), KEY)
     bodies = {
         "api_register": p.encode(cpu.registration_request(kit.card, kit.client_id, kit.hdd_id)),
         "api_acquire": p.encode(acquire),
         "api_confirm": p.encode(acquire),
-        "api_purchase": {**p.encode(acquire), "title_id": "FUZZ-1", "title_digest": p.encode(
-            p.RegisterTitle("T1", "t", KEY, bytes(32)))["title_digest"]},
+        "api_purchase": {**p.encode(acquire), "title_id": "FUZZ-1"},
         "api_register_card": p.encode(p.RegisterCard(Id(IdKind.CARD, 9), KEY)),
         "api_register_console": p.encode(p.RegisterConsole(Id(IdKind.CLIENT, 9), DEVICES.public().console)),
         "api_register_hdd": p.encode(p.RegisterHdd(Id(IdKind.HDD, 9), DEVICES.public().hdd)),
         "api_register_title": p.encode(p.RegisterTitle("FUZZ-1", "fuzz", KEY, bytes(32))),
-        "api_register_media": p.encode(p.RegisterMedia("FUZZ-1", (mid,))),
+        "api_register_media": p.encode(p.RegisterMedia("FUZZ-1", (pressed(medium),))),
         "api_repair": p.encode(p.RepairRequest(kit.card.mc_id, Id(IdKind.CLIENT, 4), None)),
         "api_reissue": p.encode(p.ReissueRequest(kit.user, Id(IdKind.CARD, 5), KEY)),
         "api_audit": p.encode(p.AuditQuery(0, 10)),

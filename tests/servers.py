@@ -158,17 +158,23 @@ def make_users(srv, n: int) -> list[tuple[cpu.CardView, cpu.Hardware]]:
     return kits
 
 
-def press(srv, title_id: str, n: int) -> list[Id]:
-    """A title registered by the publisher, and ``n`` MIDs of it (discs without image files)."""
-    mids = [Id.random(IdKind.MEDIA) for _ in range(n)]
+def press(srv, title_id: str, n: int) -> list[cpu.Medium]:
+    """A title registered by the publisher, and ``n`` discs of it (without image files: each its
+    MID, the title digest and its own secret, as an acquisition proves them)."""
+    from tests.world import new_disc, pressed
+
+    digest = os.urandom(32)
+    discs = [new_disc(digest) for _ in range(n)]
     with srv.role_client("publisher") as pub:
-        pub.call("/v1/publisher/titles", p.RegisterTitle(title_id, title_id, crypto.random_key(), os.urandom(32)),
+        pub.call("/v1/publisher/titles", p.RegisterTitle(title_id, title_id, crypto.random_key(), digest),
                  p.Done)
-        pub.call("/v1/publisher/media", p.RegisterMedia(title_id, tuple(mids)), p.Done)
-    return mids
+        for i in range(0, n, 1000):
+            pub.call("/v1/publisher/media", p.RegisterMedia(title_id, tuple(pressed(d) for d in discs[i:i + 1000])),
+                     p.Done)
+    return discs
 
 
-def make_disc(srv, title_id: str) -> Id:
+def make_disc(srv, title_id: str) -> cpu.Medium:
     return press(srv, title_id, 1)[0]
 
 

@@ -224,7 +224,10 @@ def test_edit_the_sealed_client_id_on_a_card(cli, srv, world):
 
 
 def test_roll_back_a_card_to_before_its_content_key_was_deleted(cli, srv, world):
-    alice = world["alice"]
+    """A card rolled back to when it held a Content-Key gains nothing: the owner may install
+    their own disc again onto their own registered HDD anyway (the server allows it, sealed to
+    those devices), and the old key still copies nowhere else."""
+    alice, bob = world["alice"], world["bob"]
     assert cli("hdd", "rm", world["title"], *con(alice)).code == 0  # (the discs are one title)
     assert cli("console", "eject-disc", *con(alice)).code == 0
     assert cli("console", "insert-disc", world["discs"][1], *con(alice)).code == 0
@@ -234,9 +237,18 @@ def test_roll_back_a_card_to_before_its_content_key_was_deleted(cli, srv, world)
     assert not any(lic.content_key for lic in card_dev.load(alice["card"]).licenses)
     assert cli("hdd", "rm", world["title"], *con(alice)).code == 0
     alice["card"].write_bytes(backup)  # rolled back
-    with Unchanged(srv, alice["card"], alice["hdd"]):
-        r = cli("console", "install", *con(alice))
-    assert (r.code, r.err) == (12, MEDIA)
+    # the rolled-back card in bob's console: its keys open on alice's devices only
+    assert cli("console", "eject-card", *con(bob)).code == 0
+    assert cli("console", "insert-card", alice["card"], *con(bob)).code == 0
+    assert cli("console", "eject-disc", *con(bob)).code == 0
+    assert cli("console", "insert-disc", world["discs"][1], *con(bob)).code == 0
+    with Unchanged(srv, bob["hdd"]):
+        r = cli("console", "install", *con(bob))
+    assert r.code in (11, 13), r  # USER ID INVALID (not alice's devices) or COPY IS NOT PERMITTED
+    assert cli("console", "eject-card", *con(bob)).code == 0
+    # on alice's own console and HDD it is the re-install the owner may always make
+    r = cli("console", "install", *con(alice))
+    assert r.code == 0, r
 
 
 def test_brute_force_user_ids_against_one_mc_id(cli, srv, world):
@@ -254,7 +266,7 @@ def test_brute_force_user_ids_against_one_mc_id(cli, srv, world):
         for _ in range(12):
             guess = bindings.wrap_id(card.mc_key, Id.random(IdKind.USER), bindings.user_id(card.mc_id))
             body = p.encode(p.AcquireRequest(card.mc_id, guess, bindings.wrap_id(card.mc_key, mid, b"x"),
-                                             client_id, hdd_id))
+                                             client_id, hdd_id, bytes(32), None))
             statuses.append(http.post("/v1/console/acquire", json=body).status_code)
     assert statuses[:10] == [403] * 10 and statuses[10:] == [429, 429]
     r = cli("console", "acquire", *con(bob))  # now even the card's owner waits (exit 6, 429)
@@ -320,7 +332,8 @@ def test_a_rogue_publisher_cannot_mint_licenses_for_anothers_title(cli, srv, wor
     title = world["title"]
     with Client(srv.url, tls_context(ca_pem=rogue.ca), token=rogue.token) as c:
         with pytest.raises(ServerError, match="registered by another publisher") as err:
-            c.call("/v1/publisher/media", p.RegisterMedia(title, (Id.random(IdKind.MEDIA),)), p.Done)
+            c.call("/v1/publisher/media", p.RegisterMedia(title, (p.PressedDisc(Id.random(IdKind.MEDIA), bytes(32)),)),
+                   p.Done)
         assert err.value.status == 403
         with pytest.raises(ServerError, match="already registered with other keys"):
             c.call("/v1/publisher/titles", p.RegisterTitle(title, "mine", crypto.random_key(), os.urandom(32)), p.Done)
@@ -331,8 +344,10 @@ def test_a_rogue_publisher_cannot_mint_licenses_for_anothers_title(cli, srv, wor
         digest = d.disc.title_digest
     key = crypto.signing_key()
     mid = Id.random(IdKind.MEDIA)
-    block = disc_fmt.encode_mid_area(disc_fmt.Pressing.MID, mid,
-                                     key.sign(disc_fmt.mid_signed_message(digest, disc_fmt.Pressing.MID, mid)))
+    secret = crypto.signing_seed()
+    disc_key = crypto.public_bytes(crypto.signing_key_from(secret))
+    block = disc_fmt.encode_mid_area(disc_fmt.Pressing.MID, mid, secret,
+                                     key.sign(disc_fmt.mid_signed_message(digest, disc_fmt.Pressing.MID, mid, disc_key)))
     with open(forged, "r+b") as f:
         f.seek(disc_fmt.MID_AREA_OFFSET)
         f.write(block)

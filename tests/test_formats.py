@@ -128,11 +128,14 @@ def test_disc_round_trip(m, pressing, mid):
     assert (h.image_size, h.manifest_length, h.data_offset) == (disc.image_size, len(region), disc.data_offset)
     assert disc_fmt.encode_header(disc) == header
     the_mid = mid if pressing is disc_fmt.Pressing.MID else None
-    sig = SIGNER.sign(disc_fmt.mid_signed_message(digest, pressing, the_mid))
-    block = disc_fmt.encode_mid_area(pressing, the_mid, sig)
+    secret = crypto.signing_seed() if the_mid else None
+    disc_key = crypto.public_bytes(crypto.signing_key_from(secret)) if secret else None
+    sig = SIGNER.sign(disc_fmt.mid_signed_message(digest, pressing, the_mid, disc_key))
+    block = disc_fmt.encode_mid_area(pressing, the_mid, secret, sig)
     assert len(block) == BLOCK_SIZE
-    assert disc_fmt.decode_mid_area(block, path="x", manifest=m, title_digest=digest) == (pressing, the_mid, sig)
-    assert disc_fmt.encode_mid_area(pressing, the_mid, sig) == block
+    assert disc_fmt.decode_mid_area(block, path="x", manifest=m, title_digest=digest) == (
+        pressing, the_mid, secret or bytes(32), sig)
+    assert disc_fmt.encode_mid_area(pressing, the_mid, secret, sig) == block
 
 
 extents = st.builds(hdd_fmt.Extent, offset=u64, length=u64)
@@ -203,7 +206,8 @@ def test_absent_id_is_not_read_from_what_follows():
     """An absent MID followed by bytes that start like a present one (found by hypothesis)."""
     for pressing in (disc_fmt.Pressing.MASTER, disc_fmt.Pressing.NO_MID):
         signature = b"\x01" + os.urandom(63)
-        body = disc_fmt.MidArea.build({"pressing": int(pressing), "mid": None, "signature": signature})
+        body = disc_fmt.MidArea.build({"pressing": int(pressing), "mid": None, "secret": b"\x01" * 32,
+                                       "signature": signature})
         assert disc_fmt.MidArea.parse(body).mid is None
     for bad in (b"\x02", b"\xff"):
         with pytest.raises(Exception):

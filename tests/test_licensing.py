@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import pytest
@@ -21,7 +22,7 @@ from vhw.server.licensing import ID_FIELDS, Policy
 from vhw.server.store import PostgresStore, SqliteStore
 
 from .conftest import BACKENDS, database_for
-from .world import World
+from .world import World, new_disc
 
 
 @pytest.fixture(params=BACKENDS)
@@ -49,27 +50,31 @@ def world(make_world) -> World:
 def test_register_acquire_copy_confirm(world):
     kit = world.user()
     assert kit.card.registered and kit.view.user == kit.user
-    title, mid = world.disc()
-    kit = world.acquire(kit, mid)
+    title, disc = world.disc()
+    kit = world.acquire(kit, disc)
     # S21-S23: the keys open on this console and HDD, and are the title's
-    ck, match = cpu.copy_keys(kit.view, world.hw(kit), mid, title)
+    ck, match = cpu.copy_keys(kit.view, world.hw(kit), disc.mid, title)
     assert ck == world.titles[title]
     assert cpu.reproduction_key(kit.view, world.hw(kit)) == match
-    assert world.confirm(kit, mid).created
-    assert not world.confirm(kit, mid).created  # a retried confirm is fine
+    assert world.confirm(kit, disc).created
+    assert not world.confirm(kit, disc).created  # a retried confirm is fine
+    # the owner may install the disc again onto the same registered devices (after `hdd rm` or
+    # data loss): that copies nothing to anyone else
+    again = world.acquire(kit, disc)
+    assert cpu.copy_keys(again.view, world.hw(kit), disc.mid, title)[0] == world.titles[title]
     with pytest.raises(MediaRefused):
-        world.acquire(kit, mid)  # final after confirm
+        world.acquire(world.user(), disc)  # anyone else: never
 
 
 def test_lost_answer_can_be_fetched_again_until_confirm(world):
     kit = world.user()
-    _, mid = world.disc()
-    first = world.acquire(kit, mid)
-    again = world.acquire(kit, mid)  # the first answer "got lost": same user, same devices
-    assert cpu.copy_keys(again.view, world.hw(kit), mid, first.card.licenses[0].title_id)
+    _, disc = world.disc()
+    first = world.acquire(kit, disc)
+    again = world.acquire(kit, disc)  # the first answer "got lost": same user, same devices
+    assert cpu.copy_keys(again.view, world.hw(kit), disc.mid, first.card.licenses[0].title_id)
     other = world.user()
     with pytest.raises(MediaRefused):
-        world.acquire(other, mid)  # no one else, ever
+        world.acquire(other, disc)  # no one else, ever
 
 
 def test_registration_refusals(world):
@@ -91,41 +96,41 @@ def test_registration_refusals(world):
 
 def test_user_id_refusals(world):
     kit = world.user()
-    _, mid = world.disc()
+    _, disc = world.disc()
     moved = world.kit()  # a registered console and HDD, but not this user's
     for wrong in (kit.on(console=moved), kit.on(hdd=moved)):
         with pytest.raises(UserIdInvalid):
-            world.acquire(wrong, mid)
+            world.acquire(wrong, disc)
     # a card whose User ID was replaced by a made-up one (wrapped correctly with its MC-Key)
     fake = bindings.wrap_id(kit.card.mc_key, Id.random(IdKind.USER), bindings.user_id(kit.card.mc_id))
     with pytest.raises(UserIdInvalid):
-        world.acquire(kit.with_(card=kit.card.__class__(**{**kit.card.__dict__, "user_id": fake})), mid)
+        world.acquire(kit.with_(card=kit.card.__class__(**{**kit.card.__dict__, "user_id": fake})), disc)
     # another card's wrapped User ID sent with this card's MC-ID (the console itself would not:
     # it does not open with this card's MC-Key)
     other = world.user()
-    req = cpu.acquisition_request(kit.view, world.hw(kit), mid)
+    req = cpu.acquisition_request(kit.view, world.hw(kit), disc)
     with pytest.raises(UserIdInvalid):
-        world.lic.acquire("console", req.__class__(req.mc_id, other.card.user_id, req.mid, req.client_id, req.hdd_id))
+        world.lic.acquire("console", dataclasses.replace(req, user_id=other.card.user_id))
 
 
 def test_media_refusals(world):
     kit = world.user()
     with pytest.raises(MediaRefused):
-        world.acquire(kit, Id.random(IdKind.MEDIA))  # never pressed
-    _, mid = world.disc()
-    world.acquire(world.user(), mid)
+        world.acquire(kit, new_disc(world.digests[world.title()]))  # never pressed
+    _, disc = world.disc()
+    world.acquire(world.user(), disc)
     with pytest.raises(MediaRefused):
-        world.acquire(kit, mid)  # the disc was lent after its owner installed it
+        world.acquire(kit, disc)  # the disc was lent after its owner installed it
 
 
 def test_copy_and_reproduction_refusals_on_the_console(world):
     kit = world.user()
-    title, mid = world.disc()
-    kit = world.acquire(kit, mid)
+    title, disc = world.disc()
+    kit = world.acquire(kit, disc)
     other = world.kit()
     for lent in (kit.on(console=other), kit.on(hdd=other), kit.on(console=other, hdd=other)):
         with pytest.raises(CopyNotPermitted):  # card lent to another console, right card other HDD, ...
-            cpu.copy_keys(lent.view, world.hw(lent), mid, title)
+            cpu.copy_keys(lent.view, world.hw(lent), disc.mid, title)
         with pytest.raises(ReproductionNotPermitted):
             cpu.reproduction_key(lent.view, world.hw(lent))
     with pytest.raises(ReproductionNotPermitted):
@@ -134,54 +139,54 @@ def test_copy_and_reproduction_refusals_on_the_console(world):
 
 def test_acquisition_answer_replayed_to_another_card_is_useless(world):
     kit, thief = world.user(), world.user()
-    title, mid = world.disc()
-    req = cpu.acquisition_request(kit.view, world.hw(kit), mid)
+    title, disc = world.disc()
+    req = cpu.acquisition_request(kit.view, world.hw(kit), disc)
     resp = world.lic.acquire("console", req)
     # stored on the thief's card it is useless: nothing opens on the thief's devices
-    stolen = cpu.accept_acquisition(thief.view, req, resp, mid, world.hw(thief), acquired=1)
+    stolen = cpu.accept_acquisition(thief.view, req, resp, disc.mid, world.hw(thief), acquired=1)
     with pytest.raises(CopyNotPermitted):
-        cpu.copy_keys(stolen, world.hw(thief), mid, title)
+        cpu.copy_keys(stolen, world.hw(thief), disc.mid, title)
     with pytest.raises(crypto.Invalid):
-        bindings.open_content_key(thief.devices, thief.card.mc_key, thief.card.mc_id, mid, title, resp.content_key)
+        bindings.open_content_key(thief.devices, thief.card.mc_key, thief.card.mc_id, disc.mid, title, resp.content_key)
     # and the thief's card in the victim's console does not open it either (the MC-Key differs)
     with pytest.raises(crypto.Invalid):
-        bindings.open_content_key(kit.devices, thief.card.mc_key, thief.card.mc_id, mid, title, resp.content_key)
+        bindings.open_content_key(kit.devices, thief.card.mc_key, thief.card.mc_id, disc.mid, title, resp.content_key)
     in_victims = thief.on(console=kit, hdd=kit)  # the thief's card in the victim's console
-    stolen = cpu.accept_acquisition(in_victims.view, req, resp, mid, world.hw(in_victims), acquired=1)
+    stolen = cpu.accept_acquisition(in_victims.view, req, resp, disc.mid, world.hw(in_victims), acquired=1)
     with pytest.raises(CopyNotPermitted):
-        cpu.copy_keys(stolen, world.hw(in_victims), mid, title)
+        cpu.copy_keys(stolen, world.hw(in_victims), disc.mid, title)
 
 
 def test_content_keys_of_two_mids_cannot_be_swapped(world):
     kit = world.user()
-    t1, m1 = world.disc()
-    t2, m2 = world.disc()
-    kit = world.acquire(world.acquire(kit, m1), m2)
+    t1, d1 = world.disc()
+    t2, d2 = world.disc()
+    kit = world.acquire(world.acquire(kit, d1), d2)
     a, b = kit.card.licenses
     swapped = kit.card.__class__(**{**kit.card.__dict__, "licenses": (a.__class__(a.title_id, a.mid, b.content_key),
                                                                          b.__class__(b.title_id, b.mid, a.content_key))})
     with pytest.raises(CopyNotPermitted):
-        cpu.copy_keys(cpu.CardView.open(swapped), world.hw(kit), m1, t1)
+        cpu.copy_keys(cpu.CardView.open(swapped), world.hw(kit), d1.mid, t1)
 
 
 def test_guessing_user_ids_is_rate_limited(world):
     kit = world.user()
-    _, mid = world.disc()
+    _, disc = world.disc()
     for _ in range(world.lic.policy.attempt_limit):
         fake = bindings.wrap_id(kit.card.mc_key, Id.random(IdKind.USER), bindings.user_id(kit.card.mc_id))
         with pytest.raises(UserIdInvalid):
-            world.acquire(kit.with_(card=kit.card.__class__(**{**kit.card.__dict__, "user_id": fake})), mid)
+            world.acquire(kit.with_(card=kit.card.__class__(**{**kit.card.__dict__, "user_id": fake})), disc)
     with pytest.raises(ServerError) as err:
-        world.acquire(kit, mid)  # even the right User ID must now wait
+        world.acquire(kit, disc)  # even the right User ID must now wait
     assert err.value.status == 429
 
 
 def test_audit_log_records_every_change(world):
     kit = world.user()
-    _, mid = world.disc()
-    kit = world.acquire(kit, mid)
-    world.acquire(kit, mid)
-    world.confirm(kit, mid)
+    _, disc = world.disc()
+    kit = world.acquire(kit, disc)
+    world.acquire(kit, disc)
+    world.confirm(kit, disc)
     from vhw import protocol as p
 
     actions = [e.action for e in world.lic.audit(p.AuditQuery()).entries]
@@ -197,13 +202,13 @@ SUBSETS = [frozenset(c) for n in (1, 2, 3) for c in itertools.combinations(ID_FI
 def test_identification_policy(make_world, subset):
     world = make_world(Policy(identify_by=subset))
     kit = world.user()
-    _, mid = world.disc()
+    _, disc = world.disc()
     spare = world.kit()
     for name in ("client_id", "hdd_id"):
         moved = kit.on(console=spare) if name == "client_id" else kit.on(hdd=spare)
         if name in subset:  # a mismatching ID of the subset is refused
             with pytest.raises(UserIdInvalid):
-                world.acquire(moved, mid)
+                world.acquire(moved, disc)
         else:  # an ID outside the subset is ignored by the server
-            world.acquire(moved, mid)
-    world.acquire(kit, mid)
+            world.acquire(moved, disc)
+    world.acquire(kit, disc)

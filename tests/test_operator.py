@@ -50,7 +50,7 @@ def vhw_cmd(*args: object, env: dict | None = None, timeout: float = 120) -> sub
                           env={**os.environ, **(env or {})}, timeout=timeout)
 
 
-def acquire(http: httpx.Client, kit, mid: Id) -> str:
+def acquire(http: httpx.Client, kit, mid) -> str:
     """One console's acquisition over its own connection: "ok" or the refusal's message."""
     resp = http.post("/v1/console/acquire", json=p.encode(cpu.acquisition_request(*kit, mid)))
     return "ok" if resp.status_code == 200 else resp.json()["message"]
@@ -384,6 +384,7 @@ def test_backup_under_load_and_restore(request, tmp_path, backend):
         kits = make_users(srv, 8)
         user_of = {str(view.user): i for i, (view, _) in enumerate(kits)}
         mids = press(srv, "BACKUP-1", 600)
+        by_label = {str(d): d for d in mids}
         out = tmp_path / "backups" / "vhw.backup"
         out.parent.mkdir()
         with Load(srv, kits, mids) as load:
@@ -422,10 +423,10 @@ def test_backup_under_load_and_restore(request, tmp_path, backend):
             # the once-per-disc rule across the restore: flagged discs stay refused to others ...
             for mid, user in list(restored.items())[:20]:
                 other = (user_of[user] + 1) % len(kits)
-                assert acquire(http, kits[other], Id.parse(mid, IdKind.MEDIA)) == MEDIA_REFUSED
-                assert acquire(http, kits[user_of[user]], Id.parse(mid, IdKind.MEDIA)) == "ok"  # a refetch
+                assert acquire(http, kits[other], by_label[mid]) == MEDIA_REFUSED
+                assert acquire(http, kits[user_of[user]], by_label[mid]) == "ok"  # a refetch
             # ... and a disc not flagged in the backup goes to exactly one of two users racing for it
-            free = [Id.parse(m, IdKind.MEDIA) for m in (str(x) for x in mids) if m not in restored][:10]
+            free = [by_label[m] for m in by_label if m not in restored][:10]
             def race(kit, mid, results):
                 with console_http(srv2) as own:
                     results.append(acquire(own, kit, mid))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import ssl
 import time
 
@@ -16,6 +17,7 @@ from vhw.console import cpu
 from vhw.ids import Id, IdKind
 from vhw.server.app import raise_file_limit
 
+from .world import new_disc
 from .servers import RunningServer, make_users
 
 IDLE, SLOW, OVERSIZE = 250, 150, 100  # 500 bad connections at once
@@ -85,7 +87,7 @@ async def test_good_clients_answered_within_1s_while_500_bad_connections_are_ope
                 start = time.perf_counter()
                 assert (await good.get("/v1/health")).status_code == 200
                 latencies.append(time.perf_counter() - start)
-                body = p.encode(cpu.acquisition_request(*kit, Id.random(IdKind.MEDIA)))
+                body = p.encode(cpu.acquisition_request(*kit, new_disc(os.urandom(32))))
                 start = time.perf_counter()
                 resp = await good.post("/v1/console/acquire", json=body)
                 latencies.append(time.perf_counter() - start)

@@ -35,6 +35,7 @@ from vhw.server.home import ROLES, Credential
 
 from .conftest import BACKENDS, MEDIA, REGISTER, USER, database_for
 from .servers import RunningServer, factory, make_disc, make_users, publish
+from .world import new_disc, pressed
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
@@ -193,8 +194,9 @@ class DroppingProxy:
 
 def test_lost_answer_can_be_fetched_again_until_confirmed(srv):
     [(view, hw)] = make_users(srv, 1)
-    mid = make_disc(srv, "LOST-1")
-    req = cpu.acquisition_request(view, hw, mid)
+    disc = make_disc(srv, "LOST-1")
+    mid = disc.mid
+    req = cpu.acquisition_request(view, hw, disc)
     proxy = DroppingProxy(srv.url)
     with httpx.Client(verify=tls_context(srv.ca_der), headers={"connection": "close"}, timeout=30) as http:
         with pytest.raises(httpx.RemoteProtocolError):
@@ -208,12 +210,14 @@ def test_lost_answer_can_be_fetched_again_until_confirmed(srv):
         resp = c.call("/v1/console/acquire", req, p.AcquireResponse)  # the same user fetches again
         view = cpu.accept_acquisition(view, req, resp, mid, hw, acquired=1)
         assert cpu.copy_keys(view, hw, mid, "LOST-1")
-        c.call("/v1/console/confirm", cpu.confirm_request(view, hw, mid), p.Done)
-        with pytest.raises(MediaRefused):
-            c.call("/v1/console/acquire", req, p.AcquireResponse)
+        c.call("/v1/console/confirm", cpu.confirm_request(view, hw, disc), p.Done)
+        c.call("/v1/console/acquire", req, p.AcquireResponse)  # the owner may install it again
+    [(other_view, other_hw)] = make_users(srv, 1)
+    with srv.console_client() as c, pytest.raises(MediaRefused):  # no one else may, ever
+        c.call("/v1/console/acquire", cpu.acquisition_request(other_view, other_hw, disc), p.AcquireResponse)
     with srv.role_client("operator") as op:
         actions = [e.action for e in op.call("/v1/operator/audit", p.AuditQuery(limit=1000), p.AuditPage).entries]
-    assert {"flag-mid", "refetch-keys", "confirm-install"} <= set(actions)
+    assert {"flag-mid", "refetch-keys", "confirm-install", "reinstall-keys"} <= set(actions)
 
 
 # -- 5. keys at rest ------------------------------------------------------------------------------------
@@ -254,10 +258,10 @@ def test_database_holds_no_key(cli, srv, tmp_path, title_src, vhw_home):
 def test_role_matrix(srv):
     [(view, hw), (view2, _)] = make_users(srv, 2)
     title, digest = "ROLE-1", os.urandom(32)
-    mid, bought = Id.random(IdKind.MEDIA), Id.random(IdKind.MEDIA)
+    disc, bought = new_disc(digest), cpu.Medium(Id.random(IdKind.MEDIA), digest)
     fresh = Card(Id.random(IdKind.CARD), crypto.random_key(), 1)
     new_console = Id.random(IdKind.CLIENT)
-    acquire = cpu.acquisition_request(view, hw, mid)
+    acquire = cpu.acquisition_request(view, hw, disc)
     purchase = cpu.acquisition_request(view, hw, bought)
     key = crypto.device_public(crypto.device_secret())
     bodies = {
@@ -265,15 +269,15 @@ def test_role_matrix(srv):
         "/v1/manufacturer/hdds": p.RegisterHdd(Id.random(IdKind.HDD), key),
         "/v1/manufacturer/cards": p.RegisterCard(fresh.mc_id, fresh.mc_key),
         "/v1/publisher/titles": p.RegisterTitle(title, title, crypto.random_key(), digest),
-        "/v1/publisher/media": p.RegisterMedia(title, (mid,)),
+        "/v1/publisher/media": p.RegisterMedia(title, (pressed(disc),)),
         "/v1/operator/audit": p.AuditQuery(),
         "/v1/operator/repair": p.RepairRequest(view2.card.mc_id, new_console),
         "/v1/operator/reissue": p.ReissueRequest(view2.user, Id.random(IdKind.CARD), crypto.random_key()),
         "/v1/broker/register": cpu.registration_request(view.card, hw.client_id, hw.hdd_id),
         "/v1/broker/acquire": acquire,
         "/v1/broker/refetch": acquire,
-        "/v1/broker/purchase": p.PurchaseRequest(**purchase.__dict__, title_id=title, title_digest=digest),
-        "/v1/broker/confirm": cpu.confirm_request(view, hw, mid),
+        "/v1/broker/purchase": p.PurchaseRequest(**purchase.__dict__, title_id=title),
+        "/v1/broker/confirm": cpu.confirm_request(view, hw, disc),
     }
     creds = {r: Credential.load(srv.credential(r)).token for r in ROLES}
     ctx = tls_context(srv.ca_der)
@@ -299,7 +303,7 @@ def test_role_matrix(srv):
 
 def test_malformed_requests_get_a_4xx_and_the_server_goes_on(srv):
     [kit] = make_users(srv, 1)
-    good = p.encode(cpu.acquisition_request(*kit, Id.random(IdKind.MEDIA)))
+    good = p.encode(cpu.acquisition_request(*kit, new_disc(os.urandom(32))))
     pub = {"authorization": f"Bearer {Credential.load(srv.credential('publisher')).token}"}
     big = "A" * (70 * 1024)
 
@@ -330,7 +334,8 @@ def test_malformed_requests_get_a_4xx_and_the_server_goes_on(srv):
         raw(content=b'{"mc_id": "\xff\xfe"}'),
         raw("/v1/publisher/titles", json={"title_id": "lower-case", "name": "x", "content_key": "", "title_digest": ""},
             headers=pub),
-        raw("/v1/publisher/media", json={"title_id": "T-1", "mids": [str(Id.random(IdKind.MEDIA))] * 1001},
+        raw("/v1/publisher/media", json={"title_id": "T-1", "discs": [
+            {"mid": str(Id.random(IdKind.MEDIA)), "disc_key": base64.b64encode(bytes(32)).decode()}] * 1001},
             headers=pub),
         raw("/v1/no/such/endpoint", json={}),
         ("GET", "/v1/console/acquire", {}),

@@ -154,11 +154,11 @@ def test_repair_center_story_in_a_browser(cli, srv, tmp_path, page):
     page.get_by_label("New HDD-ID").fill(new_hdd_id)
     page.get_by_role("button", name="Show what will change").click()
     preview = page.locator("section.confirm").inner_text()
-    assert old_hdd_id in preview and new_hdd_id in preview and "1 MID flag(s)" in preview
+    assert old_hdd_id in preview and new_hdd_id in preview and "1 disc(s) of this user stay reserved" in preview
     shot(page, "repair-confirm")
     page.get_by_role("button", name="Confirm the repair").click()
     changed = page.locator("ul.changed").inner_text()
-    assert f"{old_hdd_id} → {new_hdd_id}" in changed and "1 MID flag(s) cleared" in changed
+    assert f"{old_hdd_id} → {new_hdd_id}" in changed and "1 disc(s) kept for this user alone" in changed
     shot(page, "repaired")
     # ... and with `vhw` the user installs again onto the new HDD, and plays
     fixed = tmp_path / "fixed"

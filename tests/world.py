@@ -57,6 +57,7 @@ class World:
     lic: Licensing
     anchor: bytes  # the platform CA (DER) that signs card tokens, as a ROM holds it
     titles: dict[str, bytes] = field(default_factory=dict)  # title -> content key
+    digests: dict[str, bytes] = field(default_factory=dict)  # title -> title digest
     counter: itertools.count = field(default_factory=itertools.count)
 
     @classmethod
@@ -93,22 +94,35 @@ class World:
 
     def title(self, title_id: str | None = None) -> str:
         title_id = title_id or f"T-{next(self.counter)}"
-        key = crypto.random_key()
-        self.lic.register_title("pub", p.RegisterTitle(title_id, title_id, key, os.urandom(32)))
+        key, digest = crypto.random_key(), os.urandom(32)
+        self.lic.register_title("pub", p.RegisterTitle(title_id, title_id, key, digest))
         self.titles[title_id] = key
+        self.digests[title_id] = digest
         return title_id
 
-    def disc(self, title_id: str | None = None) -> tuple[str, Id]:
+    def disc(self, title_id: str | None = None) -> tuple[str, cpu.Medium]:
+        """A pressed disc of the title: its MID registered with the public key of its own secret."""
         title_id = title_id or self.title()
-        mid = Id.random(IdKind.MEDIA)
-        self.lic.register_media("pub", p.RegisterMedia(title_id, (mid,)))
-        return title_id, mid
+        disc = new_disc(self.digests[title_id])
+        self.lic.register_media("pub", p.RegisterMedia(title_id, (pressed(disc),)))
+        return title_id, disc
 
-    def acquire(self, kit: Kit, mid: Id) -> Kit:
+    def acquire(self, kit: Kit, disc: cpu.Medium) -> Kit:
         view, hw = kit.view, self.hw(kit)
-        req = cpu.acquisition_request(view, hw, mid)
+        req = cpu.acquisition_request(view, hw, disc)
         resp = self.lic.acquire("console", req)
-        return kit.with_(card=cpu.accept_acquisition(view, req, resp, mid, hw, acquired=1).card)
+        return kit.with_(card=cpu.accept_acquisition(view, req, resp, disc.mid, hw, acquired=1).card)
 
-    def confirm(self, kit: Kit, mid: Id) -> p.Done:
-        return self.lic.confirm("console", cpu.confirm_request(kit.view, self.hw(kit), mid))
+    def confirm(self, kit: Kit, disc: cpu.Medium) -> p.Done:
+        return self.lic.confirm("console", cpu.confirm_request(kit.view, self.hw(kit), disc))
+
+
+def new_disc(title_digest: bytes) -> cpu.Medium:
+    """A disc as its holder has it: a fresh MID, the title's digest, the disc's own secret."""
+    return cpu.Medium(Id.random(IdKind.MEDIA), title_digest, crypto.signing_seed())
+
+
+def pressed(disc: cpu.Medium) -> p.PressedDisc:
+    """What the publisher registers of a disc: its MID and the public key of its secret."""
+    assert disc.secret is not None
+    return p.PressedDisc(disc.mid, crypto.public_bytes(crypto.signing_key_from(disc.secret)))

@@ -42,13 +42,17 @@ USERS = 64
 MAX_RATE = 2000  # acquisitions/s this machine could plausibly reach; sizes the pool of fresh discs
 
 
-def register_mids(srv, title: str, count: int) -> list[Id]:
-    mids = [Id.random(IdKind.MEDIA) for _ in range(count)]
+def register_mids(srv, title: str, count: int) -> list[cpu.Medium]:
+    """``count`` discs of a new title, each with its own secret, their MIDs registered."""
+    digest = os.urandom(32)
+    discs = [cpu.Medium(Id.random(IdKind.MEDIA), digest, crypto.signing_seed()) for _ in range(count)]
     with srv.role_client("publisher") as pub:
-        pub.call("/v1/publisher/titles", p.RegisterTitle(title, title, crypto.random_key(), os.urandom(32)), p.Done)
+        pub.call("/v1/publisher/titles", p.RegisterTitle(title, title, crypto.random_key(), digest), p.Done)
         for i in range(0, count, 1000):
-            pub.call("/v1/publisher/media", p.RegisterMedia(title, tuple(mids[i : i + 1000])), p.Done)
-    return mids
+            items = tuple(p.PressedDisc(d.mid, crypto.public_bytes(crypto.signing_key_from(d.secret)))
+                          for d in discs[i : i + 1000])
+            pub.call("/v1/publisher/media", p.RegisterMedia(title, items), p.Done)
+    return discs
 
 
 def bulk_fill(srv, cards: int, mids: int) -> float:

@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(fuse3 libfuse3-dev pkg-config postgresql)
+packages=(fuse3 libfuse3-dev pkg-config postgresql bubblewrap)
 # `make bench` (setup.sh --bench) also needs the peers and tools it compares with
 [ "${1:-}" = "--bench" ] && packages+=(gocryptfs fio time)
 # `make test` (setup.sh --test) also needs a browser for the web consoles' tests: Debian's Chromium,

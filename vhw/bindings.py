@@ -209,6 +209,33 @@ def registration_proof(mc_key: bytes, mc_id: Id, client_id: Id, hdd_id: Id) -> b
     return hmac.new(key, crypto.context("register", mc_id, client_id, hdd_id), hashlib.sha256).digest()
 
 
+# -- proof of the disc (S12) ----------------------------------------------------------------------
+#
+# A MID is printed on its disc's label: knowing it proves nothing. Each pressed disc carries a
+# secret of its own (an Ed25519 key in its MID area, :mod:`vhw.formats.disc`) whose public half
+# the publisher registered with the MID. An acquisition signs what it asks for with that secret:
+# the MID, the user, the card, the devices and the title digest. A signature made for one user's
+# request opens nothing for anyone else, and the server checks it before it flags the MID.
+
+
+def disc_proof_message(media: Id, user: Id, mc_id: Id, client_id: Id, hdd_id: Id, title_digest: bytes) -> bytes:
+    return crypto.context("disc-proof", media, user, mc_id, client_id, hdd_id, title_digest)
+
+
+def disc_proof(disc_secret: bytes, media: Id, user: Id, mc_id: Id, client_id: Id, hdd_id: Id,
+               title_digest: bytes) -> bytes:
+    """The console's proof that it holds the disc: a signature with the disc's own secret."""
+    message = disc_proof_message(media, user, mc_id, client_id, hdd_id, title_digest)
+    return crypto.signing_key_from(disc_secret).sign(message)
+
+
+def check_disc_proof(disc_key: bytes, proof: bytes, media: Id, user: Id, mc_id: Id, client_id: Id,
+                     hdd_id: Id, title_digest: bytes) -> None:
+    """The server's check of :func:`disc_proof` against the key registered with the MID, or
+    :class:`crypto.Invalid`."""
+    crypto.verify(disc_key, proof, disc_proof_message(media, user, mc_id, client_id, hdd_id, title_digest))
+
+
 # -- card tokens --------------------------------------------------------------------------------
 #
 # A card token says "for the user whose Content-Gen-Key has this fingerprint, the card with this

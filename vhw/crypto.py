@@ -237,6 +237,22 @@ def public_bytes(key: Ed25519PrivateKey) -> bytes:
     return key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
 
 
+SECRET_SEED_SIZE = 32  # an Ed25519 private key as raw bytes (a pressed disc's own secret)
+
+
+def signing_key_from(seed: bytes) -> Ed25519PrivateKey:
+    """The Ed25519 key whose raw private bytes are ``seed`` (a disc's secret), or :class:`Invalid`."""
+    try:
+        return Ed25519PrivateKey.from_private_bytes(seed)
+    except ValueError:
+        raise Invalid() from None
+
+
+def signing_seed() -> bytes:
+    """A fresh Ed25519 private key as its 32 raw bytes."""
+    return signing_key().private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
+
+
 def verify(public_key: bytes, signature: bytes, message: bytes) -> None:
     """Check an Ed25519 signature, or raise :class:`Invalid`."""
     try:

@@ -184,6 +184,7 @@ KEY = BytesCodec(min_size=32, max_size=32)
 PUBLIC_KEY = BytesCodec(min_size=32, max_size=32)  # a device's X25519 public key
 DIGEST = BytesCodec(min_size=32, max_size=32)
 TOKEN = BytesCodec(min_size=40, max_size=160)  # epoch + ECDSA P-256 signature (DER)
+SIGNATURE = BytesCodec(min_size=64, max_size=64)  # Ed25519
 
 # -- messages ---------------------------------------------------------------------------------------
 
@@ -208,13 +209,20 @@ class RegisterResponse:
 
 @dataclass(frozen=True)
 class AcquireRequest:
-    """S12: MC-ID, the User ID and the disc's MID wrapped with the MC-Key, and the device IDs."""
+    """S12: MC-ID, the User ID and the disc's MID wrapped with the MC-Key, and the device IDs;
+    the title digest of the disc in the tray, and the proof that the console holds that disc: a
+    signature with the disc's own secret over the MID, the user, the card, the devices and the
+    title digest (:func:`vhw.bindings.disc_proof_message`). The server checks it against the key
+    registered with the MID before it flags anything; a label alone gets nothing. Null only for
+    a license bought for a disc without a MID (nothing to prove: it is paid for)."""
 
     mc_id: Id = f(IdCodec(IdKind.CARD))
     user_id: bytes = f(WRAPPED)
     mid: bytes = f(WRAPPED)
     client_id: Id = f(IdCodec(IdKind.CLIENT))
     hdd_id: Id = f(IdCodec(IdKind.HDD))
+    title_digest: bytes = f(DIGEST)
+    disc_proof: bytes | None = f(OptionalCodec(SIGNATURE))
 
 
 @dataclass(frozen=True)
@@ -246,7 +254,6 @@ class PurchaseRequest(AcquireRequest):
     (kept on its card before asking, so that a retry after a lost answer asks for the same one)."""
 
     title_id: str = f(TextCodec(max_len=32, pattern=TITLE_ID_PATTERN))
-    title_digest: bytes = f(DIGEST)
 
 
 @dataclass(frozen=True)
@@ -295,16 +302,25 @@ class RegisterTitle:
 
 
 @dataclass(frozen=True)
+class PressedDisc:
+    """One pressed disc: its MID (printed on its label) and the public key of its own secret."""
+
+    mid: Id = f(IdCodec(IdKind.MEDIA))
+    disc_key: bytes = f(PUBLIC_KEY)
+
+
+@dataclass(frozen=True)
 class RegisterMedia:
     title_id: str = f(TextCodec(max_len=32, pattern=TITLE_ID_PATTERN))
-    mids: tuple[Id, ...] = f(ListCodec(IdCodec(IdKind.MEDIA), max_items=1000))
+    discs: tuple[PressedDisc, ...] = f(ListCodec(MessageCodec(PressedDisc), max_items=1000))
 
 
 @dataclass(frozen=True)
 class RepairRequest:
     """FIG. 13: a user's console or HDD was repaired or exchanged and has a new ID. The operator
-    re-registers it in the user entry (found by the card's MC-ID); the old ID is retired and the
-    MID flags of the user's copied content are cleared, so the user installs again."""
+    re-registers it in the user entry (found by the card's MC-ID); the old ID is retired. The
+    user's MIDs stay flagged for that user alone, who installs them again from the discs onto the
+    new devices; no one else ever can."""
 
     mc_id: Id = f(IdCodec(IdKind.CARD))
     new_client_id: Id | None = f(OptionalCodec(IdCodec(IdKind.CLIENT)), None)
@@ -313,7 +329,7 @@ class RepairRequest:
 
 @dataclass(frozen=True)
 class RepairResponse:
-    cleared: int = f(IntCodec(), doc="MID flags cleared")
+    reinstallable: int = f(IntCodec(), doc="discs the user may install again onto the new devices")
 
 
 @dataclass(frozen=True)

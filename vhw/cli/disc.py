@@ -78,10 +78,12 @@ def register_title(ks: KeyStore, title_id: str, credential: Path, server_url: st
     ks.save_title(keys)
 
 
-def register_mids(title_id: str, mids: list[Id], credential: Path, server_url: str | None) -> None:
+def register_mids(title_id: str, discs: list[tuple[Id, bytes]], credential: Path, server_url: str | None) -> None:
+    """Register pressed MIDs, each with the public key of its disc's secret."""
+    items = [proto.PressedDisc(mid, key) for mid, key in discs]
     with role_client(credential, server_url, "publisher") as c:
-        for i in range(0, len(mids), MIDS_PER_REQUEST):
-            c.call("/v1/publisher/media", proto.RegisterMedia(title_id, tuple(mids[i : i + MIDS_PER_REQUEST])),
+        for i in range(0, len(items), MIDS_PER_REQUEST):
+            c.call("/v1/publisher/media", proto.RegisterMedia(title_id, tuple(items[i : i + MIDS_PER_REQUEST])),
                    proto.Done)
 
 
@@ -151,10 +153,10 @@ def disc_register(app: App, title: str, keystore: Path | None, credential: Path 
             title = img.manifest.title_id
     title = title.upper()
     register_title(ks, title, credential, server_url)
-    mids = [Id.parse(m) for m in ks.title(title).mids]
-    if mids:
-        register_mids(title, mids, credential, server_url)
-    click.echo(f"registered {title} and {len(mids)} MIDs with the licensing server")
+    discs = [(Id.parse(m), bytes.fromhex(k)) for m, k in ks.title(title).discs.items()]
+    if discs:
+        register_mids(title, discs, credential, server_url)
+    click.echo(f"registered {title} and {len(discs)} MIDs with the licensing server")
 
 
 @disc.command("info")

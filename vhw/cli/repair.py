@@ -36,9 +36,10 @@ def repair_device(card_path: Path, new_rom: Path | None, new_hdd: Path | None, c
                   server_url: str | None) -> None:
     """Re-register a repaired or exchanged console or HDD in the card's user entry (FIG. 13).
 
-    The old device ID is retired, the MID flags of the user's copied content are cleared, and the
-    card's Content-Gen-Key, sealed IDs and pending keys are wiped: the user then installs again
-    from the same discs. The new device must have been made (and registered) by the manufacturer.
+    The old device ID is retired and gets nothing from the server any more; the user's discs stay
+    reserved to the user alone, and the card's Content-Gen-Key, sealed IDs and pending keys are
+    wiped: the user then installs again from the same discs onto the new devices (no one else
+    ever can). The new device must have been made (and registered) by the manufacturer.
     """
     if not credential:
         raise click.UsageError("--credential (the operator's) is required")
@@ -55,8 +56,8 @@ def repair_device(card_path: Path, new_rom: Path | None, new_hdd: Path | None, c
     with card_dev.transaction(card_path) as img:  # its saves stay
         img.save_card(cpu.CardView.open(img.card).wiped().card)
     new = ", ".join(str(x) for x in (client_id, hdd_id) if x)
-    click.echo(f"re-registered {new} for memory card {card.mc_id}; {resp.cleared} disc(s) may be installed again;"
-               " the card's Content-Gen-Key and sealed IDs are wiped")
+    click.echo(f"re-registered {new} for memory card {card.mc_id}; {resp.reinstallable} disc(s) may be installed"
+               " again by this user from the discs; the card's Content-Gen-Key and sealed IDs are wiped")
 
 
 @repair.command("card")

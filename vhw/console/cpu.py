@@ -143,15 +143,37 @@ def accept_registration(card: Card, resp: p.RegisterResponse) -> tuple[Card, Id]
 # -- acquisition, S11-S17 -------------------------------------------------------------------------
 
 
-def acquisition_request(view: CardView, hw: Hardware, mid: Id) -> p.AcquireRequest:
-    """S12: MC-ID, wrapped User ID, wrapped MID, Client ID, HDD-ID."""
-    view.require_user()  # refuses an unregistered card before anything is sent
-    return p.AcquireRequest(view.card.mc_id, view.card.user_id, view.wrapped_mid(mid), hw.client_id, hw.hdd_id)
+@dataclass(frozen=True)
+class Medium:
+    """What an acquisition needs of the disc in the tray: its MID, its title digest, and its own
+    secret (None: a license bought for a disc without a MID, which has nothing to prove)."""
+
+    mid: Id
+    title_digest: bytes
+    secret: bytes | None = field(default=None, repr=False)
+
+    def __str__(self) -> str:
+        return str(self.mid)  # what its label shows
 
 
-def confirm_request(view: CardView, hw: Hardware, mid: Id) -> p.ConfirmRequest:
-    view.require_user()
-    return p.ConfirmRequest(view.card.mc_id, view.card.user_id, view.wrapped_mid(mid), hw.client_id, hw.hdd_id)
+def _request(cls: type, view: CardView, hw: Hardware, disc: Medium):
+    user = view.require_user()  # refuses an unregistered card before anything is sent
+    card = view.card
+    proof = None
+    if disc.secret is not None:
+        proof = bindings.disc_proof(disc.secret, disc.mid, user, card.mc_id, hw.client_id, hw.hdd_id,
+                                    disc.title_digest)
+    return cls(card.mc_id, card.user_id, view.wrapped_mid(disc.mid), hw.client_id, hw.hdd_id,
+               disc.title_digest, proof)
+
+
+def acquisition_request(view: CardView, hw: Hardware, disc: Medium) -> p.AcquireRequest:
+    """S12: MC-ID, wrapped User ID, wrapped MID, Client ID, HDD-ID, and the proof of the disc."""
+    return _request(p.AcquireRequest, view, hw, disc)
+
+
+def confirm_request(view: CardView, hw: Hardware, disc: Medium) -> p.ConfirmRequest:
+    return _request(p.ConfirmRequest, view, hw, disc)
 
 
 def accept_acquisition(view: CardView, req: p.AcquireRequest, resp: p.AcquireResponse, mid: Id,

@@ -279,10 +279,11 @@ class Machine:
             with HddImage.open(self.hdd_path) as img:
                 hw = hardware(rom, img)
             with DiscImage.open(self.disc_path()) as disc:
-                mid = disc_mid(disc)
+                medium = disc_medium(disc)
+                mid = medium.mid
                 with self.card(slot).transaction() as img:
                     view = cpu.CardView.open(img.card)
-                    req = cpu.acquisition_request(view, hw, mid)
+                    req = cpu.acquisition_request(view, hw, medium)
                     with self.client(rom) as c:
                         resp = c.call("/v1/console/acquire", req, p.AcquireResponse)
                     check_disc_is_registered(disc, resp)
@@ -314,8 +315,10 @@ class Machine:
                 raise StateError(f"{m.title_id} is already installed on this HDD")
             view, mid = self._purchase_mid(view, m.title_id)
             mem.save_card(view.card)  # the fresh MID is on the card before it is asked for
+            medium = cpu.Medium(mid, disc.disc.title_digest)
         else:
-            mid = disc_mid(disc)
+            medium = disc_medium(disc)
+            mid = medium.mid
         if on_hdd and on_hdd.complete:
             if on_hdd.mid != mid:
                 raise StateError(f"{m.title_id} is already installed on this HDD (from another disc)")
@@ -331,10 +334,10 @@ class Machine:
             install.check_space(hdd.volume, disc)  # a full HDD refuses before any MID is flagged
         # S11-S17: register the MID and fetch the keys (again: until confirmed, that is allowed,
         # and a card rolled back to before its confirm is refused here)
-        req = cpu.acquisition_request(view, hw, mid)
+        req = cpu.acquisition_request(view, hw, medium)
         with self.client(rom) as c:
             if purchase:  # FIG. 15: a disc without a MID: the license is bought (through a broker)
-                req = p.PurchaseRequest(**req.__dict__, title_id=m.title_id, title_digest=disc.disc.title_digest)
+                req = p.PurchaseRequest(**req.__dict__, title_id=m.title_id)
                 resp = c.call("/v1/console/purchase", req, p.AcquireResponse)
             else:
                 resp = c.call("/v1/console/acquire", req, p.AcquireResponse)
@@ -363,7 +366,7 @@ class Machine:
                                          mid=mid, reuse=True))  # S24-S26
         # S27-S28: the copy is complete and durable: make the flag final, then drop the key
         with self.client(rom) as c:
-            c.call("/v1/console/confirm", cpu.confirm_request(view, hw, mid), p.Done)
+            c.call("/v1/console/confirm", cpu.confirm_request(view, hw, medium), p.Done)
         mem.save_card(cpu.drop_content_key(view, mid).card)
         return m.title_id, outcome
 
@@ -577,12 +580,13 @@ def hardware(rom: Rom, hdd: HddImage) -> cpu.Hardware:
                         hdd.volume.catalog.epochs())
 
 
-def disc_mid(disc: DiscImage) -> Id:
+def disc_medium(disc: DiscImage) -> cpu.Medium:
+    """The disc in the tray as an acquisition proves it: its MID, title digest and own secret."""
     if disc.disc.pressing is Pressing.MASTER:
         raise StateError(f"{disc.path} is a master image, not a pressed disc")
     if disc.disc.mid is None:
         raise StateError(f"{disc.path} was pressed without a MID", hint="such discs install through the broker, for a fee")
-    return disc.disc.mid
+    return cpu.Medium(disc.disc.mid, disc.disc.title_digest, disc.disc.secret)
 
 
 def check_disc_is_registered(disc: DiscImage, resp: p.AcquireResponse) -> None:

@@ -119,16 +119,19 @@ class DiscImage:
                 raise IntegrityError(self.path, f"{f.path}: data does not match the signed manifest")
 
 
-def press(master: Path, out: Path, *, pressing: fmt.Pressing, mid: Id | None, sign) -> None:
-    """Write a copy of ``master`` whose MID area is new; nothing else differs."""
+def press(master: Path, out: Path, *, pressing: fmt.Pressing, mid: Id | None, sign,
+          secret: bytes | None = None) -> None:
+    """Write a copy of ``master`` whose MID area is new; nothing else differs. ``secret``: the
+    disc's own key (with a MID), whose public half the publisher registers with the MID."""
     out = Path(out)
     refuse_existing(out, fmt.WHAT)
     with DiscImage.open(master) as image:
         if image.disc.pressing is not fmt.Pressing.MASTER:
             raise ImageError(master, "is a pressed disc, not a master image")
         digest = image.disc.title_digest
-    signature = sign(fmt.mid_signed_message(digest, pressing, mid))
-    block = fmt.encode_mid_area(pressing, mid, signature)
+    disc_key = crypto.public_bytes(crypto.signing_key_from(secret)) if secret else None
+    signature = sign(fmt.mid_signed_message(digest, pressing, mid, disc_key))
+    block = fmt.encode_mid_area(pressing, mid, secret, signature)
     tmp = out.parent / f".{out.name}.{os.getpid()}.tmp"
     try:
         shutil.copyfile(master, tmp)  # copy_file_range/sendfile: no user-space buffer

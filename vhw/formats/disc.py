@@ -3,7 +3,8 @@
 Layout (offsets in bytes)::
 
     0        header block    magic, version, where the manifest and data lie, image size
-    4096     MID area block  how this disc was pressed and its MID, signed by the publisher
+    4096     MID area block  how this disc was pressed, its MID and the disc's own secret (an
+                             Ed25519 key that no label shows), signed by the publisher
     8192     manifest        title ID, name, kind, entry, installer record, publisher key, the
                              file table (path, size, stream ID, offset, SHA-256 of sealed bytes),
                              followed by the publisher's Ed25519 signature of all of it
@@ -11,7 +12,12 @@ Layout (offsets in bytes)::
                              one file after another, from a 4 KiB boundary
 
 Both blocks end in a SHA-256 of the rest of the block. Pressing writes a new MID area and nothing
-else, so the discs of one master differ only in block 1. The *title digest* is the SHA-256 of the
+else, so the discs of one master differ only in block 1. The MID is printed on the disc's label, so
+knowing it proves nothing: each pressed disc also carries a secret, an Ed25519 private key whose
+public half the publisher registers with the MID. An acquisition signs the request with it
+(:func:`vhw.bindings.disc_proof`), and the server checks that signature before it flags anything:
+whoever holds the disc (or a byte-for-byte copy of it: a file cannot be uncopyable) can acquire,
+whoever has only read its label cannot. The *title digest* is the SHA-256 of the
 signed manifest: the publisher registers it with the server, the MID signature covers it, and the
 console checks the disc it installs from against what the server says it sold.
 
@@ -42,12 +48,13 @@ from .common import (
     seal_block,
     valid_relpath,
     valid_title_id,
+    version_error,
 )
 
 HEADER_MAGIC = b"VHWDISC\0"
 MID_MAGIC = b"VHWMID\0\0"
 MANIFEST_MAGIC = b"VHWMANI\0"
-VERSION = 1
+VERSION = 2  # 2: the disc's own secret in the MID area (version 1 discs are refused in one line)
 WHAT = "disc image"
 MANIFEST_OFFSET = 2 * BLOCK_SIZE
 MID_AREA_OFFSET = BLOCK_SIZE
@@ -75,6 +82,7 @@ MidArea = cs.Struct(
     "magic" / cs.Const(MID_MAGIC),
     "pressing" / cs.Int8ub,
     "mid" / OptionalId(IdKind.MEDIA),
+    "secret" / cs.Bytes(crypto.SECRET_SEED_SIZE),  # zeros on a master and a disc without a MID
     "signature" / cs.Bytes(crypto.SIGNATURE_SIZE),
 )
 
@@ -158,6 +166,14 @@ class Disc:
     pressing: Pressing = Pressing.MASTER
     mid: Id | None = None
     mid_signature: bytes = bytes(crypto.SIGNATURE_SIZE)
+    secret: bytes = field(default=bytes(crypto.SECRET_SEED_SIZE), repr=False)  # the disc's own key
+
+    @property
+    def disc_key(self) -> bytes | None:
+        """The public half of the disc's secret (registered with its MID), or None: no MID."""
+        if self.pressing is not Pressing.MID:
+            return None
+        return crypto.public_bytes(crypto.signing_key_from(self.secret))
 
     @property
     def image_size(self) -> int:
@@ -330,7 +346,7 @@ def decode_header(block: bytes, *, path: object, file_size: int):
     body = open_block(block, path=path, what="disc header")
     h = parse(Header, body, path=path, what="disc header")
     if h.version != VERSION:
-        raise ImageError(path, f"disc format version {h.version} is not supported (this vhw reads {VERSION})")
+        raise version_error(path, WHAT, h.version, VERSION)
     if not 0 < h.manifest_length <= MAX_MANIFEST or h.data_offset != data_offset_for(h.manifest_length):
         raise ImageError(path, "corrupt disc header (manifest out of place)")
     if h.image_size != h.data_offset + h.data_length:
@@ -342,13 +358,15 @@ def decode_header(block: bytes, *, path: object, file_size: int):
     return h
 
 
-def mid_signed_message(title_digest: bytes, pressing: Pressing, mid: Id | None) -> bytes:
-    return crypto.context("disc-mid", title_digest, int(pressing), str(mid) if mid else "")
+def mid_signed_message(title_digest: bytes, pressing: Pressing, mid: Id | None, disc_key: bytes | None) -> bytes:
+    """What the publisher signs of a pressed disc: the title, the MID and the disc's public key."""
+    return crypto.context("disc-mid", title_digest, int(pressing), str(mid) if mid else "", disc_key or b"")
 
 
-def encode_mid_area(pressing: Pressing, mid: Id | None, signature: bytes) -> bytes:
+def encode_mid_area(pressing: Pressing, mid: Id | None, secret: bytes | None, signature: bytes) -> bytes:
     return seal_block(
-        build(MidArea, {"pressing": int(pressing), "mid": mid, "signature": signature}, what="MID area")
+        build(MidArea, {"pressing": int(pressing), "mid": mid, "secret": secret or bytes(crypto.SECRET_SEED_SIZE),
+                        "signature": signature}, what="MID area")
     )
 
 
@@ -361,12 +379,21 @@ def decode_mid_area(block: bytes, *, path: object, manifest: Manifest, title_dig
         raise ImageError(path, "corrupt disc MID area (unknown pressing)") from None
     if (rec.mid is None) != (pressing is not Pressing.MID):
         raise ImageError(path, "corrupt disc MID area (MID does not fit the pressing)")
+    disc_key = None
+    if pressing is Pressing.MID:
+        try:
+            disc_key = crypto.public_bytes(crypto.signing_key_from(rec.secret))
+        except crypto.Invalid:
+            raise ImageError(path, "corrupt disc MID area (the disc's secret is not a key)") from None
+    elif rec.secret.strip(b"\0"):
+        raise ImageError(path, "corrupt disc MID area (a secret on a disc without a MID)")
     if pressing is not Pressing.MASTER:
         try:
-            crypto.verify(manifest.publisher_key, rec.signature, mid_signed_message(title_digest, pressing, rec.mid))
+            crypto.verify(manifest.publisher_key, rec.signature,
+                          mid_signed_message(title_digest, pressing, rec.mid, disc_key))
         except crypto.Invalid:
             raise IntegrityError(path, "disc MID is not signed by the title's publisher") from None
-    return pressing, rec.mid, rec.signature
+    return pressing, rec.mid, rec.secret, rec.signature
 
 
 def title_digest(manifest_region: bytes) -> bytes:
@@ -388,5 +415,6 @@ def decode(read, *, size: int, path: object) -> tuple[Disc, bytes]:
     if manifest.data_length != h.data_length:
         raise ImageError(path, "corrupt disc header (data length disagrees with the manifest)")
     digest = title_digest(region)
-    pressing, mid, signature = decode_mid_area(head[BLOCK_SIZE:], path=path, manifest=manifest, title_digest=digest)
-    return Disc(manifest, digest, h.manifest_length, h.data_offset, pressing, mid, signature), region
+    pressing, mid, secret, signature = decode_mid_area(head[BLOCK_SIZE:], path=path, manifest=manifest,
+                                                       title_digest=digest)
+    return Disc(manifest, digest, h.manifest_length, h.data_offset, pressing, mid, signature, secret), region

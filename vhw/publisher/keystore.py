@@ -4,6 +4,8 @@ A folder only its owner can read (0700, files 0600):
 
     signing-key.pem        the publisher's Ed25519 key (PKCS#8); it signs manifests and MIDs
     titles/<TITLE>.json    per title: Content-Key, title digest, name, and the MIDs pressed so far
+                           with the public key of each disc's own secret (the secret itself is
+                           only ever on the disc)
 
 The Content-Key never goes on a disc; the publisher hands it to the licensing server when it
 registers the title, and the server sends it only to the one user who registers a disc's MID.
@@ -33,7 +35,7 @@ class TitleKeys:
     content_key: bytes = field(repr=False)
     title_digest: bytes
     name: str = ""
-    mids: list[str] = field(default_factory=list)  # labels of pressed MIDs
+    discs: dict[str, str] = field(default_factory=dict)  # pressed MID label -> its disc key (hex)
     registered: bool = False  # the server has the Content-Key and digest
 
     def to_json(self) -> bytes:
@@ -43,7 +45,7 @@ class TitleKeys:
                 "content_key": self.content_key.hex(),
                 "title_digest": self.title_digest.hex(),
                 "name": self.name,
-                "mids": self.mids,
+                "discs": self.discs,
                 "registered": self.registered,
             },
             indent=1,
@@ -58,7 +60,7 @@ class TitleKeys:
                 content_key=bytes.fromhex(d["content_key"]),
                 title_digest=bytes.fromhex(d["title_digest"]),
                 name=str(d.get("name", "")),
-                mids=[str(m) for m in d.get("mids", [])],
+                discs={str(m): str(k) for m, k in d.get("discs", {}).items()},
                 registered=bool(d.get("registered", False)),
             )
         except (ValueError, KeyError, TypeError):

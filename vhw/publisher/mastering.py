@@ -145,7 +145,7 @@ def master(
             disc = fmt.Disc(manifest, fmt.title_digest(region), region_length, data_offset)
             w.seek(0)
             w.write(fmt.encode_header(disc))
-            w.write(fmt.encode_mid_area(fmt.Pressing.MASTER, None, bytes(crypto.SIGNATURE_SIZE)))
+            w.write(fmt.encode_mid_area(fmt.Pressing.MASTER, None, None, bytes(crypto.SIGNATURE_SIZE)))
             w.write(region)
             w.flush()
             os.fsync(w.fileno())
@@ -198,12 +198,14 @@ def press(
     count: int,
     keystore: KeyStore,
     with_mid: bool = True,
-    register: Callable[[str, list[Id]], None] | None = None,
+    register: Callable[[str, list[tuple[Id, bytes]]], None] | None = None,
 ) -> list[tuple[Path, Id | None]]:
     """Press ``count`` discs from a master into ``out_dir``.
 
-    New MIDs are recorded in the key store and handed to ``register`` (the licensing server)
-    before any disc is written: a disc never exists whose MID the server does not know.
+    Each disc with a MID gets its own secret (an Ed25519 key, only on the disc). New MIDs with the
+    public keys of their discs are recorded in the key store and handed to ``register`` (the
+    licensing server) before any disc is written: a disc never exists whose MID the server does
+    not know.
     """
     with disc_dev.DiscImage.open(master_path) as image:
         if image.disc.pressing is not fmt.Pressing.MASTER:
@@ -214,22 +216,22 @@ def press(
     signing_key = keystore.signing_key()
     if crypto.public_bytes(signing_key) != publisher_key:
         raise StateError(f"{master_path} was mastered by another publisher key store")
-    mids = [Id.random(IdKind.MEDIA) if with_mid else None for _ in range(count)]
-    real = [m for m in mids if m]
+    discs = [(Id.random(IdKind.MEDIA), crypto.signing_seed()) if with_mid else (None, None) for _ in range(count)]
+    real = [(m, crypto.public_bytes(crypto.signing_key_from(s))) for m, s in discs if m and s]
     if real:
-        keys.mids.extend(str(m) for m in real)
+        keys.discs.update((str(m), k.hex()) for m, k in real)
         keystore.save_title(keys)
         if register:
             register(title_id, real)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     made = []
-    for mid in mids:
+    for mid, secret in discs:
         label = mid.body if mid else os.urandom(4).hex().upper()
         path = out_dir / f"{title_id}-{label}.disc"
         disc_dev.press(
             master_path, path, pressing=fmt.Pressing.MID if mid else fmt.Pressing.NO_MID,
-            mid=mid, sign=signing_key.sign,
+            mid=mid, sign=signing_key.sign, secret=secret,
         )
         made.append((path, mid))
     return made

@@ -186,15 +186,16 @@ class Licensing:
             if title[0] is not None and title[0] != actor:
                 # another publisher's MIDs for this title would be licenses to its Content-Key
                 raise ServerError(f"title {msg.title_id} was registered by another publisher", status=403)
-            for mid in msg.mids:
-                row = tx.one("SELECT title_id FROM media WHERE mid = ?", str(mid))
+            for disc in msg.discs:
+                row = tx.one("SELECT title_id, disc_key FROM media WHERE mid = ?", str(disc.mid))
                 if row:
-                    if row[0] != msg.title_id:
-                        raise ServerError(f"{mid} is already registered for another title", status=409)
+                    if row[0] != msg.title_id or row[1] is None or bytes(row[1]) != disc.disc_key:
+                        raise ServerError(f"{disc.mid} is already registered for another disc", status=409)
                     continue
-                tx.execute("INSERT INTO media (mid, title_id, registered) VALUES (?, ?, ?)",
-                           str(mid), msg.title_id, self._now())
-                self._audit(tx, actor, "register-mid", mid, title_id=msg.title_id)
+                tx.execute("INSERT INTO media (mid, title_id, registered, disc_key) VALUES (?, ?, ?, ?)",
+                           str(disc.mid), msg.title_id, self._now(), disc.disc_key)
+                self._audit(tx, actor, "register-mid", disc.mid, title_id=msg.title_id,
+                            disc_key=crypto.fingerprint(disc.disc_key))
                 created = True
         return p.Done(created=created)
 
@@ -339,23 +340,29 @@ class Licensing:
             if purchase is not None:
                 self._register_purchase(tx, actor, purchase, mid, user)
             media = tx.one(
-                "SELECT m.title_id, t.content_key, t.title_digest, m.purchased FROM media m"
-                " JOIN titles t ON t.title_id = m.title_id WHERE m.mid = ?",
+                "SELECT m.title_id, t.content_key, t.title_digest, m.purchased, m.disc_key, m.flagged_by,"
+                " m.confirmed_at FROM media m JOIN titles t ON t.title_id = m.title_id WHERE m.mid = ?",
                 str(mid),
             )
             if media is None or (not refetch_only and bool(media[3]) != (purchase is not None)):
                 raise MediaRefused()  # not a disc any publisher pressed (or a bought MID used as a disc's)
+            # the disc itself, not its label: checked before anything is flagged
+            self._check_disc(req, media, mid, user, entry)
             # S14: flag the MID for this user, unless someone already did; atomic in one UPDATE.
-            flagged = 0 if refetch_only else tx.execute(
+            flagged = 0 if refetch_only or media[5] is not None else tx.execute(
                 "UPDATE media SET flagged_by = ?, flagged_at = ? WHERE mid = ? AND flagged_by IS NULL",
                 str(user), self._now(), str(mid),
             )
             if not flagged:
                 owner = tx.one("SELECT flagged_by, confirmed_at FROM media WHERE mid = ?", str(mid))
-                if owner[0] != str(user) or owner[1] is not None:
-                    raise MediaRefused()  # S17: copied before (by someone else, or installed)
+                if owner[0] != str(user):
+                    raise MediaRefused()  # S17: copied before by someone else
+            # the owner's own disc again (a lost answer, or a re-install onto the user's own
+            # registered devices after `hdd rm`, data loss or a repair): the keys are sealed to
+            # those devices, so this copies nothing to anyone else
+            again = "refetch-keys" if media[6] is None else "reinstall-keys"
             self._audit_all(tx, actor, [
-                ("flag-mid" if flagged else "refetch-keys", mid, {"user_id": user, "title_id": media[0]}),
+                ("flag-mid" if flagged else again, mid, {"user_id": user, "title_id": media[0]}),
                 ("issue-keys", mid, {"user_id": user, "title_id": media[0], "mc_id": req.mc_id}),
             ])
             title_id, content_key = media[0], self._open("titles", media[0], media[1])
@@ -375,6 +382,26 @@ class Licensing:
         )
         return resp, bool(flagged)
 
+    @staticmethod
+    def _check_disc(req: p.AcquireRequest, media: tuple, mid: Id, user: Id, entry: tuple) -> None:
+        """The request is for the registered title (its digest) and, for a pressed disc, proves
+        the disc's secret: a signature over the MID, the user, the card, the devices and the
+        digest, with the key registered with the MID. A bought MID (no disc) proves nothing but
+        that it is this user's, which the flag shows."""
+        if not crypto.equal(bytes(media[2]), req.title_digest):
+            raise MediaRefused()  # another title, or another version of it, than the MID's
+        if media[3]:  # a license bought for a disc without a MID
+            if media[5] is not None and media[5] != str(user):
+                raise MediaRefused()
+            return
+        if media[4] is None or req.disc_proof is None:
+            raise MediaRefused()  # registered before discs had secrets, or no proof sent
+        try:
+            bindings.check_disc_proof(bytes(media[4]), req.disc_proof, mid, user, req.mc_id, req.client_id,
+                                      req.hdd_id, req.title_digest)
+        except crypto.Invalid:
+            raise MediaRefused() from None
+
     def _register_purchase(self, tx: Tx, actor: str, req: p.PurchaseRequest, mid: Id, user: Id) -> None:
         """Make the console's fresh MID a bought license of the title (once; a retry finds it)."""
         title = tx.one("SELECT title_digest FROM titles WHERE title_id = ?", req.title_id)
@@ -387,8 +414,14 @@ class Licensing:
 
     def confirm(self, actor: str, req: p.ConfirmRequest) -> p.Done:
         with self._counting_failures(req.mc_id), self.store.transaction() as tx:
-            mc_key, user, _ = self._authenticate_user(tx, req)
+            mc_key, user, entry = self._authenticate_user(tx, req)
             mid = self._unwrap_mid(mc_key, req, user)
+            media = tx.one(
+                "SELECT m.title_id, NULL, t.title_digest, m.purchased, m.disc_key, m.flagged_by, m.confirmed_at"
+                " FROM media m JOIN titles t ON t.title_id = m.title_id WHERE m.mid = ?", str(mid))
+            if media is None:
+                raise MediaRefused()
+            self._check_disc(req, media, mid, user, entry)
             done = tx.execute(
                 "UPDATE media SET confirmed_at = ? WHERE mid = ? AND flagged_by = ? AND confirmed_at IS NULL",
                 self._now(), str(mid), str(user),
@@ -430,12 +463,11 @@ class Licensing:
                 tx.execute(f"UPDATE users SET {column} = ? WHERE user_id = ?", str(new), user)
                 tx.execute(f"UPDATE {table} SET retired = ? WHERE {column} = ?", now, old)
                 self._audit(tx, actor, "repair-device", user, replaced=old, by=str(new))
-            cleared = tx.execute(
-                "UPDATE media SET flagged_by = NULL, flagged_at = NULL, confirmed_at = NULL WHERE flagged_by = ?",
-                user,
-            )
-            self._audit(tx, actor, "clear-flags", user, count=cleared)
-        return p.RepairResponse(cleared)
+            # the user's discs stay flagged for the user alone: they install again from them onto
+            # the new devices (an acquisition by the flag's owner is allowed), no one else ever can
+            row = tx.one("SELECT COUNT(*) FROM media WHERE flagged_by = ?", user)
+            self._audit(tx, actor, "keep-flags", user, count=row[0])
+        return p.RepairResponse(row[0])
 
     def reissue(self, actor: str, req: p.ReissueRequest) -> p.ReissueResponse:
         return self._retrying(self._reissue, actor, req)

@@ -75,6 +75,10 @@ MIGRATIONS: list[list[Any]] = [
         # a rotation changes both in one transaction
         "CREATE TABLE master_key (fingerprint BYTEA NOT NULL)",
     ],
+    [  # 6: the public key of each pressed disc's own secret: an acquisition proves the disc, not
+        # only its printed MID (MIDs registered before have none and are refused)
+        "ALTER TABLE media ADD COLUMN disc_key BYTEA",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -313,7 +313,7 @@ class RepairConsole(Console):
         except (ServerError, VhwError) as exc:  # refused: nothing changed, so the page as it was
             return self._repair_page(request, info, form, exc.message, status=422)
         after = await self.db(self._user_info, user)
-        return self.render(request, "repaired.html", before=info, after=after, cleared=resp.cleared, changed=changes)
+        return self.render(request, "repaired.html", before=info, after=after, cleared=resp.reinstallable, changed=changes)
 
     # -- reissue, FIG. 14 -----------------------------------------------------------------------
 
