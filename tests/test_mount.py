@@ -279,3 +279,65 @@ def test_a_killed_mount_leaves_nothing_that_blocks_the_next(world, tmp_path):
         m.unmount(where)
     with HddImage.open(world["alice"]["hdd"], write=True):  # and nobody holds the HDD any more
         pass
+
+
+def wait_until(cond, timeout: float = 5.0) -> float:
+    start = time.monotonic()
+    while not cond():
+        assert time.monotonic() - start < timeout, "timed out"
+        time.sleep(0.02)
+    return time.monotonic() - start
+
+
+@pytest.mark.parametrize("how", ["eject", "move", "replace"])
+def test_keys_leave_with_the_card(world, tmp_path, how):
+    """Ejected, moved away, or replaced by another card: within a second the mount drops every key
+    and the kernel's cached pages; a file held open reads nothing more, one opened afterwards
+    reads nothing in the clear."""
+    alice, cli = world["alice"], world["cli"]
+    m = Machine(alice["console"])
+    where = tmp_path / "mnt"
+    where.mkdir()
+    m.mount(where)
+    card = alice["card"]
+    moved = tmp_path / "elsewhere.card"
+    film = where / TITLES["movie"] / "film.vhwm"
+    music = next(p for p in (where / TITLES["music"]).rglob("*") if p.is_file())
+    source = (world["sources"]["movie"] / "film.vhwm").read_bytes()
+    held = os.open(film, os.O_RDONLY)
+    try:
+        assert os.pread(held, 1 << 20, 0) == source[: 1 << 20]  # read (and cached by the kernel)
+        if how == "eject":
+            assert cli("console", "eject-card", "--console", alice["console"]).code == 0
+        elif how == "move":
+            os.rename(card, moved)
+        else:
+            os.rename(card, moved)
+            assert cli("card", "format", card, "--credential", world["srv"].credential("manufacturer"),
+                       "--server", world["srv"].url).code == 0
+        took = wait_until(lambda: not os.path.ismount(where))
+        assert took < 1.5
+        with pytest.raises(OSError):
+            os.pread(held, 4096, 0)  # the pages it read before are gone too
+        with pytest.raises(OSError):
+            os.pread(held, 4096, 8 << 20)
+        assert not (where / TITLES["movie"]).exists() or not os.access(music, os.R_OK)
+        with pytest.raises(OSError):
+            music.read_bytes()
+        log = (Path(alice["console"]) / "mount.log").read_text()
+        assert "every key is dropped" in log
+    finally:
+        with contextlib.suppress(OSError):  # (ENOTCONN: its mount is gone)
+            os.close(held)
+        if how == "eject":
+            assert cli("console", "insert-card", card, "--console", alice["console"]).code == 0
+        else:
+            if how == "replace":
+                card.unlink()
+            os.rename(moved, card)
+    # the card back in: the titles mount and read again
+    m.mount(where)
+    try:
+        assert sha(film) == hashlib.sha256(source).hexdigest()
+    finally:
+        m.unmount(where)

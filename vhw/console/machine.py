@@ -417,7 +417,37 @@ class Machine:
             match = self.reproduction_key(slot, img, view=view)  # checked again under the lock
             from . import mount  # (pyfuse3 and trio: only the mounts need them)
 
-            mount.serve(img, Path(mountpoint), match.binding, ready=ready)
+            mount.serve(img, Path(mountpoint), match.binding, ready=ready, watch=self.card_watch(slot, view))
+
+    def card_watch(self, slot: str, view: cpu.CardView | None) -> Callable[[], str | None] | None:
+        """A check of the card slot for a mount: it says why the keys must go (the card was
+        ejected, moved away or replaced by another), or None while the same card is in. None for
+        a card-less console: its memory does not leave."""
+        if self.config().memory or view is None:
+            return None
+        path = self.card_path(slot)
+        mc_id = view.card.mc_id
+        seen: list[tuple] = []
+
+        def gone() -> str | None:
+            try:
+                if self.config().slots.get(slot) != str(path):
+                    return f"the memory card left slot {slot}"
+                st = os.stat(path)
+            except (OSError, ImageError):
+                return f"the memory card in slot {slot} is gone ({path})"
+            stamp = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+            if seen and seen[-1] == stamp:
+                return None
+            try:  # the file changed: is it still this card?
+                if card_dev.load(path).mc_id != mc_id:
+                    return f"another memory card is in slot {slot}"
+            except ImageError:
+                return f"the memory card in slot {slot} no longer opens ({path})"
+            seen[:] = [stamp]
+            return None
+
+        return gone
 
     def mount(self, mountpoint: Path, slot: str = "1", *, checked: bool = False) -> int:
         """Mount in a background process; returns when the titles can be read. Returns its pid.

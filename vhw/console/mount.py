@@ -32,6 +32,12 @@ Performance by design (measured on this kind of machine, see README's table and
   (:class:`Pusher`), so later reads in it never reach the mount;
 * the kernel keeps its page cache between opens (``keep_cache``) and entries and attributes are
   cached for an hour, since titles are immutable once installed.
+
+Keys leave with the card (S31-S34 hold only while the card is in): the mount watches the slot
+(:func:`serve`'s ``watch``, polled every :data:`WATCH_INTERVAL`); when the card is ejected, moved
+away or replaced by another, it drops every key, makes every node unreadable, has the kernel drop
+its cached pages and attributes of the titles, and unmounts, saying why in its log. A file opened
+after that finds no mount; one held open reads nothing more.
 """
 
 from __future__ import annotations
@@ -61,6 +67,7 @@ from .mountpoints import clear_stale
 log = logging.getLogger(__name__)
 
 CACHE_TIMEOUT = 3600.0  # seconds the kernel may trust entries and attributes: titles never change
+WATCH_INTERVAL = 0.2  # seconds between looks at the card slot: keys are gone well within a second
 BLOCK = 4096
 
 
@@ -315,9 +322,34 @@ class TitleFS(pyfuse3.Operations):
         self.pusher: Pusher | None = None  # started by serve(); tests may leave it off
 
     def _key(self, title: Title) -> bytes:
+        if self._binding is None:
+            raise pyfuse3.FUSEError(errno.EACCES)
         if title.title_id not in self._keys:
             self._keys[title.title_id] = self._binding.title_key(title.title_id, title.key_salt)
         return self._keys[title.title_id]
+
+    @property
+    def revoked(self) -> bool:
+        return self._binding is None
+
+    def revoke(self) -> None:
+        """The card left: forget every key (the binding, the titles' keys, the open files'
+        ciphers) and refuse every open and read from now on. Runs on the loop, between requests."""
+        self._binding = None
+        self._keys.clear()
+        self._open.clear()
+        for node in self.tree.nodes.values():
+            if node.inode != pyfuse3.ROOT_INODE:
+                node.readable = False
+
+    def invalidate_all(self) -> None:
+        """Have the kernel drop its cached pages, attributes and entries of every title (from a
+        worker thread: the kernel asks the loop while it invalidates)."""
+        for node in self.tree.nodes.values():
+            try:
+                pyfuse3.invalidate_inode(node.inode, attr_only=False)
+            except OSError as exc:  # ENOENT: the kernel never looked this one up
+                log.debug("invalidate %d: %s", node.inode, exc)
 
     @fuse_errors
     async def lookup(self, parent_inode, name, ctx=None):
@@ -371,6 +403,8 @@ class TitleFS(pyfuse3.Operations):
 
     @fuse_errors
     async def read(self, fh, off, size):
+        if self._binding is None:
+            raise pyfuse3.FUSEError(errno.EACCES)
         f = self._open[fh]
         data, chunks, plain = f.read(off, size)
         if self.pusher is not None:
@@ -412,8 +446,10 @@ class TitleFS(pyfuse3.Operations):
 # -- running a mount ------------------------------------------------------------------------------
 
 
-def serve(image: HddImage, mountpoint: Path, binding: TitleBinding, *, ready: Callable[[], None]) -> None:
-    """Mount the titles and serve until unmounted, SIGINT or SIGTERM; always unmounts on the way out."""
+def serve(image: HddImage, mountpoint: Path, binding: TitleBinding, *, ready: Callable[[], None],
+          watch: Callable[[], str | None] | None = None) -> None:
+    """Mount the titles and serve until unmounted, SIGINT or SIGTERM; always unmounts on the way out.
+    ``watch`` says why the keys must go (the card left its slot), or None while they may stay."""
     fs = TitleFS(image, binding)
     fs.pusher = Pusher()
 
@@ -422,11 +458,28 @@ def serve(image: HddImage, mountpoint: Path, binding: TitleBinding, *, ready: Ca
         threading.Thread(target=raise_readahead, args=(where,), name="vhw-readahead", daemon=True).start()
         ready()
 
-    serve_operations(fs, mountpoint, {"fsname=vhw", "subtype=vhw", "ro"}, ready=mounted, before_close=fs.pusher.stop)
+    tasks = [functools.partial(_watch_card, fs, watch)] if watch else []
+    serve_operations(fs, mountpoint, {"fsname=vhw", "subtype=vhw", "ro"}, ready=mounted, before_close=fs.pusher.stop,
+                     tasks=tasks)
+
+
+async def _watch_card(fs: TitleFS, watch: Callable[[], str | None]) -> None:
+    """Poll the card slot; when the card is gone, drop the keys and the kernel's cached plaintext,
+    then unmount."""
+    while True:
+        reason = await trio.to_thread.run_sync(watch)
+        if reason:
+            break
+        await trio.sleep(WATCH_INTERVAL)
+    fs.revoke()
+    await trio.to_thread.run_sync(fs.invalidate_all)
+    log.warning("%s: every key is dropped and the titles are unmounted", reason)
+    pyfuse3.terminate()
 
 
 def serve_operations(fs: pyfuse3.Operations, mountpoint: Path, options: set[str], *,
-                     ready: Callable[[], None], before_close: Callable[[], None] | None = None) -> None:
+                     ready: Callable[[], None], before_close: Callable[[], None] | None = None,
+                     tasks: list[Callable[[], object]] | None = None) -> None:
     """Mount ``fs`` at ``mountpoint`` and serve it until unmounted, SIGINT, SIGTERM or SIGHUP;
     always unmounts on the way out (the title mount and the save folder both run this way).
     ``before_close`` runs while the FUSE session still exists (stop threads that use it)."""
@@ -438,16 +491,18 @@ def serve_operations(fs: pyfuse3.Operations, mountpoint: Path, options: set[str]
             before_close()
         raise StateError(f"{mountpoint}: cannot mount ({exc})") from None
     try:
-        trio.run(_serve, ready)
+        trio.run(_serve, ready, tasks or [])
     finally:
         if before_close:
             before_close()
         pyfuse3.close(unmount=True)
 
 
-async def _serve(ready: Callable[[], None]) -> None:
+async def _serve(ready: Callable[[], None], tasks: list) -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_stop_on_signals)
+        for task in tasks:
+            nursery.start_soon(task)
         ready()
         await pyfuse3.main()  # returns when the file system is unmounted or terminated
         nursery.cancel_scope.cancel()
