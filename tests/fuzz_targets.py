@@ -148,7 +148,8 @@ def hdd_raw(data: bytes) -> None:
 
 def hdd_catalog(data: bytes) -> None:
     """A catalog past its checksum: parsed, checked, and its titles read the way the mount would."""
-    sb = hdd_fmt.Superblock(HDD, KEY, 2**30, 0, 7, hdd_fmt.DATA_START, len(data) or 1, hashlib.sha256(data).digest())
+    sb = hdd_fmt.Superblock(HDD, KEY, 2**30, 0, 7, hdd_fmt.DATA_START, len(data) or 1, hashlib.sha256(data).digest(),
+                            catalog_ditto=hdd_fmt.DATA_START)
     try:
         catalog = hdd_fmt.decode_catalog(data, sb, path="fuzz")
     except VhwError:

@@ -164,7 +164,8 @@ def test_hdd_round_trip(cat, hdd_id, secret):
     import hashlib
 
     data = hdd_fmt.encode_catalog(cat)
-    sb = hdd_fmt.Superblock(hdd_id, secret, 10**9, 5, cat.generation, 8192, len(data), hashlib.sha256(data).digest())
+    sb = hdd_fmt.Superblock(hdd_id, secret, 10**9, 5, cat.generation, 16384, len(data), hashlib.sha256(data).digest(),
+                            catalog_ditto=16384 + len(data) + 4096)
     block = hdd_fmt.encode_superblock(sb)
     assert len(block) == BLOCK_SIZE
     assert hdd_fmt.decode_superblock(block, path="x") == sb
@@ -177,7 +178,7 @@ def test_hdd_round_trip(cat, hdd_id, secret):
 
 def test_fixed_sizes():
     assert disc_fmt.Header.sizeof() == 8 + 2 + 8 + 4 + 8 + 8
-    assert hdd_fmt.SuperblockBody.sizeof() == 8 + 2 + IdKind.HDD.nbytes + 32 + 8 * 5 + 32 + 8 * 2
+    assert hdd_fmt.SuperblockBody.sizeof() == 8 + 2 + IdKind.HDD.nbytes + 32 + 8 * 5 + 32 + 8 * 3
     assert hdd_fmt.ExtentRecord.sizeof() == 16
 
 
@@ -185,7 +186,8 @@ def test_catalog_generation_must_match_superblock():
     import hashlib
 
     data = hdd_fmt.encode_catalog(hdd_fmt.Catalog(generation=3))
-    sb = hdd_fmt.Superblock(Id.random(IdKind.HDD), bytes(32), 10**9, 0, 4, 8192, len(data), hashlib.sha256(data).digest())
+    sb = hdd_fmt.Superblock(Id.random(IdKind.HDD), bytes(32), 10**9, 0, 4, 16384, len(data), hashlib.sha256(data).digest(),
+                            catalog_ditto=1 << 20)
     with pytest.raises(ImageError, match="generation"):
         hdd_fmt.decode_catalog(data, sb, path="x")
 

@@ -202,6 +202,15 @@ class TitleBinding:
         return crypto.derive(self.key, crypto.context("hdd-title-key", title_id), salt=salt)
 
 
+def title_tag(title_key: bytes, title_id: str, entry: str, kind: str, title_digest: bytes, metadata: bytes) -> bytes:
+    """What authenticates an installed title's catalog entry: its entry point, kind, title digest
+    and metadata (which may ask for the network) under a key derived from the title's own key. The catalog itself is protected by a
+    checksum only, which whoever holds the HDD file can recompute; this tag only the title's
+    owner (card + console + HDD) can make, so ``play`` runs the entry the disc named."""
+    key = crypto.derive(title_key, crypto.context("title-entry-tag-key"))
+    return hmac.new(key, crypto.context("title-entry", title_id, entry, kind, title_digest, metadata), hashlib.sha256).digest()
+
+
 def registration_proof(mc_key: bytes, mc_id: Id, client_id: Id, hdd_id: Id) -> bytes:
     """Proof that the registering console holds the card (S2): an HMAC under a key derived from
     the MC-Key, so the MC-Key itself never travels and a card's label alone registers nothing."""

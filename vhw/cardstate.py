@@ -22,6 +22,8 @@ from dataclasses import dataclass, replace
 from .errors import NoSpaceError
 from .formats.card import (
     MAX_SAVES,
+    CATALOG_DITTO,
+    DITTO,
     SAVE_START,
     Card,
     Catalog,
@@ -108,7 +110,9 @@ class CardState:
         ops: list[Op] = list(data or [])
         if ops:
             ops.append(SYNC)
-        ops += [Write(sb.catalog_offset, encoded), SYNC, Write(sb.slot, encode_superblock(sb)), SYNC]
+        block = encode_superblock(sb)
+        ops += [Write(sb.catalog_offset, encoded), Write(sb.catalog_offset + CATALOG_DITTO, encoded), SYNC,
+                Write(sb.slot, block), SYNC, Write(sb.slot + DITTO, block), SYNC]
         return ops, CardState(sb, catalog)
 
     def with_card(self, card: Card) -> tuple[list[Op], CardState]:

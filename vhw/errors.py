@@ -87,13 +87,15 @@ class StateError(VhwError):
 
 
 class Refusal(VhwError):
-    """One of the patent's notices of invalidity. The text is fixed; nothing is added to it."""
+    """One of the patent's notices of invalidity. The text is fixed; nothing is added to it. A
+    hint (what the user can do, e.g. install again after a repair) goes on a line of its own,
+    shown by the console only: the wire carries the notice alone."""
 
     text = ""
     code = ""  # stable machine name, used on the wire
 
-    def __init__(self) -> None:
-        super().__init__(self.text)
+    def __init__(self, *, hint: str | None = None) -> None:
+        super().__init__(self.text, hint=hint)
 
 
 class RegistrationRefused(Refusal):

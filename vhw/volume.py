@@ -8,8 +8,12 @@ of a plan, tear the last write, and check that the image still opens and is cons
 A commit is always::
 
     [data writes ...]  Sync   (the data a new catalog points to is durable first)
-    Write(new catalog into free space)  Sync
-    Write(next superblock into the *older* slot)  Sync
+    Write(new catalog into free space)  Write(its ditto copy elsewhere)  Sync
+    Write(next superblock into the *older* slot, copy A)  Sync
+    Write(the same superblock into that slot's copy B)  Sync
+
+(the sync between the two copies of a slot makes sure a crash never spoils both:
+:mod:`vhw.generations` tells a crash from damage by that)
 
 The new catalog never lands on anything the current *or* the new catalog references, so a crash
 at any point leaves the current generation whole. Space a commit frees is allocatable only in
@@ -30,6 +34,7 @@ from .errors import NoSpaceError
 from .formats.common import BLOCK_SIZE, valid_relpath, valid_title_id
 from .formats.hdd import (
     DATA_START,
+    DITTO,
     OWNER_SIZE,
     Catalog,
     Extent,
@@ -156,7 +161,7 @@ class Volume:
     def used(self, *catalogs: Catalog) -> list[Extent]:
         """Everything the current catalog (and any of ``catalogs``) references, plus itself and
         the internal memory."""
-        out = [Extent(0, DATA_START), self.sb.catalog_extent]
+        out = [Extent(0, DATA_START), *self.sb.catalog_extents]
         if self.sb.memory:
             out.append(self.sb.memory)
         for cat in (self.catalog, *catalogs):
@@ -179,17 +184,22 @@ class Volume:
         generation = self.sb.generation + 1
         catalog = replace(catalog, generation=generation)
         data = encode_catalog(catalog)
-        room = _take_last(holes(self.used(catalog), self.sb.nominal_size), len(data))
-        if room is None:
+        free = holes(self.used(catalog), self.sb.nominal_size)
+        room = _take_last(free, len(data))
+        ditto = _take_last(holes(self.used(catalog) + ([room] if room else []), self.sb.nominal_size), len(data))
+        if room is None or ditto is None:
             raise NoSpaceError("the HDD is full: no room left even for its catalog")
         sb = replace(
             self.sb,
             generation=generation,
             catalog_offset=room.offset,
+            catalog_ditto=ditto.offset,
             catalog_length=len(data),
             catalog_sha256=hashlib.sha256(data).digest(),
         )
-        ops: list[Op] = [Write(room.offset, data), SYNC, Write(sb.slot, encode_superblock(sb)), SYNC]
+        block = encode_superblock(sb)
+        ops: list[Op] = [Write(room.offset, data), Write(ditto.offset, data), SYNC,
+                         Write(sb.slot, block), SYNC, Write(sb.slot + DITTO, block), SYNC]
         return ops, Volume(sb, catalog)
 
     def reserve(self, title: Title, files: list[FileSpec]) -> tuple[list[Op], Volume]:
@@ -250,7 +260,7 @@ class Volume:
         """Structural inconsistencies of the catalog (fsck's first pass); empty when sound."""
         out: list[Problem] = []
         size = self.sb.nominal_size
-        owned: list[tuple[Extent, str, str | None]] = [(self.sb.catalog_extent, "the catalog", None)]
+        owned: list[tuple[Extent, str, str | None]] = [(e, "the catalog", None) for e in self.sb.catalog_extents]
         if self.sb.memory:
             owned.append((self.sb.memory, "the internal memory", None))
         seen_titles: set[str] = set()

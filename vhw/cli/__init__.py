@@ -123,6 +123,8 @@ def run(args: list[str] | None = None) -> int:
         return exc.exit_code
     except Refusal as exc:
         click.echo(exc.text, err=True)
+        if exc.hint:
+            click.echo(f"vhw: {exc.hint}", err=True)
         return exc.exit_code
     except VhwError as exc:
         click.echo(f"vhw: {exc.message}" + (f" ({exc.hint})" if exc.hint else ""), err=True)

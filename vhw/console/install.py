@@ -8,7 +8,8 @@ The plan is::
 
     reserve   commit the title as INSTALLING with all its extents allocated (or refuse: HDD full)
     copy      Write(sealed chunks, batched up to 1 MiB per contiguous run)
-              every CHECKPOINT bytes: Sync, commit(progress)   <- where a killed install resumes
+              after 4, 8, 16, 32 MiB, then every CHECKPOINT bytes:
+                        Sync, commit(progress)   <- where a killed install resumes
     finish    Sync, commit(COMPLETE with the SHA-256 of each file's sealed bytes)
 
 Each title gets its own key, derived from the user's :class:`~vhw.bindings.TitleBinding` (the
@@ -29,7 +30,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from .. import crypto
-from ..bindings import TitleBinding
+from ..bindings import TitleBinding, title_tag
 from ..devices.disc import DiscImage
 from ..errors import IntegrityError, StateError
 from ..formats.hdd import HddFile, Title, TitleState
@@ -38,6 +39,9 @@ from ..plans import SYNC, Op, Write
 from ..volume import PIECE, SEALED_CHUNK, FileSpec, Volume, piece_checksum, piece_digest
 
 CHECKPOINT = 64 * 1024 * 1024  # sealed bytes between progress commits: at most this is redone
+# the first progress commit comes early, and the gaps double up to CHECKPOINT: an install killed in
+# its first seconds resumes from what it wrote too, while a large one pays for few commits
+FIRST_CHECKPOINT = 4 * 1024 * 1024
 DEPTH = 6  # pieces in flight ahead of the writer: bounded memory (16 MiB of buffers)
 WORKERS = 2  # threads sealing pieces (the machine has two cores; the writer shares them)
 
@@ -55,18 +59,25 @@ def resumable(title: Title, disc: DiscImage, binding: TitleBinding) -> bool:
 def _fresh_title(disc: DiscImage, owner: bytes, binding: TitleBinding | None,
                  mid: Id | None = None) -> tuple[Title, list[FileSpec]]:
     m = disc.manifest
+    salt = os.urandom(32)
+    metadata = json.dumps(m.metadata, sort_keys=True).encode()
+    tag = bytes(32)
+    if binding is not None:
+        tag = title_tag(binding.title_key(m.title_id, salt), m.title_id, m.entry, m.kind, disc.disc.title_digest,
+                        metadata)
     title = Title(
         title_id=m.title_id,
         name=m.name,
         kind=m.kind,
         entry=m.entry,
+        entry_tag=tag,
         files=(),
-        key_salt=os.urandom(32),
+        key_salt=salt,
         owner=owner,
         bound_to=binding.owner if binding else bytes(16),
         mid=mid or disc.disc.mid,  # a bought license's MID for a disc without one
         title_digest=disc.disc.title_digest,
-        metadata=json.dumps(m.metadata, sort_keys=True).encode(),
+        metadata=metadata,
     )
     specs = [FileSpec(f.path, f.size, os.urandom(crypto.STREAM_ID_SIZE), f.executable) for f in m.files]
     return title, specs
@@ -122,6 +133,7 @@ def install_plan(
     digests: list[bytes] = []
     done = 0  # sealed bytes of this title written (or durable before) so far
     last_checkpoint = title.progress
+    gap = min(FIRST_CHECKPOINT, checkpoint)
     try:
         for disc_file, hdd_file in zip(m.files, title.files, strict=True):
             pieces = []
@@ -133,11 +145,12 @@ def install_plan(
                 done = end
                 if progress:
                     progress(piece.plain_size)
-                if done - last_checkpoint >= checkpoint and done > title.progress:
+                if done - last_checkpoint >= gap and done > title.progress:
                     yield SYNC
                     ops, vol = vol.checkpoint(title.title_id, done)
                     yield from ops
                     last_checkpoint = done
+                    gap = min(2 * gap, checkpoint)
                 sealer.recycle(piece)
             digests.append(piece_digest(pieces))
     finally:

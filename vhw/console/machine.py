@@ -27,7 +27,7 @@ from pathlib import Path
 
 from .. import crypto
 from .. import protocol as p
-from ..bindings import DeviceSecrets
+from ..bindings import DeviceSecrets, title_tag
 from ..devices import card as card_dev
 from ..devices import rom as rom_dev
 from ..devices.card import CardImage
@@ -36,6 +36,7 @@ from ..devices.files import atomic_write, locked, now
 from ..devices.hdd import HddImage
 from ..errors import ImageError, IntegrityError, ReproductionNotPermitted, StateError
 from ..formats.card import Card, License
+from ..formats.common import valid_relpath
 from ..formats.disc import Pressing
 from ..formats.rom import Rom
 from ..ids import Id, IdKind
@@ -550,37 +551,85 @@ class Machine:
         atomic_write(self.root / "mounts.json", json.dumps(live).encode())
 
     def play(self, title_id: str, args: list[str], slot: str = "1", *, save_slot: str | None = None) -> int:
-        """S35: run the title's entry point from the mount (mounting it for the time being), with
-        a save folder on the card in ``save_slot`` (default: the same slot) in ``VHW_SAVE_DIR``."""
+        """S35: run the title's entry point from the mount (mounting it for the time being), in
+        its sandbox (:mod:`vhw.console.sandbox`), with a save folder on the card in ``save_slot``
+        (default: the same slot). Returns the title's exit code; a read of the title that failed
+        authentication is reported and fails the play, even when the title went on."""
+        from . import sandbox
+
         title_id = title_id.upper()
-        self.reproduction_key(slot)  # S31-S34 first: without the right card, nothing else is told
+        match = self.reproduction_key(slot)  # S31-S34 first: without the right card, nothing else is told
         with HddImage.open(self.hdd_path) as img:
             title = img.volume.catalog.title(title_id)
         if title is None or not title.complete:
             raise StateError(f"{title_id} is not installed on this console's HDD", hint="vhw hdd ls")
         if not title.entry:
             raise StateError(f"{title_id} has no entry point to run")
+        if not crypto.equal(title.bound_to, match.binding.owner):
+            if crypto.equal(title.owner, match.owner):  # this user's, bound to devices since exchanged
+                raise ReproductionNotPermitted(hint=f"{title_id} was installed before a repair of this console or"
+                                                    " HDD: install it again from its disc (`vhw console install`)")
+            raise ReproductionNotPermitted()  # another card's title on a shared HDD
+        meta = self._checked_entry(title, match)
+        runner = sandbox.bwrap()
         where = self.active_mount()
         temporary = None
         if where is None:
             temporary = Path(tempfile.mkdtemp(prefix="vhw-play-"))
             self.mount(temporary, slot, checked=True)
             where = temporary
+        log_path = self.root / "mount.log"
+        seen = log_path.stat().st_size if log_path.exists() else 0
         try:
-            entry = where / title_id / title.entry
-            if not os.access(entry, os.R_OK):
-                raise ReproductionNotPermitted()  # another card's title on a shared HDD
-            cmd = [sys.executable, str(entry)] if entry.suffix == ".py" else [str(entry)]
-            env = {**os.environ, "VHW_TITLE_ID": title_id, "VHW_TITLE_KIND": title.kind}
-            env.pop("VHW_SAVE_DIR", None)
+            title_dir = where / title_id
+            entry = (title_dir / title.entry).resolve()
+            if not entry.is_relative_to(title_dir.resolve()) or not entry.is_file():
+                raise IntegrityError(self.hdd_path, f"{title_id}: its entry point is not a file of the title")
             with self.save_folder(title_id, save_slot or slot) as saves:
-                if saves is not None:
-                    env["VHW_SAVE_DIR"] = str(saves)
-                return subprocess.call(cmd + list(args), cwd=entry.parent, env=env)
+                cmd = sandbox.command(title_dir=title_dir, entry=title.entry, args=args, saves=saves,
+                                      title_id=title_id, kind=title.kind, network=meta.get("network") is True,
+                                      bwrap_path=runner)
+                code = subprocess.call(cmd, cwd="/", stdin=None)
         finally:
+            failed = _read_errors(log_path, seen, title_id)
             if temporary is not None:
                 self.unmount(temporary)
                 temporary.rmdir()
+        if failed:
+            raise IntegrityError(self.hdd_path, f"{failed[0]} (the title ended with exit code {code})",
+                                 hint="`vhw hdd fsck --deep` checks the HDD; install the title again from its disc")
+        return code
+
+    def _checked_entry(self, title, match: cpu.Match) -> dict:
+        """The title's metadata, once its catalog entry is shown to be the one its owner
+        installed: entry point, kind, metadata and digest authenticated under the title's key (a
+        second user of the HDD can rewrite the catalog, not this tag), the entry a path inside
+        the title."""
+        key = match.binding.title_key(title.title_id, title.key_salt)
+        tag = title_tag(key, title.title_id, title.entry, title.kind, title.title_digest, title.metadata)
+        if not crypto.equal(tag, title.entry_tag) or not valid_relpath(title.entry) or not any(
+            f.path == title.entry for f in title.files
+        ):
+            raise IntegrityError(self.hdd_path, f"the catalog entry of {title.title_id} was modified"
+                                                " (it names another entry point than its disc did)",
+                                 hint="install the title again from its disc")
+        try:
+            meta = json.loads(title.metadata)
+        except ValueError:
+            meta = None
+        return meta if isinstance(meta, dict) else {}
+
+
+def _read_errors(log_path: Path, since: int, title_id: str) -> list[str]:
+    """What the mount logged, since ``since``, of reads of ``title_id`` that failed authentication."""
+    try:
+        with open(log_path, "rb") as f:
+            f.seek(since)
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return []
+    return [line.split(": ", 1)[-1] for line in text.splitlines()
+            if line.startswith("ERROR") and f"title {title_id}," in line]
 
 
 def _alive(pid: int) -> bool:

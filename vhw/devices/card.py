@@ -27,6 +27,7 @@ from ..cardstate import CardState, format_plan
 from ..errors import ImageError, StateError
 from ..formats import card as fmt
 from ..formats.common import BLOCK_SIZE, version_error
+from ..generations import choose
 from ..plans import Op, shifted
 from .files import (
     apply_ops,
@@ -49,48 +50,41 @@ class Opened:
 
 
 def read_state(read: Callable[[int, int], bytes], path: object, size: int) -> Opened:
-    """Pick the current generation of a card image of ``size`` bytes: the valid slot with the
-    highest generation whose catalog checks. ``read(length, offset)`` reads the image."""
+    """Pick the current generation of a card image of ``size`` bytes (:func:`vhw.generations.choose`):
+    the highest valid superblock copy whose catalog (either copy) checks. ``read(length, offset)``
+    reads the image."""
     if size == 0:
         raise ImageError(path, f"empty file, not a {fmt.WHAT}")
-    head = read(2 * BLOCK_SIZE, 0)
-    if not any(head[o : o + 8] == fmt.MAGIC for o in fmt.SLOT_OFFSETS):
+    head = read(4 * BLOCK_SIZE, 0)
+    offsets = [(o, o + fmt.DITTO) for o in fmt.SLOT_OFFSETS]
+    if not any(head[o : o + 8] == fmt.MAGIC for pair in offsets for o in pair):
         if len(head) < len(fmt.MAGIC) and fmt.MAGIC.startswith(head):
             raise ImageError(path, f"truncated {fmt.WHAT} ({size} bytes)")
         raise ImageError(path, f"not a {fmt.WHAT} (unknown format)")
     old = int.from_bytes(head[8:10], "big")  # where every card format kept its version
-    if old < fmt.VERSION and size < fmt.SAVE_START:
+    if old < fmt.VERSION and head[:8] == fmt.MAGIC:
         raise version_error(path, fmt.WHAT, old, fmt.VERSION)
-    candidates, notes, errors = [], [], []
-    for i, o in enumerate(fmt.SLOT_OFFSETS):
+
+    def decoded(offset: int) -> fmt.Superblock | ImageError:
         try:
-            candidates.append(fmt.decode_superblock(head[o : o + BLOCK_SIZE], path=path))
+            return fmt.decode_superblock(head[offset : offset + BLOCK_SIZE], path=path)
         except ImageError as exc:
-            errors.append(exc)
-            notes.append(f"superblock slot {i} is damaged: an interrupted commit, or damage;"
-                         " the other slot is in use")
-    if not candidates:
-        raise errors[0]
-    first_error: ImageError | None = None
-    damage: list[str] = []
-    for sb in sorted(candidates, key=lambda sb: sb.generation, reverse=True):
+            return exc
+
+    def catalogs(sb: fmt.Superblock) -> list[Callable[[], fmt.Catalog]]:
         if size < sb.size:
             raise ImageError(path, f"truncated {fmt.WHAT} ({size} of {sb.size} bytes)")
         if size > sb.size:
             raise ImageError(path, f"{fmt.WHAT} has {size - sb.size} unexpected trailing bytes")
-        try:
-            catalog = fmt.decode_catalog(read(sb.catalog_length, sb.catalog_offset), sb, path=path)
-        except ImageError as exc:
-            first_error = first_error or exc
-            damage.append(f"the catalog of generation {sb.generation} is damaged ({exc.problem})")
-            continue
-        if damage:
-            damage.append(f"the previous generation {sb.generation} is in use")
-        if any(c.mc_id != sb.mc_id or c.mc_key != sb.mc_key for c in candidates):
-            raise ImageError(path, f"corrupt {fmt.WHAT} (its two superblocks name different cards)")
-        return Opened(CardState(sb, catalog), notes, damage)
-    assert first_error is not None
-    raise first_error
+        return [lambda o=o: fmt.decode_catalog(read(sb.catalog_length, o), sb, path=path)
+                for o in (sb.catalog_offset, sb.catalog_offset + fmt.CATALOG_DITTO)]
+
+    chosen = choose([[decoded(o) for o in pair] for pair in offsets], catalogs,
+                    lost_hint="a save or licensing item written since may be missing; a title's key"
+                              " deleted since may show again: install the title from its disc again if needed")
+    if any(c.mc_id != chosen.sb.mc_id or c.mc_key != chosen.sb.mc_key for c in chosen.candidates):
+        raise ImageError(path, f"corrupt {fmt.WHAT} (its superblocks name different cards)")
+    return Opened(CardState(chosen.sb, chosen.catalog), chosen.notes, chosen.damage)
 
 
 class CardImage:

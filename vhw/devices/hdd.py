@@ -22,6 +22,7 @@ from ..formats import card as card_fmt
 from ..formats import hdd as fmt
 from ..formats.card import Card
 from ..formats.common import BLOCK_SIZE
+from ..generations import choose
 from ..ids import Id
 from ..plans import Op, Write, shifted
 from ..volume import PIECE, Volume, format_plan, piece_checksum, piece_digest
@@ -41,8 +42,9 @@ WRITEBACK_HINT = 1024 * 1024  # bytes: a write this large of a streaming plan st
 
 @dataclass
 class Opened:
-    """What opening found: the volume, notes (a torn superblock slot: what an interrupted commit
-    leaves) and damage (a valid superblock whose catalog does not check: never a crash's doing)."""
+    """What opening found: the volume, notes (a copy repaired from its ditto, or what an
+    interrupted commit leaves) and damage (what no ditto copy could make good: never a crash's
+    doing, and never passed over in silence)."""
 
     volume: Volume
     notes: list[str] = field(default_factory=list)
@@ -50,50 +52,42 @@ class Opened:
 
 
 def read_volume(read: Callable[[int, int], bytes], path: object, file_size: int) -> Opened:
-    """Pick the current generation: the valid slot with the highest generation whose catalog
-    checks. ``read(length, offset)`` reads the image (a file, or bytes in memory)."""
+    """Pick the current generation (:func:`vhw.generations.choose`): the highest valid superblock
+    copy whose catalog (either copy) checks. ``read(length, offset)`` reads the image (a file, or
+    bytes in memory)."""
     if file_size == 0:
         raise ImageError(path, f"empty file, not an {fmt.WHAT}")
     head = read(fmt.DATA_START, 0)
-    slots = [head[o : o + BLOCK_SIZE] for o in fmt.SLOT_OFFSETS]
-    if not any(s.startswith(fmt.SUPER_MAGIC) for s in slots):
+    offsets = [(o, o + fmt.DITTO) for o in fmt.SLOT_OFFSETS]
+    if not any(head[o : o + len(fmt.SUPER_MAGIC)] == fmt.SUPER_MAGIC for pair in offsets for o in pair):
         if len(head) < len(fmt.SUPER_MAGIC) and fmt.SUPER_MAGIC.startswith(head):
             raise ImageError(path, f"truncated {fmt.WHAT} ({file_size} bytes)")
         raise ImageError(path, f"not an {fmt.WHAT} (unknown format)")
+    old = int.from_bytes(head[8:10], "big")  # where every HDD format kept its version
+    if old < fmt.VERSION and head[:8] == fmt.SUPER_MAGIC:
+        fmt.decode_superblock(head[:BLOCK_SIZE], path=path)  # refuses an older version in one line
     if file_size < fmt.DATA_START:
         raise ImageError(path, f"truncated {fmt.WHAT} ({file_size} bytes)")
-    candidates, notes, errors = [], [], []
-    for i, block in enumerate(slots):
+
+    def decoded(offset: int) -> fmt.Superblock | ImageError:
         try:
-            candidates.append(fmt.decode_superblock(block, path=path))
+            return fmt.decode_superblock(head[offset : offset + BLOCK_SIZE], path=path)
         except ImageError as exc:
-            errors.append(exc)
-            notes.append(f"superblock slot {i} is damaged: an interrupted commit, or damage;"
-                         " the other slot is in use and the next change rewrites this one")
-    if not candidates:
-        raise errors[0]
-    candidates.sort(key=lambda sb: sb.generation, reverse=True)
-    first_error: ImageError | None = None
-    damage: list[str] = []
-    for sb in candidates:
+            return exc
+
+    def catalogs(sb: fmt.Superblock) -> list[Callable[[], fmt.Catalog]]:
         if file_size < sb.nominal_size:
             raise ImageError(path, f"truncated {fmt.WHAT} ({file_size} of {sb.nominal_size} bytes)")
         if file_size > sb.nominal_size:
             raise ImageError(path, f"{fmt.WHAT} has {file_size - sb.nominal_size} unexpected trailing bytes")
-        try:
-            data = read(sb.catalog_length, sb.catalog_offset)
-            catalog = fmt.decode_catalog(data, sb, path=path)
-        except ImageError as exc:
-            first_error = first_error or exc
-            damage.append(f"the catalog of generation {sb.generation} is damaged ({exc.problem})")
-            continue
-        if damage:
-            damage.append(f"the previous generation {sb.generation} is in use")
-        if any(c.hdd_id != sb.hdd_id for c in candidates):
-            raise ImageError(path, "corrupt HDD image (its two superblocks name different HDD-IDs)")
-        return Opened(Volume(sb, catalog), notes, damage)
-    assert first_error is not None
-    raise first_error
+        return [lambda e=e: fmt.decode_catalog(read(e.length, e.offset), sb, path=path) for e in sb.catalog_extents]
+
+    chosen = choose([[decoded(o) for o in pair] for pair in offsets], catalogs,
+                    lost_hint="a title installed or removed since may be missing or show as interrupted:"
+                              " install it again from its disc with `vhw console install`")
+    if any(c.hdd_id != chosen.sb.hdd_id for c in chosen.candidates):
+        raise ImageError(path, "corrupt HDD image (its superblocks name different HDD-IDs)")
+    return Opened(Volume(chosen.sb, chosen.catalog), chosen.notes, chosen.damage)
 
 
 class HddImage:
@@ -126,7 +120,7 @@ class HddImage:
         if memory is not None:
             memory_ops = CardImage.format_ops(memory, memory_capacity)
             length = card_fmt.image_size(-(-memory_capacity // BLOCK_SIZE) * BLOCK_SIZE)
-            if fmt.DATA_START + length + 2 * BLOCK_SIZE > size:
+            if fmt.DATA_START + length + 4 * BLOCK_SIZE > size:  # (and room for the catalog's two copies)
                 raise ImageError(path, "the HDD is too small for its internal memory")
             sb = replace(sb, memory_offset=fmt.DATA_START, memory_length=length)
             memory_ops = shifted(memory_ops, fmt.DATA_START)
@@ -306,7 +300,8 @@ class HddImage:
         if dropped or self.notes or self.damage:
             titles = tuple(t for t in vol.catalog.titles if t not in dropped)
             ops, new = vol.commit(replace(vol.catalog, titles=titles))
-            self.apply(ops, new)
+            more, new = new.commit(new.catalog)  # twice: both slots, every copy, written anew
+            self.apply(ops + more, new)
             done += [f"dropped the interrupted, inconsistent install of {t.title_id}" for t in dropped]
             if self.notes or self.damage:
                 done.append("rewrote the superblocks as a new generation")

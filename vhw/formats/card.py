@@ -19,23 +19,30 @@ never sent: the server has its own copy from the factory registration) and a sav
 and the running titles store their saves (:mod:`vhw.saves` seals them). Layout of a card image,
 which is a sparse file of its own, or a region of an HDD image (an HDD's internal memory)::
 
-    0          superblock slot 0   ) one 4 KiB block each, checksummed; the valid one with the
-    4096       superblock slot 1   ) higher generation is current (as the HDD's two slots)
-    8192       catalog half 0      ) CATALOG_ROOM each: generation g's catalog is in half g % 2,
-    8192 + R   catalog half 1      ) so a commit never writes over the current one
-    8192 + 2R  save area           ``capacity`` bytes of save data in 4 KiB blocks, copy-on-write
+    0           superblock slot 0, copy A ) one 4 KiB block each, checksummed; the valid slot
+    4096        superblock slot 1, copy A ) with the higher generation is current (as the HDD's
+    8192        superblock slot 0, copy B ) two slots), each slot kept twice (ditto copies)
+    12288       superblock slot 1, copy B )
+    16384       catalog half 0, copy A    ) CATALOG_ROOM each: generation g's catalog is in half
+    16384 + R   catalog half 1, copy A    ) g % 2, so a commit never writes over the current one;
+    16384 + 2R  catalog half 0, copy B    ) each half kept twice
+    16384 + 3R  catalog half 1, copy B    )
+    16384 + 4R  save area                 ``capacity`` bytes of save data in 4 KiB blocks, copy-on-write
 
 A superblock names the MC-ID, the MC-Key, the capacity, the generation, and the length and
 SHA-256 of that generation's catalog. The catalog holds the licensing items and the save
 directory: per save its title ID, name, size, modified time, a few bytes of the title's own
 metadata ("level 3"), its stream ID, the extents of its sealed data, their SHA-256, and a tag that
 authenticates the whole entry under the card's save key. A commit writes new save data into free
-blocks, syncs, writes the next catalog into the other half, syncs, writes the next superblock into
-the other slot, syncs (:mod:`vhw.cardstate`): a crash at any moment leaves the old state or the
-new one, every other save and every licensing item intact.
+blocks, syncs, writes the next catalog into both copies of the other half, syncs, writes the next
+superblock into the other slot's copy A, syncs, and its copy B, syncs (:mod:`vhw.cardstate`): a
+crash at any moment leaves the old state or the new one, every other save and every licensing
+item intact, and one damaged byte anywhere in the metadata is made good from its ditto copy
+(:mod:`vhw.generations`): a Content-Key deleted at S28 never reappears from an older generation
+in silence.
 
-Version 3 added the save area and this layout; older cards are refused with a line that says to
-make them again.
+Version 3 added the save area; version 4 the ditto copies. Older cards are refused with a line
+that says to make them again.
 """
 
 from __future__ import annotations
@@ -64,16 +71,18 @@ from .common import (
 
 MAGIC = b"VHWCARD\0"
 CATALOG_MAGIC = b"VHWCCAT\0"
-VERSION = 3
+VERSION = 4
 WHAT = "memory card"
 MAX_LICENSES = 1024  # a card's capacity in discs; far above what one user installs at once
 MAX_SAVES = 256  # directory entries (a PS2 card holds 15 blocks' worth of small saves per MB)
 META_SIZE = 64  # bytes of a title's own metadata per save ("level 3, 2 h 10 min")
-SLOT_OFFSETS = (0, BLOCK_SIZE)
+SLOT_OFFSETS = (0, BLOCK_SIZE)  # copy A of slots 0 and 1
+DITTO = 2 * BLOCK_SIZE  # copy B of a slot lies this far after its copy A
 #: 512 KiB per catalog half: 1,024 licenses with pending keys (~250 bytes each) and 256 saves fit
 CATALOG_ROOM = 512 * 1024
-CATALOG_OFFSETS = (2 * BLOCK_SIZE, 2 * BLOCK_SIZE + CATALOG_ROOM)
-SAVE_START = 2 * BLOCK_SIZE + 2 * CATALOG_ROOM
+CATALOG_OFFSETS = (4 * BLOCK_SIZE, 4 * BLOCK_SIZE + CATALOG_ROOM)  # copy A of halves 0 and 1
+CATALOG_DITTO = 2 * CATALOG_ROOM  # copy B of a half lies this far after its copy A
+SAVE_START = 4 * BLOCK_SIZE + 4 * CATALOG_ROOM
 DEFAULT_CAPACITY = 8 * 1024 * 1024  # a PS2 memory card's 8 MB
 MAX_CAPACITY = 1024 * 1024 * 1024
 SAVE_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,63}")

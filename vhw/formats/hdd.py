@@ -2,32 +2,39 @@
 
 Layout::
 
-    0        superblock slot 0   ) one 4 KiB block each, checksummed; the valid one with the
-    4096     superblock slot 1   ) higher generation is current (LMDB's two meta pages)
-    8192 ... extents             title data and catalogs, allocated copy-on-write
+    0        superblock slot 0, copy A   ) one 4 KiB block each, checksummed; the valid slot with
+    4096     superblock slot 1, copy A   ) the higher generation is current (LMDB's two meta
+    8192     superblock slot 0, copy B   ) pages); each slot is kept twice (ditto copies, as ZFS
+    12288    superblock slot 1, copy B   ) and ext4 keep theirs): one bad byte loses nothing
+    16384 .. extents                     title data and catalogs (each catalog twice), copy-on-write
 
 A superblock names the HDD-ID, the HDD's secret (an X25519 private key made at manufacture,
 never shown and never sent; its public key is registered with the server), the nominal size
 (40 GB by default: the file is sparse and holds only what is written), a generation, and where the
-current catalog lies with its length and SHA-256. The catalog lists the titles: for each its
+current catalog's two copies lie, with their length and SHA-256. The catalog lists the titles: for each its
 metadata, the salt of its per-title key, whose it is (``owner``: the fingerprint of the user's
 Content-Gen-Key) and what it is bound to (``bound_to``: the fingerprint of the
 :class:`~vhw.bindings.TitleBinding` of that user, console and HDD), its state (installing or
-complete), how many sealed bytes are durable (the resume point), and per file the stream ID, size,
-extents and, once complete, a digest of its sealed bytes (:func:`vhw.volume.piece_digest`).
+complete), how many sealed bytes are durable (the resume point), a tag that authenticates its
+entry point, kind and title digest under the title's own key (so the entry ``play`` runs is the
+one the disc named: a second user who edits the catalog cannot point it elsewhere), and per file
+the stream ID, size, extents and, once complete, a digest of its sealed bytes
+(:func:`vhw.volume.piece_digest`).
 
 An HDD made ``--with-memory`` has an internal memory for card-less consoles: a whole memory card
 image (:mod:`vhw.formats.card`, with its own superblocks, catalog and save area) in a fixed region
 of the image that the superblock names (``memory_offset``, ``memory_length``). It is written with
 the card's own crash-safe commits and never touched by the HDD's.
 
-Version 2 added the HDD's secret, ``bound_to`` and the memory region; a version 1 image is refused
-with a line that says to format it again.
+Version 2 added the HDD's secret, ``bound_to`` and the memory region; version 3 the ditto copies
+of the superblocks and the catalog, and the entry tag. Older images are refused with a line that
+says to format them again.
 
 Nothing is ever overwritten in place except a superblock slot, and only the older one: a commit
-writes the new catalog into free space, syncs, then writes the next generation into the other
-slot and syncs (see :mod:`vhw.volume`). A torn superblock write leaves the previous generation
-current, whose catalog and data are untouched.
+writes the new catalog's two copies into free space, syncs, then writes the next generation into
+the other slot's copy A, syncs, and its copy B, syncs (see :mod:`vhw.volume`). A torn superblock
+write leaves the previous generation current, whose catalog and data are untouched; how the
+current generation is chosen, and what is reported, is :mod:`vhw.generations`.
 """
 
 from __future__ import annotations
@@ -57,10 +64,11 @@ from .common import (
 
 SUPER_MAGIC = b"VHWHDD\0\0"
 CATALOG_MAGIC = b"VHWCATL\0"
-VERSION = 2
+VERSION = 3
 WHAT = "HDD image"
-SLOT_OFFSETS = (0, BLOCK_SIZE)
-DATA_START = 2 * BLOCK_SIZE
+SLOT_OFFSETS = (0, BLOCK_SIZE)  # copy A of slots 0 and 1
+DITTO = 2 * BLOCK_SIZE  # copy B of a slot lies this far after its copy A
+DATA_START = 4 * BLOCK_SIZE
 DEFAULT_SIZE = 40 * 10**9  # the patent's "for example 40 GB" hard disk
 MIN_SIZE = 1024 * 1024  # below this nothing useful fits
 OWNER_SIZE = 16
@@ -84,6 +92,7 @@ SuperblockBody = cs.Struct(
     "catalog_offset" / cs.Int64ub,
     "catalog_length" / cs.Int64ub,
     "catalog_sha256" / cs.Bytes(32),
+    "catalog_ditto" / cs.Int64ub,  # where the catalog's second copy lies
     "memory_offset" / cs.Int64ub,  # the internal memory (a card image), or 0
     "memory_length" / cs.Int64ub,
 )
@@ -112,6 +121,7 @@ TitleRecord = cs.Struct(
     "owner" / cs.Bytes(OWNER_SIZE),
     "bound_to" / cs.Bytes(OWNER_SIZE),
     "progress" / cs.Int64ub,
+    "entry_tag" / cs.Bytes(32),  # bindings.title_tag: the entry, kind and digest under the title's key
     "metadata" / Blob(cs.Int32ub),
     "files" / cs.PrefixedArray(cs.Int32ub, FileRecord),
 )
@@ -163,6 +173,7 @@ class Title:
     title_digest: bytes = bytes(32)
     progress: int = 0  # sealed bytes durable, counted over the files in order
     metadata: bytes = b"{}"
+    entry_tag: bytes = bytes(32)
 
     @property
     def sealed_size(self) -> int:
@@ -201,6 +212,7 @@ class Superblock:
     catalog_sha256: bytes = field(default=bytes(32), repr=False)
     memory_offset: int = 0
     memory_length: int = 0
+    catalog_ditto: int = 0  # where the catalog's second copy lies
 
     @property
     def memory(self) -> Extent | None:
@@ -215,6 +227,11 @@ class Superblock:
     @property
     def catalog_extent(self) -> Extent:
         return Extent(self.catalog_offset, self.catalog_length)
+
+    @property
+    def catalog_extents(self) -> tuple[Extent, Extent]:
+        """Both copies of the catalog."""
+        return self.catalog_extent, Extent(self.catalog_ditto, self.catalog_length)
 
 
 def encode_superblock(sb: Superblock) -> bytes:
@@ -231,6 +248,7 @@ def encode_superblock(sb: Superblock) -> bytes:
                 "catalog_offset": sb.catalog_offset,
                 "catalog_length": sb.catalog_length,
                 "catalog_sha256": sb.catalog_sha256,
+                "catalog_ditto": sb.catalog_ditto,
                 "memory_offset": sb.memory_offset,
                 "memory_length": sb.memory_length,
             },
@@ -248,11 +266,12 @@ def decode_superblock(block: bytes, *, path: object) -> Superblock:
     sb = Superblock(
         rec.hdd_id, rec.secret, rec.nominal_size, rec.formatted, rec.generation,
         rec.catalog_offset, rec.catalog_length, rec.catalog_sha256, rec.memory_offset, rec.memory_length,
+        rec.catalog_ditto,
     )
     if (
         sb.nominal_size < MIN_SIZE
-        or sb.catalog_offset < DATA_START
-        or sb.catalog_extent.end > sb.nominal_size
+        or min(sb.catalog_offset, sb.catalog_ditto) < DATA_START
+        or max(e.end for e in sb.catalog_extents) > sb.nominal_size
         or sb.catalog_length == 0
         or (sb.memory_length and (sb.memory_offset < DATA_START or sb.memory.end > sb.nominal_size))
     ):
@@ -279,6 +298,7 @@ def encode_catalog(cat: Catalog) -> bytes:
                     "owner": t.owner,
                     "bound_to": t.bound_to,
                     "progress": t.progress,
+                    "entry_tag": t.entry_tag,
                     "metadata": t.metadata,
                     "files": [
                         {
@@ -335,6 +355,7 @@ def decode_catalog(data: bytes, sb: Superblock, *, path: object) -> Catalog:
                 title_digest=t.title_digest,
                 progress=t.progress,
                 metadata=t.metadata,
+                entry_tag=t.entry_tag,
             )
         )
     return Catalog(rec.generation, tuple(titles), tuple((e.owner, e.epoch) for e in rec.card_epochs))
