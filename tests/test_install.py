@@ -63,9 +63,15 @@ def test_install_two_titles(cli, srv, tmp_path):
     assert cli("console", "insert-disc", d1, *con).code == 0
     r = cli("console", "install", *con)
     assert r.code == 9 and "already installed" in r.err
-    # removed, it cannot come back from that disc: the MID is final
+    # removed, it comes back from its disc onto the owner's own HDD (that copies nothing to anyone
+    # else), and plays; the disc installs for no one else
     assert cli("hdd", "rm", "two-1", *con).code == 0
     r = cli("console", "install", *con)
+    assert r.code == 0 and "installed" in r.out, r
+    assert installed_files(dev, "TWO-1") == source_files(src1)
+    other, con_o = ready_console(cli, srv, tmp_path, "other")
+    assert cli("console", "insert-disc", d1, *con_o).code == 0
+    r = cli("console", "install", *con_o)
     assert (r.code, r.err) == (12, "CONTENT CANNOT BE COPIED FROM THIS MEDIA\n")
 
 
@@ -214,22 +220,24 @@ def test_sigkill_at_20_moments_of_a_512_mib_install(cli, srv, tmp_path, vhw_home
     snapshot = tmp_path / "snapshot.hdd"
     subprocess.run(["cp", "--sparse=always", dev["hdd"], snapshot], check=True)
     # 20 kills, each of a fresh install of the movie, at moments spread over start-up, key
-    # acquisition, reservation, the copy and its progress commits. They stay within the first 40%
-    # of the calibration run, well before the confirm, so the card's Content-Key stays valid for the
-    # next attempt: later runs are faster (caches warm), up to twice as fast here.
-    moments = [0.25 + (0.4 * duration - 0.25) * i / 19 for i in range(20)]
+    # acquisition, reservation, the copy and its progress commits, up to 80% of the calibration
+    # run (start-up takes much of it on this machine). A kill after the confirm is fine too: the
+    # owner may install the disc again onto this HDD. A run that finished before its kill counts
+    # as "finished" (later runs are faster: caches warm).
+    moments = [0.25 + (0.8 * duration - 0.25) * i / 19 for i in range(20)]
     states = []
     for at in moments:
         subprocess.run(["cp", "--sparse=always", snapshot, dev["hdd"]], check=True)
         proc = run_install(env, dev["console"])
         time.sleep(at)
-        assert proc.poll() is None, f"install finished before {at:.2f}s (run took {duration:.2f}s)"
+        finished = proc.poll() is not None
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         with HddImage.open(dev["hdd"]) as img:
             assert img.check() == []
             title = img.volume.catalog.title("KILL-1")
-            states.append("absent" if title is None else f"{100 * title.progress // title.sealed_size}%")
+            state = "absent" if title is None else f"{100 * title.progress // title.sealed_size}%"
+            states.append("finished" if finished else state)
         assert installed_files(dev, "KILL-0") == source_files(early)
     with capsys.disabled():
         print(f"\nrun {duration:.2f}s; kills at {moments[0]:.2f}..{moments[-1]:.2f}s; title after each: {states}")

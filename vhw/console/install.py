@@ -8,7 +8,7 @@ The plan is::
 
     reserve   commit the title as INSTALLING with all its extents allocated (or refuse: HDD full)
     copy      Write(sealed chunks, batched up to 1 MiB per contiguous run)
-              after 4, 8, 16, 32 MiB, then every CHECKPOINT bytes:
+              after gaps of 4, 8, 16, 32 MiB, then every CHECKPOINT bytes:
                         Sync, commit(progress)   <- where a killed install resumes
     finish    Sync, commit(COMPLETE with the SHA-256 of each file's sealed bytes)
 
