@@ -121,7 +121,8 @@ class Machine:
         if memory and memory != "hdd":
             card_dev.load(Path(memory))
             memory = str(Path(memory).resolve())
-        root.mkdir(parents=True, exist_ok=True)
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(root, 0o700)  # it names the console's device files: the owner's alone
         m = cls(root)
         m.save(ConsoleConfig(rom=str(Path(rom).resolve()), hdd=str(Path(hdd).resolve()), server=server,
                              memory=memory))

@@ -59,8 +59,9 @@ def read_small(path: Path, what: str, *, limit: int = MAX_SMALL) -> bytes:
         raise ImageError(path, f"cannot read {what}: {describe_os_error(exc)}") from None
 
 
-def atomic_write(path: Path, data: bytes, *, mode: int = 0o644, size: int | None = None) -> None:
-    """Replace ``path`` by ``data`` all at once; ``size`` extends it sparsely."""
+def atomic_write(path: Path, data: bytes, *, mode: int = 0o600, size: int | None = None) -> None:
+    """Replace ``path`` by ``data`` all at once; ``size`` extends it sparsely. Owner-only unless
+    told otherwise: device files hold secrets (a ROM its console's, a card its MC-Key)."""
     path = Path(path)
     parent = path.parent if str(path.parent) else Path(".")
     tmp = parent / f".{path.name}.{os.getpid()}.tmp"

@@ -11,7 +11,7 @@ from .files import atomic_write, read_small, refuse_existing
 def burn(path: Path, rom: fmt.Rom) -> None:
     path = Path(path)
     refuse_existing(path, fmt.WHAT)
-    atomic_write(path, fmt.encode(rom), mode=0o444)
+    atomic_write(path, fmt.encode(rom), mode=0o600)  # it holds the console's secret
 
 
 def load(path: Path) -> fmt.Rom:

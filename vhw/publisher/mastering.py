@@ -65,6 +65,12 @@ def scan(src: Path) -> list[SourceFile]:
         for name in sorted(files):
             real = Path(folder) / name
             rel = real.relative_to(src).as_posix()
+            try:
+                rel.encode()
+            except UnicodeEncodeError:  # os.walk hands bytes that are not UTF-8 over as surrogates
+                shown = os.fsencode(real).decode(errors="backslashreplace")
+                raise ImageError(shown, "has a name that is not UTF-8 (file names on a disc are UTF-8):"
+                                        " rename it") from None
             if rel == TITLE_FILE:
                 continue
             st = real.lstat()
