@@ -154,7 +154,7 @@ def make_users(srv, n: int) -> list[tuple[cpu.CardView, cpu.Hardware]]:
             resp = c.call("/v1/console/register", cpu.registration_request(card, devices.client_id, devices.hdd_id),
                           p.RegisterResponse)
             card, _ = cpu.accept_registration(card, resp)
-            kits.append((cpu.CardView.open(card), cpu.Hardware(devices, srv.ca_der)))
+            kits.append((cpu.CardView.open(card), cpu.Hardware(devices, srv.home.signing_der())))
     return kits
 
 
@@ -185,7 +185,7 @@ def hardware_of(rom_path: Path, hdd_path: Path, *, epochs: bool = True) -> cpu.H
 
     rom = rom_dev.load(rom_path)
     with HddImage.open(hdd_path) as img:
-        return cpu.Hardware(DeviceSecrets(rom.client_id, img.hdd_id, rom.secret, img.secret), rom.trust_anchor,
+        return cpu.Hardware(DeviceSecrets(rom.client_id, img.hdd_id, rom.secret, img.secret), rom.token_anchor,
                             img.volume.catalog.epochs() if epochs else {})
 
 

@@ -125,7 +125,7 @@ def test_copy_the_hdd_image_onto_an_hdd_with_another_hdd_id(cli, srv, world, tmp
     copy = tmp_path / "copy.hdd"
     copy.write_bytes(alice["hdd"].read_bytes())
     with open(copy, "r+b") as f:
-        for slot in hdd_fmt.SLOT_OFFSETS:
+        for slot in (*hdd_fmt.SLOT_OFFSETS, *(o + hdd_fmt.DITTO for o in hdd_fmt.SLOT_OFFSETS)):
             f.seek(slot)
             sb = hdd_fmt.decode_superblock(f.read(4096), path=copy)
             f.seek(slot)

@@ -39,6 +39,7 @@ roms = st.builds(
     model=short_text,
     server_url=text,
     trust_anchor=blob,
+    token_anchor=blob,
     hardware_ids=st.dictionaries(short_text, st.integers(0, 2**32 - 1), max_size=5),
 )
 

@@ -233,7 +233,7 @@ def test_database_holds_no_key(cli, srv, tmp_path, title_src, vhw_home):
     card = card_dev.load(dev["card"])
     rom = rom_dev.load(dev["rom"])
     with HddImage.open(dev["hdd"]) as img:
-        hw = cpu.Hardware(DeviceSecrets(rom.client_id, img.hdd_id, rom.secret, img.secret), rom.trust_anchor)
+        hw = cpu.Hardware(DeviceSecrets(rom.client_id, img.hdd_id, rom.secret, img.secret), rom.token_anchor)
     match = cpu.devices_match(cpu.CardView.open(card), hw)
     secrets = [card.mc_key, KeyStore(vhw_home / "publisher").title("REST-1").content_key,
                match.content_gen_key, match.binding.key, rom.secret, hw.devices.hdd, srv.home.master_key()]

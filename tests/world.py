@@ -18,7 +18,7 @@ from vhw.bindings import DeviceSecrets
 from vhw.console import cpu
 from vhw.formats.card import Card
 from vhw.ids import Id, IdKind
-from vhw.pki import make_ca
+from vhw.pki import issue_signer, make_ca
 from vhw.server.licensing import Licensing, Policy
 from vhw.server.store import SqliteStore, Store
 
@@ -55,7 +55,7 @@ class Kit:
 @dataclass
 class World:
     lic: Licensing
-    anchor: bytes  # the platform CA (DER) that signs card tokens, as a ROM holds it
+    anchor: bytes  # the platform's signing certificate (DER) that card tokens verify with, as a ROM pins it
     titles: dict[str, bytes] = field(default_factory=dict)  # title -> content key
     digests: dict[str, bytes] = field(default_factory=dict)  # title -> title digest
     counter: itertools.count = field(default_factory=itertools.count)
@@ -65,8 +65,9 @@ class World:
         store = store or SqliteStore(path / "lic.db")
         store.migrate()
         ca_der, ca_key = make_ca("test platform CA")
-        sign = lambda data: ca_key.sign(data, ec.ECDSA(hashes.SHA256()))  # noqa: E731
-        return cls(Licensing(store, crypto.random_key(), policy or Policy(), sign=sign), ca_der)
+        signer_der, signer_key = issue_signer(ca_der, ca_key, "test platform signing key")
+        sign = lambda data: signer_key.sign(data, ec.ECDSA(hashes.SHA256()))  # noqa: E731
+        return cls(Licensing(store, crypto.random_key(), policy or Policy(), sign=sign), signer_der)
 
     def hw(self, kit: Kit, epochs: dict | None = None) -> cpu.Hardware:
         """The console a kit's card is in, as its CPU sees it: devices, the ROM's CA, the HDD's epochs."""

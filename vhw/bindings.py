@@ -248,8 +248,9 @@ def check_disc_proof(disc_key: bytes, proof: bytes, media: Id, user: Id, mc_id: 
 # -- card tokens --------------------------------------------------------------------------------
 #
 # A card token says "for the user whose Content-Gen-Key has this fingerprint, the card with this
-# MC-ID is the current one, epoch N", signed with the platform CA's key. Reissuing a card raises
-# the epoch. A console checks the signature against the CA in its ROM, and the HDD remembers the
+# MC-ID is the current one, epoch N", signed with the platform's signing key (a key of its own,
+# certified by the CA; console ROMs pin its certificate beside the CA). Reissuing a card raises
+# the epoch. A console checks the signature against the certificate in its ROM, and the HDD remembers the
 # highest epoch it has seen per user: once a reissued card has been used, the old one is refused
 # offline too. The old card's holder cannot sign.
 

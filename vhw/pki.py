@@ -1,4 +1,6 @@
-"""The platform's X.509 certificates: its CA, the server's TLS certificate, client certificates.
+"""The platform's X.509 certificates: its CA, the server's TLS certificate, client certificates,
+and the platform's signing certificate (card tokens and audit heads: a key of its own, so that the
+CA key signs certificates only).
 
 Pure: functions take names and keys and return DER/PEM bytes. ECDSA P-256 throughout (every TLS
 stack speaks it). The CA's certificate is what console ROMs carry as their trust anchor; the
@@ -95,4 +97,28 @@ def issue(
                 names.append(x509.DNSName(h))
         builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
     cert = builder.sign(ca_key, hashes.SHA256())
+    return cert.public_bytes(serialization.Encoding.DER), key
+
+
+def issue_signer(ca_der: bytes, ca_key: ec.EllipticCurvePrivateKey, common_name: str, *,
+                 now: datetime.datetime | None = None) -> tuple[bytes, ec.EllipticCurvePrivateKey]:
+    """The platform's signing certificate: a key of its own for statements (card tokens, audit
+    heads), allowed digital signatures only, never TLS or certificates. Console ROMs pin it beside
+    the CA."""
+    now = now or datetime.datetime.now(datetime.timezone.utc)
+    ca = x509.load_der_x509_certificate(ca_der)
+    key = new_key()
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name(common_name))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + VALIDITY)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(True, False, False, False, False, False, False, False, False), critical=True)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
     return cert.public_bytes(serialization.Encoding.DER), key

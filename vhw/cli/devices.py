@@ -321,6 +321,9 @@ def console() -> None:
 @click.argument("out", type=PATH)
 @click.option("--ca", "ca_path", type=click.Path(path_type=Path, dir_okay=False),
               help="The platform CA certificate (PEM) the console will trust; from `vhw server init`.")
+@click.option("--signing-cert", "signing_path", type=click.Path(path_type=Path, dir_okay=False),
+              help="The platform's signing certificate (PEM: signing.pem of the server home) that card tokens"
+                   " verify with.")
 @click.option("--server", "server_url", default="", help="Default licensing server URL (https://...).")
 @click.option("--model", default="VHW-1000", show_default=True, help="Model name in the ROM.")
 @click.option("--memory", "memory_path", type=PATH,
@@ -328,13 +331,14 @@ def console() -> None:
 @click.option("--memory-size", "capacity", type=SIZE, default="8MiB", show_default=True,
               help="With --memory: the capacity of its save area.")
 @credential_option
-def console_rom(out: Path, ca_path: Path | None, server_url: str, model: str, memory_path: Path | None,
-                capacity: int, credential: Path | None) -> None:
+def console_rom(out: Path, ca_path: Path | None, signing_path: Path | None, server_url: str, model: str,
+                memory_path: Path | None, capacity: int, credential: Path | None) -> None:
     """Burn a console ROM OUT with a fresh Client ID and a secret key.
 
     The secret is never shown. With --credential (the manufacturer's), the Client ID and the
     secret's public key are registered with the licensing server first, and the ROM trusts the
-    credential's CA and names its server unless --ca/--server say otherwise.
+    credential's CA and signing certificate and names its server unless --ca/--signing-cert/--server
+    say otherwise.
     """
     from cryptography import x509
     from cryptography.hazmat.primitives.serialization import Encoding
@@ -342,13 +346,16 @@ def console_rom(out: Path, ca_path: Path | None, server_url: str, model: str, me
     from ..server.home import Credential
 
     anchor = load_ca(ca_path) if ca_path else b""
+    signer = load_ca(signing_path) if signing_path else b""
     if credential:
         cred = Credential.load(credential)
         server_url = server_url or cred.server
         if not anchor:
             anchor = x509.load_pem_x509_certificate(cred.ca.encode()).public_bytes(Encoding.DER)
+        if not signer and cred.signing:
+            signer = x509.load_pem_x509_certificate(cred.signing.encode()).public_bytes(Encoding.DER)
     rom = rom_fmt.Rom(Id.random(IdKind.CLIENT), now(), crypto.device_secret(), model=model, server_url=server_url,
-                      trust_anchor=anchor)
+                      trust_anchor=anchor, token_anchor=signer)
     refuse_existing(out, rom_fmt.WHAT)
     if memory_path:
         refuse_existing(memory_path, "console memory")
@@ -381,11 +388,15 @@ def load_ca(path: Path) -> bytes:
 def rom_summary(rom: rom_fmt.Rom) -> dict:
     from cryptography import x509
 
-    anchor = None
+    anchor = signer = None
     if rom.trust_anchor:
         cert = x509.load_der_x509_certificate(rom.trust_anchor)
         anchor = {"subject": cert.subject.rfc4514_string(),
                   "sha256": hashlib.sha256(rom.trust_anchor).hexdigest()}
+    if rom.token_anchor:
+        cert = x509.load_der_x509_certificate(rom.token_anchor)
+        signer = {"subject": cert.subject.rfc4514_string(),
+                  "sha256": hashlib.sha256(rom.token_anchor).hexdigest()}
     return {
         "client_id": str(rom.client_id),
         "key_fingerprint": crypto.fingerprint(rom.public_key),
@@ -393,6 +404,7 @@ def rom_summary(rom: rom_fmt.Rom) -> dict:
         "manufactured": when(rom.manufactured),
         "server_url": rom.server_url or None,
         "trust_anchor": anchor,
+        "token_anchor": signer,
         "hardware_ids": {k: f"{v:08X}" for k, v in rom.hardware_ids.items()},
         "format_version": rom_fmt.VERSION,
     }
@@ -404,7 +416,7 @@ def rom_summary(rom: rom_fmt.Rom) -> dict:
 def console_info(rom_path: Path, as_json: bool) -> None:
     """Show a console ROM: Client ID, model, trusted CA, server address."""
     d = rom_summary(rom_dev.load(rom_path))
-    anchor = d["trust_anchor"]
+    anchor, signer = d["trust_anchor"], d["token_anchor"]
     lines = [
         f"console ROM  {rom_path}",
         f"Client ID    {d['client_id']}",
@@ -412,6 +424,7 @@ def console_info(rom_path: Path, as_json: bool) -> None:
         f"model        {d['model']}, made {d['manufactured']}",
         f"server       {d['server_url'] or '(none)'}",
         f"trusts CA    {anchor['subject'] + ' sha256 ' + anchor['sha256'][:16] if anchor else '(none yet)'}",
+        f"tokens from  {signer['subject'] + ' sha256 ' + signer['sha256'][:16] if signer else '(none yet)'}",
         "hardware IDs " + ", ".join(f"{k} {v}" for k, v in d["hardware_ids"].items()),
     ]
     emit(d, as_json=as_json, lines=lines)

@@ -29,8 +29,9 @@ from ..ids import Id, IdKind
 
 @dataclass(frozen=True)
 class Hardware:
-    """The console as one flow sees it: its devices' IDs and secrets, the platform CA from its
-    ROM (``anchor``), and the highest card epoch per user that its HDD has seen."""
+    """The console as one flow sees it: its devices' IDs and secrets, the platform's signing
+    certificate from its ROM (``anchor``: card tokens verify with it), and the highest card epoch
+    per user that its HDD has seen."""
 
     devices: DeviceSecrets
     anchor: bytes = b""

@@ -655,8 +655,8 @@ def _wait_gone(pid: int, timeout: float = 10.0) -> None:
 
 def hardware(rom: Rom, hdd: HddImage) -> cpu.Hardware:
     """This console as a flow sees it: the ROM's and the attached HDD's IDs and secrets, the
-    platform CA it trusts, the card epochs the HDD has seen."""
-    return cpu.Hardware(DeviceSecrets(rom.client_id, hdd.hdd_id, rom.secret, hdd.secret), rom.trust_anchor,
+    platform signing certificate its ROM pins (card tokens), the card epochs the HDD has seen."""
+    return cpu.Hardware(DeviceSecrets(rom.client_id, hdd.hdd_id, rom.secret, hdd.secret), rom.token_anchor,
                         hdd.volume.catalog.epochs())
 
 

@@ -22,7 +22,7 @@ from ..ids import Id, IdKind
 from .common import Blob, IdField, Text, build, open_envelope, parse, seal_envelope
 
 MAGIC = b"VHWROM\0\0"
-VERSION = 2
+VERSION = 3  # 3: the platform's signing certificate (card tokens) pinned beside the CA
 WHAT = "console ROM"
 
 #: Hardware IDs: one per kind of part, the same for every unit of a model (the patent's
@@ -38,6 +38,7 @@ RomBody = cs.Struct(
     "hardware_ids" / cs.PrefixedArray(cs.Int8ub, cs.Struct("part" / Text(cs.Int8ub), "id" / cs.Int32ub)),
     "server_url" / Text(cs.Int16ub),
     "trust_anchor" / Blob(cs.Int32ub),  # DER of the platform CA certificate; empty: none yet
+    "token_anchor" / Blob(cs.Int32ub),  # DER of the platform's signing certificate (card tokens)
 )
 
 
@@ -49,6 +50,7 @@ class Rom:
     model: str = "VHW-1000"
     server_url: str = ""
     trust_anchor: bytes = b""  # DER
+    token_anchor: bytes = b""  # DER of the certificate whose key signs card tokens
     hardware_ids: dict[str, int] = field(default_factory=lambda: dict(HARDWARE_IDS))
 
     @property
@@ -67,6 +69,7 @@ def encode(rom: Rom) -> bytes:
             "hardware_ids": [{"part": k, "id": v} for k, v in rom.hardware_ids.items()],
             "server_url": rom.server_url,
             "trust_anchor": rom.trust_anchor,
+            "token_anchor": rom.token_anchor,
         },
         what=WHAT,
     )
@@ -83,5 +86,6 @@ def decode(data: bytes, *, path: object = WHAT) -> Rom:
         model=rec.model,
         server_url=rec.server_url,
         trust_anchor=rec.trust_anchor,
+        token_anchor=rec.token_anchor,
         hardware_ids={h.part: h.id for h in rec.hardware_ids},
     )

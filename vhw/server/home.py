@@ -74,6 +74,7 @@ class Credential:
     ca: str  # PEM of the platform CA
     cert: str = ""  # PEM client certificate signed by the platform CA (broker mode needs it)
     key: str = field(default="", repr=False)  # its private key (PEM)
+    signing: str = ""  # PEM of the platform's signing certificate (the manufacturer pins it in ROMs)
 
     @property
     def client_cert(self) -> tuple[str, str] | None:
@@ -142,6 +143,7 @@ class ServerHome:
         cert_der, cert_key = pki.issue(ca_der, ca_key, "vhw licensing server", hosts=names)
         atomic_write(home.path("ca.pem"), pki.cert_pem(ca_der))
         atomic_write(home.path("ca-key.pem"), pki.key_pem(ca_key), mode=0o600)
+        home._make_signing_key(ca_der, ca_key)
         atomic_write(home.path("server.pem"), pki.cert_pem(cert_der) + pki.cert_pem(ca_der))
         atomic_write(home.path("server-key.pem"), pki.key_pem(cert_key), mode=0o600)
         atomic_write(home.path("master.key"), secrets.token_bytes(32).hex().encode() + b"\n", mode=0o600)
@@ -166,7 +168,8 @@ class ServerHome:
     def add_credential(self, store: Store, role: str, name: str, out: Path | None = None) -> Credential:
         cert, key = pki.issue(self.ca_der(), self.ca_key(), f"vhw {role} {name}", client=True)
         cred = Credential(role, name, secrets.token_urlsafe(32), self.config().url,
-                          self.path("ca.pem").read_text(), pki.cert_pem(cert).decode(), pki.key_pem(key).decode())
+                          self.path("ca.pem").read_text(), pki.cert_pem(cert).decode(), pki.key_pem(key).decode(),
+                          pki.cert_pem(self.signing_der()).decode())
         with store.transaction() as tx:
             tx.execute("INSERT INTO credentials (token_hash, role, name, created) VALUES (?, ?, ?, ?)",
                        cred.token_hash, role, name, int(time.time()))
@@ -212,12 +215,30 @@ class ServerHome:
     def store(self, database: str | None = None) -> Store:
         return open_store(self.database_url(database))
 
+    def _make_signing_key(self, ca_der: bytes, ca_key) -> None:
+        cert_der, key = pki.issue_signer(ca_der, ca_key, "vhw platform signing key")
+        atomic_write(self.path("signing-key.pem"), pki.key_pem(key), mode=0o600)
+        atomic_write(self.path("signing.pem"), pki.cert_pem(cert_der))
+
+    def signing_der(self) -> bytes:
+        """The platform's signing certificate (DER): card tokens and audit heads verify with it.
+        A home made before it existed gets one on first use, from its CA."""
+        from cryptography import x509
+
+        if not self.path("signing.pem").exists():
+            self._make_signing_key(self.ca_der(), self.ca_key())
+        return x509.load_pem_x509_certificate(self.path("signing.pem").read_bytes()).public_bytes(
+            serialization.Encoding.DER
+        )
+
     def signer(self):
-        """Signs card tokens with the platform CA's key (ECDSA P-256, SHA-256)."""
+        """Signs card tokens and audit heads with the platform's signing key (ECDSA P-256,
+        SHA-256): not the CA's, which signs certificates only."""
         from cryptography.hazmat.primitives import hashes
         from cryptography.hazmat.primitives.asymmetric import ec
 
-        key = self.ca_key()
+        self.signing_der()
+        key = serialization.load_pem_private_key(self.path("signing-key.pem").read_bytes(), password=None)
         return lambda data: key.sign(data, ec.ECDSA(hashes.SHA256()))
 
     def licensing(self, store: Store) -> Licensing:
@@ -257,18 +278,20 @@ class ServerHome:
         return Chainer(store, self.signer(), self.path("audit-heads.jsonl"))
 
     def check_signature(self, message: bytes, signature: bytes) -> bool:
-        """Whether ``signature`` is the platform CA's over ``message`` (signed audit heads)."""
+        """Whether ``signature`` is the platform signing key's over ``message`` (signed audit
+        heads; heads signed before the home had a signing key verify with the CA's)."""
         from cryptography import x509
         from cryptography.exceptions import InvalidSignature
         from cryptography.hazmat.primitives import hashes
         from cryptography.hazmat.primitives.asymmetric import ec
 
-        key = x509.load_der_x509_certificate(self.ca_der()).public_key()
-        try:
-            key.verify(signature, message, ec.ECDSA(hashes.SHA256()))
-        except (InvalidSignature, ValueError):
-            return False
-        return True
+        for der in (self.signing_der(), self.ca_der()):
+            try:
+                x509.load_der_x509_certificate(der).public_key().verify(signature, message, ec.ECDSA(hashes.SHA256()))
+                return True
+            except (InvalidSignature, ValueError):
+                continue
+        return False
 
     # -- the master key ---------------------------------------------------------------------------
 
