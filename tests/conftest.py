@@ -64,8 +64,7 @@ def vhw_subprocess(*args: object, env: dict | None = None, timeout: float = 300,
     return Result(proc.returncode, proc.stdout, proc.stderr)
 
 
-def make_title(folder: Path, *, seed: int = 1, big: int = 300_000, kind: str = "game",
-               name: str = "Sample") -> Path:
+def make_title(folder: Path, *, seed: int = 1, big: int = 300_000, kind: str = "game", name: str = "Sample") -> Path:
     """A small title folder: an odd-sized binary, a text file in a subfolder, an empty file."""
     import random
 

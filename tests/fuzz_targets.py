@@ -45,16 +45,30 @@ DEVICES = DeviceSecrets(CLIENT, HDD, bytes(range(1, 33)), bytes(range(2, 34)))
 HARDWARE = cpu.Hardware(DEVICES)
 
 
+def _generation(catalog: bytes) -> int:
+    """The generation a catalog names (after its 8-byte magic): its superblock must say the same."""
+    return int.from_bytes(catalog[8:16].ljust(8, b"\0"), "big")
+
+
 def _reader(data: bytes):
     return lambda n, off: data[off : off + n]
 
 
-def rom_raw(data: bytes) -> None:
-    rom_fmt.decode(data)
+def stable(decode, encode, data: bytes) -> bytes:
+    """Decode ``data``, check that what it decodes to survives encoding and decoding unchanged,
+    and return its encoding (the seeds' must be their own bytes: tests/test_fuzz.py)."""
+    value = decode(data)
+    again = encode(value)
+    assert decode(again) == value, "decoded, encoded and decoded again, it changed"
+    return again
+
+
+def rom_raw(data: bytes) -> bytes:
+    return stable(rom_fmt.decode, rom_fmt.encode, data)
 
 
 def rom_body(data: bytes) -> None:
-    rom_fmt.decode(seal_envelope(rom_fmt.MAGIC, rom_fmt.VERSION, data))
+    rom_raw(seal_envelope(rom_fmt.MAGIC, rom_fmt.VERSION, data))
 
 
 def _use_card(card: card_fmt.Card) -> None:
@@ -92,23 +106,32 @@ def card_raw(data: bytes) -> None:
     _use_card_image(read_card_state(_reader(data), "fuzz", len(data)).state)
 
 
-def card_catalog(data: bytes) -> None:
+def card_catalog(data: bytes) -> bytes:
     """A card catalog past its checksum: the licensing items and the save directory."""
-    sb = card_fmt.Superblock(Id(IdKind.CARD, 3), KEY, 1, 16 * 4096, 7, len(data) or 1, hashlib.sha256(data).digest())
-    catalog = card_fmt.decode_catalog(data, sb, path="fuzz")
-    _use_card_image(CardState(sb, catalog))
+
+    def sb(d: bytes) -> card_fmt.Superblock:
+        return card_fmt.Superblock(
+            Id(IdKind.CARD, 3), KEY, 1, 16 * 4096, _generation(d), len(d) or 1, hashlib.sha256(d).digest()
+        )
+
+    again = stable(lambda d: card_fmt.decode_catalog(d, sb(d), path="fuzz"), card_fmt.encode_catalog, data)
+    _use_card_image(CardState(sb(data), card_fmt.decode_catalog(data, sb(data), path="fuzz")))
+    return again
 
 
 def save_area(data: bytes) -> None:
     """Bytes standing for a save's sealed data under a valid entry: a save edited by hand."""
     key = saves.save_key(KEY, Id(IdKind.CARD, 3), Id(IdKind.USER, 4))
     entry = _seed_save().entry
+    try:
+        saves.open_save(key, replace(entry, size=len(data) // 2), data)  # an entry that lies about its size
+    except VhwError:
+        pass
     saves.open_save(key, entry, data)
-    saves.open_save(key, replace(entry, size=len(data) // 2), data)
 
 
-def save_export(data: bytes) -> None:
-    saves.decode_export(data, path="fuzz")
+def save_export(data: bytes) -> bytes:
+    return stable(lambda d: saves.decode_export(d, path="fuzz"), saves.encode_export, data)
 
 
 @cache
@@ -123,22 +146,29 @@ def disc_raw(data: bytes) -> None:
         cipher = crypto.ChunkCipher(KEY, f.stream_id, f.size)
         start = disc.data_offset + f.offset
         for i in range(min(cipher.layout.count, 2)):
-            sealed = data[start + cipher.layout.sealed_offset(i):][: cipher.layout.sealed_length(i)]
+            sealed = data[start + cipher.layout.sealed_offset(i) :][: cipher.layout.sealed_length(i)]
             try:
                 cipher.open(i, sealed)
             except crypto.Invalid:
                 pass
 
 
-def disc_manifest(data: bytes) -> None:
+def disc_manifest(data: bytes) -> bytes:
     """The manifest's structure checks, past its signature."""
-    rec = parse(disc_fmt.ManifestBody, data, path="fuzz", what="disc manifest")
-    disc_fmt.manifest_from_record(rec, path="fuzz")
+
+    def decode(d: bytes) -> disc_fmt.Manifest:
+        rec = parse(disc_fmt.ManifestBody, d, path="fuzz", what="disc manifest")
+        return disc_fmt.manifest_from_record(rec, path="fuzz")
+
+    return stable(decode, disc_fmt.manifest_bytes, data)
+
+
+#: the manifest and title digest a MID area is checked against: the seed disc's, once seeds() made it
+MID_AREA_OF = {"manifest": disc_fmt.Manifest("T1", "n", "game", "", bytes(32), ()), "digest": bytes(32)}
 
 
 def disc_mid_area(data: bytes) -> None:
-    manifest = disc_fmt.Manifest("T1", "n", "game", "", bytes(32), ())
-    disc_fmt.decode_mid_area(data, path="fuzz", manifest=manifest, title_digest=bytes(32))
+    disc_fmt.decode_mid_area(data, path="fuzz", manifest=MID_AREA_OF["manifest"], title_digest=MID_AREA_OF["digest"])
 
 
 def hdd_raw(data: bytes) -> None:
@@ -146,16 +176,26 @@ def hdd_raw(data: bytes) -> None:
     _use_volume(opened.volume, data)
 
 
-def hdd_catalog(data: bytes) -> None:
+def hdd_catalog(data: bytes) -> bytes:
     """A catalog past its checksum: parsed, checked, and its titles read the way the mount would."""
-    sb = hdd_fmt.Superblock(HDD, KEY, 2**30, 0, 7, hdd_fmt.DATA_START, len(data) or 1, hashlib.sha256(data).digest(),
-                            catalog_ditto=hdd_fmt.DATA_START)
-    try:
-        catalog = hdd_fmt.decode_catalog(data, sb, path="fuzz")
-    except VhwError:
-        return
-    catalog = catalog.__class__(7, catalog.titles, catalog.card_epochs)
-    _use_volume(Volume(sb, catalog), b"")
+
+    def sb(d: bytes) -> hdd_fmt.Superblock:
+        return hdd_fmt.Superblock(
+            HDD,
+            KEY,
+            2**30,
+            0,
+            _generation(d),
+            hdd_fmt.DATA_START,
+            len(d) or 1,
+            hashlib.sha256(d).digest(),
+            catalog_ditto=hdd_fmt.DATA_START,
+        )
+
+    again = stable(lambda d: hdd_fmt.decode_catalog(d, sb(d), path="fuzz"), hdd_fmt.encode_catalog, data)
+    catalog = hdd_fmt.decode_catalog(data, sb(data), path="fuzz")
+    _use_volume(Volume(sb(data), catalog), b"")
+    return again
 
 
 def _use_volume(vol: Volume, data: bytes) -> None:
@@ -199,7 +239,7 @@ def device_sealed(data: bytes) -> None:
 
 @cache
 def _world():
-    from .world import World, new_disc, pressed
+    from .world import World
 
     return World.make(Path(tempfile.mkdtemp(prefix="vhw-fuzz-")))
 
@@ -211,9 +251,11 @@ def _api(cls, call):
         except (ValueError, RecursionError, UnicodeDecodeError):
             return  # the server answers 400: the body is not JSON
         msg = p.decode(cls, body)
+        assert p.decode(cls, p.encode(msg)) == msg
         call(_world().lic, msg)
 
     target.__name__ = f"api_{cls.__name__}"
+    target.message = cls  # type: ignore[attr-defined]
     return target
 
 
@@ -227,10 +269,10 @@ API = {
     "api_confirm": _api(p.ConfirmRequest, lambda lic, m: lic.confirm("fuzz", m)),
     "api_purchase": _api(p.PurchaseRequest, lambda lic, m: lic.purchase("fuzz", m)),
     "api_register_card": _api(p.RegisterCard, lambda lic, m: lic.register_card("fuzz", m)),
-    "api_register_console": _api(p.RegisterConsole,
-                                 lambda lic, m: lic.register_device("fuzz", "consoles", m.client_id, m.public_key)),
-    "api_register_hdd": _api(p.RegisterHdd,
-                             lambda lic, m: lic.register_device("fuzz", "hdds", m.hdd_id, m.public_key)),
+    "api_register_console": _api(
+        p.RegisterConsole, lambda lic, m: lic.register_device("fuzz", "consoles", m.client_id, m.public_key)
+    ),
+    "api_register_hdd": _api(p.RegisterHdd, lambda lic, m: lic.register_device("fuzz", "hdds", m.hdd_id, m.public_key)),
     "api_register_title": _api(p.RegisterTitle, lambda lic, m: lic.register_title("fuzz", m)),
     "api_register_media": _api(p.RegisterMedia, lambda lic, m: lic.register_media("fuzz", m)),
     "api_repair": _api(p.RepairRequest, lambda lic, m: lic.repair("fuzz", m)),
@@ -238,18 +280,39 @@ API = {
     "api_audit": _api(p.AuditQuery, lambda lic, m: lic.audit(m)),
 }
 
-IMAGES = {f.__name__: f for f in (rom_raw, rom_body, card_raw, card_catalog, save_area, save_export, disc_raw,
-                                  disc_manifest, disc_mid_area, hdd_raw, hdd_catalog, device_sealed)}
+API_MESSAGES = {name: target.message for name, target in API.items()}
+
+# the formats whose encoding is canonical: a seed re-encodes to its own bytes
+REENCODED = ("rom_raw", "card_catalog", "save_export", "disc_manifest", "hdd_catalog")
+
+IMAGES = {
+    f.__name__: f
+    for f in (
+        rom_raw,
+        rom_body,
+        card_raw,
+        card_catalog,
+        save_area,
+        save_export,
+        disc_raw,
+        disc_manifest,
+        disc_mid_area,
+        hdd_raw,
+        hdd_catalog,
+        device_sealed,
+    )
+}
 TARGETS = {**IMAGES, **API}
 
 
-def run(target, data: bytes) -> bool:
-    """True if ``data`` ended well (normally or with a clear error); False is a bug."""
+def run(target, data: bytes) -> str:
+    """ "accepted" (decoded, and re-encoded to the same bytes where the format allows) or
+    "refused" (one clear error). Anything else escapes: a bug, which fails the caller."""
     try:
         target(data)
     except ALLOWED:
-        pass
-    return True
+        return "refused"
+    return "accepted"
 
 
 def seeds(folder: Path) -> dict[str, list[bytes]]:
@@ -272,8 +335,10 @@ def seeds(folder: Path) -> dict[str, list[bytes]]:
         press(m, folder / "discs", count=1, keystore=ks)
     disc = next((folder / "discs").iterdir()).read_bytes()
     d, region = disc_fmt.decode(_reader(disc), size=len(disc), path="seed")
-    rom = rom_fmt.encode(rom_fmt.Rom(CLIENT, 5, DEVICES.console, server_url="https://127.0.0.1:8443",
-                                     trust_anchor=b"\x30" * 40))
+    MID_AREA_OF.update(manifest=d.manifest, digest=d.title_digest)
+    rom = rom_fmt.encode(
+        rom_fmt.Rom(CLIENT, 5, DEVICES.console, server_url="https://127.0.0.1:8443", trust_anchor=b"\x30" * 40)
+    )
     card = _seed_card(folder)
     catalog = card_fmt.encode_catalog(read_card_state(_reader(card), "seed", len(card)).state.catalog)
     w = World.make(Path(tempfile.mkdtemp(prefix="vhw-seed-")))
@@ -297,13 +362,19 @@ def seeds(folder: Path) -> dict[str, list[bytes]]:
     }
     body = region[: -crypto.SIGNATURE_SIZE]
     return {
-        "rom_raw": [rom], "rom_body": [rom[14:-32]],
-        "card_raw": [card], "card_catalog": [catalog],
+        "rom_raw": [rom],
+        "rom_body": [rom[14:-32]],
+        "card_raw": [card],
+        "card_catalog": [catalog],
         "save_area": [_seed_save().data],
-        "save_export": [saves.encode_export(saves.Exported(Id(IdKind.USER, 4), "FUZZ-1", "slot1.sav", 1, b"l3",
-                                                          b"progress"))],
-        "disc_raw": [disc], "disc_manifest": [body], "disc_mid_area": [disc[4096:8192]],
-        "hdd_raw": [_small_hdd(folder)], "hdd_catalog": [hdd_fmt.encode_catalog(hdd_fmt.Catalog(7))],
+        "save_export": [
+            saves.encode_export(saves.Exported(Id(IdKind.USER, 4), "FUZZ-1", "slot1.sav", 1, b"l3", b"progress"))
+        ],
+        "disc_raw": [disc],
+        "disc_manifest": [body],
+        "disc_mid_area": [disc[4096:8192]],
+        "hdd_raw": [_small_hdd(folder)],
+        "hdd_catalog": [hdd_fmt.encode_catalog(hdd_fmt.Catalog(7))],
         "device_sealed": [sealed],
         **{k: [json.dumps(v).encode()] for k, v in bodies.items()},
     }
@@ -316,10 +387,19 @@ def _seed_card(folder: Path) -> bytes:
     path = folder / "seed.card"
     if not path.exists():
         user = bindings.wrap_id(KEY, Id(IdKind.USER, 4), bindings.user_id(Id(IdKind.CARD, 3)))
-        CardImage.create(path, card_fmt.Card(Id(IdKind.CARD, 3), KEY, 1, user_id=user, content_gen_key=b"g" * 160,
-                                             sealed_ids=b"s" * 50,
-                                             licenses=(card_fmt.License("FUZZ-1", b"m" * 40, b"k" * 160, 2),)),
-                         capacity=16 * 4096)
+        CardImage.create(
+            path,
+            card_fmt.Card(
+                Id(IdKind.CARD, 3),
+                KEY,
+                1,
+                user_id=user,
+                content_gen_key=b"g" * 160,
+                sealed_ids=b"s" * 50,
+                licenses=(card_fmt.License("FUZZ-1", b"m" * 40, b"k" * 160, 2),),
+            ),
+            capacity=16 * 4096,
+        )
         with CardImage.open(path, write=True) as img:
             img.write_save("FUZZ-1", "slot1.sav", b"progress " * 100, modified=2, meta=b"level 3")
     return path.read_bytes()

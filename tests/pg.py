@@ -52,16 +52,47 @@ class Cluster:
             run_as = ["runuser", "-u", "postgres", "--"]
         port = _free_port()
         data = root / "data"
-        subprocess.run([*run_as, str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres",
-                        "-E", "UTF8", "--no-instructions"], check=True, capture_output=True)
-        options = (f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c max_connections=300"
-                   " -c shared_buffers=256MB")
-        subprocess.run([*run_as, str(bindir / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(root / "log"),
-                        "-w", "-t", "60", "start"], check=True, capture_output=True)
+        subprocess.run(
+            [
+                *run_as,
+                str(bindir / "initdb"),
+                "-D",
+                str(data),
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "-E",
+                "UTF8",
+                "--no-instructions",
+            ],
+            check=True,
+            capture_output=True,
+        )
+        options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c max_connections=300 -c shared_buffers=256MB"
+        subprocess.run(
+            [
+                *run_as,
+                str(bindir / "pg_ctl"),
+                "-D",
+                str(data),
+                "-o",
+                options,
+                "-l",
+                str(root / "log"),
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ],
+            check=True,
+            capture_output=True,
+        )
 
         def stop() -> None:
-            subprocess.run([*run_as, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"],
-                           capture_output=True)
+            subprocess.run(
+                [*run_as, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"], capture_output=True
+            )
             shutil.rmtree(root, ignore_errors=True)
 
         return cls(f"postgresql://postgres@127.0.0.1:{port}", stop)

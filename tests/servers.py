@@ -29,19 +29,45 @@ class RunningServer:
         self.log = log
 
     @classmethod
-    def start(cls, home: Path, *, init: list[str] = (), run: list[str] = (), env: dict | None = None,
-              timeout: float = 30, listen: str | None = "127.0.0.1:0", top: list[str] = ()) -> RunningServer:
+    def start(
+        cls,
+        home: Path,
+        *,
+        init: list[str] = (),
+        run: list[str] = (),
+        env: dict | None = None,
+        timeout: float = 30,
+        listen: str | None = "127.0.0.1:0",
+        top: list[str] = (),
+    ) -> RunningServer:
         """``listen=None``: no --listen flag (the address comes from --config, VHW_SERVER_LISTEN or
         the home's config)."""
         env = {**os.environ, **(env or {})}
         if not (home / "config.json").exists():
-            subprocess.run([sys.executable, "-m", "vhw", "server", "init", "--home", str(home), *init],
-                           check=True, capture_output=True, env=env)
+            subprocess.run(
+                [sys.executable, "-m", "vhw", "server", "init", "--home", str(home), *init],
+                check=True,
+                capture_output=True,
+                env=env,
+            )
         log = home / "server.log"
         proc = subprocess.Popen(
-            [sys.executable, "-m", "vhw", *top, "server", "run", "--home", str(home),
-             *(["--listen", listen] if listen else []), *run],
-            stdout=subprocess.PIPE, stderr=open(log, "ab"), env=env, text=True,
+            [
+                sys.executable,
+                "-m",
+                "vhw",
+                *top,
+                "server",
+                "run",
+                "--home",
+                str(home),
+                *(["--listen", listen] if listen else []),
+                *run,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=open(log, "ab"),
+            env=env,
+            text=True,
         )
         deadline = time.monotonic() + timeout
         line = ""
@@ -90,17 +116,45 @@ def start_brokered(d: Path, *, staff: tuple[str, str] | None = None):
     (server, broker process); the server has ``broker_url`` and ``broker_home``."""
     server = RunningServer.start(d / "server", init=["--mode", "broker"])
     run = [sys.executable, "-m", "vhw"]
-    subprocess.run([*run, "server", "issue-cert", "broker", "-o", str(d / "tls"), "--home", str(server.home.root)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [*run, "server", "issue-cert", "broker", "-o", str(d / "tls"), "--home", str(server.home.root)],
+        check=True,
+        capture_output=True,
+    )
     home = d / "broker"
-    subprocess.run([*run, "broker", "init", "--home", str(home), "--credential", str(server.credential("broker")),
-                    "--tls", str(d / "tls"), "--server", server.url, "--price", "5.00", "--platform-share", "70"],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [
+            *run,
+            "broker",
+            "init",
+            "--home",
+            str(home),
+            "--credential",
+            str(server.credential("broker")),
+            "--tls",
+            str(d / "tls"),
+            "--server",
+            server.url,
+            "--price",
+            "5.00",
+            "--platform-share",
+            "70",
+        ],
+        check=True,
+        capture_output=True,
+    )
     if staff:
-        subprocess.run([*run, "broker", "staff", "add", staff[0], "--password", staff[1], "--home", str(home)],
-                       check=True, capture_output=True)
-    proc = subprocess.Popen([*run, "broker", "run", "--home", str(home), "--listen", "127.0.0.1:0"],
-                            stdout=subprocess.PIPE, stderr=open(d / "broker.log", "wb"), text=True)
+        subprocess.run(
+            [*run, "broker", "staff", "add", staff[0], "--password", staff[1], "--home", str(home)],
+            check=True,
+            capture_output=True,
+        )
+    proc = subprocess.Popen(
+        [*run, "broker", "run", "--home", str(home), "--listen", "127.0.0.1:0"],
+        stdout=subprocess.PIPE,
+        stderr=open(d / "broker.log", "wb"),
+        text=True,
+    )
     line = proc.stdout.readline()
     if "listening on" not in line:
         proc.kill()
@@ -121,8 +175,10 @@ def factory(cli, srv, folder: Path, *, register_card: bool = True, hdd_size: str
     """A console (ROM + HDD, set up in folder/console) and a card, made by the manufacturer."""
     folder.mkdir(parents=True, exist_ok=True)
     cred = ["--credential", srv.credential("manufacturer"), "--server", srv.url]
-    paths = {k: folder / n for k, n in (("rom", "console.rom"), ("hdd", "console.hdd"), ("card", "card.card"),
-                                        ("console", "console"))}
+    paths = {
+        k: folder / n
+        for k, n in (("rom", "console.rom"), ("hdd", "console.hdd"), ("card", "card.card"), ("console", "console"))
+    }
     assert cli("console", "rom", paths["rom"], *cred).code == 0
     assert cli("hdd", "format", paths["hdd"], "--size", hdd_size, *cred).code == 0
     assert cli("card", "format", paths["card"], *(cred if register_card else [])).code == 0
@@ -145,14 +201,18 @@ def make_users(srv, n: int) -> list[tuple[cpu.CardView, cpu.Hardware]]:
     with srv.role_client("manufacturer") as m, srv.console_client() as c:
         for _ in range(n):
             card = Card(Id.random(IdKind.CARD), crypto.random_key(), 1)
-            devices = DeviceSecrets(Id.random(IdKind.CLIENT), Id.random(IdKind.HDD), crypto.device_secret(),
-                                    crypto.device_secret())
+            devices = DeviceSecrets(
+                Id.random(IdKind.CLIENT), Id.random(IdKind.HDD), crypto.device_secret(), crypto.device_secret()
+            )
             public = devices.public()
             m.call("/v1/manufacturer/cards", p.RegisterCard(card.mc_id, card.mc_key), p.Done)
             m.call("/v1/manufacturer/consoles", p.RegisterConsole(devices.client_id, public.console), p.Done)
             m.call("/v1/manufacturer/hdds", p.RegisterHdd(devices.hdd_id, public.hdd), p.Done)
-            resp = c.call("/v1/console/register", cpu.registration_request(card, devices.client_id, devices.hdd_id),
-                          p.RegisterResponse)
+            resp = c.call(
+                "/v1/console/register",
+                cpu.registration_request(card, devices.client_id, devices.hdd_id),
+                p.RegisterResponse,
+            )
             card, _ = cpu.accept_registration(card, resp)
             kits.append((cpu.CardView.open(card), cpu.Hardware(devices, srv.home.signing_der())))
     return kits
@@ -166,11 +226,11 @@ def press(srv, title_id: str, n: int) -> list[cpu.Medium]:
     digest = os.urandom(32)
     discs = [new_disc(digest) for _ in range(n)]
     with srv.role_client("publisher") as pub:
-        pub.call("/v1/publisher/titles", p.RegisterTitle(title_id, title_id, crypto.random_key(), digest),
-                 p.Done)
+        pub.call("/v1/publisher/titles", p.RegisterTitle(title_id, title_id, crypto.random_key(), digest), p.Done)
         for i in range(0, n, 1000):
-            pub.call("/v1/publisher/media", p.RegisterMedia(title_id, tuple(pressed(d) for d in discs[i:i + 1000])),
-                     p.Done)
+            pub.call(
+                "/v1/publisher/media", p.RegisterMedia(title_id, tuple(pressed(d) for d in discs[i : i + 1000])), p.Done
+            )
     return discs
 
 
@@ -185,8 +245,11 @@ def hardware_of(rom_path: Path, hdd_path: Path, *, epochs: bool = True) -> cpu.H
 
     rom = rom_dev.load(rom_path)
     with HddImage.open(hdd_path) as img:
-        return cpu.Hardware(DeviceSecrets(rom.client_id, img.hdd_id, rom.secret, img.secret), rom.token_anchor,
-                            img.volume.catalog.epochs() if epochs else {})
+        return cpu.Hardware(
+            DeviceSecrets(rom.client_id, img.hdd_id, rom.secret, img.secret),
+            rom.token_anchor,
+            img.volume.catalog.epochs() if epochs else {},
+        )
 
 
 def match_of(dev: dict, card_path: Path | None = None) -> cpu.Match:

@@ -36,7 +36,6 @@ def srv(tmp_path_factory):
     server.stop()
 
 
-
 class Unchanged:
     """The files named and the server's licenses are exactly as before the block."""
 
@@ -57,7 +56,9 @@ class Unchanged:
 
     def __exit__(self, *exc):
         if exc[0] is None:
-            assert ([file_sha256(p) for p in self.paths], self.licenses()) == self.before, "the attack changed something"
+            assert ([file_sha256(p) for p in self.paths], self.licenses()) == self.before, (
+                "the attack changed something"
+            )
 
 
 @pytest.fixture
@@ -65,7 +66,10 @@ def world(cli, srv, tmp_path):
     """Alice (registered, one title installed) and Bob (registered), two more discs pressed."""
     src = make_title(tmp_path / "src", seed=70)
     discs = publish(cli, srv, src, tmp_path, f"ATK-{os.urandom(3).hex().upper()}", count=3)
-    alice, bob = factory(cli, srv, tmp_path / "alice", hdd_size="64M"), factory(cli, srv, tmp_path / "bob", hdd_size="64M")
+    alice, bob = (
+        factory(cli, srv, tmp_path / "alice", hdd_size="64M"),
+        factory(cli, srv, tmp_path / "bob", hdd_size="64M"),
+    )
     for who in (alice, bob):
         assert cli("console", "register", "--console", who["console"]).code == 0
     assert cli("console", "insert-disc", discs[0], "--console", alice["console"]).code == 0
@@ -202,8 +206,10 @@ def test_swap_a_wrapped_content_key_between_two_mids_on_one_card(cli, srv, world
         assert cli("console", "eject-disc", *con(alice)).code == 0
     card = card_dev.load(alice["card"])
     a, b = card.licenses[-2:]
-    swapped = replace(card, licenses=card.licenses[:-2] + (replace(a, content_key=b.content_key),
-                                                          replace(b, content_key=a.content_key)))
+    swapped = replace(
+        card,
+        licenses=card.licenses[:-2] + (replace(a, content_key=b.content_key), replace(b, content_key=a.content_key)),
+    )
     card_dev.save(alice["card"], swapped)
     assert cli("hdd", "rm", world["title"], *con(alice)).code == 0  # (the discs are one title)
     assert cli("console", "insert-disc", world["discs"][1], *con(alice)).code == 0
@@ -265,8 +271,11 @@ def test_brute_force_user_ids_against_one_mc_id(cli, srv, world):
     with httpx.Client(base_url=srv.url, verify=tls_context(srv.ca_der)) as http:
         for _ in range(12):
             guess = bindings.wrap_id(card.mc_key, Id.random(IdKind.USER), bindings.user_id(card.mc_id))
-            body = p.encode(p.AcquireRequest(card.mc_id, guess, bindings.wrap_id(card.mc_key, mid, b"x"),
-                                             client_id, hdd_id, bytes(32), None))
+            body = p.encode(
+                p.AcquireRequest(
+                    card.mc_id, guess, bindings.wrap_id(card.mc_key, mid, b"x"), client_id, hdd_id, bytes(32), None
+                )
+            )
             statuses.append(http.post("/v1/console/acquire", json=body).status_code)
     assert statuses[:10] == [403] * 10 and statuses[10:] == [429, 429]
     r = cli("console", "acquire", *con(bob))  # now even the card's owner waits (exit 6, 429)
@@ -276,8 +285,20 @@ def test_brute_force_user_ids_against_one_mc_id(cli, srv, world):
 def test_downgrade_to_plain_http(cli, srv, world, tmp_path):
     bob = world["bob"]
     plain = tmp_path / "plain"
-    assert cli("console", "setup", plain, "--rom", bob["rom"], "--hdd", bob["hdd"], "--server",
-               srv.url.replace("https://", "http://")).code == 0
+    assert (
+        cli(
+            "console",
+            "setup",
+            plain,
+            "--rom",
+            bob["rom"],
+            "--hdd",
+            bob["hdd"],
+            "--server",
+            srv.url.replace("https://", "http://"),
+        ).code
+        == 0
+    )
     assert cli("console", "insert-card", bob["card"], "--slot", "2", "--console", plain).code == 0
     with Unchanged(srv, bob["card"], bob["hdd"]):
         r = cli("console", "register", "--slot", "2", "--console", plain)
@@ -300,8 +321,20 @@ def test_a_wrong_server_certificate(cli, srv, world, tmp_path):
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     try:
         impostor = tmp_path / "impostor"
-        assert cli("console", "setup", impostor, "--rom", bob["rom"], "--hdd", bob["hdd"], "--server",
-                   f"https://127.0.0.1:{httpd.server_address[1]}").code == 0
+        assert (
+            cli(
+                "console",
+                "setup",
+                impostor,
+                "--rom",
+                bob["rom"],
+                "--hdd",
+                bob["hdd"],
+                "--server",
+                f"https://127.0.0.1:{httpd.server_address[1]}",
+            ).code
+            == 0
+        )
         assert cli("console", "insert-card", bob["card"], "--slot", "2", "--console", impostor).code == 0
         with Unchanged(srv, bob["card"], bob["hdd"]):
             r = cli("console", "register", "--slot", "2", "--console", impostor)
@@ -326,14 +359,32 @@ def test_a_rogue_publisher_cannot_mint_licenses_for_anothers_title(cli, srv, wor
     from vhw.server.home import Credential
 
     rogue_path = tmp_path / "rogue.json"
-    subprocess.run([sys.executable, "-m", "vhw", "server", "credential", "publisher", "rogue", "-o", str(rogue_path),
-                    "--home", str(srv.home.root)], check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vhw",
+            "server",
+            "credential",
+            "publisher",
+            "rogue",
+            "-o",
+            str(rogue_path),
+            "--home",
+            str(srv.home.root),
+        ],
+        check=True,
+        capture_output=True,
+    )
     rogue = Credential.load(rogue_path)
     title = world["title"]
     with Client(srv.url, tls_context(ca_pem=rogue.ca), token=rogue.token) as c:
         with pytest.raises(ServerError, match="registered by another publisher") as err:
-            c.call("/v1/publisher/media", p.RegisterMedia(title, (p.PressedDisc(Id.random(IdKind.MEDIA), bytes(32)),)),
-                   p.Done)
+            c.call(
+                "/v1/publisher/media",
+                p.RegisterMedia(title, (p.PressedDisc(Id.random(IdKind.MEDIA), bytes(32)),)),
+                p.Done,
+            )
         assert err.value.status == 403
         with pytest.raises(ServerError, match="already registered with other keys"):
             c.call("/v1/publisher/titles", p.RegisterTitle(title, "mine", crypto.random_key(), os.urandom(32)), p.Done)
@@ -346,8 +397,12 @@ def test_a_rogue_publisher_cannot_mint_licenses_for_anothers_title(cli, srv, wor
     mid = Id.random(IdKind.MEDIA)
     secret = crypto.signing_seed()
     disc_key = crypto.public_bytes(crypto.signing_key_from(secret))
-    block = disc_fmt.encode_mid_area(disc_fmt.Pressing.MID, mid, secret,
-                                     key.sign(disc_fmt.mid_signed_message(digest, disc_fmt.Pressing.MID, mid, disc_key)))
+    block = disc_fmt.encode_mid_area(
+        disc_fmt.Pressing.MID,
+        mid,
+        secret,
+        key.sign(disc_fmt.mid_signed_message(digest, disc_fmt.Pressing.MID, mid, disc_key)),
+    )
     with open(forged, "r+b") as f:
         f.seek(disc_fmt.MID_AREA_OFFSET)
         f.write(block)

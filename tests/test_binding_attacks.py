@@ -53,7 +53,10 @@ def world(cli, srv, tmp_path):
     other_src = make_title(tmp_path / "src2", seed=112)
     other_title = f"PEND-{os.urandom(3).hex().upper()}"
     [pending_disc] = publish(cli, srv, other_src, tmp_path, other_title)
-    alice, bob = factory(cli, srv, tmp_path / "alice", hdd_size="64M"), factory(cli, srv, tmp_path / "bob", hdd_size="64M")
+    alice, bob = (
+        factory(cli, srv, tmp_path / "alice", hdd_size="64M"),
+        factory(cli, srv, tmp_path / "bob", hdd_size="64M"),
+    )
     for who in (alice, bob):
         assert cli("console", "register", "--console", who["console"]).code == 0
     con = ["--console", alice["console"]]
@@ -64,8 +67,14 @@ def world(cli, srv, tmp_path):
     assert cli("console", "acquire", *con).code == 0  # its Content-Key waits on the card
     assert cli("console", "eject-disc", *con).code == 0
     assert cli("console", "eject-card", *con).code == 0  # the card leaves Alice's console
-    return {"alice": alice, "bob": bob, "title": title, "src": src, "pending": pending_disc,
-            "pending_title": other_title}
+    return {
+        "alice": alice,
+        "bob": bob,
+        "title": title,
+        "src": src,
+        "pending": pending_disc,
+        "pending_title": other_title,
+    }
 
 
 # -- what the attacker can compute ------------------------------------------------------------------
@@ -109,7 +118,9 @@ class Attacker:
         items = [(card.content_gen_key, bindings.CONTENT_GEN_KEY, bindings.content_gen_key(card.mc_id, user))]
         for lic, mid in self.view.licenses():
             if lic.content_key and mid is not None:
-                items.append((lic.content_key, bindings.CONTENT_KEY, bindings.content_key(card.mc_id, mid, lic.title_id)))
+                items.append(
+                    (lic.content_key, bindings.CONTENT_KEY, bindings.content_key(card.mc_id, mid, lic.title_id))
+                )
         for blob, purpose, ad in items:
             for attempt in self._openers(purpose, ad):
                 try:
@@ -175,9 +186,11 @@ def forge_card(card: Card, user: Id, devices: DeviceSecrets) -> tuple[Card, byte
     """The attacker's card: their own Content-Gen-Key wrapped with the MC-Key and sealed to the
     borrower's devices, the borrower's IDs re-sealed under it. The card token stays the server's."""
     cgk = crypto.random_key()
-    forged = replace(card,
-                     content_gen_key=bindings.issue_content_gen_key(devices.public(), card.mc_key, card.mc_id, user, cgk),
-                     sealed_ids=bindings.seal_device_ids(cgk, user, devices.client_id, devices.hdd_id))
+    forged = replace(
+        card,
+        content_gen_key=bindings.issue_content_gen_key(devices.public(), card.mc_key, card.mc_id, user, cgk),
+        sealed_ids=bindings.seal_device_ids(cgk, user, devices.client_id, devices.hdd_id),
+    )
     return forged, cgk
 
 
@@ -195,8 +208,9 @@ def test_a_lent_card_yields_no_key_and_no_plaintext(cli, world, tmp_path):
     # not even the title's data on Alice's own HDD (which Bob does not hold) would decrypt
     with HddImage.open(alice["hdd"]) as img:
         title = img.volume.catalog.title(world["title"])
-        tried = no_chunk_opens(attacker.title_keys(title.title_id, img.hdd_id, title.key_salt),
-                               title_chunks(img, title))
+        tried = no_chunk_opens(
+            attacker.title_keys(title.title_id, img.hdd_id, title.key_salt), title_chunks(img, title)
+        )
     assert tried > 50
     # through the console: the card as it is, and re-sealed for Bob's devices
     assert cli("console", "insert-card", alice["card"], "--slot", "2", "--console", bob["console"]).code == 0
@@ -221,8 +235,10 @@ def test_a_lent_card_and_hdd_yield_no_plaintext(cli, world, tmp_path):
     assert attacker.open_everything() == []
     with HddImage.open(alice["hdd"]) as img:
         title = img.volume.catalog.title(world["title"])
-        assert no_chunk_opens(attacker.title_keys(title.title_id, img.hdd_id, title.key_salt),
-                              title_chunks(img, title)) > 50
+        assert (
+            no_chunk_opens(attacker.title_keys(title.title_id, img.hdd_id, title.key_salt), title_chunks(img, title))
+            > 50
+        )
     lent = tmp_path / "lent"
     assert cli("console", "setup", lent, "--rom", bob["rom"], "--hdd", alice["hdd"]).code == 0
     assert cli("console", "insert-card", alice["card"], "--console", lent).code == 0
@@ -237,8 +253,13 @@ def test_a_lent_card_and_hdd_yield_no_plaintext(cli, world, tmp_path):
         vol = img.volume
         t = vol.catalog.title(world["title"])
         edited = replace(t, bound_to=binding.owner, owner=owner_of(fake_cgk))
-        img.apply(*vol.commit(replace(vol.catalog, titles=tuple(
-            edited if x.title_id == t.title_id else x for x in vol.catalog.titles))))
+        img.apply(
+            *vol.commit(
+                replace(
+                    vol.catalog, titles=tuple(edited if x.title_id == t.title_id else x for x in vol.catalog.titles)
+                )
+            )
+        )
     assert_refused_to_play(cli, lent, world["title"], tmp_path)  # the card token does not verify
     # and past every check, straight into the library: the mount lists the title as readable
     # under the forged binding, and every read of it fails
@@ -285,8 +306,16 @@ def test_a_second_user_on_the_same_hdd_reads_none_of_the_firsts_titles(cli, srv,
     with HddImage.open(alice["hdd"], write=True) as img:  # she marks Alice's title as hers
         vol = img.volume
         t = vol.catalog.title(world["title"])
-        img.apply(*vol.commit(replace(vol.catalog, titles=tuple(
-            replace(x, bound_to=mine.owner) if x.title_id == t.title_id else x for x in vol.catalog.titles))))
+        img.apply(
+            *vol.commit(
+                replace(
+                    vol.catalog,
+                    titles=tuple(
+                        replace(x, bound_to=mine.owner) if x.title_id == t.title_id else x for x in vol.catalog.titles
+                    ),
+                )
+            )
+        )
     with HddImage.open(alice["hdd"]) as img:
         t = img.volume.catalog.title(world["title"])
         with pytest.raises(Exception, match="does not decrypt"):
@@ -322,8 +351,12 @@ def test_the_operator_with_the_database_and_a_stolen_hdd_decrypts_nothing(world,
     _, hdds = secrets_of(alice["hdd"])
     with HddImage.open(alice["hdd"]) as img:
         t = img.volume.catalog.title(world["title"])
-        keys = [TitleBinding.derive(cgk, user, DeviceSecrets(client_id, hdd_id, crypto.device_secret(), h)).title_key(
-            t.title_id, t.key_salt) for h in hdds]
+        keys = [
+            TitleBinding.derive(cgk, user, DeviceSecrets(client_id, hdd_id, crypto.device_secret(), h)).title_key(
+                t.title_id, t.key_salt
+            )
+            for h in hdds
+        ]
         keys.append(crypto.derive(cgk, crypto.context("hdd-title-key", hdd_id, t.title_id), salt=t.key_salt))
         assert no_chunk_opens(keys, title_chunks(img, t)) >= 3
         # with the console's ROM as well, they hold that console: then it does decrypt

@@ -15,7 +15,9 @@ from vhw.ids import Id, IdKind
 
 
 def devices() -> DeviceSecrets:
-    return DeviceSecrets(Id.random(IdKind.CLIENT), Id.random(IdKind.HDD), crypto.device_secret(), crypto.device_secret())
+    return DeviceSecrets(
+        Id.random(IdKind.CLIENT), Id.random(IdKind.HDD), crypto.device_secret(), crypto.device_secret()
+    )
 
 
 @settings(max_examples=30, deadline=None)

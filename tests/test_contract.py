@@ -42,12 +42,34 @@ def test_api_contract(srv, group, tmp_path):
     role, paths = GROUPS[group]
     # an oversize body is refused with 413 before it is parsed: a rejection, as schemathesis's own 4xx are
     config = tmp_path / "schemathesis.toml"
-    config.write_text('[checks.negative_data_rejection]\nexpected-statuses = '
-                      '["400", "401", "403", "404", "405", "406", "409", "413", "415", "422", "428", "429"]\n')
-    cmd = [exe, "--config-file", str(config), "run", f"{srv.url}/openapi.json", "--tls-verify", str(srv.home.path("ca.pem")),
-           "--checks", "all", "--exclude-checks", "positive_data_acceptance", "--max-examples", "25",
-           "--seed", "7", "--include-path-regex", paths, "--report-dir", str(tmp_path), "--no-color",
-           "--suppress-health-check", "filter_too_much"]  # (a limit of its generator, not of the API)
+    config.write_text(
+        "[checks.negative_data_rejection]\nexpected-statuses = "
+        '["400", "401", "403", "404", "405", "406", "409", "413", "415", "422", "428", "429"]\n'
+    )
+    cmd = [
+        exe,
+        "--config-file",
+        str(config),
+        "run",
+        f"{srv.url}/openapi.json",
+        "--tls-verify",
+        str(srv.home.path("ca.pem")),
+        "--checks",
+        "all",
+        "--exclude-checks",
+        "positive_data_acceptance",
+        "--max-examples",
+        "25",
+        "--seed",
+        "7",
+        "--include-path-regex",
+        paths,
+        "--report-dir",
+        str(tmp_path),
+        "--no-color",
+        "--suppress-health-check",
+        "filter_too_much",
+    ]  # (a limit of its generator, not of the API)
     if role:
         cmd += ["--header", f"Authorization: Bearer {Credential.load(srv.credential(role)).token}"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)

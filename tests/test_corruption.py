@@ -49,12 +49,23 @@ def samples(tmp_path_factory):
     with HddImage.open(hdd, write=True) as img, DiscImage.open(disc_path) as disc:
         img.run(install_plan(img.volume, disc, content_key=content_key, owner=bytes(16), binding=cgk, installed=1))
     ca_cert, _ = make_ca("vhw test platform")
-    rom = rom_fmt.encode(rom_fmt.Rom(Id.random(IdKind.CLIENT), 1, crypto.device_secret(),
-                                     server_url="https://127.0.0.1:8443", trust_anchor=ca_cert))
+    rom = rom_fmt.encode(
+        rom_fmt.Rom(
+            Id.random(IdKind.CLIENT),
+            1,
+            crypto.device_secret(),
+            server_url="https://127.0.0.1:8443",
+            trust_anchor=ca_cert,
+        )
+    )
     mc_id, mc_key, user = Id.random(IdKind.CARD), os.urandom(32), Id.random(IdKind.USER)
     items = card_fmt.Card(
-        mc_id, mc_key, 1, user_id=bindings.wrap_id(mc_key, user, bindings.user_id(mc_id)),
-        content_gen_key=os.urandom(160), sealed_ids=os.urandom(50),
+        mc_id,
+        mc_key,
+        1,
+        user_id=bindings.wrap_id(mc_key, user, bindings.user_id(mc_id)),
+        content_gen_key=os.urandom(160),
+        sealed_ids=os.urandom(50),
         licenses=(card_fmt.License("CORRUPT-1", os.urandom(40), os.urandom(160), 2),),
     )
     card_path = d / "c.card"
@@ -66,8 +77,16 @@ def samples(tmp_path_factory):
         img.save_card(items)  # one more generation: both catalog halves and slots in use
     card = card_path.read_bytes()
     return {
-        "dir": d, "disc": disc_path, "content_key": content_key, "hdd": hdd, "cgk": cgk,
-        "rom": rom, "card": card, "card_items": items, "card_saves": card_saves, "files": source_files(src),
+        "dir": d,
+        "disc": disc_path,
+        "content_key": content_key,
+        "hdd": hdd,
+        "cgk": cgk,
+        "rom": rom,
+        "card": card,
+        "card_items": items,
+        "card_saves": card_saves,
+        "files": source_files(src),
     }
 
 
@@ -120,8 +139,12 @@ def test_card_truncations_and_flips(samples, tmp_path):
     with CardImage.open(path) as img:
         state = img.state
     sb = state.sb
-    meta = [Extent(sb.slot, 4096), Extent(sb.slot + card_fmt.DITTO, 4096), Extent(sb.catalog_offset, sb.catalog_length),
-            Extent(sb.catalog_offset + card_fmt.CATALOG_DITTO, sb.catalog_length)]
+    meta = [
+        Extent(sb.slot, 4096),
+        Extent(sb.slot + card_fmt.DITTO, 4096),
+        Extent(sb.catalog_offset, sb.catalog_length),
+        Extent(sb.catalog_offset + card_fmt.CATALOG_DITTO, sb.catalog_length),
+    ]
     current = [*meta, *state.used()]
     rnd = random.Random(12)
     fd = os.open(path, os.O_RDWR)
@@ -274,15 +297,17 @@ def test_hdd_truncations_and_flips(samples, tmp_path):
 
 def _corrupt_variants(data: bytes, tmp: Path, name: str) -> list[Path]:
     out = []
-    for i, mutate in enumerate([
-        lambda d: d[: len(d) // 2],
-        lambda d: d[:100],
-        lambda d: d[: min(5000, len(d) - 1)],
-        lambda d: d[:1] + bytes([d[1] ^ 4]) + d[2:],
-        lambda d: d[:3000] + bytes([d[3000] ^ 1]) + d[3001:] if len(d) > 3001 else d[:-1],
-        lambda d: d[:-100] + bytes([d[-100] ^ 1]) + d[-99:],
-        lambda d: d + b"junk",
-    ]):
+    for i, mutate in enumerate(
+        [
+            lambda d: d[: len(d) // 2],
+            lambda d: d[:100],
+            lambda d: d[: min(5000, len(d) - 1)],
+            lambda d: d[:1] + bytes([d[1] ^ 4]) + d[2:],
+            lambda d: d[:3000] + bytes([d[3000] ^ 1]) + d[3001:] if len(d) > 3001 else d[:-1],
+            lambda d: d[:-100] + bytes([d[-100] ^ 1]) + d[-99:],
+            lambda d: d + b"junk",
+        ]
+    ):
         p = tmp / f"{name}-{i}"
         p.write_bytes(mutate(data))
         out.append(p)
@@ -291,8 +316,12 @@ def _corrupt_variants(data: bytes, tmp: Path, name: str) -> list[Path]:
 
 @pytest.mark.parametrize("group", ["disc", "card", "hdd", "console"])
 def test_cli_refuses_foreign_and_damaged_files(samples, tmp_path, cli, group):
-    source = {"disc": samples["disc"].read_bytes(), "card": samples["card"], "rom": samples["rom"],
-              "hdd": samples["hdd"].read_bytes()}["rom" if group == "console" else group]
+    source = {
+        "disc": samples["disc"].read_bytes(),
+        "card": samples["card"],
+        "rom": samples["rom"],
+        "hdd": samples["hdd"].read_bytes(),
+    }["rom" if group == "console" else group]
     png = tmp_path / "picture.png"
     png.write_bytes(PNG)
     empty = tmp_path / "empty"
@@ -300,8 +329,12 @@ def test_cli_refuses_foreign_and_damaged_files(samples, tmp_path, cli, group):
     folder = tmp_path / "folder"
     folder.mkdir()
     # each group's complete check: `info` reads only what it shows, `verify`/`fsck --deep` all of it
-    check = {"disc": ["disc", "verify"], "card": ["card", "info"], "hdd": ["hdd", "fsck", "--deep"],
-             "console": ["console", "info"]}[group]
+    check = {
+        "disc": ["disc", "verify"],
+        "card": ["card", "info"],
+        "hdd": ["hdd", "fsck", "--deep"],
+        "console": ["console", "info"],
+    }[group]
     variants = _corrupt_variants(source, tmp_path, group)
     if group in ("hdd", "card"):
         for noted in (variants[3], variants[4]):  # flips in superblock slot 0 copy A: noted, its ditto copy in use

@@ -18,7 +18,7 @@ from vhw.errors import CopyNotPermitted, MediaRefused, UserIdInvalid
 from vhw.ids import Id, IdKind
 from vhw.server.licensing import Licensing
 
-from .world import Kit, World, new_disc
+from .world import Kit, World
 
 
 @pytest.fixture
@@ -73,8 +73,7 @@ def test_a_captured_proof_serves_no_one_else(world):
     _, disc = world.disc()
     owner, thief = world.user(), world.user()
     proof = cpu.acquisition_request(owner.view, world.hw(owner), disc).disc_proof
-    req = dataclasses.replace(cpu.acquisition_request(thief.view, world.hw(thief), label_only(disc)),
-                              disc_proof=proof)
+    req = dataclasses.replace(cpu.acquisition_request(thief.view, world.hw(thief), label_only(disc)), disc_proof=proof)
     with pytest.raises(MediaRefused):
         world.lic.acquire("console", req)
     assert flags(world.lic)[str(disc.mid)] is None
@@ -90,7 +89,7 @@ def test_many_labels_none_burnt(world):
                 world.lic.acquire("console", req)
     assert all(flags(world.lic)[str(d.mid)] is None for d in discs)
     owners = [world.user() for _ in range(3)]
-    for kit, disc in zip(owners, discs):
+    for kit, disc in zip(owners, discs, strict=False):
         world.acquire(kit, disc)  # each still goes to its real holder
 
 
@@ -143,8 +142,9 @@ def repaired(world: World, kit: Kit, *, console: bool = False, hdd: bool = False
 
     spare = world.kit()
     new = kit.on(console=spare if console else None, hdd=spare if hdd else None)
-    world.lic.repair("operator", p.RepairRequest(kit.card.mc_id, new.client_id if console else None,
-                                                 new.hdd_id if hdd else None))
+    world.lic.repair(
+        "operator", p.RepairRequest(kit.card.mc_id, new.client_id if console else None, new.hdd_id if hdd else None)
+    )
     return new.with_(card=cpu.CardView.open(kit.card).wiped().card)
 
 
@@ -178,8 +178,12 @@ def test_reinstall_by_the_owner_on_the_owners_hdd_only(world):
     with pytest.raises(UserIdInvalid):  # the default policy names the HDD: another one is refused
         world.acquire(elsewhere, disc)
     # a server that does not identify users by HDD answers, but seals the keys to the registered HDD
-    lax = World(Licensing(world.lic.store, world.lic.master_key, Policy(identify_by=frozenset({"mc_id"})),
-                          sign=world.lic.sign), world.anchor, world.titles, world.digests)
+    lax = World(
+        Licensing(world.lic.store, world.lic.master_key, Policy(identify_by=frozenset({"mc_id"})), sign=world.lic.sign),
+        world.anchor,
+        world.titles,
+        world.digests,
+    )
     got = lax.acquire(elsewhere, disc)
     with pytest.raises(CopyNotPermitted):
         cpu.copy_keys(got.view, lax.hw(got), disc.mid, title)
@@ -207,5 +211,7 @@ def test_a_wrapped_mid_of_another_card_does_not_open(world):
     forged = dataclasses.replace(cpu.acquisition_request(thief.view, world.hw(thief), disc), mid=req.mid)
     with pytest.raises(MediaRefused):
         world.lic.acquire("console", forged)
-    assert bindings.unwrap_id(kit.card.mc_key, req.mid, IdKind.MEDIA, bindings.mid(kit.card.mc_id, kit.user)) == disc.mid
+    assert (
+        bindings.unwrap_id(kit.card.mc_key, req.mid, IdKind.MEDIA, bindings.mid(kit.card.mc_id, kit.user)) == disc.mid
+    )
     assert isinstance(disc.mid, Id)

@@ -54,8 +54,9 @@ def world(tmp_path_factory):
         titles[name] = (disc, ks.title(name).content_key, source_files(src))
     cgk = TitleBinding(crypto.random_key())  # (what the user's card, console and HDD derive)
     base = d / "base.hdd"
-    HddImage.format(base, hdd_id=Id.random(IdKind.HDD), secret=crypto.device_secret(), size=2 * 1024 * 1024,
-                    formatted=1)
+    HddImage.format(
+        base, hdd_id=Id.random(IdKind.HDD), secret=crypto.device_secret(), size=2 * 1024 * 1024, formatted=1
+    )
     install(base, titles["EARLY-1"], cgk)
     return d, titles, cgk, base
 
@@ -63,8 +64,9 @@ def world(tmp_path_factory):
 def install(path: Path, title, cgk, *, checkpoint: int = CHECKPOINT):
     disc, key, _ = title
     with HddImage.open(path, write=True) as img, DiscImage.open(disc) as d:
-        img.run(install_plan(img.volume, d, content_key=key, owner=OWNER, binding=cgk, installed=2,
-                             checkpoint=checkpoint))
+        img.run(
+            install_plan(img.volume, d, content_key=key, owner=OWNER, binding=cgk, installed=2, checkpoint=checkpoint)
+        )
 
 
 def replay(base: Path, target: Path, ops, last=None) -> None:
@@ -116,8 +118,9 @@ def late_install_ops(world) -> list:
     d, titles, cgk, base = world
     disc, key, _ = titles["LATE-2"]
     with HddImage.open(base) as img, DiscImage.open(disc) as dd:
-        ops, _ = collect(install_plan(img.volume, dd, content_key=key, owner=OWNER, binding=cgk, installed=2,
-                                      checkpoint=CHECKPOINT))
+        ops, _ = collect(
+            install_plan(img.volume, dd, content_key=key, owner=OWNER, binding=cgk, installed=2, checkpoint=CHECKPOINT)
+        )
     return ops
 
 
@@ -128,8 +131,11 @@ def test_every_prefix_of_an_install(world, tmp_path):
     seen = set()
     target = tmp_path / "t.hdd"
     for k in range(len(ops) + 1):
-        variants = [None] if k == len(ops) or not isinstance(ops[k], Write) else [
-            torn(ops[k], "half"), torn(ops[k], "garbage")]
+        variants = (
+            [None]
+            if k == len(ops) or not isinstance(ops[k], Write)
+            else [torn(ops[k], "half"), torn(ops[k], "garbage")]
+        )
         for last in variants:
             replay(base, target, ops[:k], last)
             state = check(target, titles, cgk, intact=["EARLY-1"], pending="LATE-2")
@@ -146,7 +152,7 @@ def test_lost_unsynced_writes(world, tmp_path):
     rnd = random.Random(3)
     target = tmp_path / "t.hdd"
     syncs = [i for i, o in enumerate(ops) if isinstance(o, Sync)]
-    for trial in range(60):
+    for _ in range(60):
         cut = rnd.randrange(len(ops) + 1)
         last_sync = max([s for s in syncs if s < cut], default=-1)
         kept = ops[: last_sync + 1] + [o for o in ops[last_sync + 1 : cut] if rnd.random() < 0.5]
@@ -164,8 +170,11 @@ def test_every_prefix_of_a_removal_and_the_reuse_of_its_space(world, tmp_path):
     with HddImage.open(both) as img, DiscImage.open(titles["LATER-3"][0]) as dd:
         remove_ops, vol = img.volume.remove("LATE-2")
         # the space LATE-2 frees is reused by LATER-3, in the very next commits
-        install_ops, _ = collect(install_plan(vol, dd, content_key=titles["LATER-3"][1], owner=OWNER, binding=cgk,
-                                              installed=3, checkpoint=CHECKPOINT))
+        install_ops, _ = collect(
+            install_plan(
+                vol, dd, content_key=titles["LATER-3"][1], owner=OWNER, binding=cgk, installed=3, checkpoint=CHECKPOINT
+            )
+        )
         freed = {e for f in img.volume.catalog.title("LATE-2").files for e in f.extents}
     reused = [o for o in install_ops if isinstance(o, Write) and any(e.offset <= o.offset < e.end for e in freed)]
     assert reused, "the freed space should be reused"
@@ -201,8 +210,9 @@ def test_fsck_repair_drops_only_what_is_unreachable(world, tmp_path, cli):
     # an interrupted install of LATE-2, then its record made inconsistent (an extent out of place)
     disc, key, _ = titles["LATE-2"]
     with HddImage.open(path, write=True) as img, DiscImage.open(disc) as dd:
-        ops, _ = collect(install_plan(img.volume, dd, content_key=key, owner=OWNER, binding=cgk, installed=2,
-                                      checkpoint=CHECKPOINT))
+        ops, _ = collect(
+            install_plan(img.volume, dd, content_key=key, owner=OWNER, binding=cgk, installed=2, checkpoint=CHECKPOINT)
+        )
         first_commit = [i for i, o in enumerate(ops) if isinstance(o, Sync)][1] + 1
         plan = iter(ops[:first_commit])
         img.apply(plan, img.volume)
@@ -211,8 +221,9 @@ def test_fsck_repair_drops_only_what_is_unreachable(world, tmp_path, cli):
         late = vol.catalog.title("LATE-2")
         bad_file = replace(late.files[0], extents=(Extent(vol.sb.nominal_size - 4096, 999_999),))
         broken = replace(late, files=(bad_file, *late.files[1:]))
-        ops, new = vol.commit(replace(vol.catalog, titles=tuple(
-            broken if t.title_id == "LATE-2" else t for t in vol.catalog.titles)))
+        ops, new = vol.commit(
+            replace(vol.catalog, titles=tuple(broken if t.title_id == "LATE-2" else t for t in vol.catalog.titles))
+        )
         img.apply(ops, new)
         stale = new.free()[0]  # stale bytes in free space: the old catalogs
     # and the older superblock slot damaged

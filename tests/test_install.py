@@ -27,7 +27,6 @@ def srv(tmp_path_factory):
     server.stop()
 
 
-
 def installed_files(dev: dict, title_id: str) -> dict[str, bytes]:
     """A title's files as the HDD holds them, decrypted with the keys on the user's card."""
     binding = match_of(dev).binding
@@ -92,8 +91,20 @@ def test_lent_card_and_other_hdd_are_not_permitted(cli, srv, tmp_path):
     assert file_sha256(bob["hdd"]) == before
     # the right card in the right console, but another HDD attached
     other_hdd = tmp_path / "other.hdd"
-    assert cli("hdd", "format", other_hdd, "--size", "64M", "--credential", srv.credential("manufacturer"),
-               "--server", srv.url).code == 0
+    assert (
+        cli(
+            "hdd",
+            "format",
+            other_hdd,
+            "--size",
+            "64M",
+            "--credential",
+            srv.credential("manufacturer"),
+            "--server",
+            srv.url,
+        ).code
+        == 0
+    )
     assert cli("console", "setup", tmp_path / "alice2", "--rom", alice["rom"], "--hdd", other_hdd).code == 0
     con_a2 = ["--console", tmp_path / "alice2"]
     assert cli("console", "insert-card", alice["card"], *con_a2).code == 0
@@ -132,16 +143,29 @@ def test_full_hdd_refuses_cleanly_and_the_license_stays_usable(cli, srv, tmp_pat
 
 
 def run_install(env: dict, console: Path, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "vhw", "console", "install", "--console", str(console), *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    return subprocess.Popen(
+        [sys.executable, "-m", "vhw", "console", "install", "--console", str(console), *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
 
 
 def hold_lock(hdd: Path, seconds: float) -> subprocess.Popen:
     """Another process writing the HDD: it holds the image's write lock for a while."""
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import time; from vhw.devices.hdd import HddImage\n"
-        f"img = HddImage.open({str(hdd)!r}, write=True)\nprint('locked', flush=True)\ntime.sleep({seconds})")],
-        stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import time; from vhw.devices.hdd import HddImage\n"
+                f"img = HddImage.open({str(hdd)!r}, write=True)\nprint('locked', flush=True)\ntime.sleep({seconds})"
+            ),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert holder.stdout.readline().strip() == "locked"
     return holder
 

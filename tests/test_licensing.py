@@ -163,8 +163,12 @@ def test_content_keys_of_two_mids_cannot_be_swapped(world):
     t2, d2 = world.disc()
     kit = world.acquire(world.acquire(kit, d1), d2)
     a, b = kit.card.licenses
-    swapped = kit.card.__class__(**{**kit.card.__dict__, "licenses": (a.__class__(a.title_id, a.mid, b.content_key),
-                                                                         b.__class__(b.title_id, b.mid, a.content_key))})
+    swapped = kit.card.__class__(
+        **{
+            **kit.card.__dict__,
+            "licenses": (a.__class__(a.title_id, a.mid, b.content_key), b.__class__(b.title_id, b.mid, a.content_key)),
+        }
+    )
     with pytest.raises(CopyNotPermitted):
         cpu.copy_keys(cpu.CardView.open(swapped), world.hw(kit), d1.mid, t1)
 
@@ -190,8 +194,18 @@ def test_audit_log_records_every_change(world):
     from vhw import protocol as p
 
     actions = [e.action for e in world.lic.audit(p.AuditQuery()).entries]
-    for action in ("register-card", "register-console-", "register-hdd", "register-title", "register-mid",
-                   "register-user", "flag-mid", "issue-keys", "refetch-keys", "confirm-install"):
+    for action in (
+        "register-card",
+        "register-console-",
+        "register-hdd",
+        "register-title",
+        "register-mid",
+        "register-user",
+        "flag-mid",
+        "issue-keys",
+        "refetch-keys",
+        "confirm-install",
+    ):
         assert any(a.startswith(action.rstrip("-")) for a in actions), action
 
 

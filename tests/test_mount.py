@@ -114,13 +114,41 @@ def test_the_mount_is_read_only(mounted):
 
 def test_play_the_game_in_scripted_mode(world):
     alice = world["alice"]
-    r = subprocess.run([sys.executable, "-m", "vhw", "console", "play", "--console", str(alice["console"]),
-                        TITLES["game"], "--moves", "dddssdddwwddssss"], capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vhw",
+            "console",
+            "play",
+            "--console",
+            str(alice["console"]),
+            TITLES["game"],
+            "--moves",
+            "dddssdddwwddssss",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     assert "You pick up a rusty key." in r.stdout and "You escaped the cave in 16 moves!" in r.stdout
     assert "result: won after 16 moves" in r.stdout
-    r = subprocess.run([sys.executable, "-m", "vhw", "console", "play", "--console", str(alice["console"]),
-                        TITLES["game"], "--moves", "ssss"], capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vhw",
+            "console",
+            "play",
+            "--console",
+            str(alice["console"]),
+            TITLES["game"],
+            "--moves",
+            "ssss",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 1 and "result: unfinished" in r.stdout  # the game's own exit code
     assert not Machine(alice["console"]).active_mount()  # play unmounted what it mounted
 
@@ -187,7 +215,7 @@ def test_another_cards_titles_on_a_shared_hdd_are_listed_not_readable(world, tmp
     try:
         assert sorted(os.listdir(where)) == sorted([*TITLES.values(), "CAROL-1"])
         assert (where / "CAROL-1" / "cave.py").read_bytes() == (src / "cave.py").read_bytes()
-        for title, entry in zip(TITLES.values(), ("cave.py", "player.py", "play.py")):
+        for title, entry in zip(TITLES.values(), ("cave.py", "player.py", "play.py"), strict=True):
             with pytest.raises(PermissionError):
                 os.listdir(where / title)
             with pytest.raises(PermissionError):
@@ -233,7 +261,8 @@ def test_a_damaged_chunk_gives_eio_for_that_read_only(world, tmp_path):
             finally:
                 os.close(fd)
             assert (mnt / TITLES["game"] / "cave.py").read_bytes() == (
-                world["sources"]["game"] / "cave.py").read_bytes()
+                world["sources"]["game"] / "cave.py"
+            ).read_bytes()
             assert os.path.ismount(mnt)
         finally:
             m.unmount(mnt)
@@ -248,8 +277,21 @@ def test_a_damaged_chunk_gives_eio_for_that_read_only(world, tmp_path):
 def test_signals_unmount_cleanly(world, tmp_path, sig):
     where = tmp_path / "mnt"
     where.mkdir()
-    proc = subprocess.Popen([sys.executable, "-m", "vhw", "console", "mount", str(where), "--foreground",
-                             "--console", str(world["alice"]["console"])], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "vhw",
+            "console",
+            "mount",
+            str(where),
+            "--foreground",
+            "--console",
+            str(world["alice"]["console"]),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert proc.stdout.readline().startswith("mounted")
     assert os.path.ismount(where)
     proc.send_signal(sig)
@@ -313,8 +355,18 @@ def test_keys_leave_with_the_card(world, tmp_path, how):
             os.rename(card, moved)
         else:
             os.rename(card, moved)
-            assert cli("card", "format", card, "--credential", world["srv"].credential("manufacturer"),
-                       "--server", world["srv"].url).code == 0
+            assert (
+                cli(
+                    "card",
+                    "format",
+                    card,
+                    "--credential",
+                    world["srv"].credential("manufacturer"),
+                    "--server",
+                    world["srv"].url,
+                ).code
+                == 0
+            )
         took = wait_until(lambda: not os.path.ismount(where))
         assert took < 1.5
         with pytest.raises(OSError):

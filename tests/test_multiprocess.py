@@ -35,21 +35,23 @@ async def test_200_concurrent_acquisitions_across_two_processes_50_times(two):
     kits = await trio.to_thread.run_sync(make_users, two, 200)
     mids = await trio.to_thread.run_sync(press, two, "TWO-PROC-1", 50)
     ctx = tls_context(two.ca_der)
-    clients = [httpx.AsyncClient(base_url=two.url, verify=ctx, timeout=120,
-                                 limits=httpx.Limits(max_connections=1)) for _ in kits]
+    clients = [
+        httpx.AsyncClient(base_url=two.url, verify=ctx, timeout=120, limits=httpx.Limits(max_connections=1))
+        for _ in kits
+    ]
     processes: set[str] = set()
     try:
         for mid in mids:
             outcomes: list[str] = []
 
-            async def one(client, kit):
+            async def one(client, kit, mid=mid, outcomes=outcomes):
                 body = p.encode(cpu.acquisition_request(*kit, mid))
                 resp = await client.post("/v1/console/acquire", json=body)
                 processes.add(resp.headers["x-vhw-process"])
                 outcomes.append("ok" if resp.status_code == 200 else resp.json()["message"])
 
             async with trio.open_nursery() as nursery:
-                for client, kit in zip(clients, kits):
+                for client, kit in zip(clients, kits, strict=True):
                     nursery.start_soon(one, client, kit)
             assert outcomes.count("ok") == 1, outcomes
             assert outcomes.count(MEDIA_REFUSED) == 199
@@ -67,15 +69,17 @@ async def test_killing_a_process_mid_request_loses_no_flag_and_issues_no_second_
     for round_ in range(6):
         mids = await trio.to_thread.run_sync(press, two, f"KILL-PROC-{round_}", 20)
         # two users want each disc; every client keeps its connection, spread over the processes
-        clients = [httpx.AsyncClient(base_url=two.url, verify=ctx, timeout=60, limits=httpx.Limits(max_connections=1))
-                   for _ in kits]
+        clients = [
+            httpx.AsyncClient(base_url=two.url, verify=ctx, timeout=60, limits=httpx.Limits(max_connections=1))
+            for _ in kits
+        ]
         for c in clients:
             await c.get("/v1/health")
         victim = (await clients[0].get("/v1/health")).headers["x-vhw-process"]
         got_keys: dict[str, set[str]] = {str(m): set() for m in mids}
         failed: list[tuple] = []
 
-        async def one(client, kit, mid):
+        async def one(client, kit, mid, failed=failed, got_keys=got_keys):
             body = p.encode(cpu.acquisition_request(*kit, mid))
             try:
                 resp = await client.post("/v1/console/acquire", json=body)
@@ -88,7 +92,7 @@ async def test_killing_a_process_mid_request_loses_no_flag_and_issues_no_second_
                 assert resp.json()["message"] == MEDIA_REFUSED
 
         async with trio.open_nursery() as nursery:
-            for i, (client, kit) in enumerate(zip(clients, kits)):
+            for i, (client, kit) in enumerate(zip(clients, kits, strict=True)):
                 nursery.start_soon(one, client, kit, mids[i // 2])
             await trio.sleep(rnd.uniform(0.0, 0.03))
             os.kill(int(victim), signal.SIGKILL)  # mid-request for many of them
@@ -100,17 +104,22 @@ async def test_killing_a_process_mid_request_loses_no_flag_and_issues_no_second_
             for kit, mid in failed:
                 for _ in range(50):
                     try:
-                        resp = await again.post("/v1/console/acquire", json=p.encode(cpu.acquisition_request(*kit, mid)))
+                        resp = await again.post(
+                            "/v1/console/acquire", json=p.encode(cpu.acquisition_request(*kit, mid))
+                        )
                         break
                     except httpx.HTTPError:
                         await trio.sleep(0.1)
                 if resp.status_code == 200:
                     got_keys[str(mid)].add(str(kit[0].user))
         with psycopg.connect(two.db) as db:
-            flags = dict(db.execute("SELECT mid, flagged_by FROM media WHERE title_id = %s",
-                                    (f"KILL-PROC-{round_}",)).fetchall())
-            audit = db.execute("SELECT subject, count(*) FROM audit WHERE action = 'flag-mid' AND subject = ANY(%s)"
-                               " GROUP BY subject", ([str(m) for m in mids],)).fetchall()
+            flags = dict(
+                db.execute("SELECT mid, flagged_by FROM media WHERE title_id = %s", (f"KILL-PROC-{round_}",)).fetchall()
+            )
+            audit = db.execute(
+                "SELECT subject, count(*) FROM audit WHERE action = 'flag-mid' AND subject = ANY(%s) GROUP BY subject",
+                ([str(m) for m in mids],),
+            ).fetchall()
         for mid, users in got_keys.items():
             assert len(users) <= 1, f"{mid}: keys issued to two users {users}"  # never a second key
             if users:

@@ -46,8 +46,13 @@ def free_port() -> int:
 
 
 def vhw_cmd(*args: object, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "vhw", *map(str, args)], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "vhw", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=timeout,
+    )
 
 
 def acquire(http: httpx.Client, kit, mid) -> str:
@@ -60,8 +65,9 @@ def console_http(srv, **kw) -> httpx.Client:
     return httpx.Client(base_url=srv.url, verify=tls_context(srv.ca_der), timeout=60, **kw)
 
 
-def scrape(url: str, *, verify=None, token: str | None = None, answered: set | None = None
-           ) -> dict[tuple[str, tuple], float]:
+def scrape(
+    url: str, *, verify=None, token: str | None = None, answered: set | None = None
+) -> dict[tuple[str, tuple], float]:
     """/metrics parsed by prometheus-client's own text parser: {(sample name, labels): value}.
     Each scrape is a new connection; ``answered`` collects which process answered."""
     headers = {"authorization": f"Bearer {token}"} if token else {}
@@ -127,13 +133,16 @@ def test_config_file_and_its_precedence(tmp_path):
         assert srv.stop() == 0
 
 
-@pytest.mark.parametrize("text, named", [
-    ('listen = "127.0.0.1:0"\nworker = 2\n', "unknown key 'worker'"),
-    ('workers = "two"\n', "workers: must be a whole number"),
-    ('log_format = "xml"\n', "log_format"),
-    ('listen = "nowhere"\n', "listen:"),
-    ("listen = [\n", "not a TOML configuration"),
-])
+@pytest.mark.parametrize(
+    "text, named",
+    [
+        ('listen = "127.0.0.1:0"\nworker = 2\n', "unknown key 'worker'"),
+        ('workers = "two"\n', "workers: must be a whole number"),
+        ('log_format = "xml"\n', "log_format"),
+        ('listen = "nowhere"\n', "listen:"),
+        ("listen = [\n", "not a TOML configuration"),
+    ],
+)
 def test_bad_config_is_refused_in_one_line(cli, tmp_path, text, named):
     config = tmp_path / "server.toml"
     config.write_text(text)
@@ -151,11 +160,19 @@ def story(srv, kits, mids) -> dict[str, int]:
     """Three discs acquired (one fetched again), two refused to other users, one unknown card refused."""
     (a, b, c, d, e) = kits
     with console_http(srv, headers={"connection": "close"}) as http:
-        outcomes = [acquire(http, a, mids[0]), acquire(http, a, mids[0]), acquire(http, b, mids[1]),
-                    acquire(http, c, mids[2]), acquire(http, d, mids[0]), acquire(http, e, mids[1])]
+        outcomes = [
+            acquire(http, a, mids[0]),
+            acquire(http, a, mids[0]),
+            acquire(http, b, mids[1]),
+            acquire(http, c, mids[2]),
+            acquire(http, d, mids[0]),
+            acquire(http, e, mids[1]),
+        ]
         stranger = Card(Id.random(IdKind.CARD), crypto.random_key(), 1)
-        resp = http.post("/v1/console/register", json=p.encode(
-            cpu.registration_request(stranger, Id.random(IdKind.CLIENT), Id.random(IdKind.HDD))))
+        resp = http.post(
+            "/v1/console/register",
+            json=p.encode(cpu.registration_request(stranger, Id.random(IdKind.CLIENT), Id.random(IdKind.HDD))),
+        )
     assert outcomes == ["ok"] * 4 + [MEDIA_REFUSED] * 2
     assert resp.json()["message"] == REGISTER.rstrip("\n")
     return {"flagged": 3, "refetched": 1, "media-refused": 2, "registration-refused": 1, "acquire": 6}
@@ -180,14 +197,17 @@ def test_metrics_count_a_scripted_story(tmp_path):
         assert total(m, "vhw_http_requests_total", endpoint="/v1/console/acquire", status="200") == 4
         assert total(m, "vhw_http_requests_total", endpoint="/v1/console/register") == 5 + 1
         assert total(m, "vhw_http_request_duration_seconds_count", endpoint="/v1/console/acquire") == 6
-        assert total(m, "vhw_http_request_duration_seconds_bucket", endpoint="/v1/console/acquire",
-                     le="+Inf") == 6
+        assert total(m, "vhw_http_request_duration_seconds_bucket", endpoint="/v1/console/acquire", le="+Inf") == 6
         assert total(m, "vhw_store_errors_total") == 0
         ctx = tls_context(srv.ca_der)
         assert httpx.get(srv.url + "/metrics", verify=ctx).status_code == 401
         publisher = Credential.load(srv.credential("publisher"))
-        assert httpx.get(srv.url + "/metrics", verify=ctx,
-                         headers={"authorization": f"Bearer {publisher.token}"}).status_code == 403
+        assert (
+            httpx.get(
+                srv.url + "/metrics", verify=ctx, headers={"authorization": f"Bearer {publisher.token}"}
+            ).status_code
+            == 403
+        )
         # the separate address: plain HTTP, no credential, and nothing but /metrics
         plain = scrape(f"http://127.0.0.1:{scrape_port}/metrics")
         assert total(plain, "vhw_acquisitions_total", result="flagged") == want["flagged"]
@@ -199,8 +219,11 @@ def test_metrics_count_a_scripted_story(tmp_path):
 
 def test_metrics_of_two_workers_add_up(postgres, tmp_path):
     scrape_port = free_port()
-    srv = RunningServer.start(tmp_path / "home", init=["--db", postgres.new_database()],
-                              run=["--workers", "2", "--metrics-listen", f"127.0.0.1:{scrape_port}"])
+    srv = RunningServer.start(
+        tmp_path / "home",
+        init=["--db", postgres.new_database()],
+        run=["--workers", "2", "--metrics-listen", f"127.0.0.1:{scrape_port}"],
+    )
     try:
         assert len(srv.workers) == 2
         kits = make_users(srv, 20)
@@ -209,7 +232,7 @@ def test_metrics_of_two_workers_add_up(postgres, tmp_path):
         outcomes = []
         with console_http(srv, headers={"connection": "close"}) as http:  # each request: a new connection
             for i, mid in enumerate(mids):
-                for kit in kits[2 * i:2 * i + 2]:
+                for kit in kits[2 * i : 2 * i + 2]:
                     resp = http.post("/v1/console/acquire", json=p.encode(cpu.acquisition_request(*kit, mid)))
                     processes.add(resp.headers["x-vhw-process"])
                     outcomes.append(resp.status_code)
@@ -217,8 +240,9 @@ def test_metrics_of_two_workers_add_up(postgres, tmp_path):
         operator = Credential.load(srv.credential("operator"))
         answered: set[str] = set()
         for _ in range(60):  # whichever process answers, it answers for both
-            resp_m = scrape(srv.url + "/metrics", verify=tls_context(srv.ca_der), token=operator.token,
-                            answered=answered)
+            resp_m = scrape(
+                srv.url + "/metrics", verify=tls_context(srv.ca_der), token=operator.token, answered=answered
+            )
             assert total(resp_m, "vhw_acquisitions_total", result="flagged") == 10
             assert total(resp_m, "vhw_refusals_total", kind="media-refused") == 10
             assert total(resp_m, "vhw_http_requests_total", endpoint="/v1/console/acquire") == 20
@@ -238,8 +262,12 @@ def test_metrics_of_two_workers_add_up(postgres, tmp_path):
 
 def forms(secret: bytes) -> set[str]:
     """Every way a key could be written into a log line."""
-    out = {secret.hex(), secret.hex().upper(), base64.b64encode(secret).decode(),
-           base64.urlsafe_b64encode(secret).decode()}
+    out = {
+        secret.hex(),
+        secret.hex().upper(),
+        base64.b64encode(secret).decode(),
+        base64.urlsafe_b64encode(secret).decode(),
+    }
     out |= {x.rstrip("=") for x in out}
     return {x for x in out if len(x) >= 16}
 
@@ -310,8 +338,12 @@ def collect_secrets(home: ServerHome, folder: Path) -> list[tuple[str, bytes]]:
         with store.transaction() as tx:
             for table, column, ident in AT_REST:
                 for row_id, blob in tx.all(f"SELECT {ident}, {column} FROM {table}"):
-                    found.append((f"{table}.{column} of {row_id}", crypto.unwrap(
-                        home.master_key(), bytes(blob), bindings.at_rest(table, row_id))))
+                    found.append(
+                        (
+                            f"{table}.{column} of {row_id}",
+                            crypto.unwrap(home.master_key(), bytes(blob), bindings.at_rest(table, row_id)),
+                        )
+                    )
     finally:
         store.close()
     return found
@@ -427,6 +459,7 @@ def test_backup_under_load_and_restore(request, tmp_path, backend):
                 assert acquire(http, kits[user_of[user]], by_label[mid]) == "ok"  # a refetch
             # ... and a disc not flagged in the backup goes to exactly one of two users racing for it
             free = [by_label[m] for m in by_label if m not in restored][:10]
+
             def race(kit, mid, results):
                 with console_http(srv2) as own:
                     results.append(acquire(own, kit, mid))
@@ -455,9 +488,11 @@ def keys_at_rest(home: ServerHome) -> dict[tuple[str, str], bytes]:
     store = home.store()
     try:
         with store.transaction() as tx:
-            return {(table, row_id): crypto.unwrap(home.master_key(), bytes(blob), bindings.at_rest(table, row_id))
-                    for table, column, ident in AT_REST
-                    for row_id, blob in tx.all(f"SELECT {ident}, {column} FROM {table}")}
+            return {
+                (table, row_id): crypto.unwrap(home.master_key(), bytes(blob), bindings.at_rest(table, row_id))
+                for table, column, ident in AT_REST
+                for row_id, blob in tx.all(f"SELECT {ident}, {column} FROM {table}")
+            }
     finally:
         store.close()
 
@@ -492,7 +527,7 @@ def served_four_acquisitions(home: Path, title: str, init: list[str] = ()):
         kits = make_users(srv, 4)
         mids = press(srv, title, 4)
         with console_http(srv) as http:
-            assert [acquire(http, k, m) for k, m in zip(kits, mids)] == ["ok"] * 4
+            assert [acquire(http, k, m) for k, m in zip(kits, mids, strict=True)] == ["ok"] * 4
     finally:
         assert srv.stop() == 0
     return srv, kits, mids
@@ -519,7 +554,7 @@ def test_rotation_re_encrypts_every_key_and_the_old_key_is_gone(populated):
     srv = RunningServer.start(home.root)
     try:
         with console_http(srv) as http:  # the users fetch their keys again, under the new master key
-            assert [acquire(http, k, m) for k, m in zip(kits, mids)] == ["ok"] * 4
+            assert [acquire(http, k, m) for k, m in zip(kits, mids, strict=True)] == ["ok"] * 4
     finally:
         assert srv.stop() == 0
 
@@ -528,8 +563,11 @@ def blob_of(home: ServerHome) -> dict[tuple[str, str], bytes]:
     store = home.store()
     try:
         with store.transaction() as tx:
-            return {(table, row_id): bytes(blob) for table, column, ident in AT_REST
-                    for row_id, blob in tx.all(f"SELECT {ident}, {column} FROM {table}")}
+            return {
+                (table, row_id): bytes(blob)
+                for table, column, ident in AT_REST
+                for row_id, blob in tx.all(f"SELECT {ident}, {column} FROM {table}")
+            }
     finally:
         store.close()
 
@@ -546,8 +584,11 @@ def test_rotation_killed_at_any_moment_leaves_every_key_under_one_master_key(pop
     outcomes = set()
     for attempt in range(8):
         old_key = home.master_key()
-        proc = subprocess.Popen([sys.executable, "-m", "vhw", "server", "rotate-master-key", "--home", str(home.root)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "vhw", "server", "rotate-master-key", "--home", str(home.root)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         if attempt % 2 == 0:  # as soon as the new key is written: in the middle of the re-encryption
             while not home.path("master.key.new").exists() and proc.poll() is None:
                 time.sleep(0.001)
@@ -566,8 +607,10 @@ def test_rotation_killed_at_any_moment_leaves_every_key_under_one_master_key(pop
             assert server.stop() == 0
         assert not home.path("master.key.new").exists()
         assert keys_at_rest(home) == before
-        outcomes.add(("mid-way" if pending else "before or after") + (
-            ", rotated" if home.master_key() != old_key else ", not rotated"))
+        outcomes.add(
+            ("mid-way" if pending else "before or after")
+            + (", rotated" if home.master_key() != old_key else ", not rotated")
+        )
     assert any(o.startswith("mid-way") for o in outcomes), outcomes
 
 
@@ -657,13 +700,17 @@ def test_audit_chain_shows_edited_deleted_and_reordered_rows(request, tmp_path, 
 
     # an edit that recomputes the entry's own hash (without the platform key, the chain still breaks)
     # ... is the same as a deletion and reinsertion: delete one row
-    saved = rows.sql("SELECT seq, at, actor, action, subject, detail, position, prev_hash, hash FROM audit"
-                     " WHERE seq = ?", seq)[0]
+    saved = rows.sql(
+        "SELECT seq, at, actor, action, subject, detail, position, prev_hash, hash FROM audit WHERE seq = ?", seq
+    )[0]
     rows.sql("DELETE FROM audit WHERE seq = ?", seq)
     r = rows.verify()
     assert r.returncode != 0 and f"position {position} is missing" in r.stderr, r.stderr
-    rows.sql("INSERT INTO audit (seq, at, actor, action, subject, detail, position, prev_hash, hash)"
-             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", *saved)
+    rows.sql(
+        "INSERT INTO audit (seq, at, actor, action, subject, detail, position, prev_hash, hash)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        *saved,
+    )
     assert rows.verify().returncode == 0
 
     # a deletion with the positions after it renumbered
@@ -674,8 +721,11 @@ def test_audit_chain_shows_edited_deleted_and_reordered_rows(request, tmp_path, 
     assert r.returncode != 0 and "does not follow" in r.stderr, r.stderr
     rows.sql("UPDATE audit SET position = -(position + 1) WHERE position >= ?", position)
     rows.sql("UPDATE audit SET position = -position WHERE position < 0")
-    rows.sql("INSERT INTO audit (seq, at, actor, action, subject, detail, position, prev_hash, hash)"
-             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", *saved)
+    rows.sql(
+        "INSERT INTO audit (seq, at, actor, action, subject, detail, position, prev_hash, hash)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        *saved,
+    )
     assert rows.verify().returncode == 0
 
     # a reorder: two entries swap places
@@ -691,13 +741,18 @@ def test_audit_chain_shows_edited_deleted_and_reordered_rows(request, tmp_path, 
     assert rows.verify().returncode == 0
 
     # the tail cut off: the signed head beyond the end gives it away
-    last = rows.sql("SELECT seq, at, actor, action, subject, detail, position, prev_hash, hash FROM audit"
-                    " ORDER BY position DESC LIMIT 1")[0]
+    last = rows.sql(
+        "SELECT seq, at, actor, action, subject, detail, position, prev_hash, hash FROM audit"
+        " ORDER BY position DESC LIMIT 1"
+    )[0]
     rows.sql("DELETE FROM audit WHERE seq = ?", last[0])
     r = rows.verify()
     assert r.returncode != 0 and "deleted" in r.stderr, r.stderr
-    rows.sql("INSERT INTO audit (seq, at, actor, action, subject, detail, position, prev_hash, hash)"
-             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", *last)
+    rows.sql(
+        "INSERT INTO audit (seq, at, actor, action, subject, detail, position, prev_hash, hash)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        *last,
+    )
 
     # the whole chain rewritten consistently, with hashes recomputed: only the signed heads show it
     from vhw.server import audit
@@ -707,14 +762,16 @@ def test_audit_chain_shows_edited_deleted_and_reordered_rows(request, tmp_path, 
     forged[2] = (*forged[2][:5], '{"forged": true}')
     relinked = audit.chain((0, audit.GENESIS), [audit.Entry(*e) for e in forged])
     for e in relinked:
-        rows.sql("UPDATE audit SET detail = ?, prev_hash = ?, hash = ? WHERE seq = ?", e.detail, e.prev_hash,
-                 e.hash, e.seq)
+        rows.sql(
+            "UPDATE audit SET detail = ?, prev_hash = ?, hash = ? WHERE seq = ?", e.detail, e.prev_hash, e.hash, e.seq
+        )
     r = rows.verify()
     assert r.returncode != 0 and "rewritten" in r.stderr, r.stderr
     original = audit.chain((0, audit.GENESIS), [audit.Entry(*e) for e in chain])
     for e in original:
-        rows.sql("UPDATE audit SET detail = ?, prev_hash = ?, hash = ? WHERE seq = ?", e.detail, e.prev_hash,
-                 e.hash, e.seq)
+        rows.sql(
+            "UPDATE audit SET detail = ?, prev_hash = ?, hash = ? WHERE seq = ?", e.detail, e.prev_hash, e.hash, e.seq
+        )
     assert rows.verify().returncode == 0
 
     # a signed head forged without the platform key
@@ -753,14 +810,20 @@ def test_entries_are_chained_while_the_server_runs(tmp_path):
 def test_unit_file_verifies(tmp_path):
     unit = Path(__file__).parent.parent / "deploy" / "vhw-server.service"
     text = unit.read_text()
-    for key in ("DynamicUser=yes", "ProtectSystem=strict", "NoNewPrivileges=yes", "StateDirectory=vhw",
-                "ExecStart=/opt/vhw/bin/vhw server run --config /etc/vhw/server.toml"):
+    for key in (
+        "DynamicUser=yes",
+        "ProtectSystem=strict",
+        "NoNewPrivileges=yes",
+        "StateDirectory=vhw",
+        "ExecStart=/opt/vhw/bin/vhw server run --config /etc/vhw/server.toml",
+    ):
         assert key in text
     # verified with the executable where this checkout installed it
     vhw_bin = Path(sys.executable).parent / "vhw"
     (tmp_path / "vhw-server.service").write_text(text.replace("/opt/vhw/bin/vhw", str(vhw_bin)))
-    r = subprocess.run(["systemd-analyze", "verify", str(tmp_path / "vhw-server.service")],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        ["systemd-analyze", "verify", str(tmp_path / "vhw-server.service")], capture_output=True, text=True
+    )
     problems = [line for line in (r.stdout + r.stderr).splitlines() if "vhw-server.service" in line]
     assert r.returncode == 0 and not problems, r.stdout + r.stderr
     # and the config it names is one `server run` accepts

@@ -14,11 +14,10 @@ import trio
 from vhw import protocol as p
 from vhw.client import tls_context
 from vhw.console import cpu
-from vhw.ids import Id, IdKind
 from vhw.server.app import raise_file_limit
 
-from .world import new_disc
 from .servers import RunningServer, make_users
+from .world import new_disc
 
 IDLE, SLOW, OVERSIZE = 250, 150, 100  # 500 bad connections at once
 HUNG_UP = (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError)
@@ -83,7 +82,7 @@ async def test_good_clients_answered_within_1s_while_500_bad_connections_are_ope
         assert sum(opened.values()) == 500
         # meanwhile, good clients: new connections, health and real acquisitions
         async with httpx.AsyncClient(base_url=srv.url, verify=ctx, timeout=10) as good:
-            for i in range(20):
+            for _ in range(20):
                 start = time.perf_counter()
                 assert (await good.get("/v1/health")).status_code == 200
                 latencies.append(time.perf_counter() - start)

@@ -27,7 +27,7 @@ from vhw.devices.hdd import HddImage
 from .conftest import make_title
 from .servers import RunningServer, factory, publish
 
-HOSTILE = r'''
+HOSTILE = r"""
 import json, os, signal, socket, sys
 a = json.loads(sys.argv[1])
 out = {}
@@ -72,7 +72,7 @@ def saves():
         f.write("a save is fine")
 attempt("write a save", saves)
 print("REPORT " + json.dumps(out))
-'''
+"""
 
 
 @pytest.fixture(scope="module")
@@ -117,24 +117,53 @@ def test_a_hostile_title_escapes_nothing(hostile, srv, tmp_path):
         block = next((f"/dev/{d}" for d in ("vda", "sda", "nvme0n1", "xvda") if Path(f"/dev/{d}").exists()), "")
         outside = tmp_path / "escaped.txt"
         args = {
-            "console_dir": str(dev["console"]), "console_json": str(Path(dev["console"]) / "console.json"),
+            "console_dir": str(dev["console"]),
+            "console_json": str(Path(dev["console"]) / "console.json"),
             "console_dir_file": str(Path(dev["console"]) / "mount.log"),
-            "rom": str(dev["rom"]), "card": str(dev["card"]), "hdd": str(dev["hdd"]),
-            "other_title_dir": str(other_dir), "other_title_file": str(other_file),
+            "rom": str(dev["rom"]),
+            "card": str(dev["card"]),
+            "hdd": str(dev["hdd"]),
+            "other_title_dir": str(other_dir),
+            "other_title_file": str(other_file),
             "other_title_rel": f"{dev['other']}/{other_file.relative_to(other_dir)}",
-            "host": url.hostname, "port": url.port, "outside": str(outside), "mount_pid": mount_pid,
+            "host": url.hostname,
+            "port": url.port,
+            "outside": str(outside),
+            "mount_pid": mount_pid,
             "block_device": block,
         }
-        r = subprocess.run([sys.executable, "-m", "vhw", "console", "play", "--console", str(dev["console"]),
-                            dev["title"], json.dumps(args)], capture_output=True, text=True, timeout=120)
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "vhw",
+                "console",
+                "play",
+                "--console",
+                str(dev["console"]),
+                dev["title"],
+                json.dumps(args),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert r.returncode == 0, r.stderr
         report = json.loads(r.stdout.split("REPORT ", 1)[1])
         tries = {k: v for k, v in report.items() if k not in ("env", "uid", "pid", "write a save")}
         assert len(tries) == 16
         assert all(v != "GOT IN" for v in tries.values()), tries
         assert report["write a save"] == "GOT IN"  # its own save folder works
-        assert set(report["env"]) <= {"PATH", "PWD", "HOME", "LANG", "PYTHONDONTWRITEBYTECODE", "VHW_TITLE_ID",
-                                      "VHW_TITLE_KIND", "VHW_SAVE_DIR"}
+        assert set(report["env"]) <= {
+            "PATH",
+            "PWD",
+            "HOME",
+            "LANG",
+            "PYTHONDONTWRITEBYTECODE",
+            "VHW_TITLE_ID",
+            "VHW_TITLE_KIND",
+            "VHW_SAVE_DIR",
+        }
         assert report["uid"] != 0 and report["pid"] < 10  # its own user and PID namespaces
         assert not outside.exists()
         assert os.path.ismount(where)  # the mount it tried to signal is still serving
@@ -162,8 +191,10 @@ def test_a_catalog_entry_pointing_outside_the_title_is_refused(hostile, cli, tmp
         with HddImage.open(dev["hdd"], write=True) as img:
             vol = img.volume
             title = vol.catalog.title(name)
-            cat = replace(vol.catalog, titles=tuple(replace(t, entry=entry) if t.title_id == name else t
-                                                    for t in vol.catalog.titles))
+            cat = replace(
+                vol.catalog,
+                titles=tuple(replace(t, entry=entry) if t.title_id == name else t for t in vol.catalog.titles),
+            )
             ops, new = vol.commit(cat)
             img.apply(ops, new)
         r = cli("console", "play", "--console", dev["console"], name)
@@ -171,16 +202,20 @@ def test_a_catalog_entry_pointing_outside_the_title_is_refused(hostile, cli, tmp
         assert not marker.exists()
         with HddImage.open(dev["hdd"], write=True) as img:  # put it back
             vol = img.volume
-            cat = replace(vol.catalog, titles=tuple(title if t.title_id == name else t
-                                                    for t in vol.catalog.titles))
+            cat = replace(vol.catalog, titles=tuple(title if t.title_id == name else t for t in vol.catalog.titles))
             ops, new = vol.commit(cat)
             img.apply(ops, new)
     # even the entry tag recomputed with everything the HDD's holder knows does not help: the tag
     # needs the title key (card + console + HDD); a forged tag of zeros is refused the same way
     with HddImage.open(dev["hdd"], write=True) as img:
         vol = img.volume
-        cat = replace(vol.catalog, titles=tuple(replace(t, entry_tag=hashlib.sha256(b"x").digest())
-                                                if t.title_id == name else t for t in vol.catalog.titles))
+        cat = replace(
+            vol.catalog,
+            titles=tuple(
+                replace(t, entry_tag=hashlib.sha256(b"x").digest()) if t.title_id == name else t
+                for t in vol.catalog.titles
+            ),
+        )
         ops, new = vol.commit(cat)
         img.apply(ops, new)
     r = cli("console", "play", "--console", dev["console"], name)

@@ -30,9 +30,16 @@ TITLE = "VHW-GAME-1"
 def registered_card(path: Path, *, capacity: int = 64 * 4096, user: Id | None = None) -> tuple[card_fmt.Card, Id]:
     """A card whose User ID is set (as registration leaves it), with a pending license."""
     mc_id, mc_key, user = Id.random(IdKind.CARD), crypto.random_key(), user or Id.random(IdKind.USER)
-    items = card_fmt.Card(mc_id, mc_key, 1, user_id=bindings.wrap_id(mc_key, user, bindings.user_id(mc_id)),
-                          content_gen_key=os.urandom(160), sealed_ids=os.urandom(50), card_token=os.urandom(70),
-                          licenses=(card_fmt.License("T-1", os.urandom(40), os.urandom(160), 3),))
+    items = card_fmt.Card(
+        mc_id,
+        mc_key,
+        1,
+        user_id=bindings.wrap_id(mc_key, user, bindings.user_id(mc_id)),
+        content_gen_key=os.urandom(160),
+        sealed_ids=os.urandom(50),
+        card_token=os.urandom(70),
+        licenses=(card_fmt.License("T-1", os.urandom(40), os.urandom(160), 3),),
+    )
     CardImage.create(path, items, capacity=capacity)
     return items, user
 
@@ -48,8 +55,14 @@ def test_a_save_opens_as_it_was_sealed_and_not_otherwise(data, meta, modified):
     assert saves.open_save(key, sealed.entry, sealed.data) == data
     with pytest.raises(saves.SaveInvalid):  # another card's key (another card, or another user's)
         saves.open_save(crypto.random_key(), sealed.entry, sealed.data)
-    for field, value in (("name", "other.sav"), ("title_id", "OTHER-1"), ("size", len(data) + 1),
-                         ("modified", modified + 1), ("meta", meta + b"!"), ("stream_id", os.urandom(16))):
+    for field, value in (
+        ("name", "other.sav"),
+        ("title_id", "OTHER-1"),
+        ("size", len(data) + 1),
+        ("modified", modified + 1),
+        ("meta", meta + b"!"),
+        ("stream_id", os.urandom(16)),
+    ):
         with pytest.raises(saves.SaveInvalid):  # an entry edited by hand
             saves.open_save(key, replace(sealed.entry, **{field: value}), sealed.data)
     if sealed.data:
@@ -65,8 +78,17 @@ def test_a_save_opens_as_it_was_sealed_and_not_otherwise(data, meta, modified):
 def test_the_save_key_is_bound_to_card_and_user():
     mc_key, mc_id, user = crypto.random_key(), Id.random(IdKind.CARD), Id.random(IdKind.USER)
     k = saves.save_key(mc_key, mc_id, user)
-    assert len({k, saves.save_key(crypto.random_key(), mc_id, user), saves.save_key(mc_key, Id.random(IdKind.CARD), user),
-                saves.save_key(mc_key, mc_id, Id.random(IdKind.USER))}) == 4
+    assert (
+        len(
+            {
+                k,
+                saves.save_key(crypto.random_key(), mc_id, user),
+                saves.save_key(mc_key, Id.random(IdKind.CARD), user),
+                saves.save_key(mc_key, mc_id, Id.random(IdKind.USER)),
+            }
+        )
+        == 4
+    )
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
@@ -158,8 +180,14 @@ def test_every_prefix_of_a_save_leaves_the_old_save_or_the_new_one(tmp_path):
     target = tmp_path / "t.card"
     seen = set()
     for k in range(len(ops) + 1):
-        variants = [None] if k == len(ops) or not isinstance(ops[k], Write) else [
-            Write(ops[k].offset, ops[k].data[: len(ops[k].data) // 2]), Write(ops[k].offset, os.urandom(len(ops[k].data)))]
+        variants = (
+            [None]
+            if k == len(ops) or not isinstance(ops[k], Write)
+            else [
+                Write(ops[k].offset, ops[k].data[: len(ops[k].data) // 2]),
+                Write(ops[k].offset, os.urandom(len(ops[k].data))),
+            ]
+        )
         for last in variants:
             replay(base, target, ops[:k], last)
             with CardImage.open(target) as img:
@@ -406,8 +434,12 @@ def test_sigkill_during_saves_of_a_running_title(cli, console):
     rnd = random.Random(7)
     versions = []
     for _kill in range(8):
-        proc = subprocess.Popen([sys.executable, "-m", "vhw", "console", "play", *map(str, con), saver, "loop"],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "vhw", "console", "play", *map(str, con), saver, "loop"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         line = ""
         while not line.startswith("saved 2"):
             line = proc.stdout.readline()

@@ -203,8 +203,11 @@ def test_lost_answer_can_be_fetched_again_until_confirmed(srv):
             http.post(proxy.url + "/v1/console/acquire", json=p.encode(req))
     assert proxy.withheld > 0
     with srv.role_client("operator") as op:  # the server committed the flag before the line dropped
-        flags = [e for e in op.call("/v1/operator/audit", p.AuditQuery(limit=1000), p.AuditPage).entries
-                 if e.action == "flag-mid" and e.subject == str(mid)]
+        flags = [
+            e
+            for e in op.call("/v1/operator/audit", p.AuditQuery(limit=1000), p.AuditPage).entries
+            if e.action == "flag-mid" and e.subject == str(mid)
+        ]
     assert len(flags) == 1
     with srv.console_client() as c:
         resp = c.call("/v1/console/acquire", req, p.AcquireResponse)  # the same user fetches again
@@ -235,8 +238,15 @@ def test_database_holds_no_key(cli, srv, tmp_path, title_src, vhw_home):
     with HddImage.open(dev["hdd"]) as img:
         hw = cpu.Hardware(DeviceSecrets(rom.client_id, img.hdd_id, rom.secret, img.secret), rom.token_anchor)
     match = cpu.devices_match(cpu.CardView.open(card), hw)
-    secrets = [card.mc_key, KeyStore(vhw_home / "publisher").title("REST-1").content_key,
-               match.content_gen_key, match.binding.key, rom.secret, hw.devices.hdd, srv.home.master_key()]
+    secrets = [
+        card.mc_key,
+        KeyStore(vhw_home / "publisher").title("REST-1").content_key,
+        match.content_gen_key,
+        match.binding.key,
+        rom.secret,
+        hw.devices.hdd,
+        srv.home.master_key(),
+    ]
     secrets += [Credential.load(srv.credential(r)).token.encode() for r in ROLES]
     url = srv.home.database_url()
     if url.startswith("postgresql://"):
@@ -247,8 +257,14 @@ def test_database_holds_no_key(cli, srv, tmp_path, title_src, vhw_home):
         dump = b"".join(f.read_bytes() for f in srv.home.root.glob("vhw.db*"))
     assert len(dump) > 10_000
     for secret in secrets:
-        for form in (secret, secret.hex().encode(), secret.hex().upper().encode(), base64.b64encode(secret),
-                     base64.urlsafe_b64encode(secret), base64.b64encode(secret).rstrip(b"=")):
+        for form in (
+            secret,
+            secret.hex().encode(),
+            secret.hex().upper().encode(),
+            base64.b64encode(secret),
+            base64.urlsafe_b64encode(secret),
+            base64.b64encode(secret).rstrip(b"="),
+        ):
             assert form not in dump
 
 
@@ -332,11 +348,20 @@ def test_malformed_requests_get_a_4xx_and_the_server_goes_on(srv):
         raw(content=b'{"mc_id": NaN}'),
         raw(content=b"[" * 50_000 + b"]" * 50_000),
         raw(content=b'{"mc_id": "\xff\xfe"}'),
-        raw("/v1/publisher/titles", json={"title_id": "lower-case", "name": "x", "content_key": "", "title_digest": ""},
-            headers=pub),
-        raw("/v1/publisher/media", json={"title_id": "T-1", "discs": [
-            {"mid": str(Id.random(IdKind.MEDIA)), "disc_key": base64.b64encode(bytes(32)).decode()}] * 1001},
-            headers=pub),
+        raw(
+            "/v1/publisher/titles",
+            json={"title_id": "lower-case", "name": "x", "content_key": "", "title_digest": ""},
+            headers=pub,
+        ),
+        raw(
+            "/v1/publisher/media",
+            json={
+                "title_id": "T-1",
+                "discs": [{"mid": str(Id.random(IdKind.MEDIA)), "disc_key": base64.b64encode(bytes(32)).decode()}]
+                * 1001,
+            },
+            headers=pub,
+        ),
         raw("/v1/no/such/endpoint", json={}),
         ("GET", "/v1/console/acquire", {}),
         ("PUT", "/v1/health", {}),

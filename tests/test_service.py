@@ -201,8 +201,10 @@ def brokered_console(cli, srv, folder: Path, account: str | None) -> dict:
     data["server"] = srv.broker_url  # the console talks to the broker
     cfg.write_text(json.dumps(data))
     if account:
-        assert cli("console", "account", account, "--password", f"{account}-secret-pw", "--console",
-                   dev["console"]).code == 0
+        assert (
+            cli("console", "account", account, "--password", f"{account}-secret-pw", "--console", dev["console"]).code
+            == 0
+        )
     return dev
 
 
@@ -361,8 +363,10 @@ def test_card_less_console(cli, srv, tmp_path, memory):
     assert cli("console", "rom", rom, *man, *(["--memory", nvram] if memory == "console" else [])).code == 0
     assert cli("hdd", "format", hdd, "--size", "64M", *man, *(["--with-memory"] if memory == "hdd" else [])).code == 0
     con = tmp_path / "console"
-    assert cli("console", "setup", con, "--rom", rom, "--hdd", hdd, "--memory",
-               "hdd" if memory == "hdd" else nvram).code == 0
+    assert (
+        cli("console", "setup", con, "--rom", rom, "--hdd", hdd, "--memory", "hdd" if memory == "hdd" else nvram).code
+        == 0
+    )
     c = ["--console", con]
     assert cli("console", "register", *c).code == 0
     assert cli("console", "insert-disc", disc, *c).code == 0
@@ -376,17 +380,36 @@ def test_card_less_console(cli, srv, tmp_path, memory):
     mnt.mkdir()
     assert cli("console", "mount", mnt, *c).code == 0
     try:
-        assert hashlib.sha256((mnt / title / "cave.py").read_bytes()).digest() == hashlib.sha256(
-            (src / "cave.py").read_bytes()).digest()
+        assert (
+            hashlib.sha256((mnt / title / "cave.py").read_bytes()).digest()
+            == hashlib.sha256((src / "cave.py").read_bytes()).digest()
+        )
     finally:
         assert cli("console", "unmount", mnt, *c).code == 0
     assert cli("hdd", "fsck", hdd, "--deep").code == 0
     # the same disc again: already installed; the HDD (and, for hdd memory, its items) elsewhere: refused
     other_rom = tmp_path / "other.rom"
-    assert cli("console", "rom", other_rom, *man, *(["--memory", tmp_path / "o.nvram"] if memory == "console" else [])).code == 0
+    assert (
+        cli(
+            "console", "rom", other_rom, *man, *(["--memory", tmp_path / "o.nvram"] if memory == "console" else [])
+        ).code
+        == 0
+    )
     elsewhere = tmp_path / "elsewhere"
-    assert cli("console", "setup", elsewhere, "--rom", other_rom, "--hdd", hdd, "--memory",
-               "hdd" if memory == "hdd" else tmp_path / "o.nvram").code == 0
+    assert (
+        cli(
+            "console",
+            "setup",
+            elsewhere,
+            "--rom",
+            other_rom,
+            "--hdd",
+            hdd,
+            "--memory",
+            "hdd" if memory == "hdd" else tmp_path / "o.nvram",
+        ).code
+        == 0
+    )
     r = cli("console", "play", "--console", elsewhere, title)
     assert (r.code, r.err) == (14, PLAY)
 

@@ -7,11 +7,10 @@ own, certified by the CA and pinned in every console ROM beside it.
 
 from __future__ import annotations
 
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
-
-import pytest
 
 from vhw import bindings, crypto
 from vhw.devices import rom as rom_dev
@@ -45,8 +44,15 @@ def test_the_home_signs_statements_with_a_key_of_its_own(tmp_path, cli):
 
     cred = Credential.load(next(home.path("credentials").glob("manufacturer*")))
     assert x509.load_pem_x509_certificate(cred.signing.encode()) == signer
-    r = cli("console", "rom", tmp_path / "offline.rom", "--ca", home.path("ca.pem"),
-            "--signing-cert", home.path("signing.pem"))
+    r = cli(
+        "console",
+        "rom",
+        tmp_path / "offline.rom",
+        "--ca",
+        home.path("ca.pem"),
+        "--signing-cert",
+        home.path("signing.pem"),
+    )
     assert r.code == 0, r
     rom = rom_dev.load(tmp_path / "offline.rom")
     assert rom.trust_anchor == home.ca_der() and rom.token_anchor == home.signing_der()

@@ -56,8 +56,9 @@ def browser():
 def page(browser):
     # The platform CA is not in Chromium's store: the test accepts the server's certificate, the
     # connection is TLS all the same.
-    context = browser.new_context(ignore_https_errors=True, viewport={"width": 1200, "height": 900},
-                                  accept_downloads=True)
+    context = browser.new_context(
+        ignore_https_errors=True, viewport={"width": 1200, "height": 900}, accept_downloads=True
+    )
     pg = context.new_page()
     yield pg
     context.close()
@@ -259,11 +260,22 @@ def csrf_of(c: httpx.Client, path: str) -> str:
     return re.search(r'name="csrf" value="([^"]+)"', c.get(path).text).group(1)
 
 
-REPAIR_GETS = ["/console/", "/console/lookup", "/console/lookup?id=MC-0000-0000-0000-0", "/console/audit",
-               "/console/dashboard", "/console/user/US-0000-0000-0000-0000-0", "/console/repair/US-0000-0000-0000-0000-0",
-               "/console/reissue/US-0000-0000-0000-0000-0", "/console/card/whatever"]
-REPAIR_POSTS = ["/console/logout", "/console/repair/US-0000-0000-0000-0000-0",
-                "/console/reissue/US-0000-0000-0000-0000-0"]
+REPAIR_GETS = [
+    "/console/",
+    "/console/lookup",
+    "/console/lookup?id=MC-0000-0000-0000-0",
+    "/console/audit",
+    "/console/dashboard",
+    "/console/user/US-0000-0000-0000-0000-0",
+    "/console/repair/US-0000-0000-0000-0000-0",
+    "/console/reissue/US-0000-0000-0000-0000-0",
+    "/console/card/whatever",
+]
+REPAIR_POSTS = [
+    "/console/logout",
+    "/console/repair/US-0000-0000-0000-0000-0",
+    "/console/reissue/US-0000-0000-0000-0000-0",
+]
 
 
 def test_no_page_or_action_without_a_session(srv):
@@ -322,24 +334,42 @@ def test_posts_without_the_right_csrf_token_change_nothing(cli, srv, tmp_path):
     assert cli("console", "register", "--console", dev["console"]).code == 0
     user_id = json.loads(cli("console", "status", "--json", "--console", dev["console"]).out)["slots"]["1"]["user_id"]
     new_hdd = tmp_path / "new.hdd"
-    assert cli("hdd", "format", new_hdd, "--size", "64M", "--credential", srv.credential("manufacturer"),
-               "--server", srv.url).code == 0
+    assert (
+        cli(
+            "hdd",
+            "format",
+            new_hdd,
+            "--size",
+            "64M",
+            "--credential",
+            srv.credential("manufacturer"),
+            "--server",
+            srv.url,
+        ).code
+        == 0
+    )
     with HddImage.open(new_hdd) as img:
         new_hdd_id = str(img.hdd_id)
     before = users_row(srv, user_id)
-    with signed_in(srv.url, {"token": token(srv, "operator")}) as c, \
-            signed_in(srv.url, {"token": token(srv, "operator")}) as other:
+    with (
+        signed_in(srv.url, {"token": token(srv, "operator")}) as c,
+        signed_in(srv.url, {"token": token(srv, "operator")}) as other,
+    ):
         wrong = csrf_of(other, "/console/lookup")  # a real token, of another session
         for csrf in (None, "", "x" * 43, wrong):
             data = {"confirm": "yes", "new_hdd_id": new_hdd_id} | ({} if csrf is None else {"csrf": csrf})
             r = c.post(f"/console/repair/{user_id}", data=data)
             assert r.status_code == 403 and "nothing was changed" in r.text, csrf
-            r = c.post(f"/console/reissue/{user_id}", data={"user_id": user_id} | ({} if csrf is None else {"csrf": csrf}))
+            r = c.post(
+                f"/console/reissue/{user_id}", data={"user_id": user_id} | ({} if csrf is None else {"csrf": csrf})
+            )
             assert r.status_code == 403, csrf
         assert users_row(srv, user_id) == before
         # with the session's own token it goes through (so the refusals above were the token's)
-        r = c.post(f"/console/repair/{user_id}", data={"confirm": "yes", "new_hdd_id": new_hdd_id,
-                                                      "csrf": csrf_of(c, f"/console/repair/{user_id}")})
+        r = c.post(
+            f"/console/repair/{user_id}",
+            data={"confirm": "yes", "new_hdd_id": new_hdd_id, "csrf": csrf_of(c, f"/console/repair/{user_id}")},
+        )
         assert r.status_code == 200 and "What changed" in r.text
         assert users_row(srv, user_id)[2] == new_hdd_id
         # the new card file is fetched once, by the session that made it
@@ -439,8 +469,10 @@ def test_broker_desk_in_a_browser(cli, brokered, tmp_path, page):
 
 def test_broker_sessions_reach_no_repair_page(brokered, srv):
     broker_token = Credential.load(brokered.credential("broker")).token
-    with signed_in(brokered.broker_url, {"password": broker_token}) as desk, \
-            signed_in(brokered.broker_url, {"name": "sam", "password": "sam-secret-pw"}) as staff:
+    with (
+        signed_in(brokered.broker_url, {"password": broker_token}) as desk,
+        signed_in(brokered.broker_url, {"name": "sam", "password": "sam-secret-pw"}) as staff,
+    ):
         assert desk.get("/console/ledger").status_code == 200
         assert staff.get("/console/ledger").status_code == 200
         for c in (desk, staff):
@@ -484,11 +516,13 @@ def test_repair_forms_refuse_wrong_ids_and_change_nothing(cli, srv, tmp_path):
     typo = unknown[:-1] + ("0" if unknown[-1] != "0" else "1")
     with signed_in(srv.url, {"token": token(srv, "operator")}) as c:
         csrf = csrf_of(c, f"/console/repair/{user_id}")
-        for data, says in (({"new_hdd_id": typo}, "check character"),
-                           ({"new_hdd_id": before[1]}, "HDD-ID"),  # a Client ID where an HDD-ID goes
-                           ({}, "Type the new Client ID or the new HDD-ID"),
-                           ({"new_hdd_id": unknown, "confirm": "yes"}, "not a registered device"),
-                           ({"new_hdd_id": before[2], "confirm": "yes"}, "present ID")):
+        for data, says in (
+            ({"new_hdd_id": typo}, "check character"),
+            ({"new_hdd_id": before[1]}, "HDD-ID"),  # a Client ID where an HDD-ID goes
+            ({}, "Type the new Client ID or the new HDD-ID"),
+            ({"new_hdd_id": unknown, "confirm": "yes"}, "not a registered device"),
+            ({"new_hdd_id": before[2], "confirm": "yes"}, "present ID"),
+        ):
             r = c.post(f"/console/repair/{user_id}", data={**data, "csrf": csrf})
             assert r.status_code == 422 and says in r.text, (data, r.text[-500:])
         for typed in ("", user_id[:-1] + ("0" if user_id[-1] != "0" else "1"), str(Id.random(IdKind.USER))):

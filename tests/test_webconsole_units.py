@@ -27,7 +27,7 @@ def test_an_altered_cookie_opens_nothing(junk, where):
     s = Sessions(KEY)
     cookie, _ = s.issue("staff", "sam", "staff", now=1000)
     at = where % len(cookie)
-    altered = cookie[:at] + junk.hex() + cookie[at + 1:]
+    altered = cookie[:at] + junk.hex() + cookie[at + 1 :]
     if altered != cookie:
         assert s.open(altered, 1001) is None
 
@@ -85,16 +85,37 @@ def test_nice_axis_tops():
     assert [charts.nice_max(v) for v in (0, 1, 2, 3, 6, 11, 21, 51, 101)] == [1, 1, 2, 5, 10, 20, 50, 100, 200]
 
 
-@pytest.mark.parametrize("text, cents", [("20.00", 2000), ("4.99", 499), ("1", 100), (" 7.5 ", 750),
-                                         ("0", None), ("-1", None), ("1.234", None), ("abc", None),
-                                         ("NaN", None), ("Infinity", None), ("1e9", None), ("", None)])
+@pytest.mark.parametrize(
+    "text, cents",
+    [
+        ("20.00", 2000),
+        ("4.99", 499),
+        ("1", 100),
+        (" 7.5 ", 750),
+        ("0", None),
+        ("-1", None),
+        ("1.234", None),
+        ("abc", None),
+        ("NaN", None),
+        ("Infinity", None),
+        ("1e9", None),
+        ("", None),
+    ],
+)
 def test_amounts(text, cents):
     assert parse_cents(text) == cents
 
 
-@pytest.mark.parametrize("target, ok", [("/console/user/x", True), ("https://evil.example/", False),
-                                        ("//evil.example/console/", False), ("/console\\@evil", False),
-                                        ("/other", False)])
+@pytest.mark.parametrize(
+    "target, ok",
+    [
+        ("/console/user/x", True),
+        ("https://evil.example/", False),
+        ("//evil.example/console/", False),
+        ("/console\\@evil", False),
+        ("/other", False),
+    ],
+)
 def test_redirects_stay_inside_the_console(target, ok):
     assert (_local(target) == target) is ok
 

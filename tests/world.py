@@ -75,8 +75,9 @@ class World:
 
     def kit(self, *, register_devices: bool = True) -> Kit:
         card = Card(Id.random(IdKind.CARD), crypto.random_key(), 1)
-        devices = DeviceSecrets(Id.random(IdKind.CLIENT), Id.random(IdKind.HDD), crypto.device_secret(),
-                                crypto.device_secret())
+        devices = DeviceSecrets(
+            Id.random(IdKind.CLIENT), Id.random(IdKind.HDD), crypto.device_secret(), crypto.device_secret()
+        )
         kit = Kit(card, devices)
         if register_devices:
             public = devices.public()

@@ -56,8 +56,6 @@ TITLE = "BENCH-1"
 # -- running things ---------------------------------------------------------------------------------
 
 
-
-
 def drop_caches() -> None:
     subprocess.run(["sync"], check=True)
     try:
@@ -66,14 +64,21 @@ def drop_caches() -> None:
         raise SystemExit(f"cannot drop the page cache ({exc.strerror}): run as root") from None
 
 
-
-
-
-
 def fio(path: Path, *, rw: str, bs: str, jobs: int = 1, seconds: int | None = None) -> float:
     """fio's figure: GB/s for sequential reads, IOPS for random ones."""
-    cmd = ["fio", "--name=bench", f"--filename={path}", f"--rw={rw}", f"--bs={bs}", f"--numjobs={jobs}",
-           "--ioengine=psync", "--readonly", "--invalidate=0", "--group_reporting", "--output-format=json"]
+    cmd = [
+        "fio",
+        "--name=bench",
+        f"--filename={path}",
+        f"--rw={rw}",
+        f"--bs={bs}",
+        f"--numjobs={jobs}",
+        "--ioengine=psync",
+        "--readonly",
+        "--invalidate=0",
+        "--group_reporting",
+        "--output-format=json",
+    ]
     if seconds:
         cmd += ["--time_based", f"--runtime={seconds}"]
     out = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
@@ -84,8 +89,12 @@ def fio(path: Path, *, rw: str, bs: str, jobs: int = 1, seconds: int | None = No
 def concurrent_dd(paths: list[Path]) -> float:
     """Read every path with its own dd at once; aggregate GB/s over the wall time."""
     start = time.perf_counter()
-    procs = [subprocess.Popen(["dd", f"if={p}", "of=/dev/null", "bs=1M"], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL) for p in paths]
+    procs = [
+        subprocess.Popen(
+            ["dd", f"if={p}", "of=/dev/null", "bs=1M"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        for p in paths
+    ]
     for p in procs:
         if p.wait():
             raise SystemExit("a concurrent dd failed")
@@ -150,8 +159,20 @@ class Bench:
 
     def master(self, src: Path, title_id: str, discs: int) -> tuple[list[Path], int]:
         """Master and press; returns the discs and mastering's peak RSS."""
-        _, rss, _ = measure([*vhw_command(), "disc", "master", str(src), "-o", str(self.tmp / f"{title_id}.master"),
-                             "--title-id", title_id, *map(str, self.pub)], env=self.env)
+        _, rss, _ = measure(
+            [
+                *vhw_command(),
+                "disc",
+                "master",
+                str(src),
+                "-o",
+                str(self.tmp / f"{title_id}.master"),
+                "--title-id",
+                title_id,
+                *map(str, self.pub),
+            ],
+            env=self.env,
+        )
         out = self.tmp / f"discs-{title_id}"
         vhw("disc", "press", self.tmp / f"{title_id}.master", "--count", discs, "-o", out, *self.pub, env=self.env)
         (self.tmp / f"{title_id}.master").unlink()
@@ -221,9 +242,15 @@ def machine() -> dict:
     except OSError:
         pass
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return {"cpu": cpu, "cores": os.cpu_count(), "kernel": platform.release(), "memory_gib": round(mem / 2**30, 1),
-            "python": platform.python_version(), "gocryptfs": _version(["gocryptfs", "-version"]),
-            "fio": _version(["fio", "--version"])}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "kernel": platform.release(),
+        "memory_gib": round(mem / 2**30, 1),
+        "python": platform.python_version(),
+        "gocryptfs": _version(["gocryptfs", "-version"]),
+        "fio": _version(["fio", "--version"]),
+    }
 
 
 def _version(cmd: list[str]) -> str:
@@ -256,14 +283,23 @@ def table(results: dict) -> str:
     ]
     for key, (label, unit) in READERS.items():
         row = r["read"][key]
-        lines.append(f"| {label} ({unit}) | {spread(row['vhw'], unit)} | {spread(row['gocryptfs'], unit)} |"
-                     f" {spread(row['plain'], unit)} | {row['ratio']:.2f}× |")
-    lines += ["", "Install (fresh disc onto a fresh HDD, fsync at every commit) against `cp` + `sync` of the disc"
-              " image, cold cache:", "",
-              "| title | vhw install MB/s | cp + sync MB/s | ratio | install peak RSS MiB |", "|---|---|---|---|---|"]
+        lines.append(
+            f"| {label} ({unit}) | {spread(row['vhw'], unit)} | {spread(row['gocryptfs'], unit)} |"
+            f" {spread(row['plain'], unit)} | {row['ratio']:.2f}× |"
+        )
+    lines += [
+        "",
+        "Install (fresh disc onto a fresh HDD, fsync at every commit) against `cp` + `sync` of the disc"
+        " image, cold cache:",
+        "",
+        "| title | vhw install MB/s | cp + sync MB/s | ratio | install peak RSS MiB |",
+        "|---|---|---|---|---|",
+    ]
     for size, row in r["install"].items():
-        lines.append(f"| {size} MiB | {spread(row['install_mbs'], 'MB/s')} | {spread(row['cp_mbs'], 'MB/s')} |"
-                     f" {row['ratio']:.2f}× | {row['rss_mib']['max']:.1f} (max) |")
+        lines.append(
+            f"| {size} MiB | {spread(row['install_mbs'], 'MB/s')} | {spread(row['cp_mbs'], 'MB/s')} |"
+            f" {row['ratio']:.2f}× | {row['rss_mib']['max']:.1f} (max) |"
+        )
     lines += ["", f"Mastering the {r['master']['size_mib']} MiB title: peak RSS {r['master']['rss_mib']:.1f} MiB."]
     return "\n".join(lines) + "\n"
 
@@ -288,9 +324,13 @@ def main() -> int:
         if not shutil.which(tool):
             raise SystemExit(f"{tool} is not installed (`make bench` installs it)")
     sizes = [int(x) for x in args.install_sizes.split(",") if x]
-    results: dict = {"command": "make bench" if os.environ.get("VHW_BENCH_MAKE") else " ".join(sys.argv),
-                     "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-                     "machine": machine(), "runs": args.runs, "size_mib": args.size_mib}
+    results: dict = {
+        "command": "make bench" if os.environ.get("VHW_BENCH_MAKE") else " ".join(sys.argv),
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": machine(),
+        "runs": args.runs,
+        "size_mib": args.size_mib,
+    }
     with tempfile.TemporaryDirectory(dir=args.dir, prefix="vhw-bench-") as tmp:
         tmp = Path(tmp)
         b = Bench(tmp)
@@ -313,9 +353,13 @@ def main() -> int:
                     print(f"run {i + 1}/{args.runs}: reading {target} ...", flush=True)
                     for k, v in read_figures(folder, seed=i).items():
                         runs[k][target].append(v)
-            results["read"] = {k: {**{t: summary(v) for t, v in row.items()},
-                                   "ratio": statistics.median(row["vhw"]) / statistics.median(row["gocryptfs"])}
-                               for k, row in runs.items()}
+            results["read"] = {
+                k: {
+                    **{t: summary(v) for t, v in row.items()},
+                    "ratio": statistics.median(row["vhw"]) / statistics.median(row["gocryptfs"]),
+                }
+                for k, row in runs.items()
+            }
         finally:
             if mnt:
                 subprocess.run(["fusermount3", "-u", str(mnt)], capture_output=True)
@@ -328,8 +372,9 @@ def main() -> int:
             src = b.title(f"install-{size}", size, parts=False)
             discs, rss = b.master(src, f"INST-{size}", args.runs)
             shutil.rmtree(src)
-            results["master"] = max(results["master"], {"size_mib": size, "rss_mib": rss / MiB},
-                                    key=lambda m: m["size_mib"])
+            results["master"] = max(
+                results["master"], {"size_mib": size, "rss_mib": rss / MiB}, key=lambda m: m["size_mib"]
+            )
             walls, rsses, cps = [], [], []
             for disc in discs:
                 con = b.console(disc)
@@ -343,8 +388,11 @@ def main() -> int:
             mbs = [size * MiB / w / 1e6 for w in walls]
             cp_mbs = [size * MiB / w / 1e6 for w in cps]
             results["install"][str(size)] = {
-                "install_mbs": summary(mbs), "cp_mbs": summary(cp_mbs), "rss_mib": summary([r / MiB for r in rsses]),
-                "ratio": statistics.median(mbs) / statistics.median(cp_mbs)}
+                "install_mbs": summary(mbs),
+                "cp_mbs": summary(cp_mbs),
+                "rss_mib": summary([r / MiB for r in rsses]),
+                "ratio": statistics.median(mbs) / statistics.median(cp_mbs),
+            }
         b.srv.stop()
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(results, indent=1) + "\n")

@@ -30,8 +30,6 @@ from tests.servers import RunningServer  # noqa: E402  (the same helper the test
 LIMIT = 100 * MiB
 
 
-
-
 def drop_caches() -> bool:
     try:
         subprocess.run(["sync"], check=True)

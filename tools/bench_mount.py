@@ -64,8 +64,10 @@ def main() -> int:
         try:
             mnt.mkdir()
             run("console", "mount", mnt, *con, env=env)
-            rows = {"plain file on ext4": measure(plain, args.reads),
-                    "vhw mount (AES-GCM, 64 KiB chunks)": measure(mnt / "BENCH-1" / "movie.bin", args.reads)}
+            rows = {
+                "plain file on ext4": measure(plain, args.reads),
+                "vhw mount (AES-GCM, 64 KiB chunks)": measure(mnt / "BENCH-1" / "movie.bin", args.reads),
+            }
             goc = gocryptfs(tmp, plain)
             if goc:
                 rows["gocryptfs 2.3"] = measure(goc, args.reads)

@@ -49,8 +49,10 @@ def register_mids(srv, title: str, count: int) -> list[cpu.Medium]:
     with srv.role_client("publisher") as pub:
         pub.call("/v1/publisher/titles", p.RegisterTitle(title, title, crypto.random_key(), digest), p.Done)
         for i in range(0, count, 1000):
-            items = tuple(p.PressedDisc(d.mid, crypto.public_bytes(crypto.signing_key_from(d.secret)))
-                          for d in discs[i : i + 1000])
+            items = tuple(
+                p.PressedDisc(d.mid, crypto.public_bytes(crypto.signing_key_from(d.secret)))
+                for d in discs[i : i + 1000]
+            )
             pub.call("/v1/publisher/media", p.RegisterMedia(title, items), p.Done)
     return discs
 
@@ -79,8 +81,11 @@ def bulk_fill(srv, cards: int, mids: int) -> float:
         import psycopg
 
         with psycopg.connect(url) as conn:
-            conn.execute("INSERT INTO titles (title_id, name, content_key, title_digest, registered)"
-                         " VALUES (%s, %s, %s, %s, %s)", (title, title, key_blob, os.urandom(32), now))
+            conn.execute(
+                "INSERT INTO titles (title_id, name, content_key, title_digest, registered)"
+                " VALUES (%s, %s, %s, %s, %s)",
+                (title, title, key_blob, os.urandom(32), now),
+            )
             with conn.cursor().copy("COPY cards (mc_id, mc_key, registered) FROM STDIN") as copy:
                 for row in card_rows():
                     copy.write_row(row)
@@ -93,8 +98,10 @@ def bulk_fill(srv, cards: int, mids: int) -> float:
         try:
             with store.transaction() as tx:
                 cur = tx._cur
-                cur.execute("INSERT INTO titles (title_id, name, content_key, title_digest, registered)"
-                            " VALUES (?, ?, ?, ?, ?)", (title, title, key_blob, os.urandom(32), now))
+                cur.execute(
+                    "INSERT INTO titles (title_id, name, content_key, title_digest, registered) VALUES (?, ?, ?, ?, ?)",
+                    (title, title, key_blob, os.urandom(32), now),
+                )
                 cur.executemany("INSERT INTO cards (mc_id, mc_key, registered) VALUES (?, ?, ?)", card_rows())
                 cur.executemany("INSERT INTO media (mid, title_id, registered) VALUES (?, ?, ?)", mid_rows())
             with store.transaction() as tx:
@@ -110,8 +117,10 @@ async def drive(srv, clients: int, seconds: float, make_request) -> tuple[float,
     ctx = tls_context(srv.ca_der)
     latencies: list[float] = []
     errors = 0
-    pool = [httpx.AsyncClient(base_url=srv.url, verify=ctx, timeout=60, limits=httpx.Limits(max_connections=1))
-            for _ in range(clients)]
+    pool = [
+        httpx.AsyncClient(base_url=srv.url, verify=ctx, timeout=60, limits=httpx.Limits(max_connections=1))
+        for _ in range(clients)
+    ]
     for c in pool:
         await c.get("/v1/health")  # connect and handshake before the clock starts
     deadline = trio.current_time() + seconds
@@ -157,8 +166,9 @@ def main() -> int:
 
             cluster = Cluster.start()
             init = ["--db", cluster.new_database()]
-        srv = RunningServer.start(Path(tmp) / "home", init=init,
-                                  run=["--workers", str(args.workers)] if args.workers > 1 else [])
+        srv = RunningServer.start(
+            Path(tmp) / "home", init=init, run=["--workers", str(args.workers)] if args.workers > 1 else []
+        )
         try:
             note = ""
             if args.bulk:

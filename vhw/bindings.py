@@ -123,8 +123,9 @@ class DeviceSecrets:
     hdd: bytes = field(repr=False)
 
     def public(self) -> DevicePublic:
-        return DevicePublic(self.client_id, self.hdd_id, crypto.device_public(self.console),
-                            crypto.device_public(self.hdd))
+        return DevicePublic(
+            self.client_id, self.hdd_id, crypto.device_public(self.console), crypto.device_public(self.hdd)
+        )
 
 
 def _device_info(purpose: str, client_id: Id, hdd_id: Id, ad: bytes) -> bytes:
@@ -150,14 +151,12 @@ CONTENT_KEY = "content-key"
 CONTENT_GEN_KEY = "content-gen-key"
 
 
-def issue_content_key(devices: DevicePublic, mc_key: bytes, mc_id: Id, media: Id, title_id: str,
-                      key: bytes) -> bytes:
+def issue_content_key(devices: DevicePublic, mc_key: bytes, mc_id: Id, media: Id, title_id: str, key: bytes) -> bytes:
     ad = content_key(mc_id, media, title_id)
     return seal_for_devices(devices, CONTENT_KEY, crypto.wrap(mc_key, key, ad), ad)
 
 
-def open_content_key(devices: DeviceSecrets, mc_key: bytes, mc_id: Id, media: Id, title_id: str,
-                     blob: bytes) -> bytes:
+def open_content_key(devices: DeviceSecrets, mc_key: bytes, mc_id: Id, media: Id, title_id: str, blob: bytes) -> bytes:
     ad = content_key(mc_id, media, title_id)
     return crypto.unwrap(mc_key, open_on_devices(devices, CONTENT_KEY, blob, ad), ad)
 
@@ -204,11 +203,14 @@ class TitleBinding:
 
 def title_tag(title_key: bytes, title_id: str, entry: str, kind: str, title_digest: bytes, metadata: bytes) -> bytes:
     """What authenticates an installed title's catalog entry: its entry point, kind, title digest
-    and metadata (which may ask for the network) under a key derived from the title's own key. The catalog itself is protected by a
+    and metadata (which may ask for the network) under a key derived from the title's own key. The
+    catalog itself is protected by a
     checksum only, which whoever holds the HDD file can recompute; this tag only the title's
     owner (card + console + HDD) can make, so ``play`` runs the entry the disc named."""
     key = crypto.derive(title_key, crypto.context("title-entry-tag-key"))
-    return hmac.new(key, crypto.context("title-entry", title_id, entry, kind, title_digest, metadata), hashlib.sha256).digest()
+    return hmac.new(
+        key, crypto.context("title-entry", title_id, entry, kind, title_digest, metadata), hashlib.sha256
+    ).digest()
 
 
 def registration_proof(mc_key: bytes, mc_id: Id, client_id: Id, hdd_id: Id) -> bytes:
@@ -231,15 +233,17 @@ def disc_proof_message(media: Id, user: Id, mc_id: Id, client_id: Id, hdd_id: Id
     return crypto.context("disc-proof", media, user, mc_id, client_id, hdd_id, title_digest)
 
 
-def disc_proof(disc_secret: bytes, media: Id, user: Id, mc_id: Id, client_id: Id, hdd_id: Id,
-               title_digest: bytes) -> bytes:
+def disc_proof(
+    disc_secret: bytes, media: Id, user: Id, mc_id: Id, client_id: Id, hdd_id: Id, title_digest: bytes
+) -> bytes:
     """The console's proof that it holds the disc: a signature with the disc's own secret."""
     message = disc_proof_message(media, user, mc_id, client_id, hdd_id, title_digest)
     return crypto.signing_key_from(disc_secret).sign(message)
 
 
-def check_disc_proof(disc_key: bytes, proof: bytes, media: Id, user: Id, mc_id: Id, client_id: Id,
-                     hdd_id: Id, title_digest: bytes) -> None:
+def check_disc_proof(
+    disc_key: bytes, proof: bytes, media: Id, user: Id, mc_id: Id, client_id: Id, hdd_id: Id, title_digest: bytes
+) -> None:
     """The server's check of :func:`disc_proof` against the key registered with the MID, or
     :class:`crypto.Invalid`."""
     crypto.verify(disc_key, proof, disc_proof_message(media, user, mc_id, client_id, hdd_id, title_digest))

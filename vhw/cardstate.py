@@ -21,9 +21,9 @@ from dataclasses import dataclass, replace
 
 from .errors import NoSpaceError
 from .formats.card import (
-    MAX_SAVES,
     CATALOG_DITTO,
     DITTO,
+    MAX_SAVES,
     SAVE_START,
     Card,
     Catalog,
@@ -94,9 +94,11 @@ class CardState:
             remaining -= min(take, remaining)
             if remaining == 0:
                 return tuple(got)
-        raise CardFull(f"the memory card is full: {what} needs {_blocks(length):,} bytes,"
-                       f" {self.free_bytes:,} of {self.sb.capacity:,} are free",
-                       hint="remove saves with `vhw card saves rm`")
+        raise CardFull(
+            f"the memory card is full: {what} needs {_blocks(length):,} bytes,"
+            f" {self.free_bytes:,} of {self.sb.capacity:,} are free",
+            hint="remove saves with `vhw card saves rm`",
+        )
 
     # -- commits ------------------------------------------------------------------------------
 
@@ -105,14 +107,22 @@ class CardState:
         generation = self.sb.generation + 1
         catalog = replace(catalog, generation=generation)
         encoded = encode_catalog(catalog)
-        sb = replace(self.sb, generation=generation, catalog_length=len(encoded),
-                     catalog_sha256=hashlib.sha256(encoded).digest())
+        sb = replace(
+            self.sb, generation=generation, catalog_length=len(encoded), catalog_sha256=hashlib.sha256(encoded).digest()
+        )
         ops: list[Op] = list(data or [])
         if ops:
             ops.append(SYNC)
         block = encode_superblock(sb)
-        ops += [Write(sb.catalog_offset, encoded), Write(sb.catalog_offset + CATALOG_DITTO, encoded), SYNC,
-                Write(sb.slot, block), SYNC, Write(sb.slot + DITTO, block), SYNC]
+        ops += [
+            Write(sb.catalog_offset, encoded),
+            Write(sb.catalog_offset + CATALOG_DITTO, encoded),
+            SYNC,
+            Write(sb.slot, block),
+            SYNC,
+            Write(sb.slot + DITTO, block),
+            SYNC,
+        ]
         return ops, CardState(sb, catalog)
 
     def with_card(self, card: Card) -> tuple[list[Op], CardState]:
@@ -126,8 +136,9 @@ class CardState:
         old = self.catalog.save(entry.title_id, entry.name)
         others = tuple(s for s in self.saves if s is not old)
         if old is None and len(others) >= MAX_SAVES:
-            raise CardFull(f"the memory card's directory is full ({MAX_SAVES} saves)",
-                           hint="remove saves with `vhw card saves rm`")
+            raise CardFull(
+                f"the memory card's directory is full ({MAX_SAVES} saves)", hint="remove saves with `vhw card saves rm`"
+            )
         extents = self._allocate(len(sealed), f"save {entry.title_id}/{entry.name}")
         writes, at = [], 0
         for e in extents:
@@ -167,7 +178,7 @@ class CardState:
                     out.append(f"{name}: extent {e.offset}+{e.length} out of the save area")
                 owned.append((e, name))
         owned.sort()
-        for (a, an), (b, bn) in zip(owned, owned[1:]):
+        for (a, an), (b, bn) in zip(owned, owned[1:], strict=False):
             if b.offset < _blocks(a.end - SAVE_START) + SAVE_START:
                 out.append(f"{bn} overlaps {an}")
         return out

@@ -22,13 +22,16 @@ from .errors import REFUSALS, NetworkError, PaymentDeclined, ServerError
 TIMEOUT = httpx.Timeout(30.0, connect=10.0)
 
 
-def tls_context(ca_der: bytes | None = None, *, ca_pem: str | None = None,
-                client_cert: tuple[str, str] | None = None) -> ssl.SSLContext:
+def tls_context(
+    ca_der: bytes | None = None, *, ca_pem: str | None = None, client_cert: tuple[str, str] | None = None
+) -> ssl.SSLContext:
     """A context that trusts only the given CA (DER from a ROM, or PEM from a credential), and
     presents ``client_cert`` (certificate PEM, key PEM) when given."""
     if not ca_der and not ca_pem:
-        raise NetworkError("no trust anchor: this console's ROM names no platform CA",
-                           hint="burn the ROM with `vhw console rom --ca ca.pem`")
+        raise NetworkError(
+            "no trust anchor: this console's ROM names no platform CA",
+            hint="burn the ROM with `vhw console rom --ca ca.pem`",
+        )
     try:
         ctx = ssl.create_default_context(cadata=ca_der if ca_der else ca_pem)
     except ssl.SSLError as exc:
@@ -58,16 +61,24 @@ def check_url(url: str) -> str:
 class Client:
     """Calls endpoints with protocol messages; one connection pool, keep-alive."""
 
-    def __init__(self, url: str, tls: ssl.SSLContext, *, token: str | None = None,
-                 account: tuple[str, str] | None = None, timeout: httpx.Timeout = TIMEOUT,
-                 transport: httpx.BaseTransport | None = None):
+    def __init__(
+        self,
+        url: str,
+        tls: ssl.SSLContext,
+        *,
+        token: str | None = None,
+        account: tuple[str, str] | None = None,
+        timeout: httpx.Timeout = TIMEOUT,
+        transport: httpx.BaseTransport | None = None,
+    ):
         self.url = check_url(url)
         headers = {"user-agent": "vhw"}
         if token:
             headers["authorization"] = f"Bearer {token}"
         # a console talking to a broker sends its account (FIG. 15: user name and password)
-        self._http = httpx.Client(base_url=self.url, verify=tls, headers=headers, timeout=timeout,
-                                  transport=transport, auth=account)
+        self._http = httpx.Client(
+            base_url=self.url, verify=tls, headers=headers, timeout=timeout, transport=transport, auth=account
+        )
 
     def close(self) -> None:
         self._http.close()
@@ -111,8 +122,7 @@ def read_answer(resp: httpx.Response, answer: type) -> Any:
         raise REFUSALS[err.error]()
     if resp.status_code == 402:
         raise PaymentDeclined(f"payment declined: {err.message}")
-    raise ServerError(f"the server refused the request ({resp.status_code}): {err.message}",
-                      status=resp.status_code)
+    raise ServerError(f"the server refused the request ({resp.status_code}): {err.message}", status=resp.status_code)
 
 
 def network_error(url: str, exc: httpx.HTTPError) -> NetworkError:
@@ -121,24 +131,28 @@ def network_error(url: str, exc: httpx.HTTPError) -> NetworkError:
     while cause is not None and not isinstance(cause, (ssl.SSLError, OSError)):
         cause = cause.__cause__ or cause.__context__
     if "CERTIFICATE_REQUIRED" in str(exc) or "certificate required" in str(exc):
-        return NetworkError(f"{url} accepts only the platform's own clients (a server in broker mode);"
-                            " consoles reach it through the broker")
+        return NetworkError(
+            f"{url} accepts only the platform's own clients (a server in broker mode);"
+            " consoles reach it through the broker"
+        )
     if isinstance(cause, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in str(exc):
-        return NetworkError(f"{url}: the server's certificate is not signed by the trusted platform CA;"
-                            " refusing to talk to it")
+        return NetworkError(
+            f"{url}: the server's certificate is not signed by the trusted platform CA; refusing to talk to it"
+        )
     if isinstance(cause, ssl.SSLError) or "SSL" in str(exc) or "WRONG_VERSION_NUMBER" in str(exc):
         return NetworkError(f"{url}: TLS handshake failed (the server does not speak TLS, or not ours)")
     if isinstance(exc, httpx.RemoteProtocolError) and "without sending a response" in str(exc):
         # TLS 1.3 reports a missing client certificate only after the handshake, as a hang-up
-        return NetworkError(f"{url} hung up without answering: a licensing server in broker mode accepts only"
-                            " the platform's own clients (consoles reach it through the broker); if this is not"
-                            " such a server, try again")
+        return NetworkError(
+            f"{url} hung up without answering: a licensing server in broker mode accepts only"
+            " the platform's own clients (consoles reach it through the broker); if this is not"
+            " such a server, try again"
+        )
     if isinstance(exc, httpx.TimeoutException):
         return NetworkError(f"{url}: the server did not answer in time")
     if isinstance(exc, httpx.ConnectError):
         return NetworkError(f"cannot reach the licensing server at {url} ({_reason(exc)})")
-    return NetworkError(f"{url}: the connection failed ({_reason(exc)})",
-                        hint="it is safe to run the command again")
+    return NetworkError(f"{url}: the connection failed ({_reason(exc)})", hint="it is safe to run the command again")
 
 
 def _reason(exc: BaseException) -> str:

@@ -41,8 +41,9 @@ class Story:
     def run(self, *args: object, expect: int = 0, quiet: bool = False) -> str:
         argv = [str(a) for a in args]
         click.secho(f"$ vhw {self.show(argv)}", fg="cyan")
-        proc = subprocess.run([sys.executable, "-m", "vhw", *argv], cwd=self.root, env=self.env,
-                              capture_output=True, text=True)
+        proc = subprocess.run(
+            [sys.executable, "-m", "vhw", *argv], cwd=self.root, env=self.env, capture_output=True, text=True
+        )
         out = (proc.stdout + proc.stderr).rstrip().replace(str(self.root) + "/", "")
         if out and not quiet:
             click.echo("  " + out.replace("\n", "\n  "))
@@ -60,9 +61,14 @@ class Story:
     def start_server(self) -> str:
         argv = ["server", "run", "--listen", "127.0.0.1:0"]
         click.secho(f"$ vhw {' '.join(argv)} &", fg="cyan")
-        self.server = subprocess.Popen([sys.executable, "-m", "vhw", *argv], cwd=self.root, env=self.env,
-                                       stdout=subprocess.PIPE, stderr=open(self.root / "server.log", "wb"),
-                                       text=True)
+        self.server = subprocess.Popen(
+            [sys.executable, "-m", "vhw", *argv],
+            cwd=self.root,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=open(self.root / "server.log", "wb"),
+            text=True,
+        )
         line = self.server.stdout.readline()
         if "listening on" not in line:
             raise StateError(f"the demo's server did not start: {(self.root / 'server.log').read_text()[-500:]}")
@@ -80,8 +86,10 @@ class Story:
 
 def tell(s: Story) -> None:
     root = s.root
-    s.say("The platform operator sets up the licensing server: CA, TLS certificate, master key, "
-          "SQLite database, one credential per role. Then it runs it on 127.0.0.1.")
+    s.say(
+        "The platform operator sets up the licensing server: CA, TLS certificate, master key, "
+        "SQLite database, one credential per role. Then it runs it on 127.0.0.1."
+    )
     s.run("server", "init")
     url = s.start_server()
     creds = root / "home" / "server" / "credentials"
@@ -92,19 +100,31 @@ def tell(s: Story) -> None:
     sources = build_samples(root / "images" / "src", movie_mib=64)
     for kind, src in sources.items():
         click.echo(f"  {kind:<6} {src.relative_to(root)}")
-    s.say("The publisher masters each title under a fresh Content-Key (kept in its key store and "
-          "registered with the server, never put on the disc) and presses discs, each with its own MID.")
+    s.say(
+        "The publisher masters each title under a fresh Content-Key (kept in its key store and "
+        "registered with the server, never put on the disc) and presses discs, each with its own MID."
+    )
     discs = {}
     for kind, src in sources.items():
         title = TITLES[kind]
         s.run("disc", "master", src, "-o", root / f"images/{kind}.master", "--title-id", title, *pub)
-        s.run("disc", "press", root / f"images/{kind}.master", "--count", 2 if kind == "game" else 1,
-              "-o", root / "images/discs", *pub)
+        s.run(
+            "disc",
+            "press",
+            root / f"images/{kind}.master",
+            "--count",
+            2 if kind == "game" else 1,
+            "-o",
+            root / "images/discs",
+            *pub,
+        )
         discs[kind] = sorted((root / "images/discs").glob(f"{title}-*.disc"))
     s.run("disc", "info", discs["game"][0])
 
-    s.say("The manufacturer makes consoles, 40 GB HDDs (sparse files) and memory cards, and registers "
-          "every ID; the console ROM trusts the platform CA.")
+    s.say(
+        "The manufacturer makes consoles, 40 GB HDDs (sparse files) and memory cards, and registers "
+        "every ID; the console ROM trusts the platform CA."
+    )
     for who in ("alice", "bob"):
         (root / who).mkdir()
         s.run("console", "rom", root / who / "console.rom", *man)
@@ -112,14 +132,23 @@ def tell(s: Story) -> None:
         s.run("card", "format", root / who / "card.card", *man)
 
     s.say("Alice sets up her console once: ROM, HDD, card in slot 1. She registers (S1-S7).")
-    s.run("console", "setup", root / "alice/console", "--rom", root / "alice/console.rom",
-          "--hdd", root / "alice/console.hdd")
+    s.run(
+        "console",
+        "setup",
+        root / "alice/console",
+        "--rom",
+        root / "alice/console.rom",
+        "--hdd",
+        root / "alice/console.hdd",
+    )
     alice = ["--console", root / "alice/console"]
     s.run("console", "insert-card", root / "alice/card.card", *alice)
     s.run("console", "register", *alice)
 
-    s.say("Alice installs her three discs (S11-S17 acquire the keys, S21-S28 copy and re-encrypt "
-          "onto her HDD, confirm, and delete the Content-Key from the card).")
+    s.say(
+        "Alice installs her three discs (S11-S17 acquire the keys, S21-S28 copy and re-encrypt "
+        "onto her HDD, confirm, and delete the Content-Key from the card)."
+    )
     for kind in ("game", "music", "movie"):
         s.run("console", "insert-disc", discs[kind][0], *alice)
         s.run("console", "install", *alice)
@@ -127,16 +156,20 @@ def tell(s: Story) -> None:
     s.run("hdd", "ls", *alice)
     s.run("card", "info", root / "alice/card.card")
 
-    s.say("She mounts her HDD (S31-S35): the card's sealed IDs match this console and this HDD, "
-          "so the titles decrypt as they are read.")
+    s.say(
+        "She mounts her HDD (S31-S35): the card's sealed IDs match this console and this HDD, "
+        "so the titles decrypt as they are read."
+    )
     mnt = root / "alice/mnt"
     mnt.mkdir()
     s.run("console", "mount", mnt, *alice)
     s.shell("ls", "-l", mnt, mnt / TITLES["game"])
     s.run("console", "unmount", mnt, *alice)
 
-    s.say("She plays the game for a while; it saves its progress on her memory card when it stops, "
-          "and the card manager lists the save.")
+    s.say(
+        "She plays the game for a while; it saves its progress on her memory card when it stops, "
+        "and the card manager lists the save."
+    )
     s.run("console", "play", *alice, TITLES["game"], "--moves", "dddssddd", expect=1)  # (unfinished: exit 1)
     s.run("card", "saves", "ls", root / "alice/card.card")
     s.say("Later she continues from the save and escapes the cave; then she plays the album.")
@@ -144,8 +177,9 @@ def tell(s: Story) -> None:
     s.run("console", "play", *alice, TITLES["music"])
 
     s.say("Alice lends the game disc she installed to Bob. The disc's MID is flagged: refused (S17).")
-    s.run("console", "setup", root / "bob/console", "--rom", root / "bob/console.rom",
-          "--hdd", root / "bob/console.hdd")
+    s.run(
+        "console", "setup", root / "bob/console", "--rom", root / "bob/console.rom", "--hdd", root / "bob/console.hdd"
+    )
     bob = ["--console", root / "bob/console"]
     s.run("console", "insert-card", root / "bob/card.card", *bob)
     s.run("console", "register", *bob)
@@ -163,8 +197,15 @@ def tell(s: Story) -> None:
     s.run("console", "play", *bob, TITLES["game"], "--moves", "d", expect=14)
 
     s.say("She lends card and HDD together: Bob's console is still not hers.")
-    s.run("console", "setup", root / "bob/console2", "--rom", root / "bob/console.rom",
-          "--hdd", root / "alice/console.hdd")
+    s.run(
+        "console",
+        "setup",
+        root / "bob/console2",
+        "--rom",
+        root / "bob/console.rom",
+        "--hdd",
+        root / "alice/console.hdd",
+    )
     s.run("console", "insert-card", root / "alice/card.card", "--console", root / "bob/console2")
     s.run("console", "play", "--console", root / "bob/console2", TITLES["game"], "--moves", "d", expect=14)
 
@@ -173,19 +214,33 @@ def tell(s: Story) -> None:
     s.run("console", "insert-card", root / "alice/card.card", *alice)
     s.run("console", "play", *alice, TITLES["movie"])
 
-    s.say("Alice's card is damaged. She gives the repair center her User ID; it makes her a new card "
-          "(FIG. 14). Her saves are copied onto the new card of the same user; Bob's card refuses them.")
+    s.say(
+        "Alice's card is damaged. She gives the repair center her User ID; it makes her a new card "
+        "(FIG. 14). Her saves are copied onto the new card of the same user; Bob's card refuses them."
+    )
     user = s.run("console", "status", "--json", *alice, quiet=True).split('"user_id": "')[1].split('"')[0]
-    s.run("repair", "card", "--user-id", user, "-o", root / "alice/new.card",
-          "--credential", creds / "operator.json", "--server", url)
+    s.run(
+        "repair",
+        "card",
+        "--user-id",
+        user,
+        "-o",
+        root / "alice/new.card",
+        "--credential",
+        creds / "operator.json",
+        "--server",
+        url,
+    )
     s.run("card", "saves", "copy", root / "alice/card.card", root / "alice/new.card")
     s.run("card", "saves", "ls", root / "alice/new.card")
     s.run("card", "saves", "copy", root / "alice/card.card", root / "bob/card.card", expect=9)
     s.run("console", "eject-card", *alice, quiet=True)
     s.run("console", "insert-card", root / "alice/new.card", *alice)
     s.run("console", "play", *alice, TITLES["game"], "--continue", "--moves", "d", expect=1)
-    s.say("The repair center can do the same in a browser, in the web console the server serves at "
-          f"{url}/console/ while it runs (signed in with the token in credentials/operator.json).")
+    s.say(
+        "The repair center can do the same in a browser, in the web console the server serves at "
+        f"{url}/console/ while it runs (signed in with the token in credentials/operator.json)."
+    )
     s.say("The server's audit log has every step.")
     out = s.run("server", "audit", quiet=True)
     click.echo(f"  {len(out.splitlines())} audit entries, e.g.:\n  " + "\n  ".join(out.splitlines()[-3:]))
@@ -194,8 +249,12 @@ def tell(s: Story) -> None:
 
 @click.command("demo")
 @click.option("--keep", is_flag=True, help="Keep the demo's folder instead of removing it.")
-@click.option("--dir", "folder", type=click.Path(path_type=Path, file_okay=False),
-              help="Where to run (default: a fresh folder under images/out, or a temporary one).")
+@click.option(
+    "--dir",
+    "folder",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Where to run (default: a fresh folder under images/out, or a temporary one).",
+)
 def demo(keep: bool, folder: Path | None) -> None:
     """Tell the whole story in one run, narrating each step with the command it runs."""
     if folder is None:

@@ -49,8 +49,9 @@ class Chosen(Generic[S, C]):
     candidates: list[S] = field(default_factory=list)
 
 
-def choose(slots: Sequence[Sequence[S | ImageError]], catalogs: Callable[[S], Sequence[Callable[[], C]]], *,
-           lost_hint: str) -> Chosen[S, C]:
+def choose(
+    slots: Sequence[Sequence[S | ImageError]], catalogs: Callable[[S], Sequence[Callable[[], C]]], *, lost_hint: str
+) -> Chosen[S, C]:
     """``slots[i][c]``: copy ``c`` of superblock slot ``i``, decoded or the error that refused it;
     ``catalogs(sb)``: loaders of the ditto copies of ``sb``'s catalog, each returning it or raising
     :class:`ImageError`. ``lost_hint`` says what to do about a lost generation."""
@@ -63,8 +64,10 @@ def choose(slots: Sequence[Sequence[S | ImageError]], catalogs: Callable[[S], Se
         errors += [x for x in copies if isinstance(x, ImageError)]
         valid += good
         if not good:
-            damage.append(f"both copies of superblock slot {i} are damaged: the last change to this image"
-                          f" may be lost ({lost_hint})")
+            damage.append(
+                f"both copies of superblock slot {i} are damaged: the last change to this image"
+                f" may be lost ({lost_hint})"
+            )
     if not valid:
         raise errors[0]
     generations = sorted({sb.generation for sb in valid}, reverse=True)
@@ -90,11 +93,15 @@ def choose(slots: Sequence[Sequence[S | ImageError]], catalogs: Callable[[S], Se
             lost.append(g)
             continue
         if bad:
-            notes.append(f"catalog copy {', '.join(bad)} of generation {g} is damaged; its ditto copy is in use"
-                         " (a repair rewrites it)")
+            notes.append(
+                f"catalog copy {', '.join(bad)} of generation {g} is damaged; its ditto copy is in use"
+                " (a repair rewrites it)"
+            )
         if lost:
-            damage.append(f"rolled back: generation {g} is in use, what changed after it (generation"
-                          f" {', '.join(map(str, lost))}) is lost ({lost_hint})")
+            damage.append(
+                f"rolled back: generation {g} is in use, what changed after it (generation"
+                f" {', '.join(map(str, lost))}) is lost ({lost_hint})"
+            )
         return Chosen(sb, found, notes, damage, valid)
     assert first_error is not None
     raise first_error
@@ -111,9 +118,13 @@ def _slot_notes(slots: Sequence[Sequence[HasGeneration | ImageError]]) -> list[s
         newest = max(x.generation for x in good)
         for c, x in enumerate(copies):
             if isinstance(x, ImageError):
-                out.append(f"superblock slot {i} copy {COPIES[c]} is damaged; its ditto copy (generation"
-                           f" {newest}) stands in for it (a repair rewrites it)")
+                out.append(
+                    f"superblock slot {i} copy {COPIES[c]} is damaged; its ditto copy (generation"
+                    f" {newest}) stands in for it (a repair rewrites it)"
+                )
             elif x.generation != newest:
-                out.append(f"superblock slot {i} copy {COPIES[c]} is out of date (an interrupted commit); its"
-                           f" ditto copy (generation {newest}) stands in for it")
+                out.append(
+                    f"superblock slot {i} copy {COPIES[c]} is out of date (an interrupted commit); its"
+                    f" ditto copy (generation {newest}) stands in for it"
+                )
     return out

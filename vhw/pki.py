@@ -21,10 +21,12 @@ VALIDITY = datetime.timedelta(days=3650)  # a console's trust anchor lives as lo
 
 
 def _name(common_name: str) -> x509.Name:
-    return x509.Name([
-        x509.NameAttribute(NameOID.ORGANIZATION_NAME, "vhw platform"),
-        x509.NameAttribute(NameOID.COMMON_NAME, common_name),
-    ])
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "vhw platform"),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+        ]
+    )
 
 
 def new_key() -> ec.EllipticCurvePrivateKey:
@@ -32,8 +34,9 @@ def new_key() -> ec.EllipticCurvePrivateKey:
 
 
 def key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
 
 
 def cert_pem(der: bytes) -> bytes:
@@ -42,7 +45,7 @@ def cert_pem(der: bytes) -> bytes:
 
 def make_ca(common_name: str, *, now: datetime.datetime | None = None) -> tuple[bytes, ec.EllipticCurvePrivateKey]:
     """A self-signed CA: (certificate DER, private key)."""
-    now = now or datetime.datetime.now(datetime.timezone.utc)
+    now = now or datetime.datetime.now(datetime.UTC)
     key = new_key()
     cert = (
         x509.CertificateBuilder()
@@ -70,7 +73,7 @@ def issue(
     now: datetime.datetime | None = None,
 ) -> tuple[bytes, ec.EllipticCurvePrivateKey]:
     """A leaf certificate signed by the CA: a TLS server's (``hosts``) or a client's."""
-    now = now or datetime.datetime.now(datetime.timezone.utc)
+    now = now or datetime.datetime.now(datetime.UTC)
     ca = x509.load_der_x509_certificate(ca_der)
     key = new_key()
     builder = (
@@ -100,12 +103,13 @@ def issue(
     return cert.public_bytes(serialization.Encoding.DER), key
 
 
-def issue_signer(ca_der: bytes, ca_key: ec.EllipticCurvePrivateKey, common_name: str, *,
-                 now: datetime.datetime | None = None) -> tuple[bytes, ec.EllipticCurvePrivateKey]:
+def issue_signer(
+    ca_der: bytes, ca_key: ec.EllipticCurvePrivateKey, common_name: str, *, now: datetime.datetime | None = None
+) -> tuple[bytes, ec.EllipticCurvePrivateKey]:
     """The platform's signing certificate: a key of its own for statements (card tokens, audit
     heads), allowed digital signatures only, never TLS or certificates. Console ROMs pin it beside
     the CA."""
-    now = now or datetime.datetime.now(datetime.timezone.utc)
+    now = now or datetime.datetime.now(datetime.UTC)
     ca = x509.load_der_x509_certificate(ca_der)
     key = new_key()
     cert = (

@@ -52,8 +52,12 @@ class Codec:
 class IdCodec(Codec):
     def __init__(self, kind: IdKind):
         self.kind = kind
-        self.json_schema = {"type": "string", "description": f"{kind.title} label, e.g. {kind.prefix}-...",
-                            "maxLength": 40, "pattern": f"^{kind.prefix}-"}
+        self.json_schema = {
+            "type": "string",
+            "description": f"{kind.title} label, e.g. {kind.prefix}-...",
+            "maxLength": 40,
+            "pattern": f"^{kind.prefix}-",
+        }
 
     def decode(self, value, name):
         if not isinstance(value, str) or len(value) > 40:
@@ -439,8 +443,12 @@ def schema(cls) -> dict:
         if x.metadata.get("doc"):
             s["description"] = x.metadata["doc"]
         props[x.name] = s
-    out = {"type": "object", "properties": props, "additionalProperties": False,
-           "required": [x.name for x in fields if x.default is dataclasses.MISSING]}
+    out = {
+        "type": "object",
+        "properties": props,
+        "additionalProperties": False,
+        "required": [x.name for x in fields if x.default is dataclasses.MISSING],
+    }
     if cls.__doc__:
         out["description"] = " ".join(cls.__doc__.split())
     return out

@@ -45,8 +45,9 @@ def save_key(mc_key: bytes, mc_id: Id, user: Id) -> bytes:
     return crypto.derive(mc_key, crypto.context("card-save-key", mc_id, user))
 
 
-def _entry_message(title_id: str, name: str, size: int, modified: int, meta: bytes, stream_id: bytes,
-                   sealed_sha256: bytes) -> bytes:
+def _entry_message(
+    title_id: str, name: str, size: int, modified: int, meta: bytes, stream_id: bytes, sealed_sha256: bytes
+) -> bytes:
     return crypto.context("card-save-entry", title_id, name, size, modified, meta, stream_id, sealed_sha256)
 
 
@@ -75,8 +76,16 @@ class Sealed:
     data: bytes
 
 
-def seal(key: bytes, title_id: str, name: str, plaintext: bytes, *, modified: int, meta: bytes = b"",
-         stream_id: bytes | None = None) -> Sealed:
+def seal(
+    key: bytes,
+    title_id: str,
+    name: str,
+    plaintext: bytes,
+    *,
+    modified: int,
+    meta: bytes = b"",
+    stream_id: bytes | None = None,
+) -> Sealed:
     check_fields(title_id, name, meta)
     stream_id = stream_id or os.urandom(crypto.STREAM_ID_SIZE)
     cipher = _data_cipher(key, title_id, stream_id, len(plaintext))
@@ -93,29 +102,38 @@ def seal(key: bytes, title_id: str, name: str, plaintext: bytes, *, modified: in
 
 def verify_entry(key: bytes, save: Save) -> bool:
     """The entry is one this card sealed, unchanged (constant-time comparison)."""
-    expected = _tag(key, save.title_id, save.name, save.size, save.modified, save.meta, save.stream_id,
-                    save.sealed_sha256)
+    expected = _tag(
+        key, save.title_id, save.name, save.size, save.modified, save.meta, save.stream_id, save.sealed_sha256
+    )
     return crypto.equal(expected, save.tag)
 
 
-def retagged(key: bytes, save: Save, *, name: str | None = None, modified: int | None = None,
-             meta: bytes | None = None) -> Save:
+def retagged(
+    key: bytes, save: Save, *, name: str | None = None, modified: int | None = None, meta: bytes | None = None
+) -> Save:
     """The same sealed data under another name, time or metadata (a rename): only the entry's
     tag changes. The caller has verified ``save`` first."""
     from dataclasses import replace
 
-    new = replace(save, name=save.name if name is None else name,
-                  modified=save.modified if modified is None else modified,
-                  meta=save.meta if meta is None else meta)
+    new = replace(
+        save,
+        name=save.name if name is None else name,
+        modified=save.modified if modified is None else modified,
+        meta=save.meta if meta is None else meta,
+    )
     check_fields(new.title_id, new.name, new.meta)
-    return replace(new, tag=_tag(key, new.title_id, new.name, new.size, new.modified, new.meta, new.stream_id,
-                                 new.sealed_sha256))
+    return replace(
+        new, tag=_tag(key, new.title_id, new.name, new.size, new.modified, new.meta, new.stream_id, new.sealed_sha256)
+    )
 
 
 def open_save(key: bytes, save: Save, sealed: bytes, *, where: object = "memory card") -> bytes:
     """The plaintext of a save, or :class:`SaveInvalid` in one line."""
-    problem = SaveInvalid(where, f"save {save.title_id}/{save.name} does not verify: it was edited,"
-                                 " or copied from another card or another user's")
+    problem = SaveInvalid(
+        where,
+        f"save {save.title_id}/{save.name} does not verify: it was edited,"
+        " or copied from another card or another user's",
+    )
     if not verify_entry(key, save) or hashlib.sha256(sealed).digest() != save.sealed_sha256:
         raise problem
     cipher = _data_cipher(key, save.title_id, save.stream_id, save.size)
@@ -162,8 +180,19 @@ class Exported:
 
 
 def encode_export(e: Exported) -> bytes:
-    body = build(ExportBody, {"version": EXPORT_VERSION, "user_id": e.user, "title_id": e.title_id, "name": e.name,
-                              "modified": e.modified, "meta": e.meta, "data": e.data}, what=EXPORT_WHAT)
+    body = build(
+        ExportBody,
+        {
+            "version": EXPORT_VERSION,
+            "user_id": e.user,
+            "title_id": e.title_id,
+            "name": e.name,
+            "modified": e.modified,
+            "meta": e.meta,
+            "data": e.data,
+        },
+        what=EXPORT_WHAT,
+    )
     return body + hashlib.sha256(body).digest()
 
 

@@ -198,8 +198,15 @@ class Volume:
             catalog_sha256=hashlib.sha256(data).digest(),
         )
         block = encode_superblock(sb)
-        ops: list[Op] = [Write(room.offset, data), Write(ditto.offset, data), SYNC,
-                         Write(sb.slot, block), SYNC, Write(sb.slot + DITTO, block), SYNC]
+        ops: list[Op] = [
+            Write(room.offset, data),
+            Write(ditto.offset, data),
+            SYNC,
+            Write(sb.slot, block),
+            SYNC,
+            Write(sb.slot + DITTO, block),
+            SYNC,
+        ]
         return ops, Volume(sb, catalog)
 
     def reserve(self, title: Title, files: list[FileSpec]) -> tuple[list[Op], Volume]:
@@ -283,7 +290,9 @@ class Volume:
                 paths.add(f.path)
                 total = sum(e.length for e in f.extents)
                 if total != f.layout.sealed_size:
-                    out.append(Problem(f"{fname}: extents hold {total} bytes, file needs {f.layout.sealed_size}", t.title_id))
+                    out.append(
+                        Problem(f"{fname}: extents hold {total} bytes, file needs {f.layout.sealed_size}", t.title_id)
+                    )
                 for e in f.extents[:-1]:
                     if e.length % SEALED_CHUNK:
                         out.append(Problem(f"{fname}: an extent splits a chunk", t.title_id))
@@ -294,7 +303,7 @@ class Volume:
             if t.entry and t.entry not in paths:
                 out.append(Problem(f"{name}: entry point {t.entry!r} is not one of its files", t.title_id))
         owned.sort(key=lambda x: x[0].offset)
-        for (a, an, _), (b, bn, bt) in zip(owned, owned[1:]):
+        for (a, an, _), (b, bn, bt) in zip(owned, owned[1:], strict=False):
             if b.offset < a.end:
                 out.append(Problem(f"{bn} overlaps {an}", bt))
         return out

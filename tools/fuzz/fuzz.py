@@ -75,8 +75,22 @@ def run_target(name: str, runs: int, seconds: int) -> tuple[int, int, float, str
     """Fuzz one target in a child process; (inputs, failures, seconds, its output)."""
     stats = Path(tempfile.mkstemp(prefix=f"vhw-fuzz-{name}-")[1])
     started = time.monotonic()
-    proc = subprocess.run([sys.executable, __file__, "--child", name, "--runs", str(runs), "--seconds", str(seconds),
-                           "--stats", str(stats)], capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            __file__,
+            "--child",
+            name,
+            "--runs",
+            str(runs),
+            "--seconds",
+            str(seconds),
+            "--stats",
+            str(stats),
+        ],
+        capture_output=True,
+        text=True,
+    )
     took = time.monotonic() - started
     try:
         inputs, failures = map(int, stats.read_text().split())

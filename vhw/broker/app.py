@@ -32,8 +32,7 @@ class BrokerApp:
             from ..webconsole.desk import DeskConsole
 
             routes.append(Mount("/console", app=DeskConsole(broker, console_key, token).app()))
-        self.app = Starlette(routes=routes,
-                             exception_handlers={HTTPException: lambda req, exc: _error_response(exc)})
+        self.app = Starlette(routes=routes, exception_handlers={HTTPException: lambda req, exc: _error_response(exc)})
 
     async def __call__(self, scope, receive, send) -> None:
         await self.app(scope, receive, send)
@@ -102,5 +101,10 @@ async def serve(home: BrokerHome, *, listen: tuple[str, int] | None = None, read
     key = session_key(home.path("console-session.key"))
     token = Credential.load(home.path("credential.json")).token
     with home.broker() as broker:
-        await serve_app(BrokerApp(broker, key, token), listen=listen or _split(cfg.listen), certfile=home.path("tls.pem"),
-                        keyfile=home.path("tls-key.pem"), ready=ready)
+        await serve_app(
+            BrokerApp(broker, key, token),
+            listen=listen or _split(cfg.listen),
+            certfile=home.path("tls.pem"),
+            keyfile=home.path("tls-key.pem"),
+            ready=ready,
+        )

@@ -28,8 +28,17 @@ class BrokerHome:
         return self.root / name
 
     @classmethod
-    def init(cls, root: Path, *, credential: Path, tls: Path, server: str | None, listen: str,
-             price_cents: int, platform_share: int) -> BrokerHome:
+    def init(
+        cls,
+        root: Path,
+        *,
+        credential: Path,
+        tls: Path,
+        server: str | None,
+        listen: str,
+        price_cents: int,
+        platform_share: int,
+    ) -> BrokerHome:
         home = cls(root)
         if home.path("config.json").exists():
             raise StateError(f"{root}: a broker is set up here already")
@@ -44,8 +53,9 @@ class BrokerHome:
         atomic_write(home.path("credential.json"), cred.to_json(), mode=0o600)
         atomic_write(home.path("tls.pem"), (tls / "tls.pem").read_bytes())
         atomic_write(home.path("tls-key.pem"), (tls / "tls-key.pem").read_bytes(), mode=0o600)
-        cfg = BrokerConfig(server=server or cred.server, listen=listen, price_cents=price_cents,
-                           platform_share=platform_share)
+        cfg = BrokerConfig(
+            server=server or cred.server, listen=listen, price_cents=price_cents, platform_share=platform_share
+        )
         BrokerConfig(**asdict(cfg))
         atomic_write(home.path("config.json"), json.dumps(asdict(cfg), indent=1).encode())
         store = home.store()

@@ -58,7 +58,9 @@ class TestProcessor:
         token = "tok_" + hashlib.sha256(b"vhw-test-processor" + digits.encode()).hexdigest()[:24]
         with self.store.transaction() as tx:
             if not tx.one("SELECT 1 FROM processor_cards WHERE token = ?", token):
-                tx.execute("INSERT INTO processor_cards (token, declines) VALUES (?, ?)", token, int(digits == DECLINING))
+                tx.execute(
+                    "INSERT INTO processor_cards (token, declines) VALUES (?, ?)", token, int(digits == DECLINING)
+                )
         return token, digits[-4:]
 
     def authorize(self, token: str, cents: int) -> str:
@@ -69,8 +71,9 @@ class TestProcessor:
             if row[0]:
                 raise PaymentDeclined("the card was declined")
             auth = "auth_" + secrets.token_hex(12)
-            tx.execute("INSERT INTO processor_auths (auth, token, cents, state) VALUES (?, ?, ?, 'held')",
-                       auth, token, cents)
+            tx.execute(
+                "INSERT INTO processor_auths (auth, token, cents, state) VALUES (?, ?, ?, 'held')", auth, token, cents
+            )
         return auth
 
     def capture(self, auth: str) -> None:

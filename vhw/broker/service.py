@@ -110,8 +110,14 @@ class Hold:
 class Broker:
     """Accounts, charges and the relay; the web app (:class:`BrokerApp`) only decodes and maps."""
 
-    def __init__(self, store: Store, processor: Processor, config: BrokerConfig,
-                 relay: Callable[[str, object, type], object], clock: Callable[[], float] = time.time):
+    def __init__(
+        self,
+        store: Store,
+        processor: Processor,
+        config: BrokerConfig,
+        relay: Callable[[str, object, type], object],
+        clock: Callable[[], float] = time.time,
+    ):
         self.store = store
         self.processor = processor
         self.config = config
@@ -122,8 +128,14 @@ class Broker:
         return int(self.clock())
 
     def _audit(self, tx, actor: str, action: str, subject: str, **detail) -> None:
-        tx.execute("INSERT INTO audit (at, actor, action, subject, detail) VALUES (?, ?, ?, ?, ?)",
-                   self._now(), actor, action, subject, json.dumps(detail, sort_keys=True, default=str))
+        tx.execute(
+            "INSERT INTO audit (at, actor, action, subject, detail) VALUES (?, ?, ?, ?, ?)",
+            self._now(),
+            actor,
+            action,
+            subject,
+            json.dumps(detail, sort_keys=True, default=str),
+        )
 
     # -- accounts -----------------------------------------------------------------------------
 
@@ -143,8 +155,13 @@ class Broker:
         with self.store.transaction() as tx:
             if tx.one(f"SELECT 1 FROM {table} WHERE name = ?", name):
                 raise StateError(f"{what} {name} exists already")
-            tx.execute(f"INSERT INTO {table} (name, password_hash, salt, created) VALUES (?, ?, ?, ?)",
-                       name, hash_password(password, salt), salt, self._now())
+            tx.execute(
+                f"INSERT INTO {table} (name, password_hash, salt, created) VALUES (?, ?, ?, ?)",
+                name,
+                hash_password(password, salt),
+                salt,
+                self._now(),
+            )
             self._audit(tx, "broker", f"add-{table.rstrip('s')}", name)
 
     def check_password(self, name: str, password: str) -> bool:
@@ -168,11 +185,15 @@ class Broker:
     def accounts(self) -> list[dict]:
         """Every account with its balance and card on file (the staff's list)."""
         with self.store.transaction() as tx:
-            rows = tx.all("SELECT a.name, a.card_last4, a.created, COALESCE(SUM(l.cents), 0) FROM accounts a"
-                          " LEFT JOIN ledger l ON l.account = 'user:' || a.name GROUP BY a.name, a.card_last4, a.created"
-                          " ORDER BY a.name")
-        return [{"name": n, "card_on_file": f"**** {c}" if c else None, "created": t, "balance_cents": -b}
-                for n, c, t, b in rows]
+            rows = tx.all(
+                "SELECT a.name, a.card_last4, a.created, COALESCE(SUM(l.cents), 0) FROM accounts a"
+                " LEFT JOIN ledger l ON l.account = 'user:' || a.name GROUP BY a.name, a.card_last4, a.created"
+                " ORDER BY a.name"
+            )
+        return [
+            {"name": n, "card_on_file": f"**** {c}" if c else None, "created": t, "balance_cents": -b}
+            for n, c, t, b in rows
+        ]
 
     def revenue(self) -> dict:
         """Charges, with the platform's and the broker's shares, per title and per day (UTC)."""
@@ -243,12 +264,17 @@ class Broker:
         with self.store.transaction() as tx:
             total = tx.one("SELECT COALESCE(SUM(cents), 0) FROM ledger")[0]
             by_account = dict(tx.all("SELECT account, SUM(cents) FROM ledger GROUP BY account"))
-            charged = tx.one("SELECT COALESCE(SUM(cents), 0), COALESCE(SUM(platform), 0), COALESCE(SUM(broker), 0)"
-                             " FROM charges")
+            charged = tx.one(
+                "SELECT COALESCE(SUM(cents), 0), COALESCE(SUM(platform), 0), COALESCE(SUM(broker), 0) FROM charges"
+            )
             unbalanced = tx.all("SELECT txn FROM ledger GROUP BY txn HAVING SUM(cents) <> 0")
         platform, broker = -by_account.get("revenue:platform", 0), -by_account.get("revenue:broker", 0)
-        balanced = (total == 0 and not unbalanced and platform + broker == charged[0]
-                    and (platform, broker) == (charged[1], charged[2]))
+        balanced = (
+            total == 0
+            and not unbalanced
+            and platform + broker == charged[0]
+            and (platform, broker) == (charged[1], charged[2])
+        )
         return {
             "balanced": balanced,
             "sum_of_entries": total,
@@ -264,8 +290,14 @@ class Broker:
     def _post(self, tx, txn: str, entries: list[tuple[str, int]], memo: str) -> None:
         assert sum(c for _, c in entries) == 0, "a ledger transaction must balance"
         for account, cents in entries:
-            tx.execute("INSERT INTO ledger (txn, account, cents, memo, at) VALUES (?, ?, ?, ?, ?)",
-                       txn, account, cents, memo, self._now())
+            tx.execute(
+                "INSERT INTO ledger (txn, account, cents, memo, at) VALUES (?, ?, ?, ?, ?)",
+                txn,
+                account,
+                cents,
+                memo,
+                self._now(),
+            )
 
     # -- charging -------------------------------------------------------------------------------
 
@@ -276,11 +308,19 @@ class Broker:
         with self.store.transaction() as tx:
             token, _ = self._require(tx, name)
             balance = -tx.one("SELECT COALESCE(SUM(cents), 0) FROM ledger WHERE account = ?", f"user:{name}")[0]
-            held = tx.one("SELECT COALESCE(SUM(cents), 0) FROM holds WHERE account = ? AND method = 'prepaid'"
-                          " AND state = 'held'", name)[0]
+            held = tx.one(
+                "SELECT COALESCE(SUM(cents), 0) FROM holds WHERE account = ? AND method = 'prepaid' AND state = 'held'",
+                name,
+            )[0]
             if balance - held >= cents:
-                tx.execute("INSERT INTO holds (hold, account, cents, method, state, at) VALUES (?, ?, ?, 'prepaid', 'held', ?)",
-                           hold_id, name, cents, self._now())
+                tx.execute(
+                    "INSERT INTO holds (hold, account, cents, method, state, at)"
+                    " VALUES (?, ?, ?, 'prepaid', 'held', ?)",
+                    hold_id,
+                    name,
+                    cents,
+                    self._now(),
+                )
                 return Hold(hold_id, name, cents, "prepaid")
         if not token:
             raise PaymentDeclined(
@@ -288,8 +328,15 @@ class Broker:
             )
         auth = self.processor.authorize(token, cents)  # PaymentDeclined: the server is never asked
         with self.store.transaction() as tx:
-            tx.execute("INSERT INTO holds (hold, account, cents, method, auth, state, at) VALUES (?, ?, ?, 'card', ?, 'held', ?)",
-                       hold_id, name, cents, auth, self._now())
+            tx.execute(
+                "INSERT INTO holds (hold, account, cents, method, auth, state, at)"
+                " VALUES (?, ?, ?, 'card', ?, 'held', ?)",
+                hold_id,
+                name,
+                cents,
+                auth,
+                self._now(),
+            )
         return Hold(hold_id, name, cents, "card", auth)
 
     def capture(self, h: Hold, what: str) -> None:
@@ -302,13 +349,35 @@ class Broker:
             if not tx.execute("UPDATE holds SET state = 'captured' WHERE hold = ? AND state = 'held'", h.hold):
                 return  # captured already
             txn = "txn_" + secrets.token_hex(8)
-            self._post(tx, txn, [(payer, h.cents), ("revenue:platform", -platform), ("revenue:broker", -broker)],
-                       f"key for {what}")
-            tx.execute("INSERT INTO charges (txn, account, cents, platform, broker, what, method, at)"
-                       " VALUES (?, ?, ?, ?, ?, ?, ?, ?)", txn, h.account, h.cents, platform, broker, what, h.method,
-                       self._now())
-            self._audit(tx, f"account:{h.account}", "charge", what, cents=h.cents, method=h.method, txn=txn,
-                        platform=platform, broker=broker)
+            self._post(
+                tx,
+                txn,
+                [(payer, h.cents), ("revenue:platform", -platform), ("revenue:broker", -broker)],
+                f"key for {what}",
+            )
+            tx.execute(
+                "INSERT INTO charges (txn, account, cents, platform, broker, what, method, at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                txn,
+                h.account,
+                h.cents,
+                platform,
+                broker,
+                what,
+                h.method,
+                self._now(),
+            )
+            self._audit(
+                tx,
+                f"account:{h.account}",
+                "charge",
+                what,
+                cents=h.cents,
+                method=h.method,
+                txn=txn,
+                platform=platform,
+                broker=broker,
+            )
 
     def release(self, h: Hold) -> None:
         if h.method == "card":

@@ -51,14 +51,17 @@ def show_audit(store, *, after: int = 0, as_json: bool = False) -> None:
     """Print an audit log (the server's or the broker's: the same table)."""
     try:
         with store.transaction() as tx:
-            rows = tx.all("SELECT seq, at, actor, action, subject, detail FROM audit WHERE seq > ? ORDER BY seq",
-                          after)
+            rows = tx.all("SELECT seq, at, actor, action, subject, detail FROM audit WHERE seq > ? ORDER BY seq", after)
     finally:
         store.close()
-    entries = [dict(zip(("seq", "at", "actor", "action", "subject", "detail"), r)) for r in rows]
-    emit({"entries": entries}, as_json=as_json,
-         lines=[f"{e['seq']:>6} {e['at']} {e['actor']:<22} {e['action']:<16} {e['subject']}  {e['detail']}"
-                for e in entries])
+    entries = [dict(zip(("seq", "at", "actor", "action", "subject", "detail"), r, strict=True)) for r in rows]
+    emit(
+        {"entries": entries},
+        as_json=as_json,
+        lines=[
+            f"{e['seq']:>6} {e['at']} {e['actor']:<22} {e['action']:<16} {e['subject']}  {e['detail']}" for e in entries
+        ],
+    )
 
 
 class _Silent:
@@ -85,8 +88,9 @@ def progress_bar(length: int, label: str):
         elapsed = max(time.monotonic() - start, 1e-6)
         return f"{state['done'] / 1e6:,.0f}/{length / 1e6:,.0f} MB  {state['done'] / elapsed / 1e6:,.0f} MB/s"
 
-    bar = click.progressbar(length=length, label=label, file=sys.stderr, show_eta=True, show_percent=True,
-                            item_show_func=show, width=24)
+    bar = click.progressbar(
+        length=length, label=label, file=sys.stderr, show_eta=True, show_percent=True, item_show_func=show, width=24
+    )
     update = bar.update
 
     def counted(n: int, current_item=None) -> None:

@@ -12,8 +12,9 @@ from ..errors import StateError
 from . import App, emit, pass_app, show_audit, vhw
 from .params import LISTEN
 
-home_option = click.option("--home", type=click.Path(path_type=Path, file_okay=False),
-                           help="The broker's folder (default: $VHW_HOME/broker).")
+home_option = click.option(
+    "--home", type=click.Path(path_type=Path, file_okay=False), help="The broker's folder (default: $VHW_HOME/broker)."
+)
 
 
 def broker_home(app: App, home: Path | None):
@@ -45,26 +46,55 @@ def broker() -> None:
 
 @broker.command("init")
 @home_option
-@click.option("--credential", type=click.Path(path_type=Path, dir_okay=False), required=True,
-              help="The broker's platform credential (from `vhw server init`).")
-@click.option("--tls", type=click.Path(path_type=Path, file_okay=False), required=True,
-              help="The broker's TLS identity, signed by the platform CA (`vhw server issue-cert`).")
+@click.option(
+    "--credential",
+    type=click.Path(path_type=Path, dir_okay=False),
+    required=True,
+    help="The broker's platform credential (from `vhw server init`).",
+)
+@click.option(
+    "--tls",
+    type=click.Path(path_type=Path, file_okay=False),
+    required=True,
+    help="The broker's TLS identity, signed by the platform CA (`vhw server issue-cert`).",
+)
 @click.option("--server", help="The licensing server's URL (default: the credential's).")
 @click.option("--listen", default="127.0.0.1:9443", show_default=True)
 @click.option("--price", default="4.99", show_default=True, help="Price of one key.")
-@click.option("--platform-share", type=click.IntRange(0, 100), default=70, show_default=True,
-              help="Percent of each charge that goes to the platform; the rest is the broker's.")
+@click.option(
+    "--platform-share",
+    type=click.IntRange(0, 100),
+    default=70,
+    show_default=True,
+    help="Percent of each charge that goes to the platform; the rest is the broker's.",
+)
 @pass_app
-def broker_init(app: App, home: Path | None, credential: Path, tls: Path, server: str | None, listen: str,
-                price: str, platform_share: int) -> None:
+def broker_init(
+    app: App,
+    home: Path | None,
+    credential: Path,
+    tls: Path,
+    server: str | None,
+    listen: str,
+    price: str,
+    platform_share: int,
+) -> None:
     """Set up a broker: its credential, TLS identity, prices and database."""
     from ..broker.home import BrokerHome
 
-    h = BrokerHome.init(broker_home(app, home).root, credential=credential, tls=tls, server=server, listen=listen,
-                        price_cents=cents(price), platform_share=platform_share)
+    h = BrokerHome.init(
+        broker_home(app, home).root,
+        credential=credential,
+        tls=tls,
+        server=server,
+        listen=listen,
+        price_cents=cents(price),
+        platform_share=platform_share,
+    )
     cfg = h.config()
-    click.echo(f"broker {h.root}: price {money(cfg.price_cents)} per key, platform {cfg.platform_share}%,"
-               f" server {cfg.server}")
+    click.echo(
+        f"broker {h.root}: price {money(cfg.price_cents)} per key, platform {cfg.platform_share}%, server {cfg.server}"
+    )
 
 
 @broker.command("run")
@@ -94,8 +124,13 @@ def account() -> None:
 
 
 def password_option(whose: str):
-    return click.option("--password", prompt=True, hide_input=True, confirmation_prompt=True,
-                        help=f"{whose} password (asked when not given; kept only as a scrypt hash).")
+    return click.option(
+        "--password",
+        prompt=True,
+        hide_input=True,
+        confirmation_prompt=True,
+        help=f"{whose} password (asked when not given; kept only as a scrypt hash).",
+    )
 
 
 @account.command("add")
@@ -144,8 +179,10 @@ def account_statement(app: App, name: str, as_json: bool, home: Path | None) -> 
     """Show NAME's balance, card on file and charges."""
     with broker_home(app, home).broker() as b:
         d = b.statement(name)
-    lines = [f"account {name}: balance {money(d['balance_cents'])}, card {d['card_on_file'] or 'none'}",
-             *(f"  charge {money(c['cents'])} ({c['method']}) for {c['what']}" for c in d["charges"])]
+    lines = [
+        f"account {name}: balance {money(d['balance_cents'])}, card {d['card_on_file'] or 'none'}",
+        *(f"  charge {money(c['cents'])} ({c['method']}) for {c['what']}" for c in d["charges"]),
+    ]
     emit(d, as_json=as_json, lines=lines)
 
 
@@ -175,10 +212,14 @@ def broker_ledger(app: App, as_json: bool, home: Path | None) -> None:
     with broker_home(app, home).broker() as b:
         t = b.ledger_totals()
     ok = t["balanced"]
-    emit(t, as_json=as_json, lines=[
-        f"charges {money(t['charges'])} = platform {money(t['platform'])} + broker {money(t['broker'])}",
-        f"sum of all entries {money(t['sum_of_entries'])}; " + ("balanced" if ok else "NOT BALANCED"),
-    ])
+    emit(
+        t,
+        as_json=as_json,
+        lines=[
+            f"charges {money(t['charges'])} = platform {money(t['platform'])} + broker {money(t['broker'])}",
+            f"sum of all entries {money(t['sum_of_entries'])}; " + ("balanced" if ok else "NOT BALANCED"),
+        ],
+    )
     if not ok:
         raise StateError("the ledger does not balance")
 

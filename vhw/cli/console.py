@@ -17,11 +17,12 @@ from . import emit, progress_bar
 from .devices import PATH, console, json_option
 
 console_option = click.option(
-    "--console", "console_dir", type=click.Path(path_type=Path, file_okay=False),
+    "--console",
+    "console_dir",
+    type=click.Path(path_type=Path, file_okay=False),
     help="The console's folder (default: $VHW_CONSOLE, else the current folder).",
 )
-slot_option = click.option("--slot", type=click.Choice(SLOTS), default="1", show_default=True,
-                           help="Memory card slot.")
+slot_option = click.option("--slot", type=click.Choice(SLOTS), default="1", show_default=True, help="Memory card slot.")
 
 
 def machine(console_dir: Path | None) -> Machine:
@@ -35,8 +36,11 @@ def machine(console_dir: Path | None) -> Machine:
 @click.option("--rom", type=PATH, required=True, help="The console's ROM (vhw console rom).")
 @click.option("--hdd", type=PATH, required=True, help="The HDD attached to it (vhw hdd format).")
 @click.option("--server", help="Licensing server or broker URL, if not the one in the ROM.")
-@click.option("--memory", help="Card-less: keep the card's items in the HDD's internal memory (`hdd`) or"
-              " in the console's (the file made by `vhw console rom --memory`).")
+@click.option(
+    "--memory",
+    help="Card-less: keep the card's items in the HDD's internal memory (`hdd`) or"
+    " in the console's (the file made by `vhw console rom --memory`).",
+)
 def console_setup(folder: Path, rom: Path, hdd: Path, server: str | None, memory: str | None) -> None:
     """Set up a console in FOLDER: which ROM it has and which HDD is attached.
 
@@ -91,12 +95,22 @@ def console_status(console_dir: Path | None, as_json: bool) -> None:
     m = machine(console_dir)
     cfg = m.config()
     rom = m.rom()
-    d: dict = {"folder": str(m.root), "client_id": str(rom.client_id), "hdd": cfg.hdd,
-               "hdd_id": str(m.hdd_id()), "server": m.server_url(rom) or None, "slots": {}, "tray": None}
+    d: dict = {
+        "folder": str(m.root),
+        "client_id": str(rom.client_id),
+        "hdd": cfg.hdd,
+        "hdd_id": str(m.hdd_id()),
+        "server": m.server_url(rom) or None,
+        "slots": {},
+        "tray": None,
+    }
     if cfg.memory:
         view = cpu.CardView.open(m.card().load())
-        d["memory"] = {"where": cfg.memory, "mc_id": str(view.card.mc_id),
-                       "user_id": str(view.require_user()) if view.card.registered else None}
+        d["memory"] = {
+            "where": cfg.memory,
+            "mc_id": str(view.card.mc_id),
+            "user_id": str(view.require_user()) if view.card.registered else None,
+        }
     for slot, path in cfg.slots.items():
         if path:
             view = cpu.CardView.open(card_dev.load(Path(path)))
@@ -106,16 +120,23 @@ def console_status(console_dir: Path | None, as_json: bool) -> None:
             d["slots"][slot] = None
     if cfg.tray:
         with DiscImage.open(Path(cfg.tray)) as disc:
-            d["tray"] = {"path": cfg.tray, "title_id": disc.manifest.title_id,
-                         "mid": str(disc.disc.mid) if disc.disc.mid else None}
+            d["tray"] = {
+                "path": cfg.tray,
+                "title_id": disc.manifest.title_id,
+                "mid": str(disc.disc.mid) if disc.disc.mid else None,
+            }
     lines = [
         f"console      {d['folder']}",
         f"Client ID    {d['client_id']}",
         f"HDD          {d['hdd_id']}  ({d['hdd']})",
         f"server       {d['server'] or '(none)'}",
         *(
-            f"slot {s}       " + (f"{v['mc_id']}  " + (f"User ID {v['user_id']}" if v["user_id"] else "not registered")
-                                if v else "(empty)")
+            f"slot {s}       "
+            + (
+                f"{v['mc_id']}  " + (f"User ID {v['user_id']}" if v["user_id"] else "not registered")
+                if v
+                else "(empty)"
+            )
             for s, v in d["slots"].items()
         ),
         "tray         " + (f"{d['tray']['title_id']}  MID {d['tray']['mid']}" if d["tray"] else "(empty)"),
@@ -176,8 +197,11 @@ def console_install(slot: str, wait: bool, console_dir: Path | None) -> None:
     finally:
         if bar is not None:
             bar.__exit__(None, None, None)
-    said = {"installed": "installed", "resumed": "resumed and installed",
-            "confirmed": "was already copied; the install is now confirmed"}[outcome]
+    said = {
+        "installed": "installed",
+        "resumed": "resumed and installed",
+        "confirmed": "was already copied; the install is now confirmed",
+    }[outcome]
     click.echo(f"{title_id} {said}; its Content-Key is deleted from the memory card")
 
 
@@ -194,6 +218,7 @@ def console_mount(mountpoint: Path, foreground: bool, slot: str, console_dir: Pa
     """
     m = machine(console_dir)
     if foreground:
+
         def ready() -> None:
             click.echo(f"mounted {m.hdd_path.name} at {mountpoint}")
             sys.stdout.flush()
@@ -230,11 +255,15 @@ def console_unmount(mountpoint: Path, console_dir: Path | None) -> None:
 @click.argument("title_id")
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 @slot_option
-@click.option("--save-slot", type=click.Choice(SLOTS), help="Keep the title's saves on the card in this slot"
-              " (default: the --slot card).")
+@click.option(
+    "--save-slot",
+    type=click.Choice(SLOTS),
+    help="Keep the title's saves on the card in this slot (default: the --slot card).",
+)
 @console_option
-def console_play(title_id: str, args: tuple[str, ...], slot: str, save_slot: str | None,
-                 console_dir: Path | None) -> None:
+def console_play(
+    title_id: str, args: tuple[str, ...], slot: str, save_slot: str | None, console_dir: Path | None
+) -> None:
     """Play TITLE_ID: run its entry point from the mount (mounting the HDD for as long as it runs).
 
     The title gets a writable save folder on the memory card (VHW_SAVE_DIR); with no card in the

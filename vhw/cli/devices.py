@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import click
@@ -30,7 +30,7 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON i
 
 
 def when(ts: int) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC") if ts else "-"
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if ts else "-"
 
 
 def human(n: int) -> str:
@@ -66,8 +66,13 @@ def register_with_server(credential: Path | None, server_url: str | None, path: 
 
 
 save_size_option = click.option(
-    "--size", "capacity", type=SIZE, default="8MiB", show_default=True,
-    help="Capacity of the save area (the file is sparse and holds only what is written).")
+    "--size",
+    "capacity",
+    type=SIZE,
+    default="8MiB",
+    show_default=True,
+    help="Capacity of the save area (the file is sparse and holds only what is written).",
+)
 
 
 @card.command("format")
@@ -130,7 +135,8 @@ def card_info(image: Path, as_json: bool) -> None:
         f"registered   {'yes' if d['registered'] else 'no'}",
         f"saves        {d['saves']}; {human_binary(d['used'])} used, {human_binary(d['free'])} free"
         f" of {human_binary(d['capacity'])}",
-        f"Content-Gen-Key {'stored' if d['content_gen_key'] else 'none'}; sealed IDs {'stored' if d['sealed_ids'] else 'none'}",
+        f"Content-Gen-Key {'stored' if d['content_gen_key'] else 'none'};"
+        f" sealed IDs {'stored' if d['sealed_ids'] else 'none'}",
         f"licenses     {len(d['licenses'])}",
         *(
             f"  {x['title_id']:<16} acquired {x['acquired']}"
@@ -155,16 +161,31 @@ def hdd() -> None:
 
 @hdd.command("format")
 @click.argument("out", type=PATH)
-@click.option("--size", type=SIZE, default="40G", show_default=True,
-              help="Nominal size; the image is sparse and holds only what is written.")
-@click.option("--with-memory", is_flag=True,
-              help="Give the HDD an internal memory that holds a card's items and saves (card-less consoles).")
-@click.option("--memory-size", "capacity", type=SIZE, default="8MiB", show_default=True,
-              help="With --with-memory: the capacity of its save area.")
+@click.option(
+    "--size",
+    type=SIZE,
+    default="40G",
+    show_default=True,
+    help="Nominal size; the image is sparse and holds only what is written.",
+)
+@click.option(
+    "--with-memory",
+    is_flag=True,
+    help="Give the HDD an internal memory that holds a card's items and saves (card-less consoles).",
+)
+@click.option(
+    "--memory-size",
+    "capacity",
+    type=SIZE,
+    default="8MiB",
+    show_default=True,
+    help="With --with-memory: the capacity of its save area.",
+)
 @credential_option
 @server_option
-def hdd_format(out: Path, size: int, with_memory: bool, capacity: int, credential: Path | None,
-               server_url: str | None) -> None:
+def hdd_format(
+    out: Path, size: int, with_memory: bool, capacity: int, credential: Path | None, server_url: str | None
+) -> None:
     """Format a new, empty HDD image OUT with a fresh HDD-ID and a secret key.
 
     The secret is never shown; with --credential the HDD-ID and the secret's public key are
@@ -176,10 +197,13 @@ def hdd_format(out: Path, size: int, with_memory: bool, capacity: int, credentia
     register_with_server(credential, server_url, "/v1/manufacturer/hdds", proto.RegisterHdd(hdd_id, public))
     check_capacity(capacity)
     memory = new_card(credential, server_url) if with_memory else None
-    HddImage.format(out, hdd_id=hdd_id, secret=secret, size=size, formatted=now(), memory=memory,
-                    memory_capacity=capacity)
-    click.echo(f"HDD-ID {hdd_id}  ({human(size)} HDD {out}, key {crypto.fingerprint(public)})"
-               + (f", internal memory {memory.mc_id}" if memory else ""))
+    HddImage.format(
+        out, hdd_id=hdd_id, secret=secret, size=size, formatted=now(), memory=memory, memory_capacity=capacity
+    )
+    click.echo(
+        f"HDD-ID {hdd_id}  ({human(size)} HDD {out}, key {crypto.fingerprint(public)})"
+        + (f", internal memory {memory.mc_id}" if memory else "")
+    )
 
 
 def new_card(credential: Path | None, server_url: str | None) -> card_fmt.Card:
@@ -229,7 +253,8 @@ def hdd_info(image: Path, as_json: bool) -> None:
         f"HDD image    {image}",
         f"HDD-ID       {d['hdd_id']}",
         f"device key   {d['key_fingerprint']}  (fingerprint of its public key; the secret is never shown)",
-        f"size         {human(d['nominal_size'])} nominal, {human(d['allocated_on_host'])} on the host, {human(d['free'])} free",
+        f"size         {human(d['nominal_size'])} nominal, {human(d['allocated_on_host'])} on the host,"
+        f" {human(d['free'])} free",
         f"formatted    {d['formatted']}  (generation {d['generation']})",
         f"titles       {len(d['titles'])}",
         *(f"  {t['title_id']:<16} {t['name']}  [{t['state']}]" for t in d["titles"]),
@@ -249,16 +274,26 @@ def hdd_image_path(image: Path | None, console_dir: Path | None) -> Path:
 
 @hdd.command("ls")
 @click.argument("image", type=PATH, required=False)
-@click.option("--console", "console_dir", type=click.Path(path_type=Path, file_okay=False),
-              help="List this console's HDD (when IMAGE is not given).")
+@click.option(
+    "--console",
+    "console_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="List this console's HDD (when IMAGE is not given).",
+)
 @json_option
 def hdd_ls(image: Path | None, console_dir: Path | None, as_json: bool) -> None:
     """List the titles on an HDD (the console's, unless IMAGE is given)."""
     with HddImage.open(hdd_image_path(image, console_dir)) as img:
         d = hdd_summary(img)
-    emit({"titles": d["titles"]}, as_json=as_json,
-         lines=[f"{t['title_id']:<16} {human(t['size']):>10}  {t['kind']:<11} {t['state']:<10} {t['name']}"
-                for t in d["titles"]] or ["(no titles)"])
+    emit(
+        {"titles": d["titles"]},
+        as_json=as_json,
+        lines=[
+            f"{t['title_id']:<16} {human(t['size']):>10}  {t['kind']:<11} {t['state']:<10} {t['name']}"
+            for t in d["titles"]
+        ]
+        or ["(no titles)"],
+    )
 
 
 @hdd.command("rm")
@@ -281,8 +316,11 @@ def hdd_rm(title_id: str, image: Path | None, console_dir: Path | None, wait: bo
 @hdd.command("fsck")
 @click.argument("image", type=PATH)
 @click.option("--deep", is_flag=True, help="Also read every complete title and check its data.")
-@click.option("--repair", is_flag=True,
-              help="Drop only what is unreachable (never a complete title) and rewrite damaged superblocks.")
+@click.option(
+    "--repair",
+    is_flag=True,
+    help="Drop only what is unreachable (never a complete title) and rewrite damaged superblocks.",
+)
 def hdd_fsck(image: Path, deep: bool, repair: bool) -> None:
     """Check an HDD image; exit 3 if it has problems."""
     with HddImage.open(image, write=repair) as img:
@@ -296,8 +334,10 @@ def hdd_fsck(image: Path, deep: bool, repair: bool) -> None:
             click.echo(f"note: {note}")
         for t in img.volume.catalog.titles:
             if not t.complete:
-                click.echo(f"note: {t.title_id}: install interrupted at {100 * t.progress // max(t.sealed_size, 1)}%;"
-                           " `vhw console install` resumes it")
+                click.echo(
+                    f"note: {t.title_id}: install interrupted at {100 * t.progress // max(t.sealed_size, 1)}%;"
+                    " `vhw console install` resumes it"
+                )
         if repair:
             for line in img.repair():
                 click.echo(f"repaired: {line}")
@@ -319,20 +359,45 @@ def console() -> None:
 
 @console.command("rom")
 @click.argument("out", type=PATH)
-@click.option("--ca", "ca_path", type=click.Path(path_type=Path, dir_okay=False),
-              help="The platform CA certificate (PEM) the console will trust; from `vhw server init`.")
-@click.option("--signing-cert", "signing_path", type=click.Path(path_type=Path, dir_okay=False),
-              help="The platform's signing certificate (PEM: signing.pem of the server home) that card tokens"
-                   " verify with.")
+@click.option(
+    "--ca",
+    "ca_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="The platform CA certificate (PEM) the console will trust; from `vhw server init`.",
+)
+@click.option(
+    "--signing-cert",
+    "signing_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="The platform's signing certificate (PEM: signing.pem of the server home) that card tokens verify with.",
+)
 @click.option("--server", "server_url", default="", help="Default licensing server URL (https://...).")
 @click.option("--model", default="VHW-1000", show_default=True, help="Model name in the ROM.")
-@click.option("--memory", "memory_path", type=PATH,
-              help="Also make the console's internal memory here (it holds a card's items and saves: card-less).")
-@click.option("--memory-size", "capacity", type=SIZE, default="8MiB", show_default=True,
-              help="With --memory: the capacity of its save area.")
+@click.option(
+    "--memory",
+    "memory_path",
+    type=PATH,
+    help="Also make the console's internal memory here (it holds a card's items and saves: card-less).",
+)
+@click.option(
+    "--memory-size",
+    "capacity",
+    type=SIZE,
+    default="8MiB",
+    show_default=True,
+    help="With --memory: the capacity of its save area.",
+)
 @credential_option
-def console_rom(out: Path, ca_path: Path | None, signing_path: Path | None, server_url: str, model: str,
-                memory_path: Path | None, capacity: int, credential: Path | None) -> None:
+def console_rom(
+    out: Path,
+    ca_path: Path | None,
+    signing_path: Path | None,
+    server_url: str,
+    model: str,
+    memory_path: Path | None,
+    capacity: int,
+    credential: Path | None,
+) -> None:
     """Burn a console ROM OUT with a fresh Client ID and a secret key.
 
     The secret is never shown. With --credential (the manufacturer's), the Client ID and the
@@ -354,19 +419,32 @@ def console_rom(out: Path, ca_path: Path | None, signing_path: Path | None, serv
             anchor = x509.load_pem_x509_certificate(cred.ca.encode()).public_bytes(Encoding.DER)
         if not signer and cred.signing:
             signer = x509.load_pem_x509_certificate(cred.signing.encode()).public_bytes(Encoding.DER)
-    rom = rom_fmt.Rom(Id.random(IdKind.CLIENT), now(), crypto.device_secret(), model=model, server_url=server_url,
-                      trust_anchor=anchor, token_anchor=signer)
+    rom = rom_fmt.Rom(
+        Id.random(IdKind.CLIENT),
+        now(),
+        crypto.device_secret(),
+        model=model,
+        server_url=server_url,
+        trust_anchor=anchor,
+        token_anchor=signer,
+    )
     refuse_existing(out, rom_fmt.WHAT)
     if memory_path:
         refuse_existing(memory_path, "console memory")
         check_capacity(capacity)
-    register_with_server(credential, server_url or None, "/v1/manufacturer/consoles",
-                         proto.RegisterConsole(rom.client_id, rom.public_key))
+    register_with_server(
+        credential,
+        server_url or None,
+        "/v1/manufacturer/consoles",
+        proto.RegisterConsole(rom.client_id, rom.public_key),
+    )
     if memory_path:
         card_dev.create(memory_path, new_card(credential, server_url or None), capacity=capacity)
     rom_dev.burn(out, rom)
-    click.echo(f"Client ID {rom.client_id}  (console ROM {out}, key {crypto.fingerprint(rom.public_key)})"
-               + (f", internal memory {memory_path}" if memory_path else ""))
+    click.echo(
+        f"Client ID {rom.client_id}  (console ROM {out}, key {crypto.fingerprint(rom.public_key)})"
+        + (f", internal memory {memory_path}" if memory_path else "")
+    )
 
 
 def load_ca(path: Path) -> bytes:
@@ -391,12 +469,10 @@ def rom_summary(rom: rom_fmt.Rom) -> dict:
     anchor = signer = None
     if rom.trust_anchor:
         cert = x509.load_der_x509_certificate(rom.trust_anchor)
-        anchor = {"subject": cert.subject.rfc4514_string(),
-                  "sha256": hashlib.sha256(rom.trust_anchor).hexdigest()}
+        anchor = {"subject": cert.subject.rfc4514_string(), "sha256": hashlib.sha256(rom.trust_anchor).hexdigest()}
     if rom.token_anchor:
         cert = x509.load_der_x509_certificate(rom.token_anchor)
-        signer = {"subject": cert.subject.rfc4514_string(),
-                  "sha256": hashlib.sha256(rom.token_anchor).hexdigest()}
+        signer = {"subject": cert.subject.rfc4514_string(), "sha256": hashlib.sha256(rom.token_anchor).hexdigest()}
     return {
         "client_id": str(rom.client_id),
         "key_fingerprint": crypto.fingerprint(rom.public_key),

@@ -24,7 +24,8 @@ from .roles import credential_option, role_client, server_option
 MIDS_PER_REQUEST = 1000  # the server's limit per registration request
 
 keystore_option = click.option(
-    "--keystore", type=click.Path(path_type=Path, file_okay=False),
+    "--keystore",
+    type=click.Path(path_type=Path, file_okay=False),
     help="The publisher's key store folder (default: $VHW_HOME/publisher).",
 )
 
@@ -49,8 +50,18 @@ def disc() -> None:
 @credential_option
 @server_option
 @pass_app
-def disc_master(app: App, src: Path, out: Path, title_id: str, name: str | None, kind: str | None,
-                entry: str | None, keystore: Path | None, credential: Path | None, server_url: str | None) -> None:
+def disc_master(
+    app: App,
+    src: Path,
+    out: Path,
+    title_id: str,
+    name: str | None,
+    kind: str | None,
+    entry: str | None,
+    keystore: Path | None,
+    credential: Path | None,
+    server_url: str | None,
+) -> None:
     """Encrypt the title files in SRC into a master image under a fresh Content-Key.
 
     The Content-Key stays in the publisher's key store (never on the disc); the manifest is signed
@@ -60,10 +71,13 @@ def disc_master(app: App, src: Path, out: Path, title_id: str, name: str | None,
     ks = open_keystore(app, keystore)
     total = sum(f.size for f in mastering.scan(src))
     with progress_bar(total, f"mastering {title_id}") as bar:
-        d = mastering.master(src, out, title_id=title_id, name=name, keystore=ks, kind=kind,
-                             entry=entry, progress=bar.update)
-    click.echo(f"master {out}: {d.manifest.title_id} {d.manifest.name!r}, {len(d.manifest.files)} files,"
-               f" {human(sum(f.size for f in d.manifest.files))}")
+        d = mastering.master(
+            src, out, title_id=title_id, name=name, keystore=ks, kind=kind, entry=entry, progress=bar.update
+        )
+    click.echo(
+        f"master {out}: {d.manifest.title_id} {d.manifest.name!r}, {len(d.manifest.files)} files,"
+        f" {human(sum(f.size for f in d.manifest.files))}"
+    )
     if credential:
         register_title(ks, title_id, credential, server_url)
         click.echo(f"registered {title_id} with the licensing server")
@@ -72,8 +86,11 @@ def disc_master(app: App, src: Path, out: Path, title_id: str, name: str | None,
 def register_title(ks: KeyStore, title_id: str, credential: Path, server_url: str | None) -> None:
     keys = ks.title(title_id)
     with role_client(credential, server_url, "publisher") as c:
-        c.call("/v1/publisher/titles",
-               proto.RegisterTitle(title_id, keys.name, keys.content_key, keys.title_digest), proto.Done)
+        c.call(
+            "/v1/publisher/titles",
+            proto.RegisterTitle(title_id, keys.name, keys.content_key, keys.title_digest),
+            proto.Done,
+        )
     keys.registered = True
     ks.save_title(keys)
 
@@ -83,22 +100,37 @@ def register_mids(title_id: str, discs: list[tuple[Id, bytes]], credential: Path
     items = [proto.PressedDisc(mid, key) for mid, key in discs]
     with role_client(credential, server_url, "publisher") as c:
         for i in range(0, len(items), MIDS_PER_REQUEST):
-            c.call("/v1/publisher/media", proto.RegisterMedia(title_id, tuple(items[i : i + MIDS_PER_REQUEST])),
-                   proto.Done)
+            c.call(
+                "/v1/publisher/media", proto.RegisterMedia(title_id, tuple(items[i : i + MIDS_PER_REQUEST])), proto.Done
+            )
 
 
 @disc.command("press")
 @click.argument("master", type=PATH)
 @click.option("--count", type=click.IntRange(1, 100000), default=1, show_default=True)
-@click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path, file_okay=False), required=True,
-              help="Folder for the pressed disc images.")
+@click.option(
+    "-o",
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    required=True,
+    help="Folder for the pressed disc images.",
+)
 @click.option("--no-mid", is_flag=True, help="Press discs without a MID (installed for a fee).")
 @keystore_option
 @credential_option
 @server_option
 @pass_app
-def disc_press(app: App, master: Path, count: int, out_dir: Path, no_mid: bool, keystore: Path | None,
-               credential: Path | None, server_url: str | None) -> None:
+def disc_press(
+    app: App,
+    master: Path,
+    count: int,
+    out_dir: Path,
+    no_mid: bool,
+    keystore: Path | None,
+    credential: Path | None,
+    server_url: str | None,
+) -> None:
     """Press COUNT discs from MASTER, each with its own MID (signed by the publisher).
 
     With --credential, the new MIDs are registered with the licensing server before any disc is
@@ -139,8 +171,7 @@ def disc_summary(image: DiscImage) -> dict:
 @credential_option
 @server_option
 @pass_app
-def disc_register(app: App, title: str, keystore: Path | None, credential: Path | None,
-                  server_url: str | None) -> None:
+def disc_register(app: App, title: str, keystore: Path | None, credential: Path | None, server_url: str | None) -> None:
     """Register a title (Content-Key, digest) and every MID pressed of it with the licensing server.
 
     Safe to repeat: what the server already has is left as it is.
@@ -175,7 +206,8 @@ def disc_info(image: Path, as_json: bool, list_files: bool) -> None:
         f"MID          {d['mid'] or ('none: ' + d['pressing'])}",
         f"contents     {d['files']} files, {human(d['size'])}; image {human(d['image_size'])}",
         f"mastered     {d['mastered']}, publisher key {d['publisher_key'][:16]}",
-        f"installer    {d['installer']['name']} v{d['installer']['version']}, needs {human(d['installer']['required_space'])} on the HDD",
+        f"installer    {d['installer']['name']} v{d['installer']['version']},"
+        f" needs {human(d['installer']['required_space'])} on the HDD",
         *(f"  {f['path']}  {human(f['size'])}" for f in d.get("file_list", [])),
     ]
     emit(d, as_json=as_json, lines=lines)
@@ -232,4 +264,3 @@ def disc_extract(app: App, image: Path, out_dir: Path, keystore: Path | None) ->
             shutil.rmtree(tmp, ignore_errors=True)
             raise
     click.echo(f"extracted {len(img.manifest.files)} files into {out_dir}")
-

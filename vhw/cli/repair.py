@@ -32,8 +32,9 @@ def repair() -> None:
 @click.option("--new-hdd", type=PATH, help="The repaired or exchanged HDD (new HDD-ID).")
 @credential_option
 @server_option
-def repair_device(card_path: Path, new_rom: Path | None, new_hdd: Path | None, credential: Path | None,
-                  server_url: str | None) -> None:
+def repair_device(
+    card_path: Path, new_rom: Path | None, new_hdd: Path | None, credential: Path | None, server_url: str | None
+) -> None:
     """Re-register a repaired or exchanged console or HDD in the card's user entry (FIG. 13).
 
     The old device ID is retired and gets nothing from the server any more; the user's discs stay
@@ -56,13 +57,20 @@ def repair_device(card_path: Path, new_rom: Path | None, new_hdd: Path | None, c
     with card_dev.transaction(card_path) as img:  # its saves stay
         img.save_card(cpu.CardView.open(img.card).wiped().card)
     new = ", ".join(str(x) for x in (client_id, hdd_id) if x)
-    click.echo(f"re-registered {new} for memory card {card.mc_id}; {resp.reinstallable} disc(s) may be installed"
-               " again by this user from the discs; the card's Content-Gen-Key and sealed IDs are wiped")
+    click.echo(
+        f"re-registered {new} for memory card {card.mc_id}; {resp.reinstallable} disc(s) may be installed"
+        " again by this user from the discs; the card's Content-Gen-Key and sealed IDs are wiped"
+    )
 
 
 @repair.command("card")
-@click.option("--user-id", "user_id", type=USER_ID, required=True,
-              help="The User ID the user wrote down (checked by its check character first).")
+@click.option(
+    "--user-id",
+    "user_id",
+    type=USER_ID,
+    required=True,
+    help="The User ID the user wrote down (checked by its check character first).",
+)
 @click.option("-o", "--out", type=PATH, required=True, help="The new memory card to write.")
 @credential_option
 @server_option
@@ -81,5 +89,7 @@ def repair_card(user_id: Id, out: Path, credential: Path | None, server_url: str
         resp = c.call("/v1/operator/reissue", proto.ReissueRequest(user_id, mc_id, mc_key), proto.ReissueResponse)
     card = cpu.reissued_card(user_id, mc_id, mc_key, resp, now())
     card_dev.create(out, card)
-    click.echo(f"new memory card {out}: MC-ID {mc_id} for User ID {user_id}, {len(card.licenses)} license(s);"
-               " the old card is retired")
+    click.echo(
+        f"new memory card {out}: MC-ID {mc_id} for User ID {user_id}, {len(card.licenses)} license(s);"
+        " the old card is retired"
+    )

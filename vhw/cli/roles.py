@@ -9,7 +9,9 @@ import click
 from ..errors import StateError
 
 credential_option = click.option(
-    "--credential", type=click.Path(path_type=Path, dir_okay=False), envvar="VHW_CREDENTIAL",
+    "--credential",
+    type=click.Path(path_type=Path, dir_okay=False),
+    envvar="VHW_CREDENTIAL",
     help="Register with the licensing server using this role credential (from `vhw server init`).",
 )
 server_option = click.option("--server", "server_url", help="Server URL (default: the credential's).")
@@ -25,5 +27,6 @@ def role_client(credential: Path, server_url: str | None, role: str):
     cred = Credential.load(credential)
     if cred.role != role:
         raise StateError(f"{credential} is a {cred.role} credential; this needs the {role}'s")
-    return Client(server_url or cred.server, tls_context(ca_pem=cred.ca, client_cert=cred.client_cert),
-                  token=cred.token)
+    return Client(
+        server_url or cred.server, tls_context(ca_pem=cred.ca, client_cert=cred.client_cert), token=cred.token
+    )

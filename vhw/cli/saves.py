@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import click
@@ -35,7 +35,7 @@ def open_card(path: Path, *, write: bool = False) -> CardImage:
 
 
 def modified(ns: int) -> str:
-    return datetime.fromtimestamp(ns / 1e9, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC") if ns else "-"
+    return datetime.fromtimestamp(ns / 1e9, UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if ns else "-"
 
 
 def meta_text(meta: bytes) -> str:
@@ -50,8 +50,14 @@ def saves_group() -> None:
 
 
 def entry_dict(s: Save, ok: bool) -> dict:
-    return {"title_id": s.title_id, "name": s.name, "size": s.size, "modified": modified(s.modified),
-            "meta": meta_text(s.meta), "verified": ok}
+    return {
+        "title_id": s.title_id,
+        "name": s.name,
+        "size": s.size,
+        "modified": modified(s.modified),
+        "meta": meta_text(s.meta),
+        "verified": ok,
+    }
 
 
 @saves_group.command("ls")
@@ -65,8 +71,11 @@ def saves_ls(image: Path, as_json: bool) -> None:
         key = img.save_key() if img.card.registered else None
         rows = [entry_dict(s, key is not None and sv.verify_entry(key, s)) for s in img.saves]
     d = {"saves": rows, "capacity": state.sb.capacity, "used": state.used_bytes, "free": state.free_bytes}
-    lines = [f"{r['title_id']:<16} {r['name']:<20} {human(r['size']):>10}  {r['modified']}  {r['meta']}"
-             + ("" if r["verified"] else "  [does not verify: edited, or from another card]") for r in rows]
+    lines = [
+        f"{r['title_id']:<16} {r['name']:<20} {human(r['size']):>10}  {r['modified']}  {r['meta']}"
+        + ("" if r["verified"] else "  [does not verify: edited, or from another card]")
+        for r in rows
+    ]
     lines = (lines or ["(no saves)"]) + [f"{human(d['used'])} used, {human(d['free'])} free of {human(d['capacity'])}"]
     emit(d, as_json=as_json, lines=lines)
 
@@ -79,8 +88,9 @@ def pick(img: CardImage, title_id: str, name: str | None) -> Save:
     if not mine:
         raise StateError(f"{img.shown}: no saves of {title_id} on this card")
     if len(mine) > 1:
-        raise StateError(f"{img.shown}: {title_id} has {len(mine)} saves; name one of "
-                         + ", ".join(s.name for s in mine))
+        raise StateError(
+            f"{img.shown}: {title_id} has {len(mine)} saves; name one of " + ", ".join(s.name for s in mine)
+        )
     return mine[0]
 
 
@@ -97,8 +107,11 @@ def saves_export(image: Path, title_id: str, name: str | None, out: Path) -> Non
         entry = pick(img, title_id, name)
         data = img.read_save(entry)
         user = cpu.CardView.open(img.card).require_user()
-    atomic_write(out, sv.encode_export(sv.Exported(user, entry.title_id, entry.name, entry.modified, entry.meta,
-                                                   data)), mode=0o600)
+    atomic_write(
+        out,
+        sv.encode_export(sv.Exported(user, entry.title_id, entry.name, entry.modified, entry.meta, data)),
+        mode=0o600,
+    )
     click.echo(f"exported {entry.title_id}/{entry.name} ({human(entry.size)}) to {out}")
 
 
@@ -113,8 +126,7 @@ def saves_import(image: Path, file: Path) -> None:
         user = cpu.CardView.open(img.card).require_user()
         if exported.user != user:
             raise ImageError(file, "is a save of another user; a card takes only its own user's saves")
-        img.write_save(exported.title_id, exported.name, exported.data, modified=exported.modified,
-                       meta=exported.meta)
+        img.write_save(exported.title_id, exported.name, exported.data, modified=exported.modified, meta=exported.meta)
     click.echo(f"imported {exported.title_id}/{exported.name} ({human(len(exported.data))}) onto {image}")
 
 

@@ -17,7 +17,8 @@ from .params import LISTEN
 # (the server's modules themselves, trio, hypercorn, starlette and the stores, load only when a
 # server command runs)
 home_option = click.option(
-    "--home", type=click.Path(path_type=Path, file_okay=False),
+    "--home",
+    type=click.Path(path_type=Path, file_okay=False),
     help="The server's folder (default: $VHW_HOME/server).",
 )
 
@@ -46,18 +47,42 @@ def server() -> None:
 @click.option("--url", help="The URL consoles and tools use (default: https://LISTEN).")
 @click.option("--host", "hosts", multiple=True, help="Another name or address for the TLS certificate.")
 @click.option("--db", "database", default="", help="Database URL (default: SQLite file vhw.db in the home).")
-@click.option("--identify-by", default=",".join(ID_FIELDS), show_default=True,
-              help="Which device IDs identify a user: a non-empty subset of mc_id, client_id, hdd_id.")
-@click.option("--mode", type=click.Choice(["direct", "broker"]), default="direct", show_default=True,
-              help="broker: users reach the server only through the broker (FIG. 15).")
+@click.option(
+    "--identify-by",
+    default=",".join(ID_FIELDS),
+    show_default=True,
+    help="Which device IDs identify a user: a non-empty subset of mc_id, client_id, hdd_id.",
+)
+@click.option(
+    "--mode",
+    type=click.Choice(["direct", "broker"]),
+    default="direct",
+    show_default=True,
+    help="broker: users reach the server only through the broker (FIG. 15).",
+)
 @pass_app
-def server_init(app: App, home: Path | None, listen: str, url: str | None, hosts: tuple[str, ...],
-                database: str, identify_by: str, mode: str) -> None:
+def server_init(
+    app: App,
+    home: Path | None,
+    listen: str,
+    url: str | None,
+    hosts: tuple[str, ...],
+    database: str,
+    identify_by: str,
+    mode: str,
+) -> None:
     """Create the platform's state: CA, TLS certificate, master key, database, role credentials."""
     from ..server.home import ServerHome
 
-    h = ServerHome.init(server_home(app, home).root, listen=listen, url=url, hosts=list(hosts),
-                        database=database, identify_by=parse_policy(identify_by), mode=mode)
+    h = ServerHome.init(
+        server_home(app, home).root,
+        listen=listen,
+        url=url,
+        hosts=list(hosts),
+        database=database,
+        identify_by=parse_policy(identify_by),
+        mode=mode,
+    )
     click.echo(f"server home {h.root}")
     click.echo(f"  platform CA   {h.path('ca.pem')}  (burn it into console ROMs: vhw console rom --ca)")
     for role in ROLES:
@@ -96,7 +121,7 @@ def load_config(ctx: click.Context, param, path: Path | None) -> Path | None:
         if key == "workers" and (isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 64):
             raise ImageError(path, "workers: must be a whole number from 1 to 64")
         if key == "log_format" and value not in ("text", "json"):
-            raise ImageError(path, "log_format: must be \"text\" or \"json\"")
+            raise ImageError(path, 'log_format: must be "text" or "json"')
         if key == "home":
             value = (path.parent / value) if not Path(value).is_absolute() else Path(value)
         converted[key] = value
@@ -105,23 +130,61 @@ def load_config(ctx: click.Context, param, path: Path | None) -> Path | None:
 
 
 @server.command("run")
-@click.option("--config", type=click.Path(path_type=Path, dir_okay=False), is_eager=True, expose_value=False,
-              callback=load_config, help="Read the options from this TOML file (flags and VHW_SERVER_* win).")
-@click.option("--home", type=click.Path(path_type=Path, file_okay=False), envvar="VHW_SERVER_HOME",
-              help="The server's folder (default: $VHW_HOME/server).")
-@click.option("--listen", type=LISTEN, envvar="VHW_SERVER_LISTEN",
-              help="Address to serve on (default: from `server init`); port 0 picks one.")
+@click.option(
+    "--config",
+    type=click.Path(path_type=Path, dir_okay=False),
+    is_eager=True,
+    expose_value=False,
+    callback=load_config,
+    help="Read the options from this TOML file (flags and VHW_SERVER_* win).",
+)
+@click.option(
+    "--home",
+    type=click.Path(path_type=Path, file_okay=False),
+    envvar="VHW_SERVER_HOME",
+    help="The server's folder (default: $VHW_HOME/server).",
+)
+@click.option(
+    "--listen",
+    type=LISTEN,
+    envvar="VHW_SERVER_LISTEN",
+    help="Address to serve on (default: from `server init`); port 0 picks one.",
+)
 @click.option("--db", "database", envvar="VHW_SERVER_DB", help="Database URL (default: from `server init`).")
-@click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True, envvar="VHW_SERVER_WORKERS",
-              help="Serve with this many processes on one port (use PostgreSQL behind them).")
-@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
-              envvar="VHW_SERVER_LOG_FORMAT", help="One line per request and event on stderr, as text or JSON.")
-@click.option("--metrics-listen", type=LISTEN, envvar="VHW_SERVER_METRICS_LISTEN",
-              help="Also serve /metrics over plain HTTP here, without a credential (for a local scraper).")
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    envvar="VHW_SERVER_WORKERS",
+    help="Serve with this many processes on one port (use PostgreSQL behind them).",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    envvar="VHW_SERVER_LOG_FORMAT",
+    help="One line per request and event on stderr, as text or JSON.",
+)
+@click.option(
+    "--metrics-listen",
+    type=LISTEN,
+    envvar="VHW_SERVER_METRICS_LISTEN",
+    help="Also serve /metrics over plain HTTP here, without a credential (for a local scraper).",
+)
 @click.option("--reuse-port", is_flag=True, hidden=True, help="Bind with SO_REUSEPORT (one of --workers).")
 @pass_app
-def server_run(app: App, home: Path | None, listen: tuple[str, int] | None, database: str | None,
-               workers: int, log_format: str, metrics_listen: tuple[str, int] | None, reuse_port: bool) -> None:
+def server_run(
+    app: App,
+    home: Path | None,
+    listen: tuple[str, int] | None,
+    database: str | None,
+    workers: int,
+    log_format: str,
+    metrics_listen: tuple[str, int] | None,
+    reuse_port: bool,
+) -> None:
     """Serve the licensing API over HTTPS until Ctrl-C or SIGTERM (then stop gracefully).
 
     The repair center's web console is at /console/ (sign in with the operator credential's token).
@@ -144,13 +207,28 @@ def server_run(app: App, home: Path | None, listen: tuple[str, int] | None, data
     try:
         with h.running():
             if workers > 1:
-                run_workers(h, workers=workers, listen=listen, database=database, ready=ready,
-                            log_format=log_format, metrics_listen=metrics_listen)
+                run_workers(
+                    h,
+                    workers=workers,
+                    listen=listen,
+                    database=database,
+                    ready=ready,
+                    log_format=log_format,
+                    metrics_listen=metrics_listen,
+                )
             else:
                 import trio
 
-                trio.run(lambda: serve(h, listen=listen, database=database, ready=ready, reuse_port=reuse_port,
-                                       metrics_listen=metrics_listen))
+                trio.run(
+                    lambda: serve(
+                        h,
+                        listen=listen,
+                        database=database,
+                        ready=ready,
+                        reuse_port=reuse_port,
+                        metrics_listen=metrics_listen,
+                    )
+                )
     except OSError as exc:
         raise StateError(f"cannot serve on {listen or h.config().listen}: {exc.strerror or exc}") from None
     click.echo("vhw licensing server stopped")
@@ -178,8 +256,12 @@ def server_credential(app: App, role: str, name: str, out: Path, home: Path | No
 @home_option
 @click.option("--after", type=int, default=0, help="Only entries after this sequence number.")
 @click.option("--json", "as_json", is_flag=True)
-@click.option("--verify", is_flag=True, help="Check the hash chain and the signed heads instead of printing;"
-              " exit 3 naming the first entry that breaks them.")
+@click.option(
+    "--verify",
+    is_flag=True,
+    help="Check the hash chain and the signed heads instead of printing;"
+    " exit 3 naming the first entry that breaks them.",
+)
 @click.option("--db", "database", help="Database URL (default: from `server init`).")
 @pass_app
 def server_audit(app: App, home: Path | None, after: int, as_json: bool, verify: bool, database: str | None) -> None:

@@ -74,18 +74,19 @@ class CardView:
         if self.damaged:
             raise StateError(f"memory card {self.card.mc_id}: its User ID does not open (damaged card)")
         if self.user is None:
-            raise StateError(f"memory card {self.card.mc_id} is not registered",
-                             hint="run `vhw console register` first")
+            raise StateError(
+                f"memory card {self.card.mc_id} is not registered", hint="run `vhw console register` first"
+            )
         return self.user
 
     def license_for(self, mid: Id) -> License | None:
-        for lic, found in zip(self.card.licenses, self.mids):
+        for lic, found in zip(self.card.licenses, self.mids, strict=True):
             if found == mid:
                 return lic
         return None
 
     def licenses(self) -> list[tuple[License, Id | None]]:
-        return list(zip(self.card.licenses, self.mids))
+        return list(zip(self.card.licenses, self.mids, strict=True))
 
     def wrapped_mid(self, mid: Id) -> bytes:
         """The MID wrapped with the MC-Key (S12), reusing the card's copy when it has one."""
@@ -110,8 +111,12 @@ class CardView:
 
     def wiped(self) -> CardView:
         """FIG. 13: the Content-Gen-Key, sealed IDs, card token and pending keys leave the card."""
-        return self._with([(replace(x, content_key=b""), m) for x, m in self.licenses()],
-                          content_gen_key=b"", sealed_ids=b"", card_token=b"")
+        return self._with(
+            [(replace(x, content_key=b""), m) for x, m in self.licenses()],
+            content_gen_key=b"",
+            sealed_ids=b"",
+            card_token=b"",
+        )
 
 
 def _open_mid(card: Card, user: Id | None, lic: License) -> Id | None:
@@ -162,10 +167,8 @@ def _request(cls: type, view: CardView, hw: Hardware, disc: Medium):
     card = view.card
     proof = None
     if disc.secret is not None:
-        proof = bindings.disc_proof(disc.secret, disc.mid, user, card.mc_id, hw.client_id, hw.hdd_id,
-                                    disc.title_digest)
-    return cls(card.mc_id, card.user_id, view.wrapped_mid(disc.mid), hw.client_id, hw.hdd_id,
-               disc.title_digest, proof)
+        proof = bindings.disc_proof(disc.secret, disc.mid, user, card.mc_id, hw.client_id, hw.hdd_id, disc.title_digest)
+    return cls(card.mc_id, card.user_id, view.wrapped_mid(disc.mid), hw.client_id, hw.hdd_id, disc.title_digest, proof)
 
 
 def acquisition_request(view: CardView, hw: Hardware, disc: Medium) -> p.AcquireRequest:
@@ -177,8 +180,9 @@ def confirm_request(view: CardView, hw: Hardware, disc: Medium) -> p.ConfirmRequ
     return _request(p.ConfirmRequest, view, hw, disc)
 
 
-def accept_acquisition(view: CardView, req: p.AcquireRequest, resp: p.AcquireResponse, mid: Id,
-                       hw: Hardware, *, acquired: int) -> CardView:
+def accept_acquisition(
+    view: CardView, req: p.AcquireRequest, resp: p.AcquireResponse, mid: Id, hw: Hardware, *, acquired: int
+) -> CardView:
     """S16: store the Content-Key and Content-Gen-Key (sealed to the user's console and HDD), the
     sealed device IDs and the card token on the card.
 
@@ -202,9 +206,13 @@ def accept_acquisition(view: CardView, req: p.AcquireRequest, resp: p.AcquireRes
             bindings.open_card_token(hw.anchor, resp.card_token, owner_of(cgk), card.mc_id)
         except crypto.Invalid:
             raise ServerError("the server's answer does not open with this memory card and console") from None
-    return view.with_license(License(resp.title_id, req.mid, resp.content_key, acquired), mid,
-                             content_gen_key=resp.content_gen_key, sealed_ids=resp.sealed_ids,
-                             card_token=resp.card_token)
+    return view.with_license(
+        License(resp.title_id, req.mid, resp.content_key, acquired),
+        mid,
+        content_gen_key=resp.content_gen_key,
+        sealed_ids=resp.sealed_ids,
+        card_token=resp.card_token,
+    )
 
 
 # -- copy, S21-S28, and reproduction, S31-S35 -----------------------------------------------------------
@@ -274,9 +282,16 @@ def drop_content_key(view: CardView, mid: Id) -> CardView:
 def reissued_card(user_id: Id, mc_id: Id, mc_key: bytes, resp: p.ReissueResponse, stamp: int) -> Card:
     """The new card of a reissue: the server's answer, which must open with the new MC-Key as the
     User ID asked for (the CLI and the web console both write this)."""
-    card = Card(mc_id, mc_key, stamp, user_id=resp.user_id, content_gen_key=resp.content_gen_key,
-                sealed_ids=resp.sealed_ids, card_token=resp.card_token,
-                licenses=tuple(License(x.title_id, x.mid, b"", stamp) for x in resp.licenses))
+    card = Card(
+        mc_id,
+        mc_key,
+        stamp,
+        user_id=resp.user_id,
+        content_gen_key=resp.content_gen_key,
+        sealed_ids=resp.sealed_ids,
+        card_token=resp.card_token,
+        licenses=tuple(License(x.title_id, x.mid, b"", stamp) for x in resp.licenses),
+    )
     if CardView.open(card).user != user_id:
         raise ServerError("the server's answer does not fit the new card")
     return card

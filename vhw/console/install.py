@@ -56,15 +56,17 @@ def resumable(title: Title, disc: DiscImage, binding: TitleBinding) -> bool:
     )
 
 
-def _fresh_title(disc: DiscImage, owner: bytes, binding: TitleBinding | None,
-                 mid: Id | None = None) -> tuple[Title, list[FileSpec]]:
+def _fresh_title(
+    disc: DiscImage, owner: bytes, binding: TitleBinding | None, mid: Id | None = None
+) -> tuple[Title, list[FileSpec]]:
     m = disc.manifest
     salt = os.urandom(32)
     metadata = json.dumps(m.metadata, sort_keys=True).encode()
     tag = bytes(32)
     if binding is not None:
-        tag = title_tag(binding.title_key(m.title_id, salt), m.title_id, m.entry, m.kind, disc.disc.title_digest,
-                        metadata)
+        tag = title_tag(
+            binding.title_key(m.title_id, salt), m.title_id, m.entry, m.kind, disc.disc.title_digest, metadata
+        )
     title = Title(
         title_id=m.title_id,
         name=m.name,
@@ -117,8 +119,10 @@ def install_plan(
     existing = vol.catalog.title(m.title_id)
     if existing is not None and existing.complete:
         if not crypto.equal(existing.owner, owner):
-            raise StateError(f"{m.title_id} is installed on this HDD by another user",
-                             hint="an HDD holds one copy of a title; that user may remove it with `vhw hdd rm`")
+            raise StateError(
+                f"{m.title_id} is installed on this HDD by another user",
+                hint="an HDD holds one copy of a title; that user may remove it with `vhw hdd rm`",
+            )
         if crypto.equal(existing.bound_to, binding.owner):
             raise StateError(f"{m.title_id} is already installed on this HDD")
     if existing is None or not resumable(existing, disc, binding):
@@ -242,7 +246,9 @@ class _Sealer:
             try:
                 n = reader.open_into(i, sealed_in[at : at + length], plain)
             except crypto.Invalid:
-                raise IntegrityError(self.disc.path, f"{disc_file.path}: chunk {i} does not decrypt (damaged disc)") from None
+                raise IntegrityError(
+                    self.disc.path, f"{disc_file.path}: chunk {i} does not decrypt (damaged disc)"
+                ) from None
             pos += writer.seal_into(i, plain[:n], out[pos:])
             at += length
             plain_size += n

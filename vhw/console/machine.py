@@ -86,8 +86,9 @@ class CardMemory:
             region = img.volume.sb.memory
         if region is None:
             raise StateError(f"{self.path}: this HDD has no internal memory", hint="vhw hdd format --with-memory")
-        return CardImage.open_region(self.path, region.offset, region.length, what=f"{self.path} (internal memory)",
-                                     write=write)
+        return CardImage.open_region(
+            self.path, region.offset, region.length, what=f"{self.path} (internal memory)", write=write
+        )
 
     def load(self) -> Card:
         with self.open() as img:
@@ -108,8 +109,9 @@ class Machine:
     # -- set-up -----------------------------------------------------------------------------------
 
     @classmethod
-    def setup(cls, root: Path, *, rom: Path, hdd: Path, server: str | None = None,
-              memory: str | None = None) -> Machine:
+    def setup(
+        cls, root: Path, *, rom: Path, hdd: Path, server: str | None = None, memory: str | None = None
+    ) -> Machine:
         """``memory``: card-less, the card's items kept in "hdd" or in the console's internal
         memory (a path made by `vhw console rom --memory`)."""
         root = Path(root)
@@ -124,8 +126,7 @@ class Machine:
         root.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(root, 0o700)  # it names the console's device files: the owner's alone
         m = cls(root)
-        m.save(ConsoleConfig(rom=str(Path(rom).resolve()), hdd=str(Path(hdd).resolve()), server=server,
-                             memory=memory))
+        m.save(ConsoleConfig(rom=str(Path(rom).resolve()), hdd=str(Path(hdd).resolve()), server=server, memory=memory))
         if memory == "hdd":
             m.card().load()  # refuse an HDD without internal memory now
         return m
@@ -247,8 +248,7 @@ class Machine:
 
     def set_account(self, name: str, password: str) -> None:
         """The account this console gives a broker (kept beside console.json, owner only)."""
-        atomic_write(self.root / "account.json", json.dumps({"name": name, "password": password}).encode(),
-                     mode=0o600)
+        atomic_write(self.root / "account.json", json.dumps({"name": name, "password": password}).encode(), mode=0o600)
 
     def account(self) -> tuple[str, str] | None:
         path = self.root / "account.json"
@@ -292,22 +292,25 @@ class Machine:
                     img.save_card(cpu.accept_acquisition(view, req, resp, mid, hw, acquired=now()).card)  # S16
         return resp.title_id, mid
 
-    def install(self, slot: str = "1", *, wait: bool = False,
-                progress: Callable[[int, int], None] | None = None) -> tuple[str, str]:
+    def install(
+        self, slot: str = "1", *, wait: bool = False, progress: Callable[[int, int], None] | None = None
+    ) -> tuple[str, str]:
         """The copy, S21-S28, with its acquisition first when the card has no key for the disc.
 
         Returns (title ID, what happened: "installed", "resumed" or "confirmed").
         """
         with self.busy():
             rom = self.rom()
-            with DiscImage.open(self.disc_path()) as disc, HddImage.open(
-                self.hdd_path, write=True, wait=wait, on_wait=self.log
-            ) as hdd:
+            with (
+                DiscImage.open(self.disc_path()) as disc,
+                HddImage.open(self.hdd_path, write=True, wait=wait, on_wait=self.log) as hdd,
+            ):
                 with self.card(slot).transaction() as mem:  # opened once, written at S16 and S28
                     return self._install(mem, cpu.CardView.open(mem.card), rom, disc, hdd, progress)
 
-    def _install(self, mem: CardImage, view: cpu.CardView, rom: Rom, disc: DiscImage,
-                 hdd: HddImage, progress) -> tuple[str, str]:
+    def _install(
+        self, mem: CardImage, view: cpu.CardView, rom: Rom, disc: DiscImage, hdd: HddImage, progress
+    ) -> tuple[str, str]:
         m = disc.manifest
         hw = hardware(rom, hdd)
         on_hdd = hdd.volume.catalog.title(m.title_id)
@@ -363,9 +366,19 @@ class Machine:
                 if progress:
                     progress(done[0], total)
 
-            hdd.run(install.install_plan(hdd.volume, disc, content_key=content_key, owner=match.owner,
-                                         binding=match.binding, installed=now(), progress=tick,
-                                         mid=mid, reuse=True))  # S24-S26
+            hdd.run(
+                install.install_plan(
+                    hdd.volume,
+                    disc,
+                    content_key=content_key,
+                    owner=match.owner,
+                    binding=match.binding,
+                    installed=now(),
+                    progress=tick,
+                    mid=mid,
+                    reuse=True,
+                )
+            )  # S24-S26
         # S27-S28: the copy is complete and durable: make the flag final, then drop the key
         with self.client(rom) as c:
             c.call("/v1/console/confirm", cpu.confirm_request(view, hw, medium), p.Done)
@@ -397,8 +410,9 @@ class Machine:
         """The card's items opened once (None: no card), for a flow that only reads them."""
         return cpu.CardView.open(self.card(slot).load()) if self.has_card(slot) else None
 
-    def reproduction_key(self, slot: str = "1", hdd: HddImage | None = None, *,
-                         view: cpu.CardView | None = None) -> cpu.Match:
+    def reproduction_key(
+        self, slot: str = "1", hdd: HddImage | None = None, *, view: cpu.CardView | None = None
+    ) -> cpu.Match:
         """S31-S34: the card's keys, if they open on this console and this HDD, its sealed IDs are
         theirs and it is the user's current card. ``view``: the card as the flow opened it."""
         rom = self.rom()
@@ -458,8 +472,9 @@ class Machine:
         if not checked:
             self.reproduction_key(slot)  # refuse here, in the user's terminal, with the patent's words
         clear_stale(mountpoint)
-        proc = self._spawn_mount(["console", "mount", str(mountpoint), "--foreground", "--slot", slot],
-                                 mountpoint, self.root / "mount.log")
+        proc = self._spawn_mount(
+            ["console", "mount", str(mountpoint), "--foreground", "--slot", slot], mountpoint, self.root / "mount.log"
+        )
         mounts = self._mounts()
         mounts[str(mountpoint)] = proc.pid
         self._save_mounts(mounts)
@@ -470,7 +485,10 @@ class Machine:
         with open(log_path, "ab") as log_file:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "vhw", *args, "--console", str(self.root)],
-                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log_file, start_new_session=True,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=log_file,
+                start_new_session=True,
             )
         line = proc.stdout.readline().decode()
         proc.stdout.close()
@@ -502,8 +520,9 @@ class Machine:
         where = Path(tempfile.mkdtemp(prefix="vhw-saves-"))
         log_path = where.with_name(where.name + ".log")
         try:
-            proc = self._spawn_mount(["console", "saves-mount", str(where), "--title", title_id, "--slot", slot],
-                                     where, log_path)
+            proc = self._spawn_mount(
+                ["console", "saves-mount", str(where), "--title", title_id, "--slot", slot], where, log_path
+            )
         except BaseException:
             where.rmdir()
             log_path.unlink(missing_ok=True)
@@ -517,8 +536,11 @@ class Machine:
                 subprocess.run(["fusermount3", "-u", "-z", str(where)], capture_output=True)
             proc.wait(30)
             where.rmdir()
-            told = [line.split(": ", 1)[-1] for line in log_path.read_text(errors="replace").splitlines()
-                    if line.startswith(("WARNING", "ERROR"))]  # a save that did not fit, or a damaged one
+            told = [
+                line.split(": ", 1)[-1]
+                for line in log_path.read_text(errors="replace").splitlines()
+                if line.startswith(("WARNING", "ERROR"))
+            ]  # a save that did not fit, or a damaged one
             for line in dict.fromkeys(told):
                 self.log("vhw: " + line)
             log_path.unlink(missing_ok=True)
@@ -568,8 +590,10 @@ class Machine:
             raise StateError(f"{title_id} has no entry point to run")
         if not crypto.equal(title.bound_to, match.binding.owner):
             if crypto.equal(title.owner, match.owner):  # this user's, bound to devices since exchanged
-                raise ReproductionNotPermitted(hint=f"{title_id} was installed before a repair of this console or"
-                                                    " HDD: install it again from its disc (`vhw console install`)")
+                raise ReproductionNotPermitted(
+                    hint=f"{title_id} was installed before a repair of this console or"
+                    " HDD: install it again from its disc (`vhw console install`)"
+                )
             raise ReproductionNotPermitted()  # another card's title on a shared HDD
         meta = self._checked_entry(title, match)
         runner = sandbox.bwrap()
@@ -587,9 +611,16 @@ class Machine:
             if not entry.is_relative_to(title_dir.resolve()) or not entry.is_file():
                 raise IntegrityError(self.hdd_path, f"{title_id}: its entry point is not a file of the title")
             with self.save_folder(title_id, save_slot or slot) as saves:
-                cmd = sandbox.command(title_dir=title_dir, entry=title.entry, args=args, saves=saves,
-                                      title_id=title_id, kind=title.kind, network=meta.get("network") is True,
-                                      bwrap_path=runner)
+                cmd = sandbox.command(
+                    title_dir=title_dir,
+                    entry=title.entry,
+                    args=args,
+                    saves=saves,
+                    title_id=title_id,
+                    kind=title.kind,
+                    network=meta.get("network") is True,
+                    bwrap_path=runner,
+                )
                 code = subprocess.call(cmd, cwd="/", stdin=None)
         finally:
             failed = _read_errors(log_path, seen, title_id)
@@ -597,8 +628,11 @@ class Machine:
                 self.unmount(temporary)
                 temporary.rmdir()
         if failed:
-            raise IntegrityError(self.hdd_path, f"{failed[0]} (the title ended with exit code {code})",
-                                 hint="`vhw hdd fsck --deep` checks the HDD; install the title again from its disc")
+            raise IntegrityError(
+                self.hdd_path,
+                f"{failed[0]} (the title ended with exit code {code})",
+                hint="`vhw hdd fsck --deep` checks the HDD; install the title again from its disc",
+            )
         return code
 
     def _checked_entry(self, title, match: cpu.Match) -> dict:
@@ -608,12 +642,16 @@ class Machine:
         the title."""
         key = match.binding.title_key(title.title_id, title.key_salt)
         tag = title_tag(key, title.title_id, title.entry, title.kind, title.title_digest, title.metadata)
-        if not crypto.equal(tag, title.entry_tag) or not valid_relpath(title.entry) or not any(
-            f.path == title.entry for f in title.files
+        if (
+            not crypto.equal(tag, title.entry_tag)
+            or not valid_relpath(title.entry)
+            or not any(f.path == title.entry for f in title.files)
         ):
-            raise IntegrityError(self.hdd_path, f"the catalog entry of {title.title_id} was modified"
-                                                " (it names another entry point than its disc did)",
-                                 hint="install the title again from its disc")
+            raise IntegrityError(
+                self.hdd_path,
+                f"the catalog entry of {title.title_id} was modified (it names another entry point than its disc did)",
+                hint="install the title again from its disc",
+            )
         try:
             meta = json.loads(title.metadata)
         except ValueError:
@@ -629,8 +667,11 @@ def _read_errors(log_path: Path, since: int, title_id: str) -> list[str]:
             text = f.read().decode(errors="replace")
     except OSError:
         return []
-    return [line.split(": ", 1)[-1] for line in text.splitlines()
-            if line.startswith("ERROR") and f"title {title_id}," in line]
+    return [
+        line.split(": ", 1)[-1]
+        for line in text.splitlines()
+        if line.startswith("ERROR") and f"title {title_id}," in line
+    ]
 
 
 def _alive(pid: int) -> bool:
@@ -656,8 +697,9 @@ def _wait_gone(pid: int, timeout: float = 10.0) -> None:
 def hardware(rom: Rom, hdd: HddImage) -> cpu.Hardware:
     """This console as a flow sees it: the ROM's and the attached HDD's IDs and secrets, the
     platform signing certificate its ROM pins (card tokens), the card epochs the HDD has seen."""
-    return cpu.Hardware(DeviceSecrets(rom.client_id, hdd.hdd_id, rom.secret, hdd.secret), rom.token_anchor,
-                        hdd.volume.catalog.epochs())
+    return cpu.Hardware(
+        DeviceSecrets(rom.client_id, hdd.hdd_id, rom.secret, hdd.secret), rom.token_anchor, hdd.volume.catalog.epochs()
+    )
 
 
 def disc_medium(disc: DiscImage) -> cpu.Medium:
@@ -665,7 +707,9 @@ def disc_medium(disc: DiscImage) -> cpu.Medium:
     if disc.disc.pressing is Pressing.MASTER:
         raise StateError(f"{disc.path} is a master image, not a pressed disc")
     if disc.disc.mid is None:
-        raise StateError(f"{disc.path} was pressed without a MID", hint="such discs install through the broker, for a fee")
+        raise StateError(
+            f"{disc.path} was pressed without a MID", hint="such discs install through the broker, for a fee"
+        )
     return cpu.Medium(disc.disc.mid, disc.disc.title_digest, disc.disc.secret)
 
 

@@ -171,8 +171,12 @@ class OpenFile:
                 try:
                     pos += self.cipher.open_into(k, sealed[at : at + n], out[pos:])
                 except crypto.Invalid:
-                    log.error("title %s, file %s: chunk %d failed authentication (damaged HDD); read refused",
-                              self.title.title_id, self.file.path, k)
+                    log.error(
+                        "title %s, file %s: chunk %d failed authentication (damaged HDD); read refused",
+                        self.title.title_id,
+                        self.file.path,
+                        k,
+                    )
                     raise
                 at += n
             i = j
@@ -446,8 +450,14 @@ class TitleFS(pyfuse3.Operations):
 # -- running a mount ------------------------------------------------------------------------------
 
 
-def serve(image: HddImage, mountpoint: Path, binding: TitleBinding, *, ready: Callable[[], None],
-          watch: Callable[[], str | None] | None = None) -> None:
+def serve(
+    image: HddImage,
+    mountpoint: Path,
+    binding: TitleBinding,
+    *,
+    ready: Callable[[], None],
+    watch: Callable[[], str | None] | None = None,
+) -> None:
     """Mount the titles and serve until unmounted, SIGINT or SIGTERM; always unmounts on the way out.
     ``watch`` says why the keys must go (the card left its slot), or None while they may stay."""
     fs = TitleFS(image, binding)
@@ -459,8 +469,9 @@ def serve(image: HddImage, mountpoint: Path, binding: TitleBinding, *, ready: Ca
         ready()
 
     tasks = [functools.partial(_watch_card, fs, watch)] if watch else []
-    serve_operations(fs, mountpoint, {"fsname=vhw", "subtype=vhw", "ro"}, ready=mounted, before_close=fs.pusher.stop,
-                     tasks=tasks)
+    serve_operations(
+        fs, mountpoint, {"fsname=vhw", "subtype=vhw", "ro"}, ready=mounted, before_close=fs.pusher.stop, tasks=tasks
+    )
 
 
 async def _watch_card(fs: TitleFS, watch: Callable[[], str | None]) -> None:
@@ -477,9 +488,15 @@ async def _watch_card(fs: TitleFS, watch: Callable[[], str | None]) -> None:
     pyfuse3.terminate()
 
 
-def serve_operations(fs: pyfuse3.Operations, mountpoint: Path, options: set[str], *,
-                     ready: Callable[[], None], before_close: Callable[[], None] | None = None,
-                     tasks: list[Callable[[], object]] | None = None) -> None:
+def serve_operations(
+    fs: pyfuse3.Operations,
+    mountpoint: Path,
+    options: set[str],
+    *,
+    ready: Callable[[], None],
+    before_close: Callable[[], None] | None = None,
+    tasks: list[Callable[[], object]] | None = None,
+) -> None:
     """Mount ``fs`` at ``mountpoint`` and serve it until unmounted, SIGINT, SIGTERM or SIGHUP;
     always unmounts on the way out (the title mount and the save folder both run this way).
     ``before_close`` runs while the FUSE session still exists (stop threads that use it)."""

@@ -41,8 +41,10 @@ def bwrap() -> str:
     """The bubblewrap executable, or the reason there is none."""
     found = shutil.which(BWRAP)
     if not found:
-        raise StateError("titles run in a sandbox, and bubblewrap is not installed",
-                         hint="install Debian's bubblewrap package (`make demo` and `make test` do)")
+        raise StateError(
+            "titles run in a sandbox, and bubblewrap is not installed",
+            hint="install Debian's bubblewrap package (`make demo` and `make test` do)",
+        )
     return found
 
 
@@ -54,9 +56,18 @@ def python_runtime() -> tuple[str, list[str]]:
     return exe, extra
 
 
-def command(*, title_dir: Path, entry: str, args: Sequence[str], saves: Path | None, title_id: str,
-            kind: str, network: bool = False, bwrap_path: str = BWRAP,
-            host_root: Path = Path("/")) -> list[str]:
+def command(
+    *,
+    title_dir: Path,
+    entry: str,
+    args: Sequence[str],
+    saves: Path | None,
+    title_id: str,
+    kind: str,
+    network: bool = False,
+    bwrap_path: str = BWRAP,
+    host_root: Path = Path("/"),
+) -> list[str]:
     """The command that runs ``entry`` (a path inside ``title_dir``, already checked to be one of
     the title's files) in the sandbox."""
     cmd = [bwrap_path, "--die-with-parent", "--new-session", "--unshare-all"]
@@ -77,8 +88,14 @@ def command(*, title_dir: Path, entry: str, args: Sequence[str], saves: Path | N
         cmd += ["--ro-bind", folder, folder]
     cmd += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
     cmd += ["--ro-bind", str(title_dir), TITLE_DIR]
-    env = {"PATH": "/usr/bin:/bin", "HOME": "/tmp", "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1",
-           "VHW_TITLE_ID": title_id, "VHW_TITLE_KIND": kind}
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": "/tmp",
+        "LANG": "C.UTF-8",
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "VHW_TITLE_ID": title_id,
+        "VHW_TITLE_KIND": kind,
+    }
     if saves is not None:
         cmd += ["--bind", str(saves), SAVE_DIR]
         env["VHW_SAVE_DIR"] = SAVE_DIR

@@ -76,12 +76,17 @@ def read_state(read: Callable[[int, int], bytes], path: object, size: int) -> Op
             raise ImageError(path, f"truncated {fmt.WHAT} ({size} of {sb.size} bytes)")
         if size > sb.size:
             raise ImageError(path, f"{fmt.WHAT} has {size - sb.size} unexpected trailing bytes")
-        return [lambda o=o: fmt.decode_catalog(read(sb.catalog_length, o), sb, path=path)
-                for o in (sb.catalog_offset, sb.catalog_offset + fmt.CATALOG_DITTO)]
+        return [
+            lambda o=o: fmt.decode_catalog(read(sb.catalog_length, o), sb, path=path)
+            for o in (sb.catalog_offset, sb.catalog_offset + fmt.CATALOG_DITTO)
+        ]
 
-    chosen = choose([[decoded(o) for o in pair] for pair in offsets], catalogs,
-                    lost_hint="a save or licensing item written since may be missing; a title's key"
-                              " deleted since may show again: install the title from its disc again if needed")
+    chosen = choose(
+        [[decoded(o) for o in pair] for pair in offsets],
+        catalogs,
+        lost_hint="a save or licensing item written since may be missing; a title's key"
+        " deleted since may show again: install the title from its disc again if needed",
+    )
     if any(c.mc_id != chosen.sb.mc_id or c.mc_key != chosen.sb.mc_key for c in chosen.candidates):
         raise ImageError(path, f"corrupt {fmt.WHAT} (its superblocks name different cards)")
     return Opened(CardState(chosen.sb, chosen.catalog), chosen.notes, chosen.damage)
@@ -139,8 +144,9 @@ class CardImage:
         return cls._open(path, path, 0, None, lock=path.parent / f".{path.name}.lock", write=write, wait=wait)
 
     @classmethod
-    def open_region(cls, path: Path, offset: int, length: int, *, what: str, write: bool = False,
-                    wait: bool = True) -> CardImage:
+    def open_region(
+        cls, path: Path, offset: int, length: int, *, what: str, write: bool = False, wait: bool = True
+    ) -> CardImage:
         """Open the card image in ``length`` bytes at ``offset`` of the file ``path`` (an HDD's
         internal memory); ``what`` names it in messages."""
         path = Path(path)
@@ -148,8 +154,9 @@ class CardImage:
         return cls._open(path, what, offset, length, lock=lock, write=write, wait=wait)
 
     @classmethod
-    def _open(cls, path: Path, shown: object, base: int, length: int | None, *, lock: Path, write: bool,
-              wait: bool) -> CardImage:
+    def _open(
+        cls, path: Path, shown: object, base: int, length: int | None, *, lock: Path, write: bool, wait: bool
+    ) -> CardImage:
         stack = ExitStack()
         try:
             if write:
@@ -227,8 +234,7 @@ class CardImage:
         try:
             user = CardView.open(self.card).require_user()
         except StateError as exc:
-            raise StateError(f"{exc.message}: a card keeps saves once its user is registered",
-                             hint=exc.hint) from None
+            raise StateError(f"{exc.message}: a card keeps saves once its user is registered", hint=exc.hint) from None
         return saves.save_key(self.card.mc_key, self.card.mc_id, user)
 
     def find(self, title_id: str, name: str) -> fmt.Save:
@@ -241,8 +247,9 @@ class CardImage:
         """A save's plaintext, or SaveInvalid in one line (edited, or copied from another card)."""
         return saves.open_save(key or self.save_key(), entry, self.read_sealed(entry), where=self.shown)
 
-    def write_save(self, title_id: str, name: str, data: bytes, *, modified: int, meta: bytes = b"",
-                   key: bytes | None = None) -> fmt.Save:
+    def write_save(
+        self, title_id: str, name: str, data: bytes, *, modified: int, meta: bytes = b"", key: bytes | None = None
+    ) -> fmt.Save:
         """Seal and commit one save (a new one, or the next version of one); CardFull if it does not fit."""
         self.write_saves([(title_id, name, data, modified, meta)], key=key)
         return self.state.catalog.save(title_id, name)

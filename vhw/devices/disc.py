@@ -119,8 +119,9 @@ class DiscImage:
                 raise IntegrityError(self.path, f"{f.path}: data does not match the signed manifest")
 
 
-def press(master: Path, out: Path, *, pressing: fmt.Pressing, mid: Id | None, sign,
-          secret: bytes | None = None) -> None:
+def press(
+    master: Path, out: Path, *, pressing: fmt.Pressing, mid: Id | None, sign, secret: bytes | None = None
+) -> None:
     """Write a copy of ``master`` whose MID area is new; nothing else differs. ``secret``: the
     disc's own key (with a MID), whose public half the publisher registers with the MID."""
     out = Path(out)
@@ -146,4 +147,3 @@ def press(master: Path, out: Path, *, pressing: fmt.Pressing, mid: Id | None, si
         tmp.unlink(missing_ok=True)
         raise ImageError(out, f"cannot write disc: {describe_os_error(exc)}") from None
     fsync_dir(out.parent)
-

@@ -100,8 +100,7 @@ def refuse_existing(path: Path, what: str) -> None:
 
 
 @contextlib.contextmanager
-def locked(fd: int, path: Path, what: str, *, shared: bool = False, wait: bool = False,
-           on_wait=None) -> Iterator[None]:
+def locked(fd: int, path: Path, what: str, *, shared: bool = False, wait: bool = False, on_wait=None) -> Iterator[None]:
     """Hold a ``flock`` on ``fd`` for the block.
 
     Without ``wait`` a lock held elsewhere raises :class:`InUseError` at once; with it, ``on_wait``

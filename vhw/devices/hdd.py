@@ -82,9 +82,12 @@ def read_volume(read: Callable[[int, int], bytes], path: object, file_size: int)
             raise ImageError(path, f"{fmt.WHAT} has {file_size - sb.nominal_size} unexpected trailing bytes")
         return [lambda e=e: fmt.decode_catalog(read(e.length, e.offset), sb, path=path) for e in sb.catalog_extents]
 
-    chosen = choose([[decoded(o) for o in pair] for pair in offsets], catalogs,
-                    lost_hint="a title installed or removed since may be missing or show as interrupted:"
-                              " install it again from its disc with `vhw console install`")
+    chosen = choose(
+        [[decoded(o) for o in pair] for pair in offsets],
+        catalogs,
+        lost_hint="a title installed or removed since may be missing or show as interrupted:"
+        " install it again from its disc with `vhw console install`",
+    )
     if any(c.hdd_id != chosen.sb.hdd_id for c in chosen.candidates):
         raise ImageError(path, "corrupt HDD image (its superblocks name different HDD-IDs)")
     return Opened(Volume(chosen.sb, chosen.catalog), chosen.notes, chosen.damage)
@@ -104,8 +107,17 @@ class HddImage:
     # -- life cycle ---------------------------------------------------------------------------
 
     @classmethod
-    def format(cls, path: Path, *, hdd_id: Id, secret: bytes, size: int, formatted: int,
-               memory: Card | None = None, memory_capacity: int = card_fmt.DEFAULT_CAPACITY) -> None:
+    def format(
+        cls,
+        path: Path,
+        *,
+        hdd_id: Id,
+        secret: bytes,
+        size: int,
+        formatted: int,
+        memory: Card | None = None,
+        memory_capacity: int = card_fmt.DEFAULT_CAPACITY,
+    ) -> None:
         """Make a new, empty, sparse image of nominal ``size`` bytes with the HDD's ``secret``.
         ``memory``: give it an internal memory, a card image with these items and a save area of
         ``memory_capacity`` bytes, at the start of the data area."""
@@ -140,8 +152,15 @@ class HddImage:
         fsync_dir(path.parent)
 
     @classmethod
-    def open(cls, path: Path, *, write: bool = False, shared_lock: bool = False,
-             wait: bool = False, on_wait: Callable[[str], None] | None = None) -> HddImage:
+    def open(
+        cls,
+        path: Path,
+        *,
+        write: bool = False,
+        shared_lock: bool = False,
+        wait: bool = False,
+        on_wait: Callable[[str], None] | None = None,
+    ) -> HddImage:
         """Open and check an image. ``write`` takes the exclusive lock, ``shared_lock`` a shared one."""
         path = Path(path)
         check_regular(path, fmt.WHAT)
@@ -263,7 +282,8 @@ class HddImage:
 
         A damaged superblock slot is not one of them but a note (:attr:`notes`): it is what an
         interrupted commit leaves, the previous generation is whole and in use, and the next
-        commit (or ``repair``) rewrites the slot. ``deep`` also reads every complete title and compares it with the SHA-256 the catalog
+        commit (or ``repair``) rewrites the slot. ``deep`` also reads every complete title and compares
+        it with the SHA-256 the catalog
         recorded when its install finished (no key needed).
         """
         problems = self.damage + [str(p) for p in self.volume.problems()]
@@ -324,8 +344,9 @@ _FALLOC_FL_PUNCH_HOLE = 0x02
 def punch_hole(fd: int, offset: int, length: int) -> bool:
     """Deallocate a range of a sparse file (it reads as zeros afterwards). False if unsupported."""
     rc = _libc.fallocate(
-        ctypes.c_int(fd), ctypes.c_int(_FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE),
-        ctypes.c_long(offset), ctypes.c_long(length),
+        ctypes.c_int(fd),
+        ctypes.c_int(_FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE),
+        ctypes.c_long(offset),
+        ctypes.c_long(length),
     )
     return rc == 0
-

@@ -238,11 +238,22 @@ class Catalog:
 
 
 def encode_superblock(sb: Superblock) -> bytes:
-    return seal_block(build(SuperblockBody, {
-        "version": VERSION, "mc_id": sb.mc_id, "mc_key": sb.mc_key, "formatted": sb.formatted,
-        "capacity": sb.capacity, "generation": sb.generation, "catalog_length": sb.catalog_length,
-        "catalog_sha256": sb.catalog_sha256,
-    }, what="memory card superblock"))
+    return seal_block(
+        build(
+            SuperblockBody,
+            {
+                "version": VERSION,
+                "mc_id": sb.mc_id,
+                "mc_key": sb.mc_key,
+                "formatted": sb.formatted,
+                "capacity": sb.capacity,
+                "generation": sb.generation,
+                "catalog_length": sb.catalog_length,
+                "catalog_sha256": sb.catalog_sha256,
+            },
+            what="memory card superblock",
+        )
+    )
 
 
 def decode_superblock(block: bytes, *, path: object) -> Superblock:
@@ -251,8 +262,9 @@ def decode_superblock(block: bytes, *, path: object) -> Superblock:
     if head.version != VERSION:  # before the body: another version lays it out otherwise
         raise version_error(path, WHAT, head.version, VERSION)
     rec = parse(SuperblockBody, body, path=path, what="memory card superblock")
-    sb = Superblock(rec.mc_id, rec.mc_key, rec.formatted, rec.capacity, rec.generation, rec.catalog_length,
-                    rec.catalog_sha256)
+    sb = Superblock(
+        rec.mc_id, rec.mc_key, rec.formatted, rec.capacity, rec.generation, rec.catalog_length, rec.catalog_sha256
+    )
     if sb.capacity > MAX_CAPACITY or sb.capacity % BLOCK_SIZE or not 0 < sb.catalog_length <= CATALOG_ROOM:
         raise ImageError(path, "corrupt memory card superblock (sizes out of range)")
     return sb
@@ -262,17 +274,35 @@ def encode_catalog(cat: Catalog) -> bytes:
     c = cat.card
     if len(c.licenses) > MAX_LICENSES:
         raise ImageError(WHAT, f"cannot be written: a memory card holds at most {MAX_LICENSES} licenses")
-    data = build(CatalogBody, {
-        "generation": cat.generation,
-        "user_id": c.user_id, "content_gen_key": c.content_gen_key, "sealed_ids": c.sealed_ids,
-        "card_token": c.card_token,
-        "licenses": [{"title_id": x.title_id, "mid": x.mid, "content_key": x.content_key, "acquired": x.acquired}
-                     for x in c.licenses],
-        "saves": [{"title_id": s.title_id, "name": s.name, "size": s.size, "modified": s.modified, "meta": s.meta,
-                   "stream_id": s.stream_id, "sealed_sha256": s.sealed_sha256, "tag": s.tag,
-                   "extents": [{"offset": e.offset, "length": e.length} for e in s.extents]}
-                  for s in cat.saves],
-    }, what="memory card catalog")
+    data = build(
+        CatalogBody,
+        {
+            "generation": cat.generation,
+            "user_id": c.user_id,
+            "content_gen_key": c.content_gen_key,
+            "sealed_ids": c.sealed_ids,
+            "card_token": c.card_token,
+            "licenses": [
+                {"title_id": x.title_id, "mid": x.mid, "content_key": x.content_key, "acquired": x.acquired}
+                for x in c.licenses
+            ],
+            "saves": [
+                {
+                    "title_id": s.title_id,
+                    "name": s.name,
+                    "size": s.size,
+                    "modified": s.modified,
+                    "meta": s.meta,
+                    "stream_id": s.stream_id,
+                    "sealed_sha256": s.sealed_sha256,
+                    "tag": s.tag,
+                    "extents": [{"offset": e.offset, "length": e.length} for e in s.extents],
+                }
+                for s in cat.saves
+            ],
+        },
+        what="memory card catalog",
+    )
     if len(data) > CATALOG_ROOM:
         raise ImageError(WHAT, "cannot be written: its directory is full")
     return data
@@ -285,13 +315,27 @@ def decode_catalog(data: bytes, sb: Superblock, *, path: object) -> Catalog:
     if rec.generation != sb.generation:
         raise ImageError(path, "corrupt memory card catalog (generation does not match its superblock)")
     card = Card(
-        mc_id=sb.mc_id, mc_key=sb.mc_key, formatted=sb.formatted, user_id=rec.user_id,
-        content_gen_key=rec.content_gen_key, sealed_ids=rec.sealed_ids, card_token=rec.card_token,
+        mc_id=sb.mc_id,
+        mc_key=sb.mc_key,
+        formatted=sb.formatted,
+        user_id=rec.user_id,
+        content_gen_key=rec.content_gen_key,
+        sealed_ids=rec.sealed_ids,
+        card_token=rec.card_token,
         licenses=tuple(License(x.title_id, x.mid, x.content_key, x.acquired) for x in rec.licenses),
     )
     saves = tuple(
-        Save(s.title_id, s.name, s.size, s.modified, s.meta, s.stream_id, s.sealed_sha256, s.tag,
-             tuple(Extent(e.offset, e.length) for e in s.extents))
+        Save(
+            s.title_id,
+            s.name,
+            s.size,
+            s.modified,
+            s.meta,
+            s.stream_id,
+            s.sealed_sha256,
+            s.tag,
+            tuple(Extent(e.offset, e.length) for e in s.extents),
+        )
         for s in rec.saves
     )
     return Catalog(rec.generation, card, saves)

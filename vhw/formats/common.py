@@ -144,8 +144,10 @@ def version_error(path: object, what: str, found: int, supported: int) -> ImageE
     """A device file of another format version: an older one is made again, a newer one needs a
     newer vhw. One line either way."""
     if found < supported:
-        return ImageError(path, f"{what} format version {found} is no longer supported (this vhw reads"
-                                f" {supported}): make the {what} again")
+        return ImageError(
+            path,
+            f"{what} format version {found} is no longer supported (this vhw reads {supported}): make the {what} again",
+        )
     return ImageError(path, f"{what} format version {found} is not supported (this vhw reads {supported})")
 
 

@@ -105,7 +105,8 @@ ManifestBody = cs.Struct(
     "mastered" / cs.Int64ub,
     "chunk_size" / cs.Int32ub,
     "publisher_key" / cs.Bytes(crypto.PUBLIC_KEY_SIZE),
-    "installer" / cs.Struct(
+    "installer"
+    / cs.Struct(
         "name" / Text(cs.Int8ub),
         "version" / cs.Int16ub,
         "required_space" / cs.Int64ub,  # sealed bytes the HDD must have free
@@ -266,10 +267,7 @@ def manifest_from_record(rec, *, path: object) -> Manifest:
         kind=rec.kind,
         entry=rec.entry,
         publisher_key=rec.publisher_key,
-        files=tuple(
-            DiscFile(f.path, f.size, f.stream_id, f.offset, f.sealed_sha256, f.executable)
-            for f in rec.files
-        ),
+        files=tuple(DiscFile(f.path, f.size, f.stream_id, f.offset, f.sealed_sha256, f.executable) for f in rec.files),
         mastered=rec.mastered,
         title_version=rec.title_version,
         chunk_size=rec.chunk_size,
@@ -365,8 +363,16 @@ def mid_signed_message(title_digest: bytes, pressing: Pressing, mid: Id | None, 
 
 def encode_mid_area(pressing: Pressing, mid: Id | None, secret: bytes | None, signature: bytes) -> bytes:
     return seal_block(
-        build(MidArea, {"pressing": int(pressing), "mid": mid, "secret": secret or bytes(crypto.SECRET_SEED_SIZE),
-                        "signature": signature}, what="MID area")
+        build(
+            MidArea,
+            {
+                "pressing": int(pressing),
+                "mid": mid,
+                "secret": secret or bytes(crypto.SECRET_SEED_SIZE),
+                "signature": signature,
+            },
+            what="MID area",
+        )
     )
 
 
@@ -389,8 +395,9 @@ def decode_mid_area(block: bytes, *, path: object, manifest: Manifest, title_dig
         raise ImageError(path, "corrupt disc MID area (a secret on a disc without a MID)")
     if pressing is not Pressing.MASTER:
         try:
-            crypto.verify(manifest.publisher_key, rec.signature,
-                          mid_signed_message(title_digest, pressing, rec.mid, disc_key))
+            crypto.verify(
+                manifest.publisher_key, rec.signature, mid_signed_message(title_digest, pressing, rec.mid, disc_key)
+            )
         except crypto.Invalid:
             raise IntegrityError(path, "disc MID is not signed by the title's publisher") from None
     return pressing, rec.mid, rec.secret, rec.signature
@@ -415,6 +422,7 @@ def decode(read, *, size: int, path: object) -> tuple[Disc, bytes]:
     if manifest.data_length != h.data_length:
         raise ImageError(path, "corrupt disc header (data length disagrees with the manifest)")
     digest = title_digest(region)
-    pressing, mid, secret, signature = decode_mid_area(head[BLOCK_SIZE:], path=path, manifest=manifest,
-                                                       title_digest=digest)
+    pressing, mid, secret, signature = decode_mid_area(
+        head[BLOCK_SIZE:], path=path, manifest=manifest, title_digest=digest
+    )
     return Disc(manifest, digest, h.manifest_length, h.data_offset, pressing, mid, signature, secret), region

@@ -264,8 +264,16 @@ def decode_superblock(block: bytes, *, path: object) -> Superblock:
         raise version_error(path, WHAT, head.version, VERSION)
     rec = parse(SuperblockBody, body, path=path, what="HDD superblock")
     sb = Superblock(
-        rec.hdd_id, rec.secret, rec.nominal_size, rec.formatted, rec.generation,
-        rec.catalog_offset, rec.catalog_length, rec.catalog_sha256, rec.memory_offset, rec.memory_length,
+        rec.hdd_id,
+        rec.secret,
+        rec.nominal_size,
+        rec.formatted,
+        rec.generation,
+        rec.catalog_offset,
+        rec.catalog_length,
+        rec.catalog_sha256,
+        rec.memory_offset,
+        rec.memory_length,
         rec.catalog_ditto,
     )
     if (
@@ -340,9 +348,12 @@ def decode_catalog(data: bytes, sb: Superblock, *, path: object) -> Catalog:
                 entry=t.entry,
                 files=tuple(
                     HddFile(
-                        f.path, f.size, f.stream_id,
+                        f.path,
+                        f.size,
+                        f.stream_id,
                         tuple(Extent(e.offset, e.length) for e in f.extents),
-                        f.executable, f.sealed_digest,
+                        f.executable,
+                        f.sealed_digest,
                     )
                     for f in t.files
                 ),

@@ -27,8 +27,13 @@ WHAT = "console ROM"
 
 #: Hardware IDs: one per kind of part, the same for every unit of a model (the patent's
 #: "Hardware ID ... one overall ID for client terminal device 1, one ID for memory card 16...").
-HARDWARE_IDS = {"console": 0x5648_5701, "controller": 0x5648_5702, "memory-card": 0x5648_5703,
-                "hdd": 0x5648_5704, "card-connector": 0x5648_5705}
+HARDWARE_IDS = {
+    "console": 0x5648_5701,
+    "controller": 0x5648_5702,
+    "memory-card": 0x5648_5703,
+    "hdd": 0x5648_5704,
+    "card-connector": 0x5648_5705,
+}
 
 RomBody = cs.Struct(
     "client_id" / IdField(IdKind.CLIENT),

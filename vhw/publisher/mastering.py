@@ -69,8 +69,9 @@ def scan(src: Path) -> list[SourceFile]:
                 rel.encode()
             except UnicodeEncodeError:  # os.walk hands bytes that are not UTF-8 over as surrogates
                 shown = os.fsencode(real).decode(errors="backslashreplace")
-                raise ImageError(shown, "has a name that is not UTF-8 (file names on a disc are UTF-8):"
-                                        " rename it") from None
+                raise ImageError(
+                    shown, "has a name that is not UTF-8 (file names on a disc are UTF-8): rename it"
+                ) from None
             if rel == TITLE_FILE:
                 continue
             st = real.lstat()
@@ -141,10 +142,10 @@ def master(
     try:
         with open(tmp, "wb", buffering=WRITE_BUFFER) as w:
             w.seek(data_offset)
-            digests = [_seal_file(w, f, df, content_key, progress) for f, df in zip(files, disc_files)]
+            digests = [_seal_file(w, f, df, content_key, progress) for f, df in zip(files, disc_files, strict=True)]
             manifest = replace(
                 manifest,
-                files=tuple(replace(df, sealed_sha256=d) for df, d in zip(disc_files, digests)),
+                files=tuple(replace(df, sealed_sha256=d) for df, d in zip(disc_files, digests, strict=True)),
             )
             region = fmt.sign_manifest(manifest, signing_key.sign)
             assert len(region) == region_length
@@ -236,8 +237,12 @@ def press(
         label = mid.body if mid else os.urandom(4).hex().upper()
         path = out_dir / f"{title_id}-{label}.disc"
         disc_dev.press(
-            master_path, path, pressing=fmt.Pressing.MID if mid else fmt.Pressing.NO_MID,
-            mid=mid, sign=signing_key.sign, secret=secret,
+            master_path,
+            path,
+            pressing=fmt.Pressing.MID if mid else fmt.Pressing.NO_MID,
+            mid=mid,
+            sign=signing_key.sign,
+            secret=secret,
         )
         made.append((path, mid))
     return made

@@ -70,38 +70,134 @@ def _device(table: str, attr: str):
 
 ENDPOINTS: list[Endpoint] = [
     Endpoint("/v1/health", "public", None, p.Health, None, "Is the server up, and in which mode", "GET"),
-    Endpoint("/v1/console/register", CONSOLE, p.RegisterRequest, p.RegisterResponse,
-             lambda lic, a, m: lic.register(a, m), "User registration (S1-S7)"),
-    Endpoint("/v1/console/acquire", CONSOLE, p.AcquireRequest, p.AcquireResponse,
-             lambda lic, a, m: lic.broker_acquire(a, m), "MID registration and key acquisition (S11-S17)"),
-    Endpoint("/v1/console/confirm", CONSOLE, p.ConfirmRequest, p.Done,
-             lambda lic, a, m: lic.confirm(a, m), "The copy is complete: the MID's flag becomes final"),
-    Endpoint("/v1/broker/register", "broker", p.RegisterRequest, p.RegisterResponse,
-             lambda lic, a, m: lic.register(a, m), "User registration relayed by the broker"),
-    Endpoint("/v1/broker/acquire", "broker", p.AcquireRequest, p.BrokerAcquireResponse,
-             lambda lic, a, m: lic.broker_acquire(a, m), "Key acquisition relayed by the broker (FIG. 15)"),
-    Endpoint("/v1/broker/refetch", "broker", p.AcquireRequest, p.BrokerAcquireResponse,
-             lambda lic, a, m: lic.refetch(a, m), "The keys of a MID this user flagged, unconfirmed; flags nothing"),
-    Endpoint("/v1/broker/purchase", "broker", p.PurchaseRequest, p.BrokerAcquireResponse,
-             lambda lic, a, m: lic.purchase(a, m), "A license bought for a disc without a MID (FIG. 15)"),
-    Endpoint("/v1/broker/confirm", "broker", p.ConfirmRequest, p.Done,
-             lambda lic, a, m: lic.confirm(a, m), "Install confirmation relayed by the broker"),
-    Endpoint("/v1/manufacturer/consoles", "manufacturer", p.RegisterConsole, p.Done,
-             _device("consoles", "client_id"), "Register a console's Client ID and public key"),
-    Endpoint("/v1/manufacturer/hdds", "manufacturer", p.RegisterHdd, p.Done,
-             _device("hdds", "hdd_id"), "Register an HDD's HDD-ID and public key"),
-    Endpoint("/v1/manufacturer/cards", "manufacturer", p.RegisterCard, p.Done,
-             lambda lic, a, m: lic.register_card(a, m), "Register a memory card's MC-ID and MC-Key"),
-    Endpoint("/v1/publisher/titles", "publisher", p.RegisterTitle, p.Done,
-             lambda lic, a, m: lic.register_title(a, m), "Register a title's Content-Key and digest"),
-    Endpoint("/v1/publisher/media", "publisher", p.RegisterMedia, p.Done,
-             lambda lic, a, m: lic.register_media(a, m), "Register the MIDs of pressed discs"),
-    Endpoint("/v1/operator/audit", "operator", p.AuditQuery, p.AuditPage,
-             lambda lic, a, m: lic.audit(m), "Read the audit log"),
-    Endpoint("/v1/operator/repair", "operator", p.RepairRequest, p.RepairResponse,
-             lambda lic, a, m: lic.repair(a, m), "Re-register a repaired or exchanged device (FIG. 13)"),
-    Endpoint("/v1/operator/reissue", "operator", p.ReissueRequest, p.ReissueResponse,
-             lambda lic, a, m: lic.reissue(a, m), "Reissue a damaged or lost memory card (FIG. 14)"),
+    Endpoint(
+        "/v1/console/register",
+        CONSOLE,
+        p.RegisterRequest,
+        p.RegisterResponse,
+        lambda lic, a, m: lic.register(a, m),
+        "User registration (S1-S7)",
+    ),
+    Endpoint(
+        "/v1/console/acquire",
+        CONSOLE,
+        p.AcquireRequest,
+        p.AcquireResponse,
+        lambda lic, a, m: lic.broker_acquire(a, m),
+        "MID registration and key acquisition (S11-S17)",
+    ),
+    Endpoint(
+        "/v1/console/confirm",
+        CONSOLE,
+        p.ConfirmRequest,
+        p.Done,
+        lambda lic, a, m: lic.confirm(a, m),
+        "The copy is complete: the MID's flag becomes final",
+    ),
+    Endpoint(
+        "/v1/broker/register",
+        "broker",
+        p.RegisterRequest,
+        p.RegisterResponse,
+        lambda lic, a, m: lic.register(a, m),
+        "User registration relayed by the broker",
+    ),
+    Endpoint(
+        "/v1/broker/acquire",
+        "broker",
+        p.AcquireRequest,
+        p.BrokerAcquireResponse,
+        lambda lic, a, m: lic.broker_acquire(a, m),
+        "Key acquisition relayed by the broker (FIG. 15)",
+    ),
+    Endpoint(
+        "/v1/broker/refetch",
+        "broker",
+        p.AcquireRequest,
+        p.BrokerAcquireResponse,
+        lambda lic, a, m: lic.refetch(a, m),
+        "The keys of a MID this user flagged, unconfirmed; flags nothing",
+    ),
+    Endpoint(
+        "/v1/broker/purchase",
+        "broker",
+        p.PurchaseRequest,
+        p.BrokerAcquireResponse,
+        lambda lic, a, m: lic.purchase(a, m),
+        "A license bought for a disc without a MID (FIG. 15)",
+    ),
+    Endpoint(
+        "/v1/broker/confirm",
+        "broker",
+        p.ConfirmRequest,
+        p.Done,
+        lambda lic, a, m: lic.confirm(a, m),
+        "Install confirmation relayed by the broker",
+    ),
+    Endpoint(
+        "/v1/manufacturer/consoles",
+        "manufacturer",
+        p.RegisterConsole,
+        p.Done,
+        _device("consoles", "client_id"),
+        "Register a console's Client ID and public key",
+    ),
+    Endpoint(
+        "/v1/manufacturer/hdds",
+        "manufacturer",
+        p.RegisterHdd,
+        p.Done,
+        _device("hdds", "hdd_id"),
+        "Register an HDD's HDD-ID and public key",
+    ),
+    Endpoint(
+        "/v1/manufacturer/cards",
+        "manufacturer",
+        p.RegisterCard,
+        p.Done,
+        lambda lic, a, m: lic.register_card(a, m),
+        "Register a memory card's MC-ID and MC-Key",
+    ),
+    Endpoint(
+        "/v1/publisher/titles",
+        "publisher",
+        p.RegisterTitle,
+        p.Done,
+        lambda lic, a, m: lic.register_title(a, m),
+        "Register a title's Content-Key and digest",
+    ),
+    Endpoint(
+        "/v1/publisher/media",
+        "publisher",
+        p.RegisterMedia,
+        p.Done,
+        lambda lic, a, m: lic.register_media(a, m),
+        "Register the MIDs of pressed discs",
+    ),
+    Endpoint(
+        "/v1/operator/audit",
+        "operator",
+        p.AuditQuery,
+        p.AuditPage,
+        lambda lic, a, m: lic.audit(m),
+        "Read the audit log",
+    ),
+    Endpoint(
+        "/v1/operator/repair",
+        "operator",
+        p.RepairRequest,
+        p.RepairResponse,
+        lambda lic, a, m: lic.repair(a, m),
+        "Re-register a repaired or exchanged device (FIG. 13)",
+    ),
+    Endpoint(
+        "/v1/operator/reissue",
+        "operator",
+        p.ReissueRequest,
+        p.ReissueResponse,
+        lambda lic, a, m: lic.reissue(a, m),
+        "Reissue a damaged or lost memory card (FIG. 14)",
+    ),
 ]
 
 
@@ -185,8 +281,14 @@ class App:
     """The Starlette application around one :class:`Licensing`: the endpoints, ``/openapi.json``
     and ``/metrics``, an access log line and the metrics of every request."""
 
-    def __init__(self, lic: Licensing, *, mode: str = "direct", console_key: bytes | None = None,
-                 console_files: Path | None = None):
+    def __init__(
+        self,
+        lic: Licensing,
+        *,
+        mode: str = "direct",
+        console_key: bytes | None = None,
+        console_files: Path | None = None,
+    ):
         self.lic = lic
         self.mode = mode
         self.batcher = Batcher(lic)
@@ -212,8 +314,9 @@ class App:
             return
         if scope.get("scheme") == "http" and scope["path"] != "/metrics":
             # the plain-HTTP address of --metrics-listen serves the metrics and nothing else
-            await JSONResponse(p.encode(p.ErrorBody("not-found", "this address serves /metrics only")),
-                               status_code=404)(scope, receive, send)
+            await JSONResponse(
+                p.encode(p.ErrorBody("not-found", "this address serves /metrics only")), status_code=404
+            )(scope, receive, send)
             return
         started = time.perf_counter()
         state = scope.setdefault("state", {})
@@ -225,8 +328,11 @@ class App:
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
                 message.setdefault("headers", [])
-                message["headers"] = [*message["headers"], (b"x-request-id", rid.encode()),
-                                      (b"x-vhw-process", PROCESS.encode())]
+                message["headers"] = [
+                    *message["headers"],
+                    (b"x-request-id", rid.encode()),
+                    (b"x-vhw-process", PROCESS.encode()),
+                ]
             await send(message)
 
         try:
@@ -238,11 +344,23 @@ class App:
             metrics.REQUESTS.labels(endpoint, scope["method"], str(status[0])).inc()
             metrics.LATENCY.labels(endpoint).observe(elapsed)
             shown = _loggable(scope["path"])
-            access.info("%s %s %d %.1fms role=%s id=%s", scope["method"], shown, status[0],
-                        elapsed * 1000, state["role"], rid,
-                        extra={"method": scope["method"], "path": shown, "status": status[0],
-                               "duration_ms": round(elapsed * 1000, 2), "role": state["role"],
-                               "request_id": rid})
+            access.info(
+                "%s %s %d %.1fms role=%s id=%s",
+                scope["method"],
+                shown,
+                status[0],
+                elapsed * 1000,
+                state["role"],
+                rid,
+                extra={
+                    "method": scope["method"],
+                    "path": shown,
+                    "status": status[0],
+                    "duration_ms": round(elapsed * 1000, 2),
+                    "role": state["role"],
+                    "request_id": rid,
+                },
+            )
 
     async def openapi(self, request: Request) -> Response:
         return Response(openapi_text(), media_type="application/json")
@@ -351,7 +469,7 @@ class Batcher:
                     results = await trio.to_thread.run_sync(self._run_batch, items)
                 except Exception as exc:  # the commit failed: every call of the batch did
                     results = [(False, exc)] * len(items)
-                for (_, _, _, done, box), result in zip(items, results):
+                for (_, _, _, done, box), result in zip(items, results, strict=True):
                     box.append(result)
                     done.set()
         finally:
@@ -425,9 +543,13 @@ def openapi_document() -> dict:
     error = {"description": "error", "content": {"application/json": {"schema": ref(p.ErrorBody)}}}
     paths = {}
     for ep in ENDPOINTS:
-        op: dict = {"summary": ep.summary, "operationId": ep.path.strip("/").replace("/", "_"),
-                    "responses": {"200": {"description": "success",
-                                          "content": {"application/json": {"schema": ref(ep.response)}}}}}
+        op: dict = {
+            "summary": ep.summary,
+            "operationId": ep.path.strip("/").replace("/", "_"),
+            "responses": {
+                "200": {"description": "success", "content": {"application/json": {"schema": ref(ep.response)}}}
+            },
+        }
         if ep.request is not None:
             op["requestBody"] = {"required": True, "content": {"application/json": {"schema": ref(ep.request)}}}
             # 403: a refusal (one of the patent's messages) or a role's limit; 404/409: an ID the
@@ -440,11 +562,13 @@ def openapi_document() -> dict:
         paths[ep.path] = {ep.method.lower(): op}
     return {
         "openapi": "3.0.3",
-        "info": {"title": "vhw licensing server", "version": __version__,
-                 "description": "Registration, key acquisition and role endpoints of the vhw licensing server."},
+        "info": {
+            "title": "vhw licensing server",
+            "version": __version__,
+            "description": "Registration, key acquisition and role endpoints of the vhw licensing server.",
+        },
         "paths": paths,
-        "components": {"schemas": schemas,
-                       "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+        "components": {"schemas": schemas, "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
     }
 
 
@@ -458,9 +582,16 @@ def openapi_text() -> str:
 CHAIN_EVERY = 2.0  # seconds between runs of the audit chainer (entries wait this long unchained)
 
 
-async def serve(home: ServerHome, *, listen: tuple[str, int] | None = None, database: str | None = None,
-                ready: Callable[[str], None] | None = None, reuse_port: bool = False,
-                metrics_listen: tuple[str, int] | None = None, task_status=trio.TASK_STATUS_IGNORED) -> None:
+async def serve(
+    home: ServerHome,
+    *,
+    listen: tuple[str, int] | None = None,
+    database: str | None = None,
+    ready: Callable[[str], None] | None = None,
+    reuse_port: bool = False,
+    metrics_listen: tuple[str, int] | None = None,
+    task_status=trio.TASK_STATUS_IGNORED,
+) -> None:
     """Serve the licensing API until SIGINT/SIGTERM (or cancellation); then finish open requests.
 
     ``reuse_port``: bind with SO_REUSEPORT, so that several processes serve one port (the kernel
@@ -475,19 +606,28 @@ async def serve(home: ServerHome, *, listen: tuple[str, int] | None = None, data
         await trio.to_thread.run_sync(home.check_master_key, store)
         from ..webconsole.web import session_key
 
-        app = App(home.licensing(store), mode=cfg.mode, console_key=session_key(home.path("console-session.key")),
-                  console_files=home.path("console-files"))
+        app = App(
+            home.licensing(store),
+            mode=cfg.mode,
+            console_key=session_key(home.path("console-session.key")),
+            console_files=home.path("console-files"),
+        )
         chainer = home.chainer(store)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_chain_audit, chainer)
             nursery.start_soon(app.batcher.run)
             await serve_app(
-                app, listen=listen or _split(cfg.listen), certfile=home.path("server.pem"),
+                app,
+                listen=listen or _split(cfg.listen),
+                certfile=home.path("server.pem"),
                 keyfile=home.path("server-key.pem"),
                 # FIG. 15: in broker mode the server is not reachable from users: only platform-issued
                 # clients (the broker, the roles' tools) complete a TLS handshake
                 client_ca=home.path("ca.pem") if cfg.mode == "broker" else None,
-                reuse_port=reuse_port, ready=ready, insecure=metrics_listen, task_status=task_status,
+                reuse_port=reuse_port,
+                ready=ready,
+                insecure=metrics_listen,
+                task_status=task_status,
             )
             nursery.cancel_scope.cancel()
         await trio.to_thread.run_sync(chainer.run)  # what the last requests wrote
@@ -517,9 +657,18 @@ def raise_file_limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-async def serve_app(app, *, listen: tuple[str, int], certfile: Path, keyfile: Path, client_ca: Path | None = None,
-                    reuse_port: bool = False, ready: Callable[[str], None] | None = None,
-                    insecure: tuple[str, int] | None = None, task_status=trio.TASK_STATUS_IGNORED) -> None:
+async def serve_app(
+    app,
+    *,
+    listen: tuple[str, int],
+    certfile: Path,
+    keyfile: Path,
+    client_ca: Path | None = None,
+    reuse_port: bool = False,
+    ready: Callable[[str], None] | None = None,
+    insecure: tuple[str, int] | None = None,
+    task_status=trio.TASK_STATUS_IGNORED,
+) -> None:
     """Serve an ASGI app over TLS with hypercorn's trio worker until SIGINT/SIGTERM (and over
     plain HTTP at ``insecure``, where the app answers only what it allows there)."""
     from hypercorn.config import Config
@@ -534,7 +683,9 @@ async def serve_app(app, *, listen: tuple[str, int], certfile: Path, keyfile: Pa
         sock = _reuse_port_socket(host, port)
         config.bind = [f"fd://{sock.fileno()}"]
     if insecure is not None:
-        config.insecure_bind = [f"[{insecure[0]}]:{insecure[1]}" if ":" in insecure[0] else f"{insecure[0]}:{insecure[1]}"]
+        config.insecure_bind = [
+            f"[{insecure[0]}]:{insecure[1]}" if ":" in insecure[0] else f"{insecure[0]}:{insecure[1]}"
+        ]
     config.certfile = str(certfile)
     config.keyfile = str(keyfile)
     if client_ca is not None:
@@ -576,9 +727,16 @@ def _reuse_port_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def run_workers(home: ServerHome, *, workers: int, listen: tuple[str, int] | None, database: str | None,
-                ready: Callable[[str], None], log_format: str = "text",
-                metrics_listen: tuple[str, int] | None = None) -> int:
+def run_workers(
+    home: ServerHome,
+    *,
+    workers: int,
+    listen: tuple[str, int] | None,
+    database: str | None,
+    ready: Callable[[str], None],
+    log_format: str = "text",
+    metrics_listen: tuple[str, int] | None = None,
+) -> int:
     """Supervise ``workers`` server processes on one port until SIGINT/SIGTERM.
 
     Each worker is ``vhw server run --reuse-port`` on the same address (one database behind them
@@ -596,8 +754,21 @@ def run_workers(home: ServerHome, *, workers: int, listen: tuple[str, int] | Non
     holder = _reuse_port_socket(host, port)  # fixes the port (when 0 was asked) until all listen
     port = holder.getsockname()[1]
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    argv = [sys.executable, "-m", "vhw", "server", "run", "--home", str(home.root), "--listen", address,
-            "--reuse-port", "--log-format", log_format, *(["--db", database] if database else [])]
+    argv = [
+        sys.executable,
+        "-m",
+        "vhw",
+        "server",
+        "run",
+        "--home",
+        str(home.root),
+        "--listen",
+        address,
+        "--reuse-port",
+        "--log-format",
+        log_format,
+        *(["--db", database] if database else []),
+    ]
     multiproc = home.path("metrics")
     shutil.rmtree(multiproc, ignore_errors=True)
     multiproc.mkdir(mode=0o700)

@@ -73,8 +73,12 @@ class SignedHead:
     signature: bytes
 
     def to_line(self) -> str:
-        return json.dumps({"position": self.position, "hash": self.hash.hex(), "at": self.at,
-                           "signature": self.signature.hex()}) + "\n"
+        return (
+            json.dumps(
+                {"position": self.position, "hash": self.hash.hex(), "at": self.at, "signature": self.signature.hex()}
+            )
+            + "\n"
+        )
 
     @classmethod
     def from_line(cls, line: str) -> SignedHead:
@@ -96,13 +100,16 @@ class Verdict:
 
     def __str__(self) -> str:
         if self.ok:
-            return (f"audit log intact: {self.chained} entries chained, {self.heads} signed heads verified,"
-                    f" {self.pending} entries waiting to be chained")
+            return (
+                f"audit log intact: {self.chained} entries chained, {self.heads} signed heads verified,"
+                f" {self.pending} entries waiting to be chained"
+            )
         return f"audit log broken: {self.problem}"
 
 
-def verify(entries: Iterable[Entry], heads: Iterable[SignedHead], check_signature: Callable[[bytes, bytes], bool]
-           ) -> Verdict:
+def verify(
+    entries: Iterable[Entry], heads: Iterable[SignedHead], check_signature: Callable[[bytes, bytes], bool]
+) -> Verdict:
     """Check the chain (entries in position order; unchained ones last, any order) and the signed
     heads. ``check_signature(message, signature)`` checks one head against the platform CA."""
     chained, pending = [], 0
@@ -119,14 +126,24 @@ def verify(entries: Iterable[Entry], heads: Iterable[SignedHead], check_signatur
         where = f"entry {e.seq} (position {e.position}, {e.action} {e.subject})"
         if e.position != expected:
             what = "missing" if e.position > expected else "repeated"
-            return Verdict(False, len(chained), pending, 0,
-                           f"position {expected} is {what}: an entry before {where} was deleted or moved")
+            return Verdict(
+                False,
+                len(chained),
+                pending,
+                0,
+                f"position {expected} is {what}: an entry before {where} was deleted or moved",
+            )
         if e.seq in seen_seq:
             return Verdict(False, len(chained), pending, 0, f"{where}: its sequence number appears twice")
         seen_seq.add(e.seq)
         if e.prev_hash != prev:
-            return Verdict(False, len(chained), pending, 0,
-                           f"{where}: it does not follow the entry before it (deleted or reordered entries)")
+            return Verdict(
+                False,
+                len(chained),
+                pending,
+                0,
+                f"{where}: it does not follow the entry before it (deleted or reordered entries)",
+            )
         if e.hash != entry_hash(prev, e.position, e):
             return Verdict(False, len(chained), pending, 0, f"{where}: its content was changed")
         at_position[e.position] = e.hash
@@ -135,11 +152,19 @@ def verify(entries: Iterable[Entry], heads: Iterable[SignedHead], check_signatur
     for h in heads:
         count += 1
         if not check_signature(head_message(h.position, h.hash), h.signature):
-            return Verdict(False, len(chained), pending, count, f"signed head {h.position}: its signature does not verify")
+            return Verdict(
+                False, len(chained), pending, count, f"signed head {h.position}: its signature does not verify"
+            )
         if h.position not in at_position:
-            return Verdict(False, len(chained), pending, count,
-                           f"signed head {h.position}: the chain ends at {expected - 1}, entries after it were deleted")
+            return Verdict(
+                False,
+                len(chained),
+                pending,
+                count,
+                f"signed head {h.position}: the chain ends at {expected - 1}, entries after it were deleted",
+            )
         if at_position[h.position] != h.hash:
-            return Verdict(False, len(chained), pending, count,
-                           f"signed head {h.position}: the chain up to it was rewritten")
+            return Verdict(
+                False, len(chained), pending, count, f"signed head {h.position}: the chain up to it was rewritten"
+            )
     return Verdict(True, len(chained), pending, count)

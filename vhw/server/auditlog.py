@@ -38,13 +38,17 @@ def chain_pending(store: Store) -> tuple[int, bytes, int]:
                 return (*_head(tx), 0)
         head = _head(tx)
         while True:
-            rows = tx.all("SELECT seq, at, actor, action, subject, detail FROM audit WHERE position IS NULL"
-                          " ORDER BY seq LIMIT ?", CHAIN_BATCH)
+            rows = tx.all(
+                "SELECT seq, at, actor, action, subject, detail FROM audit WHERE position IS NULL ORDER BY seq LIMIT ?",
+                CHAIN_BATCH,
+            )
             if not rows:
                 break
             entries = audit.chain(head, [audit.Entry(*r) for r in rows])
-            tx.executemany("UPDATE audit SET position = ?, prev_hash = ?, hash = ? WHERE seq = ?",
-                           [(e.position, e.prev_hash, e.hash, e.seq) for e in entries])
+            tx.executemany(
+                "UPDATE audit SET position = ?, prev_hash = ?, hash = ? WHERE seq = ?",
+                [(e.position, e.prev_hash, e.hash, e.seq) for e in entries],
+            )
             head = (entries[-1].position, entries[-1].hash)
             linked += len(entries)
     return (*head, linked)
@@ -79,8 +83,9 @@ class Chainer:
     """Links new entries and signs the head: the server runs :meth:`run` every few seconds and
     once more when it stops."""
 
-    def __init__(self, store: Store, sign: Callable[[bytes], bytes], heads: Path, *,
-                 clock: Callable[[], float] = time.time):
+    def __init__(
+        self, store: Store, sign: Callable[[bytes], bytes], heads: Path, *, clock: Callable[[], float] = time.time
+    ):
         self.store, self.sign, self.heads, self.clock = store, sign, heads, clock
 
     def run(self) -> int:
@@ -93,9 +98,20 @@ class Chainer:
 def verify(store: Store, heads: Path, check_signature: Callable[[bytes, bytes], bool]) -> audit.Verdict:
     with store.transaction() as tx:
         rows = tx.all("SELECT seq, at, actor, action, subject, detail, position, prev_hash, hash FROM audit")
-    entries = [audit.Entry(r[0], r[1], r[2], r[3], r[4], r[5], r[6],
-                           bytes(r[7]) if r[7] is not None else None, bytes(r[8]) if r[8] is not None else None)
-               for r in rows]
+    entries = [
+        audit.Entry(
+            r[0],
+            r[1],
+            r[2],
+            r[3],
+            r[4],
+            r[5],
+            r[6],
+            bytes(r[7]) if r[7] is not None else None,
+            bytes(r[8]) if r[8] is not None else None,
+        )
+        for r in rows
+    ]
     with contextlib.suppress(ValueError):
         return audit.verify(entries, read_heads(heads), check_signature)
     return audit.Verdict(False, 0, 0, 0, f"{heads} is damaged: a line is not a signed head")

@@ -102,6 +102,12 @@ class Credential:
         return cred
 
 
+def _last_line(proc) -> str:
+    """What a failed tool said last, or its exit code."""
+    text = proc.stderr.strip()
+    return text.splitlines()[-1] if text else str(proc.returncode)
+
+
 def token_hash(token: str) -> bytes:
     return hashlib.sha256(token.encode()).digest()
 
@@ -125,9 +131,17 @@ class ServerHome:
     # -- init -----------------------------------------------------------------------------------
 
     @classmethod
-    def init(cls, root: Path, *, listen: str = "127.0.0.1:8443", url: str | None = None,
-             hosts: list[str] = (), database: str = "", identify_by: list[str] | None = None,
-             mode: str = "direct") -> ServerHome:
+    def init(
+        cls,
+        root: Path,
+        *,
+        listen: str = "127.0.0.1:8443",
+        url: str | None = None,
+        hosts: list[str] = (),
+        database: str = "",
+        identify_by: list[str] | None = None,
+        mode: str = "direct",
+    ) -> ServerHome:
         home = cls(root)
         if home.exists:
             raise StateError(f"{root}: a server home is already here", hint="use it, or choose another --home")
@@ -135,8 +149,13 @@ class ServerHome:
         os.chmod(home.root, 0o700)
         (home.root / "credentials").mkdir(exist_ok=True)
         host = listen.rpartition(":")[0].strip("[]")
-        cfg = ServerConfig(listen=listen, url=url or f"https://{listen}", database=database,
-                           identify_by=list(identify_by or ID_FIELDS), mode=mode)
+        cfg = ServerConfig(
+            listen=listen,
+            url=url or f"https://{listen}",
+            database=database,
+            identify_by=list(identify_by or ID_FIELDS),
+            mode=mode,
+        )
         Policy(frozenset(cfg.identify_by))
         ca_der, ca_key = pki.make_ca("vhw platform CA")
         names = sorted({"127.0.0.1", "::1", "localhost", host, *hosts} - {"", "0.0.0.0", "::"})
@@ -160,19 +179,32 @@ class ServerHome:
     def issue_server_cert(self, name: str, hosts: list[str], out: Path) -> None:
         """A TLS server identity signed by the platform CA, for a broker: consoles trust it."""
         out.mkdir(parents=True, exist_ok=True)
-        cert, key = pki.issue(self.ca_der(), self.ca_key(), name,
-                              hosts=sorted({"127.0.0.1", "::1", "localhost", *hosts}))
+        cert, key = pki.issue(
+            self.ca_der(), self.ca_key(), name, hosts=sorted({"127.0.0.1", "::1", "localhost", *hosts})
+        )
         atomic_write(out / "tls.pem", pki.cert_pem(cert) + pki.cert_pem(self.ca_der()))
         atomic_write(out / "tls-key.pem", pki.key_pem(key), mode=0o600)
 
     def add_credential(self, store: Store, role: str, name: str, out: Path | None = None) -> Credential:
         cert, key = pki.issue(self.ca_der(), self.ca_key(), f"vhw {role} {name}", client=True)
-        cred = Credential(role, name, secrets.token_urlsafe(32), self.config().url,
-                          self.path("ca.pem").read_text(), pki.cert_pem(cert).decode(), pki.key_pem(key).decode(),
-                          pki.cert_pem(self.signing_der()).decode())
+        cred = Credential(
+            role,
+            name,
+            secrets.token_urlsafe(32),
+            self.config().url,
+            self.path("ca.pem").read_text(),
+            pki.cert_pem(cert).decode(),
+            pki.key_pem(key).decode(),
+            pki.cert_pem(self.signing_der()).decode(),
+        )
         with store.transaction() as tx:
-            tx.execute("INSERT INTO credentials (token_hash, role, name, created) VALUES (?, ?, ?, ?)",
-                       cred.token_hash, role, name, int(time.time()))
+            tx.execute(
+                "INSERT INTO credentials (token_hash, role, name, created) VALUES (?, ?, ?, ?)",
+                cred.token_hash,
+                role,
+                name,
+                int(time.time()),
+            )
         atomic_write(out or self.credential_path(role), cred.to_json(), mode=0o600)
         return cred
 
@@ -202,9 +234,7 @@ class ServerHome:
     def ca_der(self) -> bytes:
         from cryptography import x509
 
-        return x509.load_pem_x509_certificate(self.path("ca.pem").read_bytes()).public_bytes(
-            serialization.Encoding.DER
-        )
+        return x509.load_pem_x509_certificate(self.path("ca.pem").read_bytes()).public_bytes(serialization.Encoding.DER)
 
     def ca_key(self):
         return serialization.load_pem_private_key(self.path("ca-key.pem").read_bytes(), password=None)
@@ -315,8 +345,10 @@ class ServerHome:
                 pending.unlink()
                 log.warning("dropped a master key rotation that was interrupted before its commit")
         if not crypto_equal(key_fingerprint(self.master_key()), recorded):
-            raise StateError(f"{self.path('master.key')} is not the key the database's keys are encrypted under",
-                             hint="restore the master.key that belongs to this database")
+            raise StateError(
+                f"{self.path('master.key')} is not the key the database's keys are encrypted under",
+                hint="restore the master.key that belongs to this database",
+            )
 
     def rotate_master_key(self, store: Store) -> int:
         """Re-encrypt every key at rest under a new master key in one transaction; the old key is
@@ -402,10 +434,11 @@ def backup(home: ServerHome, out: Path, database: str | None = None) -> str:
                 src.close()
             kind = "SQLite"
         else:
-            proc = subprocess.run([_pg_tool("pg_dump"), "--format=custom", "--file", str(tmp), url],
-                                  capture_output=True, text=True)
+            proc = subprocess.run(
+                [_pg_tool("pg_dump"), "--format=custom", "--file", str(tmp), url], capture_output=True, text=True
+            )
             if proc.returncode:
-                raise StateError(f"pg_dump failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}")
+                raise StateError(f"pg_dump failed: {_last_line(proc)}")
             kind = "PostgreSQL"
         fd = os.open(tmp, os.O_RDONLY)
         try:
@@ -442,8 +475,10 @@ def restore(home: ServerHome, source: Path, database: str | None = None) -> int:
                 raise ImageError(source, "not a backup of a SQLite database (`vhw server backup` of one)")
             target = Path(url.removeprefix("sqlite:///"))
             if target.exists() and target.stat().st_size > 0:
-                raise StateError(f"{target} exists: restore refuses to overwrite a database",
-                                 hint="restore into a new home, or move the old database away first")
+                raise StateError(
+                    f"{target} exists: restore refuses to overwrite a database",
+                    hint="restore into a new home, or move the old database away first",
+                )
             check = sqlite3.connect(source)
             try:
                 if check.execute("PRAGMA integrity_check").fetchone()[0] != "ok":
@@ -459,14 +494,19 @@ def restore(home: ServerHome, source: Path, database: str | None = None) -> int:
             store = open_store(url)
             try:
                 if store.version() > 0:
-                    raise StateError("the PostgreSQL database holds a schema already: restore refuses to overwrite it",
-                                     hint="create an empty database for the restore")
+                    raise StateError(
+                        "the PostgreSQL database holds a schema already: restore refuses to overwrite it",
+                        hint="create an empty database for the restore",
+                    )
             finally:
                 store.close()
-            proc = subprocess.run([_pg_tool("pg_restore"), "--no-owner", "--exit-on-error", "--dbname", url,
-                                   str(source)], capture_output=True, text=True)
+            proc = subprocess.run(
+                [_pg_tool("pg_restore"), "--no-owner", "--exit-on-error", "--dbname", url, str(source)],
+                capture_output=True,
+                text=True,
+            )
             if proc.returncode:
-                raise StateError(f"pg_restore failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}")
+                raise StateError(f"pg_restore failed: {_last_line(proc)}")
         store = home.store(database)
         try:
             store.migrate()
@@ -475,9 +515,14 @@ def restore(home: ServerHome, source: Path, database: str | None = None) -> int:
                 row = tx.one("SELECT MAX(position) FROM audit")
                 reached = row[0] or 0
                 # the restore itself is part of the history (chained when the server next runs)
-                tx.execute("INSERT INTO audit (at, actor, action, subject, detail) VALUES (?, ?, ?, ?, ?)",
-                           int(time.time()), "operator:restore", "restore-database", source.name,
-                           json.dumps({"chain_position": reached}))
+                tx.execute(
+                    "INSERT INTO audit (at, actor, action, subject, detail) VALUES (?, ?, ?, ?, ?)",
+                    int(time.time()),
+                    "operator:restore",
+                    "restore-database",
+                    source.name,
+                    json.dumps({"chain_position": reached}),
+                )
         finally:
             store.close()
         from .auditlog import read_heads

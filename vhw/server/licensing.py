@@ -35,7 +35,6 @@ from .store import Conflict, Store, Tx
 log = logging.getLogger(__name__)
 
 
-
 @dataclass(frozen=True)
 class Policy:
     """Server configuration that shapes the flows."""
@@ -69,7 +68,8 @@ class Licensing:
         # signature per disc; a repaired device, a reissued card or a new epoch are other arguments.
         self._sealed_cgk = functools.lru_cache(maxsize=4096)(bindings.issue_content_gen_key)
         self._signed_token = functools.lru_cache(maxsize=4096)(
-            lambda owner, mc_id, epoch: bindings.make_card_token(self.sign, owner, mc_id, epoch))
+            lambda owner, mc_id, epoch: bindings.make_card_token(self.sign, owner, mc_id, epoch)
+        )
 
     def _card_token(self, cgk: bytes, mc_id: Id, epoch: int) -> bytes:
         if self.sign is None:
@@ -107,10 +107,16 @@ class Licensing:
     def _audit_all(self, tx: Tx, actor: str, entries: list[tuple[str, object, dict]]) -> None:
         """Several audit entries, in this order, in one statement (one round trip on PostgreSQL)."""
         now = self._now()
-        values = [x for action, subject, detail in entries
-                  for x in (now, actor, action, str(subject), json.dumps(detail, sort_keys=True, default=str))]
-        tx.execute("INSERT INTO audit (at, actor, action, subject, detail) VALUES "
-                   + ", ".join(["(?, ?, ?, ?, ?)"] * len(entries)), *values)
+        values = [
+            x
+            for action, subject, detail in entries
+            for x in (now, actor, action, str(subject), json.dumps(detail, sort_keys=True, default=str))
+        ]
+        tx.execute(
+            "INSERT INTO audit (at, actor, action, subject, detail) VALUES "
+            + ", ".join(["(?, ?, ?, ?, ?)"] * len(entries)),
+            *values,
+        )
 
     # -- manufacturer and publisher -------------------------------------------------------------
 
@@ -126,8 +132,12 @@ class Licensing:
                 if row[0] is None or bytes(row[0]) != public_key:
                     raise ServerError(f"{ident} is already registered with another public key", status=409)
                 return p.Done(created=False)
-            tx.execute(f"INSERT INTO {table} ({column}, registered, public_key) VALUES (?, ?, ?)",
-                       str(ident), self._now(), public_key)
+            tx.execute(
+                f"INSERT INTO {table} ({column}, registered, public_key) VALUES (?, ?, ?)",
+                str(ident),
+                self._now(),
+                public_key,
+            )
             self._audit(tx, actor, f"register-{table[:-1]}", ident, key=crypto.fingerprint(public_key))
         return p.Done()
 
@@ -149,7 +159,9 @@ class Licensing:
                 return p.Done(created=False)
             tx.execute(
                 "INSERT INTO cards (mc_id, mc_key, registered) VALUES (?, ?, ?)",
-                str(msg.mc_id), self._seal("cards", msg.mc_id, msg.mc_key), self._now(),
+                str(msg.mc_id),
+                self._seal("cards", msg.mc_id, msg.mc_key),
+                self._now(),
             )
             self._audit(tx, actor, "register-card", msg.mc_id)
         return p.Done()
@@ -168,8 +180,12 @@ class Licensing:
             tx.execute(
                 "INSERT INTO titles (title_id, name, content_key, title_digest, registered, publisher)"
                 " VALUES (?, ?, ?, ?, ?, ?)",
-                msg.title_id, msg.name, self._seal("titles", msg.title_id, msg.content_key),
-                msg.title_digest, self._now(), actor,
+                msg.title_id,
+                msg.name,
+                self._seal("titles", msg.title_id, msg.content_key),
+                msg.title_digest,
+                self._now(),
+                actor,
             )
             self._audit(tx, actor, "register-title", msg.title_id, name=msg.name)
         return p.Done()
@@ -192,10 +208,21 @@ class Licensing:
                     if row[0] != msg.title_id or row[1] is None or bytes(row[1]) != disc.disc_key:
                         raise ServerError(f"{disc.mid} is already registered for another disc", status=409)
                     continue
-                tx.execute("INSERT INTO media (mid, title_id, registered, disc_key) VALUES (?, ?, ?, ?)",
-                           str(disc.mid), msg.title_id, self._now(), disc.disc_key)
-                self._audit(tx, actor, "register-mid", disc.mid, title_id=msg.title_id,
-                            disc_key=crypto.fingerprint(disc.disc_key))
+                tx.execute(
+                    "INSERT INTO media (mid, title_id, registered, disc_key) VALUES (?, ?, ?, ?)",
+                    str(disc.mid),
+                    msg.title_id,
+                    self._now(),
+                    disc.disc_key,
+                )
+                self._audit(
+                    tx,
+                    actor,
+                    "register-mid",
+                    disc.mid,
+                    title_id=msg.title_id,
+                    disc_key=crypto.fingerprint(disc.disc_key),
+                )
                 created = True
         return p.Done(created=created)
 
@@ -229,11 +256,16 @@ class Licensing:
                 tx.execute(
                     "INSERT INTO users (user_id, mc_id, client_id, hdd_id, content_gen_key, created)"
                     " VALUES (?, ?, ?, ?, ?, ?)",
-                    str(user), str(req.mc_id), str(req.client_id), str(req.hdd_id),
-                    self._seal("users", user, cgk), self._now(),
+                    str(user),
+                    str(req.mc_id),
+                    str(req.client_id),
+                    str(req.hdd_id),
+                    self._seal("users", user, cgk),
+                    self._now(),
                 )
-                self._audit(tx, actor, "register-user", user, mc_id=req.mc_id, client_id=req.client_id,
-                            hdd_id=req.hdd_id)
+                self._audit(
+                    tx, actor, "register-user", user, mc_id=req.mc_id, client_id=req.client_id, hdd_id=req.hdd_id
+                )
         # S5: the User ID goes back wrapped with the card's MC-Key
         return p.RegisterResponse(bindings.wrap_id(mc_key, user, bindings.user_id(req.mc_id)))
 
@@ -250,7 +282,8 @@ class Licensing:
         where = " AND ".join(f"{name} = ?" for name in names)
         return tx.all(
             f"SELECT user_id, mc_id, client_id, hdd_id FROM users WHERE ({where}) OR mc_id = ?",
-            *(str(getattr(req, name)) for name in names), str(req.mc_id),
+            *(str(getattr(req, name)) for name in names),
+            str(req.mc_id),
         )
 
     # -- MID registration and key acquisition, S13-S17 --------------------------------------------
@@ -268,12 +301,13 @@ class Licensing:
             " FROM (SELECT CAST(? AS TEXT) AS mc_id) q"
             " LEFT JOIN cards c ON c.mc_id = q.mc_id AND c.retired IS NULL"
             " LEFT JOIN users u ON u.mc_id = q.mc_id",
-            self._now() - self.policy.attempt_window, str(req.client_id), str(req.hdd_id), str(req.mc_id),
+            self._now() - self.policy.attempt_window,
+            str(req.client_id),
+            str(req.hdd_id),
+            str(req.mc_id),
         )
         if row[0] >= self.policy.attempt_limit:
-            raise ServerError(
-                f"too many failed attempts with memory card {req.mc_id}; try again later", status=429
-            )
+            raise ServerError(f"too many failed attempts with memory card {req.mc_id}; try again later", status=429)
         try:
             if row[1] is None:
                 raise crypto.Invalid()
@@ -288,7 +322,7 @@ class Licensing:
 
     def _entry_matches(self, entry: tuple, req) -> bool:
         """The request's IDs in the identification policy equal the entry's; others are ignored."""
-        stored = dict(zip(("mc_id", "client_id", "hdd_id"), entry[1:4]))
+        stored = dict(zip(("mc_id", "client_id", "hdd_id"), entry[1:4], strict=True))
         return all(stored[name] == str(getattr(req, name)) for name in self.policy.identify_by) and (
             stored["mc_id"] == str(req.mc_id)  # the card always: its MC-Key wraps everything
         )
@@ -330,8 +364,14 @@ class Licensing:
         resp, first = self._retrying(self._issue, actor, req, req)
         return p.BrokerAcquireResponse(**resp.__dict__, first_issue=first)
 
-    def _issue(self, actor: str, req: p.AcquireRequest, purchase: p.PurchaseRequest | None = None, *,
-               refetch_only: bool = False) -> tuple[p.AcquireResponse, bool]:
+    def _issue(
+        self,
+        actor: str,
+        req: p.AcquireRequest,
+        purchase: p.PurchaseRequest | None = None,
+        *,
+        refetch_only: bool = False,
+    ) -> tuple[p.AcquireResponse, bool]:
         """S13-S15: authenticate, flag the MID (or find it flagged by this user, unconfirmed), and
         answer with the keys. Returns the answer and whether the MID was flagged just now."""
         with self._counting_failures(req.mc_id), self.store.transaction() as tx:
@@ -349,9 +389,15 @@ class Licensing:
             # the disc itself, not its label: checked before anything is flagged
             self._check_disc(req, media, mid, user, entry)
             # S14: flag the MID for this user, unless someone already did; atomic in one UPDATE.
-            flagged = 0 if refetch_only or media[5] is not None else tx.execute(
-                "UPDATE media SET flagged_by = ?, flagged_at = ? WHERE mid = ? AND flagged_by IS NULL",
-                str(user), self._now(), str(mid),
+            flagged = (
+                0
+                if refetch_only or media[5] is not None
+                else tx.execute(
+                    "UPDATE media SET flagged_by = ?, flagged_at = ? WHERE mid = ? AND flagged_by IS NULL",
+                    str(user),
+                    self._now(),
+                    str(mid),
+                )
             )
             if not flagged:
                 owner = tx.one("SELECT flagged_by, confirmed_at FROM media WHERE mid = ?", str(mid))
@@ -361,14 +407,19 @@ class Licensing:
             # registered devices after `hdd rm`, data loss or a repair): the keys are sealed to
             # those devices, so this copies nothing to anyone else
             again = "refetch-keys" if media[6] is None else "reinstall-keys"
-            self._audit_all(tx, actor, [
-                ("flag-mid" if flagged else again, mid, {"user_id": user, "title_id": media[0]}),
-                ("issue-keys", mid, {"user_id": user, "title_id": media[0], "mc_id": req.mc_id}),
-            ])
+            self._audit_all(
+                tx,
+                actor,
+                [
+                    ("flag-mid" if flagged else again, mid, {"user_id": user, "title_id": media[0]}),
+                    ("issue-keys", mid, {"user_id": user, "title_id": media[0], "mc_id": req.mc_id}),
+                ],
+            )
             title_id, content_key = media[0], self._open("titles", media[0], media[1])
             cgk = self._open("users", user, entry[4])
-            devices = _device_public(Id.parse(entry[2], IdKind.CLIENT), Id.parse(entry[3], IdKind.HDD),
-                                     entry[6], entry[7])
+            devices = _device_public(
+                Id.parse(entry[2], IdKind.CLIENT), Id.parse(entry[3], IdKind.HDD), entry[6], entry[7]
+            )
             epoch = entry[5]
         # S15: keys wrapped with the MC-Key and sealed to the user entry's HDD and console, device
         # IDs sealed with the Content-Gen-Key
@@ -397,8 +448,9 @@ class Licensing:
         if media[4] is None or req.disc_proof is None:
             raise MediaRefused()  # registered before discs had secrets, or no proof sent
         try:
-            bindings.check_disc_proof(bytes(media[4]), req.disc_proof, mid, user, req.mc_id, req.client_id,
-                                      req.hdd_id, req.title_digest)
+            bindings.check_disc_proof(
+                bytes(media[4]), req.disc_proof, mid, user, req.mc_id, req.client_id, req.hdd_id, req.title_digest
+            )
         except crypto.Invalid:
             raise MediaRefused() from None
 
@@ -408,8 +460,12 @@ class Licensing:
         if title is None or bytes(title[0]) != req.title_digest:
             raise MediaRefused()  # not a title the platform sells
         if tx.one("SELECT 1 FROM media WHERE mid = ?", str(mid)) is None:
-            tx.execute("INSERT INTO media (mid, title_id, registered, purchased) VALUES (?, ?, ?, 1)",
-                       str(mid), req.title_id, self._now())
+            tx.execute(
+                "INSERT INTO media (mid, title_id, registered, purchased) VALUES (?, ?, ?, 1)",
+                str(mid),
+                req.title_id,
+                self._now(),
+            )
             self._audit(tx, actor, "purchase", mid, user_id=user, title_id=req.title_id)
 
     def confirm(self, actor: str, req: p.ConfirmRequest) -> p.Done:
@@ -418,13 +474,17 @@ class Licensing:
             mid = self._unwrap_mid(mc_key, req, user)
             media = tx.one(
                 "SELECT m.title_id, NULL, t.title_digest, m.purchased, m.disc_key, m.flagged_by, m.confirmed_at"
-                " FROM media m JOIN titles t ON t.title_id = m.title_id WHERE m.mid = ?", str(mid))
+                " FROM media m JOIN titles t ON t.title_id = m.title_id WHERE m.mid = ?",
+                str(mid),
+            )
             if media is None:
                 raise MediaRefused()
             self._check_disc(req, media, mid, user, entry)
             done = tx.execute(
                 "UPDATE media SET confirmed_at = ? WHERE mid = ? AND flagged_by = ? AND confirmed_at IS NULL",
-                self._now(), str(mid), str(user),
+                self._now(),
+                str(mid),
+                str(user),
             )
             if done:
                 self._audit(tx, actor, "confirm-install", mid, user_id=user)
@@ -458,8 +518,7 @@ class Licensing:
                 if not tx.one(f"SELECT 1 FROM {table} WHERE {column} = ? AND retired IS NULL", str(new)):
                     raise ServerError(f"{new} is not a registered device (or was retired)", status=422)
                 if str(new) == old:
-                    raise ServerError(f"{new} is the device's present ID; a repaired device gets a new one",
-                                      status=422)
+                    raise ServerError(f"{new} is the device's present ID; a repaired device gets a new one", status=422)
                 tx.execute(f"UPDATE users SET {column} = ? WHERE user_id = ?", str(new), user)
                 tx.execute(f"UPDATE {table} SET retired = ? WHERE {column} = ?", now, old)
                 self._audit(tx, actor, "repair-device", user, replaced=old, by=str(new))
@@ -485,15 +544,24 @@ class Licensing:
             if tx.one("SELECT 1 FROM cards WHERE mc_id = ?", str(req.new_mc_id)):
                 raise ServerError(f"{req.new_mc_id} is already a registered card", status=409)
             now = self._now()
-            tx.execute("INSERT INTO cards (mc_id, mc_key, registered) VALUES (?, ?, ?)",
-                       str(req.new_mc_id), self._seal("cards", req.new_mc_id, req.new_mc_key), now)
+            tx.execute(
+                "INSERT INTO cards (mc_id, mc_key, registered) VALUES (?, ?, ?)",
+                str(req.new_mc_id),
+                self._seal("cards", req.new_mc_id, req.new_mc_key),
+                now,
+            )
             tx.execute("UPDATE cards SET retired = ? WHERE mc_id = ?", now, old_mc)
-            tx.execute("UPDATE users SET mc_id = ?, card_epoch = ? WHERE user_id = ?",
-                       str(req.new_mc_id), epoch + 1, str(req.user_id))
+            tx.execute(
+                "UPDATE users SET mc_id = ?, card_epoch = ? WHERE user_id = ?",
+                str(req.new_mc_id),
+                epoch + 1,
+                str(req.user_id),
+            )
             mids = tx.all("SELECT mid, title_id FROM media WHERE flagged_by = ?", str(req.user_id))
             devices = self._device_keys(tx, Id.parse(client_id, IdKind.CLIENT), Id.parse(hdd_id, IdKind.HDD))
-            self._audit(tx, actor, "reissue-card", req.user_id, old_mc_id=old_mc, new_mc_id=req.new_mc_id,
-                        epoch=epoch + 1)
+            self._audit(
+                tx, actor, "reissue-card", req.user_id, old_mc_id=old_mc, new_mc_id=req.new_mc_id, epoch=epoch + 1
+            )
         cgk = self._open("users", req.user_id, cgk_blob)
         key, mc, user = req.new_mc_key, req.new_mc_id, req.user_id
         return p.ReissueResponse(
@@ -513,13 +581,17 @@ class Licensing:
         with self.store.transaction() as tx:
             rows = tx.all(
                 "SELECT seq, at, actor, action, subject, detail FROM audit WHERE seq > ? ORDER BY seq LIMIT ?",
-                query.after, query.limit,
+                query.after,
+                query.limit,
             )
         return p.AuditPage(tuple(p.AuditEntry(*r) for r in rows))
 
 
 def _device_public(client_id: Id, hdd_id: Id, console_key: bytes | None, hdd_key: bytes | None) -> DevicePublic:
     if console_key is None or hdd_key is None:
-        raise ServerError(f"{client_id} or {hdd_id} was registered without a device key (an older"
-                          " device format): the manufacturer makes the device again", status=409)
+        raise ServerError(
+            f"{client_id} or {hdd_id} was registered without a device key (an older"
+            " device format): the manufacturer makes the device again",
+            status=409,
+        )
     return DevicePublic(client_id, hdd_id, bytes(console_key), bytes(hdd_key))

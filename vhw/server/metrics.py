@@ -36,10 +36,10 @@ from prometheus_client import generate_latest as _generate
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 _LATENCY = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
-REQUESTS = Counter("vhw_http_requests", "Requests answered, by endpoint, method and status",
-                   ["endpoint", "method", "status"])
-LATENCY = Histogram("vhw_http_request_duration_seconds", "Time to answer a request", ["endpoint"],
-                    buckets=_LATENCY)
+REQUESTS = Counter(
+    "vhw_http_requests", "Requests answered, by endpoint, method and status", ["endpoint", "method", "status"]
+)
+LATENCY = Histogram("vhw_http_request_duration_seconds", "Time to answer a request", ["endpoint"], buckets=_LATENCY)
 ACQUISITIONS = Counter("vhw_acquisitions", "Key acquisitions that issued keys", ["result"])
 KEYS_ISSUED = Counter("vhw_keys_issued", "Answers that carried a Content-Key and Content-Gen-Key")
 REFUSALS = Counter("vhw_refusals", "Refusals with one of the patent's five messages", ["kind"])

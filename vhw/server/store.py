@@ -331,8 +331,7 @@ class PostgresStore(Store):
         from psycopg_pool import ConnectionPool
 
         self.url = url
-        self._pool = ConnectionPool(url, min_size=min_size, max_size=max_size, open=True,
-                                    kwargs={"autocommit": False})
+        self._pool = ConnectionPool(url, min_size=min_size, max_size=max_size, open=True, kwargs={"autocommit": False})
         try:
             self._pool.wait(timeout=30)
         except Exception as exc:

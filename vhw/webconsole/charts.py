@@ -43,8 +43,9 @@ def nice_max(value: int) -> int:
     return top
 
 
-def bars(title: str, series: list[tuple[str, int]], *, width: int = WIDTH, height: int = HEIGHT,
-         max_labels: int = 12) -> Chart:
+def bars(
+    title: str, series: list[tuple[str, int]], *, width: int = WIDTH, height: int = HEIGHT, max_labels: int = 12
+) -> Chart:
     plot_w, plot_h = width - LEFT - 8, height - TOP - BOTTOM
     top = nice_max(max((v for _, v in series), default=0))
     n = max(len(series), 1)
@@ -53,8 +54,7 @@ def bars(title: str, series: list[tuple[str, int]], *, width: int = WIDTH, heigh
     out = []
     for i, (label, value) in enumerate(series):
         h = plot_h * value / top
-        out.append(Bar(LEFT + i * slot + slot * 0.1, TOP + plot_h - h, slot * 0.8, h, label, value,
-                       i % every == 0))
+        out.append(Bar(LEFT + i * slot + slot * 0.1, TOP + plot_h - h, slot * 0.8, h, label, value, i % every == 0))
     steps = min(top, 5)  # tops are 1, 2, 5 x 10^k: every tick is a whole number
     ticks = tuple((TOP + plot_h - plot_h * k / steps, top * k // steps) for k in range(steps + 1))
     return Chart(title, width, height, tuple(out), ticks, TOP + plot_h, sum(v for _, v in series))

@@ -45,11 +45,19 @@ class DeskConsole(Console):
         self._token_hash = token_hash(broker_token)
         self._failures: dict[str, list[float]] = {}  # staff name -> times of failed sign-ins
         super().__init__(
-            title="vhw broker desk", key=key, sign_in=self._check, still_valid=self._valid, home="/accounts",
+            title="vhw broker desk",
+            key=key,
+            sign_in=self._check,
+            still_valid=self._valid,
+            home="/accounts",
             sign_in_fields=[
                 {"name": "name", "label": "Staff account", "type": "text", "autocomplete": "username"},
-                {"name": "password", "label": "Password (or, with no account name, the broker's credential token)",
-                 "type": "password", "autocomplete": "current-password"},
+                {
+                    "name": "password",
+                    "label": "Password (or, with no account name, the broker's credential token)",
+                    "type": "password",
+                    "autocomplete": "current-password",
+                },
             ],
             nav=[("/accounts", "Accounts", STAFF), ("/ledger", "Ledger", STAFF), ("/revenue", "Revenue", STAFF)],
         )
@@ -90,8 +98,9 @@ class DeskConsole(Console):
         rows = await anyio.to_thread.run_sync(self.broker.accounts)
         return self.render(request, "accounts.html", accounts=rows)
 
-    async def account(self, request: Request, session: Session, message: str = "", error: str = "",
-                      status: int = 200) -> Response:
+    async def account(
+        self, request: Request, session: Session, message: str = "", error: str = "", status: int = 200
+    ) -> Response:
         name = request.path_params["name"]
         try:
             statement = await anyio.to_thread.run_sync(self.broker.statement, name)
@@ -103,8 +112,9 @@ class DeskConsole(Console):
         name = request.path_params["name"]
         cents = parse_cents(form.get("amount", ""))
         if cents is None:
-            return await self.account(request, session, error="Type an amount like 20.00 (at most 10,000.00).",
-                                      status=422)
+            return await self.account(
+                request, session, error="Type an amount like 20.00 (at most 10,000.00).", status=422
+            )
         try:
             await anyio.to_thread.run_sync(self.broker.topup, name, cents)
         except PaymentDeclined as exc:

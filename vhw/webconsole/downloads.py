@@ -33,8 +33,11 @@ class Downloads:
         token = secrets.token_urlsafe(24)
         stem = self._stem(token)
         atomic_write(stem.with_suffix(".bin"), data, mode=0o600)
-        atomic_write(stem.with_suffix(".json"), json.dumps(
-            {"sid": sid, "name": name, "expires": time.time() + LIFETIME}).encode(), mode=0o600)
+        atomic_write(
+            stem.with_suffix(".json"),
+            json.dumps({"sid": sid, "name": name, "expires": time.time() + LIFETIME}).encode(),
+            mode=0o600,
+        )
         return token
 
     def take(self, token: str, sid: str) -> tuple[str, bytes] | None:

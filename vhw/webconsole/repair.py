@@ -34,9 +34,13 @@ from .web import Console, Identity, parse_time
 
 OPERATOR = ("operator",)
 PAGE_SIZE = 25
-REFUSAL_KINDS = (("registration-refused", "registration"), ("user-id-invalid", "User ID"),
-                 ("media-refused", "media"), ("copy-not-permitted", "copy"),
-                 ("reproduction-not-permitted", "reproduction"))  # the five messages, labelled short
+REFUSAL_KINDS = (
+    ("registration-refused", "registration"),
+    ("user-id-invalid", "User ID"),
+    ("media-refused", "media"),
+    ("copy-not-permitted", "copy"),
+    ("reproduction-not-permitted", "reproduction"),
+)  # the five messages, labelled short
 
 
 class RepairConsole(Console):
@@ -44,11 +48,24 @@ class RepairConsole(Console):
         self.lic = lic
         self.downloads = Downloads(downloads)
         super().__init__(
-            title="vhw repair center", key=key, sign_in=self._check_token, still_valid=self._valid, home="/lookup",
-            sign_in_fields=[{"name": "token", "label": "Operator token (the token in credentials/operator.json)",
-                             "type": "password", "autocomplete": "off"}],
-            nav=[("/lookup", "Look up", OPERATOR), ("/audit", "Audit log", OPERATOR),
-                 ("/dashboard", "Dashboard", OPERATOR)],
+            title="vhw repair center",
+            key=key,
+            sign_in=self._check_token,
+            still_valid=self._valid,
+            home="/lookup",
+            sign_in_fields=[
+                {
+                    "name": "token",
+                    "label": "Operator token (the token in credentials/operator.json)",
+                    "type": "password",
+                    "autocomplete": "off",
+                }
+            ],
+            nav=[
+                ("/lookup", "Look up", OPERATOR),
+                ("/audit", "Audit log", OPERATOR),
+                ("/dashboard", "Dashboard", OPERATOR),
+            ],
         )
         page = self.page
         self.routes += [
@@ -95,24 +112,31 @@ class RepairConsole(Console):
         try:
             ident = Id.parse(text)
         except IdError as exc:
-            return self.render(request, "lookup.html", status=422, query=text, error=exc.message, users=[],
-                               media=None, hint="")
+            return self.render(
+                request, "lookup.html", status=422, query=text, error=exc.message, users=[], media=None, hint=""
+            )
         users, media, hint = await self.db(self._find, ident)
         return self.render(request, "lookup.html", query=str(ident), error="", users=users, media=media, hint=hint)
 
     def _find(self, ident: Id) -> tuple[list[tuple], tuple | None, str]:
-        column = {IdKind.USER: "user_id", IdKind.CARD: "mc_id", IdKind.CLIENT: "client_id",
-                  IdKind.HDD: "hdd_id"}.get(ident.kind)
+        column = {IdKind.USER: "user_id", IdKind.CARD: "mc_id", IdKind.CLIENT: "client_id", IdKind.HDD: "hdd_id"}.get(
+            ident.kind
+        )
         with self.lic.store.transaction() as tx:
             if column:
-                users = tx.all(f"SELECT user_id, mc_id, client_id, hdd_id, created FROM users WHERE {column} = ?"
-                               " ORDER BY created", str(ident))
+                users = tx.all(
+                    f"SELECT user_id, mc_id, client_id, hdd_id, created FROM users WHERE {column} = ? ORDER BY created",
+                    str(ident),
+                )
                 hint = ""
                 if not users:
                     hint = self._retired_hint(tx, ident)
                 return users, None, hint
-            row = tx.one("SELECT m.mid, m.title_id, t.name, m.flagged_by, m.flagged_at, m.confirmed_at, m.purchased"
-                         " FROM media m JOIN titles t ON t.title_id = m.title_id WHERE m.mid = ?", str(ident))
+            row = tx.one(
+                "SELECT m.mid, m.title_id, t.name, m.flagged_by, m.flagged_at, m.confirmed_at, m.purchased"
+                " FROM media m JOIN titles t ON t.title_id = m.title_id WHERE m.mid = ?",
+                str(ident),
+            )
             users = []
             if row and row[3]:
                 users = tx.all("SELECT user_id, mc_id, client_id, hdd_id, created FROM users WHERE user_id = ?", row[3])
@@ -120,8 +144,11 @@ class RepairConsole(Console):
 
     @staticmethod
     def _retired_hint(tx, ident: Id) -> str:
-        table, column = {IdKind.CARD: ("cards", "mc_id"), IdKind.CLIENT: ("consoles", "client_id"),
-                         IdKind.HDD: ("hdds", "hdd_id")}.get(ident.kind, (None, None))
+        table, column = {
+            IdKind.CARD: ("cards", "mc_id"),
+            IdKind.CLIENT: ("consoles", "client_id"),
+            IdKind.HDD: ("hdds", "hdd_id"),
+        }.get(ident.kind, (None, None))
         if table:
             row = tx.one(f"SELECT registered, retired FROM {table} WHERE {column} = ?", str(ident))
             if row and row[1] is not None:
@@ -150,40 +177,59 @@ class RepairConsole(Console):
 
     def _user_info(self, user: Id) -> dict | None:
         with self.lic.store.transaction() as tx:
-            entry = tx.one("SELECT user_id, mc_id, client_id, hdd_id, created, card_epoch FROM users WHERE user_id = ?",
-                           str(user))
+            entry = tx.one(
+                "SELECT user_id, mc_id, client_id, hdd_id, created, card_epoch FROM users WHERE user_id = ?", str(user)
+            )
             if entry is None:
                 return None
             _, mc_id, client_id, hdd_id, created, epoch = entry
             console = tx.one("SELECT registered, retired, public_key FROM consoles WHERE client_id = ?", client_id)
             hdd = tx.one("SELECT registered, retired, public_key FROM hdds WHERE hdd_id = ?", hdd_id)
             card = tx.one("SELECT registered, retired FROM cards WHERE mc_id = ?", mc_id)
-            titles = tx.all("SELECT m.mid, m.title_id, t.name, m.flagged_at, m.confirmed_at, m.purchased FROM media m"
-                            " JOIN titles t ON t.title_id = m.title_id WHERE m.flagged_by = ? ORDER BY m.flagged_at",
-                            str(user))
-            cards = tx.all("SELECT at, detail FROM audit WHERE action = 'reissue-card' AND subject = ? ORDER BY seq",
-                           str(user))
+            titles = tx.all(
+                "SELECT m.mid, m.title_id, t.name, m.flagged_at, m.confirmed_at, m.purchased FROM media m"
+                " JOIN titles t ON t.title_id = m.title_id WHERE m.flagged_by = ? ORDER BY m.flagged_at",
+                str(user),
+            )
+            cards = tx.all(
+                "SELECT at, detail FROM audit WHERE action = 'reissue-card' AND subject = ? ORDER BY seq", str(user)
+            )
             entries = self._audit_rows(tx, str(user), None, None, None, 0, 50)
         epochs = [{"epoch": 0, "mc_id": json.loads(cards[0][1])["old_mc_id"] if cards else mc_id, "at": created}]
         for at, detail in cards:
             d = json.loads(detail)
             epochs.append({"epoch": d.get("epoch"), "mc_id": d.get("new_mc_id"), "at": at})
         return {
-            "user": entry, "epoch": epoch, "epochs": epochs,
+            "user": entry,
+            "epoch": epoch,
+            "epochs": epochs,
             "devices": [
                 ("MC-ID (memory card)", mc_id, card and card[0], card and card[1], None),
-                ("Client ID (console)", client_id, console and console[0], console and console[1],
-                 console and console[2] and crypto.fingerprint(bytes(console[2]))),
-                ("HDD-ID", hdd_id, hdd and hdd[0], hdd and hdd[1], hdd and hdd[2] and crypto.fingerprint(bytes(hdd[2]))),
+                (
+                    "Client ID (console)",
+                    client_id,
+                    console and console[0],
+                    console and console[1],
+                    console and console[2] and crypto.fingerprint(bytes(console[2])),
+                ),
+                (
+                    "HDD-ID",
+                    hdd_id,
+                    hdd and hdd[0],
+                    hdd and hdd[1],
+                    hdd and hdd[2] and crypto.fingerprint(bytes(hdd[2])),
+                ),
             ],
-            "titles": titles, "entries": entries,
+            "titles": titles,
+            "entries": entries,
         }
 
     # -- audit ----------------------------------------------------------------------------------
 
     @staticmethod
-    def _audit_rows(tx, ident: str | None, action: str | None, since: int | None, until: int | None,
-                    offset: int, limit: int) -> list[tuple]:
+    def _audit_rows(
+        tx, ident: str | None, action: str | None, since: int | None, until: int | None, offset: int, limit: int
+    ) -> list[tuple]:
         where, args = [], []
         if ident:
             where.append("(subject = ? OR detail LIKE ?)")
@@ -226,18 +272,39 @@ class RepairConsole(Console):
         def load():
             with self.lic.store.transaction() as tx:
                 kinds = [r[0] for r in tx.all("SELECT DISTINCT action FROM audit ORDER BY action")]
-                rows = [] if errors else self._audit_rows(tx, ident or None, action, since, until,
-                                                          (page_no - 1) * PAGE_SIZE, PAGE_SIZE + 1)
+                rows = (
+                    []
+                    if errors
+                    else self._audit_rows(
+                        tx, ident or None, action, since, until, (page_no - 1) * PAGE_SIZE, PAGE_SIZE + 1
+                    )
+                )
             return kinds, rows
 
         kinds, rows = await self.db(load)
         more = len(rows) > PAGE_SIZE
-        params = {k: v for k, v in (("id", ident), ("kind", action or ""), ("since", q.get("since", "")),
-                                    ("until", q.get("until", ""))) if v}
-        return self.render(request, "audit.html", status=422 if errors else 200, errors=errors, rows=rows[:PAGE_SIZE],
-                           kinds=kinds, form={"id": ident, "kind": action or "", "since": q.get("since", ""),
-                                              "until": q.get("until", "")},
-                           page_no=page_no, more=more, params=params)
+        params = {
+            k: v
+            for k, v in (
+                ("id", ident),
+                ("kind", action or ""),
+                ("since", q.get("since", "")),
+                ("until", q.get("until", "")),
+            )
+            if v
+        }
+        return self.render(
+            request,
+            "audit.html",
+            status=422 if errors else 200,
+            errors=errors,
+            rows=rows[:PAGE_SIZE],
+            kinds=kinds,
+            form={"id": ident, "kind": action or "", "since": q.get("since", ""), "until": q.get("until", "")},
+            page_no=page_no,
+            more=more,
+            params=params,
+        )
 
     # -- dashboard ------------------------------------------------------------------------------
 
@@ -247,23 +314,37 @@ class RepairConsole(Console):
 
         def load():
             with self.lic.store.transaction() as tx:
-                per_hour = dict(tx.all("SELECT at / 3600, COUNT(*) FROM audit WHERE action = 'issue-keys' AND at >= ?"
-                                       " GROUP BY at / 3600", start))
-                installs = tx.one("SELECT COALESCE(SUM(CASE WHEN confirmed_at IS NULL THEN 0 ELSE 1 END), 0),"
-                                  " COALESCE(SUM(CASE WHEN confirmed_at IS NULL THEN 1 ELSE 0 END), 0)"
-                                  " FROM media WHERE flagged_by IS NOT NULL")
+                per_hour = dict(
+                    tx.all(
+                        "SELECT at / 3600, COUNT(*) FROM audit WHERE action = 'issue-keys' AND at >= ?"
+                        " GROUP BY at / 3600",
+                        start,
+                    )
+                )
+                installs = tx.one(
+                    "SELECT COALESCE(SUM(CASE WHEN confirmed_at IS NULL THEN 0 ELSE 1 END), 0),"
+                    " COALESCE(SUM(CASE WHEN confirmed_at IS NULL THEN 1 ELSE 0 END), 0)"
+                    " FROM media WHERE flagged_by IS NOT NULL"
+                )
             return per_hour, installs, metrics.refusals_by_kind()
 
         per_hour, installs, refusals = await self.db(load)
-        hours = [(time.strftime("%H:00", time.gmtime(h * 3600)), int(per_hour.get(h, 0)))
-                 for h in range(start // 3600, now // 3600 + 1)]
+        hours = [
+            (time.strftime("%H:00", time.gmtime(h * 3600)), int(per_hour.get(h, 0)))
+            for h in range(start // 3600, now // 3600 + 1)
+        ]
         return self.render(
-            request, "dashboard.html",
+            request,
+            "dashboard.html",
             acquisitions=charts.bars("Keys issued per hour, last 24 hours (UTC)", hours),
-            refusals=charts.bars("Refusals by kind, since the server started",
-                                 [(label, refusals.get(k, 0)) for k, label in REFUSAL_KINDS], max_labels=5),
-            installs=charts.bars("Installs: confirmed and pending", [("confirmed", int(installs[0])),
-                                                                      ("pending", int(installs[1]))]),
+            refusals=charts.bars(
+                "Refusals by kind, since the server started",
+                [(label, refusals.get(k, 0)) for k, label in REFUSAL_KINDS],
+                max_labels=5,
+            ),
+            installs=charts.bars(
+                "Installs: confirmed and pending", [("confirmed", int(installs[0])), ("pending", int(installs[1]))]
+            ),
         )
 
     # -- repair, FIG. 13 ------------------------------------------------------------------------
@@ -280,8 +361,9 @@ class RepairConsole(Console):
             return self.error(request, 404, "No such user.")
         return self._repair_page(request, found[1], {}, "")
 
-    def _repair_page(self, request: Request, info: dict, form: dict, error: str, preview: dict | None = None,
-                     status: int = 200) -> Response:
+    def _repair_page(
+        self, request: Request, info: dict, form: dict, error: str, preview: dict | None = None, status: int = 200
+    ) -> Response:
         return self.render(request, "repair.html", status=status, info=info, form=form, error=error, preview=preview)
 
     async def repair_post(self, request: Request, session: Session, form: dict) -> Response:
@@ -298,12 +380,18 @@ class RepairConsole(Console):
                 except IdError as exc:
                     return self._repair_page(request, info, form, exc.message, status=422)
         if not new:
-            return self._repair_page(request, info, form, "Type the new Client ID or the new HDD-ID (or both).",
-                                     status=422)
+            return self._repair_page(
+                request, info, form, "Type the new Client ID or the new HDD-ID (or both).", status=422
+            )
         mc_id = Id.parse(info["user"][1], IdKind.CARD)
-        changes = [(label, old, str(new[field])) for field, label, old in
-                   (("new_client_id", "Client ID", info["user"][2]), ("new_hdd_id", "HDD-ID", info["user"][3]))
-                   if field in new]
+        changes = [
+            (label, old, str(new[field]))
+            for field, label, old in (
+                ("new_client_id", "Client ID", info["user"][2]),
+                ("new_hdd_id", "HDD-ID", info["user"][3]),
+            )
+            if field in new
+        ]
         if form.get("confirm") != "yes":
             preview = {"changes": changes, "cleared": len(info["titles"]), "new": {k: str(v) for k, v in new.items()}}
             return self._repair_page(request, info, form, "", preview)
@@ -313,7 +401,9 @@ class RepairConsole(Console):
         except (ServerError, VhwError) as exc:  # refused: nothing changed, so the page as it was
             return self._repair_page(request, info, form, exc.message, status=422)
         after = await self.db(self._user_info, user)
-        return self.render(request, "repaired.html", before=info, after=after, cleared=resp.reinstallable, changed=changes)
+        return self.render(
+            request, "repaired.html", before=info, after=after, cleared=resp.reinstallable, changed=changes
+        )
 
     # -- reissue, FIG. 14 -----------------------------------------------------------------------
 
@@ -342,8 +432,15 @@ class RepairConsole(Console):
             return self.render(request, "reissue.html", status=422, info=info, error=exc.message)
         token = await self.db(self.downloads.put, session.sid, f"{mc_id}.card", data)
         after = await self.db(self._user_info, user)
-        return self.render(request, "reissued.html", before=info, after=after, mc_id=str(mc_id), token=token,
-                           licenses=len(resp.licenses))
+        return self.render(
+            request,
+            "reissued.html",
+            before=info,
+            after=after,
+            mc_id=str(mc_id),
+            token=token,
+            licenses=len(resp.licenses),
+        )
 
     async def card_file(self, request: Request, session: Session) -> Response:
         """The new card's file, once, to the session that made it (it holds the new MC-Key)."""
@@ -351,9 +448,15 @@ class RepairConsole(Console):
         if found is None:
             return self.error(request, 404, "This card file was fetched already, or has expired.")
         name, data = found
-        return Response(data, media_type="application/octet-stream",
-                        headers={"content-disposition": f'attachment; filename="{name}"',
-                                 "cache-control": "no-store", "x-content-type-options": "nosniff"})
+        return Response(
+            data,
+            media_type="application/octet-stream",
+            headers={
+                "content-disposition": f'attachment; filename="{name}"',
+                "cache-control": "no-store",
+                "x-content-type-options": "nosniff",
+            },
+        )
 
 
 def _card_bytes(card) -> bytes:

@@ -53,8 +53,9 @@ class Sessions:
 
     def issue(self, role: str, name: str, check: str, now: int) -> tuple[str, Session]:
         session = Session(role, name, secrets.token_urlsafe(16), check, now + LIFETIME)
-        payload = json.dumps([session.role, session.name, session.sid, session.check, session.expires],
-                             separators=(",", ":")).encode()
+        payload = json.dumps(
+            [session.role, session.name, session.sid, session.check, session.expires], separators=(",", ":")
+        ).encode()
         return f"{_b64(payload)}.{_b64(self._mac(b'session', payload).finalize())}", session
 
     def open(self, cookie: str | None, now: int) -> Session | None:

@@ -32,7 +32,7 @@ HERE = Path(__file__).parent
 HEADERS = {
     # nothing but this origin: no script, style or image from anywhere else, no framing
     "content-security-policy": "default-src 'none'; style-src 'self'; img-src 'self' data:; "
-                               "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
     "x-content-type-options": "nosniff",
     "referrer-policy": "no-referrer",
     "cache-control": "no-store",
@@ -85,9 +85,17 @@ class Console:
     sessions). Both run in a worker thread.
     """
 
-    def __init__(self, *, title: str, key: bytes, sign_in: Callable[[dict], Identity | None],
-                 still_valid: Callable[[Session], bool], home: str, sign_in_fields: list[dict],
-                 nav: list[tuple[str, str, tuple[str, ...]]]):
+    def __init__(
+        self,
+        *,
+        title: str,
+        key: bytes,
+        sign_in: Callable[[dict], Identity | None],
+        still_valid: Callable[[Session], bool],
+        home: str,
+        sign_in_fields: list[dict],
+        nav: list[tuple[str, str, tuple[str, ...]]],
+    ):
         self.title, self.home = title, home
         self.sessions = Sessions(key)
         self._sign_in, self._still_valid = sign_in, still_valid
@@ -108,7 +116,10 @@ class Console:
     def render(self, request: Request, template: str, status: int = 200, **context) -> HTMLResponse:
         session: Session | None = request.scope.get("console_session")
         html = _env.get_template(template).render(
-            console=self, session=session, prefix=PREFIX, request_path=request.url.path,
+            console=self,
+            session=session,
+            prefix=PREFIX,
+            request_path=request.url.path,
             csrf=self.sessions.csrf_token(session) if session else "",
             nav=[(href, label) for href, label, roles in self.nav if session and session.role in roles],
             **context,
@@ -119,8 +130,11 @@ class Console:
         return self.render(request, "error.html", status=status, message=message)
 
     async def stylesheet(self, request: Request) -> Response:
-        return Response((HERE / "static" / "console.css").read_bytes(), media_type="text/css",
-                        headers={"cache-control": "max-age=3600", "x-content-type-options": "nosniff"})
+        return Response(
+            (HERE / "static" / "console.css").read_bytes(),
+            media_type="text/css",
+            headers={"cache-control": "max-age=3600", "x-content-type-options": "nosniff"},
+        )
 
     # -- the guard ------------------------------------------------------------------------------
 
@@ -143,8 +157,12 @@ class Console:
             if request.method == "POST":
                 form = await _form(request)
                 if not self.sessions.csrf_ok(session, form.get("csrf")):
-                    return self.error(request, 403, "This form has expired or did not come from this console:"
-                                                    " nothing was changed. Open the page again.")
+                    return self.error(
+                        request,
+                        403,
+                        "This form has expired or did not come from this console:"
+                        " nothing was changed. Open the page again.",
+                    )
                 return await handler(request, session, form)
             return await handler(request, session)
 
@@ -154,10 +172,18 @@ class Console:
 
     async def login_page(self, request: Request, message: str = "", status: int = 200) -> Response:
         nonce = secrets.token_urlsafe(16)
-        response = self.render(request, "login.html", status=status, message=message, fields=self.sign_in_fields,
-                               token=self._login_token(nonce), next=_local(request.query_params.get("next", "")))
-        response.set_cookie("vhw_login", nonce, max_age=900, path=PREFIX + "/login", secure=True, httponly=True,
-                            samesite="strict")
+        response = self.render(
+            request,
+            "login.html",
+            status=status,
+            message=message,
+            fields=self.sign_in_fields,
+            token=self._login_token(nonce),
+            next=_local(request.query_params.get("next", "")),
+        )
+        response.set_cookie(
+            "vhw_login", nonce, max_age=900, path=PREFIX + "/login", secure=True, httponly=True, samesite="strict"
+        )
         return response
 
     def _login_token(self, nonce: str) -> str:
@@ -172,10 +198,12 @@ class Console:
         if who is None:
             return await self.login_page(request, "Wrong credential, account or password.", 401)
         cookie, _ = self.sessions.issue(who.role, who.name, who.check, int(time.time()))
-        response = RedirectResponse(_local(form.get("next", "")) or PREFIX + self.home, status_code=303,
-                                    headers=HEADERS)
-        response.set_cookie(COOKIE, cookie, max_age=LIFETIME, path=PREFIX, secure=True, httponly=True,
-                            samesite="strict")
+        response = RedirectResponse(
+            _local(form.get("next", "")) or PREFIX + self.home, status_code=303, headers=HEADERS
+        )
+        response.set_cookie(
+            COOKIE, cookie, max_age=LIFETIME, path=PREFIX, secure=True, httponly=True, samesite="strict"
+        )
         response.delete_cookie("vhw_login", path=PREFIX + "/login", secure=True, httponly=True, samesite="strict")
         return response
 

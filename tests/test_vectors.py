@@ -1,0 +1,258 @@
+"""Known-answer vectors: committed device files and derivations, checked byte for byte.
+
+Round-trip tests stay green when a format field or a derivation changes on both sides at once,
+while every device file in the field stops opening. These do not: each committed file of the
+current version must decode to what ``devices.json`` says (and its metadata re-encode to the same
+bytes); each derivation must give the committed bytes (``kats.json``). A change must bump the
+format version and add vectors (``tools/make_vectors.py``); vectors of older versions stay, and
+must be refused in one line that says to make the device again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import shutil
+from pathlib import Path
+
+import pytest
+
+from vhw import bindings, crypto, saves
+from vhw.bindings import DeviceSecrets, TitleBinding
+from vhw.console.install import read_title
+from vhw.devices.card import CardImage
+from vhw.devices.disc import DiscImage
+from vhw.devices.hdd import HddImage
+from vhw.errors import ImageError
+from vhw.formats import card as card_fmt
+from vhw.formats import disc as disc_fmt
+from vhw.formats import hdd as hdd_fmt
+from vhw.formats import rom as rom_fmt
+from vhw.formats.card import Save
+from vhw.ids import Id, IdKind
+
+VECTORS = Path(__file__).parent / "vectors"
+DEVICES = json.loads((VECTORS / "devices.json").read_text())
+KATS = json.loads((VECTORS / "kats.json").read_text())
+CURRENT = {"rom": rom_fmt.VERSION, "card": card_fmt.VERSION, "hdd": hdd_fmt.VERSION, "disc": disc_fmt.VERSION}
+
+MC = Id(IdKind.CARD, 1234567)
+USER = Id(IdKind.USER, 7654321)
+CLIENT = Id(IdKind.CLIENT, 42)
+HDD = Id(IdKind.HDD, 43)
+MEDIA = Id(IdKind.MEDIA, 44)
+
+
+def b(n: int, seed: int) -> bytes:
+    return random.Random(seed).randbytes(n)
+
+
+def h(text: str) -> bytes:
+    return bytes.fromhex(text)
+
+
+SECRETS = DeviceSecrets(CLIENT, HDD, b(32, 1), b(32, 2))
+MC_KEY, CGK, KEY = b(32, 3), b(32, 4), b(32, 5)
+
+
+def copy(tmp_path: Path, name: str) -> Path:
+    """A working copy: opening a vector must not change (or lock) the committed file."""
+    out = tmp_path / name
+    shutil.copyfile(VECTORS / name, out)
+    return out
+
+
+@pytest.mark.parametrize("kind", sorted(CURRENT))
+def test_every_kind_has_a_vector_of_the_current_version(kind):
+    assert str(CURRENT[kind]) in DEVICES[kind], (
+        f"{kind} format version {CURRENT[kind]} has no vector: run tools/make_vectors.py and commit it"
+    )
+
+
+def test_rom_vector():
+    v = DEVICES["rom"][str(rom_fmt.VERSION)]
+    data = (VECTORS / v["file"]).read_bytes()
+    rom = rom_fmt.decode(data)
+    assert (str(rom.client_id), rom.manufactured, rom.secret.hex(), rom.model, rom.server_url) == (
+        v["client_id"],
+        v["manufactured"],
+        v["secret"],
+        v["model"],
+        v["server_url"],
+    )
+    assert hashlib.sha256(rom.trust_anchor).hexdigest() == v["trust_anchor_sha256"]
+    assert rom_fmt.encode(rom) == data
+
+
+def test_card_vector(tmp_path):
+    v = DEVICES["card"][str(card_fmt.VERSION)]
+    path = copy(tmp_path, v["file"])
+    data = path.read_bytes()
+    with CardImage.open(path) as img:
+        assert img.check() == [] and not img.notes
+        card, state = img.card, img.state
+        got = {f"{s.title_id}/{s.name}": hashlib.sha256(img.read_save(s)).hexdigest() for s in img.saves}
+    assert (str(card.mc_id), card.mc_key.hex(), state.sb.capacity) == (v["mc_id"], v["mc_key"], v["capacity"])
+    assert str(bindings.unwrap_id(card.mc_key, card.user_id, IdKind.USER, bindings.user_id(card.mc_id))) == v["user_id"]
+    assert got == v["saves"]
+    sb = state.sb
+    for at in (sb.slot, sb.slot + card_fmt.DITTO):
+        assert data[at : at + 4096] == card_fmt.encode_superblock(sb)
+    catalog = card_fmt.encode_catalog(state.catalog)
+    for at in (sb.catalog_offset, sb.catalog_offset + card_fmt.CATALOG_DITTO):
+        assert data[at : at + len(catalog)] == catalog
+
+
+def test_disc_vector(tmp_path):
+    v = DEVICES["disc"][str(disc_fmt.VERSION)]
+    path = copy(tmp_path, v["file"])
+    with DiscImage.open(path) as d:
+        d.verify()
+        assert (d.manifest.title_id, str(d.disc.mid), d.disc.disc_key.hex(), d.disc.title_digest.hex()) == (
+            v["title_id"],
+            v["mid"],
+            v["disc_key"],
+            v["title_digest"],
+        )
+        got = {
+            f.path: hashlib.sha256(b"".join(p for _, p in d.decrypt(f, h(v["content_key"])))).hexdigest()
+            for f in d.manifest.files
+        }
+        region = d.manifest_region
+    assert got == v["files"]
+    assert disc_fmt.manifest_bytes(disc_fmt.decode_manifest(region, path="x")) == region[:-64]
+
+
+def test_hdd_vector(tmp_path):
+    v = DEVICES["hdd"][str(hdd_fmt.VERSION)]
+    path = copy(tmp_path, v["file"])
+    data = path.read_bytes()
+    devices = DeviceSecrets(Id.parse(v["client_id"]), Id.parse(v["hdd_id"]), h(v["console_secret"]), h(v["secret"]))
+    binding = TitleBinding.derive(h(v["content_gen_key"]), Id.parse(v["user_id"]), devices)
+    with HddImage.open(path) as img:
+        assert img.check(deep=True) == [] and not img.notes
+        assert (str(img.hdd_id), img.secret.hex()) == (v["hdd_id"], v["secret"])
+        title = img.volume.catalog.title("VEC-1")
+        files = read_title(img, title, binding)
+        vol = img.volume
+    assert {k: hashlib.sha256(x).hexdigest() for k, x in files.items()} == v["files"]
+    key = binding.title_key(title.title_id, title.key_salt)
+    assert title.entry_tag == bindings.title_tag(
+        key, title.title_id, title.entry, title.kind, title.title_digest, title.metadata
+    )
+    block = hdd_fmt.encode_superblock(vol.sb)
+    assert data[vol.sb.slot : vol.sb.slot + 4096] == block
+    assert data[vol.sb.slot + hdd_fmt.DITTO : vol.sb.slot + hdd_fmt.DITTO + 4096] == block
+    catalog = hdd_fmt.encode_catalog(vol.catalog)
+    for e in vol.sb.catalog_extents:
+        assert data[e.offset : e.end] == catalog
+
+
+@pytest.mark.parametrize(
+    "kind,version", [(k, ver) for k, vs in DEVICES.items() for ver in vs if int(ver) != CURRENT[k]]
+)
+def test_vectors_of_older_versions_are_refused_in_one_line(tmp_path, kind, version):
+    v = DEVICES[kind][version]
+    path = copy(tmp_path, v["file"])
+    opener = {
+        "rom": lambda p: rom_fmt.decode(p.read_bytes(), path=p),
+        "card": CardImage.open,
+        "hdd": HddImage.open,
+        "disc": DiscImage.open,
+    }[kind]
+    with pytest.raises(ImageError, match="no longer supported") as err:
+        opener(path)
+    assert "\n" not in str(err.value)
+
+
+# -- derivations -------------------------------------------------------------------------------------
+
+
+def test_context_kat():
+    for case in KATS["context"]:
+        assert crypto.context(case["purpose"], *case["parts"]).hex() == case["hex"]
+    assert crypto.context("mid", MC, USER).hex() == KATS["context"][1]["hex"]
+
+
+def test_hkdf_kat():
+    k = KATS["hkdf"]
+    assert crypto.derive(h(k["key"]), k["info"].encode(), salt=h(k["salt"])).hex() == k["out"]
+
+
+def test_chunk_cipher_kat():
+    k = KATS["chunk"]
+    plain = b(k["size"], k["plain_seed"])
+    assert hashlib.sha256(plain).hexdigest() == k["plain_sha256"]
+    cipher = crypto.ChunkCipher(h(k["key"]), h(k["stream_id"]), k["size"])
+    sealed = [cipher.seal(i, plain[i * 65536 : (i + 1) * 65536]) for i in range(cipher.layout.count)]
+    assert [hashlib.sha256(x).hexdigest() for x in sealed] == k["sealed_sha256"]
+    assert b"".join(cipher.open(i, x) for i, x in enumerate(sealed)) == plain
+
+
+def test_wrap_kat():
+    k = KATS["wrap"]
+    assert crypto.unwrap(h(k["kek"]), h(k["blob"]), h(k["ad"])).hex() == k["plain"]
+    with pytest.raises(crypto.Invalid):
+        crypto.unwrap(h(k["kek"]), h(k["blob"]), h(k["ad"]) + b"x")
+
+
+def test_associated_data_kat():
+    k = KATS["ad"]
+    assert bindings.user_id(MC).hex() == k["user_id"]
+    assert bindings.mid(MC, USER).hex() == k["mid"]
+    assert bindings.content_key(MC, MEDIA, "VEC-1").hex() == k["content_key"]
+    assert bindings.content_gen_key(MC, USER).hex() == k["content_gen_key"]
+    assert bindings.sealed_ids(USER).hex() == k["sealed_ids"]
+    assert bindings.at_rest("cards", MC).hex() == k["at_rest"]
+
+
+def test_key_derivation_kat():
+    k = KATS["derive"]
+    binding = TitleBinding.derive(CGK, USER, SECRETS)
+    assert bindings.owner_of(CGK).hex() == k["owner_of"]
+    assert binding.key.hex() == k["title_binding"]
+    assert binding.owner.hex() == k["title_binding_owner"]
+    assert binding.title_key("VEC-1", b(32, 9)).hex() == k["title_key"]
+    assert bindings.registration_proof(MC_KEY, MC, CLIENT, HDD).hex() == k["registration_proof"]
+    assert bindings.title_tag(KEY, "VEC-1", "main.py", "game", b(32, 10), b"{}").hex() == k["title_tag"]
+    assert saves.save_key(MC_KEY, MC, USER).hex() == k["save_key"]
+    assert crypto.device_public(SECRETS.console).hex() == k["device_public_console"]
+    assert crypto.device_public(SECRETS.hdd).hex() == k["device_public_hdd"]
+
+
+def test_disc_proof_kat():
+    k = KATS["disc_proof"]
+    assert crypto.public_bytes(crypto.signing_key_from(h(k["secret"]))).hex() == k["public"]
+    proof = bindings.disc_proof(h(k["secret"]), MEDIA, USER, MC, CLIENT, HDD, h(k["title_digest"]))
+    assert proof.hex() == k["signature"]  # Ed25519 is deterministic
+    bindings.check_disc_proof(h(k["public"]), proof, MEDIA, USER, MC, CLIENT, HDD, h(k["title_digest"]))
+
+
+def test_device_sealed_kat():
+    k = KATS["device_sealed"]
+    assert bindings.open_content_key(SECRETS, MC_KEY, MC, MEDIA, "VEC-1", h(k["content_key"])) == KEY
+    assert bindings.open_content_gen_key(SECRETS, MC_KEY, MC, USER, h(k["content_gen_key"])) == CGK
+    assert bindings.open_device_ids(CGK, USER, h(k["sealed_ids"])) == (CLIENT, HDD)
+
+
+def test_save_sealing_kat():
+    k = KATS["save"]
+    e = k["entry"]
+    entry = Save(
+        e["title_id"],
+        e["name"],
+        e["size"],
+        e["modified"],
+        h(e["meta"]),
+        h(e["stream_id"]),
+        h(e["sealed_sha256"]),
+        h(e["tag"]),
+    )
+    plain = saves.open_save(saves.save_key(MC_KEY, MC, USER), entry, h(k["sealed"]))
+    assert hashlib.sha256(plain).hexdigest() == k["plain_sha256"]
+
+
+def test_card_token_kat():
+    k = KATS["card_token"]
+    assert bindings.open_card_token(h(k["certificate"]), h(k["token"]), h(k["owner"]), MC) == k["epoch"]
