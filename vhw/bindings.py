@@ -28,8 +28,6 @@ any two of card, console ROM and HDD decrypt nothing.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 from dataclasses import dataclass, field
 
 from . import crypto
@@ -208,16 +206,14 @@ def title_tag(title_key: bytes, title_id: str, entry: str, kind: str, title_dige
     checksum only, which whoever holds the HDD file can recompute; this tag only the title's
     owner (card + console + HDD) can make, so ``play`` runs the entry the disc named."""
     key = crypto.derive(title_key, crypto.context("title-entry-tag-key"))
-    return hmac.new(
-        key, crypto.context("title-entry", title_id, entry, kind, title_digest, metadata), hashlib.sha256
-    ).digest()
+    return crypto.mac(key, crypto.context("title-entry", title_id, entry, kind, title_digest, metadata))
 
 
 def registration_proof(mc_key: bytes, mc_id: Id, client_id: Id, hdd_id: Id) -> bytes:
     """Proof that the registering console holds the card (S2): an HMAC under a key derived from
     the MC-Key, so the MC-Key itself never travels and a card's label alone registers nothing."""
     key = crypto.derive(mc_key, crypto.context("registration-proof-key"))
-    return hmac.new(key, crypto.context("register", mc_id, client_id, hdd_id), hashlib.sha256).digest()
+    return crypto.mac(key, crypto.context("register", mc_id, client_id, hdd_id))
 
 
 # -- proof of the disc (S12) ----------------------------------------------------------------------
@@ -265,23 +261,14 @@ def card_token_message(owner: bytes, mc_id: Id, epoch: int) -> bytes:
     return crypto.context("card-token", owner, mc_id, epoch)
 
 
-def make_card_token(sign, owner: bytes, mc_id: Id, epoch: int) -> bytes:
+def make_card_token(sign: crypto.Signer, owner: bytes, mc_id: Id, epoch: int) -> bytes:
     return epoch.to_bytes(EPOCH_BYTES, "big") + sign(card_token_message(owner, mc_id, epoch))
 
 
 def open_card_token(anchor_der: bytes, token: bytes, owner: bytes, mc_id: Id) -> int:
     """The epoch of a valid token for this owner and card, or :class:`crypto.Invalid`."""
-    from cryptography import x509
-    from cryptography.exceptions import InvalidSignature
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import ec
-
     if len(token) <= EPOCH_BYTES or not anchor_der:
         raise crypto.Invalid()
     epoch = int.from_bytes(token[:EPOCH_BYTES], "big")
-    try:
-        key = x509.load_der_x509_certificate(anchor_der).public_key()
-        key.verify(token[EPOCH_BYTES:], card_token_message(owner, mc_id, epoch), ec.ECDSA(hashes.SHA256()))
-    except (InvalidSignature, ValueError, TypeError, AttributeError):
-        raise crypto.Invalid() from None
+    crypto.ecdsa_verify(anchor_der, token[EPOCH_BYTES:], card_token_message(owner, mc_id, epoch))
     return epoch

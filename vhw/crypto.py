@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hmac
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
@@ -208,7 +209,7 @@ class ChunkCipher:
             raise Invalid() from None
         return n
 
-    def read(self, offset: int, length: int, fetch) -> bytes:
+    def read(self, offset: int, length: int, fetch: Callable[[int], bytes]) -> bytes:
         """Plaintext bytes [offset, offset + length), decrypting only the chunks they touch.
 
         ``fetch(index)`` returns the sealed bytes of one chunk.
@@ -251,6 +252,43 @@ def signing_key_from(seed: bytes) -> Ed25519PrivateKey:
 def signing_seed() -> bytes:
     """A fresh Ed25519 private key as its 32 raw bytes."""
     return signing_key().private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
+
+
+def mac(key: bytes, message: bytes) -> bytes:
+    """HMAC-SHA256: proofs and tags under a key the holder of a file must not have."""
+    return hmac.new(key, message, "sha256").digest()
+
+
+# -- the platform's statements: ECDSA P-256 with SHA-256, the key certified by the platform CA --
+
+
+Signer = Callable[[bytes], bytes]
+
+
+def ecdsa_signer(private_key_pem: bytes) -> Signer:
+    """Signs with the (PEM, PKCS#8) ECDSA private key of a platform certificate."""
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = serialization.load_pem_private_key(private_key_pem, password=None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise Invalid("not an ECDSA key")
+    return lambda data: key.sign(data, ec.ECDSA(hashes.SHA256()))
+
+
+def ecdsa_verify(certificate_der: bytes, signature: bytes, message: bytes) -> None:
+    """Check a signature by the key of a (DER) certificate, or raise :class:`Invalid`."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    try:
+        key = x509.load_der_x509_certificate(certificate_der).public_key()
+        if not isinstance(key, ec.EllipticCurvePublicKey):
+            raise Invalid()
+        key.verify(signature, message, ec.ECDSA(hashes.SHA256()))
+    except (InvalidSignature, ValueError, TypeError):
+        raise Invalid() from None
 
 
 def verify(public_key: bytes, signature: bytes, message: bytes) -> None:

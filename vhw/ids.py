@@ -23,6 +23,7 @@ from __future__ import annotations
 import enum
 import functools
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .errors import IdError
@@ -53,7 +54,7 @@ class IdKind(enum.Enum):
     @property
     def nbytes(self) -> int:
         """Bytes that hold any body value of this kind."""
-        return ((BASE**self.length - 1).bit_length() + 7) // 8
+        return int(((BASE**self.length - 1).bit_length() + 7) // 8)
 
 
 _BY_PREFIX = {kind.prefix: kind for kind in IdKind}
@@ -93,7 +94,7 @@ class Id:
             raise IdError(f"{self.kind.title} value out of range")
 
     @classmethod
-    def random(cls, kind: IdKind, *, randbelow=secrets.randbelow) -> Id:
+    def random(cls, kind: IdKind, *, randbelow: Callable[[int], int] = secrets.randbelow) -> Id:
         return cls(kind, randbelow(BASE**kind.length))
 
     @classmethod

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+from collections.abc import Sequence
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -68,7 +69,7 @@ def issue(
     ca_key: ec.EllipticCurvePrivateKey,
     common_name: str,
     *,
-    hosts: list[str] = (),
+    hosts: Sequence[str] = (),
     client: bool = False,
     now: datetime.datetime | None = None,
 ) -> tuple[bytes, ec.EllipticCurvePrivateKey]:

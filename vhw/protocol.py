@@ -24,11 +24,12 @@ import binascii
 import dataclasses
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from .errors import IdError
 from .ids import Id, IdKind
 
+M = TypeVar("M")  # a message class
 MAX_BODY = 64 * 1024  # bytes: the largest request any endpoint accepts
 
 
@@ -40,7 +41,7 @@ class ProtocolError(Exception):
 
 
 class Codec:
-    json_schema: dict = {}
+    json_schema: dict[str, Any] = {}
 
     def decode(self, value: Any, name: str) -> Any:
         raise NotImplementedError
@@ -59,7 +60,7 @@ class IdCodec(Codec):
             "pattern": f"^{kind.prefix}-",
         }
 
-    def decode(self, value, name):
+    def decode(self, value: Any, name: str) -> Any:
         if not isinstance(value, str) or len(value) > 40:
             raise ProtocolError(f"{name}: must be a {self.kind.title} label")
         try:
@@ -67,7 +68,7 @@ class IdCodec(Codec):
         except IdError as exc:
             raise ProtocolError(f"{name}: {exc}") from None
 
-    def encode(self, value):
+    def encode(self, value: Any) -> Any:
         return str(value)
 
 
@@ -78,7 +79,7 @@ class BytesCodec(Codec):
         if min_size:
             self.json_schema["minLength"] = 4 * (min_size // 3)
 
-    def decode(self, value, name):
+    def decode(self, value: Any, name: str) -> Any:
         if not isinstance(value, str) or len(value) > 4 * (-(-self.max_size // 3)) + 4:
             raise ProtocolError(f"{name}: must be base64 of at most {self.max_size} bytes")
         try:
@@ -89,7 +90,7 @@ class BytesCodec(Codec):
             raise ProtocolError(f"{name}: must hold {self.min_size}..{self.max_size} bytes")
         return data
 
-    def encode(self, value):
+    def encode(self, value: Any) -> Any:
         return base64.b64encode(value).decode()
 
 
@@ -101,7 +102,7 @@ class TextCodec(Codec):
         if pattern:
             self.json_schema["pattern"] = f"^{pattern}$"
 
-    def decode(self, value, name):
+    def decode(self, value: Any, name: str) -> Any:
         if not isinstance(value, str) or len(value) > self.max_len:
             raise ProtocolError(f"{name}: must be text of at most {self.max_len} characters")
         if self.pattern and not self.pattern.fullmatch(value):
@@ -114,7 +115,7 @@ class IntCodec(Codec):
         self.minimum, self.maximum = minimum, maximum
         self.json_schema = {"type": "integer", "minimum": minimum, "maximum": maximum}
 
-    def decode(self, value, name):
+    def decode(self, value: Any, name: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, int) or not self.minimum <= value <= self.maximum:
             raise ProtocolError(f"{name}: must be an integer in {self.minimum}..{self.maximum}")
         return value
@@ -123,7 +124,7 @@ class IntCodec(Codec):
 class BoolCodec(Codec):
     json_schema = {"type": "boolean"}
 
-    def decode(self, value, name):
+    def decode(self, value: Any, name: str) -> Any:
         if not isinstance(value, bool):
             raise ProtocolError(f"{name}: must be true or false")
         return value
@@ -134,12 +135,12 @@ class ListCodec(Codec):
         self.item, self.max_items = item, max_items
         self.json_schema = {"type": "array", "items": item.json_schema, "maxItems": max_items}
 
-    def decode(self, value, name):
+    def decode(self, value: Any, name: str) -> Any:
         if not isinstance(value, list) or len(value) > self.max_items:
             raise ProtocolError(f"{name}: must be a list of at most {self.max_items} items")
         return tuple(self.item.decode(v, f"{name}[{i}]") for i, v in enumerate(value))
 
-    def encode(self, value):
+    def encode(self, value: Any) -> Any:
         return [self.item.encode(v) for v in value]
 
 
@@ -148,27 +149,27 @@ class OptionalCodec(Codec):
         self.inner = inner
         self.json_schema = {**inner.json_schema, "nullable": True}
 
-    def decode(self, value, name):
+    def decode(self, value: Any, name: str) -> Any:
         return None if value is None else self.inner.decode(value, name)
 
-    def encode(self, value):
+    def encode(self, value: Any) -> Any:
         return None if value is None else self.inner.encode(value)
 
 
 class MessageCodec(Codec):
     """A nested message (decoded with :func:`decode`)."""
 
-    def __init__(self, cls):
+    def __init__(self, cls: type) -> None:
         self.cls = cls
         self.json_schema = {"$ref": f"#/components/schemas/{cls.__name__}"}
 
-    def decode(self, value, name):
+    def decode(self, value: Any, name: str) -> Any:
         try:
             return decode(self.cls, value)
         except ProtocolError as exc:
             raise ProtocolError(f"{name}.{exc}") from None
 
-    def encode(self, value):
+    def encode(self, value: Any) -> Any:
         return encode(value)
 
 
@@ -405,11 +406,11 @@ class ErrorBody:
 # -- encoding -----------------------------------------------------------------------------------------
 
 
-def _fields(cls) -> list[dataclasses.Field]:
+def _fields(cls: type) -> list[dataclasses.Field[Any]]:
     return [x for x in dataclasses.fields(cls) if "codec" in x.metadata]
 
 
-def decode(cls, obj: Any):
+def decode(cls: type[M], obj: Any) -> M:
     """Build message ``cls`` from parsed JSON, or raise ProtocolError naming what is wrong."""
     if not isinstance(obj, dict):
         raise ProtocolError("the body must be a JSON object")
@@ -428,13 +429,13 @@ def decode(cls, obj: Any):
     return cls(**values)
 
 
-def encode(msg, as_type: type | None = None) -> dict:
+def encode(msg: Any, as_type: type | None = None) -> dict[str, Any]:
     """The JSON of a message; ``as_type``: only the fields of that message type (an answer with
     more than an endpoint declares sends what it declares)."""
     return {x.name: x.metadata["codec"].encode(getattr(msg, x.name)) for x in _fields(as_type or type(msg))}
 
 
-def schema(cls) -> dict:
+def schema(cls: type) -> dict[str, Any]:
     """The JSON Schema of a message, for the OpenAPI document."""
     fields = _fields(cls)
     props = {}

@@ -24,7 +24,6 @@ accepts only exports of the card's own user and seals the save under that card's
 from __future__ import annotations
 
 import hashlib
-import hmac
 import os
 from dataclasses import dataclass
 
@@ -51,8 +50,10 @@ def _entry_message(
     return crypto.context("card-save-entry", title_id, name, size, modified, meta, stream_id, sealed_sha256)
 
 
-def _tag(key: bytes, *fields) -> bytes:
-    return hmac.new(key, _entry_message(*fields), hashlib.sha256).digest()
+def _tag(
+    key: bytes, title_id: str, name: str, size: int, modified: int, meta: bytes, stream_id: bytes, sealed_sha256: bytes
+) -> bytes:
+    return crypto.mac(key, _entry_message(title_id, name, size, modified, meta, stream_id, sealed_sha256))
 
 
 def _data_cipher(key: bytes, title_id: str, stream_id: bytes, size: int) -> crypto.ChunkCipher:

@@ -31,13 +31,12 @@ from dataclasses import dataclass, replace
 
 from . import crypto
 from .errors import NoSpaceError
-from .formats.common import BLOCK_SIZE, valid_relpath, valid_title_id
+from .formats.common import BLOCK_SIZE, Extent, valid_relpath, valid_title_id
 from .formats.hdd import (
     DATA_START,
     DITTO,
     OWNER_SIZE,
     Catalog,
-    Extent,
     HddFile,
     Superblock,
     Title,

@@ -32,7 +32,7 @@ from ..ids import Id, IdKind
 DIGEST_SIZE = 32
 
 
-class IdAdapter(cs.Adapter):
+class IdAdapter(cs.Adapter):  # type: ignore[misc]  # construct has no type information
     """An :class:`~vhw.ids.Id` of one kind, stored as its value in a fixed number of bytes."""
 
     def __init__(self, kind: IdKind):
@@ -55,13 +55,13 @@ def IdField(kind: IdKind) -> cs.Construct:  # noqa: N802 (reads like the other c
     return IdAdapter(kind)
 
 
-class _OptionalAdapter(cs.Adapter):
+class _OptionalAdapter(cs.Adapter):  # type: ignore[misc]  # construct has no type information
     def _decode(self, obj: Any, context: Any, path: Any) -> Any:
         if obj.present not in (0, 1):
             raise cs.ValidationError("presence byte must be 0 or 1", path=path)
         return obj.value if obj.present else None
 
-    def _encode(self, obj: Any, context: Any, path: Any) -> dict:
+    def _encode(self, obj: Any, context: Any, path: Any) -> dict[str, Any]:
         return {"present": int(obj is not None), "value": obj}
 
 
@@ -95,7 +95,7 @@ def parse(schema: cs.Construct, data: bytes, *, path: object, what: str) -> Any:
 
 def build(schema: cs.Construct, obj: Any, *, what: str) -> bytes:
     try:
-        return schema.build(obj)
+        return bytes(schema.build(obj))
     except _PARSE_ERRORS as exc:  # a bug or a value that does not fit, e.g. a name too long
         raise ImageError(what, f"cannot be written: {_short(exc)}") from None
 
@@ -114,7 +114,7 @@ ENVELOPE_OVERHEAD = EnvelopeHeader.sizeof() + DIGEST_SIZE
 
 
 def seal_envelope(magic: bytes, version: int, body: bytes) -> bytes:
-    head = EnvelopeHeader.build({"magic": magic, "version": version, "length": len(body)})
+    head = bytes(EnvelopeHeader.build({"magic": magic, "version": version, "length": len(body)}))
     return head + body + hashlib.sha256(head + body).digest()
 
 

@@ -281,7 +281,10 @@ def decode_superblock(block: bytes, *, path: object) -> Superblock:
         or min(sb.catalog_offset, sb.catalog_ditto) < DATA_START
         or max(e.end for e in sb.catalog_extents) > sb.nominal_size
         or sb.catalog_length == 0
-        or (sb.memory_length and (sb.memory_offset < DATA_START or sb.memory.end > sb.nominal_size))
+        or (
+            sb.memory_length
+            and (sb.memory_offset < DATA_START or sb.memory_offset + sb.memory_length > sb.nominal_size)
+        )
     ):
         raise ImageError(path, "corrupt HDD superblock (catalog out of place)")
     return sb

@@ -103,14 +103,14 @@ class KeyStore:
             atomic_write(path, pem, mode=0o600)
             return key
         try:
-            key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+            loaded = serialization.load_pem_private_key(path.read_bytes(), password=None)
         except OSError as exc:
             raise ImageError(path, f"cannot read {WHAT}: {describe_os_error(exc)}") from None
         except (ValueError, TypeError):
             raise ImageError(path, f"corrupt {WHAT} signing key") from None
-        if not isinstance(key, Ed25519PrivateKey):
+        if not isinstance(loaded, Ed25519PrivateKey):
             raise ImageError(path, f"{WHAT} signing key is not an Ed25519 key")
-        return key
+        return loaded
 
     def has_title(self, title_id: str) -> bool:
         return self._title_path(title_id).exists()

@@ -261,15 +261,11 @@ class ServerHome:
             serialization.Encoding.DER
         )
 
-    def signer(self):
+    def signer(self) -> crypto.Signer:
         """Signs card tokens and audit heads with the platform's signing key (ECDSA P-256,
         SHA-256): not the CA's, which signs certificates only."""
-        from cryptography.hazmat.primitives import hashes
-        from cryptography.hazmat.primitives.asymmetric import ec
-
         self.signing_der()
-        key = serialization.load_pem_private_key(self.path("signing-key.pem").read_bytes(), password=None)
-        return lambda data: key.sign(data, ec.ECDSA(hashes.SHA256()))
+        return crypto.ecdsa_signer(self.path("signing-key.pem").read_bytes())
 
     def licensing(self, store: Store) -> Licensing:
         cfg = self.config()
@@ -310,16 +306,11 @@ class ServerHome:
     def check_signature(self, message: bytes, signature: bytes) -> bool:
         """Whether ``signature`` is the platform signing key's over ``message`` (signed audit
         heads; heads signed before the home had a signing key verify with the CA's)."""
-        from cryptography import x509
-        from cryptography.exceptions import InvalidSignature
-        from cryptography.hazmat.primitives import hashes
-        from cryptography.hazmat.primitives.asymmetric import ec
-
         for der in (self.signing_der(), self.ca_der()):
             try:
-                x509.load_der_x509_certificate(der).public_key().verify(signature, message, ec.ECDSA(hashes.SHA256()))
+                crypto.ecdsa_verify(der, signature, message)
                 return True
-            except (InvalidSignature, ValueError):
+            except crypto.Invalid:
                 continue
         return False
 

@@ -22,17 +22,45 @@ import functools
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import NamedTuple, ParamSpec, TypeVar
 
 from .. import bindings, crypto
 from .. import protocol as p
 from ..bindings import DevicePublic, owner_of
 from ..errors import MediaRefused, RegistrationRefused, ServerError, UserIdInvalid
 from ..ids import ID_FIELDS, Id, IdKind
-from .store import Conflict, Store, Tx
+from .store import Conflict, Row, Store, Tx
 
 log = logging.getLogger(__name__)
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class UserEntry(NamedTuple):
+    """A user entry as an acquisition reads it, with its devices' registered public keys."""
+
+    user_id: str
+    mc_id: str
+    client_id: str
+    hdd_id: str
+    content_gen_key: bytes  # sealed under the master key
+    card_epoch: int
+    console_key: bytes | None
+    hdd_key: bytes | None
+
+
+class MediaRow(NamedTuple):
+    """A MID as an acquisition or a confirm reads it, with its title's keys."""
+
+    title_id: str
+    content_key: bytes | None  # sealed under the master key (None where not read)
+    title_digest: bytes
+    purchased: int
+    disc_key: bytes | None
+    flagged_by: str | None
+    confirmed_at: int | None
 
 
 @dataclass(frozen=True)
@@ -68,22 +96,26 @@ class Licensing:
         # signature per disc; a repaired device, a reissued card or a new epoch are other arguments.
         self._sealed_cgk = functools.lru_cache(maxsize=4096)(bindings.issue_content_gen_key)
         self._signed_token = functools.lru_cache(maxsize=4096)(
-            lambda owner, mc_id, epoch: bindings.make_card_token(self.sign, owner, mc_id, epoch)
+            lambda owner, mc_id, epoch: bindings.make_card_token(self._require_signer(), owner, mc_id, epoch)
         )
 
-    def _card_token(self, cgk: bytes, mc_id: Id, epoch: int) -> bytes:
+    def _require_signer(self) -> Callable[[bytes], bytes]:
         if self.sign is None:
-            raise ServerError("this server cannot sign card tokens (no platform CA key)", status=500)
-        return self._signed_token(owner_of(cgk), mc_id, epoch)
+            raise ServerError("this server cannot sign card tokens (no platform signing key)", status=500)
+        return self.sign
+
+    def _card_token(self, cgk: bytes, mc_id: Id, epoch: int) -> bytes:
+        self._require_signer()
+        return bytes(self._signed_token(owner_of(cgk), mc_id, epoch))
 
     # -- transactions ---------------------------------------------------------------------------
 
-    def _retrying(self, fn, *args):
+    def _retrying(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
         """Run ``fn`` (one transaction) again when it lost a race; the rerun sees the winner's
         row (a registration that happened meanwhile) and answers as for a repeated request."""
         for attempt in range(5):
             try:
-                return fn(*args)
+                return fn(*args, **kwargs)
             except Conflict:
                 if attempt == 4:
                     raise
@@ -104,7 +136,7 @@ class Licensing:
     def _audit(self, tx: Tx, actor: str, action: str, subject: object, **detail: object) -> None:
         self._audit_all(tx, actor, [(action, subject, detail)])
 
-    def _audit_all(self, tx: Tx, actor: str, entries: list[tuple[str, object, dict]]) -> None:
+    def _audit_all(self, tx: Tx, actor: str, entries: list[tuple[str, object, dict[str, object]]]) -> None:
         """Several audit entries, in this order, in one statement (one round trip on PostgreSQL)."""
         now = self._now()
         values = [
@@ -145,7 +177,7 @@ class Licensing:
         """The registered public keys of a user entry's console and HDD."""
         console = tx.one("SELECT public_key FROM consoles WHERE client_id = ?", str(client_id))
         hdd = tx.one("SELECT public_key FROM hdds WHERE hdd_id = ?", str(hdd_id))
-        return _device_public(client_id, hdd_id, console and console[0], hdd and hdd[0])
+        return _device_public(client_id, hdd_id, console[0] if console else None, hdd[0] if hdd else None)
 
     def register_card(self, actor: str, msg: p.RegisterCard) -> p.Done:
         return self._retrying(self._register_card, actor, msg)
@@ -275,7 +307,7 @@ class Licensing:
             and tx.one("SELECT 1 FROM hdds WHERE hdd_id = ? AND retired IS NULL", str(hdd_id))
         )
 
-    def _entries_like(self, tx: Tx, req) -> list[tuple]:
+    def _entries_like(self, tx: Tx, req: p.RegisterRequest) -> list[Row]:
         """User entries the request's devices would be confused with: the same card, or the same
         combination of identifying IDs (under the policy, that combination *is* the user)."""
         names = sorted(self.policy.identify_by)
@@ -288,10 +320,10 @@ class Licensing:
 
     # -- MID registration and key acquisition, S13-S17 --------------------------------------------
 
-    def _authenticate_user(self, tx: Tx, req) -> tuple[bytes, Id, tuple]:
+    def _authenticate_user(self, tx: Tx, req: p.AcquireRequest) -> tuple[bytes, Id, UserEntry]:
         """S13: the card's MC-Key, the User ID it unwraps, and the matching user entry (with the
         public keys of its console and HDD). One query: on PostgreSQL each round trip counts."""
-        row = tx.one(
+        row = tx.row(
             "SELECT (SELECT COUNT(*) FROM attempts WHERE subject = q.mc_id AND at > ?), c.mc_key,"
             " u.user_id, u.mc_id, u.client_id, u.hdd_id, u.content_gen_key, u.card_epoch,"
             " (SELECT 1 FROM consoles WHERE client_id = ? AND retired IS NULL),"
@@ -315,20 +347,20 @@ class Licensing:
             user = bindings.unwrap_id(mc_key, req.user_id, IdKind.USER, bindings.user_id(req.mc_id))
         except crypto.Invalid:
             raise UserIdInvalid() from None
-        entry = row[2:8] + row[10:12]
-        if row[2] != str(user) or not self._entry_matches(entry, req) or not (row[8] and row[9]):
+        entry = UserEntry(*row[2:8], *row[10:12])
+        if entry.user_id != str(user) or not self._entry_matches(entry, req) or not (row[8] and row[9]):
             raise UserIdInvalid()
         return mc_key, user, entry
 
-    def _entry_matches(self, entry: tuple, req) -> bool:
+    def _entry_matches(self, entry: UserEntry, req: p.AcquireRequest) -> bool:
         """The request's IDs in the identification policy equal the entry's; others are ignored."""
-        stored = dict(zip(("mc_id", "client_id", "hdd_id"), entry[1:4], strict=True))
+        stored = {"mc_id": entry.mc_id, "client_id": entry.client_id, "hdd_id": entry.hdd_id}
         return all(stored[name] == str(getattr(req, name)) for name in self.policy.identify_by) and (
             stored["mc_id"] == str(req.mc_id)  # the card always: its MC-Key wraps everything
         )
 
     @contextlib.contextmanager
-    def _counting_failures(self, mc_id: Id):
+    def _counting_failures(self, mc_id: Id) -> Iterator[None]:
         """Count a refused User ID against the card, after the request's transaction rolled back."""
         try:
             yield
@@ -379,19 +411,15 @@ class Licensing:
             mid = self._unwrap_mid(mc_key, req, user)
             if purchase is not None:
                 self._register_purchase(tx, actor, purchase, mid, user)
-            media = tx.one(
-                "SELECT m.title_id, t.content_key, t.title_digest, m.purchased, m.disc_key, m.flagged_by,"
-                " m.confirmed_at FROM media m JOIN titles t ON t.title_id = m.title_id WHERE m.mid = ?",
-                str(mid),
-            )
-            if media is None or (not refetch_only and bool(media[3]) != (purchase is not None)):
+            media = self._media(tx, mid, with_key=True)
+            if media is None or (not refetch_only and bool(media.purchased) != (purchase is not None)):
                 raise MediaRefused()  # not a disc any publisher pressed (or a bought MID used as a disc's)
             # the disc itself, not its label: checked before anything is flagged
-            self._check_disc(req, media, mid, user, entry)
+            self._check_disc(req, media, mid, user)
             # S14: flag the MID for this user, unless someone already did; atomic in one UPDATE.
             flagged = (
                 0
-                if refetch_only or media[5] is not None
+                if refetch_only or media.flagged_by is not None
                 else tx.execute(
                     "UPDATE media SET flagged_by = ?, flagged_at = ? WHERE mid = ? AND flagged_by IS NULL",
                     str(user),
@@ -400,32 +428,33 @@ class Licensing:
                 )
             )
             if not flagged:
-                owner = tx.one("SELECT flagged_by, confirmed_at FROM media WHERE mid = ?", str(mid))
+                owner = tx.row("SELECT flagged_by, confirmed_at FROM media WHERE mid = ?", str(mid))
                 if owner[0] != str(user):
                     raise MediaRefused()  # S17: copied before by someone else
             # the owner's own disc again (a lost answer, or a re-install onto the user's own
             # registered devices after `hdd rm`, data loss or a repair): the keys are sealed to
             # those devices, so this copies nothing to anyone else
-            again = "refetch-keys" if media[6] is None else "reinstall-keys"
+            again = "refetch-keys" if media.confirmed_at is None else "reinstall-keys"
             self._audit_all(
                 tx,
                 actor,
                 [
-                    ("flag-mid" if flagged else again, mid, {"user_id": user, "title_id": media[0]}),
-                    ("issue-keys", mid, {"user_id": user, "title_id": media[0], "mc_id": req.mc_id}),
+                    ("flag-mid" if flagged else again, mid, {"user_id": user, "title_id": media.title_id}),
+                    ("issue-keys", mid, {"user_id": user, "title_id": media.title_id, "mc_id": req.mc_id}),
                 ],
             )
-            title_id, content_key = media[0], self._open("titles", media[0], media[1])
-            cgk = self._open("users", user, entry[4])
+            title_id, content_key = media.title_id, self._open("titles", media.title_id, bytes(media.content_key or b""))
+            cgk = self._open("users", user, bytes(entry.content_gen_key))
             devices = _device_public(
-                Id.parse(entry[2], IdKind.CLIENT), Id.parse(entry[3], IdKind.HDD), entry[6], entry[7]
+                Id.parse(entry.client_id, IdKind.CLIENT), Id.parse(entry.hdd_id, IdKind.HDD), entry.console_key,
+                entry.hdd_key,
             )
-            epoch = entry[5]
+            epoch = entry.card_epoch
         # S15: keys wrapped with the MC-Key and sealed to the user entry's HDD and console, device
         # IDs sealed with the Content-Gen-Key
         resp = p.AcquireResponse(
             title_id=title_id,
-            title_digest=bytes(media[2]),
+            title_digest=bytes(media.title_digest),
             content_key=bindings.issue_content_key(devices, mc_key, req.mc_id, mid, title_id, content_key),
             content_gen_key=self._sealed_cgk(devices, mc_key, req.mc_id, user, cgk),
             sealed_ids=bindings.seal_device_ids(cgk, user, devices.client_id, devices.hdd_id),
@@ -434,22 +463,33 @@ class Licensing:
         return resp, bool(flagged)
 
     @staticmethod
-    def _check_disc(req: p.AcquireRequest, media: tuple, mid: Id, user: Id, entry: tuple) -> None:
+    def _media(tx: Tx, mid: Id, *, with_key: bool) -> MediaRow | None:
+        """A MID with its title's digest (and sealed Content-Key, ``with_key``), or None."""
+        row = tx.one(
+            f"SELECT m.title_id, {'t.content_key' if with_key else 'NULL'}, t.title_digest, m.purchased,"
+            " m.disc_key, m.flagged_by, m.confirmed_at FROM media m JOIN titles t ON t.title_id = m.title_id"
+            " WHERE m.mid = ?",
+            str(mid),
+        )
+        return MediaRow(*row) if row is not None else None
+
+    @staticmethod
+    def _check_disc(req: p.AcquireRequest, media: MediaRow, mid: Id, user: Id) -> None:
         """The request is for the registered title (its digest) and, for a pressed disc, proves
         the disc's secret: a signature over the MID, the user, the card, the devices and the
         digest, with the key registered with the MID. A bought MID (no disc) proves nothing but
         that it is this user's, which the flag shows."""
-        if not crypto.equal(bytes(media[2]), req.title_digest):
+        if not crypto.equal(bytes(media.title_digest), req.title_digest):
             raise MediaRefused()  # another title, or another version of it, than the MID's
-        if media[3]:  # a license bought for a disc without a MID
-            if media[5] is not None and media[5] != str(user):
+        if media.purchased:  # a license bought for a disc without a MID
+            if media.flagged_by is not None and media.flagged_by != str(user):
                 raise MediaRefused()
             return
-        if media[4] is None or req.disc_proof is None:
+        if media.disc_key is None or req.disc_proof is None:
             raise MediaRefused()  # registered before discs had secrets, or no proof sent
         try:
             bindings.check_disc_proof(
-                bytes(media[4]), req.disc_proof, mid, user, req.mc_id, req.client_id, req.hdd_id, req.title_digest
+                bytes(media.disc_key), req.disc_proof, mid, user, req.mc_id, req.client_id, req.hdd_id, req.title_digest
             )
         except crypto.Invalid:
             raise MediaRefused() from None
@@ -470,16 +510,12 @@ class Licensing:
 
     def confirm(self, actor: str, req: p.ConfirmRequest) -> p.Done:
         with self._counting_failures(req.mc_id), self.store.transaction() as tx:
-            mc_key, user, entry = self._authenticate_user(tx, req)
+            mc_key, user, _ = self._authenticate_user(tx, req)
             mid = self._unwrap_mid(mc_key, req, user)
-            media = tx.one(
-                "SELECT m.title_id, NULL, t.title_digest, m.purchased, m.disc_key, m.flagged_by, m.confirmed_at"
-                " FROM media m JOIN titles t ON t.title_id = m.title_id WHERE m.mid = ?",
-                str(mid),
-            )
+            media = self._media(tx, mid, with_key=False)
             if media is None:
                 raise MediaRefused()
-            self._check_disc(req, media, mid, user, entry)
+            self._check_disc(req, media, mid, user)
             done = tx.execute(
                 "UPDATE media SET confirmed_at = ? WHERE mid = ? AND flagged_by = ? AND confirmed_at IS NULL",
                 self._now(),
@@ -524,7 +560,7 @@ class Licensing:
                 self._audit(tx, actor, "repair-device", user, replaced=old, by=str(new))
             # the user's discs stay flagged for the user alone: they install again from them onto
             # the new devices (an acquisition by the flag's owner is allowed), no one else ever can
-            row = tx.one("SELECT COUNT(*) FROM media WHERE flagged_by = ?", user)
+            row = tx.row("SELECT COUNT(*) FROM media WHERE flagged_by = ?", user)
             self._audit(tx, actor, "keep-flags", user, count=row[0])
         return p.RepairResponse(row[0])
 

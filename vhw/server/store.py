@@ -16,9 +16,9 @@ import contextlib
 import logging
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from ..errors import ImageError, StateError
 
@@ -88,26 +88,36 @@ class Conflict(Exception):
     failure, a deadlock): run it again, and it will see what the other one did."""
 
 
+Row = tuple[Any, ...]  # a row as both drivers return it
+
+
 class Tx:
     """One transaction: run statements, read rows (as tuples)."""
 
-    def __init__(self, cursor, translate):
+    def __init__(self, cursor: Any, translate: Callable[[str], str]) -> None:
         self._cur = cursor
         self._translate = translate
 
     def execute(self, sql: str, *args: Any) -> int:
         self._cur.execute(self._translate(sql), args)
-        return self._cur.rowcount
+        return int(self._cur.rowcount)
 
-    def one(self, sql: str, *args: Any) -> tuple | None:
+    def one(self, sql: str, *args: Any) -> Row | None:
         self._cur.execute(self._translate(sql), args)
-        return self._cur.fetchone()
+        return cast("Row | None", self._cur.fetchone())
 
-    def all(self, sql: str, *args: Any) -> list[tuple]:
+    def row(self, sql: str, *args: Any) -> Row:
+        """The one row a query always answers (an aggregate, or a row this transaction saw)."""
+        found = self.one(sql, *args)
+        if found is None:
+            raise StateError(f"the database answered no row where one must be: {sql.split()[0]} ...")
+        return found
+
+    def all(self, sql: str, *args: Any) -> list[Row]:
         self._cur.execute(self._translate(sql), args)
-        return self._cur.fetchall()
+        return cast("list[Row]", self._cur.fetchall())
 
-    def executemany(self, sql: str, rows: list[tuple]) -> None:
+    def executemany(self, sql: str, rows: list[Row]) -> None:
         self._cur.executemany(self._translate(sql), rows)
 
 
@@ -171,7 +181,7 @@ class _Group:
 
 
 @contextlib.contextmanager
-def _savepoint(cur, name: str) -> Iterator[Tx]:
+def _savepoint(cur: Any, name: str) -> Iterator[Tx]:
     """One transaction of a group, as a savepoint: on failure only its own work is undone (and
     a unique key taken meanwhile is a :class:`Conflict`)."""
     cur.execute(f"SAVEPOINT {name}")
@@ -238,7 +248,7 @@ class SqliteStore(Store):
     def transaction(self) -> Iterator[Tx]:
         me = threading.get_ident()
         if self._grouped == me:  # inside this thread's group: a savepoint of it
-            cur = self._conn.cursor()
+            cur = self._connection().cursor()
             try:
                 with _savepoint(cur, "inner") as tx:
                     yield tx
@@ -285,13 +295,13 @@ class SqliteStore(Store):
         """(Under the condition's lock, with the connection still ours.)"""
         try:
             if group.members:
-                self._conn.execute("COMMIT")
+                self._connection().execute("COMMIT")
             else:
-                self._conn.execute("ROLLBACK")
+                self._connection().execute("ROLLBACK")
         except BaseException as exc:
             group.error = exc
             with contextlib.suppress(Exception):
-                self._conn.execute("ROLLBACK")
+                self._connection().execute("ROLLBACK")
         finally:
             group.done = True
             self._group = None
@@ -357,7 +367,7 @@ class PostgresStore(Store):
     def _lock_for_migration(self, tx: Tx) -> None:
         tx.execute("SELECT pg_advisory_xact_lock(?)", 0x5648_5700)
 
-    def pool_stats(self) -> dict:
+    def pool_stats(self) -> dict[str, int]:
         return self._pool.get_stats()
 
     def close(self) -> None:
