@@ -17,6 +17,7 @@ version next to the old one until the commit.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from .errors import NoSpaceError
@@ -102,7 +103,7 @@ class CardState:
 
     # -- commits ------------------------------------------------------------------------------
 
-    def commit(self, catalog: Catalog, data: list[Op] | None = None) -> tuple[list[Op], CardState]:
+    def commit(self, catalog: Catalog, data: Sequence[Op] | None = None) -> tuple[list[Op], CardState]:
         """Plan making ``catalog`` the next generation, after ``data`` (writes into free blocks)."""
         generation = self.sb.generation + 1
         catalog = replace(catalog, generation=generation)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class Write:
     offset: int
-    data: bytes
+    data: bytes | bytearray | memoryview
 
     def __repr__(self) -> str:
         return f"Write({self.offset}, {len(self.data)} bytes)"

@@ -50,7 +50,7 @@ SEALED_CHUNK = crypto.CHUNK_SIZE + crypto.TAG_SIZE
 PIECE = 16  # chunks an install re-seals, hashes and writes together: 1 MiB
 
 
-def piece_checksum(sealed: bytes | memoryview) -> bytes:
+def piece_checksum(sealed: bytes | bytearray | memoryview) -> bytes:
     """The checksum of one piece of a file's sealed bytes: CRC-32. It is there for `fsck --deep`
     to find damage without a key; what resists a deliberate change is each chunk's GCM tag. (It
     was SHA-256: at 1.2 GiB/s on this machine it cost the install more CPU than both AES-GCM

@@ -16,10 +16,14 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from ..errors import EXIT_CODES, Refusal, VhwError
+
+if TYPE_CHECKING:  # (the server's modules load only for the commands that use them)
+    from ..server.store import Store
 
 EXIT_HELP = "\b\nExit codes:\n" + "\n".join(f"  {code:>2}  {text}" for code, text in EXIT_CODES)
 
@@ -38,7 +42,7 @@ class App:
 pass_app = click.make_pass_decorator(App, ensure=True)
 
 
-def emit(data: dict, *, as_json: bool, lines: list[str] | None = None) -> None:
+def emit(data: dict[str, Any], *, as_json: bool, lines: list[str] | None = None) -> None:
     """Print ``data`` as JSON, or as the given human-readable lines."""
     if as_json:
         click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
@@ -47,7 +51,7 @@ def emit(data: dict, *, as_json: bool, lines: list[str] | None = None) -> None:
             click.echo(line)
 
 
-def show_audit(store, *, after: int = 0, as_json: bool = False) -> None:
+def show_audit(store: Store, *, after: int = 0, as_json: bool = False) -> None:
     """Print an audit log (the server's or the broker's: the same table)."""
     try:
         with store.transaction() as tx:
@@ -64,41 +68,47 @@ def show_audit(store, *, after: int = 0, as_json: bool = False) -> None:
     )
 
 
-class _Silent:
-    """Stands in for a progress bar when stderr is not a terminal (logs, pipes, tests)."""
+class ProgressBar:
+    """A progress bar with bytes, rate and time left, on stderr (so stdout stays parseable); silent
+    when stderr is not a terminal (logs, pipes, tests). ``update(n)``: n more bytes done."""
 
-    def __enter__(self) -> _Silent:
+    def __init__(self, length: int, label: str) -> None:
+        self.done = 0
+        self._start = time.monotonic()
+        self._length = length
+        self._bar: Any = None
+        if sys.stderr.isatty():
+            self._bar = click.progressbar(
+                length=length,
+                label=label,
+                file=sys.stderr,
+                show_eta=True,
+                show_percent=True,
+                item_show_func=self._show,
+                width=24,
+            )
+
+    def _show(self, _item: object) -> str:
+        elapsed = max(time.monotonic() - self._start, 1e-6)
+        return f"{self.done / 1e6:,.0f}/{self._length / 1e6:,.0f} MB  {self.done / elapsed / 1e6:,.0f} MB/s"
+
+    def __enter__(self) -> ProgressBar:
+        if self._bar is not None:
+            self._bar.__enter__()
         return self
 
-    def __exit__(self, *exc) -> None:
-        pass
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(None, None, None)
 
     def update(self, n: int) -> None:
-        pass
+        self.done += n
+        if self._bar is not None:
+            self._bar.update(n, current_item=True)
 
 
-def progress_bar(length: int, label: str):
-    """A progress bar with bytes, rate and time left, on stderr (so stdout stays parseable)."""
-    if not sys.stderr.isatty():
-        return _Silent()
-    start = time.monotonic()
-    state = {"done": 0}
-
-    def show(_item) -> str:
-        elapsed = max(time.monotonic() - start, 1e-6)
-        return f"{state['done'] / 1e6:,.0f}/{length / 1e6:,.0f} MB  {state['done'] / elapsed / 1e6:,.0f} MB/s"
-
-    bar = click.progressbar(
-        length=length, label=label, file=sys.stderr, show_eta=True, show_percent=True, item_show_func=show, width=24
-    )
-    update = bar.update
-
-    def counted(n: int, current_item=None) -> None:
-        state["done"] += n
-        update(n, current_item=True)
-
-    bar.update = counted
-    return bar
+def progress_bar(length: int, label: str) -> ProgressBar:
+    return ProgressBar(length, label)
 
 
 @click.group(epilog=EXIT_HELP, context_settings={"help_option_names": ["-h", "--help"]})

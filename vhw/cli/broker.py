@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
 import click
 
@@ -12,12 +14,17 @@ from ..errors import StateError
 from . import App, emit, pass_app, show_audit, vhw
 from .params import LISTEN
 
+if TYPE_CHECKING:  # (the broker's modules load only for its commands)
+    from ..broker.home import BrokerHome
+
+FC = TypeVar("FC", bound=Callable[..., object])
+
 home_option = click.option(
     "--home", type=click.Path(path_type=Path, file_okay=False), help="The broker's folder (default: $VHW_HOME/broker)."
 )
 
 
-def broker_home(app: App, home: Path | None):
+def broker_home(app: App, home: Path | None) -> BrokerHome:
     from ..broker.home import (
         BrokerHome,  # (the broker's web stack loads only for broker commands)
     )
@@ -123,7 +130,7 @@ def account() -> None:
     """User accounts: add, card on file, top up, statement."""
 
 
-def password_option(whose: str):
+def password_option(whose: str) -> Callable[[FC], FC]:
     return click.option(
         "--password",
         prompt=True,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -13,7 +14,7 @@ from ..console import cpu
 from ..console.machine import SLOTS, Machine
 from ..devices import card as card_dev
 from ..devices.disc import DiscImage
-from . import emit, progress_bar
+from . import ProgressBar, emit, progress_bar
 from .devices import PATH, console, json_option
 
 console_option = click.option(
@@ -95,7 +96,7 @@ def console_status(console_dir: Path | None, as_json: bool) -> None:
     m = machine(console_dir)
     cfg = m.config()
     rom = m.rom()
-    d: dict = {
+    d: dict[str, Any] = {
         "folder": str(m.root),
         "client_id": str(rom.client_id),
         "hdd": cfg.hdd,
@@ -182,16 +183,14 @@ def console_install(slot: str, wait: bool, console_dir: Path | None) -> None:
     the card. An interrupted install is resumed by running this again.
     """
     m = machine(console_dir)
-    bar = None
+    bar: ProgressBar | None = None
 
     def progress(done: int, total: int) -> None:
         nonlocal bar
         if bar is None:
             bar = progress_bar(total, "installing").__enter__()
-        bar.update(done - progress.last)
-        progress.last = done
+        bar.update(done - bar.done)
 
-    progress.last = 0
     try:
         title_id, outcome = m.install(slot, wait=wait, progress=progress)
     finally:

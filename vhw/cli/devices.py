@@ -6,6 +6,7 @@ import hashlib
 import os
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -33,7 +34,7 @@ def when(ts: int) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if ts else "-"
 
 
-def human(n: int) -> str:
+def human(n: float) -> str:
     for unit in ("B", "KB", "MB", "GB", "TB"):
         if abs(n) < 1000 or unit == "TB":
             return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
@@ -41,7 +42,7 @@ def human(n: int) -> str:
     return str(n)
 
 
-def human_binary(n: int) -> str:
+def human_binary(n: float) -> str:
     """Sizes of memory cards, in the binary units their capacity is given in (8 MiB)."""
     for unit in ("B", "KiB", "MiB", "GiB"):
         if abs(n) < 1024 or unit == "GiB":
@@ -58,7 +59,7 @@ def card() -> None:
     """Memory cards: format (manufacturer) and inspect."""
 
 
-def register_with_server(credential: Path | None, server_url: str | None, path: str, msg) -> None:
+def register_with_server(credential: Path | None, server_url: str | None, path: str, msg: object) -> None:
     """The manufacturer's registration of a new ID, done before the device file is written."""
     if credential:
         with role_client(credential, server_url, "manufacturer") as c:
@@ -98,7 +99,7 @@ def check_capacity(capacity: int) -> None:
         raise click.BadParameter(f"a save area holds 0 to {card_fmt.MAX_CAPACITY // 2**20} MiB", param_hint="--size")
 
 
-def card_summary(img) -> dict:
+def card_summary(img: CardImage) -> dict[str, Any]:
     """What `card info` shows of an open card image."""
     c, state = img.card, img.state
     return {
@@ -213,7 +214,7 @@ def new_card(credential: Path | None, server_url: str | None) -> card_fmt.Card:
     return c
 
 
-def hdd_summary(image: HddImage) -> dict:
+def hdd_summary(image: HddImage) -> dict[str, Any]:
     vol = image.volume
     st = os.fstat(image.fd)
     return {
@@ -463,7 +464,7 @@ def load_ca(path: Path) -> bytes:
     return cert.public_bytes(Encoding.DER)
 
 
-def rom_summary(rom: rom_fmt.Rom) -> dict:
+def rom_summary(rom: rom_fmt.Rom) -> dict[str, Any]:
     from cryptography import x509
 
     anchor = signer = None

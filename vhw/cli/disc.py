@@ -6,6 +6,7 @@ import hashlib
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -143,7 +144,7 @@ def disc_press(
         click.echo(f"{path}  MID {mid}" if mid else f"{path}  (no MID)")
 
 
-def disc_summary(image: DiscImage) -> dict:
+def disc_summary(image: DiscImage) -> dict[str, Any]:
     d, m = image.disc, image.manifest
     return {
         "title_id": m.title_id,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import click
 
@@ -11,14 +12,14 @@ from ..formats.common import valid_title_id
 from ..ids import Id, IdKind
 
 
-class IdType(click.ParamType):
+class IdType(click.ParamType[Id]):
     """An ID label of one kind, checked by its check character before anything else happens."""
 
     def __init__(self, kind: IdKind):
         self.kind = kind
         self.name = kind.title
 
-    def convert(self, value, param, ctx) -> Id:
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Id:
         if isinstance(value, Id):
             return value
         try:
@@ -42,10 +43,10 @@ def parse_size(text: str) -> int:
     return int(float(number) * table[unit.upper()])
 
 
-class SizeType(click.ParamType):
+class SizeType(click.ParamType[int]):
     name = "size"
 
-    def convert(self, value, param, ctx) -> int:
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
         if isinstance(value, int):
             return value
         try:
@@ -54,20 +55,20 @@ class SizeType(click.ParamType):
             self.fail(f"{value!r} is not a size (examples: 40G, 512M, 64MiB, 1048576)", param, ctx)
 
 
-class TitleIdType(click.ParamType):
+class TitleIdType(click.ParamType[str]):
     name = "title-id"
 
-    def convert(self, value, param, ctx) -> str:
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
         text = str(value).strip().upper()
         if not valid_title_id(text):
             self.fail(f"{value!r} is not a title ID (2-32 of A-Z 0-9 . _ -, e.g. VHW-00001)", param, ctx)
         return text
 
 
-class ListenType(click.ParamType):
+class ListenType(click.ParamType[tuple[str, int]]):
     name = "host:port"
 
-    def convert(self, value, param, ctx) -> tuple[str, int]:
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[str, int]:
         if isinstance(value, tuple):
             return value
         host, sep, port = str(value).rpartition(":")

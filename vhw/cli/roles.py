@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..client import Client
 
 import click
 
@@ -17,7 +21,7 @@ credential_option = click.option(
 server_option = click.option("--server", "server_url", help="Server URL (default: the credential's).")
 
 
-def role_client(credential: Path, server_url: str | None, role: str):
+def role_client(credential: Path, server_url: str | None, role: str) -> Client:
     from ..client import (  # (httpx and the server's modules: only when calling it)
         Client,
         tls_context,

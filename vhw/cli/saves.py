@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -49,7 +50,7 @@ def saves_group() -> None:
     CARD may also be an HDD image with an internal memory (the saves of a card-less console)."""
 
 
-def entry_dict(s: Save, ok: bool) -> dict:
+def entry_dict(s: Save, ok: bool) -> dict[str, Any]:
     return {
         "title_id": s.title_id,
         "name": s.name,
@@ -76,7 +77,8 @@ def saves_ls(image: Path, as_json: bool) -> None:
         + ("" if r["verified"] else "  [does not verify: edited, or from another card]")
         for r in rows
     ]
-    lines = (lines or ["(no saves)"]) + [f"{human(d['used'])} used, {human(d['free'])} free of {human(d['capacity'])}"]
+    used, free, capacity = state.used_bytes, state.free_bytes, state.sb.capacity
+    lines = (lines or ["(no saves)"]) + [f"{human(used)} used, {human(free)} free of {human(capacity)}"]
     emit(d, as_json=as_json, lines=lines)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -13,6 +14,9 @@ from ..ids import ID_FIELDS
 from ..roles import ROLES
 from . import App, pass_app, show_audit, vhw
 from .params import LISTEN
+
+if TYPE_CHECKING:  # (the server's modules load only for its commands)
+    from ..server.home import ServerHome
 
 # (the server's modules themselves, trio, hypercorn, starlette and the stores, load only when a
 # server command runs)
@@ -23,7 +27,7 @@ home_option = click.option(
 )
 
 
-def server_home(app: App, home: Path | None):
+def server_home(app: App, home: Path | None) -> ServerHome:
     from ..server.home import ServerHome
 
     return ServerHome(home or app.home / "server")
@@ -92,7 +96,7 @@ def server_init(
 RUN_KEYS = {"home", "listen", "db", "workers", "log_format", "metrics_listen"}
 
 
-def load_config(ctx: click.Context, param, path: Path | None) -> Path | None:
+def load_config(ctx: click.Context, param: click.Parameter, path: Path | None) -> Path | None:
     """``--config FILE``: TOML whose keys are `server run`'s options (snake_case), read before the
     other options, so that a flag and then ``VHW_SERVER_...`` override it (click's default_map)."""
     if path is None:

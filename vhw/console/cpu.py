@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from typing import Any, TypeVar
 
 from .. import bindings, crypto
 from .. import protocol as p
@@ -25,6 +26,8 @@ from ..bindings import DeviceSecrets, TitleBinding, owner_of
 from ..errors import CopyNotPermitted, ReproductionNotPermitted, ServerError, StateError
 from ..formats.card import Card, License
 from ..ids import Id, IdKind
+
+R = TypeVar("R", p.AcquireRequest, p.ConfirmRequest)
 
 
 @dataclass(frozen=True)
@@ -97,11 +100,11 @@ class CardView:
 
     # -- changes ------------------------------------------------------------------------------
 
-    def _with(self, pairs: list[tuple[License, Id | None]], **card_changes) -> CardView:
+    def _with(self, pairs: list[tuple[License, Id | None]], **card_changes: Any) -> CardView:
         card = replace(self.card, licenses=tuple(lic for lic, _ in pairs), **card_changes)
         return replace(self, card=card, mids=tuple(mid for _, mid in pairs))
 
-    def with_license(self, lic: License, mid: Id, **card_changes) -> CardView:
+    def with_license(self, lic: License, mid: Id, **card_changes: Any) -> CardView:
         """Add a license for ``mid``, replacing one for the same wrapped MID."""
         kept = [(x, m) for x, m in self.licenses() if x.mid != lic.mid]
         return self._with(kept + [(lic, mid)], **card_changes)
@@ -162,7 +165,7 @@ class Medium:
         return str(self.mid)  # what its label shows
 
 
-def _request(cls: type, view: CardView, hw: Hardware, disc: Medium):
+def _request(cls: type[R], view: CardView, hw: Hardware, disc: Medium) -> R:
     user = view.require_user()  # refuses an unregistered card before anything is sent
     card = view.card
     proof = None

@@ -32,7 +32,9 @@ from dataclasses import dataclass
 from .. import crypto
 from ..bindings import TitleBinding, title_tag
 from ..devices.disc import DiscImage
+from ..devices.hdd import HddImage
 from ..errors import IntegrityError, StateError
+from ..formats.disc import DiscFile
 from ..formats.hdd import HddFile, Title, TitleState
 from ..ids import Id
 from ..plans import SYNC, Op, Write
@@ -214,11 +216,11 @@ class _Sealer:
         if self.reuse and piece.buffer is not None:
             self._free.append(piece.buffer)
 
-    def pieces(self, disc_file, hdd_file: HddFile) -> Iterator[Piece]:
+    def pieces(self, disc_file: DiscFile, hdd_file: HddFile) -> Iterator[Piece]:
         reader = crypto.ChunkCipher(self.content_key, disc_file.stream_id, disc_file.size)
         writer = crypto.ChunkCipher(self.title_key, hdd_file.stream_id, hdd_file.size)
         starts = iter(range(0, reader.layout.count, PIECE))
-        pending: deque[Future] = deque()
+        pending: deque[Future[Piece]] = deque()
         for first in starts:
             pending.append(self._submit(disc_file, hdd_file, reader, writer, first))
             if len(pending) >= DEPTH:
@@ -230,11 +232,26 @@ class _Sealer:
                 pending.append(self._submit(disc_file, hdd_file, reader, writer, nxt))
             yield piece
 
-    def _submit(self, disc_file, hdd_file, reader, writer, first: int) -> Future:
+    def _submit(
+        self,
+        disc_file: DiscFile,
+        hdd_file: HddFile,
+        reader: crypto.ChunkCipher,
+        writer: crypto.ChunkCipher,
+        first: int,
+    ) -> Future[Piece]:
         buffer = self._free.pop() if self._free else bytearray(PIECE * SEALED_CHUNK)
         return self._pool.submit(self._seal, disc_file, hdd_file, reader, writer, first, buffer)
 
-    def _seal(self, disc_file, hdd_file, reader, writer, first: int, buffer: bytearray) -> Piece:
+    def _seal(
+        self,
+        disc_file: DiscFile,
+        hdd_file: HddFile,
+        reader: crypto.ChunkCipher,
+        writer: crypto.ChunkCipher,
+        first: int,
+        buffer: bytearray,
+    ) -> Piece:
         layout = reader.layout
         last = min(first + PIECE, layout.count)
         sealed_in, plain = _scratch()
@@ -262,12 +279,14 @@ _local = threading.local()
 
 def _scratch() -> tuple[memoryview, memoryview]:
     """This worker's buffers for a piece read from the disc and one chunk of plaintext."""
-    if not hasattr(_local, "buffers"):
-        _local.buffers = (memoryview(bytearray(PIECE * SEALED_CHUNK)), memoryview(bytearray(crypto.CHUNK_SIZE)))
-    return _local.buffers
+    buffers: tuple[memoryview, memoryview] | None = getattr(_local, "buffers", None)
+    if buffers is None:
+        buffers = (memoryview(bytearray(PIECE * SEALED_CHUNK)), memoryview(bytearray(crypto.CHUNK_SIZE)))
+        _local.buffers = buffers
+    return buffers
 
 
-def read_title(image, title: Title, binding: TitleBinding) -> dict[str, bytes]:
+def read_title(image: HddImage, title: Title, binding: TitleBinding) -> dict[str, bytes]:
     """Every file of an installed title, decrypted (for tests and small titles)."""
     key = binding.title_key(title.title_id, title.key_salt)
     return {f.path: b"".join(image.decrypt(title, f, key)) for f in title.files}

@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from .. import crypto
 from .. import protocol as p
@@ -38,10 +39,14 @@ from ..errors import ImageError, IntegrityError, ReproductionNotPermitted, State
 from ..formats.card import Card, License
 from ..formats.common import valid_relpath
 from ..formats.disc import Pressing
+from ..formats.hdd import Title
 from ..formats.rom import Rom
 from ..ids import Id, IdKind
 from . import cpu, install
 from .mountpoints import clear_stale, unmount
+
+if TYPE_CHECKING:  # (httpx loads only for the flows that talk to the server)
+    from ..client import Client
 
 CONFIG = "console.json"
 SLOTS = ("1", "2")
@@ -236,7 +241,7 @@ class Machine:
     def server_url(self, rom: Rom) -> str:
         return self.config().server or rom.server_url
 
-    def client(self, rom: Rom):
+    def client(self, rom: Rom) -> Client:
         from ..client import (  # (httpx: only the flows that talk to the server)
             Client,
             tls_context,
@@ -309,7 +314,13 @@ class Machine:
                     return self._install(mem, cpu.CardView.open(mem.card), rom, disc, hdd, progress)
 
     def _install(
-        self, mem: CardImage, view: cpu.CardView, rom: Rom, disc: DiscImage, hdd: HddImage, progress
+        self,
+        mem: CardImage,
+        view: cpu.CardView,
+        rom: Rom,
+        disc: DiscImage,
+        hdd: HddImage,
+        progress: Callable[[int, int], None] | None,
     ) -> tuple[str, str]:
         m = disc.manifest
         hw = hardware(rom, hdd)
@@ -443,7 +454,7 @@ class Machine:
             return None
         path = self.card_path(slot)
         mc_id = view.card.mc_id
-        seen: list[tuple] = []
+        seen: list[tuple[int, ...]] = []
 
         def gone() -> str | None:
             try:
@@ -480,7 +491,7 @@ class Machine:
         self._save_mounts(mounts)
         return proc.pid
 
-    def _spawn_mount(self, args: list[str], mountpoint: Path, log_path: Path) -> subprocess.Popen:
+    def _spawn_mount(self, args: list[str], mountpoint: Path, log_path: Path) -> subprocess.Popen[bytes]:
         """Start ``vhw ARGS --console ROOT`` (a mount in the foreground) and wait for its "mounted" line."""
         with open(log_path, "ab") as log_file:
             proc = subprocess.Popen(
@@ -490,6 +501,7 @@ class Machine:
                 stderr=log_file,
                 start_new_session=True,
             )
+        assert proc.stdout is not None
         line = proc.stdout.readline().decode()
         proc.stdout.close()
         if not line.startswith("mounted"):
@@ -635,7 +647,7 @@ class Machine:
             )
         return code
 
-    def _checked_entry(self, title, match: cpu.Match) -> dict:
+    def _checked_entry(self, title: Title, match: cpu.Match) -> dict[str, Any]:
         """The title's metadata, once its catalog entry is shown to be the one its owner
         installed: entry point, kind, metadata and digest authenticated under the title's key (a
         second user of the HDD can rewrite the catalog, not this tag), the entry a path inside

@@ -50,9 +50,10 @@ import queue
 import signal
 import stat
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar, cast
 
 import pyfuse3
 import trio
@@ -227,7 +228,7 @@ class Pusher:
     """
 
     def __init__(self) -> None:
-        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[tuple[int, int, bytes] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._work, name="vhw-push", daemon=True)
         self._thread.start()
 
@@ -275,14 +276,18 @@ def raise_readahead(mountpoint: Path, kib: int = 1024) -> None:
         log.debug("%s: readahead left at the default (%s)", mountpoint, exc.strerror)
 
 
-def errno_guard(translate: Callable[[Exception], int | None], logger: logging.Logger):
+Handler = Callable[..., Awaitable[Any]]
+H = TypeVar("H", bound=Handler)
+
+
+def errno_guard(translate: Callable[[Exception], int | None], logger: logging.Logger) -> Callable[[H], H]:
     """A decorator for FUSE handlers, the one place where exceptions become errnos: ``translate``
     gives the errno of the exceptions a file system knows (None: not one of them), an OSError keeps
     its own, anything else is logged as an internal error and becomes EIO. Nothing else escapes."""
 
-    def decorate(handler):
+    def decorate(handler: H) -> H:
         @functools.wraps(handler)
-        async def wrapper(*args, **kwargs):
+        async def wrapper(*args: Any, **kwargs: Any) -> Any:
             try:
                 return await handler(*args, **kwargs)
             except pyfuse3.FUSEError:
@@ -296,7 +301,7 @@ def errno_guard(translate: Callable[[Exception], int | None], logger: logging.Lo
                     code = errno.EIO
                 raise pyfuse3.FUSEError(code) from None
 
-        return wrapper
+        return cast(H, wrapper)
 
     return decorate
 
@@ -318,7 +323,7 @@ class TitleFS(pyfuse3.Operations):
     def __init__(self, image: HddImage, binding: TitleBinding):
         super().__init__()
         self.image = image
-        self._binding = binding
+        self._binding: TitleBinding | None = binding
         self.tree = Tree(image.volume.catalog, binding.owner)
         self._keys: dict[str, bytes] = {}
         self._open: dict[int, OpenFile] = {}
@@ -356,7 +361,7 @@ class TitleFS(pyfuse3.Operations):
                 log.debug("invalidate %d: %s", node.inode, exc)
 
     @fuse_errors
-    async def lookup(self, parent_inode, name, ctx=None):
+    async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None) -> pyfuse3.EntryAttributes:
         node = self.tree.nodes[parent_inode]
         if name == b".":
             return self.tree.attributes(parent_inode)
@@ -367,11 +372,11 @@ class TitleFS(pyfuse3.Operations):
         return self.tree.attributes(node.children[name])
 
     @fuse_errors
-    async def getattr(self, inode, ctx=None):
+    async def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
         return self.tree.attributes(inode)
 
     @fuse_errors
-    async def opendir(self, inode, ctx):
+    async def opendir(self, inode: int, ctx: Any) -> int:
         node = self.tree.nodes[inode]
         if node.file is not None:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
@@ -380,7 +385,7 @@ class TitleFS(pyfuse3.Operations):
         return inode
 
     @fuse_errors
-    async def readdir(self, fh, start_id, token):
+    async def readdir(self, fh: int, start_id: int, token: Any) -> None:
         node = self.tree.nodes[fh]
         entries = sorted(node.children.items())
         for index, (name, inode) in enumerate(entries[start_id:], start_id + 1):
@@ -388,11 +393,11 @@ class TitleFS(pyfuse3.Operations):
                 break
 
     @fuse_errors
-    async def releasedir(self, fh):
+    async def releasedir(self, fh: int) -> None:
         pass
 
     @fuse_errors
-    async def open(self, inode, flags, ctx):
+    async def open(self, inode: int, flags: int, ctx: Any) -> pyfuse3.FileInfo:
         node = self.tree.nodes[inode]
         if node.file is None:
             raise pyfuse3.FUSEError(errno.EISDIR)
@@ -402,11 +407,13 @@ class TitleFS(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EACCES)
         fh = self._next_fh
         self._next_fh += 1
+        assert node.title is not None  # every file lies in a title
         self._open[fh] = OpenFile(self.image.fd, inode, node.title, node.file, self._key(node.title))
         return pyfuse3.FileInfo(fh=fh, keep_cache=True)
 
     @fuse_errors
-    async def read(self, fh, off, size):
+    # a memoryview saves a copy per read (pyfuse3 takes any buffer; its stub says bytes)
+    async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:  # type: ignore[override]
         if self._binding is None:
             raise pyfuse3.FUSEError(errno.EACCES)
         f = self._open[fh]
@@ -416,18 +423,18 @@ class TitleFS(pyfuse3.Operations):
         return data
 
     @fuse_errors
-    async def release(self, fh):
+    async def release(self, fh: int) -> None:
         self._open.pop(fh, None)
 
     @fuse_errors
-    async def access(self, inode, mode, ctx):
+    async def access(self, inode: int, mode: int, ctx: Any) -> bool:
         node = self.tree.nodes[inode]
         if mode & os.W_OK:
             return False
         return node.readable or mode == os.F_OK
 
     @fuse_errors
-    async def statfs(self, ctx):
+    async def statfs(self, ctx: Any) -> pyfuse3.StatvfsData:
         vol = self.image.volume
         s = pyfuse3.StatvfsData()
         s.f_bsize = s.f_frsize = BLOCK
@@ -439,11 +446,11 @@ class TitleFS(pyfuse3.Operations):
         return s
 
     @fuse_errors
-    async def listxattr(self, inode, ctx):
+    async def listxattr(self, inode: int, ctx: Any) -> list[bytes]:
         return []
 
     @fuse_errors
-    async def getxattr(self, inode, name, ctx):
+    async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
         raise pyfuse3.FUSEError(errno.ENODATA)
 
 
@@ -495,7 +502,7 @@ def serve_operations(
     *,
     ready: Callable[[], None],
     before_close: Callable[[], None] | None = None,
-    tasks: list[Callable[[], object]] | None = None,
+    tasks: Sequence[Callable[[], Awaitable[object]]] | None = None,
 ) -> None:
     """Mount ``fs`` at ``mountpoint`` and serve it until unmounted, SIGINT, SIGTERM or SIGHUP;
     always unmounts on the way out (the title mount and the save folder both run this way).
@@ -515,7 +522,7 @@ def serve_operations(
         pyfuse3.close(unmount=True)
 
 
-async def _serve(ready: Callable[[], None], tasks: list) -> None:
+async def _serve(ready: Callable[[], None], tasks: Sequence[Callable[[], Awaitable[object]]]) -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_stop_on_signals)
         for task in tasks:

@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pyfuse3
 
@@ -46,9 +47,10 @@ BLOCK = 4096
 class SaveError(Exception):
     """A save operation failed with this errno; ``message`` says why, for the log."""
 
-    def __init__(self, code: int, message: str = ""):
+    def __init__(self, code: int, message: str = "", *, told: bool = False):
         super().__init__(message or os.strerror(code))
         self.errno = code
+        self.told = told  # the user was told of it already (a failed write)
 
 
 @dataclass
@@ -215,9 +217,7 @@ class SaveFS(pyfuse3.Operations):
 
     def _commit(self, h: Handle) -> None:
         if h.failed:
-            error = SaveError(h.failed, f"the save {h.name!r} was not written: a write to it failed")
-            error.told = True  # the failed write was told already
-            raise error
+            raise SaveError(h.failed, f"the save {h.name!r} was not written: a write to it failed", told=True)
         if h.dirty:
             self.folder.commit(h.name, bytes(self._data(h)), h.meta)
             h.dirty, h.meta = False, None
@@ -225,7 +225,7 @@ class SaveFS(pyfuse3.Operations):
     # -- handlers -----------------------------------------------------------------------------
 
     @fuse_errors
-    async def lookup(self, parent_inode, name, ctx=None):
+    async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None) -> pyfuse3.EntryAttributes:
         if parent_inode != pyfuse3.ROOT_INODE:
             raise SaveError(errno.ENOTDIR)
         text = name.decode(errors="replace")
@@ -237,11 +237,11 @@ class SaveFS(pyfuse3.Operations):
         return self._attrs(self._inode(text))
 
     @fuse_errors
-    async def getattr(self, inode, ctx=None):
+    async def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
         return self._attrs(inode)
 
     @fuse_errors
-    async def setattr(self, inode, attr, fields, fh, ctx):
+    async def setattr(self, inode: int, attr: Any, fields: Any, fh: int | None, ctx: Any) -> pyfuse3.EntryAttributes:
         if fields.update_size:
             name = self._name(inode)
             h = self._handles.get(fh) if fh is not None else None
@@ -258,25 +258,25 @@ class SaveFS(pyfuse3.Operations):
         return self._attrs(inode)
 
     @fuse_errors
-    async def opendir(self, inode, ctx):
+    async def opendir(self, inode: int, ctx: Any) -> int:
         if inode != pyfuse3.ROOT_INODE:
             raise SaveError(errno.ENOTDIR)
         self.folder.refresh()
         return inode
 
     @fuse_errors
-    async def readdir(self, fh, start_id, token):
+    async def readdir(self, fh: int, start_id: int, token: Any) -> None:
         names = sorted(set(self.folder.names()) | {h.name for h in self._handles.values()})
         for index, name in enumerate(names[start_id:], start_id + 1):
             if not pyfuse3.readdir_reply(token, name.encode(), self._attrs(self._inode(name)), index):
                 break
 
     @fuse_errors
-    async def releasedir(self, fh):
+    async def releasedir(self, fh: int) -> None:
         pass
 
     @fuse_errors
-    async def open(self, inode, flags, ctx):
+    async def open(self, inode: int, flags: int, ctx: Any) -> pyfuse3.FileInfo:
         h = Handle(self._name(inode))
         if flags & os.O_TRUNC:
             h.data, h.dirty = bytearray(), True
@@ -286,7 +286,9 @@ class SaveFS(pyfuse3.Operations):
         return pyfuse3.FileInfo(fh=fh, direct_io=True)  # every read and write reaches the buffer
 
     @fuse_errors
-    async def create(self, parent_inode, name, mode, flags, ctx):
+    async def create(
+        self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: Any
+    ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         text = name.decode(errors="replace")
         if parent_inode != pyfuse3.ROOT_INODE:
             raise SaveError(errno.ENOTDIR)
@@ -301,12 +303,12 @@ class SaveFS(pyfuse3.Operations):
         return pyfuse3.FileInfo(fh=fh, direct_io=True), self._attrs(self._inode(text))
 
     @fuse_errors
-    async def read(self, fh, off, size):
+    async def read(self, fh: int, off: int, size: int) -> bytes:
         data = self._data(self._handles[fh])
         return bytes(data[off : off + size])
 
     @fuse_errors
-    async def write(self, fh, off, buf):
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
         h = self._handles[fh]
         data = self._data(h)
         end = off + len(buf)
@@ -320,15 +322,15 @@ class SaveFS(pyfuse3.Operations):
         return len(buf)
 
     @fuse_errors
-    async def flush(self, fh):
+    async def flush(self, fh: int) -> None:
         self._commit(self._handles[fh])  # close() reports what this raises
 
     @fuse_errors
-    async def fsync(self, fh, datasync):
+    async def fsync(self, fh: int, datasync: int) -> None:
         self._commit(self._handles[fh])
 
     @fuse_errors
-    async def release(self, fh):
+    async def release(self, fh: int) -> None:
         h = self._handles.pop(fh, None)
         if h is not None and h.dirty and not h.failed:
             try:
@@ -337,11 +339,13 @@ class SaveFS(pyfuse3.Operations):
                 log.warning("%s", exc)
 
     @fuse_errors
-    async def unlink(self, parent_inode, name, ctx):
+    async def unlink(self, parent_inode: int, name: bytes, ctx: Any) -> None:
         self.folder.remove(name.decode(errors="replace"))
 
     @fuse_errors
-    async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
+    async def rename(
+        self, parent_inode_old: int, name_old: bytes, parent_inode_new: int, name_new: bytes, flags: int, ctx: Any
+    ) -> None:
         old, new = name_old.decode(errors="replace"), name_new.decode(errors="replace")
         if flags:
             raise SaveError(errno.EINVAL)
@@ -363,11 +367,11 @@ class SaveFS(pyfuse3.Operations):
                 h.name = new
 
     @fuse_errors
-    async def mkdir(self, parent_inode, name, mode, ctx):
+    async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: Any) -> pyfuse3.EntryAttributes:
         raise SaveError(errno.EPERM)
 
     @fuse_errors
-    async def statfs(self, ctx):
+    async def statfs(self, ctx: Any) -> pyfuse3.StatvfsData:
         s = pyfuse3.StatvfsData()
         s.f_bsize = s.f_frsize = BLOCK
         s.f_blocks = self.folder.capacity // BLOCK
@@ -378,11 +382,11 @@ class SaveFS(pyfuse3.Operations):
         return s
 
     @fuse_errors
-    async def access(self, inode, mode, ctx):
+    async def access(self, inode: int, mode: int, ctx: Any) -> bool:
         return True
 
     @fuse_errors
-    async def getxattr(self, inode, name, ctx):
+    async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
         if name != META_XATTR or inode == pyfuse3.ROOT_INODE:
             raise SaveError(errno.ENODATA)
         n = self._name(inode)
@@ -395,7 +399,7 @@ class SaveFS(pyfuse3.Operations):
         return entry.meta
 
     @fuse_errors
-    async def setxattr(self, inode, name, value, ctx):
+    async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: Any) -> None:
         if name != META_XATTR:
             raise SaveError(errno.ENOTSUP)
         if len(value) > META_SIZE:
@@ -408,7 +412,7 @@ class SaveFS(pyfuse3.Operations):
             self.folder.set_meta(n, bytes(value))
 
     @fuse_errors
-    async def listxattr(self, inode, ctx):
+    async def listxattr(self, inode: int, ctx: Any) -> list[bytes]:
         if inode == pyfuse3.ROOT_INODE:
             return []
         entry = self.folder.entries.get(self._name(inode))

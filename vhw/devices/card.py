@@ -16,6 +16,7 @@ use for the licensing items.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack
@@ -49,6 +50,10 @@ class Opened:
     damage: list[str] = field(default_factory=list)
 
 
+def _catalog_at(read: Callable[[int, int], bytes], sb: fmt.Superblock, offset: int, path: object) -> fmt.Catalog:
+    return fmt.decode_catalog(read(sb.catalog_length, offset), sb, path=path)
+
+
 def read_state(read: Callable[[int, int], bytes], path: object, size: int) -> Opened:
     """Pick the current generation of a card image of ``size`` bytes (:func:`vhw.generations.choose`):
     the highest valid superblock copy whose catalog (either copy) checks. ``read(length, offset)``
@@ -77,7 +82,7 @@ def read_state(read: Callable[[int, int], bytes], path: object, size: int) -> Op
         if size > sb.size:
             raise ImageError(path, f"{fmt.WHAT} has {size - sb.size} unexpected trailing bytes")
         return [
-            lambda o=o: fmt.decode_catalog(read(sb.catalog_length, o), sb, path=path)
+            functools.partial(_catalog_at, read, sb, o, path)
             for o in (sb.catalog_offset, sb.catalog_offset + fmt.CATALOG_DITTO)
         ]
 
@@ -185,7 +190,7 @@ class CardImage:
     def __enter__(self) -> CardImage:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     # -- reading ------------------------------------------------------------------------------
@@ -252,7 +257,7 @@ class CardImage:
     ) -> fmt.Save:
         """Seal and commit one save (a new one, or the next version of one); CardFull if it does not fit."""
         self.write_saves([(title_id, name, data, modified, meta)], key=key)
-        return self.state.catalog.save(title_id, name)
+        return self._saved(title_id, name)
 
     def write_saves(self, items: list[tuple[str, str, bytes, int, bytes]], *, key: bytes | None = None) -> None:
         """Seal and commit several saves (title ID, name, data, modified, meta), one commit each.
@@ -271,7 +276,13 @@ class CardImage:
             raise saves.SaveInvalid(self.shown, f"save {entry.title_id}/{entry.name} does not verify")
         new = saves.retagged(key, entry, name=name, modified=modified)
         self.apply(*self.state.replace_entry(entry, new))
-        return self.state.catalog.save(entry.title_id, name)
+        return self._saved(entry.title_id, name)
+
+    def _saved(self, title_id: str, name: str) -> fmt.Save:
+        """The entry of a save just committed."""
+        entry = self.state.catalog.save(title_id, name)
+        assert entry is not None, "a committed save is in the catalog"
+        return entry
 
     def remove_saves(self, title_id: str, name: str | None = None) -> list[fmt.Save]:
         ops, state, gone = self.state.remove(title_id, name)

@@ -53,7 +53,7 @@ class DiscImage:
     def __enter__(self) -> DiscImage:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     @property
@@ -73,7 +73,7 @@ class DiscImage:
             raise ImageError(self.path, f"truncated {fmt.WHAT}")
         return data
 
-    def read_sealed_into(self, f: fmt.DiscFile, first: int, count: int, buffer) -> int:
+    def read_sealed_into(self, f: fmt.DiscFile, first: int, count: int, buffer: bytearray | memoryview) -> int:
         """Read the sealed bytes of chunks ``first .. first + count - 1`` of ``f`` into ``buffer``
         (a reused one: no new allocation per read); returns how many bytes that is. Safe to call
         from several threads at once."""
@@ -120,7 +120,13 @@ class DiscImage:
 
 
 def press(
-    master: Path, out: Path, *, pressing: fmt.Pressing, mid: Id | None, sign, secret: bytes | None = None
+    master: Path,
+    out: Path,
+    *,
+    pressing: fmt.Pressing,
+    mid: Id | None,
+    sign: Callable[[bytes], bytes],
+    secret: bytes | None = None,
 ) -> None:
     """Write a copy of ``master`` whose MID area is new; nothing else differs. ``secret``: the
     disc's own key (with a MID), whose public half the publisher registers with the MID."""

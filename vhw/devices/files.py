@@ -17,7 +17,7 @@ import errno
 import fcntl
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from ..errors import ImageError, InUseError
@@ -100,7 +100,15 @@ def refuse_existing(path: Path, what: str) -> None:
 
 
 @contextlib.contextmanager
-def locked(fd: int, path: Path, what: str, *, shared: bool = False, wait: bool = False, on_wait=None) -> Iterator[None]:
+def locked(
+    fd: int,
+    path: Path,
+    what: str,
+    *,
+    shared: bool = False,
+    wait: bool = False,
+    on_wait: Callable[[str], None] | None = None,
+) -> Iterator[None]:
     """Hold a ``flock`` on ``fd`` for the block.
 
     Without ``wait`` a lock held elsewhere raises :class:`InUseError` at once; with it, ``on_wait``

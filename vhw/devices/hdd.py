@@ -10,18 +10,20 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 from collections.abc import Callable, Generator, Iterable
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TypeVar
 
 from .. import crypto
 from ..errors import ImageError, IntegrityError
 from ..formats import card as card_fmt
 from ..formats import hdd as fmt
 from ..formats.card import Card
-from ..formats.common import BLOCK_SIZE
+from ..formats.common import BLOCK_SIZE, Extent
 from ..generations import choose
 from ..ids import Id
 from ..plans import Op, Write, shifted
@@ -37,6 +39,7 @@ from .files import (
 )
 
 Plan = Generator[Op, None, Volume]
+T = TypeVar("T")
 WRITEBACK_HINT = 1024 * 1024  # bytes: a write this large of a streaming plan starts its writeback
 
 
@@ -49,6 +52,10 @@ class Opened:
     volume: Volume
     notes: list[str] = field(default_factory=list)
     damage: list[str] = field(default_factory=list)
+
+
+def _catalog_at(read: Callable[[int, int], bytes], sb: fmt.Superblock, at: Extent, path: object) -> fmt.Catalog:
+    return fmt.decode_catalog(read(at.length, at.offset), sb, path=path)
 
 
 def read_volume(read: Callable[[int, int], bytes], path: object, file_size: int) -> Opened:
@@ -80,7 +87,7 @@ def read_volume(read: Callable[[int, int], bytes], path: object, file_size: int)
             raise ImageError(path, f"truncated {fmt.WHAT} ({file_size} of {sb.nominal_size} bytes)")
         if file_size > sb.nominal_size:
             raise ImageError(path, f"{fmt.WHAT} has {file_size - sb.nominal_size} unexpected trailing bytes")
-        return [lambda e=e: fmt.decode_catalog(read(e.length, e.offset), sb, path=path) for e in sb.catalog_extents]
+        return [functools.partial(_catalog_at, read, sb, e, path) for e in sb.catalog_extents]
 
     chosen = choose(
         [[decoded(o) for o in pair] for pair in offsets],
@@ -186,7 +193,7 @@ class HddImage:
     def __enter__(self) -> HddImage:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     @property
@@ -217,7 +224,8 @@ class HddImage:
                 try:
                     op = next(plan)
                 except StopIteration as stop:
-                    return stop.value
+                    done: Volume = stop.value
+                    return done
                 apply_op(self._fd, op)
                 if isinstance(op, Write) and len(op.data) >= WRITEBACK_HINT:
                     # start writing these pages back now, so that the plan's next Sync waits for
@@ -227,7 +235,7 @@ class HddImage:
         self.volume = self._write(go)
         return self.volume
 
-    def _write(self, fn):
+    def _write(self, fn: Callable[[], T]) -> T:
         try:
             return fn()
         except OSError as exc:
@@ -349,4 +357,4 @@ def punch_hole(fd: int, offset: int, length: int) -> bool:
         ctypes.c_long(offset),
         ctypes.c_long(length),
     )
-    return rc == 0
+    return bool(rc == 0)

@@ -30,7 +30,9 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import construct as cs
 
@@ -143,7 +145,7 @@ class Manifest:
     chunk_size: int = crypto.CHUNK_SIZE
     installer_name: str = "vhw-installer"
     installer_version: int = 1
-    metadata: dict = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)
 
     @property
     def data_length(self) -> int:
@@ -236,7 +238,7 @@ def manifest_signed_message(body: bytes) -> bytes:
     return crypto.context("disc-manifest", body)
 
 
-def sign_manifest(m: Manifest, sign) -> bytes:
+def sign_manifest(m: Manifest, sign: Callable[[bytes], bytes]) -> bytes:
     """The manifest region: the body and ``sign(message)``'s 64-byte signature."""
     body = manifest_bytes(m)
     return body + sign(manifest_signed_message(body))
@@ -255,7 +257,7 @@ def decode_manifest(region: bytes, *, path: object) -> Manifest:
     return manifest_from_record(rec, path=path)
 
 
-def manifest_from_record(rec, *, path: object) -> Manifest:
+def manifest_from_record(rec: Any, *, path: object) -> Manifest:
     """A parsed manifest body as a Manifest, refused when it is not consistent."""
     try:
         metadata = json.loads(rec.metadata) if rec.metadata else {}
@@ -331,7 +333,7 @@ def encode_header(disc: Disc) -> bytes:
     )
 
 
-def decode_header(block: bytes, *, path: object, file_size: int):
+def decode_header(block: bytes, *, path: object, file_size: int) -> Any:
     """Check block 0 against the file's real size; return the parsed header."""
     if file_size == 0:
         raise ImageError(path, f"empty file, not a {WHAT}")
@@ -376,7 +378,9 @@ def encode_mid_area(pressing: Pressing, mid: Id | None, secret: bytes | None, si
     )
 
 
-def decode_mid_area(block: bytes, *, path: object, manifest: Manifest, title_digest: bytes):
+def decode_mid_area(
+    block: bytes, *, path: object, manifest: Manifest, title_digest: bytes
+) -> tuple[Pressing, Id | None, bytes, bytes]:
     body = open_block(block, path=path, what="disc MID area")
     rec = parse(MidArea, body, path=path, what="disc MID area")
     try:
@@ -407,7 +411,7 @@ def title_digest(manifest_region: bytes) -> bytes:
     return hashlib.sha256(manifest_region).digest()
 
 
-def decode(read, *, size: int, path: object) -> tuple[Disc, bytes]:
+def decode(read: Callable[[int, int], bytes], *, size: int, path: object) -> tuple[Disc, bytes]:
     """A whole disc image's header, MID area and manifest, read through ``read(length, offset)``
     (a file, or bytes in memory); returns the disc and its signed manifest region."""
     head = read(2 * BLOCK_SIZE, 0)

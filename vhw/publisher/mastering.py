@@ -19,6 +19,7 @@ import stat
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any, BinaryIO
 
 from .. import crypto
 from ..devices import disc as disc_dev
@@ -41,7 +42,7 @@ class SourceFile:
     executable: bool
 
 
-def read_title_info(src: Path) -> dict:
+def read_title_info(src: Path) -> dict[str, Any]:
     path = src / TITLE_FILE
     if not path.exists():
         return {}
@@ -168,7 +169,9 @@ def master(
     return disc
 
 
-def _seal_file(w, f: SourceFile, df: fmt.DiscFile, key: bytes, progress) -> bytes:
+def _seal_file(
+    w: BinaryIO, f: SourceFile, df: fmt.DiscFile, key: bytes, progress: Callable[[int], None] | None
+) -> bytes:
     cipher = crypto.ChunkCipher(key, df.stream_id, f.size)
     layout = cipher.layout
     digest = hashlib.sha256()

@@ -443,10 +443,15 @@ class Licensing:
                     ("issue-keys", mid, {"user_id": user, "title_id": media.title_id, "mc_id": req.mc_id}),
                 ],
             )
-            title_id, content_key = media.title_id, self._open("titles", media.title_id, bytes(media.content_key or b""))
+            title_id, content_key = (
+                media.title_id,
+                self._open("titles", media.title_id, bytes(media.content_key or b"")),
+            )
             cgk = self._open("users", user, bytes(entry.content_gen_key))
             devices = _device_public(
-                Id.parse(entry.client_id, IdKind.CLIENT), Id.parse(entry.hdd_id, IdKind.HDD), entry.console_key,
+                Id.parse(entry.client_id, IdKind.CLIENT),
+                Id.parse(entry.hdd_id, IdKind.HDD),
+                entry.console_key,
                 entry.hdd_key,
             )
             epoch = entry.card_epoch
