@@ -14,7 +14,7 @@ import trio
 from vhw import protocol as p
 from vhw.client import tls_context
 from vhw.console import cpu
-from vhw.server.app import raise_file_limit
+from vhw.httpapi import raise_file_limit
 
 from .servers import RunningServer, make_users
 from .world import new_disc

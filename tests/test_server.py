@@ -30,7 +30,7 @@ from vhw.formats.card import Card
 from vhw.ids import Id, IdKind
 from vhw.pki import make_ca
 from vhw.publisher.keystore import KeyStore
-from vhw.server.app import ENDPOINTS
+from vhw.server.endpoints import ENDPOINTS
 from vhw.server.home import ROLES, Credential
 
 from .conftest import BACKENDS, MEDIA, REGISTER, USER, database_for
@@ -422,7 +422,7 @@ def test_health_and_openapi(srv):
 
 
 def test_openapi_in_repo_is_current():
-    from vhw.server.app import openapi_document
+    from vhw.server.endpoints import openapi_document
 
     committed = json.loads((Path(__file__).parent.parent / "vhw" / "openapi.json").read_text())
     assert committed == json.loads(json.dumps(openapi_document())), "run `vhw server openapi -o vhw/openapi.json`"

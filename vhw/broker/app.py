@@ -3,83 +3,80 @@ relayed, charged) and the staff's web console at ``/console/``; ``serve`` runs i
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.types import Receive, Scope, Send
+
+from .. import __version__
 from .. import protocol as p
 from ..errors import NetworkError, PaymentDeclined, Refusal, ServerError
+from ..httpapi import CONSOLE_ENDPOINTS, ApiError, drain, error_json, error_response, read_body, serve_app, split_listen
 from ..server.home import Credential
 from .home import BrokerHome
 from .service import Broker
+
+Handler = Callable[[Request], Awaitable[Response]]
 
 
 class BrokerApp:
     """The consoles' side of the broker: the server's console endpoints, plus an account."""
 
-    def __init__(self, broker: Broker, console_key: bytes | None = None, token: str = ""):
-        from starlette.applications import Starlette
-        from starlette.exceptions import HTTPException
-        from starlette.routing import Mount, Route
-
-        from ..server.app import _error_response
-
+    def __init__(self, broker: Broker, mounts: list[Mount] | None = None):
         self.broker = broker
-        routes = [
-            Route("/v1/health", self.health, methods=["GET"]),
-            Route("/v1/console/register", self._endpoint(p.RegisterRequest, broker.register), methods=["POST"]),
-            Route("/v1/console/acquire", self._endpoint(p.AcquireRequest, broker.acquire), methods=["POST"]),
-            Route("/v1/console/purchase", self._endpoint(p.PurchaseRequest, broker.purchase), methods=["POST"]),
-            Route("/v1/console/confirm", self._endpoint(p.ConfirmRequest, broker.confirm), methods=["POST"]),
-        ]
-        if console_key is not None:  # the staff's web console (vhw.webconsole.desk)
-            from ..webconsole.desk import DeskConsole
+        calls: dict[str, Callable[[str, Any], Any]] = {
+            "/v1/console/register": broker.register,
+            "/v1/console/acquire": broker.acquire,
+            "/v1/console/purchase": broker.purchase,
+            "/v1/console/confirm": broker.confirm,
+        }
+        routes: list[BaseRoute] = [Route("/v1/health", self.health, methods=["GET"])]
+        # the same console endpoints as the licensing server's (vhw.httpapi), relayed and charged
+        routes += [Route(c.path, self._endpoint(c.request, calls[c.path]), methods=["POST"]) for c in CONSOLE_ENDPOINTS]
+        routes += mounts or []  # the staff's web console (vhw.webconsole.desk), from above
+        self.app = Starlette(routes=routes, exception_handlers={HTTPException: _http_error})
 
-            routes.append(Mount("/console", app=DeskConsole(broker, console_key, token).app()))
-        self.app = Starlette(routes=routes, exception_handlers={HTTPException: lambda req, exc: _error_response(exc)})
-
-    async def __call__(self, scope, receive, send) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self.app(scope, receive, send)
 
-    async def health(self, request):
-        from starlette.responses import JSONResponse
-
-        from .. import __version__
-
+    async def health(self, request: Request) -> Response:
         return JSONResponse(p.encode(p.Health("ok", "broker", __version__)))
 
-    def _endpoint(self, request_cls, call):
-        import anyio
-        from starlette.responses import JSONResponse
-
-        from ..server.app import ApiError, _error_response, _json, _read_body, drain
-
-        async def handle(request):
+    def _endpoint(self, request_cls: type, call: Callable[[str, Any], Any]) -> Handler:
+        async def handle(request: Request) -> Response:
             response = await respond(request)
             if response.status_code != 200:
                 await drain(request)
             return response
 
-        async def respond(request):
+        async def respond(request: Request) -> Response:
             try:
                 account = await anyio.to_thread.run_sync(self._account, request.headers.get("authorization", ""))
-                msg = p.decode(request_cls, await _read_body(request))
+                msg: object = p.decode(request_cls, await read_body(request))
                 result = await anyio.to_thread.run_sync(call, account, msg)
                 return JSONResponse(p.encode(result))
             except PaymentDeclined as exc:
-                return _json(402, "payment-declined", exc.message)
+                return error_json(402, "payment-declined", exc.message)
             except NetworkError as exc:
-                return _json(502, "server-unreachable", f"the licensing server cannot be reached ({exc.message})")
+                return error_json(502, "server-unreachable", f"the licensing server cannot be reached ({exc.message})")
             except ServerError as exc:
                 if exc.status and 400 <= exc.status < 500:
-                    return _json(exc.status, "refused", exc.message)
-                return _json(502, "server-error", exc.message)
+                    return error_json(exc.status, "refused", exc.message)
+                return error_json(502, "server-error", exc.message)
             except (Refusal, ApiError, p.ProtocolError, Exception) as exc:
-                return _error_response(exc)
+                return error_response(exc)
 
         return handle
 
     def _account(self, header: str) -> str:
         import base64
         import binascii
-
-        from ..server.app import ApiError
 
         scheme, _, value = header.partition(" ")
         if scheme.lower() != "basic":
@@ -93,17 +90,25 @@ class BrokerApp:
         return name
 
 
-async def serve(home: BrokerHome, *, listen: tuple[str, int] | None = None, ready=None) -> None:
-    from ..server.app import _split, serve_app
-    from ..webconsole.web import session_key
+async def _http_error(request: Request, exc: Exception) -> Response:
+    return error_response(exc)
 
+
+async def serve(
+    home: BrokerHome,
+    *,
+    listen: tuple[str, int] | None = None,
+    ready: Callable[[str], None] | None = None,
+    consoles: Callable[[Broker, str], list[Mount]] | None = None,
+) -> None:
+    """Serve the broker until SIGINT/SIGTERM. ``consoles``: the web consoles to mount (made with
+    the service and the broker's credential token)."""
     cfg = home.config()
-    key = session_key(home.path("console-session.key"))
     token = Credential.load(home.path("credential.json")).token
     with home.broker() as broker:
         await serve_app(
-            BrokerApp(broker, key, token),
-            listen=listen or _split(cfg.listen),
+            BrokerApp(broker, consoles(broker, token) if consoles else None),
+            listen=listen or split_listen(cfg.listen),
             certfile=home.path("tls.pem"),
             keyfile=home.path("tls-key.pem"),
             ready=ready,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
@@ -15,7 +16,10 @@ from . import App, emit, pass_app, show_audit, vhw
 from .params import LISTEN
 
 if TYPE_CHECKING:  # (the broker's modules load only for its commands)
+    from starlette.routing import Mount
+
     from ..broker.home import BrokerHome
+    from ..broker.service import Broker
 
 FC = TypeVar("FC", bound=Callable[..., object])
 
@@ -121,8 +125,18 @@ def broker_run(app: App, home: Path | None, listen: tuple[str, int] | None) -> N
 
     from ..broker.app import serve
 
-    trio.run(lambda: serve(h, listen=listen, ready=ready))
+    trio.run(lambda: serve(h, listen=listen, ready=ready, consoles=partial(desk_console, h)))
     click.echo("vhw broker stopped")
+
+
+def desk_console(home: BrokerHome, broker: Broker, token: str) -> list[Mount]:
+    """The broker staff's web console, mounted at /console/ of the broker."""
+    from starlette.routing import Mount
+
+    from ..webconsole.desk import DeskConsole
+    from ..webconsole.web import session_key
+
+    return [Mount("/console", app=DeskConsole(broker, session_key(home.path("console-session.key")), token).app())]
 
 
 @broker.group("account")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,7 +17,10 @@ from . import App, pass_app, show_audit, vhw
 from .params import LISTEN
 
 if TYPE_CHECKING:  # (the server's modules load only for its commands)
+    from starlette.routing import Mount
+
     from ..server.home import ServerHome
+    from ..server.licensing import Licensing
 
 # (the server's modules themselves, trio, hypercorn, starlette and the stores, load only when a
 # server command runs)
@@ -94,6 +98,17 @@ def server_init(
 
 
 RUN_KEYS = {"home", "listen", "db", "workers", "log_format", "metrics_listen"}
+
+
+def repair_console(home: ServerHome, lic: Licensing) -> list[Mount]:
+    """The repair center's web console, mounted at /console/ of the licensing server."""
+    from starlette.routing import Mount
+
+    from ..webconsole.repair import RepairConsole
+    from ..webconsole.web import session_key
+
+    key = session_key(home.path("console-session.key"))
+    return [Mount("/console", app=RepairConsole(lic, key, home.path("console-files")).app())]
 
 
 def load_config(ctx: click.Context, param: click.Parameter, path: Path | None) -> Path | None:
@@ -197,8 +212,9 @@ def server_run(
     log_format, metrics_listen), from VHW_SERVER_<OPTION> in the environment, or from the flag;
     the flag wins over the environment, which wins over the file.
     """
-    from ..server.app import run_workers, serve
+    from ..server.app import serve
     from ..server.logs import configure
+    from ..server.workers import run_workers
 
     configure(log_format)
     h = server_home(app, home)
@@ -231,6 +247,7 @@ def server_run(
                         ready=ready,
                         reuse_port=reuse_port,
                         metrics_listen=metrics_listen,
+                        consoles=partial(repair_console, h),
                     )
                 )
     except OSError as exc:
@@ -351,7 +368,7 @@ def server_rotate(app: App, home: Path | None, database: str | None) -> None:
 @click.option("-o", "--out", type=click.Path(path_type=Path, dir_okay=False), help="Write here, not to stdout.")
 def server_openapi(out: Path | None) -> None:
     """Print the OpenAPI document of the licensing API."""
-    from ..server.app import openapi_document, write_openapi
+    from ..server.endpoints import openapi_document, write_openapi
 
     if out:
         write_openapi(out)

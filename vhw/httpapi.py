@@ -1,0 +1,234 @@
+"""What the licensing server and the broker share of HTTP: errors as JSON, body reading, serving.
+
+Every failure of a request becomes one status and one JSON line ``{"error", "message"}`` in one
+place (:func:`error_response`); request bodies are read with a size bound and parsed strictly
+(:func:`read_body`); :func:`serve_app` serves an ASGI app over TLS with hypercorn's trio worker.
+The console endpoints' table (:data:`CONSOLE_ENDPOINTS`) is here too: the server serves them, and
+a broker relays the same ones.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import signal
+import socket
+import ssl
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import NoReturn
+
+import trio
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp
+
+from . import protocol as p
+from .errors import Refusal, ServerError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ConsoleEndpoint:
+    """An endpoint a console calls: on the licensing server (direct mode) or on a broker."""
+
+    path: str
+    request: type
+    response: type
+    summary: str
+
+
+CONSOLE_ENDPOINTS = (
+    ConsoleEndpoint("/v1/console/register", p.RegisterRequest, p.RegisterResponse, "User registration (S1-S7)"),
+    ConsoleEndpoint(
+        "/v1/console/acquire", p.AcquireRequest, p.AcquireResponse, "MID registration and key acquisition (S11-S17)"
+    ),
+    ConsoleEndpoint(
+        "/v1/console/purchase",
+        p.PurchaseRequest,
+        p.AcquireResponse,
+        "A license bought for a disc without a MID (FIG. 15; through a broker)",
+    ),
+    ConsoleEndpoint(
+        "/v1/console/confirm", p.ConfirmRequest, p.Done, "The copy is complete: the MID's flag becomes final"
+    ),
+)
+
+
+class ApiError(Exception):
+    """A request refused at the HTTP level: its status, a stable code and one line (and, for a
+    503, how long to wait: ``retry_after`` seconds)."""
+
+    def __init__(self, status: int, code: str, message: str, *, retry_after: int | None = None):
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+        self.retry_after = retry_after
+
+
+def error_json(status: int, code: str, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(p.encode(p.ErrorBody(code, message[:500])), status_code=status, headers=headers)
+
+
+def error_response(exc: BaseException) -> JSONResponse:
+    """Every failure of a request, mapped to one status and one line: the one place where domain
+    errors become HTTP statuses (the CLI's exit codes are in :mod:`vhw.errors`)."""
+    if isinstance(exc, Refusal):
+        return error_json(403, exc.code, exc.text)
+    if isinstance(exc, ApiError):
+        headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
+        return error_json(exc.status, exc.code, exc.message, headers)
+    if isinstance(exc, p.ProtocolError):
+        return error_json(422, "invalid-request", str(exc))
+    if isinstance(exc, ServerError):
+        return error_json(exc.status or 400, "refused", exc.message)
+    if isinstance(exc, HTTPException):
+        code = {404: "not-found", 405: "method-not-allowed"}.get(exc.status_code, "http-error")
+        return error_json(exc.status_code, code, str(exc.detail), exc.headers)  # e.g. 405's Allow
+    log.exception("internal error while serving a request")
+    return error_json(500, "internal-error", "internal server error")
+
+
+DRAIN_LIMIT = 1024 * 1024  # an oversize body is read and dropped up to here, so the 413 arrives
+
+
+async def too_large(request: Request, seen: int) -> ApiError:
+    """Discard the rest of an oversize body (up to DRAIN_LIMIT) so the client reads our answer
+    instead of a reset; past that the connection is simply closed."""
+    async for chunk in request.stream():
+        seen += len(chunk)
+        if seen > DRAIN_LIMIT:
+            break
+    return ApiError(413, "too-large", f"request body over {p.MAX_BODY} bytes")
+
+
+async def drain(request: Request) -> None:
+    """Read what is left of a request's body (up to DRAIN_LIMIT) before answering early (401,
+    403, ...): a body left unread makes the connection unusable for the client's next request."""
+    try:
+        seen = 0
+        async for chunk in request.stream():
+            seen += len(chunk)
+            if seen > DRAIN_LIMIT:
+                break
+    except Exception:  # consumed already, or the client is gone: nothing to drain
+        pass
+
+
+async def read_body(request: Request) -> object:
+    """The request's JSON body, at most ``MAX_BODY`` bytes, or :class:`ApiError`."""
+    length = request.headers.get("content-length")
+    if length is not None and (not length.isdigit() or int(length) > p.MAX_BODY):
+        raise await too_large(request, 0)
+    ctype = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+    if ctype != "application/json":
+        raise ApiError(415, "unsupported-media-type", "the body must be application/json")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > p.MAX_BODY:
+            raise await too_large(request, len(body))
+    try:
+        return json.loads(body, parse_constant=_no_constants)
+    except (ValueError, RecursionError):
+        raise ApiError(400, "bad-json", "the body is not valid JSON") from None
+
+
+def _no_constants(name: str) -> NoReturn:
+    raise ValueError(name)
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    """``host:port`` (or ``[v6]:port``) as (host, port)."""
+    host, _, port = listen.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def raise_file_limit() -> None:
+    """Every connection is a file descriptor: allow as many as the system lets this process have
+    (Debian's default soft limit, 1024, would cap a busy server)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = 1 << 20
+    if soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+async def serve_app(
+    app: ASGIApp,
+    *,
+    listen: tuple[str, int],
+    certfile: Path,
+    keyfile: Path,
+    client_ca: Path | None = None,
+    reuse_port: bool = False,
+    ready: Callable[[str], None] | None = None,
+    insecure: tuple[str, int] | None = None,
+    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve an ASGI app over TLS with hypercorn's trio worker until SIGINT/SIGTERM (and over
+    plain HTTP at ``insecure``, where the app answers only what it allows there)."""
+    from hypercorn.config import Config
+    from hypercorn.trio import serve as hypercorn_serve
+
+    raise_file_limit()
+
+    host, port = listen
+    config = Config()
+    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    if reuse_port:
+        sock = reuse_port_socket(host, port)
+        config.bind = [f"fd://{sock.fileno()}"]
+    if insecure is not None:
+        config.insecure_bind = [
+            f"[{insecure[0]}]:{insecure[1]}" if ":" in insecure[0] else f"{insecure[0]}:{insecure[1]}"
+        ]
+    config.certfile = str(certfile)
+    config.keyfile = str(keyfile)
+    if client_ca is not None:
+        config.ca_certs = str(client_ca)
+        config.verify_mode = ssl.CERT_REQUIRED
+    config.accesslog = None
+    config.errorlog = logging.getLogger("vhw.server.hypercorn")
+    config.h11_max_incomplete_size = 16 * 1024  # request line + headers
+    config.keep_alive_timeout = 30
+    config.read_timeout = 30  # a client that stops sending is dropped
+    config.graceful_timeout = 5
+    config.ssl_handshake_timeout = 10
+    config.backlog = 1024
+    shutdown = trio.Event()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_on_signals, shutdown)
+        # (hypercorn's ASGI types are stricter than Starlette's; the app is an ASGI 3 app all the same)
+        serving = partial(hypercorn_serve, app, config, shutdown_trigger=shutdown.wait)  # type: ignore[arg-type]
+        binds = await nursery.start(serving)
+        url = next((b for b in binds if b.startswith("https")), binds[0])
+        if ready:
+            ready(url)
+        task_status.started(url)
+        await shutdown.wait()
+        # hypercorn returns once open requests are done; then stop watching signals
+        nursery.cancel_scope.deadline = trio.current_time() + config.graceful_timeout + 1
+
+
+async def _on_signals(shutdown: trio.Event) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for _ in signals:
+            shutdown.set()
+            return
+
+
+def reuse_port_socket(host: str, port: int) -> socket.socket:
+    """A listening address that several processes can bind (SO_REUSEPORT)."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    return sock

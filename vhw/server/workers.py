@@ -1,0 +1,104 @@
+"""Several licensing server processes on one port, supervised: ``vhw server run --workers N``."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from collections.abc import Callable
+from types import FrameType
+
+from ..errors import StateError
+from ..httpapi import reuse_port_socket, split_listen
+from . import metrics
+from .home import ServerHome
+
+log = logging.getLogger(__name__)
+
+
+def run_workers(
+    home: ServerHome,
+    *,
+    workers: int,
+    listen: tuple[str, int] | None,
+    database: str | None,
+    ready: Callable[[str], None],
+    log_format: str = "text",
+    metrics_listen: tuple[str, int] | None = None,
+) -> int:
+    """Supervise ``workers`` server processes on one port until SIGINT/SIGTERM.
+
+    Each worker is ``vhw server run --reuse-port`` on the same address (one database behind them
+    all, PostgreSQL for real load). A worker that dies is replaced; a stop signal is passed on to
+    all of them, and they finish their open requests first. They count their metrics into one
+    multiprocess folder (``metrics/`` in the home, wiped at each start), so that any of them
+    answers /metrics for all; the first one also serves ``metrics_listen``.
+    """
+    import shutil
+    import subprocess
+    import sys
+    import time
+
+    host, port = listen or split_listen(home.config().listen)
+    holder = reuse_port_socket(host, port)  # fixes the port (when 0 was asked) until all listen
+    port = holder.getsockname()[1]
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    argv = [
+        sys.executable,
+        "-m",
+        "vhw",
+        "server",
+        "run",
+        "--home",
+        str(home.root),
+        "--listen",
+        address,
+        "--reuse-port",
+        "--log-format",
+        log_format,
+        *(["--db", database] if database else []),
+    ]
+    multiproc = home.path("metrics")
+    shutil.rmtree(multiproc, ignore_errors=True)
+    multiproc.mkdir(mode=0o700)
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(multiproc)}
+    scrape = ["--metrics-listen", f"{metrics_listen[0]}:{metrics_listen[1]}"] if metrics_listen else []
+    stopping = False
+
+    def start(first: bool = False) -> subprocess.Popen[str]:
+        proc = subprocess.Popen(argv + (scrape if first else []), stdout=subprocess.PIPE, text=True, env=env)
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if "listening on" not in line:
+            proc.kill()
+            raise StateError(f"a server worker did not start ({line.strip() or 'no output'})")
+        return proc
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+
+    old = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    procs = [start(first=i == 0) for i in range(workers)]
+    holder.close()
+    ready(f"https://{address} ({workers} processes: {', '.join(str(p.pid) for p in procs)})")
+    try:
+        while not stopping:
+            for i, proc in enumerate(procs):
+                if proc.poll() is not None and not stopping:
+                    log.warning("server process %d ended (%s); starting another", proc.pid, proc.returncode)
+                    metrics.mark_dead(proc.pid, str(multiproc))
+                    procs[i] = start(first=i == 0)
+            time.sleep(0.1)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+    return 0
