@@ -29,7 +29,7 @@ class Story:
         self.env = {**os.environ, "VHW_HOME": str(root / "home")}
         self.env.pop("VHW_CONSOLE", None)
         self.step = 0
-        self.server: subprocess.Popen | None = None
+        self.server: subprocess.Popen[str] | None = None
 
     def say(self, text: str) -> None:
         self.step += 1
@@ -51,8 +51,8 @@ class Story:
             raise StateError(f"demo step `vhw {self.show(argv)}` exited {proc.returncode}, expected {expect}")
         return proc.stdout
 
-    def shell(self, *argv: object) -> None:
-        argv = [str(a) for a in argv]
+    def shell(self, *args: object) -> None:
+        argv = [str(a) for a in args]
         click.secho(f"$ {self.show(argv)}", fg="cyan")
         out = subprocess.run(argv, cwd=self.root, capture_output=True, text=True, check=True).stdout.rstrip()
         if out:
@@ -69,6 +69,7 @@ class Story:
             stderr=open(self.root / "server.log", "wb"),
             text=True,
         )
+        assert self.server.stdout is not None
         line = self.server.stdout.readline()
         if "listening on" not in line:
             raise StateError(f"the demo's server did not start: {(self.root / 'server.log').read_text()[-500:]}")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 
@@ -77,7 +78,7 @@ class BrokerHome:
         return SqliteStore(self.path("broker.db"))
 
     @contextlib.contextmanager
-    def broker(self):
+    def broker(self) -> Iterator[Broker]:
         """A Broker over this home's database, relaying to the server with its credential."""
         from ..client import Client, tls_context
 

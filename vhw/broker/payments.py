@@ -12,6 +12,11 @@ failing the Luhn check is refused as invalid. Its state lives in the broker's da
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..server.store import Store
+
 import hashlib
 import secrets
 from typing import Protocol
@@ -50,7 +55,7 @@ def clean_number(number: str) -> str:
 class TestProcessor:
     """A processor in test mode, keeping its tokens and authorizations in the broker's store."""
 
-    def __init__(self, store):
+    def __init__(self, store: Store) -> None:
         self.store = store
 
     def tokenize(self, number: str) -> tuple[str, str]:

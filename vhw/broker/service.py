@@ -36,14 +36,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol, TypeVar
 
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from .. import crypto
 from .. import protocol as p
 from ..errors import ImageError, PaymentDeclined, Refusal, StateError
-from ..server.store import Store
+from ..server.store import Row, Store, Tx
 from .payments import Processor
+
+M = TypeVar("M")
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +101,12 @@ class BrokerConfig:
         return cfg
 
 
+class Relay(Protocol):
+    """Sends a message to the licensing server and decodes its answer (``Client.call``)."""
+
+    def __call__(self, path: str, msg: Any, answer: type[M], /) -> M: ...
+
+
 @dataclass(frozen=True)
 class Hold:
     hold: str
@@ -115,7 +124,7 @@ class Broker:
         store: Store,
         processor: Processor,
         config: BrokerConfig,
-        relay: Callable[[str, object, type], object],
+        relay: Relay,
         clock: Callable[[], float] = time.time,
     ):
         self.store = store
@@ -127,7 +136,7 @@ class Broker:
     def _now(self) -> int:
         return int(self.clock())
 
-    def _audit(self, tx, actor: str, action: str, subject: str, **detail) -> None:
+    def _audit(self, tx: Tx, actor: str, action: str, subject: str, **detail: object) -> None:
         tx.execute(
             "INSERT INTO audit (at, actor, action, subject, detail) VALUES (?, ?, ?, ?, ?)",
             self._now(),
@@ -182,7 +191,7 @@ class Broker:
         candidate = hash_password(password, salt)
         return row is not None and crypto.equal(candidate, bytes(row[0]))
 
-    def accounts(self) -> list[dict]:
+    def accounts(self) -> list[dict[str, Any]]:
         """Every account with its balance and card on file (the staff's list)."""
         with self.store.transaction() as tx:
             rows = tx.all(
@@ -195,7 +204,7 @@ class Broker:
             for n, c, t, b in rows
         ]
 
-    def revenue(self) -> dict:
+    def revenue(self) -> dict[str, Any]:
         """Charges, with the platform's and the broker's shares, per title and per day (UTC)."""
         with self.store.transaction() as tx:
             rows = tx.all("SELECT what, at, cents, platform, broker FROM charges ORDER BY at")
@@ -210,7 +219,7 @@ class Broker:
                 row[3] += brok
         return {"by_title": sorted(by_title.items()), "by_day": sorted(by_day.items())}
 
-    def _require(self, tx, name: str) -> tuple:
+    def _require(self, tx: Tx, name: str) -> Row:
         row = tx.one("SELECT card_token, card_last4 FROM accounts WHERE name = ?", name)
         if row is None:
             raise StateError(f"no account {name}")
@@ -244,10 +253,10 @@ class Broker:
 
     def balance(self, name: str) -> int:
         with self.store.transaction() as tx:
-            row = tx.one("SELECT COALESCE(SUM(cents), 0) FROM ledger WHERE account = ?", f"user:{name}")
-        return -row[0]
+            row = tx.row("SELECT COALESCE(SUM(cents), 0) FROM ledger WHERE account = ?", f"user:{name}")
+        return -int(row[0])
 
-    def statement(self, name: str) -> dict:
+    def statement(self, name: str) -> dict[str, Any]:
         with self.store.transaction() as tx:
             token, last4 = self._require(tx, name)
             entries = tx.all("SELECT at, txn, cents, memo FROM ledger WHERE account = ? ORDER BY id", f"user:{name}")
@@ -260,11 +269,11 @@ class Broker:
             "charges": [{"at": a, "txn": t, "cents": c, "what": w, "method": m} for a, t, c, w, m in charges],
         }
 
-    def ledger_totals(self) -> dict:
+    def ledger_totals(self) -> dict[str, Any]:
         with self.store.transaction() as tx:
-            total = tx.one("SELECT COALESCE(SUM(cents), 0) FROM ledger")[0]
-            by_account = dict(tx.all("SELECT account, SUM(cents) FROM ledger GROUP BY account"))
-            charged = tx.one(
+            total = tx.row("SELECT COALESCE(SUM(cents), 0) FROM ledger")[0]
+            by_account: dict[str, int] = dict(tx.all("SELECT account, SUM(cents) FROM ledger GROUP BY account"))
+            charged = tx.row(
                 "SELECT COALESCE(SUM(cents), 0), COALESCE(SUM(platform), 0), COALESCE(SUM(broker), 0) FROM charges"
             )
             unbalanced = tx.all("SELECT txn FROM ledger GROUP BY txn HAVING SUM(cents) <> 0")
@@ -287,7 +296,7 @@ class Broker:
             "accounts": {k: v for k, v in sorted(by_account.items())},
         }
 
-    def _post(self, tx, txn: str, entries: list[tuple[str, int]], memo: str) -> None:
+    def _post(self, tx: Tx, txn: str, entries: list[tuple[str, int]], memo: str) -> None:
         assert sum(c for _, c in entries) == 0, "a ledger transaction must balance"
         for account, cents in entries:
             tx.execute(
@@ -307,8 +316,8 @@ class Broker:
         hold_id = "hold_" + secrets.token_hex(8)
         with self.store.transaction() as tx:
             token, _ = self._require(tx, name)
-            balance = -tx.one("SELECT COALESCE(SUM(cents), 0) FROM ledger WHERE account = ?", f"user:{name}")[0]
-            held = tx.one(
+            balance = -tx.row("SELECT COALESCE(SUM(cents), 0) FROM ledger WHERE account = ?", f"user:{name}")[0]
+            held = tx.row(
                 "SELECT COALESCE(SUM(cents), 0) FROM holds WHERE account = ? AND method = 'prepaid' AND state = 'held'",
                 name,
             )[0]
@@ -342,7 +351,7 @@ class Broker:
     def capture(self, h: Hold, what: str) -> None:
         platform = h.cents * self.config.platform_share // 100
         broker = h.cents - platform
-        if h.method == "card":
+        if h.method == "card" and h.auth:
             self.processor.capture(h.auth)
         payer = f"user:{h.account}" if h.method == "prepaid" else "processor:receivable"
         with self.store.transaction() as tx:
@@ -380,7 +389,7 @@ class Broker:
             )
 
     def release(self, h: Hold) -> None:
-        if h.method == "card":
+        if h.method == "card" and h.auth:
             self.processor.void(h.auth)
         with self.store.transaction() as tx:
             tx.execute("UPDATE holds SET state = 'released' WHERE hold = ? AND state = 'held'", h.hold)
@@ -399,12 +408,12 @@ class Broker:
     def purchase(self, account: str, req: p.PurchaseRequest) -> p.AcquireResponse:
         return self._charged("/v1/broker/purchase", req, account)
 
-    def _relay(self, path: str, req, answer: type, account: str):
+    def _relay(self, path: str, req: p.RegisterRequest | p.ConfirmRequest, answer: type[M], account: str) -> M:
         with self.store.transaction() as tx:
             self._audit(tx, f"account:{account}", "relay", path, mc_id=req.mc_id)
         return self.relay(path, req, answer)
 
-    def _charged(self, path: str, req, account: str) -> p.AcquireResponse:
+    def _charged(self, path: str, req: p.AcquireRequest, account: str) -> p.AcquireResponse:
         try:
             h = self.hold(account)
         except PaymentDeclined as declined:

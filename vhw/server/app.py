@@ -37,8 +37,9 @@ from . import metrics
 from .auditlog import Chainer
 from .batcher import Batcher
 from .endpoints import BATCHED, CONSOLE, ENDPOINTS, Endpoint, openapi_text
-from .home import ServerHome, token_hash
+from .home import ServerHome
 from .licensing import Licensing
+from .queries import Queries, token_hash
 from .store import Conflict, PostgresStore
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,7 @@ class App:
         mounts: Sequence[Mount] = (),
     ):
         self.lic = lic
+        self.queries = Queries(lic.store)
         self.mode = mode
         self.batcher = Batcher(lic)
         self.limiter = anyio.CapacityLimiter(STORE_THREADS)
@@ -166,9 +168,7 @@ class App:
 
     def _lookup(self, token: str) -> tuple[str, str] | None:
         # Looked up by SHA-256: the database never holds a token, and the comparison is of hashes.
-        with self.lic.store.transaction() as tx:
-            row = tx.one("SELECT role, name FROM credentials WHERE token_hash = ?", token_hash(token))
-        return (row[0], row[1]) if row else None
+        return self.queries.credential(token_hash(token))
 
     async def handle(self, ep: Endpoint, request: Request) -> Response:
         try:

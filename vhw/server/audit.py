@@ -112,20 +112,21 @@ def verify(
 ) -> Verdict:
     """Check the chain (entries in position order; unchained ones last, any order) and the signed
     heads. ``check_signature(message, signature)`` checks one head against the platform CA."""
-    chained, pending = [], 0
+    chained: list[tuple[int, Entry]] = []
+    pending = 0
     for e in entries:
         if e.position is None:
             pending += 1
         else:
-            chained.append(e)
-    chained.sort(key=lambda e: e.position)
+            chained.append((e.position, e))
+    chained.sort(key=lambda x: x[0])
     at_position: dict[int, bytes] = {}
     prev, expected = GENESIS, 1
     seen_seq: set[int] = set()
-    for e in chained:
-        where = f"entry {e.seq} (position {e.position}, {e.action} {e.subject})"
-        if e.position != expected:
-            what = "missing" if e.position > expected else "repeated"
+    for position, e in chained:
+        where = f"entry {e.seq} (position {position}, {e.action} {e.subject})"
+        if position != expected:
+            what = "missing" if position > expected else "repeated"
             return Verdict(
                 False,
                 len(chained),
@@ -144,9 +145,9 @@ def verify(
                 0,
                 f"{where}: it does not follow the entry before it (deleted or reordered entries)",
             )
-        if e.hash != entry_hash(prev, e.position, e):
+        if e.hash is None or e.hash != entry_hash(prev, position, e):
             return Verdict(False, len(chained), pending, 0, f"{where}: its content was changed")
-        at_position[e.position] = e.hash
+        at_position[position] = e.hash
         prev, expected = e.hash, expected + 1
     count = 0
     for h in heads:

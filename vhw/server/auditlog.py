@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from . import audit
-from .store import Store
+from .store import Store, Tx
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +23,7 @@ CHAIN_BATCH = 5000  # entries linked per transaction
 LOCK_ID = 0x5648_5701  # PostgreSQL advisory lock: one chainer at a time across processes
 
 
-def _head(tx) -> tuple[int, bytes]:
+def _head(tx: Tx) -> tuple[int, bytes]:
     row = tx.one("SELECT position, hash FROM audit WHERE position IS NOT NULL ORDER BY position DESC LIMIT 1")
     return (row[0], bytes(row[1])) if row else (0, audit.GENESIS)
 
@@ -34,7 +34,7 @@ def chain_pending(store: Store) -> tuple[int, bytes, int]:
     linked = 0
     with store.transaction() as tx:
         if store.dialect == "postgres":
-            if not tx.one("SELECT pg_try_advisory_xact_lock(?)", LOCK_ID)[0]:
+            if not tx.row("SELECT pg_try_advisory_xact_lock(?)", LOCK_ID)[0]:
                 return (*_head(tx), 0)
         head = _head(tx)
         while True:
@@ -49,7 +49,9 @@ def chain_pending(store: Store) -> tuple[int, bytes, int]:
                 "UPDATE audit SET position = ?, prev_hash = ?, hash = ? WHERE seq = ?",
                 [(e.position, e.prev_hash, e.hash, e.seq) for e in entries],
             )
-            head = (entries[-1].position, entries[-1].hash)
+            last = entries[-1]
+            assert last.position is not None and last.hash is not None  # (chain() set them)
+            head = (last.position, last.hash)
             linked += len(entries)
     return (*head, linked)
 

@@ -18,25 +18,33 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import logging
 import os
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from .. import bindings, crypto, pki
 from ..crypto import equal as crypto_equal
 from ..devices.files import atomic_write, describe_os_error, fsync_dir
 from ..errors import ImageError, StateError
+from ..ids import ID_FIELDS
 from ..roles import ROLES
-from .licensing import ID_FIELDS, Licensing, Policy
+from .licensing import Licensing, Policy
+from .queries import token_hash
 from .store import Store, open_store
+
+if TYPE_CHECKING:
+    import subprocess
+
+    from .auditlog import Chainer
 
 WHAT = "server home"
 log = logging.getLogger(__name__)
@@ -102,14 +110,10 @@ class Credential:
         return cred
 
 
-def _last_line(proc) -> str:
+def _last_line(proc: subprocess.CompletedProcess[str]) -> str:
     """What a failed tool said last, or its exit code."""
     text = proc.stderr.strip()
     return text.splitlines()[-1] if text else str(proc.returncode)
-
-
-def token_hash(token: str) -> bytes:
-    return hashlib.sha256(token.encode()).digest()
 
 
 class ServerHome:
@@ -137,7 +141,7 @@ class ServerHome:
         *,
         listen: str = "127.0.0.1:8443",
         url: str | None = None,
-        hosts: list[str] = (),
+        hosts: Sequence[str] = (),
         database: str = "",
         identify_by: list[str] | None = None,
         mode: str = "direct",
@@ -236,8 +240,11 @@ class ServerHome:
 
         return x509.load_pem_x509_certificate(self.path("ca.pem").read_bytes()).public_bytes(serialization.Encoding.DER)
 
-    def ca_key(self):
-        return serialization.load_pem_private_key(self.path("ca-key.pem").read_bytes(), password=None)
+    def ca_key(self) -> ec.EllipticCurvePrivateKey:
+        key = serialization.load_pem_private_key(self.path("ca-key.pem").read_bytes(), password=None)
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            raise ImageError(self.path("ca-key.pem"), "not the platform CA's key (ECDSA)")
+        return key
 
     def database_url(self, override: str | None = None) -> str:
         return override or self.config().database or f"sqlite:///{self.path('vhw.db')}"
@@ -245,7 +252,7 @@ class ServerHome:
     def store(self, database: str | None = None) -> Store:
         return open_store(self.database_url(database))
 
-    def _make_signing_key(self, ca_der: bytes, ca_key) -> None:
+    def _make_signing_key(self, ca_der: bytes, ca_key: ec.EllipticCurvePrivateKey) -> None:
         cert_der, key = pki.issue_signer(ca_der, ca_key, "vhw platform signing key")
         atomic_write(self.path("signing-key.pem"), pki.key_pem(key), mode=0o600)
         atomic_write(self.path("signing.pem"), pki.cert_pem(cert_der))
@@ -298,7 +305,7 @@ class ServerHome:
         finally:
             os.close(fd)
 
-    def chainer(self, store: Store):
+    def chainer(self, store: Store) -> Chainer:
         from .auditlog import Chainer
 
         return Chainer(store, self.signer(), self.path("audit-heads.jsonl"))
@@ -503,7 +510,7 @@ def restore(home: ServerHome, source: Path, database: str | None = None) -> int:
             store.migrate()
             home.check_master_key(store)
             with store.transaction() as tx:
-                row = tx.one("SELECT MAX(position) FROM audit")
+                row = tx.row("SELECT MAX(position) FROM audit")
                 reached = row[0] or 0
                 # the restore itself is part of the history (chained when the server next runs)
                 tx.execute(

@@ -51,7 +51,7 @@ def registry() -> CollectorRegistry:
     """The registry to answer /metrics from: this process's, or every process's in multiprocess mode."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         collected = CollectorRegistry()
-        multiprocess.MultiProcessCollector(collected)
+        multiprocess.MultiProcessCollector(collected)  # type: ignore[no-untyped-call]  # (untyped in prometheus-client)
         return collected
     return REGISTRY
 
@@ -60,7 +60,7 @@ def generate() -> bytes:
     return _generate(registry())
 
 
-def pool_stats(stats: dict) -> None:
+def pool_stats(stats: dict[str, int]) -> None:
     """Record a psycopg_pool ``get_stats()`` snapshot."""
     POOL.labels("size").set(stats.get("pool_size", 0))
     POOL.labels("available").set(stats.get("pool_available", 0))
@@ -69,7 +69,7 @@ def pool_stats(stats: dict) -> None:
 
 def mark_dead(pid: int, folder: str) -> None:
     """A worker ended: its live gauges no longer count (its counters do)."""
-    multiprocess.mark_process_dead(pid, folder)
+    multiprocess.mark_process_dead(pid, folder)  # type: ignore[no-untyped-call]  # (untyped in prometheus-client)
 
 
 def refusals_by_kind() -> dict[str, int]:

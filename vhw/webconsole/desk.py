@@ -18,7 +18,7 @@ from starlette.routing import Route
 from .. import crypto
 from ..broker.service import Broker
 from ..errors import PaymentDeclined, StateError
-from ..server.home import token_hash
+from ..server.queries import token_hash
 from . import charts
 from .sessions import Session
 from .web import HEADERS, PREFIX, Console, Identity
@@ -70,7 +70,7 @@ class DeskConsole(Console):
             Route("/revenue", page(self.revenue, roles=STAFF), methods=["GET"]),
         ]
 
-    def _check(self, form: dict) -> Identity | None:
+    def _check(self, form: dict[str, str]) -> Identity | None:
         name, password = form.get("name", "").strip(), form.get("password", "")
         if not password or len(password) > 200 or len(name) > 64:
             return None
@@ -108,7 +108,7 @@ class DeskConsole(Console):
             return self.error(request, 404, exc.message)
         return self.render(request, "account.html", status=status, s=statement, message=message, error=error)
 
-    async def topup(self, request: Request, session: Session, form: dict) -> Response:
+    async def topup(self, request: Request, session: Session, form: dict[str, str]) -> Response:
         name = request.path_params["name"]
         cents = parse_cents(form.get("amount", ""))
         if cents is None:

@@ -9,10 +9,11 @@ reissue show what will change, ask for confirmation, and then call the same
 
 from __future__ import annotations
 
-import json
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import anyio
 from starlette.requests import Request
@@ -23,14 +24,18 @@ from .. import crypto
 from .. import protocol as p
 from ..console import cpu
 from ..errors import IdError, ServerError, VhwError
+from ..formats.card import Card
 from ..ids import Id, IdKind
 from ..server import metrics
-from ..server.home import token_hash
 from ..server.licensing import Licensing
+from ..server.queries import Queries, token_hash
+from ..server.store import Row
 from . import charts
 from .downloads import Downloads
 from .sessions import Session
 from .web import Console, Identity, parse_time
+
+T = TypeVar("T")
 
 OPERATOR = ("operator",)
 PAGE_SIZE = 25
@@ -46,6 +51,7 @@ REFUSAL_KINDS = (
 class RepairConsole(Console):
     def __init__(self, lic: Licensing, key: bytes, downloads: Path):
         self.lic = lic
+        self.queries = Queries(lic.store)
         self.downloads = Downloads(downloads)
         super().__init__(
             title="vhw repair center",
@@ -82,25 +88,23 @@ class RepairConsole(Console):
 
     # -- who may sign in ------------------------------------------------------------------------
 
-    def _check_token(self, form: dict) -> Identity | None:
+    def _check_token(self, form: dict[str, str]) -> Identity | None:
         token = form.get("token", "").strip()
         if not token or len(token) > 200:
             return None
         digest = token_hash(token)  # looked up by hash: the database holds no token
-        with self.lic.store.transaction() as tx:
-            row = tx.one("SELECT role, name FROM credentials WHERE token_hash = ?", digest)
-        if row is None or row[0] != "operator":
+        found = self.queries.credential(digest)
+        if found is None or found[0] != "operator":
             return None  # another role's credential (a broker's, say) opens no repair page
-        return Identity("operator", row[1], digest.hex())
+        return Identity("operator", found[1], digest.hex())
 
     def _valid(self, session: Session) -> bool:
         if session.role != "operator":
             return False
-        with self.lic.store.transaction() as tx:
-            row = tx.one("SELECT role FROM credentials WHERE token_hash = ?", bytes.fromhex(session.check))
-        return row is not None and row[0] == "operator"
+        found = self.queries.credential(bytes.fromhex(session.check))
+        return found is not None and found[0] == "operator"
 
-    async def db(self, fn, *args):
+    async def db(self, fn: Callable[..., T], *args: Any) -> T:
         return await anyio.to_thread.run_sync(fn, *args)
 
     # -- look-up --------------------------------------------------------------------------------
@@ -115,47 +119,10 @@ class RepairConsole(Console):
             return self.render(
                 request, "lookup.html", status=422, query=text, error=exc.message, users=[], media=None, hint=""
             )
-        users, media, hint = await self.db(self._find, ident)
-        return self.render(request, "lookup.html", query=str(ident), error="", users=users, media=media, hint=hint)
-
-    def _find(self, ident: Id) -> tuple[list[tuple], tuple | None, str]:
-        column = {IdKind.USER: "user_id", IdKind.CARD: "mc_id", IdKind.CLIENT: "client_id", IdKind.HDD: "hdd_id"}.get(
-            ident.kind
+        found = await self.db(self.queries.find, ident)
+        return self.render(
+            request, "lookup.html", query=str(ident), error="", users=found.users, media=found.media, hint=found.hint
         )
-        with self.lic.store.transaction() as tx:
-            if column:
-                users = tx.all(
-                    f"SELECT user_id, mc_id, client_id, hdd_id, created FROM users WHERE {column} = ? ORDER BY created",
-                    str(ident),
-                )
-                hint = ""
-                if not users:
-                    hint = self._retired_hint(tx, ident)
-                return users, None, hint
-            row = tx.one(
-                "SELECT m.mid, m.title_id, t.name, m.flagged_by, m.flagged_at, m.confirmed_at, m.purchased"
-                " FROM media m JOIN titles t ON t.title_id = m.title_id WHERE m.mid = ?",
-                str(ident),
-            )
-            users = []
-            if row and row[3]:
-                users = tx.all("SELECT user_id, mc_id, client_id, hdd_id, created FROM users WHERE user_id = ?", row[3])
-            return users, row, "" if row else f"No disc with {ident} was pressed."
-
-    @staticmethod
-    def _retired_hint(tx, ident: Id) -> str:
-        table, column = {
-            IdKind.CARD: ("cards", "mc_id"),
-            IdKind.CLIENT: ("consoles", "client_id"),
-            IdKind.HDD: ("hdds", "hdd_id"),
-        }.get(ident.kind, (None, None))
-        if table:
-            row = tx.one(f"SELECT registered, retired FROM {table} WHERE {column} = ?", str(ident))
-            if row and row[1] is not None:
-                return f"{ident} was retired (replaced by a repair or reissue); its audit entries tell by what."
-            if row:
-                return f"{ident} is registered, but no user entry holds it yet."
-        return f"No user entry holds {ident}."
 
     # -- a user's page --------------------------------------------------------------------------
 
@@ -175,34 +142,16 @@ class RepairConsole(Console):
         except IdError:
             return None
 
-    def _user_info(self, user: Id) -> dict | None:
-        with self.lic.store.transaction() as tx:
-            entry = tx.one(
-                "SELECT user_id, mc_id, client_id, hdd_id, created, card_epoch FROM users WHERE user_id = ?", str(user)
-            )
-            if entry is None:
-                return None
-            _, mc_id, client_id, hdd_id, created, epoch = entry
-            console = tx.one("SELECT registered, retired, public_key FROM consoles WHERE client_id = ?", client_id)
-            hdd = tx.one("SELECT registered, retired, public_key FROM hdds WHERE hdd_id = ?", hdd_id)
-            card = tx.one("SELECT registered, retired FROM cards WHERE mc_id = ?", mc_id)
-            titles = tx.all(
-                "SELECT m.mid, m.title_id, t.name, m.flagged_at, m.confirmed_at, m.purchased FROM media m"
-                " JOIN titles t ON t.title_id = m.title_id WHERE m.flagged_by = ? ORDER BY m.flagged_at",
-                str(user),
-            )
-            cards = tx.all(
-                "SELECT at, detail FROM audit WHERE action = 'reissue-card' AND subject = ? ORDER BY seq", str(user)
-            )
-            entries = self._audit_rows(tx, str(user), None, None, None, 0, 50)
-        epochs = [{"epoch": 0, "mc_id": json.loads(cards[0][1])["old_mc_id"] if cards else mc_id, "at": created}]
-        for at, detail in cards:
-            d = json.loads(detail)
-            epochs.append({"epoch": d.get("epoch"), "mc_id": d.get("new_mc_id"), "at": at})
+    def _user_info(self, user: Id) -> dict[str, Any] | None:
+        info = self.queries.user(user)
+        if info is None:
+            return None
+        _, mc_id, client_id, hdd_id, _, _ = info["entry"]
+        card, console, hdd = info["card"], info["console"], info["hdd"]
         return {
-            "user": entry,
-            "epoch": epoch,
-            "epochs": epochs,
+            "user": info["entry"],
+            "epoch": info["epoch"],
+            "epochs": info["epochs"],
             "devices": [
                 ("MC-ID (memory card)", mc_id, card and card[0], card and card[1], None),
                 (
@@ -220,33 +169,11 @@ class RepairConsole(Console):
                     hdd and hdd[2] and crypto.fingerprint(bytes(hdd[2])),
                 ),
             ],
-            "titles": titles,
-            "entries": entries,
+            "titles": info["titles"],
+            "entries": info["entries"],
         }
 
     # -- audit ----------------------------------------------------------------------------------
-
-    @staticmethod
-    def _audit_rows(
-        tx, ident: str | None, action: str | None, since: int | None, until: int | None, offset: int, limit: int
-    ) -> list[tuple]:
-        where, args = [], []
-        if ident:
-            where.append("(subject = ? OR detail LIKE ?)")
-            args += [ident, f'%"{ident}"%']
-        if action:
-            where.append("action = ?")
-            args.append(action)
-        if since is not None:
-            where.append("at >= ?")
-            args.append(since)
-        if until is not None:
-            where.append("at < ?")
-            args.append(until)
-        sql = "SELECT seq, at, actor, action, subject, detail FROM audit"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        return tx.all(sql + " ORDER BY seq DESC LIMIT ? OFFSET ?", *args, limit, offset)
 
     async def audit(self, request: Request, session: Session) -> Response:
         q = request.query_params
@@ -269,17 +196,12 @@ class RepairConsole(Console):
             page_no = 1
         action = q.get("kind", "").strip() or None
 
-        def load():
-            with self.lic.store.transaction() as tx:
-                kinds = [r[0] for r in tx.all("SELECT DISTINCT action FROM audit ORDER BY action")]
-                rows = (
-                    []
-                    if errors
-                    else self._audit_rows(
-                        tx, ident or None, action, since, until, (page_no - 1) * PAGE_SIZE, PAGE_SIZE + 1
-                    )
-                )
-            return kinds, rows
+        def load() -> tuple[list[str], list[Row]]:
+            kinds = self.queries.audit_kinds()
+            if errors:
+                return kinds, []
+            offset = (page_no - 1) * PAGE_SIZE
+            return kinds, self.queries.audit_page(ident or None, action, since, until, offset, PAGE_SIZE + 1)
 
         kinds, rows = await self.db(load)
         more = len(rows) > PAGE_SIZE
@@ -312,21 +234,8 @@ class RepairConsole(Console):
         now = int(time.time())
         start = (now // 3600 - 23) * 3600
 
-        def load():
-            with self.lic.store.transaction() as tx:
-                per_hour = dict(
-                    tx.all(
-                        "SELECT at / 3600, COUNT(*) FROM audit WHERE action = 'issue-keys' AND at >= ?"
-                        " GROUP BY at / 3600",
-                        start,
-                    )
-                )
-                installs = tx.one(
-                    "SELECT COALESCE(SUM(CASE WHEN confirmed_at IS NULL THEN 0 ELSE 1 END), 0),"
-                    " COALESCE(SUM(CASE WHEN confirmed_at IS NULL THEN 1 ELSE 0 END), 0)"
-                    " FROM media WHERE flagged_by IS NOT NULL"
-                )
-            return per_hour, installs, metrics.refusals_by_kind()
+        def load() -> tuple[dict[int, int], tuple[int, int], dict[str, int]]:
+            return self.queries.keys_issued_per_hour(start), self.queries.installs(), metrics.refusals_by_kind()
 
         per_hour, installs, refusals = await self.db(load)
         hours = [
@@ -349,10 +258,12 @@ class RepairConsole(Console):
 
     # -- repair, FIG. 13 ------------------------------------------------------------------------
 
-    async def _target(self, request: Request) -> tuple[Id, dict] | None:
+    async def _target(self, request: Request) -> tuple[Id, dict[str, Any]] | None:
         """The user the page is about (from its path) and what the pages show of them."""
         user = self._user_id(request)
-        info = user and await self.db(self._user_info, user)
+        if user is None:
+            return None
+        info = await self.db(self._user_info, user)
         return (user, info) if info else None
 
     async def repair_form(self, request: Request, session: Session) -> Response:
@@ -362,11 +273,17 @@ class RepairConsole(Console):
         return self._repair_page(request, found[1], {}, "")
 
     def _repair_page(
-        self, request: Request, info: dict, form: dict, error: str, preview: dict | None = None, status: int = 200
+        self,
+        request: Request,
+        info: dict[str, Any],
+        form: dict[str, str],
+        error: str,
+        preview: dict[str, Any] | None = None,
+        status: int = 200,
     ) -> Response:
         return self.render(request, "repair.html", status=status, info=info, form=form, error=error, preview=preview)
 
-    async def repair_post(self, request: Request, session: Session, form: dict) -> Response:
+    async def repair_post(self, request: Request, session: Session, form: dict[str, str]) -> Response:
         found = await self._target(request)
         if found is None:
             return self.error(request, 404, "No such user.")
@@ -413,7 +330,7 @@ class RepairConsole(Console):
             return self.error(request, 404, "No such user.")
         return self.render(request, "reissue.html", info=found[1], error="")
 
-    async def reissue_post(self, request: Request, session: Session, form: dict) -> Response:
+    async def reissue_post(self, request: Request, session: Session, form: dict[str, str]) -> Response:
         found = await self._target(request)
         if found is None:
             return self.error(request, 404, "No such user.")
@@ -459,7 +376,7 @@ class RepairConsole(Console):
         )
 
 
-def _card_bytes(card) -> bytes:
+def _card_bytes(card: Card) -> bytes:
     from ..devices import card as card_dev
 
     with tempfile.TemporaryDirectory(prefix="vhw-card-") as tmp:

@@ -14,6 +14,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import anyio
@@ -90,10 +91,10 @@ class Console:
         *,
         title: str,
         key: bytes,
-        sign_in: Callable[[dict], Identity | None],
+        sign_in: Callable[[dict[str, str]], Identity | None],
         still_valid: Callable[[Session], bool],
         home: str,
-        sign_in_fields: list[dict],
+        sign_in_fields: list[dict[str, str]],
         nav: list[tuple[str, str, tuple[str, ...]]],
     ):
         self.title, self.home = title, home
@@ -113,7 +114,7 @@ class Console:
 
     # -- rendering ------------------------------------------------------------------------------
 
-    def render(self, request: Request, template: str, status: int = 200, **context) -> HTMLResponse:
+    def render(self, request: Request, template: str, status: int = 200, **context: Any) -> HTMLResponse:
         session: Session | None = request.scope.get("console_session")
         html = _env.get_template(template).render(
             console=self,
@@ -138,7 +139,9 @@ class Console:
 
     # -- the guard ------------------------------------------------------------------------------
 
-    def page(self, handler: Callable[..., Awaitable[Response]], *, roles: tuple[str, ...] | None):
+    def page(
+        self, handler: Callable[..., Awaitable[Response]], *, roles: tuple[str, ...] | None
+    ) -> Callable[[Request], Awaitable[Response]]:
         """Wrap ``handler(request, session[, form])``: a valid session of one of ``roles`` (any
         role if None), and for a POST a form with the session's CSRF token."""
 
@@ -207,7 +210,7 @@ class Console:
         response.delete_cookie("vhw_login", path=PREFIX + "/login", secure=True, httponly=True, samesite="strict")
         return response
 
-    async def logout(self, request: Request, session: Session, form: dict) -> Response:
+    async def logout(self, request: Request, session: Session, form: dict[str, str]) -> Response:
         response = RedirectResponse(PREFIX + "/login", status_code=303, headers=HEADERS)
         response.delete_cookie(COOKIE, path=PREFIX, secure=True, httponly=True, samesite="strict")
         return response
@@ -216,7 +219,7 @@ class Console:
         return RedirectResponse(PREFIX + self.home, status_code=303, headers=HEADERS)
 
 
-async def _form(request: Request) -> dict:
+async def _form(request: Request) -> dict[str, Any]:
     """The posted form's fields as text (a form that cannot be read is an empty one)."""
     try:
         form = await request.form(max_files=0, max_fields=50)

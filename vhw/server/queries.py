@@ -1,0 +1,180 @@
+"""The licensing server's read-model: what operators' tools read of the database, in one place.
+
+The repair center's web console (:mod:`vhw.webconsole.repair`) and the server's credential check
+read the database through these methods, never with SQL of their own: the schema is the store's
+and the service's business. Every method is one short read transaction (blocking: run it in a
+worker thread).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from ..ids import Id, IdKind
+from .store import Row, Store, Tx
+
+
+def token_hash(token: str) -> bytes:
+    """What the database keeps of a credential's token: its SHA-256 (it never holds a token)."""
+    import hashlib
+
+    return hashlib.sha256(token.encode()).digest()
+
+
+@dataclass(frozen=True)
+class Found:
+    """What a look-up by any label found: the user entries that hold it, the disc (for a MID),
+    and a hint when nothing did."""
+
+    users: list[Row]
+    media: Row | None
+    hint: str
+
+
+_USER_COLUMNS = {IdKind.USER: "user_id", IdKind.CARD: "mc_id", IdKind.CLIENT: "client_id", IdKind.HDD: "hdd_id"}
+_DEVICE_TABLES = {
+    IdKind.CARD: ("cards", "mc_id"),
+    IdKind.CLIENT: ("consoles", "client_id"),
+    IdKind.HDD: ("hdds", "hdd_id"),
+}
+
+
+class Queries:
+    def __init__(self, store: Store):
+        self.store = store
+
+    # -- credentials ------------------------------------------------------------------------------
+
+    def credential(self, digest: bytes) -> tuple[str, str] | None:
+        """(role, name) of the credential whose token hashes to ``digest``, or None: the one
+        credential look-up of the server's endpoints and its web console."""
+        with self.store.transaction() as tx:
+            row = tx.one("SELECT role, name FROM credentials WHERE token_hash = ?", digest)
+        return (row[0], row[1]) if row else None
+
+    # -- look-ups -----------------------------------------------------------------------------------
+
+    def find(self, ident: Id) -> Found:
+        column = _USER_COLUMNS.get(ident.kind)
+        with self.store.transaction() as tx:
+            if column:
+                users = tx.all(
+                    f"SELECT user_id, mc_id, client_id, hdd_id, created FROM users WHERE {column} = ? ORDER BY created",
+                    str(ident),
+                )
+                return Found(users, None, "" if users else self._retired_hint(tx, ident))
+            row = tx.one(
+                "SELECT m.mid, m.title_id, t.name, m.flagged_by, m.flagged_at, m.confirmed_at, m.purchased"
+                " FROM media m JOIN titles t ON t.title_id = m.title_id WHERE m.mid = ?",
+                str(ident),
+            )
+            users = []
+            if row and row[3]:
+                users = tx.all("SELECT user_id, mc_id, client_id, hdd_id, created FROM users WHERE user_id = ?", row[3])
+            return Found(users, row, "" if row else f"No disc with {ident} was pressed.")
+
+    @staticmethod
+    def _retired_hint(tx: Tx, ident: Id) -> str:
+        found = _DEVICE_TABLES.get(ident.kind)
+        if found:
+            table, column = found
+            row = tx.one(f"SELECT registered, retired FROM {table} WHERE {column} = ?", str(ident))
+            if row and row[1] is not None:
+                return f"{ident} was retired (replaced by a repair or reissue); its audit entries tell by what."
+            if row:
+                return f"{ident} is registered, but no user entry holds it yet."
+        return f"No user entry holds {ident}."
+
+    def user(self, user: Id) -> dict[str, Any] | None:
+        """A user entry with its devices (registered, retired, public key), titles, the cards it
+        had (from the reissues in the audit log) and its latest audit entries."""
+        with self.store.transaction() as tx:
+            entry = tx.one(
+                "SELECT user_id, mc_id, client_id, hdd_id, created, card_epoch FROM users WHERE user_id = ?", str(user)
+            )
+            if entry is None:
+                return None
+            _, mc_id, client_id, hdd_id, created, epoch = entry
+            console = tx.one("SELECT registered, retired, public_key FROM consoles WHERE client_id = ?", client_id)
+            hdd = tx.one("SELECT registered, retired, public_key FROM hdds WHERE hdd_id = ?", hdd_id)
+            card = tx.one("SELECT registered, retired FROM cards WHERE mc_id = ?", mc_id)
+            titles = tx.all(
+                "SELECT m.mid, m.title_id, t.name, m.flagged_at, m.confirmed_at, m.purchased FROM media m"
+                " JOIN titles t ON t.title_id = m.title_id WHERE m.flagged_by = ? ORDER BY m.flagged_at",
+                str(user),
+            )
+            cards = tx.all(
+                "SELECT at, detail FROM audit WHERE action = 'reissue-card' AND subject = ? ORDER BY seq", str(user)
+            )
+            entries = self._audit_rows(tx, str(user), None, None, None, 0, 50)
+        epochs = [{"epoch": 0, "mc_id": json.loads(cards[0][1])["old_mc_id"] if cards else mc_id, "at": created}]
+        for at, detail in cards:
+            d = json.loads(detail)
+            epochs.append({"epoch": d.get("epoch"), "mc_id": d.get("new_mc_id"), "at": at})
+        return {
+            "entry": entry,
+            "epoch": epoch,
+            "epochs": epochs,
+            "console": console,
+            "hdd": hdd,
+            "card": card,
+            "titles": titles,
+            "entries": entries,
+        }
+
+    # -- the audit log ------------------------------------------------------------------------------
+
+    def audit_page(
+        self, ident: str | None, action: str | None, since: int | None, until: int | None, offset: int, limit: int
+    ) -> list[Row]:
+        with self.store.transaction() as tx:
+            return self._audit_rows(tx, ident, action, since, until, offset, limit)
+
+    def audit_kinds(self) -> list[str]:
+        with self.store.transaction() as tx:
+            return [r[0] for r in tx.all("SELECT DISTINCT action FROM audit ORDER BY action")]
+
+    @staticmethod
+    def _audit_rows(
+        tx: Tx, ident: str | None, action: str | None, since: int | None, until: int | None, offset: int, limit: int
+    ) -> list[Row]:
+        where: list[str] = []
+        args: list[object] = []
+        if ident:
+            where.append("(subject = ? OR detail LIKE ?)")
+            args += [ident, f'%"{ident}"%']
+        if action:
+            where.append("action = ?")
+            args.append(action)
+        if since is not None:
+            where.append("at >= ?")
+            args.append(since)
+        if until is not None:
+            where.append("at < ?")
+            args.append(until)
+        sql = "SELECT seq, at, actor, action, subject, detail FROM audit"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        return tx.all(sql + " ORDER BY seq DESC LIMIT ? OFFSET ?", *args, limit, offset)
+
+    # -- the dashboard ------------------------------------------------------------------------------
+
+    def keys_issued_per_hour(self, since: int) -> dict[int, int]:
+        with self.store.transaction() as tx:
+            rows = tx.all(
+                "SELECT at / 3600, COUNT(*) FROM audit WHERE action = 'issue-keys' AND at >= ? GROUP BY at / 3600",
+                since,
+            )
+        return {int(h): int(n) for h, n in rows}
+
+    def installs(self) -> tuple[int, int]:
+        """(confirmed, pending) installs of flagged discs."""
+        with self.store.transaction() as tx:
+            row = tx.row(
+                "SELECT COALESCE(SUM(CASE WHEN confirmed_at IS NULL THEN 0 ELSE 1 END), 0),"
+                " COALESCE(SUM(CASE WHEN confirmed_at IS NULL THEN 1 ELSE 0 END), 0)"
+                " FROM media WHERE flagged_by IS NOT NULL"
+            )
+        return int(row[0]), int(row[1])
