@@ -1,5 +1,5 @@
 # The two commands of the README. Both install what is missing first (tools/setup.sh).
-.PHONY: demo test bench setup clean
+.PHONY: demo test check setup-test screens bench setup clean
 
 VENV := .venv
 
@@ -9,9 +9,22 @@ setup:
 demo: setup
 	$(VENV)/bin/vhw demo
 
-test:
-	@bash tools/setup.sh --test
+test: setup-test check
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+setup-test:
+	@bash tools/setup.sh --test
+
+# Static checks, before the suite: types (mypy --strict over vhw/), lint and formatting (ruff over
+# vhw/, tests/ and tools/). Configured in pyproject.toml.
+check: setup-test
+	$(VENV)/bin/python -m mypy
+	$(VENV)/bin/python -m ruff check vhw tests tools
+	$(VENV)/bin/python -m ruff format --check vhw tests tools
+
+# The web consoles' screenshots in docs/screens/, taken by their browser tests.
+screens: setup-test
+	VHW_SCREENS=docs/screens $(VENV)/bin/python -m pytest tests/test_webconsole.py
 
 # Every data-path comparison in one sitting (as root: it drops the page cache); writes
 # bench/results.json and bench/results.md, the README's performance table.

@@ -4,7 +4,8 @@ servers on 127.0.0.1 over TLS, and their security properties over HTTP.
 The browser story: sign in, find a user from a typed label (a mistyped check character caught on
 the page), repair the HDD and install again with `vhw`, reissue the card and play with the new one
 (the old one refused), search the audit log, read the dashboard; and at the broker: accounts, a
-top-up, the ledger balanced, revenue. Screenshots of the main pages go to docs/screens/.
+top-up, the ledger balanced, revenue. Screenshots of the main pages go to a temporary folder
+(``make screens`` writes them to docs/screens/).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import json
 import os
 import re
 import shutil
+import tempfile
 from pathlib import Path
 
 import httpx
@@ -28,7 +30,9 @@ from .conftest import PLAY, USER
 from .servers import RunningServer, factory, publish, start_brokered, stop_brokered
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-SCREENS = Path(__file__).resolve().parent.parent / "docs" / "screens"
+# screenshots go to a temporary folder (tests change no tracked file); `make screens` sets
+# VHW_SCREENS=docs/screens to refresh the README's
+SCREENS = Path(os.environ.get("VHW_SCREENS") or tempfile.mkdtemp(prefix="vhw-screens-"))
 EVIL = "Cave <script>window.pwned=1</script>"
 
 playwright_api = pytest.importorskip("playwright.sync_api")

@@ -85,6 +85,14 @@ def open_device_ids(content_gen_key: bytes, user: Id, blob: bytes) -> tuple[Id, 
         raise crypto.Invalid() from None
 
 
+def card_user(mc_key: bytes, mc_id: Id, wrapped_user: bytes) -> Id | None:
+    """The User ID a card holds, unwrapped with its MC-Key: None when it holds none (not
+    registered yet), :class:`crypto.Invalid` when it does not open (a damaged card)."""
+    if not wrapped_user:
+        return None
+    return unwrap_id(mc_key, wrapped_user, IdKind.USER, user_id(mc_id))
+
+
 def wrap_id(kek: bytes, ident: Id, ad: bytes) -> bytes:
     return crypto.wrap(kek, ident.to_bytes(), ad)
 

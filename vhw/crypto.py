@@ -32,8 +32,10 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from cryptography import x509
 from cryptography.exceptions import InvalidSignature, InvalidTag
-from cryptography.hazmat.primitives import hashes, hpke
+from cryptography.hazmat.primitives import hashes, hpke, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PrivateKey,
     Ed25519PublicKey,
@@ -267,9 +269,6 @@ Signer = Callable[[bytes], bytes]
 
 def ecdsa_signer(private_key_pem: bytes) -> Signer:
     """Signs with the (PEM, PKCS#8) ECDSA private key of a platform certificate."""
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-
     key = serialization.load_pem_private_key(private_key_pem, password=None)
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise Invalid("not an ECDSA key")
@@ -278,10 +277,6 @@ def ecdsa_signer(private_key_pem: bytes) -> Signer:
 
 def ecdsa_verify(certificate_der: bytes, signature: bytes, message: bytes) -> None:
     """Check a signature by the key of a (DER) certificate, or raise :class:`Invalid`."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import ec
-
     try:
         key = x509.load_der_x509_certificate(certificate_der).public_key()
         if not isinstance(key, ec.EllipticCurvePublicKey):

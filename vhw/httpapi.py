@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import resource
 import signal
 import socket
 import ssl
@@ -22,6 +23,8 @@ from pathlib import Path
 from typing import NoReturn
 
 import trio
+from hypercorn.config import Config
+from hypercorn.trio import serve as hypercorn_serve
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -151,8 +154,6 @@ def split_listen(listen: str) -> tuple[str, int]:
 def raise_file_limit() -> None:
     """Every connection is a file descriptor: allow as many as the system lets this process have
     (Debian's default soft limit, 1024, would cap a busy server)."""
-    import resource
-
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard == resource.RLIM_INFINITY:
         hard = 1 << 20
@@ -175,9 +176,6 @@ async def serve_app(
 ) -> None:
     """Serve an ASGI app over TLS with hypercorn's trio worker until SIGINT/SIGTERM (and over
     plain HTTP at ``insecure``, where the app answers only what it allows there)."""
-    from hypercorn.config import Config
-    from hypercorn.trio import serve as hypercorn_serve
-
     raise_file_limit()
 
     host, port = listen

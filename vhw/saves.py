@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import construct as cs
 
@@ -114,8 +114,6 @@ def retagged(
 ) -> Save:
     """The same sealed data under another name, time or metadata (a rename): only the entry's
     tag changes. The caller has verified ``save`` first."""
-    from dataclasses import replace
-
     new = replace(
         save,
         name=save.name if name is None else name,

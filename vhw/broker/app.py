@@ -3,6 +3,8 @@ relayed, charged) and the staff's web console at ``/console/``; ``serve`` runs i
 
 from __future__ import annotations
 
+import base64
+import binascii
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -75,9 +77,6 @@ class BrokerApp:
         return handle
 
     def _account(self, header: str) -> str:
-        import base64
-        import binascii
-
         scheme, _, value = header.partition(" ")
         if scheme.lower() != "basic":
             raise ApiError(401, "unauthenticated", "the broker needs your account name and password")

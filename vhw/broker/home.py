@@ -80,7 +80,7 @@ class BrokerHome:
     @contextlib.contextmanager
     def broker(self) -> Iterator[Broker]:
         """A Broker over this home's database, relaying to the server with its credential."""
-        from ..client import Client, tls_context
+        from ..client import Client, tls_context  # (httpx: only the commands that relay to the server)
 
         cfg = self.config()
         cred = Credential.load(self.path("credential.json"))

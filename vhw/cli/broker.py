@@ -91,7 +91,7 @@ def broker_init(
     platform_share: int,
 ) -> None:
     """Set up a broker: its credential, TLS identity, prices and database."""
-    from ..broker.home import BrokerHome
+    from ..broker.home import BrokerHome  # (loaded only by the commands that need it: start-up time)
 
     h = BrokerHome.init(
         broker_home(app, home).root,
@@ -121,9 +121,9 @@ def broker_run(app: App, home: Path | None, listen: tuple[str, int] | None) -> N
         click.echo(f"vhw broker listening on {url}")
         sys.stdout.flush()
 
-    import trio
+    import trio  # (loaded only by the commands that need it: start-up time)
 
-    from ..broker.app import serve
+    from ..broker.app import serve  # (loaded only by the commands that need it: start-up time)
 
     trio.run(lambda: serve(h, listen=listen, ready=ready, consoles=partial(desk_console, h)))
     click.echo("vhw broker stopped")
@@ -131,10 +131,10 @@ def broker_run(app: App, home: Path | None, listen: tuple[str, int] | None) -> N
 
 def desk_console(home: BrokerHome, broker: Broker, token: str) -> list[Mount]:
     """The broker staff's web console, mounted at /console/ of the broker."""
-    from starlette.routing import Mount
+    from starlette.routing import Mount  # (loaded only by the commands that need it: start-up time)
 
-    from ..webconsole.desk import DeskConsole
-    from ..webconsole.web import session_key
+    from ..webconsole.desk import DeskConsole  # (loaded only by the commands that need it: start-up time)
+    from ..webconsole.web import session_key  # (loaded only by the commands that need it: start-up time)
 
     return [Mount("/console", app=DeskConsole(broker, session_key(home.path("console-session.key")), token).app())]
 

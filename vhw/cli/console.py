@@ -237,12 +237,12 @@ def console_mount(mountpoint: Path, foreground: bool, slot: str, console_dir: Pa
 @console_option
 def console_unmount(mountpoint: Path, console_dir: Path | None) -> None:
     """Unmount a mount made by `vhw console mount`."""
-    from ..console.machine import Machine
+    from ..console.machine import Machine  # (loaded only by the commands that need it: start-up time)
 
     try:
         m = Machine.find(console_dir)
     except Exception:
-        from ..console.mountpoints import unmount
+        from ..console.mountpoints import unmount  # (loaded only by the commands that need it: start-up time)
 
         unmount(mountpoint)
     else:

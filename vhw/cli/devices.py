@@ -268,7 +268,7 @@ def hdd_image_path(image: Path | None, console_dir: Path | None) -> Path:
     """An HDD image given by path, or the one attached to the console."""
     if image:
         return image
-    from ..console.machine import Machine
+    from ..console.machine import Machine  # (loaded only by the commands that need it: start-up time)
 
     return Machine.find(console_dir).hdd_path
 
@@ -406,10 +406,12 @@ def console_rom(
     credential's CA and signing certificate and names its server unless --ca/--signing-cert/--server
     say otherwise.
     """
-    from cryptography import x509
-    from cryptography.hazmat.primitives.serialization import Encoding
+    from cryptography import x509  # (loaded only by the commands that need it: start-up time)
+    from cryptography.hazmat.primitives.serialization import (
+        Encoding,
+    )  # (loaded only by the commands that need it: start-up time)
 
-    from ..server.home import Credential
+    from ..server.home import Credential  # (loaded only by the commands that need it: start-up time)
 
     anchor = load_ca(ca_path) if ca_path else b""
     signer = load_ca(signing_path) if signing_path else b""
@@ -450,8 +452,10 @@ def console_rom(
 
 def load_ca(path: Path) -> bytes:
     """A CA certificate (PEM or DER) as DER; refuses anything that is not one."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives.serialization import Encoding
+    from cryptography import x509  # (loaded only by the commands that need it: start-up time)
+    from cryptography.hazmat.primitives.serialization import (
+        Encoding,
+    )  # (loaded only by the commands that need it: start-up time)
 
     try:
         data = path.read_bytes()
@@ -465,7 +469,7 @@ def load_ca(path: Path) -> bytes:
 
 
 def rom_summary(rom: rom_fmt.Rom) -> dict[str, Any]:
-    from cryptography import x509
+    from cryptography import x509  # (loaded only by the commands that need it: start-up time)
 
     anchor = signer = None
     if rom.trust_anchor:

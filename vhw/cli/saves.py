@@ -24,8 +24,8 @@ MAX_EXPORT = 1024 * 1024 * 1024 + 4096  # the largest save a card holds, and its
 
 def open_card(path: Path, *, write: bool = False) -> CardImage:
     """A memory card image, or the internal memory of an HDD image (card-less consoles)."""
-    from ..console.machine import CardMemory
-    from ..formats import hdd as hdd_fmt
+    from ..console.machine import CardMemory  # (loaded only by the commands that need it: start-up time)
+    from ..formats import hdd as hdd_fmt  # (loaded only by the commands that need it: start-up time)
 
     try:
         with open(path, "rb") as f:

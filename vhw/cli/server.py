@@ -32,7 +32,7 @@ home_option = click.option(
 
 
 def server_home(app: App, home: Path | None) -> ServerHome:
-    from ..server.home import ServerHome
+    from ..server.home import ServerHome  # (loaded only by the commands that need it: start-up time)
 
     return ServerHome(home or app.home / "server")
 
@@ -80,7 +80,7 @@ def server_init(
     mode: str,
 ) -> None:
     """Create the platform's state: CA, TLS certificate, master key, database, role credentials."""
-    from ..server.home import ServerHome
+    from ..server.home import ServerHome  # (loaded only by the commands that need it: start-up time)
 
     h = ServerHome.init(
         server_home(app, home).root,
@@ -102,10 +102,10 @@ RUN_KEYS = {"home", "listen", "db", "workers", "log_format", "metrics_listen"}
 
 def repair_console(home: ServerHome, lic: Licensing) -> list[Mount]:
     """The repair center's web console, mounted at /console/ of the licensing server."""
-    from starlette.routing import Mount
+    from starlette.routing import Mount  # (loaded only by the commands that need it: start-up time)
 
-    from ..webconsole.repair import RepairConsole
-    from ..webconsole.web import session_key
+    from ..webconsole.repair import RepairConsole  # (loaded only by the commands that need it: start-up time)
+    from ..webconsole.web import session_key  # (loaded only by the commands that need it: start-up time)
 
     key = session_key(home.path("console-session.key"))
     return [Mount("/console", app=RepairConsole(lic, key, home.path("console-files")).app())]
@@ -116,7 +116,7 @@ def load_config(ctx: click.Context, param: click.Parameter, path: Path | None) -
     other options, so that a flag and then ``VHW_SERVER_...`` override it (click's default_map)."""
     if path is None:
         return None
-    import tomllib
+    import tomllib  # (loaded only by the commands that need it: start-up time)
 
     try:
         values = tomllib.loads(path.read_text())
@@ -212,9 +212,9 @@ def server_run(
     log_format, metrics_listen), from VHW_SERVER_<OPTION> in the environment, or from the flag;
     the flag wins over the environment, which wins over the file.
     """
-    from ..server.app import serve
-    from ..server.logs import configure
-    from ..server.workers import run_workers
+    from ..server.app import serve  # (loaded only by the commands that need it: start-up time)
+    from ..server.logs import configure  # (loaded only by the commands that need it: start-up time)
+    from ..server.workers import run_workers  # (loaded only by the commands that need it: start-up time)
 
     configure(log_format)
     h = server_home(app, home)
@@ -237,7 +237,7 @@ def server_run(
                     metrics_listen=metrics_listen,
                 )
             else:
-                import trio
+                import trio  # (loaded only by the commands that need it: start-up time)
 
                 trio.run(
                     lambda: serve(
@@ -296,7 +296,7 @@ def server_audit(app: App, home: Path | None, after: int, as_json: bool, verify:
     if not verify:
         show_audit(h.store(database), after=after, as_json=as_json)
         return
-    from ..server.auditlog import verify as verify_chain
+    from ..server.auditlog import verify as verify_chain  # (loaded only by the commands that need it: start-up time)
 
     store = h.store(database)
     try:
@@ -319,7 +319,7 @@ def server_backup(app: App, out: Path, home: Path | None, database: str | None) 
     SQLite: its backup API; PostgreSQL: pg_dump. The keys in it stay encrypted under the master
     key, which is not in it: keep master.key (and ca-key.pem) apart from the backups.
     """
-    from ..server.home import backup
+    from ..server.home import backup  # (loaded only by the commands that need it: start-up time)
 
     h = server_home(app, home)
     h.require()
@@ -337,7 +337,7 @@ def server_restore(app: App, source: Path, home: Path | None, database: str | No
 
     The home must hold the master key the backup's keys are encrypted under.
     """
-    from ..server.home import restore
+    from ..server.home import restore  # (loaded only by the commands that need it: start-up time)
 
     h = server_home(app, home)
     h.require()
@@ -368,7 +368,10 @@ def server_rotate(app: App, home: Path | None, database: str | None) -> None:
 @click.option("-o", "--out", type=click.Path(path_type=Path, dir_okay=False), help="Write here, not to stdout.")
 def server_openapi(out: Path | None) -> None:
     """Print the OpenAPI document of the licensing API."""
-    from ..server.endpoints import openapi_document, write_openapi
+    from ..server.endpoints import (
+        openapi_document,
+        write_openapi,
+    )  # (loaded only by the commands that need it: start-up time)
 
     if out:
         write_openapi(out)

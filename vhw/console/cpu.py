@@ -65,11 +65,10 @@ class CardView:
     @classmethod
     def open(cls, card: Card) -> CardView:
         user, damaged = None, False
-        if card.user_id:
-            try:
-                user = bindings.unwrap_id(card.mc_key, card.user_id, IdKind.USER, bindings.user_id(card.mc_id))
-            except crypto.Invalid:
-                damaged = True
+        try:
+            user = bindings.card_user(card.mc_key, card.mc_id, card.user_id)
+        except crypto.Invalid:
+            damaged = True
         return cls(card, user, tuple(_open_mid(card, user, lic) for lic in card.licenses), damaged)
 
     def require_user(self) -> Id:

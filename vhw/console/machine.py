@@ -42,7 +42,7 @@ from ..formats.disc import Pressing
 from ..formats.hdd import Title
 from ..formats.rom import Rom
 from ..ids import Id, IdKind
-from . import cpu, install
+from . import cpu, install, sandbox
 from .mountpoints import clear_stale, unmount
 
 if TYPE_CHECKING:  # (httpx loads only for the flows that talk to the server)
@@ -590,8 +590,6 @@ class Machine:
         its sandbox (:mod:`vhw.console.sandbox`), with a save folder on the card in ``save_slot``
         (default: the same slot). Returns the title's exit code; a read of the title that failed
         authentication is reported and fails the play, even when the title went on."""
-        from . import sandbox
-
         title_id = title_id.upper()
         match = self.reproduction_key(slot)  # S31-S34 first: without the right card, nothing else is told
         with HddImage.open(self.hdd_path) as img:

@@ -23,7 +23,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import saves
+from .. import bindings, crypto, saves
 from ..cardstate import CardState, format_plan
 from ..errors import ImageError, StateError
 from ..formats import card as fmt
@@ -234,13 +234,17 @@ class CardImage:
 
     def save_key(self) -> bytes:
         """This card's save key (:mod:`vhw.saves`); a card keeps saves once it is registered."""
-        from ..console.cpu import CardView
-
+        card = self.card
         try:
-            user = CardView.open(self.card).require_user()
-        except StateError as exc:
-            raise StateError(f"{exc.message}: a card keeps saves once its user is registered", hint=exc.hint) from None
-        return saves.save_key(self.card.mc_key, self.card.mc_id, user)
+            user = bindings.card_user(card.mc_key, card.mc_id, card.user_id)
+        except crypto.Invalid:
+            raise StateError(f"memory card {card.mc_id}: its User ID does not open (damaged card)") from None
+        if user is None:
+            raise StateError(
+                f"memory card {card.mc_id} is not registered: a card keeps saves once its user is registered",
+                hint="run `vhw console register` first",
+            )
+        return saves.save_key(card.mc_key, card.mc_id, user)
 
     def find(self, title_id: str, name: str) -> fmt.Save:
         found = self.state.catalog.save(title_id, name)

@@ -28,6 +28,7 @@ from ..generations import choose
 from ..ids import Id
 from ..plans import Op, Write, shifted
 from ..volume import PIECE, Volume, format_plan, piece_checksum, piece_digest
+from .card import CardImage
 from .files import (
     apply_op,
     apply_ops,
@@ -128,8 +129,6 @@ class HddImage:
         """Make a new, empty, sparse image of nominal ``size`` bytes with the HDD's ``secret``.
         ``memory``: give it an internal memory, a card image with these items and a save area of
         ``memory_capacity`` bytes, at the start of the data area."""
-        from .card import CardImage
-
         path = Path(path)
         refuse_existing(path, fmt.WHAT)
         if size < fmt.MIN_SIZE:

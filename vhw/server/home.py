@@ -18,33 +18,33 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import glob
 import json
 import logging
 import os
 import secrets
+import shutil
+import sqlite3
+import subprocess
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from .. import bindings, crypto, pki
 from ..crypto import equal as crypto_equal
-from ..devices.files import atomic_write, describe_os_error, fsync_dir
+from ..devices.files import atomic_write, describe_os_error, fsync_dir, refuse_existing
 from ..errors import ImageError, StateError
 from ..ids import ID_FIELDS
 from ..roles import ROLES
+from .auditlog import Chainer, read_heads
 from .licensing import Licensing, Policy
 from .queries import token_hash
 from .store import Store, open_store
-
-if TYPE_CHECKING:
-    import subprocess
-
-    from .auditlog import Chainer
 
 WHAT = "server home"
 log = logging.getLogger(__name__)
@@ -236,8 +236,6 @@ class ServerHome:
         return key
 
     def ca_der(self) -> bytes:
-        from cryptography import x509
-
         return x509.load_pem_x509_certificate(self.path("ca.pem").read_bytes()).public_bytes(serialization.Encoding.DER)
 
     def ca_key(self) -> ec.EllipticCurvePrivateKey:
@@ -260,8 +258,6 @@ class ServerHome:
     def signing_der(self) -> bytes:
         """The platform's signing certificate (DER): card tokens and audit heads verify with it.
         A home made before it existed gets one on first use, from its CA."""
-        from cryptography import x509
-
         if not self.path("signing.pem").exists():
             self._make_signing_key(self.ca_der(), self.ca_key())
         return x509.load_pem_x509_certificate(self.path("signing.pem").read_bytes()).public_bytes(
@@ -306,8 +302,6 @@ class ServerHome:
             os.close(fd)
 
     def chainer(self, store: Store) -> Chainer:
-        from .auditlog import Chainer
-
         return Chainer(store, self.signer(), self.path("audit-heads.jsonl"))
 
     def check_signature(self, message: bytes, signature: bytes) -> bool:
@@ -397,9 +391,6 @@ PGDUMP_MAGIC = b"PGDMP"
 
 
 def _pg_tool(name: str) -> str:
-    import glob
-    import shutil
-
     for candidate in sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), reverse=True):
         return candidate
     found = shutil.which(name)
@@ -412,11 +403,6 @@ def backup(home: ServerHome, out: Path, database: str | None = None) -> str:
     """An online, consistent copy of the database while the server serves: SQLite's backup API
     (a snapshot of one transaction), or pg_dump (one repeatable-read transaction). Written to a
     new file ``out``, atomically; keys stay encrypted under the master key, which is not in it."""
-    import sqlite3
-    import subprocess
-
-    from ..devices.files import refuse_existing
-
     url = home.database_url(database)
     out = Path(out)
     refuse_existing(out, "backup")
@@ -457,9 +443,6 @@ def restore(home: ServerHome, source: Path, database: str | None = None) -> int:
     (a server running from the home, or a database that holds a schema already). Afterwards the
     audit heads file keeps only the heads the restored chain reaches. Returns the restored chain's
     length."""
-    import sqlite3
-    import subprocess
-
     source = Path(source)
     url = home.database_url(database)
     try:
@@ -523,8 +506,6 @@ def restore(home: ServerHome, source: Path, database: str | None = None) -> int:
                 )
         finally:
             store.close()
-        from .auditlog import read_heads
-
         heads_path = home.path("audit-heads.jsonl")
         kept = [h for h in read_heads(heads_path) if h.position <= reached]
         atomic_write(heads_path, "".join(h.to_line() for h in kept).encode(), mode=0o600)

@@ -8,6 +8,7 @@ worker thread).
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -18,8 +19,6 @@ from .store import Row, Store, Tx
 
 def token_hash(token: str) -> bytes:
     """What the database keeps of a credential's token: its SHA-256 (it never holds a token)."""
-    import hashlib
-
     return hashlib.sha256(token.encode()).digest()
 
 

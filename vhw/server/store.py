@@ -338,7 +338,7 @@ class PostgresStore(Store):
     dialect = "postgres"
 
     def __init__(self, url: str, *, min_size: int = 1, max_size: int = 20):
-        from psycopg_pool import ConnectionPool
+        from psycopg_pool import ConnectionPool  # (psycopg: only a PostgreSQL store needs it)
 
         self.url = url
         self._pool = ConnectionPool(url, min_size=min_size, max_size=max_size, open=True, kwargs={"autocommit": False})
@@ -354,7 +354,7 @@ class PostgresStore(Store):
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Tx]:
-        import psycopg.errors as pg
+        import psycopg.errors as pg  # (psycopg: only a PostgreSQL store needs it)
 
         try:
             with self._pool.connection() as conn:

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
+import subprocess
+import sys
+import time
 from collections.abc import Callable
 from types import FrameType
 
@@ -34,11 +38,6 @@ def run_workers(
     multiprocess folder (``metrics/`` in the home, wiped at each start), so that any of them
     answers /metrics for all; the first one also serves ``metrics_listen``.
     """
-    import shutil
-    import subprocess
-    import sys
-    import time
-
     host, port = listen or split_listen(home.config().listen)
     holder = reuse_port_socket(host, port)  # fixes the port (when 0 was asked) until all listen
     port = holder.getsockname()[1]

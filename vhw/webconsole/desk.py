@@ -9,6 +9,7 @@ ledger with its balance check, and revenue per title and per day.
 from __future__ import annotations
 
 import time
+from decimal import Decimal, InvalidOperation
 
 import anyio
 from starlette.requests import Request
@@ -28,7 +29,6 @@ FAILURE_LIMIT, FAILURE_WINDOW = 10, 600.0  # failed sign-ins of one staff name, 
 
 
 def parse_cents(text: str) -> int | None:
-    from decimal import Decimal, InvalidOperation
 
     try:
         value = Decimal(text.strip())

@@ -23,6 +23,7 @@ from starlette.routing import Route
 from .. import crypto
 from .. import protocol as p
 from ..console import cpu
+from ..devices import card as card_dev
 from ..errors import IdError, ServerError, VhwError
 from ..formats.card import Card
 from ..ids import Id, IdKind
@@ -377,8 +378,6 @@ class RepairConsole(Console):
 
 
 def _card_bytes(card: Card) -> bytes:
-    from ..devices import card as card_dev
-
     with tempfile.TemporaryDirectory(prefix="vhw-card-") as tmp:
         path = Path(tmp) / "new.card"
         card_dev.create(path, card)

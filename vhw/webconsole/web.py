@@ -8,6 +8,7 @@ nothing). Store work runs in a worker thread, never on the event loop.
 
 from __future__ import annotations
 
+import calendar
 import os
 import secrets
 import time
@@ -235,7 +236,6 @@ def _local(target: str) -> str:
 
 def parse_time(text: str) -> int | None:
     """A time typed in a form (``YYYY-MM-DD`` or ``YYYY-MM-DDTHH:MM``, UTC) as seconds, or None."""
-    import calendar
 
     text = text.strip()
     for fmt in ("%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M", "%Y-%m-%d"):
