@@ -46,6 +46,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import (
 )
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 from cryptography.hazmat.primitives.serialization import (
     Encoding,
     NoEncryption,
@@ -104,9 +105,9 @@ def derive(key: bytes, info: bytes, *, salt: bytes | None = None, length: int = 
     return HKDF(algorithm=hashes.SHA256(), length=length, salt=salt, info=info).derive(key)
 
 
-def wrap(kek: bytes, secret: bytes, ad: bytes, *, nonce: bytes | None = None) -> bytes:
-    """Seal ``secret`` under ``kek``, bound to ``ad``: nonce ‖ ciphertext ‖ tag."""
-    nonce = os.urandom(NONCE_SIZE) if nonce is None else nonce
+def wrap(kek: bytes, secret: bytes, ad: bytes) -> bytes:
+    """Seal ``secret`` under ``kek``, bound to ``ad``: nonce ‖ ciphertext ‖ tag (a fresh random nonce)."""
+    nonce = os.urandom(NONCE_SIZE)
     return nonce + AESGCM(kek).encrypt(nonce, secret, ad)
 
 
@@ -254,6 +255,11 @@ def signing_key_from(seed: bytes) -> Ed25519PrivateKey:
 def signing_seed() -> bytes:
     """A fresh Ed25519 private key as its 32 raw bytes."""
     return signing_key().private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
+
+
+def password_hash(password: str, salt: bytes, *, log_n: int) -> bytes:
+    """scrypt (r=8, p=1) of a password: memory-hard, 2^log_n * 1 KiB of memory per guess."""
+    return Scrypt(salt=salt, length=32, n=2**log_n, r=8, p=1).derive(password.encode())
 
 
 def mac(key: bytes, message: bytes) -> bytes:

@@ -85,10 +85,9 @@ def seal(
     *,
     modified: int,
     meta: bytes = b"",
-    stream_id: bytes | None = None,
 ) -> Sealed:
     check_fields(title_id, name, meta)
-    stream_id = stream_id or os.urandom(crypto.STREAM_ID_SIZE)
+    stream_id = os.urandom(crypto.STREAM_ID_SIZE)  # fresh per version: a key and stream never seal twice
     cipher = _data_cipher(key, title_id, stream_id, len(plaintext))
     layout = cipher.layout
     view = memoryview(plaintext)

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import secrets
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 
 from ..devices.files import atomic_write
-from ..errors import StateError
+from ..errors import ImageError, StateError
 from ..server.home import Credential
 from ..server.store import SqliteStore, Store
 from .payments import TestProcessor
@@ -77,6 +78,20 @@ class BrokerHome:
     def store(self) -> Store:
         return SqliteStore(self.path("broker.db"))
 
+    def processor_key(self) -> bytes:
+        """The key payment-card tokens are made under (``processor.key``, owner only; made on
+        first use)."""
+        path = self.path("processor.key")
+        if not path.exists():
+            atomic_write(path, secrets.token_bytes(32).hex().encode() + b"\n", mode=0o600)
+        try:
+            key = bytes.fromhex(path.read_text().strip())
+        except ValueError:
+            raise ImageError(path, "not a processor key (32 bytes, hex)") from None
+        if len(key) != 32:
+            raise ImageError(path, "not a processor key (32 bytes, hex)")
+        return key
+
     @contextlib.contextmanager
     def broker(self) -> Iterator[Broker]:
         """A Broker over this home's database, relaying to the server with its credential."""
@@ -88,7 +103,7 @@ class BrokerHome:
         store.migrate(SCHEMA)
         client = Client(cfg.server, tls_context(ca_pem=cred.ca, client_cert=cred.client_cert), token=cred.token)
         try:
-            yield Broker(store, TestProcessor(store), cfg, client.call)
+            yield Broker(store, TestProcessor(store, self.processor_key()), cfg, client.call)
         finally:
             client.close()
             store.close()
