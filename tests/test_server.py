@@ -430,3 +430,46 @@ def test_openapi_in_repo_is_current():
 
 def test_refusal_codes_are_distinct():
     assert len({c.exit_code for c in REFUSALS.values()}) == 5
+
+
+def test_only_lost_races_are_conflicts(tmp_path):
+    """A unique key taken meanwhile is a Conflict (run again); a NOT NULL or foreign-key
+    violation is a bug, not retried."""
+    import sqlite3
+
+    from vhw.server.store import Conflict, SqliteStore
+
+    store = SqliteStore(tmp_path / "c.db")
+    store.migrate()
+    try:
+        with store.transaction() as tx:
+            tx.execute(
+                "INSERT INTO titles (title_id, name, content_key, title_digest, registered) VALUES (?, ?, ?, ?, ?)",
+                "T-1",
+                "t",
+                b"k",
+                b"d",
+                1,
+            )
+        with pytest.raises(Conflict), store.transaction() as tx:
+            tx.execute(
+                "INSERT INTO titles (title_id, name, content_key, title_digest, registered) VALUES (?, ?, ?, ?, ?)",
+                "T-1",
+                "t",
+                b"k",
+                b"d",
+                1,
+            )
+        with pytest.raises(sqlite3.IntegrityError), store.transaction() as tx:
+            tx.execute(
+                "INSERT INTO titles (title_id, name, content_key, title_digest, registered) VALUES (?, ?, ?, ?, ?)",
+                "T-2",
+                None,
+                b"k",
+                b"d",
+                1,
+            )
+        with pytest.raises(sqlite3.IntegrityError), store.transaction() as tx:
+            tx.execute("INSERT INTO media (mid, title_id, registered) VALUES (?, ?, ?)", "MD-X", "NO-SUCH-TITLE", 1)
+    finally:
+        store.close()

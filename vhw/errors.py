@@ -10,6 +10,12 @@ can turn any of them into one clear line and an exit code (pip's ``exceptions.py
     ├── IdError                    exit 4  an ID is mistyped (check character) or of the wrong kind
     ├── NetworkError               exit 5  the server cannot be reached, or TLS refused it
     ├── ServerError                exit 6  the server refused a request (bad credential, bad input)
+    │   └── RequestRefused                 the service's own refusals, by meaning (their HTTP
+    │       ├── NotFound                   statuses are mapped in one place, vhw.httpapi):
+    │       ├── AlreadyExists              an ID unknown, known otherwise, a role's limit, a
+    │       ├── Forbidden                  request that cannot be carried out, too many failed
+    │       ├── Unprocessable              User IDs for one card
+    │       └── TooManyAttempts
     ├── InUseError                 exit 7  another process holds the device's lock
     ├── NoSpaceError               exit 8  the HDD has no room for the title
     ├── StateError                 exit 9  the console is not in a state to do this (no disc, ...)
@@ -72,6 +78,31 @@ class ServerError(VhwError):
     def __init__(self, message: str, *, status: int = 0, hint: str | None = None) -> None:
         super().__init__(message, hint=hint)
         self.status = status
+
+
+class RequestRefused(ServerError):
+    """The licensing service refused a request for a reason its caller can mend (raised by the
+    service itself, which knows nothing of HTTP)."""
+
+
+class NotFound(RequestRefused):
+    """An ID or title the service does not know."""
+
+
+class AlreadyExists(RequestRefused):
+    """An ID or title the service knows already, otherwise."""
+
+
+class Forbidden(RequestRefused):
+    """Not this caller's to do (another publisher's title, say)."""
+
+
+class Unprocessable(RequestRefused):
+    """A well-formed request that cannot be carried out as asked."""
+
+
+class TooManyAttempts(RequestRefused):
+    """Too many failed attempts: wait."""
 
 
 class InUseError(VhwError):

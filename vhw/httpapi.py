@@ -31,7 +31,16 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp
 
 from . import protocol as p
-from .errors import Refusal, ServerError
+from .errors import (
+    AlreadyExists,
+    Forbidden,
+    NotFound,
+    Refusal,
+    RequestRefused,
+    ServerError,
+    TooManyAttempts,
+    Unprocessable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +86,16 @@ def error_json(status: int, code: str, message: str, headers: Mapping[str, str] 
     return JSONResponse(p.encode(p.ErrorBody(code, message[:500])), status_code=status, headers=headers)
 
 
+#: the service's refusals by meaning, as HTTP statuses (the one place that says which)
+_REFUSED_STATUS: dict[type[RequestRefused], int] = {
+    NotFound: 404,
+    AlreadyExists: 409,
+    Forbidden: 403,
+    Unprocessable: 422,
+    TooManyAttempts: 429,
+}
+
+
 def error_response(exc: BaseException) -> JSONResponse:
     """Every failure of a request, mapped to one status and one line: the one place where domain
     errors become HTTP statuses (the CLI's exit codes are in :mod:`vhw.errors`)."""
@@ -85,6 +104,8 @@ def error_response(exc: BaseException) -> JSONResponse:
     if isinstance(exc, ApiError):
         headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
         return error_json(exc.status, exc.code, exc.message, headers)
+    if isinstance(exc, RequestRefused):
+        return error_json(_REFUSED_STATUS[type(exc)], "refused", exc.message)
     if isinstance(exc, p.ProtocolError):
         return error_json(422, "invalid-request", str(exc))
     if isinstance(exc, ServerError):

@@ -29,7 +29,17 @@ from typing import NamedTuple, ParamSpec, TypeVar
 from .. import bindings, crypto
 from .. import protocol as p
 from ..bindings import DevicePublic, owner_of
-from ..errors import MediaRefused, RegistrationRefused, ServerError, UserIdInvalid
+from ..errors import (
+    AlreadyExists,
+    Forbidden,
+    MediaRefused,
+    NotFound,
+    RegistrationRefused,
+    StateError,
+    TooManyAttempts,
+    Unprocessable,
+    UserIdInvalid,
+)
 from ..ids import ID_FIELDS, Id, IdKind
 from .store import Conflict, Row, Store, Tx
 
@@ -101,7 +111,7 @@ class Licensing:
 
     def _require_signer(self) -> Callable[[bytes], bytes]:
         if self.sign is None:
-            raise ServerError("this server cannot sign card tokens (no platform signing key)", status=500)
+            raise StateError("this server cannot sign card tokens (no platform signing key)")
         return self.sign
 
     def _card_token(self, cgk: bytes, mc_id: Id, epoch: int) -> bytes:
@@ -162,7 +172,7 @@ class Licensing:
             row = tx.one(f"SELECT public_key FROM {table} WHERE {column} = ?", str(ident))
             if row:
                 if row[0] is None or bytes(row[0]) != public_key:
-                    raise ServerError(f"{ident} is already registered with another public key", status=409)
+                    raise AlreadyExists(f"{ident} is already registered with another public key")
                 return p.Done(created=False)
             tx.execute(
                 f"INSERT INTO {table} ({column}, registered, public_key) VALUES (?, ?, ?)",
@@ -187,7 +197,7 @@ class Licensing:
             row = tx.one("SELECT mc_key FROM cards WHERE mc_id = ?", str(msg.mc_id))
             if row:
                 if not crypto.equal(self._open("cards", msg.mc_id, row[0]), msg.mc_key):
-                    raise ServerError(f"{msg.mc_id} is already registered with another MC-Key", status=409)
+                    raise AlreadyExists(f"{msg.mc_id} is already registered with another MC-Key")
                 return p.Done(created=False)
             tx.execute(
                 "INSERT INTO cards (mc_id, mc_key, registered) VALUES (?, ?, ?)",
@@ -207,7 +217,7 @@ class Licensing:
             if row:
                 same = crypto.equal(self._open("titles", msg.title_id, row[0]), msg.content_key)
                 if not same or bytes(row[1]) != msg.title_digest:
-                    raise ServerError(f"title {msg.title_id} is already registered with other keys", status=409)
+                    raise AlreadyExists(f"title {msg.title_id} is already registered with other keys")
                 return p.Done(created=False)
             tx.execute(
                 "INSERT INTO titles (title_id, name, content_key, title_digest, registered, publisher)"
@@ -230,15 +240,15 @@ class Licensing:
         with self.store.transaction() as tx:
             title = tx.one("SELECT publisher FROM titles WHERE title_id = ?", msg.title_id)
             if not title:
-                raise ServerError(f"title {msg.title_id} is not registered", status=404)
+                raise NotFound(f"title {msg.title_id} is not registered")
             if title[0] is not None and title[0] != actor:
                 # another publisher's MIDs for this title would be licenses to its Content-Key
-                raise ServerError(f"title {msg.title_id} was registered by another publisher", status=403)
+                raise Forbidden(f"title {msg.title_id} was registered by another publisher")
             for disc in msg.discs:
                 row = tx.one("SELECT title_id, disc_key FROM media WHERE mid = ?", str(disc.mid))
                 if row:
                     if row[0] != msg.title_id or row[1] is None or bytes(row[1]) != disc.disc_key:
-                        raise ServerError(f"{disc.mid} is already registered for another disc", status=409)
+                        raise AlreadyExists(f"{disc.mid} is already registered for another disc")
                     continue
                 tx.execute(
                     "INSERT INTO media (mid, title_id, registered, disc_key) VALUES (?, ?, ?, ?)",
@@ -339,7 +349,7 @@ class Licensing:
             str(req.mc_id),
         )
         if row[0] >= self.policy.attempt_limit:
-            raise ServerError(f"too many failed attempts with memory card {req.mc_id}; try again later", status=429)
+            raise TooManyAttempts(f"too many failed attempts with memory card {req.mc_id}; try again later")
         try:
             if row[1] is None:
                 raise crypto.Invalid()
@@ -543,11 +553,11 @@ class Licensing:
     def _repair(self, actor: str, req: p.RepairRequest) -> p.RepairResponse:
         """FIG. 13: re-register a repaired or exchanged device with its new ID."""
         if req.new_client_id is None and req.new_hdd_id is None:
-            raise ServerError("a repair names a new console (Client ID) or a new HDD (HDD-ID)", status=422)
+            raise Unprocessable("a repair names a new console (Client ID) or a new HDD (HDD-ID)")
         with self.store.transaction() as tx:
             entry = tx.one("SELECT user_id, client_id, hdd_id FROM users WHERE mc_id = ?", str(req.mc_id))
             if entry is None:
-                raise ServerError(f"no user is registered with memory card {req.mc_id}", status=404)
+                raise NotFound(f"no user is registered with memory card {req.mc_id}")
             user, old_client, old_hdd = entry
             now = self._now()
             for new, table, column, old in (
@@ -557,9 +567,9 @@ class Licensing:
                 if new is None:
                     continue
                 if not tx.one(f"SELECT 1 FROM {table} WHERE {column} = ? AND retired IS NULL", str(new)):
-                    raise ServerError(f"{new} is not a registered device (or was retired)", status=422)
+                    raise Unprocessable(f"{new} is not a registered device (or was retired)")
                 if str(new) == old:
-                    raise ServerError(f"{new} is the device's present ID; a repaired device gets a new one", status=422)
+                    raise Unprocessable(f"{new} is the device's present ID; a repaired device gets a new one")
                 tx.execute(f"UPDATE users SET {column} = ? WHERE user_id = ?", str(new), user)
                 tx.execute(f"UPDATE {table} SET retired = ? WHERE {column} = ?", now, old)
                 self._audit(tx, actor, "repair-device", user, replaced=old, by=str(new))
@@ -580,10 +590,10 @@ class Licensing:
                 str(req.user_id),
             )
             if entry is None:
-                raise ServerError(f"no user {req.user_id}", status=404)
+                raise NotFound(f"no user {req.user_id}")
             old_mc, client_id, hdd_id, cgk_blob, epoch = entry
             if tx.one("SELECT 1 FROM cards WHERE mc_id = ?", str(req.new_mc_id)):
-                raise ServerError(f"{req.new_mc_id} is already a registered card", status=409)
+                raise AlreadyExists(f"{req.new_mc_id} is already a registered card")
             now = self._now()
             tx.execute(
                 "INSERT INTO cards (mc_id, mc_key, registered) VALUES (?, ?, ?)",
@@ -630,9 +640,8 @@ class Licensing:
 
 def _device_public(client_id: Id, hdd_id: Id, console_key: bytes | None, hdd_key: bytes | None) -> DevicePublic:
     if console_key is None or hdd_key is None:
-        raise ServerError(
+        raise AlreadyExists(
             f"{client_id} or {hdd_id} was registered without a device key (an older"
-            " device format): the manufacturer makes the device again",
-            status=409,
+            " device format): the manufacturer makes the device again"
         )
     return DevicePublic(client_id, hdd_id, bytes(console_key), bytes(hdd_key))

@@ -190,7 +190,9 @@ def _savepoint(cur: Any, name: str) -> Iterator[Tx]:
     except BaseException as exc:
         cur.execute(f"ROLLBACK TO {name}")
         cur.execute(f"RELEASE {name}")
-        if isinstance(exc, sqlite3.IntegrityError):
+        # only a unique key taken meanwhile is a lost race, worth running again; a NOT NULL or
+        # foreign-key violation is a bug, which a rerun would only repeat
+        if isinstance(exc, sqlite3.IntegrityError) and str(exc).startswith(("UNIQUE constraint", "PRIMARY KEY")):
             raise Conflict(str(exc)) from exc
         raise
     cur.execute(f"RELEASE {name}")
