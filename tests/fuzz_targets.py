@@ -26,7 +26,7 @@ from vhw import bindings, crypto, saves
 from vhw import protocol as p
 from vhw.bindings import DeviceSecrets, TitleBinding
 from vhw.cardstate import CardState
-from vhw.console import cpu
+from vhw.console import decisions
 from vhw.devices.card import read_state as read_card_state
 from vhw.devices.hdd import read_volume
 from vhw.errors import VhwError
@@ -42,7 +42,7 @@ ALLOWED = (VhwError, p.ProtocolError)
 KEY = bytes(range(32))
 CLIENT, HDD = Id(IdKind.CLIENT, 1), Id(IdKind.HDD, 2)
 DEVICES = DeviceSecrets(CLIENT, HDD, bytes(range(1, 33)), bytes(range(2, 34)))
-HARDWARE = cpu.Hardware(DEVICES)
+HARDWARE = decisions.Hardware(DEVICES)
 
 
 def _generation(catalog: bytes) -> int:
@@ -73,12 +73,12 @@ def rom_body(data: bytes) -> None:
 
 def _use_card(card: card_fmt.Card) -> None:
     """What a console does with a card it reads: every check must fail cleanly on nonsense."""
-    view = cpu.CardView.open(card)
-    cpu.devices_match(view, HARDWARE)
+    view = decisions.CardView.open(card)
+    decisions.devices_match(view, HARDWARE)
     for lic, mid in view.licenses():
         if mid is not None:
             try:
-                cpu.copy_keys(view, HARDWARE, mid, lic.title_id)
+                decisions.copy_keys(view, HARDWARE, mid, lic.title_id)
             except VhwError:
                 pass
     if card.registered:
@@ -344,10 +344,10 @@ def seeds(folder: Path) -> dict[str, list[bytes]]:
     w = World.make(Path(tempfile.mkdtemp(prefix="vhw-seed-")))
     kit = w.user()
     medium = new_disc(bytes(32))
-    acquire = cpu.acquisition_request(kit.view, w.hw(kit), medium)
+    acquire = decisions.acquisition_request(kit.view, w.hw(kit), medium)
     sealed = bindings.issue_content_gen_key(DEVICES.public(), KEY, Id(IdKind.CARD, 3), Id(IdKind.USER, 4), KEY)
     bodies = {
-        "api_register": p.encode(cpu.registration_request(kit.card, kit.client_id, kit.hdd_id)),
+        "api_register": p.encode(decisions.registration_request(kit.card, kit.client_id, kit.hdd_id)),
         "api_acquire": p.encode(acquire),
         "api_confirm": p.encode(acquire),
         "api_purchase": {**p.encode(acquire), "title_id": "FUZZ-1"},

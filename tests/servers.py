@@ -14,7 +14,7 @@ from vhw import crypto
 from vhw import protocol as p
 from vhw.bindings import DeviceSecrets
 from vhw.client import Client, tls_context
-from vhw.console import cpu
+from vhw.console import decisions
 from vhw.formats.card import Card
 from vhw.ids import Id, IdKind
 from vhw.server.home import Credential, ServerHome
@@ -195,7 +195,7 @@ def publish(cli, srv, src: Path, folder: Path, title_id: str, count: int = 1) ->
     return sorted((folder / "discs").glob(f"{title_id}-*.disc"))
 
 
-def make_users(srv, n: int) -> list[tuple[cpu.CardView, cpu.Hardware]]:
+def make_users(srv, n: int) -> list[tuple[decisions.CardView, decisions.Hardware]]:
     """``n`` registered users, each as (card view, hardware): ready for ``acquisition_request``."""
     kits = []
     with srv.role_client("manufacturer") as m, srv.console_client() as c:
@@ -210,15 +210,15 @@ def make_users(srv, n: int) -> list[tuple[cpu.CardView, cpu.Hardware]]:
             m.call("/v1/manufacturer/hdds", p.RegisterHdd(devices.hdd_id, public.hdd), p.Done)
             resp = c.call(
                 "/v1/console/register",
-                cpu.registration_request(card, devices.client_id, devices.hdd_id),
+                decisions.registration_request(card, devices.client_id, devices.hdd_id),
                 p.RegisterResponse,
             )
-            card, _ = cpu.accept_registration(card, resp)
-            kits.append((cpu.CardView.open(card), cpu.Hardware(devices, srv.home.signing_der())))
+            card, _ = decisions.accept_registration(card, resp)
+            kits.append((decisions.CardView.open(card), decisions.Hardware(devices, srv.home.signing_der())))
     return kits
 
 
-def press(srv, title_id: str, n: int) -> list[cpu.Medium]:
+def press(srv, title_id: str, n: int) -> list[decisions.Medium]:
     """A title registered by the publisher, and ``n`` discs of it (without image files: each its
     MID, the title digest and its own secret, as an acquisition proves them)."""
     from tests.world import new_disc, pressed
@@ -234,27 +234,27 @@ def press(srv, title_id: str, n: int) -> list[cpu.Medium]:
     return discs
 
 
-def make_disc(srv, title_id: str) -> cpu.Medium:
+def make_disc(srv, title_id: str) -> decisions.Medium:
     return press(srv, title_id, 1)[0]
 
 
-def hardware_of(rom_path: Path, hdd_path: Path, *, epochs: bool = True) -> cpu.Hardware:
+def hardware_of(rom_path: Path, hdd_path: Path, *, epochs: bool = True) -> decisions.Hardware:
     """A console made of these ROM and HDD files, as its CPU sees it."""
     from vhw.devices import rom as rom_dev
     from vhw.devices.hdd import HddImage
 
     rom = rom_dev.load(rom_path)
     with HddImage.open(hdd_path) as img:
-        return cpu.Hardware(
+        return decisions.Hardware(
             DeviceSecrets(rom.client_id, img.hdd_id, rom.secret, img.secret),
             rom.token_anchor,
             img.volume.catalog.epochs() if epochs else {},
         )
 
 
-def match_of(dev: dict, card_path: Path | None = None) -> cpu.Match:
+def match_of(dev: dict, card_path: Path | None = None) -> decisions.Match:
     """What the console of ``dev`` (its ROM and HDD) opens with the card: its keys and binding."""
     from vhw.devices import card as card_dev
 
-    view = cpu.CardView.open(card_dev.load(card_path or dev["card"]))
-    return cpu.reproduction_key(view, hardware_of(dev["rom"], dev["hdd"]))
+    view = decisions.CardView.open(card_dev.load(card_path or dev["card"]))
+    return decisions.reproduction_key(view, hardware_of(dev["rom"], dev["hdd"]))

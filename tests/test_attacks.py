@@ -17,7 +17,7 @@ import pytest
 from vhw import bindings, crypto
 from vhw import protocol as p
 from vhw.client import tls_context
-from vhw.console import cpu
+from vhw.console import decisions
 from vhw.devices import card as card_dev
 from vhw.devices.hdd import HddImage
 from vhw.formats import hdd as hdd_fmt
@@ -188,7 +188,7 @@ def test_replay_a_captured_acquisition_response_to_another_card(cli, srv, world)
 
     with DiscImage.open(world["discs"][1]) as d:
         mid = d.disc.mid
-    forged = replace(captured, mid=cpu.CardView.open(victim).wrapped_mid(mid))
+    forged = replace(captured, mid=decisions.CardView.open(victim).wrapped_mid(mid))
     card_dev.save(bob["card"], victim.with_license(forged))
     assert cli("console", "eject-disc", *con(bob)).code == 0
     assert cli("console", "insert-disc", world["discs"][1], *con(bob)).code == 0

@@ -22,7 +22,7 @@ import pytest
 
 from vhw import bindings, crypto
 from vhw.bindings import DeviceSecrets, TitleBinding, owner_of
-from vhw.console import cpu
+from vhw.console import decisions
 from vhw.console.install import read_title
 from vhw.console.mount import TitleFS
 from vhw.devices import card as card_dev
@@ -103,7 +103,7 @@ class Attacker:
 
     def __init__(self, card: Card, consoles: list[bytes], hdds: list[bytes], ids: list[tuple[Id, Id]]):
         self.card, self.consoles, self.hdds, self.ids = card, consoles, hdds, ids
-        self.view = cpu.CardView.open(card)  # the MC-Key opens the User ID and the MIDs: not keys
+        self.view = decisions.CardView.open(card)  # the MC-Key opens the User ID and the MIDs: not keys
         assert self.view.user is not None
         self.opened: list[bytes] = []  # every sealed item that opened, whatever it is
 
@@ -338,7 +338,7 @@ def test_the_operator_with_the_database_and_a_stolen_hdd_decrypts_nothing(world,
     """Someone who holds the database, the master key and Alice's HDD image: every Content-Gen-Key
     is theirs, but the console's secret is not, and titles are bound to it."""
     alice = world["alice"]
-    user = cpu.CardView.open(card_dev.load(alice["card"])).user
+    user = decisions.CardView.open(card_dev.load(alice["card"])).user
     lic = srv.home.licensing(srv.home.store())
     try:
         with lic.store.transaction() as tx:

@@ -13,7 +13,7 @@ import dataclasses
 import pytest
 
 from vhw import bindings, crypto
-from vhw.console import cpu
+from vhw.console import decisions
 from vhw.errors import CopyNotPermitted, MediaRefused, UserIdInvalid
 from vhw.ids import Id, IdKind
 from vhw.server.licensing import Licensing
@@ -33,22 +33,22 @@ def flags(lic: Licensing) -> dict[str, str | None]:
         return {mid: user for mid, user in tx.all("SELECT mid, flagged_by FROM media")}
 
 
-def label_only(disc: cpu.Medium) -> cpu.Medium:
+def label_only(disc: decisions.Medium) -> decisions.Medium:
     """What a label shows: the MID (and the title digest, which every disc of the title shows)."""
-    return cpu.Medium(disc.mid, disc.title_digest, None)
+    return decisions.Medium(disc.mid, disc.title_digest, None)
 
 
-def forged_requests(world: World, thief: Kit, disc: cpu.Medium):
+def forged_requests(world: World, thief: Kit, disc: decisions.Medium):
     """Every acquisition a thief with only the label can make: no proof, a proof with a key of
     their own, zeros, another disc's secret, and another user's captured proof."""
     hw = world.hw(thief)
     view = thief.view
-    base = cpu.acquisition_request(view, hw, label_only(disc))
+    base = decisions.acquisition_request(view, hw, label_only(disc))
     yield base  # no proof at all
-    yield cpu.acquisition_request(view, hw, dataclasses.replace(disc, secret=crypto.signing_seed()))
+    yield decisions.acquisition_request(view, hw, dataclasses.replace(disc, secret=crypto.signing_seed()))
     yield dataclasses.replace(base, disc_proof=bytes(64))
     _, mine = world.disc(next(iter(world.titles)))  # a disc of the same title, the thief's own
-    yield cpu.acquisition_request(view, hw, dataclasses.replace(disc, secret=mine.secret))
+    yield decisions.acquisition_request(view, hw, dataclasses.replace(disc, secret=mine.secret))
 
 
 def test_a_label_gets_no_key_and_burns_no_disc(world):
@@ -64,7 +64,7 @@ def test_a_label_gets_no_key_and_burns_no_disc(world):
     assert not any(flags(world.lic).values())  # nothing flagged
     # the real disc's owner is not refused: the disc was never burnt
     owner = world.acquire(owner, disc)
-    assert cpu.copy_keys(owner.view, world.hw(owner), disc.mid, title)[0] == world.titles[title]
+    assert decisions.copy_keys(owner.view, world.hw(owner), disc.mid, title)[0] == world.titles[title]
 
 
 def test_a_captured_proof_serves_no_one_else(world):
@@ -72,8 +72,10 @@ def test_a_captured_proof_serves_no_one_else(world):
     and devices in the request), it proves nothing."""
     _, disc = world.disc()
     owner, thief = world.user(), world.user()
-    proof = cpu.acquisition_request(owner.view, world.hw(owner), disc).disc_proof
-    req = dataclasses.replace(cpu.acquisition_request(thief.view, world.hw(thief), label_only(disc)), disc_proof=proof)
+    proof = decisions.acquisition_request(owner.view, world.hw(owner), disc).disc_proof
+    req = dataclasses.replace(
+        decisions.acquisition_request(thief.view, world.hw(thief), label_only(disc)), disc_proof=proof
+    )
     with pytest.raises(MediaRefused):
         world.lic.acquire("console", req)
     assert flags(world.lic)[str(disc.mid)] is None
@@ -98,7 +100,7 @@ def test_a_rogue_disc_claiming_a_mid(world):
     the maker likes, the console being theirs): the server checks the key registered with the MID."""
     _, disc = world.disc()
     thief = world.user()
-    rogue = cpu.Medium(disc.mid, disc.title_digest, crypto.signing_seed())
+    rogue = decisions.Medium(disc.mid, disc.title_digest, crypto.signing_seed())
     with pytest.raises(MediaRefused):
         world.acquire(thief, rogue)
     assert flags(world.lic)[str(disc.mid)] is None
@@ -119,7 +121,7 @@ def test_a_confirm_proves_the_disc_too(world):
     _, disc = world.disc()
     kit = world.acquire(world.user(), disc)
     with pytest.raises(MediaRefused):
-        world.lic.confirm("console", cpu.confirm_request(kit.view, world.hw(kit), label_only(disc)))
+        world.lic.confirm("console", decisions.confirm_request(kit.view, world.hw(kit), label_only(disc)))
     assert world.confirm(kit, disc).created
 
 
@@ -145,7 +147,7 @@ def repaired(world: World, kit: Kit, *, console: bool = False, hdd: bool = False
     world.lic.repair(
         "operator", p.RepairRequest(kit.card.mc_id, new.client_id if console else None, new.hdd_id if hdd else None)
     )
-    return new.with_(card=cpu.CardView.open(kit.card).wiped().card)
+    return new.with_(card=decisions.CardView.open(kit.card).wiped().card)
 
 
 def test_repair_then_another_users_install_is_refused(world):
@@ -160,7 +162,7 @@ def test_repair_then_another_users_install_is_refused(world):
         assert flags(world.lic)[str(disc.mid)] == str(alice.user)
         # alice installs again from the disc onto her new devices
         alice = world.acquire(alice, disc)
-        assert cpu.copy_keys(alice.view, world.hw(alice), disc.mid, title)[0] == world.titles[title]
+        assert decisions.copy_keys(alice.view, world.hw(alice), disc.mid, title)[0] == world.titles[title]
         world.confirm(alice, disc)
 
 
@@ -173,7 +175,7 @@ def test_reinstall_by_the_owner_on_the_owners_hdd_only(world):
     alice = world.acquire(world.user(), disc)
     world.confirm(alice, disc)
     again = world.acquire(alice, disc)  # the owner, the registered devices: allowed
-    assert cpu.copy_keys(again.view, world.hw(again), disc.mid, title)[0] == world.titles[title]
+    assert decisions.copy_keys(again.view, world.hw(again), disc.mid, title)[0] == world.titles[title]
     elsewhere = again.on(hdd=world.kit())
     with pytest.raises(UserIdInvalid):  # the default policy names the HDD: another one is refused
         world.acquire(elsewhere, disc)
@@ -186,7 +188,7 @@ def test_reinstall_by_the_owner_on_the_owners_hdd_only(world):
     )
     got = lax.acquire(elsewhere, disc)
     with pytest.raises(CopyNotPermitted):
-        cpu.copy_keys(got.view, lax.hw(got), disc.mid, title)
+        decisions.copy_keys(got.view, lax.hw(got), disc.mid, title)
 
 
 def test_retired_devices_get_nothing(world):
@@ -207,8 +209,8 @@ def test_a_wrapped_mid_of_another_card_does_not_open(world):
     """(Unchanged by the proof: the MID travels wrapped for this card and user.)"""
     _, disc = world.disc()
     kit, thief = world.user(), world.user()
-    req = cpu.acquisition_request(kit.view, world.hw(kit), disc)
-    forged = dataclasses.replace(cpu.acquisition_request(thief.view, world.hw(thief), disc), mid=req.mid)
+    req = decisions.acquisition_request(kit.view, world.hw(kit), disc)
+    forged = dataclasses.replace(decisions.acquisition_request(thief.view, world.hw(thief), disc), mid=req.mid)
     with pytest.raises(MediaRefused):
         world.lic.acquire("console", forged)
     assert (

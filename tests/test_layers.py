@@ -8,7 +8,7 @@ anything below):
     2  formats                                              pure: bytes in, objects out
     3  bindings, saves, cardstate, volume, samples          pure: what keys and plans mean
     4  devices                                              device files: file handles, locks, writes
-    5  httpapi, client, console.cpu, console.sandbox,       I/O shells and pure decisions of each side
+    5  httpapi, client, console.decisions, console.sandbox,       I/O shells and pure decisions of each side
        server.store, server.audit, server.metrics, server.logs, publisher.keystore,
        webconsole.sessions, webconsole.charts
     6  console.install, console.mountpoints, publisher.mastering, server.queries, server.auditlog,
@@ -39,7 +39,7 @@ LAYERS = {
     5: [
         "vhw.httpapi",
         "vhw.client",
-        "vhw.console.cpu",
+        "vhw.console.decisions",
         "vhw.console.sandbox",
         "vhw.server.store",
         "vhw.server.audit",
@@ -118,7 +118,7 @@ def imports(path: Path) -> list[tuple[int, str, list[str]]]:
             if not target.startswith("vhw"):
                 continue
             names = [a.name for a in node.names]
-            for name in names:  # `from . import cpu` imports the module vhw.console.cpu
+            for name in names:  # `from . import decisions` imports the module vhw.console.decisions
                 sub = f"{target}.{name}"
                 is_module = (ROOT.parent / Path(*sub.split("."))).with_suffix(".py").exists() or (
                     ROOT.parent / Path(*sub.split("."))

@@ -8,7 +8,7 @@ import itertools
 import pytest
 
 from vhw import bindings, crypto
-from vhw.console import cpu
+from vhw.console import decisions
 from vhw.errors import (
     CopyNotPermitted,
     MediaRefused,
@@ -53,15 +53,15 @@ def test_register_acquire_copy_confirm(world):
     title, disc = world.disc()
     kit = world.acquire(kit, disc)
     # S21-S23: the keys open on this console and HDD, and are the title's
-    ck, match = cpu.copy_keys(kit.view, world.hw(kit), disc.mid, title)
+    ck, match = decisions.copy_keys(kit.view, world.hw(kit), disc.mid, title)
     assert ck == world.titles[title]
-    assert cpu.reproduction_key(kit.view, world.hw(kit)) == match
+    assert decisions.reproduction_key(kit.view, world.hw(kit)) == match
     assert world.confirm(kit, disc).created
     assert not world.confirm(kit, disc).created  # a retried confirm is fine
     # the owner may install the disc again onto the same registered devices (after `hdd rm` or
     # data loss): that copies nothing to anyone else
     again = world.acquire(kit, disc)
-    assert cpu.copy_keys(again.view, world.hw(kit), disc.mid, title)[0] == world.titles[title]
+    assert decisions.copy_keys(again.view, world.hw(kit), disc.mid, title)[0] == world.titles[title]
     with pytest.raises(MediaRefused):
         world.acquire(world.user(), disc)  # anyone else: never
 
@@ -71,7 +71,7 @@ def test_lost_answer_can_be_fetched_again_until_confirm(world):
     _, disc = world.disc()
     first = world.acquire(kit, disc)
     again = world.acquire(kit, disc)  # the first answer "got lost": same user, same devices
-    assert cpu.copy_keys(again.view, world.hw(kit), disc.mid, first.card.licenses[0].title_id)
+    assert decisions.copy_keys(again.view, world.hw(kit), disc.mid, first.card.licenses[0].title_id)
     other = world.user()
     with pytest.raises(MediaRefused):
         world.acquire(other, disc)  # no one else, ever
@@ -81,7 +81,7 @@ def test_registration_refusals(world):
     with pytest.raises(RegistrationRefused):
         world.register(world.kit(register_devices=False))  # a card the platform never made
     kit = world.kit()
-    forged = cpu.registration_request(kit.card, kit.client_id, kit.hdd_id)
+    forged = decisions.registration_request(kit.card, kit.client_id, kit.hdd_id)
     with pytest.raises(RegistrationRefused):  # someone who read the label but has no MC-Key
         world.lic.register("console", forged.__class__(forged.mc_id, forged.client_id, forged.hdd_id, bytes(32)))
     unknown_console = kit.on(console=world.kit(register_devices=False))
@@ -108,7 +108,7 @@ def test_user_id_refusals(world):
     # another card's wrapped User ID sent with this card's MC-ID (the console itself would not:
     # it does not open with this card's MC-Key)
     other = world.user()
-    req = cpu.acquisition_request(kit.view, world.hw(kit), disc)
+    req = decisions.acquisition_request(kit.view, world.hw(kit), disc)
     with pytest.raises(UserIdInvalid):
         world.lic.acquire("console", dataclasses.replace(req, user_id=other.card.user_id))
 
@@ -130,31 +130,31 @@ def test_copy_and_reproduction_refusals_on_the_console(world):
     other = world.kit()
     for lent in (kit.on(console=other), kit.on(hdd=other), kit.on(console=other, hdd=other)):
         with pytest.raises(CopyNotPermitted):  # card lent to another console, right card other HDD, ...
-            cpu.copy_keys(lent.view, world.hw(lent), disc.mid, title)
+            decisions.copy_keys(lent.view, world.hw(lent), disc.mid, title)
         with pytest.raises(ReproductionNotPermitted):
-            cpu.reproduction_key(lent.view, world.hw(lent))
+            decisions.reproduction_key(lent.view, world.hw(lent))
     with pytest.raises(ReproductionNotPermitted):
-        cpu.reproduction_key(None, world.hw(kit))  # no card
+        decisions.reproduction_key(None, world.hw(kit))  # no card
 
 
 def test_acquisition_answer_replayed_to_another_card_is_useless(world):
     kit, thief = world.user(), world.user()
     title, disc = world.disc()
-    req = cpu.acquisition_request(kit.view, world.hw(kit), disc)
+    req = decisions.acquisition_request(kit.view, world.hw(kit), disc)
     resp = world.lic.acquire("console", req)
     # stored on the thief's card it is useless: nothing opens on the thief's devices
-    stolen = cpu.accept_acquisition(thief.view, req, resp, disc.mid, world.hw(thief), acquired=1)
+    stolen = decisions.accept_acquisition(thief.view, req, resp, disc.mid, world.hw(thief), acquired=1)
     with pytest.raises(CopyNotPermitted):
-        cpu.copy_keys(stolen, world.hw(thief), disc.mid, title)
+        decisions.copy_keys(stolen, world.hw(thief), disc.mid, title)
     with pytest.raises(crypto.Invalid):
         bindings.open_content_key(thief.devices, thief.card.mc_key, thief.card.mc_id, disc.mid, title, resp.content_key)
     # and the thief's card in the victim's console does not open it either (the MC-Key differs)
     with pytest.raises(crypto.Invalid):
         bindings.open_content_key(kit.devices, thief.card.mc_key, thief.card.mc_id, disc.mid, title, resp.content_key)
     in_victims = thief.on(console=kit, hdd=kit)  # the thief's card in the victim's console
-    stolen = cpu.accept_acquisition(in_victims.view, req, resp, disc.mid, world.hw(in_victims), acquired=1)
+    stolen = decisions.accept_acquisition(in_victims.view, req, resp, disc.mid, world.hw(in_victims), acquired=1)
     with pytest.raises(CopyNotPermitted):
-        cpu.copy_keys(stolen, world.hw(in_victims), disc.mid, title)
+        decisions.copy_keys(stolen, world.hw(in_victims), disc.mid, title)
 
 
 def test_content_keys_of_two_mids_cannot_be_swapped(world):
@@ -170,7 +170,7 @@ def test_content_keys_of_two_mids_cannot_be_swapped(world):
         }
     )
     with pytest.raises(CopyNotPermitted):
-        cpu.copy_keys(cpu.CardView.open(swapped), world.hw(kit), d1.mid, t1)
+        decisions.copy_keys(decisions.CardView.open(swapped), world.hw(kit), d1.mid, t1)
 
 
 def test_guessing_user_ids_is_rate_limited(world):

@@ -13,7 +13,7 @@ import trio
 
 from vhw import protocol as p
 from vhw.client import tls_context
-from vhw.console import cpu
+from vhw.console import decisions
 
 from .conftest import MEDIA
 from .servers import RunningServer, make_users, press
@@ -45,7 +45,7 @@ async def test_200_concurrent_acquisitions_across_two_processes_50_times(two):
             outcomes: list[str] = []
 
             async def one(client, kit, mid=mid, outcomes=outcomes):
-                body = p.encode(cpu.acquisition_request(*kit, mid))
+                body = p.encode(decisions.acquisition_request(*kit, mid))
                 resp = await client.post("/v1/console/acquire", json=body)
                 processes.add(resp.headers["x-vhw-process"])
                 outcomes.append("ok" if resp.status_code == 200 else resp.json()["message"])
@@ -80,7 +80,7 @@ async def test_killing_a_process_mid_request_loses_no_flag_and_issues_no_second_
         failed: list[tuple] = []
 
         async def one(client, kit, mid, failed=failed, got_keys=got_keys):
-            body = p.encode(cpu.acquisition_request(*kit, mid))
+            body = p.encode(decisions.acquisition_request(*kit, mid))
             try:
                 resp = await client.post("/v1/console/acquire", json=body)
             except httpx.HTTPError:
@@ -105,7 +105,7 @@ async def test_killing_a_process_mid_request_loses_no_flag_and_issues_no_second_
                 for _ in range(50):
                     try:
                         resp = await again.post(
-                            "/v1/console/acquire", json=p.encode(cpu.acquisition_request(*kit, mid))
+                            "/v1/console/acquire", json=p.encode(decisions.acquisition_request(*kit, mid))
                         )
                         break
                     except httpx.HTTPError:

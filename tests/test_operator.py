@@ -25,7 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from vhw import bindings, crypto
 from vhw import protocol as p
 from vhw.client import tls_context
-from vhw.console import cpu
+from vhw.console import decisions
 from vhw.devices import card as card_dev
 from vhw.devices import rom as rom_dev
 from vhw.devices.hdd import HddImage
@@ -57,7 +57,7 @@ def vhw_cmd(*args: object, env: dict | None = None, timeout: float = 120) -> sub
 
 def acquire(http: httpx.Client, kit, mid) -> str:
     """One console's acquisition over its own connection: "ok" or the refusal's message."""
-    resp = http.post("/v1/console/acquire", json=p.encode(cpu.acquisition_request(*kit, mid)))
+    resp = http.post("/v1/console/acquire", json=p.encode(decisions.acquisition_request(*kit, mid)))
     return "ok" if resp.status_code == 200 else resp.json()["message"]
 
 
@@ -171,7 +171,7 @@ def story(srv, kits, mids) -> dict[str, int]:
         stranger = Card(Id.random(IdKind.CARD), crypto.random_key(), 1)
         resp = http.post(
             "/v1/console/register",
-            json=p.encode(cpu.registration_request(stranger, Id.random(IdKind.CLIENT), Id.random(IdKind.HDD))),
+            json=p.encode(decisions.registration_request(stranger, Id.random(IdKind.CLIENT), Id.random(IdKind.HDD))),
         )
     assert outcomes == ["ok"] * 4 + [MEDIA_REFUSED] * 2
     assert resp.json()["message"] == REGISTER.rstrip("\n")
@@ -233,7 +233,7 @@ def test_metrics_of_two_workers_add_up(postgres, tmp_path):
         with console_http(srv, headers={"connection": "close"}) as http:  # each request: a new connection
             for i, mid in enumerate(mids):
                 for kit in kits[2 * i : 2 * i + 2]:
-                    resp = http.post("/v1/console/acquire", json=p.encode(cpu.acquisition_request(*kit, mid)))
+                    resp = http.post("/v1/console/acquire", json=p.encode(decisions.acquisition_request(*kit, mid)))
                     processes.add(resp.headers["x-vhw-process"])
                     outcomes.append(resp.status_code)
         assert outcomes.count(200) == 10 and len(processes) == 2  # both took part
@@ -294,7 +294,7 @@ def test_no_secret_in_the_logs_of_a_full_run(cli, tmp_path, title_src):
             assert cli("console", "eject-disc", "--console", bob["console"]).code == 0
             assert cli("console", "insert-disc", other_disc, "--console", bob["console"]).code == 0
             assert cli("console", "acquire", "--console", bob["console"]).code == 0
-            user = cpu.CardView.open(card_dev.load(alice["card"])).user
+            user = decisions.CardView.open(card_dev.load(alice["card"])).user
             op = ["--credential", srv.credential("operator"), "--server", srv.url]
             assert cli("repair", "card", "--user-id", user, "-o", run_dir / "new.card", *op).code == 0
             assert cli("server", "audit", "--home", home).code == 0

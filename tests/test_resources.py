@@ -13,7 +13,7 @@ import trio
 
 from vhw import protocol as p
 from vhw.client import tls_context
-from vhw.console import cpu
+from vhw.console import decisions
 from vhw.httpapi import raise_file_limit
 
 from .servers import RunningServer, make_users
@@ -86,7 +86,7 @@ async def test_good_clients_answered_within_1s_while_500_bad_connections_are_ope
                 start = time.perf_counter()
                 assert (await good.get("/v1/health")).status_code == 200
                 latencies.append(time.perf_counter() - start)
-                body = p.encode(cpu.acquisition_request(*kit, new_disc(os.urandom(32))))
+                body = p.encode(decisions.acquisition_request(*kit, new_disc(os.urandom(32))))
                 start = time.perf_counter()
                 resp = await good.post("/v1/console/acquire", json=body)
                 latencies.append(time.perf_counter() - start)

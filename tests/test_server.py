@@ -20,7 +20,7 @@ from vhw import bindings, crypto
 from vhw import protocol as p
 from vhw.bindings import DeviceSecrets
 from vhw.client import Client, tls_context
-from vhw.console import cpu
+from vhw.console import decisions
 from vhw.devices import card as card_dev
 from vhw.devices import rom as rom_dev
 from vhw.devices.disc import DiscImage
@@ -63,7 +63,7 @@ def test_register_and_acquire_end_to_end(cli, srv, tmp_path, title_src, vhw_home
     # the card now holds all the patent says, each opening with its MC-Key as exactly what it is
     # (the two keys also sealed to this console and HDD: their secrets open that layer)
     card = card_dev.load(dev["card"])
-    view = cpu.CardView.open(card)
+    view = decisions.CardView.open(card)
     user = view.user
     assert user == printed_user
     [(lic, mid)] = view.licenses()
@@ -121,7 +121,7 @@ async def test_100_concurrent_acquisitions_of_one_mid(srv):
     start = trio.Event()
 
     async def one(view, hw):
-        body = p.encode(cpu.acquisition_request(view, hw, mid))
+        body = p.encode(decisions.acquisition_request(view, hw, mid))
         async with httpx.AsyncClient(verify=ctx, timeout=60) as http:
             await start.wait()
             resp = await http.post(srv.url + "/v1/console/acquire", json=body)
@@ -196,7 +196,7 @@ def test_lost_answer_can_be_fetched_again_until_confirmed(srv):
     [(view, hw)] = make_users(srv, 1)
     disc = make_disc(srv, "LOST-1")
     mid = disc.mid
-    req = cpu.acquisition_request(view, hw, disc)
+    req = decisions.acquisition_request(view, hw, disc)
     proxy = DroppingProxy(srv.url)
     with httpx.Client(verify=tls_context(srv.ca_der), headers={"connection": "close"}, timeout=30) as http:
         with pytest.raises(httpx.RemoteProtocolError):
@@ -211,13 +211,13 @@ def test_lost_answer_can_be_fetched_again_until_confirmed(srv):
     assert len(flags) == 1
     with srv.console_client() as c:
         resp = c.call("/v1/console/acquire", req, p.AcquireResponse)  # the same user fetches again
-        view = cpu.accept_acquisition(view, req, resp, mid, hw, acquired=1)
-        assert cpu.copy_keys(view, hw, mid, "LOST-1")
-        c.call("/v1/console/confirm", cpu.confirm_request(view, hw, disc), p.Done)
+        view = decisions.accept_acquisition(view, req, resp, mid, hw, acquired=1)
+        assert decisions.copy_keys(view, hw, mid, "LOST-1")
+        c.call("/v1/console/confirm", decisions.confirm_request(view, hw, disc), p.Done)
         c.call("/v1/console/acquire", req, p.AcquireResponse)  # the owner may install it again
     [(other_view, other_hw)] = make_users(srv, 1)
     with srv.console_client() as c, pytest.raises(MediaRefused):  # no one else may, ever
-        c.call("/v1/console/acquire", cpu.acquisition_request(other_view, other_hw, disc), p.AcquireResponse)
+        c.call("/v1/console/acquire", decisions.acquisition_request(other_view, other_hw, disc), p.AcquireResponse)
     with srv.role_client("operator") as op:
         actions = [e.action for e in op.call("/v1/operator/audit", p.AuditQuery(limit=1000), p.AuditPage).entries]
     assert {"flag-mid", "refetch-keys", "confirm-install", "reinstall-keys"} <= set(actions)
@@ -236,8 +236,8 @@ def test_database_holds_no_key(cli, srv, tmp_path, title_src, vhw_home):
     card = card_dev.load(dev["card"])
     rom = rom_dev.load(dev["rom"])
     with HddImage.open(dev["hdd"]) as img:
-        hw = cpu.Hardware(DeviceSecrets(rom.client_id, img.hdd_id, rom.secret, img.secret), rom.token_anchor)
-    match = cpu.devices_match(cpu.CardView.open(card), hw)
+        hw = decisions.Hardware(DeviceSecrets(rom.client_id, img.hdd_id, rom.secret, img.secret), rom.token_anchor)
+    match = decisions.devices_match(decisions.CardView.open(card), hw)
     secrets = [
         card.mc_key,
         KeyStore(vhw_home / "publisher").title("REST-1").content_key,
@@ -274,11 +274,11 @@ def test_database_holds_no_key(cli, srv, tmp_path, title_src, vhw_home):
 def test_role_matrix(srv):
     [(view, hw), (view2, _)] = make_users(srv, 2)
     title, digest = "ROLE-1", os.urandom(32)
-    disc, bought = new_disc(digest), cpu.Medium(Id.random(IdKind.MEDIA), digest)
+    disc, bought = new_disc(digest), decisions.Medium(Id.random(IdKind.MEDIA), digest)
     fresh = Card(Id.random(IdKind.CARD), crypto.random_key(), 1)
     new_console = Id.random(IdKind.CLIENT)
-    acquire = cpu.acquisition_request(view, hw, disc)
-    purchase = cpu.acquisition_request(view, hw, bought)
+    acquire = decisions.acquisition_request(view, hw, disc)
+    purchase = decisions.acquisition_request(view, hw, bought)
     key = crypto.device_public(crypto.device_secret())
     bodies = {
         "/v1/manufacturer/consoles": p.RegisterConsole(new_console, key),
@@ -289,11 +289,11 @@ def test_role_matrix(srv):
         "/v1/operator/audit": p.AuditQuery(),
         "/v1/operator/repair": p.RepairRequest(view2.card.mc_id, new_console),
         "/v1/operator/reissue": p.ReissueRequest(view2.user, Id.random(IdKind.CARD), crypto.random_key()),
-        "/v1/broker/register": cpu.registration_request(view.card, hw.client_id, hw.hdd_id),
+        "/v1/broker/register": decisions.registration_request(view.card, hw.client_id, hw.hdd_id),
         "/v1/broker/acquire": acquire,
         "/v1/broker/refetch": acquire,
         "/v1/broker/purchase": p.PurchaseRequest(**purchase.__dict__, title_id=title),
-        "/v1/broker/confirm": cpu.confirm_request(view, hw, disc),
+        "/v1/broker/confirm": decisions.confirm_request(view, hw, disc),
     }
     creds = {r: Credential.load(srv.credential(r)).token for r in ROLES}
     ctx = tls_context(srv.ca_der)
@@ -319,7 +319,7 @@ def test_role_matrix(srv):
 
 def test_malformed_requests_get_a_4xx_and_the_server_goes_on(srv):
     [kit] = make_users(srv, 1)
-    good = p.encode(cpu.acquisition_request(*kit, new_disc(os.urandom(32))))
+    good = p.encode(decisions.acquisition_request(*kit, new_disc(os.urandom(32))))
     pub = {"authorization": f"Bearer {Credential.load(srv.credential('publisher')).token}"}
     big = "A" * (70 * 1024)
 

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from vhw import crypto
 from vhw import protocol as p
 from vhw.bindings import DeviceSecrets
-from vhw.console import cpu
+from vhw.console import decisions
 from vhw.formats.card import Card
 from vhw.ids import Id, IdKind
 from vhw.pki import issue_signer, make_ca
@@ -40,8 +40,8 @@ class Kit:
         return self.devices.hdd_id
 
     @property
-    def view(self) -> cpu.CardView:
-        return cpu.CardView.open(self.card)
+    def view(self) -> decisions.CardView:
+        return decisions.CardView.open(self.card)
 
     def with_(self, **kw) -> Kit:
         return replace(self, **kw)
@@ -69,9 +69,9 @@ class World:
         sign = lambda data: signer_key.sign(data, ec.ECDSA(hashes.SHA256()))  # noqa: E731
         return cls(Licensing(store, crypto.random_key(), policy or Policy(), sign=sign), signer_der)
 
-    def hw(self, kit: Kit, epochs: dict | None = None) -> cpu.Hardware:
+    def hw(self, kit: Kit, epochs: dict | None = None) -> decisions.Hardware:
         """The console a kit's card is in, as its CPU sees it: devices, the ROM's CA, the HDD's epochs."""
-        return cpu.Hardware(kit.devices, self.anchor, epochs or {})
+        return decisions.Hardware(kit.devices, self.anchor, epochs or {})
 
     def kit(self, *, register_devices: bool = True) -> Kit:
         card = Card(Id.random(IdKind.CARD), crypto.random_key(), 1)
@@ -90,8 +90,8 @@ class World:
         return self.register(self.kit())
 
     def register(self, kit: Kit) -> Kit:
-        resp = self.lic.register("console", cpu.registration_request(kit.card, kit.client_id, kit.hdd_id))
-        card, user = cpu.accept_registration(kit.card, resp)
+        resp = self.lic.register("console", decisions.registration_request(kit.card, kit.client_id, kit.hdd_id))
+        card, user = decisions.accept_registration(kit.card, resp)
         return kit.with_(card=card, user=user)
 
     def title(self, title_id: str | None = None) -> str:
@@ -102,29 +102,29 @@ class World:
         self.digests[title_id] = digest
         return title_id
 
-    def disc(self, title_id: str | None = None) -> tuple[str, cpu.Medium]:
+    def disc(self, title_id: str | None = None) -> tuple[str, decisions.Medium]:
         """A pressed disc of the title: its MID registered with the public key of its own secret."""
         title_id = title_id or self.title()
         disc = new_disc(self.digests[title_id])
         self.lic.register_media("pub", p.RegisterMedia(title_id, (pressed(disc),)))
         return title_id, disc
 
-    def acquire(self, kit: Kit, disc: cpu.Medium) -> Kit:
+    def acquire(self, kit: Kit, disc: decisions.Medium) -> Kit:
         view, hw = kit.view, self.hw(kit)
-        req = cpu.acquisition_request(view, hw, disc)
+        req = decisions.acquisition_request(view, hw, disc)
         resp = self.lic.acquire("console", req)
-        return kit.with_(card=cpu.accept_acquisition(view, req, resp, disc.mid, hw, acquired=1).card)
+        return kit.with_(card=decisions.accept_acquisition(view, req, resp, disc.mid, hw, acquired=1).card)
 
-    def confirm(self, kit: Kit, disc: cpu.Medium) -> p.Done:
-        return self.lic.confirm("console", cpu.confirm_request(kit.view, self.hw(kit), disc))
+    def confirm(self, kit: Kit, disc: decisions.Medium) -> p.Done:
+        return self.lic.confirm("console", decisions.confirm_request(kit.view, self.hw(kit), disc))
 
 
-def new_disc(title_digest: bytes) -> cpu.Medium:
+def new_disc(title_digest: bytes) -> decisions.Medium:
     """A disc as its holder has it: a fresh MID, the title's digest, the disc's own secret."""
-    return cpu.Medium(Id.random(IdKind.MEDIA), title_digest, crypto.signing_seed())
+    return decisions.Medium(Id.random(IdKind.MEDIA), title_digest, crypto.signing_seed())
 
 
-def pressed(disc: cpu.Medium) -> p.PressedDisc:
+def pressed(disc: decisions.Medium) -> p.PressedDisc:
     """What the publisher registers of a disc: its MID and the public key of its secret."""
     assert disc.secret is not None
     return p.PressedDisc(disc.mid, crypto.public_bytes(crypto.signing_key_from(disc.secret)))

@@ -35,17 +35,17 @@ from tests.servers import RunningServer, make_users  # noqa: E402
 from vhw import bindings, crypto  # noqa: E402
 from vhw import protocol as p  # noqa: E402
 from vhw.client import tls_context  # noqa: E402
-from vhw.console import cpu  # noqa: E402
+from vhw.console import decisions  # noqa: E402
 from vhw.ids import Id, IdKind  # noqa: E402
 
 USERS = 64
 MAX_RATE = 2000  # acquisitions/s this machine could plausibly reach; sizes the pool of fresh discs
 
 
-def register_mids(srv, title: str, count: int) -> list[cpu.Medium]:
+def register_mids(srv, title: str, count: int) -> list[decisions.Medium]:
     """``count`` discs of a new title, each with its own secret, their MIDs registered."""
     digest = os.urandom(32)
-    discs = [cpu.Medium(Id.random(IdKind.MEDIA), digest, crypto.signing_seed()) for _ in range(count)]
+    discs = [decisions.Medium(Id.random(IdKind.MEDIA), digest, crypto.signing_seed()) for _ in range(count)]
     with srv.role_client("publisher") as pub:
         pub.call("/v1/publisher/titles", p.RegisterTitle(title, title, crypto.random_key(), digest), p.Done)
         for i in range(0, count, 1000):
@@ -180,7 +180,7 @@ def main() -> int:
 
             async def acquire(i, client):
                 kit = kits[i % USERS]
-                body = p.encode(cpu.acquisition_request(*kit, next(mids)))
+                body = p.encode(decisions.acquisition_request(*kit, next(mids)))
                 return await client.post("/v1/console/acquire", json=body)
 
             async def health(i, client):

@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from ..console import cpu
+from ..console import decisions
 from ..console.machine import SLOTS, Machine
 from ..devices import card as card_dev
 from ..devices.disc import DiscImage
@@ -106,7 +106,7 @@ def console_status(console_dir: Path | None, as_json: bool) -> None:
         "tray": None,
     }
     if cfg.memory:
-        view = cpu.CardView.open(m.card().load())
+        view = decisions.CardView.open(m.card().load())
         d["memory"] = {
             "where": cfg.memory,
             "mc_id": str(view.card.mc_id),
@@ -114,7 +114,7 @@ def console_status(console_dir: Path | None, as_json: bool) -> None:
         }
     for slot, path in cfg.slots.items():
         if path:
-            view = cpu.CardView.open(card_dev.load(Path(path)))
+            view = decisions.CardView.open(card_dev.load(Path(path)))
             user = str(view.require_user()) if view.card.registered else None
             d["slots"][slot] = {"path": path, "mc_id": str(view.card.mc_id), "user_id": user}
         else:

@@ -8,7 +8,7 @@ import click
 
 from .. import crypto
 from .. import protocol as proto
-from ..console import cpu
+from ..console import decisions
 from ..devices import card as card_dev
 from ..devices import rom as rom_dev
 from ..devices.files import now, refuse_existing
@@ -55,7 +55,7 @@ def repair_device(
     with role_client(credential, server_url, "operator") as c:
         resp = c.call("/v1/operator/repair", proto.RepairRequest(card.mc_id, client_id, hdd_id), proto.RepairResponse)
     with card_dev.transaction(card_path) as img:  # its saves stay
-        img.save_card(cpu.CardView.open(img.card).wiped().card)
+        img.save_card(decisions.CardView.open(img.card).wiped().card)
     new = ", ".join(str(x) for x in (client_id, hdd_id) if x)
     click.echo(
         f"re-registered {new} for memory card {card.mc_id}; {resp.reinstallable} disc(s) may be installed"
@@ -87,7 +87,7 @@ def repair_card(user_id: Id, out: Path, credential: Path | None, server_url: str
     mc_id, mc_key = Id.random(IdKind.CARD), crypto.random_key()
     with role_client(credential, server_url, "operator") as c:
         resp = c.call("/v1/operator/reissue", proto.ReissueRequest(user_id, mc_id, mc_key), proto.ReissueResponse)
-    card = cpu.reissued_card(user_id, mc_id, mc_key, resp, now())
+    card = decisions.reissued_card(user_id, mc_id, mc_key, resp, now())
     card_dev.create(out, card)
     click.echo(
         f"new memory card {out}: MC-ID {mc_id} for User ID {user_id}, {len(card.licenses)} license(s);"

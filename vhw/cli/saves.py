@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from .. import saves as sv
-from ..console import cpu
+from ..console import decisions
 from ..devices.card import CardImage
 from ..devices.files import atomic_write, read_small, refuse_existing
 from ..errors import ImageError, StateError
@@ -108,7 +108,7 @@ def saves_export(image: Path, title_id: str, name: str | None, out: Path) -> Non
     with open_card(image) as img:
         entry = pick(img, title_id, name)
         data = img.read_save(entry)
-        user = cpu.CardView.open(img.card).require_user()
+        user = decisions.CardView.open(img.card).require_user()
     atomic_write(
         out,
         sv.encode_export(sv.Exported(user, entry.title_id, entry.name, entry.modified, entry.meta, data)),
@@ -125,7 +125,7 @@ def saves_import(image: Path, file: Path) -> None:
     that title and name if there is one."""
     exported = sv.decode_export(read_small(file, sv.EXPORT_WHAT, limit=MAX_EXPORT), path=file)
     with open_card(image, write=True) as img:
-        user = cpu.CardView.open(img.card).require_user()
+        user = decisions.CardView.open(img.card).require_user()
         if exported.user != user:
             raise ImageError(file, "is a save of another user; a card takes only its own user's saves")
         img.write_save(exported.title_id, exported.name, exported.data, modified=exported.modified, meta=exported.meta)
@@ -155,13 +155,13 @@ def saves_copy(src: Path, dst: Path, title_id: str | None) -> None:
     if src.resolve() == dst.resolve():
         raise StateError("SRC and DST are the same card")
     with open_card(src) as a:
-        user = cpu.CardView.open(a.card).require_user()
+        user = decisions.CardView.open(a.card).require_user()
         chosen = [s for s in a.saves if title_id is None or s.title_id == title_id]
         if not chosen:
             raise StateError(f"{src}: no saves{' of ' + title_id if title_id else ''} to copy")
         plain = [(s, a.read_save(s)) for s in chosen]  # every one verified before anything is written
     with open_card(dst, write=True) as b:
-        if cpu.CardView.open(b.card).require_user() != user:
+        if decisions.CardView.open(b.card).require_user() != user:
             raise StateError(f"{dst} is another user's card: saves go only to cards of their own user")
         b.write_saves([(s.title_id, s.name, data, s.modified, s.meta) for s, data in plain])  # all fit, or none
     click.echo(f"copied {len(plain)} save(s) from {src} to {dst}")

@@ -1,6 +1,6 @@
 """The console's side: what runs on the user's machine.
 
-- :mod:`.cpu`: the console CPU's decisions in each flow (pure: card views, the copy and play checks);
+- :mod:`.decisions`: what the console decides in each flow (pure: card views, the copy and play checks);
 - :mod:`.install`: the copy, S24-S26, as a plan generator (pure);
 - :mod:`.machine`: the emulated console: slots, tray, the flows over the device files and the server;
 - :mod:`.mount`: the decrypting, read-only pyfuse3 file system of the HDD (S31-S35);

@@ -8,7 +8,7 @@ Set up once (``vhw console setup``); afterwards the everyday commands find the c
 ``--console DIR``, ``$VHW_CONSOLE`` or the current folder, and need no paths. One flow runs at a
 time on a console (a lock on ``DIR/.console.lock``, like a single CPU): a second command waits.
 
-The flows are the patent's, each a thin shell around :mod:`vhw.console.cpu` (what the CPU decides),
+The flows are the patent's, each a thin shell around :mod:`vhw.console.decisions` (what the CPU decides),
 :mod:`vhw.client` (the modem) and the device files.
 """
 
@@ -42,7 +42,7 @@ from ..formats.disc import Pressing
 from ..formats.hdd import Title
 from ..formats.rom import Rom
 from ..ids import Id, IdKind
-from . import cpu, install, sandbox
+from . import decisions, install, sandbox
 from .mountpoints import clear_stale, unmount
 
 if TYPE_CHECKING:  # (httpx loads only for the flows that talk to the server)
@@ -272,10 +272,10 @@ class Machine:
         with self.busy():
             rom, hdd_id = self.rom(), self.hdd_id()
             with self.card(slot).transaction() as img:
-                req = cpu.registration_request(img.card, rom.client_id, hdd_id)
+                req = decisions.registration_request(img.card, rom.client_id, hdd_id)
                 with self.client(rom) as c:  # S1: connect
                     resp = c.call("/v1/console/register", req, p.RegisterResponse)
-                card, user = cpu.accept_registration(img.card, resp)
+                card, user = decisions.accept_registration(img.card, resp)
                 img.save_card(card)  # S6
         return user
 
@@ -289,12 +289,12 @@ class Machine:
                 medium = disc_medium(disc)
                 mid = medium.mid
                 with self.card(slot).transaction() as img:
-                    view = cpu.CardView.open(img.card)
-                    req = cpu.acquisition_request(view, hw, medium)
+                    view = decisions.CardView.open(img.card)
+                    req = decisions.acquisition_request(view, hw, medium)
                     with self.client(rom) as c:
                         resp = c.call("/v1/console/acquire", req, p.AcquireResponse)
                     check_disc_is_registered(disc, resp)
-                    img.save_card(cpu.accept_acquisition(view, req, resp, mid, hw, acquired=now()).card)  # S16
+                    img.save_card(decisions.accept_acquisition(view, req, resp, mid, hw, acquired=now()).card)  # S16
         return resp.title_id, mid
 
     def install(
@@ -311,12 +311,12 @@ class Machine:
                 HddImage.open(self.hdd_path, write=True, wait=wait, on_wait=self.log) as hdd,
             ):
                 with self.card(slot).transaction() as mem:  # opened once, written at S16 and S28
-                    return self._install(mem, cpu.CardView.open(mem.card), rom, disc, hdd, progress)
+                    return self._install(mem, decisions.CardView.open(mem.card), rom, disc, hdd, progress)
 
     def _install(
         self,
         mem: CardImage,
-        view: cpu.CardView,
+        view: decisions.CardView,
         rom: Rom,
         disc: DiscImage,
         hdd: HddImage,
@@ -331,26 +331,26 @@ class Machine:
                 raise StateError(f"{m.title_id} is already installed on this HDD")
             view, mid = self._purchase_mid(view, m.title_id)
             mem.save_card(view.card)  # the fresh MID is on the card before it is asked for
-            medium = cpu.Medium(mid, disc.disc.title_digest)
+            medium = decisions.Medium(mid, disc.disc.title_digest)
         else:
             medium = disc_medium(disc)
             mid = medium.mid
         if on_hdd and on_hdd.complete:
             if on_hdd.mid != mid:
                 raise StateError(f"{m.title_id} is already installed on this HDD (from another disc)")
-            match = cpu.devices_match(view, hw)
+            match = decisions.devices_match(view, hw)
             lic = view.license_for(mid)
             if match and crypto.equal(on_hdd.bound_to, match.binding.owner) and not (lic and lic.content_key):
                 raise StateError(f"{m.title_id} is already installed on this HDD")
         pending = view.license_for(mid)
         if pending and pending.content_key:
             # S21-S23 before anything else: keys acquired elsewhere copy only where they were meant to
-            cpu.copy_keys(view, hw, mid, m.title_id)
+            decisions.copy_keys(view, hw, mid, m.title_id)
         elif on_hdd is None:
             install.check_space(hdd.volume, disc)  # a full HDD refuses before any MID is flagged
         # S11-S17: register the MID and fetch the keys (again: until confirmed, that is allowed,
         # and a card rolled back to before its confirm is refused here)
-        req = cpu.acquisition_request(view, hw, medium)
+        req = decisions.acquisition_request(view, hw, medium)
         with self.client(rom) as c:
             if purchase:  # FIG. 15: a disc without a MID: the license is bought (through a broker)
                 req = p.PurchaseRequest(**req.__dict__, title_id=m.title_id)
@@ -358,9 +358,9 @@ class Machine:
             else:
                 resp = c.call("/v1/console/acquire", req, p.AcquireResponse)
         check_disc_is_registered(disc, resp)
-        view = cpu.accept_acquisition(view, req, resp, mid, hw, acquired=now())
+        view = decisions.accept_acquisition(view, req, resp, mid, hw, acquired=now())
         mem.save_card(view.card)  # S16
-        content_key, match = cpu.copy_keys(view, hw, mid, m.title_id)  # S21-S23
+        content_key, match = decisions.copy_keys(view, hw, mid, m.title_id)  # S21-S23
         self._note_epoch(hdd, match)
         outcome = "installed"
         on_hdd = hdd.volume.catalog.title(m.title_id)
@@ -392,12 +392,12 @@ class Machine:
             )  # S24-S26
         # S27-S28: the copy is complete and durable: make the flag final, then drop the key
         with self.client(rom) as c:
-            c.call("/v1/console/confirm", cpu.confirm_request(view, hw, medium), p.Done)
-        mem.save_card(cpu.drop_content_key(view, mid).card)
+            c.call("/v1/console/confirm", decisions.confirm_request(view, hw, medium), p.Done)
+        mem.save_card(decisions.drop_content_key(view, mid).card)
         return m.title_id, outcome
 
     @staticmethod
-    def _purchase_mid(view: cpu.CardView, title_id: str) -> tuple[cpu.CardView, Id]:
+    def _purchase_mid(view: decisions.CardView, title_id: str) -> tuple[decisions.CardView, Id]:
         """The MID of the license to buy for a disc without one: a purchase under way (asked, or
         answered but not installed yet) goes on with its own; else a fresh one, which the caller
         keeps on the card *before* it is asked for, so a lost answer is fetched again, never
@@ -410,27 +410,27 @@ class Machine:
         return view.with_license(License(title_id, view.wrapped_mid(mid), b"", 0), mid), mid
 
     @staticmethod
-    def _note_epoch(hdd: HddImage, match: cpu.Match) -> None:
+    def _note_epoch(hdd: HddImage, match: decisions.Match) -> None:
         """A newer card of this user was used here: from now on this HDD refuses older ones."""
         if match.epoch > hdd.volume.catalog.epochs().get(match.owner, 0):
             hdd.apply(*hdd.volume.with_card_epoch(match.owner, match.epoch))
 
     # -- reproduction, S31-S35 ---------------------------------------------------------------------
 
-    def card_view(self, slot: str = "1") -> cpu.CardView | None:
+    def card_view(self, slot: str = "1") -> decisions.CardView | None:
         """The card's items opened once (None: no card), for a flow that only reads them."""
-        return cpu.CardView.open(self.card(slot).load()) if self.has_card(slot) else None
+        return decisions.CardView.open(self.card(slot).load()) if self.has_card(slot) else None
 
     def reproduction_key(
-        self, slot: str = "1", hdd: HddImage | None = None, *, view: cpu.CardView | None = None
-    ) -> cpu.Match:
+        self, slot: str = "1", hdd: HddImage | None = None, *, view: decisions.CardView | None = None
+    ) -> decisions.Match:
         """S31-S34: the card's keys, if they open on this console and this HDD, its sealed IDs are
         theirs and it is the user's current card. ``view``: the card as the flow opened it."""
         rom = self.rom()
         if hdd is None:
             with HddImage.open(self.hdd_path) as img:
                 return self.reproduction_key(slot, img, view=view)
-        return cpu.reproduction_key(view or self.card_view(slot), hardware(rom, hdd))
+        return decisions.reproduction_key(view or self.card_view(slot), hardware(rom, hdd))
 
     def serve_mount(self, mountpoint: Path, slot: str = "1", *, ready: Callable[[], None]) -> None:
         """Mount in this process until unmounted (``vhw console mount --foreground``)."""
@@ -446,7 +446,7 @@ class Machine:
 
             mount.serve(img, Path(mountpoint), match.binding, ready=ready, watch=self.card_watch(slot, view))
 
-    def card_watch(self, slot: str, view: cpu.CardView | None) -> Callable[[], str | None] | None:
+    def card_watch(self, slot: str, view: decisions.CardView | None) -> Callable[[], str | None] | None:
         """A check of the card slot for a mount: it says why the keys must go (the card was
         ejected, moved away or replaced by another), or None while the same card is in. None for
         a card-less console: its memory does not leave."""
@@ -645,7 +645,7 @@ class Machine:
             )
         return code
 
-    def _checked_entry(self, title: Title, match: cpu.Match) -> dict[str, Any]:
+    def _checked_entry(self, title: Title, match: decisions.Match) -> dict[str, Any]:
         """The title's metadata, once its catalog entry is shown to be the one its owner
         installed: entry point, kind, metadata and digest authenticated under the title's key (a
         second user of the HDD can rewrite the catalog, not this tag), the entry a path inside
@@ -704,15 +704,15 @@ def _wait_gone(pid: int, timeout: float = 10.0) -> None:
         time.sleep(0.02)
 
 
-def hardware(rom: Rom, hdd: HddImage) -> cpu.Hardware:
+def hardware(rom: Rom, hdd: HddImage) -> decisions.Hardware:
     """This console as a flow sees it: the ROM's and the attached HDD's IDs and secrets, the
     platform signing certificate its ROM pins (card tokens), the card epochs the HDD has seen."""
-    return cpu.Hardware(
+    return decisions.Hardware(
         DeviceSecrets(rom.client_id, hdd.hdd_id, rom.secret, hdd.secret), rom.token_anchor, hdd.volume.catalog.epochs()
     )
 
 
-def disc_medium(disc: DiscImage) -> cpu.Medium:
+def disc_medium(disc: DiscImage) -> decisions.Medium:
     """The disc in the tray as an acquisition proves it: its MID, title digest and own secret."""
     if disc.disc.pressing is Pressing.MASTER:
         raise StateError(f"{disc.path} is a master image, not a pressed disc")
@@ -720,7 +720,7 @@ def disc_medium(disc: DiscImage) -> cpu.Medium:
         raise StateError(
             f"{disc.path} was pressed without a MID", hint="such discs install through the broker, for a fee"
         )
-    return cpu.Medium(disc.disc.mid, disc.disc.title_digest, disc.disc.secret)
+    return decisions.Medium(disc.disc.mid, disc.disc.title_digest, disc.disc.secret)
 
 
 def check_disc_is_registered(disc: DiscImage, resp: p.AcquireResponse) -> None:

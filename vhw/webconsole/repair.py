@@ -22,7 +22,7 @@ from starlette.routing import Route
 
 from .. import crypto
 from .. import protocol as p
-from ..console import cpu
+from ..console import decisions
 from ..devices import card as card_dev
 from ..errors import IdError, ServerError, VhwError
 from ..formats.card import Card
@@ -345,7 +345,7 @@ class RepairConsole(Console):
         mc_id, mc_key = Id.random(IdKind.CARD), crypto.random_key()
         try:
             resp = await self.db(self.lic.reissue, f"operator:{session.name}", p.ReissueRequest(user, mc_id, mc_key))
-            data = await self.db(_card_bytes, cpu.reissued_card(user, mc_id, mc_key, resp, int(time.time())))
+            data = await self.db(_card_bytes, decisions.reissued_card(user, mc_id, mc_key, resp, int(time.time())))
         except (ServerError, VhwError) as exc:
             return self.render(request, "reissue.html", status=422, info=info, error=exc.message)
         token = await self.db(self.downloads.put, session.sid, f"{mc_id}.card", data)

@@ -1,4 +1,4 @@
-"""What the console's CPU does in each flow, without I/O: build requests, check and store answers.
+"""What the console decides in each flow, without I/O: build requests, check and store answers.
 
 A flow opens the memory card once into a :class:`CardView` (the User ID and every license's MID
 unwrapped with the MC-Key, once), asks it what it needs, and writes back the card the view holds
