@@ -11,8 +11,8 @@ anything below):
     5  httpapi, client, console.decisions, console.sandbox,       I/O shells and pure decisions of each side
        server.store, server.audit, server.metrics, server.logs, publisher.keystore,
        webconsole.sessions, webconsole.charts
-    6  console.install, console.mountpoints, publisher.mastering, server.queries, server.auditlog,
-       server.licensing, broker.payments
+    6  console.install, console.mountpoints, console.slots, console.processes, publisher.mastering,
+       server.queries, server.auditlog, server.licensing, broker.payments
     7  console.mount, console.savefs, console.machine, server.home, server.endpoints, server.batcher,
        broker.service
     8  server.app, server.workers, broker.home, broker.app, webconsole.web, webconsole.downloads
@@ -57,6 +57,8 @@ LAYERS = {
     6: [
         "vhw.console.install",
         "vhw.console.mountpoints",
+        "vhw.console.slots",
+        "vhw.console.processes",
         "vhw.publisher.mastering",
         "vhw.server.queries",
         "vhw.server.auditlog",

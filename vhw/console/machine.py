@@ -1,15 +1,7 @@
-"""The emulated console: a folder that says which ROM and HDD it has, what sits in its two card
-slots and its disc tray, and the flows that run on it.
-
-    DIR/console.json   {"rom": ..., "hdd": ..., "slots": {"1": card or null, "2": ...},
-                        "tray": disc or null, "server": URL override or null}
-
-Set up once (``vhw console setup``); afterwards the everyday commands find the console by
-``--console DIR``, ``$VHW_CONSOLE`` or the current folder, and need no paths. One flow runs at a
-time on a console (a lock on ``DIR/.console.lock``, like a single CPU): a second command waits.
-
-The flows are the patent's, each a thin shell around :mod:`vhw.console.decisions` (what the CPU decides),
-:mod:`vhw.client` (the modem) and the device files.
+"""The emulated console and the flows that run on it (the patent's), each a thin shell around
+:mod:`vhw.console.decisions` (what the console decides), :mod:`vhw.client` (the modem) and the
+device files. Its folder, slots and tray are :mod:`vhw.console.slots`; the processes it starts
+(its mounts) :mod:`vhw.console.processes`.
 """
 
 from __future__ import annotations
@@ -18,252 +10,39 @@ import contextlib
 import json
 import os
 import subprocess
-import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .. import crypto
 from .. import protocol as p
 from ..bindings import DeviceSecrets, title_tag
 from ..devices import card as card_dev
-from ..devices import rom as rom_dev
 from ..devices.card import CardImage
 from ..devices.disc import DiscImage
-from ..devices.files import atomic_write, locked, now
+from ..devices.files import now
 from ..devices.hdd import HddImage
 from ..errors import ImageError, IntegrityError, ReproductionNotPermitted, StateError
-from ..formats.card import Card, License
+from ..formats.card import License
 from ..formats.common import valid_relpath
 from ..formats.disc import Pressing
 from ..formats.hdd import Title
 from ..formats.rom import Rom
 from ..ids import Id, IdKind
-from . import decisions, install, sandbox
+from . import decisions, install, processes, sandbox
 from .mountpoints import clear_stale, unmount
+from .slots import SLOTS, CardMemory, ConsoleConfig, ConsoleFolder
 
-if TYPE_CHECKING:  # (httpx loads only for the flows that talk to the server)
-    from ..client import Client
-
-CONFIG = "console.json"
-SLOTS = ("1", "2")
+__all__ = ["SLOTS", "CardMemory", "ConsoleConfig", "Machine", "check_disc_is_registered", "disc_medium", "hardware"]
 
 
-@dataclass
-class ConsoleConfig:
-    rom: str
-    hdd: str
-    slots: dict[str, str | None] = field(default_factory=lambda: {s: None for s in SLOTS})
-    tray: str | None = None
-    server: str | None = None
-    memory: str | None = None  # card-less: "hdd", or the path of the console's internal memory
-
-    @classmethod
-    def load(cls, path: Path) -> ConsoleConfig:
-        try:
-            raw = json.loads(path.read_text())
-            cfg = cls(**raw)
-            if set(cfg.slots) != set(SLOTS):
-                raise ValueError("slots")
-        except OSError as exc:
-            raise ImageError(path, f"cannot read console set-up: {exc.strerror}") from None
-        except (ValueError, TypeError):
-            raise ImageError(path, "not a console set-up (console.json)") from None
-        return cfg
-
-
-class CardMemory:
-    """Where the card's items and saves are: the memory card in a slot, or (card-less) the
-    console's or the HDD's internal memory. Each of them is a card image (:mod:`vhw.devices.card`):
-    a file, or a region of the HDD image."""
-
-    def __init__(self, path: Path, *, in_hdd: bool = False):
-        self.path = Path(path)
-        self.in_hdd = in_hdd
-
-    def open(self, *, write: bool = False) -> CardImage:
-        if not self.in_hdd:
-            return CardImage.open(self.path, write=write)
-        with HddImage.open(self.path) as img:  # the region is in its superblock
-            region = img.volume.sb.memory
-        if region is None:
-            raise StateError(f"{self.path}: this HDD has no internal memory", hint="vhw hdd format --with-memory")
-        return CardImage.open_region(
-            self.path, region.offset, region.length, what=f"{self.path} (internal memory)", write=write
-        )
-
-    def load(self) -> Card:
-        with self.open() as img:
-            return img.card
-
-    @contextlib.contextmanager
-    def transaction(self) -> Iterator[CardImage]:
-        """The card locked and open for writing: ``img.save_card(card)`` commits a change."""
-        with self.open(write=True) as img:
-            yield img
-
-
-class Machine:
-    def __init__(self, root: Path):
-        self.root = Path(root).resolve()
-        self.log: Callable[[str], None] = lambda msg: None
-
-    # -- set-up -----------------------------------------------------------------------------------
-
-    @classmethod
-    def setup(
-        cls, root: Path, *, rom: Path, hdd: Path, server: str | None = None, memory: str | None = None
-    ) -> Machine:
-        """``memory``: card-less, the card's items kept in "hdd" or in the console's internal
-        memory (a path made by `vhw console rom --memory`)."""
-        root = Path(root)
-        if (root / CONFIG).exists():
-            raise StateError(f"{root}: a console is already set up here")
-        rom_dev.load(rom)  # refuse a bad ROM now, not at the first flow
-        with HddImage.open(hdd):
-            pass
-        if memory and memory != "hdd":
-            card_dev.load(Path(memory))
-            memory = str(Path(memory).resolve())
-        root.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chmod(root, 0o700)  # it names the console's device files: the owner's alone
-        m = cls(root)
-        m.save(ConsoleConfig(rom=str(Path(rom).resolve()), hdd=str(Path(hdd).resolve()), server=server, memory=memory))
-        if memory == "hdd":
-            m.card().load()  # refuse an HDD without internal memory now
-        return m
-
-    @classmethod
-    def find(cls, explicit: Path | None = None) -> Machine:
-        """The console named by ``--console``, else ``$VHW_CONSOLE``, else the current folder."""
-        named = explicit or os.environ.get("VHW_CONSOLE")
-        if named:
-            if not (Path(named) / CONFIG).exists():
-                raise StateError(f"{named}: no console set up here", hint="run `vhw console setup DIR` first")
-            return cls(Path(named))
-        if (Path.cwd() / CONFIG).exists():
-            return cls(Path.cwd())
-        raise StateError("no console here", hint="pass --console DIR, set VHW_CONSOLE, or run `vhw console setup`")
-
-    def config(self) -> ConsoleConfig:
-        return ConsoleConfig.load(self.root / CONFIG)
-
-    def save(self, cfg: ConsoleConfig) -> None:
-        atomic_write(self.root / CONFIG, json.dumps(asdict(cfg), indent=1).encode())
-
-    @contextlib.contextmanager
-    def busy(self) -> Iterator[None]:
-        """One flow at a time on this console."""
-        fd = os.open(self.root / ".console.lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            with locked(fd, self.root, "console", wait=True, on_wait=self.log):
-                yield
-        finally:
-            os.close(fd)
-
-    # -- slots and tray -------------------------------------------------------------------------------
-
-    def insert_card(self, path: Path, slot: str = "1") -> Card:
-        card = card_dev.load(path)
-        with self.busy():
-            cfg = self.config()
-            if cfg.slots[slot]:
-                raise StateError(f"card slot {slot} holds {cfg.slots[slot]}", hint="eject it first")
-            cfg.slots[slot] = str(Path(path).resolve())
-            self.save(cfg)
-        return card
-
-    def eject_card(self, slot: str = "1") -> str | None:
-        with self.busy():
-            cfg = self.config()
-            was, cfg.slots[slot] = cfg.slots[slot], None
-            self.save(cfg)
-        return was
-
-    def insert_disc(self, path: Path) -> DiscImage:
-        with DiscImage.open(path) as disc:
-            with self.busy():
-                cfg = self.config()
-                if cfg.tray:
-                    raise StateError(f"the tray holds {cfg.tray}", hint="eject it first")
-                cfg.tray = str(Path(path).resolve())
-                self.save(cfg)
-            return disc
-
-    def eject_disc(self) -> str | None:
-        with self.busy():
-            cfg = self.config()
-            was, cfg.tray = cfg.tray, None
-            self.save(cfg)
-        return was
-
-    # -- devices ---------------------------------------------------------------------------------------
-
-    def rom(self) -> Rom:
-        return rom_dev.load(Path(self.config().rom))
+class Machine(ConsoleFolder):
+    """A console: its folder (:class:`~vhw.console.slots.ConsoleFolder`) and the flows."""
 
     @property
-    def hdd_path(self) -> Path:
-        return Path(self.config().hdd)
-
-    def hdd_id(self) -> Id:
-        with HddImage.open(self.hdd_path) as img:
-            return img.hdd_id
-
-    def card_path(self, slot: str = "1") -> Path:
-        path = self.config().slots[slot]
-        if not path:
-            raise StateError(f"no memory card in slot {slot}", hint="vhw console insert-card CARD")
-        return Path(path)
-
-    def card(self, slot: str = "1") -> CardMemory:
-        """Where the card's items are: the card in ``slot``, or (card-less) the internal memory."""
-        memory = self.config().memory
-        if memory == "hdd":
-            return CardMemory(self.hdd_path, in_hdd=True)
-        if memory:
-            return CardMemory(Path(memory))
-        return CardMemory(self.card_path(slot))
-
-    def has_card(self, slot: str = "1") -> bool:
-        cfg = self.config()
-        return bool(cfg.memory or cfg.slots[slot])
-
-    def disc_path(self) -> Path:
-        path = self.config().tray
-        if not path:
-            raise StateError("no disc in the tray", hint="vhw console insert-disc DISC")
-        return Path(path)
-
-    def server_url(self, rom: Rom) -> str:
-        return self.config().server or rom.server_url
-
-    def client(self, rom: Rom) -> Client:
-        from ..client import (  # (httpx: only the flows that talk to the server)
-            Client,
-            tls_context,
-        )
-
-        return Client(self.server_url(rom), tls_context(rom.trust_anchor), account=self.account())
-
-    # -- a broker account (FIG. 15) -----------------------------------------------------------------
-
-    def set_account(self, name: str, password: str) -> None:
-        """The account this console gives a broker (kept beside console.json, owner only)."""
-        atomic_write(self.root / "account.json", json.dumps({"name": name, "password": password}).encode(), mode=0o600)
-
-    def account(self) -> tuple[str, str] | None:
-        path = self.root / "account.json"
-        if not path.exists():
-            return None
-        try:
-            data = json.loads(path.read_text())
-            return str(data["name"]), str(data["password"])
-        except (OSError, ValueError, KeyError, TypeError):
-            raise ImageError(path, "not a console account file") from None
+    def mounts(self) -> processes.MountTable:
+        return processes.MountTable(self.root / "mounts.json")
 
     # -- flows -------------------------------------------------------------------------------------------
 
@@ -417,10 +196,6 @@ class Machine:
 
     # -- reproduction, S31-S35 ---------------------------------------------------------------------
 
-    def card_view(self, slot: str = "1") -> decisions.CardView | None:
-        """The card's items opened once (None: no card), for a flow that only reads them."""
-        return decisions.CardView.open(self.card(slot).load()) if self.has_card(slot) else None
-
     def reproduction_key(
         self, slot: str = "1", hdd: HddImage | None = None, *, view: decisions.CardView | None = None
     ) -> decisions.Match:
@@ -483,32 +258,14 @@ class Machine:
         if not checked:
             self.reproduction_key(slot)  # refuse here, in the user's terminal, with the patent's words
         clear_stale(mountpoint)
-        proc = self._spawn_mount(
-            ["console", "mount", str(mountpoint), "--foreground", "--slot", slot], mountpoint, self.root / "mount.log"
+        proc = processes.spawn(
+            ["console", "mount", str(mountpoint), "--foreground", "--slot", slot],
+            self.root,
+            mountpoint,
+            self.root / "mount.log",
         )
-        mounts = self._mounts()
-        mounts[str(mountpoint)] = proc.pid
-        self._save_mounts(mounts)
+        self.mounts.add(mountpoint, proc.pid)
         return proc.pid
-
-    def _spawn_mount(self, args: list[str], mountpoint: Path, log_path: Path) -> subprocess.Popen[bytes]:
-        """Start ``vhw ARGS --console ROOT`` (a mount in the foreground) and wait for its "mounted" line."""
-        with open(log_path, "ab") as log_file:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "vhw", *args, "--console", str(self.root)],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=log_file,
-                start_new_session=True,
-            )
-        assert proc.stdout is not None
-        line = proc.stdout.readline().decode()
-        proc.stdout.close()
-        if not line.startswith("mounted"):
-            proc.wait()
-            tail = log_path.read_text(errors="replace").strip().splitlines()[-1:] or ["no reason given"]
-            raise StateError(f"{mountpoint}: the mount did not start: {tail[0]}")
-        return proc
 
     # -- the running title's save folder --------------------------------------------------------
 
@@ -532,8 +289,8 @@ class Machine:
         where = Path(tempfile.mkdtemp(prefix="vhw-saves-"))
         log_path = where.with_name(where.name + ".log")
         try:
-            proc = self._spawn_mount(
-                ["console", "saves-mount", str(where), "--title", title_id, "--slot", slot], where, log_path
+            proc = processes.spawn(
+                ["console", "saves-mount", str(where), "--title", title_id, "--slot", slot], self.root, where, log_path
             )
         except BaseException:
             where.rmdir()
@@ -560,30 +317,16 @@ class Machine:
     def unmount(self, mountpoint: Path) -> None:
         mountpoint = Path(mountpoint).resolve()
         unmount(mountpoint)
-        mounts = self._mounts()
-        pid = mounts.pop(str(mountpoint), None)
-        self._save_mounts(mounts)
+        pid = self.mounts.remove(mountpoint)
         if pid:
-            _wait_gone(pid)
+            processes.wait_gone(pid)
 
     def active_mount(self) -> Path | None:
         """A mount of this console's HDD that is up, if any (``play`` reuses it)."""
-        for where, pid in self._mounts().items():
-            if _alive(pid) and os.path.ismount(where):
+        for where, pid in self.mounts.load().items():
+            if processes.alive(pid) and os.path.ismount(where):
                 return Path(where)
         return None
-
-    def _mounts(self) -> dict[str, int]:
-        path = self.root / "mounts.json"
-        try:
-            data = json.loads(path.read_text())
-            return {str(k): int(v) for k, v in data.items()}
-        except (OSError, ValueError, TypeError, AttributeError):
-            return {}
-
-    def _save_mounts(self, mounts: dict[str, int]) -> None:
-        live = {k: v for k, v in mounts.items() if _alive(v)}
-        atomic_write(self.root / "mounts.json", json.dumps(live).encode())
 
     def play(self, title_id: str, args: list[str], slot: str = "1", *, save_slot: str | None = None) -> int:
         """S35: run the title's entry point from the mount (mounting it for the time being), in
@@ -682,26 +425,6 @@ def _read_errors(log_path: Path, since: int, title_id: str) -> list[str]:
         for line in text.splitlines()
         if line.startswith("ERROR") and f"title {title_id}," in line
     ]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie is not alive
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return True
-
-
-def _wait_gone(pid: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while _alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.02)
 
 
 def hardware(rom: Rom, hdd: HddImage) -> decisions.Hardware:

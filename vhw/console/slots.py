@@ -1,0 +1,256 @@
+"""A console's folder: which ROM and HDD it has, what sits in its two card slots and its tray.
+
+    DIR/console.json   {"rom": ..., "hdd": ..., "slots": {"1": card or null, "2": ...},
+                        "tray": disc or null, "server": URL override or null}
+
+Set up once (``vhw console setup``); afterwards the everyday commands find the console by
+``--console DIR``, ``$VHW_CONSOLE`` or the current folder, and need no paths. One flow runs at a
+time on a console (a lock on ``DIR/.console.lock``, like a single CPU): a second command waits.
+The folder is the owner's alone (0700): it names the console's device files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Self
+
+from ..devices import card as card_dev
+from ..devices import rom as rom_dev
+from ..devices.card import CardImage
+from ..devices.disc import DiscImage
+from ..devices.files import atomic_write, locked
+from ..devices.hdd import HddImage
+from ..errors import ImageError, StateError
+from ..formats.card import Card
+from ..formats.rom import Rom
+from ..ids import Id
+from . import decisions
+
+if TYPE_CHECKING:  # (httpx loads only for the flows that talk to the server)
+    from ..client import Client
+
+CONFIG = "console.json"
+SLOTS = ("1", "2")
+
+
+@dataclass
+class ConsoleConfig:
+    rom: str
+    hdd: str
+    slots: dict[str, str | None] = field(default_factory=lambda: {s: None for s in SLOTS})
+    tray: str | None = None
+    server: str | None = None
+    memory: str | None = None  # card-less: "hdd", or the path of the console's internal memory
+
+    @classmethod
+    def load(cls, path: Path) -> ConsoleConfig:
+        try:
+            raw = json.loads(path.read_text())
+            cfg = cls(**raw)
+            if set(cfg.slots) != set(SLOTS):
+                raise ValueError("slots")
+        except OSError as exc:
+            raise ImageError(path, f"cannot read console set-up: {exc.strerror}") from None
+        except (ValueError, TypeError):
+            raise ImageError(path, "not a console set-up (console.json)") from None
+        return cfg
+
+
+class CardMemory:
+    """Where the card's items and saves are: the memory card in a slot, or (card-less) the
+    console's or the HDD's internal memory. Each of them is a card image (:mod:`vhw.devices.card`):
+    a file, or a region of the HDD image."""
+
+    def __init__(self, path: Path, *, in_hdd: bool = False):
+        self.path = Path(path)
+        self.in_hdd = in_hdd
+
+    def open(self, *, write: bool = False) -> CardImage:
+        if not self.in_hdd:
+            return CardImage.open(self.path, write=write)
+        with HddImage.open(self.path) as img:  # the region is in its superblock
+            region = img.volume.sb.memory
+        if region is None:
+            raise StateError(f"{self.path}: this HDD has no internal memory", hint="vhw hdd format --with-memory")
+        return CardImage.open_region(
+            self.path, region.offset, region.length, what=f"{self.path} (internal memory)", write=write
+        )
+
+    def load(self) -> Card:
+        with self.open() as img:
+            return img.card
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[CardImage]:
+        """The card locked and open for writing: ``img.save_card(card)`` commits a change."""
+        with self.open(write=True) as img:
+            yield img
+
+
+class ConsoleFolder:
+    """The console's set-up and slots: its devices, what is in the slots and the tray."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root).resolve()
+        self.log: Callable[[str], None] = lambda msg: None
+
+    # -- set-up -----------------------------------------------------------------------------------
+
+    @classmethod
+    def setup(cls, root: Path, *, rom: Path, hdd: Path, server: str | None = None, memory: str | None = None) -> Self:
+        """``memory``: card-less, the card's items kept in "hdd" or in the console's internal
+        memory (a path made by `vhw console rom --memory`)."""
+        root = Path(root)
+        if (root / CONFIG).exists():
+            raise StateError(f"{root}: a console is already set up here")
+        rom_dev.load(rom)  # refuse a bad ROM now, not at the first flow
+        with HddImage.open(hdd):
+            pass
+        if memory and memory != "hdd":
+            card_dev.load(Path(memory))
+            memory = str(Path(memory).resolve())
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(root, 0o700)  # it names the console's device files: the owner's alone
+        m = cls(root)
+        m.save(ConsoleConfig(rom=str(Path(rom).resolve()), hdd=str(Path(hdd).resolve()), server=server, memory=memory))
+        if memory == "hdd":
+            m.card().load()  # refuse an HDD without internal memory now
+        return m
+
+    @classmethod
+    def find(cls, explicit: Path | None = None) -> Self:
+        """The console named by ``--console``, else ``$VHW_CONSOLE``, else the current folder."""
+        named = explicit or os.environ.get("VHW_CONSOLE")
+        if named:
+            if not (Path(named) / CONFIG).exists():
+                raise StateError(f"{named}: no console set up here", hint="run `vhw console setup DIR` first")
+            return cls(Path(named))
+        if (Path.cwd() / CONFIG).exists():
+            return cls(Path.cwd())
+        raise StateError("no console here", hint="pass --console DIR, set VHW_CONSOLE, or run `vhw console setup`")
+
+    def config(self) -> ConsoleConfig:
+        return ConsoleConfig.load(self.root / CONFIG)
+
+    def save(self, cfg: ConsoleConfig) -> None:
+        atomic_write(self.root / CONFIG, json.dumps(asdict(cfg), indent=1).encode())
+
+    @contextlib.contextmanager
+    def busy(self) -> Iterator[None]:
+        """One flow at a time on this console."""
+        fd = os.open(self.root / ".console.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            with locked(fd, self.root, "console", wait=True, on_wait=self.log):
+                yield
+        finally:
+            os.close(fd)
+
+    # -- slots and tray -------------------------------------------------------------------------------
+
+    def insert_card(self, path: Path, slot: str = "1") -> Card:
+        card = card_dev.load(path)
+        with self.busy():
+            cfg = self.config()
+            if cfg.slots[slot]:
+                raise StateError(f"card slot {slot} holds {cfg.slots[slot]}", hint="eject it first")
+            cfg.slots[slot] = str(Path(path).resolve())
+            self.save(cfg)
+        return card
+
+    def eject_card(self, slot: str = "1") -> str | None:
+        with self.busy():
+            cfg = self.config()
+            was, cfg.slots[slot] = cfg.slots[slot], None
+            self.save(cfg)
+        return was
+
+    def insert_disc(self, path: Path) -> DiscImage:
+        with DiscImage.open(path) as disc:
+            with self.busy():
+                cfg = self.config()
+                if cfg.tray:
+                    raise StateError(f"the tray holds {cfg.tray}", hint="eject it first")
+                cfg.tray = str(Path(path).resolve())
+                self.save(cfg)
+            return disc
+
+    def eject_disc(self) -> str | None:
+        with self.busy():
+            cfg = self.config()
+            was, cfg.tray = cfg.tray, None
+            self.save(cfg)
+        return was
+
+    # -- devices ---------------------------------------------------------------------------------------
+
+    def rom(self) -> Rom:
+        return rom_dev.load(Path(self.config().rom))
+
+    @property
+    def hdd_path(self) -> Path:
+        return Path(self.config().hdd)
+
+    def hdd_id(self) -> Id:
+        with HddImage.open(self.hdd_path) as img:
+            return img.hdd_id
+
+    def card_path(self, slot: str = "1") -> Path:
+        path = self.config().slots[slot]
+        if not path:
+            raise StateError(f"no memory card in slot {slot}", hint="vhw console insert-card CARD")
+        return Path(path)
+
+    def card(self, slot: str = "1") -> CardMemory:
+        """Where the card's items are: the card in ``slot``, or (card-less) the internal memory."""
+        memory = self.config().memory
+        if memory == "hdd":
+            return CardMemory(self.hdd_path, in_hdd=True)
+        if memory:
+            return CardMemory(Path(memory))
+        return CardMemory(self.card_path(slot))
+
+    def has_card(self, slot: str = "1") -> bool:
+        cfg = self.config()
+        return bool(cfg.memory or cfg.slots[slot])
+
+    def disc_path(self) -> Path:
+        path = self.config().tray
+        if not path:
+            raise StateError("no disc in the tray", hint="vhw console insert-disc DISC")
+        return Path(path)
+
+    def server_url(self, rom: Rom) -> str:
+        return self.config().server or rom.server_url
+
+    def client(self, rom: Rom) -> Client:
+        from ..client import (  # (httpx: only the flows that talk to the server)
+            Client,
+            tls_context,
+        )
+
+        return Client(self.server_url(rom), tls_context(rom.trust_anchor), account=self.account())
+
+    # -- a broker account (FIG. 15) -----------------------------------------------------------------
+
+    def set_account(self, name: str, password: str) -> None:
+        """The account this console gives a broker (kept beside console.json, owner only)."""
+        atomic_write(self.root / "account.json", json.dumps({"name": name, "password": password}).encode(), mode=0o600)
+
+    def account(self) -> tuple[str, str] | None:
+        path = self.root / "account.json"
+        if not path.exists():
+            return None
+        try:
+            data = json.loads(path.read_text())
+            return str(data["name"]), str(data["password"])
+        except (OSError, ValueError, KeyError, TypeError):
+            raise ImageError(path, "not a console account file") from None
+
+    def card_view(self, slot: str = "1") -> decisions.CardView | None:
+        """The card's items opened once (None: no card), for a flow that only reads them."""
+        return decisions.CardView.open(self.card(slot).load()) if self.has_card(slot) else None
