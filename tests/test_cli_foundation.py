@@ -118,3 +118,15 @@ def test_unexpected_errors_are_one_line(cli, tmp_path, monkeypatch):
     r = cli("disc", "master", tmp_path, "-o", tmp_path / "x", "--title-id", "T-9")
     assert r.code == 1 and r.err.count("\n") == 1 and "internal error" in r.err
     os.environ.pop("VHW_DEBUG", None)
+
+
+def test_the_readmes_exit_codes_are_the_programs():
+    """The README's exit-code table is vhw.errors.EXIT_CODES, row for row."""
+    from pathlib import Path
+
+    from vhw.errors import EXIT_CODES
+
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    table = text.split("## Exit codes", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| code")]
+    assert rows == [f"| {code} | {meaning} |" for code, meaning in EXIT_CODES]

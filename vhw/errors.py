@@ -25,7 +25,11 @@ can turn any of them into one clear line and an exit code (pip's ``exceptions.py
     │   ├── MediaRefused           exit 12 CONTENT CANNOT BE COPIED FROM THIS MEDIA
     │   ├── CopyNotPermitted       exit 13 COPY IS NOT PERMITTED
     │   └── ReproductionNotPermitted exit 14 CONTENT REPRODUCTION IS NOT PERMITTED
-    └── PaymentDeclined            exit 15 the broker could not charge for a key
+    ├── PaymentDeclined            exit 15 the broker could not charge for a key
+    ├── FileError                  exit 16 a file that is not a device (configuration, key,
+    │                                      credential, backup, database, title source) is missing
+    │                                      or not what vhw wrote
+    └── InputError                 exit 17 a name or value given is not allowed (a save's name)
 
 Refusals carry exactly the patent's text and nothing else: like Fernet's single ``InvalidToken``,
 they never tell the caller which check failed. Other errors name the file or value at fault and,
@@ -163,6 +167,24 @@ class PaymentDeclined(VhwError):
     exit_code = 15
 
 
+class FileError(VhwError):
+    """A file vhw keeps or reads that is not a device file: a configuration, key, credential,
+    backup, database or title source. Names the file and what is wrong, like :class:`ImageError`."""
+
+    exit_code = 16
+
+    def __init__(self, path: object, problem: str, *, hint: str | None = None) -> None:
+        super().__init__(f"{path}: {problem}", hint=hint)
+        self.path = path
+        self.problem = problem
+
+
+class InputError(VhwError):
+    """A name or value given on the command line or by a title is not allowed."""
+
+    exit_code = 17
+
+
 REFUSALS: dict[str, type[Refusal]] = {
     cls.code: cls
     for cls in (
@@ -188,4 +210,6 @@ EXIT_CODES: list[tuple[int, str]] = [
     (StateError.exit_code, "the console is not set up for this (no disc, no card, ...)"),
     *((cls.exit_code, cls.text) for cls in REFUSALS.values()),
     (PaymentDeclined.exit_code, "the payment for a key was declined"),
+    (FileError.exit_code, "a configuration, key, credential, backup or title source file is missing or wrong"),
+    (InputError.exit_code, "a name or value given is not allowed"),
 ]

@@ -30,7 +30,7 @@ from dataclasses import dataclass, replace
 import construct as cs
 
 from . import crypto
-from .errors import ImageError, IntegrityError
+from .errors import ImageError, InputError, IntegrityError
 from .formats.card import META_SIZE, Save, valid_save_name
 from .formats.common import Blob, IdField, Text, build, parse, valid_title_id
 from .ids import Id, IdKind
@@ -62,11 +62,11 @@ def _data_cipher(key: bytes, title_id: str, stream_id: bytes, size: int) -> cryp
 
 def check_fields(title_id: str, name: str, meta: bytes) -> None:
     if not valid_title_id(title_id):
-        raise ImageError("save", f"{title_id!r} is not a title ID")
+        raise InputError(f"{title_id!r} is not a title ID")
     if not valid_save_name(name):
-        raise ImageError("save", f"{name!r} is not a save name (1-64 of A-Z a-z 0-9 . _ -, not starting with .)")
+        raise InputError(f"{name!r} is not a save name (1-64 of A-Z a-z 0-9 . _ -, not starting with .)")
     if len(meta) > META_SIZE:
-        raise ImageError("save", f"its metadata has {len(meta)} bytes; a save keeps at most {META_SIZE}")
+        raise InputError(f"a save's metadata has {len(meta)} bytes; a save keeps at most {META_SIZE}")
 
 
 @dataclass(frozen=True)

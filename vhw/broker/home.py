@@ -12,7 +12,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ..devices.files import atomic_write
-from ..errors import ImageError, StateError
+from ..errors import FileError, StateError
 from ..server.home import Credential
 from ..server.store import SqliteStore, Store
 from .payments import TestProcessor
@@ -87,9 +87,9 @@ class BrokerHome:
         try:
             key = bytes.fromhex(path.read_text().strip())
         except ValueError:
-            raise ImageError(path, "not a processor key (32 bytes, hex)") from None
+            raise FileError(path, "not a processor key (32 bytes, hex)") from None
         if len(key) != 32:
-            raise ImageError(path, "not a processor key (32 bytes, hex)")
+            raise FileError(path, "not a processor key (32 bytes, hex)")
         return key
 
     @contextlib.contextmanager

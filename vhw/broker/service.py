@@ -40,7 +40,7 @@ from typing import Any, Protocol, TypeVar
 
 from .. import crypto
 from .. import protocol as p
-from ..errors import ImageError, PaymentDeclined, Refusal, StateError
+from ..errors import FileError, PaymentDeclined, Refusal, StateError
 from ..server.store import Row, Store, Tx
 from .payments import Processor
 
@@ -96,9 +96,9 @@ class BrokerConfig:
             if not 0 <= cfg.platform_share <= 100 or cfg.price_cents < 0:
                 raise ValueError("share or price out of range")
         except OSError as exc:
-            raise ImageError(path, f"cannot read broker configuration: {exc.strerror}") from None
+            raise FileError(path, f"cannot read broker configuration: {exc.strerror}") from None
         except (ValueError, TypeError) as exc:
-            raise ImageError(path, f"invalid broker configuration: {exc}") from None
+            raise FileError(path, f"invalid broker configuration: {exc}") from None
         return cfg
 
 

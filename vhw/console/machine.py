@@ -23,7 +23,7 @@ from ..devices.card import CardImage
 from ..devices.disc import DiscImage
 from ..devices.files import now
 from ..devices.hdd import HddImage
-from ..errors import ImageError, IntegrityError, ReproductionNotPermitted, StateError
+from ..errors import FileError, ImageError, IntegrityError, ReproductionNotPermitted, StateError
 from ..formats.card import License
 from ..formats.common import valid_relpath
 from ..formats.disc import Pressing
@@ -236,7 +236,7 @@ class Machine(ConsoleFolder):
                 if self.config().slots.get(slot) != str(path):
                     return f"the memory card left slot {slot}"
                 st = os.stat(path)
-            except (OSError, ImageError):
+            except (OSError, FileError, ImageError):
                 return f"the memory card in slot {slot} is gone ({path})"
             stamp = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
             if seen and seen[-1] == stamp:

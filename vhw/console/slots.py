@@ -25,7 +25,7 @@ from ..devices.card import CardImage
 from ..devices.disc import DiscImage
 from ..devices.files import atomic_write, locked
 from ..devices.hdd import HddImage
-from ..errors import ImageError, StateError
+from ..errors import FileError, StateError
 from ..formats.card import Card
 from ..formats.rom import Rom
 from ..ids import Id
@@ -55,9 +55,9 @@ class ConsoleConfig:
             if set(cfg.slots) != set(SLOTS):
                 raise ValueError("slots")
         except OSError as exc:
-            raise ImageError(path, f"cannot read console set-up: {exc.strerror}") from None
+            raise FileError(path, f"cannot read console set-up: {exc.strerror}") from None
         except (ValueError, TypeError):
-            raise ImageError(path, "not a console set-up (console.json)") from None
+            raise FileError(path, "not a console set-up (console.json)") from None
         return cfg
 
 
@@ -249,7 +249,7 @@ class ConsoleFolder:
             data = json.loads(path.read_text())
             return str(data["name"]), str(data["password"])
         except (OSError, ValueError, KeyError, TypeError):
-            raise ImageError(path, "not a console account file") from None
+            raise FileError(path, "not a console account file") from None
 
     def card_view(self, slot: str = "1") -> decisions.CardView | None:
         """The card's items opened once (None: no card), for a flow that only reads them."""

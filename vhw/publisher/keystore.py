@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from .. import crypto
 from ..devices.files import atomic_write, describe_os_error
-from ..errors import ImageError, StateError
+from ..errors import FileError, StateError
 from ..formats.common import valid_title_id
 
 WHAT = "publisher key store"
@@ -64,9 +64,9 @@ class TitleKeys:
                 registered=bool(d.get("registered", False)),
             )
         except (ValueError, KeyError, TypeError):
-            raise ImageError(path, f"corrupt {WHAT} entry") from None
+            raise FileError(path, f"corrupt {WHAT} entry") from None
         if len(keys.content_key) != crypto.KEY_SIZE or len(keys.title_digest) != 32:
-            raise ImageError(path, f"corrupt {WHAT} entry (key sizes)")
+            raise FileError(path, f"corrupt {WHAT} entry (key sizes)")
         return keys
 
 
@@ -105,11 +105,11 @@ class KeyStore:
         try:
             loaded = serialization.load_pem_private_key(path.read_bytes(), password=None)
         except OSError as exc:
-            raise ImageError(path, f"cannot read {WHAT}: {describe_os_error(exc)}") from None
+            raise FileError(path, f"cannot read {WHAT}: {describe_os_error(exc)}") from None
         except (ValueError, TypeError):
-            raise ImageError(path, f"corrupt {WHAT} signing key") from None
+            raise FileError(path, f"corrupt {WHAT} signing key") from None
         if not isinstance(loaded, Ed25519PrivateKey):
-            raise ImageError(path, f"{WHAT} signing key is not an Ed25519 key")
+            raise FileError(path, f"{WHAT} signing key is not an Ed25519 key")
         return loaded
 
     def has_title(self, title_id: str) -> bool:
@@ -125,7 +125,7 @@ class KeyStore:
                 hint="press with the key store the title was mastered with (--keystore)",
             ) from None
         except OSError as exc:
-            raise ImageError(path, f"cannot read {WHAT}: {describe_os_error(exc)}") from None
+            raise FileError(path, f"cannot read {WHAT}: {describe_os_error(exc)}") from None
         return TitleKeys.from_json(data, path)
 
     def save_title(self, keys: TitleKeys) -> None:

@@ -24,7 +24,7 @@ from typing import Any, BinaryIO
 from .. import crypto
 from ..devices import disc as disc_dev
 from ..devices.files import describe_os_error, fsync_dir, now, refuse_existing
-from ..errors import ImageError, StateError
+from ..errors import FileError, ImageError, StateError
 from ..formats import disc as fmt
 from ..formats.common import valid_relpath, valid_title_id
 from ..ids import Id, IdKind
@@ -49,9 +49,9 @@ def read_title_info(src: Path) -> dict[str, Any]:
     try:
         info = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        raise ImageError(path, f"not a valid title description ({exc})") from None
+        raise FileError(path, f"not a valid title description ({exc})") from None
     if not isinstance(info, dict):
-        raise ImageError(path, "not a valid title description (must be a JSON object)")
+        raise FileError(path, "not a valid title description (must be a JSON object)")
     return info
 
 
@@ -59,7 +59,7 @@ def scan(src: Path) -> list[SourceFile]:
     """The title's files, in a stable order; symlinks and special files are refused."""
     src = Path(src)
     if not src.is_dir():
-        raise ImageError(src, "is not a folder of title files")
+        raise FileError(src, "is not a folder of title files")
     out = []
     for folder, dirs, files in os.walk(src):
         dirs.sort()
@@ -70,22 +70,22 @@ def scan(src: Path) -> list[SourceFile]:
                 rel.encode()
             except UnicodeEncodeError:  # os.walk hands bytes that are not UTF-8 over as surrogates
                 shown = os.fsencode(real).decode(errors="backslashreplace")
-                raise ImageError(
+                raise FileError(
                     shown, "has a name that is not UTF-8 (file names on a disc are UTF-8): rename it"
                 ) from None
             if rel == TITLE_FILE:
                 continue
             st = real.lstat()
             if not stat.S_ISREG(st.st_mode):
-                raise ImageError(real, "is not a regular file (symlinks and devices cannot be mastered)")
+                raise FileError(real, "is not a regular file (symlinks and devices cannot be mastered)")
             if not valid_relpath(rel):
-                raise ImageError(real, "has a name that cannot go on a disc")
+                raise FileError(real, "has a name that cannot go on a disc")
             out.append(SourceFile(rel, real, st.st_size, bool(st.st_mode & 0o111)))
         for d in dirs:
             if (Path(folder) / d).is_symlink():
-                raise ImageError(Path(folder) / d, "is a symlink (cannot be mastered)")
+                raise FileError(Path(folder) / d, "is a symlink (cannot be mastered)")
     if not out:
-        raise ImageError(src, "holds no files to master")
+        raise FileError(src, "holds no files to master")
     return out
 
 
@@ -186,7 +186,7 @@ def _seal_file(
                 while got < want:
                     n = r.readinto(view[got:])
                     if not n:
-                        raise ImageError(f.real, "changed while it was being mastered (shorter now)")
+                        raise FileError(f.real, "changed while it was being mastered (shorter now)")
                     got += n
                 n = cipher.seal_into(i, view, out)
                 sealed = memoryview(out)[:n]
@@ -195,9 +195,9 @@ def _seal_file(
                 if progress:
                     progress(want)
             if r.read(1):
-                raise ImageError(f.real, "changed while it was being mastered (longer now)")
+                raise FileError(f.real, "changed while it was being mastered (longer now)")
     except OSError as exc:
-        raise ImageError(f.real, f"cannot read: {describe_os_error(exc)}") from None
+        raise FileError(f.real, f"cannot read: {describe_os_error(exc)}") from None
     return digest.digest()
 
 

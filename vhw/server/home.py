@@ -38,7 +38,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from .. import bindings, crypto, pki
 from ..crypto import equal as crypto_equal
 from ..devices.files import atomic_write, describe_os_error, fsync_dir, refuse_existing
-from ..errors import ImageError, StateError
+from ..errors import FileError, StateError
 from ..ids import ID_FIELDS
 from ..roles import ROLES
 from .auditlog import Chainer, read_heads
@@ -69,7 +69,7 @@ class ServerConfig:
             if cfg.mode not in ("direct", "broker"):
                 raise ValueError(f"mode {cfg.mode!r}")
         except (ValueError, TypeError) as exc:
-            raise ImageError(path, f"invalid server configuration: {exc}") from None
+            raise FileError(path, f"invalid server configuration: {exc}") from None
         return cfg
 
 
@@ -104,9 +104,9 @@ class Credential:
             if cred.role not in ROLES or not cred.token:
                 raise ValueError
         except OSError as exc:
-            raise ImageError(path, f"cannot read credential: {describe_os_error(exc)}") from None
+            raise FileError(path, f"cannot read credential: {describe_os_error(exc)}") from None
         except (ValueError, TypeError):
-            raise ImageError(path, "not a vhw credential file") from None
+            raise FileError(path, "not a vhw credential file") from None
         return cred
 
 
@@ -228,11 +228,11 @@ class ServerHome:
         try:
             key = bytes.fromhex(path.read_text().strip())
         except OSError as exc:
-            raise ImageError(path, f"cannot read master key: {describe_os_error(exc)}") from None
+            raise FileError(path, f"cannot read master key: {describe_os_error(exc)}") from None
         except ValueError:
             key = b""
         if len(key) != 32:
-            raise ImageError(path, "not a master key (32 bytes, hex)")
+            raise FileError(path, "not a master key (32 bytes, hex)")
         return key
 
     def ca_der(self) -> bytes:
@@ -241,7 +241,7 @@ class ServerHome:
     def ca_key(self) -> ec.EllipticCurvePrivateKey:
         key = serialization.load_pem_private_key(self.path("ca-key.pem").read_bytes(), password=None)
         if not isinstance(key, ec.EllipticCurvePrivateKey):
-            raise ImageError(self.path("ca-key.pem"), "not the platform CA's key (ECDSA)")
+            raise FileError(self.path("ca-key.pem"), "not the platform CA's key (ECDSA)")
         return key
 
     def database_url(self, override: str | None = None) -> str:
@@ -432,7 +432,7 @@ def backup(home: ServerHome, out: Path, database: str | None = None) -> str:
         os.replace(tmp, out)
         fsync_dir(out.parent)
     except OSError as exc:
-        raise ImageError(out, f"cannot write the backup: {describe_os_error(exc)}") from None
+        raise FileError(out, f"cannot write the backup: {describe_os_error(exc)}") from None
     finally:
         tmp.unlink(missing_ok=True)
     return kind
@@ -449,11 +449,11 @@ def restore(home: ServerHome, source: Path, database: str | None = None) -> int:
         with open(source, "rb") as f:
             magic = f.read(16)
     except OSError as exc:
-        raise ImageError(source, f"cannot read the backup: {describe_os_error(exc)}") from None
+        raise FileError(source, f"cannot read the backup: {describe_os_error(exc)}") from None
     with home.stopped("restoring its database"):
         if url.startswith("sqlite:///"):
             if not magic.startswith(SQLITE_MAGIC):
-                raise ImageError(source, "not a backup of a SQLite database (`vhw server backup` of one)")
+                raise FileError(source, "not a backup of a SQLite database (`vhw server backup` of one)")
             target = Path(url.removeprefix("sqlite:///"))
             if target.exists() and target.stat().st_size > 0:
                 raise StateError(
@@ -463,15 +463,15 @@ def restore(home: ServerHome, source: Path, database: str | None = None) -> int:
             check = sqlite3.connect(source)
             try:
                 if check.execute("PRAGMA integrity_check").fetchone()[0] != "ok":
-                    raise ImageError(source, "the backup is damaged (integrity check failed)")
+                    raise FileError(source, "the backup is damaged (integrity check failed)")
             except sqlite3.DatabaseError as exc:
-                raise ImageError(source, f"the backup is damaged ({exc})") from None
+                raise FileError(source, f"the backup is damaged ({exc})") from None
             finally:
                 check.close()
             atomic_write(target, source.read_bytes(), mode=0o600)
         else:
             if not magic.startswith(PGDUMP_MAGIC):
-                raise ImageError(source, "not a backup of a PostgreSQL database (`vhw server backup` of one)")
+                raise FileError(source, "not a backup of a PostgreSQL database (`vhw server backup` of one)")
             store = open_store(url)
             try:
                 if store.version() > 0:

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, cast
 
-from ..errors import ImageError, StateError
+from ..errors import FileError, StateError
 
 log = logging.getLogger(__name__)
 
@@ -232,7 +232,7 @@ class SqliteStore(Store):
                 conn.execute("PRAGMA foreign_keys=ON")
                 conn.execute("PRAGMA busy_timeout=60000")
             except sqlite3.DatabaseError as exc:
-                raise ImageError(self.path, f"cannot open the database: {exc}") from None
+                raise FileError(self.path, f"cannot open the database: {exc}") from None
             self._conn = conn
         return self._conn
 
