@@ -10,6 +10,7 @@ a broker relays the same ones.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import resource
@@ -38,6 +39,7 @@ from .errors import (
     Refusal,
     RequestRefused,
     ServerError,
+    StateError,
     TooManyAttempts,
     Unprocessable,
 )
@@ -223,6 +225,56 @@ async def serve_app(
     config.ssl_handshake_timeout = 10
     config.backlog = 1024
     shutdown = trio.Event()
+    try:
+        await _serve(app, config, shutdown, ready, task_status)
+    except* OSError as group:  # binding failed: a person's mistake (busy port, foreign address)
+        first = _first_os_error(group)
+        where = listen
+        if insecure is not None and first.filename is None and _bound(listen):  # the plain-HTTP address failed
+            where = insecure
+        raise listen_error(where, first) from None
+
+
+def _first_os_error(group: BaseExceptionGroup[OSError]) -> OSError:
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            return _first_os_error(exc)
+        return exc
+    raise AssertionError("an empty exception group")
+
+
+def _bound(address: tuple[str, int]) -> bool:
+    """Whether ``address`` can be bound now (the TLS address of a run whose other address failed)."""
+    if address[1] == 0:
+        return True
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in address[0] else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
+        return True
+    except OSError:
+        return False
+
+
+def listen_error(where: tuple[str, int], exc: OSError) -> StateError:
+    """One line for an address the server cannot listen on."""
+    reason = {
+        errno.EADDRINUSE: "address in use",
+        errno.EADDRNOTAVAIL: "this host has no such address",
+        errno.EACCES: "permission denied (ports below 1024 need root)",
+    }.get(exc.errno or 0, (exc.strerror or str(exc)).lower())
+    host, port = where
+    shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return StateError(f"cannot listen on {shown}: {reason}")
+
+
+async def _serve(
+    app: ASGIApp,
+    config: Config,
+    shutdown: trio.Event,
+    ready: Callable[[str], None] | None,
+    task_status: trio.TaskStatus[str],
+) -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_on_signals, shutdown)
         # (hypercorn's ASGI types are stricter than Starlette's; the app is an ASGI 3 app all the same)

@@ -125,10 +125,29 @@ def vhw(verbose: int) -> None:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
 
+def _person_error(exc: BaseException) -> VhwError | None:
+    """The error meant for a person inside a group of them (trio's nurseries gather what their
+    tasks raised): the first one, or None when the group holds only bugs."""
+    if isinstance(exc, VhwError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _person_error(inner)
+            if found is not None:
+                return found
+    return None
+
+
 def run(args: list[str] | None = None) -> int:
     """Run one command; turn every failure into one line on stderr. Returns the exit code."""
     try:
-        rv = vhw.main(args, standalone_mode=False, prog_name="vhw")
+        try:
+            rv = vhw.main(args, standalone_mode=False, prog_name="vhw")
+        except BaseExceptionGroup as group:
+            found = _person_error(group)
+            if found is None:
+                raise
+            raise found from None
     except click.exceptions.Abort:
         click.echo("vhw: aborted", err=True)
         return 130

@@ -192,16 +192,30 @@ def disc_register(app: App, title: str, keystore: Path | None, credential: Path 
 
 
 @disc.command("info")
-@click.argument("image", type=PATH)
+@click.argument("images", metavar="IMAGE...", type=PATH, nargs=-1, required=True)
 @json_option
 @click.option("--files", "list_files", is_flag=True, help="Also list the title's files.")
-def disc_info(image: Path, as_json: bool, list_files: bool) -> None:
-    """Show a disc: title, MID, files, sizes, publisher."""
-    with DiscImage.open(image) as img:
-        d = disc_summary(img)
-        if list_files:
-            d["file_list"] = [{"path": f.path, "size": f.size} for f in img.manifest.files]
-    lines = [
+def disc_info(images: tuple[Path, ...], as_json: bool, list_files: bool) -> None:
+    """Show discs: title, MID, files, sizes, publisher (one after another; --json: a list when
+    several are given)."""
+    shown = []
+    for image in images:
+        with DiscImage.open(image) as img:
+            d = disc_summary(img)
+            if list_files:
+                d["file_list"] = [{"path": f.path, "size": f.size} for f in img.manifest.files]
+        shown.append((image, d))
+    if as_json:
+        emit(shown[0][1] if len(shown) == 1 else {"discs": [d for _, d in shown]}, as_json=True)
+        return
+    for n, (image, d) in enumerate(shown):
+        if n:
+            click.echo("")
+        emit(d, as_json=False, lines=_info_lines(image, d))
+
+
+def _info_lines(image: Path, d: dict[str, Any]) -> list[str]:
+    return [
         f"disc image   {image}",
         f"title        {d['title_id']}  {d['name']!r}  ({d['kind']}, entry {d['entry'] or '-'})",
         f"MID          {d['mid'] or ('none: ' + d['pressing'])}",
@@ -211,17 +225,22 @@ def disc_info(image: Path, as_json: bool, list_files: bool) -> None:
         f" needs {human(d['installer']['required_space'])} on the HDD",
         *(f"  {f['path']}  {human(f['size'])}" for f in d.get("file_list", [])),
     ]
-    emit(d, as_json=as_json, lines=lines)
 
 
 @disc.command("verify")
-@click.argument("image", type=PATH)
+@click.argument("images", metavar="IMAGE...", type=PATH, nargs=-1, required=True)
 @keystore_option
 @pass_app
-def disc_verify(app: App, image: Path, keystore: Path | None) -> None:
-    """Check a disc completely: signatures, every byte against the signed manifest and, when the
-    key store holds the title's Content-Key, every chunk's authentication."""
+def disc_verify(app: App, images: tuple[Path, ...], keystore: Path | None) -> None:
+    """Check discs completely: signatures, every byte against the signed manifest and, when the
+    key store holds the title's Content-Key, every chunk's authentication. Stops at the first
+    that fails, naming it."""
     ks = open_keystore(app, keystore)
+    for image in images:
+        _verify(ks, image)
+
+
+def _verify(ks: KeyStore, image: Path) -> None:
     with DiscImage.open(image) as img:
         m = img.manifest
         with progress_bar(m.data_length, "verifying") as bar:

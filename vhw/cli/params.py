@@ -24,8 +24,9 @@ class IdType(click.ParamType[Id]):
             return value
         try:
             return Id.parse(str(value), self.kind)
-        except IdError as exc:
-            self.fail(str(exc) + (f" ({exc.hint})" if exc.hint else ""), param, ctx)
+        except IdError as exc:  # the documented ID exit code (4), not click's usage error (2)
+            where = f"{param.human_readable_name}: " if param is not None else ""
+            raise IdError(where + exc.message, hint=exc.hint) from None
 
 
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGT]?)(I?B?)", re.I)

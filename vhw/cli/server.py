@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from ..errors import ImageError, StateError
+from ..errors import ImageError
 from ..ids import ID_FIELDS
 from ..roles import ROLES
 from . import App, pass_app, show_audit, vhw
@@ -250,8 +250,10 @@ def server_run(
                         consoles=partial(repair_console, h),
                     )
                 )
-    except OSError as exc:
-        raise StateError(f"cannot serve on {listen or h.config().listen}: {exc.strerror or exc}") from None
+    except OSError as exc:  # (several workers: the supervisor binds the address first)
+        from ..httpapi import listen_error, split_listen  # (loaded only by the commands that need it: start-up time)
+
+        raise listen_error(listen or split_listen(h.config().listen), exc) from None
     click.echo("vhw licensing server stopped")
 
 

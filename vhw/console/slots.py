@@ -25,8 +25,9 @@ from ..devices.card import CardImage
 from ..devices.disc import DiscImage
 from ..devices.files import atomic_write, locked
 from ..devices.hdd import HddImage
-from ..errors import FileError, StateError
+from ..errors import FileError, InputError, StateError
 from ..formats.card import Card
+from ..formats.disc import Pressing
 from ..formats.rom import Rom
 from ..ids import Id
 from . import decisions
@@ -105,6 +106,8 @@ class ConsoleFolder:
     def setup(cls, root: Path, *, rom: Path, hdd: Path, server: str | None = None, memory: str | None = None) -> Self:
         """``memory``: card-less, the card's items kept in "hdd" or in the console's internal
         memory (a path made by `vhw console rom --memory`)."""
+        if server is not None and not server.lower().startswith("https://"):
+            raise InputError(f"{server!r} is not an https:// URL: a console talks to its server over TLS only")
         root = Path(root)
         if (root / CONFIG).exists():
             raise StateError(f"{root}: a console is already set up here")
@@ -158,6 +161,9 @@ class ConsoleFolder:
             cfg = self.config()
             if cfg.slots[slot]:
                 raise StateError(f"card slot {slot} holds {cfg.slots[slot]}", hint="eject it first")
+            other = next((s for s, held in cfg.slots.items() if held == str(Path(path).resolve())), None)
+            if other is not None:
+                raise StateError(f"{path} is in card slot {other} already: one card sits in one slot")
             cfg.slots[slot] = str(Path(path).resolve())
             self.save(cfg)
         return card
@@ -171,6 +177,10 @@ class ConsoleFolder:
 
     def insert_disc(self, path: Path) -> DiscImage:
         with DiscImage.open(path) as disc:
+            if disc.disc.pressing is Pressing.MASTER:
+                raise StateError(
+                    f"{path} is a master image, not a pressed disc", hint="press discs with `vhw disc press`"
+                )
             with self.busy():
                 cfg = self.config()
                 if cfg.tray:

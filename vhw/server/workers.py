@@ -1,4 +1,10 @@
-"""Several licensing server processes on one port, supervised: ``vhw server run --workers N``."""
+"""Several licensing server processes on one port, supervised: ``vhw server run --workers N``.
+
+Why not hypercorn's own ``workers``: it shuts every worker down when one exits with an error (a
+worker killed mid-request would stop the service), and it runs only the ASGI app in each process;
+here each worker is a whole ``vhw server run`` (migrations, the batcher, the audit chainer), and a
+worker that dies is replaced while the others go on serving (``tests/test_multiprocess.py``).
+"""
 
 from __future__ import annotations
 
