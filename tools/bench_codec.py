@@ -29,8 +29,15 @@ N = 20_000
 
 
 def body() -> bytes:
-    req = p.AcquireRequest(Id.random(IdKind.CARD), os.urandom(60), os.urandom(60), Id.random(IdKind.CLIENT),
-                           Id.random(IdKind.HDD), os.urandom(32), os.urandom(64))
+    req = p.AcquireRequest(
+        Id.random(IdKind.CARD),
+        os.urandom(60),
+        os.urandom(60),
+        Id.random(IdKind.CLIENT),
+        Id.random(IdKind.HDD),
+        os.urandom(32),
+        os.urandom(64),
+    )
     return json.dumps(p.encode(req)).encode()
 
 
@@ -66,8 +73,12 @@ def main() -> None:
     answer = p.Done(True)
     ours = [run(lambda: (p.decode(p.AcquireRequest, json.loads(data)), json.dumps(p.encode(answer)))) for _ in range(5)]
     theirs = [run(lambda: (msgspec_decode(data, decoder), msgspec.json.encode({"created": True}))) for _ in range(5)]
-    print(f"vhw.protocol: median {statistics.median(ours):.1f} us per request (min {min(ours):.1f}, max {max(ours):.1f})")
-    print(f"msgspec:      median {statistics.median(theirs):.1f} us per request (min {min(theirs):.1f}, max {max(theirs):.1f})")
+    print(
+        f"vhw.protocol: median {statistics.median(ours):.1f} us per request (min {min(ours):.1f}, max {max(ours):.1f})"
+    )
+    print(
+        f"msgspec:      median {statistics.median(theirs):.1f} us per request (min {min(theirs):.1f}, max {max(theirs):.1f})"
+    )
     print(f"ratio: {statistics.median(ours) / statistics.median(theirs):.2f}x  (crypto.KEY_SIZE={crypto.KEY_SIZE})")
 
 
