@@ -73,12 +73,9 @@ def main() -> None:
     answer = p.Done(True)
     ours = [run(lambda: (p.decode(p.AcquireRequest, json.loads(data)), json.dumps(p.encode(answer)))) for _ in range(5)]
     theirs = [run(lambda: (msgspec_decode(data, decoder), msgspec.json.encode({"created": True}))) for _ in range(5)]
-    print(
-        f"vhw.protocol: median {statistics.median(ours):.1f} us per request (min {min(ours):.1f}, max {max(ours):.1f})"
-    )
-    print(
-        f"msgspec:      median {statistics.median(theirs):.1f} us per request (min {min(theirs):.1f}, max {max(theirs):.1f})"
-    )
+    for name, runs in (("vhw.protocol", ours), ("msgspec", theirs)):
+        median = statistics.median(runs)
+        print(f"{name:<13} median {median:.1f} us per request (min {min(runs):.1f}, max {max(runs):.1f})")
     print(f"ratio: {statistics.median(ours) / statistics.median(theirs):.2f}x  (crypto.KEY_SIZE={crypto.KEY_SIZE})")
 
 
