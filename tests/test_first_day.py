@@ -107,3 +107,40 @@ def test_a_busy_or_foreign_address_is_one_line(srv, tmp_path):
             assert r.stderr.count("\n") == 1 and "cannot listen on" in r.stderr and said in r.stderr, r.stderr
     finally:
         busy.close()
+
+
+def test_web_console_paths_keep_user_ids_out_of_the_log():
+    from vhw.server.app import _loggable
+
+    assert _loggable("/console/user/US-8AH7-92FE-NTW6-AQ60-2") == "/console/user/(user)"
+    assert _loggable("/console/user/us-8ah7-92fe-ntw6-aq60-2/repair") == "/console/user/(user)/repair"
+    assert _loggable("/console/card/secret-token") == "/console/card/(token)"
+    assert _loggable("/v1/console/acquire") == "/v1/console/acquire"
+
+
+def test_backups_are_the_owners_alone(srv, tmp_path):
+    import stat
+
+    out = tmp_path / "b.backup"
+    r = subprocess.run(
+        [sys.executable, "-m", "vhw", "server", "backup", str(out), "--home", str(srv.home.root)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+
+
+def test_server_audit_reads_well(cli, srv, tmp_path):
+    """Local ISO times, aligned columns under a header, and --json details as objects."""
+    publish(cli, srv, make_title(tmp_path / "src"), tmp_path, "AUDIT-READ-1")
+    r = cli("server", "audit", "--home", srv.home.root)
+    assert r.code == 0
+    lines = r.out.splitlines()
+    assert lines[0].split()[:5] == ["seq", "time", "actor", "action", "subject"]
+    column = lines[0].index("actor")
+    assert all(line[column - 2 : column] == "  " for line in lines[1:])  # the time column never runs into the next
+    entries = json.loads(cli("server", "audit", "--home", srv.home.root, "--json").out)["entries"]
+    assert entries and all(isinstance(e["detail"], dict) for e in entries)
+    assert all("T" in e["time"] and e["time"][-6] in "+-" for e in entries)

@@ -133,7 +133,7 @@ def test_card_reissue(cli, srv, tmp_path):
     before = len(audit(cli, srv))
     typo = user[:-1] + ("0" if user[-1] != "0" else "1")
     r = cli("repair", "card", "--user-id", typo, "-o", tmp_path / "x.card", *op)
-    assert r.code == 2 and "check character" in r.err and not (tmp_path / "x.card").exists()
+    assert r.code == 4 and "check character" in r.err and not (tmp_path / "x.card").exists()
     assert len(audit(cli, srv)) == before
     # the lost card is reissued
     assert play_game(cli, bob["console"], "G-2").code == 1  # (a save of the game on the old card)

@@ -8,6 +8,7 @@ when ``VHW_DEBUG=1``.
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import os
@@ -58,14 +59,42 @@ def show_audit(store: Store, *, after: int = 0, as_json: bool = False) -> None:
             rows = tx.all("SELECT seq, at, actor, action, subject, detail FROM audit WHERE seq > ? ORDER BY seq", after)
     finally:
         store.close()
-    entries = [dict(zip(("seq", "at", "actor", "action", "subject", "detail"), r, strict=True)) for r in rows]
-    emit(
-        {"entries": entries},
-        as_json=as_json,
-        lines=[
-            f"{e['seq']:>6} {e['at']} {e['actor']:<22} {e['action']:<16} {e['subject']}  {e['detail']}" for e in entries
-        ],
-    )
+    entries = [
+        {
+            "seq": seq,
+            "at": at,
+            "time": datetime.datetime.fromtimestamp(at).astimezone().isoformat(timespec="seconds"),
+            "actor": actor,
+            "action": action,
+            "subject": subject,
+            "detail": _detail(detail),
+        }
+        for seq, at, actor, action, subject, detail in rows
+    ]
+    emit({"entries": entries}, as_json=as_json, lines=audit_lines(entries))
+
+
+def _detail(text: str) -> Any:
+    """An audit entry's detail as the object it was written as (text if it is not JSON)."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def audit_lines(entries: list[dict[str, Any]]) -> list[str]:
+    """Audit entries in aligned columns (each as wide as its widest value), local ISO times."""
+    if not entries:
+        return ["(no entries)"]
+    heads = ("seq", "time", "actor", "action", "subject")
+    cells = [[str(e[h]) for h in heads] for e in entries]
+    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(heads)]
+    out = ["  ".join(h.ljust(w) for h, w in zip(heads, widths, strict=True)) + "  detail"]
+    for e, c in zip(entries, cells, strict=True):
+        detail = e["detail"]
+        shown = " ".join(f"{k}={v}" for k, v in detail.items()) if isinstance(detail, dict) else str(detail)
+        out.append("  ".join(x.ljust(w) for x, w in zip(c, widths, strict=True)) + "  " + shown)
+    return out
 
 
 class ProgressBar:

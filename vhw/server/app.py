@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -193,11 +194,14 @@ class App:
 
 
 def _loggable(path: str) -> str:
-    """The path as the access log shows it: at most 200 characters, and never a download's token
-    (the link of a reissued card's file)."""
+    """The path as the access log shows it: at most 200 characters, never a download's token (the
+    link of a reissued card's file) and never a User ID (the repair console's user pages)."""
     if path.startswith("/console/card/"):
         return "/console/card/(token)"
-    return path[:200]
+    return _USER_IN_PATH.sub("/(user)", path[:200])
+
+
+_USER_IN_PATH = re.compile(r"/US-[0-9A-Za-z-]+", re.IGNORECASE)
 
 
 def _request_id(scope: Scope) -> str:

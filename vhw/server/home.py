@@ -408,6 +408,7 @@ def backup(home: ServerHome, out: Path, database: str | None = None) -> str:
     refuse_existing(out, "backup")
     tmp = out.parent / f".{out.name}.{os.getpid()}.tmp"
     try:
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))  # the owner's alone from the start
         if url.startswith("sqlite:///"):
             src = sqlite3.connect(url.removeprefix("sqlite:///"), timeout=60)
             dst = sqlite3.connect(tmp)
@@ -424,6 +425,7 @@ def backup(home: ServerHome, out: Path, database: str | None = None) -> str:
             if proc.returncode:
                 raise StateError(f"pg_dump failed: {_last_line(proc)}")
             kind = "PostgreSQL"
+        os.chmod(tmp, 0o600)  # (pg_dump writes the file anew)
         fd = os.open(tmp, os.O_RDONLY)
         try:
             os.fsync(fd)

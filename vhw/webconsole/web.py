@@ -156,6 +156,9 @@ class Console:
                     return RedirectResponse(f"{PREFIX}/login?next={target}", status_code=303, headers=HEADERS)
                 return self.error(request, 403, "Sign in first: this action needs a session.")
             request.scope["console_session"] = session
+            state = request.scope.get("state")
+            if isinstance(state, dict):  # the access log line names the signed-in role
+                state["role"] = f"console-{session.role}"
             if roles is not None and session.role not in roles:
                 return self.error(request, 403, f"A {session.role} session cannot open this page.")
             if request.method == "POST":
