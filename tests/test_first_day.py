@@ -144,3 +144,50 @@ def test_server_audit_reads_well(cli, srv, tmp_path):
     entries = json.loads(cli("server", "audit", "--home", srv.home.root, "--json").out)["entries"]
     assert entries and all(isinstance(e["detail"], dict) for e in entries)
     assert all("T" in e["time"] and e["time"][-6] in "+-" for e in entries)
+
+
+def test_server_init_takes_the_public_name(tmp_path):
+    """`server init --url` puts the name in the certificate and every credential; listening on
+    every address, the default is this host's name, never https://0.0.0.0."""
+    import socket as socketlib
+
+    from cryptography import x509
+
+    from vhw.server.home import Credential, ServerHome
+
+    def names(home: ServerHome) -> set[str]:
+        cert = x509.load_pem_x509_certificate(home.path("server.pem").read_bytes())
+        alt = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        return {str(n.value) for n in alt}
+
+    named = ServerHome.init(tmp_path / "named", listen="0.0.0.0:8443", url="licensing.example.net")
+    assert "licensing.example.net" in names(named)
+    for cred in named.path("credentials").glob("*.json"):
+        assert Credential.load(cred).server == "https://licensing.example.net:8443"
+    anywhere = ServerHome.init(tmp_path / "anywhere", listen="0.0.0.0:9443")
+    assert anywhere.config().url == f"https://{socketlib.gethostname()}:9443"
+    assert socketlib.gethostname() in names(anywhere)
+    with pytest.raises(InputError):
+        ServerHome.init(tmp_path / "plain", url="http://licensing.example.net")
+
+
+def test_a_name_mismatch_is_called_one(tmp_path):
+    """A URL whose host the certificate does not name (a server on every address, reached as
+    127.0.0.2): said so, naming the host, not "not signed by the platform CA"."""
+    from vhw import protocol as p
+    from vhw.client import Client, tls_context
+    from vhw.errors import NetworkError
+
+    everywhere = RunningServer.start(tmp_path / "home", listen="0.0.0.0:0")
+    try:
+        port = everywhere.url.rsplit(":", 1)[1].strip("/")
+        with (
+            Client(f"https://127.0.0.2:{port}", tls_context(everywhere.ca_der)) as c,
+            pytest.raises(NetworkError) as err,
+        ):
+            c.get("/v1/health", p.Health)
+        assert "does not name 127.0.0.2" in str(err.value), err.value
+        with Client(f"https://127.0.0.1:{port}", tls_context(everywhere.ca_der)) as c:
+            assert c.get("/v1/health", p.Health).status == "ok"
+    finally:
+        everywhere.stop()

@@ -135,6 +135,15 @@ def network_error(url: str, exc: httpx.HTTPError) -> NetworkError:
             f"{url} accepts only the platform's own clients (a server in broker mode);"
             " consoles reach it through the broker"
         )
+    mismatch = (
+        isinstance(cause, ssl.SSLCertVerificationError) and cause.verify_code == 62
+    )  # X509_V_ERR_HOSTNAME_MISMATCH
+    if mismatch or "Hostname mismatch" in str(exc) or "IP address mismatch" in str(exc):
+        host = httpx.URL(url).host
+        return NetworkError(
+            f"{url}: the server's certificate does not name {host}",
+            hint="use the name or address given to `vhw server init --url`, or add it with --host",
+        )
     if isinstance(cause, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in str(exc):
         return NetworkError(
             f"{url}: the server's certificate is not signed by the trusted platform CA; refusing to talk to it"

@@ -24,12 +24,14 @@ import logging
 import os
 import secrets
 import shutil
+import socket
 import sqlite3
 import subprocess
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -38,7 +40,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from .. import bindings, crypto, pki
 from ..crypto import equal as crypto_equal
 from ..devices.files import atomic_write, describe_os_error, fsync_dir, refuse_existing
-from ..errors import FileError, StateError
+from ..errors import FileError, InputError, StateError
 from ..ids import ID_FIELDS
 from ..roles import ROLES
 from .auditlog import Chainer, read_heads
@@ -110,6 +112,23 @@ class Credential:
         return cred
 
 
+def public_url(url: str | None, listen: str) -> str:
+    """The URL consoles and tools use: ``--url`` as a full https URL, a name, or name:port (the
+    listening port by default); without it, the listening address, or this host's name when the
+    server listens on every address (0.0.0.0 is no address a client can use)."""
+    host, _, port = listen.rpartition(":")
+    host = host.strip("[]")
+    if not url:
+        url = socket.gethostname() if host in ("", "0.0.0.0", "::") else host
+    if "://" not in url:
+        url = f"https://{url}"
+    parts = urlsplit(url)
+    if parts.scheme != "https" or not parts.hostname:
+        raise InputError(f"{url!r} is not an https:// URL a console could use")
+    name = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    return f"https://{name}:{parts.port or port}"
+
+
 def _last_line(proc: subprocess.CompletedProcess[str]) -> str:
     """What a failed tool said last, or its exit code."""
     text = proc.stderr.strip()
@@ -153,16 +172,19 @@ class ServerHome:
         os.chmod(home.root, 0o700)
         (home.root / "credentials").mkdir(exist_ok=True)
         host = listen.rpartition(":")[0].strip("[]")
+        url = public_url(url, listen)
         cfg = ServerConfig(
             listen=listen,
-            url=url or f"https://{listen}",
+            url=url,
             database=database,
             identify_by=list(identify_by or ID_FIELDS),
             mode=mode,
         )
         Policy(frozenset(cfg.identify_by))
         ca_der, ca_key = pki.make_ca("vhw platform CA")
-        names = sorted({"127.0.0.1", "::1", "localhost", host, *hosts} - {"", "0.0.0.0", "::"})
+        names = sorted(
+            {"127.0.0.1", "::1", "localhost", host, urlsplit(url).hostname or "", *hosts} - {"", "0.0.0.0", "::"}
+        )
         cert_der, cert_key = pki.issue(ca_der, ca_key, "vhw licensing server", hosts=names)
         atomic_write(home.path("ca.pem"), pki.cert_pem(ca_der))
         atomic_write(home.path("ca-key.pem"), pki.key_pem(ca_key), mode=0o600)
