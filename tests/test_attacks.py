@@ -366,6 +366,7 @@ def test_a_rogue_publisher_cannot_mint_licenses_for_anothers_title(cli, srv, wor
             "vhw",
             "server",
             "credential",
+            "add",
             "publisher",
             "rogue",
             "-o",

@@ -533,3 +533,27 @@ def test_repair_forms_refuse_wrong_ids_and_change_nothing(cli, srv, tmp_path):
             r = c.post(f"/console/reissue/{user_id}", data={"user_id": typed, "csrf": csrf})
             assert r.status_code == 422 and "/console/card/" not in r.text, typed
     assert users_row(srv, user_id) == before
+
+
+def test_a_revoked_credential_and_a_removed_staff_account_end_their_sessions(cli, srv, brokered, tmp_path):
+    """`vhw server credential revoke` and `vhw broker staff rm` take access back at once: the
+    sessions opened with them see the sign-in page at their next request, the token calls no API."""
+    out = tmp_path / "second.json"
+    assert cli("server", "credential", "add", "operator", "second", "-o", out, "--home", srv.home.root).code == 0
+    second = Credential.load(out).token
+    with signed_in(srv.url, {"token": second}) as c:
+        assert c.get("/console/lookup").status_code == 200
+        listed = cli("server", "credential", "ls", "--home", srv.home.root)
+        assert listed.code == 0 and "second" in listed.out and second not in listed.out
+        assert cli("server", "credential", "revoke", "operator", "second", "--home", srv.home.root).code == 0
+        assert c.get("/console/lookup").status_code == 303  # back to the sign-in page
+    with client(srv.url) as api:
+        r = api.post("/v1/operator/audit", json={}, headers={"authorization": f"Bearer {second}"})
+        assert r.status_code == 401
+    r = cli("server", "credential", "revoke", "operator", "second", "--home", srv.home.root)
+    assert r.code == 9 and "no operator credential" in r.err
+    assert bk(cli, brokered, "staff", "add", "tem", "--password", "tem-secret-pw").code == 0
+    with signed_in(brokered.broker_url, {"name": "tem", "password": "tem-secret-pw"}) as c:
+        assert c.get("/console/accounts").status_code == 200
+        assert bk(cli, brokered, "staff", "rm", "tem").code == 0
+        assert c.get("/console/accounts").status_code == 303

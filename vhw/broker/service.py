@@ -182,6 +182,12 @@ class Broker:
     def check_staff(self, name: str, password: str) -> bool:
         return self._check_login("staff", name, password)
 
+    def remove_staff(self, name: str) -> None:
+        with self.store.transaction() as tx:
+            if not tx.execute("DELETE FROM staff WHERE name = ?", name):
+                raise StateError(f"no staff account {name}")
+            self._audit(tx, "broker", "remove-staff", name)
+
     def staff_exists(self, name: str) -> bool:
         with self.store.transaction() as tx:
             return tx.one("SELECT 1 FROM staff WHERE name = ?", name) is not None

@@ -224,6 +224,17 @@ def staff_add(app: App, name: str, password: str, home: Path | None) -> None:
     click.echo(f"staff account {name} added; it signs in at /console/")
 
 
+@staff.command("rm")
+@click.argument("name")
+@home_option
+@pass_app
+def staff_rm(app: App, name: str, home: Path | None) -> None:
+    """Remove a staff account NAME: it signs in no more, and its open sessions end at once."""
+    with broker_home(app, home).broker() as b:
+        b.remove_staff(name)
+    click.echo(f"staff account {name} removed")
+
+
 @broker.command("ledger")
 @click.option("--json", "as_json", is_flag=True)
 @home_option

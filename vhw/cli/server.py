@@ -14,6 +14,7 @@ from ..errors import ImageError
 from ..ids import ID_FIELDS
 from ..roles import ROLES
 from . import App, pass_app, show_audit, vhw
+from .devices import when
 from .params import LISTEN
 
 if TYPE_CHECKING:  # (the server's modules load only for its commands)
@@ -257,13 +258,18 @@ def server_run(
     click.echo("vhw licensing server stopped")
 
 
-@server.command("credential")
+@server.group("credential")
+def credential() -> None:
+    """The credentials of the roles (manufacturer, publisher, operator, broker): add, list, revoke."""
+
+
+@credential.command("add")
 @click.argument("role", type=click.Choice(ROLES))
 @click.argument("name")
 @click.option("-o", "--out", type=click.Path(path_type=Path, dir_okay=False), required=True)
 @home_option
 @pass_app
-def server_credential(app: App, role: str, name: str, out: Path, home: Path | None) -> None:
+def credential_add(app: App, role: str, name: str, out: Path, home: Path | None) -> None:
     """Issue another credential for ROLE (e.g. a second repair center) into OUT."""
     h = server_home(app, home)
     h.require()
@@ -273,6 +279,41 @@ def server_credential(app: App, role: str, name: str, out: Path, home: Path | No
     finally:
         store.close()
     click.echo(f"{role} credential {name!r} written to {out}")
+
+
+@credential.command("ls")
+@home_option
+@pass_app
+def credential_ls(app: App, home: Path | None) -> None:
+    """List the credentials: role, name, when issued (never a token: the server keeps only hashes)."""
+    h = server_home(app, home)
+    h.require()
+    store = h.store()
+    try:
+        rows = h.credentials(store)
+    finally:
+        store.close()
+    click.echo(f"{'role':<13} {'name':<24} issued")
+    for role, name, created in rows:
+        click.echo(f"{role:<13} {name:<24} {when(created)}")
+
+
+@credential.command("revoke")
+@click.argument("role", type=click.Choice(ROLES))
+@click.argument("name")
+@home_option
+@pass_app
+def credential_revoke(app: App, role: str, name: str, home: Path | None) -> None:
+    """Take a credential back: from now on it calls nothing, and the web console sessions opened
+    with it end at their next request."""
+    h = server_home(app, home)
+    h.require()
+    store = h.store()
+    try:
+        h.revoke_credential(store, role, name)
+    finally:
+        store.close()
+    click.echo(f"{role} credential {name!r} revoked")
 
 
 @server.command("audit")

@@ -211,6 +211,29 @@ class ServerHome:
         atomic_write(out / "tls.pem", pki.cert_pem(cert) + pki.cert_pem(self.ca_der()))
         atomic_write(out / "tls-key.pem", pki.key_pem(key), mode=0o600)
 
+    def credentials(self, store: Store) -> list[tuple[str, str, int]]:
+        """(role, name, issued) of every credential."""
+        with store.transaction() as tx:
+            return [
+                (r[0], r[1], int(r[2]))
+                for r in tx.all("SELECT role, name, created FROM credentials ORDER BY role, name")
+            ]
+
+    def revoke_credential(self, store: Store, role: str, name: str) -> None:
+        """Delete a credential's hash: its token calls nothing any more, and the sessions opened
+        with it fail their next check. Written to the audit log."""
+        with store.transaction() as tx:
+            if not tx.execute("DELETE FROM credentials WHERE role = ? AND name = ?", role, name):
+                raise StateError(f"no {role} credential {name!r}", hint="vhw server credential ls")
+            tx.execute(
+                "INSERT INTO audit (at, actor, action, subject, detail) VALUES (?, ?, ?, ?, ?)",
+                int(time.time()),
+                "operator",
+                "revoke-credential",
+                f"{role}:{name}",
+                "{}",
+            )
+
     def add_credential(self, store: Store, role: str, name: str, out: Path | None = None) -> Credential:
         cert, key = pki.issue(self.ca_der(), self.ca_key(), f"vhw {role} {name}", client=True)
         cred = Credential(
