@@ -211,7 +211,7 @@ def test_swap_a_wrapped_content_key_between_two_mids_on_one_card(cli, srv, world
         licenses=card.licenses[:-2] + (replace(a, content_key=b.content_key), replace(b, content_key=a.content_key)),
     )
     card_dev.save(alice["card"], swapped)
-    assert cli("hdd", "rm", world["title"], *con(alice)).code == 0  # (the discs are one title)
+    assert cli("hdd", "rm", world["title"], "--yes", *con(alice)).code == 0  # (the discs are one title)
     assert cli("console", "insert-disc", world["discs"][1], *con(alice)).code == 0
     with Unchanged(srv, alice["card"], alice["hdd"]):
         r = cli("console", "install", *con(alice))
@@ -234,14 +234,14 @@ def test_roll_back_a_card_to_before_its_content_key_was_deleted(cli, srv, world)
     their own disc again onto their own registered HDD anyway (the server allows it, sealed to
     those devices), and the old key still copies nowhere else."""
     alice, bob = world["alice"], world["bob"]
-    assert cli("hdd", "rm", world["title"], *con(alice)).code == 0  # (the discs are one title)
+    assert cli("hdd", "rm", world["title"], "--yes", *con(alice)).code == 0  # (the discs are one title)
     assert cli("console", "eject-disc", *con(alice)).code == 0
     assert cli("console", "insert-disc", world["discs"][1], *con(alice)).code == 0
     assert cli("console", "acquire", *con(alice)).code == 0
     backup = alice["card"].read_bytes()  # the card image while it holds the Content-Key
     assert cli("console", "install", *con(alice)).code == 0  # confirmed; the key is deleted
     assert not any(lic.content_key for lic in card_dev.load(alice["card"]).licenses)
-    assert cli("hdd", "rm", world["title"], *con(alice)).code == 0
+    assert cli("hdd", "rm", world["title"], "--yes", *con(alice)).code == 0
     alice["card"].write_bytes(backup)  # rolled back
     # the rolled-back card in bob's console: its keys open on alice's devices only
     assert cli("console", "eject-card", *con(bob)).code == 0

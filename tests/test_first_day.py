@@ -191,3 +191,17 @@ def test_a_name_mismatch_is_called_one(tmp_path):
             assert c.get("/v1/health", p.Health).status == "ok"
     finally:
         everywhere.stop()
+
+
+def test_hdd_rm_asks_first(cli, srv, tmp_path):
+    [disc] = publish(cli, srv, make_title(tmp_path / "src"), tmp_path, "RM-1")
+    dev = factory(cli, srv, tmp_path / "dev")
+    con = ["--console", dev["console"]]
+    assert cli("console", "register", *con).code == 0
+    assert cli("console", "insert-disc", disc, *con).code == 0
+    assert cli("console", "install", *con).code == 0
+    r = cli("hdd", "rm", "RM-1", *con)  # no terminal to ask: refused, nothing removed
+    assert r.code == InputError.exit_code and "--yes" in one_line(r)
+    assert "RM-1" in cli("hdd", "ls", *con).out
+    assert cli("hdd", "rm", "RM-1", "--yes", *con).code == 0
+    assert "RM-1" not in cli("hdd", "ls", *con).out

@@ -64,7 +64,7 @@ def test_install_two_titles(cli, srv, tmp_path):
     assert r.code == 9 and "already installed" in r.err
     # removed, it comes back from its disc onto the owner's own HDD (that copies nothing to anyone
     # else), and plays; the disc installs for no one else
-    assert cli("hdd", "rm", "two-1", *con).code == 0
+    assert cli("hdd", "rm", "two-1", "--yes", *con).code == 0
     r = cli("console", "install", *con)
     assert r.code == 0 and "installed" in r.out, r
     assert installed_files(dev, "TWO-1") == source_files(src1)
@@ -137,7 +137,7 @@ def test_full_hdd_refuses_cleanly_and_the_license_stays_usable(cli, srv, tmp_pat
     assert file_sha256(dev["hdd"]) == before
     assert cli("hdd", "fsck", dev["hdd"], "--deep").code == 0
     # nothing was flagged: once room is made, the same disc installs
-    assert cli("hdd", "rm", "FULL-1", *con).code == 0
+    assert cli("hdd", "rm", "FULL-1", "--yes", *con).code == 0
     assert cli("console", "install", *con).code == 0
     assert installed_files(dev, "FULL-2") == source_files(big)
 

@@ -320,7 +320,7 @@ def test_disc_without_mid_is_bought_once_per_install(cli, brokered, tmp_path, le
         paid_mid = title.mid
     assert cli("console", "install", *con).code == 9  # installed: nothing is bought twice
     # each paid key installs once: after removing the title, installing again is a new purchase
-    assert cli("hdd", "rm", "FREE-1", *con).code == 0
+    assert cli("hdd", "rm", "FREE-1", "--yes", *con).code == 0
     assert cli("console", "install", *con).code == 0
     with HddImage.open(dave["hdd"]) as img:
         assert img.volume.catalog.title("FREE-1").mid != paid_mid

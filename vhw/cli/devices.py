@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from ..devices import rom as rom_dev
 from ..devices.card import CardImage
 from ..devices.files import now, refuse_existing
 from ..devices.hdd import HddImage
-from ..errors import ImageError, StateError
+from ..errors import ImageError, InputError, StateError
 from ..formats import card as card_fmt
 from ..formats import hdd as hdd_fmt
 from ..formats import rom as rom_fmt
@@ -302,9 +303,18 @@ def hdd_ls(image: Path | None, console_dir: Path | None, as_json: bool) -> None:
 @click.option("--image", type=PATH, help="The HDD image (default: the console's).")
 @click.option("--console", "console_dir", type=click.Path(path_type=Path, file_okay=False))
 @click.option("--wait", is_flag=True, help="If another process is writing the HDD, wait for it.")
-def hdd_rm(title_id: str, image: Path | None, console_dir: Path | None, wait: bool) -> None:
-    """Remove a title from an HDD; its space is reused by later installs."""
+@click.option("--yes", is_flag=True, help="Remove without asking.")
+def hdd_rm(title_id: str, image: Path | None, console_dir: Path | None, wait: bool, yes: bool) -> None:
+    """Remove a title from an HDD; its space is reused by later installs. Its owner may install it
+    again from the disc onto this HDD; asks first unless --yes."""
     path = hdd_image_path(image, console_dir)
+    if not yes:
+        if not sys.stdin.isatty():
+            raise InputError(f"removing {title_id.upper()} from {path} needs --yes (there is no terminal to ask)")
+        click.confirm(
+            f"Remove {title_id.upper()} from {path}? (it installs again from its disc, onto this HDD only)",
+            abort=True,
+        )
     with HddImage.open(path, write=True, wait=wait, on_wait=lambda m: click.echo(m, err=True)) as img:
         title_id = title_id.upper()
         if img.volume.catalog.title(title_id) is None:
