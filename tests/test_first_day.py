@@ -205,3 +205,27 @@ def test_hdd_rm_asks_first(cli, srv, tmp_path):
     assert "RM-1" in cli("hdd", "ls", *con).out
     assert cli("hdd", "rm", "RM-1", "--yes", *con).code == 0
     assert "RM-1" not in cli("hdd", "ls", *con).out
+
+
+def test_installing_while_mounted_says_unmount_first(cli, srv, tmp_path):
+    from vhw.console.machine import Machine
+
+    [first] = publish(cli, srv, make_title(tmp_path / "src"), tmp_path, "MOUNTED-1")
+    [disc] = publish(cli, srv, make_title(tmp_path / "src2", seed=2), tmp_path, "MOUNTED-2")
+    dev = factory(cli, srv, tmp_path / "dev")
+    con = ["--console", dev["console"]]
+    assert cli("console", "register", *con).code == 0
+    assert cli("console", "insert-disc", first, *con).code == 0
+    assert cli("console", "install", *con).code == 0
+    assert cli("console", "eject-disc", *con).code == 0
+    m = Machine(dev["console"])
+    where = tmp_path / "mnt"
+    where.mkdir()
+    m.mount(where)
+    try:
+        assert cli("console", "insert-disc", disc, *con).code == 0
+        r = cli("console", "install", *con)
+        assert r.code == StateError.exit_code and "unmount it first" in one_line(r)
+    finally:
+        m.unmount(where)
+    assert cli("console", "install", *con).code == 0

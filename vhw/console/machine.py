@@ -84,6 +84,11 @@ class Machine(ConsoleFolder):
         Returns (title ID, what happened: "installed", "resumed" or "confirmed").
         """
         with self.busy():
+            mounted = self.active_mount()
+            if mounted is not None:  # the mount holds the HDD (and would not show the new title)
+                raise StateError(
+                    f"the HDD is mounted at {mounted}: unmount it first", hint=f"vhw console unmount {mounted}"
+                )
             rom = self.rom()
             with (
                 DiscImage.open(self.disc_path()) as disc,
