@@ -229,3 +229,33 @@ def test_installing_while_mounted_says_unmount_first(cli, srv, tmp_path):
     finally:
         m.unmount(where)
     assert cli("console", "install", *con).code == 0
+
+
+def test_mount_slips(cli, srv, tmp_path):
+    """A second mount of the same HDD names where it is mounted; a folder with files is refused
+    unless --nonempty; unmounting what is not mounted says so."""
+    [disc] = publish(cli, srv, make_title(tmp_path / "src"), tmp_path, "MNT-1")
+    dev = factory(cli, srv, tmp_path / "dev")
+    con = ["--console", dev["console"]]
+    for step in (("console", "register"), ("console", "insert-disc", disc), ("console", "install")):
+        assert cli(*step, *con).code == 0
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "note.txt").write_text("mine")
+    r = cli("console", "mount", full, *con)
+    assert r.code == StateError.exit_code and "not empty" in one_line(r) and "--nonempty" in r.err
+    first = tmp_path / "first"
+    first.mkdir()
+    assert cli("console", "mount", first, *con).code == 0
+    try:
+        second = tmp_path / "second"
+        second.mkdir()
+        r = cli("console", "mount", second, *con)
+        assert r.code == StateError.exit_code and f"mounted at {first}" in one_line(r)
+    finally:
+        assert cli("console", "unmount", first, *con).code == 0
+    r = cli("console", "unmount", first, *con)
+    assert r.code == StateError.exit_code and "not mounted" in one_line(r)
+    assert cli("console", "mount", full, "--nonempty", *con).code == 0
+    assert cli("console", "unmount", full, *con).code == 0
+    assert (full / "note.txt").read_text() == "mine"

@@ -207,9 +207,10 @@ def console_install(slot: str, wait: bool, console_dir: Path | None) -> None:
 @console.command("mount")
 @click.argument("mountpoint", type=click.Path(path_type=Path, file_okay=False))
 @click.option("--foreground", is_flag=True, help="Stay in the foreground until unmounted (Ctrl-C unmounts).")
+@click.option("--nonempty", is_flag=True, help="Mount over a folder that holds files (hidden while mounted).")
 @slot_option
 @console_option
-def console_mount(mountpoint: Path, foreground: bool, slot: str, console_dir: Path | None) -> None:
+def console_mount(mountpoint: Path, foreground: bool, nonempty: bool, slot: str, console_dir: Path | None) -> None:
     """Mount the console's HDD at MOUNTPOINT, read-only, one folder per title (S31-S35).
 
     Only when the memory card's sealed Client ID and HDD-ID are this console's and this HDD's;
@@ -228,7 +229,7 @@ def console_mount(mountpoint: Path, foreground: bool, slot: str, console_dir: Pa
 
         m.serve_mount(mountpoint, slot, ready=ready)
         return
-    pid = m.mount(mountpoint, slot)
+    pid = m.mount(mountpoint, slot, nonempty=nonempty)
     click.echo(f"mounted at {mountpoint} (process {pid}); `vhw console unmount {mountpoint}` ends it")
 
 

@@ -256,13 +256,22 @@ class Machine(ConsoleFolder):
 
         return gone
 
-    def mount(self, mountpoint: Path, slot: str = "1", *, checked: bool = False) -> int:
+    def mount(self, mountpoint: Path, slot: str = "1", *, checked: bool = False, nonempty: bool = False) -> int:
         """Mount in a background process; returns when the titles can be read. Returns its pid.
-        ``checked``: the caller has just made the reproduction check itself."""
+        ``checked``: the caller has just made the reproduction check itself. ``nonempty``: mount
+        over a folder that holds files (they are hidden while mounted)."""
         mountpoint = Path(mountpoint).resolve()
         if not checked:
             self.reproduction_key(slot)  # refuse here, in the user's terminal, with the patent's words
+        already = self.active_mount()
+        if already is not None:
+            raise StateError(f"this console's HDD is mounted at {already} already", hint="use it, or unmount it first")
         clear_stale(mountpoint)
+        if not nonempty and mountpoint.is_dir() and any(mountpoint.iterdir()):
+            raise StateError(
+                f"{mountpoint} is not empty: its files would be hidden while mounted",
+                hint="choose an empty folder, or pass --nonempty",
+            )
         proc = processes.spawn(
             ["console", "mount", str(mountpoint), "--foreground", "--slot", slot],
             self.root,

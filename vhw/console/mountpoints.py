@@ -36,7 +36,18 @@ def clear_stale(mountpoint: Path) -> None:
         raise StateError(f"{mountpoint} is not a folder")
 
 
+def is_dead_mount(mountpoint: Path) -> bool:
+    """A mount whose process died (statfs answers ENOTCONN or ECONNABORTED)."""
+    try:
+        os.statvfs(mountpoint)
+    except OSError as exc:
+        return exc.errno in DEAD_MOUNT
+    return False
+
+
 def unmount(mountpoint: Path) -> None:
+    if not os.path.ismount(mountpoint) and not is_dead_mount(mountpoint):
+        raise StateError(f"{mountpoint}: not mounted")
     proc = subprocess.run(["fusermount3", "-u", str(mountpoint)], capture_output=True, text=True)
     if proc.returncode != 0:
         raise StateError(f"{mountpoint}: cannot unmount ({proc.stderr.strip() or 'not mounted'})")
