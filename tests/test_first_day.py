@@ -259,3 +259,32 @@ def test_mount_slips(cli, srv, tmp_path):
     assert cli("console", "mount", full, "--nonempty", *con).code == 0
     assert cli("console", "unmount", full, *con).code == 0
     assert (full / "note.txt").read_text() == "mine"
+
+
+def test_after_a_repair_the_console_folder_takes_the_new_rom(cli, srv, tmp_path):
+    """`vhw console replace --rom NEW` after an exchange: the old titles say to install again
+    from the disc (CONTENT REPRODUCTION IS NOT PERMITTED and the hint), the install does, it plays."""
+    from .conftest import PLAY
+
+    src = tmp_path / "game"
+    src.mkdir()
+    (src / "main.py").write_text("print('ok')\n")
+    (src / "vhw-title.json").write_text('{"name": "R", "kind": "game", "entry": "main.py"}')
+    [disc] = publish(cli, srv, src, tmp_path, "REPAIRED-1")
+    dev = factory(cli, srv, tmp_path / "dev")
+    con = ["--console", dev["console"]]
+    for step in (("console", "register"), ("console", "insert-disc", disc), ("console", "install")):
+        assert cli(*step, *con).code == 0
+    assert cli("console", "play", *con, "REPAIRED-1").code == 0
+    man = ["--credential", srv.credential("manufacturer"), "--server", srv.url]
+    op = ["--credential", srv.credential("operator"), "--server", srv.url]
+    new_rom = tmp_path / "new.rom"
+    assert cli("console", "rom", new_rom, *man).code == 0
+    assert cli("repair", "device", "--card", dev["card"], "--new-rom", new_rom, *op).code == 0
+    r = cli("console", "replace", "--rom", new_rom, *con)
+    assert r.code == 0, r
+    r = cli("console", "play", *con, "REPAIRED-1")
+    assert r.code == 14, r
+    assert r.err.startswith(PLAY) and "install the titles again from their discs" in r.err
+    assert cli("console", "install", *con).code == 0
+    assert cli("console", "play", *con, "REPAIRED-1").code == 0

@@ -161,10 +161,10 @@ def test_play_reuses_a_running_mount(world, mounted):
 def expect_refused(cli, console: Path, where: Path) -> None:
     """Neither a mount nor play gives a byte: the patent's message, exit 14, nothing mounted."""
     r = cli("console", "mount", where, "--console", console)
-    assert (r.code, r.err) == (14, PLAY)
+    assert r.code == 14 and r.err.startswith(PLAY)  # (a card without keys for it gets a hint line)
     assert not os.path.ismount(where) and os.listdir(where) == []
     r = cli("console", "play", "--console", console, TITLES["game"])
-    assert (r.code, r.err) == (14, PLAY)
+    assert r.code == 14 and r.err.startswith(PLAY)
 
 
 def test_refusals(world, tmp_path):

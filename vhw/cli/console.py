@@ -52,6 +52,20 @@ def console_setup(folder: Path, rom: Path, hdd: Path, server: str | None, memory
     click.echo(f"console set up in {m.root}: Client ID {m.rom().client_id}, HDD-ID {m.hdd_id()}")
 
 
+@console.command("replace")
+@click.option("--rom", type=PATH, help="The repaired or exchanged console's new ROM.")
+@click.option("--hdd", type=PATH, help="The exchanged HDD.")
+@console_option
+def console_replace(rom: Path | None, hdd: Path | None, console_dir: Path | None) -> None:
+    """After a repair (FIG. 13): put the new ROM or HDD into this console's set-up, keeping its
+    slots, tray and server. Then install again from the discs (`vhw console install`)."""
+    if not rom and not hdd:
+        raise click.UsageError("name the new device: --rom and/or --hdd")
+    m = machine(console_dir)
+    m.replace_device(rom=rom, hdd=hdd)
+    click.echo(f"console {m.root}: Client ID {m.rom().client_id}, HDD-ID {m.hdd_id()}")
+
+
 @console.command("insert-card")
 @click.argument("card", type=PATH)
 @slot_option

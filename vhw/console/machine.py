@@ -210,7 +210,17 @@ class Machine(ConsoleFolder):
         if hdd is None:
             with HddImage.open(self.hdd_path) as img:
                 return self.reproduction_key(slot, img, view=view)
-        return decisions.reproduction_key(view or self.card_view(slot), hardware(rom, hdd))
+        view = view or self.card_view(slot)
+        try:
+            return decisions.reproduction_key(view, hardware(rom, hdd))
+        except ReproductionNotPermitted:
+            if view is not None and view.user is not None and not view.card.content_gen_key:
+                # a registered card without keys: a repair wiped them (or nothing was installed yet)
+                raise ReproductionNotPermitted(
+                    hint="this card holds no keys for this console: after a repair, install the titles again"
+                    " from their discs (`vhw console install`)"
+                ) from None
+            raise
 
     def serve_mount(self, mountpoint: Path, slot: str = "1", *, ready: Callable[[], None]) -> None:
         """Mount in this process until unmounted (``vhw console mount --foreground``)."""

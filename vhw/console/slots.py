@@ -155,6 +155,22 @@ class ConsoleFolder:
 
     # -- slots and tray -------------------------------------------------------------------------------
 
+    def replace_device(self, *, rom: Path | None = None, hdd: Path | None = None) -> None:
+        """A repaired or exchanged console or HDD takes the old one's place in the set-up; the
+        slots, tray and server stay. Each new file is checked before anything changes."""
+        if rom is not None:
+            rom_dev.load(rom)
+        if hdd is not None:
+            with HddImage.open(hdd):
+                pass
+        with self.busy():
+            cfg = self.config()
+            if rom is not None:
+                cfg.rom = str(Path(rom).resolve())
+            if hdd is not None:
+                cfg.hdd = str(Path(hdd).resolve())
+            self.save(cfg)
+
     def insert_card(self, path: Path, slot: str = "1") -> Card:
         card = card_dev.load(path)
         with self.busy():
