@@ -288,3 +288,32 @@ def test_after_a_repair_the_console_folder_takes_the_new_rom(cli, srv, tmp_path)
     assert r.err.startswith(PLAY) and "install the titles again from their discs" in r.err
     assert cli("console", "install", *con).code == 0
     assert cli("console", "play", *con, "REPAIRED-1").code == 0
+
+
+def test_server_init_against_an_unreachable_database(tmp_path):
+    """Within 5 s, one line, the URL shown without a password it does not have, no home left."""
+    import time
+
+    port = free_port()  # nothing listens there
+    start = time.monotonic()
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vhw",
+            "server",
+            "init",
+            "--home",
+            str(tmp_path / "home"),
+            "--db",
+            f"postgresql://vhw@127.0.0.1:{port}/vhw",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    took = time.monotonic() - start
+    assert r.returncode != 0 and r.stderr.count("\n") == 1 and "cannot connect to PostgreSQL" in r.stderr, r.stderr
+    assert f"postgresql://vhw@127.0.0.1:{port}/vhw" in r.stderr and ":***" not in r.stderr
+    assert took < 8  # (5 s of waiting, plus start-up)
+    assert not (tmp_path / "home").exists() and not list(tmp_path.iterdir())

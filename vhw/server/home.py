@@ -112,6 +112,9 @@ class Credential:
         return cred
 
 
+INIT_WAIT = 5.0  # seconds `server init` waits for a database before it gives up, in one line
+
+
 def public_url(url: str | None, listen: str) -> str:
     """The URL consoles and tools use: ``--url`` as a full https URL, a name, or name:port (the
     listening port by default); without it, the listening address, or this host's name when the
@@ -165,12 +168,43 @@ class ServerHome:
         identify_by: list[str] | None = None,
         mode: str = "direct",
     ) -> ServerHome:
-        home = cls(root)
-        if home.exists:
+        final = cls(root)
+        if final.exists:
             raise StateError(f"{root}: a server home is already here", hint="use it, or choose another --home")
-        home.root.mkdir(parents=True, exist_ok=True)
-        os.chmod(home.root, 0o700)
-        (home.root / "credentials").mkdir(exist_ok=True)
+        final.root.parent.mkdir(parents=True, exist_ok=True)
+        # built in a folder of its own and moved into place at the end: a failed init (an
+        # unreachable database, say) leaves no half-made home behind
+        staging = final.root.parent / f".{final.root.name}.{os.getpid()}.init"
+        shutil.rmtree(staging, ignore_errors=True)
+        try:
+            cls._build(
+                staging, listen=listen, url=url, hosts=hosts, database=database, identify_by=identify_by, mode=mode
+            )
+            final.root.mkdir(exist_ok=True)
+            os.chmod(final.root, 0o700)
+            names = sorted(p.name for p in staging.iterdir())
+            for name in sorted(names, key=lambda n: n == "config.json"):  # config.json last: then it is a home
+                os.replace(staging / name, final.root / name)
+            fsync_dir(final.root)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return final
+
+    @classmethod
+    def _build(
+        cls,
+        root: Path,
+        *,
+        listen: str,
+        url: str | None,
+        hosts: Sequence[str],
+        database: str,
+        identify_by: list[str] | None,
+        mode: str,
+    ) -> None:
+        home = cls(root)
+        home.root.mkdir(mode=0o700)
+        (home.root / "credentials").mkdir()
         host = listen.rpartition(":")[0].strip("[]")
         url = public_url(url, listen)
         cfg = ServerConfig(
@@ -193,14 +227,13 @@ class ServerHome:
         atomic_write(home.path("server-key.pem"), pki.key_pem(cert_key), mode=0o600)
         atomic_write(home.path("master.key"), secrets.token_bytes(32).hex().encode() + b"\n", mode=0o600)
         atomic_write(home.path("config.json"), json.dumps(asdict(cfg), indent=1).encode())
-        store = home.store()
+        store = open_store(home.database_url(), wait=INIT_WAIT)
         try:
             store.migrate()
             for role in ROLES:
                 home.add_credential(store, role, role)
         finally:
             store.close()
-        return home
 
     def issue_server_cert(self, name: str, hosts: list[str], out: Path) -> None:
         """A TLS server identity signed by the platform CA, for a broker: consoles trust it."""

@@ -339,16 +339,24 @@ class SqliteStore(Store):
 class PostgresStore(Store):
     dialect = "postgres"
 
-    def __init__(self, url: str, *, min_size: int = 1, max_size: int = 20):
+    def __init__(self, url: str, *, min_size: int = 1, max_size: int = 20, wait: float = 30):
         from psycopg_pool import ConnectionPool  # (psycopg: only a PostgreSQL store needs it)
 
         self.url = url
-        self._pool = ConnectionPool(url, min_size=min_size, max_size=max_size, open=True, kwargs={"autocommit": False})
+        pool_log = logging.getLogger("psycopg.pool")
+        level = pool_log.level
+        pool_log.setLevel(logging.ERROR)  # (the first connection's retries: the one line below says it)
         try:
-            self._pool.wait(timeout=30)
-        except Exception as exc:
-            self._pool.close()
-            raise StateError(f"cannot connect to PostgreSQL at {_redact(url)}: {exc}") from None
+            self._pool = ConnectionPool(
+                url, min_size=min_size, max_size=max_size, open=True, kwargs={"autocommit": False}
+            )
+            try:
+                self._pool.wait(timeout=wait)
+            except Exception as exc:
+                self._pool.close()
+                raise StateError(f"cannot connect to PostgreSQL at {_redact(url)}: {_first_line(exc)}") from None
+        finally:
+            pool_log.setLevel(level)
 
     @staticmethod
     def _translate(sql: str) -> str:
@@ -376,19 +384,25 @@ class PostgresStore(Store):
         self._pool.close()
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
 def _redact(url: str) -> str:
     """A database URL without its password, for messages."""
     if "@" in url and "://" in url:
         scheme, rest = url.split("://", 1)
         creds, host = rest.rsplit("@", 1)
-        return f"{scheme}://{creds.split(':')[0]}:***@{host}"
+        user, has_password, _ = creds.partition(":")
+        return f"{scheme}://{user}{':***' if has_password else ''}@{host}"
     return url
 
 
-def open_store(url: str) -> Store:
-    """``sqlite:///path/to/file.db`` or ``postgresql://...``."""
+def open_store(url: str, *, wait: float = 30) -> Store:
+    """``sqlite:///path/to/file.db`` or ``postgresql://...`` (``wait``: seconds to reach it)."""
     if url.startswith("sqlite:///"):
         return SqliteStore(Path(url.removeprefix("sqlite:///")))
     if url.startswith(("postgresql://", "postgres://")):
-        return PostgresStore(url)
+        return PostgresStore(url, wait=wait)
     raise StateError(f"unknown database URL {_redact(url)!r} (sqlite:///FILE or postgresql://...)")
