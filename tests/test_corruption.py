@@ -349,6 +349,16 @@ def test_cli_refuses_foreign_and_damaged_files(samples, tmp_path, cli, group):
         assert r.err.count("\n") == 1 and str(victim) in r.err and "Traceback" not in r.err, r
 
 
+def flip(path: Path, offsets: list[int]) -> None:
+    """Flip one bit of the byte at each offset of a file."""
+    with open(path, "r+b") as f:
+        for offset in offsets:
+            f.seek(offset)
+            byte = f.read(1)
+            f.seek(offset)
+            f.write(bytes([byte[0] ^ 1]))
+
+
 def test_a_rollback_is_never_silent(samples, tmp_path, cli):
     """Both copies of the current catalog (or of the current superblock slot) damaged: the image
     falls back to the previous generation, and says so, naming what to do. One copy damaged:
@@ -357,12 +367,7 @@ def test_a_rollback_is_never_silent(samples, tmp_path, cli):
     hdd.write_bytes(samples["hdd"].read_bytes())
     with HddImage.open(hdd) as img:
         sb = img.volume.sb
-    with open(hdd, "r+b") as f:
-        for extent in sb.catalog_extents:
-            f.seek(extent.offset + 20)
-            byte = f.read(1)
-            f.seek(extent.offset + 20)
-            f.write(bytes([byte[0] ^ 1]))
+    flip(hdd, [e.offset + 20 for e in sb.catalog_extents])
     with HddImage.open(hdd) as img:
         assert img.volume.sb.generation < sb.generation
         assert any("rolled back" in d and "install it again from its disc" in d for d in img.damage), img.damage
@@ -370,12 +375,7 @@ def test_a_rollback_is_never_silent(samples, tmp_path, cli):
     assert r.code == 3 and "problem: rolled back" in r.out, r
     # both copies of the current superblock slot: a lost slot is damage too, never a quiet fallback
     hdd.write_bytes(samples["hdd"].read_bytes())
-    with open(hdd, "r+b") as f:
-        for offset in (sb.slot, sb.slot + hdd_fmt.DITTO):
-            f.seek(offset + 30)
-            byte = f.read(1)
-            f.seek(offset + 30)
-            f.write(bytes([byte[0] ^ 1]))
+    flip(hdd, [sb.slot + 30, sb.slot + hdd_fmt.DITTO + 30])
     r = cli("hdd", "fsck", hdd)
     assert r.code == 3 and "both copies of superblock slot" in r.out and "may be lost" in r.out, r
     # the card: both copies of the current catalog damaged
@@ -383,11 +383,6 @@ def test_a_rollback_is_never_silent(samples, tmp_path, cli):
     card.write_bytes(samples["card"])
     with CardImage.open(card) as img:
         csb = img.state.sb
-    with open(card, "r+b") as f:
-        for offset in (csb.catalog_offset, csb.catalog_offset + card_fmt.CATALOG_DITTO):
-            f.seek(offset + 20)
-            byte = f.read(1)
-            f.seek(offset + 20)
-            f.write(bytes([byte[0] ^ 1]))
+    flip(card, [csb.catalog_offset + 20, csb.catalog_offset + card_fmt.CATALOG_DITTO + 20])
     with CardImage.open(card) as img:
         assert any("rolled back" in line for line in img.check()), img.check()

@@ -53,15 +53,19 @@ class VhwError(Exception):
         return self.message
 
 
-class ImageError(VhwError):
-    """A device file (ROM, card, HDD, disc, key store) cannot be used as what it claims to be."""
-
-    exit_code = 3
+class PathError(VhwError):
+    """An error about one file: it names the file (``path``) and what is wrong (``problem``)."""
 
     def __init__(self, path: object, problem: str, *, hint: str | None = None) -> None:
         super().__init__(f"{path}: {problem}", hint=hint)
         self.path = path
         self.problem = problem
+
+
+class ImageError(PathError):
+    """A device file (ROM, card, HDD, disc, key store) cannot be used as what it claims to be."""
+
+    exit_code = 3
 
 
 class IntegrityError(ImageError):
@@ -167,16 +171,11 @@ class PaymentDeclined(VhwError):
     exit_code = 15
 
 
-class FileError(VhwError):
+class FileError(PathError):
     """A file vhw keeps or reads that is not a device file: a configuration, key, credential,
     backup, database or title source. Names the file and what is wrong, like :class:`ImageError`."""
 
     exit_code = 16
-
-    def __init__(self, path: object, problem: str, *, hint: str | None = None) -> None:
-        super().__init__(f"{path}: {problem}", hint=hint)
-        self.path = path
-        self.problem = problem
 
 
 class InputError(VhwError):

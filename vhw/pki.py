@@ -64,16 +64,10 @@ def make_ca(common_name: str, *, now: datetime.datetime | None = None) -> tuple[
     return cert.public_bytes(serialization.Encoding.DER), key
 
 
-def issue(
-    ca_der: bytes,
-    ca_key: ec.EllipticCurvePrivateKey,
-    common_name: str,
-    *,
-    hosts: Sequence[str] = (),
-    client: bool = False,
-    now: datetime.datetime | None = None,
-) -> tuple[bytes, ec.EllipticCurvePrivateKey]:
-    """A leaf certificate signed by the CA: a TLS server's (``hosts``) or a client's."""
+def _leaf(
+    ca_der: bytes, ca_key: ec.EllipticCurvePrivateKey, common_name: str, now: datetime.datetime | None
+) -> tuple[x509.CertificateBuilder, ec.EllipticCurvePrivateKey]:
+    """What every certificate the CA issues has: a fresh key, names, validity, not a CA."""
     now = now or datetime.datetime.now(datetime.UTC)
     ca = x509.load_der_x509_certificate(ca_der)
     key = new_key()
@@ -86,11 +80,25 @@ def issue(
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + VALIDITY)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH]),
-            critical=False,
-        )
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+    )
+    return builder, key
+
+
+def issue(
+    ca_der: bytes,
+    ca_key: ec.EllipticCurvePrivateKey,
+    common_name: str,
+    *,
+    hosts: Sequence[str] = (),
+    client: bool = False,
+    now: datetime.datetime | None = None,
+) -> tuple[bytes, ec.EllipticCurvePrivateKey]:
+    """A leaf certificate signed by the CA: a TLS server's (``hosts``) or a client's."""
+    builder, key = _leaf(ca_der, ca_key, common_name, now)
+    builder = builder.add_extension(
+        x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH]),
+        critical=False,
     )
     if hosts:
         names: list[x509.GeneralName] = []
@@ -110,20 +118,9 @@ def issue_signer(
     """The platform's signing certificate: a key of its own for statements (card tokens, audit
     heads), allowed digital signatures only, never TLS or certificates. Console ROMs pin it beside
     the CA."""
-    now = now or datetime.datetime.now(datetime.UTC)
-    ca = x509.load_der_x509_certificate(ca_der)
-    key = new_key()
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name(common_name))
-        .issuer_name(ca.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + VALIDITY)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.KeyUsage(True, False, False, False, False, False, False, False, False), critical=True)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
-        .sign(ca_key, hashes.SHA256())
+    builder, key = _leaf(ca_der, ca_key, common_name, now)
+    builder = builder.add_extension(
+        x509.KeyUsage(True, False, False, False, False, False, False, False, False), critical=True
     )
+    cert = builder.sign(ca_key, hashes.SHA256())
     return cert.public_bytes(serialization.Encoding.DER), key
