@@ -557,3 +557,12 @@ def test_a_revoked_credential_and_a_removed_staff_account_end_their_sessions(cli
         assert c.get("/console/accounts").status_code == 200
         assert bk(cli, brokered, "staff", "rm", "tem").code == 0
         assert c.get("/console/accounts").status_code == 303
+
+
+def test_a_mistyped_card_number_is_not_a_declined_payment(cli, brokered):
+    """A number that is no card number is the user's slip (exit 17), not the processor's refusal (15)."""
+    assert bk(cli, brokered, "account", "add", "mia", "--password", "mia-secret-pw").code == 0
+    r = bk(cli, brokered, "account", "card", "mia", "4242424242424243")  # the check digit is wrong
+    assert r.code == 17 and "not a valid card number" in r.err and r.err.count("\n") == 1, r
+    r = bk(cli, brokered, "account", "card", "mia", "4000000000000002")  # a real number the processor declines
+    assert r.code in (0, 15), r

@@ -21,7 +21,7 @@ import secrets
 from typing import Protocol
 
 from .. import crypto
-from ..errors import PaymentDeclined
+from ..errors import InputError, PaymentDeclined
 
 DECLINING = "4000000000000002"
 
@@ -48,7 +48,7 @@ def luhn_ok(number: str) -> bool:
 def clean_number(number: str) -> str:
     digits = "".join(c for c in number if not c.isspace() and c != "-")
     if not digits.isdigit() or not 12 <= len(digits) <= 19 or not luhn_ok(digits):
-        raise PaymentDeclined("not a valid card number")
+        raise InputError("not a valid card number (12 to 19 digits with a right check digit)")
     return digits
 
 
