@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from .. import crypto
+from .. import bindings, crypto
 from .. import protocol as proto
 from ..devices import card as card_dev
 from ..devices import rom as rom_dev
@@ -100,6 +100,13 @@ def check_capacity(capacity: int) -> None:
         raise click.BadParameter(f"a save area holds 0 to {card_fmt.MAX_CAPACITY // 2**20} MiB", param_hint="--size")
 
 
+def _user_of(card: card_fmt.Card) -> Id | None:
+    try:
+        return bindings.card_user(card.mc_key, card.mc_id, card.user_id)
+    except crypto.Invalid:  # a damaged card: `problems` says so
+        return None
+
+
 def card_summary(img: CardImage) -> dict[str, Any]:
     """What `card info` shows of an open card image."""
     c, state = img.card, img.state
@@ -109,6 +116,7 @@ def card_summary(img: CardImage) -> dict[str, Any]:
         "free": state.free_bytes,
         "saves": len(state.saves),
         "mc_id": str(c.mc_id),
+        "user_id": str(_user_of(c)) if c.registered and _user_of(c) else None,  # the owner's own: shown
         "formatted": when(c.formatted),
         "registered": c.registered,
         "content_gen_key": bool(c.content_gen_key),

@@ -149,6 +149,35 @@ def load_config(ctx: click.Context, param: click.Parameter, path: Path | None) -
     return path
 
 
+@server.command("wait")
+@home_option
+@click.option("--timeout", type=click.FloatRange(0.1, 3600), default=30.0, show_default=True, help="Seconds to wait.")
+@pass_app
+def server_wait(app: App, home: Path | None, timeout: float) -> None:
+    """Wait until the server of this home answers (after `vhw server run &`), at its URL, over TLS
+    with its CA; exit 5 if it does not within --timeout."""
+    import time
+
+    from .. import protocol as proto  # (loaded only by the commands that need it: start-up time)
+    from ..client import Client, tls_context  # (loaded only by the commands that need it: start-up time)
+    from ..errors import NetworkError  # (loaded only by the commands that need it: start-up time)
+
+    h = server_home(app, home)
+    h.require()
+    url = h.config().url
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with Client(url, tls_context(h.ca_der())) as c:
+                health = c.get("/v1/health", proto.Health)
+            click.echo(f"{url} answers ({health.mode} mode)")
+            return
+        except NetworkError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
 @server.command("run")
 @click.option(
     "--config",
