@@ -317,3 +317,28 @@ def test_server_init_against_an_unreachable_database(tmp_path):
     assert f"postgresql://vhw@127.0.0.1:{port}/vhw" in r.stderr and ":***" not in r.stderr
     assert took < 8  # (5 s of waiting, plus start-up)
     assert not (tmp_path / "home").exists() and not list(tmp_path.iterdir())
+
+
+def test_hdd_ls_has_a_header_and_columns_that_never_meet():
+    from vhw.cli.devices import title_table
+
+    titles = [
+        {
+            "title_id": "A-VERY-LONG-TITLE-ID-OF-32-CHARS",
+            "size": 123_456_789_012,
+            "kind": "application",
+            "state": "interrupted at 12%",
+            "name": "x",
+        },
+        {"title_id": "G-1", "size": 5, "kind": "game", "state": "complete", "name": "Cave"},
+    ]
+    import re
+
+    lines = title_table(titles)
+    assert lines[0].split() == ["title", "size", "kind", "state", "name"]
+    assert [re.split(r"\s{2,}", line.strip()) for line in lines[1:]] == [
+        ["A-VERY-LONG-TITLE-ID-OF-32-CHARS", "123.5 GB", "application", "interrupted at 12%", "x"],
+        ["G-1", "5 B", "game", "complete", "Cave"],
+    ]
+    kind = lines[0].index("kind")
+    assert all(line[kind - 2 : kind] == "  " and line[kind] != " " for line in lines)

@@ -295,15 +295,23 @@ def hdd_ls(image: Path | None, console_dir: Path | None, as_json: bool) -> None:
     """List the titles on an HDD (the console's, unless IMAGE is given)."""
     with HddImage.open(hdd_image_path(image, console_dir)) as img:
         d = hdd_summary(img)
-    emit(
-        {"titles": d["titles"]},
-        as_json=as_json,
-        lines=[
-            f"{t['title_id']:<16} {human(t['size']):>10}  {t['kind']:<11} {t['state']:<10} {t['name']}"
-            for t in d["titles"]
-        ]
-        or ["(no titles)"],
-    )
+    emit({"titles": d["titles"]}, as_json=as_json, lines=title_table(d["titles"]))
+
+
+def title_table(titles: list[dict[str, Any]]) -> list[str]:
+    """The titles as a table under a header, each column as wide as its widest value."""
+    if not titles:
+        return ["(no titles)"]
+    heads = ("title", "size", "kind", "state", "name")
+    rows = [(t["title_id"], human(t["size"]), t["kind"], t["state"], t["name"]) for t in titles]
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(heads[:-1])]
+
+    def line(cells: tuple[str, ...]) -> str:
+        size = cells[1].rjust(widths[1])
+        rest = [cells[0].ljust(widths[0]), size, cells[2].ljust(widths[2]), cells[3].ljust(widths[3]), cells[4]]
+        return "  ".join(rest)
+
+    return [line(heads), *(line(r) for r in rows)]
 
 
 @hdd.command("rm")
