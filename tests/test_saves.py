@@ -280,7 +280,14 @@ def test_refusals_each_one_line_and_nothing_changed(cli, tmp_path):
     # copying to another user's card, and importing another user's export
     refused("copy", alice, bob, TITLE, code=9, says="another user's card")
     assert cli("card", "saves", "export", alice, TITLE, "cave.sav", "-o", tmp_path / "cave.export").code == 0
-    refused("import", bob, tmp_path / "cave.export", says="another user")
+    refused("import", bob, tmp_path / "cave.export", code=9, says="another user")
+    # an export older than the card's save would take the game back: only with --force
+    with CardImage.open(alice2, write=True) as img:
+        img.write_save(TITLE, "cave.sav", b'{"moves": 40}', modified=5, meta=b"40 moves")
+    r = refused("import", alice2, tmp_path / "cave.export", code=9, says="newer than the export")
+    assert "--force" in r.err
+    assert cli("card", "saves", "import", "--force", alice2, tmp_path / "cave.export").code == 0
+    assert "12 moves" in cli("card", "saves", "ls", alice2).out
     # a foreign file, a damaged export
     (tmp_path / "foreign").write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(100))
     refused("import", alice, tmp_path / "foreign", says="not a save export")

@@ -12,7 +12,7 @@ from .. import saves as sv
 from ..console import decisions
 from ..devices.card import CardImage
 from ..devices.files import atomic_write, read_small, refuse_existing
-from ..errors import ImageError, StateError
+from ..errors import StateError
 from ..formats.card import Save
 from . import emit
 from .devices import PATH, card, json_option
@@ -120,14 +120,22 @@ def saves_export(image: Path, title_id: str, name: str | None, out: Path) -> Non
 @saves_group.command("import")
 @click.argument("image", metavar="CARD", type=PATH)
 @click.argument("file", type=PATH)
-def saves_import(image: Path, file: Path) -> None:
+@click.option("--force", is_flag=True, help="Replace the card's save even if it is newer than the export.")
+def saves_import(image: Path, file: Path, force: bool) -> None:
     """Put a save exported by `export` onto CARD (a card of the same user), replacing the save of
-    that title and name if there is one."""
+    that title and name if there is one, unless the card's is newer (then only with --force)."""
     exported = sv.decode_export(read_small(file, sv.EXPORT_WHAT, limit=MAX_EXPORT), path=file)
     with open_card(image, write=True) as img:
         user = decisions.CardView.open(img.card).require_user()
         if exported.user != user:
-            raise ImageError(file, "is a save of another user; a card takes only its own user's saves")
+            raise StateError(f"{file} is another user's save: saves go only to cards of their own user")
+        present = img.state.catalog.save(exported.title_id, exported.name)
+        if present is not None and present.modified > exported.modified and not force:
+            raise StateError(
+                f"{image}: its save {exported.title_id}/{exported.name} is newer than the export"
+                " (importing would go back in the game)",
+                hint="pass --force to replace it all the same",
+            )
         img.write_save(exported.title_id, exported.name, exported.data, modified=exported.modified, meta=exported.meta)
     click.echo(f"imported {exported.title_id}/{exported.name} ({human(len(exported.data))}) onto {image}")
 
