@@ -16,7 +16,7 @@ import pytest
 
 from vhw.errors import IdError, InputError, StateError
 
-from .conftest import make_title
+from .conftest import MEDIA, make_title
 from .servers import RunningServer, factory, publish
 
 
@@ -342,3 +342,56 @@ def test_hdd_ls_has_a_header_and_columns_that_never_meet():
     ]
     kind = lines[0].index("kind")
     assert all(line[kind - 2 : kind] == "  " and line[kind] != " " for line in lines)
+
+
+def test_restore_on_a_new_machine_serves_the_old_consoles(cli, tmp_path):
+    """The README's restore: a backup, a copy of the old home's folder, the old machine gone; the
+    home made from the copy with `restore --from-home` serves the old consoles: what was
+    installed plays, a new disc installs, and a disc flagged before the backup stays flagged."""
+    import shutil
+
+    old = RunningServer.start(tmp_path / "old")
+    port = old.url.rsplit(":", 1)[1]
+
+    def game(n: int):
+        src = tmp_path / f"src{n}"
+        src.mkdir()
+        (src / "main.py").write_text(f"print('game {n}')\n")
+        (src / "vhw-title.json").write_text(f'{{"name": "G{n}", "kind": "game", "entry": "main.py"}}')
+        return publish(cli, old, src, tmp_path, f"RESTORED-{n}", count=2)
+
+    first, second = game(1), game(2)
+    dev = factory(cli, old, tmp_path / "dev")
+    con = ["--console", dev["console"]]
+    for step in (("console", "register"), ("console", "insert-disc", first[0]), ("console", "install")):
+        assert cli(*step, *con).code == 0
+    backup = tmp_path / "vhw.backup"
+    assert cli("server", "backup", backup, "--home", old.home.root).code == 0
+    assert old.stop() == 0
+    kept = tmp_path / "kept"  # what the operator kept apart from the backups
+    shutil.copytree(old.home.root, kept)
+    shutil.rmtree(old.home.root)  # the old machine is gone
+
+    new = tmp_path / "new"
+    r = cli("server", "restore", backup, "--home", new, "--from-home", tmp_path / "nothing")
+    assert r.code != 0 and "no server home" in one_line(r) and not new.exists()
+    r = cli("server", "restore", backup, "--home", new, "--from-home", kept)
+    assert r.code == 0, r
+    assert oct(new.joinpath("master.key").stat().st_mode & 0o777) == "0o600"
+    r = cli("server", "restore", backup, "--home", new, "--from-home", kept)
+    assert r.code == 9 and "already here" in one_line(r)
+    srv = RunningServer.start(new, listen=f"127.0.0.1:{port}")  # (the new machine takes the old address)
+    try:
+        assert cli("console", "play", *con, "RESTORED-1").code == 0
+        assert cli("console", "eject-disc", *con).code == 0
+        assert cli("console", "insert-disc", second[0], *con).code == 0
+        assert cli("console", "install", *con).code == 0, "a new disc installs against the restored server"
+        assert cli("console", "play", *con, "RESTORED-2").code == 0
+        other = factory(cli, srv, tmp_path / "other")
+        oc = ["--console", other["console"]]
+        assert cli("console", "register", *oc).code == 0
+        assert cli("console", "insert-disc", first[0], *oc).code == 0
+        r = cli("console", "install", *oc)
+        assert r.code != 0 and r.err.startswith(MEDIA), r
+    finally:
+        srv.stop()

@@ -389,15 +389,6 @@ class Load:
             return {(str(mid), i) for at, mid, i in self.done if at < moment}
 
 
-def new_home_from(old: ServerHome, root: Path) -> ServerHome:
-    """What an operator keeps apart from the backups: the keys, certificates and credentials."""
-    root.mkdir(mode=0o700)
-    for name in ("config.json", "master.key", "ca.pem", "ca-key.pem", "server.pem", "server-key.pem"):
-        shutil.copy2(old.path(name), root / name)
-    shutil.copytree(old.path("credentials"), root / "credentials")
-    return ServerHome(root)
-
-
 def flagged(home: ServerHome, database: str | None = None) -> dict[str, str]:
     store = home.store(database)
     try:
@@ -440,8 +431,17 @@ def test_backup_under_load_and_restore(request, tmp_path, backend):
     r = vhw_cmd("server", "restore", srv.home.path("ca.pem"), "--home", srv.home.root)
     assert r.returncode != 0 and "not a backup" in r.stderr and "Traceback" not in r.stderr
 
-    home = new_home_from(srv.home, tmp_path / "restored")
-    r = vhw_cmd("server", "restore", out, "--home", home.root, *(["--db", new_db] if new_db else []))
+    home = ServerHome(tmp_path / "restored")  # made from the old home's keys, certificates and credentials
+    r = vhw_cmd(
+        "server",
+        "restore",
+        out,
+        "--home",
+        home.root,
+        "--from-home",
+        srv.home.root,
+        *(["--db", new_db] if new_db else []),
+    )
     assert r.returncode == 0, r.stderr
     restored = flagged(home, new_db)
     # every flag answered before the backup began is there, for the same user; nothing the old

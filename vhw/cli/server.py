@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from functools import partial
 from pathlib import Path
@@ -403,17 +404,35 @@ def server_backup(app: App, out: Path, home: Path | None, database: str | None) 
 @click.argument("source", metavar="IN", type=click.Path(path_type=Path, dir_okay=False))
 @home_option
 @click.option("--db", "database", help="Database URL (default: from `server init`).")
+@click.option(
+    "--from-home",
+    "old",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="A copy of the old home's folder: make the home from its keys, certificates, credentials "
+    "and config first (the home must not exist yet).",
+)
 @pass_app
-def server_restore(app: App, source: Path, home: Path | None, database: str | None) -> None:
+def server_restore(app: App, source: Path, home: Path | None, database: str | None, old: Path | None) -> None:
     """Restore the backup IN as this home's database: a new one only, never over a live one.
 
-    The home must hold the master key the backup's keys are encrypted under.
+    The home must hold the master key the backup's keys are encrypted under, and the old home's
+    CA, TLS and signing keys for its consoles to trust it: on a new machine, give a copy of the
+    old home's folder with --from-home and the home is made from it.
     """
-    from ..server.home import restore  # (loaded only by the commands that need it: start-up time)
+    from ..server.home import ServerHome, restore  # (loaded only by the commands that need it: start-up time)
 
     h = server_home(app, home)
+    made = False
+    if old is not None:
+        h = ServerHome.from_files(h.root, old)
+        made = True
     h.require()
-    reached = restore(h, source, database)
+    try:
+        reached = restore(h, source, database)
+    except BaseException:
+        if made:  # the home made for this restore goes with it: run the same command again
+            shutil.rmtree(h.root, ignore_errors=True)
+        raise
     click.echo(f"restored {source}: the audit chain reaches position {reached}")
 
 

@@ -28,7 +28,7 @@ import socket
 import sqlite3
 import subprocess
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -168,6 +168,44 @@ class ServerHome:
         identify_by: list[str] | None = None,
         mode: str = "direct",
     ) -> ServerHome:
+        return cls._staged(
+            root,
+            lambda staging: cls._build(
+                staging, listen=listen, url=url, hosts=hosts, database=database, identify_by=identify_by, mode=mode
+            ),
+        )
+
+    @classmethod
+    def from_files(cls, root: Path, old: Path) -> ServerHome:
+        """A new home at ``root`` made of an old home's keys, certificates, credentials and config
+        (a copy of its folder, without or with its database, which is not taken): the home a
+        backup is restored into on a new machine. Consoles and credentials made for the old home
+        trust it as they trusted the old one."""
+        source = cls(Path(old))
+        if not source.exists:
+            raise StateError(
+                f"{old}: no server home here (no config.json)", hint="give a copy of the old home's folder"
+            )
+        missing = [name for name in KEPT_FILES if not source.path(name).is_file()]
+        missing += [] if source.path("credentials").is_dir() else ["credentials"]
+        if missing:
+            raise FileError(source.path(missing[0]), "missing: the old home's keys are needed to restore")
+
+        def copy(staging: Path) -> None:
+            staging.mkdir(mode=0o700)
+            for name in (*KEPT_FILES, *OPTIONAL_FILES):
+                if source.path(name).is_file():
+                    shutil.copy2(source.path(name), staging / name)
+            shutil.copytree(source.path("credentials"), staging / "credentials")
+            public = {"config.json", "ca.pem", "server.pem", "signing.pem"}
+            for path in staging.rglob("*"):
+                if path.is_file() and path.name not in public:  # keys, credentials: the owner's alone
+                    os.chmod(path, 0o600)
+
+        return cls._staged(root, copy)
+
+    @classmethod
+    def _staged(cls, root: Path, build: Callable[[Path], None]) -> ServerHome:
         final = cls(root)
         if final.exists:
             raise StateError(f"{root}: a server home is already here", hint="use it, or choose another --home")
@@ -177,9 +215,7 @@ class ServerHome:
         staging = final.root.parent / f".{final.root.name}.{os.getpid()}.init"
         shutil.rmtree(staging, ignore_errors=True)
         try:
-            cls._build(
-                staging, listen=listen, url=url, hosts=hosts, database=database, identify_by=identify_by, mode=mode
-            )
+            build(staging)
             final.root.mkdir(exist_ok=True)
             os.chmod(final.root, 0o700)
             names = sorted(p.name for p in staging.iterdir())
@@ -444,6 +480,11 @@ class ServerHome:
         fsync_dir(self.root)
         return count
 
+
+# What a home holds besides its database: the files a restore on a new machine needs, and those
+# it takes when they are there (the signed audit heads; a home made before the signing key)
+KEPT_FILES = ("config.json", "master.key", "ca.pem", "ca-key.pem", "server.pem", "server-key.pem")
+OPTIONAL_FILES = ("signing.pem", "signing-key.pem", "audit-heads.jsonl")
 
 # Every key the database keeps, encrypted under the master key: (table, column, row ID column)
 AT_REST = (("cards", "mc_key", "mc_id"), ("titles", "content_key", "title_id"), ("users", "content_gen_key", "user_id"))
