@@ -62,7 +62,7 @@ def test_repair_of_console_and_hdd(cli, srv, tmp_path):
     assert cli("console", "register", *con).code == 0
     assert cli("console", "insert-disc", d1, *con).code == 0
     assert cli("console", "install", *con).code == 0
-    assert play_game(cli, alice["console"]).code == 1  # (the game's "unfinished" after one move)
+    assert play_game(cli, alice["console"]).code == 18  # (the game's "unfinished" after one move)
 
     # the console breaks; the repair center exchanges it: a new console with a new Client ID
     man = ["--credential", srv.credential("manufacturer"), "--server", srv.url]
@@ -81,7 +81,7 @@ def test_repair_of_console_and_hdd(cli, srv, tmp_path):
     assert cli("console", "insert-disc", d1, "--console", fixed).code == 0
     r = cli("console", "install", "--console", fixed)
     assert r.code == 0, r
-    assert play_game(cli, fixed).code == 1
+    assert play_game(cli, fixed).code == 18
     # the old console's ID is refused from now on
     assert cli("console", "eject-card", "--console", fixed).code == 0
     assert cli("console", "eject-disc", *con).code == 0
@@ -104,7 +104,7 @@ def test_repair_of_console_and_hdd(cli, srv, tmp_path):
     assert cli("console", "insert-card", alice["card"], "--console", again).code == 0
     assert cli("console", "insert-disc", d1, "--console", again).code == 0
     assert cli("console", "install", "--console", again).code == 0
-    assert play_game(cli, again).code == 1
+    assert play_game(cli, again).code == 18
     # the old HDD's ID is refused from now on as well
     assert cli("console", "eject-card", "--console", again).code == 0
     assert cli("console", "insert-card", alice["card"], "--console", fixed).code == 0  # new console, old HDD
@@ -136,7 +136,7 @@ def test_card_reissue(cli, srv, tmp_path):
     assert r.code == 4 and "check character" in r.err and not (tmp_path / "x.card").exists()
     assert len(audit(cli, srv)) == before
     # the lost card is reissued
-    assert play_game(cli, bob["console"], "G-2").code == 1  # (a save of the game on the old card)
+    assert play_game(cli, bob["console"], "G-2").code == 18  # (a save of the game on the old card)
     new_card = tmp_path / "new.card"
     r = cli("repair", "card", "--user-id", user, "-o", new_card, *op)
     assert r.code == 0 and "1 license(s)" in r.out, r
@@ -228,7 +228,7 @@ def test_broker_charges_per_key(cli, brokered, tmp_path, ledger_balances):
     assert cli("console", "install", *con).code == 0
     st = json.loads(bk(cli, srv, "account", "statement", "alice", "--json").out)
     assert st["balance_cents"] == 700 and [c["cents"] for c in st["charges"]] == [500]
-    assert play_game(cli, alice["console"], "G-B").code == 1  # (one move: "unfinished")
+    assert play_game(cli, alice["console"], "G-B").code == 18  # (one move: "unfinished")
 
     def flagged(disc: Path) -> str | None:
         """Who the server has flagged the disc's MID for (None: nobody)."""

@@ -172,7 +172,7 @@ def test_repair_center_story_in_a_browser(cli, srv, tmp_path, page):
     assert cli("console", "insert-disc", disc, "--console", fixed).code == 0
     r = cli("console", "install", "--console", fixed)
     assert r.code == 0, r
-    assert play(cli, fixed, "WEB-1").code == 1  # (the game's "unfinished" after one move)
+    assert play(cli, fixed, "WEB-1").code == 18  # (the game's "unfinished" after one move)
 
     # reissue the card (FIG. 14): confirm with the typed User ID, download the new card
     page.goto(f"{srv.url}/console/user/{user_id}")
@@ -191,7 +191,7 @@ def test_repair_center_story_in_a_browser(cli, srv, tmp_path, page):
     # ... titles play with the new card, and the old card is refused there after it
     assert cli("console", "eject-card", "--console", fixed).code == 0
     assert cli("console", "insert-card", new_card, "--console", fixed).code == 0
-    assert play(cli, fixed, "WEB-1").code == 1
+    assert play(cli, fixed, "WEB-1").code == 18
     assert cli("console", "eject-card", "--console", fixed).code == 0
     assert cli("console", "insert-card", alice["card"], "--console", fixed).code == 0
     r = play(cli, fixed, "WEB-1")

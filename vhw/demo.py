@@ -19,7 +19,7 @@ from pathlib import Path
 
 import click
 
-from .errors import StateError
+from .errors import StateError, TitleEnded
 from .samples import TITLES, build_samples
 
 
@@ -171,7 +171,7 @@ def tell(s: Story) -> None:
         "She plays the game for a while; it saves its progress on her memory card when it stops, "
         "and the card manager lists the save."
     )
-    s.run("console", "play", *alice, TITLES["game"], "--moves", "dddssddd", expect=1)  # (unfinished: exit 1)
+    s.run("console", "play", *alice, TITLES["game"], "--moves", "dddssddd", expect=TitleEnded.exit_code)  # (unfinished)
     s.run("card", "saves", "ls", root / "alice/card.card")
     s.say("Later she continues from the save and escapes the cave; then she plays the album.")
     s.run("console", "play", *alice, TITLES["game"], "--continue", "--moves", "wwddssss")
@@ -237,7 +237,7 @@ def tell(s: Story) -> None:
     s.run("card", "saves", "copy", root / "alice/card.card", root / "bob/card.card", expect=9)
     s.run("console", "eject-card", *alice, quiet=True)
     s.run("console", "insert-card", root / "alice/new.card", *alice)
-    s.run("console", "play", *alice, TITLES["game"], "--continue", "--moves", "d", expect=1)
+    s.run("console", "play", *alice, TITLES["game"], "--continue", "--moves", "d", expect=TitleEnded.exit_code)
     s.say(
         "The repair center can do the same in a browser, in the web console the server serves at "
         f"{url}/console/ while it runs (signed in with the token in credentials/operator.json)."

@@ -184,6 +184,13 @@ class InputError(VhwError):
     exit_code = 17
 
 
+class TitleEnded(VhwError):
+    """The title that `vhw console play` ran ended with a non-zero status of its own (an unfinished
+    game, say, or a title that failed): not vhw's error, but not a success either."""
+
+    exit_code = 18
+
+
 REFUSALS: dict[str, type[Refusal]] = {
     cls.code: cls
     for cls in (
@@ -211,4 +218,5 @@ EXIT_CODES: list[tuple[int, str]] = [
     (PaymentDeclined.exit_code, "the payment for a key was declined"),
     (FileError.exit_code, "a configuration, key, credential, backup or title source file is missing or wrong"),
     (InputError.exit_code, "a name or value given is not allowed"),
+    (TitleEnded.exit_code, "the title played ended with a non-zero status of its own (an unfinished game)"),
 ]

@@ -14,6 +14,7 @@ from ..console import decisions
 from ..console.machine import SLOTS, Machine
 from ..devices import card as card_dev
 from ..devices.disc import DiscImage
+from ..errors import TitleEnded
 from . import ProgressBar, emit, progress_bar
 from .devices import PATH, console, json_option
 
@@ -282,12 +283,15 @@ def console_play(
 
     The title gets a writable save folder on the memory card (VHW_SAVE_DIR); with no card in the
     save slot it runs, but cannot save. Anything after the title ID goes to the title, so put vhw's
-    own options before it: `vhw console play --console DIR VHW-GAME-1 --moves ddss`. Ends with the
-    title's exit code.
+    own options before it: `vhw console play --console DIR VHW-GAME-1 --moves ddss`. A title that
+    ends with a status of its own other than 0 (an unfinished game) ends play with exit code 18,
+    and the status is shown.
     """
     rc = machine(console_dir).play(title_id, list(args), slot, save_slot=save_slot)
+    if rc < 0:
+        raise TitleEnded(f"{title_id} was stopped by signal {-rc}")
     if rc:
-        click.get_current_context().exit(rc)
+        raise TitleEnded(f"{title_id} ended with status {rc} (its own: an unfinished game, or the title failed)")
 
 
 @console.command("saves-mount", hidden=True)
