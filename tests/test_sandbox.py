@@ -163,6 +163,7 @@ def test_a_hostile_title_escapes_nothing(hostile, srv, tmp_path):
             "VHW_TITLE_ID",
             "VHW_TITLE_KIND",
             "VHW_SAVE_DIR",
+            "VHW_SAVE_ON",
         }
         assert report["uid"] != 0 and report["pid"] < 10  # its own user and PID namespaces
         assert not outside.exists()

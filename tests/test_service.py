@@ -14,7 +14,7 @@ from vhw.devices import card as card_dev
 from vhw.devices.disc import DiscImage
 from vhw.samples import build_samples
 
-from .conftest import PLAY, REGISTER, USER, make_title, source_files
+from .conftest import PLAY, REGISTER, USER, make_title, source_files, vhw_subprocess
 from .servers import (
     RunningServer,
     factory,
@@ -370,9 +370,11 @@ def test_card_less_console(cli, srv, tmp_path, memory):
     c = ["--console", con]
     assert cli("console", "register", *c).code == 0
     assert cli("console", "insert-disc", disc, *c).code == 0
-    assert cli("console", "install", *c).code == 0
-    r = cli("console", "play", *c, title, "--moves", "dddssdddwwddssss")
-    assert r.code == 0, r
+    r = cli("console", "install", *c)
+    # a card-less console speaks of its memory, not of a memory card: vhw, and the title it runs
+    assert r.code == 0 and "deleted from the console's memory" in r.out and "memory card" not in r.out, r
+    r = vhw_subprocess("console", "play", *c, title, "--moves", "dddssdddwwddssss")
+    assert r.code == 0 and "(saved on the console's memory: won" in r.out and "memory card" not in r.out + r.err, r
     # the game's save is in the internal memory
     r = cli("card", "saves", "ls", hdd if memory == "hdd" else nvram)
     assert r.code == 0 and "cave.sav" in r.out and "won, 16 moves" in r.out, r

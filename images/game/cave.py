@@ -89,6 +89,7 @@ class Cave:
 
 
 SAVE = "cave.sav"
+SAVE_ON = os.environ.get("VHW_SAVE_ON", "the memory card")  # or a card-less console's memory
 
 
 def save_dir():
@@ -105,7 +106,7 @@ def load_game():
         with open(os.path.join(folder, SAVE)) as f:
             cave = Cave.restore(json.load(f))
     except FileNotFoundError:
-        print("(no saved game on the memory card: a new game)")
+        print(f"(no saved game on {SAVE_ON}: a new game)")
         return None
     except (OSError, ValueError, KeyError, TypeError) as exc:
         print(f"(the saved game cannot be read: {exc}; a new game)")
@@ -132,9 +133,9 @@ def save_game(cave):
             os.setxattr(path, "user.vhw.meta", summary.encode())
         except OSError:
             pass
-        print(f"(saved on the memory card: {summary})")
+        print(f"(saved on {SAVE_ON}: {summary})")
     except OSError as exc:
-        reason = "the memory card is full" if exc.errno == errno.ENOSPC else exc.strerror
+        reason = f"{SAVE_ON} is full" if exc.errno == errno.ENOSPC else exc.strerror
         print(f"(could not save: {reason})")
 
 

@@ -181,8 +181,9 @@ def console_acquire(slot: str, console_dir: Path | None) -> None:
 
     `vhw console install` does this itself; this command is the first half alone.
     """
-    title_id, mid = machine(console_dir).acquire(slot)
-    click.echo(f"acquired the keys of {title_id} for disc {mid}; they are on the memory card")
+    m = machine(console_dir)
+    title_id, mid = m.acquire(slot)
+    click.echo(f"acquired the keys of {title_id} for disc {mid}; they are on {m.card(slot).called}")
 
 
 @console.command("install")
@@ -216,7 +217,7 @@ def console_install(slot: str, wait: bool, console_dir: Path | None) -> None:
         "resumed": "resumed and installed",
         "confirmed": "was already copied; the install is now confirmed",
     }[outcome]
-    click.echo(f"{title_id} {said}; its Content-Key is deleted from the memory card")
+    click.echo(f"{title_id} {said}; its Content-Key is deleted from {m.card(slot).called}")
 
 
 @console.command("mount")

@@ -299,7 +299,7 @@ class Machine(ConsoleFolder):
         from . import savefs  # (pyfuse3 and trio: only the mounts need them)
 
         memory = self.card(slot)
-        folder = savefs.SaveFolder(lambda write=False: memory.open(write=write), title_id)
+        folder = savefs.SaveFolder(lambda write=False: memory.open(write=write), title_id, called=memory.called)
         savefs.serve(folder, Path(mountpoint), ready=ready)
 
     @contextlib.contextmanager
@@ -393,6 +393,7 @@ class Machine(ConsoleFolder):
                     entry=title.entry,
                     args=args,
                     saves=saves,
+                    saves_on=self.card(save_slot or slot).called if saves is not None else "the memory card",
                     title_id=title_id,
                     kind=title.kind,
                     network=meta.get("network") is True,

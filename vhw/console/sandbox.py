@@ -15,7 +15,7 @@ the threat model calls "holding the console". So ``vhw console play`` runs it in
   authenticated metadata asks for it: ``"network": true``), all capabilities dropped, no new
   privileges, its own session (no terminal injection), and it dies with ``vhw``;
 * a scrubbed environment: ``PATH``, ``HOME=/tmp``, ``LANG``, and the ``VHW_TITLE_ID``,
-  ``VHW_TITLE_KIND`` and ``VHW_SAVE_DIR`` a title is documented to get.
+  ``VHW_TITLE_KIND``, ``VHW_SAVE_DIR`` and ``VHW_SAVE_ON`` a title is documented to get.
 
 :func:`command` is pure: it builds the command line from what the caller found.
 """
@@ -63,6 +63,7 @@ def command(
     args: Sequence[str],
     saves: Path | None,
     title_id: str,
+    saves_on: str = "the memory card",
     kind: str,
     network: bool = False,
     bwrap_path: str = BWRAP,
@@ -99,6 +100,7 @@ def command(
     if saves is not None:
         cmd += ["--bind", str(saves), SAVE_DIR]
         env["VHW_SAVE_DIR"] = SAVE_DIR
+        env["VHW_SAVE_ON"] = saves_on
     cmd += ["--remount-ro", "/", "--chdir", str(Path(TITLE_DIR, entry).parent), "--clearenv"]
     for name, value in env.items():
         cmd += ["--setenv", name, value]

@@ -67,10 +67,18 @@ class Handle:
 class SaveFolder:
     """The saves of one title on one card, as files: the logic behind :class:`SaveFS`."""
 
-    def __init__(self, open_card: Callable[..., CardImage], title_id: str, *, clock: Callable[[], int] = time.time_ns):
+    def __init__(
+        self,
+        open_card: Callable[..., CardImage],
+        title_id: str,
+        *,
+        clock: Callable[[], int] = time.time_ns,
+        called: str = "the memory card",
+    ):
         self.open_card = open_card
         self.title_id = title_id
         self.clock = clock
+        self.called = called  # "the memory card", or a card-less console's memory
         with open_card() as img:
             self.key = img.save_key()
             self.capacity = img.state.sb.capacity
@@ -105,7 +113,9 @@ class SaveFolder:
                 img.write_save(self.title_id, name, data, modified=self.clock(), meta=meta, key=self.key)
             except CardFull as exc:
                 self._refresh(img)
-                raise SaveError(errno.ENOSPC, f"{exc.message} (the title's save {name!r} was not written)") from None
+                raise SaveError(
+                    errno.ENOSPC, f"{self.called} is full: the title's save {name!r} was not written ({exc.message})"
+                ) from None
             self._refresh(img)
 
     def remove(self, name: str) -> None:
@@ -249,7 +259,7 @@ class SaveFS(pyfuse3.Operations):
             h = h or Handle(name)
             data = self._data(h)
             if attr.st_size > len(data) and not self.folder.room_for(name, attr.st_size):
-                raise SaveError(errno.ENOSPC, "the memory card is full")
+                raise SaveError(errno.ENOSPC, f"{self.folder.called} is full")
             del data[attr.st_size :]
             data.extend(bytes(attr.st_size - len(data)))
             h.dirty = True
@@ -314,7 +324,7 @@ class SaveFS(pyfuse3.Operations):
         end = off + len(buf)
         if end > len(data) and not self.folder.room_for(h.name, end):
             h.failed = errno.ENOSPC
-            raise SaveError(errno.ENOSPC, f"the memory card is full: the save {h.name!r} does not fit")
+            raise SaveError(errno.ENOSPC, f"{self.folder.called} is full: the save {h.name!r} does not fit")
         if off > len(data):
             data.extend(bytes(off - len(data)))
         data[off:end] = buf

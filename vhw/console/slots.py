@@ -67,9 +67,15 @@ class CardMemory:
     console's or the HDD's internal memory. Each of them is a card image (:mod:`vhw.devices.card`):
     a file, or a region of the HDD image."""
 
-    def __init__(self, path: Path, *, in_hdd: bool = False):
+    def __init__(self, path: Path, *, in_hdd: bool = False, internal: bool = False):
         self.path = Path(path)
         self.in_hdd = in_hdd
+        self.internal = internal or in_hdd
+
+    @property
+    def called(self) -> str:
+        """What a person calls it in a sentence: a card-less console's is its memory, not a card."""
+        return "the console's memory" if self.internal else "the memory card"
 
     def open(self, *, write: bool = False) -> CardImage:
         if not self.in_hdd:
@@ -237,7 +243,7 @@ class ConsoleFolder:
         if memory == "hdd":
             return CardMemory(self.hdd_path, in_hdd=True)
         if memory:
-            return CardMemory(Path(memory))
+            return CardMemory(Path(memory), internal=True)
         return CardMemory(self.card_path(slot))
 
     def has_card(self, slot: str = "1") -> bool:
