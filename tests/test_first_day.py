@@ -395,3 +395,12 @@ def test_restore_on_a_new_machine_serves_the_old_consoles(cli, tmp_path):
         assert r.code != 0 and r.err.startswith(MEDIA), r
     finally:
         srv.stop()
+
+
+def test_console_account_needs_a_broker(cli, srv, tmp_path):
+    """A console whose server is a licensing server in direct mode has no broker to sign in to:
+    one line that says so, and no account file."""
+    dev = factory(cli, srv, tmp_path / "dev")
+    r = cli("console", "account", "carol", "--password", "carol-secret-pw", "--console", dev["console"])
+    assert r.code == 9 and "is not a broker" in one_line(r), r
+    assert not (dev["console"] / "account.json").exists()

@@ -255,10 +255,16 @@ def test_broker_charges_per_key(cli, brokered, tmp_path, ledger_balances):
     r = cli("console", "install", "--console", carol["console"])
     assert r.code == 15 and "balance of carol is too low" in r.err, r
     assert flagged(discs[1]) is None
-    # a wrong password, and no account at all
-    assert cli("console", "account", "carol", "--password", "not-her-password", "--console", carol["console"]).code == 0
+    # a wrong password is refused at once, and nothing of it is kept
+    kept = (carol["console"] / "account.json").read_bytes()
+    r = cli("console", "account", "carol", "--password", "not-her-password", "--console", carol["console"])
+    assert r.code == 6 and "wrong account name or password" in r.err and r.err.count("\n") == 1, r
+    assert (carol["console"] / "account.json").read_bytes() == kept
+    # the console keeps a token, never the password; a token it did not get is refused
+    assert "carol-secret-pw" not in kept.decode() and set(json.loads(kept)) == {"name", "token"}
+    (carol["console"] / "account.json").write_text(json.dumps({"name": "carol", "token": "made-up"}))
     r = cli("console", "install", "--console", carol["console"])
-    assert r.code == 6 and "wrong account name or password" in r.err
+    assert r.code == 6 and "account token is not known" in r.err
     # once Carol pays, the disc is hers; the lost-answer refetch is not charged again
     assert bk(cli, srv, "account", "topup", "carol", "5.00", "--card", "4242424242424242").code == 0
     assert cli("console", "account", "carol", "--password", "carol-secret-pw", "--console", carol["console"]).code == 0

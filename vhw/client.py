@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 
 from . import protocol as p
-from .errors import REFUSALS, NetworkError, PaymentDeclined, ServerError
+from .errors import REFUSALS, NetworkError, PaymentDeclined, ServerError, StateError
 
 TIMEOUT = httpx.Timeout(30.0, connect=10.0)
 
@@ -95,6 +95,22 @@ class Client:
         except httpx.HTTPError as exc:
             raise network_error(self.url, exc) from None
         return read_answer(resp, answer)
+
+    def sign_in(self) -> p.AccountToken:
+        """A console's sign-in to a broker with its account (the client's ``account``): a token."""
+        try:
+            resp = self._http.post("/v1/account/token")
+        except httpx.HTTPError as exc:
+            raise network_error(self.url, exc) from None
+        if resp.status_code == 404:
+            raise StateError(
+                f"{self.url} is not a broker: there are no accounts to sign in to",
+                hint="set the console up with `--server BROKER_URL` first",
+            )
+        if resp.status_code == 401:
+            raise ServerError(f"{self.url}: wrong account name or password", status=401)
+        answer: p.AccountToken = read_answer(resp, p.AccountToken)
+        return answer
 
     def get(self, path: str, answer: type) -> Any:
         try:

@@ -395,6 +395,15 @@ class AuditPage:
 
 
 @dataclass(frozen=True)
+class AccountToken:
+    """A broker's answer to a console that signed in with its account's name and password: the
+    token it keeps and sends instead (it never keeps the password)."""
+
+    account: str = f(TextCodec(max_len=64))
+    token: str = f(TextCodec(max_len=100))
+
+
+@dataclass(frozen=True)
 class ErrorBody:
     """Every failure: ``error`` is a stable code, ``message`` one human line. Refusals carry one of
     the patent's five messages exactly."""

@@ -38,7 +38,10 @@ class BrokerApp:
             "/v1/console/purchase": broker.purchase,
             "/v1/console/confirm": broker.confirm,
         }
-        routes: list[BaseRoute] = [Route("/v1/health", self.health, methods=["GET"])]
+        routes: list[BaseRoute] = [
+            Route("/v1/health", self.health, methods=["GET"]),
+            Route("/v1/account/token", self.token, methods=["POST"]),
+        ]
         # the same console endpoints as the licensing server's (vhw.httpapi), relayed and charged
         routes += [Route(c.path, self._endpoint(c.request, calls[c.path]), methods=["POST"]) for c in CONSOLE_ENDPOINTS]
         routes += mounts or []  # the staff's web console (vhw.webconsole.desk), from above
@@ -49,6 +52,18 @@ class BrokerApp:
 
     async def health(self, request: Request) -> Response:
         return JSONResponse(p.encode(p.Health("ok", "broker", __version__)))
+
+    async def token(self, request: Request) -> Response:
+        """A console signs in with its account's name and password once and keeps the token."""
+        try:
+            header = request.headers.get("authorization", "")
+            if not header.lower().startswith("basic "):
+                raise ApiError(401, "unauthenticated", "sign in with the account's name and password")
+            name = await anyio.to_thread.run_sync(self._account, header)
+            token = await anyio.to_thread.run_sync(self.broker.issue_token, name)
+            return JSONResponse(p.encode(p.AccountToken(name, token)))
+        except Exception as exc:
+            return error_response(exc)
 
     def _endpoint(self, request_cls: type, call: Callable[[str, Any], Any]) -> Handler:
         async def handle(request: Request) -> Response:
@@ -78,6 +93,11 @@ class BrokerApp:
 
     def _account(self, header: str) -> str:
         scheme, _, value = header.partition(" ")
+        if scheme.lower() == "bearer":  # the token a console keeps instead of the password
+            name = self.broker.account_of_token(value.strip())
+            if name is None:
+                raise ApiError(401, "unauthenticated", "this console's account token is not known here")
+            return name
         if scheme.lower() != "basic":
             raise ApiError(401, "unauthenticated", "the broker needs your account name and password")
         try:

@@ -29,6 +29,7 @@ the broker's audit log.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import secrets
@@ -73,6 +74,9 @@ SCHEMA: list[list[str]] = [
     [  # 3: each password hash's scrypt cost (log2 N): staff hashes made from now on cost 2^17
         "ALTER TABLE staff ADD COLUMN scrypt_log_n BIGINT NOT NULL DEFAULT 14",
         "ALTER TABLE accounts ADD COLUMN scrypt_log_n BIGINT NOT NULL DEFAULT 14",
+    ],
+    [  # 4: the tokens consoles keep instead of their account's password (their SHA-256 only)
+        "CREATE TABLE account_tokens (token_hash BYTEA PRIMARY KEY, account TEXT NOT NULL, created BIGINT NOT NULL)",
     ],
 ]
 
@@ -178,6 +182,29 @@ class Broker:
 
     def check_password(self, name: str, password: str) -> bool:
         return self._check_login("accounts", name, password)
+
+    def issue_token(self, name: str) -> str:
+        """A token for a console signed in as account ``name`` (its password checked by the
+        caller): the console keeps it instead of the password. The broker keeps its SHA-256."""
+        token = secrets.token_urlsafe(32)
+        with self.store.transaction() as tx:
+            tx.execute(
+                "INSERT INTO account_tokens (token_hash, account, created) VALUES (?, ?, ?)",
+                hashlib.sha256(token.encode()).digest(),
+                name,
+                self._now(),
+            )
+            self._audit(tx, f"user:{name}", "issue-console-token", name)
+        return token
+
+    def account_of_token(self, token: str) -> str | None:
+        """The account a console's token was issued to (None: no such token). The lookup is by
+        the token's SHA-256, so no comparison of the secret itself takes place."""
+        with self.store.transaction() as tx:
+            row = tx.one(
+                "SELECT account FROM account_tokens WHERE token_hash = ?", hashlib.sha256(token.encode()).digest()
+            )
+        return str(row[0]) if row else None
 
     def check_staff(self, name: str, password: str) -> bool:
         return self._check_login("staff", name, password)

@@ -319,9 +319,11 @@ def console_saves_mount(mountpoint: Path, title_id: str, slot: str, console_dir:
 @click.option("--password", prompt=True, hide_input=True, help="The account's password (asked when not given).")
 @console_option
 def console_account(name: str, password: str, console_dir: Path | None) -> None:
-    """Give this console the broker account NAME it pays with (FIG. 15).
+    """Sign this console in to its broker as account NAME, which it then pays with (FIG. 15).
 
-    Set the console up with `--server BROKER_URL`; every request then carries the account.
+    Set the console up with `--server BROKER_URL` first. The broker checks the name and password
+    and answers with a token: the console keeps the token (never the password), and every request
+    carries it.
     """
-    machine(console_dir).set_account(name, password)
-    click.echo(f"this console uses broker account {name}")
+    name = machine(console_dir).sign_in(name, password)
+    click.echo(f"this console uses broker account {name} (signed in: it keeps a token, not the password)")

@@ -265,23 +265,43 @@ class ConsoleFolder:
             tls_context,
         )
 
-        return Client(self.server_url(rom), tls_context(rom.trust_anchor), account=self.account())
+        return Client(self.server_url(rom), tls_context(rom.trust_anchor), token=self.account_token())
 
     # -- a broker account (FIG. 15) -----------------------------------------------------------------
 
-    def set_account(self, name: str, password: str) -> None:
-        """The account this console gives a broker (kept beside console.json, owner only)."""
-        atomic_write(self.root / "account.json", json.dumps({"name": name, "password": password}).encode(), mode=0o600)
+    def sign_in(self, name: str, password: str) -> str:
+        """Sign in to the console's broker as account ``name``: the broker checks the password and
+        answers with a token, which the console keeps (beside console.json, owner only) and sends
+        from then on. The password is never kept. Returns the account's name."""
+        from ..client import Client, tls_context  # (httpx: only the flows that talk to the server)
+
+        rom = self.rom()
+        url = self.server_url(rom)
+        with Client(url, tls_context(rom.trust_anchor), account=(name, password)) as c:
+            answer = c.sign_in()
+        atomic_write(
+            self.root / "account.json",
+            json.dumps({"name": answer.account, "token": answer.token}).encode(),
+            mode=0o600,
+        )
+        return answer.account
 
     def account(self) -> tuple[str, str] | None:
+        """(name, token) of the broker account this console pays with, or None."""
         path = self.root / "account.json"
         if not path.exists():
             return None
         try:
             data = json.loads(path.read_text())
-            return str(data["name"]), str(data["password"])
+            return str(data["name"]), str(data["token"])
         except (OSError, ValueError, KeyError, TypeError):
-            raise FileError(path, "not a console account file") from None
+            raise FileError(
+                path, "not a console account file (one from before tokens holds a password: sign in again)"
+            ) from None
+
+    def account_token(self) -> str | None:
+        account = self.account()
+        return account[1] if account else None
 
     def card_view(self, slot: str = "1") -> decisions.CardView | None:
         """The card's items opened once (None: no card), for a flow that only reads them."""
