@@ -404,3 +404,23 @@ def test_console_account_needs_a_broker(cli, srv, tmp_path):
     r = cli("console", "account", "carol", "--password", "carol-secret-pw", "--console", dev["console"])
     assert r.code == 9 and "is not a broker" in one_line(r), r
     assert not (dev["console"] / "account.json").exists()
+
+
+def test_master_checks_the_credential_and_server_first(cli, srv, tmp_path):
+    """A wrong credential or an unreachable server: said before anything is written. A token the
+    server refuses (known only at registration): the master is kept, and the line says how to
+    register it later, which then works."""
+    src = make_title(tmp_path / "src")
+    out = tmp_path / "t.master"
+    master = ["disc", "master", src, "-o", out, "--title-id", "LATER-1"]
+    r = cli(*master, "--credential", srv.credential("manufacturer"))
+    assert r.code == 9 and "manufacturer credential" in one_line(r) and not out.exists()
+    r = cli(*master, "--credential", srv.credential("publisher"), "--server", f"https://127.0.0.1:{free_port()}")
+    assert r.code == 5 and not out.exists(), r
+    one_line(r)
+    stale = tmp_path / "stale.json"
+    stale.write_text(json.dumps({**json.loads(srv.credential("publisher").read_text()), "token": "revoked"}))
+    r = cli(*master, "--credential", stale, "--server", srv.url)
+    assert r.code == 6 and out.exists() and f"vhw disc register {out}" in one_line(r), r
+    r = cli("disc", "register", out, "--credential", srv.credential("publisher"), "--server", srv.url)
+    assert r.code == 0 and "registered LATER-1" in r.out, r

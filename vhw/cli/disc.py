@@ -13,6 +13,7 @@ import click
 from .. import protocol as proto
 from ..devices.disc import DiscImage
 from ..devices.files import refuse_existing
+from ..errors import VhwError
 from ..formats import disc as fmt
 from ..ids import Id
 from ..publisher import mastering
@@ -67,9 +68,13 @@ def disc_master(
 
     The Content-Key stays in the publisher's key store (never on the disc); the manifest is signed
     with the publisher's key. With --credential (the publisher's), the title's Content-Key and
-    digest are registered with the licensing server (retry with `vhw disc register`).
+    digest are registered with the licensing server: the credential and the server are checked
+    before anything is written, and if the registration fails after all, the master is kept and
+    `vhw disc register` registers it later.
     """
     ks = open_keystore(app, keystore)
+    if credential:  # a wrong credential or an unreachable server: said before an hour of mastering
+        check_publisher(credential, server_url)
     total = sum(f.size for f in mastering.scan(src))
     with progress_bar(total, f"mastering {title_id}") as bar:
         d = mastering.master(
@@ -80,8 +85,22 @@ def disc_master(
         f" {human(sum(f.size for f in d.manifest.files))}"
     )
     if credential:
-        register_title(ks, title_id, credential, server_url)
+        try:
+            register_title(ks, title_id, credential, server_url)
+        except VhwError as exc:
+            exc.hint = (
+                f"the master {out} is written and its key kept: `vhw disc register {out} --credential"
+                f" {credential}` registers it when the server answers"
+            )
+            raise
         click.echo(f"registered {title_id} with the licensing server")
+
+
+def check_publisher(credential: Path, server_url: str | None) -> None:
+    """The publisher's credential loads and is the publisher's, and its server answers over TLS
+    with the platform's certificate (the token itself is checked by the first call that uses it)."""
+    with role_client(credential, server_url, "publisher") as c:
+        c.get("/v1/health", proto.Health)
 
 
 def register_title(ks: KeyStore, title_id: str, credential: Path, server_url: str | None) -> None:
