@@ -271,3 +271,30 @@ def test_sigkill_at_20_moments_of_a_512_mib_install(cli, srv, tmp_path, vhw_home
     assert installed_files(dev, "KILL-1")["film.bin"] == (movie / "film.bin").read_bytes()
     assert cli("hdd", "fsck", dev["hdd"], "--deep").code == 0
     assert not any(lic.content_key for lic in card_dev.load(dev["card"]).licenses)
+
+
+def test_ctrl_c_says_how_to_resume_and_the_resume_says_from_where(cli, srv, tmp_path, vhw_home):
+    """Ctrl-C during an install: one line saying that running the same command again resumes it;
+    that run says how much was already on the HDD, and finishes the title."""
+    movie = film(tmp_path / "movie", 192, 3)
+    [disc] = publish(cli, srv, movie, tmp_path, "CTRLC-1")
+    dev, con = ready_console(cli, srv, tmp_path, "c", hdd_size="600M")
+    assert cli("console", "insert-disc", disc, *con).code == 0
+    env = {**os.environ, "VHW_HOME": str(vhw_home)}
+    proc = run_install(env, dev["console"])
+    deadline = time.monotonic() + 60
+    while os.stat(dev["hdd"]).st_blocks * 512 < 48 * 1024 * 1024 and proc.poll() is None:  # past checkpoints
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    if proc.returncode == 0:
+        pytest.skip("the install finished before the interrupt reached it")
+    assert proc.returncode == 130, (out, err)
+    last = err.strip().splitlines()[-1]
+    assert last == "vhw: interrupted: run the same command again to resume the install where it stopped", err
+    assert "Traceback" not in err
+    r = cli("console", "install", *con)
+    assert r.code == 0 and "resumed and installed" in r.out, r
+    assert "resuming the install of CTRLC-1: " in r.err and "% of it was already on the HDD" in r.err, r
+    assert installed_files(dev, "CTRLC-1")["film.bin"] == (movie / "film.bin").read_bytes()

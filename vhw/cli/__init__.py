@@ -177,8 +177,12 @@ def run(args: list[str] | None = None) -> int:
             if found is None:
                 raise
             raise found from None
-    except click.exceptions.Abort:
-        click.echo("vhw: aborted", err=True)
+    except click.exceptions.Abort as exc:  # (click's word for Ctrl-C, and for an answer not given)
+        cause = exc.__cause__ or exc.__context__
+        if isinstance(cause, KeyboardInterrupt):
+            click.echo("vhw: interrupted" + (f": {cause.args[0]}" if cause.args else ""), err=True)
+        else:
+            click.echo("vhw: aborted", err=True)
         return 130
     except click.ClickException as exc:
         exc.show()
@@ -191,8 +195,8 @@ def run(args: list[str] | None = None) -> int:
     except VhwError as exc:
         click.echo(f"vhw: {exc.message}" + (f" ({exc.hint})" if exc.hint else ""), err=True)
         return exc.exit_code
-    except KeyboardInterrupt:
-        click.echo("vhw: interrupted", err=True)
+    except KeyboardInterrupt as exc:
+        click.echo("vhw: interrupted" + (f": {exc.args[0]}" if exc.args else ""), err=True)
         return 130
     except BrokenPipeError:
         return 141

@@ -209,6 +209,8 @@ def console_install(slot: str, wait: bool, console_dir: Path | None) -> None:
 
     try:
         title_id, outcome = m.install(slot, wait=wait, progress=progress)
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt("run the same command again to resume the install where it stopped") from None
     finally:
         if bar is not None:
             bar.__exit__(None, None, None)
