@@ -280,6 +280,19 @@ def test_broker_charges_per_key(cli, brokered, tmp_path, ledger_balances):
         assert cli("console", "acquire", *con).code == 0
     st = json.loads(bk(cli, srv, "account", "statement", "alice", "--json").out)
     assert st["balance_cents"] == 200 and [c["method"] for c in st["charges"]] == ["prepaid", "prepaid", "card"]
+    # as a person reads it: a header, the top-up and each charge with its date, in columns
+    lines = bk(cli, srv, "account", "statement", "alice").out.splitlines()
+    assert lines[0] == "account alice: balance 2.00, card **** 4242" and lines[1].split() == [
+        "time",
+        "what",
+        "amount",
+        "paid",
+        "by",
+        "for",
+    ], lines
+    kinds = [line.split()[1:4] for line in lines[2:]]
+    assert kinds == [["top-up", "12.00", "card"], *[["charge", "-5.00", p] for p in ("balance", "balance", "card")]]
+    assert all(line[:4].isdigit() and line[10] == "T" for line in lines[2:]), lines  # ISO dates
     totals = json.loads(bk(cli, srv, "ledger", "--json").out)
     assert totals["charges"] == 4 * 500 and totals["platform"] == 4 * 350 and totals["broker"] == 4 * 150
     entries = json.loads(bk(cli, srv, "audit", "--json").out)["entries"]

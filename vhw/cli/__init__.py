@@ -63,7 +63,7 @@ def show_audit(store: Store, *, after: int = 0, as_json: bool = False) -> None:
         {
             "seq": seq,
             "at": at,
-            "time": datetime.datetime.fromtimestamp(at).astimezone().isoformat(timespec="seconds"),
+            "time": local_time(at),
             "actor": actor,
             "action": action,
             "subject": subject,
@@ -72,6 +72,17 @@ def show_audit(store: Store, *, after: int = 0, as_json: bool = False) -> None:
         for seq, at, actor, action, subject, detail in rows
     ]
     emit({"entries": entries}, as_json=as_json, lines=audit_lines(entries))
+
+
+def local_time(at: int) -> str:
+    """A moment as a person reads it here: local time, ISO 8601 with its UTC offset."""
+    return datetime.datetime.fromtimestamp(at).astimezone().isoformat(timespec="seconds")
+
+
+def columns(heads: tuple[str, ...], rows: list[list[str]]) -> list[str]:
+    """Rows in aligned columns, each as wide as its widest value, with a header line."""
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(heads)]
+    return ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in [list(heads), *rows]]
 
 
 def _detail(text: str) -> Any:
@@ -86,15 +97,12 @@ def audit_lines(entries: list[dict[str, Any]]) -> list[str]:
     """Audit entries in aligned columns (each as wide as its widest value), local ISO times."""
     if not entries:
         return ["(no entries)"]
-    heads = ("seq", "time", "actor", "action", "subject")
-    cells = [[str(e[h]) for h in heads] for e in entries]
-    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(heads)]
-    out = ["  ".join(h.ljust(w) for h, w in zip(heads, widths, strict=True)) + "  detail"]
-    for e, c in zip(entries, cells, strict=True):
-        detail = e["detail"]
-        shown = " ".join(f"{k}={v}" for k, v in detail.items()) if isinstance(detail, dict) else str(detail)
-        out.append("  ".join(x.ljust(w) for x, w in zip(c, widths, strict=True)) + "  " + shown)
-    return out
+    heads = ("seq", "time", "actor", "action", "subject", "detail")
+
+    def shown(detail: Any) -> str:
+        return " ".join(f"{k}={v}" for k, v in detail.items()) if isinstance(detail, dict) else str(detail)
+
+    return columns(heads, [[*(str(e[h]) for h in heads[:-1]), shown(e["detail"])] for e in entries])
 
 
 class ProgressBar:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, TypeVar
 import click
 
 from ..errors import StateError
-from . import App, emit, pass_app, show_audit, vhw
+from . import App, columns, emit, local_time, pass_app, show_audit, vhw
 from .params import LISTEN
 
 if TYPE_CHECKING:  # (the broker's modules load only for its commands)
@@ -197,12 +197,18 @@ def account_topup(app: App, name: str, amount: str, number: str | None, home: Pa
 @home_option
 @pass_app
 def account_statement(app: App, name: str, as_json: bool, home: Path | None) -> None:
-    """Show NAME's balance, card on file and charges."""
+    """Show NAME's balance, card on file, and every top-up and charge with its date (local time)."""
     with broker_home(app, home).broker() as b:
         d = b.statement(name)
+    moves = [(e["at"], "top-up", money(e["cents"]), "card", e["memo"]) for e in d["prepaid_entries"] if e["cents"] > 0]
+    moves += [
+        (c["at"], "charge", money(-c["cents"]), "balance" if c["method"] == "prepaid" else "card", c["what"])
+        for c in d["charges"]
+    ]
+    rows = [[local_time(at), kind, amount, paid, what] for at, kind, amount, paid, what in sorted(moves)]
     lines = [
         f"account {name}: balance {money(d['balance_cents'])}, card {d['card_on_file'] or 'none'}",
-        *(f"  charge {money(c['cents'])} ({c['method']}) for {c['what']}" for c in d["charges"]),
+        *(columns(("time", "what", "amount", "paid by", "for"), rows) if rows else ["(no top-ups or charges yet)"]),
     ]
     emit(d, as_json=as_json, lines=lines)
 
