@@ -162,6 +162,7 @@ def start_brokered(d: Path, *, staff: tuple[str, str] | None = None):
         raise RuntimeError(f"broker did not start: {(d / 'broker.log').read_text()[-2000:]}")
     server.broker_url = line.split("listening on", 1)[1].strip()
     server.broker_home = home
+    server.broker_log = d / "broker.log"
     return server, proc
 
 

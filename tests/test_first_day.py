@@ -110,7 +110,7 @@ def test_a_busy_or_foreign_address_is_one_line(srv, tmp_path):
 
 
 def test_web_console_paths_keep_user_ids_out_of_the_log():
-    from vhw.server.app import _loggable
+    from vhw.httpapi import loggable as _loggable
 
     assert _loggable("/console/user/US-8AH7-92FE-NTW6-AQ60-2") == "/console/user/(user)"
     assert _loggable("/console/user/us-8ah7-92fe-ntw6-aq60-2/repair") == "/console/user/(user)/repair"

@@ -297,6 +297,11 @@ def test_broker_charges_per_key(cli, brokered, tmp_path, ledger_balances):
     assert totals["charges"] == 4 * 500 and totals["platform"] == 4 * 350 and totals["broker"] == 4 * 150
     entries = json.loads(bk(cli, srv, "audit", "--json").out)["entries"]
     assert sum(e["action"] == "charge" for e in entries) == 4
+    # the broker logs its requests as the server does, and never who made them
+    log = srv.broker_log.read_text()
+    assert "access: POST /v1/console/acquire 200 " in log and "role=account id=" in log, log[-2000:]
+    assert "access: POST /v1/account/token 401 " in log  # carol's wrong password
+    assert not any(name in log for name in ("alice", "carol")) and "US-" not in log.upper()
 
 
 def test_broker_mode_server_is_not_reachable_by_users(cli, brokered, tmp_path, ledger_balances):

@@ -13,10 +13,13 @@ import contextlib
 import errno
 import json
 import logging
+import re
 import resource
 import signal
 import socket
 import ssl
+import time
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
@@ -29,7 +32,7 @@ from hypercorn.trio import serve as hypercorn_serve
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import protocol as p
 from .errors import (
@@ -303,3 +306,82 @@ def reuse_port_socket(host: str, port: int) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host, port))
     return sock
+
+
+# -- the access log: one line per request, the same for the server and the broker ------------------------
+
+
+def loggable(path: str) -> str:
+    """The path as the access log shows it: at most 200 characters, never a download's token (the
+    link of a reissued card's file) and never a User ID (the repair console's user pages)."""
+    if path.startswith("/console/card/"):
+        return "/console/card/(token)"
+    return USER_IN_PATH.sub("/(user)", path[:200])
+
+
+USER_IN_PATH = re.compile(r"/US-[0-9A-Za-z-]+", re.IGNORECASE)
+
+
+def request_id(scope: Scope) -> str:
+    """The client's X-Request-ID when it is a short token, else a fresh one: it is in the access
+    log line and the answer's headers, to match one with the other."""
+    for name, value in scope.get("headers", ()):
+        if name == b"x-request-id":
+            text: str = value.decode("latin-1")
+            if 0 < len(text) <= 64 and all(c.isalnum() or c in "-_." for c in text):
+                return text
+            break
+    return uuid.uuid4().hex[:16]
+
+
+def log_access(
+    logger: logging.Logger, method: str, path: str, status: int, elapsed: float, role: str, rid: str
+) -> None:
+    """One access line: as text, and with its fields for ``--log-format json`` (vhw.server.logs)."""
+    logger.info(
+        "%s %s %d %.1fms role=%s id=%s",
+        method,
+        path,
+        status,
+        elapsed * 1000,
+        role,
+        rid,
+        extra={
+            "method": method,
+            "path": path,
+            "status": status,
+            "duration_ms": round(elapsed * 1000, 2),
+            "role": role,
+            "request_id": rid,
+        },
+    )
+
+
+class AccessLog:
+    """An ASGI app wrapped so that every request gets an access line (``logger``) and an
+    X-Request-ID in its answer. The app may name who called in ``scope["state"]["role"]``."""
+
+    def __init__(self, app: ASGIApp, logger: logging.Logger):
+        self.app, self.logger = app, logger
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        state = scope.setdefault("state", {})
+        rid = request_id(scope)
+        state["request_id"], state["role"] = rid, "-"
+        status = [500]
+
+        async def sending(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode())]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            elapsed = time.perf_counter() - started
+            log_access(self.logger, scope["method"], loggable(scope["path"]), status[0], elapsed, state["role"], rid)

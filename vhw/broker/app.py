@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -19,10 +20,22 @@ from starlette.types import Receive, Scope, Send
 from .. import __version__
 from .. import protocol as p
 from ..errors import NetworkError, PaymentDeclined, Refusal, ServerError
-from ..httpapi import CONSOLE_ENDPOINTS, ApiError, drain, error_json, error_response, read_body, serve_app, split_listen
+from ..httpapi import (
+    CONSOLE_ENDPOINTS,
+    AccessLog,
+    ApiError,
+    drain,
+    error_json,
+    error_response,
+    read_body,
+    serve_app,
+    split_listen,
+)
 from ..server.home import Credential
 from .home import BrokerHome
 from .service import Broker
+
+access = logging.getLogger("vhw.broker.access")  # one line per request, as the server's
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -45,7 +58,7 @@ class BrokerApp:
         # the same console endpoints as the licensing server's (vhw.httpapi), relayed and charged
         routes += [Route(c.path, self._endpoint(c.request, calls[c.path]), methods=["POST"]) for c in CONSOLE_ENDPOINTS]
         routes += mounts or []  # the staff's web console (vhw.webconsole.desk), from above
-        self.app = Starlette(routes=routes, exception_handlers={HTTPException: _http_error})
+        self.app = AccessLog(Starlette(routes=routes, exception_handlers={HTTPException: _http_error}), access)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self.app(scope, receive, send)
@@ -60,6 +73,7 @@ class BrokerApp:
             if not header.lower().startswith("basic "):
                 raise ApiError(401, "unauthenticated", "sign in with the account's name and password")
             name = await anyio.to_thread.run_sync(self._account, header)
+            request.scope["state"]["role"] = "account"
             token = await anyio.to_thread.run_sync(self.broker.issue_token, name)
             return JSONResponse(p.encode(p.AccountToken(name, token)))
         except Exception as exc:
@@ -75,6 +89,7 @@ class BrokerApp:
         async def respond(request: Request) -> Response:
             try:
                 account = await anyio.to_thread.run_sync(self._account, request.headers.get("authorization", ""))
+                request.scope["state"]["role"] = "account"  # (never its name: no account in a log line)
                 msg: object = p.decode(request_cls, await read_body(request))
                 result = await anyio.to_thread.run_sync(call, account, msg)
                 return JSONResponse(p.encode(result))

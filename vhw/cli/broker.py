@@ -111,11 +111,25 @@ def broker_init(
 @broker.command("run")
 @home_option
 @click.option("--listen", type=LISTEN, help="Address to serve consoles on (default: from init); port 0 picks one.")
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="Log lines on stderr as text or as JSON lines: one per request, as the server's.",
+)
 @pass_app
-def broker_run(app: App, home: Path | None, listen: tuple[str, int] | None) -> None:
-    """Serve consoles over HTTPS until Ctrl-C or SIGTERM; the staff's web console is at /console/."""
+def broker_run(app: App, home: Path | None, listen: tuple[str, int] | None, log_format: str) -> None:
+    """Serve consoles over HTTPS until Ctrl-C or SIGTERM; the staff's web console is at /console/.
+
+    Logs one line per request on stderr (method, path, status, time, role, request ID; never an
+    account name or a User ID), as `vhw server run` does.
+    """
+    from ..server.logs import configure  # (loaded only by the commands that need it: start-up time)
+
     h = broker_home(app, home)
     h.require()
+    configure(log_format)
 
     def ready(url: str) -> None:
         click.echo(f"vhw broker listening on {url}")
@@ -205,7 +219,9 @@ def account_statement(app: App, name: str, as_json: bool, home: Path | None) -> 
         (c["at"], "charge", money(-c["cents"]), "balance" if c["method"] == "prepaid" else "card", c["what"])
         for c in d["charges"]
     ]
-    rows = [[local_time(at), kind, amount, paid, what] for at, kind, amount, paid, what in sorted(moves)]
+    rows = [
+        [local_time(at), kind, amount, paid, what] for at, kind, amount, paid, what in sorted(moves, key=lambda m: m[0])
+    ]
     lines = [
         f"account {name}: balance {money(d['balance_cents'])}, card {d['card_on_file'] or 'none'}",
         *(columns(("time", "what", "amount", "paid by", "for"), rows) if rows else ["(no top-ups or charges yet)"]),

@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
@@ -33,7 +31,17 @@ from starlette.types import Message, Receive, Scope, Send
 from .. import __version__
 from .. import protocol as p
 from ..errors import Refusal, ServerError
-from ..httpapi import ApiError, drain, error_response, read_body, serve_app, split_listen
+from ..httpapi import (
+    ApiError,
+    drain,
+    error_response,
+    log_access,
+    loggable,
+    read_body,
+    request_id,
+    serve_app,
+    split_listen,
+)
 from . import metrics
 from .auditlog import Chainer
 from .batcher import Batcher
@@ -90,7 +98,7 @@ class App:
             return
         started = time.perf_counter()
         state = scope.setdefault("state", {})
-        rid = _request_id(scope)
+        rid = request_id(scope)
         state["request_id"], state["role"] = rid, "-"
         status = [500]
 
@@ -113,24 +121,8 @@ class App:
             endpoint = path if path in self._paths else "/console" if path.startswith("/console/") else "other"
             metrics.REQUESTS.labels(endpoint, scope["method"], str(status[0])).inc()
             metrics.LATENCY.labels(endpoint).observe(elapsed)
-            shown = _loggable(scope["path"])
-            access.info(
-                "%s %s %d %.1fms role=%s id=%s",
-                scope["method"],
-                shown,
-                status[0],
-                elapsed * 1000,
-                state["role"],
-                rid,
-                extra={
-                    "method": scope["method"],
-                    "path": shown,
-                    "status": status[0],
-                    "duration_ms": round(elapsed * 1000, 2),
-                    "role": state["role"],
-                    "request_id": rid,
-                },
-            )
+            shown = loggable(scope["path"])
+            log_access(access, scope["method"], shown, status[0], elapsed, state["role"], rid)
 
     async def openapi(self, request: Request) -> Response:
         return Response(openapi_text(), media_type="application/json")
@@ -191,29 +183,6 @@ class App:
             _count_failure(exc)
             response = error_response(exc)
         return response
-
-
-def _loggable(path: str) -> str:
-    """The path as the access log shows it: at most 200 characters, never a download's token (the
-    link of a reissued card's file) and never a User ID (the repair console's user pages)."""
-    if path.startswith("/console/card/"):
-        return "/console/card/(token)"
-    return _USER_IN_PATH.sub("/(user)", path[:200])
-
-
-_USER_IN_PATH = re.compile(r"/US-[0-9A-Za-z-]+", re.IGNORECASE)
-
-
-def _request_id(scope: Scope) -> str:
-    """The client's X-Request-ID when it is a short token, else a fresh one: it is in the access
-    log line and the answer's headers, to match one with the other."""
-    for name, value in scope.get("headers", ()):
-        if name == b"x-request-id":
-            text: str = value.decode("latin-1")
-            if 0 < len(text) <= 64 and all(c.isalnum() or c in "-_." for c in text):
-                return text
-            break
-    return uuid.uuid4().hex[:16]
 
 
 _ACQUIRING = {"/v1/console/acquire", "/v1/broker/acquire", "/v1/broker/refetch", "/v1/broker/purchase"}

@@ -49,3 +49,4 @@ def configure(log_format: str = "text") -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     logging.getLogger("vhw.server.access").setLevel(logging.INFO)
+    logging.getLogger("vhw.broker.access").setLevel(logging.INFO)
