@@ -130,3 +130,21 @@ def test_the_readmes_exit_codes_are_the_programs():
     table = text.split("## Exit codes", 1)[1].split("\n## ", 1)[0]
     rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| code")]
     assert rows == [f"| {code} | {meaning} |" for code, meaning in EXIT_CODES]
+
+
+def test_every_group_says_all_it_does():
+    """Each group's help names every command it has (a command added without a word in its
+    group's help fails here)."""
+    import click
+
+    from vhw.cli import vhw
+
+    def groups(g, path):
+        if isinstance(g, click.Group):
+            yield " ".join(path) or "vhw", g
+            for name, c in g.commands.items():
+                yield from groups(c, [*path, name])
+
+    for name, g in groups(vhw, []):
+        missing = [n for n, c in g.commands.items() if not c.hidden and f"`{n}`" not in (g.help or "")]
+        assert not missing, f"`vhw {name} --help` does not say what {missing} do"

@@ -157,6 +157,9 @@ def vhw(verbose: int) -> None:
     Publishers master and press discs, manufacturers make consoles, HDDs and memory cards, users
     register, install titles from discs onto the HDD and play them; the licensing server makes
     sure each disc is installed once, by its owner, and plays only on the owner's console and HDD.
+
+    The devices: `disc`, `console`, `hdd` and `card`. The services: the licensing `server`, the
+    `repair` center and the `broker`. `demo` runs the whole story in a temporary folder.
     """
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)

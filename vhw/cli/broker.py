@@ -52,7 +52,12 @@ def money(c: int) -> str:
 
 @vhw.group()
 def broker() -> None:
-    """The broker between users and the licensing server: accounts, charges, ledger (FIG. 15)."""
+    """The broker between users and the licensing server (FIG. 15): it sells keys to consoles.
+
+    `init` makes its home from the server's broker credential, `run` serves consoles (and the
+    staff's web console at /console/), `account` keeps the users' accounts, `staff` the people who
+    sign in to the web console, `ledger` checks that the books balance, `audit` shows its audit log.
+    """
 
 
 @broker.command("init")
@@ -155,7 +160,7 @@ def desk_console(home: BrokerHome, broker: Broker, token: str) -> list[Mount]:
 
 @broker.group("account")
 def account() -> None:
-    """User accounts: add, card on file, top up, statement."""
+    """User accounts: `add` one, put a `card` on file, `topup` its balance, show its `statement`."""
 
 
 def password_option(whose: str) -> Callable[[FC], FC]:
@@ -231,7 +236,7 @@ def account_statement(app: App, name: str, as_json: bool, home: Path | None) -> 
 
 @broker.group("staff")
 def staff() -> None:
-    """The broker's staff, who sign in to its web console (https://BROKER/console/)."""
+    """The broker's staff, who sign in to its web console (https://BROKER/console/): `add`, `rm`."""
 
 
 @staff.command("add")

@@ -57,7 +57,8 @@ def human_binary(n: float) -> str:
 
 @vhw.group()
 def card() -> None:
-    """Memory cards: format (manufacturer) and inspect."""
+    """Memory cards: `format` one (manufacturer), `info` shows what its owner may see, `saves`
+    manages the game saves on it."""
 
 
 def register_with_server(credential: Path | None, server_url: str | None, path: str, msg: object) -> None:
@@ -166,7 +167,8 @@ def card_info(image: Path, as_json: bool) -> None:
 
 @vhw.group()
 def hdd() -> None:
-    """HDD images: format (manufacturer), inspect, list, remove titles, check."""
+    """HDD images: `format` one (manufacturer), `info` and `ls` show it and its titles, `rm`
+    removes a title, `fsck` checks it."""
 
 
 @hdd.command("format")
@@ -381,7 +383,14 @@ def hdd_fsck(image: Path, deep: bool, repair: bool) -> None:
 
 @vhw.group()
 def console() -> None:
-    """The console: burn a ROM (manufacturer), inspect it."""
+    """The console: a folder that holds its ROM, HDD, card slots and disc tray.
+
+    The manufacturer burns a `rom`; `info` shows one. A user `setup`s the console folder (and
+    `replace`s a device after a repair), puts cards and discs in and out (`insert-card`,
+    `eject-card`, `insert-disc`, `eject-disc`), sees it all with `status`, `register`s the card,
+    `acquire`s a disc's keys or `install`s its title onto the HDD, `mount`s and `unmount`s the HDD,
+    and `play`s a title. With a broker, `account` signs the console in to the user's account.
+    """
 
 
 @console.command("rom")

@@ -38,7 +38,9 @@ def open_keystore(app: App, path: Path | None) -> KeyStore:
 
 @vhw.group()
 def disc() -> None:
-    """Discs: master a title, press discs, inspect and verify them."""
+    """Discs: `master` a title into a master image, `press` discs with unique MIDs from it,
+    `register` both with the server (if not done then), `info` and `verify` discs, `extract` a
+    disc's files with the publisher's key store (to check it)."""
 
 
 @disc.command("master")

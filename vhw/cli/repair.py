@@ -23,7 +23,8 @@ from .roles import credential_option, role_client, server_option
 
 @vhw.group()
 def repair() -> None:
-    """The repair center: re-register repaired devices, reissue lost cards (operator credential)."""
+    """The repair center (operator credential): `device` re-registers a repaired or exchanged
+    console or HDD for its user, `card` reissues a damaged or lost memory card."""
 
 
 @repair.command("device")

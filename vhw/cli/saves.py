@@ -45,7 +45,8 @@ def meta_text(meta: bytes) -> str:
 
 @card.group("saves")
 def saves_group() -> None:
-    """Game saves on a memory card: list, export, import, remove, copy between a user's cards.
+    """Game saves on a memory card: `ls` them, `export` and `import` one, `rm` one, `copy` a
+    title's saves between a user's cards.
 
     CARD may also be an HDD image with an internal memory (the saves of a card-less console)."""
 

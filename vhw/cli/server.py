@@ -48,7 +48,13 @@ def parse_policy(text: str) -> list[str]:
 
 @vhw.group()
 def server() -> None:
-    """The licensing server: set it up, run it, read its audit log."""
+    """The licensing server.
+
+    `init` makes its home, `run` serves (and `wait` waits until it does), `credential` manages
+    the roles' credentials, `audit` reads and verifies its audit log, `backup` and `restore` its
+    database, `rotate-master-key` re-encrypts its keys at rest, `openapi` prints its API, and
+    `issue-cert` makes a TLS certificate for a broker.
+    """
 
 
 @server.command("init")
@@ -290,7 +296,8 @@ def server_run(
 
 @server.group("credential")
 def credential() -> None:
-    """The credentials of the roles (manufacturer, publisher, operator, broker): add, list, revoke."""
+    """The credentials of the roles (manufacturer, publisher, operator, broker): `add` one, `ls`
+    them, `revoke` one (its sessions end at once)."""
 
 
 @credential.command("add")
