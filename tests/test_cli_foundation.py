@@ -148,3 +148,46 @@ def test_every_group_says_all_it_does():
     for name, g in groups(vhw, []):
         missing = [n for n, c in g.commands.items() if not c.hidden and f"`{n}`" not in (g.help or "")]
         assert not missing, f"`vhw {name} --help` does not say what {missing} do"
+
+
+def test_every_exit_path_is_in_the_table():
+    """Walks every way the CLI can end: each error class anywhere in the package (every module
+    imported), each number `run` returns itself, and any `exit(N)` a command calls. Every code is
+    in `vhw.errors.EXIT_CODES` (the README's table, kept equal by test_readme)."""
+    import ast
+    import importlib
+    import inspect
+    import pkgutil
+    from pathlib import Path
+
+    import vhw
+    from vhw import cli
+    from vhw.errors import EXIT_CODES, VhwError
+
+    for module in pkgutil.walk_packages(vhw.__path__, "vhw."):
+        if module.name != "vhw.__main__":  # (runs the CLI)
+            importlib.import_module(module.name)
+    documented = {code for code, _ in EXIT_CODES}
+
+    def subclasses(c):
+        for s in c.__subclasses__():
+            yield s
+            yield from subclasses(s)
+
+    classes = [VhwError, *subclasses(VhwError)]
+    assert len(classes) > 20
+    for cls in classes:
+        assert cls.exit_code in documented, f"{cls.__module__}.{cls.__name__} exits {cls.exit_code}, not in the table"
+    returns = {
+        n.value.value
+        for n in ast.walk(ast.parse(inspect.getsource(cli.run)))
+        if isinstance(n, ast.Return) and isinstance(n.value, ast.Constant)
+    }
+    assert returns == {1, 130, 141} and returns <= documented
+    for path in Path(vhw.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "exit" and node.args:
+                arg = node.args[0]
+                assert isinstance(arg, ast.Call) or (isinstance(arg, ast.Constant) and arg.value in documented), (
+                    f"{path}:{node.lineno} exits with a code of its own"
+                )

@@ -219,4 +219,6 @@ EXIT_CODES: list[tuple[int, str]] = [
     (FileError.exit_code, "a configuration, key, credential, backup or title source file is missing or wrong"),
     (InputError.exit_code, "a name or value given is not allowed"),
     (TitleEnded.exit_code, "the title played ended with a non-zero status of its own (an unfinished game)"),
+    (130, "interrupted (Ctrl-C), or a question was not answered"),
+    (141, "the output was closed before vhw finished writing it (a pipe)"),
 ]
