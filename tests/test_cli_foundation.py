@@ -153,7 +153,7 @@ def test_every_group_says_all_it_does():
 def test_every_exit_path_is_in_the_table():
     """Walks every way the CLI can end: each error class anywhere in the package (every module
     imported), each number `run` returns itself, and any `exit(N)` a command calls. Every code is
-    in `vhw.errors.EXIT_CODES` (the README's table, kept equal by test_readme)."""
+    in `vhw.errors.EXIT_CODES` (the README's table, kept equal by the test above)."""
     import ast
     import importlib
     import inspect
