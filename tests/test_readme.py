@@ -1,4 +1,4 @@
-"""The README is a test: its walkthrough, repair and saves blocks run as written.
+"""The README is a test: its walkthrough, repair, saves and broker blocks run as written.
 
 The blocks of those sections run one after the other in one bash (they share ``CRED``, ``DISC``
 and the console), with ``set -euo pipefail``, in a fresh folder with its own ``HOME`` and
@@ -45,15 +45,16 @@ def section(found: dict[str, list[str]], prefix: str) -> str:
     return "\n".join(found[heading])
 
 
-def test_the_walkthrough_repair_and_saves_blocks_run_as_written(tmp_path):
+def port_free(port: int) -> None:
     with socket.socket() as s:
         try:
-            s.bind(("127.0.0.1", 8443))
+            s.bind(("127.0.0.1", port))
         except OSError:
-            pytest.fail("port 8443, the walkthrough's default, is in use on this machine")
-    found = blocks((ROOT / "README.md").read_text())
-    script = "\n".join(section(found, prefix) for prefix in SECTIONS)
-    assert "vhw server run &" in script and "vhw repair card" in script and "saves export" in script
+            pytest.fail(f"port {port}, which the README uses, is in use on this machine")
+
+
+def run_blocks(tmp_path: Path, script: str) -> subprocess.CompletedProcess:
+    """``script`` in bash as a reader runs it, in a fresh folder; fails the test naming the line."""
     work, home = tmp_path / "work", tmp_path / "home"
     work.mkdir()
     home.mkdir()
@@ -72,4 +73,24 @@ def test_the_walkthrough_repair_and_saves_blocks_run_as_written(tmp_path):
     )
     last = [line for line in r.stderr.splitlines() if line.startswith("+ ")][-1:]
     assert r.returncode == 0, f"the README failed at {last}: {r.stderr[-3000:]}"
+    return r
+
+
+def test_the_walkthrough_repair_and_saves_blocks_run_as_written(tmp_path):
+    port_free(8443)
+    found = blocks((ROOT / "README.md").read_text())
+    script = "\n".join(section(found, prefix) for prefix in SECTIONS)
+    assert "vhw server run &" in script and "vhw repair card" in script and "saves export" in script
+    r = run_blocks(tmp_path, script)
     assert re.search(r"VHW-GAME-1\s", r.stdout) and "You escaped the cave" in r.stdout
+
+
+def test_the_broker_block_runs_as_written_on_its_own(tmp_path):
+    """The broker section alone, in a fresh folder: its own server, devices and console."""
+    for port in (8444, 9443):
+        port_free(port)
+    script = section(blocks((ROOT / "README.md").read_text()), "### Broker")
+    assert "vhw broker run --home broker &" in script and "vhw console install" in script
+    r = run_blocks(tmp_path, script)
+    assert "VHW-GAME-B installed" in r.stdout and re.search(r"top-up\s+20\.00", r.stdout), r.stdout[-2000:]
+    assert re.search(r"charge\s+-4\.99\s+balance", r.stdout), r.stdout[-2000:]

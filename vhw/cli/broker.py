@@ -55,8 +55,9 @@ def broker() -> None:
     """The broker between users and the licensing server (FIG. 15): it sells keys to consoles.
 
     `init` makes its home from the server's broker credential, `run` serves consoles (and the
-    staff's web console at /console/), `account` keeps the users' accounts, `staff` the people who
-    sign in to the web console, `ledger` checks that the books balance, `audit` shows its audit log.
+    staff's web console at /console/; `wait` waits until it does), `account` keeps the users'
+    accounts, `staff` the people who sign in to the web console, `ledger` checks that the books
+    balance, `audit` shows its audit log.
     """
 
 
@@ -111,6 +112,23 @@ def broker_init(
     click.echo(
         f"broker {h.root}: price {money(cfg.price_cents)} per key, platform {cfg.platform_share}%, server {cfg.server}"
     )
+
+
+@broker.command("wait")
+@home_option
+@click.option("--timeout", type=click.FloatRange(0.1, 3600), default=30.0, show_default=True, help="Seconds to wait.")
+@pass_app
+def broker_wait(app: App, home: Path | None, timeout: float) -> None:
+    """Wait until the broker of this home answers (after `vhw broker run &`) at its configured
+    address, over TLS with the platform's CA; exit 5 if it does not within --timeout."""
+    from ..client import tls_context  # (loaded only by the commands that need it: start-up time)
+    from ..server.home import Credential  # (loaded only by the commands that need it: start-up time)
+    from .server import wait_for
+
+    h = broker_home(app, home)
+    h.require()
+    ca = Credential.load(h.path("credential.json")).ca
+    wait_for(f"https://{h.config().listen}", tls_context(ca_pem=ca), timeout)
 
 
 @broker.command("run")

@@ -19,6 +19,8 @@ from .devices import when
 from .params import LISTEN
 
 if TYPE_CHECKING:  # (the server's modules load only for its commands)
+    import ssl
+
     from starlette.routing import Mount
 
     from ..server.home import ServerHome
@@ -162,20 +164,30 @@ def load_config(ctx: click.Context, param: click.Parameter, path: Path | None) -
 @pass_app
 def server_wait(app: App, home: Path | None, timeout: float) -> None:
     """Wait until the server of this home answers (after `vhw server run &`), at its URL, over TLS
-    with its CA; exit 5 if it does not within --timeout."""
-    import time
-
-    from .. import protocol as proto  # (loaded only by the commands that need it: start-up time)
-    from ..client import Client, tls_context  # (loaded only by the commands that need it: start-up time)
-    from ..errors import NetworkError  # (loaded only by the commands that need it: start-up time)
+    with its CA (and, in broker mode, the operator's client certificate); exit 5 if it does not
+    within --timeout."""
+    from ..client import tls_context  # (loaded only by the commands that need it: start-up time)
+    from ..server.home import Credential  # (loaded only by the commands that need it: start-up time)
 
     h = server_home(app, home)
     h.require()
-    url = h.config().url
+    operator = h.credential_path("operator")
+    cert = Credential.load(operator).client_cert if operator.exists() else None
+    wait_for(h.config().url, tls_context(h.ca_der(), client_cert=cert), timeout)
+
+
+def wait_for(url: str, tls: ssl.SSLContext, timeout: float) -> None:
+    """Ask ``url`` for its health until it answers, or ``timeout`` seconds have passed (exit 5)."""
+    import time
+
+    from .. import protocol as proto  # (loaded only by the commands that need it: start-up time)
+    from ..client import Client  # (loaded only by the commands that need it: start-up time)
+    from ..errors import NetworkError  # (loaded only by the commands that need it: start-up time)
+
     deadline = time.monotonic() + timeout
     while True:
         try:
-            with Client(url, tls_context(h.ca_der())) as c:
+            with Client(url, tls) as c:
                 health = c.get("/v1/health", proto.Health)
             click.echo(f"{url} answers ({health.mode} mode)")
             return
