@@ -46,7 +46,10 @@ def section(found: dict[str, list[str]], prefix: str) -> str:
 
 
 def port_free(port: int) -> None:
+    """Nobody listens on ``port`` (a connection of an earlier run in TIME-WAIT is no matter: the
+    server binds with SO_REUSEADDR too)."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:
