@@ -1,4 +1,4 @@
-"""The README is a test: its walkthrough, repair, saves and broker blocks run as written.
+"""The README is a test: its walkthrough, repair, saves, card-less and broker blocks run as written.
 
 The blocks of those sections run one after the other in one bash (they share ``CRED``, ``DISC``
 and the console), with ``set -euo pipefail``, in a fresh folder with its own ``HOME`` and
@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SECTIONS = ("## Walkthrough", "### Repair center", "### Saves on the memory card")
+SECTIONS = ("## Walkthrough", "### Repair center", "### Saves on the memory card", "### Card-less consoles")
 
 
 def blocks(text: str) -> dict[str, list[str]]:
@@ -84,8 +84,10 @@ def test_the_walkthrough_repair_and_saves_blocks_run_as_written(tmp_path):
     found = blocks((ROOT / "README.md").read_text())
     script = "\n".join(section(found, prefix) for prefix in SECTIONS)
     assert "vhw server run &" in script and "vhw repair card" in script and "saves export" in script
+    assert "--memory cl.nvram" in script
     r = run_blocks(tmp_path, script)
     assert re.search(r"VHW-GAME-1\s", r.stdout) and "You escaped the cave" in r.stdout
+    assert "deleted from the console's memory" in r.stdout and "(saved on the console's memory: won" in r.stdout
 
 
 def test_the_broker_block_runs_as_written_on_its_own(tmp_path):
