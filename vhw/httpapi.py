@@ -20,7 +20,7 @@ import socket
 import ssl
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -359,10 +359,19 @@ def log_access(
 
 class AccessLog:
     """An ASGI app wrapped so that every request gets an access line (``logger``) and an
-    X-Request-ID in its answer. The app may name who called in ``scope["state"]["role"]``."""
+    X-Request-ID in its answer. The app may name who called in ``scope["state"]["role"]``.
+    ``headers`` go into every answer too; ``observe(method, path, status, seconds)`` is told of
+    every request (the server's metrics)."""
 
-    def __init__(self, app: ASGIApp, logger: logging.Logger):
-        self.app, self.logger = app, logger
+    def __init__(
+        self,
+        app: ASGIApp,
+        logger: logging.Logger,
+        *,
+        headers: Sequence[tuple[bytes, bytes]] = (),
+        observe: Callable[[str, str, int, float], None] | None = None,
+    ):
+        self.app, self.logger, self.headers, self.observe = app, logger, list(headers), observe
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -377,11 +386,13 @@ class AccessLog:
         async def sending(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
-                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode())]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode()), *self.headers]
             await send(message)
 
         try:
             await self.app(scope, receive, sending)
         finally:
             elapsed = time.perf_counter() - started
+            if self.observe is not None:
+                self.observe(scope["method"], scope["path"], status[0], elapsed)
             log_access(self.logger, scope["method"], loggable(scope["path"]), status[0], elapsed, state["role"], rid)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
@@ -26,19 +25,17 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from .. import __version__
 from .. import protocol as p
 from ..errors import Refusal, ServerError
 from ..httpapi import (
+    AccessLog,
     ApiError,
     drain,
     error_response,
-    log_access,
-    loggable,
     read_body,
-    request_id,
     serve_app,
     split_listen,
 )
@@ -85,6 +82,9 @@ class App:
             routes=routes,
             exception_handlers={HTTPException: _http_error},
         )
+        self.logged = AccessLog(
+            self.starlette, access, headers=[(b"x-vhw-process", PROCESS.encode())], observe=self._observe
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -96,33 +96,12 @@ class App:
                 p.encode(p.ErrorBody("not-found", "this address serves /metrics only")), status_code=404
             )(scope, receive, send)
             return
-        started = time.perf_counter()
-        state = scope.setdefault("state", {})
-        rid = request_id(scope)
-        state["request_id"], state["role"] = rid, "-"
-        status = [500]
+        await self.logged(scope, receive, send)
 
-        async def sending(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                status[0] = message["status"]
-                message.setdefault("headers", [])
-                message["headers"] = [
-                    *message["headers"],
-                    (b"x-request-id", rid.encode()),
-                    (b"x-vhw-process", PROCESS.encode()),
-                ]
-            await send(message)
-
-        try:
-            await self.starlette(scope, receive, sending)
-        finally:
-            elapsed = time.perf_counter() - started
-            path = scope["path"]
-            endpoint = path if path in self._paths else "/console" if path.startswith("/console/") else "other"
-            metrics.REQUESTS.labels(endpoint, scope["method"], str(status[0])).inc()
-            metrics.LATENCY.labels(endpoint).observe(elapsed)
-            shown = loggable(scope["path"])
-            log_access(access, scope["method"], shown, status[0], elapsed, state["role"], rid)
+    def _observe(self, method: str, path: str, status: int, elapsed: float) -> None:
+        endpoint = path if path in self._paths else "/console" if path.startswith("/console/") else "other"
+        metrics.REQUESTS.labels(endpoint, method, str(status)).inc()
+        metrics.LATENCY.labels(endpoint).observe(elapsed)
 
     async def openapi(self, request: Request) -> Response:
         return Response(openapi_text(), media_type="application/json")
