@@ -23,7 +23,7 @@ from vhw.console.mountpoints import DEAD_MOUNT
 from vhw.devices.hdd import HddImage
 from vhw.samples import TITLES, build_samples
 
-from .conftest import PLAY, Result, source_files
+from .conftest import PLAY, Result, source_files, vhw_subprocess
 from .servers import RunningServer, factory, publish
 
 
@@ -114,43 +114,14 @@ def test_the_mount_is_read_only(mounted):
 
 def test_play_the_game_in_scripted_mode(world):
     alice = world["alice"]
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "vhw",
-            "console",
-            "play",
-            "--console",
-            str(alice["console"]),
-            TITLES["game"],
-            "--moves",
-            "dddssdddwwddssss",
-        ],
-        capture_output=True,
-        text=True,
-    )
-    assert r.returncode == 0, r.stderr
-    assert "You pick up a rusty key." in r.stdout and "You escaped the cave in 16 moves!" in r.stdout
-    assert "result: won after 16 moves" in r.stdout
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "vhw",
-            "console",
-            "play",
-            "--console",
-            str(alice["console"]),
-            TITLES["game"],
-            "--moves",
-            "ssss",
-        ],
-        capture_output=True,
-        text=True,
-    )
-    assert r.returncode == 18 and "result: unfinished" in r.stdout  # the title ended on its own, unfinished
-    assert "ended with status 1" in r.stderr and r.stderr.count("\n") == 1
+    con = ["--console", alice["console"]]
+    r = vhw_subprocess("console", "play", *con, TITLES["game"], "--moves", "dddssdddwwddssss")
+    assert r.code == 0, r.err
+    assert "You pick up a rusty key." in r.out and "You escaped the cave in 16 moves!" in r.out
+    assert "result: won after 16 moves" in r.out
+    r = vhw_subprocess("console", "play", *con, TITLES["game"], "--moves", "ssss")
+    assert r.code == 18 and "result: unfinished" in r.out  # the title ended on its own, unfinished
+    assert "ended with status 1" in r.err and r.err.count("\n") == 1
     assert not Machine(alice["console"]).active_mount()  # play unmounted what it mounted
 
 
