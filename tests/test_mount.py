@@ -41,7 +41,10 @@ def world(tmp_path_factory):
             code = run([str(a) for a in args])
         return Result(code, out.getvalue(), err.getvalue())
 
-    sources = build_samples(d / "src", movie_mib=64)
+    sources = build_samples(d / "src")
+    with open(sources["movie"] / "reel.bin", "wb") as f:  # a large file: reads cross many chunks
+        for i in range(64):
+            f.write(hashlib.sha256(b"reel %d" % i).digest() * (1024 * 1024 // 32))
     discs = {kind: publish(cli, srv, src, d, TITLES[kind], count=2) for kind, src in sources.items()}
     alice = factory(cli, srv, d / "alice")
     con = ["--console", alice["console"]]
@@ -88,8 +91,8 @@ def test_every_file_of_every_title_reads_back(world, mounted):
 
 
 def test_random_range_reads_through_the_mount(world, mounted):
-    film = mounted / TITLES["movie"] / "film.vhwm"
-    source = (world["sources"]["movie"] / "film.vhwm").read_bytes()
+    film = mounted / TITLES["movie"] / "reel.bin"
+    source = (world["sources"]["movie"] / "reel.bin").read_bytes()
     fd = os.open(film, os.O_RDONLY)
 
     @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -123,6 +126,21 @@ def test_play_the_game_in_scripted_mode(world):
     assert r.code == 18 and "result: unfinished" in r.out  # the title ended on its own, unfinished
     assert "ended with status 1" in r.err and r.err.count("\n") == 1
     assert not Machine(alice["console"]).active_mount()  # play unmounted what it mounted
+
+
+def test_the_album_and_the_movie_play_as_committed(world):
+    """The committed samples are real media: the album's player decodes every track, the movie's
+    every frame, inside the sandbox, through the mount."""
+    con = ["--console", world["alice"]["console"]]
+    r = vhw_subprocess("console", "play", *con, TITLES["music"])
+    assert r.code == 0, r.err
+    tracks = sorted(p.stem for p in (world["sources"]["music"] / "tracks").glob("*.wav"))
+    assert len(tracks) >= 3 and f"{len(tracks)} tracks" in r.out and "end of album" in r.out
+    assert all(f": {name}  " in r.out and "11025 Hz" in r.out for name in tracks)
+    r = vhw_subprocess("console", "play", *con, TITLES["movie"])
+    assert r.code == 0, r.err
+    assert "film.y4m: 128x72 at 12 fps" in r.out and "played film.y4m: 60 frames, 5.0 s" in r.out
+    assert r.out.count("@") + r.out.count("#") > 20  # the pictures have something in them
 
 
 def test_play_reuses_a_running_mount(world, mounted):
@@ -204,7 +222,7 @@ def test_a_damaged_chunk_gives_eio_for_that_read_only(world, tmp_path):
     damaged = tmp_path / "damaged.hdd"
     subprocess.run(["cp", "--sparse=always", alice["hdd"], damaged], check=True)
     with HddImage.open(damaged) as img:
-        film = img.volume.catalog.title(TITLES["movie"]).files[0]
+        [film] = [f for f in img.volume.catalog.title(TITLES["movie"]).files if f.path == "reel.bin"]
         where = film.locate(film.layout.sealed_offset(100)) + 1000  # a byte of chunk 100
     with open(damaged, "r+b") as f:
         f.seek(where)
@@ -221,8 +239,8 @@ def test_a_damaged_chunk_gives_eio_for_that_read_only(world, tmp_path):
         m = Machine(con)
         m.mount(mnt)
         try:
-            source = (world["sources"]["movie"] / "film.vhwm").read_bytes()
-            fd = os.open(mnt / TITLES["movie"] / "film.vhwm", os.O_RDONLY)
+            source = (world["sources"]["movie"] / "reel.bin").read_bytes()
+            fd = os.open(mnt / TITLES["movie"] / "reel.bin", os.O_RDONLY)
             try:
                 chunk = 64 * 1024
                 with pytest.raises(OSError) as err:
@@ -239,7 +257,7 @@ def test_a_damaged_chunk_gives_eio_for_that_read_only(world, tmp_path):
         finally:
             m.unmount(mnt)
         log = (con / "mount.log").read_text()
-        assert f"title {TITLES['movie']}, file film.vhwm: chunk 100 failed authentication" in log
+        assert f"title {TITLES['movie']}, file reel.bin: chunk 100 failed authentication" in log
     finally:
         cli("console", "eject-card", "--console", con)
         assert cli("console", "insert-card", alice["card"], "--console", alice["console"]).code == 0
@@ -315,9 +333,9 @@ def test_keys_leave_with_the_card(world, tmp_path, how):
     m.mount(where)
     card = alice["card"]
     moved = tmp_path / "elsewhere.card"
-    film = where / TITLES["movie"] / "film.vhwm"
+    film = where / TITLES["movie"] / "reel.bin"
     music = next(p for p in (where / TITLES["music"]).rglob("*") if p.is_file())
-    source = (world["sources"]["movie"] / "film.vhwm").read_bytes()
+    source = (world["sources"]["movie"] / "reel.bin").read_bytes()
     held = os.open(film, os.O_RDONLY)
     try:
         assert os.pread(held, 1 << 20, 0) == source[: 1 << 20]  # read (and cached by the kernel)

@@ -375,7 +375,7 @@ def console(cli, srv, tmp_path):
 
     from .servers import factory, publish
 
-    game = build_samples(tmp_path / "samples", movie_mib=1)["game"]
+    game = build_samples(tmp_path / "samples")["game"]
     saver = tmp_path / "saver"
     saver.mkdir()
     (saver / "saver.py").write_text(SAVER)

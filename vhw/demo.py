@@ -97,8 +97,8 @@ def tell(s: Story) -> None:
     man = ["--credential", creds / "manufacturer.json", "--server", url]
     pub = ["--credential", creds / "publisher.json", "--server", url]
 
-    s.say("The publisher's title sources: a terminal game, a music album and a 64 MiB movie.")
-    sources = build_samples(root / "images" / "src", movie_mib=64)
+    s.say("The publisher's title sources: a terminal game, a music album and a short movie.")
+    sources = build_samples(root / "images" / "src")
     for kind, src in sources.items():
         click.echo(f"  {kind:<6} {src.relative_to(root)}")
     s.say(
