@@ -115,6 +115,7 @@ def test_web_console_paths_keep_user_ids_out_of_the_log():
     assert _loggable("/console/user/US-8AH7-92FE-NTW6-AQ60-2") == "/console/user/(user)"
     assert _loggable("/console/user/us-8ah7-92fe-ntw6-aq60-2/repair") == "/console/user/(user)/repair"
     assert _loggable("/console/card/secret-token") == "/console/card/(token)"
+    assert _loggable("/console/reissued/secret-token") == "/console/reissued/(token)"
     assert _loggable("/v1/console/acquire") == "/v1/console/acquire"
 
 

@@ -46,7 +46,7 @@ def play_game(cli, console: Path, title: str = "G-1"):
 
 
 def game(tmp_path: Path) -> Path:
-    src = build_samples(tmp_path / "samples", movie_mib=1)["game"]
+    src = build_samples(tmp_path / "samples")["game"]
     (src / "vhw-title.json").write_text('{"name": "Cave", "kind": "game", "entry": "cave.py"}')
     return src
 

@@ -15,7 +15,9 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -83,8 +85,35 @@ def every_input_labelled(page) -> list[str]:
         .filter(e => !e.labels || e.labels.length === 0).map(e => e.name || e.id)""")
 
 
+def phone_problems(page) -> list[str]:
+    """What does not fit at the page's (phone) width: an ID broken across lines, or anything that
+    runs past the right edge (a cut-off column), or a sideways scroll."""
+    return page.evaluate("""() => {
+        const width = document.documentElement.clientWidth, out = [];
+        if (document.documentElement.scrollWidth > width + 1) out.push('the page scrolls sideways');
+        for (const e of document.querySelectorAll('.id')) {
+            const lines = new Set([...e.getClientRects()].map(r => Math.round(r.top)));
+            if (lines.size > 1) out.push('ID broken: ' + e.textContent);
+        }
+        const parts = 'main td, main tbody th, main caption, main .id, main input, main button';
+        for (const e of document.querySelectorAll(parts)) {
+            const r = e.getBoundingClientRect();
+            if (r.width && (r.right > width + 1 || r.left < -1)) out.push('cut off: ' + e.textContent.slice(0, 40));
+        }
+        for (const e of document.querySelectorAll('main .scroll'))
+            if (e.scrollWidth > e.clientWidth + 1) out.push('a table scrolls sideways: ' + e.textContent.slice(0, 40));
+        return out;
+    }""")
+
+
+def caption_above_each_chart(page) -> bool:
+    return page.evaluate("""() => [...document.querySelectorAll('figure.chart')].every(f =>
+        f.querySelector('figcaption').getBoundingClientRect().bottom
+        <= f.querySelector('svg').getBoundingClientRect().top + 1)""")
+
+
 def game(tmp_path: Path, name: str = EVIL) -> Path:
-    src = build_samples(tmp_path / "samples", movie_mib=1)["game"]
+    src = build_samples(tmp_path / "samples")["game"]
     (src / "vhw-title.json").write_text(json.dumps({"name": name, "kind": "game", "entry": "cave.py"}))
     return src
 
@@ -162,9 +191,19 @@ def test_repair_center_story_in_a_browser(cli, srv, tmp_path, page):
     assert old_hdd_id in preview and new_hdd_id in preview and "1 disc(s) of this user stay reserved" in preview
     shot(page, "repair-confirm")
     page.get_by_role("button", name="Confirm the repair").click()
+    page.wait_for_url(re.compile(r".*/console/repaired/\d+$"))  # POST, redirect, GET
     changed = page.locator("ul.changed").inner_text()
     assert f"{old_hdd_id} → {new_hdd_id}" in changed and "1 disc(s) kept for this user alone" in changed
     shot(page, "repaired")
+    repaired_url = page.url
+    # Back shows the preview again (a GET), Forward the result: neither resubmits, nothing repeats
+    assert page.go_back().status == 200 and "new_hdd_id=" in page.url
+    assert page.get_by_role("button", name="Confirm the repair").is_visible()
+    assert page.go_forward().status == 200 and page.url == repaired_url
+    assert page.reload().status == 200 and f"{old_hdd_id} → {new_hdd_id}" in page.locator("ul.changed").inner_text()
+    page.get_by_role("link", name="The user's page").click()
+    retired = page.locator("#retired").inner_text()  # the old HDD is listed, with what replaced it
+    assert old_hdd_id in retired and new_hdd_id in retired and "repair-device" in retired
     # ... and with `vhw` the user installs again onto the new HDD, and plays
     fixed = tmp_path / "fixed"
     assert cli("console", "setup", fixed, "--rom", alice["rom"], "--hdd", new_hdd).code == 0
@@ -180,14 +219,35 @@ def test_repair_center_story_in_a_browser(cli, srv, tmp_path, page):
     assert "epoch 0 → 1" in page.locator("section.confirm").inner_text()
     page.get_by_label("The User ID as the user wrote it down").fill(user_id)
     shot(page, "reissue-confirm")
+    page.get_by_label("The User ID as the user wrote it down").fill(user_id[:-1] + "?")
     page.get_by_role("button", name="Confirm and make the new card").click()
+    field = page.get_by_label("The User ID as the user wrote it down")  # kept, the error beside it
+    assert field.input_value() == user_id[:-1] + "?" and field.get_attribute("aria-invalid") == "true"
+    assert page.locator("#f-user_id-error").is_visible()
+    field.fill(user_id)
+    page.get_by_role("button", name="Confirm and make the new card").click()
+    page.wait_for_url(re.compile(r".*/console/reissued/[^/]+$"))
     assert "New memory card" in page.get_by_role("status").inner_text()
     with page.expect_download() as got:
         page.get_by_role("link", name="Download the new card file").click()
     new_card = tmp_path / "new.card"
     got.value.save_as(new_card)
     shot(page, "reissued")
+    assert page.reload().status == 200 and page.locator("#card-file-gone").is_visible()  # once only
+    back = page.go_back()  # the form as it was left (a GET: the mistyped ID), never a resubmission
+    assert back.status == 422 and "/console/reissue/" in page.url
     assert card_dev.load(new_card).mc_id != card_dev.load(alice["card"]).mc_id
+    # the retired card's MC-ID finds its user, and its audit entries
+    page.goto(f"{srv.url}/console/lookup?id={mc_id}")
+    retired = page.locator("section.retired")
+    assert "Retired memory card" in retired.inner_text() and str(card_dev.load(new_card).mc_id) in retired.inner_text()
+    shot(page, "lookup-retired")
+    retired.get_by_role("link", name="Audit entries about").click()
+    assert "reissue-card" in page.locator("tbody").inner_text()
+    page.go_back()
+    page.locator("section.retired").get_by_role("link", name=user_id).click()
+    assert page.get_by_role("heading", level=1).inner_text() == f"User {user_id}"
+    assert mc_id in page.locator("#retired").inner_text()
     # ... titles play with the new card, and the old card is refused there after it
     assert cli("console", "eject-card", "--console", fixed).code == 0
     assert cli("console", "insert-card", new_card, "--console", fixed).code == 0
@@ -210,6 +270,11 @@ def test_repair_center_story_in_a_browser(cli, srv, tmp_path, page):
     rows = page.locator("tbody tr")
     expect(rows).to_have_count(1)
     assert "reissue-card" in rows.first.inner_text()
+    # the detail reads as fields: names, and the IDs as IDs
+    fields = rows.first.locator("dl.fields")
+    assert fields.locator("dt").all_inner_texts() == ["epoch", "new mc id", "old mc id"]
+    assert fields.locator("dd.id").all_inner_texts() == [str(card_dev.load(new_card).mc_id), mc_id]
+    assert "{" not in rows.first.inner_text()
     shot(page, "audit")
     page.get_by_label("ID (any label)").fill("")
     page.get_by_label("Kind").select_option("")
@@ -222,20 +287,41 @@ def test_repair_center_story_in_a_browser(cli, srv, tmp_path, page):
     page.get_by_label("From (UTC, YYYY-MM-DD[THH:MM])").fill("next week")
     page.get_by_role("button", name="Search").click()
     assert "is not a time" in page.get_by_role("alert").first.inner_text()
+    assert page.get_by_label("From (UTC, YYYY-MM-DD[THH:MM])").input_value() == "next week"
 
     # the dashboard: three SVG charts, drawn by the server
     page.get_by_role("link", name="Dashboard").click()
     expect(page.locator("figure.chart svg")).to_have_count(3)
     assert "Keys issued per hour" in page.content()
     assert "User ID 1" in page.locator("figure.chart", has_text="Refusals").locator("svg > title").text_content()
+    assert caption_above_each_chart(page)
     shot(page, "dashboard")
-    # at phone width the pages still fit
+    # the header names who is signed in, once
+    header = page.locator("header").inner_text()
+    assert "Signed in as operator" in header and header.count("operator") == 1
+    # a friendly page for an address that does not exist, and the way back
+    r = page.goto(srv.url + "/console/no-such-page")
+    assert r.status == 404 and page.get_by_role("heading", level=1).inner_text() == "There is no such page"
+    page.get_by_role("link", name="Go to the start page").click()
+    page.wait_for_url(re.compile(r".*/console/lookup$"))
+    icon = page.locator("link[rel=icon]").get_attribute("href")
+    got = page.request.get(srv.url + icon)
+    assert got.status == 200 and got.headers["content-type"] == "image/svg+xml" and b"<svg" in got.body()
+    # at phone width the pages still fit: no ID broken, no column cut off
     page.set_viewport_size({"width": 390, "height": 800})
-    for path in ("/console/lookup", f"/console/user/{user_id}", "/console/dashboard"):
+    for path in (
+        f"/console/lookup?id={mc_id}",
+        f"/console/user/{user_id}",
+        "/console/dashboard",
+        f"/console/audit?id={user_id}",
+        repaired_url.removeprefix(srv.url),
+    ):
         page.goto(srv.url + path)
-        assert page.evaluate("document.documentElement.scrollWidth") <= 390 + 1, path
+        assert phone_problems(page) == [], path
     page.goto(f"{srv.url}/console/user/{user_id}")
     shot(page, "user-phone")
+    page.goto(f"{srv.url}/console/audit?id={user_id}")
+    shot(page, "audit-phone")
     # sign out: the session's pages are gone
     page.get_by_role("button", name="Sign out").click()
     page.goto(f"{srv.url}/console/user/{user_id}")
@@ -374,17 +460,60 @@ def test_posts_without_the_right_csrf_token_change_nothing(cli, srv, tmp_path):
             f"/console/repair/{user_id}",
             data={"confirm": "yes", "new_hdd_id": new_hdd_id, "csrf": csrf_of(c, f"/console/repair/{user_id}")},
         )
-        assert r.status_code == 200 and "What changed" in r.text
+        assert r.status_code == 303 and r.headers["location"].startswith("/console/repaired/")
         assert users_row(srv, user_id)[2] == new_hdd_id
+        result = c.get(r.headers["location"])  # the result is a page of its own (POST, redirect, GET)
+        assert result.status_code == 200 and "What changed" in result.text and new_hdd_id in result.text
+        assert other.get(r.headers["location"]).status_code == 200  # (any operator may read it)
         # the new card file is fetched once, by the session that made it
         r = c.post(f"/console/reissue/{user_id}", data={"user_id": user_id, "csrf": csrf_of(c, "/console/lookup")})
+        assert r.status_code == 303 and r.headers["location"].startswith("/console/reissued/")
+        assert other.get(r.headers["location"]).status_code == 404  # the page, like its file, is this session's
+        r = c.get(r.headers["location"])
         link = re.search(r'href="(/console/card/[^"]+)"', r.text).group(1)
         assert other.get(link).status_code == 404
         assert c.get(link).status_code == 200 and c.get(link).status_code == 404
     # the server's log shows the requests, and neither the download's token nor the operator's
     log = srv.log.read_text()
     assert "/console/card/(token)" in log and link.rsplit("/", 1)[1] not in log
+    assert "/console/reissued/(token)" in log
     assert token(srv, "operator") not in log
+
+
+def test_the_readme_makes_chromium_trust_the_platform_ca(srv, tmp_path):
+    """The README's block, run as written with a fresh HOME: then Chromium, with no certificate
+    error allowed, opens the console (and without the block, it refuses the same page)."""
+    from .test_readme import ROOT, blocks, section
+
+    script = section(blocks((ROOT / "README.md").read_text()), "#### Making the browser trust")
+    home = tmp_path / "home"
+    home.mkdir()
+    vhw_home = tmp_path / "vhw-home"  # as the README has it: the server's home is $VHW_HOME/server
+    vhw_home.mkdir()
+    (vhw_home / "server").symlink_to(srv.home.root)
+    env = {**os.environ, "HOME": str(home), "VHW_HOME": str(vhw_home)}
+    r = subprocess.run(["bash", "-euo", "pipefail", "-c", script], env=env, capture_output=True, text=True)
+    assert r.returncode == 0 and "vhw platform CA" in r.stdout, r.stderr
+
+    def open_console(user_home: Path):  # (in a thread of its own: the module's browser holds this one)
+        with ThreadPoolExecutor(1) as pool:
+            return pool.submit(open_console_here, user_home).result()
+
+    def open_console_here(user_home: Path):
+        with playwright_api.sync_playwright() as pw:
+            chromium = pw.chromium.launch(executable_path=CHROMIUM, headless=True, env={**env, "HOME": str(user_home)})
+            try:
+                pg = chromium.new_page()  # (no ignore_https_errors: a certificate error fails the load)
+                response = pg.goto(srv.url + "/console/login")
+                return response.status, pg.get_by_role("heading", level=1).inner_text()
+            finally:
+                chromium.close()
+
+    assert open_console(home) == (200, "Sign in")
+    untrusting = tmp_path / "other-home"
+    untrusting.mkdir()
+    with pytest.raises(playwright_api.Error, match="ERR_CERT_AUTHORITY_INVALID"):
+        open_console(untrusting)
 
 
 def test_output_is_escaped(cli, srv, tmp_path):
@@ -441,6 +570,8 @@ def test_broker_desk_in_a_browser(cli, brokered, tmp_path, page):
     page.get_by_label("Password").fill("wrong password")
     page.get_by_role("button", name="Sign in").click()
     assert "Wrong credential" in page.get_by_role("alert").inner_text()
+    assert page.get_by_label("Staff account").input_value() == "sam"  # kept; the password is not
+    assert page.get_by_label("Password").input_value() == ""
     page.get_by_label("Staff account").fill("sam")
     page.get_by_label("Password").fill("sam-secret-pw")
     page.get_by_role("button", name="Sign in").click()
@@ -453,10 +584,21 @@ def test_broker_desk_in_a_browser(cli, brokered, tmp_path, page):
     page.get_by_label("Top up from the card on file").fill("20.00")
     page.get_by_role("button", name="Top up").click()
     expect(page.locator("#balance")).to_have_text("20.00")
+    added = page.locator("#added").inner_text()  # what the top-up added, and from which card
+    assert added.startswith("Added 20.00 from the card on file **** 4242 (txn_") and "now 20.00" in added
+    # Back after the top-up is the account page again (a GET): nothing is paid twice
+    topped_url = page.url
+    assert page.go_back().status == 200 and page.locator("#balance").inner_text() == "20.00"
+    assert page.go_forward().status == 200 and page.url == topped_url
+    assert page.reload().status == 200 and page.locator("#balance").inner_text() == "20.00"
     page.get_by_label("Top up from the card on file").fill("twenty")
     page.get_by_role("button", name="Top up").click()
-    assert "Type an amount" in page.get_by_role("alert").inner_text()
+    amount = page.get_by_label("Top up from the card on file")  # kept as typed, the error beside it
+    assert amount.input_value() == "twenty" and amount.get_attribute("aria-invalid") == "true"
+    assert "Type an amount" in page.locator("#f-amount-error").inner_text()
     assert page.locator("#balance").inner_text() == "20.00"
+    header = page.locator("header").inner_text()
+    assert "Signed in as sam (staff)" in header and header.count("sam") == 1
     shot(page, "broker-account")
     page.get_by_role("link", name="Ledger").click()
     state = page.locator("#ledger-state").inner_text()
@@ -465,7 +607,18 @@ def test_broker_desk_in_a_browser(cli, brokered, tmp_path, page):
     page.get_by_role("link", name="Revenue").click()
     assert "WEB-B" in page.locator("table", has_text="Per title").inner_text()
     expect(page.locator("figure.chart svg")).to_have_count(1)
+    chart = page.locator("figure.chart")  # in currency units, like the tables
+    assert "(total 5.00)" in chart.locator("figcaption").inner_text()
+    assert ": 5.00" in chart.locator("rect > title").first.text_content()
+    assert "5.00" in chart.locator("text.tick").all_text_contents()
+    assert caption_above_each_chart(page)
     shot(page, "broker-revenue")
+    page.set_viewport_size({"width": 390, "height": 800})
+    for path in ("/console/accounts", "/console/account/alice", "/console/ledger", "/console/revenue"):
+        page.goto(base + path)
+        assert phone_problems(page) == [], path
+    page.goto(base + "/console/account/alice")
+    shot(page, "broker-account-phone")
     r = bk(cli, srv, "ledger", "--json")
     assert r.code == 0 and json.loads(r.out)["balanced"]
     assert json.loads(bk(cli, srv, "account", "statement", "alice", "--json").out)["balance_cents"] == 2000
@@ -529,9 +682,15 @@ def test_repair_forms_refuse_wrong_ids_and_change_nothing(cli, srv, tmp_path):
         ):
             r = c.post(f"/console/repair/{user_id}", data={**data, "csrf": csrf})
             assert r.status_code == 422 and says in r.text, (data, r.text[-500:])
+        # the form (a GET until confirmed) keeps what was typed and says what is wrong beside it
+        r = c.get(f"/console/repair/{user_id}", params={"new_hdd_id": typo})
+        assert r.status_code == 422 and f'value="{typo}" aria-invalid="true"' in r.text
+        assert re.search(r'id="f-new_hdd_id-error" role="alert">[^<]*check character', r.text)
         for typed in ("", user_id[:-1] + ("0" if user_id[-1] != "0" else "1"), str(Id.random(IdKind.USER))):
             r = c.post(f"/console/reissue/{user_id}", data={"user_id": typed, "csrf": csrf})
-            assert r.status_code == 422 and "/console/card/" not in r.text, typed
+            assert r.status_code == 303 and "/console/reissue/" in r.headers["location"], typed
+            r = c.get(r.headers["location"])  # the form again: what was typed, and what is wrong
+            assert r.status_code == 422 and 'aria-invalid="true"' in r.text and "/console/card/" not in r.text
     assert users_row(srv, user_id) == before
 
 

@@ -69,16 +69,23 @@ def test_a_short_key_is_refused():
 @given(st.lists(st.integers(min_value=0, max_value=10**6), max_size=40))
 def test_bars_fit_the_chart(values):
     c = charts.bars("t", [(str(i), v) for i, v in enumerate(values)])
-    assert c.total == sum(values)
+    assert c.total == f"{sum(values):,}"
     top = charts.nice_max(max(values, default=0))
     assert top >= max(values, default=0)
     for bar in c.bars:
         assert 0 <= bar.height <= c.baseline - charts.TOP + 1e-6
-        assert charts.LEFT <= bar.x and bar.x + bar.width <= c.width
+        assert charts.LEFT <= c.left <= bar.x and bar.x + bar.width <= c.width
         assert abs(bar.y + bar.height - c.baseline) < 1e-6
     assert sum(b.show_label for b in c.bars) <= 12
-    assert [v for _, v in c.ticks] == sorted({v for _, v in c.ticks})  # whole, distinct, rising
-    assert c.ticks[-1][1] == top
+    tick_values = [int(v.replace(",", "")) for _, v in c.ticks]
+    assert tick_values == sorted(set(tick_values))  # whole, distinct, rising
+    assert tick_values[-1] == top
+
+
+def test_a_money_chart_writes_amounts_like_the_tables():
+    c = charts.bars("Charges per day", [("2026-12-01", 500), ("2026-12-02", 123456)], unit=charts.money)
+    assert [b.value for b in c.bars] == ["5.00", "1,234.56"] and c.total == "1,239.56"
+    assert [v for _, v in c.ticks] == ["0.00", "400.00", "800.00", "1,200.00", "1,600.00", "2,000.00"]
 
 
 def test_nice_axis_tops():
@@ -133,15 +140,17 @@ def test_a_download_is_taken_once_by_its_session(tmp_path, monkeypatch):
 
     store = dl.Downloads(tmp_path / "files")
     assert oct((tmp_path / "files").stat().st_mode & 0o777) == "0o700"
-    token = store.put("sid-1", "new.card", b"card bytes")
+    token = store.put("sid-1", "new.card", b"card bytes", {"mc_id": "MC-1"})
+    assert store.peek(token, "sid-1") == ({"mc_id": "MC-1"}, True) and store.peek(token, "sid-2") is None
     assert store.take(token, "sid-2") is None  # another session: refused, and nothing taken
     assert store.take("not-a-token", "sid-1") is None
     with ThreadPoolExecutor(8) as pool:  # eight takers at once (as from several workers): one wins
         got = list(pool.map(lambda _: store.take(token, "sid-1"), range(8)))
     assert [g for g in got if g] == [("new.card", b"card bytes")]
-    assert list((tmp_path / "files").iterdir()) == []
+    assert store.peek(token, "sid-1") == ({"mc_id": "MC-1"}, False)  # the page about it stays
+    assert [p.suffix for p in (tmp_path / "files").iterdir()] == [".info"]
     old = store.put("sid-1", "old.card", b"x")
     monkeypatch.setattr(dl.time, "time", lambda: 10**12)  # long after
-    assert store.take(old, "sid-1") is None
+    assert store.take(old, "sid-1") is None and store.peek(token, "sid-1") is None
     store.sweep()
     assert list((tmp_path / "files").iterdir()) == []

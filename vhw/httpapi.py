@@ -314,8 +314,9 @@ def reuse_port_socket(host: str, port: int) -> socket.socket:
 def loggable(path: str) -> str:
     """The path as the access log shows it: at most 200 characters, never a download's token (the
     link of a reissued card's file) and never a User ID (the repair console's user pages)."""
-    if path.startswith("/console/card/"):
-        return "/console/card/(token)"
+    for secret in ("/console/card/", "/console/reissued/"):
+        if path.startswith(secret):
+            return secret + "(token)"
     return USER_IN_PATH.sub("/(user)", path[:200])
 
 

@@ -269,8 +269,9 @@ class Broker:
             self._audit(tx, "broker", "card-on-file", name, last4=last4)
         return last4
 
-    def topup(self, name: str, cents: int, number: str | None = None) -> int:
-        """Pay ``cents`` into the prepaid balance with the card on file (or ``number``)."""
+    def topup(self, name: str, cents: int, number: str | None = None) -> tuple[str, int]:
+        """Pay ``cents`` into the prepaid balance with the card on file (or ``number``); returns
+        the top-up's transaction and the balance after it."""
         if cents <= 0:
             raise StateError("a top-up is a positive amount")
         with self.store.transaction() as tx:
@@ -285,7 +286,7 @@ class Broker:
         with self.store.transaction() as tx:
             self._post(tx, txn, [("processor:receivable", cents), (f"user:{name}", -cents)], f"top-up {auth}")
             self._audit(tx, "broker", "top-up", name, cents=cents, txn=txn)
-        return self.balance(name)
+        return txn, self.balance(name)
 
     def balance(self, name: str) -> int:
         with self.store.transaction() as tx:

@@ -224,8 +224,8 @@ def account_card(app: App, name: str, number: str, home: Path | None) -> None:
 def account_topup(app: App, name: str, amount: str, number: str | None, home: Path | None) -> None:
     """Pay AMOUNT into NAME's prepaid balance."""
     with broker_home(app, home).broker() as b:
-        balance = b.topup(name, cents(amount), number)
-    click.echo(f"{name}: balance {money(balance)}")
+        txn, balance = b.topup(name, cents(amount), number)
+    click.echo(f"{name}: added {money(cents(amount))} ({txn}), balance {money(balance)}")
 
 
 @account.command("statement")

@@ -25,11 +25,43 @@ def token_hash(token: str) -> bytes:
 @dataclass(frozen=True)
 class Found:
     """What a look-up by any label found: the user entries that hold it, the disc (for a MID),
-    and a hint when nothing did."""
+    and a hint when nothing did. A retired device's ID finds the user it was retired from, with
+    ``retired`` saying when, by what and what replaced it."""
 
     users: list[Row]
     media: Row | None
     hint: str
+    retired: Retirement | None = None
+
+
+@dataclass(frozen=True)
+class Retirement:
+    """A device ID that a repair or a reissue took out of use (from the audit log)."""
+
+    device: str  # what it was: "memory card", "console" or "HDD"
+    ident: str
+    at: int
+    action: str  # the audit entry's kind: repair-device or reissue-card
+    user_id: str
+    replaced_by: str
+
+
+@dataclass(frozen=True)
+class RepairResult:
+    user_id: str
+    at: int
+    retired: list[Retirement]
+    kept: int  # the user's discs, kept for the user alone
+
+
+_RETIRING = ("repair-device", "reissue-card")
+_DEVICE_NAMES = {"MC": "memory card", "CL": "console", "HD": "HDD"}
+
+
+def _retirement(at: int, action: str, subject: str, detail: str) -> Retirement:
+    d = json.loads(detail)
+    old, new = (d["old_mc_id"], d["new_mc_id"]) if action == "reissue-card" else (d["replaced"], d["by"])
+    return Retirement(_DEVICE_NAMES.get(str(old)[:2], "device"), str(old), int(at), action, subject, str(new))
 
 
 _USER_COLUMNS = {IdKind.USER: "user_id", IdKind.CARD: "mc_id", IdKind.CLIENT: "client_id", IdKind.HDD: "hdd_id"}
@@ -63,7 +95,16 @@ class Queries:
                     f"SELECT user_id, mc_id, client_id, hdd_id, created FROM users WHERE {column} = ? ORDER BY created",
                     str(ident),
                 )
-                return Found(users, None, "" if users else self._retired_hint(tx, ident))
+                if users:
+                    return Found(users, None, "")
+                retired = self._retired(tx, ident)
+                if retired is not None:
+                    users = tx.all(
+                        "SELECT user_id, mc_id, client_id, hdd_id, created FROM users WHERE user_id = ?",
+                        retired.user_id,
+                    )
+                    return Found(users, None, "", retired)
+                return Found([], None, self._retired_hint(tx, ident))
             row = tx.one(
                 "SELECT m.mid, m.title_id, t.name, m.flagged_by, m.flagged_at, m.confirmed_at, m.purchased"
                 " FROM media m JOIN titles t ON t.title_id = m.title_id WHERE m.mid = ?",
@@ -73,6 +114,21 @@ class Queries:
             if row and row[3]:
                 users = tx.all("SELECT user_id, mc_id, client_id, hdd_id, created FROM users WHERE user_id = ?", row[3])
             return Found(users, row, "" if row else f"No disc with {ident} was pressed.")
+
+    @staticmethod
+    def _retired(tx: Tx, ident: Id) -> Retirement | None:
+        """When and how ``ident`` was retired, from the audit entry that retired it (or None)."""
+        if ident.kind not in _DEVICE_TABLES:
+            return None
+        for at, action, subject, detail in tx.all(
+            "SELECT at, action, subject, detail FROM audit WHERE action IN (?, ?) AND detail LIKE ? ORDER BY seq DESC",
+            *_RETIRING,
+            f'%"{ident}"%',
+        ):
+            found = _retirement(at, action, subject, detail)
+            if found.ident == str(ident):
+                return found
+        return None
 
     @staticmethod
     def _retired_hint(tx: Tx, ident: Id) -> str:
@@ -108,6 +164,11 @@ class Queries:
                 "SELECT at, detail FROM audit WHERE action = 'reissue-card' AND subject = ? ORDER BY seq", str(user)
             )
             entries = self._audit_rows(tx, str(user), None, None, None, 0, 50)
+            retired = tx.all(
+                "SELECT at, action, subject, detail FROM audit WHERE subject = ? AND action IN (?, ?) ORDER BY seq",
+                str(user),
+                *_RETIRING,
+            )
         epochs = [{"epoch": 0, "mc_id": json.loads(cards[0][1])["old_mc_id"] if cards else mc_id, "at": created}]
         for at, detail in cards:
             d = json.loads(detail)
@@ -121,7 +182,38 @@ class Queries:
             "card": card,
             "titles": titles,
             "entries": entries,
+            "retired": [_retirement(*row) for row in retired],
         }
+
+    # -- repairs ----------------------------------------------------------------------------------
+
+    def last_repair(self, user: Id) -> int:
+        """The audit entry that closed the user's latest repair (its ``keep-flags``)."""
+        with self.store.transaction() as tx:
+            row = tx.row("SELECT MAX(seq) FROM audit WHERE subject = ? AND action = 'keep-flags'", str(user))
+        return int(row[0])
+
+    def repair_result(self, seq: int) -> RepairResult | None:
+        """What the repair closed by audit entry ``seq`` changed: the devices it retired (the
+        ``repair-device`` entries since the user's repair before it) and the discs kept."""
+        with self.store.transaction() as tx:
+            row = tx.one("SELECT at, subject, detail FROM audit WHERE seq = ? AND action = 'keep-flags'", seq)
+            if row is None:
+                return None
+            at, user, detail = row
+            before = tx.row(
+                "SELECT COALESCE(MAX(seq), 0) FROM audit WHERE subject = ? AND action = 'keep-flags' AND seq < ?",
+                user,
+                seq,
+            )
+            retired = tx.all(
+                "SELECT at, action, subject, detail FROM audit"
+                " WHERE subject = ? AND action = 'repair-device' AND seq > ? AND seq < ? ORDER BY seq",
+                user,
+                before[0],
+                seq,
+            )
+        return RepairResult(str(user), int(at), [_retirement(*r) for r in retired], int(json.loads(detail)["count"]))
 
     # -- the audit log ------------------------------------------------------------------------------
 

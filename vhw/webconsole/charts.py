@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 WIDTH, HEIGHT = 640, 220
@@ -19,7 +20,7 @@ class Bar:
     width: float
     height: float
     label: str
-    value: int
+    value: str  # as the chart's unit shows it
     show_label: bool
 
 
@@ -29,9 +30,19 @@ class Chart:
     width: int
     height: int
     bars: tuple[Bar, ...]
-    ticks: tuple[tuple[float, int], ...]  # (y, value) of the horizontal grid lines
+    ticks: tuple[tuple[float, str], ...]  # (y, value) of the horizontal grid lines
     baseline: float
-    total: int
+    total: str
+    left: int  # where the plot starts: room for the longest tick label
+
+
+def count(value: int) -> str:
+    return f"{value:,}"
+
+
+def money(cents: int) -> str:
+    """Cents as the tables show amounts: 1,234.50."""
+    return f"{cents / 100:,.2f}"
 
 
 def nice_max(value: int) -> int:
@@ -44,17 +55,27 @@ def nice_max(value: int) -> int:
 
 
 def bars(
-    title: str, series: list[tuple[str, int]], *, width: int = WIDTH, height: int = HEIGHT, max_labels: int = 12
+    title: str,
+    series: list[tuple[str, int]],
+    *,
+    width: int = WIDTH,
+    height: int = HEIGHT,
+    max_labels: int = 12,
+    unit: Callable[[int], str] = count,
 ) -> Chart:
-    plot_w, plot_h = width - LEFT - 8, height - TOP - BOTTOM
+    """The chart of ``series``; ``unit`` writes its values (``money`` for cents as amounts)."""
     top = nice_max(max((v for _, v in series), default=0))
+    left = max(LEFT, 14 + 7 * len(unit(top)))  # 12 px labels: about 7 px a character
+    plot_w, plot_h = width - left - 8, height - TOP - BOTTOM
     n = max(len(series), 1)
     slot = plot_w / n
     every = max(1, -(-n // max_labels))  # label every k-th bar so labels never overlap
     out = []
     for i, (label, value) in enumerate(series):
         h = plot_h * value / top
-        out.append(Bar(LEFT + i * slot + slot * 0.1, TOP + plot_h - h, slot * 0.8, h, label, value, i % every == 0))
+        bar = Bar(left + i * slot + slot * 0.1, TOP + plot_h - h, slot * 0.8, h, label, unit(value), i % every == 0)
+        out.append(bar)
     steps = min(top, 5)  # tops are 1, 2, 5 x 10^k: every tick is a whole number
-    ticks = tuple((TOP + plot_h - plot_h * k / steps, top * k // steps) for k in range(steps + 1))
-    return Chart(title, width, height, tuple(out), ticks, TOP + plot_h, sum(v for _, v in series))
+    ticks = tuple((TOP + plot_h - plot_h * k / steps, unit(top * k // steps)) for k in range(steps + 1))
+    total = unit(sum(v for _, v in series))
+    return Chart(title, width, height, tuple(out), ticks, TOP + plot_h, total, left)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from decimal import Decimal, InvalidOperation
+from urllib.parse import quote, urlencode
 
 import anyio
 from starlette.requests import Request
@@ -25,6 +26,7 @@ from .sessions import Session
 from .web import HEADERS, PREFIX, Console, Identity
 
 STAFF = ("staff", "broker")
+AMOUNT_HELP = "Type an amount like 20.00 (at most 10,000.00)."
 FAILURE_LIMIT, FAILURE_WINDOW = 10, 600.0  # failed sign-ins of one staff name, per 10 minutes
 
 
@@ -99,30 +101,36 @@ class DeskConsole(Console):
         return self.render(request, "accounts.html", accounts=rows)
 
     async def account(
-        self, request: Request, session: Session, message: str = "", error: str = "", status: int = 200
+        self, request: Request, session: Session, error: str = "", status: int = 200, amount: str = ""
     ) -> Response:
         name = request.path_params["name"]
         try:
             statement = await anyio.to_thread.run_sync(self.broker.statement, name)
         except StateError as exc:
             return self.error(request, 404, exc.message)
-        return self.render(request, "account.html", status=status, s=statement, message=message, error=error)
+        if not error and "amount" in request.query_params:  # back from a mistyped top-up
+            amount = request.query_params["amount"][:40]
+            error, status = (AMOUNT_HELP, 422) if parse_cents(amount) is None else ("", 200)
+        txn = request.query_params.get("added", "")  # the top-up just made: what it added
+        added = next((e for e in statement["prepaid_entries"] if txn and e["txn"] == txn), None)
+        return self.render(request, "account.html", status=status, s=statement, error=error, amount=amount, added=added)
 
     async def topup(self, request: Request, session: Session, form: dict[str, str]) -> Response:
         name = request.path_params["name"]
-        cents = parse_cents(form.get("amount", ""))
-        if cents is None:
-            return await self.account(
-                request, session, error="Type an amount like 20.00 (at most 10,000.00).", status=422
-            )
+        typed = form.get("amount", "")[:40]
+        cents = parse_cents(typed)
+        if cents is None:  # the page again, as a GET: what was typed stays, the error beside it
+            target = f"{PREFIX}/account/{quote(name, safe='')}?{urlencode({'amount': typed})}"
+            return RedirectResponse(target, status_code=303, headers=HEADERS)
         try:
-            await anyio.to_thread.run_sync(self.broker.topup, name, cents)
+            txn, _ = await anyio.to_thread.run_sync(self.broker.topup, name, cents)
         except PaymentDeclined as exc:
-            return await self.account(request, session, error=exc.message, status=402)
+            return await self.account(request, session, error=exc.message, status=402, amount=typed)
         except StateError as exc:
-            return await self.account(request, session, error=exc.message, status=422)
-        # after a POST, a GET: a reload does not pay twice
-        return RedirectResponse(f"{PREFIX}/account/{name}?topped={cents}", status_code=303, headers=HEADERS)
+            return await self.account(request, session, error=exc.message, status=422, amount=typed)
+        # after a POST, a GET: a reload does not pay twice, and the page says what was added
+        target = f"{PREFIX}/account/{quote(name, safe='')}?added={txn}"
+        return RedirectResponse(target, status_code=303, headers=HEADERS)
 
     async def ledger(self, request: Request, session: Session) -> Response:
         totals = await anyio.to_thread.run_sync(self.broker.ledger_totals)
@@ -130,5 +138,7 @@ class DeskConsole(Console):
 
     async def revenue(self, request: Request, session: Session) -> Response:
         r = await anyio.to_thread.run_sync(self.broker.revenue)
-        chart = charts.bars("Charges per day (cents)", [(day, v[1]) for day, v in r["by_day"][-30:]])
+        chart = charts.bars(
+            "Charges per day (UTC), last 30 days", [(day, v[1]) for day, v in r["by_day"][-30:]], unit=charts.money
+        )
         return self.render(request, "revenue.html", r=r, chart=chart)

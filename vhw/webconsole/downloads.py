@@ -3,7 +3,8 @@
 They wait in a folder of the server's home (mode 0700), not in a process's memory, so that with
 ``--workers N`` whichever process answers the download finds it. Each file is stored under the
 SHA-256 of its random token, beside a small JSON of its session, name and expiry; taking it renames
-the entry first (only one taker wins), then reads and deletes it.
+the entry first (only one taker wins), then reads and deletes it. What the page about the file
+shows (``info``) stays until the file's expiry, so the page can be shown again after the download.
 """
 
 from __future__ import annotations
@@ -28,17 +29,34 @@ class Downloads:
     def _stem(self, token: str) -> Path:
         return self.folder / hashlib.sha256(token.encode()).hexdigest()
 
-    def put(self, sid: str, name: str, data: bytes) -> str:
+    def put(self, sid: str, name: str, data: bytes, info: dict[str, object] | None = None) -> str:
         self.sweep()
         token = secrets.token_urlsafe(24)
         stem = self._stem(token)
+        expires = time.time() + LIFETIME
         atomic_write(stem.with_suffix(".bin"), data, mode=0o600)
         atomic_write(
-            stem.with_suffix(".json"),
-            json.dumps({"sid": sid, "name": name, "expires": time.time() + LIFETIME}).encode(),
+            stem.with_suffix(".info"),
+            json.dumps({"sid": sid, "info": info or {}, "expires": expires}).encode(),
             mode=0o600,
         )
+        atomic_write(
+            stem.with_suffix(".json"), json.dumps({"sid": sid, "name": name, "expires": expires}).encode(), mode=0o600
+        )
         return token
+
+    def peek(self, token: str, sid: str) -> tuple[dict[str, object], bool] | None:
+        """(info, whether the file still waits) for the session that made it; None otherwise."""
+        if not token or len(token) > 100:
+            return None
+        stem = self._stem(token)
+        try:
+            meta = json.loads(stem.with_suffix(".info").read_bytes())
+        except (OSError, ValueError):
+            return None
+        if not secrets.compare_digest(str(meta.get("sid", "")), sid) or meta.get("expires", 0) < time.time():
+            return None
+        return dict(meta.get("info", {})), stem.with_suffix(".json").exists()
 
     def take(self, token: str, sid: str) -> tuple[str, bytes] | None:
         """(name, data) for the session that made it, once; None otherwise (and nothing taken)."""
@@ -67,10 +85,11 @@ class Downloads:
     def sweep(self) -> None:
         """Remove what expired unfetched."""
         now = time.time()
-        for meta in self.folder.glob("*.json"):
+        for meta in [*self.folder.glob("*.json"), *self.folder.glob("*.info")]:
             try:
                 if json.loads(meta.read_bytes()).get("expires", 0) < now:
                     meta.unlink(missing_ok=True)
                     meta.with_suffix(".bin").unlink(missing_ok=True)
+                    meta.with_suffix(".info").unlink(missing_ok=True)
             except (OSError, ValueError):
                 continue

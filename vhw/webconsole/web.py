@@ -9,7 +9,9 @@ nothing). Store work runs in a worker thread, never on the event loop.
 from __future__ import annotations
 
 import calendar
+import json
 import os
+import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -20,6 +22,7 @@ from urllib.parse import quote
 
 import anyio
 import jinja2
+import markupsafe
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
@@ -27,6 +30,8 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from ..errors import IdError
+from ..ids import Id
 from .sessions import COOKIE, LIFETIME, Session, Sessions
 
 PREFIX = "/console"
@@ -48,6 +53,43 @@ _env = jinja2.Environment(
 )
 _env.filters["when"] = lambda t: "" if t is None else time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t))
 _env.filters["money"] = lambda cents: f"{cents / 100:,.2f}"
+
+
+def detail_fields(detail: str | None) -> list[tuple[str, str, bool]]:
+    """An audit entry's detail (a JSON object) as (field, value, is_an_id) rows to show."""
+    try:
+        parsed = json.loads(detail or "{}")
+    except ValueError:
+        return [("detail", str(detail), False)]
+    if not isinstance(parsed, dict):
+        return [("detail", json.dumps(parsed), False)]
+    rows = []
+    for key, value in parsed.items():
+        text = value if isinstance(value, str) else json.dumps(value)
+        rows.append((str(key).replace("_", " "), text, isinstance(value, str) and _looks_like_id(value)))
+    return rows
+
+
+def _looks_like_id(text: str) -> bool:
+    """A label as printed (MC-..., US-...): shown whole, never broken across lines."""
+    try:
+        return str(Id.parse(text)) == text
+    except IdError:
+        return False
+
+
+_env.filters["fields"] = detail_fields
+
+_ID_IN_TEXT = re.compile(r"\b(?:MC|US|CL|HD|MD)-[0-9A-Z]{4}(?:-[0-9A-Z]{1,4})+\b")
+
+
+def ids_whole(text: object) -> markupsafe.Markup:
+    """Free text (a charge's "for", say) with each ID in it kept on one line."""
+    escaped = str(markupsafe.escape(str(text)))
+    return markupsafe.Markup(_ID_IN_TEXT.sub(lambda m: f'<span class="id">{m.group(0)}</span>', escaped))
+
+
+_env.filters["ids_whole"] = ids_whole
 
 
 def session_key(path: Path) -> bytes:
@@ -107,11 +149,16 @@ class Console:
             Route("/login", self.login, methods=["POST"]),
             Route("/logout", self.page(self.logout, roles=None), methods=["POST"]),
             Route("/static/console.css", self.stylesheet, methods=["GET"]),
+            Route("/static/favicon.svg", self.favicon, methods=["GET"]),
             Route("/", self.page(self.index, roles=None), methods=["GET"]),
         ]
 
     def app(self) -> Starlette:
-        return Starlette(routes=self.routes)
+        return Starlette(routes=self.routes, exception_handlers={404: self.not_found, 405: self.not_found})
+
+    async def not_found(self, request: Request, exc: Exception) -> Response:
+        """A page for an address the console does not have: what happened, and the way back."""
+        return self.render(request, "not_found.html", status=404, path=request.url.path)
 
     # -- rendering ------------------------------------------------------------------------------
 
@@ -129,14 +176,13 @@ class Console:
         return HTMLResponse(html, status_code=status, headers=HEADERS)
 
     def error(self, request: Request, status: int, message: str) -> HTMLResponse:
-        return self.render(request, "error.html", status=status, message=message)
+        return self.render(request, "error.html", status=status, message=message, status_code=status)
 
     async def stylesheet(self, request: Request) -> Response:
-        return Response(
-            (HERE / "static" / "console.css").read_bytes(),
-            media_type="text/css",
-            headers={"cache-control": "max-age=3600", "x-content-type-options": "nosniff"},
-        )
+        return _static("console.css", "text/css")
+
+    async def favicon(self, request: Request) -> Response:
+        return _static("favicon.svg", "image/svg+xml")
 
     # -- the guard ------------------------------------------------------------------------------
 
@@ -177,7 +223,9 @@ class Console:
 
     # -- sign-in and out ------------------------------------------------------------------------
 
-    async def login_page(self, request: Request, message: str = "", status: int = 200) -> Response:
+    async def login_page(
+        self, request: Request, message: str = "", status: int = 200, typed: dict[str, str] | None = None
+    ) -> Response:
         nonce = secrets.token_urlsafe(16)
         response = self.render(
             request,
@@ -185,6 +233,7 @@ class Console:
             status=status,
             message=message,
             fields=self.sign_in_fields,
+            typed=typed or {},  # what was typed stays (never a password or token)
             token=self._login_token(nonce),
             next=_local(request.query_params.get("next", "")),
         )
@@ -203,7 +252,7 @@ class Console:
             return await self.login_page(request, "The sign-in form had expired; please sign in again.", 403)
         who = await anyio.to_thread.run_sync(self._sign_in, form)
         if who is None:
-            return await self.login_page(request, "Wrong credential, account or password.", 401)
+            return await self.login_page(request, "Wrong credential, account or password.", 401, typed=form)
         cookie, _ = self.sessions.issue(who.role, who.name, who.check, int(time.time()))
         response = RedirectResponse(
             _local(form.get("next", "")) or PREFIX + self.home, status_code=303, headers=HEADERS
@@ -221,6 +270,14 @@ class Console:
 
     async def index(self, request: Request, session: Session) -> Response:
         return RedirectResponse(PREFIX + self.home, status_code=303, headers=HEADERS)
+
+
+def _static(name: str, media_type: str) -> Response:
+    return Response(
+        (HERE / "static" / name).read_bytes(),
+        media_type=media_type,
+        headers={"cache-control": "max-age=3600", "x-content-type-options": "nosniff"},
+    )
 
 
 async def _form(request: Request) -> dict[str, Any]:
