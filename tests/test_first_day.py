@@ -8,6 +8,7 @@ address to listen on.
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -425,3 +426,42 @@ def test_master_checks_the_credential_and_server_first(cli, srv, tmp_path):
     assert r.code == 6 and out.exists() and f"vhw disc register {out}" in one_line(r), r
     r = cli("disc", "register", out, "--credential", srv.credential("publisher"), "--server", srv.url)
     assert r.code == 0 and "registered LATER-1" in r.out, r
+
+
+def on_a_terminal(*args: object) -> tuple[int, str, str]:
+    """`vhw ARGS` with its stderr on a pseudo-terminal (where progress bars show): (code, out, err)."""
+    import pty
+
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vhw", *map(str, args)], stdout=subprocess.PIPE, stderr=follower, text=True
+    )
+    os.close(follower)
+    err = b""
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # the child closed its end
+            break
+        if not chunk:
+            break
+        err += chunk
+    out = proc.stdout.read() if proc.stdout else ""
+    code = proc.wait(timeout=300)
+    os.close(leader)
+    return code, out, err.decode(errors="replace")
+
+
+def test_master_and_press_show_their_progress_on_a_terminal(srv, tmp_path):
+    """On a terminal `disc master` and `disc press` draw a bar (percent, MB, rate); stdout keeps
+    only the result lines, so scripts still read it."""
+    src = tmp_path / "big"
+    src.mkdir()
+    (src / "data.bin").write_bytes(os.urandom(24 * 1024 * 1024))
+    pub = ["--credential", srv.credential("publisher"), "--server", srv.url]
+    code, out, err = on_a_terminal("disc", "master", src, "-o", tmp_path / "big.master", "--title-id", "BAR-1", *pub)
+    assert code == 0 and "mastering BAR-1" in err and "100%" in err and "MB/s" in err, err
+    assert "mastering" not in out and "master " in out
+    code, out, err = on_a_terminal("disc", "press", tmp_path / "big.master", "--count", "8", "-o", tmp_path / "d", *pub)
+    assert code == 0 and "pressing 8 discs" in err and "100%" in err and "MB/s" in err, err
+    assert len(out.splitlines()) == 8 and all("MID MD-" in line for line in out.splitlines())

@@ -56,7 +56,7 @@ def port_free(port: int) -> None:
             pytest.fail(f"port {port}, which the README uses, is in use on this machine")
 
 
-def run_blocks(tmp_path: Path, script: str) -> subprocess.CompletedProcess:
+def run_blocks(tmp_path: Path, script: str, extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """``script`` in bash as a reader runs it, in a fresh folder; fails the test naming the line."""
     work, home = tmp_path / "work", tmp_path / "home"
     work.mkdir()
@@ -71,6 +71,7 @@ def run_blocks(tmp_path: Path, script: str) -> subprocess.CompletedProcess:
     }
     for name in ("VHW_CONSOLE", "VHW_SERVER_LISTEN", "VHW_SERVER_DB"):
         env.pop(name, None)
+    env.update(extra_env or {})
     r = subprocess.run(
         ["bash", "-c", prologue + script], cwd=work, env=env, capture_output=True, text=True, timeout=600
     )
@@ -88,6 +89,18 @@ def test_the_walkthrough_repair_and_saves_blocks_run_as_written(tmp_path):
     r = run_blocks(tmp_path, script)
     assert re.search(r"VHW-GAME-1\s", r.stdout) and "You escaped the cave" in r.stdout
     assert "deleted from the console's memory" in r.stdout and "(saved on the console's memory: won" in r.stdout
+
+
+def test_the_postgresql_block_runs_as_written(tmp_path, postgres):
+    """The PostgreSQL section, with ``VHW_DB`` naming a fresh database of the suite's real
+    PostgreSQL: a server of two worker processes on it, a title mastered and pressed against it."""
+    port_free(8445)
+    script = section(blocks((ROOT / "README.md").read_text()), "### PostgreSQL")
+    assert '--db "$VHW_DB"' in script and "--workers 2 &" in script
+    r = run_blocks(tmp_path, script, {"VHW_DB": postgres.new_database()})
+    assert "(2 processes:" in r.stdout and "registered VHW-GAME-PG with the licensing server" in r.stdout
+    assert len(re.findall(r"pg-discs/VHW-GAME-PG-\w+\.disc  MID MD-", r.stdout)) == 2, r.stdout[-2000:]
+    assert "audit log intact: 3 entries chained" in r.stdout, r.stdout[-2000:]
 
 
 def test_the_broker_block_runs_as_written_on_its_own(tmp_path):

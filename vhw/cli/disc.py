@@ -160,7 +160,14 @@ def disc_press(
     """
     ks = open_keystore(app, keystore)
     register = (lambda title_id, mids: register_mids(title_id, mids, credential, server_url)) if credential else None
-    made = mastering.press(master, out_dir, count=count, keystore=ks, with_mid=not no_mid, register=register)
+    try:
+        total = count * master.stat().st_size
+    except OSError:
+        total = 0  # (press names what is wrong with the master)
+    with progress_bar(total, f"pressing {count} disc{'s' if count > 1 else ''}") as bar:
+        made = mastering.press(
+            master, out_dir, count=count, keystore=ks, with_mid=not no_mid, register=register, progress=bar.update
+        )
     for path, mid in made:
         click.echo(f"{path}  MID {mid}" if mid else f"{path}  (no MID)")
 

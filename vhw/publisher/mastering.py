@@ -209,8 +209,10 @@ def press(
     keystore: KeyStore,
     with_mid: bool = True,
     register: Callable[[str, list[tuple[Id, bytes]]], None] | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> list[tuple[Path, Id | None]]:
-    """Press ``count`` discs from a master into ``out_dir``.
+    """Press ``count`` discs from a master into ``out_dir``; ``progress(n)`` is told the bytes of
+    each disc written.
 
     Each disc with a MID gets its own secret (an Ed25519 key, only on the disc). New MIDs with the
     public keys of their discs are recorded in the key store and handed to ``register`` (the
@@ -248,4 +250,6 @@ def press(
             secret=secret,
         )
         made.append((path, mid))
+        if progress:
+            progress(path.stat().st_size)
     return made
