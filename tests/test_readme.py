@@ -9,6 +9,7 @@ that fails fails the test, naming the line.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import socket
@@ -112,3 +113,78 @@ def test_the_broker_block_runs_as_written_on_its_own(tmp_path):
     r = run_blocks(tmp_path, script)
     assert "VHW-GAME-B installed" in r.stdout and re.search(r"top-up\s+20\.00", r.stdout), r.stdout[-2000:]
     assert re.search(r"charge\s+-4\.99\s+balance", r.stdout), r.stdout[-2000:]
+
+
+SERVICE = r"""
+# the unit as systemd starts it: its checks, its state directory, its environment, its user
+unit=/etc/systemd/system/vhw-server.service
+test -f "$unit" && test -f /etc/vhw/server.toml && test -x /opt/vhw/bin/vhw
+systemd-analyze verify "$unit"
+environment=$(sed -n 's/^Environment=//p' "$unit")
+pre=$(sed -n 's/^ExecStartPre=//p' "$unit")
+start=$(sed -n 's/^ExecStart=//p' "$unit")
+signal=$(sed -n 's/^KillSignal=//p' "$unit")
+install -d -m 0700 -o nobody -g nogroup /var/lib/vhw
+as_service() { cd / && umask 0077 && exec setpriv --reuid=nobody --regid=nogroup --clear-groups \
+    env -i PATH=/usr/bin:/bin $environment bash -c "exec $1"; }
+(as_service "$pre")
+as_service "$start" 2> "$PWD/service.log" &  # (every step execs: $! is the server itself)
+server=$!
+trap 'kill "$server" 2>/dev/null || true' EXIT
+/opt/vhw/bin/vhw server wait --home /var/lib/vhw/server
+grep -q '"server": "https://licensing.example.net:8443"' /var/lib/vhw/server/credentials/operator.json
+stat -c '%U %a' /var/lib/vhw/server/master.key
+kill -s "$signal" "$server"
+wait "$server" && echo "stopped with status 0"
+"""
+
+
+def test_the_operator_blocks_install_and_the_unit_runs(tmp_path):
+    """The operator section: its install block as written, in a sandbox with a fresh /opt,
+    /etc/vhw, /etc/systemd/system and /var/lib/vhw; then the installed unit run as systemd would
+    run it (no systemd runs on the suite's machine): verified, its ExecStartPre (`server init`
+    with the public name) and ExecStart as an unprivileged user, answering under that name."""
+    import shutil
+
+    if not shutil.which("bwrap") or not shutil.which("systemd-analyze"):
+        pytest.skip("bubblewrap and systemd-analyze are needed (tools/setup.sh installs them)")
+    for port in (8443, 9464):
+        port_free(port)
+    found = blocks((ROOT / "README.md").read_text())
+    [heading] = [h for h in found if h.startswith("### Running the server")]
+    install, service = found[heading]
+    assert "pip install" in install and "systemctl daemon-reload && systemctl enable --now vhw-server" in service
+    checkout = tmp_path / "checkout"  # a checkout's files, as `git clone` gives them
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
+    for name in filter(None, files.decode().split("\0")):
+        (checkout / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / name, checkout / name)
+    hosts = tmp_path / "hosts"
+    hosts.write_text("127.0.0.1 localhost licensing.example.net\n::1 localhost\n")
+    fresh = ["/opt", "/etc/vhw", "/etc/systemd/system", "/var/lib/vhw"]
+    made = [d for d in fresh if not os.path.exists(d)]  # (bwrap makes the mount points)
+    # a Debian root shell's PATH (its python3, not the one this suite runs on)
+    env = {**os.environ, "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
+    env.pop("VIRTUAL_ENV", None)
+    try:
+        r = subprocess.run(
+            ["bwrap", "--dev-bind", "/", "/", "--ro-bind", str(hosts), "/etc/hosts"]
+            + [arg for d in fresh for arg in ("--tmpfs", d)]
+            + ["--chdir", str(checkout), "bash", "-c", "set -euo pipefail\nset -x\n" + install + SERVICE],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env=env,
+        )
+    finally:
+        for d in made:
+            with contextlib.suppress(OSError):
+                os.rmdir(d)
+    last = [line for line in r.stderr.splitlines() if line.startswith("+ ")][-1:]
+    said = "\n".join(line for line in r.stderr.splitlines() if not line.startswith("WARNING: Location"))
+    assert r.returncode == 0, f"the operator block failed at {last}: {said[-3000:]}"
+    assert "https://licensing.example.net:8443 answers" in r.stdout and "stopped with status 0" in r.stdout
+    assert "nobody 600" in r.stdout  # the server's keys belong to the service's user alone
+    log = [line for line in (checkout / "service.log").read_text().splitlines() if not line.startswith("+ ")]
+    assert log and all(line.startswith("{") for line in log), log[:5]  # JSON lines (server.toml)
+    assert any('"path": "/v1/health", "status": 200' in line for line in log), log[-5:]

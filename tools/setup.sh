@@ -10,7 +10,7 @@ packages=(fuse3 libfuse3-dev pkg-config postgresql bubblewrap)
 [ "${1:-}" = "--bench" ] && packages+=(gocryptfs fio time)
 # `make test` (setup.sh --test) also needs a browser for the web consoles' tests: Debian's Chromium,
 # driven by Playwright's Python package (which then downloads no browser of its own)
-[ "${1:-}" = "--test" ] && packages+=(chromium libnss3-tools)
+[ "${1:-}" = "--test" ] && packages+=(chromium libnss3-tools python3-venv)
 need=()
 for pkg in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
