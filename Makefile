@@ -1,5 +1,5 @@
 # The two commands of the README. Both install what is missing first (tools/setup.sh).
-.PHONY: demo test check setup-test screens bench setup clean
+.PHONY: demo test check setup-test screens bench setup clean cluster cluster-down
 
 VENV := .venv
 
@@ -31,6 +31,16 @@ screens: setup-test
 bench:
 	@bash tools/setup.sh --bench
 	VHW_BENCH_MAKE=1 $(VENV)/bin/python tools/bench.py $(BENCH_ARGS)
+
+# A highly available licensing service on this machine: etcd, three PostgreSQL nodes under
+# Patroni, HAProxy and two servers, under build/cluster (tools/vhw_cluster.py; README, "A highly
+# available cluster"). `make cluster-down` stops everything it started.
+cluster:
+	@bash tools/setup.sh --cluster
+	$(VENV)/bin/python tools/vhw_cluster.py up build/cluster
+
+cluster-down:
+	$(VENV)/bin/python tools/vhw_cluster.py down build/cluster
 
 clean:
 	rm -rf $(VENV) images/out .pytest_cache .hypothesis

@@ -408,10 +408,11 @@ def test_console_account_needs_a_broker(cli, srv, tmp_path):
     assert not (dev["console"] / "account.json").exists()
 
 
-def test_master_checks_the_credential_and_server_first(cli, srv, tmp_path):
-    """A wrong credential or an unreachable server: said before anything is written. A token the
-    server refuses (known only at registration): the master is kept, and the line says how to
-    register it later, which then works."""
+def test_master_checks_the_credential_and_server_first(cli, srv, tmp_path, monkeypatch):
+    """A wrong credential or an unreachable server: said before anything is written (after the
+    client's retries, said once). A token the server refuses (known only at registration): the
+    master is kept, and the line says how to register it later, which then works."""
+    monkeypatch.setenv("VHW_RETRY_SECONDS", "1")
     src = make_title(tmp_path / "src")
     out = tmp_path / "t.master"
     master = ["disc", "master", src, "-o", out, "--title-id", "LATER-1"]
@@ -419,7 +420,8 @@ def test_master_checks_the_credential_and_server_first(cli, srv, tmp_path):
     assert r.code == 9 and "manufacturer credential" in one_line(r) and not out.exists()
     r = cli(*master, "--credential", srv.credential("publisher"), "--server", f"https://127.0.0.1:{free_port()}")
     assert r.code == 5 and not out.exists(), r
-    one_line(r)
+    notice, error = r.err.splitlines()
+    assert notice.endswith("unavailable, retrying (for up to 1 s)") and error.startswith("vhw: cannot reach")
     stale = tmp_path / "stale.json"
     stale.write_text(json.dumps({**json.loads(srv.credential("publisher").read_text()), "token": "revoked"}))
     r = cli(*master, "--credential", stale, "--server", srv.url)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install what `make demo`, `make test` and `make bench` need on a fresh Debian machine, and nothing twice:
 # the FUSE runtime and headers (pyfuse3 compiles against libfuse3), PostgreSQL for the server
-# suite, Chromium for the browser tests, a virtualenv in .venv and the package with its test extras.
+# suite, Chromium for the browser tests, etcd, Patroni and HAProxy for the cluster (`--cluster`, and
+# the suite's failover test), a virtualenv in .venv and the package with its test extras.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,6 +12,9 @@ packages=(fuse3 libfuse3-dev pkg-config postgresql bubblewrap)
 # `make test` (setup.sh --test) also needs a browser for the web consoles' tests: Debian's Chromium,
 # driven by Playwright's Python package (which then downloads no browser of its own)
 [ "${1:-}" = "--test" ] && packages+=(chromium libnss3-tools python3-venv)
+# `make cluster` (setup.sh --cluster) runs PostgreSQL under Patroni with etcd, behind HAProxy; the
+# suite's failover test does too, so --test installs them as well
+case "${1:-}" in --cluster | --test) packages+=(patroni etcd-server etcd-client haproxy) ;; esac
 need=()
 for pkg in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")

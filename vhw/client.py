@@ -9,8 +9,13 @@ error answer a :class:`~vhw.errors.ServerError` with the server's one-line messa
 from __future__ import annotations
 
 import json
+import os
+import random
 import ssl
+import sys
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -58,8 +63,38 @@ def check_url(url: str) -> str:
     return url.rstrip("/")
 
 
+RETRY_FOR = 30.0  # seconds a call keeps retrying while the licensing server is unavailable
+REFUSED_FOR = 10.0  # ... and while nothing listens at its address (a restart; or a wrong URL)
+# Calls whose repetition is harmless: a registration of the same device or title answers "done
+# already", and an acquisition or confirm repeated by the disc's owner answers as the first did
+# (the lost-answer path). Only these are repeated when a request may have been carried out
+# (the connection dropped after sending, or the server could not tell whether it committed).
+REPEATABLE = frozenset(
+    {
+        "/v1/console/acquire",
+        "/v1/console/confirm",
+        "/v1/broker/acquire",
+        "/v1/broker/confirm",
+        "/v1/broker/refetch",
+        "/v1/manufacturer/cards",
+        "/v1/manufacturer/consoles",
+        "/v1/manufacturer/hdds",
+        "/v1/publisher/titles",
+        "/v1/publisher/media",
+        "/v1/health",
+    }
+)
+
+
 class Client:
-    """Calls endpoints with protocol messages; one connection pool, keep-alive."""
+    """Calls endpoints with protocol messages; one connection pool, keep-alive.
+
+    While the server is unavailable (it cannot be reached, or it answers 503: busy, or its database
+    failing over) a call is retried for up to ``retry_for`` seconds, with exponential backoff and
+    jitter, honouring ``Retry-After``; ``notice`` is told once ("licensing server unavailable,
+    retrying"). A call that may have been carried out is repeated only if it is in
+    :data:`REPEATABLE`; otherwise the error says so.
+    """
 
     def __init__(
         self,
@@ -70,8 +105,15 @@ class Client:
         account: tuple[str, str] | None = None,
         timeout: httpx.Timeout = TIMEOUT,
         transport: httpx.BaseTransport | None = None,
+        retry_for: float | None = None,
+        notice: Callable[[str], None] | None = None,
     ):
         self.url = check_url(url)
+        if retry_for is None:  # (VHW_RETRY_SECONDS: how long, for every client of this process)
+            retry_for = _seconds(os.environ.get("VHW_RETRY_SECONDS"), RETRY_FOR)
+        self.retry_for = retry_for
+        self._notice = notice if notice is not None else _to_stderr
+        self._noticed = False
         headers = {"user-agent": "vhw"}
         if token:
             headers["authorization"] = f"Bearer {token}"
@@ -90,18 +132,40 @@ class Client:
         self.close()
 
     def call(self, path: str, msg: Any, answer: type) -> Any:
-        try:
-            resp = self._http.post(path, json=p.encode(msg))
-        except httpx.HTTPError as exc:
-            raise network_error(self.url, exc) from None
-        return read_answer(resp, answer)
+        return read_answer(self._send("POST", path, json=p.encode(msg)), answer)
+
+    def _send(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        """One request, retried while the server is unavailable (see the class)."""
+        start = time.monotonic()
+        deadline = start + self.retry_for
+        backoff = 0.25
+        while True:
+            try:
+                resp = self._http.request(method, path, **kw)
+            except httpx.HTTPError as exc:
+                sent = not isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout))
+                if (
+                    not _transient(exc)
+                    or (sent and path not in REPEATABLE)
+                    or time.monotonic() >= min(deadline, start + min(self.retry_for, REFUSED_FOR))
+                ):
+                    raise network_error(self.url, exc) from None
+                wait = backoff
+            else:
+                if resp.status_code != 503 or time.monotonic() >= deadline:
+                    return resp
+                if _error_code(resp) == "outcome-unknown" and path not in REPEATABLE:
+                    return resp  # (read_answer names it: the caller checks before repeating it)
+                wait = max(backoff, _retry_after(resp))
+            if not self._noticed:
+                self._noticed = True
+                self._notice(f"licensing server at {self.url} unavailable, retrying (for up to {self.retry_for:.0f} s)")
+            time.sleep(min(random.uniform(0.5, 1.0) * wait, max(0.0, deadline - time.monotonic())))
+            backoff = min(backoff * 2, 4.0)
 
     def sign_in(self) -> p.AccountToken:
         """A console's sign-in to a broker with its account (the client's ``account``): a token."""
-        try:
-            resp = self._http.post("/v1/account/token")
-        except httpx.HTTPError as exc:
-            raise network_error(self.url, exc) from None
+        resp = self._send("POST", "/v1/account/token")
         if resp.status_code == 404:
             raise StateError(
                 f"{self.url} is not a broker: there are no accounts to sign in to",
@@ -113,11 +177,46 @@ class Client:
         return answer
 
     def get(self, path: str, answer: type) -> Any:
-        try:
-            resp = self._http.get(path)
-        except httpx.HTTPError as exc:
-            raise network_error(self.url, exc) from None
-        return read_answer(resp, answer)
+        return read_answer(self._send("GET", path), answer)
+
+
+def _seconds(text: str | None, default: float) -> float:
+    try:
+        return max(0.0, float(text)) if text else default
+    except ValueError:
+        return default
+
+
+def _transient(exc: httpx.HTTPError) -> bool:
+    """A failure that waiting may cure (refused, reset, timed out), not one that it cannot (a
+    certificate or TLS problem, a malformed URL)."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, ssl.SSLError):
+            return False
+        cause = cause.__cause__ or cause.__context__
+    text = str(exc)
+    if "CERTIFICATE" in text or "SSL" in text or "without sending a response" in text:
+        return False
+    return isinstance(exc, httpx.TransportError) and not isinstance(exc, httpx.UnsupportedProtocol)
+
+
+def _to_stderr(line: str) -> None:
+    print(f"vhw: {line}", file=sys.stderr, flush=True)
+
+
+def _error_code(resp: httpx.Response) -> str:
+    try:
+        return str(resp.json().get("error", ""))
+    except (ValueError, AttributeError):
+        return ""
+
+
+def _retry_after(resp: httpx.Response) -> float:
+    try:
+        return min(max(float(resp.headers.get("retry-after", "1")), 0.1), 10.0)
+    except ValueError:
+        return 1.0
 
 
 def read_answer(resp: httpx.Response, answer: type) -> Any:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import secrets
 from collections.abc import Iterator
 from dataclasses import asdict
@@ -101,7 +102,14 @@ class BrokerHome:
         cred = Credential.load(self.path("credential.json"))
         store = self.store()
         store.migrate(SCHEMA)
-        client = Client(cfg.server, tls_context(ca_pem=cred.ca, client_cert=cred.client_cert), token=cred.token)
+        # (a relay retries briefly, and says so in its log; the console behind it retries longer)
+        client = Client(
+            cfg.server,
+            tls_context(ca_pem=cred.ca, client_cert=cred.client_cert),
+            token=cred.token,
+            retry_for=10.0,
+            notice=logging.getLogger("vhw.broker").warning,
+        )
         try:
             yield Broker(store, TestProcessor(store, self.processor_key()), cfg, client.call)
         finally:

@@ -187,7 +187,7 @@ def wait_for(url: str, tls: ssl.SSLContext, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while True:
         try:
-            with Client(url, tls) as c:
+            with Client(url, tls, retry_for=0) as c:  # (this loop is the retry, to its own --timeout)
                 health = c.get("/v1/health", proto.Health)
             click.echo(f"{url} answers ({health.mode} mode)")
             return

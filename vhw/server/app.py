@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
@@ -46,7 +47,7 @@ from .endpoints import BATCHED, CONSOLE, ENDPOINTS, Endpoint, openapi_text
 from .home import ServerHome
 from .licensing import Licensing
 from .queries import Queries, token_hash
-from .store import Conflict, PostgresStore
+from .store import Conflict, PostgresStore, Unavailable
 
 log = logging.getLogger(__name__)
 access = logging.getLogger("vhw.server.access")  # one line per request (--log-format)
@@ -148,20 +149,46 @@ class App:
             request.scope["state"]["role"] = actor.split(":", 1)[0]
             result: object
             if ep.request is None or ep.call is None:
-                result = p.Health("ok", self.mode, __version__)
+                writable = await anyio.to_thread.run_sync(self.lic.store.writable, limiter=self.limiter)
+                result = p.Health("ok" if writable else "read-only", self.mode, __version__)
             else:
                 msg: object = p.decode(ep.request, await read_body(request))
+                call = partial(rerun_when_safe, ep.call)
                 if ep.path in BATCHED and self.batcher.running:
-                    result = await self.batcher.call(ep.call, actor, msg)
+                    result = await self.batcher.call(call, actor, msg)
                 else:
-                    result = await anyio.to_thread.run_sync(ep.call, self.lic, actor, msg, limiter=self.limiter)
+                    result = await anyio.to_thread.run_sync(call, self.lic, actor, msg, limiter=self.limiter)
                 _count(ep, result)
             response = JSONResponse(p.encode(result, ep.response))  # (a console's acquisition: without first_issue)
+        except Unavailable as exc:  # a failover: the client retries (and a lost commit is refetched)
+            await drain(request)
+            log.warning("answered 503: %s%s", exc, " (it may have committed)" if exc.maybe_committed else "")
+            metrics.STORE_ERRORS.labels("unavailable").inc()
+            code = "outcome-unknown" if exc.maybe_committed else "unavailable"
+            response = error_response(ApiError(503, code, UNAVAILABLE, retry_after=1))
         except Exception as exc:  # mapped, never escaping: the server keeps serving
             await drain(request)
             _count_failure(exc)
             response = error_response(exc)
         return response
+
+
+UNAVAILABLE = "the licensing database is unavailable for a moment (a failover?); try again shortly"
+RERUNS = (0.05, 0.15, 0.4)  # seconds before each rerun of a call that failed before committing
+
+
+def rerun_when_safe(call: Any, lic: Licensing, actor: str, msg: Any) -> Any:
+    """``call`` again on a fresh connection when the database failed it before anything could
+    commit (a connection of the old primary, say); a failure while committing is not rerun here:
+    it is answered 503 at once, and the client's retry meets the server's lost-answer path."""
+    for pause in (*RERUNS, None):
+        try:
+            return call(lic, actor, msg)
+        except Unavailable as exc:
+            if exc.maybe_committed or pause is None:
+                raise
+            time.sleep(pause)
+    raise AssertionError("unreachable")
 
 
 _ACQUIRING = {"/v1/console/acquire", "/v1/broker/acquire", "/v1/broker/refetch", "/v1/broker/purchase"}
@@ -241,6 +268,8 @@ async def _chain_audit(chainer: Chainer) -> None:
         await trio.sleep(CHAIN_EVERY)
         try:
             await trio.to_thread.run_sync(chainer.run)
+        except Unavailable as exc:  # a failover: the next run, on the new primary, goes on
+            log.info("audit chaining waits for the database: %s", exc)
         except Exception:  # the next run tries again; the server goes on serving
             log.exception("chaining the audit log failed")
 

@@ -88,6 +88,17 @@ class Conflict(Exception):
     failure, a deadlock): run it again, and it will see what the other one did."""
 
 
+class Unavailable(Exception):
+    """The database cannot take this transaction now: the connection was lost, the server is
+    read-only (a primary being demoted, a replica), or no connection came within the checkout
+    time (a failover under way). ``maybe_committed``: the failure came while committing, so the
+    transaction may have committed; otherwise nothing of it did, and running it again is safe."""
+
+    def __init__(self, message: str, *, maybe_committed: bool) -> None:
+        super().__init__(message)
+        self.maybe_committed = maybe_committed
+
+
 Row = tuple[Any, ...]  # a row as both drivers return it
 
 
@@ -131,6 +142,10 @@ class Store:
 
     def close(self) -> None:
         pass
+
+    def writable(self) -> bool:
+        """Whether the database takes writes now (a PostgreSQL replica or a lost primary does not)."""
+        return True
 
     def group(self) -> contextlib.AbstractContextManager[None]:
         """Run several transactions (from one thread) as one commit, where the engine gains from
@@ -337,11 +352,24 @@ class SqliteStore(Store):
 
 
 class PostgresStore(Store):
+    """PostgreSQL through a psycopg pool; also on a cluster (a libpq multi-host URL with
+    ``target_session_attrs=read-write`` finds the primary, on every new connection).
+
+    A transaction that meets a lost or read-only connection raises :class:`Unavailable` at once
+    (the broken connection leaves the pool), and a checkout waits at most ``CHECKOUT`` seconds: in
+    a failover a request is answered quickly (503) instead of waiting out a pool timeout. The pool
+    reconnects in the background, first after 0.1 s, then every 1.3x longer: a new primary is
+    found within a second or two of its promotion (the driver's default backoff doubles from 1 s,
+    so a 10 s outage became 15)."""
+
     dialect = "postgres"
+    CHECKOUT = 2.0  # seconds a transaction waits for a connection
 
     def __init__(self, url: str, *, min_size: int = 1, max_size: int = 20, wait: float = 30):
         from psycopg_pool import ConnectionPool  # (psycopg: only a PostgreSQL store needs it)
+        from psycopg_pool.base import AttemptWithBackoff
 
+        AttemptWithBackoff.INITIAL_DELAY, AttemptWithBackoff.DELAY_BACKOFF = 0.1, 1.3
         self.url = url
         pool_log = logging.getLogger("psycopg.pool")
         level = pool_log.level
@@ -364,15 +392,31 @@ class PostgresStore(Store):
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Tx]:
+        import psycopg
         import psycopg.errors as pg  # (psycopg: only a PostgreSQL store needs it)
+        from psycopg_pool import PoolTimeout
 
+        committing = False
         try:
-            with self._pool.connection() as conn:
+            with self._pool.connection(timeout=self.CHECKOUT) as conn:
                 with conn.transaction():
                     with conn.cursor() as cur:
                         yield Tx(cur, self._translate)
+                    committing = True
         except (pg.UniqueViolation, pg.SerializationFailure, pg.DeadlockDetected) as exc:
             raise Conflict(str(exc).splitlines()[0]) from exc
+        except (psycopg.OperationalError, pg.ReadOnlySqlTransaction, pg.AdminShutdown) as exc:
+            raise Unavailable(f"the database is unavailable: {_first_line(exc)}", maybe_committed=committing) from exc
+        except PoolTimeout as exc:
+            raise Unavailable("no database connection (a failover under way?)", maybe_committed=False) from exc
+
+    def writable(self) -> bool:
+        """Whether a primary takes writes now (for /v1/health): a quick check on a pooled connection."""
+        try:
+            with self.transaction() as tx:
+                return not tx.row("SELECT pg_is_in_recovery()")[0]
+        except Unavailable:
+            return False
 
     def _lock_for_migration(self, tx: Tx) -> None:
         tx.execute("SELECT pg_advisory_xact_lock(?)", 0x5648_5700)

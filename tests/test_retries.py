@@ -1,0 +1,115 @@
+"""Riding through a failover: what the server reruns, and what the client retries.
+
+The pure policies, with the transport replaced; `tests/test_cluster.py` runs them for real, against
+a PostgreSQL cluster failing over under load.
+"""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from vhw import protocol as p
+from vhw.client import Client, tls_context
+from vhw.errors import NetworkError, ServerError
+from vhw.server import app as server_app
+from vhw.server.store import Unavailable
+
+from .servers import RunningServer
+
+
+def test_a_call_that_failed_before_committing_is_run_again():
+    calls = []
+
+    def flaky(lic, actor, msg):
+        calls.append(msg)
+        if len(calls) < 3:
+            raise Unavailable("connection lost", maybe_committed=False)
+        return "done"
+
+    assert server_app.rerun_when_safe(flaky, None, "console", "m") == "done" and len(calls) == 3
+
+
+def test_a_call_that_may_have_committed_is_not_rerun():
+    calls = []
+
+    def lost_commit(lic, actor, msg):
+        calls.append(msg)
+        raise Unavailable("connection lost while committing", maybe_committed=True)
+
+    with pytest.raises(Unavailable):
+        server_app.rerun_when_safe(lost_commit, None, "console", "m")
+    assert len(calls) == 1
+
+
+def test_a_call_still_failing_after_the_reruns_is_answered_unavailable():
+    def down(lic, actor, msg):
+        raise Unavailable("no primary", maybe_committed=False)
+
+    with pytest.raises(Unavailable):
+        server_app.rerun_when_safe(down, None, "console", "m")
+
+
+@pytest.fixture(scope="module")
+def ca(tmp_path_factory):
+    srv = RunningServer.start(tmp_path_factory.mktemp("retries") / "home")
+    yield srv
+    srv.stop()
+
+
+def answering(*statuses: tuple[int, str]):
+    """A transport answering these (status, error code) in turn, then 200; and what it was asked."""
+    asked: list[str] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        asked.append(request.url.path)
+        if len(asked) <= len(statuses):
+            status, code = statuses[len(asked) - 1]
+            return httpx.Response(status, json={"error": code, "message": "x"}, headers={"retry-after": "0"})
+        return httpx.Response(200, json=p.encode(p.Done()))
+
+    return httpx.MockTransport(handle), asked
+
+
+def client(ca, transport, notes, retry_for=5.0) -> Client:
+    return Client(ca.url, tls_context(ca.ca_der), transport=transport, retry_for=retry_for, notice=notes.append)
+
+
+def test_the_client_retries_503_and_says_so_once(ca):
+    transport, asked = answering((503, "unavailable"), (503, "unavailable"), (503, "outcome-unknown"))
+    notes: list[str] = []
+    with client(ca, transport, notes) as c:
+        assert c.call("/v1/console/confirm", p.Done(), p.Done) == p.Done()
+    assert len(asked) == 4 and len(notes) == 1 and "unavailable, retrying" in notes[0]
+
+
+def test_an_outcome_unknown_is_not_repeated_for_a_call_that_must_not_be(ca):
+    transport, asked = answering((503, "outcome-unknown"))
+    notes: list[str] = []
+    with client(ca, transport, notes) as c, pytest.raises(ServerError, match="503"):
+        c.call("/v1/operator/reissue", p.Done(), p.Done)
+    assert len(asked) == 1  # (a second card would have been made)
+    transport, asked = answering((503, "unavailable"))
+    with client(ca, transport, notes) as c:
+        assert c.call("/v1/operator/reissue", p.Done(), p.Done) == p.Done()  # nothing happened: safe
+    assert len(asked) == 2
+
+
+def test_the_client_gives_up_after_its_time(ca):
+    transport, asked = answering(*[(503, "unavailable")] * 1000)
+    notes: list[str] = []
+    with client(ca, transport, notes, retry_for=0.6) as c, pytest.raises(ServerError, match="503"):
+        c.call("/v1/console/acquire", p.Done(), p.Done)
+    assert 1 < len(asked) < 20 and len(notes) == 1
+
+
+def test_a_certificate_problem_is_not_retried(ca, tmp_path):
+    other = RunningServer.start(tmp_path / "other")  # another platform: another CA
+    try:
+        notes: list[str] = []
+        with Client(other.url, tls_context(ca.ca_der), retry_for=30, notice=notes.append) as c:
+            with pytest.raises(NetworkError, match="not signed by the trusted platform CA"):
+                c.get("/v1/health", p.Health)
+        assert notes == []
+    finally:
+        other.stop()
