@@ -10,7 +10,7 @@ demo: setup
 	$(VENV)/bin/vhw demo
 
 test: setup-test check
-	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest --durations=15 $(PYTEST_ARGS)
 
 setup-test:
 	@bash tools/setup.sh --test

@@ -210,7 +210,7 @@ def test_a_killed_primary_fails_over_losing_nothing(cluster, load):
     srv, users, discs, contended = load
     leader = cluster.leader()
     assert leader is not None
-    seen, began = run_load(srv, users, discs, contended, 30, lambda: vc.kill_node(cluster, leader))
+    seen, began = run_load(srv, users, discs, contended, 24, lambda: vc.kill_node(cluster, leader))
     new = cluster.leader()
     assert new is not None and new != leader
     took = outage(seen, began)
@@ -234,7 +234,7 @@ def test_a_switchover_costs_no_install(cluster, load):
             capture_output=True,
         )
 
-    seen, began = run_load(srv, users, discs, contended, 20, switchover)
+    seen, began = run_load(srv, users, discs, contended, 15, switchover)
     assert cluster.leader() not in (None, leader)
     print(f"\nswitchover: outage {outage(seen, began):.1f} s, {len(seen.acquired)} acquisitions")
     check_the_books(cluster, seen)  # (no failure at the clients: their retries absorbed it)
