@@ -45,30 +45,34 @@ class Downloads:
         )
         return token
 
-    def peek(self, token: str, sid: str) -> tuple[dict[str, object], bool] | None:
-        """(info, whether the file still waits) for the session that made it; None otherwise."""
+    def _meta(self, token: str, sid: str, suffix: str) -> tuple[Path, dict[str, object]] | None:
+        """(stem, the entry's ``suffix`` JSON) if ``token`` is one of session ``sid``'s, unexpired."""
         if not token or len(token) > 100:
             return None
         stem = self._stem(token)
         try:
-            meta = json.loads(stem.with_suffix(".info").read_bytes())
+            meta = json.loads(stem.with_suffix(suffix).read_bytes())
         except (OSError, ValueError):
             return None
         if not secrets.compare_digest(str(meta.get("sid", "")), sid) or meta.get("expires", 0) < time.time():
             return None
-        return dict(meta.get("info", {})), stem.with_suffix(".json").exists()
+        return stem, meta
+
+    def peek(self, token: str, sid: str) -> tuple[dict[str, object], bool] | None:
+        """(info, whether the file still waits) for the session that made it; None otherwise."""
+        found = self._meta(token, sid, ".info")
+        if found is None:
+            return None
+        stem, meta = found
+        info = meta.get("info")
+        return (dict(info) if isinstance(info, dict) else {}), stem.with_suffix(".json").exists()
 
     def take(self, token: str, sid: str) -> tuple[str, bytes] | None:
         """(name, data) for the session that made it, once; None otherwise (and nothing taken)."""
-        if not token or len(token) > 100:
+        found = self._meta(token, sid, ".json")
+        if found is None:
             return None
-        stem = self._stem(token)
-        try:
-            meta = json.loads(stem.with_suffix(".json").read_bytes())
-        except (OSError, ValueError):
-            return None
-        if not secrets.compare_digest(str(meta.get("sid", "")), sid) or meta.get("expires", 0) < time.time():
-            return None
+        stem, meta = found
         claimed = stem.with_suffix(f".taken-{os.getpid()}")
         try:
             os.rename(stem.with_suffix(".json"), claimed)  # one taker wins
