@@ -3,6 +3,7 @@
 
     .venv/bin/python tools/loadgen.py --backend sqlite   [--clients 1,16,64] [--seconds 10]
     .venv/bin/python tools/loadgen.py --backend postgres [--workers 2] [--bulk]
+    .venv/bin/python tools/loadgen.py --cluster [--repeat 3]
 
 Starts a real licensing server (SQLite file, or a throwaway PostgreSQL cluster), registers 64
 consoles (card, console, HDD, user) and enough discs, then for each concurrency level runs that
@@ -15,6 +16,12 @@ requests/s and p50/p99 latency for both.
 real ones) and 10,000,000 MIDs, loaded in bulk (PostgreSQL COPY / one SQLite transaction), to see
 the same latencies with a database of a real platform's size. The client runs in this process, on
 the same machine as the server: compare the two columns, not absolute numbers with other machines.
+
+``--cluster`` compares one server on a single PostgreSQL with one server on the Patroni cluster of
+tools/vhw_cluster.py (three nodes, synchronous replication, HAProxy), in the same run: acquisitions/s
+and p99 for each level; then, under 16 clients, the outage (the longest time without a successful
+acquisition) of a failover (the primary's PostgreSQL and Patroni killed) and of a switchover
+(`patronictl switchover`), each ``--repeat`` times, median and spread.
 """
 
 from __future__ import annotations
@@ -48,10 +55,9 @@ def register_mids(srv, title: str, count: int) -> list[decisions.Medium]:
     discs = [decisions.Medium(Id.random(IdKind.MEDIA), digest, crypto.signing_seed()) for _ in range(count)]
     with srv.role_client("publisher") as pub:
         pub.call("/v1/publisher/titles", p.RegisterTitle(title, title, crypto.random_key(), digest), p.Done)
-        for i in range(0, count, 1000):
+        for i in range(0, count, 400):  # (a request body is at most 64 KiB)
             items = tuple(
-                p.PressedDisc(d.mid, crypto.public_bytes(crypto.signing_key_from(d.secret)))
-                for d in discs[i : i + 1000]
+                p.PressedDisc(d.mid, crypto.public_bytes(crypto.signing_key_from(d.secret))) for d in discs[i : i + 400]
             )
             pub.call("/v1/publisher/media", p.RegisterMedia(title, items), p.Done)
     return discs
@@ -144,6 +150,161 @@ async def drive(srv, clients: int, seconds: float, make_request) -> tuple[float,
     return len(latencies) / elapsed, q[49] * 1000, q[98] * 1000, errors
 
 
+class ClusterTarget:
+    """The cluster's first server, as drive() and the helpers above use a RunningServer."""
+
+    def __init__(self, c) -> None:
+        from vhw.server.home import ServerHome
+
+        self.c, self.home, self.url = c, ServerHome(c.home), c.server_url(0)
+
+    @property
+    def ca_der(self) -> bytes:
+        return self.home.ca_der()
+
+    def role_client(self, role: str):
+        from vhw.client import Client
+        from vhw.server.home import Credential
+
+        cred = Credential.load(self.home.credential_path(role))
+        return Client(self.url, tls_context(ca_pem=cred.ca, client_cert=cred.client_cert), token=cred.token)
+
+    def console_client(self):
+        from vhw.client import Client
+
+        return Client(self.url, tls_context(self.ca_der))
+
+
+async def outage_under_load(target, clients: int, seconds: float, make_request, disrupt) -> float:
+    """``clients`` keep acquiring (a failed request is tried again after 0.1 s) while ``disrupt``
+    runs in a thread at a quarter of the time; returns the longest time without a success after it."""
+    ctx = tls_context(target.ca_der)
+    successes: list[float] = []
+    began = [0.0]
+    deadline = trio.current_time() + seconds
+
+    async def worker(i: int) -> None:
+        async with httpx.AsyncClient(base_url=target.url, verify=ctx, timeout=30) as client:
+            while trio.current_time() < deadline:
+                try:
+                    resp = await make_request(i, client)
+                    ok = resp.status_code == 200
+                except httpx.HTTPError:
+                    ok = False
+                if ok:
+                    successes.append(time.monotonic())
+                else:
+                    await trio.sleep(0.1)
+
+    async def disruptor() -> None:
+        await trio.sleep(seconds / 4)
+        began[0] = time.monotonic()
+        await trio.to_thread.run_sync(disrupt)
+
+    async with trio.open_nursery() as nursery:
+        for i in range(clients):
+            nursery.start_soon(worker, i)
+        nursery.start_soon(disruptor)
+    points = [began[0], *sorted(t for t in successes if t >= began[0])]
+    return max(b - a for a, b in zip(points, points[1:], strict=False)) if len(points) > 1 else seconds
+
+
+def cluster_main(args) -> int:
+    import json
+    import random
+    import subprocess
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import vhw_cluster as vc
+
+    from tests.pg import Cluster as SinglePostgres
+
+    levels = [int(x) for x in args.clients.split(",")]
+    single_pg = SinglePostgres.start()
+    folder = Path(tempfile.mkdtemp(prefix="vhw-loadgen-cluster-"))
+    folder.chmod(0o755)  # (PostgreSQL runs as postgres: it enters this folder)
+    rows, outages = [], {"failover": [], "switchover": []}
+    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+        srv = RunningServer.start(Path(tmp) / "single", init=["--db", single_pg.new_database()])
+        c = vc.up(folder / "c", servers=1, base_port=random.randrange(30000, 50000, 100))
+        ha = ClusterTarget(c)
+        try:
+            pools = {}
+            for name, target in (("single", srv), ("cluster", ha)):
+                kits = make_users(target, USERS)
+                # fresh discs for every acquisition: 600/s at most on PostgreSQL here, and the outages
+                count = 600 * int(args.seconds) * len(levels) + (10_000 * 2 * args.repeat if name == "cluster" else 0)
+                pools[name] = (kits, iter(register_mids(target, f"LOAD-{name.upper()}", count)))
+
+            def acquiring(name):
+                kits, mids = pools[name]
+
+                async def acquire(i, client):
+                    body = p.encode(decisions.acquisition_request(*kits[i % USERS], next(mids)))
+                    return await client.post("/v1/console/acquire", json=body)
+
+                return acquire
+
+            for n in levels:
+                single = trio.run(drive, srv, n, args.seconds, acquiring("single"))
+                cluster = trio.run(drive, ha, n, args.seconds, acquiring("cluster"))
+                rows.append((n, single, cluster))
+
+            def failover() -> None:
+                leader = c.leader()
+                vc.kill_node(c, leader)
+                while c.leader() in (None, leader):
+                    time.sleep(0.2)
+                vc.restart_node(c, leader)
+
+            def switchover() -> None:
+                leader = c.leader()
+                subprocess.run(
+                    ["patronictl", "-c", str(c.node_config(leader)), "switchover", "--force", "vhw"]
+                    + ["--leader", f"pg{leader}"],
+                    check=True,
+                    capture_output=True,
+                )
+
+            for kind, disrupt in (("failover", failover), ("switchover", switchover)):
+                for _ in range(args.repeat):
+                    c.wait_healthy()
+                    took = trio.run(outage_under_load, ha, 16, 24.0, acquiring("cluster"), disrupt)
+                    outages[kind].append(took)
+                    print(f"{kind}: outage {took:.1f} s", file=sys.stderr)
+        finally:
+            vc.down(folder / "c")
+            folder.rmdir()
+            srv.stop()
+            single_pg.stop()
+    result = {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{os.cpu_count()} cores, {os.uname().machine}, {os.uname().release}",
+        "seconds_per_level": args.seconds,
+        "levels": [
+            {
+                "clients": n,
+                "single": {"rate": s[0], "p50_ms": s[1], "p99_ms": s[2], "errors": s[3]},
+                "cluster": {"rate": k[0], "p50_ms": k[1], "p99_ms": k[2], "errors": k[3]},
+            }
+            for n, s, k in rows
+        ],
+        "outage_seconds": outages,
+    }
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"\none server; single PostgreSQL against the 3-node Patroni cluster, {args.seconds:.0f} s per level\n")
+    print("| clients | single acq/s | p99 ms | cluster acq/s | p99 ms | cluster / single |")
+    print("|---|---|---|---|---|---|")
+    for n, s, k in rows:
+        print(f"| {n} | {s[0]:,.0f} | {s[2]:.1f} | {k[0]:,.0f} | {k[2]:.1f} | {k[0] / s[0]:.2f}x |")
+    print()
+    for kind, values in outages.items():
+        spread = f"{min(values):.1f}-{max(values):.1f}"
+        print(f"{kind}: outage median {statistics.median(values):.1f} s (spread {spread} s, {len(values)} runs)")
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--backend", choices=["sqlite", "postgres"], default="sqlite")
@@ -154,7 +315,12 @@ def main() -> int:
     ap.add_argument("--cards", type=int, default=1_000_000)
     ap.add_argument("--mids", type=int, default=10_000_000)
     ap.add_argument("--dir", type=Path, default=None)
+    ap.add_argument("--cluster", action="store_true", help="single PostgreSQL against the Patroni cluster")
+    ap.add_argument("--repeat", type=int, default=3, help="failovers and switchovers measured (--cluster)")
+    ap.add_argument("--out", type=Path, default=None, help="write the results as JSON (--cluster)")
     args = ap.parse_args()
+    if args.cluster:
+        return cluster_main(args)
     levels = [int(x) for x in args.clients.split(",")]
     cluster = None
     if args.dir:

@@ -47,7 +47,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # (vhw from this checkout, as `make cluster` runs it)
 NODES = 3
-TTL, LOOP_WAIT, RETRY_TIMEOUT = 8, 1, 3  # Patroni: loop_wait + 2 * retry_timeout <= ttl
+TTL, LOOP_WAIT, RETRY_TIMEOUT = 6, 1, 2  # Patroni: loop_wait + 2 * retry_timeout <= ttl
 
 
 @dataclass
@@ -281,7 +281,7 @@ listen primary
     bind 127.0.0.1:{ports.haproxy}
     option httpchk GET /primary
     http-check expect status 200
-    default-server inter 500ms fastinter 250ms fall 2 rise 1 on-marked-down shutdown-sessions
+    default-server inter 300ms fastinter 200ms fall 2 rise 1 on-marked-down shutdown-sessions
 {servers}
 """
 
