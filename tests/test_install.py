@@ -267,7 +267,8 @@ def test_sigkill_at_20_moments_of_a_512_mib_install(cli, srv, tmp_path, vhw_home
         print(f"\nrun {duration:.2f}s; kills at {moments[0]:.2f}..{moments[-1]:.2f}s; title after each: {states}")
     assert len(set(states)) >= 3, states  # the kills fell in different phases of the install
     r = cli("console", "install", *con)  # running install again finishes the title
-    assert r.code == 0, r
+    if r.code != 0:  # (only when the last run got to its end before its kill: nothing to finish)
+        assert states[-1] in ("finished", "100%") and r.code == 9 and "already installed" in r.err, (r, states)
     assert installed_files(dev, "KILL-1")["film.bin"] == (movie / "film.bin").read_bytes()
     assert cli("hdd", "fsck", dev["hdd"], "--deep").code == 0
     assert not any(lic.content_key for lic in card_dev.load(dev["card"]).licenses)
