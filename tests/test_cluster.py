@@ -35,10 +35,8 @@ from pathlib import Path
 import pytest
 
 from vhw import protocol as p
-from vhw.client import Client, tls_context
 from vhw.console import decisions
 from vhw.errors import VhwError
-from vhw.server.home import Credential, ServerHome
 
 from .servers import make_users, press
 
@@ -60,22 +58,6 @@ def _tool():
 vc = _tool()
 if any(not vc.shutil.which(tool) for tool in ("etcd", "patroni", "haproxy")):
     pytest.skip("etcd, patroni and haproxy are needed (tools/setup.sh --cluster)", allow_module_level=True)
-
-
-class ClusterServer:
-    """The cluster as the helpers of tests/servers.py see a server (its home, a URL, clients)."""
-
-    def __init__(self, c) -> None:
-        self.c = c
-        self.home = ServerHome(c.home)
-        self.url = c.server_url(0)
-
-    def role_client(self, role: str) -> Client:
-        cred = Credential.load(self.home.credential_path(role))
-        return Client(self.url, tls_context(ca_pem=cred.ca, client_cert=cred.client_cert), token=cred.token)
-
-    def console_client(self, server: int = 0) -> Client:
-        return Client(self.c.server_url(server), tls_context(self.home.ca_der()), notice=lambda line: None)
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +87,7 @@ class Seen:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
-def run_load(srv: ClusterServer, users, discs, contended, seconds: float, disrupt) -> tuple[Seen, float]:
+def run_load(srv: vc.Target, users, discs, contended, seconds: float, disrupt) -> tuple[Seen, float]:
     """CLIENTS + CONTENDERS threads for ``seconds``; ``disrupt()`` at a third of the time.
     Returns what they saw and when the disruption began."""
     seen = Seen()
@@ -199,7 +181,7 @@ def heal(c, node: int) -> None:
 
 @pytest.fixture(scope="module")
 def load(cluster):
-    srv = ClusterServer(cluster)
+    srv = vc.Target(cluster)
     users = make_users(srv, CLIENTS + CONTENDERS)
     discs = press(srv, "HA-1", 6000)
     contended = [press(srv, f"HA-C{k}", 6) for k in range(CONTENDERS // 2)]
@@ -226,15 +208,7 @@ def test_a_switchover_costs_no_install(cluster, load):
     leader = cluster.leader()
     assert leader is not None
 
-    def switchover() -> None:
-        subprocess.run(
-            ["patronictl", "-c", str(cluster.node_config(leader)), "switchover", "--force", "vhw"]
-            + ["--leader", f"pg{leader}"],
-            check=True,
-            capture_output=True,
-        )
-
-    seen, began = run_load(srv, users, discs, contended, 15, switchover)
+    seen, began = run_load(srv, users, discs, contended, 15, lambda: vc.switchover(cluster))
     assert cluster.leader() not in (None, leader)
     print(f"\nswitchover: outage {outage(seen, began):.1f} s, {len(seen.acquired)} acquisitions")
     check_the_books(cluster, seen)  # (no failure at the clients: their retries absorbed it)

@@ -150,31 +150,6 @@ async def drive(srv, clients: int, seconds: float, make_request) -> tuple[float,
     return len(latencies) / elapsed, q[49] * 1000, q[98] * 1000, errors
 
 
-class ClusterTarget:
-    """The cluster's first server, as drive() and the helpers above use a RunningServer."""
-
-    def __init__(self, c) -> None:
-        from vhw.server.home import ServerHome
-
-        self.c, self.home, self.url = c, ServerHome(c.home), c.server_url(0)
-
-    @property
-    def ca_der(self) -> bytes:
-        return self.home.ca_der()
-
-    def role_client(self, role: str):
-        from vhw.client import Client
-        from vhw.server.home import Credential
-
-        cred = Credential.load(self.home.credential_path(role))
-        return Client(self.url, tls_context(ca_pem=cred.ca, client_cert=cred.client_cert), token=cred.token)
-
-    def console_client(self):
-        from vhw.client import Client
-
-        return Client(self.url, tls_context(self.ca_der))
-
-
 async def outage_under_load(target, clients: int, seconds: float, make_request, disrupt) -> float:
     """``clients`` keep acquiring (a failed request is tried again after 0.1 s) while ``disrupt``
     runs in a thread at a quarter of the time; returns the longest time without a success after it."""
@@ -212,7 +187,6 @@ async def outage_under_load(target, clients: int, seconds: float, make_request, 
 def cluster_main(args) -> int:
     import json
     import random
-    import subprocess
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import vhw_cluster as vc
@@ -227,7 +201,7 @@ def cluster_main(args) -> int:
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         srv = RunningServer.start(Path(tmp) / "single", init=["--db", single_pg.new_database()])
         c = vc.up(folder / "c", servers=1, base_port=random.randrange(30000, 50000, 100))
-        ha = ClusterTarget(c)
+        ha = vc.Target(c)
         try:
             pools = {}
             for name, target in (("single", srv), ("cluster", ha)):
@@ -258,13 +232,7 @@ def cluster_main(args) -> int:
                 vc.restart_node(c, leader)
 
             def switchover() -> None:
-                leader = c.leader()
-                subprocess.run(
-                    ["patronictl", "-c", str(c.node_config(leader)), "switchover", "--force", "vhw"]
-                    + ["--leader", f"pg{leader}"],
-                    check=True,
-                    capture_output=True,
-                )
+                vc.switchover(c)
 
             for kind, disrupt in (("failover", failover), ("switchover", switchover)):
                 for _ in range(args.repeat):

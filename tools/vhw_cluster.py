@@ -43,6 +43,10 @@ import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from vhw.client import Client
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # (vhw from this checkout, as `make cluster` runs it)
@@ -394,6 +398,46 @@ def restart_node(c: Cluster, i: int) -> None:
     """Start node ``i``'s Patroni again (it rejoins as a replica, rewound if it must be)."""
     run_as, _ = _as_postgres()
     _start(c, f"pg{i}", [*run_as, "patroni", str(c.node_config(i))], env={**os.environ, "HOME": c.dir})
+
+
+def switchover(c: Cluster) -> int:
+    """A planned switchover away from the present leader (`patronictl switchover`); returns it."""
+    leader = c.leader()
+    if leader is None:
+        raise SystemExit("vhw-cluster: no leader to switch over from")
+    subprocess.run(
+        ["patronictl", "-c", str(c.node_config(leader)), "switchover", "--force", "vhw", "--leader", f"pg{leader}"],
+        check=True,
+        capture_output=True,
+    )
+    return leader
+
+
+class Target:
+    """The cluster's servers as the tests' and the load generator's helpers use one server: its
+    home, a URL (server 0's), its CA, and clients with the role credentials or as a console."""
+
+    def __init__(self, c: Cluster) -> None:
+        from vhw.server.home import ServerHome
+
+        self.c, self.home, self.url = c, ServerHome(c.home), c.server_url(0)
+
+    @property
+    def ca_der(self) -> bytes:
+        return self.home.ca_der()
+
+    def role_client(self, role: str) -> Client:
+        from vhw.client import Client, tls_context
+        from vhw.server.home import Credential
+
+        cred = Credential.load(self.home.credential_path(role))
+        return Client(self.url, tls_context(ca_pem=cred.ca, client_cert=cred.client_cert), token=cred.token)
+
+    def console_client(self, server: int = 0) -> Client:
+        """A console's client of server ``server``, with its retries (and their notice kept quiet)."""
+        from vhw.client import Client, tls_context
+
+        return Client(self.c.server_url(server), tls_context(self.ca_der), notice=lambda line: None)
 
 
 def health(c: Cluster, i: int) -> str | None:
