@@ -70,6 +70,7 @@ class Cluster:
             capture_output=True,
         )
         options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c max_connections=300 -c shared_buffers=256MB"
+        options += " -c shared_preload_libraries=pg_stat_statements"  # (tools/loadgen.py counts statements)
         subprocess.run(
             [
                 *run_as,

@@ -174,9 +174,20 @@ def check_the_books(c, seen: Seen) -> None:
 
 def heal(c, node: int) -> None:
     """The disrupted node back in the cluster (a replica now), everything streaming again."""
+    with contextlib.suppress(ProcessLookupError):
+        vc.os.kill(c.pids[f"pg{node}"], signal.SIGCONT)
     if not vc.alive(c.pids[f"pg{node}"]):
         vc.restart_node(c, node)
     c.wait_healthy(timeout=120)
+
+
+@pytest.fixture
+def healthy(cluster):
+    """Each test starts on a healthy cluster, whatever the one before it left (a failed test
+    leaves its disrupted node as it was)."""
+    for node in range(vc.NODES):
+        heal(cluster, node)
+    return cluster
 
 
 @pytest.fixture(scope="module")
@@ -188,7 +199,8 @@ def load(cluster):
     return srv, users, iter(discs), contended
 
 
-def test_a_killed_primary_fails_over_losing_nothing(cluster, load):
+def test_a_killed_primary_fails_over_losing_nothing(healthy, load):
+    cluster = healthy
     srv, users, discs, contended = load
     leader = cluster.leader()
     assert leader is not None
@@ -203,7 +215,8 @@ def test_a_killed_primary_fails_over_losing_nothing(cluster, load):
     heal(cluster, leader)
 
 
-def test_a_switchover_costs_no_install(cluster, load):
+def test_a_switchover_costs_no_install(healthy, load):
+    cluster = healthy
     srv, users, discs, contended = load
     leader = cluster.leader()
     assert leader is not None
@@ -215,7 +228,8 @@ def test_a_switchover_costs_no_install(cluster, load):
     heal(cluster, leader)
 
 
-def test_a_partitioned_primary_takes_no_write_after_the_promotion(cluster, load):
+def test_a_partitioned_primary_takes_no_write_after_the_promotion(healthy, load):
+    cluster = healthy
     srv, users, discs, contended = load
     leader = cluster.leader()
     assert leader is not None

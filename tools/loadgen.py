@@ -27,6 +27,7 @@ acquisition) of a failover (the primary's PostgreSQL and Patroni killed) and of 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import sys
@@ -184,6 +185,87 @@ async def outage_under_load(target, clients: int, seconds: float, make_request, 
     return max(b - a for a, b in zip(points, points[1:], strict=False)) if len(points) > 1 else seconds
 
 
+def _postgres_cpu(url: str) -> float:
+    """CPU seconds used so far by the PostgreSQL at ``url`` (its postmaster and every backend)."""
+    import psutil
+
+    port = str(httpx.URL(url.replace("postgresql://", "http://")).port)
+    total = 0.0
+    for proc in psutil.process_iter(["cmdline"]):
+        cmd = proc.info["cmdline"] or []
+        if cmd and cmd[0].endswith("postgres") and port in cmd and "-p" in cmd:
+            for q in [proc, *proc.children(recursive=True)]:
+                with contextlib.suppress(psutil.Error):
+                    t = q.cpu_times()
+                    total += t.user + t.system
+    return total
+
+
+def commit_latency(url: str, count: int = 300) -> float:
+    """Median milliseconds of a one-row INSERT and its COMMIT (one round trip each), at ``url``."""
+    import psycopg
+
+    times = []
+    with psycopg.connect(url) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS loadgen_probe (n int)")
+        conn.commit()
+        for n in range(count):
+            t0 = time.perf_counter()
+            conn.execute("INSERT INTO loadgen_probe VALUES (%s)", (n,))
+            conn.commit()
+            times.append(time.perf_counter() - t0)
+        conn.execute("DROP TABLE loadgen_probe")
+        conn.commit()
+    return statistics.median(times) * 1000
+
+
+def acquisition_cost(srv, db_url: str, acquire, clients: int, seconds: float) -> dict[str, float]:
+    """What one acquisition costs, measured under ``clients`` for ``seconds`` on one server and its
+    PostgreSQL: the server's CPU ms, PostgreSQL's CPU ms, statements (each a round trip: BEGIN
+    and COMMIT included) and commits. Needs pg_stat_statements (tests.pg preloads it)."""
+    import psutil
+    import psycopg
+
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        conn.execute("SELECT pg_stat_statements_reset()")
+        commits0 = conn.execute("SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()")
+        c0 = commits0.fetchone()[0]
+        wal0 = conn.execute("SELECT pg_current_wal_lsn()").fetchone()[0]
+        audit0 = conn.execute("SELECT count(*) FROM audit").fetchone()[0]
+    server = psutil.Process(srv.proc.pid)
+    cpu0, pg0 = sum(server.cpu_times()[:2]), _postgres_cpu(db_url)
+    rate, _, _, _ = trio.run(drive, srv, clients, seconds, acquire)
+    cpu1, pg1 = sum(server.cpu_times()[:2]), _postgres_cpu(db_url)
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        statements = conn.execute(
+            "SELECT sum(calls) FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database"
+            " WHERE datname = current_database())"
+        ).fetchone()[0]
+        time.sleep(0.6)  # (the statistics collector's figures lag by up to half a second)
+        c1 = conn.execute("SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()").fetchone()[0]
+        wal = conn.execute("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), %s)", (wal0,)).fetchone()[0]
+        audit = conn.execute("SELECT count(*) FROM audit").fetchone()[0] - audit0
+        conn.execute("VACUUM ANALYZE media, audit")
+        sizes = {
+            table: conn.execute(f"SELECT pg_total_relation_size('{table}'), count(*) FROM {table}").fetchone()
+            for table in ("media", "audit")
+        }
+    done = rate * seconds
+    return {
+        "clients": clients,
+        "acquisitions_per_s": rate,
+        "server_cpu_ms": (cpu1 - cpu0) * 1000 / done,
+        "postgres_cpu_ms": (pg1 - pg0) * 1000 / done,
+        "statements": float(statements) / done,
+        "commits": (c1 - c0) / done,
+        "wal_bytes": float(wal) / done,
+        "audit_entries": audit / done,
+        "media_row_bytes": sizes["media"][0] / sizes["media"][1],  # (indexes included)
+        "audit_row_bytes": sizes["audit"][0] / sizes["audit"][1],
+    }
+
+
 def cluster_main(args) -> int:
     import json
     import random
@@ -199,7 +281,8 @@ def cluster_main(args) -> int:
     folder.chmod(0o755)  # (PostgreSQL runs as postgres: it enters this folder)
     rows, outages = [], {"failover": [], "switchover": []}
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
-        srv = RunningServer.start(Path(tmp) / "single", init=["--db", single_pg.new_database()])
+        single_db = single_pg.new_database()
+        srv = RunningServer.start(Path(tmp) / "single", init=["--db", single_db])
         c = vc.up(folder / "c", servers=1, base_port=random.randrange(30000, 50000, 100))
         ha = vc.Target(c)
         try:
@@ -223,6 +306,9 @@ def cluster_main(args) -> int:
                 single = trio.run(drive, srv, n, args.seconds, acquiring("single"))
                 cluster = trio.run(drive, ha, n, args.seconds, acquiring("cluster"))
                 rows.append((n, single, cluster))
+            cost = acquisition_cost(srv, single_db, acquiring("single"), 16, args.seconds)
+            cost["commit_ms_single"] = commit_latency(single_db)
+            cost["commit_ms_cluster"] = commit_latency(c.db_url)
 
             def failover() -> None:
                 leader = c.leader()
@@ -258,6 +344,7 @@ def cluster_main(args) -> int:
             for n, s, k in rows
         ],
         "outage_seconds": outages,
+        "cost": cost,
     }
     if args.out:
         args.out.write_text(json.dumps(result, indent=1) + "\n")
@@ -266,6 +353,13 @@ def cluster_main(args) -> int:
     print("|---|---|---|---|---|---|")
     for n, s, k in rows:
         print(f"| {n} | {s[0]:,.0f} | {s[2]:.1f} | {k[0]:,.0f} | {k[2]:.1f} | {k[0] / s[0]:.2f}x |")
+    print(
+        f"\none acquisition (single PostgreSQL, 16 clients): server CPU {cost['server_cpu_ms']:.2f} ms,"
+        f" PostgreSQL CPU {cost['postgres_cpu_ms']:.2f} ms, {cost['statements']:.1f} statements,"
+        f" {cost['commits']:.2f} commits, {cost['wal_bytes']:,.0f} bytes of WAL,"
+        f" {cost['audit_entries']:.1f} audit entries; a commit: {cost['commit_ms_single']:.2f} ms single,"
+        f" {cost['commit_ms_cluster']:.2f} ms on the cluster (synchronous standby)"
+    )
     print()
     for kind, values in outages.items():
         spread = f"{min(values):.1f}-{max(values):.1f}"

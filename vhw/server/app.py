@@ -54,6 +54,8 @@ access = logging.getLogger("vhw.server.access")  # one line per request (--log-f
 
 PROCESS = str(os.getpid())
 STORE_THREADS = 4  # for the requests not batched: a few threads contend less for the GIL than dozens
+HEALTH_EVERY = 0.5  # seconds /v1/health reuses its answer to "is the database writable?"
+POOLED_THREADS = 16  # on PostgreSQL (under the pool's 20 connections): they mostly wait for the database
 #: makes the web console a server mounts at /console/ (given the service), or None
 ConsoleFactory = Callable[[Licensing], Any]
 
@@ -73,7 +75,12 @@ class App:
         self.queries = Queries(lic.store)
         self.mode = mode
         self.batcher = Batcher(lic)
-        self.limiter = anyio.CapacityLimiter(STORE_THREADS)
+        # Through the batcher only where a batch shares a commit (SQLite: one fsync for all). On
+        # PostgreSQL each request runs in its own thread on its own pooled connection: commits in
+        # parallel, and one waiting out a failover holds up no other.
+        self.batched = BATCHED if lic.store.group_commits else frozenset[str]()
+        self._writable, self._asking = (float("-inf"), False), anyio.Lock()
+        self.limiter = anyio.CapacityLimiter(STORE_THREADS if lic.store.group_commits else POOLED_THREADS)
         routes: list[BaseRoute] = [Route(ep.path, partial(self.handle, ep), methods=[ep.method]) for ep in ENDPOINTS]
         routes.append(Route("/openapi.json", self.openapi, methods=["GET"]))
         routes.append(Route("/metrics", self.metrics, methods=["GET"]))
@@ -143,18 +150,28 @@ class App:
         # Looked up by SHA-256: the database never holds a token, and the comparison is of hashes.
         return self.queries.credential(token_hash(token))
 
+    async def writable(self) -> bool:
+        """Whether the database takes writes, asked at most every ``HEALTH_EVERY`` seconds (a load
+        balancer's checks, or a crowd of consoles, cost the database nothing more)."""
+        now = anyio.current_time()
+        if now - self._writable[0] >= HEALTH_EVERY:
+            async with self._asking:
+                if now - self._writable[0] >= HEALTH_EVERY:  # (another task asked meanwhile)
+                    value = await anyio.to_thread.run_sync(self.lic.store.writable, limiter=self.limiter)
+                    self._writable = (anyio.current_time(), value)
+        return self._writable[1]
+
     async def handle(self, ep: Endpoint, request: Request) -> Response:
         try:
             actor = await self.authenticate(request, ep)
             request.scope["state"]["role"] = actor.split(":", 1)[0]
             result: object
             if ep.request is None or ep.call is None:
-                writable = await anyio.to_thread.run_sync(self.lic.store.writable, limiter=self.limiter)
-                result = p.Health("ok" if writable else "read-only", self.mode, __version__)
+                result = p.Health("ok" if await self.writable() else "read-only", self.mode, __version__)
             else:
                 msg: object = p.decode(ep.request, await read_body(request))
                 call = partial(rerun_when_safe, ep.call)
-                if ep.path in BATCHED and self.batcher.running:
+                if ep.path in self.batched and self.batcher.running:
                     result = await self.batcher.call(call, actor, msg)
                 else:
                     result = await anyio.to_thread.run_sync(call, self.lic, actor, msg, limiter=self.limiter)
@@ -173,6 +190,10 @@ class App:
         return response
 
 
+# Seconds PostgreSQL gives each statement of a request, a commit's wait for its synchronous standby
+# included: a request is answered (503, the client retries) instead of hanging while a new primary
+# has no standby yet, or a lock is held by a transaction that is itself stuck.
+STATEMENT_TIMEOUT = 5.0
 UNAVAILABLE = "the licensing database is unavailable for a moment (a failover?); try again shortly"
 RERUNS = (0.05, 0.15, 0.4)  # seconds before each rerun of a call that failed before committing
 
@@ -185,7 +206,7 @@ def rerun_when_safe(call: Any, lic: Licensing, actor: str, msg: Any) -> Any:
         try:
             return call(lic, actor, msg)
         except Unavailable as exc:
-            if exc.maybe_committed or pause is None:
+            if exc.maybe_committed or exc.slow or pause is None:
                 raise
             time.sleep(pause)
     raise AssertionError("unreachable")
@@ -234,7 +255,7 @@ async def serve(
     more when it stops.
     """
     cfg = home.config()
-    store = await trio.to_thread.run_sync(home.store, database)
+    store = await trio.to_thread.run_sync(partial(home.store, database, statement_timeout=STATEMENT_TIMEOUT))
     try:
         await trio.to_thread.run_sync(store.migrate)
         await trio.to_thread.run_sync(home.check_master_key, store)

@@ -361,8 +361,8 @@ class ServerHome:
     def database_url(self, override: str | None = None) -> str:
         return override or self.config().database or f"sqlite:///{self.path('vhw.db')}"
 
-    def store(self, database: str | None = None) -> Store:
-        return open_store(self.database_url(database))
+    def store(self, database: str | None = None, *, statement_timeout: float | None = None) -> Store:
+        return open_store(self.database_url(database), statement_timeout=statement_timeout)
 
     def _make_signing_key(self, ca_der: bytes, ca_key: ec.EllipticCurvePrivateKey) -> None:
         cert_der, key = pki.issue_signer(ca_der, ca_key, "vhw platform signing key")

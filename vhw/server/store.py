@@ -94,9 +94,10 @@ class Unavailable(Exception):
     time (a failover under way). ``maybe_committed``: the failure came while committing, so the
     transaction may have committed; otherwise nothing of it did, and running it again is safe."""
 
-    def __init__(self, message: str, *, maybe_committed: bool) -> None:
+    def __init__(self, message: str, *, maybe_committed: bool, slow: bool = False) -> None:
         super().__init__(message)
         self.maybe_committed = maybe_committed
+        self.slow = slow  # it waited out a timeout already (statement, checkout): not rerun at once
 
 
 Row = tuple[Any, ...]  # a row as both drivers return it
@@ -136,6 +137,7 @@ class Store:
     """Common interface: ``with store.transaction() as tx: ...`` commits or rolls back."""
 
     dialect = ""
+    group_commits = False  # whether group() makes one commit of several transactions
 
     def transaction(self) -> contextlib.AbstractContextManager[Tx]:
         raise NotImplementedError
@@ -227,6 +229,7 @@ class SqliteStore(Store):
     """
 
     dialect = "sqlite"
+    group_commits = True
 
     def __init__(self, path: Path):
         self.path = Path(path)
@@ -366,19 +369,28 @@ class PostgresStore(Store):
     dialect = "postgres"
     CHECKOUT = 2.0  # seconds a transaction waits for a connection
 
-    def __init__(self, url: str, *, min_size: int = 1, max_size: int = 20, wait: float = 30):
+    def __init__(
+        self,
+        url: str,
+        *,
+        min_size: int = 1,
+        max_size: int = 20,
+        wait: float = 30,
+        statement_timeout: float | None = None,
+    ):
         from psycopg_pool import ConnectionPool  # (psycopg: only a PostgreSQL store needs it)
         from psycopg_pool.base import AttemptWithBackoff
 
         AttemptWithBackoff.INITIAL_DELAY, AttemptWithBackoff.DELAY_BACKOFF = 0.2, 1.0
         self.url = url
+        kwargs: dict[str, Any] = {"autocommit": False}
+        if statement_timeout:
+            kwargs["options"] = f"-c statement_timeout={int(statement_timeout * 1000)}"
         pool_log = logging.getLogger("psycopg.pool")
         level = pool_log.level
         pool_log.setLevel(logging.ERROR)  # (the first connection's retries: the one line below says it)
         try:
-            self._pool = ConnectionPool(
-                url, min_size=min_size, max_size=max_size, open=True, kwargs={"autocommit": False}
-            )
+            self._pool = ConnectionPool(url, min_size=min_size, max_size=max_size, open=True, kwargs=kwargs)
             try:
                 self._pool.wait(timeout=wait)
             except Exception as exc:
@@ -398,18 +410,37 @@ class PostgresStore(Store):
         from psycopg_pool import PoolTimeout
 
         committing = False
+        unreplicated: list[str] = []
+
+        def notice(diag: psycopg.errors.Diagnostic) -> None:
+            if diag.message_primary and "synchronous replication" in diag.message_primary:
+                unreplicated.append(diag.message_primary)
+
         try:
             with self._pool.connection(timeout=self.CHECKOUT) as conn:
-                with conn.transaction():
-                    with conn.cursor() as cur:
-                        yield Tx(cur, self._translate)
-                    committing = True
+                conn.add_notice_handler(notice)
+                try:
+                    with conn.transaction():
+                        with conn.cursor() as cur:
+                            yield Tx(cur, self._translate)
+                        committing = True
+                finally:
+                    conn.remove_notice_handler(notice)
         except (pg.UniqueViolation, pg.SerializationFailure, pg.DeadlockDetected) as exc:
             raise Conflict(str(exc).splitlines()[0]) from exc
+        except pg.QueryCanceled as exc:  # (the statement timeout: a commit waits for no standby)
+            raise Unavailable(
+                f"the database did not answer in time: {_first_line(exc)}", maybe_committed=committing, slow=True
+            ) from exc
+        except PoolTimeout as exc:  # (an OperationalError too: first)
+            raise Unavailable("no database connection (a failover?)", maybe_committed=False, slow=True) from exc
         except (psycopg.OperationalError, pg.ReadOnlySqlTransaction, pg.AdminShutdown) as exc:
             raise Unavailable(f"the database is unavailable: {_first_line(exc)}", maybe_committed=committing) from exc
-        except PoolTimeout as exc:
-            raise Unavailable("no database connection (a failover under way?)", maybe_committed=False) from exc
+        if unreplicated:
+            # The commit's wait for a synchronous standby was cut short (the statement timeout):
+            # committed here, but not yet on a standby, so a failover now could lose it. Not an
+            # answer to give: the caller says "outcome unknown", and the client's retry finds it.
+            raise Unavailable(f"committed, but no standby has it yet ({unreplicated[0]})", maybe_committed=True)
 
     def writable(self) -> bool:
         """Whether a primary takes writes now (for /v1/health): a quick check on a pooled connection."""
@@ -420,6 +451,7 @@ class PostgresStore(Store):
             return False
 
     def _lock_for_migration(self, tx: Tx) -> None:
+        tx.execute("SET LOCAL statement_timeout = 0")  # (a migration, or waiting for another's, may be long)
         tx.execute("SELECT pg_advisory_xact_lock(?)", 0x5648_5700)
 
     def pool_stats(self) -> dict[str, int]:
@@ -444,10 +476,11 @@ def _redact(url: str) -> str:
     return url
 
 
-def open_store(url: str, *, wait: float = 30) -> Store:
-    """``sqlite:///path/to/file.db`` or ``postgresql://...`` (``wait``: seconds to reach it)."""
+def open_store(url: str, *, wait: float = 30, statement_timeout: float | None = None) -> Store:
+    """``sqlite:///path/to/file.db`` or ``postgresql://...`` (``wait``: seconds to reach it;
+    ``statement_timeout``: seconds PostgreSQL gives each statement, a commit's wait included)."""
     if url.startswith("sqlite:///"):
         return SqliteStore(Path(url.removeprefix("sqlite:///")))
     if url.startswith(("postgresql://", "postgres://")):
-        return PostgresStore(url, wait=wait)
+        return PostgresStore(url, wait=wait, statement_timeout=statement_timeout)
     raise StateError(f"unknown database URL {_redact(url)!r} (sqlite:///FILE or postgresql://...)")
