@@ -189,3 +189,17 @@ def test_the_operator_blocks_install_and_the_unit_runs(tmp_path):
     log = [line for line in (checkout / "service.log").read_text().splitlines() if not line.startswith("+ ")]
     assert log and all(line.startswith("{") for line in log), log[:5]  # JSON lines (server.toml)
     assert any('"path": "/v1/health", "status": 200' in line for line in log), log[-5:]
+
+
+def test_the_readmes_figures_are_the_benchmarks_files():
+    """Every figure table of the README is its benchmark file's, rendered: the data path's
+    (bench/results.md, as `make bench` wrote it) and the servers' (tools/benchtables.py)."""
+    readme = (ROOT / "README.md").read_text()
+    assert (ROOT / "bench" / "results.md").read_text().strip() in readme
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        import benchtables
+    finally:
+        sys.path.remove(str(ROOT / "tools"))
+    for name, render in benchtables.TABLES.items():
+        assert render().strip() in readme, f"the README's {name} table is not bench's file: tools/benchtables.py {name}"

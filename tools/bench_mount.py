@@ -7,7 +7,7 @@ In one run: a real server, a title of the given size mastered, pressed, installe
 HDD mounted. For each of (plain file on disk, vhw mount, gocryptfs when installed) it measures
 sequential reads with `dd bs=1M` (first read after dropping the page cache, then the re-read) and
 random 4 KiB `pread`s at distinct offsets per second (cold, then warm). Prints a Markdown table.
-Needs root to drop caches (`echo 3 > /proc/sys/vm/drop_caches`); without it "cold" is not cold.
+Needs root to drop caches (`echo 3 > /proc/sys/vm/drop_caches`): without it, it stops.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench_install import drop_caches, installed_console, run  # noqa: E402
-from benchlib import dd, random_reads  # noqa: E402
+from bench_install import installed_console, run  # noqa: E402
+from benchlib import dd, drop_caches, random_reads  # noqa: E402
 
 
 def measure(path: Path, reads: int) -> dict[str, float]:

@@ -19,6 +19,18 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 MiB = 1024 * 1024
 
 
+def drop_caches() -> None:
+    """Empty the page cache (after writing back what is dirty), or end the run: a figure labelled
+    "cold" that was measured warm is worse than none. Needs root."""
+    subprocess.run(["sync"], check=True)
+    try:
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+    except OSError as exc:
+        raise SystemExit(
+            f"cannot drop the page cache ({exc.strerror}): run as root; no cold figure without it"
+        ) from None
+
+
 def random_file(path: Path, size: int) -> None:
     """``size`` incompressible bytes, fast (AES-CTR keystream), written 4 MiB at a time."""
     enc = Cipher(algorithms.AES(os.urandom(32)), modes.CTR(os.urandom(16))).encryptor()
