@@ -37,9 +37,10 @@ class Cluster:
         self._stop = stop
 
     @classmethod
-    def start(cls) -> Cluster:
+    def start(cls, *, settings: dict[str, str] | None = None) -> Cluster:
+        """A throwaway PostgreSQL; ``settings``: more server settings (then never an external one)."""
         external = os.environ.get("VHW_TEST_POSTGRES_URL")
-        if external:
+        if external and not settings:
             return cls(external)
         bindir = _bindir()
         if bindir is None:
@@ -71,6 +72,7 @@ class Cluster:
         )
         options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c max_connections=300 -c shared_buffers=256MB"
         options += " -c shared_preload_libraries=pg_stat_statements"  # (tools/loadgen.py counts statements)
+        options += "".join(f" -c {name}={value}" for name, value in (settings or {}).items())
         subprocess.run(
             [
                 *run_as,

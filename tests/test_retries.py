@@ -6,6 +6,8 @@ a PostgreSQL cluster failing over under load.
 
 from __future__ import annotations
 
+import time
+
 import httpx
 import pytest
 
@@ -113,3 +115,33 @@ def test_a_certificate_problem_is_not_retried(ca, tmp_path):
         assert notes == []
     finally:
         other.stop()
+
+
+def test_a_commit_no_standby_confirms_is_an_unknown_outcome_not_an_answer():
+    """A primary whose synchronous standby is gone (a new primary before any standby follows it)
+    holds every commit. The statement timeout cuts the wait short; PostgreSQL then commits locally
+    with only a warning, so the store must not take that for success: the request is answered
+    "outcome unknown" (the client repeats it, and the lost-answer path finds what committed), and it
+    is never rerun on the spot."""
+    from vhw.server.store import PostgresStore
+
+    from .pg import Cluster
+
+    # (commits wait for the standby only where a transaction asks: setting up waits for nothing)
+    pg = Cluster.start(settings={"synchronous_standby_names": "nobody", "synchronous_commit": "local"})
+    try:
+        store = PostgresStore(pg.new_database(), statement_timeout=0.5)
+        with store.transaction() as tx:
+            tx.execute("CREATE TABLE t (n int)")
+        began = time.monotonic()
+        with pytest.raises(Unavailable) as caught:
+            with store.transaction() as tx:
+                tx.execute("SET LOCAL synchronous_commit = on")  # (as on the cluster)
+                tx.execute("INSERT INTO t VALUES (1)")
+        assert caught.value.maybe_committed and "no standby has it" in str(caught.value)
+        assert time.monotonic() - began < 5  # cut short, not held
+        with store.transaction() as tx:  # committed here, and only here
+            assert tx.row("SELECT count(*) FROM t")[0] == 1
+        store.close()
+    finally:
+        pg.stop()

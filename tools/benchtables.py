@@ -67,7 +67,39 @@ def cluster_table(data: dict[str, Any] | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
-TABLES = {"cluster": cluster_table}
+def loadgen_table(data: dict[str, Any] | None = None) -> str:
+    """bench/loadgen.json: acquisitions against the no-op on each backend, medians of the runs."""
+    d = data or _load("loadgen.json")
+    lines = [
+        f"From `bench/loadgen.json` ({d['date']}, {d['machine']}; `tools/loadgen.py --matrix --out"
+        f" bench/loadgen.json`): medians of {d['repeat']} runs of {d['seconds_per_level']:.0f} s per level"
+        " (min-max of the acquisitions/s); p50 and p99 are the medians of the runs'.",
+        "",
+        "| backend | clients | acquisitions/s | p50 ms | p99 ms | no-op/s | p50 ms | p99 ms | acq / no-op |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for config in d["configs"]:
+        name = "SQLite" if config["backend"] == "sqlite" else "PostgreSQL"
+        label = f"{name}, {config['workers']} process{'es' if config['workers'] > 1 else ''}"
+        for i, level in enumerate(config["levels"]):
+            a, n = level["acquire"], level["noop"]
+            errors = f", {a['errors']} errors" if a["errors"] else ""
+            lines.append(
+                f"| {label if i == 0 else ''} | {level['clients']} | {a['rate']:,.0f} ({a['min']:,.0f}-{a['max']:,.0f}"
+                f"{errors}) | {a['p50_ms']:.1f} | {a['p99_ms']:.1f} | {n['rate']:,.0f} | {n['p50_ms']:.1f}"
+                f" | {n['p99_ms']:.1f} | {a['rate'] / n['rate']:.2f}x |"
+            )
+    by = {
+        (c["backend"], c["workers"]): {lv["clients"]: lv["acquire"]["rate"] for lv in c["levels"]} for c in d["configs"]
+    }
+    one, two = by.get(("postgres", 1)), by.get(("postgres", 2))
+    if one and two:
+        top = max(one)
+        lines += ["", f"PostgreSQL, 2 processes against 1, at {top} clients: {two[top] / one[top]:.2f}x."]
+    return "\n".join(lines) + "\n"
+
+
+TABLES = {"cluster": cluster_table, "loadgen": loadgen_table}
 
 
 def main(argv: list[str]) -> int:

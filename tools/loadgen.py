@@ -367,6 +367,98 @@ def cluster_main(args) -> int:
     return 0
 
 
+CONFIGS = (("sqlite", 1), ("postgres", 1), ("postgres", 2))  # --matrix: (backend, server processes)
+
+
+def run_levels(backend: str, workers: int, levels: list[int], seconds: float, repeat: int, bulk=None, folder=None):
+    """One server (``workers`` processes) on ``backend``: for each level, acquisitions then the
+    no-op, ``repeat`` times. Returns {level: (acquisition runs, no-op runs)}, each run
+    (requests/s, p50 ms, p99 ms, errors); and a note on the database."""
+    cluster = None
+    with tempfile.TemporaryDirectory(dir=folder) as tmp:
+        init = []
+        if backend == "postgres":
+            from tests.pg import Cluster
+
+            cluster = Cluster.start()
+            init = ["--db", cluster.new_database()]
+        srv = RunningServer.start(Path(tmp) / "home", init=init, run=["--workers", str(workers)] if workers > 1 else [])
+        try:
+            note = ""
+            if bulk:
+                took = bulk_fill(srv, *bulk)
+                note = f", database filled with {bulk[0]:,} cards and {bulk[1]:,} MIDs in {took:.0f} s"
+            kits = make_users(srv, USERS)
+            # every acquisition flags a fresh disc: enough of them for 2,000 acquisitions/s
+            mids = iter(register_mids(srv, "LOAD-1", int(MAX_RATE * seconds * len(levels) * repeat)))
+
+            async def acquire(i, client):
+                kit = kits[i % USERS]
+                body = p.encode(decisions.acquisition_request(*kit, next(mids)))
+                return await client.post("/v1/console/acquire", json=body)
+
+            async def health(i, client):
+                return await client.get("/v1/health")
+
+            rows: dict[int, tuple[list, list]] = {n: ([], []) for n in levels}
+            for _ in range(repeat):
+                for n in levels:
+                    rows[n][0].append(trio.run(drive, srv, n, seconds, acquire))
+                    rows[n][1].append(trio.run(drive, srv, n, seconds, health))
+        finally:
+            srv.stop()
+            if cluster:
+                cluster.stop()
+    return rows, note
+
+
+def _summary(runs: list[tuple[float, float, float, int]]) -> dict:
+    rates = [r[0] for r in runs]
+    return {
+        "rate": statistics.median(rates),
+        "min": min(rates),
+        "max": max(rates),
+        "p50_ms": statistics.median(r[1] for r in runs),
+        "p99_ms": statistics.median(r[2] for r in runs),
+        "errors": sum(r[3] for r in runs),
+        "runs": rates,
+    }
+
+
+def matrix_main(args) -> int:
+    """Every configuration of CONFIGS in one sitting, ``--repeat`` runs of each level; writes
+    ``--out`` (bench/loadgen.json), which tools/benchtables.py renders into the README."""
+    import json
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import benchtables
+
+    levels = [int(x) for x in args.clients.split(",")]
+    result: dict = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": f"{os.cpu_count()} cores, {os.uname().machine}, {os.uname().release}",
+        "seconds_per_level": args.seconds,
+        "repeat": args.repeat,
+        "configs": [],
+    }
+    for backend, workers in CONFIGS:
+        print(f"{backend}, {workers} process(es) ...", file=sys.stderr, flush=True)
+        rows, _ = run_levels(backend, workers, levels, args.seconds, args.repeat, folder=args.dir)
+        result["configs"].append(
+            {
+                "backend": backend,
+                "workers": workers,
+                "levels": [
+                    {"clients": n, "acquire": _summary(acq), "noop": _summary(noop)} for n, (acq, noop) in rows.items()
+                ],
+            }
+        )
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=1) + "\n")
+    print(benchtables.loadgen_table(result))
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--backend", choices=["sqlite", "postgres"], default="sqlite")
@@ -378,51 +470,22 @@ def main() -> int:
     ap.add_argument("--mids", type=int, default=10_000_000)
     ap.add_argument("--dir", type=Path, default=None)
     ap.add_argument("--cluster", action="store_true", help="single PostgreSQL against the Patroni cluster")
-    ap.add_argument("--repeat", type=int, default=3, help="failovers and switchovers measured (--cluster)")
-    ap.add_argument("--out", type=Path, default=None, help="write the results as JSON (--cluster)")
+    ap.add_argument(
+        "--repeat", type=int, default=3, help="runs of each level (--matrix); failovers and switchovers (--cluster)"
+    )
+    ap.add_argument("--out", type=Path, default=None, help="write the results as JSON (--cluster, --matrix)")
+    ap.add_argument("--matrix", action="store_true", help="SQLite, PostgreSQL and PostgreSQL with 2 processes")
     args = ap.parse_args()
     if args.cluster:
         return cluster_main(args)
+    if args.matrix:
+        return matrix_main(args)
     levels = [int(x) for x in args.clients.split(",")]
-    cluster = None
     if args.dir:
         os.makedirs(args.dir, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
-        init = []
-        if args.backend == "postgres":
-            from tests.pg import Cluster
-
-            cluster = Cluster.start()
-            init = ["--db", cluster.new_database()]
-        srv = RunningServer.start(
-            Path(tmp) / "home", init=init, run=["--workers", str(args.workers)] if args.workers > 1 else []
-        )
-        try:
-            note = ""
-            if args.bulk:
-                took = bulk_fill(srv, args.cards, args.mids)
-                note = f", database filled with {args.cards:,} cards and {args.mids:,} MIDs in {took:.0f} s"
-            kits = make_users(srv, USERS)
-            # every acquisition flags a fresh disc: enough of them for 2,000 acquisitions/s
-            mids = iter(register_mids(srv, "LOAD-1", int(MAX_RATE * args.seconds * len(levels))))
-
-            async def acquire(i, client):
-                kit = kits[i % USERS]
-                body = p.encode(decisions.acquisition_request(*kit, next(mids)))
-                return await client.post("/v1/console/acquire", json=body)
-
-            async def health(i, client):
-                return await client.get("/v1/health")
-
-            rows = []
-            for n in levels:
-                acq = trio.run(drive, srv, n, args.seconds, acquire)
-                noop = trio.run(drive, srv, n, args.seconds, health)
-                rows.append((n, acq, noop))
-        finally:
-            srv.stop()
-            if cluster:
-                cluster.stop()
+    bulk = (args.cards, args.mids) if args.bulk else None
+    runs, note = run_levels(args.backend, args.workers, levels, args.seconds, 1, bulk=bulk, folder=args.dir)
+    rows = [(n, acq[0], noop[0]) for n, (acq, noop) in runs.items()]
     print(f"\nbackend {args.backend}, {args.workers} server process(es), {args.seconds:.0f} s per level{note}\n")
     print("| clients | acquisitions/s | p50 ms | p99 ms | no-op GET/s | p50 ms | p99 ms |")
     print("|---|---|---|---|---|---|---|")

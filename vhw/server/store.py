@@ -16,6 +16,7 @@ import contextlib
 import logging
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, cast
@@ -383,6 +384,7 @@ class PostgresStore(Store):
 
         AttemptWithBackoff.INITIAL_DELAY, AttemptWithBackoff.DELAY_BACKOFF = 0.2, 1.0
         self.url = url
+        self._commit_timeout = statement_timeout
         kwargs: dict[str, Any] = {"autocommit": False}
         if statement_timeout:
             kwargs["options"] = f"-c statement_timeout={int(statement_timeout * 1000)}"
@@ -419,12 +421,17 @@ class PostgresStore(Store):
         try:
             with self._pool.connection(timeout=self.CHECKOUT) as conn:
                 conn.add_notice_handler(notice)
+                armed = None
                 try:
                     with conn.transaction():
                         with conn.cursor() as cur:
                             yield Tx(cur, self._translate)
                         committing = True
+                        if self._commit_timeout:
+                            armed = _WATCHDOG.arm(conn, self._commit_timeout)
                 finally:
+                    if armed is not None:
+                        _WATCHDOG.disarm(armed)
                     conn.remove_notice_handler(notice)
         except (pg.UniqueViolation, pg.SerializationFailure, pg.DeadlockDetected) as exc:
             raise Conflict(str(exc).splitlines()[0]) from exc
@@ -459,6 +466,55 @@ class PostgresStore(Store):
 
     def close(self) -> None:
         self._pool.close()
+
+
+class _Watchdog:
+    """Cuts short a commit that waits too long for a synchronous standby (a new primary that no
+    standby follows yet holds every commit). PostgreSQL's ``statement_timeout`` cannot: it is
+    disarmed before the commit itself runs. So one thread here sends a cancel request for each
+    commit whose deadline passed; PostgreSQL then ends the wait with a warning, having committed
+    locally, which :meth:`PostgresStore.transaction` turns into "maybe committed". (A cancel that
+    arrives once the commit is over finds the connection idle, and PostgreSQL ignores it.)"""
+
+    def __init__(self) -> None:
+        self._cv = threading.Condition()
+        self._due: dict[int, tuple[float, Any]] = {}
+        self._next = 0
+        self._thread: threading.Thread | None = None
+
+    def arm(self, conn: Any, seconds: float) -> int:
+        with self._cv:
+            self._next += 1
+            self._due[self._next] = (time.monotonic() + seconds, conn)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="vhw-commit-watchdog", daemon=True)
+                self._thread.start()
+            self._cv.notify()
+            return self._next
+
+    def disarm(self, token: int) -> None:
+        with self._cv:
+            self._due.pop(token, None)
+
+    def _run(self) -> None:
+        with self._cv:
+            while True:
+                if not self._due:
+                    self._cv.wait()
+                    continue
+                token, (deadline, conn) = min(self._due.items(), key=lambda item: item[1][0])
+                left = deadline - time.monotonic()
+                if left > 0:
+                    self._cv.wait(left)
+                    continue
+                del self._due[token]
+                try:
+                    conn.cancel_safe(timeout=2.0)
+                except Exception as exc:  # (the connection broke meanwhile: its commit fails anyway)
+                    log.info("could not cancel a commit that waits too long: %s", _first_line(exc))
+
+
+_WATCHDOG = _Watchdog()
 
 
 def _first_line(exc: BaseException) -> str:
