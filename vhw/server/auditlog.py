@@ -6,7 +6,6 @@ The logic is :mod:`vhw.server.audit`'s; this module reads and writes the databas
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import logging
 import os
@@ -98,6 +97,14 @@ class Chainer:
 
 
 def verify(store: Store, heads: Path, check_signature: Callable[[bytes, bytes], bool]) -> audit.Verdict:
+    """Check the chain and the signed heads. The heads are read first: each is appended only after
+    its chain committed, so every head read is within the rows read after it, however a running
+    server's chainer interleaves (read the other way round, a head appended in between would look
+    like deleted entries)."""
+    try:
+        signed = read_heads(heads)
+    except ValueError:
+        return audit.Verdict(False, 0, 0, 0, f"{heads} is damaged: a line is not a signed head")
     with store.transaction() as tx:
         rows = tx.all("SELECT seq, at, actor, action, subject, detail, position, prev_hash, hash FROM audit")
     entries = [
@@ -114,6 +121,4 @@ def verify(store: Store, heads: Path, check_signature: Callable[[bytes, bytes], 
         )
         for r in rows
     ]
-    with contextlib.suppress(ValueError):
-        return audit.verify(entries, read_heads(heads), check_signature)
-    return audit.Verdict(False, 0, 0, 0, f"{heads} is damaged: a line is not a signed head")
+    return audit.verify(entries, signed, check_signature)

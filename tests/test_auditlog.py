@@ -1,0 +1,66 @@
+"""The audit chain on a real store (SQLite), against a live chainer."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from vhw import crypto
+from vhw.server import auditlog
+from vhw.server.store import SqliteStore
+
+
+def _keys() -> tuple[crypto.Signer, ec.EllipticCurvePublicKey]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    return crypto.ecdsa_signer(pem), key.public_key()
+
+
+def _add(store: SqliteStore, n: int) -> None:
+    with store.transaction() as tx:
+        tx.executemany(
+            "INSERT INTO audit (at, actor, action, subject, detail) VALUES (?, ?, ?, ?, ?)",
+            [(1, "server", "issue-keys", f"MID-{k}", "{}") for k in range(n)],
+        )
+
+
+def test_a_verify_that_meets_a_chainer_run_sees_an_intact_log(tmp_path: Path):
+    """A server chains and signs while an operator verifies. Every signed head is written after its
+    chain committed, so a verify that reads the heads and then the rows never sees a head beyond the
+    chain; read the other way round, a chainer run that lands between the two reads looked like
+    deleted entries (this failed the cluster's switchover test once)."""
+    store = SqliteStore(tmp_path / "vhw.db")
+    store.migrate()
+    sign, public = _keys()
+
+    def check(message: bytes, signature: bytes) -> bool:
+        try:
+            public.verify(signature, message, ec.ECDSA(hashes.SHA256()))
+            return True
+        except InvalidSignature:
+            return False
+
+    chainer = auditlog.Chainer(store, sign, tmp_path / "audit-heads.jsonl")
+    _add(store, 5)
+    assert chainer.run() == 5
+    _add(store, 3)  # pending: the next chainer run links them
+
+    plain = store.transaction
+
+    @contextlib.contextmanager
+    def snapshot_then_chain():
+        with plain() as tx:
+            yield tx
+        store.transaction = plain  # type: ignore[method-assign]
+        chainer.run()  # the live server's chainer, right after verify took its snapshot
+
+    store.transaction = snapshot_then_chain  # type: ignore[method-assign]
+    verdict = auditlog.verify(store, chainer.heads, check)
+    assert store.transaction == plain  # (the chainer ran)
+    assert verdict.ok, verdict.problem
+    verdict = auditlog.verify(store, chainer.heads, check)
+    assert verdict.ok and verdict.chained == 8, verdict.problem
