@@ -7,9 +7,11 @@ import errno
 import hashlib
 import io
 import os
+import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -104,6 +106,36 @@ def test_random_range_reads_through_the_mount(world, mounted):
         check()
     finally:
         os.close(fd)
+
+
+def test_concurrent_random_misses_read_right(world, mounted):
+    """Eight readers at once, each at random 4 KiB offsets, the kernel's cache of the file dropped
+    every 50 reads: misses of several readers in flight at once, and the page-cache pushes of
+    one read's chunk racing another's read in it; every byte must still be the file's own."""
+    film = mounted / TITLES["movie"] / "reel.bin"
+    source = (world["sources"]["movie"] / "reel.bin").read_bytes()
+    rng = random.Random(7)
+    plan = [[rng.randrange(0, len(source) - 4096) for _ in range(200)] for _ in range(8)]
+    wrong: list[int] = []
+
+    def reader(offsets: list[int]) -> None:
+        fd = os.open(film, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+            for k, off in enumerate(offsets):
+                if k % 50 == 0:
+                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # misses again
+                if os.pread(fd, 4096, off) != source[off : off + 4096]:
+                    wrong.append(off)
+        finally:
+            os.close(fd)
+
+    threads = [threading.Thread(target=reader, args=(p,)) for p in plan]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not wrong
 
 
 def test_the_mount_is_read_only(mounted):
