@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from vhw import bindings, crypto, saves
+from vhw import bindings, crypto, saves, volume
 from vhw.bindings import DeviceSecrets, TitleBinding
 from vhw.console.install import read_title
 from vhw.devices.card import CardImage
@@ -173,6 +173,13 @@ def test_context_kat():
     for case in KATS["context"]:
         assert crypto.context(case["purpose"], *case["parts"]).hex() == case["hex"]
     assert crypto.context("mid", MC, USER).hex() == KATS["context"][1]["hex"]
+
+
+def test_piece_checksum_kat():
+    """The standard check value of CRC-32C (over "123456789"), big-endian: the keyless fsck of HDD format 4."""
+    assert volume.piece_checksum(b"123456789") == bytes.fromhex("e3069283")
+    assert volume.piece_checksum(memoryview(bytearray(b"x123456789"))[1:]) == bytes.fromhex("e3069283")
+    assert volume.piece_digest([bytes.fromhex("e3069283")]) == hashlib.sha256(bytes.fromhex("e3069283")).digest()
 
 
 def test_hkdf_kat():

@@ -257,17 +257,22 @@ def devices(folder: Path) -> dict:
 
 
 def main() -> None:
+    """Add the vectors of the versions that have none yet; committed vectors are never rewritten
+    (a device file made again differs: fresh CA keys, signatures), older ones stay to be refused."""
     OUT.mkdir(parents=True, exist_ok=True)
-    made = devices(OUT)
     index = OUT / "devices.json"
     known = json.loads(index.read_text()) if index.exists() else {}
-    for kind, entry in made.items():  # older versions' entries stay: they must be refused
-        known.setdefault(kind, {})[str(entry["version"])] = entry
+    added = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for kind, entry in devices(Path(tmp)).items():
+            if str(entry["version"]) in known.get(kind, {}):
+                continue
+            shutil.copyfile(Path(tmp) / entry["file"], OUT / entry["file"])
+            known.setdefault(kind, {})[str(entry["version"])] = entry
+            added.append(entry["file"])
     index.write_text(json.dumps(known, indent=1, sort_keys=True) + "\n")
     (OUT / "kats.json").write_text(json.dumps(kats(), indent=1, sort_keys=True) + "\n")
-    for lock in OUT.glob(".*.lock"):  # (what opening the card for writing left beside it)
-        lock.unlink()
-    print(f"wrote {', '.join(e['file'] for e in made.values())}, devices.json and kats.json in {OUT}")
+    print(f"added {', '.join(added) or 'no device file'}; wrote devices.json and kats.json in {OUT}")
 
 
 if __name__ == "__main__":

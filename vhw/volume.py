@@ -26,8 +26,9 @@ so each chunk is in one place and a read never straddles extents.
 from __future__ import annotations
 
 import hashlib
-import zlib
 from dataclasses import dataclass, replace
+
+import crc32c
 
 from . import crypto
 from .errors import NoSpaceError
@@ -51,11 +52,12 @@ PIECE = 16  # chunks an install re-seals, hashes and writes together: 1 MiB
 
 
 def piece_checksum(sealed: bytes | bytearray | memoryview) -> bytes:
-    """The checksum of one piece of a file's sealed bytes: CRC-32. It is there for `fsck --deep`
-    to find damage without a key; what resists a deliberate change is each chunk's GCM tag. (It
-    was SHA-256: at 1.2 GiB/s on this machine it cost the install more CPU than both AES-GCM
-    passes together; zlib's CRC-32 runs at 2.3 GiB/s.)"""
-    return zlib.crc32(sealed).to_bytes(4, "big")
+    """The checksum of one piece of a file's sealed bytes: CRC-32C (Castagnoli), which the CPU
+    computes (SSE 4.2). It is there for `fsck --deep` to find damage without a key; what resists a
+    deliberate change is each chunk's GCM tag. (SHA-256, at 1.2 GB/s here, cost the install more
+    CPU than both AES-GCM passes together; zlib's CRC-32 (HDD format 3) 2.2 GB/s per core, half a
+    second of CPU per GiB installed; CRC-32C 19 GB/s.)"""
+    return crc32c.crc32c(sealed).to_bytes(4, "big")
 
 
 def piece_digest(piece_checksums: list[bytes]) -> bytes:

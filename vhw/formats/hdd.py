@@ -27,8 +27,9 @@ of the image that the superblock names (``memory_offset``, ``memory_length``). I
 the card's own crash-safe commits and never touched by the HDD's.
 
 Version 2 added the HDD's secret, ``bound_to`` and the memory region; version 3 the ditto copies
-of the superblocks and the catalog, and the entry tag. Older images are refused with a line that
-says to format them again.
+of the superblocks and the catalog, and the entry tag; version 4 checksums the pieces of a file's
+sealed bytes with CRC-32C instead of CRC-32 (:func:`vhw.volume.piece_checksum`), so its digest
+differs. Older images are refused with a line that says to format them again.
 
 Nothing is ever overwritten in place except a superblock slot, and only the older one: a commit
 writes the new catalog's two copies into free space, syncs, then writes the next generation into
@@ -64,7 +65,7 @@ from .common import (
 
 SUPER_MAGIC = b"VHWHDD\0\0"
 CATALOG_MAGIC = b"VHWCATL\0"
-VERSION = 3
+VERSION = 4
 WHAT = "HDD image"
 SLOT_OFFSETS = (0, BLOCK_SIZE)  # copy A of slots 0 and 1
 DITTO = 2 * BLOCK_SIZE  # copy B of a slot lies this far after its copy A
