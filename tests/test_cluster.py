@@ -221,7 +221,7 @@ def test_a_switchover_costs_no_install(healthy, load):
     leader = cluster.leader()
     assert leader is not None
 
-    seen, began = run_load(srv, users, discs, contended, 15, lambda: vc.switchover(cluster))
+    seen, began = run_load(srv, users, discs, contended, 12, lambda: vc.switchover(cluster))
     assert cluster.leader() not in (None, leader)
     print(f"\nswitchover: outage {outage(seen, began):.1f} s, {len(seen.acquired)} acquisitions")
     check_the_books(cluster, seen)  # (no failure at the clients: their retries absorbed it)
