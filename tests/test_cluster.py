@@ -204,7 +204,7 @@ def test_a_killed_primary_fails_over_losing_nothing(healthy, load):
     srv, users, discs, contended = load
     leader = cluster.leader()
     assert leader is not None
-    seen, began = run_load(srv, users, discs, contended, 24, lambda: vc.kill_node(cluster, leader))
+    seen, began = run_load(srv, users, discs, contended, 21, lambda: vc.kill_node(cluster, leader))
     new = cluster.leader()
     assert new is not None and new != leader
     took = outage(seen, began)
@@ -233,7 +233,7 @@ def test_a_partitioned_primary_takes_no_write_after_the_promotion(healthy, load)
     srv, users, discs, contended = load
     leader = cluster.leader()
     assert leader is not None
-    seen, began = run_load(srv, users, discs, contended, 24, lambda: vc.kill_node(cluster, leader, signal.SIGSTOP))
+    seen, began = run_load(srv, users, discs, contended, 21, lambda: vc.kill_node(cluster, leader, signal.SIGSTOP))
     try:
         new = cluster.leader()
         assert new is not None and new != leader

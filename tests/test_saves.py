@@ -442,7 +442,7 @@ def test_sigkill_during_saves_of_a_running_title(cli, console):
         items = img.card
     rnd = random.Random(7)
     versions = []
-    for _kill in range(8):
+    for _kill in range(6):
         proc = subprocess.Popen(
             [sys.executable, "-m", "vhw", "console", "play", *map(str, con), saver, "loop"],
             stdout=subprocess.PIPE,
