@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import select
 import signal
@@ -259,3 +260,15 @@ def match_of(dev: dict, card_path: Path | None = None) -> decisions.Match:
 
     view = decisions.CardView.open(card_dev.load(card_path or dev["card"]))
     return decisions.reproduction_key(view, hardware_of(dev["rom"], dev["hdd"]))
+
+
+def cluster_tool():
+    """tools/vhw_cluster.py as a module (tools/ is no package), loaded once for every test that uses it."""
+    if "vhw_cluster" not in sys.modules:
+        path = Path(__file__).resolve().parent.parent / "tools" / "vhw_cluster.py"
+        spec = importlib.util.spec_from_file_location("vhw_cluster", path)
+        assert spec and spec.loader
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["vhw_cluster"] = module  # (before running it: its dataclasses look themselves up)
+        spec.loader.exec_module(module)
+    return sys.modules["vhw_cluster"]

@@ -5,19 +5,16 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-
-from vhw import crypto
+from vhw import crypto, pki
 from vhw.server import auditlog
 from vhw.server.store import SqliteStore
 
 
-def _keys() -> tuple[crypto.Signer, ec.EllipticCurvePublicKey]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    return crypto.ecdsa_signer(pem), key.public_key()
+def _signing_key() -> tuple[crypto.Signer, bytes]:
+    """The platform's signing key, as a server home has one: (signer, its certificate)."""
+    ca_der, ca_key = pki.make_ca("test CA")
+    der, key = pki.issue_signer(ca_der, ca_key, "test signing key")
+    return crypto.ecdsa_signer(pki.key_pem(key)), der
 
 
 def _add(store: SqliteStore, n: int) -> None:
@@ -35,13 +32,13 @@ def test_a_verify_that_meets_a_chainer_run_sees_an_intact_log(tmp_path: Path):
     deleted entries (this failed the cluster's switchover test once)."""
     store = SqliteStore(tmp_path / "vhw.db")
     store.migrate()
-    sign, public = _keys()
+    sign, certificate = _signing_key()
 
     def check(message: bytes, signature: bytes) -> bool:
         try:
-            public.verify(signature, message, ec.ECDSA(hashes.SHA256()))
+            crypto.ecdsa_verify(certificate, signature, message)
             return True
-        except InvalidSignature:
+        except crypto.Invalid:
             return False
 
     chainer = auditlog.Chainer(store, sign, tmp_path / "audit-heads.jsonl")

@@ -19,7 +19,6 @@ successful acquisition) is printed; no install fails at the clients (their retri
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import os
 import random
@@ -38,24 +37,14 @@ from vhw import protocol as p
 from vhw.console import decisions
 from vhw.errors import VhwError
 
-from .servers import make_users, press
+from .servers import cluster_tool, make_users, press
 
-ROOT = Path(__file__).resolve().parent.parent
 CLIENTS, CONTENDERS = 16, 4
 
 pytestmark = pytest.mark.slow
 
 
-def _tool():
-    spec = importlib.util.spec_from_file_location("vhw_cluster", ROOT / "tools" / "vhw_cluster.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["vhw_cluster"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-vc = _tool()
+vc = cluster_tool()
 if any(not vc.shutil.which(tool) for tool in ("etcd", "patroni", "haproxy")):
     pytest.skip("etcd, patroni and haproxy are needed (tools/setup.sh --cluster)", allow_module_level=True)
 

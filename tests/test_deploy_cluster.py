@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from .servers import cluster_tool
+
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy" / "cluster"
 
@@ -39,14 +41,7 @@ def test_the_patroni_config_makes_the_measured_choices():
 
     if not list(Path("/usr/lib/postgresql").glob("*/bin/initdb")):
         pytest.skip("PostgreSQL is not installed")
-    import importlib.util
-    import sys
-
-    spec = importlib.util.spec_from_file_location("vhw_cluster", ROOT / "tools" / "vhw_cluster.py")
-    assert spec and spec.loader
-    vc = sys.modules.setdefault("vhw_cluster", importlib.util.module_from_spec(spec))
-    if not hasattr(vc, "Cluster"):
-        spec.loader.exec_module(vc)
+    vc = cluster_tool()
     local = json.loads(vc._patroni_config(vc.Cluster("/tmp/x", 30000, 2), 0))["bootstrap"]["dcs"]
     for key in ("synchronous_mode", "synchronous_mode_strict", "maximum_lag_on_failover"):
         assert local[key] == dcs[key], key

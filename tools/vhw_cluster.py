@@ -158,22 +158,21 @@ class Cluster:
         running = all(m.get("state") in ("running", "streaming") for m in members)
         if not (len(members) == NODES and running and roles.count("leader") == 1 and "sync_standby" in roles):
             return False
-        return self.sync_caught_up()
+        return self._sync_caught_up(members)
 
-    def sync_caught_up(self) -> bool:
-        """Whether the primary has a synchronous standby (by PostgreSQL's account) that has
-        replayed all it wrote, and it is the one Patroni names."""
-        leader = self.leader()
-        named = [m.get("name") for m in self.members() if m.get("role") == "sync_standby"]
-        if leader is None or not named:
-            return False
-        psql = [str(_bindir() / "psql"), "-h", "127.0.0.1", "-p", str(self.ports.pg(leader)), "-U", "postgres"]
+    def _sync_caught_up(self, members: list[dict[str, object]]) -> bool:
+        """Whether the leader among ``members`` has a synchronous standby (by PostgreSQL's account)
+        that has replayed all it wrote, and it is the one Patroni names."""
+        leader = next(str(m.get("name")) for m in members if m.get("role") == "leader")
+        named = next(str(m.get("name")) for m in members if m.get("role") == "sync_standby")
+        port = self.ports.pg(int(leader.removeprefix("pg")))
+        psql = [str(_bindir() / "psql"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres"]
         query = (
             "SELECT application_name FROM pg_stat_replication WHERE sync_state = 'sync'"
             " AND replay_lsn >= pg_current_wal_lsn()"
         )
         r = subprocess.run([*psql, "-At", "-c", query], capture_output=True, text=True)
-        return r.returncode == 0 and named[0] in r.stdout.split()
+        return r.returncode == 0 and named in r.stdout.split()
 
     def wait_healthy(self, timeout: float = 120, settled: float = 3.0) -> None:
         """Until the cluster is healthy, with the same leader and synchronous standby for
