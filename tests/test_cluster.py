@@ -193,7 +193,7 @@ def test_a_killed_primary_fails_over_losing_nothing(healthy, load):
     srv, users, discs, contended = load
     leader = cluster.leader()
     assert leader is not None
-    seen, began = run_load(srv, users, discs, contended, 21, lambda: vc.kill_node(cluster, leader))
+    seen, began = run_load(srv, users, discs, contended, 18, lambda: vc.kill_node(cluster, leader))
     new = cluster.leader()
     assert new is not None and new != leader
     took = outage(seen, began)
@@ -210,7 +210,7 @@ def test_a_switchover_costs_no_install(healthy, load):
     leader = cluster.leader()
     assert leader is not None
 
-    seen, began = run_load(srv, users, discs, contended, 12, lambda: vc.switchover(cluster))
+    seen, began = run_load(srv, users, discs, contended, 10, lambda: vc.switchover(cluster))
     assert cluster.leader() not in (None, leader)
     print(f"\nswitchover: outage {outage(seen, began):.1f} s, {len(seen.acquired)} acquisitions")
     check_the_books(cluster, seen)  # (no failure at the clients: their retries absorbed it)
@@ -222,7 +222,7 @@ def test_a_partitioned_primary_takes_no_write_after_the_promotion(healthy, load)
     srv, users, discs, contended = load
     leader = cluster.leader()
     assert leader is not None
-    seen, began = run_load(srv, users, discs, contended, 21, lambda: vc.kill_node(cluster, leader, signal.SIGSTOP))
+    seen, began = run_load(srv, users, discs, contended, 18, lambda: vc.kill_node(cluster, leader, signal.SIGSTOP))
     try:
         new = cluster.leader()
         assert new is not None and new != leader

@@ -223,17 +223,17 @@ def film(folder: Path, mib: int, seed: int) -> Path:
 
 
 @pytest.mark.slow
-def test_sigkill_at_10_moments_of_a_512_mib_install(cli, srv, tmp_path, vhw_home, capsys):
+def test_sigkill_at_10_moments_of_a_384_mib_install(cli, srv, tmp_path, vhw_home, capsys):
     early = make_title(tmp_path / "early", seed=30)
     [d_early] = publish(cli, srv, early, tmp_path, "KILL-0")
-    [d_cal] = publish(cli, srv, film(tmp_path / "cal", 512, 1), tmp_path, "KILL-CAL")
-    movie = film(tmp_path / "movie", 512, 2)
+    [d_cal] = publish(cli, srv, film(tmp_path / "cal", 384, 1), tmp_path, "KILL-CAL")
+    movie = film(tmp_path / "movie", 384, 2)
     [d_movie] = publish(cli, srv, movie, tmp_path, "KILL-1")
     dev, con = ready_console(cli, srv, tmp_path, "k", hdd_size="1600M")
     assert cli("console", "insert-disc", d_early, *con).code == 0
     assert cli("console", "install", *con).code == 0
     env = {**os.environ, "VHW_HOME": str(vhw_home)}
-    # calibrate: how long one whole install of 512 MiB takes here, start-up included
+    # calibrate: how long one whole install of 384 MiB takes here, start-up included
     assert cli("console", "eject-disc", *con).code == 0
     assert cli("console", "insert-disc", d_cal, *con).code == 0
     started = time.monotonic()

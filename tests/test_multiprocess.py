@@ -31,9 +31,9 @@ def two(postgres, tmp_path_factory):
     assert server.stop() == 0
 
 
-async def test_200_concurrent_acquisitions_across_two_processes_15_times(two):
+async def test_200_concurrent_acquisitions_across_two_processes_12_times(two):
     kits = await trio.to_thread.run_sync(make_users, two, 200)
-    mids = await trio.to_thread.run_sync(press, two, "TWO-PROC-1", 15)
+    mids = await trio.to_thread.run_sync(press, two, "TWO-PROC-1", 12)
     ctx = tls_context(two.ca_der)
     clients = [
         httpx.AsyncClient(base_url=two.url, verify=ctx, timeout=120, limits=httpx.Limits(max_connections=1))
