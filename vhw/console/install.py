@@ -244,8 +244,6 @@ class _Sealer:
         first: int,
     ) -> Future[Piece]:
         buffer = self._free.pop() if self._free else bytearray(PIECE * SEALED_CHUNK)
-        if first % (PREFETCH * PIECE) == 0:
-            self.disc.prefetch(disc_file, first + DEPTH * PIECE, PREFETCH * PIECE)
         return self._pool.submit(self._seal, disc_file, hdd_file, reader, writer, first, buffer)
 
     def _seal(
@@ -260,6 +258,8 @@ class _Sealer:
         layout = reader.layout
         last = min(first + PIECE, layout.count)
         sealed_in, plain = _scratch()
+        if first % (PREFETCH * PIECE) == 0:  # (here, not in the writer's thread: the call may wait)
+            self.disc.prefetch(disc_file, first + DEPTH * PIECE, PREFETCH * PIECE)
         n_in = self.disc.read_sealed_into(disc_file, first, last - first, sealed_in)
         out = memoryview(buffer)
         at = pos = plain_size = 0
