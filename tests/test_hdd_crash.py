@@ -245,3 +245,37 @@ def test_fsck_repair_drops_only_what_is_unreachable(world, tmp_path, cli):
     with open(path, "rb") as f:
         f.seek(stale.offset)
         assert f.read(min(stale.length, 4096)).strip(b"\0") == b""
+
+
+def test_a_streaming_plan_starts_writeback_per_run_of_contiguous_writes(tmp_path, monkeypatch):
+    """HddImage.run hints the kernel once per WRITEBACK_RUN of contiguous large writes (the disk
+    then gets large requests), starts a new run where the writes jump, and never for small ones."""
+    from vhw.devices import hdd as hdd_mod
+
+    path = tmp_path / "h.hdd"
+    HddImage.format(path, hdd_id=Id.random(IdKind.HDD), secret=crypto.device_secret(), size=64 << 20, formatted=1)
+    hints: list[tuple[int, int]] = []
+    real = os.posix_fadvise
+
+    def spy(fd, offset, length, advice):
+        if advice == os.POSIX_FADV_DONTNEED:
+            hints.append((offset, length))
+        return real(fd, offset, length, advice)
+
+    monkeypatch.setattr(hdd_mod.os, "posix_fadvise", spy)
+    mib = 1 << 20
+    start = 16 * mib  # (only the bytes matter here, not what they mean to the volume)
+
+    with HddImage.open(path, write=True) as img:
+
+        def plan():
+            for i in range(10):  # 10 MiB in a row: one hint at 8 MiB
+                yield Write(start + i * mib, bytes(mib))
+            yield Write(start + 40 * mib, bytes(100))  # small: no run, no hint
+            for i in range(8):  # elsewhere: a new run, a hint at its 8th MiB
+                yield Write(start + 30 * mib + i * mib, bytes(mib))
+            yield Sync()
+            return img.volume
+
+        img.run(plan())
+    assert hints == [(start, 8 * mib), (start + 30 * mib, 8 * mib)]

@@ -46,7 +46,8 @@ CHECKPOINT = 64 * 1024 * 1024  # sealed bytes between progress commits: at most 
 FIRST_CHECKPOINT = 4 * 1024 * 1024
 DEPTH = 6  # pieces in flight ahead of the writer: bounded memory (16 MiB of buffers)
 # the disc is read ahead PREFETCH pieces at a time, DEPTH pieces ahead of the sealers: with one
-# 1 MiB read per piece from two threads, the disk saw reads of 0.86 MiB on average (tools/bench.py)
+# 1 MiB read per piece from two threads, the disk saw reads of 0.86 MiB on average and was busy
+# longer than `cp`'s reads and writes together (/sys/block/*/stat over 1 GiB installs)
 PREFETCH = 4
 WORKERS = 2  # threads sealing pieces (the machine has two cores; the writer shares them)
 
