@@ -64,24 +64,29 @@ class DiscImage:
 
     def read_sealed(self, f: fmt.DiscFile, first: int, count: int = 1) -> bytes:
         """The sealed bytes of chunks ``first .. first + count - 1`` of ``f``."""
-        layout = f.layout
-        last = min(first + count, layout.count) - 1
-        start = layout.sealed_offset(first)
-        end = layout.sealed_offset(last) + layout.sealed_length(last)
-        data = os.pread(self._fd, end - start, self.disc.data_offset + f.offset + start)
-        if len(data) != end - start:
+        offset, n = self._sealed_range(f, first, count)
+        data = os.pread(self._fd, n, offset)
+        if len(data) != n:
             raise ImageError(self.path, f"truncated {fmt.WHAT}")
         return data
+
+    def _sealed_range(self, f: fmt.DiscFile, first: int, count: int) -> tuple[int, int]:
+        """Where in the image the sealed bytes of chunks ``first .. first + count - 1`` of ``f``
+        (those that exist) lie: (offset, length); the length is 0 past the file's last chunk."""
+        layout = f.layout
+        last = min(first + count, layout.count) - 1
+        if first > last:
+            return self.disc.data_offset + f.offset, 0
+        start = layout.sealed_offset(first)
+        n = layout.sealed_offset(last) + layout.sealed_length(last) - start
+        return self.disc.data_offset + f.offset + start, n
 
     def read_sealed_into(self, f: fmt.DiscFile, first: int, count: int, buffer: bytearray | memoryview) -> int:
         """Read the sealed bytes of chunks ``first .. first + count - 1`` of ``f`` into ``buffer``
         (a reused one: no new allocation per read); returns how many bytes that is. Safe to call
         from several threads at once."""
-        layout = f.layout
-        last = min(first + count, layout.count) - 1
-        start = layout.sealed_offset(first)
-        n = layout.sealed_offset(last) + layout.sealed_length(last) - start
-        if os.preadv(self._fd, [memoryview(buffer)[:n]], self.disc.data_offset + f.offset + start) != n:
+        offset, n = self._sealed_range(f, first, count)
+        if os.preadv(self._fd, [memoryview(buffer)[:n]], offset) != n:
             raise ImageError(self.path, f"truncated {fmt.WHAT}")
         return n
 
@@ -89,13 +94,9 @@ class DiscImage:
         """Ask the kernel to start reading chunks ``first .. first + count - 1`` of ``f`` (what
         exists of them), without waiting: an install's sealer threads read pieces of the disc
         out of order, which the kernel's own readahead takes for random reads and keeps small."""
-        layout = f.layout
-        last = min(first + count, layout.count) - 1
-        if first > last:
-            return
-        start = layout.sealed_offset(first)
-        n = layout.sealed_offset(last) + layout.sealed_length(last) - start
-        os.posix_fadvise(self._fd, self.disc.data_offset + f.offset + start, n, os.POSIX_FADV_WILLNEED)
+        offset, n = self._sealed_range(f, first, count)
+        if n:
+            os.posix_fadvise(self._fd, offset, n, os.POSIX_FADV_WILLNEED)
 
     def iter_sealed(self, f: fmt.DiscFile, *, start: int = 0) -> Iterator[tuple[int, memoryview]]:
         """(index, sealed chunk) for every chunk of ``f`` from ``start``, read in batches."""
