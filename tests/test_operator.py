@@ -5,6 +5,8 @@ tamper-evident audit log on SQLite and PostgreSQL, and the systemd unit."""
 from __future__ import annotations
 
 import base64
+import contextlib
+import io
 import json
 import os
 import random
@@ -24,6 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from vhw import bindings, crypto
 from vhw import protocol as p
+from vhw.cli import run
 from vhw.client import tls_context
 from vhw.console import decisions
 from vhw.devices import card as card_dev
@@ -659,6 +662,7 @@ class Rows:
 
     def __init__(self, home: ServerHome, url: str):
         self.home, self.url = home, url
+        self.verified = False
 
     def sql(self, statement: str, *args) -> list[tuple]:
         if self.url.startswith("sqlite:///"):
@@ -676,7 +680,16 @@ class Rows:
             return cur.fetchall() if cur.description else []
 
     def verify(self) -> subprocess.CompletedProcess:
-        return vhw_cmd("server", "audit", "--verify", "--home", self.home.root)
+        """`vhw server audit --verify`: the first time as the real executable, then through the same
+        CLI in this process (a dozen runs of it, a second of start-up each)."""
+        args = ["server", "audit", "--verify", "--home", str(self.home.root)]
+        if not self.verified:
+            self.verified = True
+            return vhw_cmd(*args)
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = run(args)
+        return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
