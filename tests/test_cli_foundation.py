@@ -96,6 +96,8 @@ def test_factory_commands(cli, tmp_path):
 def test_every_command_has_help(cli):
     from vhw.cli import vhw
 
+    vhw.load_all()
+
     def walk(group, prefix):
         for name, cmd in group.commands.items():
             yield prefix + [name]
@@ -138,6 +140,8 @@ def test_every_group_says_all_it_does():
     import click
 
     from vhw.cli import vhw
+
+    vhw.load_all()
 
     def groups(g, path):
         if isinstance(g, click.Group):

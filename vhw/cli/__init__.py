@@ -9,6 +9,7 @@ when ``VHW_DEBUG=1``.
 from __future__ import annotations
 
 import datetime
+import importlib
 import json
 import logging
 import os
@@ -148,7 +149,52 @@ def progress_bar(length: int, label: str) -> ProgressBar:
     return ProgressBar(length, label)
 
 
-@click.group(epilog=EXIT_HELP, context_settings={"help_option_names": ["-h", "--help"]})
+class LazyGroup(click.Group):
+    """The top group: each command's module loads when that command runs (or when help lists
+    them all), so a command pays for its own imports only: `vhw console install` does not load
+    the server, the broker, the web consoles or mastering (a cold start is a large part of a
+    small install, where `cp` starts at once)."""
+
+    def __init__(self, *args: Any, modules: dict[str, tuple[str, ...]], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.modules = modules  # command -> the modules that define it and add to it, in order
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*self.commands, *self.modules})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        for name in self.modules.get(cmd_name, ()):
+            module = importlib.import_module(name, __name__)
+            if cmd_name not in self.commands and isinstance(getattr(module, cmd_name, None), click.Command):
+                self.add_command(getattr(module, cmd_name))  # (a command defined outside vhw.cli)
+        return super().get_command(ctx, cmd_name)
+
+    def load_all(self) -> None:
+        """Every command (for code that walks ``commands``)."""
+        for name in self.modules:
+            self.get_command(click.Context(self), name)
+
+
+# (a module may define several groups: `.devices` defines `card`, `console` and `hdd`; the
+# modules after it add commands to one of them; `..demo` defines `demo`, which is added here)
+COMMANDS = {
+    "broker": (".broker",),
+    "card": (".devices", ".saves"),
+    "console": (".devices", ".console"),
+    "demo": ("..demo",),
+    "disc": (".disc",),
+    "hdd": (".devices",),
+    "repair": (".repair",),
+    "server": (".server",),
+}
+
+
+@click.group(
+    cls=LazyGroup,
+    modules=COMMANDS,
+    epilog=EXIT_HELP,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
 @click.option("-v", "--verbose", count=True, help="Log more (twice for debug output).")
 @click.version_option(package_name="vhw")
 def vhw(verbose: int) -> None:
@@ -222,16 +268,3 @@ def run(args: list[str] | None = None) -> int:
 def main() -> None:
     """Console-script entry point."""
     sys.exit(run())
-
-
-# Sub-command groups register themselves on import.
-from ..demo import demo as _demo_command  # noqa: E402
-from . import devices as _devices  # noqa: E402,F401
-from . import disc as _disc  # noqa: E402,F401
-from . import saves as _saves  # noqa: E402,F401
-
-vhw.add_command(_demo_command)
-from . import broker as _broker  # noqa: E402,F401
-from . import console as _console  # noqa: E402,F401
-from . import repair as _repair  # noqa: E402,F401
-from . import server as _server  # noqa: E402,F401
