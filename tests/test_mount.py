@@ -110,8 +110,8 @@ def test_random_range_reads_through_the_mount(world, mounted):
 
 def test_concurrent_random_misses_read_right(world, mounted):
     """Eight readers at once, each at random 4 KiB offsets, the kernel's cache of the file dropped
-    every 50 reads: misses of several readers in flight at once, and the page-cache pushes of
-    one read's chunk racing another's read in it; every byte must still be the file's own."""
+    every 50 reads: misses of several readers in flight at once, two of them often in one chunk;
+    every byte must still be the file's own."""
     film = mounted / TITLES["movie"] / "reel.bin"
     source = (world["sources"]["movie"] / "reel.bin").read_bytes()
     rng = random.Random(7)

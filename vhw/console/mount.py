@@ -22,14 +22,17 @@ Performance by design (measured on this kind of machine, see README's table and
 ``tools/bench.py``):
 
 * every handler runs inline on the trio loop (decrypting in a thread per request cost more than
-  it saved: the thread hand-off per 128 KiB request doubled the CPU per byte);
+  it saved: the thread hand-off per 128 KiB request doubled the CPU per byte, and random 4 KiB
+  misses served in four worker threads ran at 0.57× of inline with one reader and gained nothing
+  with eight);
 * decryption reuses per-thread buffers: a fresh buffer per read cost a page fault per 4 KiB, more
   than the decryption itself;
 * sequential readers get 1 MiB requests: the mount raises its readahead to 1 MiB
   (:func:`raise_readahead`, root only), so a gigabyte costs ~1,000 requests instead of ~8,000;
-* after a read that decrypted more than it was asked for (a random 4 KiB read decrypts a whole
-  64 KiB chunk), a worker thread stores the rest of the chunk in the kernel's page cache
-  (:class:`Pusher`), so later reads in it never reach the mount;
+* a random 4 KiB read decrypts its whole 64 KiB chunk and answers the 4 KiB asked for; the rest
+  is not pushed into the kernel's page cache (``notify_store`` from a worker thread, as an earlier
+  version did: on two cores it competed with the readers, and misses ran at 0.77× with one reader
+  and 0.61× with eight, for 8% more on random reads that often fall in a chunk read before);
 * the kernel keeps its page cache between opens (``keep_cache``) and entries and attributes are
   cached for an hour, since titles are immutable once installed.
 
@@ -46,7 +49,6 @@ import errno
 import functools
 import logging
 import os
-import queue
 import signal
 import stat
 import threading
@@ -142,8 +144,6 @@ class OpenFile:
         self.file = f
         self.cipher = crypto.ChunkCipher(key, f.stream_id, f.size)
         self.layout = self.cipher.layout
-        self.next_offset = -1  # where a sequential reader reads next
-        self.ahead_to = 0  # chunks before this one are pushed, or on their way
 
     def decrypt(self, chunks: range) -> memoryview:
         """The plaintext of these chunks, one after the other, in this thread's scratch buffer:
@@ -183,15 +183,15 @@ class OpenFile:
             i = j
         return out[:pos]
 
-    def read(self, off: int, size: int) -> tuple[memoryview, range, memoryview]:
-        """Bytes [off, off + size): the reply, the chunks it decrypted, and their plaintext (all in
-        this thread's scratch buffer: the loop replies before it reads again)."""
+    def read(self, off: int, size: int) -> memoryview:
+        """Bytes [off, off + size), in this thread's scratch buffer (the loop replies before it
+        reads again)."""
         chunks = self.layout.chunks_for(off, size)
         if not chunks:
-            return memoryview(b""), chunks, memoryview(b"")
+            return memoryview(b"")
         plain = self.decrypt(chunks)
         start = off - chunks.start * self.layout.chunk_size
-        return plain[start : start + min(size, self.file.size - off)], chunks, plain
+        return plain[start : start + min(size, self.file.size - off)]
 
 
 _local = threading.local()
@@ -205,54 +205,6 @@ def _scratch(sealed_size: int, plain_size: int) -> tuple[memoryview, memoryview]
         have = (memoryview(bytearray(big)), memoryview(bytearray(max(plain_size, 16 * crypto.CHUNK_SIZE))))
         _local.buffers = have
     return have
-
-
-class Pusher:
-    """Puts the rest of each chunk a read decrypted into the kernel's page cache
-    (``pyfuse3.notify_store``), from a worker thread, so that the kernel answers later reads in
-    that chunk without asking the mount. A random 4 KiB read decrypts a whole 64 KiB chunk; its
-    other fifteen pages are free to keep (a random reader's later reads often fall in a chunk it
-    has touched: about 40% of 20,000 random reads of a 1 GiB title, measured).
-
-    The worker runs beside the trio loop (notify_store releases the GIL). A store waits for
-    pages the kernel has locked for a read in flight, so the pages the read asked for are left
-    out: the reply puts those in the cache itself. Nothing remembers what was pushed: the kernel
-    may drop it any time, and a read reaching the mount says its pages are not cached. Sequential
-    readers need none of this: the kernel's own readahead asks for whole chunks
-    (:func:`raise_readahead`).
-
-    The one hazard: a store waiting for a page of a read the loop will never answer, because the
-    process was killed (SIGKILL) at that moment, waits uninterruptibly; the mount then stays until
-    root aborts its connection (``echo 1 > /sys/fs/fuse/connections/N/abort``). An unmount or
-    SIGTERM stops the worker first.
-    """
-
-    def __init__(self) -> None:
-        self._jobs: queue.SimpleQueue[tuple[int, int, bytes] | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._work, name="vhw-push", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._jobs.put(None)
-        self._thread.join(10)
-
-    def after_read(self, f: OpenFile, off: int, size: int, chunks: range, plain: memoryview) -> None:
-        """Called by the loop after a read: queue the pages of its chunks it did not ask for."""
-        base = chunks.start * f.layout.chunk_size
-        lo, hi = off // BLOCK * BLOCK, min(-(-(off + size) // BLOCK) * BLOCK, f.file.size)
-        end = base + len(plain)
-        # copied: the loop's buffer is reused by its next read
-        if base < lo:
-            self._jobs.put((f.inode, base, bytes(plain[: lo - base])))
-        if hi < end:
-            self._jobs.put((f.inode, hi, bytes(plain[hi - base :])))
-
-    def _work(self) -> None:
-        while (job := self._jobs.get()) is not None:
-            try:
-                pyfuse3.notify_store(*job)
-            except OSError as exc:  # unmounting, or the kernel forgot the inode: nothing to keep
-                log.debug("page cache push skipped: %s", exc)
 
 
 def raise_readahead(mountpoint: Path, kib: int = 1024) -> None:
@@ -328,7 +280,6 @@ class TitleFS(pyfuse3.Operations):
         self._keys: dict[str, bytes] = {}
         self._open: dict[int, OpenFile] = {}
         self._next_fh = 1
-        self.pusher: Pusher | None = None  # started by serve(); tests may leave it off
 
     def _key(self, title: Title) -> bytes:
         if self._binding is None:
@@ -416,11 +367,7 @@ class TitleFS(pyfuse3.Operations):
     async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:  # type: ignore[override]
         if self._binding is None:
             raise pyfuse3.FUSEError(errno.EACCES)
-        f = self._open[fh]
-        data, chunks, plain = f.read(off, size)
-        if self.pusher is not None:
-            self.pusher.after_read(f, off, size, chunks, plain)
-        return data
+        return self._open[fh].read(off, size)
 
     @fuse_errors
     async def release(self, fh: int) -> None:
@@ -468,7 +415,6 @@ def serve(
     """Mount the titles and serve until unmounted, SIGINT or SIGTERM; always unmounts on the way out.
     ``watch`` says why the keys must go (the card left its slot), or None while they may stay."""
     fs = TitleFS(image, binding)
-    fs.pusher = Pusher()
 
     def mounted() -> None:
         where = Path(os.path.abspath(mountpoint))  # (resolve() would stat the mount: not served yet)
@@ -476,9 +422,7 @@ def serve(
         ready()
 
     tasks = [functools.partial(_watch_card, fs, watch)] if watch else []
-    serve_operations(
-        fs, mountpoint, {"fsname=vhw", "subtype=vhw", "ro"}, ready=mounted, before_close=fs.pusher.stop, tasks=tasks
-    )
+    serve_operations(fs, mountpoint, {"fsname=vhw", "subtype=vhw", "ro"}, ready=mounted, tasks=tasks)
 
 
 async def _watch_card(fs: TitleFS, watch: Callable[[], str | None]) -> None:
@@ -501,24 +445,18 @@ def serve_operations(
     options: set[str],
     *,
     ready: Callable[[], None],
-    before_close: Callable[[], None] | None = None,
     tasks: Sequence[Callable[[], Awaitable[object]]] | None = None,
 ) -> None:
     """Mount ``fs`` at ``mountpoint`` and serve it until unmounted, SIGINT, SIGTERM or SIGHUP;
-    always unmounts on the way out (the title mount and the save folder both run this way).
-    ``before_close`` runs while the FUSE session still exists (stop threads that use it)."""
+    always unmounts on the way out (the title mount and the save folder both run this way)."""
     clear_stale(mountpoint)
     try:
         pyfuse3.init(fs, str(mountpoint), set(pyfuse3.default_options) | options)
     except RuntimeError as exc:
-        if before_close:
-            before_close()
         raise StateError(f"{mountpoint}: cannot mount ({exc})") from None
     try:
         trio.run(_serve, ready, tasks or [])
     finally:
-        if before_close:
-            before_close()
         pyfuse3.close(unmount=True)
 
 
