@@ -90,14 +90,6 @@ class DiscImage:
             raise ImageError(self.path, f"truncated {fmt.WHAT}")
         return n
 
-    def prefetch(self, f: fmt.DiscFile, first: int, count: int) -> None:
-        """Ask the kernel to start reading chunks ``first .. first + count - 1`` of ``f`` (what
-        exists of them), without waiting: an install's sealer threads read pieces of the disc
-        out of order, which the kernel's own readahead takes for random reads and keeps small."""
-        offset, n = self._sealed_range(f, first, count)
-        if n:
-            os.posix_fadvise(self._fd, offset, n, os.POSIX_FADV_WILLNEED)
-
     def iter_sealed(self, f: fmt.DiscFile, *, start: int = 0) -> Iterator[tuple[int, memoryview]]:
         """(index, sealed chunk) for every chunk of ``f`` from ``start``, read in batches."""
         layout = f.layout

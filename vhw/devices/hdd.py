@@ -44,7 +44,7 @@ T = TypeVar("T")
 # once they add up to WRITEBACK_RUN: the disk gets large writes, and the plan's next Sync waits for
 # little (the kernel would otherwise hold the pages until it, or for 30 s). One hint per 1 MiB write
 # cut the disk's writes to 0.52 MiB on average; one per 8 MiB gives 1.6 MiB (/sys/block/*/stat over
-# 1 GiB installs), and a 1 GiB install took 4.6 s instead of 5.4 s with the disc's read-ahead.
+# 1 GiB installs), and a 1 GiB install took 4.6 s instead of 5.4 s (with the disc read ahead then).
 WRITEBACK_HINT = 1024 * 1024
 WRITEBACK_RUN = 8 * 1024 * 1024
 
