@@ -59,7 +59,7 @@ def test_api_contract(srv, group, tmp_path):
         "--exclude-checks",
         "positive_data_acceptance",
         "--max-examples",
-        "10",
+        "6",
         "--seed",
         "7",
         "--include-path-regex",

@@ -31,7 +31,7 @@ from vhw.publisher.mastering import master, press
 
 from .conftest import make_title, source_files
 
-SAMPLES = 6_000
+SAMPLES = 4_000
 PNG = bytes.fromhex("89504e470d0a1a0a0000000d49484452000000010000000108060000001f15c489")
 
 
