@@ -299,3 +299,33 @@ def test_ctrl_c_says_how_to_resume_and_the_resume_says_from_where(cli, srv, tmp_
     assert r.code == 0 and "resumed and installed" in r.out, r
     assert "resuming the install of CTRLC-1: " in r.err and "% of it was already on the HDD" in r.err, r
     assert installed_files(dev, "CTRLC-1")["film.bin"] == (movie / "film.bin").read_bytes()
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate"])
+def test_a_disc_damaged_mid_title_stops_the_install_in_one_line(cli, srv, tmp_path, damage):
+    """A disc whose data is damaged two thirds of the way in, once it is in the slot (one bit
+    flipped, or the rest cut off): the install (its disc read in order by one thread while two
+    seal) stops with one line naming the disc; the HDD stays consistent, and the good disc then
+    installs the title as it is. (A disc cut short is refused at insert-disc too.)"""
+    movie = film(tmp_path / "movie", 24, 4)
+    [disc] = publish(cli, srv, movie, tmp_path, f"HURT-{damage.upper()}")
+    dev, con = ready_console(cli, srv, tmp_path, "h", hdd_size="200M")
+    hurt = tmp_path / "hurt.disc"
+    data = bytearray(disc.read_bytes())
+    at = len(data) * 2 // 3
+    if damage == "flip":
+        data[at] ^= 0x10
+    else:
+        del data[at:]
+    hurt.write_bytes(disc.read_bytes())
+    assert cli("console", "insert-disc", hurt, *con).code == 0
+    hurt.write_bytes(data)  # (the slot holds the file, as a drive holds a disc)
+    r = cli("console", "install", *con)
+    assert r.code == 3 and r.err.count("\n") == 1 and str(hurt) in r.err, r
+    assert ("damaged disc" if damage == "flip" else "truncated") in r.err, r
+    assert cli("hdd", "fsck", dev["hdd"], "--deep").code == 0
+    assert cli("console", "eject-disc", *con).code == 0
+    assert cli("console", "insert-disc", disc, *con).code == 0
+    r = cli("console", "install", *con)
+    assert r.code == 0, r
+    assert installed_files(dev, f"HURT-{damage.upper()}")["film.bin"] == (movie / "film.bin").read_bytes()
