@@ -250,8 +250,8 @@ class _Sealer:
     ) -> Future[Piece]:
         buffer = self._free.pop() if self._free else bytearray(PIECE * SEALED_CHUNK)
         sealed_in = self._free_in.pop() if self._free_in else bytearray(PIECE * SEALED_CHUNK)
-        count = min(first + PIECE, reader.layout.count) - first
-        read = self._reader.submit(self.disc.read_sealed_into, disc_file, first, count, sealed_in)  # in order
+        # in order, one piece after another (a file's last piece: what exists of it)
+        read = self._reader.submit(self.disc.read_sealed_into, disc_file, first, PIECE, sealed_in)
         return self._pool.submit(self._seal, disc_file, hdd_file, reader, writer, first, read, sealed_in, buffer)
 
     def _seal(
