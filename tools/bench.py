@@ -23,6 +23,12 @@ read paths, not cache policies). Then, ``--runs`` times, for each of the three i
   measures the page cache instead: most of its reads hit chunks read before);
 * eight processes reading eight files sequentially at once (cold): aggregate GB/s.
 
+The ceiling of the stack: the two misses-only fio rows again, in the same runs, against
+`tools/fusefloor.py`'s pyfuse3 + trio file systems over the plain file, which do nothing but answer
+(from memory; with a ``pread`` of the 4 KiB asked; with a ``pread`` of the sealed 64 KiB chunk vhw
+reads), so the table shows which part of a miss is the FUSE stack's and the disk's, and which is
+vhw's own.
+
 Install: for each of ``--install-sizes``, ``--runs`` installs of a fresh disc onto a fresh HDD under
 GNU time (wall time, peak RSS), each beside `cp` + `sync` of the same disc image. Mastering: the
 peak RSS of mastering the largest title.
@@ -129,6 +135,45 @@ def read_figures(folder: Path, seed: int) -> dict[str, float]:
     drop_caches()
     out["concurrent_seq"] = concurrent_dd(parts)
     return out
+
+
+FLOORS = {
+    "memory": "pyfuse3 + trio, answered from memory",
+    "pread-4k": "... + a 4 KiB pread",
+    "pread-chunk": "... + a 64 KiB chunk pread",
+}
+FLOOR_ROWS = ("fio_misses_1", "fio_misses_8")
+
+
+def floor_figures(mode: str, backing: Path, mnt: Path) -> dict[str, float]:
+    """fio's misses-only rows through `tools/fusefloor.py MODE` over ``backing``, mounted at ``mnt``."""
+    proc = subprocess.Popen(
+        [sys.executable, str(Path(__file__).with_name("fusefloor.py")), mode, str(backing), str(mnt)],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while not mounted(mnt):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(
+                    f"tools/fusefloor.py {mode} did not mount: {(proc.stderr.read() if proc.stderr else '').strip()}"
+                )
+            time.sleep(0.05)
+        big = mnt / "f.bin"
+        drop_caches()
+        one = fio(big, rw="randread", bs="4k", ios=MISSES)
+        drop_caches()
+        eight = fio(big, rw="randread", bs="4k", jobs=8, ios=MISSES // 8)
+        return {"fio_misses_1": one, "fio_misses_8": eight}
+    finally:
+        subprocess.run(["fusermount3", "-u", str(mnt)], capture_output=True)
+        proc.wait(timeout=20)
+
+
+def mounted(where: Path) -> bool:
+    """Whether the kernel lists a mount at ``where`` (/proc/self/mountinfo)."""
+    return any(line.split()[4] == str(where) for line in Path("/proc/self/mountinfo").read_text().splitlines())
 
 
 # -- set-up ---------------------------------------------------------------------------------------------
@@ -300,6 +345,24 @@ def table(results: dict) -> str:
             "† cache-dominated: vhw beat the plain file it reads from, so the page cache, not the read"
             " path, made the figure.",
         ]
+    if "floor" in r:
+        lines += [
+            "",
+            "The ceiling of the stack: the same misses, in the same runs, through `tools/fusefloor.py`'s"
+            " pyfuse3 + trio file systems over the plain file, which only answer (from memory; after a"
+            " `pread` of the 4 KiB asked; after a `pread` of the sealed 64 KiB chunk a vhw miss reads, not"
+            " decrypted):",
+            "",
+            "| misses only (IOPS) | " + " | ".join(FLOORS.values()) + " | vhw mount | gocryptfs | plain ext4 |",
+            "|---|" + "---|" * (len(FLOORS) + 3),
+        ]
+        for key in FLOOR_ROWS:
+            row, floor = r["read"][key], r["floor"][key]
+            cells = [spread(floor[m], "IOPS") for m in FLOORS]
+            cells += [spread(row[t], "IOPS") for t in ("vhw", "gocryptfs", "plain")]
+            lines.append(
+                f"| {READERS[key][0].removeprefix('fio randread 4 KiB, misses only, ')} | " + " | ".join(cells) + " |"
+            )
     lines += [
         "",
         "Install (fresh disc onto a fresh HDD, fsync at every commit) against `cp` + `sync` of the disc"
@@ -361,11 +424,19 @@ def main() -> int:
             goc, goc_kc = gocryptfs_copy(tmp, src)
             where = {"vhw": mnt / TITLE, "gocryptfs": goc, "gocryptfs_kc": goc_kc, "plain": src}
             runs: dict = {k: {t: [] for t in where} for k in READERS}
+            floors: dict = {k: {m: [] for m in FLOORS} for k in FLOOR_ROWS}
+            floor_mnt = tmp / "floor"
+            floor_mnt.mkdir()
             for i in range(args.runs):
                 for target, folder in where.items():
                     print(f"run {i + 1}/{args.runs}: reading {target} ...", flush=True)
                     for k, v in read_figures(folder, seed=i).items():
                         runs[k][target].append(v)
+                for mode in FLOORS:
+                    print(f"run {i + 1}/{args.runs}: misses through tools/fusefloor.py {mode} ...", flush=True)
+                    for k, v in floor_figures(mode, src / "movie.bin", floor_mnt).items():
+                        floors[k][mode].append(v)
+            results["floor"] = {k: {m: summary(v) for m, v in row.items()} for k, row in floors.items()}
             results["read"] = {
                 k: {
                     **{t: summary(v) for t, v in row.items()},
