@@ -422,3 +422,31 @@ def test_keys_leave_with_the_card(world, tmp_path, how):
         assert sha(film) == hashlib.sha256(source).hexdigest()
     finally:
         m.unmount(where)
+
+
+@pytest.mark.parametrize("mode", ["pread-4k", "pread-chunk", "memory"])
+def test_the_benchmark_ceiling_mount_answers_what_it_is_asked(tmp_path, mode):
+    """tools/fusefloor.py, the ceiling `make bench` compares the mount with, is a real FUSE mount
+    that answers each read with the size asked (and, reading the file, with its bytes): its
+    figures are of reads that happened."""
+    backing = tmp_path / "plain.bin"
+    data = random.Random(7).randbytes(3 << 20)
+    backing.write_bytes(data)
+    where = tmp_path / "floor"
+    where.mkdir()
+    tool = Path(__file__).resolve().parent.parent / "tools" / "fusefloor.py"
+    proc = subprocess.Popen([sys.executable, str(tool), mode, str(backing), str(where)], stderr=subprocess.PIPE)
+    try:
+        wait_until(lambda: in_mount_table(where))
+        with open(where / "f.bin", "rb") as f:
+            assert os.fstat(f.fileno()).st_size == len(data)
+            for off in (0, 4096 * 77, (3 << 20) - 4096, 65536 - 100):
+                got = os.pread(f.fileno(), 4096, off)
+                assert len(got) == min(4096, len(data) - off)
+                if mode == "pread-4k":
+                    assert got == data[off : off + 4096]
+    finally:
+        subprocess.run(["fusermount3", "-u", str(where)], capture_output=True)
+        _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0
+    assert b"request sizes" in err
