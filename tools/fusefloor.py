@@ -123,8 +123,15 @@ def main() -> int:
         print(f"usage: fusefloor.py {{{','.join(MODES)}}} BACKING MOUNTPOINT", file=sys.stderr)
         return 2
     mode, backing, mountpoint = sys.argv[1], Path(sys.argv[2]), os.path.abspath(sys.argv[3])
-    fs = FloorFS(mode, backing)
-    pyfuse3.init(fs, mountpoint, set(pyfuse3.default_options) | {"fsname=fusefloor", "ro"})
+    try:
+        fs = FloorFS(mode, backing)
+        pyfuse3.init(fs, mountpoint, set(pyfuse3.default_options) | {"fsname=fusefloor", "ro"})
+    except (OSError, RuntimeError) as exc:
+        print(
+            f"fusefloor.py: {getattr(exc, 'filename', None) or mountpoint}: {getattr(exc, 'strerror', None) or exc}",
+            file=sys.stderr,
+        )
+        return 1
     try:
         trio.run(serve, mountpoint)
     finally:
