@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from vhw.cli import run
 from vhw.console.machine import Machine
-from vhw.console.mountpoints import DEAD_MOUNT
+from vhw.console.mountpoints import DEAD_MOUNT, mount_fields
 from vhw.devices.hdd import HddImage
 from vhw.samples import TITLES, build_samples
 
@@ -357,7 +357,7 @@ def in_mount_table(where: Path) -> bool:
     """Whether the kernel still lists a mount at ``where``. (Not ``os.path.ismount``: it says no
     while a stat of the mount point fails, as it does with ENOTCONN in the moment between libfuse
     closing its connection and lifting the mount.)"""
-    return any(line.split()[4] == str(where) for line in Path("/proc/self/mountinfo").read_text().splitlines())
+    return mount_fields(where) is not None
 
 
 @pytest.mark.parametrize("how", ["eject", "move", "replace"])

@@ -57,6 +57,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchlib import MiB, dd, drop_caches, measure, random_file, random_reads, vhw, vhw_command  # noqa: E402
 
 from tests.servers import RunningServer  # noqa: E402  (the same helper the tests use)
+from vhw.console.mountpoints import mount_fields  # noqa: E402
 
 READS = 20_000
 MISSES = 2_000  # random reads per fio row, over all jobs
@@ -154,7 +155,7 @@ def floor_figures(mode: str, backing: Path, mnt: Path) -> dict[str, float]:
     )
     try:
         deadline = time.monotonic() + 20
-        while not mounted(mnt):
+        while mount_fields(mnt) is None:
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit(
                     f"tools/fusefloor.py {mode} did not mount: {(proc.stderr.read() if proc.stderr else '').strip()}"
@@ -169,11 +170,6 @@ def floor_figures(mode: str, backing: Path, mnt: Path) -> dict[str, float]:
     finally:
         subprocess.run(["fusermount3", "-u", str(mnt)], capture_output=True)
         proc.wait(timeout=20)
-
-
-def mounted(where: Path) -> bool:
-    """Whether the kernel lists a mount at ``where`` (/proc/self/mountinfo)."""
-    return any(line.split()[4] == str(where) for line in Path("/proc/self/mountinfo").read_text().splitlines())
 
 
 # -- set-up ---------------------------------------------------------------------------------------------

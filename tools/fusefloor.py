@@ -27,7 +27,6 @@ from __future__ import annotations
 import collections
 import errno
 import os
-import signal
 import stat
 import sys
 import threading
@@ -35,10 +34,13 @@ from pathlib import Path
 from typing import Any
 
 import pyfuse3
-import trio
 
-CHUNK = 64 * 1024
-SEALED = CHUNK + 16  # a chunk and its GCM tag, as on a vhw HDD
+from vhw import crypto
+from vhw.console.mount import raise_readahead, serve_operations
+from vhw.errors import StateError
+
+CHUNK = crypto.CHUNK_SIZE
+SEALED = CHUNK + crypto.TAG_SIZE  # a chunk and its GCM tag, as on a vhw HDD
 MODES = ("memory", "pread-4k", "pread-chunk")
 FILE = b"f.bin"
 
@@ -94,48 +96,24 @@ class FloorFS(pyfuse3.Operations):
         pass
 
 
-def raise_readahead(mountpoint: str) -> None:
-    """1 MiB readahead, as vhw's mount sets it (vhw.console.mount.raise_readahead)."""
-    os.stat(mountpoint)  # answered once the loop serves: INIT is done, the value then holds
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        fields = line.split()
-        if len(fields) > 4 and fields[4] == mountpoint:
-            Path(f"/sys/class/bdi/{fields[2]}/read_ahead_kb").write_text("1024\n")
-
-
-async def serve(mountpoint: str) -> None:
-    async with trio.open_nursery() as nursery:
-
-        async def stop_on_signals() -> None:
-            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                async for _ in signals:
-                    pyfuse3.terminate()
-                    return
-
-        nursery.start_soon(stop_on_signals)
-        threading.Thread(target=raise_readahead, args=(mountpoint,), daemon=True).start()
-        await pyfuse3.main()
-        nursery.cancel_scope.cancel()
-
-
 def main() -> int:
     if len(sys.argv) != 4 or sys.argv[1] not in MODES:
         print(f"usage: fusefloor.py {{{','.join(MODES)}}} BACKING MOUNTPOINT", file=sys.stderr)
         return 2
-    mode, backing, mountpoint = sys.argv[1], Path(sys.argv[2]), os.path.abspath(sys.argv[3])
+    mode, backing, mountpoint = sys.argv[1], Path(sys.argv[2]), Path(os.path.abspath(sys.argv[3]))
+
+    def ready() -> None:  # as vhw's mount does once it serves
+        threading.Thread(target=raise_readahead, args=(mountpoint,), daemon=True).start()
+
     try:
         fs = FloorFS(mode, backing)
-        pyfuse3.init(fs, mountpoint, set(pyfuse3.default_options) | {"fsname=fusefloor", "ro"})
-    except (OSError, RuntimeError) as exc:
-        print(
-            f"fusefloor.py: {getattr(exc, 'filename', None) or mountpoint}: {getattr(exc, 'strerror', None) or exc}",
-            file=sys.stderr,
-        )
+        serve_operations(fs, mountpoint, {"fsname=fusefloor", "ro"}, ready=ready)
+    except OSError as exc:
+        print(f"fusefloor.py: {exc.filename}: {exc.strerror}", file=sys.stderr)
         return 1
-    try:
-        trio.run(serve, mountpoint)
-    finally:
-        pyfuse3.close(unmount=True)
+    except StateError as exc:
+        print(f"fusefloor.py: {exc}", file=sys.stderr)
+        return 1
     print(f"fusefloor {mode}: request sizes {dict(fs.sizes.most_common(4))}", file=sys.stderr)
     return 0
 

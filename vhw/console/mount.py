@@ -65,7 +65,7 @@ from ..bindings import TitleBinding
 from ..devices.hdd import HddImage
 from ..errors import StateError
 from ..formats.hdd import Catalog, HddFile, Title
-from .mountpoints import clear_stale
+from .mountpoints import clear_stale, mount_fields
 
 log = logging.getLogger(__name__)
 
@@ -219,11 +219,9 @@ def raise_readahead(mountpoint: Path, kib: int = 1024) -> None:
     # FUSE's INIT (that caps readahead at 128 KiB); only then does the new value hold.
     try:
         os.stat(mountpoint)
-        for line in Path("/proc/self/mountinfo").read_text().splitlines():
-            fields = line.split()
-            if len(fields) > 4 and fields[4] == str(mountpoint):
-                Path(f"/sys/class/bdi/{fields[2]}/read_ahead_kb").write_text(f"{kib}\n")
-                return
+        fields = mount_fields(mountpoint)
+        if fields:
+            Path(f"/sys/class/bdi/{fields[2]}/read_ahead_kb").write_text(f"{kib}\n")
     except OSError as exc:
         log.debug("%s: readahead left at the default (%s)", mountpoint, exc.strerror)
 

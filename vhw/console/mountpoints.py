@@ -36,6 +36,18 @@ def clear_stale(mountpoint: Path) -> None:
         raise StateError(f"{mountpoint} is not a folder")
 
 
+def mount_fields(mountpoint: Path) -> list[str] | None:
+    """The kernel's entry for a mount at ``mountpoint`` (its line of /proc/self/mountinfo, split:
+    field 2 is the device, field 4 the mount point), or None while there is none. Unlike
+    ``os.path.ismount``, it does not stat the mount: it holds while a stat would fail (a mount
+    not served yet, or one whose process has closed its connection)."""
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split()
+        if len(fields) > 4 and fields[4] == str(mountpoint):
+            return fields
+    return None
+
+
 def is_dead_mount(mountpoint: Path) -> bool:
     """A mount whose process died (statfs answers ENOTCONN or ECONNABORTED)."""
     try:
