@@ -11,11 +11,12 @@ import glob
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import uuid
 from pathlib import Path
+
+from .servers import cluster_tool
 
 
 def _bindir() -> Path | None:
@@ -23,12 +24,6 @@ def _bindir() -> Path | None:
         if Path(candidate, "initdb").exists():
             return Path(candidate)
     return None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Cluster:
@@ -51,7 +46,7 @@ class Cluster:
             pw = pwd.getpwnam("postgres")
             os.chown(root, pw.pw_uid, pw.pw_gid)
             run_as = ["runuser", "-u", "postgres", "--"]
-        port = _free_port()
+        port = cluster_tool().free_ports(1)  # (below the ephemeral range: no connect takes it first)
         data = root / "data"
         subprocess.run(
             [

@@ -53,7 +53,7 @@ if any(not vc.shutil.which(tool) for tool in ("etcd", "patroni", "haproxy")):
 def cluster(tmp_path_factory):
     folder = Path(tempfile.mkdtemp(prefix="vhw-cluster-")) / "c"  # (pytest's own folder is root's alone)
     folder.parent.chmod(0o755)  # (the postgres user enters it)
-    c = vc.up(folder, servers=2, base_port=random.randrange(30000, 50000, 100))
+    c = vc.up(folder, servers=2)
     try:
         yield c
     finally:

@@ -18,7 +18,7 @@ import pytest
 from vhw.errors import IdError, InputError, StateError
 
 from .conftest import MEDIA, make_title
-from .servers import RunningServer, factory, publish
+from .servers import RunningServer, cluster_tool, factory, publish
 
 
 @pytest.fixture(scope="module")
@@ -81,9 +81,8 @@ def test_console_slips(cli, srv, tmp_path):
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port free now, below the ephemeral range: no outgoing connection takes it before the server binds it."""
+    return cluster_tool().free_ports(1)
 
 
 def test_a_busy_or_foreign_address_is_one_line(srv, tmp_path):

@@ -240,7 +240,7 @@ def test_hdd_round_trip(cat, hdd_id, secret):
 
 def test_fixed_sizes():
     assert disc_fmt.Header.sizeof() == 8 + 2 + 8 + 4 + 8 + 8
-    assert hdd_fmt.SuperblockBody.sizeof() == 8 + 2 + IdKind.HDD.nbytes + 32 + 8 * 5 + 32 + 8 * 3
+    assert hdd_fmt.SuperblockBody.sizeof() == 8 + 2 + IdKind.HDD.nbytes + 32 + 8 * 5 + 32 + 8 * 3 + 1
     assert hdd_fmt.ExtentRecord.sizeof() == 16
 
 

@@ -7,11 +7,13 @@ anything below):
     1  crypto, pki, protocol                                pure: primitives and messages
     2  formats                                              pure: bytes in, objects out
     3  bindings, saves, cardstate, volume, samples          pure: what keys and plans mean
-    4  devices                                              device files: file handles, locks, writes
+    4  devices, datapath                                    device files: file handles, locks, writes;
+                                                            the compiled data path
     5  httpapi, client, console.decisions, console.sandbox,       I/O shells and pure decisions of each side
        server.store, server.audit, server.metrics, server.logs, publisher.keystore,
        webconsole.sessions, webconsole.charts
-    6  console.install, console.mountpoints, console.slots, console.processes, publisher.mastering,
+    6  console.install, console.mountpoints, console.fuseloop, console.slots, console.processes,
+       publisher.mastering,
        server.queries, server.auditlog, server.licensing, broker.payments
     7  console.mount, console.savefs, console.machine, server.home, server.endpoints, server.batcher,
        broker.service
@@ -35,7 +37,7 @@ LAYERS = {
     1: ["vhw.crypto", "vhw.pki", "vhw.protocol"],
     2: ["vhw.formats"],
     3: ["vhw.bindings", "vhw.saves", "vhw.cardstate", "vhw.volume", "vhw.samples"],
-    4: ["vhw.devices"],
+    4: ["vhw.devices", "vhw.datapath"],
     5: [
         "vhw.httpapi",
         "vhw.client",
@@ -57,6 +59,7 @@ LAYERS = {
     6: [
         "vhw.console.install",
         "vhw.console.mountpoints",
+        "vhw.console.fuseloop",
         "vhw.console.slots",
         "vhw.console.processes",
         "vhw.publisher.mastering",

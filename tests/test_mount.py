@@ -249,13 +249,14 @@ def test_another_cards_titles_on_a_shared_hdd_are_listed_not_readable(world, tmp
         img.apply(ops, vol)
 
 
-def test_a_damaged_chunk_gives_eio_for_that_read_only(world, tmp_path):
+def test_a_damaged_block_gives_eio_for_that_read_only(world, tmp_path):
     cli, alice = world["cli"], world["alice"]
     damaged = tmp_path / "damaged.hdd"
     subprocess.run(["cp", "--sparse=always", alice["hdd"], damaged], check=True)
     with HddImage.open(damaged) as img:
         [film] = [f for f in img.volume.catalog.title(TITLES["movie"]).files if f.path == "reel.bin"]
-        where = film.locate(film.layout.sealed_offset(100)) + 1000  # a byte of chunk 100
+        assert film.block_size == 4096
+        where = film.locate(film.layout.sealed_offset(1600)) + 1000  # a byte of block 1600
     with open(damaged, "r+b") as f:
         f.seek(where)
         byte = f.read(1)
@@ -274,12 +275,13 @@ def test_a_damaged_chunk_gives_eio_for_that_read_only(world, tmp_path):
             source = (world["sources"]["movie"] / "reel.bin").read_bytes()
             fd = os.open(mnt / TITLES["movie"] / "reel.bin", os.O_RDONLY)
             try:
-                chunk = 64 * 1024
+                block = 4096
                 with pytest.raises(OSError) as err:
-                    os.pread(fd, 4096, 100 * chunk + 10)
+                    os.pread(fd, 4096, 1600 * block + 10)
                 assert err.value.errno == errno.EIO
-                assert os.pread(fd, 4096, 99 * chunk) == source[99 * chunk : 99 * chunk + 4096]
-                assert os.pread(fd, 4096, 101 * chunk) == source[101 * chunk : 101 * chunk + 4096]
+                for neighbour in (1599, 1601):  # the blocks on either side read (and decrypt) as they are
+                    at = neighbour * block
+                    assert os.pread(fd, 4096, at) == source[at : at + 4096]
             finally:
                 os.close(fd)
             assert (mnt / TITLES["game"] / "cave.py").read_bytes() == (
@@ -289,7 +291,7 @@ def test_a_damaged_chunk_gives_eio_for_that_read_only(world, tmp_path):
         finally:
             m.unmount(mnt)
         log = (con / "mount.log").read_text()
-        assert f"title {TITLES['movie']}, file reel.bin: chunk 100 failed authentication" in log
+        assert f"title {TITLES['movie']}, file reel.bin: block 1600 failed authentication" in log
     finally:
         cli("console", "eject-card", "--console", con)
         assert cli("console", "insert-card", alice["card"], "--console", alice["console"]).code == 0

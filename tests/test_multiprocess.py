@@ -110,6 +110,8 @@ async def test_killing_a_process_mid_request_loses_no_flag_and_issues_no_second_
                         break
                     except httpx.HTTPError:
                         await trio.sleep(0.1)
+                else:
+                    pytest.fail(f"{mid}: the supervisor's new process did not answer in 50 tries")
                 if resp.status_code == 200:
                     got_keys[str(mid)].add(str(kit[0].user))
         with psycopg.connect(two.db) as db:

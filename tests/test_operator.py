@@ -12,7 +12,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -37,15 +36,14 @@ from vhw.ids import Id, IdKind
 from vhw.server.home import AT_REST, Credential, ServerHome
 
 from .conftest import BACKENDS, MEDIA, REGISTER, database_for
-from .servers import RunningServer, factory, make_users, press, publish
+from .servers import RunningServer, cluster_tool, factory, make_users, press, publish
 
 MEDIA_REFUSED = MEDIA.rstrip("\n")
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port free now, below the ephemeral range: no outgoing connection takes it before the server binds it."""
+    return cluster_tool().free_ports(1)
 
 
 def vhw_cmd(*args: object, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:

@@ -224,7 +224,7 @@ def test_a_catalog_entry_pointing_outside_the_title_is_refused(hostile, cli, tmp
 
 
 def test_a_read_error_of_the_entry_fails_the_play(hostile, cli, tmp_path):
-    """A chunk of the entry that fails authentication: play says so and exits non-zero."""
+    """A block of the entry that fails authentication: play says so and exits non-zero."""
     dev = hostile
     with HddImage.open(dev["hdd"]) as img:
         f = img.volume.catalog.title(dev["title"]).files[0]

@@ -23,11 +23,15 @@ read paths, not cache policies). Then, ``--runs`` times, for each of the three i
   measures the page cache instead: most of its reads hit chunks read before);
 * eight processes reading eight files sequentially at once (cold): aggregate GB/s.
 
-The ceiling of the stack: the two misses-only fio rows again, in the same runs, against
-`tools/fusefloor.py`'s pyfuse3 + trio file systems over the plain file, which do nothing but answer
-(from memory; with a ``pread`` of the 4 KiB asked; with a ``pread`` of the sealed 64 KiB chunk vhw
-reads), so the table shows which part of a miss is the FUSE stack's and the disk's, and which is
-vhw's own.
+The ceiling of the stack: the two misses-only fio rows again, in the same runs, against file
+systems over the plain file that do nothing but answer: `tools/cfloor.c`, compiled, served the way
+vhw's mount is (from memory; after a ``pread`` of the 4 KiB asked), and `tools/fusefloor.py`'s
+pyfuse3 + trio ones, the stack vhw's mount was written in before (from memory; after a 4 KiB
+``pread``; after a ``pread`` of a sealed 64 KiB chunk), so the table shows which part of a miss is
+the FUSE stack's and the disk's, and which is vhw's own.
+
+Block sizes: the same misses-only and sequential rows through the mounts of HDDs formatted with
+16 KiB and 64 KiB blocks (`vhw hdd format --block-size`), the same title installed on each.
 
 Install: for each of ``--install-sizes``, ``--runs`` installs of a fresh disc onto a fresh HDD under
 GNU time (wall time, peak RSS), each beside `cp` + `sync` of the same disc image. Mastering: the
@@ -117,6 +121,19 @@ READERS = {
 }
 
 
+def block_figures(folder: Path) -> dict[str, float]:
+    """The rows the block size changes: misses with 1 and 8 readers, a sequential first read."""
+    big = folder / "movie.bin"
+    out = {}
+    drop_caches()
+    out["fio_misses_1"] = fio(big, rw="randread", bs="4k", ios=MISSES)
+    drop_caches()
+    out["fio_misses_8"] = fio(big, rw="randread", bs="4k", jobs=8, ios=MISSES // 8)
+    drop_caches()
+    out["fio_seq"] = fio(big, rw="read", bs="1M")
+    return out
+
+
 def read_figures(folder: Path, seed: int) -> dict[str, float]:
     big = folder / "movie.bin"
     parts = [folder / f"part-{i}.bin" for i in range(PARTS)]
@@ -139,27 +156,40 @@ def read_figures(folder: Path, seed: int) -> dict[str, float]:
 
 
 FLOORS = {
-    "memory": "pyfuse3 + trio, answered from memory",
-    "pread-4k": "... + a 4 KiB pread",
-    "pread-chunk": "... + a 64 KiB chunk pread",
+    "c-memory": "compiled, answered from memory",
+    "c-pread": "compiled + a 4 KiB pread",
+    "memory": "pyfuse3 + trio, from memory",
+    "pread-4k": "pyfuse3 + trio + a 4 KiB pread",
+    "pread-chunk": "pyfuse3 + trio + a 64 KiB chunk pread",
 }
 FLOOR_ROWS = ("fio_misses_1", "fio_misses_8")
+BLOCKS = ("16K", "64K")  # HDD block sizes measured besides the default 4 KiB
+BLOCK_ROWS = ("fio_misses_1", "fio_misses_8", "fio_seq")
 
 
-def floor_figures(mode: str, backing: Path, mnt: Path) -> dict[str, float]:
-    """fio's misses-only rows through `tools/fusefloor.py MODE` over ``backing``, mounted at ``mnt``."""
-    proc = subprocess.Popen(
-        [sys.executable, str(Path(__file__).with_name("fusefloor.py")), mode, str(backing), str(mnt)],
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+def build_cfloor(tmp: Path) -> Path:
+    """tools/cfloor.c, compiled (with the flags pkg-config gives for libfuse3)."""
+    flags = subprocess.run(["pkg-config", "--cflags", "--libs", "fuse3"], capture_output=True, text=True, check=True)
+    out = tmp / "cfloor"
+    source = Path(__file__).with_name("cfloor.c")
+    subprocess.run(["gcc", "-O2", str(source), *flags.stdout.split(), "-lpthread", "-o", str(out)], check=True)
+    return out
+
+
+def floor_command(mode: str, backing: Path, mnt: Path, cfloor: Path) -> list[str]:
+    if mode.startswith("c-"):
+        return [str(cfloor), mode.removeprefix("c-"), str(backing), str(mnt)]
+    return [sys.executable, str(Path(__file__).with_name("fusefloor.py")), mode, str(backing), str(mnt)]
+
+
+def floor_figures(mode: str, backing: Path, mnt: Path, cfloor: Path) -> dict[str, float]:
+    """fio's misses-only rows through the ceiling file system ``mode`` over ``backing``, mounted at ``mnt``."""
+    proc = subprocess.Popen(floor_command(mode, backing, mnt, cfloor), stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 20
         while mount_fields(mnt) is None:
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(
-                    f"tools/fusefloor.py {mode} did not mount: {(proc.stderr.read() if proc.stderr else '').strip()}"
-                )
+                raise SystemExit(f"{mode} did not mount: {(proc.stderr.read() if proc.stderr else '').strip()}")
             time.sleep(0.05)
         big = mnt / "f.bin"
         drop_caches()
@@ -216,12 +246,12 @@ class Bench:
         (self.tmp / f"{title_id}.master").unlink()
         return sorted(out.iterdir()), rss
 
-    def console(self, disc: Path, hdd_size: str = "40G") -> list:
+    def console(self, disc: Path, hdd_size: str = "40G", block_size: str = "4K") -> list:
         self.consoles += 1
         d = self.tmp / f"console-{self.consoles}"
         d.mkdir()
         vhw("console", "rom", d / "r.rom", *self.man, env=self.env)
-        vhw("hdd", "format", d / "h.hdd", "--size", hdd_size, *self.man, env=self.env)
+        vhw("hdd", "format", d / "h.hdd", "--size", hdd_size, "--block-size", block_size, *self.man, env=self.env)
         vhw("card", "format", d / "c.card", *self.man, env=self.env)
         vhw("console", "setup", d / "con", "--rom", d / "r.rom", "--hdd", d / "h.hdd", env=self.env)
         con = ["--console", d / "con"]
@@ -344,10 +374,11 @@ def table(results: dict) -> str:
     if "floor" in r:
         lines += [
             "",
-            "The ceiling of the stack: the same misses, in the same runs, through `tools/fusefloor.py`'s"
-            " pyfuse3 + trio file systems over the plain file, which only answer (from memory; after a"
-            " `pread` of the 4 KiB asked; after a `pread` of the sealed 64 KiB chunk a vhw miss reads, not"
-            " decrypted):",
+            "The ceiling of the stack: the same misses, in the same runs, through file systems over the"
+            " plain file that only answer: `tools/cfloor.c`, compiled and served as vhw's mount is (from"
+            " memory; after a `pread` of the 4 KiB asked), and `tools/fusefloor.py`'s pyfuse3 + trio ones,"
+            " the stack of vhw's earlier mount (from memory; after a 4 KiB `pread`; after a `pread` of a"
+            " sealed 64 KiB chunk, not decrypted):",
             "",
             "| misses only (IOPS) | " + " | ".join(FLOORS.values()) + " | vhw mount | gocryptfs | plain ext4 |",
             "|---|" + "---|" * (len(FLOORS) + 3),
@@ -359,6 +390,19 @@ def table(results: dict) -> str:
             lines.append(
                 f"| {READERS[key][0].removeprefix('fio randread 4 KiB, misses only, ')} | " + " | ".join(cells) + " |"
             )
+    if "blocks" in r:
+        lines += [
+            "",
+            "Block sizes: the same title on HDDs formatted with each block size (`vhw hdd format --block-size`),"
+            " in the same runs:",
+            "",
+            "| block size | " + " | ".join(READERS[k][0] + f" ({READERS[k][1]})" for k in BLOCK_ROWS) + " |",
+            "|---|" + "---|" * len(BLOCK_ROWS),
+        ]
+        sizes = {"4K": {k: r["read"][k]["vhw"] for k in BLOCK_ROWS}, **r["blocks"]}
+        for size, row in sizes.items():
+            cells = [spread(row[k], READERS[k][1]) for k in BLOCK_ROWS]
+            lines.append(f"| {size[:-1]} KiB | " + " | ".join(cells) + " |")
     lines += [
         "",
         "Install (fresh disc onto a fresh HDD, fsync at every commit) against `cp` + `sync` of the disc"
@@ -406,33 +450,42 @@ def main() -> int:
     with tempfile.TemporaryDirectory(dir=args.dir, prefix="vhw-bench-") as tmp:
         tmp = Path(tmp)
         b = Bench(tmp)
-        mnt = goc = goc_kc = None
+        mounts: list[Path] = []
+        goc = goc_kc = None
         try:
             print(f"setting up a {args.size_mib} MiB title ...", flush=True)
             src = b.title("read", args.size_mib, parts=True)
-            [disc], master_rss = b.master(src, TITLE, 1)
+            discs, master_rss = b.master(src, TITLE, 1 + len(BLOCKS))
             results["master"] = {"size_mib": args.size_mib * 2, "rss_mib": master_rss / MiB}
-            con = b.console(disc)
-            b.install(con)
-            mnt = tmp / "mnt"
-            mnt.mkdir()
-            vhw("console", "mount", mnt, *con, env=b.env)
+            for disc, size in zip(discs, ("4K", *BLOCKS), strict=True):
+                con = b.console(disc, block_size=size)
+                b.install(con)
+                mounts.append(tmp / f"mnt-{size}")
+                mounts[-1].mkdir()
+                vhw("console", "mount", mounts[-1], *con, env=b.env)
             goc, goc_kc = gocryptfs_copy(tmp, src)
-            where = {"vhw": mnt / TITLE, "gocryptfs": goc, "gocryptfs_kc": goc_kc, "plain": src}
+            where = {"vhw": mounts[0] / TITLE, "gocryptfs": goc, "gocryptfs_kc": goc_kc, "plain": src}
             runs: dict = {k: {t: [] for t in where} for k in READERS}
             floors: dict = {k: {m: [] for m in FLOORS} for k in FLOOR_ROWS}
+            blocks: dict = {size: {k: [] for k in BLOCK_ROWS} for size in BLOCKS}
             floor_mnt = tmp / "floor"
             floor_mnt.mkdir()
+            cfloor = build_cfloor(tmp)
             for i in range(args.runs):
                 for target, folder in where.items():
                     print(f"run {i + 1}/{args.runs}: reading {target} ...", flush=True)
                     for k, v in read_figures(folder, seed=i).items():
                         runs[k][target].append(v)
                 for mode in FLOORS:
-                    print(f"run {i + 1}/{args.runs}: misses through tools/fusefloor.py {mode} ...", flush=True)
-                    for k, v in floor_figures(mode, src / "movie.bin", floor_mnt).items():
+                    print(f"run {i + 1}/{args.runs}: misses through the ceiling file system {mode} ...", flush=True)
+                    for k, v in floor_figures(mode, src / "movie.bin", floor_mnt, cfloor).items():
                         floors[k][mode].append(v)
+                for size, mnt in zip(BLOCKS, mounts[1:], strict=True):
+                    print(f"run {i + 1}/{args.runs}: reading the mount of {size} blocks ...", flush=True)
+                    for k, v in block_figures(mnt / TITLE).items():
+                        blocks[size][k].append(v)
             results["floor"] = {k: {m: summary(v) for m, v in row.items()} for k, row in floors.items()}
+            results["blocks"] = {size: {k: summary(v) for k, v in row.items()} for size, row in blocks.items()}
             results["read"] = {
                 k: {
                     **{t: summary(v) for t, v in row.items()},
@@ -442,7 +495,7 @@ def main() -> int:
                 for k, row in runs.items()
             }
         finally:
-            if mnt:
+            for mnt in mounts:
                 subprocess.run(["fusermount3", "-u", str(mnt)], capture_output=True)
             for m in (goc_kc, goc):
                 if m:

@@ -36,7 +36,8 @@ from typing import Any
 import pyfuse3
 
 from vhw import crypto
-from vhw.console.mount import raise_readahead, serve_operations
+from vhw.console.fuseloop import serve_operations
+from vhw.console.mountpoints import raise_readahead
 from vhw.errors import StateError
 
 CHUNK = crypto.CHUNK_SIZE

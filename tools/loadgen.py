@@ -268,7 +268,6 @@ def acquisition_cost(srv, db_url: str, acquire, clients: int, seconds: float) ->
 
 def cluster_main(args) -> int:
     import json
-    import random
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import vhw_cluster as vc
@@ -283,7 +282,7 @@ def cluster_main(args) -> int:
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         single_db = single_pg.new_database()
         srv = RunningServer.start(Path(tmp) / "single", init=["--db", single_db])
-        c = vc.up(folder / "c", servers=1, base_port=random.randrange(30000, 50000, 100))
+        c = vc.up(folder / "c", servers=1)
         ha = vc.Target(c)
         try:
             pools = {}

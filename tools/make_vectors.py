@@ -5,7 +5,7 @@
 Run it once when a format version or a derivation changes (and bump that version): it writes, for
 the current versions, one small device file of every kind (ROM, memory card, HDD image, disc) with
 what each must decode to (``devices.json``), and ``kats.json``: inputs and expected outputs of
-``crypto.context``, HKDF, the chunk cipher, every binding's associated data and key derivation,
+``crypto.context``, HKDF, the chunk cipher, the HDD's block cipher, every binding's associated data and key derivation,
 save sealing, the disc proof and the card token. ``tests/test_vectors.py`` checks the committed
 files against the code; vectors of older versions stay, and must be refused in one line.
 
@@ -85,6 +85,21 @@ def kats() -> dict:
             hashlib.sha256(cipher.seal(i, plain[i * 65536 : (i + 1) * 65536])).hexdigest()
             for i in range(cipher.layout.count)
         ],
+    }
+    block_plain = b(70_000, 16)
+    blocks = crypto.BlockCipher(KEY, stream, len(block_plain), block_size=crypto.HDD_BLOCK_SIZE)
+    sealed_blocks = [
+        blocks.seal_block(i, block_plain[i * blocks.layout.chunk_size :][: blocks.layout.chunk_size])
+        for i in range(blocks.layout.count)
+    ]
+    out["hdd_block"] = {
+        "key": KEY.hex(),
+        "stream_id": stream.hex(),
+        "size": len(block_plain),
+        "block_size": crypto.HDD_BLOCK_SIZE,
+        "plain_seed": 16,
+        "ciphertext_sha256": hashlib.sha256(b"".join(c for c, _ in sealed_blocks)).hexdigest(),
+        "tags": [t.hex() for _, t in sealed_blocks],
     }
     ad = bindings.user_id(MC)
     out["wrap"] = {
@@ -257,8 +272,9 @@ def devices(folder: Path) -> dict:
 
 
 def main() -> None:
-    """Add the vectors of the versions that have none yet; committed vectors are never rewritten
-    (a device file made again differs: fresh CA keys, signatures), older ones stay to be refused."""
+    """Add the vectors of the versions that have none yet, and the known answers not committed
+    yet; committed ones are never rewritten (a device file made again differs: fresh CA keys,
+    signatures; so do the sealed known answers), older ones stay to be refused."""
     OUT.mkdir(parents=True, exist_ok=True)
     index = OUT / "devices.json"
     known = json.loads(index.read_text()) if index.exists() else {}
@@ -271,8 +287,14 @@ def main() -> None:
             known.setdefault(kind, {})[str(entry["version"])] = entry
             added.append(entry["file"])
     index.write_text(json.dumps(known, indent=1, sort_keys=True) + "\n")
-    (OUT / "kats.json").write_text(json.dumps(kats(), indent=1, sort_keys=True) + "\n")
-    print(f"added {', '.join(added) or 'no device file'}; wrote devices.json and kats.json in {OUT}")
+    kats_file = OUT / "kats.json"
+    committed = json.loads(kats_file.read_text()) if kats_file.exists() else {}
+    new = {name: kat for name, kat in kats().items() if name not in committed}  # (some hold random parts)
+    kats_file.write_text(json.dumps({**committed, **new}, indent=1, sort_keys=True) + "\n")
+    print(
+        f"added {', '.join(added) or 'no device file'} and {', '.join(new) or 'no known answer'};"
+        f" wrote devices.json and kats.json in {OUT}"
+    )
 
 
 if __name__ == "__main__":

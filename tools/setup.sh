@@ -6,15 +6,21 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(fuse3 libfuse3-dev pkg-config postgresql bubblewrap)
+# the compiled data path (vhw/datapath, setup.py) builds against libfuse3 and OpenSSL's libcrypto
+packages=(fuse3 libfuse3-dev libssl-dev pkg-config gcc postgresql bubblewrap)
 # `make bench` (setup.sh --bench) also needs the peers and tools it compares with
 [ "${1:-}" = "--bench" ] && packages+=(gocryptfs fio time)
 # `make test` (setup.sh --test) also needs a browser for the web consoles' tests: Debian's Chromium,
-# driven by Playwright's Python package (which then downloads no browser of its own)
-[ "${1:-}" = "--test" ] && packages+=(chromium libnss3-tools python3-venv)
+# driven by Playwright's Python package (which then downloads no browser of its own); and systemd,
+# whose `systemd-analyze verify` checks the deployment's unit files
+[ "${1:-}" = "--test" ] && packages+=(chromium libnss3-tools python3-venv systemd)
 # `make cluster` (setup.sh --cluster) runs PostgreSQL under Patroni with etcd, behind HAProxy; the
 # suite's failover test does too, so --test installs them as well
 case "${1:-}" in --cluster | --test) packages+=(patroni etcd-server etcd-client haproxy) ;; esac
+PY=${PYTHON:-python3}
+# ... and against the interpreter's headers (Debian's own Python keeps them in python3-dev)
+"$PY" -c 'import os, sysconfig, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_path("include"), "Python.h")))' \
+    || packages+=(python3-dev)
 need=()
 for pkg in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
@@ -27,14 +33,15 @@ if ((${#need[@]})); then
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 
-PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
     echo "setup: creating .venv"
     "$PY" -m venv .venv
 fi
-# Re-install only when pyproject.toml changed since the last install.
+# Re-install only when pyproject.toml, setup.py or the compiled part's sources changed since the
+# last install (the editable install builds vhw/datapath/_core in place).
 stamp=.venv/.vhw-installed
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+stale=$(find pyproject.toml setup.py vhw/datapath -newer "$stamp" \( -name pyproject.toml -o -name setup.py -o -name '*.[ch]' \) 2>/dev/null | head -n 1)
+if [ ! -f "$stamp" ] || [ -n "$stale" ] || ! ls vhw/datapath/_core*.so >/dev/null 2>&1; then
     echo "setup: installing vhw and its dependencies into .venv"
     .venv/bin/python -m pip install -q --upgrade pip
     .venv/bin/python -m pip install -q -e '.[test,fuzz]'

@@ -34,8 +34,10 @@ import glob
 import json
 import os
 import pwd
+import random
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -324,7 +326,44 @@ listen primary
 """
 
 
-def up(folder: Path, servers: int, base_port: int) -> Cluster:
+# the ports a cluster takes from its base: etcd +0/+1, PostgreSQL +10.., Patroni +20.., HAProxy +30,
+# servers +40..
+PORT_SPAN = 50
+
+
+def free_ports(count: int = PORT_SPAN, *, tries: int = 200) -> int:
+    """The first of ``count`` consecutive ports on 127.0.0.1 that are free now and lie below the
+    kernel's ephemeral range (``ip_local_port_range``), so that no outgoing connection of this
+    machine is given one of them between this look and the server binding it. (A port the kernel
+    picks for a bind to 0 lies inside that range: another process's connect can take it first.)"""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768  # Linux's default
+    top = min(low, 65536) - count
+    if top <= 10000:
+        raise SystemExit(f"vhw-cluster: no room for {count} ports below the ephemeral range (it starts at {low})")
+    for _ in range(tries):
+        base = random.randrange(10000, top)
+        if all(_bindable(base + i) for i in range(count)):
+            return base
+    raise SystemExit(f"vhw-cluster: found no {count} free ports below {low} in {tries} tries")
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def up(folder: Path, servers: int, base_port: int | None = None) -> Cluster:
+    """Start a cluster in ``folder`` on ports from ``base_port`` (None: :func:`free_ports` picks them)."""
+    if base_port is None:
+        base_port = free_ports()
     _need("etcd", "patroni", "haproxy")
     folder = folder.resolve()
     if (folder / "cluster.json").exists():
@@ -562,7 +601,9 @@ def main(argv: list[str] | None = None) -> int:
     p_up = sub.add_parser("up", help="start etcd, three PostgreSQL nodes under Patroni, HAProxy and the servers")
     p_up.add_argument("dir", type=Path)
     p_up.add_argument("--servers", type=int, default=2)
-    p_up.add_argument("--base-port", type=int, default=25400)
+    p_up.add_argument(
+        "--base-port", type=int, default=None, help="first of 50 ports (default: free ones below the ephemeral range)"
+    )
     for name, text in (("down", "stop everything `up` started, and remove DIR"), ("status", "show the cluster")):
         sub.add_parser(name, help=text).add_argument("dir", type=Path)
     args = parser.parse_args(argv)

@@ -12,6 +12,12 @@ Three tools, each binding what it protects to what it is for:
   chunk index, so a chunk that is moved, swapped with another stream's, dropped at the end, or
   added is refused, and any byte range can be read by decrypting only the chunks it touches. An
   empty stream still has one (empty) chunk, so even its size is authenticated.
+* **Block encryption of installed titles** (:class:`BlockCipher`): an HDD keeps each file of a
+  title as blocks of ``HDD_BLOCK_SIZE`` bytes (4 KiB by default: what a random read asks for), each
+  sealed as a chunk is, its ciphertext where a plain file would hold its data (page-aligned) and
+  its tag apart, after the last block (:class:`BlockLayout`). The compiled data path (:mod:`vhw.datapath`) reads
+  and writes them with OpenSSL; this class is the same scheme in Python, for tests, vectors and
+  small reads.
 * **Derivation** (:func:`derive`): HKDF-SHA256 with an ``info`` that names the purpose, e.g. the
   per-title HDD key from the Content-Gen-Key.
 * **Sealing to a device** (:func:`seal_to`, :func:`open_sealed`): HPKE (RFC 9180; DHKEM X25519,
@@ -20,8 +26,9 @@ Three tools, each binding what it protects to what it is for:
   it; a fresh ephemeral key per seal.
 
 Deterministic nonces are safe here because every stream key is used for exactly one plaintext:
-stream IDs are random per mastering or per install, and rewriting a chunk after a crash writes the
-very same plaintext again. Every failure is one exception, :class:`Invalid`, that does not say
+stream IDs are random per mastering or per install (and an installed title's key has a random salt
+of its own per install), and rewriting a chunk or block after a crash writes the very same
+plaintext again. Every failure is one exception, :class:`Invalid`, that does not say
 which check failed (as Fernet's ``InvalidToken``).
 """
 
@@ -30,7 +37,7 @@ from __future__ import annotations
 import hmac
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, InvalidTag
@@ -160,15 +167,28 @@ class ChunkLayout:
         return range(offset // self.chunk_size, (end - 1) // self.chunk_size + 1)
 
 
+@dataclass(frozen=True)
+class StreamSecret:
+    """What the compiled data path needs to seal or open a stream's chunks or blocks: the stream's
+    own key and the prefix of every unit's associated data (the unit's index follows it)."""
+
+    key: bytes = field(repr=False)
+    ad_prefix: bytes
+
+
 class ChunkCipher:
-    """Seals and opens the chunks of one stream: a file of a title on a disc or an HDD."""
+    """Seals and opens the chunks of one stream: a file of a title on a disc, or a save."""
 
     def __init__(self, key: bytes, stream_id: bytes, size: int, *, chunk_size: int = CHUNK_SIZE):
         if len(stream_id) != STREAM_ID_SIZE:
             raise ValueError("stream ID must be 16 bytes")
         self.layout = ChunkLayout(size, chunk_size)
-        self._aead = AESGCM(derive(key, context("chunk-stream", stream_id)))
-        self._ad_prefix = context("chunk", stream_id, size)
+        self._init(derive(key, context("chunk-stream", stream_id)), context("chunk", stream_id, size))
+
+    def _init(self, stream_key: bytes, ad_prefix: bytes) -> None:
+        self.secret = StreamSecret(stream_key, ad_prefix)
+        self._aead = AESGCM(stream_key)
+        self._ad_prefix = ad_prefix
 
     def _nonce_ad(self, index: int) -> tuple[bytes, bytes]:
         if not 0 <= index < self.layout.count:
@@ -192,7 +212,7 @@ class ChunkCipher:
         return n
 
     def open(self, index: int, sealed: bytes | memoryview) -> bytes:
-        if len(sealed) != self.layout.sealed_length(index):
+        if len(sealed) != self.layout.plain_length(index) + TAG_SIZE:
             raise Invalid()
         nonce, ad = self._nonce_ad(index)
         try:
@@ -202,7 +222,7 @@ class ChunkCipher:
 
     def open_into(self, index: int, sealed: bytes | memoryview, out: bytearray | memoryview) -> int:
         """Like :meth:`open` but into ``out``; returns the number of plaintext bytes."""
-        if len(sealed) != self.layout.sealed_length(index):
+        if len(sealed) != self.layout.plain_length(index) + TAG_SIZE:
             raise Invalid()
         nonce, ad = self._nonce_ad(index)
         n = len(sealed) - TAG_SIZE
@@ -225,6 +245,64 @@ class ChunkCipher:
             hi = min(offset + length - i * size, len(plain))
             out += plain[lo:hi]
         return bytes(out)
+
+
+#: 4 KiB: what the kernel asks for on a random read. A random 4 KiB read of a 64 KiB chunk read and
+#: authenticated 16 times what it needed: a probe in C on this kind of machine served random misses
+#: at half the rate with 64 KiB blocks (../shared/PERFORMANCE-NOTES.md, and README's block-size
+#: table). An HDD may be formatted with 16 or 64 KiB blocks (`vhw hdd format --block-size`).
+HDD_BLOCK_SIZE = 4096
+HDD_BLOCK_SIZES = (4096, 16384, 65536)
+
+
+@dataclass(frozen=True)
+class BlockLayout(ChunkLayout):
+    """An installed file's sealed stream on an HDD: its ``count`` blocks' ciphertext, block ``i``
+    at ``i * chunk_size`` (page-aligned, as a plain file holds its data: the ciphertext is exactly
+    as long as the plaintext), then every block's tag, 16 bytes each. Every byte of the stream is
+    ciphertext or tag: none that nothing checks."""
+
+    chunk_size: int = HDD_BLOCK_SIZE
+
+    @property
+    def tags_offset(self) -> int:
+        return self.size
+
+    @property
+    def sealed_size(self) -> int:
+        return self.size + self.count * TAG_SIZE
+
+    def sealed_offset(self, index: int) -> int:
+        return index * self.chunk_size
+
+    def sealed_length(self, index: int) -> int:
+        return self.plain_length(index)
+
+    def tag_offset(self, index: int) -> int:
+        return self.tags_offset + index * TAG_SIZE
+
+
+class BlockCipher(ChunkCipher):
+    """Seals and opens the blocks of one installed file (:class:`BlockLayout`): as chunks are, with
+    a key and associated data of their own purpose, which name the block size too."""
+
+    def __init__(self, key: bytes, stream_id: bytes, size: int, *, block_size: int = HDD_BLOCK_SIZE):
+        if len(stream_id) != STREAM_ID_SIZE:
+            raise ValueError("stream ID must be 16 bytes")
+        if block_size not in HDD_BLOCK_SIZES:
+            raise ValueError(f"an HDD block is one of {HDD_BLOCK_SIZES} bytes")
+        self.layout = BlockLayout(size, block_size)
+        self._init(
+            derive(key, context("hdd-blocks", stream_id, block_size)), context("hdd-block", stream_id, size, block_size)
+        )
+
+    def seal_block(self, index: int, plaintext: bytes | memoryview) -> tuple[bytes, bytes]:
+        """(ciphertext, tag) of block ``index``."""
+        sealed = self.seal(index, plaintext)
+        return sealed[:-TAG_SIZE], sealed[-TAG_SIZE:]
+
+    def open_block(self, index: int, ciphertext: bytes | memoryview, tag: bytes | memoryview) -> bytes:
+        return self.open(index, bytes(ciphertext) + bytes(tag))
 
 
 # -- signatures ---------------------------------------------------------------------------------

@@ -19,8 +19,8 @@ The new catalog never lands on anything the current *or* the new catalog referen
 at any point leaves the current generation whole. Space a commit frees is allocatable only in
 later commits, when the freeing commit is already durable.
 
-Data extents start on 4 KiB blocks and hold whole sealed chunks (all but a file's last extent),
-so each chunk is in one place and a read never straddles extents.
+Data extents start on 4 KiB pages and hold whole blocks (all but a file's last extent), so each
+block is in one place and a block never straddles extents.
 """
 
 from __future__ import annotations
@@ -47,24 +47,35 @@ from .formats.hdd import (
 )
 from .plans import SYNC, Op, Write
 
-SEALED_CHUNK = crypto.CHUNK_SIZE + crypto.TAG_SIZE
-PIECE = 16  # chunks an install re-seals, hashes and writes together: 1 MiB
+#: 1 MiB of a file's plaintext: what an install re-seals, checks and writes at once (16 of a disc's
+#: chunks, 256 of an HDD's 4 KiB blocks), and what `fsck --deep` checks at once.
+PIECE_SIZE = 1024 * 1024
 
 
-def piece_checksum(sealed: bytes | bytearray | memoryview) -> bytes:
-    """The checksum of one piece of a file's sealed bytes: CRC-32C (Castagnoli), which the CPU
-    computes (SSE 4.2). It is there for `fsck --deep` to find damage without a key; what resists a
-    deliberate change is each chunk's GCM tag. (SHA-256, at 1.2 GB/s here, cost the install more
-    CPU than both AES-GCM passes together; zlib's CRC-32 (HDD format 3) 2.2 GB/s per core, half a
-    second of CPU per GiB installed; CRC-32C 19 GB/s.)"""
-    return crc32c.crc32c(sealed).to_bytes(4, "big")
+def piece_checksum(data: bytes | bytearray | memoryview, tags: bytes | bytearray | memoryview = b"") -> bytes:
+    """The checksum of one piece of a file's sealed stream, its blocks' ciphertext then their tags:
+    CRC-32C (Castagnoli), which the CPU computes (SSE 4.2). It is there for `fsck --deep` to find
+    damage without a key; what resists a deliberate change is each block's GCM tag. (SHA-256, at
+    1.2 GB/s here, cost the install more CPU than both AES-GCM passes together; zlib's CRC-32 (HDD
+    format 3) 2.2 GB/s per core, half a second of CPU per GiB installed; CRC-32C 19 GB/s.)"""
+    return crc32c.crc32c(tags, crc32c.crc32c(data)).to_bytes(4, "big")
 
 
 def piece_digest(piece_checksums: list[bytes]) -> bytes:
     """The digest the catalog keeps of a file's sealed bytes: the SHA-256 of the checksums of its
-    pieces of PIECE sealed chunks, in order. Pieces are checked apart, so an install computes them
-    in parallel."""
+    pieces (PIECE_SIZE bytes of plaintext each), in order. Pieces are checked apart, so an install
+    computes them in parallel."""
     return hashlib.sha256(b"".join(piece_checksums)).digest()
+
+
+def piece_blocks(f: HddFile, piece: int) -> range:
+    """The blocks of ``f`` that piece ``piece`` of it holds (an empty file: one piece, one block)."""
+    per = PIECE_SIZE // f.block_size
+    return range(piece * per, min((piece + 1) * per, f.layout.count))
+
+
+def piece_count(f: HddFile) -> int:
+    return max(1, -(-f.size // PIECE_SIZE))
 
 
 def _align_up(n: int) -> int:
@@ -94,8 +105,9 @@ def holes(used: list[Extent], size: int) -> list[Extent]:
     return [h for h in out if h.length > 0]
 
 
-def _take(free: list[Extent], sealed_size: int) -> tuple[Extent, ...] | None:
-    """First-fit extents for one file's sealed stream; consumes them from ``free``."""
+def _take(free: list[Extent], sealed_size: int, unit: int) -> tuple[Extent, ...] | None:
+    """First-fit extents for one file's sealed stream, each but the last a whole number of ``unit``
+    (its blocks); consumes them from ``free``."""
     remaining = sealed_size
     got: list[Extent] = []
     i = 0
@@ -106,7 +118,7 @@ def _take(free: list[Extent], sealed_size: int) -> tuple[Extent, ...] | None:
         if remaining <= avail:
             take = remaining
         else:
-            take = (max(avail, 0) // SEALED_CHUNK) * SEALED_CHUNK
+            take = (max(avail, 0) // unit) * unit
         if take <= 0:
             i += 1
             continue
@@ -214,16 +226,17 @@ class Volume:
         """Plan adding ``title`` as INSTALLING with room for all of ``files``, or refuse if full."""
         free = self.free()
         placed = []
-        need = sum(crypto.ChunkLayout(f.size).sealed_size for f in files)
+        block = self.sb.block_size
+        need = sum(crypto.BlockLayout(f.size, block).sealed_size for f in files)
         for spec in files:
-            extents = _take(free, crypto.ChunkLayout(spec.size).sealed_size)
+            extents = _take(free, crypto.BlockLayout(spec.size, block).sealed_size, block)
             if extents is None:
                 raise NoSpaceError(
                     f"not enough space on the HDD for {title.title_id}: it needs {_mb(need)},"
                     f" {_mb(self.free_bytes)} are free",
                     hint="remove a title with `vhw hdd rm`, or use a larger HDD",
                 )
-            placed.append(HddFile(spec.path, spec.size, spec.stream_id, extents, spec.executable))
+            placed.append(HddFile(spec.path, spec.size, spec.stream_id, extents, spec.executable, block_size=block))
         title = replace(title, files=tuple(placed), state=TitleState.INSTALLING, progress=0)
         others = tuple(t for t in self.catalog.titles if t.title_id != title.title_id)
         return self.commit(replace(self.catalog, titles=others + (title,)))
@@ -235,14 +248,15 @@ class Volume:
         )
 
     def checkpoint(self, title_id: str, progress: int) -> tuple[list[Op], Volume]:
-        """Plan recording that ``progress`` sealed bytes of an install are durable."""
+        """Plan recording that ``progress`` bytes (plaintext, over the files in order) of an install
+        are durable."""
         title = self._require(title_id)
         return self.commit(self._with_title(replace(title, progress=progress)))
 
     def complete(self, title_id: str, digests: list[bytes], *, installed: int) -> tuple[list[Op], Volume]:
         title = self._require(title_id)
         files = tuple(replace(f, sealed_digest=d) for f, d in zip(title.files, digests, strict=True))
-        done = replace(title, files=files, state=TitleState.COMPLETE, progress=title.sealed_size, installed=installed)
+        done = replace(title, files=files, state=TitleState.COMPLETE, progress=title.size, installed=installed)
         return self.commit(self._with_title(done))
 
     def remove(self, title_id: str) -> tuple[list[Op], Volume]:
@@ -279,9 +293,9 @@ class Volume:
             seen_titles.add(t.title_id)
             if len(t.key_salt) != 32 or len(t.owner) != OWNER_SIZE or len(t.bound_to) != OWNER_SIZE:
                 out.append(Problem(f"{name}: key record malformed", t.title_id))
-            if not 0 <= t.progress <= t.sealed_size:
+            if not 0 <= t.progress <= t.size:
                 out.append(Problem(f"{name}: progress beyond its data", t.title_id))
-            if t.complete and t.progress != t.sealed_size:
+            if t.complete and t.progress != t.size:
                 out.append(Problem(f"{name}: complete but not all data written", t.title_id))
             paths: set[str] = set()
             for f in t.files:
@@ -295,8 +309,8 @@ class Volume:
                         Problem(f"{fname}: extents hold {total} bytes, file needs {f.layout.sealed_size}", t.title_id)
                     )
                 for e in f.extents[:-1]:
-                    if e.length % SEALED_CHUNK:
-                        out.append(Problem(f"{fname}: an extent splits a chunk", t.title_id))
+                    if e.length % f.block_size:
+                        out.append(Problem(f"{fname}: an extent splits a block", t.title_id))
                 for e in f.extents:
                     if e.offset < DATA_START or e.end > size or e.length <= 0 or e.offset % BLOCK_SIZE:
                         out.append(Problem(f"{fname}: extent {e.offset}+{e.length} out of the data area", t.title_id))
@@ -317,19 +331,6 @@ def format_plan(sb: Superblock) -> tuple[list[Op], Volume]:
     first, vol = empty.commit(Catalog())
     second, vol = vol.commit(Catalog())
     return first + second, vol
-
-
-def locate_progress(files: tuple[HddFile, ...], progress: int) -> tuple[int, int]:
-    """Where an install resumes: (file index, chunk index) of the first chunk not yet durable.
-
-    ``progress`` counts sealed bytes over the files in order; a partly written chunk starts over.
-    """
-    for i, f in enumerate(files):
-        size = f.layout.sealed_size
-        if progress < size:
-            return i, progress // SEALED_CHUNK
-        progress -= size
-    return len(files), 0
 
 
 def _mb(n: int) -> str:

@@ -193,10 +193,23 @@ def hdd() -> None:
     show_default=True,
     help="With --with-memory: the capacity of its save area.",
 )
+@click.option(
+    "--block-size",
+    type=click.Choice(["4K", "16K", "64K"]),
+    default="4K",
+    show_default=True,
+    help="The blocks installed titles are encrypted in: what a read authenticates at the least.",
+)
 @credential_option
 @server_option
 def hdd_format(
-    out: Path, size: int, with_memory: bool, capacity: int, credential: Path | None, server_url: str | None
+    out: Path,
+    size: int,
+    with_memory: bool,
+    capacity: int,
+    block_size: str,
+    credential: Path | None,
+    server_url: str | None,
 ) -> None:
     """Format a new, empty HDD image OUT with a fresh HDD-ID and a secret key.
 
@@ -210,7 +223,14 @@ def hdd_format(
     check_capacity(capacity)
     memory = new_card(credential, server_url) if with_memory else None
     HddImage.format(
-        out, hdd_id=hdd_id, secret=secret, size=size, formatted=now(), memory=memory, memory_capacity=capacity
+        out,
+        hdd_id=hdd_id,
+        secret=secret,
+        size=size,
+        formatted=now(),
+        memory=memory,
+        memory_capacity=capacity,
+        block_size=int(block_size[:-1]) * 1024,
     )
     click.echo(
         f"HDD-ID {hdd_id}  ({human(size)} HDD {out}, key {crypto.fingerprint(public)})"
@@ -235,13 +255,14 @@ def hdd_summary(image: HddImage) -> dict[str, Any]:
         "allocated_on_host": st.st_blocks * 512,
         "free": vol.free_bytes,
         "generation": vol.sb.generation,
+        "block_size": vol.sb.block_size,
         "formatted": when(vol.sb.formatted),
         "titles": [
             {
                 "title_id": t.title_id,
                 "name": t.name,
                 "kind": t.kind,
-                "state": "complete" if t.complete else f"interrupted at {100 * t.progress // max(t.sealed_size, 1)}%",
+                "state": "complete" if t.complete else f"interrupted at {t.share_done}%",
                 "size": sum(f.size for f in t.files),
                 "files": len(t.files),
                 "installed": when(t.installed),
@@ -267,6 +288,7 @@ def hdd_info(image: Path, as_json: bool) -> None:
         f"device key   {d['key_fingerprint']}  (fingerprint of its public key; the secret is never shown)",
         f"size         {human(d['nominal_size'])} nominal, {human(d['allocated_on_host'])} on the host,"
         f" {human(d['free'])} free",
+        f"blocks       {d['block_size'] // 1024} KiB  (titles are encrypted and read in blocks of this size)",
         f"formatted    {d['formatted']}  (generation {d['generation']})",
         f"titles       {len(d['titles'])}",
         *(f"  {t['title_id']:<16} {t['name']}  [{t['state']}]" for t in d["titles"]),
@@ -353,7 +375,7 @@ def hdd_rm(title_id: str, image: Path | None, console_dir: Path | None, wait: bo
 def hdd_fsck(image: Path, deep: bool, repair: bool) -> None:
     """Check an HDD image; exit 3 if it has problems."""
     with HddImage.open(image, write=repair) as img:
-        total = sum(t.sealed_size for t in img.volume.catalog.titles if t.complete) if deep else 0
+        total = sum(t.size for t in img.volume.catalog.titles if t.complete) if deep else 0
         if deep and total:
             with progress_bar(total, "checking") as bar:
                 problems = img.check(deep=True, progress=bar.update)
@@ -364,8 +386,7 @@ def hdd_fsck(image: Path, deep: bool, repair: bool) -> None:
         for t in img.volume.catalog.titles:
             if not t.complete:
                 click.echo(
-                    f"note: {t.title_id}: install interrupted at {100 * t.progress // max(t.sealed_size, 1)}%;"
-                    " `vhw console install` resumes it"
+                    f"note: {t.title_id}: install interrupted at {t.share_done}%; `vhw console install` resumes it"
                 )
         if repair:
             for line in img.repair():

@@ -3,7 +3,9 @@
 - :mod:`.decisions`: what the console decides in each flow (pure: card views, the copy and play checks);
 - :mod:`.install`: the copy, S24-S26, as a plan generator (pure);
 - :mod:`.machine`: the emulated console: slots, tray, the flows over the device files and the server;
-- :mod:`.mount`: the decrypting, read-only pyfuse3 file system of the HDD (S31-S35);
+- :mod:`.mount`: the decrypting, read-only file system of the HDD (S31-S35): Python lays out the
+  tree and derives the keys, the compiled data path (:mod:`vhw.datapath`) serves it;
 - :mod:`.savefs`: the running title's save folder, a pyfuse3 view of the card's saves;
-- :mod:`.mountpoints`: lifting dead mounts and unmounting, without FUSE.
+- :mod:`.fuseloop`: serving a pyfuse3 file system (the save folder) until unmounted or signalled;
+- :mod:`.mountpoints`: lifting dead mounts, raising readahead and unmounting, without FUSE.
 """

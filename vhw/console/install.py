@@ -7,7 +7,7 @@ yields, so the same plan runs for real, or is collected by tests that replay eve
 The plan is::
 
     reserve   commit the title as INSTALLING with all its extents allocated (or refuse: HDD full)
-    copy      Write(sealed chunks, batched up to 1 MiB per contiguous run)
+    copy      Write(a piece's blocks: 1 MiB of ciphertext), Write(their tags), per piece
               after gaps of 4, 8, 16, 32 MiB, then every CHECKPOINT bytes:
                         Sync, commit(progress)   <- where a killed install resumes
     finish    Sync, commit(COMPLETE with the SHA-256 of each file's sealed bytes)
@@ -15,21 +15,22 @@ The plan is::
 Each title gets its own key, derived from the user's :class:`~vhw.bindings.TitleBinding` (the
 Content-Gen-Key with this console's and this HDD's secrets), the title ID and a random salt kept
 in the catalog; a fresh stream ID per file. Sealing is deterministic for a given
-key, stream and chunk, so resuming rewrites chunks identically and recomputes the digests of what
-was written before the interruption without reading the HDD.
+key, stream and block, so resuming rewrites blocks identically and recomputes the digests of what
+was written before the interruption without reading the HDD. The compiled core
+(:func:`vhw.datapath.reseal`) opens the disc's chunks and seals the HDD's blocks; this module plans,
+orders and commits.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import threading
 from collections import deque
 from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
-from .. import crypto
+from .. import crypto, datapath
 from ..bindings import TitleBinding, title_tag
 from ..devices.disc import DiscImage
 from ..devices.hdd import HddImage
@@ -38,14 +39,17 @@ from ..formats.disc import DiscFile
 from ..formats.hdd import HddFile, Title, TitleState
 from ..ids import Id
 from ..plans import SYNC, Op, Write
-from ..volume import PIECE, SEALED_CHUNK, FileSpec, Volume, piece_checksum, piece_digest
+from ..volume import PIECE_SIZE, FileSpec, Volume, piece_blocks, piece_checksum, piece_count, piece_digest
 
-CHECKPOINT = 64 * 1024 * 1024  # sealed bytes between progress commits: at most this is redone
+CHECKPOINT = 64 * 1024 * 1024  # bytes between progress commits: at most this is redone
 # the first progress commit comes early, and the gaps double up to CHECKPOINT: an install killed in
 # its first seconds resumes from what it wrote too, while a large one pays for few commits
 FIRST_CHECKPOINT = 4 * 1024 * 1024
 DEPTH = 6  # pieces in flight ahead of the writer: bounded memory (2 x 6 MiB of buffers)
 WORKERS = 2  # threads sealing pieces (the machine has two cores; the writer shares them)
+PIECE_CHUNKS = PIECE_SIZE // crypto.CHUNK_SIZE  # a disc's chunks per piece
+_PIECE_TAGS = PIECE_SIZE // min(crypto.HDD_BLOCK_SIZES) * crypto.TAG_SIZE  # the most tags a piece has
+_PIECE_SEALED = PIECE_CHUNKS * (crypto.CHUNK_SIZE + crypto.TAG_SIZE)  # a piece as the disc holds it
 
 
 def resumable(title: Title, disc: DiscImage, binding: TitleBinding) -> bool:
@@ -137,7 +141,7 @@ def install_plan(
 
     sealer = _Sealer(disc, content_key, key, reuse=reuse)
     digests: list[bytes] = []
-    done = 0  # sealed bytes of this title written (or durable before) so far
+    done = 0  # plaintext bytes of this title written (or durable before) so far
     last_checkpoint = title.progress
     gap = min(FIRST_CHECKPOINT, checkpoint)
     try:
@@ -145,8 +149,10 @@ def install_plan(
             pieces = []
             for piece in sealer.pieces(disc_file, hdd_file):  # in order, sealed ahead by the workers
                 pieces.append(piece.digest)
-                end = done + len(piece.data)
-                if end > title.progress:  # not all durable yet: write it (a durable chunk again: the same bytes)
+                end = done + piece.plain_size
+                # not all durable yet: write it (a durable block again: the same bytes; an empty
+                # file's piece, all tag and no plaintext, ends where the one before it did)
+                if end >= title.progress:
                     yield from piece.writes()
                 done = end
                 if progress:
@@ -169,41 +175,42 @@ def install_plan(
 
 @dataclass
 class Piece:
-    """Up to PIECE chunks of one file, re-sealed: the bytes to write and where they go."""
+    """Piece ``index`` of one file (PIECE_SIZE bytes of its plaintext), re-sealed: its blocks'
+    ciphertext and their tags, and where they go."""
 
     hdd_file: HddFile
-    first: int  # chunk index
+    index: int
     data: memoryview
+    tags: memoryview
     digest: bytes  # its checksum (volume.piece_checksum)
     plain_size: int
-    buffer: bytearray | None = None  # to give back to the sealer once written
+    buffers: tuple[bytearray, bytearray] | None = None  # to give back to the sealer once written
 
     def writes(self) -> Iterator[Write]:
-        """Writes of the sealed bytes, one per extent they fall in."""
+        """Writes of the ciphertext and of the tags, one per extent of the file they fall in."""
         layout = self.hdd_file.layout
-        at, pos = layout.sealed_offset(self.first), 0
-        while pos < len(self.data):
-            where = self.hdd_file.locate(at + pos)
-            # the rest of this extent from there
-            room = next(e.end for e in self.hdd_file.extents if e.offset <= where < e.end) - where
-            n = min(room, len(self.data) - pos)
-            yield Write(where, self.data[pos : pos + n])
-            pos += n
+        first = piece_blocks(self.hdd_file, self.index).start
+        for start, data in ((layout.sealed_offset(first), self.data), (layout.tag_offset(first), self.tags)):
+            pos = 0
+            for ext in self.hdd_file.pieces(start, len(data)):
+                yield Write(ext.offset, data[pos : pos + ext.length])
+                pos += ext.length
 
 
 class _Sealer:
-    """Decrypts a disc's chunks and re-seals them for the HDD, PIECE chunks at a time, in worker
-    threads (AES-GCM and the checksum release the GIL), keeping DEPTH pieces ahead of the writer.
+    """Opens a disc's chunks and seals them again as HDD blocks, a piece (1 MiB) at a time, in
+    worker threads that call the compiled core (:func:`vhw.datapath.reseal`, without the
+    interpreter's lock; the checksum releases it too), keeping DEPTH pieces ahead of the writer.
 
     One thread reads the disc, piece after piece in order, so that the kernel sees one
     sequential reader and reads ahead in large requests, as it does for `cp`. (Reads from the
     sealers themselves, two threads taking turns on one descriptor, looked random to it: 0.86 MiB
     per request; asked for with ``POSIX_FADV_WILLNEED``, 1 MiB: /sys/block/*/stat over installs.)
 
-    Memory stays bounded whatever the title's size: DEPTH pieces in flight, each in a buffer of
+    Memory stays bounded whatever the title's size: DEPTH pieces in flight, each in buffers of
     its own. With ``reuse`` (the plan is applied as it is made, as ``HddImage.run`` does), written
     buffers come back to be filled again, so no page of a new buffer is faulted in per piece;
-    without it (tests collecting a plan) every piece gets a fresh buffer.
+    without it (tests collecting a plan) every piece gets fresh buffers.
     """
 
     def __init__(self, disc: DiscImage, content_key: bytes, title_key: bytes, *, reuse: bool):
@@ -211,7 +218,7 @@ class _Sealer:
         self.content_key = content_key
         self.title_key = title_key
         self.reuse = reuse
-        self._free: list[bytearray] = []
+        self._free: list[tuple[bytearray, bytearray]] = []
         self._free_in: list[bytearray] = []  # buffers for pieces read from the disc
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="vhw-read")
         self._pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="vhw-seal")
@@ -221,83 +228,72 @@ class _Sealer:
         self._reader.shutdown(wait=True, cancel_futures=True)
 
     def recycle(self, piece: Piece) -> None:
-        if self.reuse and piece.buffer is not None:
-            self._free.append(piece.buffer)
+        if self.reuse and piece.buffers is not None:
+            self._free.append(piece.buffers)
 
     def pieces(self, disc_file: DiscFile, hdd_file: HddFile) -> Iterator[Piece]:
-        reader = crypto.ChunkCipher(self.content_key, disc_file.stream_id, disc_file.size)
-        writer = crypto.ChunkCipher(self.title_key, hdd_file.stream_id, hdd_file.size)
-        starts = iter(range(0, reader.layout.count, PIECE))
+        disc = crypto.ChunkCipher(self.content_key, disc_file.stream_id, disc_file.size).secret
+        hdd = hdd_file.cipher(self.title_key).secret
+        starts = iter(range(piece_count(hdd_file)))
         pending: deque[Future[Piece]] = deque()
-        for first in starts:
-            pending.append(self._submit(disc_file, hdd_file, reader, writer, first))
+        for index in starts:
+            pending.append(self._submit(disc_file, hdd_file, disc, hdd, index))
             if len(pending) >= DEPTH:
                 break
         while pending:
             piece = pending.popleft().result()  # in order; a damaged disc raises here
             nxt = next(starts, None)
             if nxt is not None:
-                pending.append(self._submit(disc_file, hdd_file, reader, writer, nxt))
+                pending.append(self._submit(disc_file, hdd_file, disc, hdd, nxt))
             yield piece
 
     def _submit(
         self,
         disc_file: DiscFile,
         hdd_file: HddFile,
-        reader: crypto.ChunkCipher,
-        writer: crypto.ChunkCipher,
-        first: int,
+        disc: crypto.StreamSecret,
+        hdd: crypto.StreamSecret,
+        index: int,
     ) -> Future[Piece]:
-        buffer = self._free.pop() if self._free else bytearray(PIECE * SEALED_CHUNK)
-        sealed_in = self._free_in.pop() if self._free_in else bytearray(PIECE * SEALED_CHUNK)
+        buffers = self._free.pop() if self._free else (bytearray(PIECE_SIZE), bytearray(_PIECE_TAGS))
+        sealed_in = self._free_in.pop() if self._free_in else bytearray(_PIECE_SEALED)
         # in order, one piece after another (a file's last piece: what exists of it)
-        read = self._reader.submit(self.disc.read_sealed_into, disc_file, first, PIECE, sealed_in)
-        return self._pool.submit(self._seal, disc_file, hdd_file, reader, writer, first, read, sealed_in, buffer)
+        read = self._reader.submit(self.disc.read_sealed_into, disc_file, index * PIECE_CHUNKS, PIECE_CHUNKS, sealed_in)
+        return self._pool.submit(self._seal, disc_file, hdd_file, disc, hdd, index, read, sealed_in, buffers)
 
     def _seal(
         self,
         disc_file: DiscFile,
         hdd_file: HddFile,
-        reader: crypto.ChunkCipher,
-        writer: crypto.ChunkCipher,
-        first: int,
+        disc: crypto.StreamSecret,
+        hdd: crypto.StreamSecret,
+        index: int,
         read: Future[int],
-        read_into: bytearray,
-        buffer: bytearray,
+        sealed_in: bytearray,
+        buffers: tuple[bytearray, bytearray],
     ) -> Piece:
-        layout = reader.layout
-        last = min(first + PIECE, layout.count)
-        plain = _scratch()
         n_in = read.result()  # a truncated disc raises here
-        sealed_in = memoryview(read_into)
-        out = memoryview(buffer)
-        at = pos = plain_size = 0
-        for i in range(first, last):
-            length = layout.sealed_length(i)
-            try:
-                n = reader.open_into(i, sealed_in[at : at + length], plain)
-            except crypto.Invalid:
-                raise IntegrityError(
-                    self.disc.path, f"{disc_file.path}: chunk {i} does not decrypt (damaged disc)"
-                ) from None
-            pos += writer.seal_into(i, plain[:n], out[pos:])
-            at += length
-            plain_size += n
-        assert at == n_in
-        self._free_in.append(read_into)
-        data = out[:pos]
-        return Piece(hdd_file, first, data, piece_checksum(data), plain_size, buffer)
-
-
-_local = threading.local()
-
-
-def _scratch() -> memoryview:
-    """This worker's buffer for one chunk of plaintext."""
-    buffer: memoryview | None = getattr(_local, "buffer", None)
-    if buffer is None:
-        buffer = _local.buffer = memoryview(bytearray(crypto.CHUNK_SIZE))
-    return buffer
+        first = index * PIECE_CHUNKS
+        try:
+            n = datapath.reseal(
+                disc,
+                hdd,
+                size=disc_file.size,
+                block_size=hdd_file.block_size,
+                first=first,
+                count=min(PIECE_CHUNKS, disc_file.layout.count - first),
+                sealed=memoryview(sealed_in)[:n_in],
+                data=buffers[0],
+                tags=buffers[1],
+            )
+        except datapath.DiscChunkInvalid as bad:
+            raise IntegrityError(
+                self.disc.path, f"{disc_file.path}: chunk {bad.index} does not decrypt (damaged disc)"
+            ) from None
+        self._free_in.append(sealed_in)
+        data = memoryview(buffers[0])[:n]
+        tags = memoryview(buffers[1])[: len(piece_blocks(hdd_file, index)) * crypto.TAG_SIZE]
+        return Piece(hdd_file, index, data, tags, piece_checksum(data, tags), n, buffers)
 
 
 def read_title(image: HddImage, title: Title, binding: TitleBinding) -> dict[str, bytes]:

@@ -153,8 +153,7 @@ class Machine(ConsoleFolder):
         else:
             if on_hdd is not None and install.resumable(on_hdd, disc, match.binding):
                 outcome = "resumed"
-                share = 100 * on_hdd.progress // max(on_hdd.sealed_size, 1)
-                self.log(f"resuming the install of {m.title_id}: {share}% of it was already on the HDD")
+                self.log(f"resuming the install of {m.title_id}: {on_hdd.share_done}% of it was already on the HDD")
             total = sum(f.size for f in m.files)
             done = [0]
 

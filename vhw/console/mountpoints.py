@@ -1,5 +1,6 @@
-"""Mount points, without FUSE: lift what a dead mount left behind, unmount. (Kept apart from
-:mod:`vhw.console.mount` so that commands that only unmount do not import pyfuse3 and trio.)"""
+"""Mount points, without FUSE: lift what a dead mount left behind, find a mount in the kernel's
+table, raise its readahead, unmount. (Kept apart from the mounts themselves so that commands that
+only unmount load neither the compiled file system nor pyfuse3 and trio.)"""
 
 from __future__ import annotations
 
@@ -63,3 +64,22 @@ def unmount(mountpoint: Path) -> None:
     proc = subprocess.run(["fusermount3", "-u", str(mountpoint)], capture_output=True, text=True)
     if proc.returncode != 0:
         raise StateError(f"{mountpoint}: cannot unmount ({proc.stderr.strip() or 'not mounted'})")
+
+
+def raise_readahead(mountpoint: Path, kib: int = 1024) -> None:
+    """Let the kernel read ahead ``kib`` KiB of a sequentially read file, in requests of up to
+    1 MiB (FUSE's max_pages): with the default 128 KiB, a sequential reader costs the mount a
+    request per 128 KiB. Measured cold over 1 GiB with the pyfuse3 mount: 0.6-1.1 GB/s with
+    128 KiB, 1.0-1.3 GB/s with 1 MiB (fio, which asks for sequential readahead and so doubles the
+    window: 1.3-1.4), and less again with 2 and 4 MiB (0.7-1.0 with fio), against 1.0-1.6 GB/s
+    for the plain file. The knob is the mount's backing device info in sysfs, which only root
+    may change; others keep the default."""
+    # Run once the mount serves: the stat is answered by the file system, which completes FUSE's
+    # INIT (that caps readahead at 128 KiB); only then does the new value hold.
+    try:
+        os.stat(mountpoint)
+        fields = mount_fields(mountpoint)
+        if fields:
+            Path(f"/sys/class/bdi/{fields[2]}/read_ahead_kb").write_text(f"{kib}\n")
+    except OSError as exc:
+        log.debug("%s: readahead left at the default (%s)", mountpoint, exc.strerror)

@@ -36,7 +36,7 @@ from ..devices.card import CardImage
 from ..errors import VhwError
 from ..formats.card import META_SIZE, valid_save_name
 from ..saves import SaveInvalid
-from .mount import errno_guard, serve_operations
+from .fuseloop import errno_guard, serve_operations
 
 log = logging.getLogger(__name__)
 

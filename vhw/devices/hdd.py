@@ -26,7 +26,7 @@ from ..formats.common import BLOCK_SIZE, Extent
 from ..generations import choose
 from ..ids import Id
 from ..plans import Op, Write, shifted
-from ..volume import PIECE, Volume, format_plan, piece_checksum, piece_digest
+from ..volume import Volume, format_plan, piece_blocks, piece_checksum, piece_count, piece_digest
 from .card import CardImage
 from .files import (
     apply_op,
@@ -130,15 +130,17 @@ class HddImage:
         formatted: int,
         memory: Card | None = None,
         memory_capacity: int = card_fmt.DEFAULT_CAPACITY,
+        block_size: int = crypto.HDD_BLOCK_SIZE,
     ) -> None:
         """Make a new, empty, sparse image of nominal ``size`` bytes with the HDD's ``secret``.
         ``memory``: give it an internal memory, a card image with these items and a save area of
-        ``memory_capacity`` bytes, at the start of the data area."""
+        ``memory_capacity`` bytes, at the start of the data area. ``block_size``: the blocks titles
+        installed on it are encrypted in."""
         path = Path(path)
         refuse_existing(path, fmt.WHAT)
         if size < fmt.MIN_SIZE:
             raise ImageError(path, f"an HDD must be at least {fmt.MIN_SIZE} bytes")
-        sb = fmt.Superblock(hdd_id, secret, size, formatted, generation=0)
+        sb = fmt.Superblock(hdd_id, secret, size, formatted, generation=0, block_size=block_size)
         memory_ops: list[Op] = []
         if memory is not None:
             memory_ops = CardImage.format_ops(memory, memory_capacity)
@@ -255,41 +257,45 @@ class HddImage:
     def fd(self) -> int:
         return self._fd
 
-    def read_sealed(self, f: fmt.HddFile, index: int) -> bytes:
-        layout = f.layout
-        n = layout.sealed_length(index)
-        data = os.pread(self._fd, n, f.locate(layout.sealed_offset(index)))
-        if len(data) != n:
-            raise ImageError(self.path, f"truncated {fmt.WHAT}")
-        return data
+    def read_stream(self, f: fmt.HddFile, offset: int, length: int) -> bytes:
+        """Bytes [offset, offset + length) of ``f``'s sealed stream (its blocks, then their tags)."""
+        out = bytearray()
+        for ext in f.pieces(offset, length):
+            data = os.pread(self._fd, ext.length, ext.offset)
+            if len(data) != ext.length:
+                raise ImageError(self.path, f"truncated {fmt.WHAT}")
+            out += data
+        return bytes(out)
 
-    def iter_sealed(self, f: fmt.HddFile) -> Generator[memoryview, None, None]:
-        """Every sealed chunk of ``f`` in order, read one extent piece (≤ 1 MiB) at a time."""
+    def read_sealed(self, f: fmt.HddFile, index: int) -> bytes:
+        """Block ``index`` of ``f`` as :meth:`vhw.crypto.BlockCipher.open` takes it: its ciphertext,
+        then its tag."""
         layout = f.layout
-        index = 0
-        for ext in f.extents:
-            pos = 0
-            while pos < ext.length:
-                take = min(ext.length - pos, 16 * (crypto.CHUNK_SIZE + crypto.TAG_SIZE))
-                data = memoryview(os.pread(self._fd, take, ext.offset + pos))
-                if len(data) != take:
-                    raise ImageError(self.path, f"truncated {fmt.WHAT}")
-                off = 0
-                while off < take:
-                    n = layout.sealed_length(index)
-                    yield data[off : off + n]
-                    off += n
-                    index += 1
-                pos += take
+        data = self.read_stream(f, layout.sealed_offset(index), layout.sealed_length(index))
+        return data + self.read_stream(f, layout.tag_offset(index), crypto.TAG_SIZE)
+
+    def iter_pieces(self, f: fmt.HddFile) -> Generator[tuple[range, bytes, bytes], None, None]:
+        """(blocks, their ciphertext, their tags) for every piece of ``f`` (volume.PIECE_SIZE bytes of
+        plaintext), in order."""
+        layout = f.layout
+        for piece in range(piece_count(f)):
+            blocks = piece_blocks(f, piece)
+            start = layout.sealed_offset(blocks.start)
+            end = layout.sealed_offset(blocks.stop - 1) + layout.sealed_length(blocks.stop - 1)
+            data = self.read_stream(f, start, end - start)
+            yield blocks, data, self.read_stream(f, layout.tag_offset(blocks.start), len(blocks) * crypto.TAG_SIZE)
 
     def decrypt(self, title: fmt.Title, f: fmt.HddFile, title_key: bytes) -> Generator[bytes, None, None]:
-        """The plaintext of ``f``, chunk by chunk; a damaged chunk raises IntegrityError."""
-        cipher = crypto.ChunkCipher(title_key, f.stream_id, f.size)
-        for i, sealed in enumerate(self.iter_sealed(f)):
-            try:
-                yield cipher.open(i, sealed)
-            except crypto.Invalid:
-                raise IntegrityError(self.path, f"{title.title_id}/{f.path}: chunk {i} does not decrypt") from None
+        """The plaintext of ``f``, block by block; a damaged block raises IntegrityError."""
+        cipher = f.cipher(title_key)
+        size, tag = f.block_size, crypto.TAG_SIZE
+        for blocks, data, tags in self.iter_pieces(f):
+            for k, i in enumerate(blocks):
+                ciphertext = data[k * size : k * size + cipher.layout.plain_length(i)]
+                try:
+                    yield cipher.open_block(i, ciphertext, tags[k * tag : (k + 1) * tag])
+                except crypto.Invalid:
+                    raise IntegrityError(self.path, f"{title.title_id}/{f.path}: block {i} does not decrypt") from None
 
     # -- checking -----------------------------------------------------------------------------
 
@@ -308,16 +314,11 @@ class HddImage:
                 if not t.complete:
                     continue
                 for f in t.files:
-                    pieces, piece = [], bytearray()
-                    for i, sealed in enumerate(self.iter_sealed(f)):
-                        piece += sealed
-                        if i % PIECE == PIECE - 1:
-                            pieces.append(piece_checksum(piece))
-                            piece.clear()
+                    pieces = []
+                    for _, data, tags in self.iter_pieces(f):
+                        pieces.append(piece_checksum(data, tags))
                         if progress:
-                            progress(len(sealed))
-                    if f.layout.count % PIECE:
-                        pieces.append(piece_checksum(piece))
+                            progress(len(data))  # (plaintext bytes: the ciphertext is as long)
                     if piece_digest(pieces) != f.sealed_digest:
                         problems.append(f"title {t.title_id}, file {f.path!r}: data damaged")
         return problems

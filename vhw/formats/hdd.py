@@ -15,11 +15,17 @@ current catalog's two copies lie, with their length and SHA-256. The catalog lis
 metadata, the salt of its per-title key, whose it is (``owner``: the fingerprint of the user's
 Content-Gen-Key) and what it is bound to (``bound_to``: the fingerprint of the
 :class:`~vhw.bindings.TitleBinding` of that user, console and HDD), its state (installing or
-complete), how many sealed bytes are durable (the resume point), a tag that authenticates its
-entry point, kind and title digest under the title's own key (so the entry ``play`` runs is the
-one the disc named: a second user who edits the catalog cannot point it elsewhere), and per file
-the stream ID, size, extents and, once complete, a digest of its sealed bytes
-(:func:`vhw.volume.piece_digest`).
+complete), how many bytes of it are durable (the resume point, counted in plaintext over its
+files in order), a tag that authenticates its entry point, kind and title digest under the title's
+own key (so the entry ``play`` runs is the one the disc named: a second user who edits the catalog
+cannot point it elsewhere), and per file the stream ID, size, block size, extents and, once
+complete, a digest of its sealed bytes (:func:`vhw.volume.piece_digest`).
+
+Each file is kept in blocks (:class:`vhw.crypto.BlockLayout`): 4 KiB by default (the superblock's
+``block_shift`` is the HDD's choice for new installs, ``vhw hdd format --block-size``; each file
+records its own), every block's data page-aligned where a plain file would hold it, and the blocks'
+GCM tags after them. A random read then reads and authenticates the block it asks for, and nothing
+of its neighbours.
 
 An HDD made ``--with-memory`` has an internal memory for card-less consoles: a whole memory card
 image (:mod:`vhw.formats.card`, with its own superblocks, catalog and save area) in a fixed region
@@ -29,7 +35,9 @@ the card's own crash-safe commits and never touched by the HDD's.
 Version 2 added the HDD's secret, ``bound_to`` and the memory region; version 3 the ditto copies
 of the superblocks and the catalog, and the entry tag; version 4 checksums the pieces of a file's
 sealed bytes with CRC-32C instead of CRC-32 (:func:`vhw.volume.piece_checksum`), so its digest
-differs. Older images are refused with a line that says to format them again.
+differs; version 5 keeps files in blocks with their tags apart (4 KiB by default, 64 KiB chunks
+with their tags inline before) and counts an install's progress in plaintext bytes. Older images
+are refused with a line that says to format them again.
 
 Nothing is ever overwritten in place except a superblock slot, and only the older one: a commit
 writes the new catalog's two copies into free space, syncs, then writes the next generation into
@@ -65,7 +73,7 @@ from .common import (
 
 SUPER_MAGIC = b"VHWHDD\0\0"
 CATALOG_MAGIC = b"VHWCATL\0"
-VERSION = 4
+VERSION = 5
 WHAT = "HDD image"
 SLOT_OFFSETS = (0, BLOCK_SIZE)  # copy A of slots 0 and 1
 DITTO = 2 * BLOCK_SIZE  # copy B of a slot lies this far after its copy A
@@ -96,6 +104,7 @@ SuperblockBody = cs.Struct(
     "catalog_ditto" / cs.Int64ub,  # where the catalog's second copy lies
     "memory_offset" / cs.Int64ub,  # the internal memory (a card image), or 0
     "memory_length" / cs.Int64ub,
+    "block_shift" / cs.Int8ub,  # log2 of the block size new installs use
 )
 
 ExtentRecord = cs.Struct("offset" / cs.Int64ub, "length" / cs.Int64ub)
@@ -105,6 +114,7 @@ FileRecord = cs.Struct(
     "size" / cs.Int64ub,
     "executable" / cs.Flag,
     "stream_id" / cs.Bytes(crypto.STREAM_ID_SIZE),
+    "block_shift" / cs.Int8ub,  # log2 of its block size
     "sealed_digest" / cs.Bytes(32),  # of its sealed bytes (volume.piece_digest); zeros until complete
     "extents" / cs.PrefixedArray(cs.Int32ub, ExtentRecord),
 )
@@ -121,7 +131,7 @@ TitleRecord = cs.Struct(
     "key_salt" / cs.Bytes(32),
     "owner" / cs.Bytes(OWNER_SIZE),
     "bound_to" / cs.Bytes(OWNER_SIZE),
-    "progress" / cs.Int64ub,
+    "progress" / cs.Int64ub,  # plaintext bytes durable, over its files in order
     "entry_tag" / cs.Bytes(32),  # bindings.title_tag: the entry, kind and digest under the title's key
     "metadata" / Blob(cs.Int32ub),
     "files" / cs.PrefixedArray(cs.Int32ub, FileRecord),
@@ -144,10 +154,32 @@ class HddFile:
     extents: tuple[Extent, ...]
     executable: bool = False
     sealed_digest: bytes = bytes(32)
+    block_size: int = crypto.HDD_BLOCK_SIZE
 
     @property
-    def layout(self) -> crypto.ChunkLayout:
-        return crypto.ChunkLayout(self.size)
+    def layout(self) -> crypto.BlockLayout:
+        return crypto.BlockLayout(self.size, self.block_size)
+
+    def cipher(self, title_key: bytes) -> crypto.BlockCipher:
+        return crypto.BlockCipher(title_key, self.stream_id, self.size, block_size=self.block_size)
+
+    def pieces(self, offset: int, length: int) -> list[Extent]:
+        """Where bytes [offset, offset + length) of this file's sealed stream lie in the image: one
+        extent per extent of the file they cross."""
+        out = []
+        for ext in self.extents:
+            if length <= 0:
+                break
+            if offset < ext.length:
+                n = min(length, ext.length - offset)
+                out.append(Extent(ext.offset + offset, n))
+                length -= n
+                offset = 0
+            else:
+                offset -= ext.length
+        if length > 0:
+            raise ValueError("offset beyond the file's extents")
+        return out
 
     def locate(self, sealed_offset: int) -> int:
         """Image offset of byte ``sealed_offset`` of this file's sealed stream."""
@@ -172,13 +204,23 @@ class Title:
     installed: int = 0
     mid: Id | None = None
     title_digest: bytes = bytes(32)
-    progress: int = 0  # sealed bytes durable, counted over the files in order
+    progress: int = 0  # plaintext bytes durable, counted over the files in order
     metadata: bytes = b"{}"
     entry_tag: bytes = bytes(32)
 
     @property
     def sealed_size(self) -> int:
         return sum(f.layout.sealed_size for f in self.files)
+
+    @property
+    def size(self) -> int:
+        """Plaintext bytes of all its files: what ``progress`` counts up to."""
+        return sum(f.size for f in self.files)
+
+    @property
+    def share_done(self) -> int:
+        """How much of an install is durable, in whole percent."""
+        return 100 * self.progress // max(self.size, 1)
 
     @property
     def complete(self) -> bool:
@@ -214,6 +256,7 @@ class Superblock:
     memory_offset: int = 0
     memory_length: int = 0
     catalog_ditto: int = 0  # where the catalog's second copy lies
+    block_size: int = crypto.HDD_BLOCK_SIZE  # what new installs use
 
     @property
     def memory(self) -> Extent | None:
@@ -252,6 +295,7 @@ def encode_superblock(sb: Superblock) -> bytes:
                 "catalog_ditto": sb.catalog_ditto,
                 "memory_offset": sb.memory_offset,
                 "memory_length": sb.memory_length,
+                "block_shift": sb.block_size.bit_length() - 1,
             },
             what="HDD superblock",
         )
@@ -276,12 +320,14 @@ def decode_superblock(block: bytes, *, path: object) -> Superblock:
         rec.memory_offset,
         rec.memory_length,
         rec.catalog_ditto,
+        1 << rec.block_shift if 12 <= rec.block_shift <= 16 else 0,
     )
     if (
         sb.nominal_size < MIN_SIZE
         or min(sb.catalog_offset, sb.catalog_ditto) < DATA_START
         or max(e.end for e in sb.catalog_extents) > sb.nominal_size
         or sb.catalog_length == 0
+        or sb.block_size not in crypto.HDD_BLOCK_SIZES
         or (
             sb.memory_length
             and (sb.memory_offset < DATA_START or sb.memory_offset + sb.memory_length > sb.nominal_size)
@@ -318,6 +364,7 @@ def encode_catalog(cat: Catalog) -> bytes:
                             "size": f.size,
                             "executable": f.executable,
                             "stream_id": f.stream_id,
+                            "block_shift": f.block_size.bit_length() - 1,
                             "sealed_digest": f.sealed_digest,
                             "extents": [{"offset": e.offset, "length": e.length} for e in f.extents],
                         }
@@ -358,6 +405,7 @@ def decode_catalog(data: bytes, sb: Superblock, *, path: object) -> Catalog:
                         tuple(Extent(e.offset, e.length) for e in f.extents),
                         f.executable,
                         f.sealed_digest,
+                        _block_size(f.block_shift, t.title_id, path),
                     )
                     for f in t.files
                 ),
@@ -374,3 +422,10 @@ def decode_catalog(data: bytes, sb: Superblock, *, path: object) -> Catalog:
             )
         )
     return Catalog(rec.generation, tuple(titles), tuple((e.owner, e.epoch) for e in rec.card_epochs))
+
+
+def _block_size(shift: int, title_id: str, path: object) -> int:
+    size = 1 << shift if shift < 32 else 0
+    if size not in crypto.HDD_BLOCK_SIZES:
+        raise ImageError(path, f"corrupt HDD catalog (title {title_id!r} has a file of unknown block size)")
+    return size
