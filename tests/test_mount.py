@@ -147,6 +147,24 @@ def test_the_mount_is_read_only(mounted):
         (mounted / TITLES["game"] / "new").write_text("x")
 
 
+def test_the_mount_keeps_its_keys_in_locked_memory_and_nowhere_else(world, mounted):
+    """The compiled file system holds the titles' keys in memory locked against swapping; the mount
+    process got them from no command line, environment or file."""
+    pid = Machine(world["alice"]["console"]).mounts.load()[str(mounted)]
+    status = Path(f"/proc/{pid}/status").read_text()
+    locked_kib = int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmLck:")))
+    assert locked_kib >= 4
+    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")
+    console = str(world["alice"]["console"]).encode()
+    assert cmdline[1:] == [b"-m", b"vhw", b"console", b"mount", str(mounted).encode(), b"--foreground"] + [
+        b"--slot",
+        b"1",
+        b"--console",
+        console,
+    ]  # (paths and flags only)
+    assert not any(name.startswith(b"VHW_KEY") for name in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"))
+
+
 def test_play_the_game_in_scripted_mode(world):
     alice = world["alice"]
     con = ["--console", alice["console"]]
