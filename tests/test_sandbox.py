@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 import stat
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from urllib.parse import urlparse
 
 import pytest
 
+from vhw.console import sandbox
 from vhw.console.machine import Machine
 from vhw.devices.hdd import HddImage
 
@@ -61,7 +63,7 @@ def root():
     with open("/planted", "w") as f:
         f.write("x")
 attempt("write to the root", root)
-attempt("signal the mount", lambda: os.kill(a["mount_pid"], signal.SIGTERM))
+attempt("signal the mount", lambda: os.kill(a["mount_pid"], signal.SIGTERM if a["sandboxed"] else 0))
 attempt("read the mount's memory", lambda: read(f"/proc/{a['mount_pid']}/mem"))
 attempt("read /dev of the host", lambda: read(a["block_device"]) if a["block_device"] else read("/dev/nonexistent"))
 out["env"] = sorted(os.environ)
@@ -73,6 +75,127 @@ def saves():
 attempt("write a save", saves)
 print("REPORT " + json.dumps(out))
 """
+
+
+PROBE = r"""
+import ctypes, errno, json, os, socket, sys
+with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "probe.json")) as f:
+    a = json.load(f)  # (not on its command line: it would show there)
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+out = {}
+def call(name, nr, *args):
+    ctypes.set_errno(0)
+    rc = libc.syscall(ctypes.c_long(nr), *[ctypes.c_long(x) for x in args])
+    out[name] = "GOT IN" if rc >= 0 else errno.errorcode.get(ctypes.get_errno(), str(ctypes.get_errno()))
+if a["what"] == "host":
+    found = []
+    for pid in sorted(p for p in os.listdir("/proc") if p.isdigit()):
+        for part in ("environ", "cmdline"):
+            try:
+                with open(f"/proc/{pid}/{part}", "rb") as f:
+                    data = f.read()
+            except OSError:
+                continue
+            found += [f"{pid}/{part}: {m}" for m in a["markers"] if m.encode() in data]
+    out["pids"] = sorted(int(p) for p in os.listdir("/proc") if p.isdigit())
+    out["found"] = found
+elif a["what"] == "calls":
+    attr = (ctypes.c_uint32 * 32)(1, 128, 0)  # perf_event_attr: PERF_TYPE_SOFTWARE, size 128, CPU clock
+    attr[10] = 0b1100000  # exclude_kernel, exclude_hv
+    call("perf_event_open", 298, ctypes.addressof(attr), 0, -1, -1, 0)
+    call("keyctl", 250, 0, -3, 0)  # KEYCTL_GET_KEYRING_ID of the session keyring
+    call("io_uring_setup", 425, 1, ctypes.addressof((ctypes.c_uint32 * 30)()))
+    call("personality ADDR_NO_RANDOMIZE", 135, 0x0040000)
+    call("userfaultfd", 323, 0)
+    call("bpf", 321, 0, ctypes.addressof((ctypes.c_uint32 * 32)(2, 4, 4, 1)), 128)  # a one-entry array map
+    call("ptrace", 101, 0, 0, 0, 0)  # PTRACE_TRACEME
+    call("mount", 165, 0, 0, 0, 0, 0)
+    call("unshare", 272, 0x00020000)  # CLONE_NEWNS
+    call("init_module", 175, 0, 0, 0)
+elif a["what"] == "userns":
+    call("unshare CLONE_NEWUSER", 272, 0x10000000)
+    out["interfaces"] = sorted(name for _, name in socket.if_nameindex())
+    def abstract():
+        s = socket.socket(socket.AF_UNIX)
+        s.connect("\0" + a["abstract"])
+        s.close()
+    try:
+        abstract()
+        out["abstract socket of the host"] = "GOT IN"
+    except OSError as exc:
+        out["abstract socket of the host"] = type(exc).__name__
+print("REPORT " + json.dumps(out))
+"""
+
+
+def probe(capfd, tmp_path: Path, what: str, *, sandboxed: bool, seccomp: bool = True, **extra) -> dict:
+    """PROBE's report, run in the sandbox a title gets (``seccomp=False``: the same sandbox without
+    the filter), or outside it (the control, in this process's environment)."""
+    title = tmp_path / f"probe-{what}"
+    title.mkdir(exist_ok=True)
+    (title / "probe.py").write_text(PROBE)
+    (title / "probe.json").write_text(json.dumps({"what": what, **extra}))
+    box = sandbox.command(title_dir=title, entry="probe.py", args=[], saves=None, title_id="PROBE-1", kind="game")
+    capfd.readouterr()
+    if not sandboxed:
+        code = subprocess.call([sys.executable, str(title / "probe.py")])
+    elif seccomp:
+        code = sandbox.run(box, bwrap_path=sandbox.bwrap())  # as `play` runs a title
+    else:
+        code = subprocess.call([sandbox.bwrap(), *box.args], env=box.env)
+    out, err = capfd.readouterr()
+    assert code == 0 and "REPORT " in out, err
+    return json.loads(out.split("REPORT ", 1)[1])
+
+
+def test_nothing_of_the_host_shows_in_any_process_of_the_sandbox(capfd, tmp_path, monkeypatch):
+    """Every process a title can see (bubblewrap itself is PID 1 there): its environment and command
+    line hold none of the user's variables and none of the host's paths. The control: the same code
+    outside finds them at once."""
+    secret = "vhw-test-" + os.urandom(8).hex()
+    monkeypatch.setenv("VHW_TEST_TOKEN", secret)
+    # the token, the user's HOME variable (its value may be a prefix of the interpreter's path,
+    # which the title's own command line names), and the host's paths of the title and the test
+    markers = [secret, f"HOME={os.environ.get('HOME', '/root')}", str(tmp_path)]
+    inside = probe(capfd, tmp_path, "host", sandboxed=True, markers=markers)
+    assert 1 in inside["pids"] and len(inside["pids"]) >= 2  # bubblewrap (1) and the title
+    assert inside["found"] == []
+    outside = probe(capfd, tmp_path, "host", sandboxed=False, markers=markers)
+    assert any(secret in f for f in outside["found"]) and any(str(tmp_path) in f for f in outside["found"])
+
+
+def test_the_seccomp_filter_refuses_what_a_title_never_needs(capfd, tmp_path):
+    """Each call the filter refuses is EPERM in the sandbox; the control: in the same sandbox without
+    the filter, those an unprivileged process may make succeed (the others fail there for want of
+    capabilities: the filter is a second wall)."""
+    inside = probe(capfd, tmp_path, "calls", sandboxed=True)
+    assert inside == dict.fromkeys(inside, "EPERM") and len(inside) == 10
+    without = probe(capfd, tmp_path, "calls", sandboxed=True, seccomp=False)
+    for name in ("perf_event_open", "keyctl", "io_uring_setup", "personality ADDR_NO_RANDOMIZE", "ptrace"):
+        assert without[name] == "GOT IN", (name, without)
+    assert all(without[name] != "GOT IN" for name in ("mount", "unshare", "init_module"))
+
+
+def test_no_user_namespace_and_no_network_but_its_own_loopback(capfd, tmp_path):
+    """A title makes no user namespace and sees only a loopback of its own: an abstract socket the
+    host listens on (per network namespace) is out of reach. The control: outside, both work."""
+    name = "vhw-test-" + os.urandom(6).hex()
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind("\0" + name)
+    listener.listen()
+    try:
+        for seccomp in (True, False):  # (--disable-userns holds without the filter too)
+            inside = probe(capfd, tmp_path, "userns", sandboxed=True, seccomp=seccomp, abstract=name)
+            assert inside["unshare CLONE_NEWUSER"] != "GOT IN"
+            assert inside["interfaces"] == ["lo"]
+            assert inside["abstract socket of the host"] != "GOT IN"
+        outside = probe(capfd, tmp_path, "userns", sandboxed=False, abstract=name)
+        assert outside["unshare CLONE_NEWUSER"] == "GOT IN"
+        assert outside["abstract socket of the host"] == "GOT IN"
+        assert len(outside["interfaces"]) > 1
+    finally:
+        listener.close()
 
 
 @pytest.fixture(scope="module")
@@ -142,7 +265,7 @@ def test_a_hostile_title_escapes_nothing(hostile, srv, tmp_path):
                 "--console",
                 str(dev["console"]),
                 dev["title"],
-                json.dumps(args),
+                json.dumps({**args, "sandboxed": True}),
             ],
             capture_output=True,
             text=True,
@@ -150,6 +273,25 @@ def test_a_hostile_title_escapes_nothing(hostile, srv, tmp_path):
         )
         assert r.returncode == 0, r.stderr
         report = json.loads(r.stdout.split("REPORT ", 1)[1])
+        assert not outside.exists()
+        # the control: the same code, run by the user outside any sandbox, gets each of the host's
+        # files, the server, the mount process and the block device (as root here)
+        (tmp_path / "hostile.py").write_text(HOSTILE)
+        control = subprocess.run(
+            [sys.executable, str(tmp_path / "hostile.py"), json.dumps({**args, "sandboxed": False})],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "VHW_SAVE_DIR": str(tmp_path)},
+        )
+        escaped = json.loads(control.stdout.split("REPORT ", 1)[1])
+        host_tries = [
+            "read " + k for k in ("console_json", "rom", "card", "hdd", "console_dir_file", "other_title_file")
+        ]
+        host_tries += ["list console folder", "connect to the server", "write beside the console", "signal the mount"]
+        host_tries += ["read /dev of the host"] if block else []
+        assert {k: escaped[k] for k in host_tries} == dict.fromkeys(host_tries, "GOT IN")
+        outside.unlink()
         tries = {k: v for k, v in report.items() if k not in ("env", "uid", "pid", "write a save")}
         assert len(tries) == 16
         assert all(v != "GOT IN" for v in tries.values()), tries
@@ -166,7 +308,6 @@ def test_a_hostile_title_escapes_nothing(hostile, srv, tmp_path):
             "VHW_SAVE_ON",
         }
         assert report["uid"] != 0 and report["pid"] < 10  # its own user and PID namespaces
-        assert not outside.exists()
         assert os.path.ismount(where)  # the mount it tried to signal is still serving
         assert not (where / dev["title"] / "planted.py").exists()
     finally:

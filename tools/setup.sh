@@ -6,8 +6,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# the compiled data path (vhw/datapath, setup.py) builds against libfuse3 and OpenSSL's libcrypto
-packages=(fuse3 libfuse3-dev libssl-dev pkg-config gcc postgresql bubblewrap)
+# the compiled data path (vhw/datapath, setup.py) builds against libfuse3 and OpenSSL's libcrypto;
+# titles run in bubblewrap with a seccomp filter that libseccomp compiles
+packages=(fuse3 libfuse3-dev libssl-dev pkg-config gcc postgresql bubblewrap libseccomp2)
 # `make bench` (setup.sh --bench) also needs the peers and tools it compares with
 [ "${1:-}" = "--bench" ] && packages+=(gocryptfs fio time)
 # `make test` (setup.sh --test) also needs a browser for the web consoles' tests: Debian's Chromium,
@@ -40,7 +41,8 @@ fi
 # Re-install only when pyproject.toml, setup.py or the compiled part's sources changed since the
 # last install (the editable install builds vhw/datapath/_core in place).
 stamp=.venv/.vhw-installed
-stale=$(find pyproject.toml setup.py vhw/datapath -newer "$stamp" \( -name pyproject.toml -o -name setup.py -o -name '*.[ch]' \) 2>/dev/null | head -n 1)
+stale=""
+[ -f "$stamp" ] && stale=$(find pyproject.toml setup.py vhw/datapath -newer "$stamp" \( -name pyproject.toml -o -name setup.py -o -name '*.[ch]' \) | head -n 1)
 if [ ! -f "$stamp" ] || [ -n "$stale" ] || ! ls vhw/datapath/_core*.so >/dev/null 2>&1; then
     echo "setup: installing vhw and its dependencies into .venv"
     .venv/bin/python -m pip install -q --upgrade pip

@@ -389,6 +389,8 @@ class Machine(ConsoleFolder):
             if not entry.is_relative_to(title_dir.resolve()) or not entry.is_file():
                 raise IntegrityError(self.hdd_path, f"{title_id}: its entry point is not a file of the title")
             with self.save_folder(title_id, save_slot or slot) as saves:
+                if meta.get("network") is True:
+                    self.log(f"{title_id} asks for the network; titles run without it")
                 cmd = sandbox.command(
                     title_dir=title_dir,
                     entry=title.entry,
@@ -397,10 +399,8 @@ class Machine(ConsoleFolder):
                     saves_on=self.card(save_slot or slot).called if saves is not None else "the memory card",
                     title_id=title_id,
                     kind=title.kind,
-                    network=meta.get("network") is True,
-                    bwrap_path=runner,
                 )
-                code = subprocess.call(cmd, cwd="/", stdin=None)
+                code = sandbox.run(cmd, bwrap_path=runner)
         finally:
             failed = _read_errors(log_path, seen, title_id)
             if temporary is not None:

@@ -52,6 +52,12 @@ def read_title_info(src: Path) -> dict[str, Any]:
         raise FileError(path, f"not a valid title description ({exc})") from None
     if not isinstance(info, dict):
         raise FileError(path, "not a valid title description (must be a JSON object)")
+    if "network" in info:
+        raise FileError(
+            path,
+            'asks for the network ("network"): titles run without it',
+            hint='remove "network" from the title description; a title reaches nothing outside its sandbox',
+        )
     return info
 
 
