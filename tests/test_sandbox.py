@@ -227,6 +227,15 @@ def hostile(cli, srv, tmp_path):
     return {**dev, "title": f"HOSTILE-{n}", "other": f"OTHER-{n}"}
 
 
+def readable(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            f.read(1)
+    except OSError:
+        return False
+    return True
+
+
 def test_a_hostile_title_escapes_nothing(hostile, srv, tmp_path):
     dev = hostile
     m = Machine(dev["console"])
@@ -289,7 +298,7 @@ def test_a_hostile_title_escapes_nothing(hostile, srv, tmp_path):
             "read " + k for k in ("console_json", "rom", "card", "hdd", "console_dir_file", "other_title_file")
         ]
         host_tries += ["list console folder", "connect to the server", "write beside the console", "signal the mount"]
-        host_tries += ["read /dev of the host"] if block else []
+        host_tries += ["read /dev of the host"] if block and readable(block) else []
         assert {k: escaped[k] for k in host_tries} == dict.fromkeys(host_tries, "GOT IN")
         outside.unlink()
         tries = {k: v for k, v in report.items() if k not in ("env", "uid", "pid", "write a save")}
