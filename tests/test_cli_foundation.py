@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 
+import pytest
+
 from vhw.devices import card as card_dev
 from vhw.formats.common import BLOCK_SIZE
 
@@ -195,3 +197,12 @@ def test_every_exit_path_is_in_the_table():
                 assert isinstance(arg, ast.Call) or (isinstance(arg, ast.Constant) and arg.value in documented), (
                     f"{path}:{node.lineno} exits with a code of its own"
                 )
+
+
+@pytest.mark.parametrize("option", ["--console", "--slot=2", "--save-slot"])
+def test_play_refuses_its_own_options_after_the_title_id(cli, tmp_path, option):
+    """Everything after the title ID goes to the title; one of play's own options there would have
+    run another console's title, or the title with an option it does not know: refused, nothing run."""
+    r = cli("console", "play", "VHW-GAME-1", "--moves", "dd", option, str(tmp_path))
+    assert r.code == 2 and "comes after the title ID" in r.err and option.split("=")[0] in r.err, r
+    assert "Traceback" not in r.err and r.out == ""

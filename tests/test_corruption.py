@@ -7,6 +7,8 @@ length and flip around the fixed areas' boundaries.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import random
 from pathlib import Path
@@ -15,6 +17,7 @@ import pytest
 
 from vhw import bindings, crypto
 from vhw.bindings import TitleBinding
+from vhw.cli import run
 from vhw.console.install import install_plan, read_title
 from vhw.devices.card import CardImage
 from vhw.devices.disc import DiscImage
@@ -29,7 +32,7 @@ from vhw.pki import make_ca
 from vhw.publisher.keystore import KeyStore
 from vhw.publisher.mastering import master, press
 
-from .conftest import make_title, source_files
+from .conftest import Result, make_title, source_files
 
 SAMPLES = 4_000
 PNG = bytes.fromhex("89504e470d0a1a0a0000000d49484452000000010000000108060000001f15c489")
@@ -368,7 +371,7 @@ def test_a_rollback_is_never_silent(samples, tmp_path, cli):
     with HddImage.open(hdd) as img:
         sb = img.volume.sb
     flip(hdd, [e.offset + 20 for e in sb.catalog_extents])
-    with HddImage.open(hdd) as img:
+    with HddImage.open(hdd, damaged=True) as img:
         assert img.volume.sb.generation < sb.generation
         assert any("rolled back" in d and "install it again from its disc" in d for d in img.damage), img.damage
     r = cli("hdd", "fsck", hdd)
@@ -384,5 +387,112 @@ def test_a_rollback_is_never_silent(samples, tmp_path, cli):
     with CardImage.open(card) as img:
         csb = img.state.sb
     flip(card, [csb.catalog_offset + 20, csb.catalog_offset + card_fmt.CATALOG_DITTO + 20])
-    with CardImage.open(card) as img:
+    with CardImage.open(card, damaged=True) as img:
         assert any("rolled back" in line for line in img.check()), img.check()
+
+
+# -- no command but the checks runs on a rolled-back device, and none writes to it -----------------
+
+
+@pytest.fixture(scope="module")
+def console(tmp_path_factory):
+    """A registered console with one title installed and a save on its card, a second disc in the
+    tray (so install has something to do), and copies of its HDD and card to restore."""
+    from .servers import RunningServer, factory, publish
+
+    d = tmp_path_factory.mktemp("rolled")
+    srv = RunningServer.start(d / "server")
+    saved_home = os.environ.get("VHW_HOME")
+    os.environ["VHW_HOME"] = str(d / "home")
+
+    def cli(*args):  # like the `cli` fixture, usable from a module-scoped fixture
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = run([str(a) for a in args])
+        return Result(code, out.getvalue(), err.getvalue())
+
+    src = make_title(d / "src", seed=21)
+    [disc] = publish(cli, srv, src, d, "ROLL-1")
+    [other] = publish(cli, srv, make_title(d / "src2", seed=22), d, "ROLL-2")
+    dev = factory(cli, srv, d / "dev")
+    con = ["--console", dev["console"]]
+    assert cli("console", "register", *con).code == 0
+    assert cli("console", "insert-disc", disc, *con).code == 0
+    assert cli("console", "install", *con).code == 0
+    assert cli("console", "eject-disc", *con).code == 0
+    assert cli("console", "insert-disc", other, *con).code == 0
+    with CardImage.open(dev["card"], write=True) as img:
+        img.write_save("ROLL-1", "slot.sav", b"progress", modified=1, meta=b"")
+    saved = {k: dev[k].read_bytes() for k in ("hdd", "card")}
+    yield {**dev, "srv": srv, "saved": saved, "dir": d}
+    srv.stop()
+    if saved_home is None:
+        os.environ.pop("VHW_HOME", None)
+    else:
+        os.environ["VHW_HOME"] = saved_home
+
+
+def rolled_back(path: Path, kind: str) -> None:
+    """Damage both copies of the current catalog: the device falls back one generation."""
+    if kind == "hdd":
+        with HddImage.open(path) as img:
+            flip(path, [e.offset + 20 for e in img.volume.sb.catalog_extents])
+    else:
+        with CardImage.open(path) as img:
+            sb = img.state.sb
+        flip(path, [sb.catalog_offset + 20, sb.catalog_offset + card_fmt.CATALOG_DITTO + 20])
+
+
+HDD_COMMANDS = {
+    "hdd ls": lambda dev: ["hdd", "ls", "--console", dev["console"]],
+    "hdd rm": lambda dev: ["hdd", "rm", "ROLL-1", "--yes", "--console", dev["console"]],
+    "console install": lambda dev: ["console", "install", "--console", dev["console"]],
+    "console mount": lambda dev: ["console", "mount", dev["dir"] / "mnt", "--console", dev["console"]],
+    "console play": lambda dev: ["console", "play", "--console", dev["console"], "ROLL-1"],
+}
+CARD_COMMANDS = {
+    "console play": lambda dev: ["console", "play", "--console", dev["console"], "ROLL-1"],
+    "console install": lambda dev: ["console", "install", "--console", dev["console"]],
+    "console mount": lambda dev: ["console", "mount", dev["dir"] / "mnt", "--console", dev["console"]],
+    "card saves ls": lambda dev: ["card", "saves", "ls", dev["card"]],
+    "card saves rm": lambda dev: ["card", "saves", "rm", dev["card"], "ROLL-1"],
+    "card saves export": lambda dev: ["card", "saves", "export", dev["card"], "ROLL-1", "-o", dev["dir"] / "x.sav"],
+}
+
+
+@pytest.mark.parametrize("kind, command", [("hdd", c) for c in HDD_COMMANDS] + [("card", c) for c in CARD_COMMANDS])
+def test_a_rolled_back_device_is_refused_in_one_line_and_left_as_it_is(console, cli, kind, command):
+    dev = console
+    (dev["dir"] / "mnt").mkdir(exist_ok=True)
+    path = dev[kind]
+    try:
+        rolled_back(path, kind)
+        before = path.read_bytes()
+        r = cli(*(HDD_COMMANDS if kind == "hdd" else CARD_COMMANDS)[command](dev))
+        assert r.code == ImageError.exit_code, r
+        assert "rolled back to generation" in r.err and "fsck --repair" in r.err, r
+        assert path.read_bytes() == before  # nothing written
+        assert not (dev["dir"] / "x.sav").exists()
+    finally:
+        for k in ("hdd", "card"):
+            dev[k].write_bytes(dev["saved"][k])
+
+
+@pytest.mark.parametrize("kind", ["hdd", "card"])
+def test_the_checks_show_a_rollback_and_repair_accepts_it(console, cli, kind):
+    dev = console
+    path = dev[kind]
+    try:
+        rolled_back(path, kind)
+        r = cli(kind, "info", path)
+        assert r.code == 3 and "problem: rolled back to generation" not in r.out and "rolled back" in r.out, r
+        r = cli(kind, "fsck", path)
+        assert r.code == 3 and "problem: rolled back" in r.out, r
+        r = cli(kind, "fsck", "--repair", path)
+        assert r.code == 0 and "accepted generation" in r.out, r
+        assert cli(kind, "fsck", path).code == 0
+        listing = ["hdd", "ls", "--console", dev["console"]] if kind == "hdd" else ["card", "saves", "ls", path]
+        assert cli(*listing).code == 0  # the device works again, as it now is
+    finally:
+        for k in ("hdd", "card"):
+            dev[k].write_bytes(dev["saved"][k])

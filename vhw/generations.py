@@ -128,3 +128,16 @@ def _slot_notes(slots: Sequence[Sequence[HasGeneration | ImageError]]) -> list[s
                     f" ditto copy (generation {newest}) stands in for it"
                 )
     return out
+
+
+def rolled_back(path: object, damage: Sequence[str], generation: int, *, repair: str) -> ImageError:
+    """The refusal of every command but the checks to use a device file whose newest metadata is
+    lost (``damage``): it runs on an older generation, which must never happen in silence. The
+    user accepts that generation explicitly, with ``repair`` (a command line), or restores the
+    file; until then nothing is written to it."""
+    return ImageError(
+        path,
+        f"rolled back to generation {generation}: {'; '.join(damage)}",
+        hint=f"`{repair}` makes generation {generation} current (nothing newer comes back), or restore the"
+        " file from a copy; until then vhw writes nothing to it",
+    )

@@ -269,6 +269,9 @@ def console_unmount(mountpoint: Path, console_dir: Path | None) -> None:
     click.echo(f"unmounted {mountpoint}")
 
 
+PLAY_OPTIONS = ("--console", "--slot", "--save-slot")  # vhw's own, which the title does not get
+
+
 @console.command("play", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
 @click.argument("title_id")
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
@@ -286,10 +289,16 @@ def console_play(
 
     The title gets a writable save folder on the memory card (VHW_SAVE_DIR); with no card in the
     save slot it runs, but cannot save. Anything after the title ID goes to the title, so put vhw's
-    own options before it: `vhw console play --console DIR VHW-GAME-1 --moves ddss`. A title that
-    ends with a status of its own other than 0 (an unfinished game) ends play with exit code 18,
-    and the status is shown.
+    own options before it: `vhw console play --console DIR VHW-GAME-1 --moves ddss` (one of them
+    after the title ID is refused, not passed on). A title that ends with a status of its own other
+    than 0 (an unfinished game) ends play with exit code 18, and the status is shown.
     """
+    own = [a for a in args if a.split("=", 1)[0] in PLAY_OPTIONS]
+    if own:
+        raise click.UsageError(
+            f"{own[0].split('=', 1)[0]} comes after the title ID, where everything goes to the title:"
+            f" put vhw's own options before it (`vhw console play {own[0].split('=', 1)[0]} ... {title_id}`)"
+        )
     rc = machine(console_dir).play(title_id, list(args), slot, save_slot=save_slot)
     if rc < 0:
         raise TitleEnded(f"{title_id} was stopped by signal {-rc}")

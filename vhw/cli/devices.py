@@ -137,7 +137,7 @@ def card_summary(img: CardImage) -> dict[str, Any]:
 @json_option
 def card_info(image: Path, as_json: bool) -> None:
     """Show what a memory card's owner may see: MC-ID, registration, licenses, space. Never a key."""
-    with CardImage.open(image) as img:
+    with CardImage.open(image, damaged=True) as img:
         d = card_summary(img)
     lines = [
         f"memory card  {image}",
@@ -160,6 +160,29 @@ def card_info(image: Path, as_json: bool) -> None:
     emit(d, as_json=as_json, lines=lines)
     if d["problems"]:
         raise ImageError(image, f"{len(d['problems'])} problem(s) found")
+
+
+@card.command("fsck")
+@click.argument("image", type=PATH)
+@click.option(
+    "--repair",
+    is_flag=True,
+    help="Write the generation in use anew into every copy; a card that rolled back is accepted as it is.",
+)
+def card_fsck(image: Path, repair: bool) -> None:
+    """Check a memory card image; exit 3 if it has problems."""
+    with CardImage.open(image, write=repair, damaged=True) as img:
+        for note in img.notes:
+            click.echo(f"note: {note}")
+        if repair:
+            for line in img.repair():
+                click.echo(f"repaired: {line}")
+        problems = img.check()
+    if problems:
+        for p in problems:
+            click.echo(f"problem: {p}")
+        raise ImageError(image, f"{len(problems)} problem(s) found", hint="`vhw card fsck --repair` accepts it")
+    click.echo(f"{image}: clean")
 
 
 # -- hard disks ------------------------------------------------------------------------------
@@ -272,6 +295,7 @@ def hdd_summary(image: HddImage) -> dict[str, Any]:
         ],
         "format_version": hdd_fmt.VERSION,
         "notes": image.notes,
+        "problems": image.damage,
     }
 
 
@@ -279,8 +303,8 @@ def hdd_summary(image: HddImage) -> dict[str, Any]:
 @click.argument("image", type=PATH)
 @json_option
 def hdd_info(image: Path, as_json: bool) -> None:
-    """Show an HDD image's ID, sizes and titles."""
-    with HddImage.open(image) as img:
+    """Show an HDD image's ID, sizes and titles; exit 3 if it rolled back."""
+    with HddImage.open(image, damaged=True) as img:
         d = hdd_summary(img)
     lines = [
         f"HDD image    {image}",
@@ -293,8 +317,11 @@ def hdd_info(image: Path, as_json: bool) -> None:
         f"titles       {len(d['titles'])}",
         *(f"  {t['title_id']:<16} {t['name']}  [{t['state']}]" for t in d["titles"]),
         *(f"note: {n}" for n in d["notes"]),
+        *(f"problem: {p}" for p in d["problems"]),
     ]
     emit(d, as_json=as_json, lines=lines)
+    if d["problems"]:
+        raise ImageError(image, f"{len(d['problems'])} problem(s) found", hint="`vhw hdd fsck --repair` accepts it")
 
 
 def hdd_image_path(image: Path | None, console_dir: Path | None) -> Path:
@@ -373,8 +400,8 @@ def hdd_rm(title_id: str, image: Path | None, console_dir: Path | None, wait: bo
     help="Drop only what is unreachable (never a complete title) and rewrite damaged superblocks.",
 )
 def hdd_fsck(image: Path, deep: bool, repair: bool) -> None:
-    """Check an HDD image; exit 3 if it has problems."""
-    with HddImage.open(image, write=repair) as img:
+    """Check an HDD image (and its internal memory); exit 3 if it has problems."""
+    with HddImage.open(image, write=repair, damaged=True) as img:
         total = sum(t.size for t in img.volume.catalog.titles if t.complete) if deep else 0
         if deep and total:
             with progress_bar(total, "checking") as bar:

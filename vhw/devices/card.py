@@ -28,7 +28,7 @@ from ..cardstate import CardState, format_plan
 from ..errors import ImageError, StateError
 from ..formats import card as fmt
 from ..formats.common import BLOCK_SIZE, version_error
-from ..generations import choose
+from ..generations import choose, rolled_back
 from ..plans import Op, shifted
 from .files import (
     apply_ops,
@@ -142,25 +142,45 @@ class CardImage:
         fsync_dir(path.parent)
 
     @classmethod
-    def open(cls, path: Path, *, write: bool = False, wait: bool = True) -> CardImage:
-        """Open and check a card image file; ``write`` takes the card's lock."""
+    def open(cls, path: Path, *, write: bool = False, wait: bool = True, damaged: bool = False) -> CardImage:
+        """Open and check a card image file; ``write`` takes the card's lock. A card whose newest
+        metadata is lost (both copies damaged) is refused, in one line that says it rolled back and
+        what to do, unless ``damaged`` (the checks: fsck, info)."""
         path = Path(path)
         check_regular(path, fmt.WHAT)
-        return cls._open(path, path, 0, None, lock=path.parent / f".{path.name}.lock", write=write, wait=wait)
+        lock = path.parent / f".{path.name}.lock"
+        return cls._open(path, path, 0, None, lock=lock, write=write, wait=wait, damaged=damaged)
 
     @classmethod
     def open_region(
-        cls, path: Path, offset: int, length: int, *, what: str, write: bool = False, wait: bool = True
+        cls,
+        path: Path,
+        offset: int,
+        length: int,
+        *,
+        what: str,
+        write: bool = False,
+        wait: bool = True,
+        damaged: bool = False,
     ) -> CardImage:
         """Open the card image in ``length`` bytes at ``offset`` of the file ``path`` (an HDD's
         internal memory); ``what`` names it in messages."""
         path = Path(path)
         lock = path.parent / f".{path.name}.memory.lock"
-        return cls._open(path, what, offset, length, lock=lock, write=write, wait=wait)
+        return cls._open(path, what, offset, length, lock=lock, write=write, wait=wait, damaged=damaged)
 
     @classmethod
     def _open(
-        cls, path: Path, shown: object, base: int, length: int | None, *, lock: Path, write: bool, wait: bool
+        cls,
+        path: Path,
+        shown: object,
+        base: int,
+        length: int | None,
+        *,
+        lock: Path,
+        write: bool,
+        wait: bool,
+        damaged: bool,
     ) -> CardImage:
         stack = ExitStack()
         try:
@@ -178,6 +198,9 @@ class CardImage:
             stack.callback(os.close, fd)
             size = os.fstat(fd).st_size - base if length is None else length
             opened = read_state(lambda n, off: os.pread(fd, n, base + off), shown, size)
+            if opened.damage and not damaged:
+                repair = f"vhw card fsck --repair {path}" if base == 0 else f"vhw hdd fsck --repair {path}"
+                raise rolled_back(shown, opened.damage, opened.state.sb.generation, repair=repair)
         except BaseException:
             stack.close()
             raise
@@ -215,6 +238,21 @@ class CardImage:
     def check(self) -> list[str]:
         """fsck: every inconsistency, one line each (a damaged superblock slot is a note)."""
         return self.damage + self.state.problems()
+
+    def repair(self) -> list[str]:
+        """Make the generation in use current in every copy: a superblock slot or catalog copy
+        that is damaged or out of date is written anew, and a card that rolled back (:attr:`damage`)
+        is accepted as it now is. Returns what was done."""
+        if not (self.notes or self.damage):
+            return []
+        done = [
+            f"accepted generation {self.state.sb.generation}" + (" (what was newer is lost)" if self.damage else "")
+        ]
+        ops, state = self.state.commit(self.state.catalog)
+        more, state = state.commit(state.catalog)  # twice: both slots, every copy, written anew
+        self.apply(ops + more, state)
+        self.notes, self.damage = [], []
+        return [*done, "rewrote the superblocks and the catalog as a new generation"]
 
     # -- writing ------------------------------------------------------------------------------
 

@@ -23,7 +23,7 @@ from ..formats import card as card_fmt
 from ..formats import hdd as fmt
 from ..formats.card import Card
 from ..formats.common import BLOCK_SIZE, Extent
-from ..generations import choose
+from ..generations import choose, rolled_back
 from ..ids import Id
 from ..plans import Op, Write, shifted
 from ..volume import Volume, format_plan, piece_blocks, piece_checksum, piece_count, piece_digest
@@ -173,8 +173,12 @@ class HddImage:
         shared_lock: bool = False,
         wait: bool = False,
         on_wait: Callable[[str], None] | None = None,
+        damaged: bool = False,
     ) -> HddImage:
-        """Open and check an image. ``write`` takes the exclusive lock, ``shared_lock`` a shared one."""
+        """Open and check an image. ``write`` takes the exclusive lock, ``shared_lock`` a shared one.
+        An image whose newest metadata is lost (both copies damaged: :attr:`damage`) is refused, in
+        one line that says it rolled back and what to do, unless ``damaged`` (the checks: fsck,
+        info)."""
         path = Path(path)
         check_regular(path, fmt.WHAT)
         stack = ExitStack()
@@ -187,6 +191,9 @@ class HddImage:
             if write or shared_lock:
                 stack.enter_context(locked(fd, path, fmt.WHAT, shared=not write, wait=wait, on_wait=on_wait))
             opened = read_volume(lambda n, off: os.pread(fd, n, off), path, os.fstat(fd).st_size)
+            if opened.damage and not damaged:
+                repair = f"vhw hdd fsck --repair {path}"
+                raise rolled_back(path, opened.damage, opened.volume.sb.generation, repair=repair)
         except BaseException:
             stack.close()
             raise
@@ -309,6 +316,12 @@ class HddImage:
         recorded when its install finished (no key needed).
         """
         problems = self.damage + [str(p) for p in self.volume.problems()]
+        memory = self.volume.sb.memory
+        if memory is not None:
+            with CardImage.open_region(
+                self.path, memory.offset, memory.length, what=f"{self.path} (internal memory)", damaged=True
+            ) as region:
+                problems += [f"internal memory: {p}" for p in region.check()]
         if deep and not problems:
             for t in self.volume.catalog.titles:
                 if not t.complete:
@@ -327,10 +340,20 @@ class HddImage:
         """Drop only what nothing reaches; never touch a complete title. Returns what was done.
 
         * incomplete installs whose records are inconsistent are dropped (complete titles stay);
-        * a new commit rewrites the older superblock slot when it is damaged;
+        * a new commit rewrites the older superblock slot when it is damaged, and makes the
+          generation in use current when the image rolled back (what was newer is lost);
+        * the internal memory, if any, the same way (:meth:`CardImage.repair`);
         * free space is handed back to the host file system (hole punching), wiping stale data.
         """
         done = []
+        if self.damage:
+            done.append(f"accepted generation {self.volume.sb.generation} (what was newer is lost)")
+        if self.volume.sb.memory is not None:
+            memory = self.volume.sb.memory
+            with CardImage.open_region(
+                self.path, memory.offset, memory.length, what=f"{self.path} (internal memory)", write=True, damaged=True
+            ) as region:
+                done += [f"internal memory: {line}" for line in region.repair()]
         vol = self.volume
         broken = {p.title_id for p in vol.problems()}
         dropped = [t for t in vol.catalog.titles if not t.complete and t.title_id in broken]
