@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from ..devices import holders
 from ..errors import EXIT_CODES, Refusal, VhwError
 
 if TYPE_CHECKING:  # (the server's modules load only for the commands that use them)
@@ -226,6 +227,9 @@ def _person_error(exc: BaseException) -> VhwError | None:
 
 def run(args: list[str] | None = None) -> int:
     """Run one command; turn every failure into one line on stderr. Returns the exit code."""
+    holders.act_for(
+        None, " ".join(["vhw", *(args if args is not None else sys.argv[1:])[:2]])
+    )  # (until a console says)
     try:
         try:
             rv = vhw.main(args, standalone_mode=False, prog_name="vhw")

@@ -10,9 +10,10 @@ from typing import Any
 
 import click
 
-from ..console import decisions
+from ..console import decisions, processes
 from ..console.machine import SLOTS, Machine
 from ..devices import card as card_dev
+from ..devices import holders
 from ..devices.disc import DiscImage
 from ..errors import TitleEnded
 from . import ProgressBar, emit, progress_bar
@@ -30,6 +31,7 @@ slot_option = click.option("--slot", type=click.Choice(SLOTS), default="1", show
 def machine(console_dir: Path | None) -> Machine:
     m = Machine.find(console_dir)
     m.log = lambda msg: click.echo(msg, err=True)
+    holders.act_for(m.root, click.get_current_context().command_path)  # (named to whoever waits for a lock)
     return m
 
 
@@ -236,14 +238,13 @@ def console_mount(mountpoint: Path, foreground: bool, nonempty: bool, slot: str,
     """
     m = machine(console_dir)
     if foreground:
+        spawned = _spawned(m)
 
         def ready() -> None:
             click.echo(f"mounted {m.hdd_path.name} at {mountpoint}")
             sys.stdout.flush()
-            if not sys.stdout.isatty():  # a parent waiting for this line: nothing more on this pipe
-                devnull = os.open(os.devnull, os.O_WRONLY)
-                os.dup2(devnull, sys.stdout.fileno())
-                os.close(devnull)
+            if spawned:  # a parent waiting for this line: nothing more on this pipe
+                _mounted()
 
         m.serve_mount(mountpoint, slot, ready=ready)
         return
@@ -314,15 +315,37 @@ def console_play(
 def console_saves_mount(mountpoint: Path, title_id: str, slot: str, console_dir: Path | None) -> None:
     """Serve the save folder of TITLE on the card in SLOT at MOUNTPOINT until unmounted (play runs this)."""
     m = machine(console_dir)
+    _spawned(m)
 
     def ready() -> None:
         click.echo(f"mounted the save folder of {title_id} at {mountpoint}")
         sys.stdout.flush()
-        devnull = os.open(os.devnull, os.O_WRONLY)  # the parent reads one line: nothing more on this pipe
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
+        _mounted()
 
     m.serve_saves(mountpoint, title_id.upper(), slot, ready=ready)
+
+
+def _spawned(m: Machine) -> bool:
+    """In a mount that a vhw process started and waits for: it ends with that process until it has
+    mounted, and what it would tell the user (a lock it waits for) goes to that process at once."""
+    if not os.environ.get(processes.SPAWNED_BY):
+        return False
+    processes.die_with_parent()
+
+    def tell(msg: str) -> None:
+        click.echo(msg)
+        sys.stdout.flush()
+
+    m.log = tell
+    return True
+
+
+def _mounted() -> None:
+    """The parent has its "mounted" line: nothing more on this pipe, and the mount stays on its own."""
+    processes.outlive_parent()
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 @console.command("account")

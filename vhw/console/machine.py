@@ -21,7 +21,7 @@ from ..bindings import DeviceSecrets, title_tag
 from ..devices import card as card_dev
 from ..devices.card import CardImage
 from ..devices.disc import DiscImage
-from ..devices.files import now
+from ..devices.files import now, refuse_other_console
 from ..devices.hdd import HddImage
 from ..errors import FileError, ImageError, IntegrityError, ReproductionNotPermitted, StateError
 from ..formats.card import License
@@ -274,6 +274,7 @@ class Machine(ConsoleFolder):
         mountpoint = Path(mountpoint).resolve()
         if not checked:
             self.reproduction_key(slot)  # refuse here, in the user's terminal, with the patent's words
+        refuse_other_console(self.hdd_path, "HDD image")  # (before a mount process would find it so)
         already = self.active_mount()
         if already is not None:
             raise StateError(f"this console's HDD is mounted at {already} already", hint="use it, or unmount it first")
@@ -288,6 +289,7 @@ class Machine(ConsoleFolder):
             self.root,
             mountpoint,
             self.root / "mount.log",
+            tell=self.log,
         )
         self.mounts.add(mountpoint, proc.pid)
         return proc.pid
@@ -315,7 +317,11 @@ class Machine(ConsoleFolder):
         log_path = where.with_name(where.name + ".log")
         try:
             proc = processes.spawn(
-                ["console", "saves-mount", str(where), "--title", title_id, "--slot", slot], self.root, where, log_path
+                ["console", "saves-mount", str(where), "--title", title_id, "--slot", slot],
+                self.root,
+                where,
+                log_path,
+                tell=self.log,
             )
         except BaseException:
             where.rmdir()

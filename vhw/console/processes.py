@@ -6,10 +6,14 @@ A mount runs in a process of its own, started here and found again by the PID ke
 
 from __future__ import annotations
 
+import ctypes
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -17,9 +21,16 @@ import psutil
 from ..devices.files import atomic_write
 from ..errors import StateError
 
+SPAWNED_BY = "VHW_SPAWNED_BY"  # the PID of the vhw process a mount was started by, in its environment
 
-def spawn(args: list[str], console: Path, mountpoint: Path, log_path: Path) -> subprocess.Popen[bytes]:
-    """Start ``vhw ARGS --console ROOT`` (a mount in the foreground) and wait for its "mounted" line."""
+
+def spawn(
+    args: list[str], console: Path, mountpoint: Path, log_path: Path, *, tell: Callable[[str], None] | None = None
+) -> subprocess.Popen[bytes]:
+    """Start ``vhw ARGS --console ROOT`` (a mount in the foreground) and wait for its "mounted"
+    line; every line it says before it (a lock it waits for, and who holds it) goes to ``tell`` at
+    once. If this process is interrupted or killed meanwhile, the mount ends too: it dies with its
+    parent until it has mounted (:func:`die_with_parent`), and only then stays on its own."""
     with open(log_path, "ab") as log_file:
         proc = subprocess.Popen(
             [sys.executable, "-m", "vhw", *args, "--console", str(console)],
@@ -27,15 +38,56 @@ def spawn(args: list[str], console: Path, mountpoint: Path, log_path: Path) -> s
             stdout=subprocess.PIPE,
             stderr=log_file,
             start_new_session=True,
+            env={**os.environ, SPAWNED_BY: str(os.getpid())},
         )
     assert proc.stdout is not None
-    line = proc.stdout.readline().decode()
-    proc.stdout.close()
-    if not line.startswith("mounted"):
+    try:
+        for raw in proc.stdout:
+            line = raw.decode(errors="replace").rstrip("\n")
+            if line.startswith("mounted"):
+                return proc
+            if tell:
+                tell(line)
         proc.wait()
         tail = log_path.read_text(errors="replace").strip().splitlines()[-1:] or ["no reason given"]
         raise StateError(f"{mountpoint}: the mount did not start: {tail[0]}")
-    return proc
+    except BaseException:
+        if proc.poll() is None:  # (interrupted while it waited: it must not stay behind)
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        raise
+    finally:
+        proc.stdout.close()
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """In a mount started by :func:`spawn`: until it has mounted, end with the process that started
+    it (the kernel sends SIGTERM when that process ends); gone already, end now."""
+    parent = os.environ.get(SPAWNED_BY)
+    if not parent:
+        return
+    _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if str(os.getppid()) != parent:  # (it ended before the line above)
+        raise SystemExit(1)
+
+
+def outlive_parent() -> None:
+    """Mounted: from now on the mount stays whatever becomes of the process that started it."""
+    if os.environ.get(SPAWNED_BY):
+        _prctl(_PR_SET_PDEATHSIG, 0)
+
+
+def _prctl(option: int, value: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(ctypes.c_int(option), ctypes.c_ulong(value), 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl")
 
 
 def alive(pid: int) -> bool:

@@ -152,9 +152,10 @@ class ConsoleFolder:
     @contextlib.contextmanager
     def busy(self) -> Iterator[None]:
         """One flow at a time on this console."""
-        fd = os.open(self.root / ".console.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        lock = self.root / ".console.lock"
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            with locked(fd, self.root, "console", wait=True, on_wait=self.log):
+            with locked(fd, self.root, "console", wait=True, on_wait=self.log, note_at=lock):
                 yield
         finally:
             os.close(fd)

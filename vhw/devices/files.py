@@ -22,6 +22,7 @@ from pathlib import Path
 
 from ..errors import ImageError, InUseError
 from ..plans import Op, Sync, Write
+from . import holders
 
 MAX_SMALL = 16 * 1024 * 1024  # no ROM or card is near this; refuses to slurp a wrong, huge file
 
@@ -99,6 +100,17 @@ def refuse_existing(path: Path, what: str) -> None:
         raise ImageError(path, f"already exists; refusing to overwrite it with a new {what}")
 
 
+def refuse_other_console(path: Path, what: str, *, note_at: Path | None = None) -> None:
+    """Refuse at once, naming it, a device that a process acting for another console folder holds
+    (:mod:`vhw.devices.holders`): a device belongs to one console at a time."""
+    other = holders.other_console(note_at or path)
+    if other is not None:
+        raise InUseError(
+            f"{path}: {what} is in use by {other}",
+            hint="a device belongs to one console at a time: stop what uses it there first",
+        )
+
+
 @contextlib.contextmanager
 def locked(
     fd: int,
@@ -108,26 +120,34 @@ def locked(
     shared: bool = False,
     wait: bool = False,
     on_wait: Callable[[str], None] | None = None,
+    note_at: Path | None = None,
 ) -> Iterator[None]:
-    """Hold a ``flock`` on ``fd`` for the block.
+    """Hold a ``flock`` on ``fd`` (the lock of the file ``path``) for the block, noted as this
+    process's (:mod:`vhw.devices.holders`) beside ``note_at`` (default: ``path``).
 
-    Without ``wait`` a lock held elsewhere raises :class:`InUseError` at once; with it, ``on_wait``
-    is called once (to tell the user) and the call blocks until the lock is free.
+    A file another console folder holds is refused at once, naming it (:class:`InUseError`). A lock
+    held elsewhere otherwise: without ``wait``, refused at once, naming who holds it; with it,
+    ``on_wait`` is told at once what it waits for and who holds it, and the call blocks until the
+    lock is free.
     """
+    note_at = note_at or path
+    refuse_other_console(path, what, note_at=note_at)
     op = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
     try:
         fcntl.flock(fd, op | fcntl.LOCK_NB)
     except BlockingIOError:
+        held_by = holders.describe(note_at)
         if not wait:
             raise InUseError(
-                f"{path}: {what} is in use by another vhw process",
+                f"{path}: {what} is in use by {held_by}",
                 hint="wait for it to finish (or pass --wait)",
             ) from None
         if on_wait:
-            on_wait(f"{path}: {what} is in use by another vhw process; waiting for it")
+            on_wait(f"{path}: {what} is in use by {held_by}; waiting for it (Ctrl-C stops waiting)")
         fcntl.flock(fd, op)
     try:
-        yield
+        with holders.noted(note_at):
+            yield
     finally:
         fcntl.flock(fd, fcntl.LOCK_UN)
 
