@@ -195,7 +195,9 @@ def test_two_installs_on_one_hdd(cli, srv, tmp_path, vhw_home):
     holder = hold_lock(a["hdd"], 1.5)
     waiting = run_install(env, a["console"], "--wait")
     assert waiting.wait(60) == 0
-    assert "in use by another vhw process; waiting for it" in waiting.stderr.read()
+    told = waiting.stderr.read()
+    assert f"in use by another vhw process ({holder.args[0].rsplit('/', 1)[-1]} -c, PID {holder.pid})" in told, told
+    assert "; waiting for it" in told
     holder.wait()
     # without --wait, the second is told the HDD is busy, and nothing of it is written
     holder = hold_lock(a["hdd"], 30)

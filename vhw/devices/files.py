@@ -125,13 +125,15 @@ def locked(
     """Hold a ``flock`` on ``fd`` (the lock of the file ``path``) for the block, noted as this
     process's (:mod:`vhw.devices.holders`) beside ``note_at`` (default: ``path``).
 
-    A file another console folder holds is refused at once, naming it (:class:`InUseError`). A lock
-    held elsewhere otherwise: without ``wait``, refused at once, naming who holds it; with it,
-    ``on_wait`` is told at once what it waits for and who holds it, and the call blocks until the
-    lock is free.
+    Without ``wait``, a lock held elsewhere is refused at once (:class:`InUseError`), naming who
+    holds it: the console folder it acts for, what it does and its PID (and a file that another
+    console folder holds is refused even where a shared lock would be granted: a device belongs to
+    one console at a time). With ``wait``, ``on_wait`` is told at once what it waits for and who
+    holds it, and the call blocks until the lock is free.
     """
     note_at = note_at or path
-    refuse_other_console(path, what, note_at=note_at)
+    if not wait:
+        refuse_other_console(path, what, note_at=note_at)
     op = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
     try:
         fcntl.flock(fd, op | fcntl.LOCK_NB)

@@ -61,8 +61,8 @@ def acting_for(console: Path | None, doing: str) -> Iterator[None]:
 
 def me() -> Holder:
     acting = _acting.get()
-    if acting is None:
-        return Holder(os.getpid(), None, " ".join(["vhw", *sys.argv[1:3]]))
+    if acting is None:  # (not the vhw command: a program of its own using vhw's devices)
+        return Holder(os.getpid(), None, " ".join([os.path.basename(sys.executable), *sys.argv[:2]])[:80])
     return Holder(os.getpid(), acting[0], acting[1])
 
 
