@@ -288,6 +288,13 @@ def test_refusals_each_one_line_and_nothing_changed(cli, tmp_path):
     assert "--force" in r.err
     assert cli("card", "saves", "import", "--force", alice2, tmp_path / "cave.export").code == 0
     assert "12 moves" in cli("card", "saves", "ls", alice2).out
+    # so would a copy from a card whose save is older: refused like the import, only with --force
+    with CardImage.open(alice2, write=True) as img:
+        img.write_save(TITLE, "cave.sav", b'{"moves": 41}', modified=9, meta=b"41 moves")
+    r = refused("copy", alice, alice2, TITLE, code=9, says=f"its save {TITLE}/cave.sav is newer than {alice}")
+    assert "--force" in r.err and "41 moves" in cli("card", "saves", "ls", alice2).out
+    assert cli("card", "saves", "copy", "--force", alice, alice2, TITLE).code == 0
+    assert "12 moves" in cli("card", "saves", "ls", alice2).out
     # a foreign file, a damaged export
     (tmp_path / "foreign").write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(100))
     refused("import", alice, tmp_path / "foreign", says="not a save export")
@@ -463,6 +470,43 @@ def test_sigkill_during_saves_of_a_running_title(cli, console):
     assert all(k >= 2 for k in versions)
     with CardImage.open(console["card"], write=True) as img:  # and the card takes saves afterwards
         img.write_save(saver, "big.sav", b"after", modified=1)
+
+
+def test_a_card_ejected_while_the_title_plays_stops_it_and_keeps_its_saves(cli, console, tmp_path):
+    """The card leaves its slot while the title writes save after save: play stops the title at once
+    and says why (exit 9), no save lands after the ejection (the save folder refuses it), the
+    version saved before is on the card whole, and no mount or temporary folder stays behind."""
+    import subprocess
+    import sys
+    import tempfile
+    import time
+
+    con, saver = console["con"], console["titles"]["saver"]
+    temp = Path(tempfile.gettempdir())
+    before = {p.name for p in temp.glob("vhw-*")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vhw", "console", "play", *map(str, con), saver, "loop"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    line = ""
+    while not line.startswith("saved 2"):
+        line = proc.stdout.readline()
+        assert line, proc.stderr.read()
+    assert cli("console", "eject-card", *con).code == 0
+    ejected = time.monotonic()
+    out, err = proc.communicate(timeout=30)
+    assert time.monotonic() - ejected < 2.0
+    assert proc.returncode == 9, err
+    assert f"the memory card left slot 1 while {saver} was playing" in err, err
+    with CardImage.open(console["card"]) as img:
+        kept = version_of(img.read_save(img.find(saver, "big.sav")))
+    saved = [int(x.split()[1]) for x in (line + out).splitlines() if x.startswith("saved ")]
+    assert kept >= 2 and kept in (saved[-1], saved[-1] + 1)  # (the last one it said, or one it had just closed)
+    assert {p.name for p in temp.glob("vhw-*")} <= before  # the mounts' temporary folders are gone
+    assert pids_with(str(console["console"])) == []
+    assert cli("console", "insert-card", console["card"], *con).code == 0
 
 
 def pids_with(*words: str) -> list[int]:

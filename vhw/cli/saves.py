@@ -130,13 +130,7 @@ def saves_import(image: Path, file: Path, force: bool) -> None:
         user = decisions.CardView.open(img.card).require_user()
         if exported.user != user:
             raise StateError(f"{file} is another user's save: saves go only to cards of their own user")
-        present = img.state.catalog.save(exported.title_id, exported.name)
-        if present is not None and present.modified > exported.modified and not force:
-            raise StateError(
-                f"{image}: its save {exported.title_id}/{exported.name} is newer than the export"
-                " (importing would go back in the game)",
-                hint="pass --force to replace it all the same",
-            )
+        refuse_going_back(img, image, [(exported.title_id, exported.name, exported.modified)], "the export", force)
         img.write_save(exported.title_id, exported.name, exported.data, modified=exported.modified, meta=exported.meta)
     click.echo(f"imported {exported.title_id}/{exported.name} ({human(len(exported.data))}) onto {image}")
 
@@ -154,13 +148,31 @@ def saves_rm(image: Path, title_id: str, name: str | None) -> None:
     click.echo(f"removed {', '.join(f'{s.title_id}/{s.name}' for s in gone)} from {image}")
 
 
+def refuse_going_back(
+    img: CardImage, image: Path, incoming: list[tuple[str, str, int]], source: str, force: bool
+) -> None:
+    """Refuse to put a save over one of the same title and name that is newer (a step back in the
+    game, lost without a word), unless ``force``; names the first such save."""
+    if force:
+        return
+    for title_id, name, modified in incoming:
+        present = img.state.catalog.save(title_id, name)
+        if present is not None and present.modified > modified:
+            raise StateError(
+                f"{image}: its save {title_id}/{name} is newer than {source}'s (it would go back in the game)",
+                hint="pass --force to replace it all the same",
+            )
+
+
 @saves_group.command("copy")
 @click.argument("src", type=PATH)
 @click.argument("dst", type=PATH)
 @click.argument("title_id", type=TITLE_ID, required=False)
-def saves_copy(src: Path, dst: Path, title_id: str | None) -> None:
+@click.option("--force", is_flag=True, help="Replace DST's saves even where they are newer than SRC's.")
+def saves_copy(src: Path, dst: Path, title_id: str | None, force: bool) -> None:
     """Copy the saves of TITLE_ID (or all saves) from card SRC to card DST of the same user: each
-    opened with SRC's key and sealed anew with DST's. Saves of the same name on DST are replaced."""
+    opened with SRC's key and sealed anew with DST's. Saves of the same name on DST are replaced,
+    unless one of them is newer than SRC's (then nothing is copied, unless --force)."""
     if src.resolve() == dst.resolve():
         raise StateError("SRC and DST are the same card")
     with open_card(src) as a:
@@ -172,5 +184,6 @@ def saves_copy(src: Path, dst: Path, title_id: str | None) -> None:
     with open_card(dst, write=True) as b:
         if decisions.CardView.open(b.card).require_user() != user:
             raise StateError(f"{dst} is another user's card: saves go only to cards of their own user")
+        refuse_going_back(b, dst, [(s.title_id, s.name, s.modified) for s, _ in plain], str(src), force)
         b.write_saves([(s.title_id, s.name, data, s.modified, s.meta) for s, data in plain])  # all fit, or none
     click.echo(f"copied {len(plain)} save(s) from {src} to {dst}")

@@ -32,7 +32,7 @@ from ..formats.rom import Rom
 from ..ids import Id, IdKind
 from . import decisions, install, processes, sandbox
 from .mountpoints import clear_stale, unmount
-from .slots import SLOTS, CardMemory, ConsoleConfig, ConsoleFolder
+from .slots import SLOTS, WATCH_INTERVAL, CardMemory, ConsoleConfig, ConsoleFolder
 
 __all__ = ["SLOTS", "CardMemory", "ConsoleConfig", "Machine", "check_disc_is_registered", "disc_medium", "hardware"]
 
@@ -302,7 +302,12 @@ class Machine(ConsoleFolder):
         from . import savefs  # (pyfuse3 and trio: only the mounts need them)
 
         memory = self.card(slot)
-        folder = savefs.SaveFolder(lambda write=False: memory.open(write=write), title_id, called=memory.called)
+        folder = savefs.SaveFolder(
+            lambda write=False: memory.open(write=write),
+            title_id,
+            called=memory.called,
+            gone=self.card_watch(slot, self.card_view(slot)),
+        )
         savefs.serve(folder, Path(mountpoint), ready=ready)
 
     @contextlib.contextmanager
@@ -406,11 +411,11 @@ class Machine(ConsoleFolder):
                     title_id=title_id,
                     kind=title.kind,
                 )
-                code = sandbox.run(cmd, bwrap_path=runner)
+                code = self._run_title(title_id, cmd, runner, self._play_watches(slot, save_slot or slot))
         finally:
             failed = _read_errors(log_path, seen, title_id)
             if temporary is not None:
-                self.unmount(temporary)
+                self._lift(temporary)
                 temporary.rmdir()
         if failed:
             raise IntegrityError(
@@ -419,6 +424,49 @@ class Machine(ConsoleFolder):
                 hint="`vhw hdd fsck --deep` checks the HDD; install the title again from its disc",
             )
         return code
+
+    def _play_watches(self, *slots: str) -> list[Callable[[], str | None]]:
+        """What tells that a card the title reads its keys or writes its saves with has left."""
+        watches = []
+        for slot in dict.fromkeys(slots):
+            watch = self.card_watch(slot, self.card_view(slot)) if self.has_card(slot) else None
+            if watch is not None:
+                watches.append(watch)
+        return watches
+
+    def _run_title(
+        self, title_id: str, cmd: sandbox.Sandbox, runner: str, watches: list[Callable[[], str | None]]
+    ) -> int:
+        """Run the title until it ends; its exit status. If a card it depends on leaves meanwhile,
+        the title is stopped at once and play says so (its saves until then are on the card)."""
+        with sandbox.start(cmd, bwrap_path=runner) as proc:
+            while True:
+                try:
+                    code = proc.wait(timeout=WATCH_INTERVAL)
+                except subprocess.TimeoutExpired:
+                    code = None
+                reason = next((r for r in (w() for w in watches) if r), None)
+                if reason:  # (also when the title ended first: a save it tried after was refused)
+                    if code is None:
+                        proc.kill()  # (bubblewrap takes the title with it: --die-with-parent)
+                        proc.wait()
+                    ended = "it was stopped" if code is None else f"it ended (status {code})"
+                    raise StateError(
+                        f"{reason} while {title_id} was playing: {ended}",
+                        hint="what it saved before is on the card; put the card back and play again",
+                    )
+                if code is not None:
+                    return code
+
+    def _lift(self, mountpoint: Path) -> None:
+        """Unmount a mount of this console's, whether it is still up or has ended itself (a mount
+        ends when its card leaves)."""
+        try:
+            self.unmount(mountpoint)
+        except StateError:
+            pid = self.mounts.remove(Path(mountpoint).resolve())
+            if pid:
+                processes.wait_gone(pid)
 
     def _checked_entry(self, title: Title, match: decisions.Match) -> dict[str, Any]:
         """The title's metadata, once its catalog entry is shown to be the one its owner

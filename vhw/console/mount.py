@@ -37,10 +37,10 @@ from ..datapath import MountFile, MountNode, TitleMount
 from ..devices.hdd import HddImage
 from ..formats.hdd import Catalog, HddFile, Title
 from .mountpoints import clear_stale, raise_readahead
+from .slots import WATCH_INTERVAL  # (keys are gone well within a second)
 
 log = logging.getLogger(__name__)
 
-WATCH_INTERVAL = 0.2  # seconds between looks at the card slot: keys are gone well within a second
 OPTIONS = "ro,default_permissions,fsname=vhw,subtype=vhw"
 ROOT = 1  # the root folder's inode
 NO_KEY = crypto.StreamSecret(bytes(crypto.KEY_SIZE), b"")  # another user's file: never opened, no key

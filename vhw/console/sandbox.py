@@ -25,7 +25,7 @@ the threat model calls "holding the console". So ``vhw console play`` runs it in
   descriptor, so that its ``/proc/1/environ`` and ``/proc/1/cmdline`` inside the sandbox show
   nothing more than the title's own command.
 
-:func:`command` is pure: it builds what runs from what the caller found; :func:`run` runs it.
+:func:`command` is pure: it builds what runs from what the caller found; :func:`start` starts it.
 """
 
 from __future__ import annotations
@@ -193,13 +193,14 @@ def _sealed_file(data: bytes) -> int:
     return fd
 
 
-def run(sandbox: Sandbox, *, bwrap_path: str = BWRAP) -> int:
-    """Run the title in bubblewrap and wait for it; its exit status. bubblewrap reads its
-    arguments and the seccomp filter from descriptors, and gets the title's environment alone."""
+def start(sandbox: Sandbox, *, bwrap_path: str = BWRAP) -> subprocess.Popen[bytes]:
+    """Start the title in bubblewrap. bubblewrap reads its options and the seccomp filter from
+    descriptors, and gets the title's environment alone. Killing it kills the title
+    (``--die-with-parent``)."""
     bpf = _sealed_file(seccomp_filter())
     options = _sealed_file(b"".join(arg.encode() + b"\0" for arg in ("--seccomp", str(bpf), *sandbox.options)))
     try:
-        return subprocess.call(
+        return subprocess.Popen(
             [bwrap_path, "--args", str(options), "--", *sandbox.program],
             env=sandbox.env,
             cwd="/",
@@ -209,3 +210,9 @@ def run(sandbox: Sandbox, *, bwrap_path: str = BWRAP) -> int:
     finally:
         os.close(bpf)
         os.close(options)
+
+
+def run(sandbox: Sandbox, *, bwrap_path: str = BWRAP) -> int:
+    """Run the title in bubblewrap (:func:`start`) and wait for it; its exit status."""
+    with start(sandbox, bwrap_path=bwrap_path) as proc:
+        return proc.wait()

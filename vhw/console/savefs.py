@@ -74,11 +74,13 @@ class SaveFolder:
         *,
         clock: Callable[[], int] = time.time_ns,
         called: str = "the memory card",
+        gone: Callable[[], str | None] | None = None,
     ):
         self.open_card = open_card
         self.title_id = title_id
         self.clock = clock
         self.called = called  # "the memory card", or a card-less console's memory
+        self.gone = gone  # why the card is no longer the one the title plays with (it left), or None
         with open_card() as img:
             self.key = img.save_key()
             self.capacity = img.state.sb.capacity
@@ -105,7 +107,15 @@ class SaveFolder:
             except SaveInvalid as exc:
                 raise SaveError(errno.EIO, str(exc)) from None
 
+    def _writable(self, name: str) -> None:
+        """Refuse a change once the card has left its slot (EIO, and a line the user is told after
+        the title ends): a save is never written to a card that is not in the console."""
+        reason = self.gone() if self.gone else None
+        if reason:
+            raise SaveError(errno.EIO, f"{reason}: the title's save {name!r} was not written")
+
     def commit(self, name: str, data: bytes, meta: bytes | None) -> None:
+        self._writable(name)
         old = self.entries.get(name)
         meta = (old.meta if old else b"") if meta is None else meta
         with self.open_card(write=True) as img:
@@ -119,12 +129,14 @@ class SaveFolder:
             self._refresh(img)
 
     def remove(self, name: str) -> None:
+        self._writable(name)
         with self.open_card(write=True) as img:
             if not img.remove_saves(self.title_id, name):
                 raise SaveError(errno.ENOENT)
             self._refresh(img)
 
     def rename(self, old: str, new: str) -> None:
+        self._writable(new)
         with self.open_card(write=True) as img:
             entry = img.state.catalog.save(self.title_id, old)
             if entry is None:

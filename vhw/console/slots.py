@@ -37,6 +37,7 @@ if TYPE_CHECKING:  # (httpx loads only for the flows that talk to the server)
 
 CONFIG = "console.json"
 SLOTS = ("1", "2")
+WATCH_INTERVAL = 0.2  # seconds between looks at a card slot while a mount or a title depends on it
 
 
 @dataclass
