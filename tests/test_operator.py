@@ -431,6 +431,27 @@ def test_backup_under_load_and_restore(request, tmp_path, backend):
     assert r.returncode != 0 and "refuses to overwrite" in r.stderr, r.stderr
     r = vhw_cmd("server", "restore", srv.home.path("ca.pem"), "--home", srv.home.root)
     assert r.returncode != 0 and "not a backup" in r.stderr and "Traceback" not in r.stderr
+    # into a home that does not exist: the line says to bring the old home's keys (not to init one)
+    r = vhw_cmd("server", "restore", out, "--home", tmp_path / "nowhere")
+    assert r.returncode == 9 and "--from-home" in r.stderr and "server init" in r.stderr, r.stderr
+    assert not (tmp_path / "nowhere").exists()
+    # into a home of another master key: refused before anything is written, the home as it was
+    other = tmp_path / "other"
+    other_db = database_for(request, backend) or None
+    assert vhw_cmd("server", "init", "--home", other, *(["--db", other_db] if other_db else [])).returncode == 0
+    if other_db is None:
+        (other / "vhw.db").unlink()  # (its new database moved away: restore takes only a new one)
+        r = vhw_cmd("server", "restore", out, "--home", other)
+        assert not (other / "vhw.db").exists()
+    else:
+        empty = database_for(request, backend)
+        r = vhw_cmd("server", "restore", out, "--home", other, "--db", empty)
+        store = ServerHome(other).store(empty)
+        try:
+            assert store.version() == 0  # nothing was restored into it
+        finally:
+            store.close()
+    assert r.returncode == 16 and "another master key" in r.stderr and "nothing was restored" in r.stderr, r.stderr
 
     home = ServerHome(tmp_path / "restored")  # made from the old home's keys, certificates and credentials
     r = vhw_cmd(

@@ -15,6 +15,7 @@ import ssl
 import sys
 import tempfile
 import time
+import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -53,13 +54,31 @@ def tls_context(
     return ctx
 
 
+def url_problem(url: str) -> str | None:
+    """What is wrong with a server address as written (None: it has the form https://HOST[:PORT]),
+    said before any connection is tried."""
+    if url.startswith("http://"):
+        return f"refusing to talk to {url} over plain HTTP: the licensing server is https:// only"
+    if not url.startswith("https://"):
+        return f"{url!r} is not an https:// server address"
+    parts = urllib.parse.urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        return f"{url!r}: the port is not a number from 1 to 65535"
+    if not parts.hostname or " " in url or (port is not None and port == 0):
+        return f"{url!r} names no host (https://HOST:PORT)"
+    if parts.path.strip("/") or parts.query or parts.fragment or parts.username:
+        return f"{url!r} is more than a server address (https://HOST:PORT, nothing after it)"
+    return None
+
+
 def check_url(url: str) -> str:
     if not url:
         raise NetworkError("no server address", hint="pass --server https://HOST:PORT")
-    if url.startswith("http://"):
-        raise NetworkError(f"refusing to talk to {url} over plain HTTP: the licensing server is https:// only")
-    if not url.startswith("https://"):
-        raise NetworkError(f"{url!r} is not an https:// server address")
+    problem = url_problem(url)
+    if problem:
+        raise NetworkError(problem)
     return url.rstrip("/")
 
 
@@ -137,29 +156,36 @@ class Client:
     def _send(self, method: str, path: str, **kw: Any) -> httpx.Response:
         """One request, retried while the server is unavailable (see the class)."""
         start = time.monotonic()
-        deadline = start + self.retry_for
+        deadline: float | None = None  # set by the first failure: how long this call retries
         backoff = 0.25
         while True:
+            failure: httpx.HTTPError | None = None
             try:
                 resp = self._http.request(method, path, **kw)
             except httpx.HTTPError as exc:
                 sent = not isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout))
-                if (
-                    not _transient(exc)
-                    or (sent and path not in REPEATABLE)
-                    or time.monotonic() >= min(deadline, start + min(self.retry_for, REFUSED_FOR))
-                ):
+                if not _transient(exc) or (sent and path not in REPEATABLE):
                     raise network_error(self.url, exc) from None
+                failure = exc
+                # nothing listening (a restart, or a wrong address) is retried for less long
+                budget = self.retry_for if sent else min(self.retry_for, REFUSED_FOR)
                 wait = backoff
             else:
-                if resp.status_code != 503 or time.monotonic() >= deadline:
+                if resp.status_code != 503:
                     return resp
                 if _error_code(resp) == "outcome-unknown" and path not in REPEATABLE:
                     return resp  # (read_answer names it: the caller checks before repeating it)
+                budget = self.retry_for
                 wait = max(backoff, _retry_after(resp))
-            if not self._noticed:
-                self._noticed = True
-                self._notice(f"licensing server at {self.url} unavailable, retrying (for up to {self.retry_for:.0f} s)")
+            if deadline is None:
+                deadline = start + budget
+                if not self._noticed and budget > 0:
+                    self._noticed = True
+                    self._notice(f"licensing server at {self.url} unavailable, retrying (for up to {budget:.0f} s)")
+            if time.monotonic() >= deadline:  # (as long as the notice said, and no longer)
+                if failure is not None:
+                    raise network_error(self.url, failure) from None
+                return resp  # (the last 503: read_answer says what it was)
             time.sleep(min(random.uniform(0.5, 1.0) * wait, max(0.0, deadline - time.monotonic())))
             backoff = min(backoff * 2, 4.0)
 

@@ -8,7 +8,7 @@ can turn any of them into one clear line and an exit code (pip's ``exceptions.py
     ├── ImageError                 exit 3  a device file is missing, foreign, truncated or tampered
     │   └── IntegrityError         exit 3  authenticated data failed its check (tag, signature, hash)
     ├── IdError                    exit 4  an ID is mistyped (check character) or of the wrong kind
-    ├── NetworkError               exit 5  the server cannot be reached, or TLS refused it
+    ├── NetworkError               exit 5  a server or database cannot be reached, or TLS refused it
     ├── ServerError                exit 6  the server refused a request (bad credential, bad input)
     │   └── RequestRefused                 the service's own refusals, by meaning (their HTTP
     │       ├── NotFound                   statuses are mapped in one place, vhw.httpapi):
@@ -16,8 +16,8 @@ can turn any of them into one clear line and an exit code (pip's ``exceptions.py
     │       ├── Forbidden                  request that cannot be carried out, too many failed
     │       ├── Unprocessable              User IDs for one card
     │       └── TooManyAttempts
-    ├── InUseError                 exit 7  another process holds the device's lock
-    ├── NoSpaceError               exit 8  the HDD has no room for the title
+    ├── InUseError                 exit 7  another process holds the device's lock, or the port
+    ├── NoSpaceError               exit 8  the HDD has no room for the title, or the host's disk is full
     ├── StateError                 exit 9  the console is not in a state to do this (no disc, ...)
     ├── Refusal                            one of the patent's five messages, each its own code:
     │   ├── RegistrationRefused    exit 10 USER REGISTRATION CANNOT BE COMPLETED WITH THIS MEMORY CARD
@@ -209,10 +209,10 @@ EXIT_CODES: list[tuple[int, str]] = [
     (2, "usage error (wrong option or argument)"),
     (ImageError.exit_code, "a device file is missing, foreign, truncated or tampered"),
     (IdError.exit_code, "an ID is mistyped or of the wrong kind"),
-    (NetworkError.exit_code, "the server cannot be reached or its certificate is not trusted"),
+    (NetworkError.exit_code, "a server or its database cannot be reached, or its certificate is not trusted"),
     (ServerError.exit_code, "the server refused the request (credential, input)"),
-    (InUseError.exit_code, "a device is in use by another process"),
-    (NoSpaceError.exit_code, "not enough space on the HDD"),
+    (InUseError.exit_code, "a device, or the port to listen on, is in use by another process"),
+    (NoSpaceError.exit_code, "not enough space on the HDD, or on the host's disk"),
     (StateError.exit_code, "the console is not set up for this (no disc, no card, ...)"),
     *((cls.exit_code, cls.text) for cls in REFUSALS.values()),
     (PaymentDeclined.exit_code, "the payment for a key was declined"),

@@ -38,13 +38,15 @@ from . import protocol as p
 from .errors import (
     AlreadyExists,
     Forbidden,
+    InputError,
+    InUseError,
     NotFound,
     Refusal,
     RequestRefused,
     ServerError,
-    StateError,
     TooManyAttempts,
     Unprocessable,
+    VhwError,
 )
 
 log = logging.getLogger(__name__)
@@ -259,8 +261,9 @@ def _bound(address: tuple[str, int]) -> bool:
         return False
 
 
-def listen_error(where: tuple[str, int], exc: OSError) -> StateError:
-    """One line for an address the server cannot listen on."""
+def listen_error(where: tuple[str, int], exc: OSError) -> VhwError:
+    """One line for an address the server cannot listen on: in use (exit 7), or not one it may
+    listen on (exit 17)."""
     reason = {
         errno.EADDRINUSE: "address in use",
         errno.EADDRNOTAVAIL: "this host has no such address",
@@ -268,7 +271,9 @@ def listen_error(where: tuple[str, int], exc: OSError) -> StateError:
     }.get(exc.errno or 0, (exc.strerror or str(exc)).lower())
     host, port = where
     shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    return StateError(f"cannot listen on {shown}: {reason}")
+    if exc.errno == errno.EADDRINUSE:
+        return InUseError(f"cannot listen on {shown}: {reason} (another process listens there)")
+    return InputError(f"cannot listen on {shown}: {reason}")
 
 
 async def _serve(

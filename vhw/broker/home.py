@@ -47,7 +47,7 @@ class BrokerHome:
             raise StateError(f"{root}: a broker is set up here already")
         cred = Credential.load(credential)
         if cred.role != "broker":
-            raise StateError(f"{credential} is a {cred.role} credential, not a broker's")
+            raise FileError(credential, f"is a {cred.role} credential, not a broker's")
         for name in ("tls.pem", "tls-key.pem"):
             if not (tls / name).exists():
                 raise StateError(f"{tls}: no {name}", hint="vhw server issue-cert broker --host HOST -o DIR")

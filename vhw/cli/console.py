@@ -53,6 +53,11 @@ def console_setup(folder: Path, rom: Path, hdd: Path, server: str | None, memory
     """
     m = Machine.setup(folder, rom=rom, hdd=hdd, server=server, memory=memory)
     click.echo(f"console set up in {m.root}: Client ID {m.rom().client_id}, HDD-ID {m.hdd_id()}")
+    unreachable = m.server_unreachable()
+    if unreachable:  # (set up all the same: a console may be set up offline)
+        click.echo(
+            f"note: {unreachable}: the console is set up, and needs the server to register and install", err=True
+        )
 
 
 @console.command("replace")

@@ -57,8 +57,8 @@ def human_binary(n: float) -> str:
 
 @vhw.group()
 def card() -> None:
-    """Memory cards: `format` one (manufacturer), `info` shows what its owner may see, `saves`
-    manages the game saves on it."""
+    """Memory cards: `format` one (manufacturer), `info` shows what its owner may see, `fsck`
+    checks it, `saves` manages the game saves on it."""
 
 
 def register_with_server(credential: Path | None, server_url: str | None, path: str, msg: object) -> None:

@@ -10,7 +10,7 @@ if TYPE_CHECKING:
 
 import click
 
-from ..errors import StateError
+from ..errors import FileError
 
 credential_option = click.option(
     "--credential",
@@ -30,7 +30,7 @@ def role_client(credential: Path, server_url: str | None, role: str) -> Client:
 
     cred = Credential.load(credential)
     if cred.role != role:
-        raise StateError(f"{credential} is a {cred.role} credential; this needs the {role}'s")
+        raise FileError(credential, f"is a {cred.role} credential; this needs the {role}'s")
     return Client(
         server_url or cred.server, tls_context(ca_pem=cred.ca, client_cert=cred.client_cert), token=cred.token
     )

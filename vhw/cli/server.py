@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from ..errors import ImageError
+from ..errors import FileError, ImageError, StateError
 from ..ids import ID_FIELDS
 from ..roles import ROLES
 from . import App, pass_app, show_audit, vhw
@@ -131,13 +131,13 @@ def load_config(ctx: click.Context, param: click.Parameter, path: Path | None) -
     try:
         values = tomllib.loads(path.read_text())
     except OSError as exc:
-        raise ImageError(path, f"cannot read the configuration: {exc.strerror}") from None
+        raise FileError(path, f"cannot read the configuration: {exc.strerror}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ImageError(path, f"not a TOML configuration ({str(exc).splitlines()[0]})") from None
+        raise FileError(path, f"not a TOML configuration ({str(exc).splitlines()[0]})") from None
     section = values.get("server", values) if isinstance(values.get("server"), dict) else values
     unknown = sorted(set(section) - RUN_KEYS)
     if unknown:
-        raise ImageError(path, f"unknown key {unknown[0]!r} (the keys are {', '.join(sorted(RUN_KEYS))})")
+        raise FileError(path, f"unknown key {unknown[0]!r} (the keys are {', '.join(sorted(RUN_KEYS))})")
     converted = {}
     for key, value in section.items():
         if key == "db":
@@ -146,11 +146,11 @@ def load_config(ctx: click.Context, param: click.Parameter, path: Path | None) -
             try:
                 value = LISTEN.convert(value, None, ctx)
             except click.BadParameter as exc:
-                raise ImageError(path, f"{key}: {exc.message}") from None
+                raise FileError(path, f"{key}: {exc.message}") from None
         if key == "workers" and (isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 64):
-            raise ImageError(path, "workers: must be a whole number from 1 to 64")
+            raise FileError(path, "workers: must be a whole number from 1 to 64")
         if key == "log_format" and value not in ("text", "json"):
-            raise ImageError(path, 'log_format: must be "text" or "json"')
+            raise FileError(path, 'log_format: must be "text" or "json"')
         if key == "home":
             value = (path.parent / value) if not Path(value).is_absolute() else Path(value)
         converted[key] = value
@@ -445,6 +445,12 @@ def server_restore(app: App, source: Path, home: Path | None, database: str | No
     if old is not None:
         h = ServerHome.from_files(h.root, old)
         made = True
+    elif not h.exists:
+        raise StateError(
+            f"{h.root}: no server home here to restore into",
+            hint="give a copy of the old home's folder with --from-home: its master key opens the backup's keys"
+            " (`vhw server init` would make a new master key, which does not)",
+        )
     h.require()
     try:
         reached = restore(h, source, database)

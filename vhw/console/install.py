@@ -91,6 +91,13 @@ def _fresh_title(
     return title, specs
 
 
+def host_space_needed(disc: DiscImage, block_size: int, durable: int = 0) -> int:
+    """Bytes an install of ``disc`` may still add to the HDD image on the host's disk (the image is
+    sparse: each block written takes room there), when ``durable`` bytes of it are written already."""
+    sealed = sum(crypto.BlockLayout(f.size, block_size).sealed_size for f in disc.manifest.files)
+    return max(0, sealed - durable) + 2 * 1024 * 1024  # (and the catalogs' copies)
+
+
 def check_space(vol: Volume, disc: DiscImage) -> None:
     """Raise NoSpaceError if the title on ``disc`` would not fit (the reservation, computed and
     thrown away: exact, and nothing is written)."""
@@ -154,9 +161,9 @@ def install_plan(
                 # file's piece, all tag and no plaintext, ends where the one before it did)
                 if end >= title.progress:
                     yield from piece.writes()
+                    if progress:  # (what was durable before is not counted again: a resumed bar starts there)
+                        progress(piece.plain_size)
                 done = end
-                if progress:
-                    progress(piece.plain_size)
                 if done - last_checkpoint >= gap and done > title.progress:
                     yield SYNC
                     ops, vol = vol.checkpoint(title.title_id, done)

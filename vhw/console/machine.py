@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
@@ -23,7 +24,7 @@ from ..devices.card import CardImage
 from ..devices.disc import DiscImage
 from ..devices.files import now, refuse_other_console
 from ..devices.hdd import HddImage
-from ..errors import FileError, ImageError, IntegrityError, ReproductionNotPermitted, StateError
+from ..errors import FileError, ImageError, IntegrityError, NoSpaceError, ReproductionNotPermitted, StateError
 from ..formats.card import License
 from ..formats.common import valid_relpath
 from ..formats.disc import Pressing
@@ -119,6 +120,8 @@ class Machine(ConsoleFolder):
         else:
             medium = disc_medium(disc)
             mid = medium.mid
+        if not (on_hdd and on_hdd.complete):
+            self._check_host_space(disc, hdd, on_hdd.progress if on_hdd else 0)
         if on_hdd and on_hdd.complete:
             if on_hdd.mid != mid:
                 raise StateError(f"{m.title_id} is already installed on this HDD (from another disc)")
@@ -155,7 +158,9 @@ class Machine(ConsoleFolder):
                 outcome = "resumed"
                 self.log(f"resuming the install of {m.title_id}: {on_hdd.share_done}% of it was already on the HDD")
             total = sum(f.size for f in m.files)
-            done = [0]
+            done = [on_hdd.progress if outcome == "resumed" and on_hdd is not None else 0]
+            if progress:
+                progress(done[0], total)
 
             def tick(n: int) -> None:
                 done[0] += n
@@ -180,6 +185,18 @@ class Machine(ConsoleFolder):
             c.call("/v1/console/confirm", decisions.confirm_request(view, hw, medium), p.Done)
         mem.save_card(decisions.drop_content_key(view, mid).card)
         return m.title_id, outcome
+
+    def _check_host_space(self, disc: DiscImage, hdd: HddImage, durable: int) -> None:
+        """Refuse, before anything is asked or written, an install the disk holding the HDD image
+        has no room for (the image is sparse: its blocks take room there as they are written)."""
+        need = install.host_space_needed(disc, hdd.volume.sb.block_size, durable)
+        free = shutil.disk_usage(self.hdd_path.parent).free
+        if free < need:
+            raise NoSpaceError(
+                f"{self.hdd_path}: the disk that holds it has {_mb(free)} free; installing"
+                f" {disc.manifest.title_id} needs {_mb(need)}",
+                hint="free space on that disk (`df` shows it), or move the HDD image to a larger one",
+            )
 
     @staticmethod
     def _purchase_mid(view: decisions.CardView, title_id: str) -> tuple[decisions.CardView, Id]:
@@ -530,3 +547,7 @@ def check_disc_is_registered(disc: DiscImage, resp: p.AcquireResponse) -> None:
     """The disc in the tray must be the very title the publisher registered for this MID."""
     if resp.title_id != disc.manifest.title_id or resp.title_digest != disc.disc.title_digest:
         raise IntegrityError(disc.path, "this disc is not the title its publisher registered for its MID")
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:,.1f} MB"

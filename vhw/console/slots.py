@@ -19,13 +19,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Self
 
+from .. import protocol as p
 from ..devices import card as card_dev
 from ..devices import rom as rom_dev
 from ..devices.card import CardImage
 from ..devices.disc import DiscImage
 from ..devices.files import atomic_write, locked
 from ..devices.hdd import HddImage
-from ..errors import FileError, InputError, StateError
+from ..errors import FileError, InputError, StateError, VhwError
 from ..formats.card import Card
 from ..formats.disc import Pressing
 from ..formats.rom import Rom
@@ -113,8 +114,12 @@ class ConsoleFolder:
     def setup(cls, root: Path, *, rom: Path, hdd: Path, server: str | None = None, memory: str | None = None) -> Self:
         """``memory``: card-less, the card's items kept in "hdd" or in the console's internal
         memory (a path made by `vhw console rom --memory`)."""
-        if server is not None and not server.lower().startswith("https://"):
-            raise InputError(f"{server!r} is not an https:// URL: a console talks to its server over TLS only")
+        if server is not None:
+            from ..client import url_problem  # (httpx: only the flows that talk to the server)
+
+            problem = url_problem(server)
+            if problem:
+                raise InputError(problem, hint="a console talks to its server over TLS: --server https://HOST:PORT")
         root = Path(root)
         if (root / CONFIG).exists():
             raise StateError(f"{root}: a console is already set up here")
@@ -268,6 +273,22 @@ class ConsoleFolder:
         )
 
         return Client(self.server_url(rom), tls_context(rom.trust_anchor), token=self.account_token())
+
+    def server_unreachable(self) -> str | None:
+        """Why the console's server does not answer now (one try, a few seconds at most), or None
+        when it does: said at set-up, which goes on without it."""
+        import httpx  # (only the flows that talk to the server)
+
+        from ..client import Client, tls_context
+
+        rom = self.rom()
+        url = self.server_url(rom)
+        try:
+            with Client(url, tls_context(rom.trust_anchor), retry_for=0, timeout=httpx.Timeout(5.0)) as c:
+                c.get("/v1/health", p.Health)
+        except VhwError as exc:
+            return exc.message
+        return None
 
     # -- a broker account (FIG. 15) -----------------------------------------------------------------
 

@@ -37,6 +37,7 @@ from .files import (
     fsync_dir,
     locked,
     refuse_existing,
+    write_error,
 )
 
 
@@ -138,7 +139,7 @@ class CardImage:
             os.replace(tmp, path)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
-            raise ImageError(path, f"cannot write {fmt.WHAT}: {describe_os_error(exc)}") from None
+            raise write_error(path, fmt.WHAT, exc) from None
         fsync_dir(path.parent)
 
     @classmethod
@@ -261,7 +262,7 @@ class CardImage:
         try:
             apply_ops(self._fd, shifted(ops, self._base))
         except OSError as exc:
-            raise ImageError(self.shown, f"cannot write {fmt.WHAT}: {describe_os_error(exc)}") from None
+            raise write_error(self.shown, fmt.WHAT, exc) from None
         self.state = state
 
     def save_card(self, card: fmt.Card) -> None:

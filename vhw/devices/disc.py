@@ -16,7 +16,7 @@ from .. import crypto
 from ..errors import ImageError, IntegrityError
 from ..formats import disc as fmt
 from ..ids import Id
-from .files import check_regular, describe_os_error, fsync_dir, refuse_existing
+from .files import check_regular, describe_os_error, fsync_dir, refuse_existing, write_error
 
 READ_BATCH = 16  # chunks per read when streaming a whole file: 1 MiB reads, few syscalls
 
@@ -156,5 +156,5 @@ def press(
         os.replace(tmp, out)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
-        raise ImageError(out, f"cannot write disc: {describe_os_error(exc)}") from None
+        raise write_error(out, "disc", exc) from None
     fsync_dir(out.parent)

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-from ..errors import ImageError, InUseError
+from ..errors import ImageError, InUseError, NoSpaceError, PathError, VhwError
 from ..plans import Op, Sync, Write
 from . import holders
 
@@ -37,6 +37,17 @@ def describe_os_error(exc: OSError) -> str:
     if exc.errno == errno.ENOSPC:
         return "no space left on the device holding it"
     return exc.strerror or str(exc)
+
+
+def write_error(path: object, what: str, exc: OSError, *, kind: type[PathError] = ImageError) -> VhwError:
+    """The error for a write of ``what`` that failed: a full disk is its own (:class:`NoSpaceError`,
+    exit 8: free space and run the command again), anything else ``kind`` naming the file."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return NoSpaceError(
+            f"{path}: the disk that holds it is full: cannot write {what}",
+            hint="free space on that disk (`df` shows it), then run the command again",
+        )
+    return kind(path, f"cannot write {what}: {describe_os_error(exc)}")
 
 
 def check_regular(path: Path, what: str) -> os.stat_result:
@@ -81,7 +92,7 @@ def atomic_write(path: Path, data: bytes, *, mode: int = 0o600, size: int | None
     except OSError as exc:
         with contextlib.suppress(OSError):
             tmp.unlink()
-        raise ImageError(path, f"cannot write: {describe_os_error(exc)}") from None
+        raise write_error(path, "it", exc) from None
     fsync_dir(parent)
 
 

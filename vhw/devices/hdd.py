@@ -36,6 +36,7 @@ from .files import (
     fsync_dir,
     locked,
     refuse_existing,
+    write_error,
 )
 
 Plan = Generator[Op, None, Volume]
@@ -161,7 +162,7 @@ class HddImage:
             os.replace(tmp, path)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
-            raise ImageError(path, f"cannot write HDD image: {describe_os_error(exc)}") from None
+            raise write_error(path, "HDD image", exc) from None
         fsync_dir(path.parent)
 
     @classmethod
@@ -256,7 +257,7 @@ class HddImage:
         try:
             return fn()
         except OSError as exc:
-            raise ImageError(self.path, f"cannot write HDD image: {describe_os_error(exc)}") from None
+            raise write_error(self.path, "HDD image", exc) from None
 
     # -- reading ------------------------------------------------------------------------------
 

@@ -23,7 +23,7 @@ from typing import Any, BinaryIO
 
 from .. import crypto
 from ..devices import disc as disc_dev
-from ..devices.files import describe_os_error, fsync_dir, now, refuse_existing
+from ..devices.files import describe_os_error, fsync_dir, now, refuse_existing, write_error
 from ..errors import FileError, ImageError, StateError
 from ..formats import disc as fmt
 from ..formats.common import valid_relpath, valid_title_id
@@ -167,7 +167,7 @@ def master(
         os.replace(tmp, out)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
-        raise ImageError(out, f"cannot write master: {describe_os_error(exc)}") from None
+        raise write_error(out, "master", exc) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

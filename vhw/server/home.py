@@ -39,7 +39,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from .. import bindings, crypto, pki
 from ..crypto import equal as crypto_equal
-from ..devices.files import atomic_write, describe_os_error, fsync_dir, refuse_existing
+from ..devices.files import atomic_write, describe_os_error, fsync_dir, refuse_existing, write_error
 from ..errors import FileError, InputError, StateError
 from ..ids import ID_FIELDS
 from ..roles import ROLES
@@ -553,10 +553,43 @@ def backup(home: ServerHome, out: Path, database: str | None = None) -> str:
         os.replace(tmp, out)
         fsync_dir(out.parent)
     except OSError as exc:
-        raise FileError(out, f"cannot write the backup: {describe_os_error(exc)}") from None
+        raise write_error(out, "the backup", exc, kind=FileError) from None
     finally:
         tmp.unlink(missing_ok=True)
     return kind
+
+
+def _check_backup_key(home: ServerHome, source: Path, fingerprint: bytes | None) -> None:
+    """Refuse, before anything is written, a backup whose keys are encrypted under another master
+    key than this home's (a backup older than the master key's table has none to compare with:
+    it is checked once restored)."""
+    if fingerprint is not None and not crypto_equal(fingerprint, key_fingerprint(home.master_key())):
+        raise FileError(
+            source,
+            f"its keys are encrypted under another master key than {home.path('master.key')}; nothing was restored",
+            hint="restore into the home that made the backup, or one made from it with --from-home",
+        )
+
+
+def _dumped_fingerprint(source: Path) -> bytes | None:
+    """The master key's fingerprint a PostgreSQL backup records (its ``master_key`` table's row),
+    read with ``pg_restore`` without restoring anything."""
+    proc = subprocess.run(
+        [_pg_tool("pg_restore"), "--data-only", "--table=master_key", "--file=-", str(source)],
+        capture_output=True,
+        text=True,
+    )
+    if proc.returncode:
+        raise FileError(source, f"the backup is damaged (pg_restore: {_last_line(proc)})")
+    lines = proc.stdout.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("COPY ") and "master_key" in line and i + 1 < len(lines) and lines[i + 1] != "\\.":
+            value = lines[i + 1].split("\t")[0]
+            try:
+                return bytes.fromhex(value.removeprefix("\\\\x"))
+            except ValueError:
+                raise FileError(source, "the backup is damaged (its master key record)") from None
+    return None
 
 
 def restore(home: ServerHome, source: Path, database: str | None = None) -> int:
@@ -585,14 +618,17 @@ def restore(home: ServerHome, source: Path, database: str | None = None) -> int:
             try:
                 if check.execute("PRAGMA integrity_check").fetchone()[0] != "ok":
                     raise FileError(source, "the backup is damaged (integrity check failed)")
+                fingerprint = check.execute("SELECT fingerprint FROM master_key").fetchone()
             except sqlite3.DatabaseError as exc:
                 raise FileError(source, f"the backup is damaged ({exc})") from None
             finally:
                 check.close()
+            _check_backup_key(home, source, bytes(fingerprint[0]) if fingerprint else None)
             atomic_write(target, source.read_bytes(), mode=0o600)
         else:
             if not magic.startswith(PGDUMP_MAGIC):
                 raise FileError(source, "not a backup of a PostgreSQL database (`vhw server backup` of one)")
+            _check_backup_key(home, source, _dumped_fingerprint(source))
             store = open_store(url)
             try:
                 if store.version() > 0:

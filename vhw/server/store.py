@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, cast
 
-from ..errors import FileError, StateError
+from ..errors import FileError, NetworkError, StateError
 
 log = logging.getLogger(__name__)
 
@@ -379,7 +379,7 @@ class PostgresStore(Store):
         wait: float = 30,
         statement_timeout: float | None = None,
     ):
-        from psycopg_pool import ConnectionPool  # (psycopg: only a PostgreSQL store needs it)
+        from psycopg_pool import ConnectionPool, PoolTimeout  # (psycopg: only a PostgreSQL store needs it)
         from psycopg_pool.base import AttemptWithBackoff
 
         AttemptWithBackoff.INITIAL_DELAY, AttemptWithBackoff.DELAY_BACKOFF = 0.2, 1.0
@@ -394,10 +394,14 @@ class PostgresStore(Store):
         try:
             self._pool = ConnectionPool(url, min_size=min_size, max_size=max_size, open=True, kwargs=kwargs)
             try:
-                self._pool.wait(timeout=wait)
+                try:
+                    self._pool.wait(timeout=min(1.0, wait))
+                except PoolTimeout:  # (said within a second, then waited for as long as said)
+                    log.warning("waiting up to %.0f s for PostgreSQL at %s", wait, _redact(url))
+                    self._pool.wait(timeout=max(0.0, wait - 1.0))
             except Exception as exc:
                 self._pool.close()
-                raise StateError(f"cannot connect to PostgreSQL at {_redact(url)}: {_first_line(exc)}") from None
+                raise NetworkError(f"cannot connect to PostgreSQL at {_redact(url)}: {_first_line(exc)}") from None
         finally:
             pool_log.setLevel(level)
 

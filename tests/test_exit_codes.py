@@ -1,0 +1,154 @@
+"""The exit-code table (README, `vhw --help`, vhw.errors.EXIT_CODES) is the program's: each kind of
+failure it lists, driven through the real `vhw` executable, ends with that code and one line."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from vhw.errors import EXIT_CODES, FileError, InputError, InUseError, NetworkError, NoSpaceError
+
+from .conftest import make_title
+from .servers import RunningServer, cluster_tool, factory, publish
+
+TABLE = dict(EXIT_CODES)
+
+
+def vhw(*args: object, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "vhw", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "VHW_RETRY_SECONDS": "1", **(env or {})},
+    )
+
+
+def refused(r: subprocess.CompletedProcess, code: int, says: str) -> None:
+    assert r.returncode == code, (code, TABLE[code], r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert says in lines[-1] and "Traceback" not in r.stderr, r.stderr
+
+
+@pytest.fixture(scope="module")
+def srv(tmp_path_factory):
+    server = RunningServer.start(tmp_path_factory.mktemp("codes") / "home")
+    yield server
+    server.stop()
+
+
+@contextmanager
+def small_disk(where: Path, size: str):
+    """A file system of ``size`` (tmpfs: root mounts it), filled but for a little, unmounted after."""
+    where.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)]).returncode:
+        pytest.fail("cannot mount a small tmpfs: this test needs root (as `make test` and CI run)")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)])
+
+
+def test_a_configuration_error_exits_16(tmp_path):
+    config = tmp_path / "server.toml"
+    config.write_text('listen = "127.0.0.1:0"\nworker = 2\n')
+    refused(vhw("server", "run", "--config", config), FileError.exit_code, "unknown key 'worker'")
+    refused(vhw("server", "run", "--config", tmp_path / "missing.toml"), FileError.exit_code, "missing.toml")
+
+
+def test_a_busy_port_exits_7_and_an_address_not_allowed_17(srv, tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        r = vhw("server", "run", "--home", srv.home.root, "--listen", f"127.0.0.1:{port}")
+        refused(r, InUseError.exit_code, "address in use")
+    r = vhw("server", "run", "--home", srv.home.root, "--listen", "10.255.255.1:8443")
+    refused(r, InputError.exit_code, "no such address")
+
+
+def test_a_credential_of_another_role_exits_16(srv, tmp_path):
+    src = make_title(tmp_path / "src")
+    r = vhw(
+        "disc",
+        "master",
+        src,
+        "-o",
+        tmp_path / "t.master",
+        "--title-id",
+        "ROLE-1",
+        "--credential",
+        srv.credential("manufacturer"),
+    )
+    refused(r, FileError.exit_code, "is a manufacturer credential; this needs the publisher's")
+    assert not (tmp_path / "t.master").exists()
+
+
+def test_an_unreachable_database_exits_5(tmp_path):
+    port = cluster_tool().free_ports(1)
+    r = vhw("server", "init", "--home", tmp_path / "home", "--db", f"postgresql://vhw@127.0.0.1:{port}/vhw")
+    refused(r, NetworkError.exit_code, "cannot connect to PostgreSQL")
+    assert "waiting up to" in r.stderr.splitlines()[0]  # (said within a second of trying)
+
+
+def test_an_unreachable_server_exits_5(srv, tmp_path):
+    port = cluster_tool().free_ports(1)
+    src = make_title(tmp_path / "src")
+    r = vhw(
+        "disc",
+        "master",
+        src,
+        "-o",
+        tmp_path / "t.master",
+        "--title-id",
+        "GONE-1",
+        "--credential",
+        srv.credential("publisher"),
+        "--server",
+        f"https://127.0.0.1:{port}",
+    )
+    refused(r, NetworkError.exit_code, "cannot reach")
+
+
+def test_a_full_host_disk_exits_8(tmp_path):
+    with small_disk(tmp_path / "small", "1m") as small:
+        (small / "filler").write_bytes(b"\0" * (1024 * 1024 - 8192))
+        r = vhw("card", "format", small / "c.card", "--size", "64KiB")
+        refused(r, NoSpaceError.exit_code, "the disk that holds it is full")
+        assert [p.name for p in small.iterdir()] == ["filler"]  # no half-written file
+
+
+def test_an_install_checks_the_host_disk_first_and_says_how_much_it_needs(srv, tmp_path):
+    """A 40 MB title onto an HDD image on a disk with ~10 MB free: refused before the server is
+    asked (no MID flagged, nothing written), naming what is free and what it needs."""
+    src = make_title(tmp_path / "src", big=40_000_000)
+    [disc] = publish(lambda *a: _cli(*a), srv, src, tmp_path, "ROOM-1")
+    with small_disk(tmp_path / "small", "12m") as small:
+        man = ["--credential", srv.credential("manufacturer"), "--server", srv.url]
+        dev = factory(lambda *a: _cli(*a), srv, tmp_path / "dev")
+        hdd = small / "h.hdd"
+        assert vhw("hdd", "format", hdd, "--size", "200M", *man).returncode == 0
+        assert vhw("console", "replace", "--hdd", hdd, "--console", dev["console"]).returncode == 0
+        assert vhw("console", "register", "--console", dev["console"]).returncode == 0
+        assert vhw("console", "insert-disc", disc, "--console", dev["console"]).returncode == 0
+        before = hdd.read_bytes()
+        r = vhw("console", "install", "--console", dev["console"])
+        refused(r, NoSpaceError.exit_code, "installing ROOM-1 needs 4")
+        assert "MB free" in r.stderr and "df" in r.stderr
+        assert hdd.read_bytes() == before
+    info = json.loads(vhw("card", "info", dev["card"], "--json").stdout)
+    assert info["licenses"] == []  # the server was not asked: no key fetched, no MID flagged
+
+
+def _cli(*args: object):
+    from .conftest import Result
+
+    r = vhw(*args)
+    return Result(r.returncode, r.stdout, r.stderr)
