@@ -398,12 +398,24 @@ def test_a_rollback_is_never_silent(samples, tmp_path, cli):
 def console(tmp_path_factory):
     """A registered console with one title installed and a save on its card, a second disc in the
     tray (so install has something to do), and copies of its HDD and card to restore."""
-    from .servers import RunningServer, factory, publish
+    from .servers import RunningServer
 
     d = tmp_path_factory.mktemp("rolled")
     srv = RunningServer.start(d / "server")
     saved_home = os.environ.get("VHW_HOME")
     os.environ["VHW_HOME"] = str(d / "home")
+    try:
+        yield from _rolled_console(d, srv)
+    finally:
+        srv.stop()
+        if saved_home is None:
+            os.environ.pop("VHW_HOME", None)
+        else:
+            os.environ["VHW_HOME"] = saved_home
+
+
+def _rolled_console(d: Path, srv):
+    from .servers import factory, publish
 
     def cli(*args):  # like the `cli` fixture, usable from a module-scoped fixture
         out, err = io.StringIO(), io.StringIO()
@@ -425,11 +437,6 @@ def console(tmp_path_factory):
         img.write_save("ROLL-1", "slot.sav", b"progress", modified=1, meta=b"")
     saved = {k: dev[k].read_bytes() for k in ("hdd", "card")}
     yield {**dev, "srv": srv, "saved": saved, "dir": d}
-    srv.stop()
-    if saved_home is None:
-        os.environ.pop("VHW_HOME", None)
-    else:
-        os.environ["VHW_HOME"] = saved_home
 
 
 def rolled_back(path: Path, kind: str) -> None:
