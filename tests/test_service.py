@@ -159,7 +159,11 @@ def test_card_reissue(cli, srv, tmp_path):
     assert cli("console", "eject-card", *con).code == 0
     assert cli("console", "insert-card", old, *con).code == 0
     r = cli("console", "play", *con, "G-2")
-    assert (r.code, r.err) == (14, PLAY)
+    assert r.code == 14 and r.err.startswith(PLAY), r  # the patent's notice, then what to do:
+    assert "replaced by a reissued one" in r.err.splitlines()[1] and "put that card in" in r.err, r
+    r = cli("card", "info", old, *con)
+    assert "registered   yes, but replaced by a reissued card" in r.out, r
+    assert "registered   yes\n" in cli("card", "info", new_card, *con).out
     assert cli("console", "eject-disc", *con).code == 0
     assert cli("console", "insert-disc", d2, *con).code == 0
     r = cli("console", "acquire", *con)
@@ -282,7 +286,7 @@ def test_broker_charges_per_key(cli, brokered, tmp_path, ledger_balances):
     assert st["balance_cents"] == 200 and [c["method"] for c in st["charges"]] == ["prepaid", "prepaid", "card"]
     # as a person reads it: a header, the top-up and each charge with its date, in columns
     lines = bk(cli, srv, "account", "statement", "alice").out.splitlines()
-    assert lines[0] == "account alice: balance 2.00, card **** 4242" and lines[1].split() == [
+    assert lines[0] == "account alice: balance 2.00 EUR, card **** 4242" and lines[1].split() == [
         "time",
         "what",
         "amount",
@@ -290,13 +294,16 @@ def test_broker_charges_per_key(cli, brokered, tmp_path, ledger_balances):
         "by",
         "for",
     ], lines
-    kinds = [line.split()[1:4] for line in lines[2:]]
-    assert kinds == [["top-up", "12.00", "card"], *[["charge", "-5.00", p] for p in ("balance", "balance", "card")]]
+    kinds = [line.split()[1:5] for line in lines[2:]]
+    charges = [["charge", "-5.00", "EUR", p] for p in ("balance", "balance", "card")]
+    assert kinds == [["top-up", "12.00", "EUR", "card"], *charges]
     assert all(line[:4].isdigit() and line[10] == "T" for line in lines[2:]), lines  # ISO dates
     totals = json.loads(bk(cli, srv, "ledger", "--json").out)
     assert totals["charges"] == 4 * 500 and totals["platform"] == 4 * 350 and totals["broker"] == 4 * 150
     entries = json.loads(bk(cli, srv, "audit", "--json").out)["entries"]
     assert sum(e["action"] == "charge" for e in entries) == 4
+    topups = [e for e in entries if e["action"] == "top-up" and e["subject"] == "alice"]
+    assert topups and topups[0]["actor"] == "broker" and topups[0]["detail"]["amount"] == "12.00 EUR", topups
     # the broker logs its requests as the server does, and never who made them
     log = srv.broker_log.read_text()
     assert "access: POST /v1/console/acquire 200 " in log and "role=account id=" in log, log[-2000:]

@@ -102,6 +102,17 @@ def phone_problems(page) -> list[str]:
         }
         for (const e of document.querySelectorAll('main .scroll'))
             if (e.scrollWidth > e.clientWidth + 1) out.push('a table scrolls sideways: ' + e.textContent.slice(0, 40));
+        // a table's row as a card: each cell at least as tall as its label, none over the next
+        for (const row of document.querySelectorAll('main table.cards tbody tr')) {
+            const cells = [...row.querySelectorAll('td')];
+            for (const [i, c] of cells.entries()) {
+                const r = c.getBoundingClientRect();
+                const label = parseFloat(getComputedStyle(c, '::before').height) || 0;
+                if (r.height + 1 < label) out.push('a label taller than its cell: ' + c.dataset.label);
+                const next = cells[i + 1];
+                if (next && next.getBoundingClientRect().top + 1 < r.bottom) out.push('cells overlap: ' + c.dataset.label);
+            }
+        }
         return out;
     }""")
 
@@ -255,7 +266,7 @@ def test_repair_center_story_in_a_browser(cli, srv, tmp_path, page):
     assert cli("console", "eject-card", "--console", fixed).code == 0
     assert cli("console", "insert-card", alice["card"], "--console", fixed).code == 0
     r = play(cli, fixed, "WEB-1")
-    assert (r.code, r.err) == (14, PLAY)
+    assert r.code == 14 and r.err.startswith(PLAY) and "replaced by a reissued one" in r.err, r
     assert cli("console", "eject-disc", "--console", fixed).code == 0
     assert cli("console", "insert-disc", disc2, "--console", fixed).code == 0
     r = cli("console", "acquire", "--console", fixed)  # and by the server (a refusal on the dashboard)
@@ -579,36 +590,38 @@ def test_broker_desk_in_a_browser(cli, brokered, tmp_path, page):
     assert "alice" in page.locator("table").inner_text()
     shot(page, "broker-accounts")
     page.get_by_role("link", name="alice").click()
-    assert page.locator("#balance").inner_text() == "0.00"
+    assert page.locator("#balance").inner_text() == "0.00 EUR"  # every amount with its currency
     assert "WEB-B" in page.locator("table", has_text="Charges").inner_text()
     page.get_by_label("Top up from the card on file").fill("20.00")
     page.get_by_role("button", name="Top up").click()
-    expect(page.locator("#balance")).to_have_text("20.00")
+    expect(page.locator("#balance")).to_have_text("20.00 EUR")
     added = page.locator("#added").inner_text()  # what the top-up added, and from which card
-    assert added.startswith("Added 20.00 from the card on file **** 4242 (txn_") and "now 20.00" in added
+    assert added.startswith("Added 20.00 EUR from the card on file **** 4242 (txn_") and "now 20.00 EUR" in added
     # Back after the top-up is the account page again (a GET): nothing is paid twice
     topped_url = page.url
-    assert page.go_back().status == 200 and page.locator("#balance").inner_text() == "20.00"
+    assert page.go_back().status == 200 and page.locator("#balance").inner_text() == "20.00 EUR"
     assert page.go_forward().status == 200 and page.url == topped_url
-    assert page.reload().status == 200 and page.locator("#balance").inner_text() == "20.00"
+    assert page.reload().status == 200 and page.locator("#balance").inner_text() == "20.00 EUR"
     page.get_by_label("Top up from the card on file").fill("twenty")
     page.get_by_role("button", name="Top up").click()
     amount = page.get_by_label("Top up from the card on file")  # kept as typed, the error beside it
     assert amount.input_value() == "twenty" and amount.get_attribute("aria-invalid") == "true"
     assert "Type an amount" in page.locator("#f-amount-error").inner_text()
-    assert page.locator("#balance").inner_text() == "20.00"
+    assert page.locator("#balance").inner_text() == "20.00 EUR"
     header = page.locator("header").inner_text()
     assert "Signed in as sam (staff)" in header and header.count("sam") == 1
     shot(page, "broker-account")
     page.get_by_role("link", name="Ledger").click()
     state = page.locator("#ledger-state").inner_text()
-    assert state.startswith("Balanced") and "charges 5.00 = platform 3.50 + broker 1.50" in state
+    assert state.startswith("Balanced") and "charges 5.00 EUR = platform 3.50 EUR + broker 1.50 EUR" in state
     shot(page, "broker-ledger")
     page.get_by_role("link", name="Revenue").click()
     assert "WEB-B" in page.locator("table", has_text="Per title").inner_text()
     expect(page.locator("figure.chart svg")).to_have_count(1)
     chart = page.locator("figure.chart")  # in currency units, like the tables
-    assert "(total 5.00)" in chart.locator("figcaption").inner_text()
+    assert (
+        "EUR" in chart.locator("figcaption").inner_text() and "(total 5.00)" in chart.locator("figcaption").inner_text()
+    )
     assert ": 5.00" in chart.locator("rect > title").first.text_content()
     assert "5.00" in chart.locator("text.tick").all_text_contents()
     assert caption_above_each_chart(page)
@@ -622,6 +635,10 @@ def test_broker_desk_in_a_browser(cli, brokered, tmp_path, page):
     r = bk(cli, srv, "ledger", "--json")
     assert r.code == 0 and json.loads(r.out)["balanced"]
     assert json.loads(bk(cli, srv, "account", "statement", "alice", "--json").out)["balance_cents"] == 2000
+    # the top-up is the staff member's, in the audit log, with its amount in currency
+    entries = json.loads(bk(cli, srv, "audit", "--json").out)["entries"]
+    [topup] = [e for e in entries if e["action"] == "top-up" and e["subject"] == "alice" and e["actor"] != "broker"]
+    assert topup["actor"] == "staff:sam" and topup["detail"]["amount"] == "20.00 EUR", topup
 
 
 def test_broker_sessions_reach_no_repair_page(brokered, srv):

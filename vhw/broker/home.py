@@ -13,11 +13,11 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ..devices.files import atomic_write
-from ..errors import FileError, StateError
+from ..errors import FileError, InputError, StateError
 from ..server.home import Credential
 from ..server.store import SqliteStore, Store
 from .payments import TestProcessor
-from .service import SCHEMA, Broker, BrokerConfig
+from .service import SCHEMA, Broker, BrokerConfig, valid_currency
 
 
 class BrokerHome:
@@ -41,6 +41,7 @@ class BrokerHome:
         listen: str,
         price_cents: int,
         platform_share: int,
+        currency: str = "EUR",
     ) -> BrokerHome:
         home = cls(root)
         if home.path("config.json").exists():
@@ -56,8 +57,14 @@ class BrokerHome:
         atomic_write(home.path("credential.json"), cred.to_json(), mode=0o600)
         atomic_write(home.path("tls.pem"), (tls / "tls.pem").read_bytes())
         atomic_write(home.path("tls-key.pem"), (tls / "tls-key.pem").read_bytes(), mode=0o600)
+        if not valid_currency(currency):
+            raise InputError(f"{currency!r} is not a currency: give its three-letter ISO 4217 code (EUR, USD, JPY)")
         cfg = BrokerConfig(
-            server=server or cred.server, listen=listen, price_cents=price_cents, platform_share=platform_share
+            server=server or cred.server,
+            listen=listen,
+            price_cents=price_cents,
+            platform_share=platform_share,
+            currency=currency,
         )
         BrokerConfig(**asdict(cfg))
         atomic_write(home.path("config.json"), json.dumps(asdict(cfg), indent=1).encode())

@@ -92,6 +92,7 @@ class BrokerConfig:
     listen: str = "127.0.0.1:9443"
     price_cents: int = 499
     platform_share: int = 70  # percent of each charge that goes to the platform
+    currency: str = "EUR"  # ISO 4217: what every amount is in (prices, balances, the ledger)
 
     @classmethod
     def load(cls, path: Path) -> BrokerConfig:
@@ -99,11 +100,22 @@ class BrokerConfig:
             cfg = cls(**json.loads(path.read_text()))
             if not 0 <= cfg.platform_share <= 100 or cfg.price_cents < 0:
                 raise ValueError("share or price out of range")
+            if not valid_currency(cfg.currency):
+                raise ValueError(f"currency {cfg.currency!r} is not a three-letter ISO 4217 code")
         except OSError as exc:
             raise FileError(path, f"cannot read broker configuration: {exc.strerror}") from None
         except (ValueError, TypeError) as exc:
             raise FileError(path, f"invalid broker configuration: {exc}") from None
         return cfg
+
+
+def valid_currency(code: object) -> bool:
+    return isinstance(code, str) and len(code) == 3 and code.isascii() and code.isalpha() and code.isupper()
+
+
+def money(cents: int, currency: str) -> str:
+    """An amount as people read it: 1,234.50 EUR."""
+    return f"{cents / 100:,.2f} {currency}"
 
 
 class Relay(Protocol):
@@ -142,14 +154,7 @@ class Broker:
         return int(self.clock())
 
     def _audit(self, tx: Tx, actor: str, action: str, subject: str, **detail: object) -> None:
-        tx.execute(
-            "INSERT INTO audit (at, actor, action, subject, detail) VALUES (?, ?, ?, ?, ?)",
-            self._now(),
-            actor,
-            action,
-            subject,
-            json.dumps(detail, sort_keys=True, default=str),
-        )
+        tx.audit(self._now(), actor, [(action, subject, detail)])
 
     # -- accounts -----------------------------------------------------------------------------
 
@@ -215,6 +220,15 @@ class Broker:
                 raise StateError(f"no staff account {name}")
             self._audit(tx, "broker", "remove-staff", name)
 
+    def staff(self) -> list[dict[str, Any]]:
+        """Every staff account: its name and when it was added (never its password's hash)."""
+        with self.store.transaction() as tx:
+            return [{"name": n, "created": int(c)} for n, c in tx.all("SELECT name, created FROM staff ORDER BY name")]
+
+    def money(self, cents: int) -> str:
+        """An amount in this broker's currency, as people read it."""
+        return money(cents, self.config.currency)
+
     def staff_exists(self, name: str) -> bool:
         with self.store.transaction() as tx:
             return tx.one("SELECT 1 FROM staff WHERE name = ?", name) is not None
@@ -269,9 +283,10 @@ class Broker:
             self._audit(tx, "broker", "card-on-file", name, last4=last4)
         return last4
 
-    def topup(self, name: str, cents: int, number: str | None = None) -> tuple[str, int]:
+    def topup(self, name: str, cents: int, number: str | None = None, *, by: str = "broker") -> tuple[str, int]:
         """Pay ``cents`` into the prepaid balance with the card on file (or ``number``); returns
-        the top-up's transaction and the balance after it."""
+        the top-up's transaction and the balance after it. ``by``: who did it, for the audit log
+        (``staff:NAME`` at the desk)."""
         if cents <= 0:
             raise StateError("a top-up is a positive amount")
         with self.store.transaction() as tx:
@@ -285,7 +300,7 @@ class Broker:
         txn = "txn_" + secrets.token_hex(8)
         with self.store.transaction() as tx:
             self._post(tx, txn, [("processor:receivable", cents), (f"user:{name}", -cents)], f"top-up {auth}")
-            self._audit(tx, "broker", "top-up", name, cents=cents, txn=txn)
+            self._audit(tx, by, "top-up", name, amount=money(cents, self.config.currency), txn=txn)
         return txn, self.balance(name)
 
     def balance(self, name: str) -> int:

@@ -46,10 +46,6 @@ def cents(text: str) -> int:
     return int(value * 100)
 
 
-def money(c: int) -> str:
-    return f"{c / 100:,.2f}"
-
-
 @vhw.group()
 def broker() -> None:
     """The broker between users and the licensing server (FIG. 15): it sells keys to consoles.
@@ -77,7 +73,10 @@ def broker() -> None:
 )
 @click.option("--server", help="The licensing server's URL (default: the credential's).")
 @click.option("--listen", default="127.0.0.1:9443", show_default=True)
-@click.option("--price", default="4.99", show_default=True, help="Price of one key.")
+@click.option("--price", default="4.99", show_default=True, help="Price of one key, in --currency.")
+@click.option(
+    "--currency", default="EUR", show_default=True, help="What every amount is in: an ISO 4217 code (EUR, USD)."
+)
 @click.option(
     "--platform-share",
     type=click.IntRange(0, 100),
@@ -94,10 +93,12 @@ def broker_init(
     server: str | None,
     listen: str,
     price: str,
+    currency: str,
     platform_share: int,
 ) -> None:
     """Set up a broker: its credential, TLS identity, prices and database."""
     from ..broker.home import BrokerHome  # (loaded only by the commands that need it: start-up time)
+    from ..broker.service import money
 
     h = BrokerHome.init(
         broker_home(app, home).root,
@@ -107,10 +108,12 @@ def broker_init(
         listen=listen,
         price_cents=cents(price),
         platform_share=platform_share,
+        currency=currency.upper(),
     )
     cfg = h.config()
     click.echo(
-        f"broker {h.root}: price {money(cfg.price_cents)} per key, platform {cfg.platform_share}%, server {cfg.server}"
+        f"broker {h.root}: price {money(cfg.price_cents, cfg.currency)} per key, platform {cfg.platform_share}%,"
+        f" server {cfg.server}"
     )
 
 
@@ -225,7 +228,7 @@ def account_topup(app: App, name: str, amount: str, number: str | None, home: Pa
     """Pay AMOUNT into NAME's prepaid balance."""
     with broker_home(app, home).broker() as b:
         txn, balance = b.topup(name, cents(amount), number)
-    click.echo(f"{name}: added {money(cents(amount))} ({txn}), balance {money(balance)}")
+    click.echo(f"{name}: added {b.money(cents(amount))} ({txn}), balance {b.money(balance)}")
 
 
 @account.command("statement")
@@ -237,6 +240,7 @@ def account_statement(app: App, name: str, as_json: bool, home: Path | None) -> 
     """Show NAME's balance, card on file, and every top-up and charge with its date (local time)."""
     with broker_home(app, home).broker() as b:
         d = b.statement(name)
+    money = b.money
     moves = [(e["at"], "top-up", money(e["cents"]), "card", e["memo"]) for e in d["prepaid_entries"] if e["cents"] > 0]
     moves += [
         (c["at"], "charge", money(-c["cents"]), "balance" if c["method"] == "prepaid" else "card", c["what"])
@@ -254,7 +258,7 @@ def account_statement(app: App, name: str, as_json: bool, home: Path | None) -> 
 
 @broker.group("staff")
 def staff() -> None:
-    """The broker's staff, who sign in to its web console (https://BROKER/console/): `add`, `rm`."""
+    """The broker's staff, who sign in to its web console (https://BROKER/console/): `add`, `ls`, `rm`."""
 
 
 @staff.command("add")
@@ -267,6 +271,20 @@ def staff_add(app: App, name: str, password: str, home: Path | None) -> None:
     with broker_home(app, home).broker() as b:
         b.add_staff(name, password)
     click.echo(f"staff account {name} added; it signs in at /console/")
+
+
+@staff.command("ls")
+@click.option("--json", "as_json", is_flag=True)
+@home_option
+@pass_app
+def staff_ls(app: App, as_json: bool, home: Path | None) -> None:
+    """List the staff accounts (names and when they were added; never a password)."""
+    with broker_home(app, home).broker() as b:
+        rows = b.staff()
+    lines = (
+        columns(("name", "added"), [[r["name"], local_time(r["created"])] for r in rows]) if rows else ["(no staff)"]
+    )
+    emit({"staff": rows}, as_json=as_json, lines=lines)
 
 
 @staff.command("rm")
@@ -288,7 +306,7 @@ def broker_ledger(app: App, as_json: bool, home: Path | None) -> None:
     """Check the ledger: every transaction balanced, the shares adding up to the charges."""
     with broker_home(app, home).broker() as b:
         t = b.ledger_totals()
-    ok = t["balanced"]
+    ok, money = t["balanced"], b.money
     emit(
         t,
         as_json=as_json,

@@ -18,7 +18,7 @@ from ..devices import rom as rom_dev
 from ..devices.card import CardImage
 from ..devices.files import now, refuse_existing
 from ..devices.hdd import HddImage
-from ..errors import ImageError, InputError, StateError
+from ..errors import ImageError, InputError, StateError, VhwError
 from ..formats import card as card_fmt
 from ..formats import hdd as hdd_fmt
 from ..formats import rom as rom_fmt
@@ -108,6 +108,20 @@ def _user_of(card: card_fmt.Card) -> Id | None:
         return None
 
 
+def card_replaced(card: card_fmt.Card, console_dir: Path | None) -> bool | None:
+    """Whether the console (named, or found as every console command finds it) has seen a newer
+    card of this card's user (FIG. 14): None when there is no console to ask, or the card is not
+    its user's there."""
+    from ..console.machine import Machine  # (loaded only by the commands that need it: start-up time)
+
+    try:
+        return Machine.find(console_dir).card_replaced(card)
+    except VhwError:
+        if console_dir is not None:
+            raise
+        return None  # (no console here, or not one this card can be asked about: the card alone cannot tell)
+
+
 def card_summary(img: CardImage) -> dict[str, Any]:
     """What `card info` shows of an open card image."""
     c, state = img.card, img.state
@@ -134,16 +148,27 @@ def card_summary(img: CardImage) -> dict[str, Any]:
 
 @card.command("info")
 @click.argument("image", type=PATH)
+@click.option(
+    "--console",
+    "console_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="A console to ask whether the card was replaced by a reissued one (default: $VHW_CONSOLE, else"
+    " the current folder, if one is set up there).",
+)
 @json_option
-def card_info(image: Path, as_json: bool) -> None:
+def card_info(image: Path, console_dir: Path | None, as_json: bool) -> None:
     """Show what a memory card's owner may see: MC-ID, registration, licenses, space. Never a key."""
     with CardImage.open(image, damaged=True) as img:
         d = card_summary(img)
+        d["replaced"] = card_replaced(img.card, console_dir) if img.card.registered else False
+    registered = "yes" if d["registered"] else "no"
+    if d["replaced"]:
+        registered = "yes, but replaced by a reissued card: refused on this console and at the server"
     lines = [
         f"memory card  {image}",
         f"MC-ID        {d['mc_id']}",
         f"formatted    {d['formatted']}",
-        f"registered   {'yes' if d['registered'] else 'no'}",
+        f"registered   {registered}",
         f"saves        {d['saves']}; {human_binary(d['used'])} used, {human_binary(d['free'])} free"
         f" of {human_binary(d['capacity'])}",
         f"Content-Gen-Key {'stored' if d['content_gen_key'] else 'none'};"

@@ -251,6 +251,22 @@ def devices_match(view: CardView, hw: Hardware) -> Match | None:
     return Match(user, cgk, owner, epoch, TitleBinding.derive(cgk, user, hw.devices))
 
 
+def replaced(view: CardView, hw: Hardware) -> bool:
+    """The card is the user's and opens on this console and HDD, but a newer card of the user's
+    has been used here (a reissue, FIG. 14): it was replaced, which its holder may be told."""
+    card, user = view.card, view.user
+    if user is None or not card.content_gen_key or not card.sealed_ids:
+        return False
+    try:
+        cgk = bindings.open_content_gen_key(hw.devices, card.mc_key, card.mc_id, user, card.content_gen_key)
+        owner = owner_of(cgk)
+        bindings.open_device_ids(cgk, user, card.sealed_ids)
+        epoch = bindings.open_card_token(hw.anchor, card.card_token, owner, card.mc_id)
+    except crypto.Invalid:
+        return False
+    return epoch < hw.epochs.get(owner, 0)
+
+
 def copy_keys(view: CardView, hw: Hardware, mid: Id, title_id: str) -> tuple[bytes, Match]:
     """S21-S23: (Content-Key, match) for copying, or COPY IS NOT PERMITTED."""
     match = devices_match(view, hw)

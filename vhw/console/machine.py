@@ -25,7 +25,7 @@ from ..devices.disc import DiscImage
 from ..devices.files import now, refuse_other_console
 from ..devices.hdd import HddImage
 from ..errors import FileError, ImageError, IntegrityError, NoSpaceError, ReproductionNotPermitted, StateError
-from ..formats.card import License
+from ..formats.card import Card, License
 from ..formats.common import valid_relpath
 from ..formats.disc import Pressing
 from ..formats.hdd import Title
@@ -229,9 +229,12 @@ class Machine(ConsoleFolder):
             with HddImage.open(self.hdd_path) as img:
                 return self.reproduction_key(slot, img, view=view)
         view = view or self.card_view(slot)
+        hw = hardware(rom, hdd)
         try:
-            return decisions.reproduction_key(view, hardware(rom, hdd))
+            return decisions.reproduction_key(view, hw)
         except ReproductionNotPermitted:
+            if view is not None and decisions.replaced(view, hw):
+                raise ReproductionNotPermitted(hint=REPLACED_HINT) from None
             if view is not None and view.user is not None and not view.card.content_gen_key:
                 # a registered card without keys: a repair wiped them (or nothing was installed yet)
                 raise ReproductionNotPermitted(
@@ -283,6 +286,11 @@ class Machine(ConsoleFolder):
             return None
 
         return gone
+
+    def card_replaced(self, card: Card) -> bool:
+        """Whether ``card`` was replaced by a reissued card that this console has seen (FIG. 14)."""
+        with HddImage.open(self.hdd_path) as img:
+            return decisions.replaced(decisions.CardView.open(card), hardware(self.rom(), img))
 
     def mount(self, mountpoint: Path, slot: str = "1", *, checked: bool = False, nonempty: bool = False) -> int:
         """Mount in a background process; returns when the titles can be read. Returns its pid.
@@ -547,6 +555,12 @@ def check_disc_is_registered(disc: DiscImage, resp: p.AcquireResponse) -> None:
     """The disc in the tray must be the very title the publisher registered for this MID."""
     if resp.title_id != disc.manifest.title_id or resp.title_digest != disc.disc.title_digest:
         raise IntegrityError(disc.path, "this disc is not the title its publisher registered for its MID")
+
+
+REPLACED_HINT = (
+    "this memory card was replaced by a reissued one (the repair center's new card): put that card in;"
+    " this one no longer works, here or at the server"
+)
 
 
 def _mb(n: int) -> str:

@@ -170,6 +170,7 @@ class App:
                 result = p.Health("ok" if await self.writable() else "read-only", self.mode, __version__)
             else:
                 msg: object = p.decode(ep.request, await read_body(request))
+                request.scope["state"]["msg"] = msg  # (a refusal's audit entry names its card or disc)
                 call = partial(rerun_when_safe, ep.call)
                 if ep.path in self.batched and self.batcher.running:
                     result = await self.batcher.call(call, actor, msg)
@@ -186,8 +187,23 @@ class App:
         except Exception as exc:  # mapped, never escaping: the server keeps serving
             await drain(request)
             _count_failure(exc)
+            if isinstance(exc, Refusal):  # (its own transaction: the refused one rolled back)
+                await self._audit_refusal(ep, request, exc)
             response = error_response(exc)
         return response
+
+    async def _audit_refusal(self, ep: Endpoint, request: Request, refusal: Refusal) -> None:
+        """Write the refusal to the audit log (who asked, what for, which of the five): the
+        dashboard counts them from there, across restarts. A refusal stays a refusal if the log
+        cannot be written (said in the server's log)."""
+        actor = request.scope.get("state", {}).get("role", "console")
+        subject = _subject(request.scope.get("state", {}).get("msg"))
+        try:
+            await anyio.to_thread.run_sync(
+                self.lic.record_refusal, actor, refusal.code, ep.path, subject, limiter=self.limiter
+            )
+        except Exception as exc:  # (Unavailable, say: the answer is the refusal all the same)
+            log.warning("could not write a %s refusal to the audit log: %s", refusal.code, exc)
 
 
 # Seconds PostgreSQL gives each statement of a request, a commit's wait for its synchronous standby
@@ -213,6 +229,15 @@ def rerun_when_safe(call: Any, lic: Licensing, actor: str, msg: Any) -> Any:
 
 
 _ACQUIRING = {"/v1/console/acquire", "/v1/broker/acquire", "/v1/broker/refetch", "/v1/broker/purchase"}
+
+
+def _subject(msg: object) -> str:
+    """What a refused request was about, as the audit log names it: the card (MC-ID), or the disc."""
+    for name in ("mc_id", "mid"):
+        value = getattr(msg, name, None)
+        if value is not None:
+            return str(value)
+    return "-"
 
 
 def _count(ep: Endpoint, result: object) -> None:

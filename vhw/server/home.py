@@ -294,14 +294,7 @@ class ServerHome:
         with store.transaction() as tx:
             if not tx.execute("DELETE FROM credentials WHERE role = ? AND name = ?", role, name):
                 raise StateError(f"no {role} credential {name!r}", hint="vhw server credential ls")
-            tx.execute(
-                "INSERT INTO audit (at, actor, action, subject, detail) VALUES (?, ?, ?, ?, ?)",
-                int(time.time()),
-                "operator",
-                "revoke-credential",
-                f"{role}:{name}",
-                "{}",
-            )
+            tx.audit(int(time.time()), "operator", [("revoke-credential", f"{role}:{name}", {})])
 
     def add_credential(self, store: Store, role: str, name: str, out: Path | None = None) -> Credential:
         cert, key = pki.issue(self.ca_der(), self.ca_key(), f"vhw {role} {name}", client=True)
@@ -323,6 +316,7 @@ class ServerHome:
                 name,
                 int(time.time()),
             )
+            tx.audit(int(time.time()), "operator", [("add-credential", f"{role}:{name}", {})])
         atomic_write(out or self.credential_path(role), cred.to_json(), mode=0o600)
         return cred
 
@@ -653,13 +647,10 @@ def restore(home: ServerHome, source: Path, database: str | None = None) -> int:
                 row = tx.row("SELECT MAX(position) FROM audit")
                 reached = row[0] or 0
                 # the restore itself is part of the history (chained when the server next runs)
-                tx.execute(
-                    "INSERT INTO audit (at, actor, action, subject, detail) VALUES (?, ?, ?, ?, ?)",
+                tx.audit(
                     int(time.time()),
                     "operator:restore",
-                    "restore-database",
-                    source.name,
-                    json.dumps({"chain_position": reached}),
+                    [("restore-database", source.name, {"chain_position": reached})],
                 )
         finally:
             store.close()

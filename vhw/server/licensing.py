@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -147,18 +146,13 @@ class Licensing:
         self._audit_all(tx, actor, [(action, subject, detail)])
 
     def _audit_all(self, tx: Tx, actor: str, entries: list[tuple[str, object, dict[str, object]]]) -> None:
-        """Several audit entries, in this order, in one statement (one round trip on PostgreSQL)."""
-        now = self._now()
-        values = [
-            x
-            for action, subject, detail in entries
-            for x in (now, actor, action, str(subject), json.dumps(detail, sort_keys=True, default=str))
-        ]
-        tx.execute(
-            "INSERT INTO audit (at, actor, action, subject, detail) VALUES "
-            + ", ".join(["(?, ?, ?, ?, ?)"] * len(entries)),
-            *values,
-        )
+        """Several audit entries, in this order, in one statement."""
+        tx.audit(self._now(), actor, entries)
+
+    def record_refusal(self, actor: str, kind: str, endpoint: str, subject: str) -> None:
+        """A refusal with one of the patent's messages, in the audit log (``refuse-KIND``)."""
+        with self.store.transaction() as tx:
+            self._audit(tx, actor, f"refuse-{kind}", subject, endpoint=endpoint)
 
     # -- manufacturer and publisher -------------------------------------------------------------
 

@@ -70,15 +70,3 @@ def pool_stats(stats: dict[str, int]) -> None:
 def mark_dead(pid: int, folder: str) -> None:
     """A worker ended: its live gauges no longer count (its counters do)."""
     multiprocess.mark_process_dead(pid, folder)  # type: ignore[no-untyped-call]  # (untyped in prometheus-client)
-
-
-def refusals_by_kind() -> dict[str, int]:
-    """The refusals counted so far (every process's, with --workers), by kind: for the dashboard."""
-    found: dict[str, int] = {}
-    for metric in registry().collect():
-        if metric.name == "vhw_refusals":
-            for sample in metric.samples:
-                if sample.name == "vhw_refusals_total":
-                    kind = sample.labels.get("kind", "")
-                    found[kind] = found.get(kind, 0) + int(sample.value)
-    return found

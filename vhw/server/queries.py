@@ -260,6 +260,14 @@ class Queries:
             )
         return {int(h): int(n) for h, n in rows}
 
+    def refusals_since(self, since: int) -> dict[str, int]:
+        """The refusals the audit log holds since ``since``, by kind (``registration-refused`` ...)."""
+        with self.store.transaction() as tx:
+            rows = tx.all(
+                "SELECT action, COUNT(*) FROM audit WHERE action LIKE 'refuse-%' AND at >= ? GROUP BY action", since
+            )
+        return {str(action).removeprefix("refuse-"): int(n) for action, n in rows}
+
     def installs(self) -> tuple[int, int]:
         """(confirmed, pending) installs of flagged discs."""
         with self.store.transaction() as tx:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from decimal import Decimal, InvalidOperation
+from functools import partial
 from urllib.parse import quote, urlencode
 
 import anyio
@@ -44,6 +45,7 @@ def parse_cents(text: str) -> int | None:
 class DeskConsole(Console):
     def __init__(self, broker: Broker, key: bytes, broker_token: str):
         self.broker = broker
+        self.currency = broker.config.currency  # (every amount the desk shows is in it)
         self._token_hash = token_hash(broker_token)
         self._failures: dict[str, list[float]] = {}  # staff name -> times of failed sign-ins
         super().__init__(
@@ -123,7 +125,7 @@ class DeskConsole(Console):
             target = f"{PREFIX}/account/{quote(name, safe='')}?{urlencode({'amount': typed})}"
             return RedirectResponse(target, status_code=303, headers=HEADERS)
         try:
-            txn, _ = await anyio.to_thread.run_sync(self.broker.topup, name, cents)
+            txn, _ = await anyio.to_thread.run_sync(partial(self.broker.topup, name, cents, by=f"staff:{session.name}"))
         except PaymentDeclined as exc:
             return await self.account(request, session, error=exc.message, status=402, amount=typed)
         except StateError as exc:
@@ -139,6 +141,8 @@ class DeskConsole(Console):
     async def revenue(self, request: Request, session: Session) -> Response:
         r = await anyio.to_thread.run_sync(self.broker.revenue)
         chart = charts.bars(
-            "Charges per day (UTC), last 30 days", [(day, v[1]) for day, v in r["by_day"][-30:]], unit=charts.money
+            f"Charges per day (UTC, {self.currency}), last 30 days",
+            [(day, v[1]) for day, v in r["by_day"][-30:]],
+            unit=charts.money,
         )
         return self.render(request, "revenue.html", r=r, chart=chart)

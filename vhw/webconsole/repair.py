@@ -28,7 +28,6 @@ from ..devices import card as card_dev
 from ..errors import IdError, ServerError, VhwError
 from ..formats.card import Card
 from ..ids import Id, IdKind
-from ..server import metrics
 from ..server.licensing import Licensing
 from ..server.queries import Queries, token_hash
 from ..server.store import Row
@@ -255,7 +254,7 @@ class RepairConsole(Console):
         start = (now // 3600 - 23) * 3600
 
         def load() -> tuple[dict[int, int], tuple[int, int], dict[str, int]]:
-            return self.queries.keys_issued_per_hour(start), self.queries.installs(), metrics.refusals_by_kind()
+            return self.queries.keys_issued_per_hour(start), self.queries.installs(), self.queries.refusals_since(start)
 
         per_hour, installs, refusals = await self.db(load)
         hours = [
@@ -267,7 +266,7 @@ class RepairConsole(Console):
             "dashboard.html",
             acquisitions=charts.bars("Keys issued per hour, last 24 hours (UTC)", hours),
             refusals=charts.bars(
-                "Refusals by kind, since the server started",
+                "Refusals by kind, last 24 hours (from the audit log)",
                 [(label, refusals.get(k, 0)) for k, label in REFUSAL_KINDS],
                 max_labels=5,
             ),

@@ -52,7 +52,16 @@ _env = jinja2.Environment(
     undefined=jinja2.StrictUndefined,
 )
 _env.filters["when"] = lambda t: "" if t is None else time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t))
-_env.filters["money"] = lambda cents: f"{cents / 100:,.2f}"
+
+
+@jinja2.pass_context
+def _money(ctx: jinja2.runtime.Context, cents: int) -> str:
+    """An amount, in the currency of the console that shows it (the broker desk's), if it has one."""
+    currency = getattr(ctx.get("console"), "currency", "")
+    return f"{cents / 100:,.2f}" + (f" {currency}" if currency else "")
+
+
+_env.filters["money"] = _money
 
 
 def detail_fields(detail: str | None) -> list[tuple[str, str, bool]]:
