@@ -110,7 +110,8 @@ def phone_problems(page) -> list[str]:
                 const label = parseFloat(getComputedStyle(c, '::before').height) || 0;
                 if (r.height + 1 < label) out.push('a label taller than its cell: ' + c.dataset.label);
                 const next = cells[i + 1];
-                if (next && next.getBoundingClientRect().top + 1 < r.bottom) out.push('cells overlap: ' + c.dataset.label);
+                if (next && next.getBoundingClientRect().top + 1 < r.bottom)
+                    out.push('cells overlap: ' + c.dataset.label);
             }
         }
         return out;
