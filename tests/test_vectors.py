@@ -6,6 +6,11 @@ current version must decode to what ``devices.json`` says (and its metadata re-e
 bytes); each derivation must give the committed bytes (``kats.json``). A change must bump the
 format version and add vectors (``tools/make_vectors.py``); vectors of older versions stay, and
 must be refused in one line that says to make the device again.
+
+Our vectors pin our formats; they were made by vhw itself, so a bug present when they were made
+would be pinned too. So every primitive vhw calls is also checked against the vectors its standard
+publishes (below: RFC 5869, RFC 7914, RFC 8032, RFC 9180, NIST's GCM, RFC 3720's CRC-32C), from the
+``cryptography-vectors`` package, the compiled data path's AES-GCM included.
 """
 
 from __future__ import annotations
@@ -16,7 +21,9 @@ import random
 import shutil
 from pathlib import Path
 
+import cryptography_vectors
 import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from vhw import bindings, crypto, datapath, saves, volume
 from vhw.bindings import DeviceSecrets, TitleBinding
@@ -288,3 +295,217 @@ def test_save_sealing_kat():
 def test_card_token_kat():
     k = KATS["card_token"]
     assert bindings.open_card_token(h(k["certificate"]), h(k["token"]), h(k["owner"]), MC) == k["epoch"]
+
+
+# -- published vectors: our use of each primitive against what its standard publishes -------------
+#
+# From the `cryptography-vectors` package (pyca/cryptography's own test data, on PyPI), each file
+# named where it is read; CRC-32C's check values from RFC 3720 itself.
+
+PUBLISHED = Path(cryptography_vectors.__file__).parent
+
+
+def nist_blocks(path: Path) -> list[dict[str, str]]:
+    """The ``KEY = VALUE`` blocks of a NIST-style vector file, each from its ``COUNT`` line to the
+    next (sections' ``[KEY = VALUE]`` lines carried into each block), lower-cased keys."""
+    blocks: list[dict[str, str]] = []
+    section: dict[str, str] = {}
+    current: dict[str, str] = {}
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue  # (a block runs from its COUNT to the next)
+        if line.startswith("[") and line.endswith("]"):
+            if current:  # (the block before it belongs to the section before)
+                blocks.append({**section, **current})
+                current = {}
+            if "=" in line:
+                key, _, value = line[1:-1].partition("=")
+                section[key.strip().lower()] = value.strip()
+            continue
+        key, _, value = line.partition("=")
+        key = key.strip().lower()
+        if key == "count" and current:
+            blocks.append({**section, **current})
+            current = {}
+        current[key] = value.strip()
+    if current:
+        blocks.append({**section, **current})
+    return blocks
+
+
+def test_hkdf_rfc_5869():
+    """KDF/rfc-5869-HKDF-SHA256.txt: vhw.crypto.derive is HKDF-SHA256 as RFC 5869 defines it."""
+    cases = nist_blocks(PUBLISHED / "KDF" / "rfc-5869-HKDF-SHA256.txt")
+    assert len(cases) == 3
+    for c in cases:
+        salt = h(c["salt"]) or None  # (test case 3: no salt)
+        assert crypto.derive(h(c["ikm"]), h(c["info"]), salt=salt, length=int(c["l"])) == h(c["okm"]), c["count"]
+
+
+def test_aes_256_gcm_nist_vectors_in_python_and_in_the_compiled_core():
+    """ciphers/AES/GCM/gcmEncryptExtIV256.rsp and gcmDecrypt256.rsp (NIST CAVP), the 96-bit nonces
+    and 128-bit tags vhw uses: the AES-GCM of vhw.crypto (pyca/cryptography) and of the compiled
+    core's EVP calls (vhw.datapath, the mount and the install) each give and take the published
+    ciphertexts and tags, and refuse the cases NIST marks FAIL."""
+    from vhw.datapath import _core
+
+    sealed = [
+        c
+        for c in nist_blocks(PUBLISHED / "ciphers" / "AES" / "GCM" / "gcmEncryptExtIV256.rsp")
+        if c.get("ivlen") == "96" and c.get("taglen") == "128"
+    ]
+    assert len(sealed) > 100
+    for c in sealed:
+        key, iv, pt, aad, expected = h(c["key"]), h(c["iv"]), h(c["pt"]), h(c["aad"]), h(c["ct"]) + h(c["tag"])
+        assert AESGCM(key).encrypt(iv, pt, aad) == expected
+        assert _core.gcm_seal(key, iv, aad, pt) == expected
+        assert _core.gcm_open(key, iv, aad, expected) == pt
+    opened = [
+        c
+        for c in nist_blocks(PUBLISHED / "ciphers" / "AES" / "GCM" / "gcmDecrypt256.rsp")
+        if c.get("ivlen") == "96" and c.get("taglen") == "128"
+    ]
+    assert len(opened) > 100 and any("fail" in c for c in opened)
+    for c in opened:
+        key, iv, aad, data = h(c["key"]), h(c["iv"]), h(c["aad"]), h(c["ct"]) + h(c["tag"])
+        if "fail" in c:
+            with pytest.raises(ValueError):
+                _core.gcm_open(key, iv, aad, data)
+        else:
+            assert _core.gcm_open(key, iv, aad, data) == h(c["pt"])
+
+
+def test_ed25519_rfc_8032():
+    """asymmetric/Ed25519/sign.input (the reference implementation's vectors; its first cases are RFC
+    8032's): vhw.crypto's Ed25519 signs each message as published, and verifies it."""
+    lines = (PUBLISHED / "asymmetric" / "Ed25519" / "sign.input").read_text().splitlines()
+    assert len(lines) > 1000
+    for line in lines[::8]:  # (every 8th of 1,024: a second of work)
+        secret_public, public, message, signed, _ = line.split(":")
+        seed, message, signature = h(secret_public)[:32], h(message), h(signed)[:64]
+        key = crypto.signing_key_from(seed)
+        assert crypto.public_bytes(key) == h(public)
+        assert key.sign(message) == signature
+        crypto.verify(h(public), signature, message)
+        with pytest.raises(crypto.Invalid):
+            crypto.verify(h(public), signature, message + b"x")
+
+
+def test_scrypt_rfc_7914():
+    """KDF/scrypt.txt (RFC 7914, section 12): vhw.crypto.password_hash is scrypt with r = 8, p = 1
+    and 32 bytes out (the first 32 of a longer output: PBKDF2's first block); the case of those
+    parameters that runs in a test (N = 16384: 16 MiB) gives the published bytes. (The others have
+    r or p that vhw never uses, or N = 2^20: 1 GiB.)"""
+    [case] = [
+        c
+        for c in nist_blocks(PUBLISHED / "KDF" / "scrypt.txt")
+        if c["r"] == "8" and c["p"] == "1" and int(c["n"]) <= 16384
+    ]
+    log_n = int(case["n"]).bit_length() - 1
+    derived = crypto.password_hash(case["password"], case["salt"].encode(), log_n=log_n)
+    assert derived == h(case["derived_key"])[:32]
+
+
+def test_hpke_rfc_9180_both_directions():
+    """HPKE/test-vectors.json (RFC 9180, appendix A): the base-mode vector of the suite vhw seals
+    to devices with (DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, AES-256-GCM). Into vhw: what the
+    RFC's sender makes with its encapsulated key and key schedule (the vector's key and base nonce;
+    vhw seals with an empty associated data, which the RFC's encryptions do not use, so the first
+    message is made again without it) opens with vhw.crypto.open_sealed and the recipient's private
+    key. Out of vhw: what vhw.crypto.seal_to makes for the RFC's recipient public key opens with its
+    private key, and not with another's."""
+    import json as json_
+
+    vectors = json_.loads((PUBLISHED / "HPKE" / "test-vectors.json").read_text())
+    [v] = [x for x in vectors if x["mode"] == 0 and x["kem_id"] == 0x20 and x["kdf_id"] == 1 and x["aead_id"] == 2]
+    info, sk, pk, enc = h(v["info"]), h(v["skRm"]), h(v["pkRm"]), h(v["enc"])
+    assert crypto.device_public(sk) == pk
+    pt = h(v["encryptions"][0]["pt"])
+    ct = AESGCM(h(v["key"])).encrypt(h(v["base_nonce"]), pt, b"")  # (sequence 0: the base nonce)
+    assert crypto.open_sealed(sk, enc + ct, info) == pt
+    with pytest.raises(crypto.Invalid):
+        crypto.open_sealed(sk, enc + ct, info + b"x")
+    sealed = crypto.seal_to(pk, pt, info)
+    assert crypto.open_sealed(sk, sealed, info) == pt
+    with pytest.raises(crypto.Invalid):
+        crypto.open_sealed(crypto.device_secret(), sealed, info)
+
+
+@pytest.mark.parametrize(
+    "data, check",
+    [
+        (b"123456789", "e3069283"),  # the CRC catalogue's check value of CRC-32C (iSCSI)
+        (bytes(32), "8a9136aa"),  # RFC 3720, appendix B.4: 32 bytes of zeros
+        (b"\xff" * 32, "62a8ab43"),  # ... of ones
+        (bytes(range(32)), "46dd794e"),  # ... incrementing
+        (bytes(range(31, -1, -1)), "113fdb5c"),  # ... decrementing
+    ],
+)
+def test_crc32c_rfc_3720(data, check):
+    """The HDD's piece checksum is CRC-32C: RFC 3720's published values (big-endian here)."""
+    assert volume.piece_checksum(data) == bytes.fromhex(check)
+    assert volume.piece_checksum(data[:7], data[7:]) == bytes.fromhex(check)  # (a piece and its tags)
+
+
+# -- our own vectors of what the standards do not cover ----------------------------------------------
+
+
+def test_password_hash_kat():
+    """vhw's scrypt parameters (r = 8, p = 1, 32 bytes) for broker accounts and staff: pinned bytes."""
+    k = KATS["password_hash"]
+    assert crypto.password_hash(k["password"], h(k["salt"]), log_n=k["log_n"]).hex() == k["out"]
+
+
+def test_fingerprint_kat():
+    """What `info` shows of a device's key: pinned."""
+    k = KATS["fingerprint"]
+    assert crypto.fingerprint(h(k["public"])) == k["out"] and len(k["out"].split(":")) == 8
+
+
+def test_certificates_have_the_fields_consoles_and_servers_rely_on():
+    """The platform's certificates, field by field (their bytes hold fresh keys): the CA may sign
+    certificates and nothing else, for ten years; a TLS server's certificate names its hosts and
+    serves TLS only; a client's is a client's; the signing certificate signs statements only. All
+    name the platform and are issued by the CA's key."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    from vhw import pki
+
+    now = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
+    ca_der, ca_key = pki.make_ca("vectors CA", now=now)
+    ca = x509.load_der_x509_certificate(ca_der)
+    assert ca.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)[0].value == "vhw platform"
+    assert ca.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "vectors CA"
+    assert ca.issuer == ca.subject
+    assert (ca.not_valid_after_utc - ca.not_valid_before_utc) == datetime.timedelta(days=3650, minutes=5)
+    basic = ca.extensions.get_extension_for_class(x509.BasicConstraints)
+    assert basic.critical and basic.value.ca and basic.value.path_length == 0
+    usage = ca.extensions.get_extension_for_class(x509.KeyUsage)
+    assert usage.critical and usage.value.key_cert_sign and usage.value.crl_sign and not usage.value.digital_signature
+
+    def leaf(der: bytes) -> x509.Certificate:
+        cert = x509.load_der_x509_certificate(der)
+        assert cert.issuer == ca.subject and not cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+        cert.verify_directly_issued_by(ca)
+        return cert
+
+    server = leaf(pki.issue(ca_der, ca_key, "licensing server", hosts=["127.0.0.1", "vhw.example"], now=now)[0])
+    assert server.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value == x509.ExtendedKeyUsage(
+        [ExtendedKeyUsageOID.SERVER_AUTH]
+    )
+    names = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert [str(x) for x in names.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
+    assert names.get_values_for_type(x509.DNSName) == ["vhw.example"]
+    client = leaf(pki.issue(ca_der, ca_key, "vhw operator", client=True, now=now)[0])
+    assert client.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value == x509.ExtendedKeyUsage(
+        [ExtendedKeyUsageOID.CLIENT_AUTH]
+    )
+    signer = leaf(pki.issue_signer(ca_der, ca_key, "signing key", now=now)[0])
+    usage = signer.extensions.get_extension_for_class(x509.KeyUsage)
+    assert usage.critical and usage.value.digital_signature and not usage.value.key_cert_sign
+    with pytest.raises(x509.ExtensionNotFound):
+        signer.extensions.get_extension_for_class(x509.ExtendedKeyUsage)

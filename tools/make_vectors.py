@@ -101,6 +101,14 @@ def kats() -> dict:
         "ciphertext_sha256": hashlib.sha256(b"".join(c for c, _ in sealed_blocks)).hexdigest(),
         "tags": [t.hex() for _, t in sealed_blocks],
     }
+    out["password_hash"] = {  # (vhw's scrypt: r = 8, p = 1, 32 bytes; log_n as a broker account's)
+        "password": "correct horse battery staple",
+        "salt": b(16, 17).hex(),
+        "log_n": 14,
+        "out": crypto.password_hash("correct horse battery staple", b(16, 17), log_n=14).hex(),
+    }
+    out["fingerprint"] = {"public": crypto.device_public(DEVICES.hdd).hex()}
+    out["fingerprint"]["out"] = crypto.fingerprint(crypto.device_public(DEVICES.hdd))
     ad = bindings.user_id(MC)
     out["wrap"] = {
         "kek": MC_KEY.hex(),

@@ -28,31 +28,25 @@ static void put_be64(unsigned char *out, uint64_t v) {
     }
 }
 
-int vhw_gcm_key(EVP_CIPHER_CTX *ctx, const struct vhw_stream *s, int encrypt) {
-    return EVP_CipherInit_ex(ctx, gcm, NULL, s->key, NULL, encrypt) == 1 ? 0 : -1;
+int vhw_gcm_key(EVP_CIPHER_CTX *ctx, const unsigned char key[VHW_KEY_SIZE], int encrypt) {
+    return EVP_CipherInit_ex(ctx, gcm, NULL, key, NULL, encrypt) == 1 ? 0 : -1;
 }
 
-/* Start block ``index``: its nonce, then its associated data. */
-static int start_block(EVP_CIPHER_CTX *ctx, const struct vhw_stream *s, uint64_t index, int encrypt) {
-    unsigned char nonce[VHW_NONCE_SIZE] = {0};
-    unsigned char ad[VHW_AD_MAX + 8];
+/* Start one message: its nonce, then its associated data. */
+static int start(EVP_CIPHER_CTX *ctx, const unsigned char nonce[VHW_NONCE_SIZE], const unsigned char *ad, size_t ad_len,
+                 int encrypt) {
     int n;
 
-    if (s->ad_len > VHW_AD_MAX)
+    if (ad_len > INT32_MAX || EVP_CipherInit_ex(ctx, NULL, NULL, NULL, nonce, encrypt) != 1)
         return -1;
-    put_be64(nonce + 4, index);
-    memcpy(ad, s->ad, s->ad_len);
-    put_be64(ad + s->ad_len, index);
-    if (EVP_CipherInit_ex(ctx, NULL, NULL, NULL, nonce, encrypt) != 1)
-        return -1;
-    return EVP_CipherUpdate(ctx, NULL, &n, ad, (int)(s->ad_len + 8)) == 1 ? 0 : -1;
+    return ad_len == 0 || EVP_CipherUpdate(ctx, NULL, &n, ad, (int)ad_len) == 1 ? 0 : -1;
 }
 
-int vhw_gcm_open(EVP_CIPHER_CTX *ctx, const struct vhw_stream *s, uint64_t index, unsigned char *buf, size_t len,
-                 const unsigned char tag[VHW_TAG_SIZE]) {
+int vhw_gcm_open(EVP_CIPHER_CTX *ctx, const unsigned char nonce[VHW_NONCE_SIZE], const unsigned char *ad,
+                 size_t ad_len, unsigned char *buf, size_t len, const unsigned char tag[VHW_TAG_SIZE]) {
     int n = 0, m = 0;
 
-    if (len > INT32_MAX || start_block(ctx, s, index, 0) != 0)
+    if (len > INT32_MAX || start(ctx, nonce, ad, ad_len, 0) != 0)
         return -1;
     if (len > 0 && EVP_CipherUpdate(ctx, buf, &n, buf, (int)len) != 1)
         return -1;
@@ -61,17 +55,48 @@ int vhw_gcm_open(EVP_CIPHER_CTX *ctx, const struct vhw_stream *s, uint64_t index
     return EVP_CipherFinal_ex(ctx, buf + n, &m) == 1 ? 0 : -1;
 }
 
-int vhw_gcm_seal(EVP_CIPHER_CTX *ctx, const struct vhw_stream *s, uint64_t index, unsigned char *buf, size_t len,
-                 unsigned char tag[VHW_TAG_SIZE]) {
+int vhw_gcm_seal(EVP_CIPHER_CTX *ctx, const unsigned char nonce[VHW_NONCE_SIZE], const unsigned char *ad,
+                 size_t ad_len, unsigned char *buf, size_t len, unsigned char tag[VHW_TAG_SIZE]) {
     int n = 0, m = 0;
 
-    if (len > INT32_MAX || start_block(ctx, s, index, 1) != 0)
+    if (len > INT32_MAX || start(ctx, nonce, ad, ad_len, 1) != 0)
         return -1;
     if (len > 0 && EVP_CipherUpdate(ctx, buf, &n, buf, (int)len) != 1)
         return -1;
     if (EVP_CipherFinal_ex(ctx, buf + n, &m) != 1)
         return -1;
     return EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_GET_TAG, VHW_TAG_SIZE, tag) == 1 ? 0 : -1;
+}
+
+/* Unit ``index`` of stream ``s``: its nonce (0^32 || be64(index)) and associated data (prefix ||
+ * be64(index)), as vhw.crypto.ChunkCipher makes them. */
+static int unit(const struct vhw_stream *s, uint64_t index, unsigned char nonce[VHW_NONCE_SIZE],
+                unsigned char ad[VHW_AD_MAX + 8]) {
+    if (s->ad_len > VHW_AD_MAX)
+        return -1;
+    memset(nonce, 0, VHW_NONCE_SIZE);
+    put_be64(nonce + 4, index);
+    memcpy(ad, s->ad, s->ad_len);
+    put_be64(ad + s->ad_len, index);
+    return 0;
+}
+
+int vhw_block_open(EVP_CIPHER_CTX *ctx, const struct vhw_stream *s, uint64_t index, unsigned char *buf, size_t len,
+                   const unsigned char tag[VHW_TAG_SIZE]) {
+    unsigned char nonce[VHW_NONCE_SIZE], ad[VHW_AD_MAX + 8];
+
+    if (unit(s, index, nonce, ad) != 0)
+        return -1;
+    return vhw_gcm_open(ctx, nonce, ad, s->ad_len + 8, buf, len, tag);
+}
+
+int vhw_block_seal(EVP_CIPHER_CTX *ctx, const struct vhw_stream *s, uint64_t index, unsigned char *buf, size_t len,
+                   unsigned char tag[VHW_TAG_SIZE]) {
+    unsigned char nonce[VHW_NONCE_SIZE], ad[VHW_AD_MAX + 8];
+
+    if (unit(s, index, nonce, ad) != 0)
+        return -1;
+    return vhw_gcm_seal(ctx, nonce, ad, s->ad_len + 8, buf, len, tag);
 }
 
 /* Plaintext bytes of unit ``index`` of a stream of ``size`` bytes cut into units of ``unit``; every
@@ -102,7 +127,7 @@ int64_t vhw_reseal(const struct vhw_reseal *job, const unsigned char *in, size_t
         return VHW_RESEAL_ERROR;
     disc = EVP_CIPHER_CTX_new();
     hdd = EVP_CIPHER_CTX_new();
-    if (disc == NULL || hdd == NULL || vhw_gcm_key(disc, &job->disc, 0) != 0 || vhw_gcm_key(hdd, &job->hdd, 1) != 0)
+    if (disc == NULL || hdd == NULL || vhw_gcm_key(disc, job->disc.key, 0) != 0 || vhw_gcm_key(hdd, job->hdd.key, 1) != 0)
         goto done;
     for (uint64_t i = job->first; i < job->first + job->count; i++) {
         const uint64_t plain = unit_length(job->size, job->chunk_size, i);
@@ -112,7 +137,7 @@ int64_t vhw_reseal(const struct vhw_reseal *job, const unsigned char *in, size_t
             goto done;
         /* the chunk's plaintext lands where its blocks' ciphertext goes */
         memcpy(data + out, in + at, plain);
-        if (vhw_gcm_open(disc, &job->disc, i, data + out, plain, in + at + plain) != 0) {
+        if (vhw_block_open(disc, &job->disc, i, data + out, plain, in + at + plain) != 0) {
             result = -1 - (int64_t)i;
             goto done;
         }
@@ -125,7 +150,7 @@ int64_t vhw_reseal(const struct vhw_reseal *job, const unsigned char *in, size_t
                 break; /* (an empty file's one chunk is one empty block) */
             if (tag_at + VHW_TAG_SIZE > tags_len)
                 goto done;
-            if (vhw_gcm_seal(hdd, &job->hdd, b, data + out + start, n, tags + tag_at) != 0)
+            if (vhw_block_seal(hdd, &job->hdd, b, data + out + start, n, tags + tag_at) != 0)
                 goto done;
         }
         at += plain + VHW_TAG_SIZE;

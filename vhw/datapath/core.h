@@ -39,17 +39,23 @@ struct vhw_stream {
 int vhw_gcm_init(void);
 void vhw_gcm_cleanup(void);
 
-/* Key ``ctx`` with ``s->key`` for decryption (encrypt = 0) or encryption (encrypt = 1). */
-int vhw_gcm_key(EVP_CIPHER_CTX *ctx, const struct vhw_stream *s, int encrypt);
+/* Key ``ctx`` with ``key`` for decryption (encrypt = 0) or encryption (encrypt = 1). */
+int vhw_gcm_key(EVP_CIPHER_CTX *ctx, const unsigned char key[VHW_KEY_SIZE], int encrypt);
 
-/* Open block ``index`` of ``len`` bytes in place; 0 when its tag verifies, -1 when it does not (the
- * buffer then holds no plaintext a caller may use). ``ctx`` is keyed for ``s``, to decrypt. */
-int vhw_gcm_open(EVP_CIPHER_CTX *ctx, const struct vhw_stream *s, uint64_t index, unsigned char *buf, size_t len,
-                 const unsigned char tag[VHW_TAG_SIZE]);
+/* One AES-256-GCM message in place, with this nonce and associated data (``ctx`` keyed): open
+ * returns 0 when the tag verifies, -1 when it does not (the buffer then holds no plaintext a caller
+ * may use); seal writes the tag. The published NIST vectors pin these (tests/test_vectors.py). */
+int vhw_gcm_open(EVP_CIPHER_CTX *ctx, const unsigned char nonce[VHW_NONCE_SIZE], const unsigned char *ad,
+                 size_t ad_len, unsigned char *buf, size_t len, const unsigned char tag[VHW_TAG_SIZE]);
+int vhw_gcm_seal(EVP_CIPHER_CTX *ctx, const unsigned char nonce[VHW_NONCE_SIZE], const unsigned char *ad,
+                 size_t ad_len, unsigned char *buf, size_t len, unsigned char tag[VHW_TAG_SIZE]);
 
-/* Seal block ``index`` of ``len`` bytes in place and write its tag; 0 on success. */
-int vhw_gcm_seal(EVP_CIPHER_CTX *ctx, const struct vhw_stream *s, uint64_t index, unsigned char *buf, size_t len,
-                 unsigned char tag[VHW_TAG_SIZE]);
+/* Block (or chunk) ``index`` of stream ``s``, in place: vhw_gcm_open / _seal with the unit's nonce
+ * and associated data. ``ctx`` is keyed for ``s``. */
+int vhw_block_open(EVP_CIPHER_CTX *ctx, const struct vhw_stream *s, uint64_t index, unsigned char *buf, size_t len,
+                   const unsigned char tag[VHW_TAG_SIZE]);
+int vhw_block_seal(EVP_CIPHER_CTX *ctx, const struct vhw_stream *s, uint64_t index, unsigned char *buf, size_t len,
+                   unsigned char tag[VHW_TAG_SIZE]);
 
 /* The install's inner loop: open ``count`` chunks of a disc stream (sealed chunks of ``chunk_size``
  * bytes of plaintext, each followed by its tag, as the disc holds them: ``in`` from chunk ``first``

@@ -1,6 +1,7 @@
 /* vhw.datapath._core: the compiled data path's Python face (its types: _core.pyi).
  *
  *   reseal(...)    re-seal a piece of a disc's chunks as HDD blocks, without the GIL
+ *   gcm_seal/open  one AES-256-GCM message as the core makes them (the published vectors pin them)
  *   Mount(...)     the decrypting FUSE file system of a console's titles: start, wait, revoke,
  *                  invalidate, stop
  *   sanitized()    whether this build carries AddressSanitizer (the suite's sanitizer run)
@@ -64,6 +65,58 @@ done:
     if (got == VHW_RESEAL_ERROR)
         return NULL;
     return PyLong_FromLongLong(got);
+}
+
+/* -- one GCM message, as the core makes them (the published vectors pin it) ---------------------- */
+
+static PyObject *gcm_call(PyObject *args, PyObject *kwargs, int encrypt) {
+    static char *names[] = {"key", "nonce", "ad", "data", NULL};
+    Py_buffer key, nonce, ad, data;
+    PyObject *out = NULL;
+    EVP_CIPHER_CTX *ctx = NULL;
+    size_t len;
+    int rc = -1;
+
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "y*y*y*y*", names, &key, &nonce, &ad, &data))
+        return NULL;
+    if (key.len != VHW_KEY_SIZE || nonce.len != VHW_NONCE_SIZE || (!encrypt && data.len < VHW_TAG_SIZE) ||
+        vhw_gcm_init() != 0) {
+        PyErr_SetString(PyExc_ValueError, "gcm: a 32-byte key, a 12-byte nonce (and a tag to open)");
+        goto done;
+    }
+    len = (size_t)data.len - (encrypt ? 0 : VHW_TAG_SIZE);
+    out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(len + (encrypt ? VHW_TAG_SIZE : 0)));
+    ctx = EVP_CIPHER_CTX_new();
+    if (out == NULL || ctx == NULL)
+        goto done;
+    memcpy(PyBytes_AS_STRING(out), data.buf, len);
+    if (vhw_gcm_key(ctx, key.buf, encrypt) == 0) {
+        unsigned char *buf = (unsigned char *)PyBytes_AS_STRING(out);
+        rc = encrypt ? vhw_gcm_seal(ctx, nonce.buf, ad.buf, (size_t)ad.len, buf, len, buf + len)
+                     : vhw_gcm_open(ctx, nonce.buf, ad.buf, (size_t)ad.len, buf, len,
+                                    (const unsigned char *)data.buf + len);
+    }
+    if (rc != 0) {
+        Py_CLEAR(out);
+        PyErr_SetString(PyExc_ValueError, encrypt ? "gcm: sealing failed" : "gcm: the tag does not verify");
+    }
+done:
+    EVP_CIPHER_CTX_free(ctx);
+    PyBuffer_Release(&key);
+    PyBuffer_Release(&nonce);
+    PyBuffer_Release(&ad);
+    PyBuffer_Release(&data);
+    return out;
+}
+
+static PyObject *py_gcm_seal(PyObject *module, PyObject *args, PyObject *kwargs) {
+    (void)module;
+    return gcm_call(args, kwargs, 1);
+}
+
+static PyObject *py_gcm_open(PyObject *module, PyObject *args, PyObject *kwargs) {
+    (void)module;
+    return gcm_call(args, kwargs, 0);
 }
 
 /* -- Mount ---------------------------------------------------------------------------------------- */
@@ -334,6 +387,10 @@ static PyMethodDef functions[] = {
     {"reseal", (PyCFunction)(void (*)(void))py_reseal, METH_VARARGS | METH_KEYWORDS,
      "reseal(...): a piece of a disc's chunks as HDD blocks; the bytes written, or -1 - i: chunk i did not verify"},
     {"sanitized", py_sanitized, METH_NOARGS, "whether this build carries AddressSanitizer"},
+    {"gcm_seal", (PyCFunction)(void (*)(void))py_gcm_seal, METH_VARARGS | METH_KEYWORDS,
+     "gcm_seal(key, nonce, ad, data): ciphertext then tag, as the core seals (for the published vectors)"},
+    {"gcm_open", (PyCFunction)(void (*)(void))py_gcm_open, METH_VARARGS | METH_KEYWORDS,
+     "gcm_open(key, nonce, ad, data): the plaintext of ciphertext then tag, or ValueError"},
     {NULL, NULL, 0, NULL},
 };
 

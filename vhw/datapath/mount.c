@@ -388,7 +388,7 @@ static int decrypt(struct vhw_mount *m, struct worker *w, struct file *f, uint64
     if (len > w->buf_size)
         return EIO;
     if (w->keyed != f) {
-        if (vhw_gcm_key(w->ctx, &f->stream, 0) != 0)
+        if (vhw_gcm_key(w->ctx, f->stream.key, 0) != 0)
             return EIO;
         w->keyed = f;
     }
@@ -399,7 +399,7 @@ static int decrypt(struct vhw_mount *m, struct worker *w, struct file *f, uint64
         const unsigned char *tag = tag_of(m, f, b);
         if (tag == NULL)
             return EIO;
-        if (vhw_gcm_open(w->ctx, &f->stream, b, w->buf + ((b - first) << f->shift), block_length(f, b), tag) != 0) {
+        if (vhw_block_open(w->ctx, &f->stream, b, w->buf + ((b - first) << f->shift), block_length(f, b), tag) != 0) {
             fprintf(stderr, "ERROR vhw.datapath: title %s: block %llu failed authentication (damaged HDD);"
                             " read refused\n", f->label, (unsigned long long)b);
             return EIO;
