@@ -25,7 +25,6 @@ from pathlib import Path
 from vhw import bindings, crypto, saves
 from vhw import protocol as p
 from vhw.bindings import DeviceSecrets, TitleBinding
-from vhw.cardstate import CardState
 from vhw.console import decisions
 from vhw.devices.card import read_state as read_card_state
 from vhw.devices.hdd import read_volume
@@ -36,7 +35,8 @@ from vhw.formats import hdd as hdd_fmt
 from vhw.formats import rom as rom_fmt
 from vhw.formats.common import parse, seal_envelope
 from vhw.ids import Id, IdKind
-from vhw.volume import Volume
+from vhw.stores.card import CardState
+from vhw.stores.hdd import Volume
 
 ALLOWED = (VhwError, p.ProtocolError)
 KEY = bytes(range(32))
@@ -173,7 +173,7 @@ def disc_mid_area(data: bytes) -> None:
 
 def hdd_raw(data: bytes) -> None:
     opened = read_volume(_reader(data), "fuzz", len(data))
-    _use_volume(opened.volume, data)
+    _use_volume(opened.state, data)
 
 
 def hdd_catalog(data: bytes) -> bytes:

@@ -21,6 +21,7 @@ from vhw.client import tls_context
 from vhw.console import decisions
 from vhw.devices import card as card_dev
 from vhw.devices.hdd import HddImage
+from vhw.formats import ditto as ditto_fmt
 from vhw.formats import hdd as hdd_fmt
 from vhw.formats.card import Card
 from vhw.ids import Id, IdKind
@@ -130,7 +131,7 @@ def test_copy_the_hdd_image_onto_an_hdd_with_another_hdd_id(cli, srv, world, tmp
     copy = tmp_path / "copy.hdd"
     copy.write_bytes(alice["hdd"].read_bytes())
     with open(copy, "r+b") as f:
-        for slot in (*hdd_fmt.SLOT_OFFSETS, *(o + hdd_fmt.DITTO for o in hdd_fmt.SLOT_OFFSETS)):
+        for slot in (*ditto_fmt.SLOT_OFFSETS, *(o + ditto_fmt.DITTO for o in ditto_fmt.SLOT_OFFSETS)):
             f.seek(slot)
             sb = hdd_fmt.decode_superblock(f.read(4096), path=copy)
             f.seek(slot)

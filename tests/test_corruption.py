@@ -24,6 +24,7 @@ from vhw.devices.disc import DiscImage
 from vhw.devices.hdd import HddImage
 from vhw.errors import ImageError, VhwError
 from vhw.formats import card as card_fmt
+from vhw.formats import ditto as ditto_fmt
 from vhw.formats import hdd as hdd_fmt
 from vhw.formats import rom as rom_fmt
 from vhw.formats.common import Extent
@@ -144,7 +145,7 @@ def test_card_truncations_and_flips(samples, tmp_path):
     sb = state.sb
     meta = [
         Extent(sb.slot, 4096),
-        Extent(sb.slot + card_fmt.DITTO, 4096),
+        Extent(sb.slot + ditto_fmt.DITTO, 4096),
         Extent(sb.catalog_offset, sb.catalog_length),
         Extent(sb.catalog_offset + card_fmt.CATALOG_DITTO, sb.catalog_length),
     ]
@@ -260,7 +261,7 @@ def test_hdd_truncations_and_flips(samples, tmp_path):
     with HddImage.open(path) as img:
         vol = img.volume
         used = [e for e in vol.used() if e.length]
-        meta = [Extent(0, hdd_fmt.DATA_START), *vol.sb.catalog_extents]
+        meta = [Extent(0, hdd_fmt.DATA_START), *vol.sb.catalog_copies]
         free = vol.free()
     rnd = random.Random(11)
     fd = os.open(path, os.O_RDWR)
@@ -370,7 +371,7 @@ def test_a_rollback_is_never_silent(samples, tmp_path, cli):
     hdd.write_bytes(samples["hdd"].read_bytes())
     with HddImage.open(hdd) as img:
         sb = img.volume.sb
-    flip(hdd, [e.offset + 20 for e in sb.catalog_extents])
+    flip(hdd, [e.offset + 20 for e in sb.catalog_copies])
     with HddImage.open(hdd, damaged=True) as img:
         assert img.volume.sb.generation < sb.generation
         assert any("rolled back" in d and "install it again from its disc" in d for d in img.damage), img.damage
@@ -378,7 +379,7 @@ def test_a_rollback_is_never_silent(samples, tmp_path, cli):
     assert r.code == 3 and "problem: rolled back" in r.out, r
     # both copies of the current superblock slot: a lost slot is damage too, never a quiet fallback
     hdd.write_bytes(samples["hdd"].read_bytes())
-    flip(hdd, [sb.slot + 30, sb.slot + hdd_fmt.DITTO + 30])
+    flip(hdd, [sb.slot + 30, sb.slot + ditto_fmt.DITTO + 30])
     r = cli("hdd", "fsck", hdd)
     assert r.code == 3 and "both copies of superblock slot" in r.out and "may be lost" in r.out, r
     # the card: both copies of the current catalog damaged
@@ -443,7 +444,7 @@ def rolled_back(path: Path, kind: str) -> None:
     """Damage both copies of the current catalog: the device falls back one generation."""
     if kind == "hdd":
         with HddImage.open(path) as img:
-            flip(path, [e.offset + 20 for e in img.volume.sb.catalog_extents])
+            flip(path, [e.offset + 20 for e in img.volume.sb.catalog_copies])
     else:
         with CardImage.open(path) as img:
             sb = img.state.sb

@@ -3,10 +3,10 @@
 The layers, from the bottom (a module may import its own layer's siblings in its own package, and
 anything below):
 
-    0  errors, ids, roles, plans, generations               words and plans
+    0  errors, ids, roles, plans                            words and plans
     1  crypto, pki, protocol                                pure: primitives and messages
     2  formats                                              pure: bytes in, objects out
-    3  bindings, saves, cardstate, volume, samples          pure: what keys and plans mean
+    3  bindings, saves, stores, samples                     pure: what keys and plans mean
     4  devices, datapath                                    device files: file handles, locks, writes;
                                                             the compiled data path
     5  httpapi, client, console.decisions, console.sandbox,       I/O shells and pure decisions of each side
@@ -33,10 +33,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent / "vhw"
 
 LAYERS = {
-    0: ["vhw", "vhw.errors", "vhw.ids", "vhw.roles", "vhw.plans", "vhw.generations"],
+    0: ["vhw", "vhw.errors", "vhw.ids", "vhw.roles", "vhw.plans"],
     1: ["vhw.crypto", "vhw.pki", "vhw.protocol"],
     2: ["vhw.formats"],
-    3: ["vhw.bindings", "vhw.saves", "vhw.cardstate", "vhw.volume", "vhw.samples"],
+    3: ["vhw.bindings", "vhw.saves", "vhw.stores", "vhw.samples"],
     4: ["vhw.devices", "vhw.datapath"],
     5: [
         "vhw.httpapi",

@@ -14,13 +14,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from vhw import bindings, crypto, saves
-from vhw.cardstate import CardFull
 from vhw.devices.card import CardImage
 from vhw.devices.files import apply_op
 from vhw.formats import card as card_fmt
 from vhw.formats.common import seal_envelope
 from vhw.ids import Id, IdKind
 from vhw.plans import Sync, Write
+from vhw.stores.card import CardFull
 
 from .conftest import file_sha256
 

@@ -25,7 +25,7 @@ import cryptography_vectors
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from vhw import bindings, crypto, datapath, saves, volume
+from vhw import bindings, crypto, datapath, saves
 from vhw.bindings import DeviceSecrets, TitleBinding
 from vhw.console.install import read_title
 from vhw.devices.card import CardImage
@@ -34,10 +34,12 @@ from vhw.devices.hdd import HddImage
 from vhw.errors import ImageError
 from vhw.formats import card as card_fmt
 from vhw.formats import disc as disc_fmt
+from vhw.formats import ditto as ditto_fmt
 from vhw.formats import hdd as hdd_fmt
 from vhw.formats import rom as rom_fmt
 from vhw.formats.card import Save
 from vhw.ids import Id, IdKind
+from vhw.stores import hdd as volume
 
 VECTORS = Path(__file__).parent / "vectors"
 DEVICES = json.loads((VECTORS / "devices.json").read_text())
@@ -104,7 +106,7 @@ def test_card_vector(tmp_path):
     assert str(bindings.unwrap_id(card.mc_key, card.user_id, IdKind.USER, bindings.user_id(card.mc_id))) == v["user_id"]
     assert got == v["saves"]
     sb = state.sb
-    for at in (sb.slot, sb.slot + card_fmt.DITTO):
+    for at in (sb.slot, sb.slot + ditto_fmt.DITTO):
         assert data[at : at + 4096] == card_fmt.encode_superblock(sb)
     catalog = card_fmt.encode_catalog(state.catalog)
     for at in (sb.catalog_offset, sb.catalog_offset + card_fmt.CATALOG_DITTO):
@@ -150,9 +152,9 @@ def test_hdd_vector(tmp_path):
     )
     block = hdd_fmt.encode_superblock(vol.sb)
     assert data[vol.sb.slot : vol.sb.slot + 4096] == block
-    assert data[vol.sb.slot + hdd_fmt.DITTO : vol.sb.slot + hdd_fmt.DITTO + 4096] == block
+    assert data[vol.sb.slot + ditto_fmt.DITTO : vol.sb.slot + ditto_fmt.DITTO + 4096] == block
     catalog = hdd_fmt.encode_catalog(vol.catalog)
-    for e in vol.sb.catalog_extents:
+    for e in vol.sb.catalog_copies:
         assert data[e.offset : e.end] == catalog
 
 

@@ -68,7 +68,7 @@ NONCE_SIZE = 12  # GCM's native nonce length
 TAG_SIZE = 16  # full GCM tag
 STREAM_ID_SIZE = 16  # random per stream: collisions need ~2**64 streams
 
-#: 64 KiB. Measured on this kind of machine (../shared/PERFORMANCE-NOTES.md): AES-GCM in
+#: 64 KiB. Measured on this kind of machine (the README's Performance section): AES-GCM in
 #: `cryptography` runs at ~12 GB/s on 64 KiB chunks but ~2.5 GB/s on 4 KiB ones, and a pyfuse3
 #: mount reached 2.0 GB/s sequential (vs 1.2 GB/s) and 11.4k (vs 8.1k) cold random 4 KiB reads/s
 #: with 64 KiB chunks. Smaller chunks would only help warm random 4 KiB reads, which the kernel's
@@ -249,8 +249,8 @@ class ChunkCipher:
 
 #: 4 KiB: what the kernel asks for on a random read. A random 4 KiB read of a 64 KiB chunk read and
 #: authenticated 16 times what it needed: a probe in C on this kind of machine served random misses
-#: at half the rate with 64 KiB blocks (../shared/PERFORMANCE-NOTES.md, and README's block-size
-#: table). An HDD may be formatted with 16 or 64 KiB blocks (`vhw hdd format --block-size`).
+#: at half the rate with 64 KiB blocks (the README's block-size table, from `make bench`). An HDD
+#: may be formatted with 16 or 64 KiB blocks (`vhw hdd format --block-size`).
 HDD_BLOCK_SIZE = 4096
 HDD_BLOCK_SIZES = (4096, 16384, 65536)
 

@@ -4,32 +4,40 @@ This module imports nothing from the package, so every layer can raise these err
 can turn any of them into one clear line and an exit code (pip's ``exceptions.py``, s3ql's
 ``QuietError``). Anything else that reaches the CLI is a bug.
 
-    VhwError                       exit 1  base class, never raised itself
-    ├── ImageError                 exit 3  a device file is missing, foreign, truncated or tampered
-    │   └── IntegrityError         exit 3  authenticated data failed its check (tag, signature, hash)
+    VhwError                       exit 1  base class: refuses to be raised itself
+    ├── PathError                          an error about one file (never raised itself):
+    │   ├── ImageError             exit 3  a device file is missing, foreign, truncated or tampered
+    │   │   └── IntegrityError     exit 3  authenticated data failed its check (tag, signature, hash)
+    │   │       └── saves.SaveInvalid exit 3  a save on a card does not verify
+    │   └── FileError              exit 16 a file that is not a device (configuration, key,
+    │                                      credential, backup, database, title source) is missing
+    │                                      or not what vhw wrote
+    ├── crypto.Invalid             exit 3  sealed data did not open (says no more: no file to name)
     ├── IdError                    exit 4  an ID is mistyped (check character) or of the wrong kind
     ├── NetworkError               exit 5  a server or database cannot be reached, or TLS refused it
     ├── ServerError                exit 6  the server refused a request (bad credential, bad input)
-    │   └── RequestRefused                 the service's own refusals, by meaning (their HTTP
-    │       ├── NotFound                   statuses are mapped in one place, vhw.httpapi):
-    │       ├── AlreadyExists              an ID unknown, known otherwise, a role's limit, a
-    │       ├── Forbidden                  request that cannot be carried out, too many failed
-    │       ├── Unprocessable              User IDs for one card
-    │       └── TooManyAttempts
+    │   └── RequestRefused         exit 6  the service's own refusals, by meaning (their HTTP
+    │       ├── NotFound           exit 6  statuses are mapped in one place, vhw.httpapi):
+    │       ├── AlreadyExists      exit 6  an ID unknown, known otherwise, a role's limit, a
+    │       ├── Forbidden          exit 6  request that cannot be carried out, too many failed
+    │       ├── Unprocessable      exit 6  User IDs for one card
+    │       └── TooManyAttempts    exit 6
     ├── InUseError                 exit 7  another process holds the device's lock, or the port
     ├── NoSpaceError               exit 8  the HDD has no room for the title, or the host's disk is full
+    │   └── stores.card.CardFull   exit 8  the memory card has no room for the save
     ├── StateError                 exit 9  the console is not in a state to do this (no disc, ...)
-    ├── Refusal                            one of the patent's five messages, each its own code:
+    ├── Refusal                            one of the patent's five messages (never raised itself),
     │   ├── RegistrationRefused    exit 10 USER REGISTRATION CANNOT BE COMPLETED WITH THIS MEMORY CARD
     │   ├── UserIdInvalid          exit 11 USER ID INVALID. PLEASE COMPLETE USER REGISTRATION.
     │   ├── MediaRefused           exit 12 CONTENT CANNOT BE COPIED FROM THIS MEDIA
     │   ├── CopyNotPermitted       exit 13 COPY IS NOT PERMITTED
     │   └── ReproductionNotPermitted exit 14 CONTENT REPRODUCTION IS NOT PERMITTED
     ├── PaymentDeclined            exit 15 the broker could not charge for a key
-    ├── FileError                  exit 16 a file that is not a device (configuration, key,
-    │                                      credential, backup, database, title source) is missing
-    │                                      or not what vhw wrote
-    └── InputError                 exit 17 a name or value given is not allowed (a save's name)
+    ├── InputError                 exit 17 a name or value given is not allowed (a save's name)
+    └── TitleEnded                 exit 18 the title played ended with a status of its own
+
+A class named with a module (``crypto.Invalid``) lives in that module; the others here.
+tests/test_errors.py checks that this tree is the package's: every subclass, with its exit code.
 
 Refusals carry exactly the patent's text and nothing else: like Fernet's single ``InvalidToken``,
 they never tell the caller which check failed. Other errors name the file or value at fault and,
@@ -40,11 +48,17 @@ from __future__ import annotations
 
 
 class VhwError(Exception):
-    """Base of every error meant for a person: a message, an optional hint, an exit code."""
+    """Base of every error meant for a person: a message, an optional hint, an exit code.
+
+    Only its subclasses are raised (as h11's ``ProtocolError``): each says what kind of thing went
+    wrong and so which exit code ends the command. The classes marked "never raised itself" in the
+    tree above refuse it too."""
 
     exit_code = 1
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
+        if type(self) in _ABSTRACT:
+            raise TypeError(f"{type(self).__name__} is never raised itself: raise one of its subclasses")
         super().__init__(message)
         self.message = message
         self.hint = hint
@@ -190,6 +204,9 @@ class TitleEnded(VhwError):
 
     exit_code = 18
 
+
+#: Bases that say too little to be raised: each refuses to be instantiated itself.
+_ABSTRACT: frozenset[type[VhwError]] = frozenset({VhwError, PathError, Refusal})
 
 REFUSALS: dict[str, type[Refusal]] = {
     cls.code: cls

@@ -1,7 +1,7 @@
 """Plans: every change to a crash-safe device file as an ordered list of writes and barriers.
 
-A plan is computed from a device's current state alone, without I/O (:mod:`vhw.volume` for the
-HDD, :mod:`vhw.cardstate` for the memory card). A tiny executor in :mod:`vhw.devices` applies it
+A plan is computed from a device's current state alone, without I/O (:mod:`vhw.stores.hdd` for the
+HDD, :mod:`vhw.stores.card` for the memory card). A tiny executor in :mod:`vhw.devices` applies it
 (``pwrite`` for a :class:`Write`, ``fsync`` for a :class:`Sync`); crash tests apply every prefix of
 a plan instead, tear its last write, and check that the file still opens as the old state or the
 new one.

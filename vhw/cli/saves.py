@@ -29,7 +29,7 @@ def open_card(path: Path, *, write: bool = False) -> CardImage:
 
     try:
         with open(path, "rb") as f:
-            is_hdd = f.read(len(hdd_fmt.SUPER_MAGIC)) == hdd_fmt.SUPER_MAGIC
+            is_hdd = f.read(len(hdd_fmt.MAGIC)) == hdd_fmt.MAGIC
     except OSError:
         is_hdd = False
     return CardMemory(path, in_hdd=is_hdd).open(write=write)

@@ -1,6 +1,6 @@
 """The copy itself (S24–S26): decrypt a disc's chunks and re-encrypt them onto the HDD, as a plan.
 
-:func:`install_plan` is a generator of HDD operations (:mod:`vhw.volume`) that returns the final
+:func:`install_plan` is a generator of HDD operations (:mod:`vhw.stores.hdd`) that returns the final
 volume. It reads the disc but never touches the HDD image: the caller's executor applies what it
 yields, so the same plan runs for real, or is collected by tests that replay every prefix of it.
 
@@ -39,7 +39,7 @@ from ..formats.disc import DiscFile
 from ..formats.hdd import HddFile, Title, TitleState
 from ..ids import Id
 from ..plans import SYNC, Op, Write
-from ..volume import PIECE_SIZE, FileSpec, Volume, piece_blocks, piece_checksum, piece_count, piece_digest
+from ..stores.hdd import PIECE_SIZE, FileSpec, Volume, piece_blocks, piece_checksum, piece_count, piece_digest
 
 CHECKPOINT = 64 * 1024 * 1024  # bytes between progress commits: at most this is redone
 # the first progress commit comes early, and the gaps double up to CHECKPOINT: an install killed in

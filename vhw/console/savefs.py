@@ -5,7 +5,7 @@
 running title, named by the save's name. A title reads and writes them as plain files:
 
 * A file is buffered while it is open and lands on the card as one save when it is closed, or
-  when the title calls ``fsync``: a crash-safe card commit (:mod:`vhw.cardstate`), so the card
+  when the title calls ``fsync``: a crash-safe card commit (:mod:`vhw.stores.card`), so the card
   holds either the old save or the new one, never a torn one.
 * ``close`` (or ``fsync``) fails with ENOSPC when the save does not fit on the card, and the user
   is told in a line after the title ends.
@@ -31,11 +31,11 @@ from typing import Any
 
 import pyfuse3
 
-from ..cardstate import CardFull
 from ..devices.card import CardImage
 from ..errors import VhwError
 from ..formats.card import META_SIZE, valid_save_name
 from ..saves import SaveInvalid
+from ..stores.card import CardFull
 from .fuseloop import errno_guard, serve_operations
 
 log = logging.getLogger(__name__)

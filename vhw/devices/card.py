@@ -1,6 +1,6 @@
 """Memory card images: format, open (choosing the current superblock), apply plans, read saves.
 
-The logic is in :mod:`vhw.cardstate`; this module owns the file descriptor, the lock and the
+The logic is in :mod:`vhw.stores.card`; this module owns the file descriptor, the lock and the
 executor. A card image is a sparse file of its own, or a region of an HDD image (an HDD's internal
 memory, :meth:`CardImage.open_region`): the same bytes either way, at another base offset.
 
@@ -16,100 +16,41 @@ use for the licensing items.
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import bindings, crypto, saves
-from ..cardstate import CardState, format_plan
 from ..errors import ImageError, StateError
 from ..formats import card as fmt
-from ..formats.common import BLOCK_SIZE, version_error
-from ..generations import choose, rolled_back
+from ..formats.common import BLOCK_SIZE
 from ..plans import Op, shifted
-from .files import (
-    apply_ops,
-    check_regular,
-    describe_os_error,
-    fsync_dir,
-    locked,
-    refuse_existing,
-    write_error,
-)
+from ..stores.card import LAYOUT, CardState, format_plan
+from ..stores.ditto import Opened, commit_twice, read_current, rolled_back
+from .files import OpenDevice, apply_ops, check_regular, create_image, describe_os_error, locked
 
 
-@dataclass
-class Opened:
-    """What opening found: the state, notes (a torn superblock slot: what an interrupted commit
-    leaves) and damage (a valid superblock whose catalog does not check: never a crash's doing)."""
-
-    state: CardState
-    notes: list[str] = field(default_factory=list)
-    damage: list[str] = field(default_factory=list)
+def read_state(read: Callable[[int, int], bytes], path: object, size: int) -> Opened[CardState]:
+    """The current generation of a card image of ``size`` bytes (:func:`vhw.stores.ditto.read_current`).
+    ``read(length, offset)`` reads the image."""
+    return read_current(LAYOUT, read, path, size)
 
 
-def _catalog_at(read: Callable[[int, int], bytes], sb: fmt.Superblock, offset: int, path: object) -> fmt.Catalog:
-    return fmt.decode_catalog(read(sb.catalog_length, offset), sb, path=path)
-
-
-def read_state(read: Callable[[int, int], bytes], path: object, size: int) -> Opened:
-    """Pick the current generation of a card image of ``size`` bytes (:func:`vhw.generations.choose`):
-    the highest valid superblock copy whose catalog (either copy) checks. ``read(length, offset)``
-    reads the image."""
-    if size == 0:
-        raise ImageError(path, f"empty file, not a {fmt.WHAT}")
-    head = read(4 * BLOCK_SIZE, 0)
-    offsets = [(o, o + fmt.DITTO) for o in fmt.SLOT_OFFSETS]
-    if not any(head[o : o + 8] == fmt.MAGIC for pair in offsets for o in pair):
-        if len(head) < len(fmt.MAGIC) and fmt.MAGIC.startswith(head):
-            raise ImageError(path, f"truncated {fmt.WHAT} ({size} bytes)")
-        raise ImageError(path, f"not a {fmt.WHAT} (unknown format)")
-    old = int.from_bytes(head[8:10], "big")  # where every card format kept its version
-    if old < fmt.VERSION and head[:8] == fmt.MAGIC:
-        raise version_error(path, fmt.WHAT, old, fmt.VERSION)
-
-    def decoded(offset: int) -> fmt.Superblock | ImageError:
-        try:
-            return fmt.decode_superblock(head[offset : offset + BLOCK_SIZE], path=path)
-        except ImageError as exc:
-            return exc
-
-    def catalogs(sb: fmt.Superblock) -> list[Callable[[], fmt.Catalog]]:
-        if size < sb.size:
-            raise ImageError(path, f"truncated {fmt.WHAT} ({size} of {sb.size} bytes)")
-        if size > sb.size:
-            raise ImageError(path, f"{fmt.WHAT} has {size - sb.size} unexpected trailing bytes")
-        return [
-            functools.partial(_catalog_at, read, sb, o, path)
-            for o in (sb.catalog_offset, sb.catalog_offset + fmt.CATALOG_DITTO)
-        ]
-
-    chosen = choose(
-        [[decoded(o) for o in pair] for pair in offsets],
-        catalogs,
-        lost_hint="a save or licensing item written since may be missing; a title's key"
-        " deleted since may show again: install the title from its disc again if needed",
-    )
-    if any(c.mc_id != chosen.sb.mc_id or c.mc_key != chosen.sb.mc_key for c in chosen.candidates):
-        raise ImageError(path, f"corrupt {fmt.WHAT} (its superblocks name different cards)")
-    return Opened(CardState(chosen.sb, chosen.catalog), chosen.notes, chosen.damage)
-
-
-class CardImage:
+class CardImage(OpenDevice):
     """An open card image. Open with :meth:`open` or :meth:`open_region`; use as a context manager."""
 
-    def __init__(self, path: Path, fd: int, base: int, opened: Opened, stack: ExitStack, shown: object = None):
+    what = fmt.WHAT
+
+    def __init__(
+        self, path: Path, fd: int, base: int, opened: Opened[CardState], stack: ExitStack, shown: object = None
+    ):
+        super().__init__(path if shown is None else shown, fd, stack)
         self.path = path
-        self.shown = path if shown is None else shown  # how messages name it
-        self._fd = fd
         self._base = base
         self.state = opened.state
         self.notes = opened.notes
         self.damage = opened.damage
-        self._stack = stack
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -124,23 +65,8 @@ class CardImage:
     @classmethod
     def create(cls, path: Path, card: fmt.Card, *, capacity: int = fmt.DEFAULT_CAPACITY) -> None:
         """Make a new card image file (sparse), never over an existing file."""
-        path = Path(path)
-        refuse_existing(path, fmt.WHAT)
         ops = cls.format_ops(card, capacity)
-        size = fmt.image_size(-(-capacity // BLOCK_SIZE) * BLOCK_SIZE)
-        tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
-        try:
-            fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)  # it holds the MC-Key
-            try:
-                os.ftruncate(fd, size)
-                apply_ops(fd, ops)
-            finally:
-                os.close(fd)
-            os.replace(tmp, path)
-        except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            raise write_error(path, fmt.WHAT, exc) from None
-        fsync_dir(path.parent)
+        create_image(path, fmt.image_size(-(-capacity // BLOCK_SIZE) * BLOCK_SIZE), ops, fmt.WHAT)
 
     @classmethod
     def open(cls, path: Path, *, write: bool = False, wait: bool = True, damaged: bool = False) -> CardImage:
@@ -207,16 +133,6 @@ class CardImage:
             raise
         return cls(path, fd, base, opened, stack, shown)
 
-    def close(self) -> None:
-        self._stack.close()
-        self._fd = -1
-
-    def __enter__(self) -> CardImage:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     # -- reading ------------------------------------------------------------------------------
 
     @property
@@ -249,9 +165,7 @@ class CardImage:
         done = [
             f"accepted generation {self.state.sb.generation}" + (" (what was newer is lost)" if self.damage else "")
         ]
-        ops, state = self.state.commit(self.state.catalog)
-        more, state = state.commit(state.catalog)  # twice: both slots, every copy, written anew
-        self.apply(ops + more, state)
+        self.apply(*commit_twice(self.state, self.state.catalog))  # both slots, every copy, anew
         self.notes, self.damage = [], []
         return [*done, "rewrote the superblocks and the catalog as a new generation"]
 
@@ -259,10 +173,7 @@ class CardImage:
 
     def apply(self, ops: Iterable[Op], state: CardState) -> None:
         """Apply a plan made from this image's state, and adopt the state it leads to."""
-        try:
-            apply_ops(self._fd, shifted(ops, self._base))
-        except OSError as exc:
-            raise write_error(self.shown, fmt.WHAT, exc) from None
+        self._write(lambda: apply_ops(self._fd, shifted(ops, self._base)))
         self.state = state
 
     def save_card(self, card: fmt.Card) -> None:

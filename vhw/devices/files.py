@@ -5,6 +5,8 @@
   a temporary file in the same folder, fsync, rename over, fsync the folder.
 * :func:`apply_ops` is the executor of plans (:mod:`vhw.plans`): ``pwrite`` each Write, ``fsync``
   at each Sync.
+* :func:`create_image` makes a new card or HDD image from its format plan, never over a file;
+  :class:`OpenDevice` is what an open one shares (closing, one line for a failed write).
 * :func:`locked` takes an exclusive ``flock`` on a device file, so two processes never write one
   device at once; the second is told who holds it, or waits when asked to. Locks die with their
   process, so a killed command never leaves a stale lock.
@@ -19,10 +21,13 @@ import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Self, TypeVar
 
 from ..errors import ImageError, InUseError, NoSpaceError, PathError, VhwError
 from ..plans import Op, Sync, Write
 from . import holders
+
+T = TypeVar("T")
 
 MAX_SMALL = 16 * 1024 * 1024  # no ROM or card is near this; refuses to slurp a wrong, huge file
 
@@ -184,3 +189,52 @@ def apply_op(fd: int, op: Op) -> None:
 def apply_ops(fd: int, ops: Iterable[Op]) -> None:
     for op in ops:
         apply_op(fd, op)
+
+
+def create_image(path: Path, size: int, ops: Iterable[Op], what: str) -> None:
+    """Make a new device image (a card, an HDD): a sparse file of ``size`` bytes that a format
+    plan has written, all at once (a temporary file renamed into place), never over an existing
+    file. Owner-only: it holds the device's secret."""
+    path = Path(path)
+    refuse_existing(path, what)
+    tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
+    try:
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.ftruncate(fd, size)  # sparse: holds only what is written
+            apply_ops(fd, ops)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise write_error(path, what, exc) from None
+    fsync_dir(path.parent)
+
+
+class OpenDevice:
+    """An open device image: its descriptor and what closes it (locks, the descriptor), as a context
+    manager; writes that fail say so in one line naming the device."""
+
+    what = "device"
+
+    def __init__(self, shown: object, fd: int, stack: contextlib.ExitStack):
+        self.shown = shown  # how messages name it
+        self._fd = fd
+        self._stack = stack
+
+    def close(self) -> None:
+        self._stack.close()
+        self._fd = -1
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _write(self, fn: Callable[[], T]) -> T:
+        try:
+            return fn()
+        except OSError as exc:
+            raise write_error(self.shown, self.what, exc) from None

@@ -1,6 +1,6 @@
 """HDD image files: format, open (choosing the current superblock), apply plans, read, check.
 
-The logic is in :mod:`vhw.volume`; this module owns the file descriptor, the lock and the executor
+The logic is in :mod:`vhw.stores.hdd`; this module owns the file descriptor, the lock and the executor
 that applies a plan (``pwrite`` for a Write, ``fsync`` for a Sync). Writers hold an exclusive
 ``flock`` on the image for as long as they have it open; a mount holds a shared one, so titles do
 not change under it. Locks die with their process: a killed install or mount leaves none behind.
@@ -9,38 +9,26 @@ not change under it. Locks die with their process: a killed install or mount lea
 from __future__ import annotations
 
 import ctypes
-import functools
 import os
 from collections.abc import Callable, Generator, Iterable
 from contextlib import ExitStack
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import TypeVar
 
 from .. import crypto
 from ..errors import ImageError, IntegrityError
 from ..formats import card as card_fmt
 from ..formats import hdd as fmt
 from ..formats.card import Card
-from ..formats.common import BLOCK_SIZE, Extent
-from ..generations import choose, rolled_back
+from ..formats.common import BLOCK_SIZE
 from ..ids import Id
 from ..plans import Op, Write, shifted
-from ..volume import Volume, format_plan, piece_blocks, piece_checksum, piece_count, piece_digest
+from ..stores.ditto import Opened, commit_twice, read_current, rolled_back
+from ..stores.hdd import LAYOUT, Volume, format_plan, piece_blocks, piece_checksum, piece_count, piece_digest
 from .card import CardImage
-from .files import (
-    apply_op,
-    apply_ops,
-    check_regular,
-    describe_os_error,
-    fsync_dir,
-    locked,
-    refuse_existing,
-    write_error,
-)
+from .files import OpenDevice, apply_op, apply_ops, check_regular, create_image, describe_os_error, locked
 
 Plan = Generator[Op, None, Volume]
-T = TypeVar("T")
 # A streaming plan's contiguous writes of at least WRITEBACK_HINT bytes each start their writeback
 # once they add up to WRITEBACK_RUN: the disk gets large writes, and the plan's next Sync waits for
 # little (the kernel would otherwise hold the pages until it, or for 30 s). One hint per 1 MiB write
@@ -50,73 +38,23 @@ WRITEBACK_HINT = 1024 * 1024
 WRITEBACK_RUN = 8 * 1024 * 1024
 
 
-@dataclass
-class Opened:
-    """What opening found: the volume, notes (a copy repaired from its ditto, or what an
-    interrupted commit leaves) and damage (what no ditto copy could make good: never a crash's
-    doing, and never passed over in silence)."""
-
-    volume: Volume
-    notes: list[str] = field(default_factory=list)
-    damage: list[str] = field(default_factory=list)
+def read_volume(read: Callable[[int, int], bytes], path: object, file_size: int) -> Opened[Volume]:
+    """The current generation of an HDD image (:func:`vhw.stores.ditto.read_current`).
+    ``read(length, offset)`` reads the image (a file, or bytes in memory)."""
+    return read_current(LAYOUT, read, path, file_size)
 
 
-def _catalog_at(read: Callable[[int, int], bytes], sb: fmt.Superblock, at: Extent, path: object) -> fmt.Catalog:
-    return fmt.decode_catalog(read(at.length, at.offset), sb, path=path)
-
-
-def read_volume(read: Callable[[int, int], bytes], path: object, file_size: int) -> Opened:
-    """Pick the current generation (:func:`vhw.generations.choose`): the highest valid superblock
-    copy whose catalog (either copy) checks. ``read(length, offset)`` reads the image (a file, or
-    bytes in memory)."""
-    if file_size == 0:
-        raise ImageError(path, f"empty file, not an {fmt.WHAT}")
-    head = read(fmt.DATA_START, 0)
-    offsets = [(o, o + fmt.DITTO) for o in fmt.SLOT_OFFSETS]
-    if not any(head[o : o + len(fmt.SUPER_MAGIC)] == fmt.SUPER_MAGIC for pair in offsets for o in pair):
-        if len(head) < len(fmt.SUPER_MAGIC) and fmt.SUPER_MAGIC.startswith(head):
-            raise ImageError(path, f"truncated {fmt.WHAT} ({file_size} bytes)")
-        raise ImageError(path, f"not an {fmt.WHAT} (unknown format)")
-    old = int.from_bytes(head[8:10], "big")  # where every HDD format kept its version
-    if old < fmt.VERSION and head[:8] == fmt.SUPER_MAGIC:
-        fmt.decode_superblock(head[:BLOCK_SIZE], path=path)  # refuses an older version in one line
-    if file_size < fmt.DATA_START:
-        raise ImageError(path, f"truncated {fmt.WHAT} ({file_size} bytes)")
-
-    def decoded(offset: int) -> fmt.Superblock | ImageError:
-        try:
-            return fmt.decode_superblock(head[offset : offset + BLOCK_SIZE], path=path)
-        except ImageError as exc:
-            return exc
-
-    def catalogs(sb: fmt.Superblock) -> list[Callable[[], fmt.Catalog]]:
-        if file_size < sb.nominal_size:
-            raise ImageError(path, f"truncated {fmt.WHAT} ({file_size} of {sb.nominal_size} bytes)")
-        if file_size > sb.nominal_size:
-            raise ImageError(path, f"{fmt.WHAT} has {file_size - sb.nominal_size} unexpected trailing bytes")
-        return [functools.partial(_catalog_at, read, sb, e, path) for e in sb.catalog_extents]
-
-    chosen = choose(
-        [[decoded(o) for o in pair] for pair in offsets],
-        catalogs,
-        lost_hint="a title installed or removed since may be missing or show as interrupted:"
-        " install it again from its disc with `vhw console install`",
-    )
-    if any(c.hdd_id != chosen.sb.hdd_id for c in chosen.candidates):
-        raise ImageError(path, "corrupt HDD image (its superblocks name different HDD-IDs)")
-    return Opened(Volume(chosen.sb, chosen.catalog), chosen.notes, chosen.damage)
-
-
-class HddImage:
+class HddImage(OpenDevice):
     """An open HDD image. Open with :meth:`open` (or :meth:`format`), use as a context manager."""
 
-    def __init__(self, path: Path, fd: int, opened: Opened, stack: ExitStack):
+    what = fmt.WHAT
+
+    def __init__(self, path: Path, fd: int, opened: Opened[Volume], stack: ExitStack):
+        super().__init__(path, fd, stack)
         self.path = path
-        self._fd = fd
-        self.volume = opened.volume
+        self.volume = opened.state
         self.notes = opened.notes
         self.damage = opened.damage
-        self._stack = stack
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -138,7 +76,6 @@ class HddImage:
         ``memory_capacity`` bytes, at the start of the data area. ``block_size``: the blocks titles
         installed on it are encrypted in."""
         path = Path(path)
-        refuse_existing(path, fmt.WHAT)
         if size < fmt.MIN_SIZE:
             raise ImageError(path, f"an HDD must be at least {fmt.MIN_SIZE} bytes")
         sb = fmt.Superblock(hdd_id, secret, size, formatted, generation=0, block_size=block_size)
@@ -151,19 +88,7 @@ class HddImage:
             sb = replace(sb, memory_offset=fmt.DATA_START, memory_length=length)
             memory_ops = shifted(memory_ops, fmt.DATA_START)
         ops, _ = format_plan(sb)
-        tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
-        try:
-            fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
-            try:
-                os.ftruncate(fd, size)  # sparse: holds only what is written
-                apply_ops(fd, memory_ops + ops)
-            finally:
-                os.close(fd)
-            os.replace(tmp, path)
-        except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            raise write_error(path, "HDD image", exc) from None
-        fsync_dir(path.parent)
+        create_image(path, size, memory_ops + ops, fmt.WHAT)
 
     @classmethod
     def open(
@@ -194,21 +119,11 @@ class HddImage:
             opened = read_volume(lambda n, off: os.pread(fd, n, off), path, os.fstat(fd).st_size)
             if opened.damage and not damaged:
                 repair = f"vhw hdd fsck --repair {path}"
-                raise rolled_back(path, opened.damage, opened.volume.sb.generation, repair=repair)
+                raise rolled_back(path, opened.damage, opened.state.sb.generation, repair=repair)
         except BaseException:
             stack.close()
             raise
         return cls(path, fd, opened, stack)
-
-    def close(self) -> None:
-        self._stack.close()
-        self._fd = -1
-
-    def __enter__(self) -> HddImage:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     @property
     def hdd_id(self) -> Id:
@@ -253,12 +168,6 @@ class HddImage:
         self.volume = self._write(go)
         return self.volume
 
-    def _write(self, fn: Callable[[], T]) -> T:
-        try:
-            return fn()
-        except OSError as exc:
-            raise write_error(self.path, "HDD image", exc) from None
-
     # -- reading ------------------------------------------------------------------------------
 
     @property
@@ -283,7 +192,7 @@ class HddImage:
         return data + self.read_stream(f, layout.tag_offset(index), crypto.TAG_SIZE)
 
     def iter_pieces(self, f: fmt.HddFile) -> Generator[tuple[range, bytes, bytes], None, None]:
-        """(blocks, their ciphertext, their tags) for every piece of ``f`` (volume.PIECE_SIZE bytes of
+        """(blocks, their ciphertext, their tags) for every piece of ``f`` (stores.hdd.PIECE_SIZE bytes of
         plaintext), in order."""
         layout = f.layout
         for piece in range(piece_count(f)):
@@ -360,9 +269,7 @@ class HddImage:
         dropped = [t for t in vol.catalog.titles if not t.complete and t.title_id in broken]
         if dropped or self.notes or self.damage:
             titles = tuple(t for t in vol.catalog.titles if t not in dropped)
-            ops, new = vol.commit(replace(vol.catalog, titles=titles))
-            more, new = new.commit(new.catalog)  # twice: both slots, every copy, written anew
-            self.apply(ops + more, new)
+            self.apply(*commit_twice(vol, replace(vol.catalog, titles=titles)))  # both slots, every copy, anew
             done += [f"dropped the interrupted, inconsistent install of {t.title_id}" for t in dropped]
             if self.notes or self.damage:
                 done.append("rewrote the superblocks as a new generation")

@@ -35,10 +35,10 @@ directory: per save its title ID, name, size, modified time, a few bytes of the 
 metadata ("level 3"), its stream ID, the extents of its sealed data, their SHA-256, and a tag that
 authenticates the whole entry under the card's save key. A commit writes new save data into free
 blocks, syncs, writes the next catalog into both copies of the other half, syncs, writes the next
-superblock into the other slot's copy A, syncs, and its copy B, syncs (:mod:`vhw.cardstate`): a
+superblock into the other slot's copy A, syncs, and its copy B, syncs (:mod:`vhw.stores.card`): a
 crash at any moment leaves the old state or the new one, every other save and every licensing
 item intact, and one damaged byte anywhere in the metadata is made good from its ditto copy
-(:mod:`vhw.generations`): a Content-Key deleted at S28 never reappears from an older generation
+(:mod:`vhw.stores.ditto`): a Content-Key deleted at S28 never reappears from an older generation
 in silence.
 
 Version 3 added the save area; version 4 the ditto copies. Older cards are refused with a line
@@ -47,14 +47,13 @@ that says to make them again.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import dataclass, field, replace
 
 import construct as cs
 
 from .. import crypto
-from ..errors import ImageError, IntegrityError
+from ..errors import ImageError
 from ..ids import Id, IdKind
 from .common import (
     BLOCK_SIZE,
@@ -63,11 +62,11 @@ from .common import (
     IdField,
     Text,
     build,
-    open_block,
-    parse,
+    from_record,
+    record,
     seal_block,
-    version_error,
 )
+from .ditto import SLOT_OFFSETS, decode_catalog_record, decode_slot
 
 MAGIC = b"VHWCARD\0"
 CATALOG_MAGIC = b"VHWCCAT\0"
@@ -76,8 +75,6 @@ WHAT = "memory card"
 MAX_LICENSES = 1024  # a card's capacity in discs; far above what one user installs at once
 MAX_SAVES = 256  # directory entries (a PS2 card holds 15 blocks' worth of small saves per MB)
 META_SIZE = 64  # bytes of a title's own metadata per save ("level 3, 2 h 10 min")
-SLOT_OFFSETS = (0, BLOCK_SIZE)  # copy A of slots 0 and 1
-DITTO = 2 * BLOCK_SIZE  # copy B of a slot lies this far after its copy A
 #: 512 KiB per catalog half: 1,024 licenses with pending keys (~250 bytes each) and 256 saves fit
 CATALOG_ROOM = 512 * 1024
 CATALOG_OFFSETS = (4 * BLOCK_SIZE, 4 * BLOCK_SIZE + CATALOG_ROOM)  # copy A of halves 0 and 1
@@ -220,8 +217,20 @@ class Superblock:
         return CATALOG_OFFSETS[self.generation % 2]
 
     @property
-    def size(self) -> int:
+    def catalog_copies(self) -> tuple[Extent, Extent]:
+        """Both copies of this generation's catalog."""
+        return Extent(self.catalog_offset, self.catalog_length), Extent(
+            self.catalog_offset + CATALOG_DITTO, self.catalog_length
+        )
+
+    @property
+    def image_size(self) -> int:
         return image_size(self.capacity)
+
+    @property
+    def identity(self) -> tuple[Id, bytes]:
+        """What every superblock of one card names alike."""
+        return self.mc_id, self.mc_key
 
 
 @dataclass(frozen=True)
@@ -238,32 +247,12 @@ class Catalog:
 
 
 def encode_superblock(sb: Superblock) -> bytes:
-    return seal_block(
-        build(
-            SuperblockBody,
-            {
-                "version": VERSION,
-                "mc_id": sb.mc_id,
-                "mc_key": sb.mc_key,
-                "formatted": sb.formatted,
-                "capacity": sb.capacity,
-                "generation": sb.generation,
-                "catalog_length": sb.catalog_length,
-                "catalog_sha256": sb.catalog_sha256,
-            },
-            what="memory card superblock",
-        )
-    )
+    return seal_block(build(SuperblockBody, record(sb, version=VERSION), what=f"{WHAT} superblock"))
 
 
 def decode_superblock(block: bytes, *, path: object) -> Superblock:
-    body = open_block(block, path=path, what="memory card superblock")
-    head = parse(SuperblockHead, body, path=path, what="memory card superblock")
-    if head.version != VERSION:  # before the body: another version lays it out otherwise
-        raise version_error(path, WHAT, head.version, VERSION)
-    rec = parse(SuperblockBody, body, path=path, what="memory card superblock")
-    sb = Superblock(
-        rec.mc_id, rec.mc_key, rec.formatted, rec.capacity, rec.generation, rec.catalog_length, rec.catalog_sha256
+    sb = from_record(
+        Superblock, decode_slot(block, SuperblockHead, SuperblockBody, version=VERSION, path=path, what=WHAT)
     )
     if sb.capacity > MAX_CAPACITY or sb.capacity % BLOCK_SIZE or not 0 < sb.catalog_length <= CATALOG_ROOM:
         raise ImageError(path, "corrupt memory card superblock (sizes out of range)")
@@ -274,34 +263,11 @@ def encode_catalog(cat: Catalog) -> bytes:
     c = cat.card
     if len(c.licenses) > MAX_LICENSES:
         raise ImageError(WHAT, f"cannot be written: a memory card holds at most {MAX_LICENSES} licenses")
+    saves = [record(s, extents=[record(e) for e in s.extents]) for s in cat.saves]
     data = build(
         CatalogBody,
-        {
-            "generation": cat.generation,
-            "user_id": c.user_id,
-            "content_gen_key": c.content_gen_key,
-            "sealed_ids": c.sealed_ids,
-            "card_token": c.card_token,
-            "licenses": [
-                {"title_id": x.title_id, "mid": x.mid, "content_key": x.content_key, "acquired": x.acquired}
-                for x in c.licenses
-            ],
-            "saves": [
-                {
-                    "title_id": s.title_id,
-                    "name": s.name,
-                    "size": s.size,
-                    "modified": s.modified,
-                    "meta": s.meta,
-                    "stream_id": s.stream_id,
-                    "sealed_sha256": s.sealed_sha256,
-                    "tag": s.tag,
-                    "extents": [{"offset": e.offset, "length": e.length} for e in s.extents],
-                }
-                for s in cat.saves
-            ],
-        },
-        what="memory card catalog",
+        record(c, generation=cat.generation, licenses=[record(x) for x in c.licenses], saves=saves),
+        what=f"{WHAT} catalog",
     )
     if len(data) > CATALOG_ROOM:
         raise ImageError(WHAT, "cannot be written: its directory is full")
@@ -309,33 +275,8 @@ def encode_catalog(cat: Catalog) -> bytes:
 
 
 def decode_catalog(data: bytes, sb: Superblock, *, path: object) -> Catalog:
-    if hashlib.sha256(data).digest() != sb.catalog_sha256:
-        raise IntegrityError(path, "memory card catalog is damaged or was modified (checksum mismatch)")
-    rec = parse(CatalogBody, data, path=path, what="memory card catalog")
-    if rec.generation != sb.generation:
-        raise ImageError(path, "corrupt memory card catalog (generation does not match its superblock)")
-    card = Card(
-        mc_id=sb.mc_id,
-        mc_key=sb.mc_key,
-        formatted=sb.formatted,
-        user_id=rec.user_id,
-        content_gen_key=rec.content_gen_key,
-        sealed_ids=rec.sealed_ids,
-        card_token=rec.card_token,
-        licenses=tuple(License(x.title_id, x.mid, x.content_key, x.acquired) for x in rec.licenses),
-    )
-    saves = tuple(
-        Save(
-            s.title_id,
-            s.name,
-            s.size,
-            s.modified,
-            s.meta,
-            s.stream_id,
-            s.sealed_sha256,
-            s.tag,
-            tuple(Extent(e.offset, e.length) for e in s.extents),
-        )
-        for s in rec.saves
-    )
+    rec = decode_catalog_record(data, CatalogBody, sb, path=path, what=WHAT)
+    licenses = tuple(from_record(License, x) for x in rec.licenses)
+    card = from_record(Card, rec, mc_id=sb.mc_id, mc_key=sb.mc_key, formatted=sb.formatted, licenses=licenses)
+    saves = tuple(from_record(Save, s, extents=tuple(from_record(Extent, e) for e in s.extents)) for s in rec.saves)
     return Catalog(rec.generation, card, saves)

@@ -19,10 +19,11 @@ the body with AES-GCM or signed.)
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import construct as cs
 
@@ -30,6 +31,7 @@ from ..errors import IdError, ImageError, IntegrityError
 from ..ids import Id, IdKind
 
 DIGEST_SIZE = 32
+D = TypeVar("D")
 
 
 class IdAdapter(cs.Adapter):  # type: ignore[misc]  # construct has no type information
@@ -199,3 +201,15 @@ def valid_relpath(path: str) -> bool:
         return False
     parts = path.split("/")
     return all(p not in ("", ".", "..") and len(p.encode()) <= 255 for p in parts)
+
+
+def record(obj: Any, **more: Any) -> dict[str, Any]:
+    """A dataclass's fields by name, and ``more``, for :func:`build` (a schema takes the names it
+    declares and passes over the others)."""
+    return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)} | more
+
+
+def from_record(cls: type[D], rec: Any, **more: Any) -> D:
+    """A dataclass from a parsed record: each field the record's entry of its name, unless ``more``
+    gives it."""
+    return cls(**{f.name: rec[f.name] for f in dataclasses.fields(cls) if f.name not in more}, **more)  # type: ignore[arg-type]

@@ -47,6 +47,7 @@ from .common import (
     build,
     open_block,
     parse,
+    record,
     seal_block,
     valid_relpath,
     valid_title_id,
@@ -318,19 +319,8 @@ def manifest_problem(m: Manifest) -> str | None:
 
 
 def encode_header(disc: Disc) -> bytes:
-    return seal_block(
-        build(
-            Header,
-            {
-                "version": VERSION,
-                "image_size": disc.image_size,
-                "manifest_length": disc.manifest_length,
-                "data_offset": disc.data_offset,
-                "data_length": disc.manifest.data_length,
-            },
-            what="disc header",
-        )
-    )
+    fields = record(disc, version=VERSION, image_size=disc.image_size, data_length=disc.manifest.data_length)
+    return seal_block(build(Header, fields, what="disc header"))
 
 
 def decode_header(block: bytes, *, path: object, file_size: int) -> Any:

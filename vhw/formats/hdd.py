@@ -19,7 +19,7 @@ complete), how many bytes of it are durable (the resume point, counted in plaint
 files in order), a tag that authenticates its entry point, kind and title digest under the title's
 own key (so the entry ``play`` runs is the one the disc named: a second user who edits the catalog
 cannot point it elsewhere), and per file the stream ID, size, block size, extents and, once
-complete, a digest of its sealed bytes (:func:`vhw.volume.piece_digest`).
+complete, a digest of its sealed bytes (:func:`vhw.stores.hdd.piece_digest`).
 
 Each file is kept in blocks (:class:`vhw.crypto.BlockLayout`): 4 KiB by default (the superblock's
 ``block_shift`` is the HDD's choice for new installs, ``vhw hdd format --block-size``; each file
@@ -34,28 +34,28 @@ the card's own crash-safe commits and never touched by the HDD's.
 
 Version 2 added the HDD's secret, ``bound_to`` and the memory region; version 3 the ditto copies
 of the superblocks and the catalog, and the entry tag; version 4 checksums the pieces of a file's
-sealed bytes with CRC-32C instead of CRC-32 (:func:`vhw.volume.piece_checksum`), so its digest
+sealed bytes with CRC-32C instead of CRC-32 (:func:`vhw.stores.hdd.piece_checksum`), so its digest
 differs; version 5 keeps files in blocks with their tags apart (4 KiB by default, 64 KiB chunks
 with their tags inline before) and counts an install's progress in plaintext bytes. Older images
 are refused with a line that says to format them again.
 
 Nothing is ever overwritten in place except a superblock slot, and only the older one: a commit
 writes the new catalog's two copies into free space, syncs, then writes the next generation into
-the other slot's copy A, syncs, and its copy B, syncs (see :mod:`vhw.volume`). A torn superblock
+the other slot's copy A, syncs, and its copy B, syncs (see :mod:`vhw.stores.hdd`). A torn superblock
 write leaves the previous generation current, whose catalog and data are untouched; how the
-current generation is chosen, and what is reported, is :mod:`vhw.generations`.
+current generation is chosen, and what is reported, is :mod:`vhw.stores.ditto`.
 """
 
 from __future__ import annotations
 
 import enum
-import hashlib
 from dataclasses import dataclass, field
+from typing import Any
 
 import construct as cs
 
 from .. import crypto
-from ..errors import ImageError, IntegrityError
+from ..errors import ImageError
 from ..ids import Id, IdKind
 from .common import (
     BLOCK_SIZE,
@@ -65,18 +65,16 @@ from .common import (
     OptionalId,
     Text,
     build,
-    open_block,
-    parse,
+    from_record,
+    record,
     seal_block,
-    version_error,
 )
+from .ditto import SLOT_OFFSETS, decode_catalog_record, decode_slot
 
-SUPER_MAGIC = b"VHWHDD\0\0"
+MAGIC = b"VHWHDD\0\0"
 CATALOG_MAGIC = b"VHWCATL\0"
 VERSION = 5
 WHAT = "HDD image"
-SLOT_OFFSETS = (0, BLOCK_SIZE)  # copy A of slots 0 and 1
-DITTO = 2 * BLOCK_SIZE  # copy B of a slot lies this far after its copy A
 DATA_START = 4 * BLOCK_SIZE
 DEFAULT_SIZE = 40 * 10**9  # the patent's "for example 40 GB" hard disk
 MIN_SIZE = 1024 * 1024  # below this nothing useful fits
@@ -88,10 +86,10 @@ class TitleState(enum.IntEnum):
     COMPLETE = 2
 
 
-SuperblockHead = cs.Struct("magic" / cs.Const(SUPER_MAGIC), "version" / cs.Int16ub)
+SuperblockHead = cs.Struct("magic" / cs.Const(MAGIC), "version" / cs.Int16ub)
 
 SuperblockBody = cs.Struct(
-    "magic" / cs.Const(SUPER_MAGIC),
+    "magic" / cs.Const(MAGIC),
     "version" / cs.Int16ub,
     "hdd_id" / IdField(IdKind.HDD),
     "secret" / cs.Bytes(crypto.DEVICE_SECRET_SIZE),  # X25519 private key: never shown, never sent
@@ -115,7 +113,7 @@ FileRecord = cs.Struct(
     "executable" / cs.Flag,
     "stream_id" / cs.Bytes(crypto.STREAM_ID_SIZE),
     "block_shift" / cs.Int8ub,  # log2 of its block size
-    "sealed_digest" / cs.Bytes(32),  # of its sealed bytes (volume.piece_digest); zeros until complete
+    "sealed_digest" / cs.Bytes(32),  # of its sealed bytes (stores.hdd.piece_digest); zeros until complete
     "extents" / cs.PrefixedArray(cs.Int32ub, ExtentRecord),
 )
 
@@ -259,6 +257,15 @@ class Superblock:
     block_size: int = crypto.HDD_BLOCK_SIZE  # what new installs use
 
     @property
+    def image_size(self) -> int:
+        return self.nominal_size
+
+    @property
+    def identity(self) -> Id:
+        """What every superblock of one HDD names alike."""
+        return self.hdd_id
+
+    @property
     def memory(self) -> Extent | None:
         """Where the internal memory (a card image) lies, if this HDD has one."""
         return Extent(self.memory_offset, self.memory_length) if self.memory_length else None
@@ -273,59 +280,23 @@ class Superblock:
         return Extent(self.catalog_offset, self.catalog_length)
 
     @property
-    def catalog_extents(self) -> tuple[Extent, Extent]:
+    def catalog_copies(self) -> tuple[Extent, Extent]:
         """Both copies of the catalog."""
         return self.catalog_extent, Extent(self.catalog_ditto, self.catalog_length)
 
 
 def encode_superblock(sb: Superblock) -> bytes:
-    return seal_block(
-        build(
-            SuperblockBody,
-            {
-                "version": VERSION,
-                "hdd_id": sb.hdd_id,
-                "secret": sb.secret,
-                "nominal_size": sb.nominal_size,
-                "formatted": sb.formatted,
-                "generation": sb.generation,
-                "catalog_offset": sb.catalog_offset,
-                "catalog_length": sb.catalog_length,
-                "catalog_sha256": sb.catalog_sha256,
-                "catalog_ditto": sb.catalog_ditto,
-                "memory_offset": sb.memory_offset,
-                "memory_length": sb.memory_length,
-                "block_shift": sb.block_size.bit_length() - 1,
-            },
-            what="HDD superblock",
-        )
-    )
+    body = record(sb, version=VERSION, block_shift=sb.block_size.bit_length() - 1)
+    return seal_block(build(SuperblockBody, body, what=f"{WHAT} superblock"))
 
 
 def decode_superblock(block: bytes, *, path: object) -> Superblock:
-    body = open_block(block, path=path, what="HDD superblock")
-    head = parse(SuperblockHead, body, path=path, what="HDD superblock")
-    if head.version != VERSION:  # before the body: another version lays it out otherwise
-        raise version_error(path, WHAT, head.version, VERSION)
-    rec = parse(SuperblockBody, body, path=path, what="HDD superblock")
-    sb = Superblock(
-        rec.hdd_id,
-        rec.secret,
-        rec.nominal_size,
-        rec.formatted,
-        rec.generation,
-        rec.catalog_offset,
-        rec.catalog_length,
-        rec.catalog_sha256,
-        rec.memory_offset,
-        rec.memory_length,
-        rec.catalog_ditto,
-        1 << rec.block_shift if 12 <= rec.block_shift <= 16 else 0,
-    )
+    rec = decode_slot(block, SuperblockHead, SuperblockBody, version=VERSION, path=path, what=WHAT)
+    sb = from_record(Superblock, rec, block_size=1 << rec.block_shift if 12 <= rec.block_shift <= 16 else 0)
     if (
         sb.nominal_size < MIN_SIZE
         or min(sb.catalog_offset, sb.catalog_ditto) < DATA_START
-        or max(e.end for e in sb.catalog_extents) > sb.nominal_size
+        or max(e.end for e in sb.catalog_copies) > sb.nominal_size
         or sb.catalog_length == 0
         or sb.block_size not in crypto.HDD_BLOCK_SIZES
         or (
@@ -338,89 +309,33 @@ def decode_superblock(block: bytes, *, path: object) -> Superblock:
 
 
 def encode_catalog(cat: Catalog) -> bytes:
-    return build(
-        CatalogBody,
-        {
-            "generation": cat.generation,
-            "titles": [
-                {
-                    "title_id": t.title_id,
-                    "name": t.name,
-                    "kind": t.kind,
-                    "entry": t.entry,
-                    "state": int(t.state),
-                    "installed": t.installed,
-                    "mid": t.mid,
-                    "title_digest": t.title_digest,
-                    "key_salt": t.key_salt,
-                    "owner": t.owner,
-                    "bound_to": t.bound_to,
-                    "progress": t.progress,
-                    "entry_tag": t.entry_tag,
-                    "metadata": t.metadata,
-                    "files": [
-                        {
-                            "path": f.path,
-                            "size": f.size,
-                            "executable": f.executable,
-                            "stream_id": f.stream_id,
-                            "block_shift": f.block_size.bit_length() - 1,
-                            "sealed_digest": f.sealed_digest,
-                            "extents": [{"offset": e.offset, "length": e.length} for e in f.extents],
-                        }
-                        for f in t.files
-                    ],
-                }
-                for t in cat.titles
-            ],
-            "card_epochs": [{"owner": o, "epoch": e} for o, e in cat.card_epochs],
-        },
-        what="HDD catalog",
-    )
+    titles = [record(t, state=int(t.state), files=[_file_record(f) for f in t.files]) for t in cat.titles]
+    epochs = [{"owner": o, "epoch": e} for o, e in cat.card_epochs]
+    return build(CatalogBody, record(cat, titles=titles, card_epochs=epochs), what=f"{WHAT} catalog")
+
+
+def _file_record(f: HddFile) -> dict[str, Any]:
+    return record(f, block_shift=f.block_size.bit_length() - 1, extents=[record(e) for e in f.extents])
 
 
 def decode_catalog(data: bytes, sb: Superblock, *, path: object) -> Catalog:
-    if hashlib.sha256(data).digest() != sb.catalog_sha256:
-        raise IntegrityError(path, "HDD catalog is damaged or was modified (checksum mismatch)")
-    rec = parse(CatalogBody, data, path=path, what="HDD catalog")
-    if rec.generation != sb.generation:
-        raise ImageError(path, "corrupt HDD catalog (generation does not match its superblock)")
+    rec = decode_catalog_record(data, CatalogBody, sb, path=path, what=WHAT)
     titles = []
     for t in rec.titles:
         try:
             state = TitleState(t.state)
         except ValueError:
             raise ImageError(path, f"corrupt HDD catalog (title {t.title_id!r} has unknown state)") from None
-        titles.append(
-            Title(
-                title_id=t.title_id,
-                name=t.name,
-                kind=t.kind,
-                entry=t.entry,
-                files=tuple(
-                    HddFile(
-                        f.path,
-                        f.size,
-                        f.stream_id,
-                        tuple(Extent(e.offset, e.length) for e in f.extents),
-                        f.executable,
-                        f.sealed_digest,
-                        _block_size(f.block_shift, t.title_id, path),
-                    )
-                    for f in t.files
-                ),
-                key_salt=t.key_salt,
-                owner=t.owner,
-                bound_to=t.bound_to,
-                state=state,
-                installed=t.installed,
-                mid=t.mid,
-                title_digest=t.title_digest,
-                progress=t.progress,
-                metadata=t.metadata,
-                entry_tag=t.entry_tag,
+        files = tuple(
+            from_record(
+                HddFile,
+                f,
+                extents=tuple(from_record(Extent, e) for e in f.extents),
+                block_size=_block_size(f.block_shift, t.title_id, path),
             )
+            for f in t.files
         )
+        titles.append(from_record(Title, t, state=state, files=files))
     return Catalog(rec.generation, tuple(titles), tuple((e.owner, e.epoch) for e in rec.card_epochs))
 
 

@@ -19,7 +19,7 @@ import construct as cs
 
 from .. import crypto
 from ..ids import Id, IdKind
-from .common import Blob, IdField, Text, build, open_envelope, parse, seal_envelope
+from .common import Blob, IdField, Text, build, from_record, open_envelope, parse, record, seal_envelope
 
 MAGIC = b"VHWROM\0\0"
 VERSION = 3  # 3: the platform's signing certificate (card tokens) pinned beside the CA
@@ -64,33 +64,11 @@ class Rom:
 
 
 def encode(rom: Rom) -> bytes:
-    body = build(
-        RomBody,
-        {
-            "client_id": rom.client_id,
-            "secret": rom.secret,
-            "model": rom.model,
-            "manufactured": rom.manufactured,
-            "hardware_ids": [{"part": k, "id": v} for k, v in rom.hardware_ids.items()],
-            "server_url": rom.server_url,
-            "trust_anchor": rom.trust_anchor,
-            "token_anchor": rom.token_anchor,
-        },
-        what=WHAT,
-    )
-    return seal_envelope(MAGIC, VERSION, body)
+    hardware_ids = [{"part": k, "id": v} for k, v in rom.hardware_ids.items()]
+    return seal_envelope(MAGIC, VERSION, build(RomBody, record(rom, hardware_ids=hardware_ids), what=WHAT))
 
 
 def decode(data: bytes, *, path: object = WHAT) -> Rom:
     body = open_envelope(data, magic=MAGIC, version=VERSION, path=path, what=WHAT)
     rec = parse(RomBody, body, path=path, what=WHAT)
-    return Rom(
-        client_id=rec.client_id,
-        manufactured=rec.manufactured,
-        secret=rec.secret,
-        model=rec.model,
-        server_url=rec.server_url,
-        trust_anchor=rec.trust_anchor,
-        token_anchor=rec.token_anchor,
-        hardware_ids={h.part: h.id for h in rec.hardware_ids},
-    )
+    return from_record(Rom, rec, hardware_ids={h.part: h.id for h in rec.hardware_ids})

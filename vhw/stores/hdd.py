@@ -1,4 +1,4 @@
-"""The HDD container's logic without I/O: allocation, commits as plans, structural checks.
+"""The HDD's store without I/O: allocation, commits as plans, structural checks.
 
 Every change to an HDD image is a *plan*: an ordered list of :class:`Write` and :class:`Sync`
 operations, computed from the current :class:`Volume` (superblock + catalog) alone. The device
@@ -13,7 +13,7 @@ A commit is always::
     Write(the same superblock into that slot's copy B)  Sync
 
 (the sync between the two copies of a slot makes sure a crash never spoils both:
-:mod:`vhw.generations` tells a crash from damage by that)
+:mod:`vhw.stores.ditto` tells a crash from damage by that)
 
 The new catalog never lands on anything the current *or* the new catalog references, so a crash
 at any point leaves the current generation whole. Space a commit frees is allocatable only in
@@ -30,22 +30,13 @@ from dataclasses import dataclass, replace
 
 import crc32c
 
-from . import crypto
-from .errors import NoSpaceError
-from .formats.common import BLOCK_SIZE, Extent, valid_relpath, valid_title_id
-from .formats.hdd import (
-    DATA_START,
-    DITTO,
-    OWNER_SIZE,
-    Catalog,
-    HddFile,
-    Superblock,
-    Title,
-    TitleState,
-    encode_catalog,
-    encode_superblock,
-)
-from .plans import SYNC, Op, Write
+from .. import crypto
+from ..errors import NoSpaceError
+from ..formats import hdd as fmt
+from ..formats.common import BLOCK_SIZE, Extent, valid_relpath, valid_title_id
+from ..formats.hdd import DATA_START, OWNER_SIZE, Catalog, HddFile, Superblock, Title, TitleState
+from ..plans import Op
+from .ditto import Layout, catalog_fields, commit_ops, commit_twice
 
 #: 1 MiB of a file's plaintext: what an install re-seals, checks and writes at once (16 of a disc's
 #: chunks, 256 of an HDD's 4 KiB blocks), and what `fsck --deep` checks at once.
@@ -174,7 +165,7 @@ class Volume:
     def used(self, *catalogs: Catalog) -> list[Extent]:
         """Everything the current catalog (and any of ``catalogs``) references, plus itself and
         the internal memory."""
-        out = [Extent(0, DATA_START), *self.sb.catalog_extents]
+        out = [Extent(0, DATA_START), *self.sb.catalog_copies]
         if self.sb.memory:
             out.append(self.sb.memory)
         for cat in (self.catalog, *catalogs):
@@ -196,30 +187,15 @@ class Volume:
         """Plan making ``catalog`` the next generation."""
         generation = self.sb.generation + 1
         catalog = replace(catalog, generation=generation)
-        data = encode_catalog(catalog)
+        data = fmt.encode_catalog(catalog)
         free = holes(self.used(catalog), self.sb.nominal_size)
         room = _take_last(free, len(data))
         ditto = _take_last(holes(self.used(catalog) + ([room] if room else []), self.sb.nominal_size), len(data))
         if room is None or ditto is None:
             raise NoSpaceError("the HDD is full: no room left even for its catalog")
-        sb = replace(
-            self.sb,
-            generation=generation,
-            catalog_offset=room.offset,
-            catalog_ditto=ditto.offset,
-            catalog_length=len(data),
-            catalog_sha256=hashlib.sha256(data).digest(),
-        )
-        block = encode_superblock(sb)
-        ops: list[Op] = [
-            Write(room.offset, data),
-            Write(ditto.offset, data),
-            SYNC,
-            Write(sb.slot, block),
-            SYNC,
-            Write(sb.slot + DITTO, block),
-            SYNC,
-        ]
+        fields = catalog_fields(data)
+        sb = replace(self.sb, generation=generation, catalog_offset=room.offset, catalog_ditto=ditto.offset, **fields)
+        ops = commit_ops([room.offset, ditto.offset], data, sb.slot, fmt.encode_superblock(sb))
         return ops, Volume(sb, catalog)
 
     def reserve(self, title: Title, files: list[FileSpec]) -> tuple[list[Op], Volume]:
@@ -282,7 +258,7 @@ class Volume:
         """Structural inconsistencies of the catalog (fsck's first pass); empty when sound."""
         out: list[Problem] = []
         size = self.sb.nominal_size
-        owned: list[tuple[Extent, str, str | None]] = [(e, "the catalog", None) for e in self.sb.catalog_extents]
+        owned: list[tuple[Extent, str, str | None]] = [(e, "the catalog", None) for e in self.sb.catalog_copies]
         if self.sb.memory:
             owned.append((self.sb.memory, "the internal memory", None))
         seen_titles: set[str] = set()
@@ -327,10 +303,15 @@ class Volume:
 def format_plan(sb: Superblock) -> tuple[list[Op], Volume]:
     """Plan a new, empty HDD: an empty catalog committed twice, so both slots start out valid.
     (The internal memory's region, when ``sb`` names one, is formatted as a card of its own.)"""
-    empty = Volume(replace(sb, catalog_offset=0, catalog_length=0), Catalog())
-    first, vol = empty.commit(Catalog())
-    second, vol = vol.commit(Catalog())
-    return first + second, vol
+    return commit_twice(Volume(replace(sb, catalog_offset=0, catalog_length=0), Catalog()), Catalog())
+
+
+LAYOUT: Layout[Superblock, Catalog, Volume] = Layout(
+    format=fmt,
+    state=Volume,
+    lost_hint="a title installed or removed since may be missing or show as interrupted:"
+    " install it again from its disc with `vhw console install`",
+)
 
 
 def _mb(n: int) -> str:

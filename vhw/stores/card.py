@@ -1,4 +1,4 @@
-"""A memory card image's logic without I/O: its state, commits as plans, the save area's space.
+"""The memory card's store without I/O: its state, commits as plans, the save area's space.
 
 A :class:`CardState` is a card's current superblock and catalog. Every change (new licensing
 items, a save written, renamed or removed) is a plan (:mod:`vhw.plans`)::
@@ -16,26 +16,15 @@ version next to the old one until the commit.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from .errors import NoSpaceError
-from .formats.card import (
-    CATALOG_DITTO,
-    DITTO,
-    MAX_SAVES,
-    SAVE_START,
-    Card,
-    Catalog,
-    Save,
-    Superblock,
-    encode_catalog,
-    encode_superblock,
-    valid_save_name,
-)
-from .formats.common import BLOCK_SIZE, Extent, valid_title_id
-from .plans import SYNC, Op, Write
+from ..errors import NoSpaceError
+from ..formats import card as fmt
+from ..formats.card import MAX_SAVES, SAVE_START, Card, Catalog, Save, Superblock, valid_save_name
+from ..formats.common import BLOCK_SIZE, Extent, valid_title_id
+from ..plans import Op, Write
+from .ditto import Layout, catalog_fields, commit_ops, commit_twice
 
 
 def _blocks(n: int) -> int:
@@ -107,23 +96,10 @@ class CardState:
         """Plan making ``catalog`` the next generation, after ``data`` (writes into free blocks)."""
         generation = self.sb.generation + 1
         catalog = replace(catalog, generation=generation)
-        encoded = encode_catalog(catalog)
-        sb = replace(
-            self.sb, generation=generation, catalog_length=len(encoded), catalog_sha256=hashlib.sha256(encoded).digest()
-        )
-        ops: list[Op] = list(data or [])
-        if ops:
-            ops.append(SYNC)
-        block = encode_superblock(sb)
-        ops += [
-            Write(sb.catalog_offset, encoded),
-            Write(sb.catalog_offset + CATALOG_DITTO, encoded),
-            SYNC,
-            Write(sb.slot, block),
-            SYNC,
-            Write(sb.slot + DITTO, block),
-            SYNC,
-        ]
+        encoded = fmt.encode_catalog(catalog)
+        sb = replace(self.sb, generation=generation, **catalog_fields(encoded))
+        copies = [at.offset for at in sb.catalog_copies]
+        ops = commit_ops(copies, encoded, sb.slot, fmt.encode_superblock(sb), data or ())
         return ops, CardState(sb, catalog)
 
     def with_card(self, card: Card) -> tuple[list[Op], CardState]:
@@ -187,7 +163,12 @@ class CardState:
 
 def format_plan(sb: Superblock, card: Card) -> tuple[list[Op], CardState]:
     """Plan a new card: its items committed twice, so both slots and halves start out valid."""
-    empty = CardState(replace(sb, generation=0), Catalog(0, card))
-    first, state = empty.commit(Catalog(0, card))
-    second, state = state.commit(Catalog(0, card))
-    return first + second, state
+    return commit_twice(CardState(replace(sb, generation=0), Catalog(0, card)), Catalog(0, card))
+
+
+LAYOUT: Layout[Superblock, Catalog, CardState] = Layout(
+    format=fmt,
+    state=CardState,
+    lost_hint="a save or licensing item written since may be missing; a title's key"
+    " deleted since may show again: install the title from its disc again if needed",
+)
