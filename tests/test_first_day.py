@@ -325,7 +325,7 @@ def test_server_init_against_an_unreachable_database(tmp_path):
 
 
 def test_hdd_ls_has_a_header_and_columns_that_never_meet():
-    from vhw.cli.devices import title_table
+    from vhw.cli.hdd import title_table
 
     titles = [
         {

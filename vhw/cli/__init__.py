@@ -176,15 +176,15 @@ class LazyGroup(click.Group):
             self.get_command(click.Context(self), name)
 
 
-# (a module may define several groups: `.devices` defines `card`, `console` and `hdd`; the
-# modules after it add commands to one of them; `..demo` defines `demo`, which is added here)
+# (each group is defined in the module of its name; `.saves` adds `card saves` to `card`; `..demo`
+# defines `demo`, which is added here)
 COMMANDS = {
     "broker": (".broker",),
-    "card": (".devices", ".saves"),
-    "console": (".devices", ".console"),
+    "card": (".card", ".saves"),
+    "console": (".console",),
     "demo": ("..demo",),
     "disc": (".disc",),
-    "hdd": (".devices",),
+    "hdd": (".hdd",),
     "repair": (".repair",),
     "server": (".server",),
 }

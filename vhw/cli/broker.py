@@ -13,7 +13,7 @@ import click
 
 from ..errors import StateError
 from . import App, columns, emit, local_time, pass_app, show_audit, vhw
-from .params import LISTEN
+from .params import FILE, FOLDER, LISTEN
 
 if TYPE_CHECKING:  # (the broker's modules load only for its commands)
     from starlette.routing import Mount
@@ -23,9 +23,7 @@ if TYPE_CHECKING:  # (the broker's modules load only for its commands)
 
 FC = TypeVar("FC", bound=Callable[..., object])
 
-home_option = click.option(
-    "--home", type=click.Path(path_type=Path, file_okay=False), help="The broker's folder (default: $VHW_HOME/broker)."
-)
+home_option = click.option("--home", type=FOLDER, help="The broker's folder (default: $VHW_HOME/broker).")
 
 
 def broker_home(app: App, home: Path | None) -> BrokerHome:
@@ -60,14 +58,11 @@ def broker() -> None:
 @broker.command("init")
 @home_option
 @click.option(
-    "--credential",
-    type=click.Path(path_type=Path, dir_okay=False),
-    required=True,
-    help="The broker's platform credential (from `vhw server init`).",
+    "--credential", type=FILE, required=True, help="The broker's platform credential (from `vhw server init`)."
 )
 @click.option(
     "--tls",
-    type=click.Path(path_type=Path, file_okay=False),
+    type=FOLDER,
     required=True,
     help="The broker's TLS identity, signed by the platform CA (`vhw server issue-cert`).",
 )

@@ -1,8 +1,10 @@
-"""The user's console: ``vhw console setup|insert-card|eject-card|insert-disc|eject-disc|status|
-register|acquire``, and (later issues) install, mount and play."""
+"""The console's tools: the manufacturer's ``vhw console rom|info``, and the user's ``vhw console
+setup|replace|insert-card|eject-card|insert-disc|eject-disc|status|register|acquire|install|mount|
+unmount|play|account``."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 from pathlib import Path
@@ -10,19 +12,188 @@ from typing import Any
 
 import click
 
+from .. import crypto
+from .. import protocol as proto
 from ..console import decisions, processes
 from ..console.machine import SLOTS, Machine
 from ..devices import card as card_dev
 from ..devices import holders
+from ..devices import rom as rom_dev
 from ..devices.disc import DiscImage
-from ..errors import TitleEnded
-from . import ProgressBar, emit, progress_bar
-from .devices import PATH, console, json_option
+from ..devices.files import now, refuse_existing
+from ..errors import ImageError, TitleEnded
+from ..formats import rom as rom_fmt
+from ..ids import Id, IdKind
+from . import ProgressBar, emit, progress_bar, vhw
+from .card import check_capacity, new_card, save_area_option
+from .params import FILE, FOLDER, PATH, json_option, when
+from .roles import credential_option, register_with_server
+
+
+@vhw.group()
+def console() -> None:
+    """The console: a folder that holds its ROM, HDD, card slots and disc tray.
+
+    The manufacturer burns a `rom`; `info` shows one. A user `setup`s the console folder (and
+    `replace`s a device after a repair), puts cards and discs in and out (`insert-card`,
+    `eject-card`, `insert-disc`, `eject-disc`), sees it all with `status`, `register`s the card,
+    `acquire`s a disc's keys or `install`s its title onto the HDD, `mount`s and `unmount`s the HDD,
+    and `play`s a title. With a broker, `account` signs the console in to the user's account.
+    """
+
+
+@console.command("rom")
+@click.argument("out", type=PATH)
+@click.option(
+    "--ca",
+    "ca_path",
+    type=FILE,
+    help="The platform CA certificate (PEM) the console will trust; from `vhw server init`.",
+)
+@click.option(
+    "--signing-cert",
+    "signing_path",
+    type=FILE,
+    help="The platform's signing certificate (PEM: signing.pem of the server home) that card tokens verify with.",
+)
+@click.option("--server", "server_url", default="", help="Default licensing server URL (https://...).")
+@click.option("--model", default="VHW-1000", show_default=True, help="Model name in the ROM.")
+@click.option(
+    "--memory",
+    "memory_path",
+    type=PATH,
+    help="Also make the console's internal memory here (it holds a card's items and saves: card-less).",
+)
+@save_area_option("--memory-size", "With --memory: the capacity of its save area.")
+@credential_option
+def console_rom(
+    out: Path,
+    ca_path: Path | None,
+    signing_path: Path | None,
+    server_url: str,
+    model: str,
+    memory_path: Path | None,
+    capacity: int,
+    credential: Path | None,
+) -> None:
+    """Burn a console ROM OUT with a fresh Client ID and a secret key.
+
+    The secret is never shown. With --credential (the manufacturer's), the Client ID and the
+    secret's public key are registered with the licensing server first, and the ROM trusts the
+    credential's CA and signing certificate and names its server unless --ca/--signing-cert/--server
+    say otherwise.
+    """
+    from cryptography import x509  # (loaded only by the commands that need it: start-up time)
+    from cryptography.hazmat.primitives.serialization import (
+        Encoding,
+    )  # (loaded only by the commands that need it: start-up time)
+
+    from ..server.home import Credential  # (loaded only by the commands that need it: start-up time)
+
+    anchor = load_ca(ca_path) if ca_path else b""
+    signer = load_ca(signing_path) if signing_path else b""
+    if credential:
+        cred = Credential.load(credential)
+        server_url = server_url or cred.server
+        if not anchor:
+            anchor = x509.load_pem_x509_certificate(cred.ca.encode()).public_bytes(Encoding.DER)
+        if not signer and cred.signing:
+            signer = x509.load_pem_x509_certificate(cred.signing.encode()).public_bytes(Encoding.DER)
+    rom = rom_fmt.Rom(
+        Id.random(IdKind.CLIENT),
+        now(),
+        crypto.device_secret(),
+        model=model,
+        server_url=server_url,
+        trust_anchor=anchor,
+        token_anchor=signer,
+    )
+    refuse_existing(out, rom_fmt.WHAT)
+    if memory_path:
+        refuse_existing(memory_path, "console memory")
+        check_capacity(capacity)
+    register_with_server(
+        credential,
+        server_url or None,
+        "/v1/manufacturer/consoles",
+        proto.RegisterConsole(rom.client_id, rom.public_key),
+    )
+    if memory_path:
+        card_dev.create(memory_path, new_card(credential, server_url or None), capacity=capacity)
+    rom_dev.burn(out, rom)
+    click.echo(
+        f"Client ID {rom.client_id}  (console ROM {out}, key {crypto.fingerprint(rom.public_key)})"
+        + (f", internal memory {memory_path}" if memory_path else "")
+    )
+
+
+def load_ca(path: Path) -> bytes:
+    """A CA certificate (PEM or DER) as DER; refuses anything that is not one."""
+    from cryptography import x509  # (loaded only by the commands that need it: start-up time)
+    from cryptography.hazmat.primitives.serialization import (
+        Encoding,
+    )  # (loaded only by the commands that need it: start-up time)
+
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ImageError(path, f"cannot read CA certificate: {exc.strerror}") from None
+    try:
+        cert = x509.load_pem_x509_certificate(data) if b"-----BEGIN" in data else x509.load_der_x509_certificate(data)
+    except ValueError:
+        raise ImageError(path, "not an X.509 certificate") from None
+    return cert.public_bytes(Encoding.DER)
+
+
+def rom_summary(rom: rom_fmt.Rom) -> dict[str, Any]:
+    from cryptography import x509  # (loaded only by the commands that need it: start-up time)
+
+    anchor = signer = None
+    if rom.trust_anchor:
+        cert = x509.load_der_x509_certificate(rom.trust_anchor)
+        anchor = {"subject": cert.subject.rfc4514_string(), "sha256": hashlib.sha256(rom.trust_anchor).hexdigest()}
+    if rom.token_anchor:
+        cert = x509.load_der_x509_certificate(rom.token_anchor)
+        signer = {"subject": cert.subject.rfc4514_string(), "sha256": hashlib.sha256(rom.token_anchor).hexdigest()}
+    return {
+        "client_id": str(rom.client_id),
+        "key_fingerprint": crypto.fingerprint(rom.public_key),
+        "model": rom.model,
+        "manufactured": when(rom.manufactured),
+        "server_url": rom.server_url or None,
+        "trust_anchor": anchor,
+        "token_anchor": signer,
+        "hardware_ids": {k: f"{v:08X}" for k, v in rom.hardware_ids.items()},
+        "format_version": rom_fmt.VERSION,
+    }
+
+
+@console.command("info")
+@click.argument("rom_path", metavar="ROM", type=PATH)
+@json_option
+def console_info(rom_path: Path, as_json: bool) -> None:
+    """Show a console ROM: Client ID, model, trusted CA, server address."""
+    d = rom_summary(rom_dev.load(rom_path))
+    anchor, signer = d["trust_anchor"], d["token_anchor"]
+    lines = [
+        f"console ROM  {rom_path}",
+        f"Client ID    {d['client_id']}",
+        f"device key   {d['key_fingerprint']}  (fingerprint of its public key; the secret is never shown)",
+        f"model        {d['model']}, made {d['manufactured']}",
+        f"server       {d['server_url'] or '(none)'}",
+        f"trusts CA    {anchor['subject'] + ' sha256 ' + anchor['sha256'][:16] if anchor else '(none yet)'}",
+        f"tokens from  {signer['subject'] + ' sha256 ' + signer['sha256'][:16] if signer else '(none yet)'}",
+        "hardware IDs " + ", ".join(f"{k} {v}" for k, v in d["hardware_ids"].items()),
+    ]
+    emit(d, as_json=as_json, lines=lines)
+
+
+# -- the user's console ---------------------------------------------------------------------------
 
 console_option = click.option(
     "--console",
     "console_dir",
-    type=click.Path(path_type=Path, file_okay=False),
+    type=FOLDER,
     help="The console's folder (default: $VHW_CONSOLE, else the current folder).",
 )
 slot_option = click.option("--slot", type=click.Choice(SLOTS), default="1", show_default=True, help="Memory card slot.")
@@ -36,7 +207,7 @@ def machine(console_dir: Path | None) -> Machine:
 
 
 @console.command("setup")
-@click.argument("folder", type=click.Path(path_type=Path, file_okay=False))
+@click.argument("folder", type=FOLDER)
 @click.option("--rom", type=PATH, required=True, help="The console's ROM (vhw console rom).")
 @click.option("--hdd", type=PATH, required=True, help="The HDD attached to it (vhw hdd format).")
 @click.option("--server", help="Licensing server or broker URL, if not the one in the ROM.")
@@ -230,7 +401,7 @@ def console_install(slot: str, wait: bool, console_dir: Path | None) -> None:
 
 
 @console.command("mount")
-@click.argument("mountpoint", type=click.Path(path_type=Path, file_okay=False))
+@click.argument("mountpoint", type=FOLDER)
 @click.option("--foreground", is_flag=True, help="Stay in the foreground until unmounted (Ctrl-C unmounts).")
 @click.option("--nonempty", is_flag=True, help="Mount over a folder that holds files (hidden while mounted).")
 @slot_option
@@ -258,7 +429,7 @@ def console_mount(mountpoint: Path, foreground: bool, nonempty: bool, slot: str,
 
 
 @console.command("unmount")
-@click.argument("mountpoint", type=click.Path(path_type=Path, file_okay=False))
+@click.argument("mountpoint", type=FOLDER)
 @console_option
 def console_unmount(mountpoint: Path, console_dir: Path | None) -> None:
     """Unmount a mount made by `vhw console mount`."""
@@ -313,7 +484,7 @@ def console_play(
 
 
 @console.command("saves-mount", hidden=True)
-@click.argument("mountpoint", type=click.Path(path_type=Path, file_okay=False))
+@click.argument("mountpoint", type=FOLDER)
 @click.option("--title", "title_id", required=True)
 @slot_option
 @console_option

@@ -19,16 +19,13 @@ from ..ids import Id
 from ..publisher import mastering
 from ..publisher.keystore import KeyStore
 from . import App, emit, pass_app, progress_bar, vhw
-from .devices import PATH, human, json_option, when
-from .params import TITLE_ID
+from .params import FOLDER, PATH, TITLE_ID, human, json_option, when
 from .roles import credential_option, role_client, server_option
 
 MIDS_PER_REQUEST = 1000  # the server's limit per registration request
 
 keystore_option = click.option(
-    "--keystore",
-    type=click.Path(path_type=Path, file_okay=False),
-    help="The publisher's key store folder (default: $VHW_HOME/publisher).",
+    "--keystore", type=FOLDER, help="The publisher's key store folder (default: $VHW_HOME/publisher)."
 )
 
 
@@ -130,14 +127,7 @@ def register_mids(title_id: str, discs: list[tuple[Id, bytes]], credential: Path
 @disc.command("press")
 @click.argument("master", type=PATH)
 @click.option("--count", type=click.IntRange(1, 100000), default=1, show_default=True)
-@click.option(
-    "-o",
-    "--out",
-    "out_dir",
-    type=click.Path(path_type=Path, file_okay=False),
-    required=True,
-    help="Folder for the pressed disc images.",
-)
+@click.option("-o", "--out", "out_dir", type=FOLDER, required=True, help="Folder for the pressed disc images.")
 @click.option("--no-mid", is_flag=True, help="Press discs without a MID (installed for a fee).")
 @keystore_option
 @credential_option
@@ -285,7 +275,7 @@ def _verify(ks: KeyStore, image: Path) -> None:
 
 @disc.command("extract")
 @click.argument("image", type=PATH)
-@click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path, file_okay=False), required=True)
+@click.option("-o", "--out", "out_dir", type=FOLDER, required=True)
 @keystore_option
 @pass_app
 def disc_extract(app: App, image: Path, out_dir: Path, keystore: Path | None) -> None:

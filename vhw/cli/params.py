@@ -1,8 +1,11 @@
-"""click parameter types for what people type: IDs, sizes, title IDs, addresses."""
+"""click parameter types for what people type (IDs, sizes, title IDs, addresses, paths), the
+``--json`` option, and how the commands show times and sizes."""
 
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import click
@@ -86,3 +89,30 @@ HDD_ID = IdType(IdKind.HDD)
 CARD_ID = IdType(IdKind.CARD)
 MEDIA_ID = IdType(IdKind.MEDIA)
 USER_ID = IdType(IdKind.USER)
+
+
+PATH = click.Path(path_type=Path)
+FILE = click.Path(path_type=Path, dir_okay=False)  # a file, not a folder
+FOLDER = click.Path(path_type=Path, file_okay=False)  # a folder, not a file
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+
+
+def when(ts: int) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if ts else "-"
+
+
+def human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
+        n /= 1000
+    return str(n)
+
+
+def human_binary(n: float) -> str:
+    """Sizes of memory cards, in the binary units their capacity is given in (8 MiB)."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
+        n /= 1024
+    return str(n)

@@ -16,8 +16,7 @@ from ..devices.hdd import HddImage
 from ..formats.card import WHAT as CARD
 from ..ids import Id, IdKind
 from . import vhw
-from .devices import PATH
-from .params import USER_ID
+from .params import PATH, USER_ID
 from .roles import credential_option, role_client, server_option
 
 

@@ -11,10 +11,11 @@ if TYPE_CHECKING:
 import click
 
 from ..errors import FileError
+from .params import FILE
 
 credential_option = click.option(
     "--credential",
-    type=click.Path(path_type=Path, dir_okay=False),
+    type=FILE,
     envvar="VHW_CREDENTIAL",
     help="Register with the licensing server using this role credential (from `vhw server init`).",
 )
@@ -34,3 +35,12 @@ def role_client(credential: Path, server_url: str | None, role: str) -> Client:
     return Client(
         server_url or cred.server, tls_context(ca_pem=cred.ca, client_cert=cred.client_cert), token=cred.token
     )
+
+
+def register_with_server(credential: Path | None, server_url: str | None, path: str, msg: object) -> None:
+    """The manufacturer's registration of a new ID, done before the device file is written."""
+    from .. import protocol as proto
+
+    if credential:
+        with role_client(credential, server_url, "manufacturer") as c:
+            c.call(path, msg, proto.Done)

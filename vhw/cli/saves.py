@@ -15,9 +15,9 @@ from ..devices.files import atomic_write, read_small, refuse_existing
 from ..errors import StateError
 from ..formats.card import Save
 from . import emit
-from .devices import PATH, card, json_option
-from .devices import human_binary as human
-from .params import TITLE_ID
+from .card import card
+from .params import PATH, TITLE_ID, json_option
+from .params import human_binary as human
 
 MAX_EXPORT = 1024 * 1024 * 1024 + 4096  # the largest save a card holds, and its envelope
 

@@ -15,8 +15,7 @@ from ..errors import FileError, ImageError, StateError
 from ..ids import ID_FIELDS
 from ..roles import ROLES
 from . import App, pass_app, show_audit, vhw
-from .devices import when
-from .params import LISTEN
+from .params import FILE, FOLDER, LISTEN, when
 
 if TYPE_CHECKING:  # (the server's modules load only for its commands)
     import ssl
@@ -28,11 +27,7 @@ if TYPE_CHECKING:  # (the server's modules load only for its commands)
 
 # (the server's modules themselves, trio, hypercorn, starlette and the stores, load only when a
 # server command runs)
-home_option = click.option(
-    "--home",
-    type=click.Path(path_type=Path, file_okay=False),
-    help="The server's folder (default: $VHW_HOME/server).",
-)
+home_option = click.option("--home", type=FOLDER, help="The server's folder (default: $VHW_HOME/server).")
 
 
 def server_home(app: App, home: Path | None) -> ServerHome:
@@ -200,18 +195,13 @@ def wait_for(url: str, tls: ssl.SSLContext, timeout: float) -> None:
 @server.command("run")
 @click.option(
     "--config",
-    type=click.Path(path_type=Path, dir_okay=False),
+    type=FILE,
     is_eager=True,
     expose_value=False,
     callback=load_config,
     help="Read the options from this TOML file (flags and VHW_SERVER_* win).",
 )
-@click.option(
-    "--home",
-    type=click.Path(path_type=Path, file_okay=False),
-    envvar="VHW_SERVER_HOME",
-    help="The server's folder (default: $VHW_HOME/server).",
-)
+@click.option("--home", type=FOLDER, envvar="VHW_SERVER_HOME", help="The server's folder (default: $VHW_HOME/server).")
 @click.option(
     "--listen",
     type=LISTEN,
@@ -315,7 +305,7 @@ def credential() -> None:
 @credential.command("add")
 @click.argument("role", type=click.Choice(ROLES))
 @click.argument("name")
-@click.option("-o", "--out", type=click.Path(path_type=Path, dir_okay=False), required=True)
+@click.option("-o", "--out", type=FILE, required=True)
 @home_option
 @pass_app
 def credential_add(app: App, role: str, name: str, out: Path, home: Path | None) -> None:
@@ -401,7 +391,7 @@ def server_audit(app: App, home: Path | None, after: int, as_json: bool, verify:
 
 
 @server.command("backup")
-@click.argument("out", type=click.Path(path_type=Path, dir_okay=False))
+@click.argument("out", type=FILE)
 @home_option
 @click.option("--db", "database", help="Database URL (default: from `server init`).")
 @pass_app
@@ -420,13 +410,13 @@ def server_backup(app: App, out: Path, home: Path | None, database: str | None) 
 
 
 @server.command("restore")
-@click.argument("source", metavar="IN", type=click.Path(path_type=Path, dir_okay=False))
+@click.argument("source", metavar="IN", type=FILE)
 @home_option
 @click.option("--db", "database", help="Database URL (default: from `server init`).")
 @click.option(
     "--from-home",
     "old",
-    type=click.Path(path_type=Path, file_okay=False),
+    type=FOLDER,
     help="A copy of the old home's folder: make the home from its keys, certificates, credentials "
     "and config first (the home must not exist yet).",
 )
@@ -481,7 +471,7 @@ def server_rotate(app: App, home: Path | None, database: str | None) -> None:
 
 
 @server.command("openapi")
-@click.option("-o", "--out", type=click.Path(path_type=Path, dir_okay=False), help="Write here, not to stdout.")
+@click.option("-o", "--out", type=FILE, help="Write here, not to stdout.")
 def server_openapi(out: Path | None) -> None:
     """Print the OpenAPI document of the licensing API."""
     from ..server.endpoints import (
@@ -498,7 +488,7 @@ def server_openapi(out: Path | None) -> None:
 @server.command("issue-cert")
 @click.argument("name")
 @click.option("--host", "hosts", multiple=True, help="A name or address it serves on (127.0.0.1 and localhost always).")
-@click.option("-o", "--out", type=click.Path(path_type=Path, file_okay=False), required=True)
+@click.option("-o", "--out", type=FOLDER, required=True)
 @home_option
 @pass_app
 def server_issue_cert(app: App, name: str, hosts: tuple[str, ...], out: Path, home: Path | None) -> None:

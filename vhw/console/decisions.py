@@ -232,10 +232,18 @@ class Match:
     binding: TitleBinding = field(repr=False)
 
 
-def devices_match(view: CardView, hw: Hardware) -> Match | None:
-    """S22-S23 / S32-S33: the card's Content-Gen-Key opens on this console and HDD, its sealed
-    Client ID and HDD-ID are theirs, and the card is the user's current one (its token's epoch is
-    not below what this HDD has seen)."""
+@dataclass(frozen=True)
+class _OpenedHere:
+    """A card's keys opened on this console and HDD (its Content-Gen-Key is sealed to them)."""
+
+    user: Id
+    cgk: bytes = field(repr=False)
+    owner: bytes
+    epoch: int
+    ids_match: bool  # its sealed Client ID and HDD-ID are this console's and HDD's
+
+
+def _open_here(view: CardView, hw: Hardware) -> _OpenedHere | None:
     card, user = view.card, view.user
     if user is None or not card.content_gen_key or not card.sealed_ids:
         return None
@@ -246,25 +254,24 @@ def devices_match(view: CardView, hw: Hardware) -> Match | None:
         epoch = bindings.open_card_token(hw.anchor, card.card_token, owner, card.mc_id)
     except crypto.Invalid:
         return None
-    if sealed_client != hw.client_id or sealed_hdd != hw.hdd_id or epoch < hw.epochs.get(owner, 0):
+    return _OpenedHere(user, cgk, owner, epoch, sealed_client == hw.client_id and sealed_hdd == hw.hdd_id)
+
+
+def devices_match(view: CardView, hw: Hardware) -> Match | None:
+    """S22-S23 / S32-S33: the card's Content-Gen-Key opens on this console and HDD, its sealed
+    Client ID and HDD-ID are theirs, and the card is the user's current one (its token's epoch is
+    not below what this HDD has seen)."""
+    here = _open_here(view, hw)
+    if here is None or not here.ids_match or here.epoch < hw.epochs.get(here.owner, 0):
         return None
-    return Match(user, cgk, owner, epoch, TitleBinding.derive(cgk, user, hw.devices))
+    return Match(here.user, here.cgk, here.owner, here.epoch, TitleBinding.derive(here.cgk, here.user, hw.devices))
 
 
 def replaced(view: CardView, hw: Hardware) -> bool:
     """The card is the user's and opens on this console and HDD, but a newer card of the user's
     has been used here (a reissue, FIG. 14): it was replaced, which its holder may be told."""
-    card, user = view.card, view.user
-    if user is None or not card.content_gen_key or not card.sealed_ids:
-        return False
-    try:
-        cgk = bindings.open_content_gen_key(hw.devices, card.mc_key, card.mc_id, user, card.content_gen_key)
-        owner = owner_of(cgk)
-        bindings.open_device_ids(cgk, user, card.sealed_ids)
-        epoch = bindings.open_card_token(hw.anchor, card.card_token, owner, card.mc_id)
-    except crypto.Invalid:
-        return False
-    return epoch < hw.epochs.get(owner, 0)
+    here = _open_here(view, hw)
+    return here is not None and here.epoch < hw.epochs.get(here.owner, 0)
 
 
 def copy_keys(view: CardView, hw: Hardware, mid: Id, title_id: str) -> tuple[bytes, Match]:

@@ -28,7 +28,7 @@ import os
 from collections import deque
 from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .. import crypto, datapath
 from ..bindings import TitleBinding, title_tag
@@ -204,6 +204,16 @@ class Piece:
                 pos += ext.length
 
 
+@dataclass(frozen=True)
+class _FileJob:
+    """One file to copy: where it is on the disc and on the HDD, and the stream secrets of each."""
+
+    disc_file: DiscFile
+    hdd_file: HddFile
+    disc: crypto.StreamSecret = field(repr=False)
+    hdd: crypto.StreamSecret = field(repr=False)
+
+
 class _Sealer:
     """Opens a disc's chunks and seals them again as HDD blocks, a piece (1 MiB) at a time, in
     worker threads that call the compiled core (:func:`vhw.datapath.reseal`, without the
@@ -239,52 +249,43 @@ class _Sealer:
             self._free.append(piece.buffers)
 
     def pieces(self, disc_file: DiscFile, hdd_file: HddFile) -> Iterator[Piece]:
-        disc = crypto.ChunkCipher(self.content_key, disc_file.stream_id, disc_file.size).secret
-        hdd = hdd_file.cipher(self.title_key).secret
+        job = _FileJob(
+            disc_file,
+            hdd_file,
+            crypto.ChunkCipher(self.content_key, disc_file.stream_id, disc_file.size).secret,
+            hdd_file.cipher(self.title_key).secret,
+        )
         starts = iter(range(piece_count(hdd_file)))
         pending: deque[Future[Piece]] = deque()
         for index in starts:
-            pending.append(self._submit(disc_file, hdd_file, disc, hdd, index))
+            pending.append(self._submit(job, index))
             if len(pending) >= DEPTH:
                 break
         while pending:
             piece = pending.popleft().result()  # in order; a damaged disc raises here
             nxt = next(starts, None)
             if nxt is not None:
-                pending.append(self._submit(disc_file, hdd_file, disc, hdd, nxt))
+                pending.append(self._submit(job, nxt))
             yield piece
 
-    def _submit(
-        self,
-        disc_file: DiscFile,
-        hdd_file: HddFile,
-        disc: crypto.StreamSecret,
-        hdd: crypto.StreamSecret,
-        index: int,
-    ) -> Future[Piece]:
+    def _submit(self, job: _FileJob, index: int) -> Future[Piece]:
         buffers = self._free.pop() if self._free else (bytearray(PIECE_SIZE), bytearray(_PIECE_TAGS))
         sealed_in = self._free_in.pop() if self._free_in else bytearray(_PIECE_SEALED)
         # in order, one piece after another (a file's last piece: what exists of it)
-        read = self._reader.submit(self.disc.read_sealed_into, disc_file, index * PIECE_CHUNKS, PIECE_CHUNKS, sealed_in)
-        return self._pool.submit(self._seal, disc_file, hdd_file, disc, hdd, index, read, sealed_in, buffers)
+        first = index * PIECE_CHUNKS
+        read = self._reader.submit(self.disc.read_sealed_into, job.disc_file, first, PIECE_CHUNKS, sealed_in)
+        return self._pool.submit(self._seal, job, index, read, sealed_in, buffers)
 
     def _seal(
-        self,
-        disc_file: DiscFile,
-        hdd_file: HddFile,
-        disc: crypto.StreamSecret,
-        hdd: crypto.StreamSecret,
-        index: int,
-        read: Future[int],
-        sealed_in: bytearray,
-        buffers: tuple[bytearray, bytearray],
+        self, job: _FileJob, index: int, read: Future[int], sealed_in: bytearray, buffers: tuple[bytearray, bytearray]
     ) -> Piece:
+        disc_file, hdd_file = job.disc_file, job.hdd_file
         n_in = read.result()  # a truncated disc raises here
         first = index * PIECE_CHUNKS
         try:
             n = datapath.reseal(
-                disc,
-                hdd,
+                job.disc,
+                job.hdd,
                 size=disc_file.size,
                 block_size=hdd_file.block_size,
                 first=first,

@@ -24,6 +24,7 @@ from ..devices.card import CardImage
 from ..devices.disc import DiscImage
 from ..devices.files import now, refuse_other_console
 from ..devices.hdd import HddImage
+from ..devices.holders import alive
 from ..errors import FileError, ImageError, IntegrityError, NoSpaceError, ReproductionNotPermitted, StateError
 from ..formats.card import Card, License
 from ..formats.common import valid_relpath
@@ -385,7 +386,7 @@ class Machine(ConsoleFolder):
     def active_mount(self) -> Path | None:
         """A mount of this console's HDD that is up, if any (``play`` reuses it)."""
         for where, pid in self.mounts.load().items():
-            if processes.alive(pid) and os.path.ismount(where):
+            if alive(pid) and os.path.ismount(where):
                 return Path(where)
         return None
 

@@ -16,9 +16,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import psutil
-
 from ..devices.files import atomic_write
+from ..devices.holders import alive
 from ..errors import StateError
 
 SPAWNED_BY = "VHW_SPAWNED_BY"  # the PID of the vhw process a mount was started by, in its environment
@@ -88,16 +87,6 @@ def _prctl(option: int, value: int) -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(ctypes.c_int(option), ctypes.c_ulong(value), 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl")
-
-
-def alive(pid: int) -> bool:
-    """The process runs (a zombie, ended but not reaped, does not)."""
-    try:
-        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
-    except psutil.NoSuchProcess:
-        return False
-    except psutil.AccessDenied:
-        return True
 
 
 def wait_gone(pid: int, timeout: float = 10.0) -> None:

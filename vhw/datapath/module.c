@@ -317,26 +317,25 @@ static PyObject *mount_wait(MountObject *self, PyObject *arg) {
     return PyBool_FromLong(ended);
 }
 
-static PyObject *mount_revoke(MountObject *self, PyObject *unused) {
+/* Call fn on a live mount without the interpreter's lock (it may wait for the kernel). */
+static PyObject *unlocked(MountObject *self, void (*fn)(struct vhw_mount *)) {
     struct vhw_mount *m = live(self);
-    (void)unused;
     if (m == NULL)
         return NULL;
     Py_BEGIN_ALLOW_THREADS;
-    vhw_mount_revoke(m);
+    fn(m);
     Py_END_ALLOW_THREADS;
     Py_RETURN_NONE;
 }
 
-static PyObject *mount_invalidate(MountObject *self, PyObject *unused) {
-    struct vhw_mount *m = live(self);
+static PyObject *mount_revoke(MountObject *self, PyObject *unused) {
     (void)unused;
-    if (m == NULL)
-        return NULL;
-    Py_BEGIN_ALLOW_THREADS;
-    vhw_mount_invalidate(m);
-    Py_END_ALLOW_THREADS;
-    Py_RETURN_NONE;
+    return unlocked(self, vhw_mount_revoke);
+}
+
+static PyObject *mount_invalidate(MountObject *self, PyObject *unused) {
+    (void)unused;
+    return unlocked(self, vhw_mount_invalidate);
 }
 
 static PyObject *mount_stop(MountObject *self, PyObject *unused) {

@@ -82,12 +82,13 @@ def holders(path: Path) -> list[Holder]:
             h = Holder(**json.loads(note.read_text()))
         except (OSError, ValueError, TypeError):
             continue
-        if h.pid != os.getpid() and _alive(h.pid):
+        if h.pid != os.getpid() and alive(h.pid):
             out.append(h)
     return out
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """The process runs (a zombie, ended but not reaped, does not)."""
     import psutil  # (only a process that meets a holder's note needs it)
 
     try:
@@ -107,7 +108,7 @@ def noted(path: Path) -> Iterator[None]:
     try:
         folder.mkdir(mode=0o700, exist_ok=True)
         for old in folder.iterdir():  # notes of processes that are gone
-            if old.suffix == ".json" and old.stem.isdigit() and not _alive(int(old.stem)):
+            if old.suffix == ".json" and old.stem.isdigit() and not alive(int(old.stem)):
                 old.unlink(missing_ok=True)
         tmp = folder / f".{os.getpid()}.tmp"
         tmp.write_text(json.dumps(asdict(me())))
