@@ -344,7 +344,7 @@ def test_the_operator_with_the_database_and_a_stolen_hdd_decrypts_nothing(world,
     try:
         with lic.store.transaction() as tx:
             blob = tx.one("SELECT content_gen_key FROM users WHERE user_id = ?", str(user))[0]
-        cgk = lic._open("users", user, blob)
+        cgk = lic.context.open("users", user, blob)
     finally:
         lic.store.close()
     assert crypto.equal(cgk, match_of(alice).content_gen_key)  # the real one

@@ -10,11 +10,12 @@ anything below):
     4  devices, datapath                                    device files: file handles, locks, writes;
                                                             the compiled data path
     5  httpapi, client, console.decisions, console.sandbox,       I/O shells and pure decisions of each side
-       server.store, server.audit, server.metrics, server.logs, publisher.keystore,
-       webconsole.sessions, webconsole.charts
+       server.store, server.records, server.context, server.audit, server.metrics, server.logs,
+       publisher.keystore, broker.config, webconsole.sessions, webconsole.charts
     6  console.install, console.mountpoints, console.fuseloop, console.slots, console.processes,
        publisher.mastering,
-       server.queries, server.auditlog, server.licensing, broker.payments
+       server.queries, server.auditlog, server.registration, server.acquisition, server.repairs,
+       server.licensing, broker.records, broker.payments, broker.logins, broker.ledger
     7  console.mount, console.savefs, console.machine, server.home, server.endpoints, server.batcher,
        broker.service
     8  server.app, server.workers, broker.home, broker.app, webconsole.web, webconsole.downloads
@@ -44,6 +45,9 @@ LAYERS = {
         "vhw.console.decisions",
         "vhw.console.sandbox",
         "vhw.server.store",
+        "vhw.server.records",
+        "vhw.server.context",
+        "vhw.broker.config",
         "vhw.server.audit",
         "vhw.server.metrics",
         "vhw.server.logs",
@@ -65,8 +69,14 @@ LAYERS = {
         "vhw.publisher.mastering",
         "vhw.server.queries",
         "vhw.server.auditlog",
+        "vhw.server.registration",
+        "vhw.server.acquisition",
+        "vhw.server.repairs",
         "vhw.server.licensing",
+        "vhw.broker.records",
         "vhw.broker.payments",
+        "vhw.broker.logins",
+        "vhw.broker.ledger",
     ],
     7: [
         "vhw.console.mount",

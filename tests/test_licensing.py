@@ -17,8 +17,8 @@ from vhw.errors import (
     TooManyAttempts,
     UserIdInvalid,
 )
-from vhw.ids import Id, IdKind
-from vhw.server.licensing import ID_FIELDS, Policy
+from vhw.ids import ID_FIELDS, Id, IdKind
+from vhw.server.licensing import Policy
 from vhw.server.store import PostgresStore, SqliteStore
 
 from .conftest import BACKENDS, database_for

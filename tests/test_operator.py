@@ -33,7 +33,8 @@ from vhw.devices import rom as rom_dev
 from vhw.devices.hdd import HddImage
 from vhw.formats.card import Card
 from vhw.ids import Id, IdKind
-from vhw.server.home import AT_REST, Credential, ServerHome
+from vhw.server.home import Credential, ServerHome
+from vhw.server.records import AT_REST
 
 from .conftest import BACKENDS, MEDIA, REGISTER, database_for
 from .servers import RunningServer, cluster_tool, factory, make_users, press, publish

@@ -14,42 +14,69 @@ import pytest
 from vhw import protocol as p
 from vhw.client import Client, tls_context
 from vhw.errors import NetworkError, ServerError
-from vhw.server import app as server_app
-from vhw.server.store import Unavailable
+from vhw.server.store import CONFLICT_RERUNS, RERUNS, Conflict, Store, Unavailable
 
 from .servers import RunningServer
+
+# The server's one retry policy (Store.run), which every call of the licensing service runs under.
 
 
 def test_a_call_that_failed_before_committing_is_run_again():
     calls = []
 
-    def flaky(lic, actor, msg):
+    def flaky(actor, msg):
         calls.append(msg)
         if len(calls) < 3:
             raise Unavailable("connection lost", maybe_committed=False)
         return "done"
 
-    assert server_app.rerun_when_safe(flaky, None, "console", "m") == "done" and len(calls) == 3
+    assert Store().run(flaky, "console", "m") == "done" and len(calls) == 3
 
 
 def test_a_call_that_may_have_committed_is_not_rerun():
     calls = []
 
-    def lost_commit(lic, actor, msg):
+    def lost_commit(actor, msg):
         calls.append(msg)
         raise Unavailable("connection lost while committing", maybe_committed=True)
 
     with pytest.raises(Unavailable):
-        server_app.rerun_when_safe(lost_commit, None, "console", "m")
+        Store().run(lost_commit, "console", "m")
     assert len(calls) == 1
 
 
 def test_a_call_still_failing_after_the_reruns_is_answered_unavailable():
-    def down(lic, actor, msg):
+    calls = []
+
+    def down(actor, msg):
+        calls.append(msg)
         raise Unavailable("no primary", maybe_committed=False)
 
     with pytest.raises(Unavailable):
-        server_app.rerun_when_safe(down, None, "console", "m")
+        Store().run(down, "console", "m")
+    assert len(calls) == 1 + len(RERUNS)
+
+
+def test_a_call_that_lost_a_race_runs_again_at_once_a_few_times():
+    calls = []
+
+    def racing(actor, msg):
+        calls.append(time.monotonic())
+        if len(calls) < 3:
+            raise Conflict("UNIQUE constraint failed")
+        return "done"
+
+    assert Store().run(racing, "console", "m") == "done" and len(calls) == 3
+    assert calls[-1] - calls[0] < 0.5  # at once: no pause between
+
+    def always(actor, msg):
+        calls.append(0.0)
+        raise Conflict("UNIQUE constraint failed")
+
+    calls.clear()
+    with pytest.raises(Conflict):
+        Store().run(always, "console", "m")
+    assert len(calls) == 1 + CONFLICT_RERUNS
 
 
 @pytest.fixture(scope="module")

@@ -35,6 +35,8 @@ from ..server.home import Credential
 from .home import BrokerHome
 from .service import Broker
 
+__all__ = ["serve"]
+
 access = logging.getLogger("vhw.broker.access")  # one line per request, as the server's
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -74,7 +76,7 @@ class BrokerApp:
                 raise ApiError(401, "unauthenticated", "sign in with the account's name and password")
             name = await anyio.to_thread.run_sync(self._account, header)
             request.scope["state"]["role"] = "account"
-            token = await anyio.to_thread.run_sync(self.broker.issue_token, name)
+            token = await anyio.to_thread.run_sync(self.broker.logins.issue_token, name)
             return JSONResponse(p.encode(p.AccountToken(name, token)))
         except Exception as exc:
             return error_response(exc)
@@ -109,7 +111,7 @@ class BrokerApp:
     def _account(self, header: str) -> str:
         scheme, _, value = header.partition(" ")
         if scheme.lower() == "bearer":  # the token a console keeps instead of the password
-            name = self.broker.account_of_token(value.strip())
+            name = self.broker.logins.account_of_token(value.strip())
             if name is None:
                 raise ApiError(401, "unauthenticated", "this console's account token is not known here")
             return name
@@ -119,7 +121,7 @@ class BrokerApp:
             name, _, password = base64.b64decode(value, validate=True).decode().partition(":")
         except (binascii.Error, UnicodeDecodeError, ValueError):
             raise ApiError(401, "unauthenticated", "malformed account credentials") from None
-        if not self.broker.check_password(name, password):
+        if not self.broker.logins.check_account(name, password):
             raise ApiError(401, "unauthenticated", "wrong account name or password")
         return name
 

@@ -16,8 +16,12 @@ from ..devices.files import atomic_write
 from ..errors import FileError, InputError, StateError
 from ..server.home import Credential
 from ..server.store import SqliteStore, Store
+from .config import BrokerConfig, valid_currency
 from .payments import TestProcessor
-from .service import SCHEMA, Broker, BrokerConfig, valid_currency
+from .records import SCHEMA
+from .service import Broker
+
+__all__ = ["BrokerHome"]
 
 
 class BrokerHome:

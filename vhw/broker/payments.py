@@ -22,6 +22,7 @@ from typing import Protocol
 
 from .. import crypto
 from ..errors import InputError, PaymentDeclined
+from . import records
 
 DECLINING = "4000000000000002"
 
@@ -65,23 +66,19 @@ class TestProcessor:
         # enough (a BIN and a Luhn digit) that an unkeyed hash is reversed by trying them all
         token = "tok_" + crypto.mac(self._key, crypto.context("card-token", digits)).hex()[:32]
         with self.store.transaction() as tx:
-            if not tx.one("SELECT 1 FROM processor_cards WHERE token = ?", token):
-                tx.execute(
-                    "INSERT INTO processor_cards (token, declines) VALUES (?, ?)", token, int(digits == DECLINING)
-                )
+            if records.processor_card(tx, token) is None:
+                records.add_processor_card(tx, token, declines=digits == DECLINING)
         return token, digits[-4:]
 
     def authorize(self, token: str, cents: int) -> str:
         with self.store.transaction() as tx:
-            row = tx.one("SELECT declines FROM processor_cards WHERE token = ?", token)
+            row = records.processor_card(tx, token)
             if row is None:
                 raise PaymentDeclined("the card on file is unknown to the payment processor")
-            if row[0]:
+            if row.declines:
                 raise PaymentDeclined("the card was declined")
             auth = "auth_" + secrets.token_hex(12)
-            tx.execute(
-                "INSERT INTO processor_auths (auth, token, cents, state) VALUES (?, ?, ?, 'held')", auth, token, cents
-            )
+            records.add_authorization(tx, auth, token, cents)
         return auth
 
     def capture(self, auth: str) -> None:
@@ -92,4 +89,4 @@ class TestProcessor:
 
     def _finish(self, auth: str, state: str) -> None:
         with self.store.transaction() as tx:
-            tx.execute("UPDATE processor_auths SET state = ? WHERE auth = ? AND state = 'held'", state, auth)
+            records.end_authorization(tx, auth, state)

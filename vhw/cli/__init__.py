@@ -4,6 +4,11 @@ Every :class:`~vhw.errors.VhwError` ends the command with one line on stderr and
 (listed in ``vhw --help``); the patent's refusals print their exact text and nothing else.
 Anything else that escapes is a bug: it is reported in one line as well, with its traceback only
 when ``VHW_DEBUG=1``.
+
+A module per group: :mod:`.card` (and :mod:`.saves`, its ``saves``), :mod:`.hdd`, :mod:`.console`,
+:mod:`.disc`, :mod:`.server`, :mod:`.repair`, :mod:`.broker`; what they share: :mod:`.params`
+(what people type, and how times and sizes are shown) and :mod:`.roles` (calling the server as
+a role).
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ from ..errors import EXIT_CODES, Refusal, VhwError
 
 if TYPE_CHECKING:  # (the server's modules load only for the commands that use them)
     from ..server.store import Store
+
+__all__ = ["main"]
 
 EXIT_HELP = "\b\nExit codes:\n" + "\n".join(f"  {code:>2}  {text}" for code, text in EXIT_CODES)
 
@@ -57,8 +64,10 @@ def emit(data: dict[str, Any], *, as_json: bool, lines: list[str] | None = None)
 def show_audit(store: Store, *, after: int = 0, as_json: bool = False) -> None:
     """Print an audit log (the server's or the broker's: the same table)."""
     try:
+        from ..server import records  # (loaded only by the commands that need it: start-up time)
+
         with store.transaction() as tx:
-            rows = tx.all("SELECT seq, at, actor, action, subject, detail FROM audit WHERE seq > ? ORDER BY seq", after)
+            rows = records.audit_after(tx, after)
     finally:
         store.close()
     entries = [

@@ -92,8 +92,8 @@ def broker_init(
     platform_share: int,
 ) -> None:
     """Set up a broker: its credential, TLS identity, prices and database."""
+    from ..broker.config import money
     from ..broker.home import BrokerHome  # (loaded only by the commands that need it: start-up time)
-    from ..broker.service import money
 
     h = BrokerHome.init(
         broker_home(app, home).root,
@@ -197,7 +197,7 @@ def password_option(whose: str) -> Callable[[FC], FC]:
 def account_add(app: App, name: str, password: str, home: Path | None) -> None:
     """Open an account NAME (its password is kept only as a scrypt hash)."""
     with broker_home(app, home).broker() as b:
-        b.add_account(name, password)
+        b.logins.add_account(name, password)
     click.echo(f"account {name} opened")
 
 
@@ -209,7 +209,7 @@ def account_add(app: App, name: str, password: str, home: Path | None) -> None:
 def account_card(app: App, name: str, number: str, home: Path | None) -> None:
     """Put a payment card on file for NAME (the processor keeps the number; the broker a token)."""
     with broker_home(app, home).broker() as b:
-        last4 = b.set_card(name, number)
+        last4 = b.ledger.set_card(name, number)
     click.echo(f"card **** {last4} on file for {name}")
 
 
@@ -222,8 +222,8 @@ def account_card(app: App, name: str, number: str, home: Path | None) -> None:
 def account_topup(app: App, name: str, amount: str, number: str | None, home: Path | None) -> None:
     """Pay AMOUNT into NAME's prepaid balance."""
     with broker_home(app, home).broker() as b:
-        txn, balance = b.topup(name, cents(amount), number)
-    click.echo(f"{name}: added {b.money(cents(amount))} ({txn}), balance {b.money(balance)}")
+        txn, balance = b.ledger.topup(name, cents(amount), number)
+    click.echo(f"{name}: added {b.ledger.money(cents(amount))} ({txn}), balance {b.ledger.money(balance)}")
 
 
 @account.command("statement")
@@ -234,8 +234,8 @@ def account_topup(app: App, name: str, amount: str, number: str | None, home: Pa
 def account_statement(app: App, name: str, as_json: bool, home: Path | None) -> None:
     """Show NAME's balance, card on file, and every top-up and charge with its date (local time)."""
     with broker_home(app, home).broker() as b:
-        d = b.statement(name)
-    money = b.money
+        d = b.ledger.statement(name)
+    money = b.ledger.money
     moves = [(e["at"], "top-up", money(e["cents"]), "card", e["memo"]) for e in d["prepaid_entries"] if e["cents"] > 0]
     moves += [
         (c["at"], "charge", money(-c["cents"]), "balance" if c["method"] == "prepaid" else "card", c["what"])
@@ -264,7 +264,7 @@ def staff() -> None:
 def staff_add(app: App, name: str, password: str, home: Path | None) -> None:
     """Add a staff account NAME (its password is kept only as a scrypt hash)."""
     with broker_home(app, home).broker() as b:
-        b.add_staff(name, password)
+        b.logins.add_staff(name, password)
     click.echo(f"staff account {name} added; it signs in at /console/")
 
 
@@ -275,7 +275,7 @@ def staff_add(app: App, name: str, password: str, home: Path | None) -> None:
 def staff_ls(app: App, as_json: bool, home: Path | None) -> None:
     """List the staff accounts (names and when they were added; never a password)."""
     with broker_home(app, home).broker() as b:
-        rows = b.staff()
+        rows = b.logins.staff()
     lines = (
         columns(("name", "added"), [[r["name"], local_time(r["created"])] for r in rows]) if rows else ["(no staff)"]
     )
@@ -289,7 +289,7 @@ def staff_ls(app: App, as_json: bool, home: Path | None) -> None:
 def staff_rm(app: App, name: str, home: Path | None) -> None:
     """Remove a staff account NAME: it signs in no more, and its open sessions end at once."""
     with broker_home(app, home).broker() as b:
-        b.remove_staff(name)
+        b.logins.remove_staff(name)
     click.echo(f"staff account {name} removed")
 
 
@@ -300,8 +300,8 @@ def staff_rm(app: App, name: str, home: Path | None) -> None:
 def broker_ledger(app: App, as_json: bool, home: Path | None) -> None:
     """Check the ledger: every transaction balanced, the shares adding up to the charges."""
     with broker_home(app, home).broker() as b:
-        t = b.ledger_totals()
-    ok, money = t["balanced"], b.money
+        t = b.ledger.totals()
+    ok, money = t["balanced"], b.ledger.money
     emit(
         t,
         as_json=as_json,

@@ -7,5 +7,10 @@
   tree and derives the keys, the compiled data path (:mod:`vhw.datapath`) serves it;
 - :mod:`.savefs`: the running title's save folder, a pyfuse3 view of the card's saves;
 - :mod:`.fuseloop`: serving a pyfuse3 file system (the save folder) until unmounted or signalled;
-- :mod:`.mountpoints`: lifting dead mounts, raising readahead and unmounting, without FUSE.
+- :mod:`.mountpoints`: lifting dead mounts, raising readahead and unmounting, without FUSE;
+- :mod:`.slots`: the console's folder: its configuration, card slots and disc tray;
+- :mod:`.sandbox`: the bubblewrap sandbox a title runs in, and its seccomp filter;
+- :mod:`.processes`: spawned mounts, their parents and who is alive.
 """
+
+__all__ = ["decisions", "machine", "mountpoints", "processes"]

@@ -27,6 +27,8 @@ from ..errors import CopyNotPermitted, ReproductionNotPermitted, ServerError, St
 from ..formats.card import Card, License
 from ..ids import Id, IdKind
 
+__all__ = ["CardView", "reissued_card"]
+
 R = TypeVar("R", p.AcquireRequest, p.ConfirmRequest)
 
 

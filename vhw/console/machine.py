@@ -36,7 +36,7 @@ from . import decisions, install, processes, sandbox
 from .mountpoints import clear_stale, unmount
 from .slots import SLOTS, WATCH_INTERVAL, CardMemory, ConsoleConfig, ConsoleFolder
 
-__all__ = ["SLOTS", "CardMemory", "ConsoleConfig", "Machine", "check_disc_is_registered", "disc_medium", "hardware"]
+__all__ = ["CardMemory", "ConsoleConfig", "Machine", "SLOTS", "check_disc_is_registered", "disc_medium", "hardware"]
 
 
 class Machine(ConsoleFolder):

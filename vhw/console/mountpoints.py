@@ -12,6 +12,8 @@ from pathlib import Path
 
 from ..errors import StateError
 
+__all__ = ["unmount"]
+
 log = logging.getLogger(__name__)
 
 # What statfs() says on a mount whose process died: ENOTCONN, or ECONNABORTED on newer kernels.

@@ -30,6 +30,8 @@ from ..stores.card import LAYOUT, CardState, format_plan
 from ..stores.ditto import Opened, commit_twice, read_current, rolled_back
 from .files import OpenDevice, apply_ops, check_regular, create_image, describe_os_error, locked
 
+__all__ = ["CardImage", "create", "load", "transaction"]
+
 
 def read_state(read: Callable[[int, int], bytes], path: object, size: int) -> Opened[CardState]:
     """The current generation of a card image of ``size`` bytes (:func:`vhw.stores.ditto.read_current`).

@@ -18,6 +18,8 @@ from ..formats import disc as fmt
 from ..ids import Id
 from .files import check_regular, describe_os_error, fsync_dir, refuse_existing, write_error
 
+__all__ = ["DiscImage", "press"]
+
 READ_BATCH = 16  # chunks per read when streaming a whole file: 1 MiB reads, few syscalls
 
 

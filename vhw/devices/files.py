@@ -27,6 +27,18 @@ from ..errors import ImageError, InUseError, NoSpaceError, PathError, VhwError
 from ..plans import Op, Sync, Write
 from . import holders
 
+__all__ = [
+    "atomic_write",
+    "describe_os_error",
+    "fsync_dir",
+    "locked",
+    "now",
+    "read_small",
+    "refuse_existing",
+    "refuse_other_console",
+    "write_error",
+]
+
 T = TypeVar("T")
 
 MAX_SMALL = 16 * 1024 * 1024  # no ROM or card is near this; refuses to slurp a wrong, huge file

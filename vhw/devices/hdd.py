@@ -28,6 +28,8 @@ from ..stores.hdd import LAYOUT, Volume, format_plan, piece_blocks, piece_checks
 from .card import CardImage
 from .files import OpenDevice, apply_op, apply_ops, check_regular, create_image, describe_os_error, locked
 
+__all__ = ["HddImage"]
+
 Plan = Generator[Op, None, Volume]
 # A streaming plan's contiguous writes of at least WRITEBACK_HINT bytes each start their writeback
 # once they add up to WRITEBACK_RUN: the disk gets large writes, and the plan's next Sync waits for

@@ -28,6 +28,8 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+__all__ = ["act_for", "alive"]
+
 
 @dataclass(frozen=True)
 class Holder:

@@ -7,6 +7,8 @@ from pathlib import Path
 from ..formats import rom as fmt
 from .files import atomic_write, read_small, refuse_existing
 
+__all__ = ["burn", "load"]
+
 
 def burn(path: Path, rom: fmt.Rom) -> None:
     path = Path(path)

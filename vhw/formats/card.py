@@ -68,6 +68,28 @@ from .common import (
 )
 from .ditto import SLOT_OFFSETS, decode_catalog_record, decode_slot
 
+__all__ = [
+    "Card",
+    "Catalog",
+    "DEFAULT_CAPACITY",
+    "License",
+    "MAGIC",
+    "MAX_CAPACITY",
+    "MAX_SAVES",
+    "META_SIZE",
+    "SAVE_START",
+    "Save",
+    "Superblock",
+    "VERSION",
+    "WHAT",
+    "decode_catalog",
+    "decode_superblock",
+    "encode_catalog",
+    "encode_superblock",
+    "image_size",
+    "valid_save_name",
+]
+
 MAGIC = b"VHWCARD\0"
 CATALOG_MAGIC = b"VHWCCAT\0"
 VERSION = 4

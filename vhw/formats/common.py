@@ -30,6 +30,19 @@ import construct as cs
 from ..errors import IdError, ImageError, IntegrityError
 from ..ids import Id, IdKind
 
+__all__ = [
+    "BLOCK_SIZE",
+    "Blob",
+    "Extent",
+    "IdField",
+    "Text",
+    "build",
+    "parse",
+    "valid_relpath",
+    "valid_title_id",
+    "version_error",
+]
+
 DIGEST_SIZE = 32
 D = TypeVar("D")
 

@@ -54,6 +54,27 @@ from .common import (
     version_error,
 )
 
+__all__ = [
+    "Disc",
+    "DiscFile",
+    "KINDS",
+    "MID_AREA_OFFSET",
+    "Manifest",
+    "Pressing",
+    "VERSION",
+    "WHAT",
+    "data_offset_for",
+    "decode",
+    "encode_header",
+    "encode_mid_area",
+    "layout_files",
+    "manifest_bytes",
+    "manifest_problem",
+    "mid_signed_message",
+    "sign_manifest",
+    "title_digest",
+]
+
 HEADER_MAGIC = b"VHWDISC\0"
 MID_MAGIC = b"VHWMID\0\0"
 MANIFEST_MAGIC = b"VHWMANI\0"

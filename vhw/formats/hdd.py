@@ -71,6 +71,24 @@ from .common import (
 )
 from .ditto import SLOT_OFFSETS, decode_catalog_record, decode_slot
 
+__all__ = [
+    "Catalog",
+    "DATA_START",
+    "HddFile",
+    "MAGIC",
+    "MIN_SIZE",
+    "OWNER_SIZE",
+    "Superblock",
+    "Title",
+    "TitleState",
+    "VERSION",
+    "WHAT",
+    "decode_catalog",
+    "decode_superblock",
+    "encode_catalog",
+    "encode_superblock",
+]
+
 MAGIC = b"VHWHDD\0\0"
 CATALOG_MAGIC = b"VHWCATL\0"
 VERSION = 5

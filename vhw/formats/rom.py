@@ -21,6 +21,8 @@ from .. import crypto
 from ..ids import Id, IdKind
 from .common import Blob, IdField, Text, build, from_record, open_envelope, parse, record, seal_envelope
 
+__all__ = ["Rom", "VERSION", "WHAT", "decode", "encode"]
+
 MAGIC = b"VHWROM\0\0"
 VERSION = 3  # 3: the platform's signing certificate (card tokens) pinned beside the CA
 WHAT = "console ROM"

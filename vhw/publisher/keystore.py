@@ -26,6 +26,8 @@ from ..devices.files import atomic_write, describe_os_error
 from ..errors import FileError, StateError
 from ..formats.common import valid_title_id
 
+__all__ = ["KeyStore"]
+
 WHAT = "publisher key store"
 
 

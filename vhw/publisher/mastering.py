@@ -30,6 +30,8 @@ from ..formats.common import valid_relpath, valid_title_id
 from ..ids import Id, IdKind
 from .keystore import KeyStore, TitleKeys
 
+__all__ = ["master", "press", "scan"]
+
 TITLE_FILE = "vhw-title.json"
 WRITE_BUFFER = 1024 * 1024  # batch sealed chunks into 1 MiB writes
 

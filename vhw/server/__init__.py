@@ -1,9 +1,16 @@
 """The licensing server's side.
 
-- :mod:`.licensing`: the server's behaviour (S3-S7, S13-S17, confirm, repair, reissue, roles) over a store;
-- :mod:`.store`: SQLite and PostgreSQL behind one interface, with versioned migrations;
-- :mod:`.app`: the Starlette app on hypercorn's trio worker, the batcher, ``serve``;
+- :mod:`.licensing`: the service's face (S3-S7, S13-S17, confirm, repair, reissue), each call one
+  flow under the store's retry policy: :mod:`.registration`, :mod:`.acquisition`, :mod:`.repairs`,
+  over what they share (:mod:`.context`);
+- :mod:`.store`: SQLite and PostgreSQL behind one interface, versioned migrations, the retry policy;
+  :mod:`.records`: the flows' statements, by meaning; :mod:`.queries`: the operators' read model;
+- :mod:`.app`: the Starlette app on hypercorn's trio worker and ``serve``; :mod:`.endpoints`: its
+  endpoint table and OpenAPI document; :mod:`.batcher`: group commit; :mod:`.workers`: several
+  processes on one port;
 - :mod:`.home`: the server's folder: CA, TLS identity, master key, credentials, backups, rotation;
 - :mod:`.audit` (pure) and :mod:`.auditlog`: the hash-chained audit log and its signed heads;
 - :mod:`.metrics` and :mod:`.logs`: what operators read (Prometheus, access lines).
 """
+
+__all__ = ["app", "auditlog", "endpoints", "home", "licensing", "logs", "queries", "records", "store", "workers"]

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
@@ -48,6 +47,8 @@ from .home import ServerHome
 from .licensing import Licensing
 from .queries import Queries, token_hash
 from .store import Conflict, PostgresStore, Unavailable
+
+__all__ = ["serve"]
 
 log = logging.getLogger(__name__)
 access = logging.getLogger("vhw.server.access")  # one line per request (--log-format)
@@ -171,7 +172,7 @@ class App:
             else:
                 msg: object = p.decode(ep.request, await read_body(request))
                 request.scope["state"]["msg"] = msg  # (a refusal's audit entry names its card or disc)
-                call = partial(rerun_when_safe, ep.call)
+                call = ep.call
                 if ep.path in self.batched and self.batcher.running:
                     result = await self.batcher.call(call, actor, msg)
                 else:
@@ -211,23 +212,6 @@ class App:
 # has no standby yet, or a lock is held by a transaction that is itself stuck.
 STATEMENT_TIMEOUT = 5.0
 UNAVAILABLE = "the licensing database is unavailable for a moment (a failover?); try again shortly"
-RERUNS = (0.05, 0.15, 0.4)  # seconds before each rerun of a call that failed before committing
-
-
-def rerun_when_safe(call: Any, lic: Licensing, actor: str, msg: Any) -> Any:
-    """``call`` again on a fresh connection when the database failed it before anything could
-    commit (a connection of the old primary, say); a failure while committing is not rerun here:
-    it is answered 503 at once, and the client's retry meets the server's lost-answer path."""
-    for pause in (*RERUNS, None):
-        try:
-            return call(lic, actor, msg)
-        except Unavailable as exc:
-            if exc.maybe_committed or exc.slow or pause is None:
-                raise
-            time.sleep(pause)
-    raise AssertionError("unreachable")
-
-
 _ACQUIRING = {"/v1/console/acquire", "/v1/broker/acquire", "/v1/broker/refetch", "/v1/broker/purchase"}
 
 

@@ -13,8 +13,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from . import audit
+from . import audit, records
 from .store import Store, Tx
+
+__all__ = ["verify"]
 
 log = logging.getLogger(__name__)
 
@@ -23,8 +25,8 @@ LOCK_ID = 0x5648_5701  # PostgreSQL advisory lock: one chainer at a time across 
 
 
 def _head(tx: Tx) -> tuple[int, bytes]:
-    row = tx.one("SELECT position, hash FROM audit WHERE position IS NOT NULL ORDER BY position DESC LIMIT 1")
-    return (row[0], bytes(row[1])) if row else (0, audit.GENESIS)
+    row = records.chain_head(tx)
+    return (row.position, bytes(row.hash)) if row else (0, audit.GENESIS)
 
 
 def chain_pending(store: Store) -> tuple[int, bytes, int]:
@@ -33,21 +35,15 @@ def chain_pending(store: Store) -> tuple[int, bytes, int]:
     linked = 0
     with store.transaction() as tx:
         if store.dialect == "postgres":
-            if not tx.row("SELECT pg_try_advisory_xact_lock(?)", LOCK_ID)[0]:
+            if not records.try_lock_chainer(tx, LOCK_ID):
                 return (*_head(tx), 0)
         head = _head(tx)
         while True:
-            rows = tx.all(
-                "SELECT seq, at, actor, action, subject, detail FROM audit WHERE position IS NULL ORDER BY seq LIMIT ?",
-                CHAIN_BATCH,
-            )
+            rows = records.unchained(tx, CHAIN_BATCH)
             if not rows:
                 break
             entries = audit.chain(head, [audit.Entry(*r) for r in rows])
-            tx.executemany(
-                "UPDATE audit SET position = ?, prev_hash = ?, hash = ? WHERE seq = ?",
-                [(e.position, e.prev_hash, e.hash, e.seq) for e in entries],
-            )
+            records.chain(tx, [(e.position, e.prev_hash, e.hash, e.seq) for e in entries])
             last = entries[-1]
             assert last.position is not None and last.hash is not None  # (chain() set them)
             head = (last.position, last.hash)
@@ -106,19 +102,10 @@ def verify(store: Store, heads: Path, check_signature: Callable[[bytes, bytes], 
     except ValueError:
         return audit.Verdict(False, 0, 0, 0, f"{heads} is damaged: a line is not a signed head")
     with store.transaction() as tx:
-        rows = tx.all("SELECT seq, at, actor, action, subject, detail, position, prev_hash, hash FROM audit")
-    entries = [
-        audit.Entry(
-            r[0],
-            r[1],
-            r[2],
-            r[3],
-            r[4],
-            r[5],
-            r[6],
-            bytes(r[7]) if r[7] is not None else None,
-            bytes(r[8]) if r[8] is not None else None,
-        )
-        for r in rows
-    ]
+        rows = records.whole_audit(tx)
+    entries = [audit.Entry(**r._asdict() | {"prev_hash": _bytes(r.prev_hash), "hash": _bytes(r.hash)}) for r in rows]
     return audit.verify(entries, signed, check_signature)
+
+
+def _bytes(value: bytes | None) -> bytes | None:
+    return bytes(value) if value is not None else None

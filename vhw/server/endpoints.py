@@ -22,6 +22,8 @@ from .. import protocol as p
 from ..httpapi import CONSOLE_ENDPOINTS
 from .licensing import Licensing
 
+__all__ = ["openapi_document", "write_openapi"]
+
 CONSOLE = "console"
 Call = Callable[[Licensing, str, Any], Any]  # (service, actor, request message) -> answer
 

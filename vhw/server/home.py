@@ -43,10 +43,13 @@ from ..devices.files import atomic_write, describe_os_error, fsync_dir, refuse_e
 from ..errors import FileError, InputError, StateError
 from ..ids import ID_FIELDS
 from ..roles import ROLES
+from . import records
 from .auditlog import Chainer, read_heads
 from .licensing import Licensing, Policy
 from .queries import token_hash
-from .store import Store, open_store
+from .store import Store, open_store, read_only
+
+__all__ = ["Credential", "ServerHome", "backup", "restore"]
 
 WHAT = "server home"
 log = logging.getLogger(__name__)
@@ -283,16 +286,13 @@ class ServerHome:
     def credentials(self, store: Store) -> list[tuple[str, str, int]]:
         """(role, name, issued) of every credential."""
         with store.transaction() as tx:
-            return [
-                (r[0], r[1], int(r[2]))
-                for r in tx.all("SELECT role, name, created FROM credentials ORDER BY role, name")
-            ]
+            return [(r.role, r.name, int(r.created)) for r in records.credentials(tx)]
 
     def revoke_credential(self, store: Store, role: str, name: str) -> None:
         """Delete a credential's hash: its token calls nothing any more, and the sessions opened
         with it fail their next check. Written to the audit log."""
         with store.transaction() as tx:
-            if not tx.execute("DELETE FROM credentials WHERE role = ? AND name = ?", role, name):
+            if not records.remove_credential(tx, role, name):
                 raise StateError(f"no {role} credential {name!r}", hint="vhw server credential ls")
             tx.audit(int(time.time()), "operator", [("revoke-credential", f"{role}:{name}", {})])
 
@@ -309,13 +309,7 @@ class ServerHome:
             pki.cert_pem(self.signing_der()).decode(),
         )
         with store.transaction() as tx:
-            tx.execute(
-                "INSERT INTO credentials (token_hash, role, name, created) VALUES (?, ?, ?, ?)",
-                cred.token_hash,
-                role,
-                name,
-                int(time.time()),
-            )
+            records.add_credential(tx, cred.token_hash, role, name, int(time.time()))
             tx.audit(int(time.time()), "operator", [("add-credential", f"{role}:{name}", {})])
         atomic_write(out or self.credential_path(role), cred.to_json(), mode=0o600)
         return cred
@@ -430,11 +424,10 @@ class ServerHome:
         before it was killed (``master.key.new`` is the database's key), drops one that did not."""
         pending = self.path("master.key.new")
         with store.transaction() as tx:
-            row = tx.one("SELECT fingerprint FROM master_key")
-            if row is None:  # a new database, or one from before rotations: it is this key's
-                tx.execute("INSERT INTO master_key (fingerprint) VALUES (?)", key_fingerprint(self.master_key()))
-                row = (key_fingerprint(self.master_key()),)
-        recorded = bytes(row[0])
+            recorded = records.master_fingerprint(tx)
+            if recorded is None:  # a new database, or one from before rotations: it is this key's
+                recorded = key_fingerprint(self.master_key())
+                records.note_master_fingerprint(tx, recorded)
         if pending.exists():
             new = _read_key(pending)
             if new and crypto_equal(key_fingerprint(new), recorded):
@@ -461,15 +454,14 @@ class ServerHome:
         atomic_write(pending, new.hex().encode() + b"\n", mode=0o600)  # 1: the new key, durably
         count = 0
         with store.transaction() as tx:  # 2: every key and the fingerprint, or nothing
-            for table, column, ident in AT_REST:
-                rows = tx.all(f"SELECT {ident}, {column} FROM {table}")
+            for table, _, _ in records.AT_REST:
                 updates = []
-                for row_id, blob in rows:
+                for row_id, blob in records.sealed_keys(tx, table):
                     ad = bindings.at_rest(table, row_id)
-                    updates.append((crypto.wrap(new, crypto.unwrap(old, bytes(blob), ad), ad), row_id))
-                tx.executemany(f"UPDATE {table} SET {column} = ? WHERE {ident} = ?", updates)
+                    updates.append((crypto.wrap(new, crypto.unwrap(old, blob, ad), ad), row_id))
+                records.reseal_keys(tx, table, updates)
                 count += len(updates)
-            tx.execute("UPDATE master_key SET fingerprint = ?", key_fingerprint(new))
+            records.note_master_fingerprint(tx, key_fingerprint(new))
         os.replace(pending, self.path("master.key"))  # 3: the old key is gone
         fsync_dir(self.root)
         return count
@@ -480,10 +472,8 @@ class ServerHome:
 KEPT_FILES = ("config.json", "master.key", "ca.pem", "ca-key.pem", "server.pem", "server-key.pem")
 OPTIONAL_FILES = ("signing.pem", "signing-key.pem", "audit-heads.jsonl")
 
+
 # Every key the database keeps, encrypted under the master key: (table, column, row ID column)
-AT_REST = (("cards", "mc_key", "mc_id"), ("titles", "content_key", "title_id"), ("users", "content_gen_key", "user_id"))
-
-
 def key_fingerprint(key: bytes) -> bytes:
     """What the database records of its master key: a fingerprint that reveals nothing of it."""
     return crypto.derive(key, crypto.context("master-key-fingerprint"), length=16)
@@ -608,16 +598,14 @@ def restore(home: ServerHome, source: Path, database: str | None = None) -> int:
                     f"{target} exists: restore refuses to overwrite a database",
                     hint="restore into a new home, or move the old database away first",
                 )
-            check = sqlite3.connect(source)
             try:
-                if check.execute("PRAGMA integrity_check").fetchone()[0] != "ok":
-                    raise FileError(source, "the backup is damaged (integrity check failed)")
-                fingerprint = check.execute("SELECT fingerprint FROM master_key").fetchone()
+                with read_only(source) as tx:
+                    if not records.integrity_ok(tx):
+                        raise FileError(source, "the backup is damaged (integrity check failed)")
+                    fingerprint = records.master_fingerprint(tx)
             except sqlite3.DatabaseError as exc:
                 raise FileError(source, f"the backup is damaged ({exc})") from None
-            finally:
-                check.close()
-            _check_backup_key(home, source, bytes(fingerprint[0]) if fingerprint else None)
+            _check_backup_key(home, source, fingerprint)
             atomic_write(target, source.read_bytes(), mode=0o600)
         else:
             if not magic.startswith(PGDUMP_MAGIC):
@@ -644,8 +632,7 @@ def restore(home: ServerHome, source: Path, database: str | None = None) -> int:
             store.migrate()
             home.check_master_key(store)
             with store.transaction() as tx:
-                row = tx.row("SELECT MAX(position) FROM audit")
-                reached = row[0] or 0
+                reached = records.last_position(tx) or 0
                 # the restore itself is part of the history (chained when the server next runs)
                 tx.audit(
                     int(time.time()),

@@ -14,6 +14,8 @@ import logging
 import sys
 import time
 
+__all__ = ["configure"]
+
 ACCESS_FIELDS = ("method", "path", "status", "duration_ms", "role", "request_id")
 
 

@@ -14,7 +14,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..ids import Id, IdKind
+from . import records
 from .store import Row, Store, Tx
+
+__all__ = ["Queries", "token_hash"]
 
 
 def token_hash(token: str) -> bytes:
@@ -82,8 +85,8 @@ class Queries:
         """(role, name) of the credential whose token hashes to ``digest``, or None: the one
         credential look-up of the server's endpoints and its web console."""
         with self.store.transaction() as tx:
-            row = tx.one("SELECT role, name FROM credentials WHERE token_hash = ?", digest)
-        return (row[0], row[1]) if row else None
+            row = records.credential(tx, digest)
+        return (row.role, row.name) if row else None
 
     # -- look-ups -----------------------------------------------------------------------------------
 
@@ -111,8 +114,10 @@ class Queries:
                 str(ident),
             )
             users = []
-            if row and row[3]:
-                users = tx.all("SELECT user_id, mc_id, client_id, hdd_id, created FROM users WHERE user_id = ?", row[3])
+            if row and row.flagged_by:
+                users = tx.all(
+                    "SELECT user_id, mc_id, client_id, hdd_id, created FROM users WHERE user_id = ?", row.flagged_by
+                )
             return Found(users, row, "" if row else f"No disc with {ident} was pressed.")
 
     @staticmethod
@@ -136,7 +141,7 @@ class Queries:
         if found:
             table, column = found
             row = tx.one(f"SELECT registered, retired FROM {table} WHERE {column} = ?", str(ident))
-            if row and row[1] is not None:
+            if row and row.retired is not None:
                 return f"{ident} was retired (replaced by a repair or reissue); its audit entries tell by what."
             if row:
                 return f"{ident} is registered, but no user entry holds it yet."
@@ -169,7 +174,7 @@ class Queries:
                 str(user),
                 *_RETIRING,
             )
-        epochs = [{"epoch": 0, "mc_id": json.loads(cards[0][1])["old_mc_id"] if cards else mc_id, "at": created}]
+        epochs = [{"epoch": 0, "mc_id": json.loads(cards[0].detail)["old_mc_id"] if cards else mc_id, "at": created}]
         for at, detail in cards:
             d = json.loads(detail)
             epochs.append({"epoch": d.get("epoch"), "mc_id": d.get("new_mc_id"), "at": at})
@@ -190,8 +195,8 @@ class Queries:
     def last_repair(self, user: Id) -> int:
         """The audit entry that closed the user's latest repair (its ``keep-flags``)."""
         with self.store.transaction() as tx:
-            row = tx.row("SELECT MAX(seq) FROM audit WHERE subject = ? AND action = 'keep-flags'", str(user))
-        return int(row[0])
+            row = tx.row("SELECT MAX(seq) AS seq FROM audit WHERE subject = ? AND action = 'keep-flags'", str(user))
+        return int(row.seq)
 
     def repair_result(self, seq: int) -> RepairResult | None:
         """What the repair closed by audit entry ``seq`` changed: the devices it retired (the
@@ -202,7 +207,8 @@ class Queries:
                 return None
             at, user, detail = row
             before = tx.row(
-                "SELECT COALESCE(MAX(seq), 0) FROM audit WHERE subject = ? AND action = 'keep-flags' AND seq < ?",
+                "SELECT COALESCE(MAX(seq), 0) AS seq FROM audit"
+                " WHERE subject = ? AND action = 'keep-flags' AND seq < ?",
                 user,
                 seq,
             )
@@ -210,7 +216,7 @@ class Queries:
                 "SELECT at, action, subject, detail FROM audit"
                 " WHERE subject = ? AND action = 'repair-device' AND seq > ? AND seq < ? ORDER BY seq",
                 user,
-                before[0],
+                before.seq,
                 seq,
             )
         return RepairResult(str(user), int(at), [_retirement(*r) for r in retired], int(json.loads(detail)["count"]))
@@ -225,7 +231,7 @@ class Queries:
 
     def audit_kinds(self) -> list[str]:
         with self.store.transaction() as tx:
-            return [r[0] for r in tx.all("SELECT DISTINCT action FROM audit ORDER BY action")]
+            return [r.action for r in tx.all("SELECT DISTINCT action FROM audit ORDER BY action")]
 
     @staticmethod
     def _audit_rows(
@@ -255,7 +261,8 @@ class Queries:
     def keys_issued_per_hour(self, since: int) -> dict[int, int]:
         with self.store.transaction() as tx:
             rows = tx.all(
-                "SELECT at / 3600, COUNT(*) FROM audit WHERE action = 'issue-keys' AND at >= ? GROUP BY at / 3600",
+                "SELECT at / 3600 AS hour, COUNT(*) AS n FROM audit WHERE action = 'issue-keys' AND at >= ?"
+                " GROUP BY at / 3600",
                 since,
             )
         return {int(h): int(n) for h, n in rows}
@@ -264,7 +271,8 @@ class Queries:
         """The refusals the audit log holds since ``since``, by kind (``registration-refused`` ...)."""
         with self.store.transaction() as tx:
             rows = tx.all(
-                "SELECT action, COUNT(*) FROM audit WHERE action LIKE 'refuse-%' AND at >= ? GROUP BY action", since
+                "SELECT action, COUNT(*) AS n FROM audit WHERE action LIKE 'refuse-%' AND at >= ? GROUP BY action",
+                since,
             )
         return {str(action).removeprefix("refuse-"): int(n) for action, n in rows}
 
@@ -272,8 +280,8 @@ class Queries:
         """(confirmed, pending) installs of flagged discs."""
         with self.store.transaction() as tx:
             row = tx.row(
-                "SELECT COALESCE(SUM(CASE WHEN confirmed_at IS NULL THEN 0 ELSE 1 END), 0),"
-                " COALESCE(SUM(CASE WHEN confirmed_at IS NULL THEN 1 ELSE 0 END), 0)"
+                "SELECT COALESCE(SUM(CASE WHEN confirmed_at IS NULL THEN 0 ELSE 1 END), 0) AS confirmed,"
+                " COALESCE(SUM(CASE WHEN confirmed_at IS NULL THEN 1 ELSE 0 END), 0) AS pending"
                 " FROM media WHERE flagged_by IS NOT NULL"
             )
-        return int(row[0]), int(row[1])
+        return int(row.confirmed), int(row.pending)

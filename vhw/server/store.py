@@ -12,7 +12,9 @@ takes an advisory lock so that two processes starting together apply it once.
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import functools
 import json
 import logging
 import sqlite3
@@ -20,9 +22,11 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, ParamSpec, Protocol, TypeVar, cast
 
 from ..errors import FileError, NetworkError, StateError
+
+__all__ = ["Row", "SqliteStore", "Store", "Tx"]
 
 log = logging.getLogger(__name__)
 
@@ -102,11 +106,28 @@ class Unavailable(Exception):
         self.slow = slow  # it waited out a timeout already (statement, checkout): not rerun at once
 
 
-Row = tuple[Any, ...]  # a row as both drivers return it
+class Row(Protocol):
+    """A row as both drivers return it: its columns by name (``row.mc_key``: a statement names each
+    column it selects, ``COUNT(*) AS n``), or unpacked in the order selected. Only the store's
+    modules write SQL (tests/test_store_faces.py), and nothing reads a column by its place."""
+
+    def __getattr__(self, name: str) -> Any: ...
+
+    def __iter__(self) -> Iterator[Any]: ...
+
+
+@functools.lru_cache(maxsize=512)
+def _row_class(names: tuple[str, ...]) -> Any:
+    return collections.namedtuple("Row", names, rename=True)  # (a class per query shape)
+
+
+def _named_row(cursor: sqlite3.Cursor, values: tuple[Any, ...]) -> Any:
+    """SQLite's rows as named tuples (psycopg's ``namedtuple_row`` on PostgreSQL)."""
+    return _row_class(tuple(d[0] for d in cursor.description))._make(values)
 
 
 class Tx:
-    """One transaction: run statements, read rows (as tuples)."""
+    """One transaction: run statements, read rows (named: :class:`Row`)."""
 
     def __init__(self, cursor: Any, translate: Callable[[str], str]) -> None:
         self._cur = cursor
@@ -131,7 +152,7 @@ class Tx:
         self._cur.execute(self._translate(sql), args)
         return cast("list[Row]", self._cur.fetchall())
 
-    def executemany(self, sql: str, rows: list[Row]) -> None:
+    def executemany(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
         self._cur.executemany(self._translate(sql), rows)
 
     def audit(self, at: int, actor: str, entries: list[tuple[str, object, dict[str, object]]]) -> None:
@@ -150,11 +171,45 @@ class Tx:
         )
 
 
+P = ParamSpec("P")
+R = TypeVar("R")
+#: Seconds before each rerun of a call the database failed before anything could commit.
+RERUNS = (0.05, 0.15, 0.4)
+CONFLICT_RERUNS = 4  # a call that lost a race runs again at once, at most this many times
+
+
 class Store:
-    """Common interface: ``with store.transaction() as tx: ...`` commits or rolls back."""
+    """Common interface: ``with store.transaction() as tx: ...`` commits or rolls back;
+    ``store.run(fn, ...)`` runs a call of one or more transactions under the server's one retry
+    policy."""
 
     dialect = ""
     group_commits = False  # whether group() makes one commit of several transactions
+
+    def run(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+        """The server's one retry policy, for a call whose transactions each run whole or not at all:
+
+        * a :class:`Conflict` (it lost a race) runs again at once: the rerun sees the winner's
+          row and answers as for a repeated request;
+        * an :class:`Unavailable` before anything could commit (a connection of an old primary, say)
+          runs again on a fresh connection after a short pause (``RERUNS``); one that came while
+          committing, or after a timeout, is raised at once: the client's retry meets the
+          server's lost-answer path.
+        """
+        conflicts, pauses = 0, iter(RERUNS)
+        while True:
+            try:
+                return fn(*args, **kwargs)
+            except Conflict:
+                conflicts += 1
+                if conflicts > CONFLICT_RERUNS:
+                    raise
+                log.info("transaction conflict in %s; running it again", getattr(fn, "__name__", fn))
+            except Unavailable as exc:
+                pause = next(pauses, None)
+                if exc.maybe_committed or exc.slow or pause is None:
+                    raise
+                time.sleep(pause)
 
     def transaction(self) -> contextlib.AbstractContextManager[Tx]:
         raise NotImplementedError
@@ -180,7 +235,7 @@ class Store:
             self._lock_for_migration(tx)
             tx.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
             row = tx.one("SELECT version FROM schema_version")
-            before = row[0] if row else 0
+            before = row.version if row else 0
             if before > target:
                 raise StateError(f"the database has schema version {before}; this vhw knows {target}")
             for version in range(before + 1, target + 1):
@@ -202,7 +257,7 @@ class Store:
                 row = tx.one("SELECT version FROM schema_version")
             except Exception:
                 return 0
-            return row[0] if row else 0
+            return int(row.version) if row else 0
 
 
 class _Group:
@@ -212,6 +267,9 @@ class _Group:
         self.members = 0
         self.done = False
         self.error: BaseException | None = None
+
+
+_LOST_RACES = {"SQLITE_CONSTRAINT_UNIQUE", "SQLITE_CONSTRAINT_PRIMARYKEY"}  # (extended result codes)
 
 
 @contextlib.contextmanager
@@ -226,7 +284,7 @@ def _savepoint(cur: Any, name: str) -> Iterator[Tx]:
         cur.execute(f"RELEASE {name}")
         # only a unique key taken meanwhile is a lost race, worth running again; a NOT NULL or
         # foreign-key violation is a bug, which a rerun would only repeat
-        if isinstance(exc, sqlite3.IntegrityError) and str(exc).startswith(("UNIQUE constraint", "PRIMARY KEY")):
+        if isinstance(exc, sqlite3.IntegrityError) and exc.sqlite_errorname in _LOST_RACES:
             raise Conflict(str(exc)) from exc
         raise
     cur.execute(f"RELEASE {name}")
@@ -262,6 +320,7 @@ class SqliteStore(Store):
         if self._conn is None:
             try:
                 conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=60)
+                conn.row_factory = _named_row
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=FULL")
                 conn.execute("PRAGMA foreign_keys=ON")
@@ -429,6 +488,7 @@ class PostgresStore(Store):
     def transaction(self) -> Iterator[Tx]:
         import psycopg
         import psycopg.errors as pg  # (psycopg: only a PostgreSQL store needs it)
+        from psycopg.rows import namedtuple_row
         from psycopg_pool import PoolTimeout
 
         committing = False
@@ -444,7 +504,7 @@ class PostgresStore(Store):
                 armed = None
                 try:
                     with conn.transaction():
-                        with conn.cursor() as cur:
+                        with conn.cursor(row_factory=namedtuple_row) as cur:
                             yield Tx(cur, self._translate)
                         committing = True
                         if self._commit_timeout:
@@ -473,7 +533,7 @@ class PostgresStore(Store):
         """Whether a primary takes writes now (for /v1/health): a quick check on a pooled connection."""
         try:
             with self.transaction() as tx:
-                return not tx.row("SELECT pg_is_in_recovery()")[0]
+                return not tx.row("SELECT pg_is_in_recovery() AS recovering").recovering
         except Unavailable:
             return False
 
@@ -535,6 +595,18 @@ class _Watchdog:
 
 
 _WATCHDOG = _Watchdog()
+
+
+@contextlib.contextmanager
+def read_only(path: Path) -> Iterator[Tx]:
+    """A SQLite file opened to be read and changed in nothing (a backup checked before a restore):
+    its rows named as a store's. sqlite3's errors pass through: the caller names the file."""
+    conn = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True)
+    conn.row_factory = _named_row
+    try:
+        yield Tx(conn.cursor(), lambda sql: sql)
+    finally:
+        conn.close()
 
 
 def _first_line(exc: BaseException) -> str:

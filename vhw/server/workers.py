@@ -23,6 +23,8 @@ from ..httpapi import reuse_port_socket, split_listen
 from . import metrics
 from .home import ServerHome
 
+__all__ = ["run_workers"]
+
 log = logging.getLogger(__name__)
 
 

@@ -14,3 +14,5 @@ what it could not. What each device keeps in its catalog is its own:
 
 :mod:`vhw.devices` applies the plans to the files.
 """
+
+__all__ = ["card", "ditto", "hdd"]

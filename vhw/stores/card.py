@@ -26,6 +26,8 @@ from ..formats.common import BLOCK_SIZE, Extent, valid_title_id
 from ..plans import Op, Write
 from .ditto import Layout, catalog_fields, commit_ops, commit_twice
 
+__all__ = ["CardFull", "CardState", "LAYOUT", "format_plan"]
+
 
 def _blocks(n: int) -> int:
     return -(-n // BLOCK_SIZE) * BLOCK_SIZE

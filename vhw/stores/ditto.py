@@ -32,6 +32,8 @@ from ..formats.common import BLOCK_SIZE, Extent, version_error
 from ..formats.ditto import DITTO, SLOT_OFFSETS
 from ..plans import SYNC, Op, Write
 
+__all__ = ["Opened", "commit_twice", "read_current", "rolled_back"]
+
 COPIES = ("A", "B")
 
 

@@ -38,6 +38,18 @@ from ..formats.hdd import DATA_START, OWNER_SIZE, Catalog, HddFile, Superblock, 
 from ..plans import Op
 from .ditto import Layout, catalog_fields, commit_ops, commit_twice
 
+__all__ = [
+    "FileSpec",
+    "LAYOUT",
+    "PIECE_SIZE",
+    "Volume",
+    "format_plan",
+    "piece_blocks",
+    "piece_checksum",
+    "piece_count",
+    "piece_digest",
+]
+
 #: 1 MiB of a file's plaintext: what an install re-seals, checks and writes at once (16 of a disc's
 #: chunks, 256 of an HDD's 4 KiB blocks), and what `fsck --deep` checks at once.
 PIECE_SIZE = 1024 * 1024

@@ -26,6 +26,8 @@ from . import charts
 from .sessions import Session
 from .web import HEADERS, PREFIX, Console, Identity
 
+__all__ = ["DeskConsole"]
+
 STAFF = ("staff", "broker")
 AMOUNT_HELP = "Type an amount like 20.00 (at most 10,000.00)."
 FAILURE_LIMIT, FAILURE_WINDOW = 10, 600.0  # failed sign-ins of one staff name, per 10 minutes
@@ -87,7 +89,7 @@ class DeskConsole(Console):
         if len(recent) >= FAILURE_LIMIT:  # (checked before scrypt: a guesser gets no answer at all)
             self._failures[name] = recent
             return None
-        if self.broker.check_staff(name, password):
+        if self.broker.logins.check_staff(name, password):
             self._failures.pop(name, None)
             return Identity("staff", name, "staff")
         self._failures[name] = [*recent, now]
@@ -96,10 +98,10 @@ class DeskConsole(Console):
     def _valid(self, session: Session) -> bool:
         if session.role == "broker":
             return crypto.equal(bytes.fromhex(session.check), self._token_hash)
-        return session.role == "staff" and self.broker.staff_exists(session.name)
+        return session.role == "staff" and self.broker.logins.staff_exists(session.name)
 
     async def accounts(self, request: Request, session: Session) -> Response:
-        rows = await anyio.to_thread.run_sync(self.broker.accounts)
+        rows = await anyio.to_thread.run_sync(self.broker.ledger.accounts)
         return self.render(request, "accounts.html", accounts=rows)
 
     async def account(
@@ -107,7 +109,7 @@ class DeskConsole(Console):
     ) -> Response:
         name = request.path_params["name"]
         try:
-            statement = await anyio.to_thread.run_sync(self.broker.statement, name)
+            statement = await anyio.to_thread.run_sync(self.broker.ledger.statement, name)
         except StateError as exc:
             return self.error(request, 404, exc.message)
         if not error and "amount" in request.query_params:  # back from a mistyped top-up
@@ -125,7 +127,9 @@ class DeskConsole(Console):
             target = f"{PREFIX}/account/{quote(name, safe='')}?{urlencode({'amount': typed})}"
             return RedirectResponse(target, status_code=303, headers=HEADERS)
         try:
-            txn, _ = await anyio.to_thread.run_sync(partial(self.broker.topup, name, cents, by=f"staff:{session.name}"))
+            txn, _ = await anyio.to_thread.run_sync(
+                partial(self.broker.ledger.topup, name, cents, by=f"staff:{session.name}")
+            )
         except PaymentDeclined as exc:
             return await self.account(request, session, error=exc.message, status=402, amount=typed)
         except StateError as exc:
@@ -135,11 +139,11 @@ class DeskConsole(Console):
         return RedirectResponse(target, status_code=303, headers=HEADERS)
 
     async def ledger(self, request: Request, session: Session) -> Response:
-        totals = await anyio.to_thread.run_sync(self.broker.ledger_totals)
+        totals = await anyio.to_thread.run_sync(self.broker.ledger.totals)
         return self.render(request, "ledger.html", t=totals)
 
     async def revenue(self, request: Request, session: Session) -> Response:
-        r = await anyio.to_thread.run_sync(self.broker.revenue)
+        r = await anyio.to_thread.run_sync(self.broker.ledger.revenue)
         chart = charts.bars(
             f"Charges per day (UTC, {self.currency}), last 30 days",
             [(day, v[1]) for day, v in r["by_day"][-30:]],

@@ -36,6 +36,8 @@ from .downloads import Downloads
 from .sessions import Session
 from .web import HEADERS, PREFIX, Console, Identity, parse_time
 
+__all__ = ["RepairConsole"]
+
 T = TypeVar("T")
 
 OPERATOR = ("operator",)
@@ -96,16 +98,16 @@ class RepairConsole(Console):
         if not token or len(token) > 200:
             return None
         digest = token_hash(token)  # looked up by hash: the database holds no token
-        found = self.queries.credential(digest)
-        if found is None or found[0] != "operator":
+        role, name = self.queries.credential(digest) or ("", "")
+        if role != "operator":
             return None  # another role's credential (a broker's, say) opens no repair page
-        return Identity("operator", found[1], digest.hex())
+        return Identity("operator", name, digest.hex())
 
     def _valid(self, session: Session) -> bool:
         if session.role != "operator":
             return False
-        found = self.queries.credential(bytes.fromhex(session.check))
-        return found is not None and found[0] == "operator"
+        role, _ = self.queries.credential(bytes.fromhex(session.check)) or ("", "")
+        return role == "operator"
 
     async def db(self, fn: Callable[..., T], *args: Any) -> T:
         return await anyio.to_thread.run_sync(fn, *args)
@@ -164,28 +166,15 @@ class RepairConsole(Console):
         info = self.queries.user(user)
         if info is None:
             return None
-        _, mc_id, client_id, hdd_id, _, _ = info["entry"]
-        card, console, hdd = info["card"], info["console"], info["hdd"]
+        entry = info["entry"]
         return {
-            "user": info["entry"],
+            "user": entry,
             "epoch": info["epoch"],
             "epochs": info["epochs"],
             "devices": [
-                ("MC-ID (memory card)", mc_id, card and card[0], card and card[1], None),
-                (
-                    "Client ID (console)",
-                    client_id,
-                    console and console[0],
-                    console and console[1],
-                    console and console[2] and crypto.fingerprint(bytes(console[2])),
-                ),
-                (
-                    "HDD-ID",
-                    hdd_id,
-                    hdd and hdd[0],
-                    hdd and hdd[1],
-                    hdd and hdd[2] and crypto.fingerprint(bytes(hdd[2])),
-                ),
+                _device_line("MC-ID (memory card)", entry.mc_id, info["card"]),
+                _device_line("Client ID (console)", entry.client_id, info["console"]),
+                _device_line("HDD-ID", entry.hdd_id, info["hdd"]),
             ],
             "titles": info["titles"],
             "entries": info["entries"],
@@ -271,7 +260,7 @@ class RepairConsole(Console):
                 max_labels=5,
             ),
             installs=charts.bars(
-                "Installs: confirmed and pending", [("confirmed", int(installs[0])), ("pending", int(installs[1]))]
+                "Installs: confirmed and pending", list(zip(("confirmed", "pending"), installs, strict=True))
             ),
         )
 
@@ -290,13 +279,14 @@ class RepairConsole(Console):
         found = await self._target(request)
         if found is None:
             return self.error(request, 404, "No such user.")
+        _, info = found
         form = {k: v[:100] for k, v in request.query_params.items() if k in ("new_client_id", "new_hdd_id")}
         if not form:
-            return self._repair_page(request, found[1], {}, "")
-        checked = self._new_ids(request, found[1], form)
+            return self._repair_page(request, info, {}, "")
+        checked = self._new_ids(request, info, form)
         if isinstance(checked, Response):
             return checked
-        return self._repair_page(request, found[1], form, "", self._preview(found[1], checked))
+        return self._repair_page(request, info, form, "", self._preview(info, checked))
 
     def _repair_page(
         self,
@@ -458,3 +448,12 @@ def _card_bytes(card: Card) -> bytes:
         path = Path(tmp) / "new.card"
         card_dev.create(path, card)
         return path.read_bytes()
+
+
+def _device_line(label: str, ident: str, row: Row | None) -> tuple[str, str, int | None, int | None, str | None]:
+    """A device of a user as the user's page shows it: what, its ID, registered, retired, its key's
+    fingerprint (a card's key is never shown)."""
+    if row is None:
+        return label, ident, None, None, None
+    key = getattr(row, "public_key", None)
+    return label, ident, row.registered, row.retired, crypto.fingerprint(bytes(key)) if key else None

@@ -34,6 +34,8 @@ from ..errors import IdError
 from ..ids import Id
 from .sessions import COOKIE, LIFETIME, Session, Sessions
 
+__all__ = ["session_key"]
+
 PREFIX = "/console"
 HERE = Path(__file__).parent
 HEADERS = {
