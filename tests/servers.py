@@ -18,7 +18,8 @@ from vhw.client import Client, tls_context
 from vhw.console import decisions
 from vhw.formats.card import Card
 from vhw.ids import Id, IdKind
-from vhw.server.home import Credential, ServerHome
+from vhw.server.credentials import Credential
+from vhw.server.home import ServerHome
 
 
 class RunningServer:
@@ -97,18 +98,18 @@ class RunningServer:
         return self.proc.returncode
 
     def credential(self, role: str) -> Path:
-        return self.home.credential_path(role)
+        return self.home.credentials.path(role)
 
     def role_client(self, role: str) -> Client:
         cred = Credential.load(self.credential(role))
         return Client(self.url, tls_context(ca_pem=cred.ca, client_cert=cred.client_cert), token=cred.token)
 
     def console_client(self) -> Client:
-        return Client(self.url, tls_context(self.home.ca_der()))
+        return Client(self.url, tls_context(self.home.pki.ca_der()))
 
     @property
     def ca_der(self) -> bytes:
-        return self.home.ca_der()
+        return self.home.pki.ca_der()
 
 
 def start_brokered(d: Path, *, staff: tuple[str, str] | None = None):
@@ -216,7 +217,7 @@ def make_users(srv, n: int) -> list[tuple[decisions.CardView, decisions.Hardware
                 p.RegisterResponse,
             )
             card, _ = decisions.accept_registration(card, resp)
-            kits.append((decisions.CardView.open(card), decisions.Hardware(devices, srv.home.signing_der())))
+            kits.append((decisions.CardView.open(card), decisions.Hardware(devices, srv.home.pki.signing_der())))
     return kits
 
 

@@ -352,7 +352,7 @@ def test_a_rogue_publisher_cannot_mint_licenses_for_anothers_title(cli, srv, wor
     from vhw.devices.disc import DiscImage
     from vhw.errors import ServerError
     from vhw.formats import disc as disc_fmt
-    from vhw.server.home import Credential
+    from vhw.server.credentials import Credential
 
     rogue_path = tmp_path / "rogue.json"
     subprocess.run(

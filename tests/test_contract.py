@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from vhw.server.home import Credential
+from vhw.server.credentials import Credential
 
 from .servers import RunningServer
 

@@ -155,7 +155,8 @@ def test_server_init_takes_the_public_name(tmp_path):
 
     from cryptography import x509
 
-    from vhw.server.home import Credential, ServerHome
+    from vhw.server.credentials import Credential
+    from vhw.server.home import ServerHome
 
     def names(home: ServerHome) -> set[str]:
         cert = x509.load_pem_x509_certificate(home.path("server.pem").read_bytes())

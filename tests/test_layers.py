@@ -3,24 +3,35 @@
 The layers, from the bottom (a module may import its own layer's siblings in its own package, and
 anything below):
 
-    0  errors, ids, roles, plans                            words and plans
-    1  crypto, pki, protocol                                pure: primitives and messages
-    2  formats                                              pure: bytes in, objects out
-    3  bindings, saves, stores, samples                     pure: what keys and plans mean
-    4  devices, datapath                                    device files: file handles, locks, writes;
-                                                            the compiled data path
-    5  httpapi, client, console.decisions, console.sandbox,       I/O shells and pure decisions of each side
-       server.store, server.records, server.context, server.audit, server.metrics, server.logs,
-       publisher.keystore, broker.config, webconsole.sessions, webconsole.charts
-    6  console.install, console.mountpoints, console.fuseloop, console.slots, console.processes,
-       publisher.mastering,
-       server.queries, server.auditlog, server.registration, server.acquisition, server.repairs,
-       server.licensing, broker.records, broker.payments, broker.logins, broker.ledger
-    7  console.mount, console.savefs, console.machine, server.home, server.endpoints, server.batcher,
-       broker.service
-    8  server.app, server.workers, broker.home, broker.app, webconsole.web, webconsole.downloads
-    9  webconsole.repair, webconsole.desk                   composed onto the apps from above
-    10 cli, demo, __main__                                  the top: the command line
+    0  errors, ids, roles, plans                          words and plans
+    1  crypto, pki, protocol                              pure: primitives and messages
+    2  formats                                            pure: bytes in, objects out
+    3  bindings, saves, stores, samples                   pure: what keys and plans mean
+    4  devices, datapath                                  device files: handles, locks, writes; the
+                                                          compiled data path
+    5  httpapi, client, console.decisions,                I/O shells and pure decisions of each side
+       console.sandbox, server.store, server.records,
+       server.context, server.audit, server.metrics,
+       server.logs, publisher.keystore, broker.config,
+       webconsole.sessions, webconsole.charts
+    6  console.install, console.mountpoints,              what each side does, over its stores
+       console.fuseloop, console.slots,
+       console.processes, console.media, console.modem,
+       publisher.mastering, server.queries,
+       server.auditlog, server.registration,
+       server.acquisition, server.repairs,
+       server.licensing, server.credentials,
+       server.masterkey, server.identity, broker.records,
+       broker.payments, broker.logins, broker.ledger
+    7  console.mount, console.savefs, console.copying,    what composes those
+       console.playing, console.machine, server.home,
+       server.endpoints, server.batcher, broker.service
+    8  server.app, server.backups, server.workers,        the servers and their homes
+       broker.home, broker.app, webconsole.web,
+       webconsole.downloads
+    9  webconsole.casework, webconsole.repair,            composed onto the apps from above
+       webconsole.desk
+    10 cli, demo, __main__                                the top: the command line
 
 Also: no module uses another package's private names (``from x import _y``). A test walks the
 import graph (function-local imports included) with ``ast`` and fails on an upward edge.
@@ -66,6 +77,8 @@ LAYERS = {
         "vhw.console.fuseloop",
         "vhw.console.slots",
         "vhw.console.processes",
+        "vhw.console.media",
+        "vhw.console.modem",
         "vhw.publisher.mastering",
         "vhw.server.queries",
         "vhw.server.auditlog",
@@ -73,6 +86,9 @@ LAYERS = {
         "vhw.server.acquisition",
         "vhw.server.repairs",
         "vhw.server.licensing",
+        "vhw.server.credentials",
+        "vhw.server.masterkey",
+        "vhw.server.identity",
         "vhw.broker.records",
         "vhw.broker.payments",
         "vhw.broker.logins",
@@ -81,6 +97,8 @@ LAYERS = {
     7: [
         "vhw.console.mount",
         "vhw.console.savefs",
+        "vhw.console.copying",
+        "vhw.console.playing",
         "vhw.console.machine",
         "vhw.server.home",
         "vhw.server.endpoints",
@@ -89,13 +107,14 @@ LAYERS = {
     ],
     8: [
         "vhw.server.app",
+        "vhw.server.backups",
         "vhw.server.workers",
         "vhw.broker.home",
         "vhw.broker.app",
         "vhw.webconsole.web",
         "vhw.webconsole.downloads",
     ],
-    9: ["vhw.webconsole.repair", "vhw.webconsole.desk"],
+    9: ["vhw.webconsole.casework", "vhw.webconsole.repair", "vhw.webconsole.desk"],
     10: ["vhw.cli", "vhw.demo", "vhw.__main__"],
 }
 RANK = {name: layer for layer, names in LAYERS.items() for name in names}

@@ -33,7 +33,8 @@ from vhw.devices import rom as rom_dev
 from vhw.devices.hdd import HddImage
 from vhw.formats.card import Card
 from vhw.ids import Id, IdKind
-from vhw.server.home import Credential, ServerHome
+from vhw.server.credentials import Credential
+from vhw.server.home import ServerHome
 from vhw.server.records import AT_REST
 
 from .conftest import BACKENDS, MEDIA, REGISTER, database_for
@@ -322,7 +323,7 @@ def test_no_secret_in_the_logs_of_a_full_run(cli, tmp_path, title_src):
 
 def collect_secrets(home: ServerHome, folder: Path) -> list[tuple[str, bytes]]:
     """Every key of the run: the server's, the credentials', every card's, device's and title's."""
-    found = [("master key", home.master_key())]
+    found = [("master key", home.keys.read())]
     for pem in ("ca-key.pem", "server-key.pem"):
         body = "".join(home.path(pem).read_text().splitlines()[1:-1])
         found.append((pem, base64.b64decode(body)))
@@ -343,7 +344,7 @@ def collect_secrets(home: ServerHome, folder: Path) -> list[tuple[str, bytes]]:
                     found.append(
                         (
                             f"{table}.{column} of {row_id}",
-                            crypto.unwrap(home.master_key(), bytes(blob), bindings.at_rest(table, row_id)),
+                            crypto.unwrap(home.keys.read(), bytes(blob), bindings.at_rest(table, row_id)),
                         )
                     )
     finally:
@@ -512,7 +513,7 @@ def keys_at_rest(home: ServerHome) -> dict[tuple[str, str], bytes]:
     try:
         with store.transaction() as tx:
             return {
-                (table, row_id): crypto.unwrap(home.master_key(), bytes(blob), bindings.at_rest(table, row_id))
+                (table, row_id): crypto.unwrap(home.keys.read(), bytes(blob), bindings.at_rest(table, row_id))
                 for table, column, ident in AT_REST
                 for row_id, blob in tx.all(f"SELECT {ident}, {column} FROM {table}")
             }
@@ -523,7 +524,7 @@ def keys_at_rest(home: ServerHome) -> dict[tuple[str, str], bytes]:
 def add_cards(home: ServerHome, n: int) -> None:
     """Many registered cards at once, straight into the database (so that a rotation takes long
     enough to be killed in the middle)."""
-    key = home.master_key()
+    key = home.keys.read()
     rows = []
     for _ in range(n):
         mc_id = str(Id.random(IdKind.CARD))
@@ -559,7 +560,7 @@ def served_four_acquisitions(home: Path, title: str, init: list[str] = ()):
 def test_rotation_re_encrypts_every_key_and_the_old_key_is_gone(populated):
     srv, kits, mids = populated
     home = srv.home
-    before, old_key = keys_at_rest(home), home.master_key()
+    before, old_key = keys_at_rest(home), home.keys.read()
     again = RunningServer.start(home.root)  # refused while a server serves from the home
     try:
         r = vhw_cmd("server", "rotate-master-key", "--home", home.root)
@@ -568,7 +569,7 @@ def test_rotation_re_encrypts_every_key_and_the_old_key_is_gone(populated):
         assert again.stop() == 0
     r = vhw_cmd("server", "rotate-master-key", "--home", home.root)
     assert r.returncode == 0 and f"re-encrypted {len(before)} keys" in r.stdout, r
-    assert home.master_key() != old_key and not home.path("master.key.new").exists()
+    assert home.keys.read() != old_key and not home.path("master.key.new").exists()
     assert keys_at_rest(home) == before  # the same keys, under the new master key
     for (table, row_id), blob in blob_of(home).items():
         with pytest.raises(crypto.Invalid):
@@ -606,7 +607,7 @@ def test_rotation_killed_at_any_moment_leaves_every_key_under_one_master_key(pop
     rnd = random.Random(11)
     outcomes = set()
     for attempt in range(4):
-        old_key = home.master_key()
+        old_key = home.keys.read()
         proc = subprocess.Popen(
             [sys.executable, "-m", "vhw", "server", "rotate-master-key", "--home", str(home.root)],
             stdout=subprocess.DEVNULL,
@@ -632,7 +633,7 @@ def test_rotation_killed_at_any_moment_leaves_every_key_under_one_master_key(pop
         assert keys_at_rest(home) == before
         outcomes.add(
             ("mid-way" if pending else "before or after")
-            + (", rotated" if home.master_key() != old_key else ", not rotated")
+            + (", rotated" if home.keys.read() != old_key else ", not rotated")
         )
     assert any(o.startswith("mid-way") for o in outcomes), outcomes
 
@@ -641,7 +642,7 @@ def test_rotation_committed_but_killed_before_the_key_moved_is_finished_at_start
     """The narrowest window: the database is under the new key, master.key still holds the old."""
     srv, kits, mids = populated
     home = srv.home
-    before, old_key = keys_at_rest(home), home.master_key()
+    before, old_key = keys_at_rest(home), home.keys.read()
     real_replace = os.replace
 
     def killed(src, dst):
@@ -652,17 +653,17 @@ def test_rotation_committed_but_killed_before_the_key_moved_is_finished_at_start
     monkeypatch.setattr("vhw.server.home.os.replace", killed)
     store = home.store()
     with pytest.raises(KeyboardInterrupt):
-        home.rotate_master_key(store)
+        home.keys.rotate(store)
     store.close()
     monkeypatch.undo()
-    assert home.master_key() == old_key and home.path("master.key.new").exists()
+    assert home.keys.read() == old_key and home.path("master.key.new").exists()
     server = RunningServer.start(home.root)
     try:
         with console_http(server) as http:
             assert acquire(http, kits[1], mids[1]) == "ok"
     finally:
         assert server.stop() == 0
-    assert home.master_key() != old_key and not home.path("master.key.new").exists()
+    assert home.keys.read() != old_key and not home.path("master.key.new").exists()
     assert keys_at_rest(home) == before
     assert "finished a master key rotation" in server.log.read_text()
 

@@ -30,8 +30,9 @@ from vhw.formats.card import Card
 from vhw.ids import Id, IdKind
 from vhw.pki import make_ca
 from vhw.publisher.keystore import KeyStore
+from vhw.roles import ROLES
+from vhw.server.credentials import Credential
 from vhw.server.endpoints import ENDPOINTS
-from vhw.server.home import ROLES, Credential
 
 from .conftest import BACKENDS, MEDIA, REGISTER, USER, database_for
 from .servers import RunningServer, factory, make_disc, make_users, publish
@@ -245,7 +246,7 @@ def test_database_holds_no_key(cli, srv, tmp_path, title_src, vhw_home):
         match.binding.key,
         rom.secret,
         hw.devices.hdd,
-        srv.home.master_key(),
+        srv.home.keys.read(),
     ]
     secrets += [Credential.load(srv.credential(r)).token.encode() for r in ROLES]
     url = srv.home.database_url()

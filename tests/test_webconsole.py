@@ -26,7 +26,7 @@ import pytest
 from vhw.devices import card as card_dev
 from vhw.devices.hdd import HddImage
 from vhw.samples import build_samples
-from vhw.server.home import Credential
+from vhw.server.credentials import Credential
 
 from .conftest import PLAY, USER
 from .servers import RunningServer, factory, publish, start_brokered, stop_brokered

@@ -69,7 +69,7 @@ def bulk_fill(srv, cards: int, mids: int) -> float:
     from vhw.server.store import open_store
 
     started = time.perf_counter()
-    master = srv.home.master_key()
+    master = srv.home.keys.read()
     url = srv.home.database_url()
     now = int(time.time())
     title = "BULK-1"

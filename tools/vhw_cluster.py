@@ -497,13 +497,13 @@ class Target:
 
     @property
     def ca_der(self) -> bytes:
-        return self.home.ca_der()
+        return self.home.pki.ca_der()
 
     def role_client(self, role: str) -> Client:
         from vhw.client import Client, tls_context
-        from vhw.server.home import Credential
+        from vhw.server.credentials import Credential
 
-        cred = Credential.load(self.home.credential_path(role))
+        cred = Credential.load(self.home.credentials.path(role))
         return Client(self.url, tls_context(ca_pem=cred.ca, client_cert=cred.client_cert), token=cred.token)
 
     def console_client(self, server: int = 0) -> Client:

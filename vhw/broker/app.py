@@ -31,11 +31,12 @@ from ..httpapi import (
     serve_app,
     split_listen,
 )
-from ..server.home import Credential
+from ..server.credentials import Credential
 from .home import BrokerHome
 from .service import Broker
 
 __all__ = ["serve"]
+
 
 access = logging.getLogger("vhw.broker.access")  # one line per request, as the server's
 

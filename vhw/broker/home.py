@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..devices.files import atomic_write
 from ..errors import FileError, InputError, StateError
-from ..server.home import Credential
+from ..server.credentials import Credential
 from ..server.store import SqliteStore, Store
 from .config import BrokerConfig, valid_currency
 from .payments import TestProcessor

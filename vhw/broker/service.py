@@ -35,6 +35,7 @@ from .payments import Processor
 
 __all__ = ["Broker"]
 
+
 M = TypeVar("M")
 
 

@@ -35,6 +35,7 @@ if TYPE_CHECKING:  # (the server's modules load only for the commands that use t
 
 __all__ = ["main"]
 
+
 EXIT_HELP = "\b\nExit codes:\n" + "\n".join(f"  {code:>2}  {text}" for code, text in EXIT_CODES)
 
 

@@ -120,7 +120,7 @@ def broker_wait(app: App, home: Path | None, timeout: float) -> None:
     """Wait until the broker of this home answers (after `vhw broker run &`) at its configured
     address, over TLS with the platform's CA; exit 5 if it does not within --timeout."""
     from ..client import tls_context  # (loaded only by the commands that need it: start-up time)
-    from ..server.home import Credential  # (loaded only by the commands that need it: start-up time)
+    from ..server.credentials import Credential  # (loaded only by the commands that need it: start-up time)
     from .server import wait_for
 
     h = broker_home(app, home)

@@ -88,7 +88,7 @@ def console_rom(
         Encoding,
     )  # (loaded only by the commands that need it: start-up time)
 
-    from ..server.home import Credential  # (loaded only by the commands that need it: start-up time)
+    from ..server.credentials import Credential  # (loaded only by the commands that need it: start-up time)
 
     anchor = load_ca(ca_path) if ca_path else b""
     signer = load_ca(signing_path) if signing_path else b""
@@ -224,7 +224,7 @@ def console_setup(folder: Path, rom: Path, hdd: Path, server: str | None, memory
     """
     m = Machine.setup(folder, rom=rom, hdd=hdd, server=server, memory=memory)
     click.echo(f"console set up in {m.root}: Client ID {m.rom().client_id}, HDD-ID {m.hdd_id()}")
-    unreachable = m.server_unreachable()
+    unreachable = m.modem.unreachable()
     if unreachable:  # (set up all the same: a console may be set up offline)
         click.echo(
             f"note: {unreachable}: the console is set up, and needs the server to register and install", err=True
@@ -294,7 +294,7 @@ def console_status(console_dir: Path | None, as_json: bool) -> None:
         "client_id": str(rom.client_id),
         "hdd": cfg.hdd,
         "hdd_id": str(m.hdd_id()),
-        "server": m.server_url(rom) or None,
+        "server": m.modem.url(rom) or None,
         "slots": {},
         "tray": None,
     }
@@ -535,5 +535,5 @@ def console_account(name: str, password: str, console_dir: Path | None) -> None:
     and answers with a token: the console keeps the token (never the password), and every request
     carries it.
     """
-    name = machine(console_dir).sign_in(name, password)
+    name = machine(console_dir).modem.sign_in(name, password)
     click.echo(f"this console uses broker account {name} (signed in: it keeps a token, not the password)")

@@ -27,7 +27,7 @@ def role_client(credential: Path, server_url: str | None, role: str) -> Client:
         Client,
         tls_context,
     )
-    from ..server.home import Credential  # (loaded only by the commands that need it: start-up time)
+    from ..server.credentials import Credential  # (loaded only by the commands that need it: start-up time)
 
     cred = Credential.load(credential)
     if cred.role != role:

@@ -99,7 +99,7 @@ def server_init(
     click.echo(f"server home {h.root}")
     click.echo(f"  platform CA   {h.path('ca.pem')}  (burn it into console ROMs: vhw console rom --ca)")
     for role in ROLES:
-        click.echo(f"  {role:<13} credential {h.credential_path(role)}")
+        click.echo(f"  {role:<13} credential {h.credentials.path(role)}")
 
 
 RUN_KEYS = {"home", "listen", "db", "workers", "log_format", "metrics_listen"}
@@ -162,13 +162,13 @@ def server_wait(app: App, home: Path | None, timeout: float) -> None:
     with its CA (and, in broker mode, the operator's client certificate); exit 5 if it does not
     within --timeout."""
     from ..client import tls_context  # (loaded only by the commands that need it: start-up time)
-    from ..server.home import Credential  # (loaded only by the commands that need it: start-up time)
+    from ..server.credentials import Credential  # (loaded only by the commands that need it: start-up time)
 
     h = server_home(app, home)
     h.require()
-    operator = h.credential_path("operator")
+    operator = h.credentials.path("operator")
     cert = Credential.load(operator).client_cert if operator.exists() else None
-    wait_for(h.config().url, tls_context(h.ca_der(), client_cert=cert), timeout)
+    wait_for(h.config().url, tls_context(h.pki.ca_der(), client_cert=cert), timeout)
 
 
 def wait_for(url: str, tls: ssl.SSLContext, timeout: float) -> None:
@@ -314,7 +314,7 @@ def credential_add(app: App, role: str, name: str, out: Path, home: Path | None)
     h.require()
     store = h.store()
     try:
-        h.add_credential(store, role, name, out)
+        h.credentials.add(store, role, name, out)
     finally:
         store.close()
     click.echo(f"{role} credential {name!r} written to {out}")
@@ -329,7 +329,7 @@ def credential_ls(app: App, home: Path | None) -> None:
     h.require()
     store = h.store()
     try:
-        rows = h.credentials(store)
+        rows = h.credentials.list(store)
     finally:
         store.close()
     click.echo(f"{'role':<13} {'name':<24} issued")
@@ -349,7 +349,7 @@ def credential_revoke(app: App, role: str, name: str, home: Path | None) -> None
     h.require()
     store = h.store()
     try:
-        h.revoke_credential(store, role, name)
+        h.credentials.revoke(store, role, name)
     finally:
         store.close()
     click.echo(f"{role} credential {name!r} revoked")
@@ -382,7 +382,7 @@ def server_audit(app: App, home: Path | None, after: int, as_json: bool, verify:
 
     store = h.store(database)
     try:
-        verdict = verify_chain(store, h.path("audit-heads.jsonl"), h.check_signature)
+        verdict = verify_chain(store, h.path("audit-heads.jsonl"), h.pki.check_signature)
     finally:
         store.close()
     if not verdict.ok:
@@ -401,7 +401,7 @@ def server_backup(app: App, out: Path, home: Path | None, database: str | None) 
     SQLite: its backup API; PostgreSQL: pg_dump. The keys in it stay encrypted under the master
     key, which is not in it: keep master.key (and ca-key.pem) apart from the backups.
     """
-    from ..server.home import backup  # (loaded only by the commands that need it: start-up time)
+    from ..server.backups import backup  # (loaded only by the commands that need it: start-up time)
 
     h = server_home(app, home)
     h.require()
@@ -428,7 +428,8 @@ def server_restore(app: App, source: Path, home: Path | None, database: str | No
     CA, TLS and signing keys for its consoles to trust it: on a new machine, give a copy of the
     old home's folder with --from-home and the home is made from it.
     """
-    from ..server.home import ServerHome, restore  # (loaded only by the commands that need it: start-up time)
+    from ..server.backups import restore  # (loaded only by the commands that need it: start-up time)
+    from ..server.home import ServerHome
 
     h = server_home(app, home)
     made = False
@@ -464,7 +465,7 @@ def server_rotate(app: App, home: Path | None, database: str | None) -> None:
     with h.stopped("rotating its master key"):
         store = h.store(database)
         try:
-            count = h.rotate_master_key(store)
+            count = h.keys.rotate(store)
         finally:
             store.close()
     click.echo(f"re-encrypted {count} keys under a new master key; the old one is gone")
@@ -495,5 +496,5 @@ def server_issue_cert(app: App, name: str, hosts: tuple[str, ...], out: Path, ho
     """Issue a TLS identity signed by the platform CA (for a broker: consoles trust only that CA)."""
     h = server_home(app, home)
     h.require()
-    h.issue_server_cert(name, list(hosts), out)
+    h.pki.issue_server_cert(name, list(hosts), out)
     click.echo(f"TLS identity for {name!r} in {out} (tls.pem, tls-key.pem)")

@@ -29,6 +29,7 @@ from ..ids import Id, IdKind
 
 __all__ = ["CardView", "reissued_card"]
 
+
 R = TypeVar("R", p.AcquireRequest, p.ConfirmRequest)
 
 

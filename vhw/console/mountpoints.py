@@ -14,6 +14,7 @@ from ..errors import StateError
 
 __all__ = ["unmount"]
 
+
 log = logging.getLogger(__name__)
 
 # What statfs() says on a mount whose process died: ENOTCONN, or ECONNABORTED on newer kernels.

@@ -22,6 +22,7 @@ from ..errors import StateError
 
 __all__ = ["SPAWNED_BY", "die_with_parent", "outlive_parent"]
 
+
 SPAWNED_BY = "VHW_SPAWNED_BY"  # the PID of the vhw process a mount was started by, in its environment
 
 

@@ -172,34 +172,50 @@ def _save_errno(exc: Exception) -> int | None:
 fuse_errors = errno_guard(_save_errno, log)
 
 
+class Inodes:
+    """The inode number of each save name the kernel has seen, for as long as the folder is mounted."""
+
+    def __init__(self) -> None:
+        self._of: dict[str, int] = {}
+        self._name_of: dict[int, str] = {}
+        self._next = pyfuse3.ROOT_INODE + 1
+
+    def of(self, name: str) -> int:
+        if name not in self._of:
+            self._of[name] = self._next
+            self._name_of[self._next] = name
+            self._next += 1
+        return self._of[name]
+
+    def name(self, inode: int) -> str:
+        try:
+            return self._name_of[inode]
+        except KeyError:
+            raise SaveError(errno.ENOENT) from None
+
+    def rename(self, old: str, new: str) -> None:
+        """``old``'s inode is ``new``'s now (a save that had the name ``new`` is gone)."""
+        inode = self._of.pop(old, None)
+        if inode is not None:
+            self._name_of[inode] = new
+            stale = self._of.pop(new, None)
+            if stale is not None:
+                self._name_of.pop(stale, None)
+            self._of[new] = inode
+
+
 class SaveFS(pyfuse3.Operations):
-    """FUSE handlers over a :class:`SaveFolder`."""
+    """FUSE handlers over a :class:`SaveFolder`: one method per operation of the FUSE protocol that
+    the folder answers (the protocol's table, so the class holds as many as it answers)."""
 
     enable_writeback_cache = False
 
     def __init__(self, folder: SaveFolder):
         super().__init__()
         self.folder = folder
-        self._inode_of: dict[str, int] = {}
-        self._name_of: dict[int, str] = {}
-        self._next_inode = pyfuse3.ROOT_INODE + 1
+        self.inodes = Inodes()
         self._handles: dict[int, Handle] = {}
         self._next_fh = 1
-
-    # -- inodes -------------------------------------------------------------------------------
-
-    def _inode(self, name: str) -> int:
-        if name not in self._inode_of:
-            self._inode_of[name] = self._next_inode
-            self._name_of[self._next_inode] = name
-            self._next_inode += 1
-        return self._inode_of[name]
-
-    def _name(self, inode: int) -> str:
-        try:
-            return self._name_of[inode]
-        except KeyError:
-            raise SaveError(errno.ENOENT) from None
 
     def _open_handle(self, name: str) -> Handle | None:
         for h in self._handles.values():
@@ -219,7 +235,7 @@ class SaveFS(pyfuse3.Operations):
             a.st_size = 0
             stamp = 0
         else:
-            name = self._name(inode)
+            name = self.inodes.name(inode)
             handle = self._open_handle(name)
             entry = self.folder.entries.get(name)
             if entry is None and handle is None:
@@ -256,7 +272,7 @@ class SaveFS(pyfuse3.Operations):
         self.folder.refresh()
         if text not in self.folder.entries and self._open_handle(text) is None:
             raise SaveError(errno.ENOENT)
-        return self._attrs(self._inode(text))
+        return self._attrs(self.inodes.of(text))
 
     @fuse_errors
     async def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
@@ -265,7 +281,7 @@ class SaveFS(pyfuse3.Operations):
     @fuse_errors
     async def setattr(self, inode: int, attr: Any, fields: Any, fh: int | None, ctx: Any) -> pyfuse3.EntryAttributes:
         if fields.update_size:
-            name = self._name(inode)
+            name = self.inodes.name(inode)
             h = self._handles.get(fh) if fh is not None else None
             temporary = h is None
             h = h or Handle(name)
@@ -290,7 +306,7 @@ class SaveFS(pyfuse3.Operations):
     async def readdir(self, fh: int, start_id: int, token: Any) -> None:
         names = sorted(set(self.folder.names()) | {h.name for h in self._handles.values()})
         for index, name in enumerate(names[start_id:], start_id + 1):
-            if not pyfuse3.readdir_reply(token, name.encode(), self._attrs(self._inode(name)), index):
+            if not pyfuse3.readdir_reply(token, name.encode(), self._attrs(self.inodes.of(name)), index):
                 break
 
     @fuse_errors
@@ -299,7 +315,7 @@ class SaveFS(pyfuse3.Operations):
 
     @fuse_errors
     async def open(self, inode: int, flags: int, ctx: Any) -> pyfuse3.FileInfo:
-        h = Handle(self._name(inode))
+        h = Handle(self.inodes.name(inode))
         if flags & os.O_TRUNC:
             h.data, h.dirty = bytearray(), True
         fh = self._next_fh
@@ -322,7 +338,7 @@ class SaveFS(pyfuse3.Operations):
         fh = self._next_fh
         self._next_fh += 1
         self._handles[fh] = h
-        return pyfuse3.FileInfo(fh=fh, direct_io=True), self._attrs(self._inode(text))
+        return pyfuse3.FileInfo(fh=fh, direct_io=True), self._attrs(self.inodes.of(text))
 
     @fuse_errors
     async def read(self, fh: int, off: int, size: int) -> bytes:
@@ -377,13 +393,7 @@ class SaveFS(pyfuse3.Operations):
             if h.name == old:
                 self._commit(h)
         self.folder.rename(old, new)
-        inode = self._inode_of.pop(old, None)
-        if inode is not None:
-            self._name_of[inode] = new
-            stale = self._inode_of.pop(new, None)
-            if stale is not None:
-                self._name_of.pop(stale, None)
-            self._inode_of[new] = inode
+        self.inodes.rename(old, new)
         for h in self._handles.values():
             if h.name == old:
                 h.name = new
@@ -411,7 +421,7 @@ class SaveFS(pyfuse3.Operations):
     async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
         if name != META_XATTR or inode == pyfuse3.ROOT_INODE:
             raise SaveError(errno.ENODATA)
-        n = self._name(inode)
+        n = self.inodes.name(inode)
         h = self._open_handle(n)
         if h is not None and h.meta is not None:
             return h.meta
@@ -426,7 +436,7 @@ class SaveFS(pyfuse3.Operations):
             raise SaveError(errno.ENOTSUP)
         if len(value) > META_SIZE:
             raise SaveError(errno.E2BIG)
-        n = self._name(inode)
+        n = self.inodes.name(inode)
         h = self._open_handle(n)
         if h is not None:
             h.meta, h.dirty = bytes(value), True
@@ -437,7 +447,7 @@ class SaveFS(pyfuse3.Operations):
     async def listxattr(self, inode: int, ctx: Any) -> list[bytes]:
         if inode == pyfuse3.ROOT_INODE:
             return []
-        entry = self.folder.entries.get(self._name(inode))
+        entry = self.folder.entries.get(self.inodes.name(inode))
         return [META_XATTR] if entry is not None and entry.meta else []
 
 

@@ -19,19 +19,19 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Self
 
-from .. import protocol as p
 from ..devices import card as card_dev
 from ..devices import rom as rom_dev
 from ..devices.card import CardImage
 from ..devices.disc import DiscImage
 from ..devices.files import atomic_write, locked
 from ..devices.hdd import HddImage
-from ..errors import FileError, InputError, StateError, VhwError
+from ..errors import FileError, InputError, StateError
 from ..formats.card import Card
 from ..formats.disc import Pressing
 from ..formats.rom import Rom
 from ..ids import Id
 from . import decisions
+from .modem import Modem
 
 if TYPE_CHECKING:  # (httpx loads only for the flows that talk to the server)
     from ..client import Client
@@ -106,6 +106,7 @@ class ConsoleFolder:
 
     def __init__(self, root: Path):
         self.root = Path(root).resolve()
+        self.modem = Modem(self.root, lambda: self.config().server or "", self.rom)
         self.log: Callable[[str], None] = lambda msg: None
 
     # -- set-up -----------------------------------------------------------------------------------
@@ -263,68 +264,9 @@ class ConsoleFolder:
             raise StateError("no disc in the tray", hint="vhw console insert-disc DISC")
         return Path(path)
 
-    def server_url(self, rom: Rom) -> str:
-        return self.config().server or rom.server_url
-
     def client(self, rom: Rom) -> Client:
-        from ..client import (  # (httpx: only the flows that talk to the server)
-            Client,
-            tls_context,
-        )
-
-        return Client(self.server_url(rom), tls_context(rom.trust_anchor), token=self.account_token())
-
-    def server_unreachable(self) -> str | None:
-        """Why the console's server does not answer now (one try, a few seconds at most), or None
-        when it does: said at set-up, which goes on without it."""
-        import httpx  # (only the flows that talk to the server)
-
-        from ..client import Client, tls_context
-
-        rom = self.rom()
-        url = self.server_url(rom)
-        try:
-            with Client(url, tls_context(rom.trust_anchor), retry_for=0, timeout=httpx.Timeout(5.0)) as c:
-                c.get("/v1/health", p.Health)
-        except VhwError as exc:
-            return exc.message
-        return None
-
-    # -- a broker account (FIG. 15) -----------------------------------------------------------------
-
-    def sign_in(self, name: str, password: str) -> str:
-        """Sign in to the console's broker as account ``name``: the broker checks the password and
-        answers with a token, which the console keeps (beside console.json, owner only) and sends
-        from then on. The password is never kept. Returns the account's name."""
-        from ..client import Client, tls_context  # (httpx: only the flows that talk to the server)
-
-        rom = self.rom()
-        url = self.server_url(rom)
-        with Client(url, tls_context(rom.trust_anchor), account=(name, password)) as c:
-            answer = c.sign_in()
-        atomic_write(
-            self.root / "account.json",
-            json.dumps({"name": answer.account, "token": answer.token}).encode(),
-            mode=0o600,
-        )
-        return answer.account
-
-    def account(self) -> tuple[str, str] | None:
-        """(name, token) of the broker account this console pays with, or None."""
-        path = self.root / "account.json"
-        if not path.exists():
-            return None
-        try:
-            data = json.loads(path.read_text())
-            return str(data["name"]), str(data["token"])
-        except (OSError, ValueError, KeyError, TypeError):
-            raise FileError(
-                path, "not a console account file (one from before tokens holds a password: sign in again)"
-            ) from None
-
-    def account_token(self) -> str | None:
-        account = self.account()
-        return account[1] if account else None
+        """A client of the console's server (or broker), as the flows talk to it (:class:`Modem`)."""
+        return self.modem.client(rom)
 
     def card_view(self, slot: str = "1") -> decisions.CardView | None:
         """The card's items opened once (None: no card), for a flow that only reads them."""

@@ -39,6 +39,16 @@ def read_state(read: Callable[[int, int], bytes], path: object, size: int) -> Op
     return read_current(LAYOUT, read, path, size)
 
 
+def format_ops(card: fmt.Card, capacity: int) -> list[Op]:
+    """The plan that formats a card image (or an HDD's internal memory) with these items and a save
+    area of ``capacity`` bytes."""
+    if capacity < 0 or capacity > fmt.MAX_CAPACITY:
+        raise ImageError(fmt.WHAT, f"a card's save area holds 0 to {fmt.MAX_CAPACITY // 2**20} MiB")
+    capacity = -(-capacity // BLOCK_SIZE) * BLOCK_SIZE
+    ops, _ = format_plan(fmt.Superblock(card.mc_id, card.mc_key, card.formatted, capacity), card)
+    return ops
+
+
 class CardImage(OpenDevice):
     """An open card image. Open with :meth:`open` or :meth:`open_region`; use as a context manager."""
 
@@ -56,18 +66,10 @@ class CardImage(OpenDevice):
 
     # -- life cycle ---------------------------------------------------------------------------
 
-    @staticmethod
-    def format_ops(card: fmt.Card, capacity: int) -> list[Op]:
-        if capacity < 0 or capacity > fmt.MAX_CAPACITY:
-            raise ImageError(fmt.WHAT, f"a card's save area holds 0 to {fmt.MAX_CAPACITY // 2**20} MiB")
-        capacity = -(-capacity // BLOCK_SIZE) * BLOCK_SIZE
-        ops, _ = format_plan(fmt.Superblock(card.mc_id, card.mc_key, card.formatted, capacity), card)
-        return ops
-
     @classmethod
     def create(cls, path: Path, card: fmt.Card, *, capacity: int = fmt.DEFAULT_CAPACITY) -> None:
         """Make a new card image file (sparse), never over an existing file."""
-        ops = cls.format_ops(card, capacity)
+        ops = format_ops(card, capacity)
         create_image(path, fmt.image_size(-(-capacity // BLOCK_SIZE) * BLOCK_SIZE), ops, fmt.WHAT)
 
     @classmethod

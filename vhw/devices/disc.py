@@ -20,6 +20,7 @@ from .files import check_regular, describe_os_error, fsync_dir, refuse_existing,
 
 __all__ = ["DiscImage", "press"]
 
+
 READ_BATCH = 16  # chunks per read when streaming a whole file: 1 MiB reads, few syscalls
 
 

@@ -39,6 +39,7 @@ __all__ = [
     "write_error",
 ]
 
+
 T = TypeVar("T")
 
 MAX_SMALL = 16 * 1024 * 1024  # no ROM or card is near this; refuses to slurp a wrong, huge file

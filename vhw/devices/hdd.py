@@ -25,10 +25,12 @@ from ..ids import Id
 from ..plans import Op, Write, shifted
 from ..stores.ditto import Opened, commit_twice, read_current, rolled_back
 from ..stores.hdd import LAYOUT, Volume, format_plan, piece_blocks, piece_checksum, piece_count, piece_digest
+from . import card as card_image
 from .card import CardImage
 from .files import OpenDevice, apply_op, apply_ops, check_regular, create_image, describe_os_error, locked
 
 __all__ = ["HddImage"]
+
 
 Plan = Generator[Op, None, Volume]
 # A streaming plan's contiguous writes of at least WRITEBACK_HINT bytes each start their writeback
@@ -83,7 +85,7 @@ class HddImage(OpenDevice):
         sb = fmt.Superblock(hdd_id, secret, size, formatted, generation=0, block_size=block_size)
         memory_ops: list[Op] = []
         if memory is not None:
-            memory_ops = CardImage.format_ops(memory, memory_capacity)
+            memory_ops = card_image.format_ops(memory, memory_capacity)
             length = card_fmt.image_size(-(-memory_capacity // BLOCK_SIZE) * BLOCK_SIZE)
             if fmt.DATA_START + length + 4 * BLOCK_SIZE > size:  # (and room for the catalog's two copies)
                 raise ImageError(path, "the HDD is too small for its internal memory")

@@ -90,6 +90,7 @@ __all__ = [
     "valid_save_name",
 ]
 
+
 MAGIC = b"VHWCARD\0"
 CATALOG_MAGIC = b"VHWCCAT\0"
 VERSION = 4

@@ -43,6 +43,7 @@ __all__ = [
     "version_error",
 ]
 
+
 DIGEST_SIZE = 32
 D = TypeVar("D")
 

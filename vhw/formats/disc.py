@@ -75,6 +75,7 @@ __all__ = [
     "title_digest",
 ]
 
+
 HEADER_MAGIC = b"VHWDISC\0"
 MID_MAGIC = b"VHWMID\0\0"
 MANIFEST_MAGIC = b"VHWMANI\0"

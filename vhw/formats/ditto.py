@@ -14,6 +14,7 @@ from .common import BLOCK_SIZE, open_block, parse, version_error
 
 __all__ = ["DITTO", "SLOT_OFFSETS"]
 
+
 SLOT_OFFSETS = (0, BLOCK_SIZE)  # copy A of superblock slots 0 and 1
 DITTO = 2 * BLOCK_SIZE  # copy B of a slot lies this far after its copy A
 

@@ -89,6 +89,7 @@ __all__ = [
     "encode_superblock",
 ]
 
+
 MAGIC = b"VHWHDD\0\0"
 CATALOG_MAGIC = b"VHWCATL\0"
 VERSION = 5

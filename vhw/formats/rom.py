@@ -23,6 +23,7 @@ from .common import Blob, IdField, Text, build, from_record, open_envelope, pars
 
 __all__ = ["Rom", "VERSION", "WHAT", "decode", "encode"]
 
+
 MAGIC = b"VHWROM\0\0"
 VERSION = 3  # 3: the platform's signing certificate (card tokens) pinned beside the CA
 WHAT = "console ROM"

@@ -28,6 +28,7 @@ from ..formats.common import valid_title_id
 
 __all__ = ["KeyStore"]
 
+
 WHAT = "publisher key store"
 
 

@@ -32,6 +32,7 @@ from .keystore import KeyStore, TitleKeys
 
 __all__ = ["master", "press", "scan"]
 
+
 TITLE_FILE = "vhw-title.json"
 WRITE_BUFFER = 1024 * 1024  # batch sealed chunks into 1 MiB writes
 

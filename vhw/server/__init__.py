@@ -8,9 +8,24 @@
 - :mod:`.app`: the Starlette app on hypercorn's trio worker and ``serve``; :mod:`.endpoints`: its
   endpoint table and OpenAPI document; :mod:`.batcher`: group commit; :mod:`.workers`: several
   processes on one port;
-- :mod:`.home`: the server's folder: CA, TLS identity, master key, credentials, backups, rotation;
+- :mod:`.home`: the server's folder and configuration; its platform PKI (:mod:`.identity`), master
+  key and its rotation (:mod:`.masterkey`), role credentials (:mod:`.credentials`); :mod:`.backups`:
+  backup and restore of its database;
 - :mod:`.audit` (pure) and :mod:`.auditlog`: the hash-chained audit log and its signed heads;
 - :mod:`.metrics` and :mod:`.logs`: what operators read (Prometheus, access lines).
 """
 
-__all__ = ["app", "auditlog", "endpoints", "home", "licensing", "logs", "queries", "records", "store", "workers"]
+__all__ = [
+    "app",
+    "auditlog",
+    "backups",
+    "credentials",
+    "endpoints",
+    "home",
+    "licensing",
+    "logs",
+    "queries",
+    "records",
+    "store",
+    "workers",
+]

@@ -50,6 +50,7 @@ from .store import Conflict, PostgresStore, Unavailable
 
 __all__ = ["serve"]
 
+
 log = logging.getLogger(__name__)
 access = logging.getLogger("vhw.server.access")  # one line per request (--log-format)
 
@@ -267,7 +268,7 @@ async def serve(
     store = await trio.to_thread.run_sync(partial(home.store, database, statement_timeout=STATEMENT_TIMEOUT))
     try:
         await trio.to_thread.run_sync(store.migrate)
-        await trio.to_thread.run_sync(home.check_master_key, store)
+        await trio.to_thread.run_sync(home.keys.check, store)
         lic = home.licensing(store)
         app = App(lic, mode=cfg.mode, mounts=consoles(lic) if consoles else ())
         chainer = home.chainer(store)

@@ -18,6 +18,7 @@ from .store import Store, Tx
 
 __all__ = ["verify"]
 
+
 log = logging.getLogger(__name__)
 
 CHAIN_BATCH = 5000  # entries linked per transaction

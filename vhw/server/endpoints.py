@@ -24,6 +24,7 @@ from .licensing import Licensing
 
 __all__ = ["openapi_document", "write_openapi"]
 
+
 CONSOLE = "console"
 Call = Callable[[Licensing, str, Any], Any]  # (service, actor, request message) -> answer
 

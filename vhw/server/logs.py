@@ -16,6 +16,7 @@ import time
 
 __all__ = ["configure"]
 
+
 ACCESS_FIELDS = ("method", "path", "status", "duration_ms", "role", "request_id")
 
 

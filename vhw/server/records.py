@@ -17,6 +17,7 @@ from .store import Row, Tx
 
 __all__ = ["audit_after"]
 
+
 #: A registered device's table and the column of its ID.
 DEVICES = {"consoles": "client_id", "hdds": "hdd_id"}
 

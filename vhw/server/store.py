@@ -28,6 +28,7 @@ from ..errors import FileError, NetworkError, StateError
 
 __all__ = ["Row", "SqliteStore", "Store", "Tx"]
 
+
 log = logging.getLogger(__name__)
 
 

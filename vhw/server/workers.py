@@ -25,6 +25,7 @@ from .home import ServerHome
 
 __all__ = ["run_workers"]
 
+
 log = logging.getLogger(__name__)
 
 

@@ -34,6 +34,7 @@ from ..plans import SYNC, Op, Write
 
 __all__ = ["Opened", "commit_twice", "read_current", "rolled_back"]
 
+
 COPIES = ("A", "B")
 
 

@@ -50,6 +50,7 @@ __all__ = [
     "piece_digest",
 ]
 
+
 #: 1 MiB of a file's plaintext: what an install re-seals, checks and writes at once (16 of a disc's
 #: chunks, 256 of an HDD's 4 KiB blocks), and what `fsck --deep` checks at once.
 PIECE_SIZE = 1024 * 1024

@@ -10,7 +10,8 @@ the session. The actions are the service calls the CLI makes (``Licensing.repair
 - :mod:`.sessions`: session cookies and CSRF tokens (pure);
 - :mod:`.charts`: bar charts as SVG geometry (pure);
 - :mod:`.web`: what both consoles share: sign-in, the session guard, templates, headers;
-- :mod:`.repair`: the repair center's pages over a :class:`~vhw.server.licensing.Licensing`;
+- :mod:`.repair`: the repair center's pages over a :class:`~vhw.server.licensing.Licensing`, its two
+  cases (repair, FIG. 13; reissue, FIG. 14) in :mod:`.casework`;
 - :mod:`.desk`: the broker staff's pages over a :class:`~vhw.broker.service.Broker`;
 - :mod:`.downloads`: files made for one session (a reissued card), fetched once.
 """

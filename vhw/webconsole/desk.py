@@ -28,6 +28,7 @@ from .web import HEADERS, PREFIX, Console, Identity
 
 __all__ = ["DeskConsole"]
 
+
 STAFF = ("staff", "broker")
 AMOUNT_HELP = "Type an amount like 20.00 (at most 10,000.00)."
 FAILURE_LIMIT, FAILURE_WINDOW = 10, 600.0  # failed sign-ins of one staff name, per 10 minutes

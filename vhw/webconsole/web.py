@@ -36,6 +36,7 @@ from .sessions import COOKIE, LIFETIME, Session, Sessions
 
 __all__ = ["session_key"]
 
+
 PREFIX = "/console"
 HERE = Path(__file__).parent
 HEADERS = {
