@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import select
 import signal
@@ -22,6 +23,14 @@ from vhw.server.credentials import Credential
 from vhw.server.home import ServerHome
 
 
+def listening_url(line: str) -> str:
+    """The URL a server's or broker's first line says it listens on: "... listening on URL" (or
+    "... URL (2 processes: 11, 12)"), or with JSON logs a JSON line with its ``url``."""
+    if line.lstrip().startswith("{"):
+        return str(json.loads(line)["url"])
+    return line.split("listening on", 1)[1].split()[0]
+
+
 class RunningServer:
     def __init__(self, home: Path, proc: subprocess.Popen, url: str, log: Path):
         self.workers: list[int] = []  # pids, when started with --workers
@@ -29,6 +38,7 @@ class RunningServer:
         self.proc = proc
         self.url = url
         self.log = log
+        self.said = ""
 
     @classmethod
     def start(
@@ -78,7 +88,7 @@ class RunningServer:
             if ready:
                 line = proc.stdout.readline()
                 if "listening on" in line:  # "... listening on URL" or "... URL (2 processes: 11, 12)"
-                    server = cls(home, proc, line.split("listening on", 1)[1].split()[0], log)
+                    server = cls(home, proc, listening_url(line), log)
                     if "processes:" in line:
                         server.workers = [int(x) for x in line.split("processes:")[1].strip(" )\n").split(", ")]
                     return server
@@ -95,6 +105,9 @@ class RunningServer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        if self.proc.stdout is not None and not self.proc.stdout.closed:
+            self.said = self.proc.stdout.read()  # what it said on stdout after "listening" ("stopped")
+            self.proc.stdout.close()
         return self.proc.returncode
 
     def credential(self, role: str) -> Path:
@@ -162,7 +175,7 @@ def start_brokered(d: Path, *, staff: tuple[str, str] | None = None):
         proc.kill()
         server.stop()
         raise RuntimeError(f"broker did not start: {(d / 'broker.log').read_text()[-2000:]}")
-    server.broker_url = line.split("listening on", 1)[1].strip()
+    server.broker_url = listening_url(line)
     server.broker_home = home
     server.broker_log = d / "broker.log"
     return server, proc

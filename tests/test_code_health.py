@@ -38,6 +38,33 @@ def lines(node: ast.AST) -> int:
     return int(node.end_lineno or 0) - int(getattr(node, "lineno", 0)) + 1
 
 
+def test_no_class_or_function_is_too_big():
+    found = []
+    for path, tree in sources():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ClassDef):
+                methods = sum(isinstance(x, ast.FunctionDef | ast.AsyncFunctionDef) for x in node.body)
+                if _protocol_table(node):  # a FUSE file system answers the protocol's operations
+                    methods = sum(not _handler(x) for x in node.body)
+                if lines(node) > CLASS_LINES or methods > CLASS_METHODS:
+                    found.append((lines(node), f"class {path}:{node.name}: {lines(node)} lines, {methods} methods"))
+            elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and lines(node) > FUNCTION_LINES:
+                found.append((lines(node), f"function {path}:{node.name}: {lines(node)} lines"))
+    found.sort(reverse=True)
+    limits = f"(limits: a class {CLASS_LINES} lines and {CLASS_METHODS} methods, a function {FUNCTION_LINES} lines)"
+    assert not found, f"too big {limits}:\n" + "\n".join(text for _, text in found)
+
+
+def _protocol_table(node: ast.ClassDef) -> bool:
+    """A class whose methods are a protocol's table of handlers (pyfuse3.Operations): each
+    operation one method, by the protocol's names; its own helpers still count."""
+    return any(ast.unparse(base) == "pyfuse3.Operations" for base in node.bases)
+
+
+def _handler(node: ast.stmt) -> bool:
+    return isinstance(node, ast.AsyncFunctionDef) and any(ast.unparse(d) == "fuse_errors" for d in node.decorator_list)
+
+
 def _strings(tree: ast.Module) -> list[ast.Constant]:
     """String constants that are not docstrings."""
     docstrings = set()

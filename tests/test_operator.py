@@ -307,7 +307,9 @@ def test_no_secret_in_the_logs_of_a_full_run(cli, tmp_path, title_src):
         srv.log.unlink()
         access = [line for line in text.splitlines() if "vhw.server.access" in line]
         assert len(access) >= 15
-        if log_format == "json":
+        if log_format == "json":  # every line: the log's, and what it said when it stopped
+            assert [json.loads(line)["event"] for line in srv.said.splitlines()] == ["stopped"]
+            assert all(json.loads(line)["message"] for line in text.splitlines())
             for line in access:
                 entry = json.loads(line)
                 assert entry["path"].startswith("/v1/") and entry["status"] in (200, 403, 404)

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import click
@@ -85,18 +86,41 @@ class Story:
                 self.server.kill()
 
 
+@dataclass
+class Cast:
+    """What the story's chapters share: where it runs, the server, the roles' options, the discs."""
+
+    root: Path
+    url: str
+    creds: Path
+    discs: dict[str, list[Path]] = field(default_factory=dict)
+
+    def console(self, who: str) -> list[object]:
+        return ["--console", self.root / who / "console"]
+
+
 def tell(s: Story) -> None:
-    root = s.root
+    cast = platform(s)
+    publish(s, cast)
+    alice_at_home(s, cast)
+    lending(s, cast)
+    repair_center(s, cast)
+
+
+def platform(s: Story) -> Cast:
     s.say(
         "The platform operator sets up the licensing server: CA, TLS certificate, master key, "
         "SQLite database, one credential per role. Then it runs it on 127.0.0.1."
     )
     s.run("server", "init")
     url = s.start_server()
-    creds = root / "home" / "server" / "credentials"
-    man = ["--credential", creds / "manufacturer.json", "--server", url]
-    pub = ["--credential", creds / "publisher.json", "--server", url]
+    return Cast(s.root, url, s.root / "home" / "server" / "credentials")
 
+
+def publish(s: Story, cast: Cast) -> None:
+    """The publisher masters and presses its titles; the manufacturer makes the devices."""
+    root = cast.root
+    pub = ["--credential", cast.creds / "publisher.json", "--server", cast.url]
     s.say("The publisher's title sources: a terminal game, a music album and a short movie.")
     sources = build_samples(root / "images" / "src")
     for kind, src in sources.items():
@@ -105,33 +129,26 @@ def tell(s: Story) -> None:
         "The publisher masters each title under a fresh Content-Key (kept in its key store and "
         "registered with the server, never put on the disc) and presses discs, each with its own MID."
     )
-    discs = {}
     for kind, src in sources.items():
-        title = TITLES[kind]
-        s.run("disc", "master", src, "-o", root / f"images/{kind}.master", "--title-id", title, *pub)
-        s.run(
-            "disc",
-            "press",
-            root / f"images/{kind}.master",
-            "--count",
-            2 if kind == "game" else 1,
-            "-o",
-            root / "images/discs",
-            *pub,
-        )
-        discs[kind] = sorted((root / "images/discs").glob(f"{title}-*.disc"))
-    s.run("disc", "info", discs["game"][0])
-
+        title, master = TITLES[kind], root / f"images/{kind}.master"
+        s.run("disc", "master", src, "-o", master, "--title-id", title, *pub)
+        s.run("disc", "press", master, "--count", 2 if kind == "game" else 1, "-o", root / "images/discs", *pub)
+        cast.discs[kind] = sorted((root / "images/discs").glob(f"{title}-*.disc"))
+    s.run("disc", "info", cast.discs["game"][0])
     s.say(
         "The manufacturer makes consoles, 40 GB HDDs (sparse files) and memory cards, and registers "
         "every ID; the console ROM trusts the platform CA."
     )
+    man = ["--credential", cast.creds / "manufacturer.json", "--server", cast.url]
     for who in ("alice", "bob"):
         (root / who).mkdir()
         s.run("console", "rom", root / who / "console.rom", *man)
         s.run("hdd", "format", root / who / "console.hdd", *man)
         s.run("card", "format", root / who / "card.card", *man)
 
+
+def alice_at_home(s: Story, cast: Cast) -> None:
+    root, alice = cast.root, cast.console("alice")
     s.say("Alice sets up her console once: ROM, HDD, card in slot 1. She registers (S1-S7).")
     s.run(
         "console",
@@ -142,21 +159,18 @@ def tell(s: Story) -> None:
         "--hdd",
         root / "alice/console.hdd",
     )
-    alice = ["--console", root / "alice/console"]
     s.run("console", "insert-card", root / "alice/card.card", *alice)
     s.run("console", "register", *alice)
-
     s.say(
         "Alice installs her three discs (S11-S17 acquire the keys, S21-S28 copy and re-encrypt "
         "onto her HDD, confirm, and delete the Content-Key from the card)."
     )
     for kind in ("game", "music", "movie"):
-        s.run("console", "insert-disc", discs[kind][0], *alice)
+        s.run("console", "insert-disc", cast.discs[kind][0], *alice)
         s.run("console", "install", *alice)
         s.run("console", "eject-disc", *alice, quiet=True)
     s.run("hdd", "ls", *alice)
     s.run("card", "info", root / "alice/card.card")
-
     s.say(
         "She mounts her HDD (S31-S35): the card's sealed IDs match this console and this HDD, "
         "so the titles decrypt as they are read."
@@ -166,7 +180,6 @@ def tell(s: Story) -> None:
     s.run("console", "mount", mnt, *alice)
     s.shell("ls", "-l", mnt, mnt / TITLES["game"])
     s.run("console", "unmount", mnt, *alice)
-
     s.say(
         "She plays the game for a while; it saves its progress on her memory card when it stops, "
         "and the card manager lists the save."
@@ -177,26 +190,26 @@ def tell(s: Story) -> None:
     s.run("console", "play", *alice, TITLES["game"], "--continue", "--moves", "wwddssss")
     s.run("console", "play", *alice, TITLES["music"])
 
+
+def lending(s: Story, cast: Cast) -> None:
+    root, alice, bob = cast.root, cast.console("alice"), cast.console("bob")
     s.say("Alice lends the game disc she installed to Bob. The disc's MID is flagged: refused (S17).")
     s.run(
         "console", "setup", root / "bob/console", "--rom", root / "bob/console.rom", "--hdd", root / "bob/console.hdd"
     )
-    bob = ["--console", root / "bob/console"]
     s.run("console", "insert-card", root / "bob/card.card", *bob)
     s.run("console", "register", *bob)
-    s.run("console", "insert-disc", discs["game"][0], *bob)
+    s.run("console", "insert-disc", cast.discs["game"][0], *bob)
     s.run("console", "install", *bob, expect=12)
     s.say("A new disc of the game (another MID) installs for Bob at once.")
     s.run("console", "eject-disc", *bob, quiet=True)
-    s.run("console", "insert-disc", discs["game"][1], *bob)
+    s.run("console", "insert-disc", cast.discs["game"][1], *bob)
     s.run("console", "install", *bob)
-
     s.say("Alice lends her memory card to Bob's console: her titles are not Bob's console's (S33).")
     s.run("console", "eject-card", *alice, quiet=True)
     s.run("console", "eject-card", *bob, quiet=True)
     s.run("console", "insert-card", root / "alice/card.card", *bob)
     s.run("console", "play", *bob, TITLES["game"], "--moves", "d", expect=14)
-
     s.say("She lends card and HDD together: Bob's console is still not hers.")
     s.run(
         "console",
@@ -209,29 +222,21 @@ def tell(s: Story) -> None:
     )
     s.run("console", "insert-card", root / "alice/card.card", "--console", root / "bob/console2")
     s.run("console", "play", "--console", root / "bob/console2", TITLES["game"], "--moves", "d", expect=14)
-
     s.say("Back home, everything plays again.")
     s.run("console", "eject-card", *bob, quiet=True)
     s.run("console", "insert-card", root / "alice/card.card", *alice)
     s.run("console", "play", *alice, TITLES["movie"])
 
+
+def repair_center(s: Story, cast: Cast) -> None:
+    root, alice = cast.root, cast.console("alice")
     s.say(
         "Alice's card is damaged. She gives the repair center her User ID; it makes her a new card "
         "(FIG. 14). Her saves are copied onto the new card of the same user; Bob's card refuses them."
     )
     user = s.run("console", "status", "--json", *alice, quiet=True).split('"user_id": "')[1].split('"')[0]
-    s.run(
-        "repair",
-        "card",
-        "--user-id",
-        user,
-        "-o",
-        root / "alice/new.card",
-        "--credential",
-        creds / "operator.json",
-        "--server",
-        url,
-    )
+    operator = ["--credential", cast.creds / "operator.json", "--server", cast.url]
+    s.run("repair", "card", "--user-id", user, "-o", root / "alice/new.card", *operator)
     s.run("card", "saves", "copy", root / "alice/card.card", root / "alice/new.card")
     s.run("card", "saves", "ls", root / "alice/new.card")
     s.run("card", "saves", "copy", root / "alice/card.card", root / "bob/card.card", expect=9)
@@ -240,7 +245,7 @@ def tell(s: Story) -> None:
     s.run("console", "play", *alice, TITLES["game"], "--continue", "--moves", "d", expect=TitleEnded.exit_code)
     s.say(
         "The repair center can do the same in a browser, in the web console the server serves at "
-        f"{url}/console/ while it runs (signed in with the token in credentials/operator.json)."
+        f"{cast.url}/console/ while it runs (signed in with the token in credentials/operator.json)."
     )
     s.say("The server's audit log has every step.")
     out = s.run("server", "audit", quiet=True)

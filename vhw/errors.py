@@ -87,10 +87,15 @@ class IntegrityError(ImageError):
 
 
 class IdError(VhwError):
+    """An ID typed from a label: its check character does not match, or it is of another kind."""
+
     exit_code = 4
 
 
 class NetworkError(VhwError):
+    """A server, broker or database did not answer (within the retry budget said), or its TLS
+    certificate is not the platform's."""
+
     exit_code = 5
 
 
@@ -128,6 +133,8 @@ class TooManyAttempts(RequestRefused):
 
 
 class InUseError(VhwError):
+    """Another process holds the device's lock (it is named), or the port to listen on."""
+
     exit_code = 7
 
 
@@ -136,6 +143,9 @@ class NoSpaceError(VhwError):
 
 
 class StateError(VhwError):
+    """The console, a device or a home is not in a state to do this: no disc in the tray, no
+    card, not registered, a server home not set up."""
+
     exit_code = 9
 
 
@@ -152,30 +162,43 @@ class Refusal(VhwError):
 
 
 class RegistrationRefused(Refusal):
+    """S3-S5: the card is not one the platform made, the request does not prove it holds the
+    card, a device is unknown or retired, or the devices belong to another user's entry."""
+
     exit_code = 10
     code = "registration-refused"
     text = "USER REGISTRATION CANNOT BE COMPLETED WITH THIS MEMORY CARD"
 
 
 class UserIdInvalid(Refusal):
+    """S13 (and S22, S33 at the console): the User ID does not open, or the card and devices are
+    not the user entry's."""
+
     exit_code = 11
     code = "user-id-invalid"
     text = "USER ID INVALID. PLEASE COMPLETE USER REGISTRATION."
 
 
 class MediaRefused(Refusal):
+    """S14, S17: a MID no publisher pressed, one another user flagged, or a disc that does not
+    prove its own secret."""
+
     exit_code = 12
     code = "media-refused"
     text = "CONTENT CANNOT BE COPIED FROM THIS MEDIA"
 
 
 class CopyNotPermitted(Refusal):
+    """S21-S23: the keys on the card are not for this console and HDD."""
+
     exit_code = 13
     code = "copy-not-permitted"
     text = "COPY IS NOT PERMITTED"
 
 
 class ReproductionNotPermitted(Refusal):
+    """S31-S34: the title on the HDD does not open with this card on this console."""
+
     exit_code = 14
     code = "reproduction-not-permitted"
     text = "CONTENT REPRODUCTION IS NOT PERMITTED"

@@ -3,11 +3,10 @@ listens, the price of a key, the platform's share and the currency every amount 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import FileError
+from ..devices.files import load_json
 
 __all__ = ["money"]
 
@@ -22,17 +21,14 @@ class BrokerConfig:
 
     @classmethod
     def load(cls, path: Path) -> BrokerConfig:
-        try:
-            cfg = cls(**json.loads(path.read_text()))
-            if not 0 <= cfg.platform_share <= 100 or cfg.price_cents < 0:
-                raise ValueError("share or price out of range")
-            if not valid_currency(cfg.currency):
-                raise ValueError(f"currency {cfg.currency!r} is not a three-letter ISO 4217 code")
-        except OSError as exc:
-            raise FileError(path, f"cannot read broker configuration: {exc.strerror}") from None
-        except (ValueError, TypeError) as exc:
-            raise FileError(path, f"invalid broker configuration: {exc}") from None
-        return cfg
+        return load_json(cls, path, "broker configuration", _check)
+
+
+def _check(cfg: BrokerConfig) -> None:
+    if not 0 <= cfg.platform_share <= 100 or cfg.price_cents < 0:
+        raise ValueError("share or price out of range")
+    if not valid_currency(cfg.currency):
+        raise ValueError(f"currency {cfg.currency!r} is not a three-letter ISO 4217 code")
 
 
 def valid_currency(code: object) -> bool:

@@ -146,14 +146,14 @@ def broker_run(app: App, home: Path | None, listen: tuple[str, int] | None, log_
     Logs one line per request on stderr (method, path, status, time, role, request ID; never an
     account name or a User ID), as `vhw server run` does.
     """
-    from ..server.logs import configure  # (loaded only by the commands that need it: start-up time)
+    from ..server.logs import announce, configure  # (loaded only by the commands that need it: start-up time)
 
     h = broker_home(app, home)
     h.require()
     configure(log_format)
 
     def ready(url: str) -> None:
-        click.echo(f"vhw broker listening on {url}")
+        click.echo(announce(log_format, "vhw.broker", f"vhw broker listening on {url}", event="listening", url=url))
         sys.stdout.flush()
 
     import trio  # (loaded only by the commands that need it: start-up time)
@@ -161,7 +161,7 @@ def broker_run(app: App, home: Path | None, listen: tuple[str, int] | None, log_
     from ..broker.app import serve  # (loaded only by the commands that need it: start-up time)
 
     trio.run(lambda: serve(h, listen=listen, ready=ready, consoles=partial(desk_console, h)))
-    click.echo("vhw broker stopped")
+    click.echo(announce(log_format, "vhw.broker", "vhw broker stopped", event="stopped"))
 
 
 def desk_console(home: BrokerHome, broker: Broker, token: str) -> list[Mount]:

@@ -146,13 +146,12 @@ def card_info(image: Path, console_dir: Path | None, as_json: bool) -> None:
         raise ImageError(image, f"{len(d['problems'])} problem(s) found")
 
 
+REPAIR = "Write the generation in use anew into every copy; a card that rolled back is accepted as it is."
+
+
 @card.command("fsck")
 @click.argument("image", type=PATH)
-@click.option(
-    "--repair",
-    is_flag=True,
-    help="Write the generation in use anew into every copy; a card that rolled back is accepted as it is.",
-)
+@click.option("--repair", is_flag=True, help=REPAIR)
 def card_fsck(image: Path, repair: bool) -> None:
     """Check a memory card image; exit 3 if it has problems."""
     with CardImage.open(image, write=repair, damaged=True) as img:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -251,8 +252,7 @@ def server_run(
     log_format, metrics_listen), from VHW_SERVER_<OPTION> in the environment, or from the flag;
     the flag wins over the environment, which wins over the file.
     """
-    from ..server.app import serve  # (loaded only by the commands that need it: start-up time)
-    from ..server.logs import configure  # (loaded only by the commands that need it: start-up time)
+    from ..server.logs import announce, configure  # (loaded only by the commands that need it: start-up time)
     from ..server.workers import run_workers  # (loaded only by the commands that need it: start-up time)
 
     configure(log_format)
@@ -260,7 +260,8 @@ def server_run(
     h.require()
 
     def ready(url: str) -> None:
-        click.echo(f"vhw licensing server listening on {url}")
+        message = f"vhw licensing server listening on {url}"
+        click.echo(announce(log_format, "vhw.server", message, event="listening", url=url.split()[0]))
         sys.stdout.flush()
 
     try:
@@ -276,24 +277,39 @@ def server_run(
                     metrics_listen=metrics_listen,
                 )
             else:
-                import trio  # (loaded only by the commands that need it: start-up time)
-
-                trio.run(
-                    lambda: serve(
-                        h,
-                        listen=listen,
-                        database=database,
-                        ready=ready,
-                        reuse_port=reuse_port,
-                        metrics_listen=metrics_listen,
-                        consoles=partial(repair_console, h),
-                    )
-                )
+                _serve(h, listen, database, ready, reuse_port, metrics_listen)
     except OSError as exc:  # (several workers: the supervisor binds the address first)
         from ..httpapi import listen_error, split_listen  # (loaded only by the commands that need it: start-up time)
 
         raise listen_error(listen or split_listen(h.config().listen), exc) from None
-    click.echo("vhw licensing server stopped")
+    click.echo(announce(log_format, "vhw.server", "vhw licensing server stopped", event="stopped"))
+
+
+def _serve(
+    h: ServerHome,
+    listen: tuple[str, int] | None,
+    database: str | None,
+    ready: Callable[[str], None],
+    reuse_port: bool,
+    metrics_listen: tuple[str, int] | None,
+) -> None:
+    """One server process, on trio, until stopped."""
+    import trio  # (loaded only by the commands that need it: start-up time)
+
+    from ..server.app import serve  # (loaded only by the commands that need it: start-up time)
+
+    consoles = partial(repair_console, h)
+    trio.run(
+        lambda: serve(
+            h,
+            listen=listen,
+            database=database,
+            ready=ready,
+            reuse_port=reuse_port,
+            metrics_listen=metrics_listen,
+            consoles=consoles,
+        )
+    )
 
 
 @server.group("credential")

@@ -130,14 +130,7 @@ def install_plan(
     """
     m = disc.manifest
     existing = vol.catalog.title(m.title_id)
-    if existing is not None and existing.complete:
-        if not crypto.equal(existing.owner, owner):
-            raise StateError(
-                f"{m.title_id} is installed on this HDD by another user",
-                hint="an HDD holds one copy of a title; that user may remove it with `vhw hdd rm`",
-            )
-        if crypto.equal(existing.bound_to, binding.owner):
-            raise StateError(f"{m.title_id} is already installed on this HDD")
+    _refuse_a_second_copy(existing, owner, binding)
     if existing is None or not resumable(existing, disc, binding):
         fresh, specs = _fresh_title(disc, owner, binding, mid)
         ops, vol = vol.reserve(fresh, specs)  # refuses before anything is written if the HDD is full
@@ -145,39 +138,65 @@ def install_plan(
     title = vol.catalog.title(m.title_id)
     assert title is not None and title.state is TitleState.INSTALLING
     key = binding.title_key(title.title_id, title.key_salt)
-
     sealer = _Sealer(disc, content_key, key, reuse=reuse)
-    digests: list[bytes] = []
-    done = 0  # plaintext bytes of this title written (or durable before) so far
-    last_checkpoint = title.progress
-    gap = min(FIRST_CHECKPOINT, checkpoint)
     try:
-        for disc_file, hdd_file in zip(m.files, title.files, strict=True):
-            pieces = []
-            for piece in sealer.pieces(disc_file, hdd_file):  # in order, sealed ahead by the workers
-                pieces.append(piece.digest)
-                end = done + piece.plain_size
-                # not all durable yet: write it (a durable block again: the same bytes; an empty
-                # file's piece, all tag and no plaintext, ends where the one before it did)
-                if end >= title.progress:
-                    yield from piece.writes()
-                    if progress:  # (what was durable before is not counted again: a resumed bar starts there)
-                        progress(piece.plain_size)
-                done = end
-                if done - last_checkpoint >= gap and done > title.progress:
-                    yield SYNC
-                    ops, vol = vol.checkpoint(title.title_id, done)
-                    yield from ops
-                    last_checkpoint = done
-                    gap = min(2 * gap, checkpoint)
-                sealer.recycle(piece)
-            digests.append(piece_digest(pieces))
+        vol, digests = yield from _write(vol, title, sealer, m.files, progress, checkpoint)
     finally:
         sealer.close()
     yield SYNC
     ops, vol = vol.complete(title.title_id, digests, installed=installed)
     yield from ops
     return vol
+
+
+def _refuse_a_second_copy(existing: Title | None, owner: bytes, binding: TitleBinding) -> None:
+    if existing is None or not existing.complete:
+        return
+    if not crypto.equal(existing.owner, owner):
+        raise StateError(
+            f"{existing.title_id} is installed on this HDD by another user",
+            hint="an HDD holds one copy of a title; that user may remove it with `vhw hdd rm`",
+        )
+    if crypto.equal(existing.bound_to, binding.owner):
+        raise StateError(f"{existing.title_id} is already installed on this HDD")
+
+
+def _write(
+    vol: Volume,
+    title: Title,
+    sealer: _Sealer,
+    disc_files: tuple[DiscFile, ...],
+    progress: Callable[[int], None] | None,
+    checkpoint: int,
+) -> Generator[Op, None, tuple[Volume, list[bytes]]]:
+    """Write every piece of the title not durable yet, with a checkpoint of the progress every so
+    often (the first soon, then twice as far apart, up to ``checkpoint``); the volume and each
+    file's digest."""
+    digests: list[bytes] = []
+    done = 0  # plaintext bytes of this title written (or durable before) so far
+    last_checkpoint = title.progress
+    gap = min(FIRST_CHECKPOINT, checkpoint)
+    for disc_file, hdd_file in zip(disc_files, title.files, strict=True):
+        pieces = []
+        for piece in sealer.pieces(disc_file, hdd_file):  # in order, sealed ahead by the workers
+            pieces.append(piece.digest)
+            end = done + piece.plain_size
+            # not all durable yet: write it (a durable block again: the same bytes; an empty
+            # file's piece, all tag and no plaintext, ends where the one before it did)
+            if end >= title.progress:
+                yield from piece.writes()
+                if progress:  # (what was durable before is not counted again: a resumed bar starts there)
+                    progress(piece.plain_size)
+            done = end
+            if done - last_checkpoint >= gap and done > title.progress:
+                yield SYNC
+                ops, vol = vol.checkpoint(title.title_id, done)
+                yield from ops
+                last_checkpoint = done
+                gap = min(2 * gap, checkpoint)
+            sealer.recycle(piece)
+        digests.append(piece_digest(pieces))
+    return vol, digests
 
 
 @dataclass

@@ -22,11 +22,11 @@ from ..ids import Id
 from . import decisions, processes
 from .copying import Copying, Progress, note_epoch
 from .media import REPLACED_HINT, check_disc_is_registered, disc_medium, hardware
-from .mountpoints import clear_stale, unmount
+from .mountpoints import answers, clear_stale, unmount
 from .playing import Playing
 from .slots import SLOTS, CardMemory, ConsoleConfig, ConsoleFolder
 
-__all__ = ["CardMemory", "ConsoleConfig", "Machine", "SLOTS", "check_disc_is_registered", "disc_medium", "hardware"]
+__all__ = ["SLOTS", "CardMemory", "ConsoleConfig", "Machine", "check_disc_is_registered", "disc_medium", "hardware"]
 
 
 class Machine(ConsoleFolder):
@@ -214,7 +214,7 @@ class Machine(ConsoleFolder):
     def active_mount(self) -> Path | None:
         """A mount of this console's HDD that is up, if any (``play`` reuses it)."""
         for where, pid in self.mounts.load().items():
-            if alive(pid) and os.path.ismount(where):
+            if alive(pid) and answers(Path(where)):  # (a process may outlive its mount a moment)
                 return Path(where)
         return None
 

@@ -21,6 +21,16 @@ log = logging.getLogger(__name__)
 DEAD_MOUNT = (errno.ENOTCONN, errno.ECONNABORTED)
 
 
+def answers(mountpoint: Path) -> bool:
+    """Whether a mount at ``mountpoint`` is served now: asked with statfs, which the kernel never
+    answers from its cache (a mount whose process is dying, or has died, does not)."""
+    try:
+        os.statvfs(mountpoint)
+    except OSError:
+        return False
+    return os.path.ismount(mountpoint)
+
+
 def clear_stale(mountpoint: Path) -> None:
     """A mount whose process died leaves a dead mount point behind: lift it.
 

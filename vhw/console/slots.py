@@ -23,9 +23,9 @@ from ..devices import card as card_dev
 from ..devices import rom as rom_dev
 from ..devices.card import CardImage
 from ..devices.disc import DiscImage
-from ..devices.files import atomic_write, locked
+from ..devices.files import atomic_write, load_json, locked
 from ..devices.hdd import HddImage
-from ..errors import FileError, InputError, StateError
+from ..errors import InputError, StateError
 from ..formats.card import Card
 from ..formats.disc import Pressing
 from ..formats.rom import Rom
@@ -52,16 +52,12 @@ class ConsoleConfig:
 
     @classmethod
     def load(cls, path: Path) -> ConsoleConfig:
-        try:
-            raw = json.loads(path.read_text())
-            cfg = cls(**raw)
-            if set(cfg.slots) != set(SLOTS):
-                raise ValueError("slots")
-        except OSError as exc:
-            raise FileError(path, f"cannot read console set-up: {exc.strerror}") from None
-        except (ValueError, TypeError):
-            raise FileError(path, "not a console set-up (console.json)") from None
-        return cfg
+        return load_json(cls, path, "console set-up (console.json)", _check_slots)
+
+
+def _check_slots(cfg: ConsoleConfig) -> None:
+    if set(cfg.slots) != set(SLOTS):
+        raise ValueError(f"its slots are not {', '.join(SLOTS)}")
 
 
 class CardMemory:

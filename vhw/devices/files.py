@@ -17,13 +17,14 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import json
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Self, TypeVar
 
-from ..errors import ImageError, InUseError, NoSpaceError, PathError, VhwError
+from ..errors import FileError, ImageError, InUseError, NoSpaceError, PathError, VhwError
 from ..plans import Op, Sync, Write
 from . import holders
 
@@ -31,6 +32,7 @@ __all__ = [
     "atomic_write",
     "describe_os_error",
     "fsync_dir",
+    "load_json",
     "locked",
     "now",
     "read_small",
@@ -41,6 +43,7 @@ __all__ = [
 
 
 T = TypeVar("T")
+D = TypeVar("D")
 
 MAX_SMALL = 16 * 1024 * 1024  # no ROM or card is near this; refuses to slurp a wrong, huge file
 
@@ -251,3 +254,18 @@ class OpenDevice:
             return fn()
         except OSError as exc:
             raise write_error(self.shown, self.what, exc) from None
+
+
+def load_json(cls: Callable[..., D], path: Path, what: str, check: Callable[[D], None] = lambda _: None) -> D:
+    """A record vhw keeps as a JSON file (a console's set-up, a credential, a configuration), made
+    with ``cls`` from its keys and checked by ``check`` (a ValueError: not what vhw wrote). One line
+    naming the file when it cannot be read or is not one; never a traceback."""
+    try:
+        record = cls(**json.loads(Path(path).read_bytes()))
+        check(record)
+    except OSError as exc:
+        raise FileError(path, f"cannot read {what}: {describe_os_error(exc)}") from None
+    except (ValueError, TypeError) as exc:
+        detail = str(exc).splitlines()[0][:200] if str(exc) else ""
+        raise FileError(path, f"not a {what}" + (f" ({detail})" if detail else "")) from None
+    return record

@@ -55,33 +55,23 @@ import construct as cs
 from .. import crypto
 from ..errors import ImageError
 from ..ids import Id, IdKind
-from .common import (
-    BLOCK_SIZE,
-    Blob,
-    Extent,
-    IdField,
-    Text,
-    build,
-    from_record,
-    record,
-    seal_block,
-)
+from .common import BLOCK_SIZE, Blob, Extent, IdField, Text, build, from_record, record, seal_block
 from .ditto import SLOT_OFFSETS, decode_catalog_record, decode_slot
 
 __all__ = [
-    "Card",
-    "Catalog",
     "DEFAULT_CAPACITY",
-    "License",
     "MAGIC",
     "MAX_CAPACITY",
     "MAX_SAVES",
     "META_SIZE",
     "SAVE_START",
-    "Save",
-    "Superblock",
     "VERSION",
     "WHAT",
+    "Card",
+    "Catalog",
+    "License",
+    "Save",
+    "Superblock",
     "decode_catalog",
     "decode_superblock",
     "encode_catalog",

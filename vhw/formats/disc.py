@@ -55,14 +55,14 @@ from .common import (
 )
 
 __all__ = [
-    "Disc",
-    "DiscFile",
     "KINDS",
     "MID_AREA_OFFSET",
-    "Manifest",
-    "Pressing",
     "VERSION",
     "WHAT",
+    "Disc",
+    "DiscFile",
+    "Manifest",
+    "Pressing",
     "data_offset_for",
     "decode",
     "encode_header",

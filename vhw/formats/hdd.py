@@ -57,32 +57,21 @@ import construct as cs
 from .. import crypto
 from ..errors import ImageError
 from ..ids import Id, IdKind
-from .common import (
-    BLOCK_SIZE,
-    Blob,
-    Extent,
-    IdField,
-    OptionalId,
-    Text,
-    build,
-    from_record,
-    record,
-    seal_block,
-)
+from .common import BLOCK_SIZE, Blob, Extent, IdField, OptionalId, Text, build, from_record, record, seal_block
 from .ditto import SLOT_OFFSETS, decode_catalog_record, decode_slot
 
 __all__ = [
-    "Catalog",
     "DATA_START",
-    "HddFile",
     "MAGIC",
     "MIN_SIZE",
     "OWNER_SIZE",
+    "VERSION",
+    "WHAT",
+    "Catalog",
+    "HddFile",
     "Superblock",
     "Title",
     "TitleState",
-    "VERSION",
-    "WHAT",
     "decode_catalog",
     "decode_superblock",
     "encode_catalog",

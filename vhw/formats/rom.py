@@ -21,7 +21,7 @@ from .. import crypto
 from ..ids import Id, IdKind
 from .common import Blob, IdField, Text, build, from_record, open_envelope, parse, record, seal_envelope
 
-__all__ = ["Rom", "VERSION", "WHAT", "decode", "encode"]
+__all__ = ["VERSION", "WHAT", "Rom", "decode", "encode"]
 
 
 MAGIC = b"VHWROM\0\0"

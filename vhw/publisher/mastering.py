@@ -120,53 +120,14 @@ def master(
             f"title {title_id} was already mastered with this key store",
             hint="give the new master its own title ID",
         )
-    info = read_title_info(src)
     files = scan(src)
-    kind = kind or info.get("kind") or "application"
-    entry = entry if entry is not None else info.get("entry", "")
-    metadata = {k: v for k, v in info.items() if k not in ("name", "kind", "entry")}
     signing_key = keystore.signing_key(create=True)
+    manifest = _manifest(src, files, title_id, name, kind, entry, crypto.public_bytes(signing_key), clock())
     content_key = crypto.random_key()
-
-    disc_files = fmt.layout_files(
-        [fmt.DiscFile(f.path, f.size, os.urandom(crypto.STREAM_ID_SIZE), executable=f.executable) for f in files]
-    )
-    manifest = fmt.Manifest(
-        title_id=title_id,
-        name=name or info.get("name") or title_id,
-        kind=kind,
-        entry=entry,
-        publisher_key=crypto.public_bytes(signing_key),
-        files=disc_files,
-        mastered=clock(),
-        metadata=metadata,
-    )
-    problem = fmt.manifest_problem(manifest)
-    if problem:
-        raise StateError(f"cannot master {src}: {problem}")
-    # The hashes are fixed-size, so the manifest's length is known before the data is written.
-    region_length = len(fmt.manifest_bytes(manifest)) + crypto.SIGNATURE_SIZE
-    data_offset = fmt.data_offset_for(region_length)
-
     tmp = out.parent / f".{out.name}.{os.getpid()}.tmp"
     try:
-        with open(tmp, "wb", buffering=WRITE_BUFFER) as w:
-            w.seek(data_offset)
-            digests = [_seal_file(w, f, df, content_key, progress) for f, df in zip(files, disc_files, strict=True)]
-            manifest = replace(
-                manifest,
-                files=tuple(replace(df, sealed_sha256=d) for df, d in zip(disc_files, digests, strict=True)),
-            )
-            region = fmt.sign_manifest(manifest, signing_key.sign)
-            assert len(region) == region_length
-            disc = fmt.Disc(manifest, fmt.title_digest(region), region_length, data_offset)
-            w.seek(0)
-            w.write(fmt.encode_header(disc))
-            w.write(fmt.encode_mid_area(fmt.Pressing.MASTER, None, None, bytes(crypto.SIGNATURE_SIZE)))
-            w.write(region)
-            w.flush()
-            os.fsync(w.fileno())
-        keystore.save_title(TitleKeys(title_id, content_key, disc.title_digest, manifest.name))
+        disc = _write_master(tmp, files, manifest, content_key, signing_key.sign, progress)
+        keystore.save_title(TitleKeys(title_id, content_key, disc.title_digest, disc.manifest.name))
         os.replace(tmp, out)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
@@ -175,6 +136,68 @@ def master(
         tmp.unlink(missing_ok=True)
         raise
     fsync_dir(out.parent)
+    return disc
+
+
+def _manifest(
+    src: Path,
+    files: list[SourceFile],
+    title_id: str,
+    name: str | None,
+    kind: str | None,
+    entry: str | None,
+    publisher_key: bytes,
+    mastered: int,
+) -> fmt.Manifest:
+    """The title's manifest before its data is sealed (each file's stream ID fresh, its digest not
+    known yet); what ``title.json`` in ``src`` says, unless given."""
+    info = read_title_info(src)
+    disc_files = fmt.layout_files(
+        [fmt.DiscFile(f.path, f.size, os.urandom(crypto.STREAM_ID_SIZE), executable=f.executable) for f in files]
+    )
+    manifest = fmt.Manifest(
+        title_id=title_id,
+        name=name or info.get("name") or title_id,
+        kind=kind or info.get("kind") or "application",
+        entry=entry if entry is not None else info.get("entry", ""),
+        publisher_key=publisher_key,
+        files=disc_files,
+        mastered=mastered,
+        metadata={k: v for k, v in info.items() if k not in ("name", "kind", "entry")},
+    )
+    problem = fmt.manifest_problem(manifest)
+    if problem:
+        raise StateError(f"cannot master {src}: {problem}")
+    return manifest
+
+
+def _write_master(
+    tmp: Path,
+    files: list[SourceFile],
+    manifest: fmt.Manifest,
+    content_key: bytes,
+    sign: Callable[[bytes], bytes],
+    progress: Callable[[int], None] | None,
+) -> fmt.Disc:
+    """Seal every file into ``tmp`` after the manifest's room (its length is known before the data
+    is written: the digests are fixed-size), then the signed manifest, the header and the MID area."""
+    region_length = len(fmt.manifest_bytes(manifest)) + crypto.SIGNATURE_SIZE
+    data_offset = fmt.data_offset_for(region_length)
+    with open(tmp, "wb", buffering=WRITE_BUFFER) as w:
+        w.seek(data_offset)
+        pairs = list(zip(files, manifest.files, strict=True))
+        digests = [_seal_file(w, f, df, content_key, progress) for f, df in pairs]
+        sealed = tuple(replace(df, sealed_sha256=d) for df, d in zip(manifest.files, digests, strict=True))
+        manifest = replace(manifest, files=sealed)
+        region = fmt.sign_manifest(manifest, sign)
+        assert len(region) == region_length
+        disc = fmt.Disc(manifest, fmt.title_digest(region), region_length, data_offset)
+        w.seek(0)
+        w.write(fmt.encode_header(disc))
+        w.write(fmt.encode_mid_area(fmt.Pressing.MASTER, None, None, bytes(crypto.SIGNATURE_SIZE)))
+        w.write(region)
+        w.flush()
+        os.fsync(w.fileno())
     return disc
 
 

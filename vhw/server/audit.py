@@ -149,23 +149,27 @@ def verify(
             return Verdict(False, len(chained), pending, 0, f"{where}: its content was changed")
         at_position[position] = e.hash
         prev, expected = e.hash, expected + 1
+    problem, count = _check_heads(heads, at_position, expected - 1, check_signature)
+    if problem:
+        return Verdict(False, len(chained), pending, count, problem)
+    return Verdict(True, len(chained), pending, count)
+
+
+def _check_heads(
+    heads: Iterable[SignedHead],
+    at_position: dict[int, bytes],
+    last: int,
+    check_signature: Callable[[bytes, bytes], bool],
+) -> tuple[str, int]:
+    """What is wrong with the first signed head that does not hold for the chain (its hash at each
+    position, ``last`` the chain's end), or ""; and how many heads were checked."""
     count = 0
     for h in heads:
         count += 1
         if not check_signature(head_message(h.position, h.hash), h.signature):
-            return Verdict(
-                False, len(chained), pending, count, f"signed head {h.position}: its signature does not verify"
-            )
+            return f"signed head {h.position}: its signature does not verify", count
         if h.position not in at_position:
-            return Verdict(
-                False,
-                len(chained),
-                pending,
-                count,
-                f"signed head {h.position}: the chain ends at {expected - 1}, entries after it were deleted",
-            )
+            return f"signed head {h.position}: the chain ends at {last}, entries after it were deleted", count
         if at_position[h.position] != h.hash:
-            return Verdict(
-                False, len(chained), pending, count, f"signed head {h.position}: the chain up to it was rewritten"
-            )
-    return Verdict(True, len(chained), pending, count)
+            return f"signed head {h.position}: the chain up to it was rewritten", count
+    return "", count

@@ -125,43 +125,9 @@ def restore(home: ServerHome, source: Path, database: str | None = None) -> int:
         raise FileError(source, f"cannot read the backup: {describe_os_error(exc)}") from None
     with home.stopped("restoring its database"):
         if url.startswith("sqlite:///"):
-            if not magic.startswith(SQLITE_MAGIC):
-                raise FileError(source, "not a backup of a SQLite database (`vhw server backup` of one)")
-            target = Path(url.removeprefix("sqlite:///"))
-            if target.exists() and target.stat().st_size > 0:
-                raise StateError(
-                    f"{target} exists: restore refuses to overwrite a database",
-                    hint="restore into a new home, or move the old database away first",
-                )
-            try:
-                with read_only(source) as tx:
-                    if not records.integrity_ok(tx):
-                        raise FileError(source, "the backup is damaged (integrity check failed)")
-                    fingerprint = records.master_fingerprint(tx)
-            except sqlite3.DatabaseError as exc:
-                raise FileError(source, f"the backup is damaged ({exc})") from None
-            _check_backup_key(home, source, fingerprint)
-            atomic_write(target, source.read_bytes(), mode=0o600)
+            _restore_sqlite(home, source, magic, Path(url.removeprefix("sqlite:///")))
         else:
-            if not magic.startswith(PGDUMP_MAGIC):
-                raise FileError(source, "not a backup of a PostgreSQL database (`vhw server backup` of one)")
-            _check_backup_key(home, source, _dumped_fingerprint(source))
-            store = open_store(url)
-            try:
-                if store.version() > 0:
-                    raise StateError(
-                        "the PostgreSQL database holds a schema already: restore refuses to overwrite it",
-                        hint="create an empty database for the restore",
-                    )
-            finally:
-                store.close()
-            proc = subprocess.run(
-                [_pg_tool("pg_restore"), "--no-owner", "--exit-on-error", "--dbname", url, str(source)],
-                capture_output=True,
-                text=True,
-            )
-            if proc.returncode:
-                raise StateError(f"pg_restore failed: {_last_line(proc)}")
+            _restore_postgres(home, source, magic, url)
         store = home.store(database)
         try:
             store.migrate()
@@ -169,17 +135,55 @@ def restore(home: ServerHome, source: Path, database: str | None = None) -> int:
             with store.transaction() as tx:
                 reached = records.last_position(tx) or 0
                 # the restore itself is part of the history (chained when the server next runs)
-                tx.audit(
-                    int(time.time()),
-                    "operator:restore",
-                    [("restore-database", source.name, {"chain_position": reached})],
-                )
+                detail: dict[str, object] = {"chain_position": reached}
+                tx.audit(int(time.time()), "operator:restore", [("restore-database", source.name, detail)])
         finally:
             store.close()
         heads_path = home.path("audit-heads.jsonl")
         kept = [h for h in read_heads(heads_path) if h.position <= reached]
         atomic_write(heads_path, "".join(h.to_line() for h in kept).encode(), mode=0o600)
         return reached
+
+
+def _restore_sqlite(home: ServerHome, source: Path, magic: bytes, target: Path) -> None:
+    if not magic.startswith(SQLITE_MAGIC):
+        raise FileError(source, "not a backup of a SQLite database (`vhw server backup` of one)")
+    if target.exists() and target.stat().st_size > 0:
+        raise StateError(
+            f"{target} exists: restore refuses to overwrite a database",
+            hint="restore into a new home, or move the old database away first",
+        )
+    try:
+        with read_only(source) as tx:
+            if not records.integrity_ok(tx):
+                raise FileError(source, "the backup is damaged (integrity check failed)")
+            fingerprint = records.master_fingerprint(tx)
+    except sqlite3.DatabaseError as exc:
+        raise FileError(source, f"the backup is damaged ({exc})") from None
+    _check_backup_key(home, source, fingerprint)
+    atomic_write(target, source.read_bytes(), mode=0o600)
+
+
+def _restore_postgres(home: ServerHome, source: Path, magic: bytes, url: str) -> None:
+    if not magic.startswith(PGDUMP_MAGIC):
+        raise FileError(source, "not a backup of a PostgreSQL database (`vhw server backup` of one)")
+    _check_backup_key(home, source, _dumped_fingerprint(source))
+    store = open_store(url)
+    try:
+        if store.version() > 0:
+            raise StateError(
+                "the PostgreSQL database holds a schema already: restore refuses to overwrite it",
+                hint="create an empty database for the restore",
+            )
+    finally:
+        store.close()
+    proc = subprocess.run(
+        [_pg_tool("pg_restore"), "--no-owner", "--exit-on-error", "--dbname", url, str(source)],
+        capture_output=True,
+        text=True,
+    )
+    if proc.returncode:
+        raise StateError(f"pg_restore failed: {_last_line(proc)}")
 
 
 def _last_line(proc: subprocess.CompletedProcess[str]) -> str:

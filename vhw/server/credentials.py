@@ -12,8 +12,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .. import pki
-from ..devices.files import atomic_write, describe_os_error
-from ..errors import FileError, StateError
+from ..devices.files import atomic_write, load_json
+from ..errors import StateError
 from ..roles import ROLES
 from . import records
 from .identity import HomePki
@@ -47,17 +47,12 @@ class Credential:
 
     @classmethod
     def load(cls, path: Path) -> Credential:
-        path = Path(path)
-        try:
-            raw = json.loads(path.read_bytes())
-            cred = cls(**raw)
-            if cred.role not in ROLES or not cred.token:
-                raise ValueError
-        except OSError as exc:
-            raise FileError(path, f"cannot read credential: {describe_os_error(exc)}") from None
-        except (ValueError, TypeError):
-            raise FileError(path, "not a vhw credential file") from None
-        return cred
+        return load_json(cls, path, "vhw credential file", _check_credential)
+
+
+def _check_credential(cred: Credential) -> None:
+    if cred.role not in ROLES or not cred.token:
+        raise ValueError(f"no token, or a role vhw does not know ({cred.role!r})")
 
 
 class Credentials:

@@ -19,33 +19,30 @@ __all__ = ["HomePki"]
 
 class HomePki:
     def __init__(self, root: Path):
-        self.root = root
-
-    def _path(self, name: str) -> Path:
-        return self.root / name
+        self.root = root  # the home's folder
 
     def ca_der(self) -> bytes:
-        return x509.load_pem_x509_certificate(self._path("ca.pem").read_bytes()).public_bytes(
+        return x509.load_pem_x509_certificate((self.root / "ca.pem").read_bytes()).public_bytes(
             serialization.Encoding.DER
         )
 
     def ca_key(self) -> ec.EllipticCurvePrivateKey:
-        key = serialization.load_pem_private_key(self._path("ca-key.pem").read_bytes(), password=None)
+        key = serialization.load_pem_private_key((self.root / "ca-key.pem").read_bytes(), password=None)
         if not isinstance(key, ec.EllipticCurvePrivateKey):
-            raise FileError(self._path("ca-key.pem"), "not the platform CA's key (ECDSA)")
+            raise FileError(self.root / "ca-key.pem", "not the platform CA's key (ECDSA)")
         return key
 
     def make_signing_key(self, ca_der: bytes, ca_key: ec.EllipticCurvePrivateKey) -> None:
         cert_der, key = pki.issue_signer(ca_der, ca_key, "vhw platform signing key")
-        atomic_write(self._path("signing-key.pem"), pki.key_pem(key), mode=0o600)
-        atomic_write(self._path("signing.pem"), pki.cert_pem(cert_der))
+        atomic_write(self.root / "signing-key.pem", pki.key_pem(key), mode=0o600)
+        atomic_write(self.root / "signing.pem", pki.cert_pem(cert_der))
 
     def signing_der(self) -> bytes:
         """The platform's signing certificate (DER): card tokens and audit heads verify with it.
         A home made before it existed gets one on first use, from its CA."""
-        if not self._path("signing.pem").exists():
+        if not (self.root / "signing.pem").exists():
             self.make_signing_key(self.ca_der(), self.ca_key())
-        return x509.load_pem_x509_certificate(self._path("signing.pem").read_bytes()).public_bytes(
+        return x509.load_pem_x509_certificate((self.root / "signing.pem").read_bytes()).public_bytes(
             serialization.Encoding.DER
         )
 
@@ -53,7 +50,7 @@ class HomePki:
         """Signs card tokens and audit heads with the platform's signing key (ECDSA P-256,
         SHA-256): not the CA's, which signs certificates only."""
         self.signing_der()
-        return crypto.ecdsa_signer(self._path("signing-key.pem").read_bytes())
+        return crypto.ecdsa_signer((self.root / "signing-key.pem").read_bytes())
 
     def check_signature(self, message: bytes, signature: bytes) -> bool:
         """Whether ``signature`` is the platform signing key's over ``message`` (signed audit

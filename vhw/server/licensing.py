@@ -44,25 +44,10 @@ class Licensing:
         sign: Callable[[bytes], bytes] | None = None,
     ) -> None:
         self.context = Context(store, master_key, policy or Policy(), clock, sign)
+        self.store, self.master_key, self.policy, self.sign = store, master_key, self.context.policy, sign
         self.registrations = Registrations(self.context)
         self.acquisitions = Acquisitions(self.context)
         self.repairs = Repairs(self.context)
-
-    @property
-    def store(self) -> Store:
-        return self.context.store
-
-    @property
-    def master_key(self) -> bytes:
-        return self.context.master_key
-
-    @property
-    def policy(self) -> Policy:
-        return self.context.policy
-
-    @property
-    def sign(self) -> Callable[[bytes], bytes] | None:
-        return self.context.sign
 
     # -- manufacturer and publisher -------------------------------------------------------------
 

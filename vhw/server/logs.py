@@ -14,16 +14,29 @@ import logging
 import sys
 import time
 
-__all__ = ["configure"]
+__all__ = ["announce", "configure"]
 
 
 ACCESS_FIELDS = ("method", "path", "status", "duration_ms", "role", "request_id")
 
 
+def _stamp(created: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created)) + f".{int(created % 1 * 1000):03d}Z"
+
+
+def announce(log_format: str, logger: str, message: str, **fields: object) -> str:
+    """A line a server says on stdout when it starts listening or has stopped (a supervisor and
+    tests wait for the first): the message itself, or with ``json`` a JSON line like the log's,
+    with ``fields`` (``event``, ``url``) beside it."""
+    if log_format != "json":
+        return message
+    return json.dumps({"time": _stamp(time.time()), "level": "info", "logger": logger, "message": message, **fields})
+
+
 class JsonLines(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         line = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "time": _stamp(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),

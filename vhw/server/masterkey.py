@@ -23,13 +23,10 @@ log = logging.getLogger(__name__)
 
 class MasterKey:
     def __init__(self, root: Path):
-        self.root = root
-
-    def _path(self, name: str) -> Path:
-        return self.root / name
+        self.root = root  # the home's folder
 
     def read(self) -> bytes:
-        path = self._path("master.key")
+        path = self.root / "master.key"
         try:
             key = bytes.fromhex(path.read_text().strip())
         except OSError as exc:
@@ -43,7 +40,7 @@ class MasterKey:
     def check(self, store: Store) -> None:
         """At start: the keys at rest are under ``master.key``. Finishes a rotation that committed
         before it was killed (``master.key.new`` is the database's key), drops one that did not."""
-        pending = self._path("master.key.new")
+        pending = self.root / "master.key.new"
         with store.transaction() as tx:
             recorded = records.master_fingerprint(tx)
             if recorded is None:  # a new database, or one from before rotations: it is this key's
@@ -52,7 +49,7 @@ class MasterKey:
         if pending.exists():
             new = _read_key(pending)
             if new and crypto_equal(key_fingerprint(new), recorded):
-                os.replace(pending, self._path("master.key"))  # the rotation committed: finish it
+                os.replace(pending, self.root / "master.key")  # the rotation committed: finish it
                 fsync_dir(self.root)
                 log.warning("finished a master key rotation that was interrupted after its commit")
             else:
@@ -60,7 +57,7 @@ class MasterKey:
                 log.warning("dropped a master key rotation that was interrupted before its commit")
         if not crypto_equal(key_fingerprint(self.read()), recorded):
             raise StateError(
-                f"{self._path('master.key')} is not the key the database's keys are encrypted under",
+                f"{(self.root / 'master.key')} is not the key the database's keys are encrypted under",
                 hint="restore the master.key that belongs to this database",
             )
 
@@ -71,7 +68,7 @@ class MasterKey:
         self.check(store)
         old = self.read()
         new = secrets.token_bytes(32)
-        pending = self._path("master.key.new")
+        pending = self.root / "master.key.new"
         atomic_write(pending, new.hex().encode() + b"\n", mode=0o600)  # 1: the new key, durably
         count = 0
         with store.transaction() as tx:  # 2: every key and the fingerprint, or nothing
@@ -83,7 +80,7 @@ class MasterKey:
                 records.reseal_keys(tx, table, updates)
                 count += len(updates)
             records.note_master_fingerprint(tx, key_fingerprint(new))
-        os.replace(pending, self._path("master.key"))  # 3: the old key is gone
+        os.replace(pending, self.root / "master.key")  # 3: the old key is gone
         fsync_dir(self.root)
         return count
 

@@ -51,7 +51,28 @@ def run_workers(
     holder = reuse_port_socket(host, port)  # fixes the port (when 0 was asked) until all listen
     port = holder.getsockname()[1]
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    argv = [
+    multiproc = home.path("metrics")
+    shutil.rmtree(multiproc, ignore_errors=True)
+    multiproc.mkdir(mode=0o700)
+    pool = _Workers(
+        _worker_argv(home, address, log_format, database),
+        {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(multiproc)},
+        ["--metrics-listen", f"{metrics_listen[0]}:{metrics_listen[1]}"] if metrics_listen else [],
+    )
+    old = {sig: signal.signal(sig, pool.stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        procs = [pool.start(first=i == 0) for i in range(workers)]
+        holder.close()
+        ready(f"https://{address} ({workers} processes: {', '.join(str(p.pid) for p in procs)})")
+        pool.supervise(procs, str(multiproc))
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+    return 0
+
+
+def _worker_argv(home: ServerHome, address: str, log_format: str, database: str | None) -> list[str]:
+    return [
         sys.executable,
         "-m",
         "vhw",
@@ -66,15 +87,18 @@ def run_workers(
         log_format,
         *(["--db", database] if database else []),
     ]
-    multiproc = home.path("metrics")
-    shutil.rmtree(multiproc, ignore_errors=True)
-    multiproc.mkdir(mode=0o700)
-    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(multiproc)}
-    scrape = ["--metrics-listen", f"{metrics_listen[0]}:{metrics_listen[1]}"] if metrics_listen else []
-    stopping = False
 
-    def start(first: bool = False) -> subprocess.Popen[str]:
-        proc = subprocess.Popen(argv + (scrape if first else []), stdout=subprocess.PIPE, text=True, env=env)
+
+class _Workers:
+    """The server processes of one supervisor: started, replaced when one dies, stopped together."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], scrape: list[str]):
+        self.argv, self.env, self.scrape = argv, env, scrape
+        self.stopping = False
+
+    def start(self, first: bool = False) -> subprocess.Popen[str]:
+        argv = self.argv + (self.scrape if first else [])
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, env=self.env)
         assert proc.stdout is not None
         line = proc.stdout.readline()
         if "listening on" not in line:
@@ -82,31 +106,24 @@ def run_workers(
             raise StateError(f"a server worker did not start ({line.strip() or 'no output'})")
         return proc
 
-    def stop(signum: int, frame: FrameType | None) -> None:
-        nonlocal stopping
-        stopping = True
+    def stop(self, signum: int, frame: FrameType | None) -> None:
+        self.stopping = True
 
-    old = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-    procs = [start(first=i == 0) for i in range(workers)]
-    holder.close()
-    ready(f"https://{address} ({workers} processes: {', '.join(str(p.pid) for p in procs)})")
-    try:
-        while not stopping:
-            for i, proc in enumerate(procs):
-                if proc.poll() is not None and not stopping:
-                    log.warning("server process %d ended (%s); starting another", proc.pid, proc.returncode)
-                    metrics.mark_dead(proc.pid, str(multiproc))
-                    procs[i] = start(first=i == 0)
-            time.sleep(0.1)
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        for sig, handler in old.items():
-            signal.signal(sig, handler)
-    return 0
+    def supervise(self, procs: list[subprocess.Popen[str]], multiproc: str) -> None:
+        try:
+            while not self.stopping:
+                for i, proc in enumerate(procs):
+                    if proc.poll() is not None and not self.stopping:
+                        log.warning("server process %d ended (%s); starting another", proc.pid, proc.returncode)
+                        metrics.mark_dead(proc.pid, multiproc)
+                        procs[i] = self.start(first=i == 0)
+                time.sleep(0.1)
+        finally:
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGTERM)
+            for proc in procs:
+                try:
+                    proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()

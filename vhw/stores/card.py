@@ -26,7 +26,7 @@ from ..formats.common import BLOCK_SIZE, Extent, valid_title_id
 from ..plans import Op, Write
 from .ditto import Layout, catalog_fields, commit_ops, commit_twice
 
-__all__ = ["CardFull", "CardState", "LAYOUT", "format_plan"]
+__all__ = ["LAYOUT", "CardFull", "CardState", "format_plan"]
 
 
 def _blocks(n: int) -> int:

@@ -39,9 +39,9 @@ from ..plans import Op
 from .ditto import Layout, catalog_fields, commit_ops, commit_twice
 
 __all__ = [
-    "FileSpec",
     "LAYOUT",
     "PIECE_SIZE",
+    "FileSpec",
     "Volume",
     "format_plan",
     "piece_blocks",

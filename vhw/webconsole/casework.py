@@ -6,9 +6,10 @@ The pages are served by the repair console (:mod:`.repair`), their :class:`Host`
 
 from __future__ import annotations
 
+import functools
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 from urllib.parse import urlencode
@@ -52,18 +53,36 @@ class Host(Protocol):
     def user_info(self, user: Id) -> dict[str, Any] | None: ...
 
 
-class DeviceRepair:
-    """FIG. 13: re-register a repaired or exchanged device with its new ID."""
+Page = Callable[..., Awaitable[Response]]
+
+
+def _about_user(method: Page) -> Page:
+    """A page about the user its path names: ``method(self, request, session, user, info[, form])``,
+    or the page that says there is no such user."""
+
+    @functools.wraps(method)
+    async def page(self: _Case, request: Request, session: Session, *form: dict[str, str]) -> Response:
+        found = await self.host.target(request)
+        if found is None:
+            return self.host.error(request, 404, "No such user.")
+        return await method(self, request, session, *found, *form)
+
+    return page
+
+
+class _Case:
+    """One case's pages, served by ``host``."""
 
     def __init__(self, host: Host):
         self.host = host
 
-    async def form(self, request: Request, session: Session) -> Response:
+
+class DeviceRepair(_Case):
+    """FIG. 13: re-register a repaired or exchanged device with its new ID."""
+
+    @_about_user
+    async def form(self, request: Request, session: Session, user: Id, info: dict[str, Any]) -> Response:
         """The repair form; with new IDs typed (a GET: it changes nothing), what will change."""
-        found = await self.host.target(request)
-        if found is None:
-            return self.host.error(request, 404, "No such user.")
-        _, info = found
         form = {k: v[:100] for k, v in request.query_params.items() if k in ("new_client_id", "new_hdd_id")}
         if not form:
             return self._page(request, info, {}, "")
@@ -120,12 +139,11 @@ class DeviceRepair:
         ]
         return {"changes": changes, "cleared": len(info["titles"]), "new": {k: str(v) for k, v in new.items()}}
 
-    async def post(self, request: Request, session: Session, form: dict[str, str]) -> Response:
+    @_about_user
+    async def post(
+        self, request: Request, session: Session, user: Id, info: dict[str, Any], form: dict[str, str]
+    ) -> Response:
         """The confirmed repair; then, a GET of what it changed (Back and reload never repair again)."""
-        found = await self.host.target(request)
-        if found is None:
-            return self.host.error(request, 404, "No such user.")
-        user, info = found
         checked = self._new_ids(request, info, form)
         if isinstance(checked, Response):
             return checked
@@ -153,17 +171,12 @@ class DeviceRepair:
         )
 
 
-class CardReissue:
+class CardReissue(_Case):
     """FIG. 14: a new card for a damaged or lost one, its file fetched once by the session that made it."""
 
-    def __init__(self, host: Host):
-        self.host = host
-
-    async def form(self, request: Request, session: Session) -> Response:
-        found = await self.host.target(request)
-        if found is None:
-            return self.host.error(request, 404, "No such user.")
-        user, info = found
+    @_about_user
+    async def form(self, request: Request, session: Session, user: Id, info: dict[str, Any]) -> Response:
+        """The reissue form; back from a mistyped confirmation, what was typed and what is wrong."""
         typed = request.query_params.get("user_id")
         if typed is None:
             return self.host.render(request, "reissue.html", info=info, error="", typed="")
@@ -182,11 +195,11 @@ class CardReissue:
             return exc.message
         return ""
 
-    async def post(self, request: Request, session: Session, form: dict[str, str]) -> Response:
-        found = await self.host.target(request)
-        if found is None:
-            return self.host.error(request, 404, "No such user.")
-        user, info = found
+    @_about_user
+    async def post(
+        self, request: Request, session: Session, user: Id, info: dict[str, Any], form: dict[str, str]
+    ) -> Response:
+        """The confirmed reissue; then, a GET of the new card's page (Back and reload never reissue again)."""
         typed = form.get("user_id", "").strip()[:100]
         if self._typed_user_error(user, typed):  # the form again, as a GET: what was typed, the error
             target = f"{PREFIX}/reissue/{user}?{urlencode({'user_id': typed})}"
