@@ -142,6 +142,7 @@ def test_config_file_and_its_precedence(tmp_path):
         ('listen = "127.0.0.1:0"\nworker = 2\n', "unknown key 'worker'"),
         ('workers = "two"\n', "workers: must be a whole number"),
         ('log_format = "xml"\n', "log_format"),
+        ("pool_size = 0\n", "pool_size: must be a whole number"),
         ('listen = "nowhere"\n', "listen:"),
         ("listen = [\n", "not a TOML configuration"),
     ],
@@ -218,6 +219,23 @@ def test_metrics_count_a_scripted_story(tmp_path):
         assert httpx.post(f"http://127.0.0.1:{scrape_port}/v1/console/acquire", json={}).status_code == 404
     finally:
         assert srv.stop() == 0
+
+
+def test_the_pool_size_is_a_setting(postgres, tmp_path):
+    """``pool_size`` in the config file (and VHW_SERVER_POOL_SIZE over it): the most PostgreSQL
+    connections a server process holds, as its /metrics says."""
+    home = tmp_path / "home"
+    assert vhw_cmd("server", "init", "--home", home, "--db", postgres.new_database()).returncode == 0
+    config = tmp_path / "server.toml"
+    config.write_text("pool_size = 3\n")
+    for env, want in (({}, 3), ({"VHW_SERVER_POOL_SIZE": "5"}, 5)):
+        srv = RunningServer.start(home, run=["--config", str(config)], env=env)
+        try:
+            operator = Credential.load(srv.credential("operator"))
+            m = scrape(srv.url + "/metrics", verify=tls_context(srv.ca_der), token=operator.token)
+            assert total(m, "vhw_db_pool_connections", state="max") == want
+        finally:
+            assert srv.stop() == 0
 
 
 def test_metrics_of_two_workers_add_up(postgres, tmp_path):

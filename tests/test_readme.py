@@ -10,6 +10,7 @@ that fails fails the test, naming the line.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import socket
@@ -190,6 +191,80 @@ def test_the_operator_blocks_install_and_the_unit_runs(tmp_path):
     log = [line for line in (checkout / "service.log").read_text().splitlines() if not line.startswith("+ ")]
     assert log and all(line.startswith("{") for line in log), log[:5]  # JSON lines (server.toml)
     assert any('"path": "/v1/health", "status": 200' in line for line in log), log[-5:]
+
+
+BROKER_SERVICE = r"""
+# the unit as systemd starts it: its checks, its state directory (its user's), its environment
+unit=/etc/systemd/system/vhw-broker.service
+test -f "$unit" && test -x /opt/vhw/bin/vhw
+systemd-analyze verify "$unit"
+environment=$(sed -n 's/^Environment=//p' "$unit")
+pre=$(sed -n 's/^ExecStartPre=//p' "$unit")
+start=$(sed -n 's/^ExecStart=//p' "$unit")
+signal=$(sed -n 's/^KillSignal=//p' "$unit")
+chown -R nobody:nogroup /var/lib/vhw-broker && chmod 0700 /var/lib/vhw-broker
+as_service() { cd / && umask 0077 && exec setpriv --reuid=nobody --regid=nogroup --clear-groups \
+    env -i PATH=/usr/bin:/bin $environment bash -c "exec $1"; }
+(as_service "$pre")
+as_service "$start" > "$PWD/broker.out" 2> "$PWD/broker.log" &
+broker=$!
+trap 'kill "$broker" 2>/dev/null || true' EXIT
+/opt/vhw/bin/vhw broker wait --home /var/lib/vhw-broker/broker && echo "the broker answers"
+stat -c '%U %a' /var/lib/vhw-broker/broker/credential.json
+kill -s "$signal" "$broker"
+wait "$broker" && echo "stopped with status 0"
+"""
+
+
+def test_the_broker_blocks_install_and_the_unit_runs(tmp_path, cli):
+    """The broker's operator section: its install block as written in a sandbox (fresh /opt,
+    /etc/systemd/system and /var/lib/vhw-broker), with a credential and TLS identity from a
+    server home made here; then the installed unit verified and run as systemd would run it."""
+    import shutil
+
+    if not shutil.which("bwrap") or not shutil.which("systemd-analyze"):
+        pytest.skip("bubblewrap and systemd-analyze are needed (tools/setup.sh installs them)")
+    port_free(9443)
+    found = blocks((ROOT / "README.md").read_text())
+    [heading] = [h for h in found if h.startswith("### Running the broker")]
+    install, service = found[heading]
+    assert "broker init" in install and "systemctl enable --now vhw-broker" in service
+    checkout = tmp_path / "checkout"
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
+    for name in filter(None, files.decode().split("\0")):
+        (checkout / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / name, checkout / name)
+    srv = tmp_path / "srv"  # the platform operator's server home: the broker's credential and TLS
+    assert cli("server", "init", "--home", srv, "--mode", "broker").code == 0
+    assert cli("server", "issue-cert", "broker", "-o", checkout / "broker-tls", "--home", srv).code == 0
+    shutil.copy2(srv / "credentials" / "broker.json", checkout / "broker.json")
+    fresh = ["/opt", "/etc/systemd/system", "/var/lib/vhw-broker"]
+    made = [d for d in fresh if not os.path.exists(d)]
+    env = {**os.environ, "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
+    env.pop("VIRTUAL_ENV", None)
+    try:
+        r = subprocess.run(
+            ["bwrap", "--dev-bind", "/", "/"]
+            + [arg for d in fresh for arg in ("--tmpfs", d)]
+            + ["--chdir", str(checkout), "bash", "-c", "set -euo pipefail\nset -x\n" + install + BROKER_SERVICE],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env=env,
+        )
+    finally:
+        for d in made:
+            with contextlib.suppress(OSError):
+                os.rmdir(d)
+    last = [line for line in r.stderr.splitlines() if line.startswith("+ ")][-1:]
+    said = "\n".join(line for line in r.stderr.splitlines() if not line.startswith("WARNING: Location"))
+    assert r.returncode == 0, f"the broker's block failed at {last}: {said[-3000:]}"
+    assert "the broker answers" in r.stdout and "stopped with status 0" in r.stdout
+    assert "nobody 600" in r.stdout  # its credential belongs to the service's user alone
+    out = [json.loads(line) for line in (checkout / "broker.out").read_text().splitlines()]
+    assert [line["event"] for line in out] == ["listening", "stopped"], out
+    log = [line for line in (checkout / "broker.log").read_text().splitlines() if not line.startswith("+ ")]
+    assert log and all(json.loads(line)["message"] for line in log), log[:5]  # JSON lines, every one
 
 
 def test_the_readmes_figures_are_the_benchmarks_files():

@@ -126,7 +126,9 @@ def broker_wait(app: App, home: Path | None, timeout: float) -> None:
     h = broker_home(app, home)
     h.require()
     ca = Credential.load(h.path("credential.json")).ca
-    wait_for(f"https://{h.config().listen}", tls_context(ca_pem=ca), timeout)
+    host, _, port = h.config().listen.rpartition(":")
+    host = {"0.0.0.0": "127.0.0.1", "[::]": "[::1]", "": "127.0.0.1"}.get(host, host)  # (every address: ask here)
+    wait_for(f"https://{host}:{port}", tls_context(ca_pem=ca), timeout)
 
 
 @broker.command("run")

@@ -103,7 +103,8 @@ def server_init(
         click.echo(f"  {role:<13} credential {h.credentials.path(role)}")
 
 
-RUN_KEYS = {"home", "listen", "db", "workers", "log_format", "metrics_listen"}
+DEFAULT_POOL = 20  # PostgreSQL connections per server process, unless told (SQLite: one)
+RUN_KEYS = {"home", "listen", "db", "workers", "log_format", "metrics_listen", "pool_size"}
 
 
 def repair_console(home: ServerHome, lic: Licensing) -> list[Mount]:
@@ -145,6 +146,8 @@ def load_config(ctx: click.Context, param: click.Parameter, path: Path | None) -
                 raise FileError(path, f"{key}: {exc.message}") from None
         if key == "workers" and (isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 64):
             raise FileError(path, "workers: must be a whole number from 1 to 64")
+        if key == "pool_size" and (isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 200):
+            raise FileError(path, "pool_size: must be a whole number from 1 to 200")
         if key == "log_format" and value not in ("text", "json"):
             raise FileError(path, 'log_format: must be "text" or "json"')
         if key == "home":
@@ -232,6 +235,14 @@ def wait_for(url: str, tls: ssl.SSLContext, timeout: float) -> None:
     envvar="VHW_SERVER_METRICS_LISTEN",
     help="Also serve /metrics over plain HTTP here, without a credential (for a local scraper).",
 )
+@click.option(
+    "--pool-size",
+    type=click.IntRange(1, 200),
+    default=DEFAULT_POOL,
+    show_default=True,
+    envvar="VHW_SERVER_POOL_SIZE",
+    help="PostgreSQL connections each server process may hold at once (docs/scale.md: 4 for many processes).",
+)
 @click.option("--reuse-port", is_flag=True, hidden=True, help="Bind with SO_REUSEPORT (one of --workers).")
 @pass_app
 def server_run(
@@ -242,6 +253,7 @@ def server_run(
     workers: int,
     log_format: str,
     metrics_listen: tuple[str, int] | None,
+    pool_size: int,
     reuse_port: bool,
 ) -> None:
     """Serve the licensing API over HTTPS until Ctrl-C or SIGTERM (then stop gracefully).
@@ -249,7 +261,7 @@ def server_run(
     The repair center's web console is at /console/ (sign in with the operator credential's token).
 
     Every option may come from --config FILE (TOML, keys as the options: home, listen, db, workers,
-    log_format, metrics_listen), from VHW_SERVER_<OPTION> in the environment, or from the flag;
+    log_format, metrics_listen, pool_size), from VHW_SERVER_<OPTION> in the environment, or from the flag;
     the flag wins over the environment, which wins over the file.
     """
     from ..server.logs import announce, configure  # (loaded only by the commands that need it: start-up time)
@@ -275,9 +287,10 @@ def server_run(
                     ready=ready,
                     log_format=log_format,
                     metrics_listen=metrics_listen,
+                    pool_size=pool_size,
                 )
             else:
-                _serve(h, listen, database, ready, reuse_port, metrics_listen)
+                _serve(h, listen, database, ready, reuse_port, metrics_listen, pool_size)
     except OSError as exc:  # (several workers: the supervisor binds the address first)
         from ..httpapi import listen_error, split_listen  # (loaded only by the commands that need it: start-up time)
 
@@ -292,6 +305,7 @@ def _serve(
     ready: Callable[[str], None],
     reuse_port: bool,
     metrics_listen: tuple[str, int] | None,
+    pool_size: int,
 ) -> None:
     """One server process, on trio, until stopped."""
     import trio  # (loaded only by the commands that need it: start-up time)
@@ -308,6 +322,7 @@ def _serve(
             reuse_port=reuse_port,
             metrics_listen=metrics_listen,
             consoles=consoles,
+            pool_size=pool_size,
         )
     )
 

@@ -254,6 +254,7 @@ async def serve(
     reuse_port: bool = False,
     metrics_listen: tuple[str, int] | None = None,
     consoles: Callable[[Licensing], Sequence[Mount]] | None = None,
+    pool_size: int | None = None,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the licensing API until SIGINT/SIGTERM (or cancellation); then finish open requests.
@@ -265,7 +266,8 @@ async def serve(
     more when it stops.
     """
     cfg = home.config()
-    store = await trio.to_thread.run_sync(partial(home.store, database, statement_timeout=STATEMENT_TIMEOUT))
+    opening = partial(home.store, database, statement_timeout=STATEMENT_TIMEOUT, pool_size=pool_size)
+    store = await trio.to_thread.run_sync(opening)
     try:
         await trio.to_thread.run_sync(store.migrate)
         await trio.to_thread.run_sync(home.keys.check, store)

@@ -241,8 +241,10 @@ class ServerHome:
     def database_url(self, override: str | None = None) -> str:
         return override or self.config().database or f"sqlite:///{self.path('vhw.db')}"
 
-    def store(self, database: str | None = None, *, statement_timeout: float | None = None) -> Store:
-        return open_store(self.database_url(database), statement_timeout=statement_timeout)
+    def store(
+        self, database: str | None = None, *, statement_timeout: float | None = None, pool_size: int | None = None
+    ) -> Store:
+        return open_store(self.database_url(database), statement_timeout=statement_timeout, pool_size=pool_size)
 
     def licensing(self, store: Store) -> Licensing:
         cfg = self.config()

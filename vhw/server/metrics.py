@@ -15,7 +15,8 @@ summed over the live processes.
     vhw_keys_issued_total                                  answers that carried keys
     vhw_refusals_total{kind}                               the patent's five refusals, by code
     vhw_store_errors_total{kind}                           database failures: conflict (retried), error
-    vhw_db_pool_connections{state}                         PostgreSQL pool: size, available, waiting
+    vhw_db_pool_connections{state}                         PostgreSQL pool: max (--pool-size), size,
+                                                           available, waiting
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ def generate() -> bytes:
 
 def pool_stats(stats: dict[str, int]) -> None:
     """Record a psycopg_pool ``get_stats()`` snapshot."""
+    POOL.labels("max").set(stats.get("pool_max", 0))
     POOL.labels("size").set(stats.get("pool_size", 0))
     POOL.labels("available").set(stats.get("pool_available", 0))
     POOL.labels("waiting").set(stats.get("requests_waiting", 0))

@@ -625,11 +625,14 @@ def _redact(url: str) -> str:
     return url
 
 
-def open_store(url: str, *, wait: float = 30, statement_timeout: float | None = None) -> Store:
+def open_store(
+    url: str, *, wait: float = 30, statement_timeout: float | None = None, pool_size: int | None = None
+) -> Store:
     """``sqlite:///path/to/file.db`` or ``postgresql://...`` (``wait``: seconds to reach it;
-    ``statement_timeout``: seconds PostgreSQL gives each statement, a commit's wait included)."""
+    ``statement_timeout``: seconds PostgreSQL gives each statement, a commit's wait included;
+    ``pool_size``: PostgreSQL connections this process may hold at once, 20 unless told)."""
     if url.startswith("sqlite:///"):
         return SqliteStore(Path(url.removeprefix("sqlite:///")))
     if url.startswith(("postgresql://", "postgres://")):
-        return PostgresStore(url, wait=wait, statement_timeout=statement_timeout)
+        return PostgresStore(url, wait=wait, statement_timeout=statement_timeout, max_size=pool_size or 20)
     raise StateError(f"unknown database URL {_redact(url)!r} (sqlite:///FILE or postgresql://...)")

@@ -38,6 +38,7 @@ def run_workers(
     ready: Callable[[str], None],
     log_format: str = "text",
     metrics_listen: tuple[str, int] | None = None,
+    pool_size: int | None = None,
 ) -> int:
     """Supervise ``workers`` server processes on one port until SIGINT/SIGTERM.
 
@@ -55,7 +56,7 @@ def run_workers(
     shutil.rmtree(multiproc, ignore_errors=True)
     multiproc.mkdir(mode=0o700)
     pool = _Workers(
-        _worker_argv(home, address, log_format, database),
+        _worker_argv(home, address, log_format, database) + (["--pool-size", str(pool_size)] if pool_size else []),
         {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(multiproc)},
         ["--metrics-listen", f"{metrics_listen[0]}:{metrics_listen[1]}"] if metrics_listen else [],
     )
