@@ -238,6 +238,52 @@ def test_the_pool_size_is_a_setting(postgres, tmp_path):
             assert srv.stop() == 0
 
 
+def test_what_the_alerts_watch_is_on_metrics_and_renew_cert_renews(cli, tmp_path):
+    """/metrics says when the certificates in use expire (the TLS one in 397 days, the CA in ten
+    years), whether the database takes writes, and how far and how lately the audit chainer got;
+    `vhw server renew-cert` issues the next TLS certificate for the same names, which the server
+    serves (and /metrics shows) from its next start, trusted as before."""
+    from cryptography import x509
+
+    home = tmp_path / "home"
+    srv = RunningServer.start(home)
+    operator = Credential.load(srv.credential("operator"))
+    try:
+        deadline = time.monotonic() + 10
+        while True:  # the chainer runs every 2 s; init wrote four entries (the credentials)
+            m = scrape(srv.url + "/metrics", verify=tls_context(srv.ca_der), token=operator.token)
+            if total(m, "vhw_audit_chain_head") >= 4 or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        now = time.time()
+        assert total(m, "vhw_audit_chain_head") >= 4
+        assert now - 10 < total(m, "vhw_audit_chained_timestamp_seconds") <= now + 1
+        assert total(m, "vhw_db_writable") == 1
+        tls = total(m, "vhw_certificate_expiry_timestamp_seconds", certificate="tls")
+        assert abs(tls - (now + 397 * 86400)) < 3600
+        assert total(m, "vhw_certificate_expiry_timestamp_seconds", certificate="ca") > now + 3600 * 86400
+        assert total(m, "vhw_certificate_expiry_timestamp_seconds", certificate="signing") > now + 3600 * 86400
+    finally:
+        assert srv.stop() == 0
+    before = x509.load_pem_x509_certificate((home / "server.pem").read_bytes())
+    time.sleep(1.1)  # (a later second: the new certificate expires later)
+    r = cli("server", "renew-cert", "--home", home)
+    assert r.code == 0 and "restart the server" in r.out, r
+    after = x509.load_pem_x509_certificate((home / "server.pem").read_bytes())
+    assert after.serial_number != before.serial_number and after.public_key() != before.public_key()
+    alt = x509.SubjectAlternativeName
+    assert after.extensions.get_extension_for_class(alt) == before.extensions.get_extension_for_class(alt)
+    assert after.not_valid_after_utc > before.not_valid_after_utc
+    srv = RunningServer.start(home)  # consoles trust it as before: the CA is the same
+    try:
+        with srv.console_client() as c:
+            assert c.get("/v1/health", p.Health).status == "ok"
+        m = scrape(srv.url + "/metrics", verify=tls_context(srv.ca_der), token=operator.token)
+        assert total(m, "vhw_certificate_expiry_timestamp_seconds", certificate="tls") > tls
+    finally:
+        assert srv.stop() == 0
+
+
 def test_metrics_of_two_workers_add_up(postgres, tmp_path):
     scrape_port = free_port()
     srv = RunningServer.start(

@@ -499,6 +499,7 @@ def test_certificates_have_the_fields_consoles_and_servers_rely_on():
     assert server.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value == x509.ExtendedKeyUsage(
         [ExtendedKeyUsageOID.SERVER_AUTH]
     )
+    assert server.not_valid_after_utc - server.not_valid_before_utc == datetime.timedelta(days=397, minutes=5)
     names = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert [str(x) for x in names.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
     assert names.get_values_for_type(x509.DNSName) == ["vhw.example"]

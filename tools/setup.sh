@@ -13,8 +13,9 @@ packages=(fuse3 libfuse3-dev libssl-dev pkg-config gcc postgresql bubblewrap lib
 [ "${1:-}" = "--bench" ] && packages+=(gocryptfs fio time)
 # `make test` (setup.sh --test) also needs a browser for the web consoles' tests: Debian's Chromium,
 # driven by Playwright's Python package (which then downloads no browser of its own); and systemd,
-# whose `systemd-analyze verify` checks the deployment's unit files
-[ "${1:-}" = "--test" ] && packages+=(chromium libnss3-tools python3-venv systemd)
+# whose `systemd-analyze verify` checks the deployment's unit files; and Prometheus, whose promtool
+# checks the alert rules of deploy/prometheus and runs their unit tests
+[ "${1:-}" = "--test" ] && packages+=(chromium libnss3-tools python3-venv systemd prometheus)
 # `make cluster` (setup.sh --cluster) runs PostgreSQL under Patroni with etcd, behind HAProxy; the
 # suite's failover test does too, so --test installs them as well
 case "${1:-}" in --cluster | --test) packages+=(patroni etcd-server etcd-client haproxy) ;; esac

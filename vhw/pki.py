@@ -19,6 +19,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 VALIDITY = datetime.timedelta(days=3650)  # a console's trust anchor lives as long as the console
+#: A TLS server's certificate: 397 days, as the CA/Browser Forum allows public ones. `vhw server
+#: renew-cert` issues the next one; /metrics says how long the one in use has left, and an alert
+#: rule of deploy/prometheus warns a month ahead.
+TLS_VALIDITY = datetime.timedelta(days=397)
 
 
 def _name(common_name: str) -> x509.Name:
@@ -65,7 +69,11 @@ def make_ca(common_name: str, *, now: datetime.datetime | None = None) -> tuple[
 
 
 def _leaf(
-    ca_der: bytes, ca_key: ec.EllipticCurvePrivateKey, common_name: str, now: datetime.datetime | None
+    ca_der: bytes,
+    ca_key: ec.EllipticCurvePrivateKey,
+    common_name: str,
+    now: datetime.datetime | None,
+    validity: datetime.timedelta = VALIDITY,
 ) -> tuple[x509.CertificateBuilder, ec.EllipticCurvePrivateKey]:
     """What every certificate the CA issues has: a fresh key, names, validity, not a CA."""
     now = now or datetime.datetime.now(datetime.UTC)
@@ -78,7 +86,7 @@ def _leaf(
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + VALIDITY)
+        .not_valid_after(now + validity)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
     )
@@ -94,8 +102,9 @@ def issue(
     client: bool = False,
     now: datetime.datetime | None = None,
 ) -> tuple[bytes, ec.EllipticCurvePrivateKey]:
-    """A leaf certificate signed by the CA: a TLS server's (``hosts``) or a client's."""
-    builder, key = _leaf(ca_der, ca_key, common_name, now)
+    """A leaf certificate signed by the CA: a TLS server's (``hosts``: for :data:`TLS_VALIDITY`) or
+    a client's (as long as the CA)."""
+    builder, key = _leaf(ca_der, ca_key, common_name, now, VALIDITY if client else TLS_VALIDITY)
     builder = builder.add_extension(
         x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH]),
         critical=False,
@@ -124,3 +133,18 @@ def issue_signer(
     )
     cert = builder.sign(ca_key, hashes.SHA256())
     return cert.public_bytes(serialization.Encoding.DER), key
+
+
+def host_names(cert_der: bytes) -> list[str]:
+    """The hosts a TLS server's certificate names (its subject alternative names)."""
+    cert = x509.load_der_x509_certificate(cert_der)
+    try:
+        alt = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    return [str(ip) for ip in alt.get_values_for_type(x509.IPAddress)] + list(alt.get_values_for_type(x509.DNSName))
+
+
+def expires(pem: bytes) -> datetime.datetime:
+    """When the first certificate of a PEM file stops being valid."""
+    return x509.load_pem_x509_certificate(pem).not_valid_after_utc

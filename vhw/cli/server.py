@@ -1,4 +1,5 @@
-"""Platform operator's tools: ``vhw server init|run|credential|audit|openapi``."""
+"""Platform operator's tools: ``vhw server init|run|wait|credential|audit|backup|restore|
+rotate-master-key|openapi|issue-cert|renew-cert``."""
 
 from __future__ import annotations
 
@@ -50,8 +51,8 @@ def server() -> None:
 
     `init` makes its home, `run` serves (and `wait` waits until it does), `credential` manages
     the roles' credentials, `audit` reads and verifies its audit log, `backup` and `restore` its
-    database, `rotate-master-key` re-encrypts its keys at rest, `openapi` prints its API, and
-    `issue-cert` makes a TLS certificate for a broker.
+    database, `rotate-master-key` re-encrypts its keys at rest, `openapi` prints its API,
+    `issue-cert` makes a TLS certificate for a broker and `renew-cert` the server's next one.
     """
 
 
@@ -529,3 +530,20 @@ def server_issue_cert(app: App, name: str, hosts: tuple[str, ...], out: Path, ho
     h.require()
     h.pki.issue_server_cert(name, list(hosts), out)
     click.echo(f"TLS identity for {name!r} in {out} (tls.pem, tls-key.pem)")
+
+
+@server.command("renew-cert")
+@home_option
+@pass_app
+def server_renew_cert(app: App, home: Path | None) -> None:
+    """Issue the server's next TLS certificate (a fresh key, the same names, valid 397 days) in place
+    of the one in use; restart the server to serve it. /metrics says when the one in use expires
+    (vhw_certificate_expiry_timestamp_seconds{certificate="tls"}), and deploy/prometheus warns 30
+    days ahead. Consoles and credentials need nothing new: they trust the CA, which stays."""
+    import datetime
+
+    h = server_home(app, home)
+    h.require()
+    names, expires = h.pki.renew_tls()
+    until = datetime.datetime.fromtimestamp(expires, datetime.UTC).strftime("%Y-%m-%d")
+    click.echo(f"renewed {h.path('server.pem')} for {', '.join(names)} until {until}; restart the server to serve it")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
@@ -124,6 +125,7 @@ class App:
                 return error_response(exc)
         if isinstance(self.lic.store, PostgresStore):
             metrics.pool_stats(self.lic.store.pool_stats())
+        metrics.DB_WRITABLE.set(1 if await self.writable() else 0)
         return Response(await anyio.to_thread.run_sync(metrics.generate), media_type=metrics.CONTENT_TYPE)
 
     async def authenticate(self, request: Request, ep: Endpoint) -> str:
@@ -274,6 +276,8 @@ async def serve(
         lic = home.licensing(store)
         app = App(lic, mode=cfg.mode, mounts=consoles(lic) if consoles else ())
         chainer = home.chainer(store)
+        for certificate, expires in home.pki.expiries().items():
+            metrics.CERT_EXPIRY.labels(certificate).set(expires)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_chain_audit, chainer)
             nursery.start_soon(app.batcher.run)
@@ -301,6 +305,8 @@ async def _chain_audit(chainer: Chainer) -> None:
         await trio.sleep(CHAIN_EVERY)
         try:
             await trio.to_thread.run_sync(chainer.run)
+            metrics.AUDIT_HEAD.set(chainer.head)
+            metrics.AUDIT_CHAINED.set(time.time())
         except Unavailable as exc:  # a failover: the next run, on the new primary, goes on
             log.info("audit chaining waits for the database: %s", exc)
         except Exception:  # the next run tries again; the server goes on serving

@@ -85,9 +85,11 @@ class Chainer:
         self, store: Store, sign: Callable[[bytes], bytes], heads: Path, *, clock: Callable[[], float] = time.time
     ):
         self.store, self.sign, self.heads, self.clock = store, sign, heads, clock
+        self.head = 0  # the chain's last linked position, as the last run saw it
 
     def run(self) -> int:
         position, digest, linked = chain_pending(self.store)
+        self.head = position
         if linked:
             append_head(self.heads, audit.sign_head(self.sign, position, digest, int(self.clock())))
         return linked

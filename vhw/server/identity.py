@@ -71,3 +71,26 @@ class HomePki:
         )
         atomic_write(out / "tls.pem", pki.cert_pem(cert) + pki.cert_pem(self.ca_der()))
         atomic_write(out / "tls-key.pem", pki.key_pem(key), mode=0o600)
+
+    def renew_tls(self) -> tuple[list[str], float]:
+        """Issue the server's next TLS certificate (a fresh key, the same host names, valid for
+        :data:`vhw.pki.TLS_VALIDITY`) in place of the one in use, all at once: the server takes it
+        at its next start. Returns its names and when it expires (Unix time)."""
+        current = x509.load_pem_x509_certificate((self.root / "server.pem").read_bytes())
+        names = pki.host_names(current.public_bytes(serialization.Encoding.DER))
+        cert, key = pki.issue(self.ca_der(), self.ca_key(), "vhw licensing server", hosts=names)
+        # the key first: a certificate is never in place without its own key (a crash between the
+        # two leaves the old certificate with a new key, which the next renew-cert mends)
+        atomic_write(self.root / "server-key.pem", pki.key_pem(key), mode=0o600)
+        atomic_write(self.root / "server.pem", pki.cert_pem(cert) + pki.cert_pem(self.ca_der()))
+        return names, x509.load_der_x509_certificate(cert).not_valid_after_utc.timestamp()
+
+    def expiries(self) -> dict[str, float]:
+        """When each of the platform's certificates in this home stops being valid (Unix time):
+        the server's TLS certificate, the CA, the signing certificate."""
+        files = {"tls": "server.pem", "ca": "ca.pem", "signing": "signing.pem"}
+        return {
+            name: pki.expires((self.root / file).read_bytes()).timestamp()
+            for name, file in files.items()
+            if (self.root / file).exists()
+        }

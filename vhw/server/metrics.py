@@ -17,6 +17,14 @@ summed over the live processes.
     vhw_store_errors_total{kind}                           database failures: conflict (retried), error
     vhw_db_pool_connections{state}                         PostgreSQL pool: max (--pool-size), size,
                                                            available, waiting
+    vhw_db_writable                                        1 while the database takes writes (a
+                                                           primary), 0 while it does not
+    vhw_audit_chain_head                                   the audit chain's last linked position
+    vhw_audit_chained_timestamp_seconds                    when the chainer last ran to the end
+    vhw_certificate_expiry_timestamp_seconds{certificate}  when the certificate in use (tls), the CA
+                                                           and the signing certificate expire
+
+The alert rules of deploy/prometheus/ are written over these (and Prometheus's own ``up``).
 """
 
 from __future__ import annotations
@@ -46,6 +54,17 @@ KEYS_ISSUED = Counter("vhw_keys_issued", "Answers that carried a Content-Key and
 REFUSALS = Counter("vhw_refusals", "Refusals with one of the patent's five messages", ["kind"])
 STORE_ERRORS = Counter("vhw_store_errors", "Database failures", ["kind"])
 POOL = Gauge("vhw_db_pool_connections", "PostgreSQL connection pool", ["state"], multiprocess_mode="livesum")
+DB_WRITABLE = Gauge("vhw_db_writable", "1 while the database takes writes, else 0", multiprocess_mode="livemax")
+AUDIT_HEAD = Gauge("vhw_audit_chain_head", "The audit chain's last linked position", multiprocess_mode="max")
+AUDIT_CHAINED = Gauge(
+    "vhw_audit_chained_timestamp_seconds", "When the audit chainer last ran to the end", multiprocess_mode="max"
+)
+CERT_EXPIRY = Gauge(
+    "vhw_certificate_expiry_timestamp_seconds",
+    "When a certificate of the platform in use expires",
+    ["certificate"],
+    multiprocess_mode="livemin",
+)
 
 
 def registry() -> CollectorRegistry:
