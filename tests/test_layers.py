@@ -26,7 +26,8 @@ anything below):
     7  console.mount, console.savefs, console.copying,    what composes those
        console.playing, console.machine, server.home,
        server.endpoints, server.batcher, broker.service
-    8  server.app, server.backups, server.workers,        the servers and their homes
+    8  server.app, server.backups, server.hosts,          the servers and their homes
+       server.workers,
        broker.home, broker.app, webconsole.web,
        webconsole.downloads
     9  webconsole.casework, webconsole.repair,            composed onto the apps from above
@@ -108,6 +109,7 @@ LAYERS = {
     8: [
         "vhw.server.app",
         "vhw.server.backups",
+        "vhw.server.hosts",
         "vhw.server.workers",
         "vhw.broker.home",
         "vhw.broker.app",

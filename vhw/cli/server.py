@@ -1,5 +1,5 @@
 """Platform operator's tools: ``vhw server init|run|wait|credential|audit|backup|restore|
-rotate-master-key|openapi|issue-cert|renew-cert``."""
+rotate-master-key|openapi|issue-cert|renew-cert|export-host|import-host``."""
 
 from __future__ import annotations
 
@@ -52,7 +52,8 @@ def server() -> None:
     `init` makes its home, `run` serves (and `wait` waits until it does), `credential` manages
     the roles' credentials, `audit` reads and verifies its audit log, `backup` and `restore` its
     database, `rotate-master-key` re-encrypts its keys at rest, `openapi` prints its API,
-    `issue-cert` makes a TLS certificate for a broker and `renew-cert` the server's next one.
+    `issue-cert` makes a TLS certificate for a broker and `renew-cert` the server's next one;
+    `export-host` and `import-host` make another host of the same service.
     """
 
 
@@ -398,8 +399,17 @@ def credential_revoke(app: App, role: str, name: str, home: Path | None) -> None
     " exit 3 naming the first entry that breaks them.",
 )
 @click.option("--db", "database", help="Database URL (default: from `server init`).")
+@click.option(
+    "--heads",
+    "others",
+    type=FILE,
+    multiple=True,
+    help="With --verify: another host's audit-heads.jsonl, checked against the same chain (repeatable).",
+)
 @pass_app
-def server_audit(app: App, home: Path | None, after: int, as_json: bool, verify: bool, database: str | None) -> None:
+def server_audit(
+    app: App, home: Path | None, after: int, as_json: bool, verify: bool, database: str | None, others: tuple[Path, ...]
+) -> None:
     """Print the audit log: every registration, key issue, flag, confirm, repair and reissue.
 
     The entries are linked in a hash chain whose head the server signs with the platform key into
@@ -414,7 +424,7 @@ def server_audit(app: App, home: Path | None, after: int, as_json: bool, verify:
 
     store = h.store(database)
     try:
-        verdict = verify_chain(store, h.path("audit-heads.jsonl"), h.pki.check_signature)
+        verdict = verify_chain(store, [h.path("audit-heads.jsonl"), *others], h.pki.check_signature)
     finally:
         store.close()
     if not verdict.ok:
@@ -547,3 +557,34 @@ def server_renew_cert(app: App, home: Path | None) -> None:
     names, expires = h.pki.renew_tls()
     until = datetime.datetime.fromtimestamp(expires, datetime.UTC).strftime("%Y-%m-%d")
     click.echo(f"renewed {h.path('server.pem')} for {', '.join(names)} until {until}; restart the server to serve it")
+
+
+@server.command("export-host")
+@click.argument("out", type=FOLDER)
+@home_option
+@pass_app
+def server_export_host(app: App, out: Path, home: Path | None) -> None:
+    """Write what another licensing host of this service needs into the new folder OUT: its keys,
+    certificates, credentials and configuration (owner only: it holds the master key and the CA's
+    key; carry it to the new host as such). The home must be on PostgreSQL, which hosts share."""
+    from ..server.hosts import export_host  # (loaded only by the commands that need it: start-up time)
+
+    names = export_host(server_home(app, home), out)
+    click.echo(f"{out}: {', '.join(names)}; on the new host: vhw server import-host {out} --home HOME")
+
+
+@server.command("import-host")
+@click.argument("source", metavar="IN", type=FOLDER)
+@home_option
+@click.option("--listen", type=LISTEN, help="This host's address to serve on (default: the exporting host's).")
+@pass_app
+def server_import_host(app: App, source: Path, home: Path | None, listen: tuple[str, int] | None) -> None:
+    """Make this host's home from IN (`vhw server export-host`): the same service, its own audit
+    heads; checked against the shared database before it is kept."""
+    from ..server.hosts import import_host  # (loaded only by the commands that need it: start-up time)
+
+    address = (
+        None if listen is None else (f"[{listen[0]}]:{listen[1]}" if ":" in listen[0] else f"{listen[0]}:{listen[1]}")
+    )
+    h = import_host(server_home(app, home).root, source, listen=address)
+    click.echo(f"{h.root}: another host of {h.config().url}, on the shared database; `vhw server run` serves it")

@@ -10,7 +10,7 @@
   processes on one port;
 - :mod:`.home`: the server's folder and configuration; its platform PKI (:mod:`.identity`), master
   key and its rotation (:mod:`.masterkey`), role credentials (:mod:`.credentials`); :mod:`.backups`:
-  backup and restore of its database;
+  backup and restore of its database; :mod:`.hosts`: another host of the same service;
 - :mod:`.audit` (pure) and :mod:`.auditlog`: the hash-chained audit log and its signed heads;
 - :mod:`.metrics` and :mod:`.logs`: what operators read (Prometheus, access lines).
 """
@@ -22,6 +22,7 @@ __all__ = [
     "credentials",
     "endpoints",
     "home",
+    "hosts",
     "licensing",
     "logs",
     "queries",

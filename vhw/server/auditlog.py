@@ -10,7 +10,7 @@ import fcntl
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from . import audit, records
@@ -95,15 +95,20 @@ class Chainer:
         return linked
 
 
-def verify(store: Store, heads: Path, check_signature: Callable[[bytes, bytes], bool]) -> audit.Verdict:
+def verify(
+    store: Store, heads: Path | Sequence[Path], check_signature: Callable[[bytes, bytes], bool]
+) -> audit.Verdict:
     """Check the chain and the signed heads. The heads are read first: each is appended only after
     its chain committed, so every head read is within the rows read after it, however a running
     server's chainer interleaves (read the other way round, a head appended in between would look
-    like deleted entries)."""
-    try:
-        signed = read_heads(heads)
-    except ValueError:
-        return audit.Verdict(False, 0, 0, 0, f"{heads} is damaged: a line is not a signed head")
+    like deleted entries). ``heads``: one heads file, or each host's (several hosts of one
+    service chain one log, each signing the heads it reached)."""
+    signed = []
+    for path in [heads] if isinstance(heads, Path) else heads:
+        try:
+            signed += read_heads(path)
+        except ValueError:
+            return audit.Verdict(False, 0, 0, 0, f"{path} is damaged: a line is not a signed head")
     with store.transaction() as tx:
         rows = records.whole_audit(tx)
     entries = [audit.Entry(**r._asdict() | {"prev_hash": _bytes(r.prev_hash), "hash": _bytes(r.hash)}) for r in rows]

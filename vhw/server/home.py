@@ -132,11 +132,12 @@ class ServerHome:
         )
 
     @classmethod
-    def from_files(cls, root: Path, old: Path) -> ServerHome:
+    def from_files(cls, root: Path, old: Path, *, heads: bool = True) -> ServerHome:
         """A new home at ``root`` made of an old home's keys, certificates, credentials and config
         (a copy of its folder, without or with its database, which is not taken): the home a
-        backup is restored into on a new machine. Consoles and credentials made for the old home
-        trust it as they trusted the old one."""
+        backup is restored into on a new machine, or another host of the same service
+        (:mod:`.hosts`: without the old home's signed audit heads, ``heads``). Consoles and
+        credentials made for the old home trust it as they trusted the old one."""
         source = cls(Path(old))
         if not source.exists:
             raise StateError(
@@ -150,7 +151,7 @@ class ServerHome:
         def copy(staging: Path) -> None:
             staging.mkdir(mode=0o700)
             for name in (*KEPT_FILES, *OPTIONAL_FILES):
-                if source.path(name).is_file():
+                if source.path(name).is_file() and (heads or name != "audit-heads.jsonl"):
                     shutil.copy2(source.path(name), staging / name)
             shutil.copytree(source.path("credentials"), staging / "credentials")
             public = {"config.json", "ca.pem", "server.pem", "signing.pem"}
