@@ -51,6 +51,19 @@ def cluster_table(data: dict[str, Any] | None = None) -> str:
         f"Outage (the longest time without a successful acquisition, under 16 clients): failover"
         f" {_median(out['failover'])}, switchover {_median(out['switchover'])}.",
     ]
+    if "settings" in d:
+        t, phases = d["settings"]["patroni"], d.get("failover_phases_seconds", [])
+        lines[-1] += (
+            f" Patroni's ttl {t['ttl']} s, loop_wait {t['loop_wait']} s, retry_timeout {t['retry_timeout']} s"
+            f" (HAProxy: {d['settings']['haproxy'].split(' on-marked-down')[0]})"
+        )
+        if phases:
+            lines[-1] += (
+                f"; from the kill to the promotion {_median([x['kill_to_promotion'] for x in phases])},"
+                f" from the promotion to the first answer {_median([x['promotion_to_answer'] for x in phases])}."
+            )
+        else:
+            lines[-1] += "."
     if "cost" in d:
         c = d["cost"]
         lines += [

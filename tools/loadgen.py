@@ -18,10 +18,12 @@ the same latencies with a database of a real platform's size. The client runs in
 the same machine as the server: compare the two columns, not absolute numbers with other machines.
 
 ``--cluster`` compares one server on a single PostgreSQL with one server on the Patroni cluster of
-tools/vhw_cluster.py (three nodes, synchronous replication, HAProxy), in the same run: acquisitions/s
-and p99 for each level; then, under 16 clients, the outage (the longest time without a successful
-acquisition) of a failover (the primary's PostgreSQL and Patroni killed) and of a switchover
-(`patronictl switchover`), each ``--repeat`` times, median and spread.
+tools/vhw_cluster.py (three nodes, synchronous replication, HAProxy; with deploy/cluster's Patroni
+timing and HAProxy checks unless ``--settings tests``), in the same run: acquisitions/s and p99 for
+each level; then, under 16 clients, the outage (the longest time without a successful acquisition)
+of a failover (the primary's PostgreSQL and Patroni killed: from the kill to the promotion, and
+from the promotion to the first answer, noted apart) and of a switchover (`patronictl switchover`),
+each ``--repeat`` times, median and spread.
 """
 
 from __future__ import annotations
@@ -151,9 +153,13 @@ async def drive(srv, clients: int, seconds: float, make_request) -> tuple[float,
     return len(latencies) / elapsed, q[49] * 1000, q[98] * 1000, errors
 
 
-async def outage_under_load(target, clients: int, seconds: float, make_request, disrupt) -> float:
+async def outage_under_load(
+    target, clients: int, seconds: float, make_request, disrupt, marks: dict[str, float] | None = None
+) -> float:
     """``clients`` keep acquiring (a failed request is tried again after 0.1 s) while ``disrupt``
-    runs in a thread at a quarter of the time; returns the longest time without a success after it."""
+    runs in a thread at a quarter of the time; returns the longest time without a success after it.
+    ``marks``: ``disrupt`` notes when things happened (``promoted``); the first success after each
+    mark is noted beside it (``promoted_answered``)."""
     ctx = tls_context(target.ca_der)
     successes: list[float] = []
     began = [0.0]
@@ -182,6 +188,10 @@ async def outage_under_load(target, clients: int, seconds: float, make_request, 
             nursery.start_soon(worker, i)
         nursery.start_soon(disruptor)
     points = [began[0], *sorted(t for t in successes if t >= began[0])]
+    if marks is not None:
+        marks["began"] = began[0]
+        for name, at in list(marks.items()):
+            marks[f"{name}_answered"] = min((t for t in successes if t >= at), default=float("nan"))
     return max(b - a for a, b in zip(points, points[1:], strict=False)) if len(points) > 1 else seconds
 
 
@@ -279,10 +289,11 @@ def cluster_main(args) -> int:
     folder = Path(tempfile.mkdtemp(prefix="vhw-loadgen-cluster-"))
     folder.chmod(0o755)  # (PostgreSQL runs as postgres: it enters this folder)
     rows, outages = [], {"failover": [], "switchover": []}
+    phases: list[dict[str, float]] = []  # per failover: kill to promotion, promotion to an answer
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         single_db = single_pg.new_database()
         srv = RunningServer.start(Path(tmp) / "single", init=["--db", single_db])
-        c = vc.up(folder / "c", servers=1)
+        c = vc.up(folder / "c", servers=1, timing=args.settings)
         ha = vc.Target(c)
         try:
             pools = {}
@@ -309,11 +320,15 @@ def cluster_main(args) -> int:
             cost["commit_ms_single"] = commit_latency(single_db)
             cost["commit_ms_cluster"] = commit_latency(c.db_url)
 
+            marks: dict[str, float] = {}
+
             def failover() -> None:
                 leader = c.leader()
+                marks["killed"] = time.monotonic()
                 vc.kill_node(c, leader)
                 while c.leader() in (None, leader):
-                    time.sleep(0.2)
+                    time.sleep(0.05)
+                marks["promoted"] = time.monotonic()
                 vc.restart_node(c, leader)
 
             def switchover() -> None:
@@ -322,9 +337,17 @@ def cluster_main(args) -> int:
             for kind, disrupt in (("failover", failover), ("switchover", switchover)):
                 for _ in range(args.repeat):
                     c.wait_healthy()
-                    took = trio.run(outage_under_load, ha, 16, 24.0, acquiring("cluster"), disrupt)
+                    marks.clear()
+                    took = trio.run(outage_under_load, ha, 16, 30.0, acquiring("cluster"), disrupt, marks)
                     outages[kind].append(took)
-                    print(f"{kind}: outage {took:.1f} s", file=sys.stderr)
+                    if kind == "failover":
+                        phases.append(
+                            {
+                                "kill_to_promotion": marks["promoted"] - marks["killed"],
+                                "promotion_to_answer": marks["promoted_answered"] - marks["promoted"],
+                            }
+                        )
+                    print(f"{kind}: outage {took:.1f} s {phases[-1] if kind == 'failover' else ''}", file=sys.stderr)
         finally:
             vc.down(folder / "c")
             folder.rmdir()
@@ -342,7 +365,9 @@ def cluster_main(args) -> int:
             }
             for n, s, k in rows
         ],
+        "settings": {"patroni": vc.settings(args.settings)[0], "haproxy": vc.settings(args.settings)[1]},
         "outage_seconds": outages,
+        "failover_phases_seconds": phases,
         "cost": cost,
     }
     if args.out:
@@ -469,6 +494,12 @@ def main() -> int:
     ap.add_argument("--mids", type=int, default=10_000_000)
     ap.add_argument("--dir", type=Path, default=None)
     ap.add_argument("--cluster", action="store_true", help="single PostgreSQL against the Patroni cluster")
+    ap.add_argument(
+        "--settings",
+        choices=["deploy", "tests"],
+        default="deploy",
+        help="--cluster: Patroni's and HAProxy's settings, deploy/cluster's (default) or the suite's quick ones",
+    )
     ap.add_argument(
         "--repeat", type=int, default=3, help="runs of each level (--matrix); failovers and switchovers (--cluster)"
     )

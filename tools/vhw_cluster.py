@@ -54,6 +54,19 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # (vhw from this checkout, as `make cluster` runs it)
 NODES = 3
 TTL, LOOP_WAIT, RETRY_TIMEOUT = 6, 1, 2  # Patroni: loop_wait + 2 * retry_timeout <= ttl
+DEPLOY = ROOT / "deploy" / "cluster"
+
+
+def settings(kind: str) -> tuple[dict[str, int], str]:
+    """Patroni's timing (ttl, loop_wait, retry_timeout) and HAProxy's health checks: the suite's,
+    quick (``tests``), or deploy/cluster's as written (``deploy``: what `loadgen --cluster` measures)."""
+    if kind == "tests":
+        return {"ttl": TTL, "loop_wait": LOOP_WAIT, "retry_timeout": RETRY_TIMEOUT}, CHECKS
+    import yaml
+
+    dcs = yaml.safe_load((DEPLOY / "patroni.yml").read_text())["bootstrap"]["dcs"]
+    [line] = [x for x in (DEPLOY / "haproxy.cfg").read_text().splitlines() if x.strip().startswith("default-server")]
+    return {k: int(dcs[k]) for k in ("ttl", "loop_wait", "retry_timeout")}, line.split("default-server", 1)[1].strip()
 
 
 @dataclass
@@ -90,6 +103,7 @@ class Cluster:
     base_port: int
     servers: int
     pids: dict[str, int] = field(default_factory=dict)  # name -> PID: etcd, pg0.., haproxy, server0..
+    timing: str = "tests"  # whose settings: the suite's (quick) or deploy/cluster's
 
     @property
     def ports(self) -> Ports:
@@ -263,9 +277,7 @@ def _patroni_config(c: Cluster, i: int) -> str:
         "etcd": {"hosts": [f"127.0.0.1:{ports.etcd}"]},
         "bootstrap": {
             "dcs": {
-                "ttl": TTL,
-                "loop_wait": LOOP_WAIT,
-                "retry_timeout": RETRY_TIMEOUT,
+                **settings(c.timing)[0],
                 "maximum_lag_on_failover": 0,
                 "synchronous_mode": True,
                 "synchronous_mode_strict": True,
@@ -321,7 +333,7 @@ listen primary
     http-check expect status 200
     # a node whose PostgreSQL refuses a connection is out at once (a primary shutting down for a
     # switchover, before its Patroni says so), not retried for a second
-    default-server {CHECKS}
+    default-server {settings(c.timing)[1]}
 {servers}
 """
 
@@ -360,8 +372,9 @@ def _bindable(port: int) -> bool:
     return True
 
 
-def up(folder: Path, servers: int, base_port: int | None = None) -> Cluster:
-    """Start a cluster in ``folder`` on ports from ``base_port`` (None: :func:`free_ports` picks them)."""
+def up(folder: Path, servers: int, base_port: int | None = None, timing: str = "tests") -> Cluster:
+    """Start a cluster in ``folder`` on ports from ``base_port`` (None: :func:`free_ports` picks them),
+    with the suite's quick failover settings or deploy/cluster's (``timing``: see :func:`settings`)."""
     if base_port is None:
         base_port = free_ports()
     _need("etcd", "patroni", "haproxy")
@@ -370,7 +383,7 @@ def up(folder: Path, servers: int, base_port: int | None = None) -> Cluster:
         raise SystemExit(f"vhw-cluster: {folder} already holds a cluster (`down` it first)")
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "logs").mkdir(exist_ok=True)
-    c = Cluster(str(folder), base_port, servers)
+    c = Cluster(str(folder), base_port, servers, timing=timing)
     c.save()
     run_as, owner = _as_postgres()
     if owner:
@@ -604,11 +617,17 @@ def main(argv: list[str] | None = None) -> int:
     p_up.add_argument(
         "--base-port", type=int, default=None, help="first of 50 ports (default: free ones below the ephemeral range)"
     )
+    p_up.add_argument(
+        "--settings",
+        choices=["tests", "deploy"],
+        default="tests",
+        help="Patroni's timing and HAProxy's checks: the suite's quick ones, or deploy/cluster's",
+    )
     for name, text in (("down", "stop everything `up` started, and remove DIR"), ("status", "show the cluster")):
         sub.add_parser(name, help=text).add_argument("dir", type=Path)
     args = parser.parse_args(argv)
     if args.command == "up":
-        c = up(args.dir, args.servers, args.base_port)
+        c = up(args.dir, args.servers, args.base_port, timing=args.settings)
         print(f"cluster up in {c.dir}: database {c.db_url}")
         for i in range(c.servers):
             print(f"  server {i}: {c.server_url(i)}")

@@ -56,7 +56,7 @@ def login(tx: Tx, table: str, name: str) -> Row | None:
 
 
 def add_login(tx: Tx, table: str, name: str, password_hash: bytes, salt: bytes, at: int, log_n: int) -> None:
-    tx.execute(
+    tx.write(
         f"INSERT INTO {_logins(table)} (name, password_hash, salt, created, scrypt_log_n) VALUES (?, ?, ?, ?, ?)",
         name,
         password_hash,
@@ -76,7 +76,7 @@ def staff(tx: Tx) -> list[Row]:
 
 
 def add_token(tx: Tx, token_hash: bytes, account: str, at: int) -> None:
-    tx.execute("INSERT INTO account_tokens (token_hash, account, created) VALUES (?, ?, ?)", token_hash, account, at)
+    tx.write("INSERT INTO account_tokens (token_hash, account, created) VALUES (?, ?, ?)", token_hash, account, at)
 
 
 def account_of_token(tx: Tx, token_hash: bytes) -> str | None:
@@ -102,14 +102,12 @@ def accounts(tx: Tx) -> list[Row]:
 
 
 def set_card(tx: Tx, name: str, token: str, last4: str) -> None:
-    tx.execute("UPDATE accounts SET card_token = ?, card_last4 = ? WHERE name = ?", token, last4, name)
+    tx.write("UPDATE accounts SET card_token = ?, card_last4 = ? WHERE name = ?", token, last4, name)
 
 
 def post(tx: Tx, txn: str, account: str, cents: int, memo: str, at: int) -> None:
     """One entry of a ledger transaction."""
-    tx.execute(
-        "INSERT INTO ledger (txn, account, cents, memo, at) VALUES (?, ?, ?, ?, ?)", txn, account, cents, memo, at
-    )
+    tx.write("INSERT INTO ledger (txn, account, cents, memo, at) VALUES (?, ?, ?, ?, ?)", txn, account, cents, memo, at)
 
 
 def ledger_sum(tx: Tx, account: str | None = None) -> int:
@@ -149,7 +147,7 @@ def prepaid_held(tx: Tx, name: str) -> int:
 
 
 def add_hold(tx: Tx, hold: str, name: str, cents: int, method: str, auth: str | None, at: int) -> None:
-    tx.execute(
+    tx.write(
         "INSERT INTO holds (hold, account, cents, method, auth, state, at) VALUES (?, ?, ?, ?, ?, 'held', ?)",
         hold,
         name,
@@ -168,7 +166,7 @@ def end_hold(tx: Tx, hold: str, state: str) -> bool:
 def add_charge(
     tx: Tx, txn: str, name: str, cents: int, platform: int, broker: int, what: str, method: str, at: int
 ) -> None:
-    tx.execute(
+    tx.write(
         "INSERT INTO charges (txn, account, cents, platform, broker, what, method, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         txn,
         name,
@@ -207,12 +205,12 @@ def processor_card(tx: Tx, token: str) -> Row | None:
 
 
 def add_processor_card(tx: Tx, token: str, declines: bool) -> None:
-    tx.execute("INSERT INTO processor_cards (token, declines) VALUES (?, ?)", token, int(declines))
+    tx.write("INSERT INTO processor_cards (token, declines) VALUES (?, ?)", token, int(declines))
 
 
 def add_authorization(tx: Tx, auth: str, token: str, cents: int) -> None:
-    tx.execute("INSERT INTO processor_auths (auth, token, cents, state) VALUES (?, ?, ?, 'held')", auth, token, cents)
+    tx.write("INSERT INTO processor_auths (auth, token, cents, state) VALUES (?, ?, ?, 'held')", auth, token, cents)
 
 
 def end_authorization(tx: Tx, auth: str, state: str) -> None:
-    tx.execute("UPDATE processor_auths SET state = ? WHERE auth = ? AND state = 'held'", state, auth)
+    tx.write("UPDATE processor_auths SET state = ? WHERE auth = ? AND state = 'held'", state, auth)

@@ -58,28 +58,32 @@ class Acquisitions:
             mid = self._unwrap_mid(caller, req)
             if purchase is not None:
                 self._register_purchase(tx, actor, purchase, mid, caller.user)
-            media = records.disc(tx, str(mid), with_key=True)
-            if media is None or (not refetch_only and bool(media.purchased) != (purchase is not None)):
-                raise MediaRefused()  # not a disc any publisher pressed (or a bought MID used as a disc's)
-            # the disc itself, not its label: checked before anything is flagged
+            media, flagged = self._flag(tx, mid, caller.user, purchase is not None, refetch_only=refetch_only)
+            # the disc itself, not its label: a disc that does not prove its secret is refused, and
+            # its flag of a moment ago goes with the transaction
             _check_disc(req, media, mid, caller.user)
-            flagged = self._flag(tx, media, mid, caller.user, refetch_only=refetch_only)
             self._audit_issue(tx, actor, req, media, mid, caller.user, flagged=flagged)
             content_key = ctx.open("titles", media.title_id, media.content_key)
         return self._answer(req, media, mid, caller, content_key), flagged
 
-    def _flag(self, tx: Tx, media: Row, mid: Id, user: Id, *, refetch_only: bool) -> bool:
-        """S14: flag the MID for this user, unless someone already did (atomic in one UPDATE);
-        returns whether it was flagged now. A MID flagged by someone else is refused (S17)."""
-        if not refetch_only and media.flagged_by is None and records.flag(tx, str(mid), str(user), self.ctx.now()):
-            return True
-        owner = records.flag_of(tx, str(mid))
-        if owner is None or owner.flagged_by != str(user):
+    def _flag(self, tx: Tx, mid: Id, user: Id, purchase: bool, *, refetch_only: bool) -> tuple[Row, bool]:
+        """S14: flag the MID for this user, unless someone already did (atomic in one UPDATE, which
+        also reads the disc and its title in the usual case); the MID's row, and whether it was
+        flagged now. A MID flagged by someone else is refused (S17), as one no publisher pressed
+        (or a bought MID used as a disc's)."""
+        if not refetch_only:
+            media = records.flag_disc(tx, str(mid), str(user), self.ctx.now(), purchased=purchase)
+            if media is not None:
+                return media, True
+        media = records.disc(tx, str(mid), with_key=True)
+        if media is None or (not refetch_only and bool(media.purchased) != purchase):
+            raise MediaRefused()
+        if media.flagged_by != str(user):
             raise MediaRefused()  # S17: copied before by someone else
         # the owner's own disc again (a lost answer, or a re-install onto the user's own
         # registered devices after `hdd rm`, data loss or a repair): the keys are sealed to
         # those devices, so this copies nothing to anyone else
-        return False
+        return media, False
 
     def _audit_issue(
         self, tx: Tx, actor: str, req: p.AcquireRequest, media: Row, mid: Id, user: Id, *, flagged: bool

@@ -39,13 +39,11 @@ def device_in_use(tx: Tx, table: str, ident: str) -> bool:
 
 
 def add_device(tx: Tx, table: str, ident: str, public_key: bytes, at: int) -> None:
-    tx.execute(
-        f"INSERT INTO {table} ({_column(table)}, registered, public_key) VALUES (?, ?, ?)", ident, at, public_key
-    )
+    tx.write(f"INSERT INTO {table} ({_column(table)}, registered, public_key) VALUES (?, ?, ?)", ident, at, public_key)
 
 
 def retire_device(tx: Tx, table: str, ident: str, at: int) -> None:
-    tx.execute(f"UPDATE {table} SET retired = ? WHERE {_column(table)} = ?", at, ident)
+    tx.write(f"UPDATE {table} SET retired = ? WHERE {_column(table)} = ?", at, ident)
 
 
 def device_keys(tx: Tx, client_id: str, hdd_id: str) -> Row:
@@ -67,11 +65,11 @@ def card(tx: Tx, mc_id: str, *, in_use: bool = False) -> Row | None:
 
 
 def add_card(tx: Tx, mc_id: str, sealed_key: bytes, at: int) -> None:
-    tx.execute("INSERT INTO cards (mc_id, mc_key, registered) VALUES (?, ?, ?)", mc_id, sealed_key, at)
+    tx.write("INSERT INTO cards (mc_id, mc_key, registered) VALUES (?, ?, ?)", mc_id, sealed_key, at)
 
 
 def retire_card(tx: Tx, mc_id: str, at: int) -> None:
-    tx.execute("UPDATE cards SET retired = ? WHERE mc_id = ?", at, mc_id)
+    tx.write("UPDATE cards SET retired = ? WHERE mc_id = ?", at, mc_id)
 
 
 def title(tx: Tx, title_id: str) -> Row | None:
@@ -80,7 +78,7 @@ def title(tx: Tx, title_id: str) -> Row | None:
 
 
 def add_title(tx: Tx, title_id: str, name: str, sealed_key: bytes, digest: bytes, at: int, publisher: str) -> None:
-    tx.execute(
+    tx.write(
         "INSERT INTO titles (title_id, name, content_key, title_digest, registered, publisher)"
         " VALUES (?, ?, ?, ?, ?, ?)",
         title_id,
@@ -98,7 +96,7 @@ def medium(tx: Tx, mid: str) -> Row | None:
 
 
 def add_medium(tx: Tx, mid: str, title_id: str, at: int, *, disc_key: bytes | None, purchased: bool = False) -> None:
-    tx.execute(
+    tx.write(
         "INSERT INTO media (mid, title_id, registered, disc_key, purchased) VALUES (?, ?, ?, ?, ?)",
         mid,
         title_id,
@@ -128,7 +126,7 @@ def users_like(tx: Tx, ids: dict[str, str], mc_id: str) -> list[Row]:
 
 
 def add_user(tx: Tx, user_id: str, mc_id: str, client_id: str, hdd_id: str, sealed_cgk: bytes, at: int) -> None:
-    tx.execute(
+    tx.write(
         "INSERT INTO users (user_id, mc_id, client_id, hdd_id, content_gen_key, created) VALUES (?, ?, ?, ?, ?, ?)",
         user_id,
         mc_id,
@@ -156,11 +154,11 @@ def move_user(tx: Tx, user_id: str, column: str, ident: str) -> None:
     """Point a user entry at a new console or HDD (``column``: ``client_id`` or ``hdd_id``)."""
     if column not in DEVICES.values():
         raise ValueError(column)
-    tx.execute(f"UPDATE users SET {column} = ? WHERE user_id = ?", ident, user_id)
+    tx.write(f"UPDATE users SET {column} = ? WHERE user_id = ?", ident, user_id)
 
 
 def move_user_card(tx: Tx, user_id: str, mc_id: str, epoch: int) -> None:
-    tx.execute("UPDATE users SET mc_id = ?, card_epoch = ? WHERE user_id = ?", mc_id, epoch, user_id)
+    tx.write("UPDATE users SET mc_id = ?, card_epoch = ? WHERE user_id = ?", mc_id, epoch, user_id)
 
 
 def acquirer(tx: Tx, mc_id: str, client_id: str, hdd_id: str, *, failures_since: int) -> Row:
@@ -189,8 +187,8 @@ def acquirer(tx: Tx, mc_id: str, client_id: str, hdd_id: str, *, failures_since:
 
 def count_failure(tx: Tx, mc_id: str, at: int, *, forget_before: int) -> None:
     """A failed User ID check with this card; those before ``forget_before`` are dropped."""
-    tx.execute("INSERT INTO attempts (subject, at) VALUES (?, ?)", mc_id, at)
-    tx.execute("DELETE FROM attempts WHERE at < ?", forget_before)
+    tx.write("INSERT INTO attempts (subject, at) VALUES (?, ?)", mc_id, at)
+    tx.write("DELETE FROM attempts WHERE at < ?", forget_before)
 
 
 # -- a MID's flag ---------------------------------------------------------------------------------------
@@ -207,13 +205,24 @@ def disc(tx: Tx, mid: str, *, with_key: bool) -> Row | None:
     )
 
 
-def flag(tx: Tx, mid: str, user_id: str, at: int) -> bool:
-    """S14: flag the MID for this user unless someone did already; one conditional UPDATE, so
-    whoever's changes the row owns the MID under any concurrency."""
-    return bool(
-        tx.execute(
-            "UPDATE media SET flagged_by = ?, flagged_at = ? WHERE mid = ? AND flagged_by IS NULL", user_id, at, mid
-        )
+def flag_disc(tx: Tx, mid: str, user_id: str, at: int, *, purchased: bool) -> Row | None:
+    """S14: flag the MID for this user, and read it as :func:`disc` does (with the key), in one
+    statement for an acquisition's usual case: a MID nobody flagged yet, bought or pressed as
+    ``purchased`` says. One conditional UPDATE, so whoever's changes the row owns the MID under
+    any concurrency. None when it is not that (unknown, flagged already, or of the other kind):
+    then ask :func:`disc`. (SQLite answers from the updated table alone: there, two statements.)"""
+    if tx.dialect == "sqlite":
+        sql = "UPDATE media SET flagged_by = ?, flagged_at = ? WHERE mid = ? AND flagged_by IS NULL AND purchased = ?"
+        flagged = tx.execute(sql, user_id, at, mid, int(purchased))
+        return disc(tx, mid, with_key=True) if flagged else None
+    return tx.one(
+        "UPDATE media AS m SET flagged_by = ?, flagged_at = ? FROM titles t"
+        " WHERE m.mid = ? AND m.flagged_by IS NULL AND m.purchased = ? AND t.title_id = m.title_id"
+        " RETURNING m.title_id, t.content_key, t.title_digest, m.purchased, m.disc_key, m.flagged_by, m.confirmed_at",
+        user_id,
+        at,
+        mid,
+        int(purchased),
     )
 
 
@@ -298,7 +307,7 @@ def credential(tx: Tx, token_hash: bytes) -> Row | None:
 
 
 def add_credential(tx: Tx, token_hash: bytes, role: str, name: str, at: int) -> None:
-    tx.execute(
+    tx.write(
         "INSERT INTO credentials (token_hash, role, name, created) VALUES (?, ?, ?, ?)", token_hash, role, name, at
     )
 
@@ -315,7 +324,7 @@ def master_fingerprint(tx: Tx) -> bytes | None:
 
 def note_master_fingerprint(tx: Tx, fingerprint: bytes) -> None:
     if tx.execute("UPDATE master_key SET fingerprint = ?", fingerprint) == 0:
-        tx.execute("INSERT INTO master_key (fingerprint) VALUES (?)", fingerprint)
+        tx.write("INSERT INTO master_key (fingerprint) VALUES (?)", fingerprint)
 
 
 #: The keys at rest: (table, the sealed key's column, the row's ID column).

@@ -130,13 +130,19 @@ def _named_row(cursor: sqlite3.Cursor, values: tuple[Any, ...]) -> Any:
 class Tx:
     """One transaction: run statements, read rows (named: :class:`Row`)."""
 
-    def __init__(self, cursor: Any, translate: Callable[[str], str]) -> None:
+    def __init__(self, cursor: Any, translate: Callable[[str], str], dialect: str = "sqlite") -> None:
         self._cur = cursor
         self._translate = translate
+        self.dialect = dialect  # "sqlite" or "postgres": where a statement is written for each
 
     def execute(self, sql: str, *args: Any) -> int:
+        """Run a statement; how many rows it changed."""
         self._cur.execute(self._translate(sql), args)
         return int(self._cur.rowcount)
+
+    def write(self, sql: str, *args: Any) -> None:
+        """Run a statement whose count nobody asks (an insert)."""
+        self._cur.execute(self._translate(sql), args)
 
     def one(self, sql: str, *args: Any) -> Row | None:
         self._cur.execute(self._translate(sql), args)
@@ -165,7 +171,7 @@ class Tx:
             for action, subject, detail in entries
             for x in (at, actor, action, str(subject), json.dumps(detail, sort_keys=True, default=str))
         ]
-        self.execute(
+        self.write(
             "INSERT INTO audit (at, actor, action, subject, detail) VALUES "
             + ", ".join(["(?, ?, ?, ?, ?)"] * len(entries)),
             *values,
@@ -506,7 +512,7 @@ class PostgresStore(Store):
                 try:
                     with conn.transaction():
                         with conn.cursor(row_factory=namedtuple_row) as cur:
-                            yield Tx(cur, self._translate)
+                            yield Tx(cur, self._translate, "postgres")
                         committing = True
                         if self._commit_timeout:
                             armed = _WATCHDOG.arm(conn, self._commit_timeout)
