@@ -118,6 +118,39 @@ def test_the_broker_block_runs_as_written_on_its_own(tmp_path):
     assert re.search(r"charge\s+-4\.99 EUR\s+balance", r.stdout), r.stdout[-2000:]
 
 
+def copy_checkout(checkout: Path) -> Path:
+    """The repository's tracked files, as `git clone` gives them, in ``checkout``."""
+    import shutil
+
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
+    for name in filter(None, files.decode().split("\0")):
+        (checkout / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / name, checkout / name)
+    return checkout
+
+
+def in_sandbox(checkout: Path, fresh: list[str], script: str, binds: list[str] = ()) -> subprocess.CompletedProcess:
+    """``script`` in bash as root, in ``checkout``, in a sandbox whose ``fresh`` folders start
+    empty (bubblewrap's tmpfs), with a Debian root shell's PATH (its python3, not the suite's)."""
+    made = [d for d in fresh if not os.path.exists(d)]  # (bwrap makes the mount points)
+    env = {**os.environ, "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
+    env.pop("VIRTUAL_ENV", None)
+    try:
+        return subprocess.run(
+            ["bwrap", "--dev-bind", "/", "/", *binds]
+            + [arg for d in fresh for arg in ("--tmpfs", d)]
+            + ["--chdir", str(checkout), "bash", "-c", "set -euo pipefail\nset -x\n" + script],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env=env,
+        )
+    finally:
+        for d in made:
+            with contextlib.suppress(OSError):
+                os.rmdir(d)
+
+
 SERVICE = r"""
 # the unit as systemd starts it: its checks, its state directory, its environment, its user
 unit=/etc/systemd/system/vhw-server.service
@@ -157,32 +190,11 @@ def test_the_operator_blocks_install_and_the_unit_runs(tmp_path):
     [heading] = [h for h in found if h.startswith("### Running the server")]
     install, service = found[heading]
     assert "pip install" in install and "systemctl daemon-reload && systemctl enable --now vhw-server" in service
-    checkout = tmp_path / "checkout"  # a checkout's files, as `git clone` gives them
-    files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
-    for name in filter(None, files.decode().split("\0")):
-        (checkout / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ROOT / name, checkout / name)
+    checkout = copy_checkout(tmp_path / "checkout")
     hosts = tmp_path / "hosts"
     hosts.write_text("127.0.0.1 localhost licensing.example.net\n::1 localhost\n")
     fresh = ["/opt", "/etc/vhw", "/etc/systemd/system", "/var/lib/vhw"]
-    made = [d for d in fresh if not os.path.exists(d)]  # (bwrap makes the mount points)
-    # a Debian root shell's PATH (its python3, not the one this suite runs on)
-    env = {**os.environ, "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
-    env.pop("VIRTUAL_ENV", None)
-    try:
-        r = subprocess.run(
-            ["bwrap", "--dev-bind", "/", "/", "--ro-bind", str(hosts), "/etc/hosts"]
-            + [arg for d in fresh for arg in ("--tmpfs", d)]
-            + ["--chdir", str(checkout), "bash", "-c", "set -euo pipefail\nset -x\n" + install + SERVICE],
-            capture_output=True,
-            text=True,
-            timeout=600,
-            env=env,
-        )
-    finally:
-        for d in made:
-            with contextlib.suppress(OSError):
-                os.rmdir(d)
+    r = in_sandbox(checkout, fresh, install + SERVICE, ["--ro-bind", str(hosts), "/etc/hosts"])
     last = [line for line in r.stderr.splitlines() if line.startswith("+ ")][-1:]
     said = "\n".join(line for line in r.stderr.splitlines() if not line.startswith("WARNING: Location"))
     assert r.returncode == 0, f"the operator block failed at {last}: {said[-3000:]}"
@@ -229,33 +241,12 @@ def test_the_broker_blocks_install_and_the_unit_runs(tmp_path, cli):
     [heading] = [h for h in found if h.startswith("### Running the broker")]
     install, service = found[heading]
     assert "broker init" in install and "systemctl enable --now vhw-broker" in service
-    checkout = tmp_path / "checkout"
-    files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
-    for name in filter(None, files.decode().split("\0")):
-        (checkout / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ROOT / name, checkout / name)
+    checkout = copy_checkout(tmp_path / "checkout")
     srv = tmp_path / "srv"  # the platform operator's server home: the broker's credential and TLS
     assert cli("server", "init", "--home", srv, "--mode", "broker").code == 0
     assert cli("server", "issue-cert", "broker", "-o", checkout / "broker-tls", "--home", srv).code == 0
     shutil.copy2(srv / "credentials" / "broker.json", checkout / "broker.json")
-    fresh = ["/opt", "/etc/systemd/system", "/var/lib/vhw-broker"]
-    made = [d for d in fresh if not os.path.exists(d)]
-    env = {**os.environ, "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
-    env.pop("VIRTUAL_ENV", None)
-    try:
-        r = subprocess.run(
-            ["bwrap", "--dev-bind", "/", "/"]
-            + [arg for d in fresh for arg in ("--tmpfs", d)]
-            + ["--chdir", str(checkout), "bash", "-c", "set -euo pipefail\nset -x\n" + install + BROKER_SERVICE],
-            capture_output=True,
-            text=True,
-            timeout=600,
-            env=env,
-        )
-    finally:
-        for d in made:
-            with contextlib.suppress(OSError):
-                os.rmdir(d)
+    r = in_sandbox(checkout, ["/opt", "/etc/systemd/system", "/var/lib/vhw-broker"], install + BROKER_SERVICE)
     last = [line for line in r.stderr.splitlines() if line.startswith("+ ")][-1:]
     said = "\n".join(line for line in r.stderr.splitlines() if not line.startswith("WARNING: Location"))
     assert r.returncode == 0, f"the broker's block failed at {last}: {said[-3000:]}"
