@@ -126,8 +126,11 @@ class Client:
         transport: httpx.BaseTransport | None = None,
         retry_for: float | None = None,
         notice: Callable[[str], None] | None = None,
+        after: Callable[[Client], None] | None = None,
     ):
         self.url = check_url(url)
+        self.trust_seen: str | None = None  # the digest of the CAs the service announced (p.TRUST_HEADER)
+        self._after = after  # told of this client when it is closed after a use that raised nothing
         if retry_for is None:  # (VHW_RETRY_SECONDS: how long, for every client of this process)
             retry_for = _seconds(os.environ.get("VHW_RETRY_SECONDS"), RETRY_FOR)
         self.retry_for = retry_for
@@ -144,11 +147,19 @@ class Client:
     def close(self) -> None:
         self._http.close()
 
+    def tell(self, line: str) -> None:
+        """Say ``line`` where this client says its notices (standard error, by default)."""
+        self._notice(line)
+
     def __enter__(self) -> Client:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, kind: object, *exc: object) -> None:
+        try:
+            if kind is None and self._after is not None:
+                self._after(self)
+        finally:
+            self.close()
 
     def call(self, path: str, msg: Any, answer: type) -> Any:
         return read_answer(self._send("POST", path, json=p.encode(msg)), answer)
@@ -171,6 +182,7 @@ class Client:
                 budget = self.retry_for if sent else min(self.retry_for, REFUSED_FOR)
                 wait = backoff
             else:
+                self.trust_seen = resp.headers.get(p.TRUST_HEADER, self.trust_seen)
                 if resp.status_code != 503:
                     return resp
                 if _error_code(resp) == "outcome-unknown" and path not in REPEATABLE:
@@ -287,7 +299,9 @@ def network_error(url: str, exc: httpx.HTTPError) -> NetworkError:
         )
     if isinstance(cause, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in str(exc):
         return NetworkError(
-            f"{url}: the server's certificate is not signed by the trusted platform CA; refusing to talk to it"
+            f"{url}: the server's certificate is not signed by the trusted platform CA; refusing to talk to it",
+            hint="if the platform rolled its CA over meanwhile, a console takes the new one from the operator"
+            " with `vhw console trust --add CA.pem`; a role's tool needs a credential issued since",
         )
     if isinstance(cause, ssl.SSLError) or "SSL" in str(exc) or "WRONG_VERSION_NUMBER" in str(exc):
         return NetworkError(f"{url}: TLS handshake failed (the server does not speak TLS, or not ours)")

@@ -34,6 +34,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from . import pki
 from . import protocol as p
 from .errors import (
     AlreadyExists,
@@ -50,6 +51,13 @@ from .errors import (
 )
 
 log = logging.getLogger(__name__)
+
+
+def trust_header(trust: p.Trust) -> list[tuple[bytes, bytes]]:
+    """The header of every answer that names the CAs this service announces (their digest): a
+    console whose own set differs asks ``/v1/trust`` for them (a CA rollover). None when it names
+    no CA."""
+    return [(p.TRUST_HEADER.encode(), pki.anchors_digest(trust.anchors).encode())] if trust.anchors else []
 
 
 @dataclass(frozen=True)

@@ -373,6 +373,19 @@ class Health:
     version: str = f(TextCodec(max_len=20))
 
 
+#: The answer header with the digest of the CAs the service announces (vhw.pki.anchors_digest)
+TRUST_HEADER = "x-vhw-trust"
+
+
+@dataclass(frozen=True)
+class Trust:
+    """The platform CAs a console should trust (DER), and during a CA rollover the
+    cross-certificates by which a CA it trusts vouches for the new one."""
+
+    anchors: tuple[bytes, ...] = f(ListCodec(BytesCodec(min_size=1, max_size=4096), max_items=4))
+    cross: tuple[bytes, ...] = f(ListCodec(BytesCodec(min_size=1, max_size=4096), max_items=4), ())
+
+
 @dataclass(frozen=True)
 class AuditQuery:
     after: int = f(IntCodec(), 0, "return entries with a sequence number above this")

@@ -30,6 +30,7 @@ from ..httpapi import (
     read_body,
     serve_app,
     split_listen,
+    trust_header,
 )
 from ..server.credentials import Credential
 from .home import BrokerHome
@@ -46,8 +47,9 @@ Handler = Callable[[Request], Awaitable[Response]]
 class BrokerApp:
     """The consoles' side of the broker: the server's console endpoints, plus an account."""
 
-    def __init__(self, broker: Broker, mounts: list[Mount] | None = None):
+    def __init__(self, broker: Broker, mounts: list[Mount] | None = None, trust: p.Trust | None = None):
         self.broker = broker
+        self.trust = trust or p.Trust(())  # the platform CAs consoles trust, as the platform told the broker
         calls: dict[str, Callable[[str, Any], Any]] = {
             "/v1/console/register": broker.register,
             "/v1/console/acquire": broker.acquire,
@@ -56,18 +58,26 @@ class BrokerApp:
         }
         routes: list[BaseRoute] = [
             Route("/v1/health", self.health, methods=["GET"]),
+            Route("/v1/trust", self.announce_trust, methods=["GET"]),
             Route("/v1/account/token", self.token, methods=["POST"]),
         ]
         # the same console endpoints as the licensing server's (vhw.httpapi), relayed and charged
         routes += [Route(c.path, self._endpoint(c.request, calls[c.path]), methods=["POST"]) for c in CONSOLE_ENDPOINTS]
         routes += mounts or []  # the staff's web console (vhw.webconsole.desk), from above
-        self.app = AccessLog(Starlette(routes=routes, exception_handlers={HTTPException: _http_error}), access)
+        self.app = AccessLog(
+            Starlette(routes=routes, exception_handlers={HTTPException: _http_error}),
+            access,
+            headers=trust_header(self.trust),
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self.app(scope, receive, send)
 
     async def health(self, request: Request) -> Response:
         return JSONResponse(p.encode(p.Health("ok", "broker", __version__)))
+
+    async def announce_trust(self, request: Request) -> Response:
+        return JSONResponse(p.encode(self.trust))
 
     async def token(self, request: Request) -> Response:
         """A console signs in with its account's name and password once and keeps the token."""
@@ -144,7 +154,7 @@ async def serve(
     token = Credential.load(home.path("credential.json")).token
     with home.broker() as broker:
         await serve_app(
-            BrokerApp(broker, consoles(broker, token) if consoles else None),
+            BrokerApp(broker, consoles(broker, token) if consoles else None, home.trust()),
             listen=listen or split_listen(cfg.listen),
             certfile=home.path("tls.pem"),
             keyfile=home.path("tls-key.pem"),

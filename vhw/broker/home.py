@@ -12,6 +12,10 @@ from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from .. import protocol as p
 from ..devices.files import atomic_write
 from ..errors import FileError, InputError, StateError
 from ..server.credentials import Credential
@@ -22,6 +26,13 @@ from .records import SCHEMA
 from .service import Broker
 
 __all__ = ["BrokerHome"]
+
+DER = serialization.Encoding.DER
+
+
+def _pem_blocks(text: str) -> list[str]:
+    end = "-----END CERTIFICATE-----"
+    return [block + end for block in text.split(end) if "-----BEGIN CERTIFICATE-----" in block]
 
 
 class BrokerHome:
@@ -59,8 +70,7 @@ class BrokerHome:
         home.root.mkdir(parents=True, exist_ok=True)
         home.root.chmod(0o700)
         atomic_write(home.path("credential.json"), cred.to_json(), mode=0o600)
-        atomic_write(home.path("tls.pem"), (tls / "tls.pem").read_bytes())
-        atomic_write(home.path("tls-key.pem"), (tls / "tls-key.pem").read_bytes(), mode=0o600)
+        home.take_identity(tls)
         if not valid_currency(currency):
             raise InputError(f"{currency!r} is not a currency: give its three-letter ISO 4217 code (EUR, USD, JPY)")
         cfg = BrokerConfig(
@@ -78,6 +88,35 @@ class BrokerHome:
         finally:
             store.close()
         return home
+
+    def take_identity(self, tls: Path, credential: Path | None = None) -> None:
+        """Take a TLS identity the platform issued (``vhw server issue-cert``: tls.pem, tls-key.pem,
+        trust.json), and a new platform credential when given: at set-up, and during a CA
+        rollover."""
+        for name in ("tls.pem", "tls-key.pem"):
+            if not (tls / name).exists():
+                raise StateError(f"{tls}: no {name}", hint="vhw server issue-cert broker --host HOST -o DIR")
+        if credential is not None:
+            cred = Credential.load(credential)
+            if cred.role != "broker":
+                raise FileError(credential, f"is a {cred.role} credential, not a broker's")
+            atomic_write(self.path("credential.json"), cred.to_json(), mode=0o600)
+        if (tls / "trust.json").exists():
+            atomic_write(self.path("trust.json"), (tls / "trust.json").read_bytes())
+        atomic_write(self.path("tls-key.pem"), (tls / "tls-key.pem").read_bytes(), mode=0o600)
+        atomic_write(self.path("tls.pem"), (tls / "tls.pem").read_bytes())
+
+    def trust(self) -> p.Trust:
+        """The platform CAs this broker announces to consoles: those of its identity's trust.json
+        (written by `vhw server issue-cert`), else those its credential trusts."""
+        path = self.path("trust.json")
+        if path.exists():
+            try:
+                return p.decode(p.Trust, json.loads(path.read_text()))
+            except (ValueError, p.ProtocolError) as exc:
+                raise FileError(path, f"not the platform's trust announcement ({exc})") from None
+        pems = Credential.load(self.path("credential.json")).ca
+        return p.Trust(tuple(x509.load_pem_x509_certificate(c.encode()).public_bytes(DER) for c in _pem_blocks(pems)))
 
     def require(self) -> None:
         if not self.path("config.json").exists():

@@ -51,7 +51,7 @@ def broker() -> None:
     `init` makes its home from the server's broker credential, `run` serves consoles (and the
     staff's web console at /console/; `wait` waits until it does), `account` keeps the users'
     accounts, `staff` the people who sign in to the web console, `ledger` checks that the books
-    balance, `audit` shows its audit log.
+    balance, `audit` shows its audit log, `identity` takes a new TLS identity from the platform.
     """
 
 
@@ -110,6 +110,21 @@ def broker_init(
         f"broker {h.root}: price {money(cfg.price_cents, cfg.currency)} per key, platform {cfg.platform_share}%,"
         f" server {cfg.server}"
     )
+
+
+@broker.command("identity")
+@click.option("--tls", type=FOLDER, required=True, help="The TLS identity from `vhw server issue-cert` (a folder).")
+@click.option("--credential", type=FILE, help="A new broker credential from the platform (vhw server credential add).")
+@home_option
+@pass_app
+def broker_identity(app: App, tls: Path, credential: Path | None, home: Path | None) -> None:
+    """Take a new TLS identity (and credential) the platform issued: during a CA rollover, or when
+    the old one nears its end. Restart the broker to serve it."""
+    h = broker_home(app, home)
+    h.require()
+    h.take_identity(tls, credential)
+    click.echo(f"{h.root}: took the identity in {tls}" + (f" and the credential {credential}" if credential else ""))
+    click.echo("restart the broker to serve it")
 
 
 @broker.command("wait")

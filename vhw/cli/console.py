@@ -38,7 +38,8 @@ def console() -> None:
     `replace`s a device after a repair), puts cards and discs in and out (`insert-card`,
     `eject-card`, `insert-disc`, `eject-disc`), sees it all with `status`, `register`s the card,
     `acquire`s a disc's keys or `install`s its title onto the HDD, `mount`s and `unmount`s the HDD,
-    and `play`s a title. With a broker, `account` signs the console in to the user's account.
+    and `play`s a title. With a broker, `account` signs the console in to the user's account. `trust`
+    shows the platform CAs it trusts (and adds one by hand after a CA rollover it missed).
     """
 
 
@@ -229,6 +230,48 @@ def console_setup(folder: Path, rom: Path, hdd: Path, server: str | None, memory
         click.echo(
             f"note: {unreachable}: the console is set up, and needs the server to register and install", err=True
         )
+
+
+@console.command("trust")
+@click.option(
+    "--add",
+    "add",
+    type=PATH,
+    help="Also trust this CA certificate (PEM or DER), as the operator hands it out: for a console"
+    " that was offline through a CA rollover.",
+)
+@console_option
+@json_option
+def console_trust(add: Path | None, console_dir: Path | None, as_json: bool) -> None:
+    """Show the platform CAs this console trusts: its ROM's, or those it took in a CA rollover
+    (it follows one by itself whenever it talks to the service)."""
+    from cryptography import x509  # (loaded only by the commands that need it: start-up time)
+
+    from .. import pki
+
+    m = machine(console_dir)
+    rom = m.rom()
+    anchors = m.modem.anchors(rom)
+    if add is not None:
+        der = load_ca(add)
+        if not pki.is_ca(x509.load_der_x509_certificate(der)):
+            raise ImageError(add, "not a CA certificate valid today (self-signed, CA:TRUE)")
+        if der not in anchors:
+            anchors = [*anchors, der]
+            m.modem.trust(anchors)
+    rows = []
+    for der in anchors:
+        cert = x509.load_der_x509_certificate(der)
+        rows.append(
+            {
+                "subject": cert.subject.rfc4514_string(),
+                "sha256": hashlib.sha256(der).hexdigest(),
+                "expires": cert.not_valid_after_utc.strftime("%Y-%m-%d"),
+                "from": "ROM" if der == rom.trust_anchor else "rollover",
+            }
+        )
+    lines = [f"{r['subject']}  sha256 {r['sha256'][:16]}  until {r['expires']}  ({r['from']})" for r in rows]
+    emit({"anchors": rows}, as_json=as_json, lines=lines)
 
 
 @console.command("replace")

@@ -52,8 +52,9 @@ def server() -> None:
     `init` makes its home, `run` serves (and `wait` waits until it does), `credential` manages
     the roles' credentials, `audit` reads and verifies its audit log, `backup` and `restore` its
     database, `rotate-master-key` re-encrypts its keys at rest, `openapi` prints its API,
-    `issue-cert` makes a TLS certificate for a broker and `renew-cert` the server's next one;
-    `export-host` and `import-host` make another host of the same service.
+    `issue-cert` makes a TLS certificate for a broker and `renew-cert` the server's next one,
+    `ca-rollover` replaces the platform CA; `export-host` and `import-host` make another host of
+    the same service.
     """
 
 
@@ -557,6 +558,62 @@ def server_renew_cert(app: App, home: Path | None) -> None:
     names, expires = h.pki.renew_tls()
     until = datetime.datetime.fromtimestamp(expires, datetime.UTC).strftime("%Y-%m-%d")
     click.echo(f"renewed {h.path('server.pem')} for {', '.join(names)} until {until}; restart the server to serve it")
+
+
+@server.group("ca-rollover")
+def ca_rollover() -> None:
+    """Replace the platform CA without stranding a console: `begin` makes the next CA, vouched for
+    by the current one; consoles take it at their next contact; `finish` retires the old one."""
+
+
+@ca_rollover.command("begin")
+@home_option
+@pass_app
+def ca_rollover_begin(app: App, home: Path | None) -> None:
+    """Make the next CA, and a cross-certificate by which the current CA vouches for it. Servers
+    announce both (restart them); consoles take the next one at their next contact. Credentials
+    issued from now on come from the next CA and trust both."""
+    h = server_home(app, home)
+    h.require()
+    name = h.pki.begin_rollover()
+    click.echo(f"began a CA rollover: the next CA is {name}; restart the server to announce it to consoles")
+    click.echo(
+        "next: issue each role's credential again (vhw server credential add) and each broker's identity"
+        " (vhw server issue-cert, vhw broker identity); on several hosts copy ca-next*.pem into each home;"
+        " when the consoles have followed: vhw server ca-rollover finish, then the brokers' identities again"
+    )
+
+
+@ca_rollover.command("finish")
+@click.option("--anyway", is_flag=True, help="Finish though credentials issued before the rollover remain.")
+@home_option
+@pass_app
+def ca_rollover_finish(app: App, anyway: bool, home: Path | None) -> None:
+    """Retire the old CA: the next one becomes the platform CA, the old one's key is deleted, and
+    the server's TLS certificate comes from the new CA (restart the server to serve it). Refused
+    while credentials issued before the rollover, which trust the old CA alone, remain."""
+    from .. import pki  # (loaded only by the commands that need it: start-up time)
+
+    h = server_home(app, home)
+    h.require()
+    if not h.pki.rolling:
+        raise StateError("no CA rollover is under way", hint="begin one: vhw server ca-rollover begin")
+    store = h.store()
+    try:
+        stale = h.credentials.issued_before(store, h.pki.rollover_begun())
+    finally:
+        store.close()
+    if stale and not anyway:
+        raise StateError(
+            f"{len(stale)} credential(s) were issued before the rollover and stop working when it ends: "
+            + ", ".join(f"{role}:{name}" for role, name in stale),
+            hint="issue each again (vhw server credential add ROLE NAME -o FILE) and hand it out, or pass --anyway",
+        )
+    retired = h.pki.finish_rollover()
+    click.echo(
+        f"finished the CA rollover: the platform CA is {pki.common_name(h.pki.ca_der())}; the old one's"
+        f" certificate is kept as {retired}, its key deleted; restart the server to serve its new certificate"
+    )
 
 
 @server.command("export-host")

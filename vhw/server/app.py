@@ -39,6 +39,7 @@ from ..httpapi import (
     read_body,
     serve_app,
     split_listen,
+    trust_header,
 )
 from . import metrics
 from .auditlog import Chainer
@@ -73,8 +74,10 @@ class App:
         *,
         mode: str = "direct",
         mounts: Sequence[Mount] = (),
+        trust: p.Trust | None = None,
     ):
         self.lic = lic
+        self.trust = trust or p.Trust(())  # the CAs consoles trust: announced in every answer (x-vhw-trust)
         self.queries = Queries(lic.store)
         self.mode = mode
         self.batcher = Batcher(lic)
@@ -94,7 +97,10 @@ class App:
             exception_handlers={HTTPException: _http_error},
         )
         self.logged = AccessLog(
-            self.starlette, access, headers=[(b"x-vhw-process", PROCESS.encode())], observe=self._observe
+            self.starlette,
+            access,
+            headers=[(b"x-vhw-process", PROCESS.encode()), *trust_header(self.trust)],
+            observe=self._observe,
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -170,7 +176,9 @@ class App:
             actor = await self.authenticate(request, ep)
             request.scope["state"]["role"] = actor.split(":", 1)[0]
             result: object
-            if ep.request is None or ep.call is None:
+            if ep.response is p.Trust:
+                result = self.trust
+            elif ep.request is None or ep.call is None:
                 result = p.Health("ok" if await self.writable() else "read-only", self.mode, __version__)
             else:
                 msg: object = p.decode(ep.request, await read_body(request))
@@ -274,7 +282,7 @@ async def serve(
         await trio.to_thread.run_sync(store.migrate)
         await trio.to_thread.run_sync(home.keys.check, store)
         lic = home.licensing(store)
-        app = App(lic, mode=cfg.mode, mounts=consoles(lic) if consoles else ())
+        app = App(lic, mode=cfg.mode, mounts=consoles(lic) if consoles else (), trust=home.pki.trust())
         chainer = home.chainer(store)
         for certificate, expires in home.pki.expiries().items():
             metrics.CERT_EXPIRY.labels(certificate).set(expires)
@@ -288,7 +296,7 @@ async def serve(
                 keyfile=home.path("server-key.pem"),
                 # FIG. 15: in broker mode the server is not reachable from users: only platform-issued
                 # clients (the broker, the roles' tools) complete a TLS handshake
-                client_ca=home.path("ca.pem") if cfg.mode == "broker" else None,
+                client_ca=home.pki.anchors_file() if cfg.mode == "broker" else None,
                 reuse_port=reuse_port,
                 ready=ready,
                 insecure=metrics_listen,

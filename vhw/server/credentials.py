@@ -71,6 +71,13 @@ class Credentials:
         with store.transaction() as tx:
             return [(r.role, r.name, int(r.created)) for r in records.credentials(tx)]
 
+    def issued_before(self, store: Store, when: float) -> tuple[tuple[str, str], ...]:
+        """(role, name) of the credentials last issued before ``when`` (Unix time)."""
+        last: dict[tuple[str, str], int] = {}
+        for role, name, created in self.list(store):
+            last[role, name] = max(created, last.get((role, name), created))
+        return tuple(sorted(key for key, created in last.items() if created < when))
+
     def revoke(self, store: Store, role: str, name: str) -> None:
         """Delete a credential's hash: its token calls nothing any more, and the sessions opened
         with it fail their next check. Written to the audit log."""
@@ -80,13 +87,14 @@ class Credentials:
             tx.audit(int(time.time()), "operator", [("revoke-credential", f"{role}:{name}", {})])
 
     def add(self, store: Store, role: str, name: str, out: Path | None = None) -> Credential:
-        cert, key = pki.issue(self.pki.ca_der(), self.pki.ca_key(), f"vhw {role} {name}", client=True)
+        ca, ca_key = self.pki.client_issuer()  # (during a CA rollover: the next CA; and both are trusted)
+        cert, key = pki.issue(ca, ca_key, f"vhw {role} {name}", client=True)
         cred = Credential(
             role,
             name,
             secrets.token_urlsafe(32),
             self.url(),
-            (self.root / "ca.pem").read_text(),
+            self.pki.anchors_pem().decode(),
             pki.cert_pem(cert).decode(),
             pki.key_pem(key).decode(),
             pki.cert_pem(self.pki.signing_der()).decode(),

@@ -52,6 +52,15 @@ _CONSOLE_CALLS: dict[str, Call] = {
 
 ENDPOINTS: list[Endpoint] = [
     Endpoint("/v1/health", "public", None, p.Health, None, "Is the server up, and in which mode", "GET"),
+    Endpoint(
+        "/v1/trust",
+        "public",
+        None,
+        p.Trust,
+        None,
+        "The platform CAs consoles trust (during a CA rollover: both, and the cross-certificate)",
+        "GET",
+    ),
     *(
         Endpoint(c.path, CONSOLE, c.request, c.response, _CONSOLE_CALLS[c.path], c.summary)
         for c in CONSOLE_ENDPOINTS

@@ -41,7 +41,7 @@ from .licensing import Licensing, Policy
 from .masterkey import MasterKey
 from .store import Store, open_store
 
-__all__ = ["KEPT_FILES", "OPTIONAL_FILES", "ServerConfig", "ServerHome"]
+__all__ = ["KEPT_FILES", "OPTIONAL_FILES", "ROLLOVER_FILES", "ServerConfig", "ServerHome"]
 
 
 WHAT = "server home"
@@ -154,7 +154,7 @@ class ServerHome:
                 if source.path(name).is_file() and (heads or name != "audit-heads.jsonl"):
                     shutil.copy2(source.path(name), staging / name)
             shutil.copytree(source.path("credentials"), staging / "credentials")
-            public = {"config.json", "ca.pem", "server.pem", "signing.pem"}
+            public = {"config.json", "ca.pem", "server.pem", "signing.pem", "ca-next.pem", "ca-next-cross.pem"}
             for path in staging.rglob("*"):
                 if path.is_file() and path.name not in public:  # keys, credentials: the owner's alone
                     os.chmod(path, 0o600)
@@ -285,7 +285,9 @@ class ServerHome:
 # What a home holds besides its database: the files a restore on a new machine needs, and those
 # it takes when they are there (the signed audit heads; a home made before the signing key)
 KEPT_FILES = ("config.json", "master.key", "ca.pem", "ca-key.pem", "server.pem", "server-key.pem")
-OPTIONAL_FILES = ("signing.pem", "signing-key.pem", "audit-heads.jsonl")
+#: A CA rollover under way (vhw.server.identity): the next CA, its key and its cross-certificate.
+ROLLOVER_FILES = ("ca-next.pem", "ca-next-key.pem", "ca-next-cross.pem")
+OPTIONAL_FILES = ("signing.pem", "signing-key.pem", "audit-heads.jsonl", *ROLLOVER_FILES)
 
 
 # Every key the database keeps, encrypted under the master key: (table, column, row ID column)

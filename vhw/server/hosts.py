@@ -28,7 +28,7 @@ from pathlib import Path
 
 from ..devices.files import atomic_write, refuse_existing
 from ..errors import StateError
-from .home import KEPT_FILES, ServerHome
+from .home import KEPT_FILES, ROLLOVER_FILES, ServerHome
 
 __all__ = ["HOST_FILES", "export_host", "import_host"]
 
@@ -50,12 +50,13 @@ def export_host(home: ServerHome, out: Path) -> list[str]:
     out = Path(out)
     refuse_existing(out, "host export")
     out.mkdir(mode=0o700, parents=True)
-    for name in HOST_FILES:
+    rolling = [name for name in ROLLOVER_FILES if home.path(name).exists()]  # (a CA rollover under way)
+    for name in (*HOST_FILES, *rolling):
         shutil.copy2(home.path(name), out / name)
     shutil.copytree(home.path("credentials"), out / "credentials")
     for path in out.rglob("*"):
         os.chmod(path, 0o700 if path.is_dir() else 0o600)
-    return sorted([*HOST_FILES, "credentials/"])
+    return sorted([*HOST_FILES, *rolling, "credentials/"])
 
 
 def import_host(root: Path, exported: Path, *, listen: str | None = None) -> ServerHome:

@@ -1,9 +1,22 @@
 """A server home's platform PKI: the CA consoles trust (``ca.pem``, ``ca-key.pem``), the signing
 key card tokens and audit heads are signed with (``signing.pem``, ``signing-key.pem``), and the TLS
-identities the CA issues (the server's, a broker's)."""
+identities the CA issues (the server's, a broker's).
+
+A CA rollover (``vhw server ca-rollover begin`` / ``finish``): ``begin`` makes the next CA
+(``ca-next.pem``, ``ca-next-key.pem``) and a cross-certificate by which the current CA vouches for
+it (``ca-next-cross.pem``). Servers announce both CAs and the cross-certificate (``/v1/trust``),
+and consoles take the next CA on the cross-certificate's word at their next contact. The TLS
+certificates servers present stay the current CA's until ``finish`` (a CA made with a path length
+of 0, as every platform CA is, admits no cross-certificate in a chain below it), while client
+certificates come from the next CA, whose credentials trust both. ``finish`` makes the next CA the
+current one, issues the server's TLS certificate from it, and retires the old CA (its certificate
+kept as ``ca-retired-DATE.pem``, its key deleted); consoles that followed then drop it.
+"""
 
 from __future__ import annotations
 
+import datetime
+import json
 from pathlib import Path
 
 from cryptography import x509
@@ -11,8 +24,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from .. import crypto, pki
+from .. import protocol as p
 from ..devices.files import atomic_write
-from ..errors import FileError
+from ..errors import FileError, StateError
 
 __all__ = ["HomePki"]
 
@@ -27,10 +41,87 @@ class HomePki:
         )
 
     def ca_key(self) -> ec.EllipticCurvePrivateKey:
-        key = serialization.load_pem_private_key((self.root / "ca-key.pem").read_bytes(), password=None)
+        return self._key("ca-key.pem")
+
+    def _key(self, name: str) -> ec.EllipticCurvePrivateKey:
+        key = serialization.load_pem_private_key((self.root / name).read_bytes(), password=None)
         if not isinstance(key, ec.EllipticCurvePrivateKey):
-            raise FileError(self.root / "ca-key.pem", "not the platform CA's key (ECDSA)")
+            raise FileError(self.root / name, "not a platform CA's key (ECDSA)")
         return key
+
+    def _der(self, name: str) -> bytes:
+        return x509.load_pem_x509_certificate((self.root / name).read_bytes()).public_bytes(serialization.Encoding.DER)
+
+    @property
+    def rolling(self) -> bool:
+        """Whether a CA rollover is under way (begun, not finished)."""
+        return (self.root / "ca-next.pem").exists()
+
+    def client_issuer(self) -> tuple[bytes, ec.EllipticCurvePrivateKey]:
+        """The CA that issues client certificates now (its certificate and key): during a
+        rollover the next one, so that they outlive it."""
+        if self.rolling:
+            return self._der("ca-next.pem"), self._key("ca-next-key.pem")
+        return self.ca_der(), self.ca_key()
+
+    def trust(self) -> p.Trust:
+        """What this home announces to consoles: the CAs to trust, and a rollover's
+        cross-certificate."""
+        if self.rolling:
+            return p.Trust((self.ca_der(), self._der("ca-next.pem")), (self._der("ca-next-cross.pem"),))
+        return p.Trust((self.ca_der(),))
+
+    def anchors_pem(self) -> bytes:
+        """The CAs a client of this home trusts, as PEM (both of them during a rollover)."""
+        return b"".join(pki.cert_pem(der) for der in self.trust().anchors)
+
+    def anchors_file(self) -> Path:
+        """``anchors.pem``, written from :meth:`anchors_pem`: the CAs whose client certificates
+        the server accepts (in broker mode)."""
+        path = self.root / "anchors.pem"
+        if not path.exists() or path.read_bytes() != self.anchors_pem():
+            atomic_write(path, self.anchors_pem())
+        return path
+
+    def begin_rollover(self, now: datetime.datetime | None = None) -> str:
+        """Make the next CA and the current one's cross-certificate for it. Returns the next CA's
+        name."""
+        if self.rolling:
+            raise StateError(
+                "a CA rollover is under way already", hint="finish it first: vhw server ca-rollover finish"
+            )
+        now = now or datetime.datetime.now(datetime.UTC)
+        der, key = pki.make_ca(f"vhw platform CA {now:%Y-%m-%d %H:%M:%S}", now=now)
+        cross = pki.cross_sign(der, self.ca_der(), self.ca_key(), now=now)
+        # the key, then the cross-certificate, then the certificate that says a rollover is on
+        atomic_write(self.root / "ca-next-key.pem", pki.key_pem(key), mode=0o600)
+        atomic_write(self.root / "ca-next-cross.pem", pki.cert_pem(cross))
+        atomic_write(self.root / "ca-next.pem", pki.cert_pem(der))
+        return x509.load_der_x509_certificate(der).subject.rfc4514_string()
+
+    def rollover_begun(self) -> float:
+        """When the rollover under way began (Unix time)."""
+        begun = x509.load_pem_x509_certificate((self.root / "ca-next.pem").read_bytes()).not_valid_before_utc
+        return (begun + datetime.timedelta(minutes=5)).timestamp()
+
+    def finish_rollover(self) -> Path:
+        """Make the next CA the current one, retire the old (its certificate kept, its key
+        deleted), and issue the server's TLS certificate from the new CA alone. A crash anywhere
+        leaves a state that running it again completes. Returns the retired certificate's file."""
+        if not self.rolling:
+            raise StateError("no CA rollover is under way", hint="begin one: vhw server ca-rollover begin")
+        new = (self.root / "ca-next.pem").read_bytes()
+        old = (self.root / "ca.pem").read_bytes()
+        retired = self.root / f"ca-retired-{pki.expires(old):%Y-%m-%d}.pem"
+        if old != new:  # (a finish that stopped after replacing ca.pem has kept the old one already)
+            atomic_write(retired, old)
+        atomic_write(self.root / "ca-key.pem", (self.root / "ca-next-key.pem").read_bytes(), mode=0o600)
+        atomic_write(self.root / "ca.pem", new)
+        for name in ("ca-next-cross.pem", "ca-next-key.pem", "ca-next.pem"):  # ca-next.pem last: then it is done
+            (self.root / name).unlink(missing_ok=True)
+        self.renew_tls()
+        self.anchors_file()
+        return retired
 
     def make_signing_key(self, ca_der: bytes, ca_key: ec.EllipticCurvePrivateKey) -> None:
         cert_der, key = pki.issue_signer(ca_der, ca_key, "vhw platform signing key")
@@ -71,6 +162,7 @@ class HomePki:
         )
         atomic_write(out / "tls.pem", pki.cert_pem(cert) + pki.cert_pem(self.ca_der()))
         atomic_write(out / "tls-key.pem", pki.key_pem(key), mode=0o600)
+        atomic_write(out / "trust.json", json.dumps(p.encode(self.trust())).encode())  # what the broker announces
 
     def renew_tls(self) -> tuple[list[str], float]:
         """Issue the server's next TLS certificate (a fresh key, the same host names, valid for
@@ -88,7 +180,7 @@ class HomePki:
     def expiries(self) -> dict[str, float]:
         """When each of the platform's certificates in this home stops being valid (Unix time):
         the server's TLS certificate, the CA, the signing certificate."""
-        files = {"tls": "server.pem", "ca": "ca.pem", "signing": "signing.pem"}
+        files = {"tls": "server.pem", "ca": "ca.pem", "ca-next": "ca-next.pem", "signing": "signing.pem"}
         return {
             name: pki.expires((self.root / file).read_bytes()).timestamp()
             for name, file in files.items()
