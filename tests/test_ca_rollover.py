@@ -10,6 +10,7 @@ a CA the console does trust, which is taken."""
 
 from __future__ import annotations
 
+import base64
 import datetime
 import json
 import shutil
@@ -159,10 +160,10 @@ def test_a_rollover_that_consoles_follow_and_one_that_was_offline_catches_up(cli
         assert srv.stop() == 0
 
 
-def test_a_broker_announces_what_its_identity_carries(tmp_path):
+def test_a_broker_announces_what_its_identity_carries(cli, tmp_path):
     """In broker mode the consoles talk to the broker: it announces the CAs its identity from the
     platform carries (`vhw server issue-cert` during a rollover, taken with `vhw broker
-    identity`)."""
+    identity`), and its consoles follow."""
     from .servers import start_brokered, stop_brokered
 
     server, proc = start_brokered(tmp_path)
@@ -198,6 +199,19 @@ def test_a_broker_announces_what_its_identity_carries(tmp_path):
             trust = c.get("/v1/trust", p.Trust)
             assert c.trust_seen == pki.anchors_digest(trust.anchors)
         assert trust.anchors[0] == old_ca and len(trust.anchors) == 2 and len(trust.cross) == 1
-        assert pki.follow_rollover([old_ca], trust.anchors, trust.cross) == list(trust.anchors)
+        # a console of the broker's takes the next CA at its first contact
+        server.broker_url = url
+        dev = factory(cli, server, tmp_path / "dev")
+        config = dev["console"] / "console.json"
+        config.write_text(json.dumps({**json.loads(config.read_text()), "server": url}))
+        account = ["account", "add", "ann", "--password", "ann-secret-pw", "--home", server.broker_home]
+        assert cli("broker", *account).code == 0
+        con = ["--console", dev["console"]]
+        assert cli("console", "account", "ann", "--password", "ann-secret-pw", *con).code == 0
+        r = cli("console", "register", *con)
+        assert r.code == 0 and "now trusts the platform's new CA" in r.err, r
+        assert json.loads((dev["console"] / "trust.json").read_text())["anchors"] == [
+            base64.b64encode(a).decode() for a in trust.anchors
+        ]
     finally:
         stop_brokered(server, proc)
