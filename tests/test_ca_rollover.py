@@ -63,6 +63,9 @@ def test_a_console_takes_a_new_ca_only_on_the_word_of_one_it_trusts():
     assert pki.follow_rollover([old], [leaf], [pki.cross_sign(new, old, old_key)]) == [old]
     # an announcement that names none of the console's CAs and vouches for none: nothing changes
     assert pki.follow_rollover([old], [], []) == [old]
+    # an anchor announced twice is taken once
+    anchors, cross = announce(new, old, old_key)
+    assert pki.follow_rollover([old], [*anchors, new, old], cross) == [old, new]
 
 
 def test_a_rollover_that_consoles_follow_and_one_that_was_offline_catches_up(cli, tmp_path):
@@ -215,3 +218,54 @@ def test_a_broker_announces_what_its_identity_carries(cli, tmp_path):
         ]
     finally:
         stop_brokered(server, proc)
+
+
+def test_a_finish_that_stopped_anywhere_completes_when_run_again(tmp_path, monkeypatch):
+    """`finish` killed after any of its file writes or removals: running it again ends where an
+    uninterrupted finish ends (the next CA in place, its key with it, the old one retired)."""
+    import os
+
+    from vhw.server import identity
+    from vhw.server.home import ServerHome
+
+    made = ServerHome.init(tmp_path / "made")
+    made.pki.begin_rollover()
+    new_ca, new_key = (made.root / "ca-next.pem").read_bytes(), (made.root / "ca-next-key.pem").read_bytes()
+    steps = 0
+    while True:
+        home = ServerHome(tmp_path / f"home{steps}")
+        shutil.copytree(made.root, home.root)
+        done = [0]
+        real_write, real_unlink = identity.atomic_write, os.unlink
+
+        def stop_after(step: int, real, done=done):
+            def step_once(*args, **kw):
+                if done[0] == step:
+                    raise KeyboardInterrupt  # (the kill)
+                done[0] += 1
+                return real(*args, **kw)
+
+            return step_once
+
+        monkeypatch.setattr(identity, "atomic_write", stop_after(steps, real_write))
+        monkeypatch.setattr(os, "unlink", stop_after(steps, real_unlink))
+        try:
+            home.pki.finish_rollover()
+            finished_at_once = True
+        except KeyboardInterrupt:
+            finished_at_once = False
+        monkeypatch.setattr(identity, "atomic_write", real_write)
+        monkeypatch.setattr(os, "unlink", real_unlink)
+        if not finished_at_once:
+            assert home.pki.rolling or (home.root / "ca.pem").read_bytes() == new_ca
+            assert home.pki.rolling  # (ca-next.pem goes last: until then, finish is still to run)
+            assert home.pki.finish_rollover().exists()
+        assert (home.root / "ca.pem").read_bytes() == new_ca and (home.root / "ca-key.pem").read_bytes() == new_key
+        assert not home.pki.rolling and home.pki.trust().anchors == (home.pki.ca_der(),)
+        server = x509.load_pem_x509_certificate((home.root / "server.pem").read_bytes())
+        assert server.issuer == x509.load_pem_x509_certificate(new_ca).subject
+        assert len(list(home.root.glob("ca-retired-*.pem"))) == 1
+        if finished_at_once:
+            break
+        steps += 1
+    assert steps >= 6  # (every write and removal of a finish was a place to stop)

@@ -120,6 +120,8 @@ def follow_rollover(
     vouchers = [x509.load_der_x509_certificate(der) for der in cross]
     kept: list[bytes] = []
     for der in anchors:
+        if der in kept:
+            continue
         if der in trusted:
             kept.append(der)
             continue

@@ -10,7 +10,7 @@ certificates servers present stay the current CA's until ``finish`` (a CA made w
 of 0, as every platform CA is, admits no cross-certificate in a chain below it), while client
 certificates come from the next CA, whose credentials trust both. ``finish`` makes the next CA the
 current one, issues the server's TLS certificate from it, and retires the old CA (its certificate
-kept as ``ca-retired-DATE.pem``, its key deleted); consoles that followed then drop it.
+kept as ``ca-retired-EXPIRY.pem``, its key deleted); consoles that followed then drop it.
 """
 
 from __future__ import annotations
@@ -60,16 +60,17 @@ class HomePki:
     def client_issuer(self) -> tuple[bytes, ec.EllipticCurvePrivateKey]:
         """The CA that issues client certificates now (its certificate and key): during a
         rollover the next one, so that they outlive it."""
-        if self.rolling:
+        if self.rolling and (self.root / "ca-next-key.pem").exists():
             return self._der("ca-next.pem"), self._key("ca-next-key.pem")
         return self.ca_der(), self.ca_key()
 
     def trust(self) -> p.Trust:
         """What this home announces to consoles: the CAs to trust, and a rollover's
         cross-certificate."""
-        if self.rolling:
-            return p.Trust((self.ca_der(), self._der("ca-next.pem")), (self._der("ca-next-cross.pem"),))
-        return p.Trust((self.ca_der(),))
+        current = self.ca_der()
+        if self.rolling and self._der("ca-next.pem") != current:  # (equal: a finish that stopped midway)
+            return p.Trust((current, self._der("ca-next.pem")), (self._der("ca-next-cross.pem"),))
+        return p.Trust((current,))
 
     def anchors_pem(self) -> bytes:
         """The CAs a client of this home trusts, as PEM (both of them during a rollover)."""
@@ -112,16 +113,16 @@ class HomePki:
             raise StateError("no CA rollover is under way", hint="begin one: vhw server ca-rollover begin")
         new = (self.root / "ca-next.pem").read_bytes()
         old = (self.root / "ca.pem").read_bytes()
-        retired = self.root / f"ca-retired-{pki.expires(old):%Y-%m-%d}.pem"
-        if old != new:  # (a finish that stopped after replacing ca.pem has kept the old one already)
+        if old != new:  # (equal: a finish that stopped after replacing ca.pem, its key before it)
+            retired = self.root / f"ca-retired-{pki.expires(old):%Y%m%dT%H%M%SZ}.pem"  # (by the end of its validity)
             atomic_write(retired, old)
-        atomic_write(self.root / "ca-key.pem", (self.root / "ca-next-key.pem").read_bytes(), mode=0o600)
-        atomic_write(self.root / "ca.pem", new)
-        for name in ("ca-next-cross.pem", "ca-next-key.pem", "ca-next.pem"):  # ca-next.pem last: then it is done
-            (self.root / name).unlink(missing_ok=True)
+            atomic_write(self.root / "ca-key.pem", (self.root / "ca-next-key.pem").read_bytes(), mode=0o600)
+            atomic_write(self.root / "ca.pem", new)
         self.renew_tls()
         self.anchors_file()
-        return retired
+        for name in ("ca-next-cross.pem", "ca-next-key.pem", "ca-next.pem"):  # ca-next.pem last: then it is done
+            (self.root / name).unlink(missing_ok=True)
+        return max(self.root.glob("ca-retired-*.pem"), key=lambda path: path.stat().st_mtime)
 
     def make_signing_key(self, ca_der: bytes, ca_key: ec.EllipticCurvePrivateKey) -> None:
         cert_der, key = pki.issue_signer(ca_der, ca_key, "vhw platform signing key")
