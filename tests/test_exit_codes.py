@@ -31,6 +31,12 @@ def vhw(*args: object, env: dict | None = None) -> subprocess.CompletedProcess:
     )
 
 
+def master(tmp_path: Path, title_id: str, *args: object) -> subprocess.CompletedProcess:
+    """`vhw disc master` of a small title into tmp_path/t.master."""
+    src = make_title(tmp_path / "src")
+    return vhw("disc", "master", src, "-o", tmp_path / "t.master", "--title-id", title_id, *args)
+
+
 def refused(r: subprocess.CompletedProcess, code: int, says: str) -> None:
     assert r.returncode == code, (code, TABLE[code], r.stderr)
     lines = r.stderr.strip().splitlines()
@@ -75,18 +81,7 @@ def test_a_busy_port_exits_7_and_an_address_not_allowed_17(srv, tmp_path):
 
 
 def test_a_credential_of_another_role_exits_16(srv, tmp_path):
-    src = make_title(tmp_path / "src")
-    r = vhw(
-        "disc",
-        "master",
-        src,
-        "-o",
-        tmp_path / "t.master",
-        "--title-id",
-        "ROLE-1",
-        "--credential",
-        srv.credential("manufacturer"),
-    )
+    r = master(tmp_path, "ROLE-1", "--credential", srv.credential("manufacturer"))
     refused(r, FileError.exit_code, "is a manufacturer credential; this needs the publisher's")
     assert not (tmp_path / "t.master").exists()
 
@@ -100,20 +95,7 @@ def test_an_unreachable_database_exits_5(tmp_path):
 
 def test_an_unreachable_server_exits_5(srv, tmp_path):
     port = cluster_tool().free_ports(1)
-    src = make_title(tmp_path / "src")
-    r = vhw(
-        "disc",
-        "master",
-        src,
-        "-o",
-        tmp_path / "t.master",
-        "--title-id",
-        "GONE-1",
-        "--credential",
-        srv.credential("publisher"),
-        "--server",
-        f"https://127.0.0.1:{port}",
-    )
+    r = master(tmp_path, "GONE-1", "--credential", srv.credential("publisher"), "--server", f"https://127.0.0.1:{port}")
     refused(r, NetworkError.exit_code, "cannot reach")
 
 

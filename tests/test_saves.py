@@ -436,12 +436,29 @@ def test_a_full_card_gives_the_title_enospc_and_the_user_a_line(cli, console, tm
     assert r.code == 0 and "saved" in r.out, r
 
 
+def playing_after_two_saves(con: list, saver: str):
+    """`vhw console play SAVER loop` running, once the title has said it saved twice; and that
+    line."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vhw", "console", "play", *map(str, con), saver, "loop"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    line = ""
+    while not line.startswith("saved 2"):
+        line = proc.stdout.readline()
+        assert line, proc.stderr.read()
+    return proc, line
+
+
 def test_sigkill_during_saves_of_a_running_title(cli, console):
     """The process that commits the title's saves is killed at random moments while the title
     writes 3 MiB saves one after another: the card always opens with one whole version."""
     import signal
-    import subprocess
-    import sys
     import time
 
     con, saver = console["con"], console["titles"]["saver"]
@@ -450,16 +467,7 @@ def test_sigkill_during_saves_of_a_running_title(cli, console):
     rnd = random.Random(7)
     versions = []
     for _kill in range(6):
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "vhw", "console", "play", *map(str, con), saver, "loop"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        line = ""
-        while not line.startswith("saved 2"):
-            line = proc.stdout.readline()
-            assert line, proc.stderr.read()
+        proc, _ = playing_after_two_saves(con, saver)
         time.sleep(rnd.uniform(0, 0.08))
         [pid] = pids_with("saves-mount", str(console["console"]))
         os.kill(pid, signal.SIGKILL)
@@ -476,24 +484,13 @@ def test_a_card_ejected_while_the_title_plays_stops_it_and_keeps_its_saves(cli, 
     """The card leaves its slot while the title writes save after save: play stops the title at once
     and says why (exit 9), no save lands after the ejection (the save folder refuses it), the
     version saved before is on the card whole, and no mount or temporary folder stays behind."""
-    import subprocess
-    import sys
     import tempfile
     import time
 
     con, saver = console["con"], console["titles"]["saver"]
     temp = Path(tempfile.gettempdir())
     before = {p.name for p in temp.glob("vhw-*")}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "vhw", "console", "play", *map(str, con), saver, "loop"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    line = ""
-    while not line.startswith("saved 2"):
-        line = proc.stdout.readline()
-        assert line, proc.stderr.read()
+    proc, line = playing_after_two_saves(con, saver)
     assert cli("console", "eject-card", *con).code == 0
     ejected = time.monotonic()
     out, err = proc.communicate(timeout=30)

@@ -473,3 +473,24 @@ def test_identification_policy_end_to_end(cli, tmp_path):
         assert (r.code, r.err) == (11, USER)
     finally:
         server.stop()
+
+
+def test_a_refused_broker_init_leaves_no_home(cli, tmp_path):
+    """Each thing `broker init` is given is checked before anything is written: a wrong currency,
+    a share out of range or a credential of another role leaves no half-made broker folder."""
+    srv = RunningServer.start(tmp_path / "server", init=["--mode", "broker"])
+    try:
+        assert cli("server", "issue-cert", "broker", "-o", tmp_path / "tls", "--home", srv.home.root).code == 0
+        home = tmp_path / "broker"
+        base = ["broker", "init", "--home", home, "--tls", tmp_path / "tls", "--server", srv.url]
+        for wrong, says in (
+            (["--credential", srv.credential("broker"), "--currency", "EURO"], "not a currency"),
+            (["--credential", srv.credential("broker"), "--platform-share", "150"], "share"),
+            (["--credential", srv.credential("publisher")], "not a broker's"),
+        ):
+            r = cli(*base, *wrong)
+            assert r.code != 0 and says in r.err and "Traceback" not in r.err, r
+            assert not home.exists(), wrong
+        assert cli(*base, "--credential", srv.credential("broker")).code == 0
+    finally:
+        srv.stop()

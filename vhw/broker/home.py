@@ -27,12 +27,20 @@ from .service import Broker
 
 __all__ = ["BrokerHome"]
 
-DER = serialization.Encoding.DER
+
+def _check_tls(tls: Path) -> None:
+    """A TLS identity folder from the platform (`vhw server issue-cert`), checked before anything
+    is written."""
+    for name in ("tls.pem", "tls-key.pem"):
+        if not (tls / name).exists():
+            raise StateError(f"{tls}: no {name}", hint="vhw server issue-cert broker --host HOST -o DIR")
 
 
-def _pem_blocks(text: str) -> list[str]:
-    end = "-----END CERTIFICATE-----"
-    return [block + end for block in text.split(end) if "-----BEGIN CERTIFICATE-----" in block]
+def _broker_credential(path: Path) -> Credential:
+    cred = Credential.load(path)
+    if cred.role != "broker":
+        raise FileError(path, f"is a {cred.role} credential, not a broker's")
+    return cred
 
 
 class BrokerHome:
@@ -61,16 +69,9 @@ class BrokerHome:
         home = cls(root)
         if home.path("config.json").exists():
             raise StateError(f"{root}: a broker is set up here already")
-        cred = Credential.load(credential)
-        if cred.role != "broker":
-            raise FileError(credential, f"is a {cred.role} credential, not a broker's")
-        for name in ("tls.pem", "tls-key.pem"):
-            if not (tls / name).exists():
-                raise StateError(f"{tls}: no {name}", hint="vhw server issue-cert broker --host HOST -o DIR")
-        home.root.mkdir(parents=True, exist_ok=True)
-        home.root.chmod(0o700)
-        atomic_write(home.path("credential.json"), cred.to_json(), mode=0o600)
-        home.take_identity(tls)
+        # everything checked before anything is written: a refused init leaves no half-made home
+        cred = _broker_credential(credential)
+        _check_tls(tls)
         if not valid_currency(currency):
             raise InputError(f"{currency!r} is not a currency: give its three-letter ISO 4217 code (EUR, USD, JPY)")
         cfg = BrokerConfig(
@@ -81,6 +82,9 @@ class BrokerHome:
             currency=currency,
         )
         BrokerConfig(**asdict(cfg))
+        home.root.mkdir(parents=True, exist_ok=True)
+        home.root.chmod(0o700)
+        home._write_identity(tls, cred)
         atomic_write(home.path("config.json"), json.dumps(asdict(cfg), indent=1).encode())
         store = home.store()
         try:
@@ -93,13 +97,11 @@ class BrokerHome:
         """Take a TLS identity the platform issued (``vhw server issue-cert``: tls.pem, tls-key.pem,
         trust.json), and a new platform credential when given: at set-up, and during a CA
         rollover."""
-        for name in ("tls.pem", "tls-key.pem"):
-            if not (tls / name).exists():
-                raise StateError(f"{tls}: no {name}", hint="vhw server issue-cert broker --host HOST -o DIR")
-        if credential is not None:
-            cred = Credential.load(credential)
-            if cred.role != "broker":
-                raise FileError(credential, f"is a {cred.role} credential, not a broker's")
+        _check_tls(tls)
+        self._write_identity(tls, _broker_credential(credential) if credential is not None else None)
+
+    def _write_identity(self, tls: Path, cred: Credential | None) -> None:
+        if cred is not None:
             atomic_write(self.path("credential.json"), cred.to_json(), mode=0o600)
         if (tls / "trust.json").exists():
             atomic_write(self.path("trust.json"), (tls / "trust.json").read_bytes())
@@ -115,8 +117,8 @@ class BrokerHome:
                 return p.decode(p.Trust, json.loads(path.read_text()))
             except (ValueError, p.ProtocolError) as exc:
                 raise FileError(path, f"not the platform's trust announcement ({exc})") from None
-        pems = Credential.load(self.path("credential.json")).ca
-        return p.Trust(tuple(x509.load_pem_x509_certificate(c.encode()).public_bytes(DER) for c in _pem_blocks(pems)))
+        pems = Credential.load(self.path("credential.json")).ca.encode()
+        return p.Trust(tuple(c.public_bytes(serialization.Encoding.DER) for c in x509.load_pem_x509_certificates(pems)))
 
     def require(self) -> None:
         if not self.path("config.json").exists():
