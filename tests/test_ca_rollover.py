@@ -24,7 +24,7 @@ from vhw import pki
 from vhw import protocol as p
 from vhw.client import Client, tls_context
 
-from .servers import RunningServer, factory, listening_url, publish
+from .servers import RunningServer, cluster_tool, factory, listening_url, publish
 
 NOW = datetime.datetime.now(datetime.UTC)
 
@@ -69,9 +69,9 @@ def test_a_console_takes_a_new_ca_only_on_the_word_of_one_it_trusts():
 
 
 def test_a_rollover_that_consoles_follow_and_one_that_was_offline_catches_up(cli, tmp_path):
-    srv = RunningServer.start(tmp_path / "home")
+    port = cluster_tool().free_ports(1)  # (below the ephemeral range: the restarts take it again)
+    srv = RunningServer.start(tmp_path / "home", listen=f"127.0.0.1:{port}")
     home = srv.home.root
-    port = srv.url.rsplit(":", 1)[1]
 
     def game(n: int, count: int):
         src = tmp_path / f"src{n}"
@@ -269,3 +269,28 @@ def test_a_finish_that_stopped_anywhere_completes_when_run_again(tmp_path, monke
             break
         steps += 1
     assert steps >= 6  # (every write and removal of a finish was a place to stop)
+
+
+def test_credentials_are_told_apart_by_the_second_the_rollover_began(tmp_path):
+    """Credentials are dated to the second. Those issued right before `begin`, in the same second,
+    are the old CA's and must be issued again; one issued right after is the next CA's."""
+    from vhw.server.home import ServerHome
+
+    home = ServerHome.init(tmp_path / "home")  # (its four credentials: a moment before the begin)
+    home.pki.begin_rollover()
+    store = home.store()
+    try:
+        before = home.credentials.issued_before(store, home.pki.rollover_begun())
+        assert before == (
+            ("broker", "broker"),
+            ("manufacturer", "manufacturer"),
+            ("operator", "operator"),
+            ("publisher", "publisher"),
+        )
+        home.credentials.add(store, "publisher", "publisher", tmp_path / "publisher.json")
+        after = home.credentials.issued_before(store, home.pki.rollover_begun())
+        assert ("publisher", "publisher") not in after and len(after) == 3
+        cred = json.loads((tmp_path / "publisher.json").read_text())
+        assert cred["ca"].count("BEGIN CERTIFICATE") == 2  # (it trusts both CAs)
+    finally:
+        store.close()

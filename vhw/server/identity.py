@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import time
 from pathlib import Path
 
 from cryptography import x509
@@ -91,7 +92,12 @@ class HomePki:
             raise StateError(
                 "a CA rollover is under way already", hint="finish it first: vhw server ca-rollover finish"
             )
-        now = now or datetime.datetime.now(datetime.UTC)
+        if now is None:
+            # on a whole second: credentials are dated to the second, and those dated before this
+            # one were issued by the old CA (rollover_begun), those from it on by the next
+            time.sleep(1.001 - time.time() % 1)  # (a millisecond past it: never early)
+            now = datetime.datetime.now(datetime.UTC)
+        now = now.replace(microsecond=0)
         der, key = pki.make_ca(f"vhw platform CA {now:%Y-%m-%d %H:%M:%S}", now=now)
         cross = pki.cross_sign(der, self.ca_der(), self.ca_key(), now=now)
         # the key, then the cross-certificate, then the certificate that says a rollover is on
@@ -101,7 +107,8 @@ class HomePki:
         return x509.load_der_x509_certificate(der).subject.rfc4514_string()
 
     def rollover_begun(self) -> float:
-        """When the rollover under way began (Unix time)."""
+        """When the rollover under way began (Unix time, a whole second: every credential dated
+        before it is the old CA's)."""
         begun = x509.load_pem_x509_certificate((self.root / "ca-next.pem").read_bytes()).not_valid_before_utc
         return (begun + datetime.timedelta(minutes=5)).timestamp()
 
