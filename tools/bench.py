@@ -34,7 +34,9 @@ Block sizes: the same misses-only and sequential rows through the mounts of HDDs
 16 KiB and 64 KiB blocks (`vhw hdd format --block-size`), the same title installed on each.
 
 Install: for each of ``--install-sizes``, ``--runs`` installs of a fresh disc onto a fresh HDD under
-GNU time (wall time, peak RSS), each beside `cp` + `sync` of the same disc image. Mastering: the
+GNU time (wall time, peak RSS), each beside `cp` + `sync` of the same disc image; the disc is read
+once before both (``benchlib.prime``: the disk is a network volume whose own cache favoured
+whichever read the image second), and the page cache dropped before each. Mastering: the
 peak RSS of mastering the largest title.
 
 Writes OUT/results.json (every run, medians, min/max, ratios to the peer, date, CPU, kernel) and
@@ -58,7 +60,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchlib import MiB, dd, drop_caches, measure, random_file, random_reads, vhw, vhw_command  # noqa: E402
+from benchlib import MiB, dd, drop_caches, measure, prime, random_file, random_reads, vhw, vhw_command  # noqa: E402
 
 from tests.servers import RunningServer  # noqa: E402  (the same helper the tests use)
 from vhw.console.mountpoints import mount_fields  # noqa: E402
@@ -513,6 +515,7 @@ def main() -> int:
             walls, rsses, cps = [], [], []
             for disc in discs:
                 con = b.console(disc)
+                prime(disc)  # (both read it after the volume's cache had it: not whoever came second)
                 drop_caches()
                 wall, rss = b.install(con)
                 walls.append(wall)

@@ -31,6 +31,18 @@ def drop_caches() -> None:
         ) from None
 
 
+def prime(path: Path) -> None:
+    """Read ``path`` once through, so that the storage below the machine holds it alike for every
+    contender that reads it next. Here that storage is a network volume with a cache of its own,
+    which dropping the page cache does not empty: of two programs reading the same file after
+    ``drop_caches``, the second read it 1.4-2x as fast as the first (`cp` + `sync` of a 1 GiB disc
+    image: 0.92, 1.69, 1.35 s run before the install, 0.93, 0.98, 0.81 s after it). Each timed run
+    then drops the page cache, so both still read from the disk."""
+    with open(path, "rb") as f:
+        while f.read(8 * MiB):
+            pass
+
+
 def random_file(path: Path, size: int) -> None:
     """``size`` incompressible bytes, fast (AES-CTR keystream), written 4 MiB at a time."""
     enc = Cipher(algorithms.AES(os.urandom(32)), modes.CTR(os.urandom(16))).encryptor()
