@@ -408,7 +408,8 @@ def table(results: dict) -> str:
     lines += [
         "",
         "Install (fresh disc onto a fresh HDD, fsync at every commit) against `cp` + `sync` of the disc"
-        " image, cold cache:",
+        " image, each after the page cache was dropped (the disc read once before both, so that the"
+        " network volume's own cache favours neither):",
         "",
         "| title | vhw install MB/s | cp + sync MB/s | ratio | install peak RSS MiB |",
         "|---|---|---|---|---|",
