@@ -206,3 +206,118 @@ def test_play_refuses_its_own_options_after_the_title_id(cli, tmp_path, option):
     r = cli("console", "play", "VHW-GAME-1", "--moves", "dd", option, str(tmp_path))
     assert r.code == 2 and "comes after the title ID" in r.err and option.split("=")[0] in r.err, r
     assert "Traceback" not in r.err and r.out == ""
+
+
+def _path_parameters():
+    """(command, parameter) for every path a command takes."""
+    import click
+
+    from vhw.cli import vhw
+
+    vhw.load_all()
+
+    def walk(cmd, path):
+        if isinstance(cmd, click.Group):
+            for name, sub in cmd.commands.items():
+                yield from walk(sub, [*path, name])
+        else:
+            for param in cmd.params:
+                if isinstance(param.type, click.Path):
+                    yield " ".join(path), cmd, param
+
+    return list(walk(vhw, []))
+
+
+def test_no_path_a_command_takes_is_a_fifo_or_a_link_to_nothing(tmp_path):
+    """Reading or writing a FIFO waits for another program without a word (the same hangs for a
+    device that never answers): every path parameter of every command refuses one, and a link to
+    nothing, in click's one line, before the command runs. The control: a regular file and a
+    folder pass the same check where the parameter takes them."""
+    import click
+
+    fifo, dangling, regular = tmp_path / "fifo", tmp_path / "dangling", tmp_path / "regular"
+    os.mkfifo(fifo)
+    dangling.symlink_to(tmp_path / "nowhere")
+    regular.write_bytes(b"x")
+    params = _path_parameters()
+    assert len(params) > 60  # (every command's, not a few)
+    for name, cmd, param in params:
+        ctx = click.Context(cmd)
+        for bad in (fifo, dangling):
+            with pytest.raises(click.BadParameter):
+                param.type.convert(str(bad), param, ctx)
+        for good in (regular, tmp_path):
+            ok = param.type.dir_okay if good.is_dir() else param.type.file_okay
+            if ok and not param.type.exists:
+                assert param.type.convert(str(good), param, ctx) == good, (name, param.name)
+
+
+def test_a_fifo_is_refused_at_once_in_one_line(tmp_path):
+    """End to end, in a child process with a deadline: what hung before (a card's saves, a ROM's
+    CA, a backup to restore, the OpenAPI document written into a FIFO)."""
+    from .conftest import vhw_subprocess
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for args in (
+        ("card", "saves", "ls", fifo),
+        ("console", "rom", tmp_path / "r.rom", "--ca", fifo),
+        ("server", "restore", fifo, "--home", tmp_path / "home"),
+        ("server", "openapi", "-o", fifo),
+    ):
+        r = vhw_subprocess(*args, timeout=60)
+        assert r.code == 2 and "neither a file nor a folder" in r.err, args
+        assert r.err.strip().splitlines()[-1].startswith("Error: "), args
+
+
+def test_devices_and_records_open_only_regular_files(tmp_path):
+    """Below the command line too (a console folder's or a config's path is not a parameter):
+    a device image or a JSON record that is a FIFO is refused on its descriptor, without waiting."""
+    from vhw.broker.config import BrokerConfig
+    from vhw.devices.card import CardImage
+    from vhw.devices.disc import DiscImage
+    from vhw.devices.hdd import HddImage
+    from vhw.errors import FileError, ImageError
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for open_ in (CardImage.open, DiscImage.open, HddImage.open):
+        with pytest.raises(ImageError, match="not a regular file"):
+            open_(fifo)
+    with pytest.raises(FileError, match="not a regular file"):
+        BrokerConfig.load(fifo)
+
+
+def test_a_record_of_another_kind_is_named_in_its_own_words(tmp_path):
+    """A JSON record with other keys (a server's config.json given to the broker) is refused
+    naming the key, not the class that would not take it."""
+    from vhw.broker.config import BrokerConfig
+    from vhw.errors import FileError
+
+    path = tmp_path / "config.json"
+    for text, words in (
+        ('{"server": "https://x", "url": "https://y"}', "a key 'url' it does not have"),
+        ("{}", "without 'server'"),
+        ("[1]", "not a JSON object"),
+    ):
+        path.write_text(text)
+        with pytest.raises(FileError) as refused:
+            BrokerConfig.load(path)
+        assert words in str(refused.value) and "__init__" not in str(refused.value)
+
+
+def test_a_password_not_given_is_read_from_a_pipe_or_refused_in_one_line(tmp_path):
+    """Without --password and without a terminal: a password piped in is taken (the control: the
+    command goes on to its next check, the missing broker), nothing to read is refused in click's
+    one line, not a prompt on nothing or Python's warning that it cannot hide what is typed."""
+    import subprocess
+    import sys
+
+    home = tmp_path / "none"
+    for command in (("broker", "account", "add", "x", "--home", home), ("console", "account", "x", "--console", home)):
+        run = [sys.executable, "-m", "vhw", *map(str, command)]
+        nothing = subprocess.run(run, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+        assert nothing.returncode == 2 and "'--password': not given" in nothing.stderr, nothing
+        assert "Warning" not in nothing.stderr
+        piped = subprocess.run(run, input="a piped passphrase\n", capture_output=True, text=True, timeout=60)
+        assert piped.returncode != 2 and "--password" not in piped.stderr and "Warning" not in piped.stderr, piped

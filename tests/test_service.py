@@ -494,3 +494,43 @@ def test_a_refused_broker_init_leaves_no_home(cli, tmp_path):
         assert cli(*base, "--credential", srv.credential("broker")).code == 0
     finally:
         srv.stop()
+
+
+def test_broker_commands_refuse_a_folder_that_holds_no_broker_and_write_nothing(cli, tmp_path):
+    """A licensing server's home has a config.json too: every broker command given one (or an
+    empty folder) is refused in one line and leaves it as it was (`broker audit` made an empty
+    broker.db there and failed on its missing table). The control: the same commands on a
+    broker's home answer."""
+    srv = RunningServer.start(tmp_path / "server", init=["--mode", "broker"])
+    try:
+        assert cli("server", "issue-cert", "broker", "-o", tmp_path / "tls", "--home", srv.home.root).code == 0
+        broker = tmp_path / "broker"
+        r = cli(
+            "broker",
+            "init",
+            "--home",
+            broker,
+            "--tls",
+            tmp_path / "tls",
+            "--server",
+            srv.url,
+            "--credential",
+            srv.credential("broker"),
+        )
+        assert r.code == 0, r
+        (tmp_path / "empty").mkdir()
+        commands = (("audit",), ("ledger",), ("staff", "ls"), ("account", "statement", "x"))
+        for home in (srv.home.root, tmp_path / "empty"):
+            before = sorted(p.name for p in home.iterdir())
+            for args in commands:
+                r = cli("broker", *args, "--home", home)
+                refused = "no broker here" in r.err or "not a broker configuration" in r.err
+                assert r.code in (9, 16) and refused and r.err.count("\n") <= 2, (home, args, r)
+            assert sorted(p.name for p in home.iterdir()) == before
+        r = cli("broker", "audit", "--home", srv.home.root)
+        assert "not a broker configuration (a key 'url' it does not have)" in r.err
+        assert cli("broker", "account", "add", "x", "--password", "a long passphrase", "--home", broker).code == 0
+        for args in commands:
+            assert cli("broker", *args, "--home", broker).code == 0, args
+    finally:
+        srv.stop()

@@ -9,12 +9,9 @@ from __future__ import annotations
 
 import os
 import shlex
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -251,35 +248,3 @@ def repair_center(s: Story, cast: Cast) -> None:
     out = s.run("server", "audit", quiet=True)
     click.echo(f"  {len(out.splitlines())} audit entries, e.g.:\n  " + "\n  ".join(out.splitlines()[-3:]))
     click.secho("\nThe story ran to its end.", fg="green", bold=True)
-
-
-@click.command("demo")
-@click.option("--keep", is_flag=True, help="Keep the demo's folder instead of removing it.")
-@click.option(
-    "--dir",
-    "folder",
-    type=click.Path(path_type=Path, file_okay=False),
-    help="Where to run (default: a fresh folder under images/out, or a temporary one).",
-)
-def demo(keep: bool, folder: Path | None) -> None:
-    """Tell the whole story in one run, narrating each step with the command it runs."""
-    if folder is None:
-        base = Path("images/out") if Path("images").is_dir() else None
-        if base:
-            base.mkdir(parents=True, exist_ok=True)
-        folder = Path(tempfile.mkdtemp(prefix="demo-", dir=base))
-    folder = folder.resolve()
-    folder.mkdir(parents=True, exist_ok=True)
-    story = Story(folder)
-    started = time.monotonic()
-    try:
-        tell(story)
-    finally:
-        story.stop_server()
-        for mnt in folder.glob("*/mnt"):
-            subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True)
-        if keep:
-            click.echo(f"\nkept {folder}")
-        else:
-            shutil.rmtree(folder, ignore_errors=True)
-    click.echo(f"(demo took {time.monotonic() - started:.0f} s)")

@@ -121,11 +121,13 @@ class BrokerHome:
         return p.Trust(tuple(c.public_bytes(serialization.Encoding.DER) for c in x509.load_pem_x509_certificates(pems)))
 
     def require(self) -> None:
-        if not self.path("config.json").exists():
-            raise StateError(f"{self.root}: no broker here", hint="vhw broker init")
+        """Refuse, in one line, a folder that holds no broker: nothing, or another's configuration
+        (a licensing server's home has a config.json too)."""
+        self.config()
 
     def config(self) -> BrokerConfig:
-        self.require()
+        if not self.path("config.json").exists():
+            raise StateError(f"{self.root}: no broker here", hint="vhw broker init")
         return BrokerConfig.load(self.path("config.json"))
 
     def store(self) -> Store:

@@ -186,13 +186,12 @@ class LazyGroup(click.Group):
             self.get_command(click.Context(self), name)
 
 
-# (each group is defined in the module of its name; `.saves` adds `card saves` to `card`; `..demo`
-# defines `demo`, which is added here)
+# (each group is defined in the module of its name; `.saves` adds `card saves` to `card`)
 COMMANDS = {
     "broker": (".broker",),
     "card": (".card", ".saves"),
     "console": (".console",),
-    "demo": ("..demo",),
+    "demo": (".demo",),
     "disc": (".disc",),
     "hdd": (".hdd",),
     "repair": (".repair",),

@@ -14,6 +14,7 @@ import click
 from ..errors import StateError
 from . import App, columns, emit, local_time, pass_app, show_audit, vhw
 from .params import FILE, FOLDER, LISTEN
+from .params import password_option as asked_password
 
 if TYPE_CHECKING:  # (the broker's modules load only for its commands)
     from starlette.routing import Mount
@@ -197,13 +198,7 @@ def account() -> None:
 
 
 def password_option(whose: str) -> Callable[[FC], FC]:
-    return click.option(
-        "--password",
-        prompt=True,
-        hide_input=True,
-        confirmation_prompt=True,
-        help=f"{whose} password (asked when not given; kept only as a scrypt hash).",
-    )
+    return asked_password(f"{whose} password (asked when not given; kept only as a scrypt hash).", confirm=True)
 
 
 @account.command("add")

@@ -20,13 +20,13 @@ from ..devices import card as card_dev
 from ..devices import holders
 from ..devices import rom as rom_dev
 from ..devices.disc import DiscImage
-from ..devices.files import now, refuse_existing
+from ..devices.files import now, read_small, refuse_existing
 from ..errors import ImageError, TitleEnded
 from ..formats import rom as rom_fmt
 from ..ids import Id, IdKind
 from . import ProgressBar, emit, progress_bar, vhw
 from .card import check_capacity, new_card, save_area_option
-from .params import FILE, FOLDER, PATH, json_option, when
+from .params import FILE, FOLDER, PATH, json_option, password_option, when
 from .roles import credential_option, register_with_server
 
 
@@ -135,10 +135,7 @@ def load_ca(path: Path) -> bytes:
         Encoding,
     )  # (loaded only by the commands that need it: start-up time)
 
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ImageError(path, f"cannot read CA certificate: {exc.strerror}") from None
+    data = read_small(path, "CA certificate")
     try:
         cert = x509.load_pem_x509_certificate(data) if b"-----BEGIN" in data else x509.load_der_x509_certificate(data)
     except ValueError:
@@ -569,7 +566,7 @@ def _mounted() -> None:
 
 @console.command("account")
 @click.argument("name")
-@click.option("--password", prompt=True, hide_input=True, help="The account's password (asked when not given).")
+@password_option("The account's password (asked when not given).")
 @console_option
 def console_account(name: str, password: str, console_dir: Path | None) -> None:
     """Sign this console in to its broker as account NAME, which it then pays with (FIG. 15).

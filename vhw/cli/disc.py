@@ -19,7 +19,7 @@ from ..ids import Id
 from ..publisher import mastering
 from ..publisher.keystore import KeyStore
 from . import App, emit, pass_app, progress_bar, vhw
-from .params import FOLDER, PATH, TITLE_ID, human, json_option, when
+from .params import FOLDER, PATH, TITLE_ID, PathType, human, json_option, when
 from .roles import credential_option, role_client, server_option
 
 MIDS_PER_REQUEST = 1000  # the server's limit per registration request
@@ -41,7 +41,7 @@ def disc() -> None:
 
 
 @disc.command("master")
-@click.argument("src", type=click.Path(path_type=Path, file_okay=False, exists=True))
+@click.argument("src", type=PathType(path_type=Path, file_okay=False, exists=True))
 @click.option("-o", "--out", type=PATH, required=True, help="The master image to write.")
 @click.option("--title-id", type=TITLE_ID, required=True, help="The title's ID, e.g. VHW-00001.")
 @click.option("--name", help="The title's name (default: from vhw-title.json, else the title ID).")

@@ -3,16 +3,21 @@
 
 from __future__ import annotations
 
+import os
 import re
+import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
 from ..errors import IdError
 from ..formats.common import valid_title_id
 from ..ids import Id, IdKind
+
+FC = TypeVar("FC", bound=Callable[..., Any])
 
 
 class IdType(click.ParamType[Id]):
@@ -91,9 +96,42 @@ MEDIA_ID = IdType(IdKind.MEDIA)
 USER_ID = IdType(IdKind.USER)
 
 
-PATH = click.Path(path_type=Path)
-FILE = click.Path(path_type=Path, dir_okay=False)  # a file, not a folder
-FOLDER = click.Path(path_type=Path, file_okay=False)  # a folder, not a file
+class PathType(click.Path):
+    """click's path, which also refuses, in its one line, a path that is there but is neither a
+    regular file nor a folder: a FIFO (reading or writing one waits for another program, without
+    a word), a device, a socket, a link to nothing."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        path = super().convert(value, param, ctx)
+        if os.path.lexists(path) and not (os.path.isfile(path) or os.path.isdir(path)):
+            what = "a link to nothing" if os.path.islink(path) else "neither a file nor a folder"
+            self.fail(f"{click.format_filename(path)!r} is {what}", param, ctx)
+        return path
+
+
+PATH = PathType(path_type=Path)
+FILE = PathType(path_type=Path, dir_okay=False)  # a file, not a folder
+FOLDER = PathType(path_type=Path, file_okay=False)  # a folder, not a file
+
+
+def password_option(help: str, *, confirm: bool = False) -> Callable[[FC], FC]:
+    """``--password``, asked for at a terminal when not given (twice with ``confirm``), read as one
+    line from standard input when that is a pipe, and refused in click's one line when there is
+    neither (not a prompt that waits on nothing, nor Python's warning that it cannot hide it)."""
+
+    def ask(ctx: click.Context, param: click.Parameter, value: str | None) -> str:
+        if value is not None:
+            return value
+        if sys.stdin is not None and sys.stdin.isatty():
+            return str(click.prompt("Password", hide_input=True, confirmation_prompt=confirm))
+        line = sys.stdin.readline().rstrip("\r\n") if sys.stdin is not None else ""
+        if not line:
+            raise click.BadParameter("not given: give it, or type it at a terminal, or pipe it in", ctx, param)
+        return line
+
+    return click.option("--password", callback=ask, help=help)
+
+
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 
 

@@ -28,7 +28,7 @@ from ..formats.common import BLOCK_SIZE
 from ..plans import Op, shifted
 from ..stores.card import LAYOUT, CardState, format_plan
 from ..stores.ditto import Opened, commit_twice, read_current, rolled_back
-from .files import OpenDevice, apply_ops, check_regular, create_image, describe_os_error, locked
+from .files import OpenDevice, apply_ops, check_regular, create_image, describe_os_error, locked, open_regular
 
 __all__ = ["CardImage", "create", "load", "transaction"]
 
@@ -122,10 +122,7 @@ class CardImage(OpenDevice):
                     raise ImageError(path, f"cannot lock {fmt.WHAT}: {describe_os_error(exc)}") from None
                 stack.callback(os.close, lock_fd)
                 stack.enter_context(locked(lock_fd, path, fmt.WHAT, wait=wait))
-            try:
-                fd = os.open(path, os.O_RDWR if write else os.O_RDONLY)
-            except OSError as exc:
-                raise ImageError(path, f"cannot open {fmt.WHAT}: {describe_os_error(exc)}") from None
+            fd = open_regular(path, os.O_RDWR if write else os.O_RDONLY, fmt.WHAT)
             stack.callback(os.close, fd)
             size = os.fstat(fd).st_size - base if length is None else length
             opened = read_state(lambda n, off: os.pread(fd, n, base + off), shown, size)

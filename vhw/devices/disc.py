@@ -16,7 +16,7 @@ from .. import crypto
 from ..errors import ImageError, IntegrityError
 from ..formats import disc as fmt
 from ..ids import Id
-from .files import check_regular, describe_os_error, fsync_dir, refuse_existing, write_error
+from .files import fsync_dir, open_regular, refuse_existing, write_error
 
 __all__ = ["DiscImage", "press"]
 
@@ -36,13 +36,10 @@ class DiscImage:
     @classmethod
     def open(cls, path: Path) -> DiscImage:
         path = Path(path)
-        st = check_regular(path, fmt.WHAT)
+        fd = open_regular(path, os.O_RDONLY, fmt.WHAT)
         try:
-            fd = os.open(path, os.O_RDONLY)
-        except OSError as exc:
-            raise ImageError(path, f"cannot open {fmt.WHAT}: {describe_os_error(exc)}") from None
-        try:
-            disc, region = fmt.decode(lambda n, off: os.pread(fd, n, off), size=st.st_size, path=path)
+            size = os.fstat(fd).st_size
+            disc, region = fmt.decode(lambda n, off: os.pread(fd, n, off), size=size, path=path)
             return cls(path, fd, disc, region)
         except BaseException:
             os.close(fd)

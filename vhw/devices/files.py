@@ -19,6 +19,8 @@ import errno
 import fcntl
 import json
 import os
+import re
+import stat
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -35,6 +37,8 @@ __all__ = [
     "load_json",
     "locked",
     "now",
+    "open_regular",
+    "read_regular",
     "read_small",
     "refuse_existing",
     "refuse_other_console",
@@ -82,14 +86,45 @@ def check_regular(path: Path, what: str) -> os.stat_result:
     return st
 
 
-def read_small(path: Path, what: str, *, limit: int = MAX_SMALL) -> bytes:
-    st = check_regular(path, what)
-    if st.st_size > limit:
-        raise ImageError(path, f"not a {what} (far too large: {st.st_size} bytes)")
+def open_regular(path: Path, flags: int, what: str, *, kind: type[PathError] = ImageError) -> int:
+    """``os.open`` of a file read as ``what``, refused in one line unless it is a regular file.
+
+    Opened without blocking (opening a FIFO to read waits for a writer, without a word), then
+    checked on the descriptor itself, so that what was checked is what is read."""
     try:
-        return path.read_bytes()
+        fd = os.open(path, flags | os.O_NONBLOCK)
     except OSError as exc:
-        raise ImageError(path, f"cannot read {what}: {describe_os_error(exc)}") from None
+        raise kind(path, f"cannot open {what}: {describe_os_error(exc)}") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise kind(path, f"is {'a folder' if stat.S_ISDIR(mode) else 'not a regular file'}, not a {what}")
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def read_regular(path: Path, what: str, *, limit: int = MAX_SMALL, kind: type[PathError] = ImageError) -> bytes:
+    """The whole of a small regular file read as ``what``; one line naming it otherwise."""
+    fd = open_regular(path, os.O_RDONLY, what, kind=kind)
+    try:
+        chunks, total = [], 0
+        while chunk := os.read(fd, 1 << 20):
+            total += len(chunk)
+            if total > limit:
+                raise kind(path, f"not a {what} (far too large: over {limit} bytes)")
+            chunks.append(chunk)
+        return b"".join(chunks)
+    except OSError as exc:
+        raise kind(path, f"cannot read {what}: {describe_os_error(exc)}") from None
+    finally:
+        os.close(fd)
+
+
+def read_small(path: Path, what: str, *, limit: int = MAX_SMALL) -> bytes:
+    return read_regular(path, what, limit=limit)
 
 
 def atomic_write(path: Path, data: bytes, *, mode: int = 0o600, size: int | None = None) -> None:
@@ -256,16 +291,27 @@ class OpenDevice:
             raise write_error(self.shown, self.what, exc) from None
 
 
+def _record_problem(exc: Exception) -> str:
+    """What is wrong with a JSON record, in its file's words (its keys), not the class's."""
+    text = str(exc).splitlines()[0][:200] if str(exc) else ""
+    if isinstance(exc, TypeError):
+        if m := re.search(r"unexpected keyword argument '(\w+)'", text):
+            return f"a key {m.group(1)!r} it does not have"
+        if m := re.search(r"missing \d+ required \w+ arguments?: (.*)", text):
+            return f"without {m.group(1).replace(' and ', ', ')}"
+        if "argument after ** must be a mapping" in text:
+            return "not a JSON object"
+    return text
+
+
 def load_json(cls: Callable[..., D], path: Path, what: str, check: Callable[[D], None] = lambda _: None) -> D:
     """A record vhw keeps as a JSON file (a console's set-up, a credential, a configuration), made
     with ``cls`` from its keys and checked by ``check`` (a ValueError: not what vhw wrote). One line
     naming the file when it cannot be read or is not one; never a traceback."""
     try:
-        record = cls(**json.loads(Path(path).read_bytes()))
+        record = cls(**json.loads(read_regular(Path(path), what, kind=FileError)))
         check(record)
-    except OSError as exc:
-        raise FileError(path, f"cannot read {what}: {describe_os_error(exc)}") from None
     except (ValueError, TypeError) as exc:
-        detail = str(exc).splitlines()[0][:200] if str(exc) else ""
+        detail = _record_problem(exc)
         raise FileError(path, f"not a {what}" + (f" ({detail})" if detail else "")) from None
     return record

@@ -27,7 +27,7 @@ from ..stores.ditto import Opened, commit_twice, read_current, rolled_back
 from ..stores.hdd import LAYOUT, Volume, format_plan, piece_blocks, piece_checksum, piece_count, piece_digest
 from . import card as card_image
 from .card import CardImage
-from .files import OpenDevice, apply_op, apply_ops, check_regular, create_image, describe_os_error, locked
+from .files import OpenDevice, apply_op, apply_ops, create_image, locked, open_regular
 
 __all__ = ["HddImage"]
 
@@ -110,12 +110,8 @@ class HddImage(OpenDevice):
         one line that says it rolled back and what to do, unless ``damaged`` (the checks: fsck,
         info)."""
         path = Path(path)
-        check_regular(path, fmt.WHAT)
         stack = ExitStack()
-        try:
-            fd = os.open(path, os.O_RDWR if write else os.O_RDONLY)
-        except OSError as exc:
-            raise ImageError(path, f"cannot open {fmt.WHAT}: {describe_os_error(exc)}") from None
+        fd = open_regular(path, os.O_RDWR if write else os.O_RDONLY, fmt.WHAT)
         stack.callback(os.close, fd)
         try:
             if write or shared_lock:

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from ..crypto import equal as crypto_equal
-from ..devices.files import atomic_write, describe_os_error, fsync_dir, refuse_existing, write_error
+from ..devices.files import atomic_write, describe_os_error, fsync_dir, open_regular, refuse_existing, write_error
 from ..errors import FileError, StateError
 from . import records
 from .auditlog import read_heads
@@ -118,11 +118,13 @@ def restore(home: ServerHome, source: Path, database: str | None = None) -> int:
     length."""
     source = Path(source)
     url = home.database_url(database)
+    fd = open_regular(source, os.O_RDONLY, "backup", kind=FileError)
     try:
-        with open(source, "rb") as f:
-            magic = f.read(16)
+        magic = os.pread(fd, 16, 0)
     except OSError as exc:
         raise FileError(source, f"cannot read the backup: {describe_os_error(exc)}") from None
+    finally:
+        os.close(fd)
     with home.stopped("restoring its database"):
         if url.startswith("sqlite:///"):
             _restore_sqlite(home, source, magic, Path(url.removeprefix("sqlite:///")))

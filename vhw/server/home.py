@@ -166,6 +166,8 @@ class ServerHome:
         final = cls(root)
         if final.exists:
             raise StateError(f"{root}: a server home is already here", hint="use it, or choose another --home")
+        if os.path.lexists(final.root) and not final.root.is_dir():
+            raise FileError(final.root, "is there and is not a folder: not a place for a server home")
         final.root.parent.mkdir(parents=True, exist_ok=True)
         # built in a folder of its own and moved into place at the end: a failed init (an
         # unreachable database, say) leaves no half-made home behind
