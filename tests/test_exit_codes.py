@@ -69,6 +69,60 @@ def test_a_configuration_error_exits_16(tmp_path):
     refused(vhw("server", "run", "--config", tmp_path / "missing.toml"), FileError.exit_code, "missing.toml")
 
 
+def test_a_damaged_file_of_the_server_home_exits_16_naming_it(cli, tmp_path):
+    """Each of the home's certificates and keys, damaged (half of it, or other bytes), is named in
+    one line by every command that reads it, exit 16, instead of cryptography's error as an
+    internal one; a damaged SQLite database too, by `server backup`, which leaves no file. The
+    control: the same commands on the home as it was succeed."""
+    import shutil
+
+    pristine = tmp_path / "pristine"
+    assert cli("server", "init", "--home", pristine, "--listen", "127.0.0.1:0").code == 0
+    home = tmp_path / "home"
+
+    def commands(n):
+        return [
+            ("server", "renew-cert", "--home", home),
+            ("server", "issue-cert", "b", "-o", tmp_path / f"tls{n}", "--home", home),
+            ("server", "credential", "add", "publisher", f"p{n}", "-o", tmp_path / f"p{n}.json", "--home", home),
+            ("server", "ca-rollover", "begin", "--home", home),
+        ]
+
+    shutil.copytree(pristine, home)
+    for args in commands(0):
+        assert cli(*args).code == 0, args
+    n = 0
+    for name in ("ca.pem", "ca-key.pem", "server.pem", "signing.pem", "signing-key.pem"):
+        for damage in ("half", "other"):
+            shutil.rmtree(home)
+            shutil.copytree(pristine, home)
+            data = (home / name).read_bytes()
+            (home / name).write_bytes(data[: len(data) // 2] if damage == "half" else b"not a PEM file\n")
+            said = []
+            for args in commands(n := n + 1):
+                r = cli(*args)
+                assert "internal error" not in r.err and r.err.count("\n") <= 1, (name, args, r.err)
+                if r.code:
+                    assert r.code == FileError.exit_code and f"{name}: damaged" in r.err, (name, args, r.err)
+                    said.append(args[1])
+            if name == "signing-key.pem":  # (read only by the server itself: it stops at once)
+                r = subprocess.run(
+                    [sys.executable, "-m", "vhw", "server", "run", "--home", home],
+                    capture_output=True,
+                    text=True,
+                    timeout=60,
+                )
+                refused(r, FileError.exit_code, f"{name}: damaged")
+                said.append("run")
+            assert said, name  # (every file is read by one of them at least)
+    shutil.rmtree(home)
+    shutil.copytree(pristine, home)
+    (home / "vhw.db").write_bytes(os.urandom(8192))
+    r = cli("server", "backup", tmp_path / "b.bak", "--home", home)
+    assert r.code == FileError.exit_code and "cannot back up the database" in r.err
+    assert not (tmp_path / "b.bak").exists() and not list(tmp_path.glob(".b.bak*"))
+
+
 def test_a_busy_port_exits_7_and_an_address_not_allowed_17(srv, tmp_path):
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))

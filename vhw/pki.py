@@ -241,8 +241,3 @@ def common_name(der: bytes) -> str:
     """A certificate's common name (its subject's CN)."""
     names = x509.load_der_x509_certificate(der).subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     return str(names[0].value) if names else "?"
-
-
-def expires(pem: bytes) -> datetime.datetime:
-    """When the first certificate of a PEM file stops being valid."""
-    return x509.load_pem_x509_certificate(pem).not_valid_after_utc

@@ -48,10 +48,13 @@ def backup(home: ServerHome, out: Path, database: str | None = None) -> str:
     try:
         os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))  # the owner's alone from the start
         if url.startswith("sqlite:///"):
-            src = sqlite3.connect(url.removeprefix("sqlite:///"), timeout=60)
+            path = url.removeprefix("sqlite:///")
+            src = sqlite3.connect(path, timeout=60)
             dst = sqlite3.connect(tmp)
             try:
                 src.backup(dst)
+            except sqlite3.DatabaseError as exc:  # (as the server says it when it opens one)
+                raise FileError(path, f"cannot back up the database: {exc}") from None
             finally:
                 dst.close()
                 src.close()

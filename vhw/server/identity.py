@@ -26,10 +26,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from .. import crypto, pki
 from .. import protocol as p
-from ..devices.files import atomic_write
+from ..devices.files import atomic_write, read_regular
 from ..errors import FileError, StateError
 
 __all__ = ["HomePki"]
+
+RESTORE = " (restore the home's files from a backup of its folder, or another host's export)"
 
 
 class HomePki:
@@ -37,21 +39,32 @@ class HomePki:
         self.root = root  # the home's folder
 
     def ca_der(self) -> bytes:
-        return x509.load_pem_x509_certificate((self.root / "ca.pem").read_bytes()).public_bytes(
-            serialization.Encoding.DER
-        )
+        return self._der("ca.pem")
 
     def ca_key(self) -> ec.EllipticCurvePrivateKey:
         return self._key("ca-key.pem")
 
     def _key(self, name: str) -> ec.EllipticCurvePrivateKey:
-        key = serialization.load_pem_private_key((self.root / name).read_bytes(), password=None)
+        try:
+            key = serialization.load_pem_private_key(self._read(name), password=None)
+        except (ValueError, TypeError):
+            raise FileError(self.root / name, f"damaged: not a PEM private key{RESTORE}") from None
         if not isinstance(key, ec.EllipticCurvePrivateKey):
             raise FileError(self.root / name, "not a platform CA's key (ECDSA)")
         return key
 
+    def _cert(self, name: str) -> x509.Certificate:
+        """A certificate of the home, or one line naming its file when it does not read as one."""
+        try:
+            return x509.load_pem_x509_certificate(self._read(name))
+        except ValueError:
+            raise FileError(self.root / name, f"damaged: not a PEM certificate{RESTORE}") from None
+
+    def _read(self, name: str) -> bytes:
+        return read_regular(self.root / name, "file of the server's home", kind=FileError)
+
     def _der(self, name: str) -> bytes:
-        return x509.load_pem_x509_certificate((self.root / name).read_bytes()).public_bytes(serialization.Encoding.DER)
+        return self._cert(name).public_bytes(serialization.Encoding.DER)
 
     @property
     def rolling(self) -> bool:
@@ -109,7 +122,7 @@ class HomePki:
     def rollover_begun(self) -> float:
         """When the rollover under way began (Unix time, a whole second: every credential dated
         before it is the old CA's)."""
-        begun = x509.load_pem_x509_certificate((self.root / "ca-next.pem").read_bytes()).not_valid_before_utc
+        begun = self._cert("ca-next.pem").not_valid_before_utc
         return (begun + datetime.timedelta(minutes=5)).timestamp()
 
     def finish_rollover(self) -> Path:
@@ -118,12 +131,13 @@ class HomePki:
         leaves a state that running it again completes. Returns the retired certificate's file."""
         if not self.rolling:
             raise StateError("no CA rollover is under way", hint="begin one: vhw server ca-rollover begin")
-        new = (self.root / "ca-next.pem").read_bytes()
-        old = (self.root / "ca.pem").read_bytes()
+        new = self._read("ca-next.pem")
+        old = self._read("ca.pem")
         if old != new:  # (equal: a finish that stopped after replacing ca.pem, its key before it)
-            retired = self.root / f"ca-retired-{pki.expires(old):%Y%m%dT%H%M%SZ}.pem"  # (by the end of its validity)
+            expiry = self._cert("ca.pem").not_valid_after_utc
+            retired = self.root / f"ca-retired-{expiry:%Y%m%dT%H%M%SZ}.pem"  # (by the end of its validity)
             atomic_write(retired, old)
-            atomic_write(self.root / "ca-key.pem", (self.root / "ca-next-key.pem").read_bytes(), mode=0o600)
+            atomic_write(self.root / "ca-key.pem", self._read("ca-next-key.pem"), mode=0o600)
             atomic_write(self.root / "ca.pem", new)
         self.renew_tls()
         self.anchors_file()
@@ -141,15 +155,14 @@ class HomePki:
         A home made before it existed gets one on first use, from its CA."""
         if not (self.root / "signing.pem").exists():
             self.make_signing_key(self.ca_der(), self.ca_key())
-        return x509.load_pem_x509_certificate((self.root / "signing.pem").read_bytes()).public_bytes(
-            serialization.Encoding.DER
-        )
+        return self._der("signing.pem")
 
     def signer(self) -> crypto.Signer:
         """Signs card tokens and audit heads with the platform's signing key (ECDSA P-256,
         SHA-256): not the CA's, which signs certificates only."""
         self.signing_der()
-        return crypto.ecdsa_signer((self.root / "signing-key.pem").read_bytes())
+        self._key("signing-key.pem")  # (one line naming the file if it is damaged)
+        return crypto.ecdsa_signer(self._read("signing-key.pem"))
 
     def check_signature(self, message: bytes, signature: bytes) -> bool:
         """Whether ``signature`` is the platform signing key's over ``message`` (signed audit
@@ -176,7 +189,7 @@ class HomePki:
         """Issue the server's next TLS certificate (a fresh key, the same host names, valid for
         :data:`vhw.pki.TLS_VALIDITY`) in place of the one in use, all at once: the server takes it
         at its next start. Returns its names and when it expires (Unix time)."""
-        current = x509.load_pem_x509_certificate((self.root / "server.pem").read_bytes())
+        current = self._cert("server.pem")
         names = pki.host_names(current.public_bytes(serialization.Encoding.DER))
         cert, key = pki.issue(self.ca_der(), self.ca_key(), "vhw licensing server", hosts=names)
         # the key first: a certificate is never in place without its own key (a crash between the
@@ -190,7 +203,7 @@ class HomePki:
         the server's TLS certificate, the CA, the signing certificate."""
         files = {"tls": "server.pem", "ca": "ca.pem", "ca-next": "ca-next.pem", "signing": "signing.pem"}
         return {
-            name: pki.expires((self.root / file).read_bytes()).timestamp()
+            name: self._cert(file).not_valid_after_utc.timestamp()
             for name, file in files.items()
             if (self.root / file).exists()
         }
