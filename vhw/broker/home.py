@@ -86,11 +86,7 @@ class BrokerHome:
         home.root.chmod(0o700)
         home._write_identity(tls, cred)
         atomic_write(home.path("config.json"), json.dumps(asdict(cfg), indent=1).encode())
-        store = home.store()
-        try:
-            store.migrate(SCHEMA)
-        finally:
-            store.close()
+        home.store().close()  # (made, with its schema)
         return home
 
     def take_identity(self, tls: Path, credential: Path | None = None) -> None:
@@ -131,7 +127,14 @@ class BrokerHome:
         return BrokerConfig.load(self.path("config.json"))
 
     def store(self) -> Store:
-        return SqliteStore(self.path("broker.db"))
+        """This home's database, its schema brought up to date."""
+        store = SqliteStore(self.path("broker.db"))
+        try:
+            store.migrate(SCHEMA)
+        except BaseException:
+            store.close()
+            raise
+        return store
 
     def processor_key(self) -> bytes:
         """The key payment-card tokens are made under (``processor.key``, owner only; made on
@@ -155,7 +158,6 @@ class BrokerHome:
         cfg = self.config()
         cred = Credential.load(self.path("credential.json"))
         store = self.store()
-        store.migrate(SCHEMA)
         # (a relay retries briefly, and says so in its log; the console behind it retries longer)
         client = Client(
             cfg.server,
