@@ -6,7 +6,8 @@ Anything else that escapes is a bug: it is reported in one line as well, with it
 when ``VHW_DEBUG=1``.
 
 A module per group: :mod:`.card` (and :mod:`.saves`, its ``saves``), :mod:`.hdd`, :mod:`.console`,
-:mod:`.disc`, :mod:`.server`, :mod:`.repair`, :mod:`.broker`; what they share: :mod:`.params`
+:mod:`.disc`, :mod:`.server`, :mod:`.repair`, :mod:`.broker`, and :mod:`.demo` (the story
+:mod:`vhw.demo` tells); what they share: :mod:`.params`
 (what people type, and how times and sizes are shown) and :mod:`.roles` (calling the server as
 a role).
 """

@@ -46,25 +46,15 @@ class HomePki:
 
     def _key(self, name: str) -> ec.EllipticCurvePrivateKey:
         try:
-            key = serialization.load_pem_private_key(self._read(name), password=None)
+            key = serialization.load_pem_private_key(_read(self.root / name), password=None)
         except (ValueError, TypeError):
             raise FileError(self.root / name, f"damaged: not a PEM private key{RESTORE}") from None
         if not isinstance(key, ec.EllipticCurvePrivateKey):
             raise FileError(self.root / name, "not a platform CA's key (ECDSA)")
         return key
 
-    def _cert(self, name: str) -> x509.Certificate:
-        """A certificate of the home, or one line naming its file when it does not read as one."""
-        try:
-            return x509.load_pem_x509_certificate(self._read(name))
-        except ValueError:
-            raise FileError(self.root / name, f"damaged: not a PEM certificate{RESTORE}") from None
-
-    def _read(self, name: str) -> bytes:
-        return read_regular(self.root / name, "file of the server's home", kind=FileError)
-
     def _der(self, name: str) -> bytes:
-        return self._cert(name).public_bytes(serialization.Encoding.DER)
+        return _certificate(self.root / name).public_bytes(serialization.Encoding.DER)
 
     @property
     def rolling(self) -> bool:
@@ -122,7 +112,7 @@ class HomePki:
     def rollover_begun(self) -> float:
         """When the rollover under way began (Unix time, a whole second: every credential dated
         before it is the old CA's)."""
-        begun = self._cert("ca-next.pem").not_valid_before_utc
+        begun = _certificate(self.root / "ca-next.pem").not_valid_before_utc
         return (begun + datetime.timedelta(minutes=5)).timestamp()
 
     def finish_rollover(self) -> Path:
@@ -131,13 +121,13 @@ class HomePki:
         leaves a state that running it again completes. Returns the retired certificate's file."""
         if not self.rolling:
             raise StateError("no CA rollover is under way", hint="begin one: vhw server ca-rollover begin")
-        new = self._read("ca-next.pem")
-        old = self._read("ca.pem")
+        new = _read(self.root / "ca-next.pem")
+        old = _read(self.root / "ca.pem")
         if old != new:  # (equal: a finish that stopped after replacing ca.pem, its key before it)
-            expiry = self._cert("ca.pem").not_valid_after_utc
+            expiry = _certificate(self.root / "ca.pem").not_valid_after_utc
             retired = self.root / f"ca-retired-{expiry:%Y%m%dT%H%M%SZ}.pem"  # (by the end of its validity)
             atomic_write(retired, old)
-            atomic_write(self.root / "ca-key.pem", self._read("ca-next-key.pem"), mode=0o600)
+            atomic_write(self.root / "ca-key.pem", _read(self.root / "ca-next-key.pem"), mode=0o600)
             atomic_write(self.root / "ca.pem", new)
         self.renew_tls()
         self.anchors_file()
@@ -162,7 +152,7 @@ class HomePki:
         SHA-256): not the CA's, which signs certificates only."""
         self.signing_der()
         self._key("signing-key.pem")  # (one line naming the file if it is damaged)
-        return crypto.ecdsa_signer(self._read("signing-key.pem"))
+        return crypto.ecdsa_signer(_read(self.root / "signing-key.pem"))
 
     def check_signature(self, message: bytes, signature: bytes) -> bool:
         """Whether ``signature`` is the platform signing key's over ``message`` (signed audit
@@ -189,7 +179,7 @@ class HomePki:
         """Issue the server's next TLS certificate (a fresh key, the same host names, valid for
         :data:`vhw.pki.TLS_VALIDITY`) in place of the one in use, all at once: the server takes it
         at its next start. Returns its names and when it expires (Unix time)."""
-        current = self._cert("server.pem")
+        current = _certificate(self.root / "server.pem")
         names = pki.host_names(current.public_bytes(serialization.Encoding.DER))
         cert, key = pki.issue(self.ca_der(), self.ca_key(), "vhw licensing server", hosts=names)
         # the key first: a certificate is never in place without its own key (a crash between the
@@ -203,7 +193,19 @@ class HomePki:
         the server's TLS certificate, the CA, the signing certificate."""
         files = {"tls": "server.pem", "ca": "ca.pem", "ca-next": "ca-next.pem", "signing": "signing.pem"}
         return {
-            name: self._cert(file).not_valid_after_utc.timestamp()
+            name: _certificate(self.root / file).not_valid_after_utc.timestamp()
             for name, file in files.items()
             if (self.root / file).exists()
         }
+
+
+def _certificate(path: Path) -> x509.Certificate:
+    """A certificate of the home, or one line naming its file when it does not read as one."""
+    try:
+        return x509.load_pem_x509_certificate(_read(path))
+    except ValueError:
+        raise FileError(path, f"damaged: not a PEM certificate{RESTORE}") from None
+
+
+def _read(path: Path) -> bytes:
+    return read_regular(path, "file of the server's home", kind=FileError)
