@@ -38,7 +38,6 @@ __all__ = [
     "locked",
     "now",
     "open_regular",
-    "read_regular",
     "read_small",
     "refuse_existing",
     "refuse_other_console",
@@ -106,7 +105,7 @@ def open_regular(path: Path, flags: int, what: str, *, kind: type[PathError] = I
     return fd
 
 
-def read_regular(path: Path, what: str, *, limit: int = MAX_SMALL, kind: type[PathError] = ImageError) -> bytes:
+def read_small(path: Path, what: str, *, limit: int = MAX_SMALL, kind: type[PathError] = ImageError) -> bytes:
     """The whole of a small regular file read as ``what``; one line naming it otherwise."""
     fd = open_regular(path, os.O_RDONLY, what, kind=kind)
     try:
@@ -121,10 +120,6 @@ def read_regular(path: Path, what: str, *, limit: int = MAX_SMALL, kind: type[Pa
         raise kind(path, f"cannot read {what}: {describe_os_error(exc)}") from None
     finally:
         os.close(fd)
-
-
-def read_small(path: Path, what: str, *, limit: int = MAX_SMALL) -> bytes:
-    return read_regular(path, what, limit=limit)
 
 
 def atomic_write(path: Path, data: bytes, *, mode: int = 0o600, size: int | None = None) -> None:
@@ -309,7 +304,7 @@ def load_json(cls: Callable[..., D], path: Path, what: str, check: Callable[[D],
     with ``cls`` from its keys and checked by ``check`` (a ValueError: not what vhw wrote). One line
     naming the file when it cannot be read or is not one; never a traceback."""
     try:
-        record = cls(**json.loads(read_regular(Path(path), what, kind=FileError)))
+        record = cls(**json.loads(read_small(Path(path), what, kind=FileError)))
         check(record)
     except (ValueError, TypeError) as exc:
         detail = _record_problem(exc)

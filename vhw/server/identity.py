@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from .. import crypto, pki
 from .. import protocol as p
-from ..devices.files import atomic_write, read_regular
+from ..devices.files import atomic_write, read_small
 from ..errors import FileError, StateError
 
 __all__ = ["HomePki"]
@@ -151,8 +151,11 @@ class HomePki:
         """Signs card tokens and audit heads with the platform's signing key (ECDSA P-256,
         SHA-256): not the CA's, which signs certificates only."""
         self.signing_der()
-        self._key("signing-key.pem")  # (one line naming the file if it is damaged)
-        return crypto.ecdsa_signer(_read(self.root / "signing-key.pem"))
+        path = self.root / "signing-key.pem"
+        try:
+            return crypto.ecdsa_signer(_read(path))
+        except (ValueError, TypeError, crypto.Invalid):
+            raise FileError(path, f"damaged: not a platform signing key{RESTORE}") from None
 
     def check_signature(self, message: bytes, signature: bytes) -> bool:
         """Whether ``signature`` is the platform signing key's over ``message`` (signed audit
@@ -208,4 +211,4 @@ def _certificate(path: Path) -> x509.Certificate:
 
 
 def _read(path: Path) -> bytes:
-    return read_regular(path, "file of the server's home", kind=FileError)
+    return read_small(path, "file of the server's home", kind=FileError)
