@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .. import bindings, crypto
 from .. import protocol as p
@@ -36,22 +36,36 @@ class Caller:
     entry: Row
 
 
+@dataclass(frozen=True)
+class Grant:
+    """An acquisition the database granted (S13-S14 committed): what S15 answers with.
+    ``flagged``: the MID was flagged just now (not a refetch of the user's own)."""
+
+    req: p.AcquireRequest
+    media: Row
+    mid: Id
+    caller: Caller
+    content_key: bytes = field(repr=False)
+    flagged: bool
+
+
 @dataclass
 class Acquisitions:
     ctx: Context
 
-    def issue(
+    def grant(
         self,
         actor: str,
         req: p.AcquireRequest,
         purchase: p.PurchaseRequest | None = None,
         *,
         refetch_only: bool = False,
-    ) -> tuple[p.AcquireResponse, bool]:
-        """S13-S15: authenticate, flag the MID (or find it flagged by this user, unconfirmed), and
-        answer with the keys. Returns the answer and whether the MID was flagged just now.
-        ``refetch_only``: flag nothing, only answer a MID this user flagged (the broker asks so when
-        it cannot take a payment); ``purchase``: the console's fresh MID becomes a bought license."""
+    ) -> Grant:
+        """S13-S14 in one transaction: authenticate, flag the MID (or find it flagged by this user,
+        unconfirmed). :meth:`answer` then seals the keys, outside the transaction (no database: on
+        SQLite the batch's one thread runs this part alone). ``refetch_only``: flag nothing, only
+        answer a MID this user flagged (the broker asks so when it cannot take a payment);
+        ``purchase``: the console's fresh MID becomes a bought license."""
         ctx = self.ctx
         with self._counting_failures(req.mc_id), ctx.store.transaction() as tx:
             caller = self._authenticate(tx, req)
@@ -64,7 +78,7 @@ class Acquisitions:
             _check_disc(req, media, mid, caller.user)
             self._audit_issue(tx, actor, req, media, mid, caller.user, flagged=flagged)
             content_key = ctx.open("titles", media.title_id, media.content_key)
-        return self._answer(req, media, mid, caller, content_key), flagged
+        return Grant(req, media, mid, caller, content_key, flagged)
 
     def _flag(self, tx: Tx, mid: Id, user: Id, purchase: bool, *, refetch_only: bool) -> tuple[Row, bool]:
         """S14: flag the MID for this user, unless someone already did (atomic in one UPDATE, which
@@ -99,11 +113,10 @@ class Acquisitions:
             ],
         )
 
-    def _answer(
-        self, req: p.AcquireRequest, media: Row, mid: Id, caller: Caller, content_key: bytes
-    ) -> p.AcquireResponse:
+    def answer(self, grant: Grant) -> p.AcquireResponse:
         """S15: keys wrapped with the MC-Key and sealed to the user entry's HDD and console, device
         IDs sealed with the Content-Gen-Key."""
+        req, media, mid, caller, content_key = grant.req, grant.media, grant.mid, grant.caller, grant.content_key
         ctx, entry, user, mc_key = self.ctx, caller.entry, caller.user, caller.mc_key
         cgk = ctx.open("users", user, entry.content_gen_key)
         devices = device_public(

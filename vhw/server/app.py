@@ -60,6 +60,7 @@ PROCESS = str(os.getpid())
 STORE_THREADS = 4  # for the requests not batched: a few threads contend less for the GIL than dozens
 HEALTH_EVERY = 0.5  # seconds /v1/health reuses its answer to "is the database writable?"
 POOLED_THREADS = 16  # on PostgreSQL (under the pool's 20 connections): they mostly wait for the database
+PATIENCE = 0.25  # seconds a PostgreSQL call waits for its batch before it runs alone
 #: makes the web console a server mounts at /console/ (given the service), or None
 ConsoleFactory = Callable[[Licensing], Any]
 
@@ -80,11 +81,10 @@ class App:
         self.trust = trust or p.Trust(())  # the CAs consoles trust: announced in every answer (x-vhw-trust)
         self.queries = Queries(lic.store)
         self.mode = mode
-        self.batcher = Batcher(lic)
-        # Through the batcher only where a batch shares a commit (SQLite: one fsync for all). On
-        # PostgreSQL each request runs in its own thread on its own pooled connection: commits in
-        # parallel, and one waiting out a failover holds up no other.
-        self.batched = BATCHED if lic.store.group_commits else frozenset[str]()
+        # On SQLite a batch shares one commit (one fsync for all); on PostgreSQL each call commits
+        # on its own connection, and a call held up past PATIENCE runs in a thread of its own: one
+        # waiting out a failover holds up no other
+        self.batcher = Batcher(lic, patience=None if lic.store.group_commits else PATIENCE)
         self._writable, self._asking = (float("-inf"), False), anyio.Lock()
         self.limiter = anyio.CapacityLimiter(STORE_THREADS if lic.store.group_commits else POOLED_THREADS)
         routes: list[BaseRoute] = [Route(ep.path, partial(self.handle, ep), methods=[ep.method]) for ep in ENDPOINTS]
@@ -184,10 +184,13 @@ class App:
                 msg: object = p.decode(ep.request, await read_body(request))
                 request.scope["state"]["msg"] = msg  # (a refusal's audit entry names its card or disc)
                 call = ep.call
-                if ep.path in self.batched and self.batcher.running:
-                    result = await self.batcher.call(call, actor, msg)
+                alone = partial(anyio.to_thread.run_sync, call, self.lic, actor, msg, limiter=self.limiter)
+                if ep.path in BATCHED and self.batcher.running:
+                    result = await self.batcher.call(call, actor, msg, alone)
                 else:
-                    result = await anyio.to_thread.run_sync(call, self.lic, actor, msg, limiter=self.limiter)
+                    result = await alone()
+                if ep.finish is not None:  # (here, not in a thread: CPU under the GIL either way)
+                    result = ep.finish(self.lic, result)
                 _count(ep, result)
             response = JSONResponse(p.encode(result, ep.response))  # (a console's acquisition: without first_issue)
         except Unavailable as exc:  # a failover: the client retries (and a lost commit is refetched)

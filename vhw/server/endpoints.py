@@ -38,17 +38,25 @@ class Endpoint:
     call: Call | None
     summary: str
     method: str = "POST"
+    # what turns the call's value into the answer, outside the call's transaction and its batch
+    # (an acquisition's sealing: no database, so the batch's one thread does not wait for it)
+    finish: Callable[[Licensing, Any], Any] | None = None
 
 
 def _device(table: str, attr: str) -> Call:
     return lambda lic, actor, msg: lic.register_device(actor, table, getattr(msg, attr), msg.public_key)
 
 
+def _keys(lic: Licensing, grant: Any) -> Any:
+    return lic.keys(grant)
+
+
 _CONSOLE_CALLS: dict[str, Call] = {
     "/v1/console/register": lambda lic, a, m: lic.register(a, m),
-    "/v1/console/acquire": lambda lic, a, m: lic.broker_acquire(a, m),
+    "/v1/console/acquire": lambda lic, a, m: lic.grant(a, m),
     "/v1/console/confirm": lambda lic, a, m: lic.confirm(a, m),
 }
+_FINISH = {"/v1/console/acquire": _keys}
 
 ENDPOINTS: list[Endpoint] = [
     Endpoint("/v1/health", "public", None, p.Health, None, "Is the server up, and in which mode", "GET"),
@@ -62,7 +70,7 @@ ENDPOINTS: list[Endpoint] = [
         "GET",
     ),
     *(
-        Endpoint(c.path, CONSOLE, c.request, c.response, _CONSOLE_CALLS[c.path], c.summary)
+        Endpoint(c.path, CONSOLE, c.request, c.response, _CONSOLE_CALLS[c.path], c.summary, finish=_FINISH.get(c.path))
         for c in CONSOLE_ENDPOINTS
         if c.path in _CONSOLE_CALLS  # (a purchase goes through a broker only)
     ),
@@ -79,24 +87,27 @@ ENDPOINTS: list[Endpoint] = [
         "broker",
         p.AcquireRequest,
         p.BrokerAcquireResponse,
-        lambda lic, a, m: lic.broker_acquire(a, m),
+        lambda lic, a, m: lic.grant(a, m),
         "Key acquisition relayed by the broker (FIG. 15)",
+        finish=_keys,
     ),
     Endpoint(
         "/v1/broker/refetch",
         "broker",
         p.AcquireRequest,
         p.BrokerAcquireResponse,
-        lambda lic, a, m: lic.refetch(a, m),
+        lambda lic, a, m: lic.grant(a, m, refetch_only=True),
         "The keys of a MID this user flagged, unconfirmed; flags nothing",
+        finish=_keys,
     ),
     Endpoint(
         "/v1/broker/purchase",
         "broker",
         p.PurchaseRequest,
         p.BrokerAcquireResponse,
-        lambda lic, a, m: lic.purchase(a, m),
+        lambda lic, a, m: lic.grant(a, m, m),
         "A license bought for a disc without a MID (FIG. 15)",
+        finish=_keys,
     ),
     Endpoint(
         "/v1/broker/confirm",

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from .. import protocol as p
 from ..ids import Id
 from . import records
-from .acquisition import Acquisitions
+from .acquisition import Acquisitions, Grant
 from .context import Context, Policy
 from .registration import Registrations
 from .repairs import Repairs
@@ -69,22 +69,36 @@ class Licensing:
         return self.store.run(self.registrations.user, actor, req)
 
     def acquire(self, actor: str, req: p.AcquireRequest) -> p.AcquireResponse:
-        return self.store.run(self.acquisitions.issue, actor, req)[0]
+        return self.acquisitions.answer(self.grant(actor, req))
 
     def broker_acquire(self, actor: str, req: p.AcquireRequest) -> p.BrokerAcquireResponse:
-        resp, first = self.store.run(self.acquisitions.issue, actor, req)
-        return p.BrokerAcquireResponse(**resp.__dict__, first_issue=first)
+        return self.keys(self.grant(actor, req))
 
     def refetch(self, actor: str, req: p.AcquireRequest) -> p.BrokerAcquireResponse:
         """The keys of a MID this user flagged and has not confirmed yet, and nothing else: never
         flags anything (the broker asks this when it cannot take a payment)."""
-        resp, _ = self.store.run(self.acquisitions.issue, actor, req, refetch_only=True)
-        return p.BrokerAcquireResponse(**resp.__dict__, first_issue=False)
+        return self.keys(self.grant(actor, req, refetch_only=True))
 
     def purchase(self, actor: str, req: p.PurchaseRequest) -> p.BrokerAcquireResponse:
         """A license bought for a disc without a MID: the console's fresh MID becomes a paid one."""
-        resp, first = self.store.run(self.acquisitions.issue, actor, req, req)
-        return p.BrokerAcquireResponse(**resp.__dict__, first_issue=first)
+        return self.keys(self.grant(actor, req, req))
+
+    def grant(
+        self,
+        actor: str,
+        req: p.AcquireRequest,
+        purchase: p.PurchaseRequest | None = None,
+        *,
+        refetch_only: bool = False,
+    ) -> Grant:
+        """An acquisition's database part (S13-S14), under the retry policy; :meth:`keys` answers it.
+        The server runs the two apart: this one in the batch of the moment, the sealing after it."""
+        return self.store.run(self.acquisitions.grant, actor, req, purchase, refetch_only=refetch_only)
+
+    def keys(self, grant: Grant) -> p.BrokerAcquireResponse:
+        """S15 for a granted acquisition: the keys sealed to the user's devices (no database)."""
+        resp = self.acquisitions.answer(grant)
+        return p.BrokerAcquireResponse(**resp.__dict__, first_issue=grant.flagged)
 
     def confirm(self, actor: str, req: p.ConfirmRequest) -> p.Done:
         return self.store.run(self.acquisitions.confirm, actor, req)

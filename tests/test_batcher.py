@@ -1,0 +1,140 @@
+"""The batcher: calls that arrive together share one worker thread (and on SQLite one commit);
+on PostgreSQL a call held up past the batcher's patience runs in a thread of its own, so that one
+call waiting out a failover holds up no other (``vhw.server.batcher``)."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+
+import trio
+
+from vhw.server.batcher import Batcher
+
+
+class _Store:
+    """What the batcher asks of a store: a group around each batch (counted)."""
+
+    def __init__(self) -> None:
+        self.groups = 0
+
+    @contextlib.contextmanager
+    def group(self):
+        self.groups += 1
+        yield
+
+
+class _Service:
+    def __init__(self) -> None:
+        self.store = _Store()
+
+
+def _calls(log: list[str], stuck: threading.Event | None = None):
+    """A call that notes its name and thread; "stuck" waits until released (a failover's timeout)."""
+
+    def call(lic, actor, msg):
+        if msg == "stuck":
+            assert stuck is not None
+            stuck.wait(10)
+        log.append(f"{msg} in {threading.current_thread().name}")
+        return msg.upper()
+
+    return call
+
+
+async def _run_all(batcher: Batcher, names: list[str], call, log: list[str], release=None) -> dict[str, float]:
+    """Send ``names`` at once (in order); when each answered, relative to the start."""
+    answered: dict[str, float] = {}
+    started = trio.current_time()
+
+    async def alone_for(name: str):
+        return await trio.to_thread.run_sync(call, batcher.lic, "console", name, thread_name=f"alone {name}")
+
+    async def one(name: str) -> None:
+        value = await batcher.call(call, "console", name, lambda: alone_for(name))
+        assert value == name.upper()
+        answered[name] = trio.current_time() - started
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(batcher.run)
+        for name in names:
+            nursery.start_soon(one, name)
+            await trio.testing.wait_all_tasks_blocked()  # (in this order)
+        if release is not None:
+            nursery.start_soon(release)
+        while len(answered) < len(names):
+            await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+    return answered
+
+
+async def test_calls_that_arrive_together_share_one_batch() -> None:
+    lic, log = _Service(), []
+    batcher = Batcher(lic)  # type: ignore[arg-type]
+    answered = await _run_all(batcher, ["a", "b", "c", "d"], _calls(log), log)
+    assert set(answered) == {"a", "b", "c", "d"}
+    # the first went alone (nothing else was waiting), the three that came meanwhile together
+    assert lic.store.groups <= 2
+    assert not any("alone" in line for line in log)
+
+
+async def test_a_call_held_up_lets_the_others_run_alone_past_the_patience() -> None:
+    stuck = threading.Event()
+
+    async def release() -> None:
+        await trio.sleep(1.5)
+        stuck.set()
+
+    log: list[str] = []
+    batcher = Batcher(_Service(), patience=0.2)  # type: ignore[arg-type]
+    answered = await _run_all(batcher, ["stuck", "b", "c"], _calls(log, stuck), log, release)
+    # b and c did not wait for the stuck call: each ran in a thread of its own after the patience
+    assert answered["b"] < 1.0 and answered["c"] < 1.0, answered
+    assert answered["stuck"] >= 1.4
+    assert {line for line in log if "alone" in line} == {"b in alone b", "c in alone c"}
+
+
+async def test_without_patience_every_call_waits_for_its_batch() -> None:
+    # the control: the same calls on a batcher without patience (SQLite's, whose batch is one
+    # commit) wait behind the stuck one
+    stuck = threading.Event()
+
+    async def release() -> None:
+        await trio.sleep(0.8)
+        stuck.set()
+
+    log: list[str] = []
+    batcher = Batcher(_Service())  # type: ignore[arg-type]
+    answered = await _run_all(batcher, ["stuck", "b", "c"], _calls(log, stuck), log, release)
+    assert answered["b"] >= 0.7 and answered["c"] >= 0.7, answered
+    assert not any("alone" in line for line in log)
+
+
+async def test_the_rest_of_a_batch_held_up_is_handed_back() -> None:
+    # the calls taken in one batch behind a stuck one: handed back once the batch has run past the
+    # patience, and then each runs alone
+    stuck = threading.Event()
+    log: list[str] = []
+    batcher = Batcher(_Service(), patience=0.2)  # type: ignore[arg-type]
+    call = _calls(log, stuck)
+    answered: dict[str, float] = {}
+
+    async def one(name: str) -> None:
+        async def alone():
+            return await trio.to_thread.run_sync(call, batcher.lic, "console", name, thread_name=f"alone {name}")
+
+        assert await batcher.call(call, "console", name, alone) == name.upper()
+        answered[name] = trio.current_time()
+
+    async with trio.open_nursery() as nursery:
+        for name in ("stuck", "b", "c"):  # queued before the batcher runs: all in its first batch
+            nursery.start_soon(one, name)
+            await trio.testing.wait_all_tasks_blocked()  # (in this order)
+        nursery.start_soon(batcher.run)
+        await trio.sleep(0.6)
+        stuck.set()
+        while len(answered) < 3:
+            await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+    assert {line for line in log if "alone" in line} == {"b in alone b", "c in alone c"}
+    assert log[0].startswith("stuck in ")  # (the batch ran the stuck one first, then handed back)
