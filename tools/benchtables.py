@@ -66,10 +66,16 @@ def cluster_table(data: dict[str, Any] | None = None) -> str:
             lines[-1] += "."
     if "cost" in d:
         c = d["cost"]
+        runs = c.get("server_cpu_ms_runs", [c["server_cpu_ms"]])
+        noop = (
+            f"; a no-op request {c['noop_server_cpu_ms']:.2f} ms in the same runs" if "noop_server_cpu_ms" in c else ""
+        )
         lines += [
             "",
-            f"One acquisition (single PostgreSQL, {c['clients']} clients, {c['acquisitions_per_s']:,.0f}/s):"
-            f" {c['server_cpu_ms']:.2f} ms of the server's CPU, {c['postgres_cpu_ms']:.2f} ms of PostgreSQL's,"
+            f"One acquisition (single PostgreSQL, {c['clients']} clients, {c['acquisitions_per_s']:,.0f}/s;"
+            f" medians of {len(runs)} runs of {d['seconds_per_level']:.0f} s):"
+            f" {c['server_cpu_ms']:.2f} ms of the server's CPU ({min(runs):.2f}-{max(runs):.2f}{noop}),"
+            f" {c['postgres_cpu_ms']:.2f} ms of PostgreSQL's,"
             f" {c['statements']:.1f} statements (round trips), {c['commits']:.2f} commits,"
             f" {c['wal_bytes']:,.0f} bytes of WAL, {c['audit_entries']:.1f} audit entries; on disk (indexes"
             f" included) a MID's row takes {c['media_row_bytes']:.0f} bytes, an audit entry"

@@ -162,6 +162,10 @@ class Bodies:
         )
 
 
+async def _health(i: int, client: httpx.AsyncClient) -> httpx.Response:
+    return await client.get("/v1/health")
+
+
 async def drive(srv, clients: int, seconds: float, make_request) -> tuple[float, float, float, int]:
     """``clients`` tasks, each with its own connection, calling ``make_request`` for ``seconds``.
     Returns (requests/s, p50 ms, p99 ms, errors)."""
@@ -304,10 +308,16 @@ def acquisition_cost(srv, db_url: str, acquire, clients: int, seconds: float) ->
             for table in ("media", "audit")
         }
     done = rate * seconds
+    noop_rate, _, _, _ = trio.run(drive, srv, clients, seconds, _health)  # the peer, in the same run
+    cpu2 = sum(server.cpu_times()[:2])
     return {
         "clients": clients,
         "acquisitions_per_s": rate,
         "server_cpu_ms": (cpu1 - cpu0) * 1000 / done,
+        # this machine's cores change speed by up to 1.8x from one minute to the next (a fixed
+        # Python loop: 0.36-0.63 s of CPU), so the absolute figure moves with them: the no-op's
+        # CPU a request, measured right after, is its yardstick
+        "noop_server_cpu_ms": (cpu2 - cpu1) * 1000 / (noop_rate * seconds),
         "postgres_cpu_ms": (pg1 - pg0) * 1000 / done,
         "statements": float(statements) / done,
         "commits": (c1 - c0) / done,
@@ -340,7 +350,8 @@ def cluster_main(args) -> int:
             for name, target in (("single", srv), ("cluster", ha)):
                 kits = make_users(target, USERS)
                 # fresh discs for every acquisition: 600/s at most on PostgreSQL here, and the outages
-                count = 600 * int(args.seconds) * len(levels) + (10_000 * 2 * args.repeat if name == "cluster" else 0)
+                runs = len(levels) + args.repeat  # (the cost's runs on the single one, the outages' on the cluster)
+                count = 600 * int(args.seconds) * runs + (10_000 * 2 * args.repeat if name == "cluster" else 0)
                 pools[name] = Bodies(kits, iter(register_mids(target, f"LOAD-{name.upper()}", count)))
 
             def acquiring(name, seconds=args.seconds):
@@ -351,7 +362,12 @@ def cluster_main(args) -> int:
                 single = trio.run(drive, srv, n, args.seconds, acquiring("single"))
                 cluster = trio.run(drive, ha, n, args.seconds, acquiring("cluster"))
                 rows.append((n, single, cluster))
-            cost = acquisition_cost(srv, single_db, acquiring("single"), 16, args.seconds)
+            costs = []
+            for _ in range(args.repeat):  # (each run with its requests built before it)
+                costs.append(acquisition_cost(srv, single_db, acquiring("single"), 16, args.seconds))
+            cost = {key: statistics.median(c[key] for c in costs) for key in costs[0]}  # (each figure's)
+            cost["server_cpu_ms_runs"] = [c["server_cpu_ms"] for c in costs]
+            cost["acquisitions_per_s_runs"] = [c["acquisitions_per_s"] for c in costs]
             cost["commit_ms_single"] = commit_latency(single_db)
             cost["commit_ms_cluster"] = commit_latency(c.db_url)
 
@@ -412,8 +428,11 @@ def cluster_main(args) -> int:
     print("|---|---|---|---|---|---|")
     for n, s, k in rows:
         print(f"| {n} | {s[0]:,.0f} | {s[2]:.1f} | {k[0]:,.0f} | {k[2]:.1f} | {k[0] / s[0]:.2f}x |")
+    cpu_runs = cost["server_cpu_ms_runs"]
     print(
-        f"\none acquisition (single PostgreSQL, 16 clients): server CPU {cost['server_cpu_ms']:.2f} ms,"
+        f"\none acquisition (single PostgreSQL, 16 clients, medians of {args.repeat} runs): server CPU"
+        f" {cost['server_cpu_ms']:.2f} ms ({min(cpu_runs):.2f}-{max(cpu_runs):.2f};"
+        f" a no-op {cost['noop_server_cpu_ms']:.2f} ms),"
         f" PostgreSQL CPU {cost['postgres_cpu_ms']:.2f} ms, {cost['statements']:.1f} statements,"
         f" {cost['commits']:.2f} commits, {cost['wal_bytes']:,.0f} bytes of WAL,"
         f" {cost['audit_entries']:.1f} audit entries; a commit: {cost['commit_ms_single']:.2f} ms single,"
@@ -451,16 +470,13 @@ def run_levels(backend: str, workers: int, levels: list[int], seconds: float, re
             # every acquisition flags a fresh disc: enough of them for 2,000 acquisitions/s
             bodies = Bodies(kits, iter(register_mids(srv, "LOAD-1", int(MAX_RATE * seconds * len(levels) * repeat))))
 
-            async def health(i, client):
-                return await client.get("/v1/health")
-
             rows: dict[int, tuple[list, list]] = {n: ([], []) for n in levels}
             for _ in range(repeat):
                 for n in levels:
                     best = max((run[0] for run in rows[n][0]), default=MAX_RATE / 1.5)
                     bodies.prepare(int(1.5 * best * seconds))
                     rows[n][0].append(trio.run(drive, srv, n, seconds, bodies.send))
-                    rows[n][1].append(trio.run(drive, srv, n, seconds, health))
+                    rows[n][1].append(trio.run(drive, srv, n, seconds, _health))
             if bodies.late:
                 note += f", {bodies.late:,} acquisition requests built while sent (more than were ready)"
         finally:

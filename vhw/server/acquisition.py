@@ -62,10 +62,11 @@ class Acquisitions:
         refetch_only: bool = False,
     ) -> Grant:
         """S13-S14 in one transaction: authenticate, flag the MID (or find it flagged by this user,
-        unconfirmed). :meth:`answer` then seals the keys, outside the transaction (no database: on
-        SQLite the batch's one thread runs this part alone). ``refetch_only``: flag nothing, only
-        answer a MID this user flagged (the broker asks so when it cannot take a payment);
-        ``purchase``: the console's fresh MID becomes a bought license."""
+        unconfirmed). :meth:`answer` then seals the keys, outside the transaction and the batch it
+        ran in (it needs no database, and the batch's one thread need not wait for it).
+        ``refetch_only``: flag nothing, only answer a MID this user flagged (the broker asks so
+        when it cannot take a payment); ``purchase``: the console's fresh MID becomes a bought
+        license."""
         ctx = self.ctx
         with self._counting_failures(req.mc_id), ctx.store.transaction() as tx:
             caller = self._authenticate(tx, req)
