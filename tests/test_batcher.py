@@ -71,11 +71,27 @@ async def _run_all(batcher: Batcher, names: list[str], call, log: list[str], rel
 async def test_calls_that_arrive_together_share_one_batch() -> None:
     lic, log = _Service(), []
     batcher = Batcher(lic)  # type: ignore[arg-type]
-    answered = await _run_all(batcher, ["a", "b", "c", "d"], _calls(log), log)
-    assert set(answered) == {"a", "b", "c", "d"}
-    # the first went alone (nothing else was waiting), the three that came meanwhile together
-    assert lic.store.groups <= 2
-    assert not any("alone" in line for line in log)
+    call = _calls(log)
+    answers: list[str] = []
+
+    async def one(name: str) -> None:
+        answers.append(await batcher.call(call, "console", name, _never_alone))
+
+    async with trio.open_nursery() as nursery:
+        for name in ("a", "b", "c", "d"):  # all waiting before the batcher takes any
+            nursery.start_soon(one, name)
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(batcher.run)
+        while len(answers) < 4:
+            await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+    assert sorted(answers) == ["A", "B", "C", "D"]
+    assert lic.store.groups == 1  # one batch: one group (on SQLite, one commit)
+    assert len({line.split(" in ")[1] for line in log}) == 1  # in one thread
+
+
+async def _never_alone() -> None:
+    raise AssertionError("a call without patience never runs alone")
 
 
 async def test_a_call_held_up_lets_the_others_run_alone_past_the_patience() -> None:
