@@ -4,8 +4,8 @@
 (:meth:`vhw.server.store.Store.group`): with SQLite, one commit (one fsync) for all of them. With
 PostgreSQL each call still commits on its own; the batch spares the process the switching: one
 thread woken for a batch, instead of one per request contending for the interpreter's lock
-(measured at 16 clients: 1-2 context switches an acquisition instead of 8-9, and a quarter less
-of the server's CPU).
+(at 16 clients, in one sitting: 1-2 context switches an acquisition instead of 8-9, and a quarter
+less of the server's CPU; in others, both the same within the noise: README, Performance).
 
 A batch takes what is waiting when the thread is free (up to ``MAX``), so a lone request is not
 delayed and a crowd shares its commits. Each call still succeeds or fails alone (a savepoint
