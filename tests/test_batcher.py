@@ -42,16 +42,18 @@ def _calls(log: list[str], stuck: threading.Event | None = None):
     return call
 
 
+def _alone(batcher: Batcher, call, name: str):
+    """How the server runs a call handed back: in a thread of its own (named, for the log)."""
+    return lambda: trio.to_thread.run_sync(call, batcher.lic, "console", name, thread_name=f"alone {name}")
+
+
 async def _run_all(batcher: Batcher, names: list[str], call, log: list[str], release=None) -> dict[str, float]:
     """Send ``names`` at once (in order); when each answered, relative to the start."""
     answered: dict[str, float] = {}
     started = trio.current_time()
 
-    async def alone_for(name: str):
-        return await trio.to_thread.run_sync(call, batcher.lic, "console", name, thread_name=f"alone {name}")
-
     async def one(name: str) -> None:
-        value = await batcher.call(call, "console", name, lambda: alone_for(name))
+        value = await batcher.call(call, "console", name, _alone(batcher, call, name))
         assert value == name.upper()
         answered[name] = trio.current_time() - started
 
@@ -136,10 +138,7 @@ async def test_the_rest_of_a_batch_held_up_is_handed_back() -> None:
     answered: dict[str, float] = {}
 
     async def one(name: str) -> None:
-        async def alone():
-            return await trio.to_thread.run_sync(call, batcher.lic, "console", name, thread_name=f"alone {name}")
-
-        assert await batcher.call(call, "console", name, alone) == name.upper()
+        assert await batcher.call(call, "console", name, _alone(batcher, call, name)) == name.upper()
         answered[name] = trio.current_time()
 
     async with trio.open_nursery() as nursery:

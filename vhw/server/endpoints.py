@@ -47,16 +47,12 @@ def _device(table: str, attr: str) -> Call:
     return lambda lic, actor, msg: lic.register_device(actor, table, getattr(msg, attr), msg.public_key)
 
 
-def _keys(lic: Licensing, grant: Any) -> Any:
-    return lic.keys(grant)
-
-
 _CONSOLE_CALLS: dict[str, Call] = {
     "/v1/console/register": lambda lic, a, m: lic.register(a, m),
     "/v1/console/acquire": lambda lic, a, m: lic.grant(a, m),
     "/v1/console/confirm": lambda lic, a, m: lic.confirm(a, m),
 }
-_FINISH = {"/v1/console/acquire": _keys}
+_FINISH: dict[str, Callable[[Licensing, Any], Any]] = {"/v1/console/acquire": Licensing.keys}
 
 ENDPOINTS: list[Endpoint] = [
     Endpoint("/v1/health", "public", None, p.Health, None, "Is the server up, and in which mode", "GET"),
@@ -89,7 +85,7 @@ ENDPOINTS: list[Endpoint] = [
         p.BrokerAcquireResponse,
         lambda lic, a, m: lic.grant(a, m),
         "Key acquisition relayed by the broker (FIG. 15)",
-        finish=_keys,
+        finish=Licensing.keys,
     ),
     Endpoint(
         "/v1/broker/refetch",
@@ -98,7 +94,7 @@ ENDPOINTS: list[Endpoint] = [
         p.BrokerAcquireResponse,
         lambda lic, a, m: lic.grant(a, m, refetch_only=True),
         "The keys of a MID this user flagged, unconfirmed; flags nothing",
-        finish=_keys,
+        finish=Licensing.keys,
     ),
     Endpoint(
         "/v1/broker/purchase",
@@ -107,7 +103,7 @@ ENDPOINTS: list[Endpoint] = [
         p.BrokerAcquireResponse,
         lambda lic, a, m: lic.grant(a, m, m),
         "A license bought for a disc without a MID (FIG. 15)",
-        finish=_keys,
+        finish=Licensing.keys,
     ),
     Endpoint(
         "/v1/broker/confirm",
