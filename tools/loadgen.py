@@ -130,8 +130,8 @@ class Bodies:
     not the server's: built inside the timed loop, on the same two cores, it took the CPU the
     server was being measured with (1.3 ms of the load generator's CPU an acquisition against
     0.8 ms a no-op). Each body flags a fresh disc, so a run gets as many as it could use: 1.5 times
-    the best rate seen so far at its level (``MAX_RATE`` for the first), capped by the discs
-    left. Should a run use them all, the rest are built as they are sent (``late`` counts them)."""
+    the best rate seen so far at its level (``MAX_RATE`` for the first). Should a run use them
+    all, the rest are built as they are sent (``late`` counts them, and the run says so)."""
 
     def __init__(self, kits: list, mids: Iterator[decisions.Medium]) -> None:
         self.kits, self.mids = kits, mids
@@ -142,13 +142,15 @@ class Bodies:
     def _build(self) -> bytes:
         kit = self.kits[self._n % len(self.kits)]
         self._n += 1
-        return json.dumps(p.encode(decisions.acquisition_request(*kit, next(self.mids)))).encode()
+        disc = next(self.mids, None)
+        if disc is None:
+            raise SystemExit("loadgen: every registered disc was acquired; register more (MAX_RATE)")
+        return json.dumps(p.encode(decisions.acquisition_request(*kit, disc))).encode()
 
     def prepare(self, count: int) -> None:
         """Have ``count`` bodies ready (the ones left from the last run count)."""
-        with contextlib.suppress(StopIteration):
-            while len(self.ready) < count:
-                self.ready.append(self._build())
+        while len(self.ready) < count:
+            self.ready.append(self._build())
 
     def take(self) -> bytes:
         if self.ready:
@@ -515,7 +517,9 @@ def matrix_main(args) -> int:
     }
     for backend, workers in CONFIGS:
         print(f"{backend}, {workers} process(es) ...", file=sys.stderr, flush=True)
-        rows, _ = run_levels(backend, workers, levels, args.seconds, args.repeat, folder=args.dir)
+        rows, note = run_levels(backend, workers, levels, args.seconds, args.repeat, folder=args.dir)
+        if note:
+            print(f"{backend}, {workers} process(es){note}", file=sys.stderr, flush=True)
         result["configs"].append(
             {
                 "backend": backend,
