@@ -96,16 +96,22 @@ async def _never_alone() -> None:
     raise AssertionError("a call without patience never runs alone")
 
 
-async def test_a_call_held_up_lets_the_others_run_alone_past_the_patience() -> None:
+async def _stuck_then_two(patience: float | None, release_after: float) -> tuple[dict[str, float], list[str]]:
+    """ "stuck", "b" and "c" sent at once to a batcher with this patience; the stuck call is released
+    after ``release_after`` seconds. When each answered, and the log."""
     stuck = threading.Event()
 
     async def release() -> None:
-        await trio.sleep(1.5)
+        await trio.sleep(release_after)
         stuck.set()
 
     log: list[str] = []
-    batcher = Batcher(_Service(), patience=0.2)  # type: ignore[arg-type]
-    answered = await _run_all(batcher, ["stuck", "b", "c"], _calls(log, stuck), log, release)
+    batcher = Batcher(_Service(), patience=patience)  # type: ignore[arg-type]
+    return await _run_all(batcher, ["stuck", "b", "c"], _calls(log, stuck), log, release), log
+
+
+async def test_a_call_held_up_lets_the_others_run_alone_past_the_patience() -> None:
+    answered, log = await _stuck_then_two(0.2, 1.5)
     # b and c did not wait for the stuck call: each ran in a thread of its own after the patience
     assert answered["b"] < 1.0 and answered["c"] < 1.0, answered
     assert answered["stuck"] >= 1.4
@@ -115,15 +121,7 @@ async def test_a_call_held_up_lets_the_others_run_alone_past_the_patience() -> N
 async def test_without_patience_every_call_waits_for_its_batch() -> None:
     # the control: the same calls on a batcher without patience (SQLite's, whose batch is one
     # commit) wait behind the stuck one
-    stuck = threading.Event()
-
-    async def release() -> None:
-        await trio.sleep(0.8)
-        stuck.set()
-
-    log: list[str] = []
-    batcher = Batcher(_Service())  # type: ignore[arg-type]
-    answered = await _run_all(batcher, ["stuck", "b", "c"], _calls(log, stuck), log, release)
+    answered, log = await _stuck_then_two(None, 0.8)
     assert answered["b"] >= 0.7 and answered["c"] >= 0.7, answered
     assert not any("alone" in line for line in log)
 
