@@ -6,6 +6,7 @@ a PostgreSQL cluster failing over under load.
 
 from __future__ import annotations
 
+import threading
 import time
 
 import httpx
@@ -17,6 +18,7 @@ from vhw.errors import NetworkError, ServerError
 from vhw.server.store import CONFLICT_RERUNS, RERUNS, Conflict, Store, Unavailable
 
 from .servers import RunningServer
+from .test_mount import wait_until
 
 # The server's one retry policy (Store.run), which every call of the licensing service runs under.
 
@@ -172,3 +174,41 @@ def test_a_commit_no_standby_confirms_is_an_unknown_outcome_not_an_answer():
         store.close()
     finally:
         pg.stop()
+
+
+def test_the_commit_watchdog_cancels_only_what_is_overdue_and_wakes_only_when_it_must():
+    """The watchdog sleeps to the earliest deadline (or a second, with none): an arm with a later
+    deadline does not wake it (under load, never), an earlier one does, and a disarmed commit is
+    never cancelled. Its own thread and clock, with connections that only note the cancel."""
+    from vhw.server.store import _Watchdog
+
+    class Conn:
+        def __init__(self) -> None:
+            self.cancelled_at: float | None = None
+
+        def cancel_safe(self, timeout: float) -> None:
+            self.cancelled_at = time.monotonic()
+
+    class CountingCondition(threading.Condition):
+        notified = 0
+
+        def notify(self, n: int = 1) -> None:
+            CountingCondition.notified += 1
+            super().notify(n)
+
+    dog = _Watchdog()
+    dog._cv = CountingCondition()
+    late, early, done = Conn(), Conn(), Conn()
+    began = time.monotonic()
+    dog.arm(late, 30.0)
+    wait_until(lambda: dog._asleep_until > began + 29)  # (its thread started, and sleeps to that)
+    dog.disarm(dog.arm(done, 0.2))  # committed in time
+    dog.arm(early, 0.3)  # earlier than what the thread sleeps to: it must wake for it
+    wait_until(lambda: early.cancelled_at is not None)
+    assert early.cancelled_at is not None and early.cancelled_at - began >= 0.3
+    woken = CountingCondition.notified
+    assert woken >= 1
+    dog.arm(Conn(), 40.0)  # later than the 30 s it sleeps to now: nobody woken
+    time.sleep(0.3)
+    assert CountingCondition.notified == woken
+    assert done.cancelled_at is None and late.cancelled_at is None

@@ -563,20 +563,27 @@ class _Watchdog:
     locally, which :meth:`PostgresStore.transaction` turns into "maybe committed". (A cancel that
     arrives once the commit is over finds the connection idle, and PostgreSQL ignores it.)"""
 
+    IDLE_WAKE = 1.0  # seconds the thread sleeps with nothing due: an arm with a later deadline wakes nobody
+
     def __init__(self) -> None:
         self._cv = threading.Condition()
         self._due: dict[int, tuple[float, Any]] = {}
         self._next = 0
         self._thread: threading.Thread | None = None
+        self._asleep_until = 0.0  # when the thread looks at the deadlines next
 
     def arm(self, conn: Any, seconds: float) -> int:
+        """Cancel ``conn``'s statement ``seconds`` from now, unless disarmed. (Wakes the thread
+        only for a deadline before the one it sleeps to: under load, never.)"""
+        deadline = time.monotonic() + seconds
         with self._cv:
             self._next += 1
-            self._due[self._next] = (time.monotonic() + seconds, conn)
+            self._due[self._next] = (deadline, conn)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="vhw-commit-watchdog", daemon=True)
                 self._thread.start()
-            self._cv.notify()
+            elif deadline < self._asleep_until:
+                self._cv.notify()
             return self._next
 
     def disarm(self, token: int) -> None:
@@ -586,13 +593,15 @@ class _Watchdog:
     def _run(self) -> None:
         with self._cv:
             while True:
+                now = time.monotonic()
                 if not self._due:
-                    self._cv.wait()
+                    self._asleep_until = now + self.IDLE_WAKE
+                    self._cv.wait(self.IDLE_WAKE)
                     continue
                 token, (deadline, conn) = min(self._due.items(), key=lambda item: item[1][0])
-                left = deadline - time.monotonic()
-                if left > 0:
-                    self._cv.wait(left)
+                if deadline > now:
+                    self._asleep_until = deadline
+                    self._cv.wait(deadline - now)
                     continue
                 del self._due[token]
                 try:
