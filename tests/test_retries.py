@@ -212,3 +212,28 @@ def test_the_commit_watchdog_cancels_only_what_is_overdue_and_wakes_only_when_it
     time.sleep(0.3)
     assert CountingCondition.notified == woken
     assert done.cancelled_at is None and late.cancelled_at is None
+
+
+def test_a_slow_cancel_holds_up_no_other_commit():
+    """A cancel request can take seconds (the primary unreachable); meanwhile other commits must
+    still arm and disarm the watchdog, not wait for it."""
+    from vhw.server.store import _Watchdog
+
+    release = threading.Event()
+    started = threading.Event()
+
+    class StuckConn:
+        def cancel_safe(self, timeout: float) -> None:
+            started.set()
+            release.wait(10)
+
+    dog = _Watchdog()
+    dog.arm(StuckConn(), 0.05)
+    assert started.wait(10)
+    other = threading.Thread(target=lambda: dog.disarm(dog.arm(StuckConn(), 5.0)))
+    other.start()
+    other.join(5)
+    armed_meanwhile = not other.is_alive()
+    release.set()
+    other.join()
+    assert armed_meanwhile

@@ -604,10 +604,13 @@ class _Watchdog:
                     self._cv.wait(deadline - now)
                     continue
                 del self._due[token]
+                self._cv.release()  # (a cancel may take seconds: other commits arm and disarm meanwhile)
                 try:
                     conn.cancel_safe(timeout=2.0)
                 except Exception as exc:  # (the connection broke meanwhile: its commit fails anyway)
                     log.info("could not cancel a commit that waits too long: %s", _first_line(exc))
+                finally:
+                    self._cv.acquire()
 
 
 _WATCHDOG = _Watchdog()
