@@ -193,11 +193,11 @@ def test_the_commit_watchdog_cancels_only_what_is_overdue_and_wakes_only_when_it
         notified = 0
 
         def notify(self, n: int = 1) -> None:
-            CountingCondition.notified += 1
+            self.notified += 1
             super().notify(n)
 
     dog = _Watchdog()
-    dog._cv = CountingCondition()
+    dog._cv = cv = CountingCondition()
     late, early, done = Conn(), Conn(), Conn()
     began = time.monotonic()
     dog.arm(late, 30.0)
@@ -206,11 +206,11 @@ def test_the_commit_watchdog_cancels_only_what_is_overdue_and_wakes_only_when_it
     dog.arm(early, 0.3)  # earlier than what the thread sleeps to: it must wake for it
     wait_until(lambda: early.cancelled_at is not None)
     assert early.cancelled_at is not None and early.cancelled_at - began >= 0.3
-    woken = CountingCondition.notified
+    woken = cv.notified
     assert woken >= 1
     dog.arm(Conn(), 40.0)  # later than the 30 s it sleeps to now: nobody woken
     time.sleep(0.3)
-    assert CountingCondition.notified == woken
+    assert cv.notified == woken
     assert done.cancelled_at is None and late.cancelled_at is None
 
 
