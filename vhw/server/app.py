@@ -60,11 +60,14 @@ PROCESS = str(os.getpid())
 STORE_THREADS = 4  # for the requests not batched: a few threads contend less for the GIL than dozens
 HEALTH_EVERY = 0.5  # seconds /v1/health reuses its answer to "is the database writable?"
 POOLED_THREADS = 16  # on PostgreSQL (under the pool's 20 connections): they mostly wait for the database
-# Seconds a PostgreSQL call waits for its batch before it runs alone: about what a batch of 16
-# acquisitions takes here. Past it the one thread does not keep up (a remote database's round
-# trips, a synchronous standby's commits, a failover's timeouts), and calls run in parallel, each
-# in a thread of its own, as all did before batches: the batch saves CPU, it never caps throughput.
-PATIENCE = 0.02
+# Seconds a PostgreSQL call waits for its batch before it runs alone: longer than a batch of 64
+# acquisitions takes here under load (each of its round trips waits for the interpreter's lock
+# too, so 20 ms, a quiet batch of 16, handed back most calls at 16 clients: a thread each, 18-24
+# threads, and a third more CPU an acquisition: README, Performance). Past it the one thread does
+# not keep up (a remote database's round trips, a synchronous standby's commits, a failover's
+# timeouts), and calls run in parallel, each in a thread of its own, as all did before batches:
+# the batch saves CPU, it never caps throughput.
+PATIENCE = 0.25
 #: makes the web console a server mounts at /console/ (given the service), or None
 ConsoleFactory = Callable[[Licensing], Any]
 
