@@ -61,12 +61,11 @@ STORE_THREADS = 4  # for the requests not batched: a few threads contend less fo
 HEALTH_EVERY = 0.5  # seconds /v1/health reuses its answer to "is the database writable?"
 POOLED_THREADS = 16  # on PostgreSQL (under the pool's 20 connections): they mostly wait for the database
 # Seconds a PostgreSQL call waits for its batch before it runs alone: longer than a batch of 64
-# acquisitions takes here under load (each of its round trips waits for the interpreter's lock
-# too, so 20 ms, a quiet batch of 16, handed back most calls at 16 clients: a thread each, 18-24
-# threads, and a third more CPU an acquisition: README, Performance). Past it the one thread does
-# not keep up (a remote database's round trips, a synchronous standby's commits, a failover's
-# timeouts), and calls run in parallel, each in a thread of its own, as all did before batches:
-# the batch saves CPU, it never caps throughput.
+# takes here under load, when each round trip also waits for the interpreter's lock (20 ms handed
+# most calls to threads of their own, which cost more CPU than the batch: README, Performance).
+# Past it the one thread does not keep up (a remote database's round trips, a synchronous
+# standby's commits, a failover's timeouts), and calls run in parallel, each in a thread of its
+# own, as all did before batches: the batch saves CPU, it never caps throughput.
 PATIENCE = 0.25
 #: makes the web console a server mounts at /console/ (given the service), or None
 ConsoleFactory = Callable[[Licensing], Any]
