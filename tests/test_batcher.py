@@ -8,7 +8,9 @@ import contextlib
 import threading
 
 import trio
+import trio.testing
 
+from vhw.httpapi import ApiError
 from vhw.server.batcher import Batcher
 
 
@@ -151,3 +153,37 @@ async def test_the_rest_of_a_batch_held_up_is_handed_back() -> None:
         nursery.cancel_scope.cancel()
     assert {line for line in log if "alone" in line} == {"b in alone b", "c in alone c"}
     assert log[0].startswith("stuck in ")  # (the batch ran the stuck one first, then handed back)
+
+
+async def test_past_the_queue_a_call_is_answered_503_at_once_and_the_queued_ones_still_run() -> None:
+    # overload is said at once (503 with Retry-After, which a console's retry honours) instead of
+    # a wait without end; what was queued before is still answered
+    stuck = threading.Event()
+    log: list[str] = []
+    batcher = Batcher(_Service(), queue=2)  # type: ignore[arg-type]
+    call = _calls(log, stuck)
+    answers: list[str] = []
+
+    async def one(name: str) -> None:
+        answers.append(await batcher.call(call, "console", name, _never_alone))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(batcher.run)
+        nursery.start_soon(one, "stuck")
+        await trio.testing.wait_all_tasks_blocked()  # the batch thread holds "stuck"
+        nursery.start_soon(one, "b")
+        nursery.start_soon(one, "c")
+        await trio.testing.wait_all_tasks_blocked()  # the queue is full: b and c
+        with trio.fail_after(1):  # at once, not after the stuck call
+            try:
+                await batcher.call(call, "console", "d", _never_alone)
+            except ApiError as refused:
+                assert (refused.status, refused.code, refused.retry_after) == (503, "busy", Batcher.RETRY_AFTER)
+            else:
+                raise AssertionError("a call past the queue was taken")
+        stuck.set()
+        while len(answers) < 3:
+            await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+    assert sorted(answers) == ["B", "C", "STUCK"]
+    assert not any(line.startswith("d ") for line in log)

@@ -24,11 +24,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import NoReturn
+from typing import NoReturn, TypeVar
 
 import trio
 from hypercorn.config import Config
+from hypercorn.trio import run as hypercorn_run
 from hypercorn.trio import serve as hypercorn_serve
+from hypercorn.trio.tcp_server import TCPServer
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -231,6 +233,10 @@ async def serve_app(
         config.verify_mode = ssl.CERT_REQUIRED
     config.accesslog = None
     config.errorlog = logging.getLogger("vhw.server.hypercorn")
+    # HTTP/1.1 only, offered to every client: nothing here needs HTTP/2, and hypercorn's HTTP/2
+    # drops a connection whose client still sends a body after its answer (a 413, say). A client
+    # that speaks HTTP/2 all the same reaches it, and costs itself its connection (OneConnection).
+    config.alpn_protocols = ["http/1.1"]
     config.h11_max_incomplete_size = 16 * 1024  # request line + headers
     config.keep_alive_timeout = 30
     config.read_timeout = 30  # a client that stops sending is dropped
@@ -241,19 +247,46 @@ async def serve_app(
     try:
         await _serve(app, config, shutdown, ready, task_status)
     except* OSError as group:  # binding failed: a person's mistake (busy port, foreign address)
-        first = _first_os_error(group)
+        first = _leaf(group)
         where = listen
         if insecure is not None and first.filename is None and _bound(listen):  # the plain-HTTP address failed
             where = insecure
         raise listen_error(where, first) from None
 
 
-def _first_os_error(group: BaseExceptionGroup[OSError]) -> OSError:
-    for exc in group.exceptions:
-        if isinstance(exc, BaseExceptionGroup):
-            return _first_os_error(exc)
-        return exc
-    raise AssertionError("an empty exception group")
+class OneConnection(TCPServer):
+    """hypercorn's connection, whose failure ends that connection alone.
+
+    hypercorn lets some errors of its HTTP layer out of a connection's task, and trio then ends
+    the whole server with them: any client could stop the service with one request (a websocket
+    upgrade with bytes after it, hypercorn issue #225; HTTP/2 data after the answer, #329). Here
+    such an error closes that connection (hypercorn's own ``finally`` has closed it already), says
+    so in one line, and the server goes on. Cancellation still passes through."""
+
+    async def run(self) -> None:
+        try:
+            await super().run()
+        except* Exception as group:
+            first = _leaf(group)
+            log.warning(
+                "a connection was dropped: the HTTP layer failed on it (%s: %s)",
+                type(first).__name__,
+                str(first)[:200],
+            )
+
+
+# hypercorn's trio worker makes each connection from this name; every server and broker of vhw
+# serves through it (:func:`serve_app`)
+hypercorn_run.TCPServer = OneConnection  # type: ignore[attr-defined]  # (a name hypercorn imports, not exports)
+
+
+E = TypeVar("E", bound=BaseException)
+
+
+def _leaf(group: BaseExceptionGroup[E]) -> E:
+    """The first error inside ``group`` (inside nested groups too; a group is never empty)."""
+    first = group.exceptions[0]
+    return _leaf(first) if isinstance(first, BaseExceptionGroup) else first
 
 
 def _bound(address: tuple[str, int]) -> bool:
