@@ -9,14 +9,9 @@ import http.server
 import json
 import os
 import socket
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
-import h2.config
-import h2.connection
-import h2.events
 import httpx
 import pytest
 import trio
@@ -40,6 +35,7 @@ from vhw.server.credentials import Credential
 from vhw.server.endpoints import ENDPOINTS
 
 from .conftest import BACKENDS, MEDIA, REGISTER, USER, database_for
+from .hostile_http import DROPPED, HOSTILE, attack_over_tls, ends_bare_hypercorn, said_since
 from .servers import RunningServer, factory, make_disc, make_users, publish
 from .world import new_disc, pressed
 
@@ -387,105 +383,18 @@ def test_malformed_requests_get_a_4xx_and_the_server_goes_on(srv):
             assert http.get("/v1/health").json()["status"] == "ok"
 
 
-def _upgrade_with_bytes_after(sock: socket.socket) -> None:
-    """A websocket upgrade with bytes after it (hypercorn issue #225)."""
-    sock.sendall(
-        b"GET /v1/health HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
-        b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: bKdPyn3u98cTfZJSh4TNeQ==\r\n\r\nx\n"
-    )
-    _read_until_closed(sock)
-
-
-def _http2_body_after_the_answer(sock: socket.socket) -> None:
-    """HTTP/2 without asking (its preface sent straight away): a POST too large to take, its body
-    sent until it is answered (413), then one more piece of it (hypercorn issue #329)."""
-    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
-    conn.initiate_connection()
-    headers = [(":method", "POST"), (":path", "/v1/console/acquire"), (":scheme", "https"), (":authority", "x")]
-    conn.send_headers(1, [*headers, ("content-type", "application/json"), ("content-length", str(4 << 20))])
-    sock.sendall(conn.data_to_send())
-    sock.settimeout(10)
-    answered = False
-    with contextlib.suppress(OSError):  # (the server may drop the connection at any time once it answered)
-        while not answered:
-            room = min(conn.local_flow_control_window(1), conn.max_outbound_frame_size)
-            if room:  # as much of the body as the server lets us send
-                conn.send_data(1, bytes(room))
-            else:
-                data = sock.recv(65536)
-                if not data:
-                    break
-                answered = any(isinstance(e, h2.events.ResponseReceived) for e in conn.receive_data(data))
-            sock.sendall(conn.data_to_send())
-        piece = b"x" * 100  # a DATA frame of stream 1, written out: the client's own state would refuse it
-        sock.sendall(len(piece).to_bytes(3, "big") + b"\x00\x00" + (1).to_bytes(4, "big") + piece)
-    _read_until_closed(sock)
-
-
-def _read_until_closed(sock: socket.socket) -> None:
-    sock.settimeout(10)
-    with contextlib.suppress(OSError):
-        while sock.recv(65536):
-            pass
-
-
-HOSTILE = [_upgrade_with_bytes_after, _http2_body_after_the_answer]
-
-BARE_HYPERCORN = """
-import sys, trio
-from hypercorn.config import Config
-from hypercorn.trio import serve
-from starlette.applications import Starlette
-from starlette.responses import JSONResponse
-from starlette.routing import Route
-
-async def acquire(request):  # answered before the body is read, as vhw answers a body too large
-    return JSONResponse({"error": "too-large"}, status_code=413)
-
-async def health(request):
-    return JSONResponse({"status": "ok"})
-
-app = Starlette(routes=[Route("/v1/console/acquire", acquire, methods=["POST"]), Route("/v1/health", health)])
-config = Config()
-config.bind = ["127.0.0.1:0"]
-
-async def main():
-    async with trio.open_nursery() as nursery:
-        [url] = await nursery.start(serve, app, config)
-        print(url.rsplit(":", 1)[1], flush=True)
-
-trio.run(main)
-"""
-
-
 @pytest.mark.parametrize("attack", HOSTILE, ids=lambda a: a.__name__.strip("_"))
 def test_a_request_that_trips_the_http_layer_costs_its_own_connection_only(srv, attack, tmp_path):
     """Each of these ended hypercorn's whole server: any client could stop the service with one
     request. vhw drops that connection alone (``vhw.httpapi.OneConnection``), says so in its log,
     and serves the next one. The control: the same attack ends a bare hypercorn server."""
-    host, port = srv.url.removeprefix("https://").rsplit(":", 1)
-    tls = tls_context(srv.ca_der)
-    tls.check_hostname = False
     logged = srv.log.stat().st_size
-    with socket.create_connection((host, int(port))) as raw, tls.wrap_socket(raw) as sock:
-        attack(sock)
+    attack_over_tls(srv.url, srv.ca_der, attack)
     with httpx.Client(base_url=srv.url, verify=tls_context(srv.ca_der), timeout=30) as http:
         assert http.get("/v1/health").json()["status"] == "ok"
     assert srv.proc.poll() is None
-    with srv.log.open("rb") as log:
-        log.seek(logged)
-        assert b"a connection was dropped: the HTTP layer failed" in log.read()
-
-    script = tmp_path / "bare.py"
-    script.write_text(BARE_HYPERCORN)
-    bare = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        with socket.create_connection(("127.0.0.1", int(bare.stdout.readline()))) as sock:
-            attack(sock)
-        code = bare.wait(30)
-    finally:
-        bare.kill()
-    assert code != 0 and "Traceback" in bare.stderr.read()
+    assert said_since(srv.log, logged, DROPPED)
+    assert ends_bare_hypercorn(attack, tmp_path)
 
 
 # -- 8. the client refuses untrusted servers --------------------------------------------------------------

@@ -8,13 +8,16 @@ import hashlib
 import json
 from pathlib import Path
 
+import httpx
 import pytest
 
+from vhw.client import tls_context
 from vhw.devices import card as card_dev
 from vhw.devices.disc import DiscImage
 from vhw.samples import build_samples
 
 from .conftest import PLAY, REGISTER, USER, make_title, source_files, vhw_subprocess
+from .hostile_http import DROPPED, HOSTILE, attack_over_tls, said_since
 from .servers import (
     RunningServer,
     factory,
@@ -324,6 +327,18 @@ def test_broker_mode_server_is_not_reachable_by_users(cli, brokered, tmp_path, l
         with pytest.raises(ServerError) as err:
             c.call("/v1/operator/audit", p.AuditQuery(), p.AuditPage)
         assert err.value.status == 403
+
+
+@pytest.mark.parametrize("attack", HOSTILE, ids=lambda a: a.__name__.strip("_"))
+def test_the_broker_too_drops_only_the_connection_that_trips_its_http_layer(brokered, attack):
+    """The broker serves as the server does (``vhw.httpapi.serve_app``): what makes hypercorn's
+    HTTP layer fail costs that connection alone (the control that the same bytes end a bare
+    hypercorn server is in ``tests/test_server.py``)."""
+    logged = brokered.broker_log.stat().st_size
+    attack_over_tls(brokered.broker_url, brokered.ca_der, attack)
+    with httpx.Client(base_url=brokered.broker_url, verify=tls_context(brokered.ca_der), timeout=30) as http:
+        assert http.get("/v1/health").status_code == 200
+    assert said_since(brokered.broker_log, logged, DROPPED)
 
 
 def test_disc_without_mid_is_bought_once_per_install(cli, brokered, tmp_path, ledger_balances):
