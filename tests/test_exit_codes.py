@@ -188,3 +188,23 @@ def _cli(*args: object):
 
     r = vhw(*args)
     return Result(r.returncode, r.stdout, r.stderr)
+
+
+def test_a_path_too_long_for_the_system_exits_17_in_one_line_and_writes_nothing(tmp_path):
+    """A name over the system's 255 bytes, or a whole path over its 4,095, given as an argument,
+    an option or a home in the environment: one line that says so (the path shortened), not an
+    internal error, and nothing written."""
+    long_name = tmp_path / ("n" * 300)
+    long_path = tmp_path.joinpath(*["d" * 200] * 25)
+    for args, env in (
+        (("card", "format", long_name), None),
+        (("hdd", "format", long_path / "x.hdd", "--size", "16M"), None),
+        (("server", "init", "--home", long_name), None),
+        (("server", "audit", "--home", long_path), None),
+        (("broker", "ledger", "--home", long_name), None),
+        (("server", "credential", "ls"), {"VHW_HOME": str(long_name)}),
+    ):
+        r = vhw(*args, env=env)
+        refused(r, 17, "a path is too long: ")
+        assert len(r.stderr.strip().splitlines()) == 1 and len(r.stderr) < 300, r.stderr
+    assert list(tmp_path.iterdir()) == []

@@ -15,6 +15,7 @@ a role).
 from __future__ import annotations
 
 import datetime
+import errno
 import importlib
 import json
 import logging
@@ -29,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from ..devices import holders
-from ..errors import EXIT_CODES, Refusal, VhwError
+from ..errors import EXIT_CODES, InputError, Refusal, VhwError
 
 if TYPE_CHECKING:  # (the server's modules load only for the commands that use them)
     from ..server.store import Store
@@ -223,16 +224,30 @@ def vhw(verbose: int) -> None:
 
 
 def _person_error(exc: BaseException) -> VhwError | None:
-    """The error meant for a person inside a group of them (trio's nurseries gather what their
-    tasks raised): the first one, or None when the group holds only bugs."""
+    """The error meant for a person, alone or inside a group of them (trio's nurseries gather what
+    their tasks raised): the first one, or None when there are only bugs. A path too long for this
+    system is the person's, wherever in a command it was first used."""
     if isinstance(exc, VhwError):
         return exc
+    if isinstance(exc, OSError) and exc.errno == errno.ENAMETOOLONG:
+        return _too_long(exc)
     if isinstance(exc, BaseExceptionGroup):
         for inner in exc.exceptions:
             found = _person_error(inner)
             if found is not None:
                 return found
     return None
+
+
+def _too_long(exc: OSError) -> InputError:
+    """A path given that this system cannot name (wherever in a command it was first used)."""
+    name = os.fsencode(exc.filename or "")
+    shown = name if len(name) <= 60 else name[:28] + b"..." + name[-28:]
+    return InputError(
+        f"a path is too long: {shown.decode(errors='replace')!r} ({len(name):,} bytes;"
+        f" a name of a folder or file may have {os.pathconf('/', 'PC_NAME_MAX')} bytes at most,"
+        f" a whole path {os.pathconf('/', 'PC_PATH_MAX') - 1:,})"
+    )
 
 
 def run(args: list[str] | None = None) -> int:
@@ -243,8 +258,8 @@ def run(args: list[str] | None = None) -> int:
     try:
         try:
             rv = vhw.main(args, standalone_mode=False, prog_name="vhw")
-        except BaseExceptionGroup as group:
-            found = _person_error(group)
+        except (BaseExceptionGroup, OSError) as exc:
+            found = _person_error(exc)
             if found is None:
                 raise
             raise found from None
