@@ -7,8 +7,9 @@ anything below):
     1  crypto, pki, protocol                              pure: primitives and messages
     2  formats                                            pure: bytes in, objects out
     3  bindings, saves, stores, samples                   pure: what keys and plans mean
-    4  devices, datapath                                  device files: handles, locks, writes; the
-                                                          compiled data path
+    4  devices, datapath, lifetime                        device files: handles, locks, writes; the
+                                                          compiled data path; children that end
+                                                          with their parent
     5  httpapi, client, console.decisions,                I/O shells and pure decisions of each side
        console.sandbox, server.store, server.records,
        server.context, server.audit, server.metrics,
@@ -50,7 +51,7 @@ LAYERS = {
     1: ["vhw.crypto", "vhw.pki", "vhw.protocol"],
     2: ["vhw.formats"],
     3: ["vhw.bindings", "vhw.saves", "vhw.stores", "vhw.samples"],
-    4: ["vhw.devices", "vhw.datapath"],
+    4: ["vhw.devices", "vhw.datapath", "vhw.lifetime"],
     5: [
         "vhw.httpapi",
         "vhw.client",

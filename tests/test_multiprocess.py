@@ -7,6 +7,7 @@ import random
 import signal
 
 import httpx
+import psutil
 import psycopg
 import pytest
 import trio
@@ -130,3 +131,18 @@ async def test_killing_a_process_mid_request_loses_no_flag_and_issues_no_second_
             assert users, f"{mid}: its owner could not fetch its keys again"
         assert all(count == 1 for _, count in audit)
     assert interrupted > 0, "no request was in flight when a process was killed"
+
+
+def test_a_supervisor_killed_outright_takes_its_workers_with_it(postgres, tmp_path):
+    """SIGKILL (or the out-of-memory killer) gives the supervisor no time to stop its workers: the
+    kernel does, by the parent-death signal each was started with (``vhw.lifetime``), so no worker
+    serves on unsupervised, holding the port and the database's connections."""
+    server = RunningServer.start(tmp_path / "home", init=["--db", postgres.new_database()], run=["--workers", "2"])
+    workers = [psutil.Process(pid) for pid in server.workers]
+    assert all(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers)
+    os.kill(server.proc.pid, signal.SIGKILL)
+    server.proc.wait()
+    gone, alive = psutil.wait_procs(workers, timeout=15)
+    for worker in alive:  # (not left behind by a failing run either)
+        worker.kill()
+    assert not alive, f"workers left serving after their supervisor was killed: {[w.pid for w in alive]}"

@@ -18,6 +18,7 @@ from pathlib import Path
 import click
 
 from .errors import StateError, TitleEnded
+from .lifetime import ending_with
 from .samples import TITLES, build_samples
 
 
@@ -66,6 +67,7 @@ class Story:
             stdout=subprocess.PIPE,
             stderr=open(self.root / "server.log", "wb"),
             text=True,
+            preexec_fn=ending_with(os.getpid()),  # (a demo killed outright leaves no server listening)
         )
         assert self.server.stdout is not None
         line = self.server.stdout.readline()

@@ -6,7 +6,6 @@ A mount runs in a process of its own, started here and found again by the PID ke
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import signal
@@ -19,6 +18,7 @@ from pathlib import Path
 from ..devices.files import atomic_write
 from ..devices.holders import alive
 from ..errors import StateError
+from ..lifetime import parent_death_signal
 
 __all__ = ["SPAWNED_BY", "die_with_parent", "outlive_parent"]
 
@@ -66,16 +66,13 @@ def spawn(
         proc.stdout.close()
 
 
-_PR_SET_PDEATHSIG = 1
-
-
 def die_with_parent() -> None:
     """In a mount started by :func:`spawn`: until it has mounted, end with the process that started
     it (the kernel sends SIGTERM when that process ends); gone already, end now."""
     parent = os.environ.get(SPAWNED_BY)
     if not parent:
         return
-    _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    parent_death_signal(signal.SIGTERM)
     if str(os.getppid()) != parent:  # (it ended before the line above)
         raise SystemExit(1)
 
@@ -83,13 +80,7 @@ def die_with_parent() -> None:
 def outlive_parent() -> None:
     """Mounted: from now on the mount stays whatever becomes of the process that started it."""
     if os.environ.get(SPAWNED_BY):
-        _prctl(_PR_SET_PDEATHSIG, 0)
-
-
-def _prctl(option: int, value: int) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(ctypes.c_int(option), ctypes.c_ulong(value), 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), "prctl")
+        parent_death_signal(0)
 
 
 def wait_gone(pid: int, timeout: float = 10.0) -> None:

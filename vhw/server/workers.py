@@ -20,6 +20,7 @@ from types import FrameType
 
 from ..errors import StateError
 from ..httpapi import reuse_port_socket, split_listen
+from ..lifetime import ending_with
 from . import metrics
 from .home import ServerHome
 
@@ -99,7 +100,10 @@ class _Workers:
 
     def start(self, first: bool = False) -> subprocess.Popen[str]:
         argv = self.argv + (self.scrape if first else [])
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, env=self.env)
+        # (a supervisor killed outright takes its workers with it: none serves on unsupervised)
+        proc = subprocess.Popen(
+            argv, stdout=subprocess.PIPE, text=True, env=self.env, preexec_fn=ending_with(os.getpid())
+        )
         assert proc.stdout is not None
         line = proc.stdout.readline()
         if "listening on" not in line:
