@@ -208,3 +208,23 @@ def test_a_path_too_long_for_the_system_exits_17_in_one_line_and_writes_nothing(
         refused(r, 17, "a path is too long: ")
         assert len(r.stderr.strip().splitlines()) == 1 and len(r.stderr) < 300, r.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_path_the_system_refuses_exits_17_in_one_line_and_writes_nothing(tmp_path):
+    """An output through a file (``FILE/x``), a home below one, a folder where the file is meant:
+    one line naming the path and why, not an internal error; and nothing written."""
+    a_file = tmp_path / "a-file"
+    a_file.write_bytes(b"x")
+    for args, says in (
+        (("card", "format", a_file / "x.card"), "a part of it is a file, not a folder"),
+        (("hdd", "format", a_file / "x.hdd", "--size", "16M"), "a part of it is a file, not a folder"),
+        (("server", "openapi", "-o", a_file / "openapi.json"), "a part of it is a file, not a folder"),
+        (("server", "init", "--home", a_file / "home"), "a file is in the way of a folder"),
+        (("server", "openapi", "-o", ""), "a folder, where a file is meant"),  # (the current folder)
+    ):
+        r = vhw(*args)
+        refused(r, 17, says)
+        assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert list(tmp_path.iterdir()) == [a_file] and a_file.read_bytes() == b"x"
+    r = vhw("server", "issue-cert", "", "-o", tmp_path / "tls")  # (a certificate's name: 1-64 characters)
+    assert r.returncode == 2 and "is not a name for a certificate" in r.stderr

@@ -225,12 +225,13 @@ def vhw(verbose: int) -> None:
 
 def _person_error(exc: BaseException) -> VhwError | None:
     """The error meant for a person, alone or inside a group of them (trio's nurseries gather what
-    their tasks raised): the first one, or None when there are only bugs. A path too long for this
-    system is the person's, wherever in a command it was first used."""
+    their tasks raised): the first one, or None when there are only bugs. A path the system refuses
+    (too long, through a file, a folder where a file is meant, read-only, not permitted) is the
+    person's, wherever in a command it was first used."""
     if isinstance(exc, VhwError):
         return exc
-    if isinstance(exc, OSError) and exc.errno == errno.ENAMETOOLONG:
-        return _too_long(exc)
+    if isinstance(exc, OSError) and exc.filename is not None and exc.errno in _PATH_REFUSED:
+        return _path_refused(exc)
     if isinstance(exc, BaseExceptionGroup):
         for inner in exc.exceptions:
             found = _person_error(inner)
@@ -239,12 +240,25 @@ def _person_error(exc: BaseException) -> VhwError | None:
     return None
 
 
-def _too_long(exc: OSError) -> InputError:
-    """A path given that this system cannot name (wherever in a command it was first used)."""
-    name = os.fsencode(exc.filename or "")
-    shown = name if len(name) <= 60 else name[:28] + b"..." + name[-28:]
+_PATH_REFUSED = {
+    errno.ENOTDIR: "a part of it is a file, not a folder",
+    errno.EEXIST: "a file is in the way of a folder",
+    errno.EISDIR: "a folder, where a file is meant",
+    errno.EROFS: "on a read-only file system",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "not permitted",
+    errno.ENAMETOOLONG: "",
+}
+
+
+def _path_refused(exc: OSError) -> InputError:
+    """A path given (or made from one given) that this system refuses, in one line."""
+    name = os.fsencode(exc.filename)
+    shown = (name if len(name) <= 60 else name[:28] + b"..." + name[-28:]).decode(errors="replace")
+    if exc.errno != errno.ENAMETOOLONG:
+        return InputError(f"{shown}: {_PATH_REFUSED[exc.errno or 0]}")
     return InputError(
-        f"a path is too long: {shown.decode(errors='replace')!r} ({len(name):,} bytes;"
+        f"a path is too long: {shown!r} ({len(name):,} bytes;"
         f" a name of a folder or file may have {os.pathconf('/', 'PC_NAME_MAX')} bytes at most,"
         f" a whole path {os.pathconf('/', 'PC_PATH_MAX') - 1:,})"
     )

@@ -74,6 +74,19 @@ class TitleIdType(click.ParamType[str]):
         return text
 
 
+class CertNameType(click.ParamType[str]):
+    """The name a certificate is issued to (its subject's common name): 1 to 64 characters,
+    none of them a control character."""
+
+    name = "name"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        text = str(value)
+        if not 1 <= len(text) <= 64 or not text.isprintable():
+            self.fail(f"{text!r} is not a name for a certificate (1 to 64 printable characters)", param, ctx)
+        return text
+
+
 class ListenType(click.ParamType[tuple[str, int]]):
     name = "host:port"
 
@@ -89,6 +102,7 @@ class ListenType(click.ParamType[tuple[str, int]]):
 SIZE = SizeType()
 TITLE_ID = TitleIdType()
 LISTEN = ListenType()
+CERT_NAME = CertNameType()
 CLIENT_ID = IdType(IdKind.CLIENT)
 HDD_ID = IdType(IdKind.HDD)
 CARD_ID = IdType(IdKind.CARD)

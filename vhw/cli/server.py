@@ -17,7 +17,7 @@ from ..errors import FileError, ImageError, StateError
 from ..ids import ID_FIELDS
 from ..roles import ROLES
 from . import App, pass_app, show_audit, vhw
-from .params import FILE, FOLDER, LISTEN, when
+from .params import CERT_NAME, FILE, FOLDER, LISTEN, when
 
 if TYPE_CHECKING:  # (the server's modules load only for its commands)
     import ssl
@@ -530,7 +530,7 @@ def server_openapi(out: Path | None) -> None:
 
 
 @server.command("issue-cert")
-@click.argument("name")
+@click.argument("name", type=CERT_NAME)
 @click.option("--host", "hosts", multiple=True, help="A name or address it serves on (127.0.0.1 and localhost always).")
 @click.option("-o", "--out", type=FOLDER, required=True)
 @home_option
