@@ -153,6 +153,17 @@ def test_an_unreachable_server_exits_5(srv, tmp_path):
     refused(r, NetworkError.exit_code, "cannot reach")
 
 
+def test_server_wait_says_at_once_what_it_waits_for_then_exits_5(tmp_path):
+    """A wait is never without a word: the first line comes before the wait, the last says why."""
+    home = tmp_path / "home"
+    port = cluster_tool().free_ports(1)
+    assert vhw("server", "init", "--home", home, "--listen", f"127.0.0.1:{port}").returncode == 0
+    r = vhw("server", "wait", "--home", home, "--timeout", "1")
+    refused(r, NetworkError.exit_code, "cannot reach")
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 2 and lines[0].startswith(f"waiting up to 1 s for https://127.0.0.1:{port} to answer"), lines
+
+
 def test_a_full_host_disk_exits_8(tmp_path):
     with small_disk(tmp_path / "small", "1m") as small:
         (small / "filler").write_bytes(b"\0" * (1024 * 1024 - 8192))

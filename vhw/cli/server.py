@@ -187,15 +187,19 @@ def wait_for(url: str, tls: ssl.SSLContext, timeout: float) -> None:
     from ..errors import NetworkError  # (loaded only by the commands that need it: start-up time)
 
     deadline = time.monotonic() + timeout
+    said = False
     while True:
         try:
             with Client(url, tls, retry_for=0) as c:  # (this loop is the retry, to its own --timeout)
                 health = c.get("/v1/health", proto.Health)
             click.echo(f"{url} answers ({health.mode} mode)")
             return
-        except NetworkError:
+        except NetworkError as exc:
             if time.monotonic() > deadline:
                 raise
+            if not said:  # (a wait says at once what it waits for)
+                click.echo(f"waiting up to {timeout:g} s for {url} to answer (not yet: {exc.message})", err=True)
+                said = True
             time.sleep(0.2)
 
 
