@@ -18,7 +18,8 @@ The pure parts, free of I/O, at the bottom (tests/test_layers.py keeps imports r
 Then the shells and the sides:
 
 - :mod:`.devices`: the device files (handles, locks, atomic writes); :mod:`.datapath`: the compiled
-  data path (the mount's read path, the install's crypto);
+  data path (the mount's read path, the install's crypto); :mod:`.lifetime`: child processes that
+  end with the process that started them;
 - :mod:`.httpapi`: what the server and the broker share of HTTP; :mod:`.client`: their client;
 - :mod:`.console`, :mod:`.publisher`, :mod:`.server`, :mod:`.broker`, :mod:`.webconsole`: each side;
 - :mod:`.cli`: the ``vhw`` command; :mod:`.demo`: ``vhw demo``.
