@@ -255,6 +255,8 @@ def _path_refused(exc: OSError) -> InputError:
     """A path given (or made from one given) that this system refuses, in one line."""
     name = os.fsencode(exc.filename)
     shown = (name if len(name) <= 60 else name[:28] + b"..." + name[-28:]).decode(errors="replace")
+    if exc.errno == errno.EEXIST and os.path.isdir(exc.filename):
+        return InputError(f"{shown}: exists already")
     if exc.errno != errno.ENAMETOOLONG:
         return InputError(f"{shown}: {_PATH_REFUSED[exc.errno or 0]}")
     return InputError(
