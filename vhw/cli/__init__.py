@@ -240,14 +240,14 @@ def _person_error(exc: BaseException) -> VhwError | None:
     return None
 
 
-_PATH_REFUSED = {
+_PATH_REFUSED = {  # (errno: why, in the line; a name too long says more, below)
+    errno.ENAMETOOLONG: "too long",
     errno.ENOTDIR: "a part of it is a file, not a folder",
     errno.EEXIST: "a file is in the way of a folder",
     errno.EISDIR: "a folder, where a file is meant",
     errno.EROFS: "on a read-only file system",
     errno.EACCES: "permission denied",
     errno.EPERM: "not permitted",
-    errno.ENAMETOOLONG: "",
 }
 
 
@@ -255,15 +255,15 @@ def _path_refused(exc: OSError) -> InputError:
     """A path given (or made from one given) that this system refuses, in one line."""
     name = os.fsencode(exc.filename)
     shown = (name if len(name) <= 60 else name[:28] + b"..." + name[-28:]).decode(errors="replace")
+    if exc.errno == errno.ENAMETOOLONG:
+        return InputError(
+            f"a path is too long: {shown!r} ({len(name):,} bytes;"
+            f" a name of a folder or file may have {os.pathconf('/', 'PC_NAME_MAX')} bytes at most,"
+            f" a whole path {os.pathconf('/', 'PC_PATH_MAX') - 1:,})"
+        )
     if exc.errno == errno.EEXIST and os.path.isdir(exc.filename):
         return InputError(f"{shown}: exists already")
-    if exc.errno != errno.ENAMETOOLONG:
-        return InputError(f"{shown}: {_PATH_REFUSED[exc.errno or 0]}")
-    return InputError(
-        f"a path is too long: {shown!r} ({len(name):,} bytes;"
-        f" a name of a folder or file may have {os.pathconf('/', 'PC_NAME_MAX')} bytes at most,"
-        f" a whole path {os.pathconf('/', 'PC_PATH_MAX') - 1:,})"
-    )
+    return InputError(f"{shown}: {_PATH_REFUSED[exc.errno or 0]}")
 
 
 def run(args: list[str] | None = None) -> int:
